@@ -1,0 +1,176 @@
+"""The one run configuration that the CLI, the app, the job worker and the sweeps all build.
+
+A `RunConfig` is plain data, validated once at the boundary. `to_cli_args` turns it back into the
+`python -m training train` arguments that reproduce it, so a UI run and a CLI run are the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from training.errors import UserError
+
+TASKS = ("caption", "vqa")
+TOWERS = ("vision", "text", "both")
+METHOD_NAMES = ("zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
+
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A trainable-parameter budget: an absolute count, or a percentage of the base model."""
+
+    value: float
+    percent: bool
+
+    def resolve(self, total_params: int) -> int:
+        return round(total_params * self.value / 100) if self.percent else round(self.value)
+
+    def __str__(self) -> str:
+        if self.percent:
+            return f"{self.value:g}%"
+        return f"{int(self.value)}"
+
+
+def parse_budget(text: str | int | float) -> Budget:
+    """Parse `20000`, `20k`, `1.5M` or `0.5%` into a Budget; raise UserError on anything else."""
+    raw = str(text).strip().replace(",", "").replace("_", "")
+    match = re.fullmatch(r"(\d+(?:\.\d+)?|\.\d+)\s*([kKmMgGbB%]?)", raw)
+    if not match:
+        raise UserError(
+            f"Budget {text!r} is not understood: give a parameter count such as 20000, 20k or 1.5M, "
+            "or a percentage of the base model such as 0.5%."
+        )
+    number, suffix = float(match.group(1)), match.group(2).lower()
+    if suffix == "%":
+        if not 0 < number <= 100:
+            raise UserError(f"Budget {text!r}: a percentage must be above 0 and at most 100.")
+        return Budget(number, percent=True)
+    count = number * _SUFFIX[suffix]
+    if count < 1:
+        raise UserError(f"Budget {text!r}: a parameter count must be at least 1.")
+    return Budget(count, percent=False)
+
+
+def parse_fraction(text: str | float) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise UserError(f"Data fraction {text!r} is not a number: give a value in (0, 1], e.g. 0.25.") from None
+    if not 0 < value <= 1:
+        raise UserError(f"Data fraction {text!r} is outside (0, 1]: use e.g. 0.01 for 1 % or 1 for all the data.")
+    return value
+
+
+@dataclass
+class RunConfig:
+    task: str = "caption"
+    method: str = "lora"
+    budget: str = "0.5%"
+    data_fraction: float = 1.0
+    seed: int = 0
+    base_model: str | None = None  # None: the embedded default
+    dataset: str | None = None  # None: the embedded default dataset of the task
+    towers: str = "both"
+    epochs: float | None = None
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float | None = None  # None: the method's default learning rate
+    grad_accum: int = 1
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    max_new_tokens: int = 20
+    eval_limit: int | None = None  # evaluate on the first N test examples only
+    device: str = "auto"
+    cache_features: bool = True  # reuse image features when the vision tower is frozen
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> RunConfig:
+        """Cheap checks that need no model; raise UserError with one clear sentence."""
+        if self.task not in TASKS:
+            raise UserError(f"Unknown task {self.task!r}: choose one of {', '.join(TASKS)}.")
+        if self.method not in METHOD_NAMES:
+            raise UserError(f"Unknown method {self.method!r}: choose one of {', '.join(METHOD_NAMES)}.")
+        if self.towers not in TOWERS:
+            raise UserError(f"Unknown towers {self.towers!r}: choose one of {', '.join(TOWERS)}.")
+        parse_budget(self.budget)
+        self.data_fraction = parse_fraction(self.data_fraction)
+        if self.epochs is not None and self.epochs <= 0:
+            raise UserError("--epochs must be above 0.")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError("--max-steps must be at least 1.")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise UserError("--batch-size and --grad-accum must be at least 1.")
+        if self.lr is not None and not 0 < self.lr < 1:
+            raise UserError(f"--lr {self.lr} is out of range: use a value such as 1e-3.")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"Unknown device {self.device!r}: use auto, cpu or cuda.")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UserError(f"Unknown configuration keys: {', '.join(sorted(unknown))}.")
+        return cls(**data)
+
+    def to_cli_args(self) -> list[str]:
+        """The `python -m training train` arguments (without --out) that reproduce this config."""
+        args = [
+            "--task", self.task, "--method", self.method, "--budget", str(self.budget),
+            "--data-fraction", f"{self.data_fraction:g}", "--seed", str(self.seed), "--towers", self.towers,
+            "--batch-size", str(self.batch_size),
+        ]  # fmt: skip
+        optional = {
+            "--base-model": self.base_model, "--dataset": self.dataset, "--epochs": self.epochs,
+            "--max-steps": self.max_steps, "--lr": self.lr, "--eval-limit": self.eval_limit,
+        }  # fmt: skip
+        for flag, value in optional.items():
+            if value is not None:
+                args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+        defaults = RunConfig()
+        if self.grad_accum != defaults.grad_accum:
+            args += ["--grad-accum", str(self.grad_accum)]
+        if self.device != defaults.device:
+            args += ["--device", self.device]
+        if self.max_new_tokens != defaults.max_new_tokens:
+            args += ["--max-new-tokens", str(self.max_new_tokens)]
+        if not self.cache_features:
+            args += ["--no-cache-features"]
+        return args
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of `train` (and of `submit`, which takes the same)."""
+    d = RunConfig()
+    parser.add_argument("--task", default=d.task, help="caption or vqa")
+    parser.add_argument("--method", default=d.method, help=", ".join(METHOD_NAMES))
+    parser.add_argument("--budget", default=d.budget, help="trainable parameters: 20000, 20k, 1.5M or 0.5%%")
+    parser.add_argument("--data-fraction", default=d.data_fraction, help="share of the training split, in (0, 1]")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--base-model", default=None, help="Hub id or local path (default: the embedded model)")
+    parser.add_argument("--dataset", default=None, help="dataset folder or Hub id (default: the embedded one)")
+    parser.add_argument("--towers", default=d.towers, help="vision, text or both")
+    parser.add_argument("--epochs", type=float, default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's own)")
+    parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test examples")
+    parser.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    parser.add_argument("--no-cache-features", dest="cache_features", action="store_false",
+                        help="run the frozen vision tower every step instead of caching its features")  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    names = {f.name for f in dataclasses.fields(RunConfig)} - {"extra"}
+    return RunConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
