@@ -1,0 +1,72 @@
+"""The core commands: methods (budget table), train, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from training.config import TOWERS, add_run_options, config_from_args, parse_budget
+from training.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    methods = subparsers.add_parser("methods", help="what every method trains under a parameter budget")
+    methods.add_argument("--budget", required=True, help="20000, 20k, 1.5M or 0.5%%")
+    methods.add_argument("--base-model", default=None, help="Hub id or local path (default: the embedded model)")
+    methods.add_argument("--towers", default="both", choices=TOWERS)
+    methods.add_argument("--json", action="store_true", help="print a JSON list")
+    methods.set_defaults(func=cmd_methods)
+
+    train = subparsers.add_parser("train", help="fine-tune one method and write a run directory")
+    add_run_options(train)
+    train.add_argument("--out", required=True, help="run directory to write")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = subparsers.add_parser("evaluate", help="re-evaluate a finished run on its test split")
+    evaluate.add_argument("--run", required=True, help="run directory")
+    evaluate.add_argument("--eval-limit", type=int, default=None)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from training.base_model import load_base_model
+    from training.methods.budget import plan_all
+
+    budget = parse_budget(args.budget)
+    base = load_base_model(args.base_model)
+    plans = plan_all(base.model, budget, args.towers)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in plans], indent=2))
+        return 0
+    total = sum(p.numel() for p in base.model.parameters())
+    print(f"base model: {base.source} ({total:,} parameters); budget {budget} = {budget.resolve(total):,}; "
+          f"towers {args.towers}")  # fmt: skip
+    header = f"{'method':<17} {'knob':<17} {'value':>5} {'trainable':>11} {'% of base':>9}  {'feasible range':<27} ok"
+    print(header)
+    print("-" * len(header))
+    for p in plans:
+        value = "-" if p.value is None else str(p.value)
+        span = f"{p.min_params:,} - {p.max_params:,}"
+        print(f"{p.method:<17} {p.knob or '-':<17} {value:>5} {p.trainable_params:>11,} {p.percent:>9.3f}  "
+              f"{span:<27} {'yes' if p.feasible else 'NO'}")  # fmt: skip
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.trainer import train
+
+    config = config_from_args(args)
+    out = Path(args.out)
+    if (out / "eval.json").exists():
+        raise UserError(f"{out} already holds a finished run: choose another --out.")
+    return train(config, out)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.trainer import reevaluate
+
+    metrics = reevaluate(args.run, eval_limit=args.eval_limit, device=args.device)
+    print(json.dumps(metrics, indent=2))
+    return 0

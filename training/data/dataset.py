@@ -1,0 +1,182 @@
+"""Task datasets: captioning and VQA examples from a local folder or a Hugging Face Hub dataset.
+
+Folder format (the Hugging Face `imagefolder` convention): `DIR/{train,validation,test}/metadata.jsonl`
+with the images beside it. Captioning lines: `{"file_name", "captions": [...]}`; VQA lines:
+`{"file_name", "question", "answers": [...]}`, optionally `question_type`, `question_id`, `image_id`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from training.errors import UserError
+from training.paths import ASSETS_DIR
+
+SPLITS = ("train", "validation", "test")
+DEFAULT_DATASETS = {"caption": ASSETS_DIR / "datasets" / "scene-caption", "vqa": ASSETS_DIR / "datasets" / "scene-vqa"}
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+class ImageSource(Protocol):
+    def load(self) -> Image.Image: ...
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    path: str
+
+    def load(self) -> Image.Image:
+        return open_image(self.path)
+
+
+@dataclass
+class Example:
+    image: ImageSource
+    image_id: str
+    captions: list[str] = field(default_factory=list)
+    question: str = ""
+    answers: list[str] = field(default_factory=list)
+    question_type: str | None = None
+    question_id: str | None = None
+
+
+@dataclass
+class TaskDataset:
+    name: str
+    task: str
+    source: str
+    splits: dict[str, list[Example]]
+
+    def split(self, name: str) -> list[Example]:
+        if not self.splits.get(name):
+            raise UserError(f"Dataset {self.name} has no {name!r} split (or it is empty); it has: "
+                            f"{', '.join(k for k, v in self.splits.items() if v) or 'none'}.")
+        return self.splits[name]
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB, with a clear error for a missing, corrupt or oversized file."""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise UserError(f"Image {path} is {image.width}x{image.height}: too large (the limit is "
+                                f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels). Resize it first.")
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"Image {path} does not exist.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"Image {path} cannot be read ({type(exc).__name__}): it is not an image or is corrupt.") \
+            from None  # fmt: skip
+
+
+def _read_split(folder: Path, split: str, task: str) -> list[Example]:
+    meta = folder / split / "metadata.jsonl"
+    if not meta.is_file():
+        return []
+    examples = []
+    required = ("file_name", "captions") if task == "caption" else ("file_name", "question", "answers")
+    with meta.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            where = f"{meta} line {line_no}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{where}: not valid JSON ({exc.msg}). Fix or remove that line.") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{where}: expected a JSON object with {', '.join(required)}.")
+            for key in required:
+                if key not in row:
+                    raise UserError(f"{where}: missing field {key!r} (a {task} dataset needs {', '.join(required)}).")
+            image_path = folder / split / str(row["file_name"])
+            if not image_path.is_file():
+                raise UserError(f"{where}: image file {row['file_name']!r} (field 'file_name') is missing.")
+            _check_image_header(image_path, where)
+            image_id = str(row.get("image_id") or f"{split}/{row['file_name']}")
+            if task == "caption":
+                captions = row["captions"]
+                if isinstance(captions, str):
+                    captions = [captions]
+                if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
+                    raise UserError(f"{where}: field 'captions' must be a non-empty list of strings.")
+                examples.append(Example(ImageFile(str(image_path)), image_id, captions=captions))
+            else:
+                answers = row["answers"]
+                if not isinstance(row["question"], str) or not row["question"].strip():
+                    raise UserError(f"{where}: field 'question' must be a non-empty string.")
+                if not isinstance(answers, list) or not answers:
+                    raise UserError(f"{where}: field 'answers' must be a non-empty list.")
+                answers = [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
+                examples.append(Example(
+                    ImageFile(str(image_path)), image_id, question=row["question"], answers=answers,
+                    question_type=row.get("question_type"), question_id=str(row.get("question_id") or f"{image_id}#{line_no}"),
+                ))  # fmt: skip
+    if not examples:
+        raise UserError(f"{meta} is empty: the {split} split needs at least one example.")
+    return examples
+
+
+def _check_image_header(path: Path, where: str) -> None:
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018  (reads the header only)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise UserError(f"{where}: image file {path.name!r} cannot be read: it is not an image or is corrupt.") \
+            from None  # fmt: skip
+
+
+def detect_task(folder: Path) -> str | None:
+    info = folder / "dataset.json"
+    if info.is_file():
+        try:
+            return json.loads(info.read_text()).get("task")
+        except (OSError, json.JSONDecodeError):
+            return None
+    return None
+
+
+def load_folder_dataset(folder: str | Path, task: str) -> TaskDataset:
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UserError(f"Dataset folder {folder} does not exist.")
+    declared = detect_task(path)
+    if declared and declared != task:
+        raise UserError(f"Dataset {folder} is a {declared} dataset, not a {task} one: pick the matching task.")
+    if not any((path / s / "metadata.jsonl").is_file() for s in SPLITS):
+        raise UserError(f"Dataset folder {folder} has no train/, validation/ or test/ subfolder with a "
+                        "metadata.jsonl: see the dataset format in the README.")
+    splits = {split: _read_split(path, split, task) for split in SPLITS}
+    return TaskDataset(name=path.name, task=task, source=str(path.resolve()), splits=splits)
+
+
+def load_dataset(name_or_path: str | None, task: str) -> TaskDataset:
+    """A local folder, or a Hub dataset id (COCO-Karpathy and VQAv2 layouts); None: the embedded default."""
+    if name_or_path is None:
+        return load_folder_dataset(DEFAULT_DATASETS[task], task)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and any((path / s / "metadata.jsonl").is_file() for s in SPLITS):
+        return load_folder_dataset(path, task)
+    from training.data.hub import load_hub_dataset
+
+    return load_hub_dataset(name_or_path, task)
+
+
+def nested_fraction(count: int, fraction: float, seed: int) -> list[int]:
+    """Indices of a seeded subset: for one seed, the subset for a smaller fraction is inside a larger one's."""
+    order = np.random.default_rng(seed).permutation(count)
+    keep = max(1, math.ceil(round(fraction * count, 6)))
+    return sorted(order[:keep].tolist())
+
+
+def subset_hash(examples: list[Example]) -> str:
+    ids = "\n".join(e.question_id or e.image_id for e in examples)
+    return hashlib.sha256(ids.encode()).hexdigest()[:16]

@@ -1,0 +1,72 @@
+"""Decode the test split with the active adapter and score it with the task's metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from training.data.dataset import Example
+from training.pixels import PixelCache
+from training.tasks import Encoder, prompt_text
+from training.vlmodel import VLModel
+
+
+@torch.no_grad()
+def predict(vl: VLModel, task: str, examples: list[Example], pixels: PixelCache, encoder: Encoder,
+            batch_size: int = 64, max_new_tokens: int = 20,
+            progress: Callable[[int, int], None] | None = None) -> list[str]:  # fmt: skip
+    """Generated text for each example; each distinct image goes through the vision tower once per batch."""
+    outputs: list[str] = []
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start : start + batch_size]
+        unique = list({e.image_id: e for e in batch}.values())
+        embeds = vl.encode_images(pixels(unique))
+        row_of = {e.image_id: i for i, e in enumerate(unique)}
+        image_embeds = embeds[[row_of[e.image_id] for e in batch]]
+        prompts = [encoder.prompt_ids(prompt_text(task, e.question)) for e in batch]
+        for ids in vl.generate(image_embeds, prompts, max_new_tokens=max_new_tokens):
+            outputs.append(encoder.decode(ids))
+        if progress:
+            progress(min(start + batch_size, len(examples)), len(examples))
+    return outputs
+
+
+def score(task: str, examples: list[Example], predictions: list[str]) -> tuple[dict, list[dict]]:
+    """(metrics, per-example records) for the predictions."""
+    if task == "caption":
+        from training.metrics.caption import caption_scores
+
+        preds = {e.image_id: p for e, p in zip(examples, predictions, strict=True)}
+        refs = {e.image_id: e.captions for e in examples}
+        metrics = caption_scores(preds, refs)
+        records = [{"image_id": e.image_id, "prediction": p, "references": e.captions}
+                   for e, p in zip(examples, predictions, strict=True)]  # fmt: skip
+        return metrics, records
+    from training.metrics.vqa import vqa_scores
+
+    types = [e.question_type for e in examples]
+    result = vqa_scores(predictions, [e.answers for e in examples], types if all(types) else None)
+    per_sample = result.pop("per_sample", None) or [None] * len(examples)
+    records = [
+        {"question_id": e.question_id, "image_id": e.image_id, "question": e.question, "prediction": p,
+         "answers": e.answers, "question_type": e.question_type, "accuracy": acc}
+        for e, p, acc in zip(examples, predictions, per_sample, strict=True)
+    ]  # fmt: skip
+    return result, records
+
+
+def evaluate(vl: VLModel, task: str, examples: list[Example], pixels: PixelCache, encoder: Encoder,
+             batch_size: int = 64, max_new_tokens: int = 20,
+             progress: Callable[[int, int], None] | None = None) -> tuple[dict, list[dict]]:  # fmt: skip
+    start = time.perf_counter()
+    was_training = vl.model.training
+    vl.model.eval()
+    predictions = predict(vl, task, examples, pixels, encoder, batch_size, max_new_tokens, progress)
+    decode_s = time.perf_counter() - start
+    metrics, records = score(task, examples, predictions)
+    vl.model.train(was_training)
+    metrics = {**metrics, "num_examples": len(examples), "decode_s": round(decode_s, 3),
+               "eval_s": round(time.perf_counter() - start, 3)}  # fmt: skip
+    return metrics, records

@@ -1,0 +1,127 @@
+"""Bottleneck adapters (layer composition): serial (Houlsby et al. 2019) and parallel (He et al. 2022).
+
+A bottleneck is `up(act(down(h)))` with `up` zero-initialised, so a freshly attached adapter leaves the
+model exactly as it was. peft has no bottleneck adapters, hence this module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.methods.base import AdapterContext, Method, register, text_layers, vision_layers
+from training.methods.wrappers import unwrap
+
+PARALLEL_SCALE = 4.0
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, dim: int, width: int, device: torch.device) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, width, device=device)
+        self.up = nn.Linear(width, dim, device=device)
+        self.act = nn.GELU()
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(hidden)))
+
+
+class _Wrapper(nn.Module):
+    def __init__(self, inner: nn.Module, method: Method, bottleneck: Bottleneck) -> None:
+        super().__init__()
+        self.inner = inner
+        self.adapter = method.adapter
+        self.ctx = method.ctx
+        self.bottleneck = bottleneck
+
+    @property
+    def on(self) -> bool:
+        return self.ctx.active == self.adapter
+
+
+class SerialAfter(_Wrapper):
+    """h -> h + A(h) after a sub-layer's output projection (before its residual and LayerNorm)."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.inner(hidden)
+        return out + self.bottleneck(out) if self.on else out
+
+
+class ParallelBeside(_Wrapper):
+    """ViT MLP: mlp(x) + s * A(x)."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        out = self.inner(hidden)
+        return out + PARALLEL_SCALE * self.bottleneck(hidden) if self.on else out
+
+
+class ParallelTextOutput(_Wrapper):
+    """BLIP text FFN output LN(dense(h) + x): adding s * A(x) to the residual input x gives
+    LN(dense(h) + s * A(x) + x), the parallel adapter beside the FFN."""
+
+    def forward(self, hidden: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        if self.on:
+            input_tensor = input_tensor + PARALLEL_SCALE * self.bottleneck(input_tensor)
+        return self.inner(hidden, input_tensor)
+
+
+class _BottleneckMethod(Method):
+    family = "layer composition"
+    knob = "bottleneck width"
+    default_lr = 1e-3
+
+    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None) -> None:
+        super().__init__(model, ctx, adapter, towers, knob_value)
+        self.width = int(knob_value)
+        if towers in ("text", "both"):
+            dim = model.config.text_config.hidden_size
+            for index, layer in enumerate(text_layers(model)):
+                self._wrap_text(index, layer, dim)
+        if towers in ("vision", "both"):
+            dim = model.config.vision_config.hidden_size
+            for index, layer in enumerate(vision_layers(model)):
+                self._wrap_vision(index, layer, dim)
+
+    def _bottleneck(self, key: str, dim: int, near: nn.Module) -> Bottleneck:
+        device = next(near.parameters()).device
+        self.modules[key] = Bottleneck(dim, self.width, device)
+        return self.modules[key]
+
+    @classmethod
+    def max_knob(cls, model, towers: str) -> int:
+        dims = {"text": model.config.text_config.hidden_size, "vision": model.config.vision_config.hidden_size}
+        return min(dims[t] for t in (("vision", "text") if towers == "both" else (towers,)))
+
+
+@register
+class SerialAdapter(_BottleneckMethod):
+    name = "serial-adapter"
+    summary = ("Small bottleneck layers inserted after attention and feed-forward blocks; layer composition, "
+               "which the paper found best in quality and efficiency.")  # fmt: skip
+
+    def _wrap_text(self, index: int, layer: nn.Module, dim: int) -> None:
+        attn_out = layer.attention.output
+        attn_out.dense = SerialAfter(attn_out.dense, self, self._bottleneck(f"text-{index}-attn", dim, attn_out))
+        ffn_out = unwrap(layer.output)
+        ffn_out.dense = SerialAfter(ffn_out.dense, self, self._bottleneck(f"text-{index}-ffn", dim, ffn_out))
+
+    def _wrap_vision(self, index: int, layer: nn.Module, dim: int) -> None:
+        attn = unwrap(layer.self_attn)
+        attn.projection = SerialAfter(attn.projection, self, self._bottleneck(f"vision-{index}-attn", dim, attn))
+        mlp = unwrap(layer.mlp)
+        mlp.fc2 = SerialAfter(mlp.fc2, self, self._bottleneck(f"vision-{index}-ffn", dim, mlp))
+
+
+@register
+class ParallelAdapter(_BottleneckMethod):
+    name = "parallel-adapter"
+    summary = ("A scaled bottleneck running beside each feed-forward block (He et al. 2022); layer composition, "
+               "which the paper found best in quality and efficiency.")  # fmt: skip
+
+    def _wrap_text(self, index: int, layer: nn.Module, dim: int) -> None:
+        layer.output = ParallelTextOutput(layer.output, self, self._bottleneck(f"text-{index}-ffn", dim, layer))
+
+    def _wrap_vision(self, index: int, layer: nn.Module, dim: int) -> None:
+        layer.mlp = ParallelBeside(layer.mlp, self, self._bottleneck(f"vision-{index}-ffn", dim, layer))

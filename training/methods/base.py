@@ -1,0 +1,99 @@
+"""The one interface every PEFT method follows, and the registry the CLI and the app read.
+
+A method is attached to a BLIP model under an adapter name. Several adapters (of any kinds) can live on
+one frozen base; `AdapterContext.active` says which one acts, and every module a method installs checks it,
+so with no adapter active the model is exactly the base model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import BlipForConditionalGeneration
+
+TOWER_CHOICES = {"vision": ("vision",), "text": ("text",), "both": ("vision", "text")}
+
+
+@dataclass
+class AdapterContext:
+    """Shared by all modules a method installs on one model: the name of the adapter that acts now."""
+
+    active: str | None = None
+
+
+class Method:
+    """Base class: subclasses build their parameters in `__init__` and install them on the model."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]  # "baseline", "embedding composition" or "layer composition"
+    knob: ClassVar[str | None] = None  # what the budget solver sets: "prompt length", "rank", ...
+    default_lr: ClassVar[float] = 1e-3
+    summary: ClassVar[str] = ""
+    trains_vision: ClassVar[bool | None] = None  # None: depends on the towers
+
+    def __init__(self, model: BlipForConditionalGeneration, ctx: AdapterContext, adapter: str, towers: str,
+                 knob_value: int | None) -> None:  # fmt: skip
+        self.model = model
+        self.ctx = ctx
+        self.adapter = adapter
+        self.towers = towers
+        self.knob_value = knob_value
+        self.modules = nn.ModuleDict()  # name -> module holding this adapter's parameters (state-dict keys)
+
+    # -- sizing ---------------------------------------------------------------------------------------
+    @classmethod
+    def max_knob(cls, model: BlipForConditionalGeneration, towers: str) -> int | None:
+        """The largest knob value this method accepts on this model (None: the method has no knob)."""
+        return None
+
+    # -- parameters -----------------------------------------------------------------------------------
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.modules.parameters()
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.modules.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.modules.load_state_dict(state, strict=True)
+
+    def touches_vision(self) -> bool:
+        return "vision" in TOWER_CHOICES[self.towers]
+
+    # -- hooks the decoder asks for (embedding composition on the text side) ----------------------------
+    def text_prompt(self, batch_size: int) -> torch.Tensor | None:
+        """Embeddings [B, P, d] joined before the decoder's input embeddings, or None."""
+        return None
+
+    def text_prefix(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per decoder layer, (key, value) prefixes [B, heads, P, head_dim] for the self-attention, or None."""
+        return None
+
+    def set_active(self, active: bool) -> None:
+        """Called when the active adapter changes; methods whose modules cannot read the context override it."""
+
+    @property
+    def active(self) -> bool:
+        return self.ctx.active == self.adapter
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def text_layers(model: BlipForConditionalGeneration) -> nn.ModuleList:
+    return model.text_decoder.bert.encoder.layer
+
+
+def vision_layers(model: BlipForConditionalGeneration) -> nn.ModuleList:
+    return model.vision_model.encoder.layers

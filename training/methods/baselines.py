@@ -1,0 +1,56 @@
+"""The two baselines beside the five methods: no training at all, and training every weight."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from training.methods.base import Method, register
+
+
+@register
+class ZeroShot(Method):
+    name = "zero-shot"
+    family = "baseline"
+    summary = "No training: the pre-trained model as it is, the reference every method must beat."
+    trains_vision = False
+
+    def touches_vision(self) -> bool:
+        return False
+
+
+@register
+class FullFineTune(Method):
+    name = "full"
+    family = "baseline"
+    default_lr = 1e-4
+    summary = "Every weight is trained: the quality ceiling, at the cost of a full copy of the model per task."
+    trains_vision = True
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.parameters()
+
+    def touches_vision(self) -> bool:
+        return True
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        # Tied weights (the LM head shares the word embeddings) are stored once, as save_pretrained does.
+        seen: set[int] = set()
+        state = {}
+        for key, value in self.model.state_dict().items():
+            if value.data_ptr() in seen:
+                continue
+            seen.add(value.data_ptr())
+            state[key] = value.detach().contiguous()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        tied = set(getattr(self.model, "_tied_weights_keys", {}) or {})
+        missing = [k for k in missing if k not in tied]
+        if missing or unexpected:
+            raise KeyError(f"full fine-tuning weights do not match the model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+        self.model.tie_weights()

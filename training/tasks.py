@@ -1,0 +1,72 @@
+"""How each task turns examples into decoder sequences, and generated ids back into text.
+
+Captioning: `[DEC] a picture of <caption> [SEP]`, as BLIP does; VQA: `[DEC] question: <q> answer: <a> [SEP]`.
+The loss covers only the caption or the answer (and [SEP]); the prompt and question positions are -100.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from training.data.dataset import Example
+
+CAPTION_PROMPT = "a picture of"
+MAX_TEXT_TOKENS = 40
+
+
+def prompt_text(task: str, question: str = "") -> str:
+    return CAPTION_PROMPT if task == "caption" else f"question: {question.strip()} answer:"
+
+
+def majority_answer(answers: list[str]) -> str:
+    """The most frequent answer (ties: the first seen), the training target for a VQA question."""
+    counts = Counter(a.strip().lower() for a in answers)
+    return max(counts, key=lambda a: (counts[a], -[x.strip().lower() for x in answers].index(a)))
+
+
+def training_pairs(task: str, examples: list[Example]) -> list[tuple[Example, str, str]]:
+    """(example, prompt, target) for training: every caption of an image, or a question's majority answer."""
+    if task == "caption":
+        return [(e, prompt_text(task), caption) for e in examples for caption in e.captions]
+    return [(e, prompt_text(task, e.question), majority_answer(e.answers)) for e in examples]
+
+
+class Encoder:
+    """Token ids for prompts and training sequences, with the model's special tokens."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, bos_id: int, sep_id: int, pad_id: int,
+                 max_positions: int) -> None:  # fmt: skip
+        self.tokenizer = tokenizer
+        self.bos_id, self.sep_id, self.pad_id = bos_id, sep_id, pad_id
+        self.max_tokens = min(MAX_TEXT_TOKENS, max_positions)
+
+    def words(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return [self.bos_id, *self.words(prompt)][: self.max_tokens - 1]
+
+    def training_batch(self, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask, labels for (prompt, target) pairs, right-padded."""
+        rows, label_rows = [], []
+        for prompt, target in pairs:
+            head = self.prompt_ids(prompt)
+            tail = [*self.words(target), self.sep_id]
+            ids = (head + tail)[: self.max_tokens]
+            rows.append(ids)
+            label_rows.append([-100] * len(head) + ids[len(head):])
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (ids, lab) in enumerate(zip(rows, label_rows, strict=True)):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(lab)] = torch.tensor(lab)
+            mask[i, : len(ids)] = 1
+        return input_ids, mask, labels
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -1,0 +1,375 @@
+"""The training loop: load, attach the method, train, evaluate, write the run directory.
+
+Used the same way by the CLI, the job worker (which runs the CLI in its own process) and the sweeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from training import runs
+from training.base_model import BaseModel, load_base_model
+from training.config import RunConfig, parse_budget
+from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction, subset_hash
+from training.errors import UserError
+from training.evaluation import evaluate
+from training.methods import METHODS
+from training.methods.budget import Plan, plan_method, require_feasible
+from training.pixels import PixelCache
+from training.tasks import Encoder, training_pairs
+from training.vlmodel import VLModel
+
+RUN_ADAPTER = "run"
+LOG_EVERY = 5
+EXIT_STOPPED = 3
+
+
+@dataclass
+class Prepared:
+    """Everything resolved before any training work, so bad input fails fast."""
+
+    config: RunConfig
+    base: BaseModel
+    dataset: TaskDataset
+    plan: Plan
+    train_examples: list[Example]
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA GPU is available: use --device cpu or auto.")
+    return torch.device(name)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    config.validate()
+    device = resolve_device(config.device)
+    dataset = load_dataset(config.dataset, config.task)
+    train = dataset.split("train")
+    dataset.split("test")
+    base = load_base_model(config.base_model, device)
+    plan = require_feasible(plan_method(base.model, config.method, parse_budget(config.budget), config.towers))
+    subset = [train[i] for i in nested_fraction(len(train), config.data_fraction, config.seed)]
+    return Prepared(config, base, dataset, plan, subset, device)
+
+
+def setup_logging(run_dir: Path) -> logging.Logger:
+    """Log to log.txt, and to stderr unless stderr already is log.txt (as when the job worker runs us)."""
+    logger = logging.getLogger(f"vlpeft.run.{run_dir}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    log_path = run_dir / runs.LOG
+    file_handler = logging.FileHandler(log_path, encoding="utf-8")
+    file_handler.setFormatter(formatter)
+    logger.addHandler(file_handler)
+    try:
+        same = os.path.samestat(os.fstat(sys.stderr.fileno()), os.stat(log_path))
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(formatter)
+        logger.addHandler(stream)
+    return logger
+
+
+def versions() -> dict:
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__}  # fmt: skip
+
+
+def build_model(prepared: Prepared) -> tuple[VLModel, int]:
+    vl = VLModel(prepared.base)
+    plan, config = prepared.plan, prepared.config
+    vl.attach(config.method, RUN_ADAPTER, config.towers, plan.value)
+    vl.set_active(RUN_ADAPTER)
+    trainable = vl.freeze_all_but(RUN_ADAPTER)
+    if trainable != plan.trainable_params:
+        raise RuntimeError(f"{config.method}: {trainable} trainable parameters, but the budget solver promised "
+                           f"{plan.trainable_params}")  # fmt: skip
+    return vl, trainable
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT or by a STOP file in the run directory: stop at the next step, keep the work."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.stop_file = run_dir / runs.STOP
+        self.signalled = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signalled = True
+
+    def __bool__(self) -> bool:
+        return self.signalled or self.stop_file.exists()
+
+
+def lr_at(step: int, total: int, peak: float, warmup_ratio: float) -> float:
+    """Linear warm-up, then linear decay to zero."""
+    warmup = max(1, int(total * warmup_ratio))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) -> int:
+    """Run one fine-tune into run_dir; returns 0 when finished, EXIT_STOPPED when stopped on request."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_json(run_dir / runs.PROGRESS, {"phase": "loading", "step": 0, "total_steps": None})
+    log = setup_logging(run_dir)
+    stop = StopFlag(run_dir)
+    if install_signals:
+        stop.install()
+    started = time.perf_counter()
+    prepared = prepare(config)
+    seed_everything(config.seed)
+    total_params = sum(p.numel() for p in prepared.base.model.parameters())
+    vl, trainable = build_model(prepared)
+    method = METHODS[config.method]
+    device = prepared.device
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    pixels = PixelCache(prepared.base.processor)
+    pairs = training_pairs(config.task, prepared.train_examples)
+    batch_size = config.batch_size * config.grad_accum
+    if config.max_steps:
+        total_steps = config.max_steps
+    else:
+        total_steps = max(1, math.ceil((config.epochs or 1.0) * len(pairs) / batch_size))
+    if config.method == "zero-shot":
+        total_steps = 0
+    lr = config.lr or method.default_lr
+    frozen_vision = not vl.adapters[RUN_ADAPTER].touches_vision()
+    use_feature_cache = config.cache_features and frozen_vision
+    autocast_dtype = None
+    if device.type == "cuda":
+        autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    resolved = {
+        "method": config.method, "family": method.family, "knob": prepared.plan.knob,
+        "knob_value": prepared.plan.value, "trainable_params": trainable, "total_params": total_params,
+        "trainable_percent": 100 * trainable / total_params, "budget_params": parse_budget(config.budget)
+        .resolve(total_params), "lr": lr, "total_steps": total_steps, "effective_batch_size": batch_size,
+        "device": str(device), "precision": str(autocast_dtype or torch.float32).replace("torch.", ""),
+        "base_model": prepared.base.source, "dataset": prepared.dataset.source, "dataset_name": prepared.dataset.name,
+        "train_examples": len(prepared.train_examples), "train_pairs": len(pairs),
+        "train_split_size": len(prepared.dataset.split("train")), "subset_hash": subset_hash(prepared.train_examples),
+        "feature_cache": use_feature_cache,
+    }  # fmt: skip
+    command = "python -m training train " + " ".join(config.to_cli_args()) + f" --out {run_dir}"
+    runs.write_json(run_dir / runs.CONFIG, {
+        "config": config.to_dict(), **resolved, "versions": versions(), "command": command,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })  # fmt: skip
+    log.info("%s on %s: %s=%s, %s trainable of %s parameters (%.3f%%), %d training examples (%d pairs), %d steps",
+             config.method, config.task, prepared.plan.knob, prepared.plan.value, f"{trainable:,}",
+             f"{total_params:,}", resolved["trainable_percent"], len(prepared.train_examples), len(pairs),
+             total_steps)  # fmt: skip
+
+    features: dict[str, torch.Tensor] = {}
+    if use_feature_cache and total_steps:
+        log.info("vision tower frozen: computing image features once for %d images", len(prepared.train_examples))
+        features = precompute_features(vl, prepared.train_examples, pixels)
+
+    stopped = False
+    if total_steps:
+        stopped = run_training_loop(vl, config, pairs, encoder, pixels, features, total_steps, lr, autocast_dtype,
+                                    run_dir, log, stop, started)  # fmt: skip
+    save_file(vl.adapters[RUN_ADAPTER].state_dict(), str(run_dir / runs.WEIGHTS))
+    if stopped:
+        log.info("stopped on request after the last completed step; weights saved, evaluation skipped")
+        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "stopped"})
+        return EXIT_STOPPED
+
+    test = prepared.dataset.split("test")
+    if config.eval_limit:
+        test = test[: config.eval_limit]
+    runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "evaluating"})
+    log.info("evaluating on %d test examples", len(test))
+    metrics, records = evaluate(vl, config.task, test, pixels, encoder, max_new_tokens=config.max_new_tokens)
+    for record in records:
+        runs.append_jsonl(run_dir / runs.PREDICTIONS, record)
+    train_s = time.perf_counter() - started - metrics["eval_s"]
+    runs.write_json(run_dir / runs.EVAL, {
+        "task": config.task, "split": "test", "metrics": metrics, "train_s": round(train_s, 2),
+        "wall_s": round(time.perf_counter() - started, 2), "peak_mem_mb": peak_memory_mb(device),
+    })  # fmt: skip
+    log.info("done: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+    runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "done"})
+    return 0
+
+
+@torch.no_grad()
+def precompute_features(vl: VLModel, examples: list[Example], pixels: PixelCache,
+                        batch_size: int = 64) -> dict[str, torch.Tensor]:  # fmt: skip
+    unique = list({e.image_id: e for e in examples}.values())
+    was_training = vl.model.training
+    vl.model.eval()
+    features = {}
+    for start in range(0, len(unique), batch_size):
+        batch = unique[start : start + batch_size]
+        for example, embeds in zip(batch, vl.encode_images(pixels(batch)), strict=True):
+            features[example.image_id] = embeds
+    vl.model.train(was_training)
+    return features
+
+
+def batch_loss(vl: VLModel, batch: list[tuple[Example, str, str]], encoder: Encoder, pixels: PixelCache,
+               features: dict[str, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    examples = [example for example, _, _ in batch]
+    if features:
+        image_embeds = torch.stack([features[e.image_id] for e in examples])
+    else:
+        image_embeds = vl.encode_images(pixels(examples))
+    input_ids, mask, labels = encoder.training_batch([(prompt, target) for _, prompt, target in batch])
+    return vl.loss(image_embeds, input_ids, mask, labels)
+
+
+def run_training_loop(vl: VLModel, config: RunConfig, pairs: list, encoder: Encoder, pixels: PixelCache,
+                      features: dict, total_steps: int, lr: float, autocast_dtype, run_dir: Path,
+                      log: logging.Logger, stop: StopFlag, started: float) -> bool:  # fmt: skip
+    """Optimise for total_steps; returns True if it stopped early on request."""
+    params = [p for p in vl.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(enabled=autocast_dtype == torch.float16)
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    epoch = 0
+    vl.model.train()
+    progress_bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        progress_bar = tqdm(total=total_steps, desc="training", unit="step")
+    loop_start = time.perf_counter()
+    seen = 0
+    for step in range(total_steps):
+        if stop:
+            return True
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, total_steps, lr, config.warmup_ratio)
+        step_loss = 0.0
+        for _ in range(config.grad_accum):
+            if len(order) < config.batch_size:
+                fresh = list(range(len(pairs)))
+                rng.shuffle(fresh)
+                order += fresh
+                epoch += 1
+            batch = [pairs[i] for i in order[: config.batch_size]]
+            del order[: config.batch_size]
+            with torch.autocast(vl.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = batch_loss(vl, batch, encoder, pixels, features) / config.grad_accum
+            scaler.scale(loss).backward()
+            step_loss += loss.item()
+            seen += len(batch)
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if progress_bar:
+            progress_bar.update(1)
+            progress_bar.set_postfix(loss=f"{step_loss:.3f}")
+        if (step + 1) % LOG_EVERY == 0 or step + 1 == total_steps or step == 0:
+            elapsed = time.perf_counter() - loop_start
+            rate = seen / elapsed if elapsed > 0 else 0.0
+            steps_per_s = (step + 1) / elapsed if elapsed > 0 else 0.0
+            row = {
+                "step": step + 1, "total_steps": total_steps, "epoch": round(epoch - len(order) / max(1, len(pairs)), 3),
+                "loss": round(step_loss, 5), "lr": optimizer.param_groups[0]["lr"], "samples_per_s": round(rate, 2),
+                "elapsed_s": round(time.perf_counter() - started, 2),
+                "eta_s": round((total_steps - step - 1) / steps_per_s, 1) if steps_per_s else None,
+            }  # fmt: skip
+            runs.append_jsonl(run_dir / runs.METRICS, row)
+            runs.write_json(run_dir / runs.PROGRESS, {"phase": "training", **row})
+            if not progress_bar:
+                log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s eta %ss", step + 1, total_steps, step_loss,
+                         row["lr"], rate, row["eta_s"])  # fmt: skip
+    if progress_bar:
+        progress_bar.close()
+    vl.model.eval()
+    return False
+
+
+def progress_snapshot(run_dir: Path) -> dict:
+    return runs.read_json(run_dir / runs.PROGRESS) or {}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    except ImportError:
+        return float("nan")
+
+
+def load_run(run_dir: str | Path, vl: VLModel | None = None, adapter: str | None = None,
+             device: str = "cpu") -> tuple[VLModel, str, dict]:  # fmt: skip
+    """Attach a finished run's weights to vl (or a fresh model of the run's base) as `adapter`."""
+    run_dir = Path(run_dir)
+    info = runs.read_json(run_dir / runs.CONFIG)
+    weights = run_dir / runs.WEIGHTS
+    if info is None or not weights.is_file():
+        raise UserError(f"{run_dir} is not a finished run: it needs {runs.CONFIG} and {runs.WEIGHTS}.")
+    config = RunConfig.from_dict(info["config"])
+    if vl is None:
+        vl = VLModel(load_base_model(config.base_model, resolve_device(device)))
+    adapter = adapter or run_dir.name
+    attached = vl.attach(config.method, adapter, config.towers, info.get("knob_value"))
+    try:
+        attached.load_state_dict(load_file(str(weights), device=str(vl.device)))
+    except (KeyError, RuntimeError) as exc:
+        raise UserError(f"The weights in {weights} do not fit this base model: {exc}") from None
+    return vl, adapter, info
+
+
+def reevaluate(run_dir: str | Path, eval_limit: int | None = None, device: str = "auto") -> dict:
+    """Evaluate a finished run again on its test split; rewrites eval.json and predictions.jsonl."""
+    run_dir = Path(run_dir)
+    vl, adapter, info = load_run(run_dir, device=str(resolve_device(device)))
+    vl.set_active(adapter)
+    config = RunConfig.from_dict(info["config"])
+    test = load_dataset(config.dataset, config.task).split("test")
+    limit = eval_limit or config.eval_limit
+    test = test[:limit] if limit else test
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    metrics, records = evaluate(vl, config.task, test, PixelCache(vl.base.processor), encoder,
+                                max_new_tokens=config.max_new_tokens)  # fmt: skip
+    (run_dir / runs.PREDICTIONS).unlink(missing_ok=True)
+    for record in records:
+        runs.append_jsonl(run_dir / runs.PREDICTIONS, record)
+    previous = runs.read_json(run_dir / runs.EVAL) or {}
+    runs.write_json(run_dir / runs.EVAL, {**previous, "task": config.task, "split": "test", "metrics": metrics})
+    return metrics

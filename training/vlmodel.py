@@ -1,0 +1,166 @@
+"""A BLIP model with any number of PEFT adapters on one frozen base, and the decoding loop they share.
+
+The decoder forward and the greedy decoder are written here (not `generate`) because prompt and prefix
+tuning need to put vectors before the text and keys/values into the self-attention cache, which
+`generate` cannot do on BLIP (see the design notes).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+from training.base_model import BaseModel
+from training.errors import UserError
+from training.methods import METHODS, AdapterContext, Method
+
+
+class VLModel:
+    def __init__(self, base: BaseModel) -> None:
+        self.base = base
+        self.model = base.model
+        self.tokenizer = base.tokenizer
+        self.ctx = AdapterContext()
+        self.adapters: dict[str, Method] = {}
+        text = self.model.config.text_config
+        self.bos_id, self.sep_id, self.pad_id = text.bos_token_id, text.sep_token_id, text.pad_token_id
+        self.max_positions = text.max_position_embeddings
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.vision_model.embeddings.patch_embedding.weight.device
+
+    # -- adapters -------------------------------------------------------------------------------------
+    def attach(self, method: str, adapter: str, towers: str = "both", knob_value: int | None = None) -> Method:
+        if method not in METHODS:
+            raise UserError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
+        if adapter in self.adapters:
+            raise ValueError(f"an adapter named {adapter!r} is already attached")
+        attached = METHODS[method](self.model, self.ctx, adapter, towers, knob_value)
+        self.adapters[adapter] = attached
+        self.set_active(self.ctx.active)
+        return attached
+
+    def set_active(self, adapter: str | None) -> None:
+        """Make one adapter act (None: the plain base model)."""
+        if adapter is not None and adapter not in self.adapters:
+            raise KeyError(adapter)
+        self.ctx.active = adapter
+        for attached in self.adapters.values():
+            attached.set_active(False)
+        if adapter is not None:
+            self.adapters[adapter].set_active(True)
+
+    @property
+    def active(self) -> Method | None:
+        return self.adapters.get(self.ctx.active) if self.ctx.active else None
+
+    def freeze_all_but(self, adapter: str) -> int:
+        """requires_grad only on the adapter's parameters; returns how many that is."""
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        params = list(self.adapters[adapter].parameters())
+        for param in params:
+            param.requires_grad_(True)
+        return sum(p.numel() for p in params)
+
+    # -- forward pieces -------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The vision tower's output tokens, which the decoder cross-attends to."""
+        dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
+        return self.model.vision_model(pixel_values=pixel_values.to(self.device, dtype)).last_hidden_state
+
+    def _decoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Embeddings (or ids), position ids, mask and a fresh cache, with the active method's prompt/prefix."""
+        batch, length = input_ids.shape
+        method = self.active
+        prompt = method.text_prompt(batch) if method else None
+        prefix = method.text_prefix(batch) if method else None
+        positions = torch.arange(length, device=input_ids.device).unsqueeze(0).expand(batch, -1)
+        inputs: dict = {"input_ids": input_ids}
+        if prompt is not None:
+            words = self.model.text_decoder.bert.embeddings.word_embeddings(input_ids)
+            # A fresh tensor (torch.cat): BLIP adds position embeddings to inputs_embeds in place.
+            inputs = {"inputs_embeds": torch.cat([prompt.to(words.dtype), words], dim=1)}
+            # Prompt vectors sit at position 0 so the text keeps the positions it had in pre-training.
+            positions = torch.cat([torch.zeros_like(positions[:, :1]).expand(-1, prompt.shape[1]), positions], 1)
+            attention_mask = torch.cat([attention_mask.new_ones(batch, prompt.shape[1]), attention_mask], dim=1)
+        self_cache = DynamicCache()
+        if prefix is not None:
+            for index, (key, value) in enumerate(prefix):
+                self_cache.update(key, value, index)
+            attention_mask = torch.cat([attention_mask.new_ones(batch, prefix[0][0].shape[2]), attention_mask], 1)
+        cache = EncoderDecoderCache(self_cache, DynamicCache())
+        skip = prompt.shape[1] if prompt is not None else 0
+        return inputs, positions, attention_mask, cache, skip
+
+    def text_logits(self, image_embeds: torch.Tensor, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Teacher-forced logits [B, T, vocab] at the text positions (prompt-tuning positions dropped)."""
+        input_ids = input_ids.to(self.device)
+        inputs, positions, mask, cache, skip = self._decoder_inputs(input_ids, attention_mask.to(self.device))
+        out = self.model.text_decoder(
+            **inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
+            cache=cache, use_cache=True,
+        )  # fmt: skip
+        return out.logits[:, skip:]
+
+    def loss(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             labels: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Next-token cross-entropy on the label positions (-100 elsewhere: padding, prompt, question)."""
+        logits = self.text_logits(image_embeds, input_ids, attention_mask)
+        labels = labels.to(logits.device)
+        return nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
+
+    @torch.no_grad()
+    def generate(self, image_embeds: torch.Tensor, prompts: list[list[int]], max_new_tokens: int = 20,
+                 return_logits: bool = False):  # fmt: skip
+        """Greedy decoding of each prompt (token ids starting with BOS) against its row of image_embeds.
+
+        Returns the new token ids per row (without the prompt, up to and excluding [SEP]); with
+        return_logits, also the logits of every generated step (for tests that compare with teacher forcing).
+        """
+        outputs: list[list[int] | None] = [None] * len(prompts)
+        step_logits: list[torch.Tensor | None] = [None] * len(prompts)
+        by_length: dict[int, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            by_length.setdefault(len(prompt), []).append(index)
+        for length, rows in by_length.items():
+            max_new = max(0, min(max_new_tokens, self.max_positions - length))
+            ids = torch.tensor([prompts[i] for i in rows], device=self.device)
+            tokens, logits = self._greedy(image_embeds[rows], ids, max_new)
+            for position, row in enumerate(rows):
+                outputs[row] = tokens[position]
+                step_logits[row] = logits[position] if logits is not None else None
+        return (outputs, step_logits) if return_logits else outputs
+
+    def _greedy(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, max_new: int):
+        batch, length = input_ids.shape
+        inputs, positions, mask, cache, _ = self._decoder_inputs(input_ids, torch.ones_like(input_ids))
+        decoder = self.model.text_decoder
+        out = decoder(**inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
+                      cache=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        tokens: list[torch.Tensor] = []
+        logits: list[torch.Tensor] = []
+        for step in range(max_new):
+            last = out.logits[:, -1]
+            logits.append(last)
+            next_ids = last.argmax(-1)
+            tokens.append(torch.where(finished, torch.full_like(next_ids, self.sep_id), next_ids))
+            finished |= next_ids == self.sep_id
+            if finished.all() or step == max_new - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+            position = torch.full((batch, 1), length + step, device=self.device)
+            out = decoder(input_ids=next_ids[:, None], attention_mask=mask, position_ids=position,
+                          encoder_hidden_states=image_embeds, cache=out.cache, use_cache=True)  # fmt: skip
+        result = []
+        table = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(batch)]
+        for row in table:
+            result.append(row[: row.index(self.sep_id)] if self.sep_id in row else row)
+        stacked = torch.stack(logits, 1) if logits else None
+        return result, stacked
