@@ -1,0 +1,1 @@
+"""Evaluation metrics: caption scores (`caption`) and VQA accuracy (`vqa`)."""
