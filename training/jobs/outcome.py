@@ -73,16 +73,16 @@ def without_exit_code(job: Job) -> Outcome:
     lines = tail_lines(run_dir / LOG_FILE, LOG_TAIL_LINES)
     tail = "\n".join(lines)
     phase = (read_progress(run_dir) or {}).get("phase")
+    unknown = "exit code unknown (the worker that started it had stopped)"
     if (run_dir / EVAL_FILE).exists():
-        return Outcome("finished", "finished while no worker was watching", log_tail=tail)
+        return Outcome("finished", f"finished; {unknown}", log_tail=tail)
     if job.cancel_requested_by is not None:
         return _cancelled(job, None, tail, killed_after_grace=False)
     if phase == "stopped":
         return Outcome("interrupted", "stopped from outside the app; " + _kept(run_dir), log_tail=tail)
     error = _error_line(lines)
     if error:
-        return Outcome("failed", f"failed while no worker was watching: {error}", error=error, hint=_hint(lines),
-                       log_tail=tail)  # fmt: skip
+        return Outcome("failed", f"failed: {error}; {unknown}", error=error, hint=_hint(lines), log_tail=tail)
     if job.pid is None:
         return Outcome("interrupted", "the worker stopped before the job's process started", log_tail=tail)
     return Outcome(
