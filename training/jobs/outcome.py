@@ -8,8 +8,9 @@ import signal
 import time
 from pathlib import Path
 
+from training import runs
 from training.jobs.process import signal_name
-from training.jobs.runfiles import EVAL_FILE, LOG_FILE, WEIGHTS_FILE, read_progress, tail_lines
+from training.jobs.status import read_progress
 from training.jobs.store import TIME_LIMIT, Job, Outcome
 
 LOG_TAIL_LINES = 40
@@ -42,7 +43,7 @@ _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\
 def from_exit(job: Job, returncode: int, killed_after_grace: bool = False) -> Outcome:
     """The outcome of a job process this worker started and reaped."""
     run_dir = Path(job.run_dir)
-    lines = tail_lines(run_dir / LOG_FILE, LOG_TAIL_LINES)
+    lines = runs.tail(run_dir / runs.LOG, LOG_TAIL_LINES)
     tail = "\n".join(lines)
     if returncode == EXIT_FINISHED:
         return Outcome("finished", f"finished in {_duration(job)}", returncode, log_tail=tail)
@@ -70,11 +71,11 @@ def from_exit(job: Job, returncode: int, killed_after_grace: bool = False) -> Ou
 def without_exit_code(job: Job) -> Outcome:
     """The outcome of a job whose process ended while no worker was watching it, read from its run directory."""
     run_dir = Path(job.run_dir)
-    lines = tail_lines(run_dir / LOG_FILE, LOG_TAIL_LINES)
+    lines = runs.tail(run_dir / runs.LOG, LOG_TAIL_LINES)
     tail = "\n".join(lines)
     phase = (read_progress(run_dir) or {}).get("phase")
     unknown = "exit code unknown (the worker that started it had stopped)"
-    if (run_dir / EVAL_FILE).exists():
+    if (run_dir / runs.EVAL).exists():
         return Outcome("finished", f"finished; {unknown}", log_tail=tail)
     if job.cancel_requested_by is not None:
         return _cancelled(job, None, tail, killed_after_grace=False)
@@ -104,7 +105,7 @@ def _cancelled(job: Job, returncode: int | None, tail: str, killed_after_grace: 
 
 
 def _kept(run_dir: Path) -> str:
-    if (run_dir / WEIGHTS_FILE).exists():
+    if (run_dir / runs.WEIGHTS).exists():
         return "the weights trained so far are kept"
     return "no weights were saved"
 

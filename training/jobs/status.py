@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from pathlib import Path
 
-from training.jobs.runfiles import LOG_FILE, PROGRESS_FILE, read_progress, tail_lines
+from training import runs
 from training.jobs.store import JobStore
-from training.jobs.supervisor import train_command
 
 
 def job_status(store: JobStore, job_id: str, log_lines: int = 40) -> dict:
@@ -36,9 +36,9 @@ def job_status(store: JobStore, job_id: str, log_lines: int = 40) -> dict:
     eta = progress.get("eta_s") if job.state == "running" else None
     if isinstance(eta, int | float):
         # The trainer writes its estimate only every few steps; count down in between.
-        eta = round(max(0.0, eta - _age(run_dir / PROGRESS_FILE, now)), 1)
+        eta = round(max(0.0, eta - _age(run_dir / runs.PROGRESS, now)), 1)
 
-    lines = tail_lines(run_dir / LOG_FILE, log_lines)
+    lines = runs.tail(run_dir / runs.LOG, log_lines) if log_lines > 0 else []
     if not lines and job.log_tail and log_lines > 0:
         lines = job.log_tail.splitlines()[-log_lines:]
 
@@ -66,8 +66,23 @@ def job_status(store: JobStore, job_id: str, log_lines: int = 40) -> dict:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "config": job.config,
-        "command": shlex.join(["python", *train_command(job.run_config, job.run_dir)[1:]]),
+        "command": shlex.join(["python", *job.command[1:]]),
     }
+
+
+def read_progress(run_dir: Path) -> dict | None:
+    """progress.json, else the last complete line of metrics.jsonl; None before the trainer wrote either."""
+    progress = runs.read_json(run_dir / runs.PROGRESS)
+    if isinstance(progress, dict):
+        return progress
+    for line in reversed(runs.tail(run_dir / runs.METRICS, 2)):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the line being written
+        if isinstance(row, dict):
+            return row
+    return None
 
 
 def _age(path: Path, now: float) -> float:

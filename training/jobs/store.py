@@ -12,6 +12,7 @@ import secrets
 import shutil
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -19,11 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from training import runs
 from training.config import RunConfig
 from training.errors import UserError
 from training.jobs.limits import JobLimits
 from training.jobs.process import is_alive, signal_group
-from training.jobs.runfiles import STOP_FILE
 from training.paths import data_home
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
@@ -109,6 +110,11 @@ class Job:
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def command(self) -> list[str]:
+        """The process that runs this job: the same `train` command a person would type."""
+        return [sys.executable, "-m", "training", "train", *self.run_config.to_cli_args(), "--out", self.run_dir]
 
 
 @dataclass(frozen=True)
@@ -336,7 +342,7 @@ class JobStore:
             return False
         run_dir = Path(job.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / STOP_FILE).touch()
+        (run_dir / runs.STOP).touch()
         if not is_alive(job.pid, job.pid_start):
             return False  # not started yet: the worker signals once it has the pid
         with self._tx() as conn:

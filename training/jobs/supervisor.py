@@ -15,29 +15,22 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.config import RunConfig
+from training import runs
 from training.jobs import outcome
 from training.jobs.limits import JobLimits
 from training.jobs.process import is_alive, process_start_time, signal_group
-from training.jobs.runfiles import LOG_FILE
 from training.jobs.store import TIME_LIMIT, Job, JobStore, Outcome
 from training.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_STALE_S = 60  # a worker on another host that has not written for this long is gone
-
-
-def train_command(config: RunConfig, run_dir: str | Path) -> list[str]:
-    """The process that runs one job: the same `train` command a person would type."""
-    return [sys.executable, "-m", "training", "train", *config.to_cli_args(), "--out", str(run_dir)]
 
 
 def live_supervisors(store: JobStore) -> list[str]:
@@ -74,7 +67,7 @@ class Supervisor:
         self.limits = limits or self.store.limits
         self.poll_s = poll_s
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
-        self._command = command or (lambda job: train_command(job.run_config, job.run_dir))
+        self._command = command or (lambda job: job.command)
         self._watched: dict[str, _Watched] = {}
         self._started = False
         self._thread: threading.Thread | None = None
@@ -166,7 +159,7 @@ class Supervisor:
             command = self._command(job)
             run_dir.mkdir(parents=True, exist_ok=True)
             # Append mode, and the child gets the file itself: no pipe that fills up when nobody reads it.
-            with open(run_dir / LOG_FILE, "ab") as log_file:
+            with open(run_dir / runs.LOG, "ab") as log_file:
                 started = time.strftime("%Y-%m-%d %H:%M:%S")
                 log_file.write(f"[worker] {started} job {job.id}: {shlex.join(command)}\n".encode())
                 log_file.flush()
@@ -180,7 +173,7 @@ class Supervisor:
         pid_start = process_start_time(proc.pid)
         self.store.set_process(job.id, self.id, proc.pid, pid_start)
         self._watched[job.id] = _Watched(job.id, proc.pid, pid_start, proc)
-        log.info("job %s started (pid %d), log in %s", job.id, proc.pid, run_dir / LOG_FILE)
+        log.info("job %s started (pid %d), log in %s", job.id, proc.pid, run_dir / runs.LOG)
 
     def _reap(self) -> None:
         for watched in list(self._watched.values()):
