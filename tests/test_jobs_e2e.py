@@ -1,0 +1,129 @@
+"""Jobs end to end with the real trainer (`python -m training train`) on the tiny BLIP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from training.config import RunConfig
+from training.jobs.limits import JobLimits
+from training.jobs.outcome import KILLED_HINT
+from training.jobs.process import is_alive, signal_group
+from training.jobs.status import job_status
+from training.jobs.store import JobStore
+from training.jobs.supervisor import Supervisor
+from training.paths import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+LIMITS = JobLimits(max_queued=10, max_queued_per_submitter=10, max_runtime_s=0, max_concurrent=1, stop_grace_s=15)
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A store in a fresh data directory; every job process it recorded is killed afterwards."""
+    monkeypatch.setenv("VLPEFT_HOME", str(tmp_path / "home"))
+    store = JobStore(limits=LIMITS)
+    yield store
+    for job in store.list_jobs():
+        if is_alive(job.pid, job.pid_start):
+            signal_group(job.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def supervisor(store: JobStore):
+    supervisor = Supervisor(store, poll_s=0.1)
+    yield supervisor
+    supervisor.close(stop_jobs=True, timeout=20)
+
+
+@pytest.fixture
+def tiny_run(tiny_model_dir: Path, tiny_caption_dataset: Path):
+    def make(max_steps: int) -> RunConfig:
+        return RunConfig(
+            task="caption", method="lora", budget="2k", base_model=str(tiny_model_dir),
+            dataset=str(tiny_caption_dataset), max_steps=max_steps, batch_size=4, eval_limit=8,
+        )  # fmt: skip
+
+    return make
+
+
+def wait_until(predicate, timeout: float, tick=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tick is not None:
+            tick()
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s")
+
+
+def training_started(store: JobStore, job_id: str):
+    return lambda: (job_status(store, job_id)["step"] or 0) >= 1
+
+
+def test_cancel_mid_run_stops_the_trainer_and_keeps_what_it_trained(store: JobStore, supervisor, tiny_run):
+    job_id = store.submit(tiny_run(max_steps=100_000))
+    wait_until(training_started(store, job_id), timeout=60, tick=supervisor.run_once)
+    pid = store.get(job_id).pid
+
+    store.cancel(job_id, by="ann")
+    wait_until(lambda: store.get(job_id).is_final, timeout=30, tick=supervisor.run_once)
+
+    job = store.get(job_id)
+    assert (job.state, job.exit_code) == ("cancelled", 3), job.log_tail
+    assert job.reason == "cancelled by ann; the weights trained so far are kept"
+    assert not is_alive(pid) and not _group_members(pid)
+    run_dir = Path(job.run_dir)
+    assert (run_dir / "weights.safetensors").is_file() and not (run_dir / "eval.json").exists()
+    assert job_status(store, job_id)["phase"] == "stopped"
+
+
+def test_after_kill_9_of_a_job_the_worker_command_trains_the_next_one_to_the_end(store: JobStore, tiny_run):
+    killed = store.submit(tiny_run(max_steps=100_000), submitter="ann")
+    following = store.submit(tiny_run(max_steps=3), submitter="bob")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "training", "worker", "--exit-when-idle", "--poll", "0.1"],
+        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(training_started(store, killed), timeout=60)
+        os.kill(store.get(killed).pid, signal.SIGKILL)
+        worker_log = worker.communicate(timeout=120)[1]
+    finally:
+        worker.kill()
+        worker.wait()
+    assert worker.returncode == 0, worker_log
+
+    job = store.get(killed)
+    assert (job.state, job.exit_code, job.reason) == ("failed", -9, "killed by SIGKILL")
+    assert "step 1/100000" in job.log_tail and job.hint == KILLED_HINT
+    status = job_status(store, following)
+    assert (status["state"], status["exit_code"], status["error"]) == ("finished", 0, None), status["log_tail"]
+    assert (status["phase"], status["step"], status["total_steps"]) == ("done", 3, 3)
+    run_dir = Path(status["run_dir"])
+    assert run_dir == store.runs_dir / following
+    assert (run_dir / "weights.safetensors").is_file() and (run_dir / "eval.json").is_file()
+    assert json.loads((run_dir / "config.json").read_text())["trainable_params"] > 0
+    assert (run_dir / "log.txt").read_text().count("step 3/3 ") == 1  # each trainer line once, not per stream
+    assert f"job {killed} failed: killed by SIGKILL" in worker_log and f"job {following} finished" in worker_log
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid and is_alive(int(entry.name)):
+                    members.append(int(entry.name))
+            except ProcessLookupError:
+                continue
+    return members
