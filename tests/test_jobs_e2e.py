@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.test_jobs import group_members, wait_for
 from training.config import RunConfig
 from training.jobs.limits import JobLimits
 from training.jobs.outcome import KILLED_HINT
@@ -55,33 +55,22 @@ def tiny_run(tiny_model_dir: Path, tiny_caption_dataset: Path):
     return make
 
 
-def wait_until(predicate, timeout: float, tick=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if tick is not None:
-            tick()
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s")
-
-
 def training_started(store: JobStore, job_id: str):
     return lambda: (job_status(store, job_id)["step"] or 0) >= 1
 
 
 def test_cancel_mid_run_stops_the_trainer_and_keeps_what_it_trained(store: JobStore, supervisor, tiny_run):
     job_id = store.submit(tiny_run(max_steps=100_000))
-    wait_until(training_started(store, job_id), timeout=60, tick=supervisor.run_once)
+    wait_for(training_started(store, job_id), timeout=60, tick=supervisor.run_once)
     pid = store.get(job_id).pid
 
     store.cancel(job_id, by="ann")
-    wait_until(lambda: store.get(job_id).is_final, timeout=30, tick=supervisor.run_once)
+    wait_for(lambda: store.get(job_id).is_final, timeout=30, tick=supervisor.run_once)
 
     job = store.get(job_id)
     assert (job.state, job.exit_code) == ("cancelled", 3), job.log_tail
     assert job.reason == "cancelled by ann; the weights trained so far are kept"
-    assert not is_alive(pid) and not _group_members(pid)
+    assert not is_alive(pid) and not group_members(pid)
     run_dir = Path(job.run_dir)
     assert (run_dir / "weights.safetensors").is_file() and not (run_dir / "eval.json").exists()
     assert job_status(store, job_id)["phase"] == "stopped"
@@ -95,7 +84,7 @@ def test_after_kill_9_of_a_job_the_worker_command_trains_the_next_one_to_the_end
         cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_until(training_started(store, killed), timeout=60)
+        wait_for(training_started(store, killed), timeout=60)
         os.kill(store.get(killed).pid, signal.SIGKILL)
         worker_log = worker.communicate(timeout=120)[1]
     finally:
@@ -115,15 +104,3 @@ def test_after_kill_9_of_a_job_the_worker_command_trains_the_next_one_to_the_end
     assert json.loads((run_dir / "config.json").read_text())["trainable_params"] > 0
     assert (run_dir / "log.txt").read_text().count("step 3/3 ") == 1  # each trainer line once, not per stream
     assert f"job {killed} failed: killed by SIGKILL" in worker_log and f"job {following} finished" in worker_log
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid and is_alive(int(entry.name)):
-                    members.append(int(entry.name))
-            except ProcessLookupError:
-                continue
-    return members

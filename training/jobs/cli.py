@@ -124,6 +124,8 @@ def _cancel(args: argparse.Namespace) -> int:
     if job.state == "running":
         print(f"{job.id}: stop requested; it stops at its next step, or is killed after "
               f"{store.limits.stop_grace_s:g} s")  # fmt: skip
+        if not live_supervisors(store):
+            print("no worker is running: the next worker to start records how the job ended", file=sys.stderr)
     else:
         print(f"{job.id}: {job.state} ({job.reason})")
     return 0

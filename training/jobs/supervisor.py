@@ -30,6 +30,7 @@ from training.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_S = 5
 HEARTBEAT_STALE_S = 60  # a worker on another host that has not written for this long is gone
 
 
@@ -70,6 +71,7 @@ class Supervisor:
         self._command = command or (lambda job: job.command)
         self._watched: dict[str, _Watched] = {}
         self._started = False
+        self._last_heartbeat = 0.0
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
 
@@ -88,7 +90,9 @@ class Supervisor:
     def run_once(self) -> None:
         """One pass: record ended jobs, deliver stops and kills, recover orphans, start queued jobs."""
         self.start()
-        self.store.heartbeat(self.id)
+        if time.monotonic() - self._last_heartbeat >= HEARTBEAT_S:
+            self.store.heartbeat(self.id)
+            self._last_heartbeat = time.monotonic()
         self._reap()
         self._enforce_stops()
         self._recover()
@@ -171,8 +175,8 @@ class Supervisor:
             self.store.finish(job.id, self.id, Outcome("failed", f"could not start the job: {exc}", error=str(exc)))
             return
         pid_start = process_start_time(proc.pid)
-        self.store.set_process(job.id, self.id, proc.pid, pid_start)
         self._watched[job.id] = _Watched(job.id, proc.pid, pid_start, proc)
+        self.store.set_process(job.id, self.id, proc.pid, pid_start)
         log.info("job %s started (pid %d), log in %s", job.id, proc.pid, run_dir / runs.LOG)
 
     def _reap(self) -> None:
