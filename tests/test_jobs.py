@@ -24,6 +24,7 @@ from training.jobs.process import is_alive, process_start_time, signal_group
 from training.jobs.status import job_status
 from training.jobs.store import Job, JobStore, Outcome
 from training.jobs.supervisor import Supervisor, live_supervisors
+from training.metrics.caption import JAVA_MISSING_MESSAGE
 from training.paths import REPO_ROOT
 
 FAKE_TRAINER = textwrap.dedent(
@@ -41,6 +42,10 @@ FAKE_TRAINER = textwrap.dedent(
     signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on_term)
     if mode == "user-error":
         print("error: Dataset 'nope' is not a folder or a Hub id: check --dataset.", file=sys.stderr)
+        sys.exit(2)
+    if mode == "user-error-java":
+        from training.metrics.caption import JAVA_MISSING_MESSAGE
+        print(f"error: {JAVA_MISSING_MESSAGE}", file=sys.stderr)
         sys.exit(2)
     if mode == "stubborn":
         subprocess.Popen(["sleep", "60"])  # a grandchild in the job's process group
@@ -394,6 +399,7 @@ def test_a_job_past_the_time_limit_is_stopped_with_that_reason(store: JobStore, 
             "user-error", 2, "Dataset 'nope' is not a folder or a Hub id: check --dataset.",
             "Dataset 'nope' is not a folder or a Hub id: check --dataset.",
         ),
+        ("user-error-java", 2, JAVA_MISSING_MESSAGE, outcome.JAVA_HINT),
     ],
 )  # fmt: skip
 def test_a_failure_reports_exit_code_log_tail_and_hint_then_the_next_job_runs(

@@ -33,7 +33,10 @@ DISK_HINT = "The disk is full: delete old runs or free some space."
 
 _HINTS = (
     (re.compile(r"out of memory|MemoryError|OutOfMemoryError|Cannot allocate memory", re.I), OOM_HINT),
-    (re.compile(r"No such file or directory: '?java'?|java: (command )?not found|find java", re.I), JAVA_HINT),
+    (
+        re.compile(r"No such file or directory: '?java'?|java: (command )?not found|no `?java`? was found", re.I),
+        JAVA_HINT,
+    ),
     (re.compile(r"No space left on device", re.I), DISK_HINT),
 )
 _ERROR_LINE = re.compile(r"^error: (.+)$")
@@ -55,14 +58,13 @@ def from_exit(job: Job, returncode: int, killed_after_grace: bool = False) -> Ou
             returncode, log_tail=tail,
         )  # fmt: skip
     error = _error_line(lines)
-    if returncode == EXIT_USER_ERROR:
-        reason = "the trainer refused the configuration" + (f": {error}" if error else "")
-        return Outcome("failed", reason, returncode, error=error, hint=error, log_tail=tail)
+    if returncode == EXIT_USER_ERROR:  # the trainer's `error: ...` line says what to change
+        reason = error or "the trainer stopped on a user error (exit code 2)"
+        return Outcome("failed", reason, returncode, error=error, hint=_hint(lines) or error, log_tail=tail)
     if returncode < 0:
         name = signal_name(returncode)
         hint = KILLED_HINT if -returncode == signal.SIGKILL else _hint(lines)
-        return Outcome("failed", f"killed by {name}", returncode, error=error or f"killed by {name}", hint=hint,
-                       log_tail=tail)  # fmt: skip
+        return Outcome("failed", f"killed by {name}", returncode, error=f"killed by {name}", hint=hint, log_tail=tail)
     reason = f"crashed with exit code {returncode}" + (f": {error}" if error else "")
     return Outcome("failed", reason, returncode, error=error or f"exit code {returncode}", hint=_hint(lines),
                    log_tail=tail)  # fmt: skip

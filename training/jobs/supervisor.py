@@ -75,10 +75,6 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
 
-    @property
-    def running_job_ids(self) -> list[str]:
-        return list(self._watched)
-
     def start(self) -> None:
         """Register with the store and recover what earlier workers left behind."""
         if self._started:
