@@ -7,7 +7,6 @@ vocabulary (`build_blip`), used for the embedded default's pre-training and by t
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def default_model_path() -> str:
 
 
 def _is_local_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists() or Path(name).exists()
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
 
 
 def load_base_model(name_or_path: str | None = None, device: str | torch.device = "cpu") -> BaseModel:

@@ -258,7 +258,7 @@ def run_training_loop(vl: VLModel, config: RunConfig, pairs: list, encoder: Enco
                       features: dict, total_steps: int, lr: float, autocast_dtype, run_dir: Path,
                       log: logging.Logger, stop: StopFlag, started: float) -> bool:  # fmt: skip
     """Optimise for total_steps; returns True if it stopped early on request."""
-    params = [p for p in vl.model.parameters() if p.requires_grad]
+    params = list(vl.adapters[RUN_ADAPTER].parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(enabled=autocast_dtype == torch.float16)
     rng = random.Random(config.seed)
@@ -304,7 +304,8 @@ def run_training_loop(vl: VLModel, config: RunConfig, pairs: list, encoder: Enco
             rate = seen / elapsed if elapsed > 0 else 0.0
             steps_per_s = (step + 1) / elapsed if elapsed > 0 else 0.0
             row = {
-                "step": step + 1, "total_steps": total_steps, "epoch": round(epoch - len(order) / max(1, len(pairs)), 3),
+                "step": step + 1, "total_steps": total_steps,
+                "epoch": round(epoch - len(order) / max(1, len(pairs)), 3),
                 "loss": round(step_loss, 5), "lr": optimizer.param_groups[0]["lr"], "samples_per_s": round(rate, 2),
                 "elapsed_s": round(time.perf_counter() - started, 2),
                 "eta_s": round((total_steps - step - 1) / steps_per_s, 1) if steps_per_s else None,

@@ -39,6 +39,11 @@ class VLModel:
             raise ValueError(f"an adapter named {adapter!r} is already attached")
         attached = METHODS[method](self.model, self.ctx, adapter, towers, knob_value)
         self.adapters[adapter] = attached
+        # Parameters that no wrapped layer holds (prompts, prefixes) join the model here, so they move
+        # with .to(device) and count among model.parameters().
+        if not hasattr(self.model, "peft_adapters"):
+            self.model.peft_adapters = nn.ModuleDict()
+        self.model.peft_adapters[adapter] = attached.modules
         self.set_active(self.ctx.active)
         return attached
 

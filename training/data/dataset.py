@@ -116,9 +116,10 @@ def _read_split(folder: Path, split: str, task: str) -> list[Example]:
                 if not isinstance(answers, list) or not answers:
                     raise UserError(f"{where}: field 'answers' must be a non-empty list.")
                 answers = [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
+                question_id = str(row.get("question_id") or f"{image_id}#{line_no}")
                 examples.append(Example(
                     ImageFile(str(image_path)), image_id, question=row["question"], answers=answers,
-                    question_type=row.get("question_type"), question_id=str(row.get("question_id") or f"{image_id}#{line_no}"),
+                    question_type=row.get("question_type"), question_id=question_id,
                 ))  # fmt: skip
     if not examples:
         raise UserError(f"{meta} is empty: the {split} split needs at least one example.")
@@ -163,11 +164,20 @@ def load_dataset(name_or_path: str | None, task: str) -> TaskDataset:
     if name_or_path is None:
         return load_folder_dataset(DEFAULT_DATASETS[task], task)
     path = Path(name_or_path).expanduser()
-    if path.is_dir() and any((path / s / "metadata.jsonl").is_file() for s in SPLITS):
+    if path.is_dir() and not _hub_layout(path):
         return load_folder_dataset(path, task)
     from training.data.hub import load_hub_dataset
 
     return load_hub_dataset(name_or_path, task)
+
+
+def _hub_layout(path: Path) -> bool:
+    """A folder in a datasets layout (save_to_disk, or data files as on the Hub) rather than our own."""
+    if any((path / s / "metadata.jsonl").is_file() for s in SPLITS):
+        return False
+    if (path / "dataset_dict.json").is_file():
+        return True
+    return any(f.suffix in {".parquet", ".arrow", ".csv"} for f in path.rglob("*") if f.is_file())
 
 
 def nested_fraction(count: int, fraction: float, seed: int) -> list[int]:

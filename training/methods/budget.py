@@ -75,9 +75,8 @@ def plan_method(model: BlipForConditionalGeneration, method: str, budget: Budget
                    f"it trains between {low_count:,} ({cls.knob} 1) and {high_count:,} ({cls.knob} {high}) "
                    f"parameters ({100 * low_count / total:.3g}% to {100 * high_count / total:.3g}% of the "
                    "model). Choose a budget in that range.")  # fmt: skip
-        nearest = 1 if target < low_count else high
-        return Plan(method, cls.knob, nearest, low_count if nearest == 1 else high_count,
-                    100 * (low_count if nearest == 1 else high_count) / total, low_count, high_count, False, message)  # fmt: skip
+        nearest, count = (1, low_count) if target < low_count else (high, high_count)
+        return Plan(method, cls.knob, nearest, count, 100 * count / total, low_count, high_count, False, message)
     slope = (_count(config_json, method, towers, 2)[0] - low_count) if high > 1 else 0
     value = 1 if slope == 0 else min(high, max(1, round(1 + (target - low_count) / slope)))
     count = _count(config_json, method, towers, value)[0]

@@ -1,0 +1,161 @@
+"""The five methods on a tiny BLIP: exactness at init, decoding consistency, counts, save/load, isolation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from training.base_model import load_base_model
+from training.methods.budget import count_trainable, plan_method
+from training.vlmodel import VLModel
+
+ZERO_INIT = ["lora", "serial-adapter", "parallel-adapter"]
+PEFT = ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter"]
+KNOB = {"prompt": 3, "prefix": 3, "lora": 2, "serial-adapter": 4, "parallel-adapter": 4}
+
+
+@pytest.fixture
+def vl(tiny_model_dir) -> VLModel:
+    return VLModel(load_base_model(str(tiny_model_dir)))
+
+
+@pytest.fixture
+def inputs():
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randn(2, 3, 32, 32, generator=generator)
+    ids = torch.tensor([[5, 9, 10, 11, 12, 3], [5, 13, 14, 15, 3, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
+    return pixels, ids, mask
+
+
+def outputs(vl: VLModel, pixels, ids, mask):
+    with torch.no_grad():
+        embeds = vl.encode_images(pixels)
+        return embeds, vl.text_logits(embeds, ids, mask)
+
+
+def randomize(vl: VLModel, adapter: str, seed: int = 0) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in vl.adapters[adapter].parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+@pytest.mark.parametrize("method", ZERO_INIT)
+@pytest.mark.parametrize("towers", ["vision", "text", "both"])
+def test_zero_initialised_method_reproduces_the_base_model_exactly(vl, inputs, method, towers):
+    base_embeds, base_logits = outputs(vl, *inputs)
+    vl.attach(method, "a", towers, KNOB[method])
+    vl.set_active("a")
+    embeds, logits = outputs(vl, *inputs)
+    assert torch.equal(embeds, base_embeds)
+    assert torch.allclose(logits, base_logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", PEFT)
+def test_inactive_adapter_leaves_the_base_model_untouched(vl, inputs, method):
+    _, base_logits = outputs(vl, *inputs)
+    vl.attach(method, "a", "both", KNOB[method])
+    randomize(vl, "a")
+    vl.set_active("a")
+    _, adapted = outputs(vl, *inputs)
+    vl.set_active(None)
+    _, plain = outputs(vl, *inputs)
+    assert torch.equal(plain, base_logits)
+    assert not torch.allclose(adapted, base_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter"])
+@pytest.mark.parametrize("towers", ["text", "both"])
+def test_teacher_forced_logits_equal_stepwise_generation_logits(vl, inputs, method, towers):
+    pixels, _, _ = inputs
+    vl.attach(method, "a", towers, KNOB[method])
+    randomize(vl, "a")
+    vl.set_active("a")
+    with torch.no_grad():
+        embeds = vl.encode_images(pixels)
+    prompt = [5, 9, 10]
+    tokens, step_logits = vl.generate(embeds, [prompt, prompt], max_new_tokens=6, return_logits=True)
+    generated = tokens[0]
+    full = torch.tensor([prompt + generated + [3]] * 2)
+    with torch.no_grad():
+        forced = vl.text_logits(embeds, full, torch.ones_like(full))
+    steps = step_logits[0]  # one per generated token, plus the one that chose [SEP] if it came
+    assert steps.shape[0] in (len(generated), len(generated) + 1)
+    assert torch.allclose(forced[0, len(prompt) - 1 : len(prompt) - 1 + steps.shape[0]], steps, atol=1e-4)
+
+
+def test_prefix_key_lengths_self_is_prefix_plus_text_cross_is_image_tokens(vl, inputs):
+    pixels, ids, mask = inputs
+    vl.attach("prefix", "a", "text", 5)
+    vl.set_active("a")
+    seen = {"self": [], "cross": []}
+    layers = vl.model.text_decoder.bert.encoder.layer
+    for layer in layers:
+        layer.attention.self.register_forward_hook(lambda m, i, o: seen["self"].append(o[1].shape[-1]))
+        layer.crossattention.self.register_forward_hook(lambda m, i, o: seen["cross"].append(o[1].shape[-1]))
+    embeds, _ = outputs(vl, pixels, ids, mask)
+    assert seen["self"] == [5 + ids.shape[1]] * len(layers)
+    assert seen["cross"] == [embeds.shape[1]] * len(layers)
+    assert embeds.shape[1] == (32 // 8) ** 2 + 1
+
+
+def test_visual_prompt_tokens_extend_the_image_sequence(vl, inputs):
+    vl.attach("prompt", "a", "vision", 3)
+    vl.set_active("a")
+    embeds, _ = outputs(vl, *inputs)
+    assert embeds.shape[1] == (32 // 8) ** 2 + 1 + 3
+
+
+@pytest.mark.parametrize("method", PEFT + ["full"])
+@pytest.mark.parametrize("towers", ["vision", "text", "both"])
+def test_trainable_count_matches_requires_grad_and_the_solver(vl, method, towers):
+    plan = plan_method(vl.model, method, "2k", towers)
+    vl.attach(method, "a", towers, plan.value)
+    vl.set_active("a")
+    trainable = vl.freeze_all_but("a")
+    with_grad = sum(p.numel() for p in vl.model.parameters() if p.requires_grad)
+    assert trainable == with_grad == plan.trainable_params
+    assert plan.trainable_params == count_trainable(vl.model.config, method, towers, plan.value)
+
+
+@pytest.mark.parametrize("method", PEFT)
+def test_save_then_load_gives_identical_outputs(vl, inputs, method, tiny_model_dir, tmp_path):
+    vl.attach(method, "a", "both", KNOB[method])
+    randomize(vl, "a", seed=3)
+    vl.set_active("a")
+    _, expected = outputs(vl, *inputs)
+    save_file(vl.adapters["a"].state_dict(), str(tmp_path / "w.safetensors"))
+
+    fresh = VLModel(load_base_model(str(tiny_model_dir)))
+    fresh.attach(method, "b", "both", KNOB[method])
+    fresh.adapters["b"].load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    fresh.set_active("b")
+    _, loaded = outputs(fresh, *inputs)
+    assert torch.equal(loaded, expected)
+
+
+def test_loading_weights_of_another_method_fails_loudly(vl, tmp_path):
+    vl.attach("lora", "a", "both", 2)
+    vl.attach("serial-adapter", "b", "both", 2)
+    with pytest.raises((KeyError, RuntimeError)):
+        vl.adapters["b"].load_state_dict(vl.adapters["a"].state_dict())
+
+
+def test_several_adapters_on_one_base_each_give_their_own_outputs(vl, inputs, tiny_model_dir):
+    """Five kinds on one base: switching adapters equals a model that carries only that adapter."""
+    states = {}
+    for seed, method in enumerate(PEFT):
+        vl.attach(method, method, "both", KNOB[method])
+        randomize(vl, method, seed)
+        states[method] = vl.adapters[method].state_dict()
+    for method in PEFT:
+        vl.set_active(method)
+        _, shared = outputs(vl, *inputs)
+        alone = VLModel(load_base_model(str(tiny_model_dir)))
+        alone.attach(method, "x", "both", KNOB[method])
+        alone.adapters["x"].load_state_dict(states[method])
+        alone.set_active("x")
+        _, single = outputs(alone, *inputs)
+        assert torch.allclose(shared, single, atol=1e-5), method
