@@ -11,7 +11,6 @@ from training.errors import UserError
 # Modules that define `register(subparsers)`; each adds its commands with `set_defaults(func=...)`.
 COMMAND_MODULES = (
     "training.commands",
-    "training.pretrain",
     "training.jobs.cli",
 )
 

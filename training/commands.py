@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    pretrain = subparsers.add_parser("pretrain", help="pre-train the embedded default BLIP on the scene world")
+    pretrain.add_argument("--out", required=True, help="folder to save the model in")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    pretrain.set_defaults(func=cmd_pretrain)
+
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from training.base_model import load_base_model
@@ -62,6 +68,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if (out / "eval.json").exists():
         raise UserError(f"{out} already holds a finished run: choose another --out.")
     return train(config, out)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+
+    from training.pretrain import PretrainConfig, pretrain
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    config = PretrainConfig(seed=args.seed)
+    if args.steps:
+        config.steps = args.steps
+    pretrain(config, args.out)
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -141,24 +140,3 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
     })  # fmt: skip
     log.info("saved to %s after %.1f minutes", out, minutes)
     return out
-
-
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("pretrain", help="pre-train the embedded default BLIP on the scene world")
-    defaults = PretrainConfig()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--pool-images", type=int, default=defaults.pool_images)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.set_defaults(func=_cmd)
-
-
-def _cmd(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    config = PretrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size,
-                            pool_images=args.pool_images, lr=args.lr)  # fmt: skip
-    pretrain(config, args.out)
-    return 0

@@ -25,6 +25,11 @@ EVAL = "eval.json"
 PREDICTIONS = "predictions.jsonl"
 STOP = "STOP"
 
+# Exit codes of `python -m training train`, which the job worker maps to states.
+EXIT_FINISHED = 0
+EXIT_USER_ERROR = 2
+EXIT_STOPPED = 3
+
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
@@ -45,7 +50,7 @@ def read_json(path: str | Path) -> dict | None:
     """The JSON in a file, or None if it is missing or not (yet) complete."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
 
 
@@ -73,4 +78,5 @@ def tail(path: str | Path, lines: int = 40) -> list[str]:
             text = handle.read().decode("utf-8", errors="replace")
     except OSError:
         return []
-    return text.splitlines()[-lines:]
+    # A progress bar redraws its line with carriage returns: keep only what the line shows last.
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.strip("\r")][-lines:]

@@ -34,7 +34,7 @@ from training.vlmodel import VLModel
 
 RUN_ADAPTER = "run"
 LOG_EVERY = 5
-EXIT_STOPPED = 3
+EXIT_STOPPED = runs.EXIT_STOPPED
 
 
 @dataclass
@@ -63,6 +63,10 @@ def prepare(config: RunConfig) -> Prepared:
     dataset = load_dataset(config.dataset, config.task)
     train = dataset.split("train")
     dataset.split("test")
+    if config.task == "caption":
+        from training.metrics.caption import require_java
+
+        require_java()  # fail now, not after training, when the caption metrics cannot run
     base = load_base_model(config.base_model, device)
     plan = require_feasible(plan_method(base.model, config.method, parse_budget(config.budget), config.towers))
     subset = [train[i] for i in nested_fraction(len(train), config.data_fraction, config.seed)]
@@ -108,6 +112,10 @@ def build_model(prepared: Prepared) -> tuple[VLModel, int]:
         raise RuntimeError(f"{config.method}: {trainable} trainable parameters, but the budget solver promised "
                            f"{plan.trainable_params}")  # fmt: skip
     return vl, trainable
+
+
+class StopRequested(Exception):
+    """Raised inside evaluation when a stop was asked for."""
 
 
 class StopFlag:
@@ -215,7 +223,20 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
         test = test[: config.eval_limit]
     runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "evaluating"})
     log.info("evaluating on %d test examples", len(test))
-    metrics, records = evaluate(vl, config.task, test, pixels, encoder, max_new_tokens=config.max_new_tokens)
+
+    def eval_progress(done: int, total: int) -> None:
+        if stop:
+            raise StopRequested
+        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "evaluating",
+                                                  "eval_done": done, "eval_total": total})  # fmt: skip
+
+    try:
+        metrics, records = evaluate(vl, config.task, test, pixels, encoder, max_new_tokens=config.max_new_tokens,
+                                    progress=eval_progress)  # fmt: skip
+    except StopRequested:
+        log.info("stopped on request during evaluation; weights saved, no evaluation written")
+        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "stopped"})
+        return EXIT_STOPPED
     for record in records:
         runs.append_jsonl(run_dir / runs.PREDICTIONS, record)
     train_s = time.perf_counter() - started - metrics["eval_s"]

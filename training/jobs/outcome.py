@@ -16,9 +16,7 @@ from training.jobs.store import TIME_LIMIT, Job, Outcome
 LOG_TAIL_LINES = 40
 
 # Trainer exit codes (see `python -m training train`).
-EXIT_FINISHED = 0
-EXIT_USER_ERROR = 2
-EXIT_STOPPED = 3
+EXIT_FINISHED, EXIT_USER_ERROR, EXIT_STOPPED = runs.EXIT_FINISHED, runs.EXIT_USER_ERROR, runs.EXIT_STOPPED
 
 OOM_HINT = "The job ran out of memory: try a smaller batch size or a smaller budget."
 KILLED_HINT = (

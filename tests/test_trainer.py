@@ -1,0 +1,125 @@
+"""The trainer end to end on the tiny model: run directory contract, frozen base, stop, caching, re-evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training import runs
+from training.base_model import load_base_model
+from training.config import RunConfig
+from training.data.dataset import load_dataset
+from training.pixels import PixelCache
+from training.tasks import Encoder, training_pairs
+from training.trainer import EXIT_STOPPED, batch_loss, load_run, precompute_features, reevaluate, train
+from training.vlmodel import VLModel
+
+
+def config(model, data, **overrides) -> RunConfig:
+    values = dict(task="vqa", method="lora", budget="2k", base_model=str(model), dataset=str(data), max_steps=4,
+                  batch_size=4, eval_limit=6, seed=0)  # fmt: skip
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def test_a_caption_run_writes_the_whole_run_directory(tiny_model_dir, tiny_caption_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert train(config(tiny_model_dir, tiny_caption_dataset, task="caption"), run, install_signals=False) == 0
+    info = json.loads((run / "config.json").read_text())
+    assert info["config"]["method"] == "lora" and info["knob"] == "rank" and info["knob_value"] >= 1
+    assert info["trainable_params"] > 0 and info["total_params"] > info["trainable_params"]
+    assert info["train_examples"] == 24 and info["train_pairs"] == 72 and len(info["subset_hash"]) == 16
+    assert info["command"].startswith("python -m training train --task caption --method lora")
+    rows = runs.read_jsonl(run / "metrics.jsonl")
+    assert rows[-1]["step"] == 4 and rows[-1]["total_steps"] == 4
+    assert set(rows[-1]) >= {"step", "total_steps", "epoch", "loss", "lr", "samples_per_s", "elapsed_s", "eta_s"}
+    metrics = json.loads((run / "eval.json").read_text())["metrics"]
+    assert set(metrics) >= {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"} and metrics["num_examples"] == 6
+    assert len(runs.read_jsonl(run / "predictions.jsonl")) == 6
+    assert set(load_file(str(run / "weights.safetensors"))) == {k for k in load_file(str(run / "weights.safetensors"))
+                                                                 if "lora_" in k}  # fmt: skip
+    assert "done:" in (run / "log.txt").read_text()
+    assert runs.read_json(run / "progress.json")["phase"] == "done"
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter"])
+def test_peft_training_changes_outputs_and_leaves_base_weights_unchanged(method, tiny_model_dir, tiny_vqa_dataset,
+                                                                        tmp_path):  # fmt: skip
+    before = {k: v.clone() for k, v in load_base_model(str(tiny_model_dir)).model.state_dict().items()}
+    run = tmp_path / method
+    cfg = config(tiny_model_dir, tiny_vqa_dataset, method=method, max_steps=8, lr=5e-2)
+    assert train(cfg, run, install_signals=False) == 0
+    vl, adapter, _ = load_run(run)
+    base_state = {k: v for k, v in vl.model.state_dict().items() if k in before}
+    assert all(torch.equal(base_state[k], before[k]) for k in before if k in base_state)
+    weights = load_file(str(run / "weights.safetensors"))
+    assert sum(v.numel() for v in weights.values()) == json.loads((run / "config.json").read_text())["trainable_params"]
+    losses = [row["loss"] for row in runs.read_jsonl(run / "metrics.jsonl")]
+    assert losses[-1] < losses[0]
+
+
+def test_zero_shot_evaluates_without_training(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    run = tmp_path / "zs"
+    assert train(config(tiny_model_dir, tiny_vqa_dataset, method="zero-shot"), run, install_signals=False) == 0
+    info = json.loads((run / "config.json").read_text())
+    assert info["total_steps"] == 0 and info["trainable_params"] == 0
+    assert not (run / "metrics.jsonl").exists()
+    assert "accuracy" in json.loads((run / "eval.json").read_text())["metrics"]
+
+
+def test_full_fine_tuning_trains_every_weight_and_reloads(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    run = tmp_path / "full"
+    assert train(config(tiny_model_dir, tiny_vqa_dataset, method="full", max_steps=3), run, install_signals=False) == 0
+    info = json.loads((run / "config.json").read_text())
+    assert info["trainable_params"] == info["total_params"]
+    trained, adapter, _ = load_run(run)
+    base = load_base_model(str(tiny_model_dir)).model.state_dict()
+    changed = [k for k, v in trained.model.state_dict().items() if k in base and not torch.equal(v, base[k])]
+    assert len(changed) > 10
+
+
+def test_a_stop_request_keeps_the_weights_and_skips_evaluation(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    run = tmp_path / "stopped"
+    run.mkdir()
+    (run / runs.STOP).touch()
+    assert train(config(tiny_model_dir, tiny_vqa_dataset, max_steps=50), run, install_signals=False) == EXIT_STOPPED
+    assert (run / "weights.safetensors").exists() and not (run / "eval.json").exists()
+    assert runs.read_json(run / "progress.json")["phase"] == "stopped"
+
+
+def test_cached_image_features_give_the_same_loss_as_the_vision_tower(tiny_model_dir, tiny_vqa_dataset):
+    base = load_base_model(str(tiny_model_dir))
+    vl = VLModel(base)
+    vl.attach("lora", "a", "text", 2)
+    vl.set_active("a")
+    examples = load_dataset(str(tiny_vqa_dataset), "vqa").split("train")[:8]
+    pixels = PixelCache(base.processor)
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    batch = training_pairs("vqa", examples)
+    features = precompute_features(vl, examples, pixels)
+    with torch.no_grad():
+        cached = batch_loss(vl, batch, encoder, pixels, features)
+        direct = batch_loss(vl, batch, encoder, pixels, {})
+    assert torch.allclose(cached, direct, atol=1e-6)
+
+
+def test_reevaluate_reproduces_the_recorded_metrics(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(config(tiny_model_dir, tiny_vqa_dataset), run, install_signals=False)
+    recorded = json.loads((run / "eval.json").read_text())["metrics"]
+    again = reevaluate(run, device="cpu")
+    assert again["accuracy"] == recorded["accuracy"] and again["per_type"] == recorded["per_type"]
+
+
+def test_data_fraction_trains_on_a_nested_subset(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    small, large = tmp_path / "small", tmp_path / "large"
+    train(config(tiny_model_dir, tiny_vqa_dataset, method="zero-shot", data_fraction=0.25), small,
+          install_signals=False)  # fmt: skip
+    train(config(tiny_model_dir, tiny_vqa_dataset, method="zero-shot", data_fraction=0.5), large,
+          install_signals=False)  # fmt: skip
+    a, b = (json.loads((r / "config.json").read_text()) for r in (small, large))
+    assert (a["train_examples"], b["train_examples"]) == (8, 16)
+    assert a["subset_hash"] != b["subset_hash"]
