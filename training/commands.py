@@ -35,6 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     pretrain.set_defaults(func=cmd_pretrain)
 
+    report = subparsers.add_parser("embedded-report", help="measure the embedded default and write its model card")
+    report.add_argument("--model", default=None, help="model folder (default: assets/scene-blip)")
+    report.add_argument("--work-dir", default=None, help="where the check runs go (default: assets/.quality-runs)")
+    report.set_defaults(func=cmd_embedded_report)
+
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from training.base_model import load_base_model
@@ -81,6 +86,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.steps:
         config.steps = args.steps
     pretrain(config, args.out)
+    return 0
+
+
+def cmd_embedded_report(args: argparse.Namespace) -> int:
+    from training.embedded import report, verdicts
+    from training.paths import DEFAULT_MODEL_DIR
+
+    results = report(args.model or DEFAULT_MODEL_DIR, args.work_dir)
+    for text, passed, detail in verdicts(results):
+        print(f"[{'pass' if passed else 'FAIL'}] {text}: {detail}")
     return 0
 
 

@@ -15,6 +15,7 @@ from training.errors import UserError
 
 TASKS = ("caption", "vqa")
 TOWERS = ("vision", "text", "both")
+DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 3.0}  # when neither --epochs nor --max-steps is given
 METHOD_NAMES = ("zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
 
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from training import runs
 from training.base_model import BaseModel, load_base_model
-from training.config import RunConfig, parse_budget
+from training.config import DEFAULT_EPOCHS, RunConfig, parse_budget
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction, subset_hash
 from training.errors import UserError
 from training.evaluation import evaluate
@@ -173,7 +173,8 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
     if config.max_steps:
         total_steps = config.max_steps
     else:
-        total_steps = max(1, math.ceil((config.epochs or 1.0) * len(pairs) / batch_size))
+        epochs = config.epochs or DEFAULT_EPOCHS[config.task]
+        total_steps = max(1, math.ceil(epochs * len(pairs) / batch_size))
     if config.method == "zero-shot":
         total_steps = 0
     lr = config.lr or method.default_lr
