@@ -7,6 +7,7 @@ get their own copy (kept in a small cache); every PEFT run is an adapter on the 
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,10 @@ def check_image(image: Image.Image | str | Path | None) -> Image.Image:
         raise UserError("Pick an image from the gallery or upload one.")
     if isinstance(image, (str, Path)):
         try:
-            with Image.open(image) as opened:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                opened = Image.open(image)
+            with opened:
                 if opened.width * opened.height > MAX_UPLOAD_PIXELS:
                     raise UserError(f"The image is {opened.width}x{opened.height} pixels: too large (the limit is "
                                     f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels). Upload a smaller one.")  # fmt: skip
@@ -65,7 +69,7 @@ def check_image(image: Image.Image | str | Path | None) -> Image.Image:
                 image = opened.convert("RGB")
         except UserError:
             raise
-        except Image.DecompressionBombError:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise UserError("The image is too large to open safely: upload a smaller one.") from None
         except (OSError, SyntaxError, ValueError):
             raise UserError("That file is not an image this app can read (or it is corrupt): upload a PNG or JPEG.") \
