@@ -1,0 +1,80 @@
+"""Plotly figures: the live loss curve and Explore's metric-vs-data and metric-vs-parameters plots."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from app.format import METHOD_LABELS
+from app.results import ALL, MINE, SWEEP, aggregate
+
+METHOD_COLORS = {
+    "lora": "#1f77b4", "serial-adapter": "#2ca02c", "parallel-adapter": "#17becf", "prefix": "#ff7f0e",
+    "prompt": "#d62728", "full": "#7f7f7f", "zero-shot": "#111111",
+}  # fmt: skip
+AXIS_TITLES = {"data_fraction": "share of the training data", "trainable_params": "trainable parameters"}
+LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), height=380,
+              legend=dict(orientation="h", yanchor="top", y=-0.2))  # fmt: skip
+
+
+def loss_curve(rows: list[dict], title: str = "Training loss (lower is better)") -> go.Figure:
+    figure = go.Figure(layout=dict(LAYOUT, title=title, height=300))
+    if rows:
+        figure.add_trace(go.Scatter(x=[r["step"] for r in rows], y=[r["loss"] for r in rows], mode="lines+markers",
+                                    name="loss", line=dict(color=METHOD_COLORS["lora"])))  # fmt: skip
+    else:
+        figure.add_annotation(text="The curve appears once training has started.", showarrow=False,
+                              xref="paper", yref="paper", x=0.5, y=0.5)  # fmt: skip
+    figure.update_xaxes(title="step")
+    figure.update_yaxes(title="loss")
+    return figure
+
+
+def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str] | None = None) -> go.Figure:
+    """A line per method of the metric against x, error bars over seeds; the user's runs as stars.
+
+    `held` = (column, value) keeps only the sweep rows with that value (e.g. one budget for the data plot).
+    """
+    title = f"{metric} vs {AXIS_TITLES[x]}"
+    if held and held[1] != ALL:
+        title += f" ({'budget' if held[0] == 'budget' else 'data'} {held[1]})"
+    figure = go.Figure(layout=dict(LAYOUT, title=title))
+    figure.update_xaxes(title=AXIS_TITLES[x], type="log" if x == "trainable_params" else "linear")
+    figure.update_yaxes(title=metric)
+    if frame.empty or metric not in frame.columns:
+        figure.add_annotation(text="Nothing to draw yet: finish a run in the Train tab.", showarrow=False,
+                              xref="paper", yref="paper", x=0.5, y=0.5)  # fmt: skip
+        return figure
+    frame = frame.copy()
+    frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
+    sweep = frame[frame["source"] == SWEEP]
+    if held and held[1] != ALL and held[0] in sweep.columns:
+        sweep = sweep[sweep[held[0]].astype(str) == held[1]]
+    _baseline_line(figure, sweep, metric)
+    lines = aggregate(sweep[sweep["method"] != "zero-shot"], x, metric)
+    for method, group in lines.groupby("method", sort=False):
+        has_spread = bool((group["n"] > 1).any())
+        figure.add_trace(go.Scatter(
+            x=group[x], y=group["mean"], mode="lines+markers", name=METHOD_LABELS.get(method, method),
+            line=dict(color=METHOD_COLORS.get(method)), legendgroup=method,
+            error_y=dict(type="data", array=group["std"], visible=True) if has_spread else None,
+            customdata=group[["n"]], hovertemplate=f"%{{x}}<br>{metric} %{{y:.3g}}<br>%{{customdata[0]}} run(s)",
+        ))  # fmt: skip
+    mine = frame[(frame["source"] == MINE) & (frame["method"] != "zero-shot")].dropna(subset=[metric, x])
+    for method, group in mine.groupby("method", sort=False):
+        figure.add_trace(go.Scatter(
+            x=group[x], y=group[metric], mode="markers", name=f"your {METHOD_LABELS.get(method, method)}",
+            marker=dict(symbol="star", size=14, color=METHOD_COLORS.get(method), line=dict(width=1, color="#000")),
+            legendgroup=method, customdata=group[["run_id", "budget", "data_fraction"]],
+            hovertemplate=f"run %{{customdata[0]}}<br>budget %{{customdata[1]}}, data %{{customdata[2]}}<br>"
+                          f"{metric} %{{y:.3g}}",
+        ))  # fmt: skip
+    return figure
+
+
+def _baseline_line(figure: go.Figure, sweep: pd.DataFrame, metric: str) -> None:
+    """Zero-shot has no data or parameters to vary: a dashed horizontal line at its mean."""
+    zero = sweep[sweep["method"] == "zero-shot"][metric].dropna()
+    if not zero.empty:
+        figure.add_hline(y=float(zero.mean()), line=dict(dash="dash", color=METHOD_COLORS["zero-shot"]),
+                         annotation_text="zero-shot", annotation_position="top left")  # fmt: skip

@@ -1,0 +1,140 @@
+"""Numbers, durations and job states as a person with no ML background reads them."""
+
+from __future__ import annotations
+
+import html
+
+from app.services import MAIN_METRIC, Estimate
+from training.methods import METHODS
+
+METHOD_LABELS = {
+    "lora": "LoRA",
+    "serial-adapter": "Serial adapter",
+    "parallel-adapter": "Parallel adapter",
+    "prefix": "Prefix tuning",
+    "prompt": "Prompt tuning",
+    "full": "Full fine-tuning (baseline)",
+    "zero-shot": "Zero-shot (baseline: no training)",
+}
+TASK_LABELS = {"caption": "Image captioning", "vqa": "Visual question answering"}
+METRIC_NOTES = {
+    "CIDEr-D": "how close the captions are to the human ones (higher is better)",
+    "accuracy": "share of questions answered like the humans did (higher is better)",
+}
+
+
+def count(value: int | float | None) -> str:
+    return "-" if value is None else f"{round(value):,}"
+
+
+def percent(value: float | None) -> str:
+    """0.7213 -> '0.721 %', 12.5 -> '12.5 %', 100 -> '100 %' (three significant figures)."""
+    if value is None:
+        return "-"
+    return f"{value:.3g} %" if value < 100 else f"{value:.0f} %"
+
+
+def fraction(value: float | None) -> str:
+    """A data fraction as a share: 0.1 -> '10 %'."""
+    return "-" if value is None else percent(100 * float(value))
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def metric(name: str, value: float | None) -> str:
+    if value is None:
+        return f"{name} -"
+    return f"{name} {value:.1f} %" if name.startswith("accuracy") else f"{name} {value:.3g}"
+
+
+def main_score(task: str, metrics: dict) -> str:
+    name = MAIN_METRIC.get(task, "")
+    return metric(name, metrics.get(name)) if name in metrics else "-"
+
+
+def method_explainer(method: str) -> str:
+    cls = METHODS[method]
+    where = f"*{cls.family}*" if cls.family != "baseline" else "*baseline*"
+    return f"**{METHOD_LABELS.get(method, method)}** ({where}): {cls.summary}"
+
+
+def estimate_text(estimate: Estimate) -> str:
+    """'**21,504 trainable parameters** = 0.721 % of the model (LoRA rank 4) ...', or why the budget fails."""
+    plan = estimate.plan
+    label = METHOD_LABELS.get(plan.method, plan.method)
+    if plan.method == "zero-shot":
+        return "**0 trainable parameters**: zero-shot trains nothing, it scores the model as it is."
+    if not plan.feasible:
+        return f"⚠️ **This budget is out of reach.** {plan.message}"
+    head = (f"**{count(plan.trainable_params)} trainable parameters** = {percent(plan.percent)} of the model "
+            f"({count(estimate.total_params)} parameters)")  # fmt: skip
+    if plan.knob is None:
+        return f"{head}. {label} ignores the budget: it trains every weight."
+    return (f"{head}: {label} with {plan.knob} {plan.value}. Reachable with this method: "
+            f"{count(plan.min_params)} to {count(plan.max_params)}.")  # fmt: skip
+
+
+def job_headline(status: dict) -> str:
+    """One line saying where a job is: queued #n, running step x/y with the time left, or how it ended."""
+    state, config = status["state"], status.get("config") or {}
+    what = f"{METHOD_LABELS.get(config.get('method'), config.get('method'))} on {config.get('task', '?')}"
+    if state == "queued":
+        ahead = (status.get("queue_position") or 1) - 1
+        wait = "it starts next" if ahead == 0 else f"{ahead} job{'s' if ahead > 1 else ''} ahead of it"
+        return f"⏳ **Queued #{status.get('queue_position') or '?'}** ({what}): {wait}."
+    if state == "running":
+        phase = status.get("phase")
+        if status.get("cancel_requested_by"):
+            return f"🛑 **Stopping** ({what}): cancel requested by {status['cancel_requested_by']}."
+        if phase == "training" and status.get("total_steps"):
+            loss = status.get("loss")
+            left = status.get("eta_s")
+            return (f"🏃 **Training** ({what}): step {status['step']:,} of {status['total_steps']:,}"
+                    + (f", loss {loss:.3f}" if loss is not None else "")
+                    + (f", about {duration(left)} left" if left is not None else "") + ".")  # fmt: skip
+        if phase == "evaluating":
+            return f"🧪 **Scoring on the test set** ({what}): training is done, the model is answering the test images."
+        return f"🚀 **Starting** ({what}): loading the model and the data."
+    if state == "finished":
+        score = main_score(config.get("task", ""), status.get("metrics") or {})
+        return f"✅ **Finished** in {duration(status.get('elapsed_s'))} ({what}). Test score: {score}."
+    if state == "failed":
+        hint = status.get("hint")
+        return f"❌ **Failed** ({what}): {status.get('reason')}." + (f" **What to do:** {hint}" if hint else "")
+    if state == "cancelled":
+        return f"🛑 **Cancelled** ({what}): {status.get('reason')}."
+    return f"⚠️ **{state.capitalize()}** ({what}): {status.get('reason')}."
+
+
+def progress_share(status: dict) -> float:
+    """0..1 of the job done, for the progress bar."""
+    if status["state"] == "finished":
+        return 1.0
+    if status["state"] != "running":
+        return 0.0
+    if status.get("phase") == "evaluating":
+        return 0.97  # training is done; scoring the test set is the last few percent
+    step, total = status.get("step") or 0, status.get("total_steps")
+    return 0.95 * min(1.0, step / total) if total else 0.0
+
+
+def progress_html(status: dict | None) -> str:
+    if status is None:
+        return ""
+    share = progress_share(status)
+    eta = status.get("eta_s")
+    label = f"{100 * share:.0f} %" + (f" · about {duration(eta)} left" if eta is not None else "")
+    return (f'<div class="vl-progress" role="progressbar" aria-valuenow="{100 * share:.0f}" aria-valuemin="0" '
+            f'aria-valuemax="100"><div class="vl-progress-fill vl-{html.escape(status["state"])}" '
+            f'style="width:{100 * share:.1f}%"></div><span>{html.escape(label)}</span></div>')  # fmt: skip

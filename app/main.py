@@ -1,0 +1,132 @@
+"""Build the dashboard from its tabs and serve it: `python -m app` (port from $PORT, default 7860)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import threading
+from dataclasses import dataclass
+
+import gradio as gr
+
+from app import api
+from app.services import Services
+from app.settings import Settings
+from app.tabs import compare, explore, runs, train
+from training.errors import UserError
+
+log = logging.getLogger("vlpeft.app")
+
+MAX_UPLOAD = "20mb"
+CSS = """
+.vl-pixelated img { image-rendering: pixelated; }
+.vl-note, .vl-estimate { font-size: 0.95em; }
+.vl-progress { position: relative; height: 28px; border-radius: 6px; overflow: hidden;
+               background: var(--neutral-200); margin: 4px 0; }
+.vl-progress-fill { height: 100%; background: var(--color-accent); transition: width 0.6s ease; }
+.vl-progress-fill.vl-finished { background: #2e9d4f; }
+.vl-progress-fill.vl-failed, .vl-progress-fill.vl-cancelled { background: #c94040; }
+.vl-progress span { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
+                    font-weight: 600; color: var(--body-text-color); }
+.vl-columns { display: grid; grid-template-columns: repeat(auto-fill, minmax(210px, 1fr)); gap: 12px; }
+.vl-card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px 12px; }
+.vl-card.vl-differs { border: 2px solid var(--color-accent); }
+.vl-card-title { font-weight: 700; font-size: 1.05em; }
+.vl-meta, .vl-run, .vl-sample { font-size: 0.85em; color: var(--body-text-color-subdued); }
+.vl-output { font-size: 1.2em; margin: 10px 0; }
+.vl-output mark { background: #ffe27a; color: #000; border-radius: 3px; padding: 0 2px; }
+.vl-badge { background: var(--color-accent); color: #fff; border-radius: 4px; padding: 0 6px; font-size: 0.7em;
+            vertical-align: middle; }
+.vl-banner { font-weight: 600; }
+.vl-references ul { margin: 4px 0 0 18px; }
+"""
+HEADER = """# VL-PEFT Lab
+Fine-tune a vision-language model (BLIP) with five parameter-efficient methods, and see what data size and
+parameter size do, as in *An Empirical Study of Parameter Efficient Fine-tuning on Vision-Language Pre-train Model*
+(Tian et al., ICME 2024). **Train** a method, **Compare** what adapters say about a picture, **Explore** the results,
+and manage your **Runs**."""
+
+
+@dataclass
+class App:
+    demo: gr.Blocks
+    services: Services
+
+
+def build_app(settings: Settings | None = None) -> App:
+    """The Blocks and the services behind them; nothing runs until `serve`."""
+    settings = settings or Settings.from_env()
+    services = Services(settings)
+    secret = _browser_secret(services)
+    with gr.Blocks(title="VL-PEFT Lab") as demo:
+        gr.Markdown(HEADER)
+        if settings.demo:
+            gr.Markdown(f"ℹ️ **Public demo:** one job at a time per visitor, at most {settings.demo_max_steps} steps "
+                        f"and {settings.job_limits().max_runtime_s / 60:.0f} minutes per run, on the embedded "
+                        "model and data. Run the app yourself to lift these limits.")  # fmt: skip
+        visitor = gr.BrowserState("", storage_key="vlpeft-visitor", secret=secret)
+        with gr.Tabs():
+            with gr.Tab("Train", id="train"):
+                loaders = [train.build(services, visitor, secret)]
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                loaders.append(compare.build(services, compare_tab))
+            with gr.Tab("Explore", id="explore") as explore_tab:
+                loaders.append(explore.build(services, explore_tab))
+            with gr.Tab("Runs", id="runs") as runs_tab:
+                loaders.append(runs.build(services, runs_tab, visitor))
+        api.register(services)
+        # Every browser gets an id of its own (kept in its local storage) before the tabs fill in.
+        known = demo.load(lambda v: v or secrets.token_hex(8), visitor, visitor, api_name="ui_visitor",
+                          api_visibility="private")  # fmt: skip
+        for loader in loaders:
+            known.then(loader.fn, loader.inputs, loader.outputs, api_name=loader.name, api_visibility="private")
+    return App(demo, services)
+
+
+def serve(app: App, **launch_kwargs) -> tuple:
+    """Start the job worker and the web server; keyword arguments go to `Blocks.launch`."""
+    settings = app.services.settings
+    app.services.start_worker()
+    threading.Thread(target=_warm_up, args=(app.services,), name="vlpeft-warm-up", daemon=True).start()
+    options = dict(
+        server_name=settings.host, server_port=settings.port, auth=list(settings.auth) or None,
+        auth_message="Log in to VL-PEFT Lab." if settings.auth else None, max_file_size=MAX_UPLOAD,
+        theme=gr.themes.Soft(), css=CSS, show_error=False,
+    )  # fmt: skip
+    options.update(launch_kwargs)
+    app.demo.queue(default_concurrency_limit=1)
+    return app.demo.launch(**options)
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        app = build_app()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        serve(app)
+    finally:
+        app.services.close()
+    return 0
+
+
+def _warm_up(services: Services) -> None:
+    """Load the base model and the gallery before the first visitor needs them."""
+    try:
+        services.estimate("lora", "0.5%")
+        for task in ("caption", "vqa"):
+            services.test_images(task)
+    except UserError as exc:
+        log.warning("warm-up: %s", exc)
+
+
+def _browser_secret(services: Services) -> str:
+    """The key of what browsers keep (their visitor id, the job they watch), stable across restarts."""
+    path = services.settings.data_home / "browser-secret"
+    if not path.is_file():
+        path.write_text(secrets.token_hex(16))
+        path.chmod(0o600)
+    return path.read_text().strip()

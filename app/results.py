@@ -1,0 +1,125 @@
+"""The Explore tab's data: the sweep's `results/runs.csv` and the user's own finished runs, as one table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from app.services import MAIN_METRIC, RunRecord
+
+RESULTS_FILE = "runs.csv"
+SETTING_COLUMNS = [
+    "task", "method", "budget", "trainable_params", "trainable_percent", "data_fraction", "train_examples",
+    "seed", "train_s", "peak_mem_mb", "base_model", "dataset",
+]  # fmt: skip
+CAPTION_METRICS = ["CIDEr-D", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L"]
+SWEEP, MINE = "sweep", "your run"
+ALL = "all (averaged)"
+
+
+def load_sweep(results_dir: Path) -> tuple[pd.DataFrame, str]:
+    """The sweep's rows (source = 'sweep') and a note for the page; an empty table when there are none yet."""
+    path = Path(results_dir) / RESULTS_FILE
+    if not path.is_file():
+        return _empty(), (f"No sweep results yet: `{path.name}` appears in `{path.parent}` once a sweep has run. "
+                          "Until then the figures show your own finished runs.")  # fmt: skip
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        return _empty(), f"`{path}` could not be read ({exc}); the figures show your own finished runs only."
+    missing = {"task", "method", "data_fraction", "trainable_params"} - set(frame.columns)
+    if missing:
+        return _empty(), f"`{path}` lacks the columns {', '.join(sorted(missing))}; showing your own runs only."
+    frame["source"], frame["run_id"] = SWEEP, ""
+    return frame, f"{len(frame):,} sweep runs from `{path}`."
+
+
+def user_frame(records: list[RunRecord]) -> pd.DataFrame:
+    """The user's finished, evaluated runs in the sweep's columns."""
+    rows = []
+    for record in records:
+        if record.state != "finished" or not record.metrics:
+            continue
+        config, info = record.config, record.info
+        row = {
+            "task": record.task, "method": record.method, "budget": config.get("budget"),
+            "trainable_params": record.trainable_params, "trainable_percent": record.trainable_percent,
+            "data_fraction": config.get("data_fraction"), "train_examples": info.get("train_examples"),
+            "seed": config.get("seed"), "train_s": None, "peak_mem_mb": None,
+            "base_model": info.get("base_model"), "dataset": info.get("dataset_name"),
+            "source": MINE, "run_id": record.id,
+        }  # fmt: skip
+        for name, value in record.metrics.items():
+            if isinstance(value, int | float) and (name in CAPTION_METRICS or name == "accuracy"):
+                row[name] = value
+        for name, value in (record.metrics.get("per_type") or {}).items():
+            row[f"accuracy_{name}"] = value
+        rows.append(row)
+    return pd.DataFrame(rows) if rows else _empty()
+
+
+def combined(sweep: pd.DataFrame, mine: pd.DataFrame, task: str) -> pd.DataFrame:
+    frames = [f[f["task"] == task] for f in (sweep, mine) if not f.empty]
+    if not frames:
+        return _empty()
+    return pd.concat(frames, ignore_index=True)
+
+
+def metric_names(frame: pd.DataFrame, task: str) -> list[str]:
+    """The task's metric columns present in the table, the main one first."""
+    if task == "caption":
+        names = [name for name in CAPTION_METRICS if name in frame.columns]
+    else:
+        names = ["accuracy"] + sorted(c for c in frame.columns if c.startswith("accuracy_"))
+        names = [name for name in names if name in frame.columns]
+    main = MAIN_METRIC[task]
+    return [main] + [n for n in names if n != main] if names else [main]
+
+
+def held_values(frame: pd.DataFrame, column: str) -> tuple[list[str], str]:
+    """Choices for the value held fixed in a figure (a budget, a data fraction) and the most common one."""
+    trained = frame[~frame["method"].isin(["zero-shot", "full"])] if not frame.empty else frame
+    if trained.empty or column not in trained.columns:
+        return [ALL], ALL
+    values = trained[column].dropna().astype(str)
+    if values.empty:
+        return [ALL], ALL
+    counts = values.value_counts()
+    return [ALL, *sorted(counts.index, key=_sort_key)], str(counts.index[0])
+
+
+def aggregate(frame: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
+    """Mean, standard deviation (over seeds and anything else not on the x axis) and count per method and x."""
+    if frame.empty or metric not in frame.columns:
+        return pd.DataFrame(columns=["method", x, "mean", "std", "n"])
+    data = frame.dropna(subset=[metric])
+    grouped = data.groupby(["method", x], dropna=False)[metric]
+    table = grouped.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+    table["std"] = table["std"].fillna(0.0)
+    return table.sort_values(["method", x])
+
+
+def table_view(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """The rows a person reads: who, what, how big, how well."""
+    columns = ["source", "method", "budget", "trainable_params", "trainable_percent", "data_fraction", "seed",
+               *[m for m in metrics if m in frame.columns], "run_id"]  # fmt: skip
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    view = frame[[c for c in columns if c in frame.columns]].copy()
+    for column in ["trainable_percent", *metrics]:
+        if column in view.columns:
+            view[column] = pd.to_numeric(view[column], errors="coerce").round(3)
+    return view.sort_values(["method", "data_fraction", "trainable_params"], na_position="first")
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame(columns=[*SETTING_COLUMNS, "source", "run_id"])
+
+
+def _sort_key(value: str) -> tuple[float, str]:
+    text = value.rstrip("%").replace(",", "")
+    try:
+        return float(text), value
+    except ValueError:
+        return float("inf"), value

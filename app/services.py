@@ -1,0 +1,382 @@
+"""What the tabs and the API share: the job queue and its worker, the resident base models, the datasets and
+the runs. One `Services` per app process.
+
+The app never trains: `submit` queues a job that a worker process runs, and everything about a run is read
+back from the job store and the run directory.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import BlipForConditionalGeneration
+
+from app.settings import Settings
+from training import runs
+from training.compare import Column, Comparer, check_image
+from training.config import RunConfig, parse_budget
+from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
+from training.errors import UserError
+from training.jobs import JobStore, Supervisor, job_status
+from training.jobs.store import ACTIVE_STATES
+from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
+from training.tasks import training_pairs
+
+EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
+MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
+RESIDENT_MODELS = 3  # base models kept loaded at once (the app's own and the latest others)
+THUMBNAIL_PX = 192
+
+
+@dataclass
+class Estimate:
+    plan: Plan
+    total_params: int
+    base_model: str
+
+    def to_dict(self) -> dict:
+        return {**self.plan.to_dict(), "total_params": self.total_params, "base_model": self.base_model}
+
+
+@dataclass
+class TrainingSize:
+    """How much a config trains: images or questions, (example, target) pairs, optimiser steps."""
+
+    examples: int
+    split_size: int
+    pairs: int
+    steps: int
+
+
+@dataclass
+class TestImage:
+    """One picture of a task's test split, as the Compare gallery shows it."""
+
+    index: int
+    image_id: str
+    thumbnail: str
+    examples: list[Example]  # one per caption set, or one per question about this image
+
+    @property
+    def references(self) -> list[str]:
+        return self.examples[0].captions
+
+    @property
+    def questions(self) -> list[str]:
+        return [e.question for e in self.examples if e.question]
+
+    def answers(self, question: str) -> list[str] | None:
+        wanted = question.strip().lower()
+        return next((e.answers for e in self.examples if e.question.strip().lower() == wanted), None)
+
+
+@dataclass
+class RunRecord:
+    """A job and what its run directory says: the Runs table, Compare's choices, Explore's own points."""
+
+    id: str
+    state: str
+    reason: str
+    submitter: str
+    config: dict
+    info: dict  # config.json of the run directory ({} before the trainer wrote it)
+    metrics: dict  # eval.json's metrics ({} until evaluated)
+    run_dir: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    has_weights: bool
+
+    @property
+    def task(self) -> str:
+        return self.config.get("task", "")
+
+    @property
+    def method(self) -> str:
+        return self.config.get("method", "")
+
+    @property
+    def trainable_params(self) -> int | None:
+        return self.info.get("trainable_params")
+
+    @property
+    def trainable_percent(self) -> float | None:
+        return self.info.get("trainable_percent")
+
+    @property
+    def score(self) -> tuple[str, float] | None:
+        name = MAIN_METRIC.get(self.task)
+        value = self.metrics.get(name)
+        return (name, value) if isinstance(value, int | float) else None
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from start to end (to now while running); None before it started."""
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+    @property
+    def comparable(self) -> bool:
+        return self.state in ("finished", "cancelled", "interrupted") and self.has_weights
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(task=self.task, method=self.method, trainable_params=self.trainable_params,
+                    trainable_percent=self.trainable_percent, duration_s=self.duration_s)  # fmt: skip
+        return data
+
+
+@dataclass
+class Comparison:
+    columns: list[Column]
+    task: str
+    question: str = ""
+    image_id: str | None = None
+    references: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Resident:
+    comparer: Comparer  # holds the one loaded copy of the base; adapters are swapped on it
+    skeleton: BlipForConditionalGeneration  # on the meta device: exact counts for the budget solver, no memory
+
+
+class Services:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = JobStore(settings.data_home / "jobs.sqlite3", limits=settings.job_limits())
+        self.supervisor = Supervisor(self.store)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._models: OrderedDict[str, _Resident] = OrderedDict()
+        self._datasets: dict[tuple[str, str | None], TaskDataset] = {}
+        self._galleries: dict[str, list[TestImage]] = {}
+        self._lock = threading.Lock()
+        self.scratch = Path(tempfile.mkdtemp(prefix="vlpeft-app-"))
+
+    def start_worker(self) -> None:
+        """Run queued jobs from this process (each in its own child process)."""
+        self.supervisor.start_in_thread()
+
+    def close(self) -> None:
+        """Stop the worker thread (running jobs go on; the next worker adopts them) and drop scratch files."""
+        self.supervisor.stop()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    # --- base models -----------------------------------------------------------------------------
+
+    def base_model_source(self, text: str | None) -> str | None:
+        """The base model a form value means: blank or `embedded` is the app's own, a path is made absolute."""
+        text = (text or "").strip()
+        if not text or text == EMBEDDED:
+            return self.settings.base_model
+        if self.settings.demo and text != self.settings.base_model:
+            raise UserError("This public demo trains the embedded model only; run the app yourself for other models.")
+        path = Path(text).expanduser()
+        return str(path.resolve()) if path.exists() else text
+
+    def _resident(self, source: str | None) -> _Resident:
+        key = source or EMBEDDED
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            comparer = Comparer(source, device=self.device)
+            config = comparer.base.model.config  # loads the model, or raises UserError with the way out
+            with torch.device("meta"):
+                skeleton = BlipForConditionalGeneration(config)
+            self._models[key] = _Resident(comparer, skeleton)
+            while len(self._models) > RESIDENT_MODELS:
+                self._models.popitem(last=False)
+            return self._models[key]
+
+    def estimate(self, method: str, budget: str, towers: str = "both", base_model: str | None = None) -> Estimate:
+        """The exact trainable count of a method under a budget, before anything is trained."""
+        source = self.base_model_source(base_model)
+        skeleton = self._resident(source).skeleton
+        plan = plan_method(skeleton, method, parse_budget(budget), towers)
+        return Estimate(plan, count_base_params(skeleton), source or "embedded default")
+
+    # --- datasets --------------------------------------------------------------------------------
+
+    def dataset_source(self, task: str, text: str | None) -> str | None:
+        text = (text or "").strip()
+        if not text or text == EMBEDDED:
+            return self.settings.datasets.get(task)
+        if self.settings.demo and text != self.settings.datasets.get(task):
+            raise UserError("This public demo uses the embedded datasets only; run the app yourself for others.")
+        path = Path(text).expanduser()
+        return str(path.resolve()) if path.exists() else text
+
+    def dataset(self, task: str, source: str | None = None) -> TaskDataset:
+        key = (task, source)
+        with self._lock:
+            if key not in self._datasets:
+                self._datasets[key] = load_dataset(source, task)
+            return self._datasets[key]
+
+    def training_size(self, config: RunConfig) -> TrainingSize:
+        """What the trainer will do with this config: the same subset and step count it computes."""
+        train = self.dataset(config.task, config.dataset).split("train")
+        subset = [train[i] for i in nested_fraction(len(train), config.data_fraction, config.seed)]
+        pairs = len(training_pairs(config.task, subset))
+        if config.method == "zero-shot":
+            steps = 0
+        elif config.max_steps:
+            steps = config.max_steps
+        else:
+            steps = max(1, math.ceil((config.epochs or 1.0) * pairs / (config.batch_size * config.grad_accum)))
+        return TrainingSize(len(subset), len(train), pairs, steps)
+
+    def test_images(self, task: str) -> list[TestImage]:
+        """The first pictures of the app's test split for the task, with crisp upscaled thumbnails."""
+        with self._lock:
+            if task in self._galleries:
+                return self._galleries[task]
+        examples = self.dataset(task, self.settings.datasets.get(task)).split("test")
+        grouped: dict[str, list[Example]] = {}
+        for example in examples:
+            if example.image_id in grouped or len(grouped) < self.settings.gallery_size:
+                grouped.setdefault(example.image_id, []).append(example)
+        folder = self.scratch / "gallery" / task
+        folder.mkdir(parents=True, exist_ok=True)
+        gallery = []
+        for index, (image_id, group) in enumerate(grouped.items()):
+            thumbnail = folder / f"{index:03d}.png"
+            image = group[0].image.load()
+            scale = max(1, THUMBNAIL_PX // max(image.size))
+            image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST).save(thumbnail)
+            gallery.append(TestImage(index, image_id, str(thumbnail), group))
+        with self._lock:
+            self._galleries[task] = gallery
+        return gallery
+
+    # --- jobs ------------------------------------------------------------------------------------
+
+    def prepare(self, config: RunConfig) -> tuple[RunConfig, Estimate, TrainingSize, list[str]]:
+        """Validate a config against the model and data (fast failure instead of a failed job) and apply the
+        demo caps; returns the config to queue, its estimate and size, and notes for the user."""
+        config.validate()
+        estimate = self.estimate(config.method, config.budget, config.towers, config.base_model)
+        require_feasible(estimate.plan)
+        size = self.training_size(config)
+        notes = []
+        if self.settings.demo and size.steps > self.settings.demo_max_steps:
+            config.max_steps = self.settings.demo_max_steps
+            notes.append(f"The public demo caps runs at {self.settings.demo_max_steps} steps "
+                         f"(this one would take {size.steps:,}).")  # fmt: skip
+            size = self.training_size(config)
+        return config, estimate, size, notes
+
+    def submit(self, config: RunConfig, submitter: str) -> str:
+        return self.store.submit(config, submitter=submitter)
+
+    def status(self, job_id: str, log_lines: int = 40) -> dict:
+        """job_status plus the test metrics and the loss curve (a list of metrics.jsonl rows)."""
+        status = job_status(self.store, job_id, log_lines=log_lines)
+        run_dir = Path(status["run_dir"])
+        evaluation = runs.read_json(run_dir / runs.EVAL) or {}
+        status["metrics"] = evaluation.get("metrics", {})
+        status["curve"] = [row for row in runs.read_jsonl(run_dir / runs.METRICS) if "loss" in row]
+        status["info"] = runs.read_json(run_dir / runs.CONFIG) or {}
+        return status
+
+    def _own(self, job_id: str, submitter: str, action: str) -> None:
+        job = self.store.get(job_id)
+        if self.settings.demo and job.submitter != submitter:
+            raise UserError(f"Job {job_id} was started by another visitor: only they can {action} it.")
+
+    def cancel(self, job_id: str, submitter: str) -> dict:
+        self._own(job_id, submitter, "cancel")
+        self.store.cancel(job_id, by=submitter)
+        return self.status(job_id)
+
+    def live_jobs(self, submitter: str) -> list[str]:
+        return [job.id for job in self.store.list_jobs(ACTIVE_STATES, submitter)]
+
+    # --- runs ------------------------------------------------------------------------------------
+
+    def runs(self, task: str | None = None) -> list[RunRecord]:
+        """Every job, newest first, with what its run directory holds."""
+        records = []
+        for job in reversed(self.store.list_jobs()):
+            if task and job.config.get("task") != task:
+                continue
+            run_dir = Path(job.run_dir)
+            evaluation = runs.read_json(run_dir / runs.EVAL) or {}
+            records.append(RunRecord(
+                id=job.id, state=job.state, reason=job.reason, submitter=job.submitter, config=job.config,
+                info=runs.read_json(run_dir / runs.CONFIG) or {}, metrics=evaluation.get("metrics", {}),
+                run_dir=job.run_dir, created_at=job.created_at, started_at=job.started_at,
+                finished_at=job.finished_at, has_weights=(run_dir / runs.WEIGHTS).is_file(),
+            ))  # fmt: skip
+        return records
+
+    def run(self, job_id: str) -> RunRecord:
+        self.store.get(job_id)  # UserError for an unknown id
+        return next(r for r in self.runs() if r.id == job_id)
+
+    def delete(self, job_id: str, submitter: str) -> None:
+        self._own(job_id, submitter, "delete")
+        self.store.delete(job_id)
+
+    def zip_run(self, job_id: str) -> Path:
+        """A zip of the run's weights, config and evaluation, for download."""
+        record = self.run(job_id)
+        run_dir = Path(record.run_dir)
+        if not record.has_weights:
+            raise UserError(f"Run {job_id} has no trained weights yet ({record.state}): nothing to download.")
+        folder = self.scratch / "downloads"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"vlpeft-{job_id}.zip"
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name in (runs.WEIGHTS, runs.CONFIG, runs.EVAL, runs.METRICS):
+                if (run_dir / name).is_file():
+                    archive.write(run_dir / name, arcname=f"{job_id}/{name}")
+        return target
+
+    # --- compare ---------------------------------------------------------------------------------
+
+    def compare(self, task: str, run_ids: list[str], question: str = "", test_index: int | None = None,
+                image_path: str | None = None) -> Comparison:  # fmt: skip
+        """The zero-shot base and each chosen run on one image: a test picture (scored) or an upload."""
+        chosen = [self.run(run_id) for run_id in run_ids]
+        for record in chosen:
+            if record.task != task:
+                raise UserError(f"Run {record.id} was trained for {record.task}, not {task}: pick runs of one task.")
+            if not record.comparable:
+                raise UserError(f"Run {record.id} is {record.state} and has no trained weights to compare.")
+        sources = {record.config.get("base_model") for record in chosen} or {self.settings.base_model}
+        if len(sources) > 1:
+            raise UserError("The chosen runs were trained on different base models: compare one base model at a time.")
+        comparer = self._resident(sources.pop()).comparer
+        comparison = Comparison([], task, question=(question or "").strip())
+        if test_index is not None:
+            gallery = self.test_images(task)
+            if not 0 <= test_index < len(gallery):
+                raise UserError(f"There is no test image #{test_index}: pick one of the {len(gallery)} in the gallery.")
+            picture = gallery[test_index]
+            image = picture.examples[0].image.load()
+            comparison.image_id = picture.image_id
+            if task == "caption":
+                comparison.references = picture.references
+            else:
+                comparison.answers = picture.answers(comparison.question) or []
+        else:
+            image = check_image(image_path)
+        comparison.columns = comparer.compare(
+            image, task, [record.run_dir for record in chosen], question=comparison.question,
+            references=comparison.references or None, answers=comparison.answers or None,
+        )  # fmt: skip
+        return comparison

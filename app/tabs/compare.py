@@ -1,0 +1,208 @@
+"""Compare: one image, the zero-shot base and any trained adapters of a task, side by side."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import gradio as gr
+
+from app import format as fmt
+from app.services import Comparison, Services
+from app.tabs.common import Loader, shows_user_errors
+from training.compare import Column, check_image
+from training.config import TASKS
+from training.errors import UserError
+
+IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
+PREVIEW_PX = 384
+EMPTY = "Pick a test image (or upload one), tick the adapters to compare, and press **Compare**."
+
+
+# --- handlers --------------------------------------------------------------------------------------------
+
+
+def run_choices(services: Services, task: str, selected: list[str] | None = None) -> dict:
+    """The runs of the task that have trained weights, newest first, labelled; still-valid ticks are kept."""
+    choices = []
+    for record in services.runs(task):
+        if not record.comparable or record.method == "zero-shot":
+            continue
+        config = record.config
+        label = (f"{fmt.METHOD_LABELS.get(record.method, record.method)} · budget {config.get('budget')} · "
+                 f"data {fmt.fraction(config.get('data_fraction'))} · {fmt.main_score(task, record.metrics)} · "
+                 f"{record.id}")  # fmt: skip
+        choices.append((label, record.id))
+    ids = {run_id for _, run_id in choices}
+    return gr.update(choices=choices, value=[run_id for run_id in selected or [] if run_id in ids])
+
+
+def gallery(services: Services, task: str) -> list[tuple[str, str]]:
+    try:
+        return [(picture.thumbnail, f"#{picture.index}") for picture in services.test_images(task)]
+    except UserError as exc:
+        gr.Warning(f"The test images cannot be shown: {exc}")
+        return []
+
+
+def switch_task(services: Services, task: str) -> tuple:
+    """gallery, choices, question box, picked image, picked index, result"""
+    return (gallery(services, task), run_choices(services, task), gr.update(visible=task == "vqa", value=None,
+            choices=[]), None, None, EMPTY)  # fmt: skip
+
+
+def pick_test_image(services: Services, task: str, index: int) -> tuple:
+    """picked image, picked index, question choices (VQA: this image's test questions)."""
+    picture = services.test_images(task)[index]
+    questions = picture.questions
+    question = gr.update(choices=questions, value=questions[0] if questions else None)
+    return picture.thumbnail, index, question
+
+
+def take_upload(services: Services, path: str | None) -> tuple:
+    """picked image (a preview), picked index (none: an upload), upload path kept for Compare."""
+    if path is None:
+        return None, None, None
+    image = check_image(path)  # a clear sentence for a non-image, a corrupt or a huge file
+    image.thumbnail((PREVIEW_PX, PREVIEW_PX))
+    preview = services.scratch / "uploads" / f"{Path(path).parent.name}.png"
+    preview.parent.mkdir(parents=True, exist_ok=True)
+    image.save(preview)
+    return str(preview), None, path
+
+
+def compare(services: Services, task: str, run_ids: list[str] | None, question: str | None, index: int | None,
+            upload: str | None) -> str:  # fmt: skip
+    if index is None and upload is None:
+        raise UserError("Pick a test image from the gallery or upload one first.")
+    comparison = services.compare(task, list(run_ids or []), question or "", index, None if index is not None
+                                  else upload)  # fmt: skip
+    return comparison_html(comparison)
+
+
+def comparison_html(comparison: Comparison) -> str:
+    """Side-by-side cards; words that differ from the zero-shot output are marked."""
+    base = comparison.columns[0].output
+    differing = sum(column.output != base for column in comparison.columns[1:])
+    trained = len(comparison.columns) - 1
+    if trained == 0:
+        banner = "Only the zero-shot base is shown: tick trained adapters to put them beside it."
+    elif differing == 0:
+        banner = f"All {trained} adapter{'s' if trained > 1 else ''} give the same output as the zero-shot base."
+    else:
+        banner = (f"{differing} of {trained} adapter{'s' if trained > 1 else ''} give a different output from the "
+                  "zero-shot base: the words that differ are highlighted.")  # fmt: skip
+    parts = [f'<p class="vl-banner">{html.escape(banner)}</p>']
+    if comparison.question:
+        parts.append(f'<p class="vl-question"><b>Question:</b> {html.escape(comparison.question)}</p>')
+    parts.append('<div class="vl-columns">')
+    for position, column in enumerate(comparison.columns):
+        parts.append(_card(column, base, comparison.task, is_base=position == 0))
+    parts.append("</div>")
+    if comparison.references:
+        items = "".join(f"<li>{html.escape(text)}</li>" for text in comparison.references)
+        parts.append(f'<div class="vl-references"><b>Human captions of this test image</b> ({comparison.image_id}):'
+                     f"<ul>{items}</ul></div>")  # fmt: skip
+    elif comparison.answers:
+        answers = ", ".join(html.escape(a) for a in comparison.answers)
+        parts.append(f'<div class="vl-references"><b>Human answers</b> ({comparison.image_id}): {answers}</div>')
+    elif comparison.image_id and comparison.task == "vqa":
+        parts.append('<div class="vl-references">This question is not one of the test questions of this image, '
+                     "so there is no per-sample score.</div>")  # fmt: skip
+    return "".join(parts)
+
+
+def _card(column: Column, base: str, task: str, is_base: bool) -> str:
+    title = "Zero-shot base" if is_base else fmt.METHOD_LABELS.get(column.method, column.method)
+    if is_base:
+        meta = "no training · the reference"
+    else:
+        meta = (f"budget {column.budget} · {fmt.count(column.trainable_params)} trained parameters · "
+                f"data {fmt.fraction(column.data_fraction)}")  # fmt: skip
+    test = " · ".join(fmt.metric(name, value) for name, value in column.test_score.items())
+    output = _marked(column.output, base) if not is_base else html.escape(column.output or "(empty)")
+    sample = " · ".join(fmt.metric(name, value) for name, value in column.sample_score.items())
+    differs = not is_base and column.output != base
+    run = f'<div class="vl-run">{html.escape(Path(column.run_dir).name)}</div>' if column.run_dir else ""
+    badge = '<span class="vl-badge">differs</span>' if differs else ""
+    return (
+        f'<div class="vl-card{" vl-differs" if differs else ""}" data-method="{html.escape(column.method)}">'
+        f'<div class="vl-card-title">{html.escape(title)} {badge}</div>{run}'
+        f'<div class="vl-meta">{html.escape(meta)}</div>'
+        f'<div class="vl-meta">test set: {html.escape(test) if test else "not scored"}</div>'
+        f'<div class="vl-output">{output}</div>'
+        + (f'<div class="vl-sample">this image: {html.escape(sample)}</div>' if sample else "")
+        + "</div>"
+    )  # fmt: skip
+
+
+def _marked(text: str, base: str) -> str:
+    """The text with the words that are not in the base output wrapped in <mark>."""
+    if not text:
+        return "(empty)"
+    base_words = set(re.findall(r"\w+", base.lower()))
+    return " ".join(f"<mark>{html.escape(word)}</mark>" if re.sub(r"\W", "", word.lower()) not in base_words
+                    else html.escape(word) for word in text.split())  # fmt: skip
+
+
+# --- layout ----------------------------------------------------------------------------------------------
+
+
+def build(services: Services, tab: gr.Tab) -> Loader:
+    gr.Markdown("See what each trained adapter says about the same picture. The zero-shot base model (no training) "
+                "is always the first column; on a test image every column also gets a score against the human "
+                "captions or answers.")  # fmt: skip
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            task = gr.Radio([(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Task")
+            pictures = gr.Gallery(
+                label="Test images (click one)",
+                columns=6,
+                height=300,
+                allow_preview=False,
+                object_fit="contain",
+                elem_id="test-gallery",
+                elem_classes="vl-pixelated",
+            )
+            upload = gr.File(label="…or upload your own picture", file_types=IMAGE_TYPES, type="filepath",
+                             height=90, elem_id="upload-image")  # fmt: skip
+            question = gr.Dropdown(
+                [],
+                value=None,
+                label="Question",
+                allow_custom_value=True,
+                visible=False,
+                info="Pick a test question or type your own.",
+                elem_id="vqa-question",
+            )
+            run_ids = gr.CheckboxGroup([], label="Trained adapters to compare",
+                                       info="Runs of this task with trained weights (from the Train tab).",
+                                       elem_id="compare-runs")  # fmt: skip
+            with gr.Row():
+                refresh = gr.Button("↻ Refresh runs", size="sm")
+                go = gr.Button("Compare", variant="primary", elem_id="compare-button")
+        with gr.Column(scale=6):
+            picked = gr.Image(label="Image", interactive=False, type="filepath", height=260,
+                              elem_classes="vl-pixelated", elem_id="picked-image")  # fmt: skip
+            result = gr.HTML(EMPTY, elem_id="compare-result")
+    index = gr.State(None)
+    upload_path = gr.State(None)
+    private = dict(api_visibility="private")
+
+    task.change(lambda t: switch_task(services, t), task, [pictures, run_ids, question, picked, index, result],
+                api_name="ui_compare_task", **private)  # fmt: skip
+
+    def on_select(task_name: str, event: gr.SelectData):
+        return pick_test_image(services, task_name, event.index)
+
+    pictures.select(on_select, task, [picked, index, question], api_name="ui_pick_image", **private)
+    upload.upload(shows_user_errors(lambda path: take_upload(services, path)), upload, [picked, index, upload_path],
+                  api_name="ui_upload", **private)  # fmt: skip
+    for trigger, name in ((refresh.click, "ui_compare_runs"), (tab.select, "ui_compare_tab")):
+        trigger(lambda t, ids: run_choices(services, t, ids), [task, run_ids], run_ids, api_name=name, **private)
+    go.click(shows_user_errors(lambda *a: compare(services, *a)), [task, run_ids, question, index, upload_path],
+             result, api_name="ui_compare", **private)  # fmt: skip
+    return Loader(
+        "ui_compare_load", lambda t: (gallery(services, t), run_choices(services, t)), [task], [pictures, run_ids]
+    )

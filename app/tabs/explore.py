@@ -1,0 +1,93 @@
+"""Explore: the paper's two axes, data size and parameter size, from the sweep's results and your own runs."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from app import format as fmt
+from app import results
+from app.figures import metric_figure
+from app.services import Services
+from app.tabs.common import Loader
+from training.config import TASKS
+
+FINDINGS = """**What the paper found** (Tian et al., 2024), and what to look for here:
+1. For a task the model was *not* pre-trained on (question answering), more data and more trainable parameters help.
+2. For a task it *was* pre-trained on (captioning), the share of data barely matters, and there is a best
+   parameter size: more can hurt.
+3. Layer composition (LoRA, adapters) beats embedding composition (prompt, prefix tuning)."""
+
+
+def explore(services: Services, task: str, metric: str | None, held_budget: str | None, held_fraction: str | None,
+            include_mine: bool) -> tuple:  # fmt: skip
+    """note, metric choices, budget choices, fraction choices, data figure, parameter figure, table, csv file."""
+    sweep, note = results.load_sweep(services.settings.results_dir)
+    mine = results.user_frame(services.runs(task)) if include_mine else results.user_frame([])
+    frame = results.combined(sweep, mine, task)
+    metrics = results.metric_names(frame, task)
+    metric = metric if metric in metrics else metrics[0]
+    budgets, common_budget = results.held_values(frame[frame["source"] == results.SWEEP] if not frame.empty
+                                                 else frame, "budget")  # fmt: skip
+    fractions, common_fraction = results.held_values(frame[frame["source"] == results.SWEEP] if not frame.empty
+                                                     else frame, "data_fraction")  # fmt: skip
+    held_budget = held_budget if held_budget in budgets else common_budget
+    held_fraction = held_fraction if held_fraction in fractions else common_fraction
+    own = len(mine[mine["task"] == task]) if not mine.empty else 0
+    if own:
+        runs_word = "run" if own == 1 else "runs"
+        note += f" Stars: {own} finished {fmt.TASK_LABELS[task].lower()} {runs_word} from the Train tab."
+    elif include_mine:
+        note += " Runs you finish in the Train tab appear here as stars."
+    table = results.table_view(frame, metrics)
+    csv_path = services.scratch / f"vlpeft-results-{task}.csv"
+    frame.to_csv(csv_path, index=False)
+    return (
+        note,
+        gr.update(choices=metrics, value=metric),
+        gr.update(choices=budgets, value=held_budget),
+        gr.update(choices=fractions, value=held_fraction),
+        metric_figure(frame, "data_fraction", metric, ("budget", held_budget)),
+        metric_figure(frame, "trainable_params", metric, ("data_fraction", held_fraction)),
+        table if not table.empty else pd.DataFrame({"": ["No rows yet."]}),
+        str(csv_path),
+    )
+
+
+def build(services: Services, tab: gr.Tab) -> Loader:
+    gr.Markdown(FINDINGS)
+    note = gr.Markdown(elem_id="explore-note")
+    with gr.Row():
+        task = gr.Radio([(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Task")
+        metric = gr.Dropdown([], value=None, label="Score", info="Higher is better for every score here.")
+        mine = gr.Checkbox(True, label="Show my runs", info="Your finished runs, as stars on the same axes.")
+    with gr.Row():
+        with gr.Column():
+            held_budget = gr.Dropdown(
+                [],
+                value=None,
+                label="Budget held fixed",
+                info="The data plot compares methods at one parameter budget.",
+            )
+            by_fraction = gr.Plot(label="Score vs share of data", elem_id="plot-fraction")
+        with gr.Column():
+            held_fraction = gr.Dropdown(
+                [],
+                value=None,
+                label="Share of data held fixed",
+                info="The parameter plot compares methods at one data size.",
+            )
+            by_params = gr.Plot(label="Score vs trainable parameters", elem_id="plot-params")
+    with gr.Accordion("Table", open=False):
+        table = gr.Dataframe(label="Runs behind the figures", interactive=False, wrap=True, elem_id="explore-table")
+    download = gr.DownloadButton("Download CSV", elem_id="explore-csv")
+
+    inputs = [task, metric, held_budget, held_fraction, mine]
+    outputs = [note, metric, held_budget, held_fraction, by_fraction, by_params, table, download]
+
+    def update(*values):
+        return explore(services, *values)
+
+    for trigger in (task.change, metric.input, held_budget.input, held_fraction.input, mine.change, tab.select):
+        trigger(update, inputs, outputs, api_name="ui_explore", api_visibility="private")
+    return Loader("ui_explore_load", update, inputs, outputs)

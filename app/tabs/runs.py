@@ -1,0 +1,104 @@
+"""Runs: every job with its state, settings, scores and duration; details, download, delete."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import gradio as gr
+import pandas as pd
+
+from app import format as fmt
+from app.services import RunRecord, Services
+from app.tabs.common import Loader, shows_user_errors, submitter
+from training.errors import UserError
+
+COLUMNS = ["run", "state", "task", "method", "budget", "trainable parameters", "data", "seed", "test score",
+           "duration", "started by", "submitted"]  # fmt: skip
+
+
+def runs_table(records: list[RunRecord]) -> pd.DataFrame:
+    rows = [[
+        r.id, r.state, r.task, fmt.METHOD_LABELS.get(r.method, r.method), r.config.get("budget"),
+        f"{fmt.count(r.trainable_params)} ({fmt.percent(r.trainable_percent)})" if r.trainable_params else "-",
+        fmt.fraction(r.config.get("data_fraction")), r.config.get("seed"), fmt.main_score(r.task, r.metrics),
+        fmt.duration(r.duration_s), r.submitter, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
+    ] for r in records]  # fmt: skip
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def details(record: RunRecord) -> str:
+    lines = [f"### {record.id}: {record.state}", f"*{record.reason}*", ""]
+    if record.metrics:
+        shown = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and not k.endswith("_s")}
+        lines.append("**Test scores:** " + " · ".join(fmt.metric(k, v) for k, v in shown.items()))
+    info = record.info
+    if info:
+        lines.append(f"**Trained:** {fmt.count(info.get('trainable_params'))} of {fmt.count(info.get('total_params'))} "
+                     f"parameters ({fmt.percent(info.get('trainable_percent'))}), {info.get('knob') or 'no knob'} "
+                     f"{info.get('knob_value') if info.get('knob_value') is not None else ''}, "
+                     f"{fmt.count(info.get('train_examples'))} training examples, {fmt.count(info.get('total_steps'))} "
+                     "steps.")  # fmt: skip
+        lines.append(f"**Command:** `{info.get('command')}`")
+    lines.append(f"**Duration:** {fmt.duration(record.duration_s)} · **folder:** `{record.run_dir}`")
+    return "\n\n".join(lines)
+
+
+def refresh(services: Services, selected: str | None) -> tuple:
+    """table, picker, and the selected run's panel."""
+    records = services.runs()
+    ids = [r.id for r in records]
+    selected = selected if selected in ids else None
+    choices = [(f"{r.id} · {r.task} · {fmt.METHOD_LABELS.get(r.method, r.method)} · {r.state}", r.id) for r in records]
+    return (runs_table(records), gr.update(choices=choices, value=selected), *show(services, selected))
+
+
+def show(services: Services, run_id: str | None) -> tuple:
+    """details, config JSON, download button, delete button."""
+    if not run_id:
+        return ("Pick a run to see its details.", None, gr.update(value=None, interactive=False),
+                gr.update(interactive=False))  # fmt: skip
+    record = services.run(run_id)
+    config = {"config": record.config, **{k: v for k, v in record.info.items() if k != "config"}}
+    archive = services.zip_run(run_id) if record.has_weights else None
+    return (details(record), json.dumps(config, indent=2, default=str),
+            gr.update(value=str(archive) if archive else None, interactive=archive is not None),
+            gr.update(interactive=record.state not in ("queued", "running")))  # fmt: skip
+
+
+def delete(services: Services, request: gr.Request | None, visitor: str, run_id: str | None) -> None:
+    if not run_id:
+        raise UserError("Pick a run to delete first.")
+    services.delete(run_id, submitter(request, visitor))
+    gr.Info(f"Run {run_id} deleted.")
+
+
+def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
+    gr.Markdown("Every training job of this app. Pick one for its settings, scores and log folder; download its "
+                "trained weights and config as a zip, or delete it.")  # fmt: skip
+    table = gr.Dataframe(runs_table([]), interactive=False, wrap=True, label="Runs", elem_id="runs-table")
+    with gr.Row():
+        picker = gr.Dropdown([], value=None, label="Run", scale=4, elem_id="run-picker")
+        refresh_button = gr.Button("↻ Refresh", size="sm", scale=1)
+    panel = gr.Markdown("Pick a run to see its details.", elem_id="run-details")
+    with gr.Row():
+        download = gr.DownloadButton("Download weights + config (zip)", interactive=False, elem_id="run-download")
+        delete_button = gr.Button("Delete run", variant="stop", interactive=False, elem_id="run-delete")
+        confirm = gr.Button("Yes, delete it for good", variant="stop", visible=False, elem_id="run-delete-confirm")
+    with gr.Accordion("Configuration (config.json)", open=False):
+        config = gr.Code(None, language="json", interactive=False)
+
+    private = dict(api_visibility="private")
+    listing = [table, picker, panel, config, download, delete_button]
+    for trigger, name in ((refresh_button.click, "ui_runs_refresh"), (tab.select, "ui_runs_tab")):
+        trigger(lambda run_id: refresh(services, run_id), picker, listing, api_name=name, **private)
+    picker.input(shows_user_errors(lambda run_id: show(services, run_id)), picker,
+                 [panel, config, download, delete_button], api_name="ui_runs_show", **private)  # fmt: skip
+    delete_button.click(lambda: gr.update(visible=True), None, confirm, api_name="ui_runs_ask", **private)
+
+    def on_confirm(visitor_id: str, run_id: str, request: gr.Request):
+        shows_user_errors(delete)(services, request, visitor_id, run_id)
+        return (*refresh(services, None), gr.update(visible=False))
+
+    confirm.click(on_confirm, [visitor, picker], [*listing, confirm], api_name="ui_runs_delete", **private)
+    return Loader("ui_runs_load", lambda run_id: refresh(services, run_id), [picker], listing)

@@ -1,0 +1,287 @@
+"""Train: pick a task, a method, a budget and a share of the data; start a job and watch it to the end."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app import format as fmt
+from app.figures import loss_curve
+from app.services import EMBEDDED, Services
+from app.tabs.common import Loader, optional_int, optional_number, shows_user_errors, submitter
+from training.config import TASKS, RunConfig, parse_fraction
+from training.errors import UserError
+from training.jobs.store import ACTIVE_STATES
+from training.methods import METHODS
+
+METHOD_ORDER = ("lora", "serial-adapter", "parallel-adapter", "prefix", "prompt", "full", "zero-shot")
+IDLE = "No job yet: choose the settings and press **Start training**."
+POLL_S = 1.0
+
+
+def run_config(services: Services, task: str, method: str, budget: str, data_fraction: float | str | None,
+               seed: float | str | None, epochs: float | str | None = None, max_steps: float | str | None = None,
+               lr: float | str | None = None, batch_size: float | str | None = 32, towers: str = "both",
+               base_model: str | None = None, dataset: str | None = None,
+               eval_limit: float | str | None = None) -> RunConfig:  # fmt: skip
+    """The RunConfig a form (or an API call) describes; UserError with one sentence on a bad field."""
+    if data_fraction is None or str(data_fraction).strip() == "":
+        raise UserError("Give the share of the training data to use, between 0 and 1 (e.g. 0.25 for a quarter).")
+    config = RunConfig(
+        task=task, method=method, budget=str(budget or "").strip(), data_fraction=parse_fraction(data_fraction),
+        seed=optional_int(seed, "The seed") or 0, epochs=optional_number(epochs),
+        max_steps=optional_int(max_steps, "Steps"), lr=optional_number(lr),
+        batch_size=optional_int(batch_size, "The batch size") or 32, towers=towers,
+        base_model=services.base_model_source(base_model), dataset=services.dataset_source(task, dataset),
+        eval_limit=optional_int(eval_limit, "Test examples to score"),
+    )  # fmt: skip
+    if config.eval_limit is not None and config.eval_limit < 1:
+        raise UserError("Test examples to score must be at least 1 (or empty for the whole test split).")
+    return config.validate()
+
+
+# --- handlers (plain functions: the UI wires them, the tests call them) ----------------------------------
+
+
+def describe_method(method: str) -> tuple[str, dict]:
+    """The method's explainer, and the learning-rate field's hint with its default."""
+    cls = METHODS[method]
+    info = f"Empty: the method's own default ({cls.default_lr:g})."
+    return fmt.method_explainer(method), gr.update(info=info)
+
+
+def estimate(services: Services, method: str, budget: str, towers: str, base_model: str | None) -> str:
+    try:
+        return fmt.estimate_text(services.estimate(method, budget, towers, base_model))
+    except UserError as exc:
+        return f"⚠️ {exc}"
+
+
+def describe_size(services: Services, task: str, method: str, data_fraction, seed, epochs, max_steps, batch_size,
+                  dataset: str | None) -> str:  # fmt: skip
+    """'This run trains on 200 of 2,000 images (1,000 caption pairs): 32 steps.'"""
+    try:
+        config = run_config(services, task, method, "1", data_fraction, seed, epochs, max_steps, None, batch_size,
+                            dataset=dataset)  # fmt: skip
+        size = services.training_size(config)
+    except UserError as exc:
+        return f"⚠️ {exc}"
+    unit = "images" if task == "caption" else "questions"
+    pairs = f" ({fmt.count(size.pairs)} caption pairs)" if task == "caption" else ""
+    if method == "zero-shot":
+        return "Zero-shot trains nothing: the job only scores the base model on the test set."
+    text = f"This run trains on {fmt.count(size.examples)} of {fmt.count(size.split_size)} {unit}{pairs}: "
+    text += f"{fmt.count(size.steps)} steps of {fmt.count(config.batch_size)} examples."
+    if services.settings.demo and size.steps > services.settings.demo_max_steps:
+        text += f" The public demo stops it at {services.settings.demo_max_steps} steps."
+    return text
+
+
+def start(services: Services, request: gr.Request | None, visitor: str, *form) -> tuple:
+    """Queue a job from the form; returns the watched job id and the status view (or the reason it was refused)."""
+    try:
+        config, _, _, notes = services.prepare(run_config(services, *form))
+        job_id = services.submit(config, submitter(request, visitor))
+    except UserError as exc:
+        gr.Warning(str(exc))
+        return (gr.skip(), f"⚠️ **Not started.** {exc}", *[gr.skip()] * 8)
+    for note in notes:
+        gr.Info(note)
+    return (job_id, *show_job(services, job_id, -1), jobs_choices(services, request, visitor, job_id))
+
+
+def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple:
+    """status, progress bar, cancel button, loss figure (skipped when unchanged), command, log, timer, points."""
+    if not job_id:
+        return (IDLE, "", gr.update(visible=False), gr.skip(), "", "", gr.Timer(active=False), shown_points)
+    try:
+        status = services.status(job_id)
+    except UserError:
+        return ("The job this page watched no longer exists.", "", gr.update(visible=False), gr.skip(), "", "",
+                gr.Timer(active=False), shown_points)  # fmt: skip
+    live = status["state"] in ACTIVE_STATES
+    curve = status["curve"]
+    figure = loss_curve(curve) if len(curve) != shown_points else gr.skip()
+    log = status["log_tail"]
+    if status["state"] == "failed" and status.get("error"):
+        log = [*log, "", f"error: {status['error']}"]
+    return (
+        fmt.job_headline(status), fmt.progress_html(status), gr.update(visible=live), figure,
+        status["command"], "\n".join(log), gr.Timer(active=live), len(curve),
+    )  # fmt: skip
+
+
+def cancel(services: Services, request: gr.Request | None, visitor: str, job_id: str | None) -> None:
+    if not job_id:
+        raise UserError("There is no job to cancel.")
+    services.cancel(job_id, submitter(request, visitor))
+    gr.Info("Stop requested: the job stops after its current step and keeps what it trained.")
+
+
+def jobs_choices(services: Services, request: gr.Request | None, visitor: str, selected: str | None) -> dict:
+    """This visitor's jobs, newest first, for the 'Job shown' picker."""
+    mine = [r for r in services.runs() if r.submitter == submitter(request, visitor)]
+    choices = [(f"{r.id} · {fmt.METHOD_LABELS.get(r.method, r.method)} {r.config.get('budget')} · {r.state}", r.id)
+               for r in mine]  # fmt: skip
+    return gr.update(choices=choices, value=selected if selected in {r.id for r in mine} else None)
+
+
+def reattach(services: Services, request: gr.Request | None, visitor: str, job_id: str | None) -> str | None:
+    """On page load: the job this browser watched, else this visitor's newest live job."""
+    if job_id:
+        try:
+            services.store.get(job_id)
+            return job_id
+        except UserError:
+            pass
+    live = services.live_jobs(submitter(request, visitor))
+    return live[-1] if live else None
+
+
+# --- layout ----------------------------------------------------------------------------------------------
+
+
+def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
+    settings = services.settings
+    gr.Markdown("Fine-tune the model on one task with one method. The **budget** says how many of its weights may "
+                "change; the **share of data** how much of the training set it sees. Press **Start training**: the "
+                "job runs in the background, you can close the page and come back.")  # fmt: skip
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5):
+            task = gr.Radio(
+                [(fmt.TASK_LABELS[t], t) for t in TASKS],
+                value="caption",
+                label="Task",
+                info="Captioning is what the model was pre-trained on; answering questions is new to it.",
+            )
+            method = gr.Dropdown([(fmt.METHOD_LABELS[m], m) for m in METHOD_ORDER], value="lora", label="Method",
+                                 info="Where the trainable parameters go.")  # fmt: skip
+            method_note = gr.Markdown(fmt.method_explainer("lora"), elem_classes="vl-note")
+            budget = gr.Textbox("0.5%", label="Parameter budget", max_lines=1,
+                                info="How many weights may change: a share of the model (0.5%) or a count "
+                                     "(20000, 20k, 1.5M).")  # fmt: skip
+            estimate_note = gr.Markdown(elem_classes="vl-estimate")
+            with gr.Row():
+                data_fraction = gr.Number(
+                    1.0,
+                    label="Share of the training data",
+                    info="More than 0, at most 1: 0.1 trains on 10 % of the examples.",
+                )
+                seed = gr.Number(
+                    0,
+                    label="Seed",
+                    precision=0,
+                    info="Same seed: same data subset and same start, so a run can be repeated.",
+                )
+            size_note = gr.Markdown(elem_classes="vl-note")
+            with gr.Accordion("Advanced settings", open=False):
+                with gr.Row():
+                    epochs = gr.Number(1, label="Epochs", info="Passes over the training data.")
+                    max_steps = gr.Number(
+                        None,
+                        label="Steps (optional)",
+                        precision=0,
+                        info="Stop after this many steps; overrides epochs.",
+                    )
+                with gr.Row():
+                    lr = gr.Number(
+                        None,
+                        label="Learning rate (optional)",
+                        info=f"Empty: the method's own default ({METHODS['lora'].default_lr:g}).",
+                    )
+                    batch_size = gr.Number(
+                        32, label="Batch size", precision=0, info="Examples per step; lower it if memory runs out."
+                    )
+                towers = gr.Radio(["both", "vision", "text"], value="both", label="Towers",
+                                  info="Which half of the model gets the new parameters: the image encoder "
+                                       "(vision), the text decoder (text) or both.")  # fmt: skip
+                eval_limit = gr.Number(
+                    None,
+                    label="Test examples to score (optional)",
+                    precision=0,
+                    info="Empty: the whole test split. Fewer is faster, but a rougher score.",
+                )
+                base_model = gr.Dropdown(
+                    [(f"Embedded scene-BLIP{' (' + settings.base_model + ')' if settings.base_model else ''}",
+                      EMBEDDED)], value=EMBEDDED, allow_custom_value=True, label="Base model",
+                    interactive=not settings.demo,
+                    info="A Hugging Face Hub id (e.g. Salesforce/blip-image-captioning-base) or a local folder.",
+                )  # fmt: skip
+                dataset = gr.Dropdown(
+                    [(_dataset_label(services, "caption"), EMBEDDED)], value=EMBEDDED, allow_custom_value=True,
+                    label="Dataset", interactive=not settings.demo,
+                    info="A dataset folder or Hub id (COCO Karpathy captions, VQAv2).",
+                )  # fmt: skip
+            start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
+        with gr.Column(scale=6):
+            jobs = gr.Dropdown([], value=None, label="Job shown", info="Your jobs, newest first.",
+                               elem_id="job-picker")  # fmt: skip
+            status = gr.Markdown(IDLE, elem_id="job-status")
+            progress = gr.HTML("", elem_id="job-progress")
+            cancel_button = gr.Button("Cancel this job", variant="stop", visible=False, elem_id="cancel-job")
+            curve = gr.Plot(loss_curve([]), label="Loss curve", elem_id="loss-curve")
+            command = gr.Code("", language="shell", label="The same run from the command line", interactive=False,
+                              lines=2, wrap_lines=True)  # fmt: skip
+            with gr.Accordion("Log (last lines)", open=False):
+                log = gr.Code("", label="log.txt", interactive=False, lines=12, max_lines=12)
+    job = gr.BrowserState("", storage_key="vlpeft-job", secret=secret)  # the job shown; a reload re-attaches
+    points = gr.State(-1)
+    timer = gr.Timer(POLL_S, active=False)
+
+    form = [task, method, budget, data_fraction, seed, epochs, max_steps, lr, batch_size, towers, base_model,
+            dataset, eval_limit]  # fmt: skip
+    view = [status, progress, cancel_button, curve, command, log, timer, points]
+    private = dict(api_visibility="private")
+
+    method.change(describe_method, method, [method_note, lr], api_name="ui_describe_method", **private)
+    estimate_inputs = [method, budget, towers, base_model]
+    for trigger in (method.change, budget.change, towers.change, base_model.change):
+        trigger(lambda *a: estimate(services, *a), estimate_inputs, estimate_note, api_name="ui_estimate",
+                show_progress="minimal", **private)  # fmt: skip
+    size_inputs = [task, method, data_fraction, seed, epochs, max_steps, batch_size, dataset]
+    for trigger in (task.change, method.change, data_fraction.change, seed.change, epochs.change, max_steps.change,
+                    batch_size.change, dataset.change):  # fmt: skip
+        trigger(lambda *a: describe_size(services, *a), size_inputs, size_note, api_name="ui_size",
+                show_progress="hidden", **private)  # fmt: skip
+    task.change(lambda t: gr.update(choices=[(_dataset_label(services, t), EMBEDDED)], value=EMBEDDED), task,
+                dataset, api_name="ui_task_datasets", **private)  # fmt: skip
+
+    def on_start(visitor_id: str, *values, request: gr.Request):
+        return start(services, request, visitor_id, *values)
+
+    start_button.click(on_start, [visitor, *form], [job, *view, jobs], api_name="ui_start", concurrency_limit=4,
+                       **private)  # fmt: skip
+
+    def on_cancel(visitor_id: str, job_id: str, request: gr.Request):
+        shows_user_errors(cancel)(services, request, visitor_id, job_id)
+        return show_job(services, job_id, -1)
+
+    cancel_button.click(on_cancel, [visitor, job], view, api_name="ui_cancel", **private)
+    timer.tick(lambda job_id, shown: show_job(services, job_id, shown), [job, points], view, api_name="ui_poll",
+               show_progress="hidden", concurrency_limit=None, **private)  # fmt: skip
+
+    def on_pick(job_id: str | None):
+        return (job_id or "", *show_job(services, job_id, -1))
+
+    jobs.input(on_pick, jobs, [job, *view], api_name="ui_pick_job", **private)
+
+    def on_load(visitor_id: str, job_id: str, method_name: str, budget_text: str, towers_name: str, model: str,
+                *size_values, request: gr.Request):  # fmt: skip
+        watched = reattach(services, request, visitor_id, job_id)
+        return (
+            watched or "", *show_job(services, watched, -1), jobs_choices(services, request, visitor_id, watched),
+            estimate(services, method_name, budget_text, towers_name, model),
+            describe_size(services, *size_values),
+        )  # fmt: skip
+
+    return Loader(
+        "ui_train_load",
+        on_load,
+        [visitor, job, *estimate_inputs, *size_inputs],
+        [job, *view, jobs, estimate_note, size_note],
+    )
+
+
+def _dataset_label(services: Services, task: str) -> str:
+    source = services.settings.datasets.get(task)
+    name = "scene captions" if task == "caption" else "scene questions"
+    return f"Embedded {name}" + (f" ({source})" if source else "")
