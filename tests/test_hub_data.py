@@ -62,3 +62,15 @@ def test_an_unreachable_hub_id_is_explained(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(UserError, match="could not be loaded as a dataset"):
         load_dataset("no-such-user/no-such-dataset", "vqa")
+
+
+def test_a_test_split_without_answers_falls_back_to_validation(tmp_path):
+    def split(answers):
+        return datasets.Dataset.from_dict({
+            "image": [draw_tiny("red", "square")], "question": ["what color is it?"], "answers": [answers],
+        }).cast_column("image", datasets.Image())  # fmt: skip
+
+    datasets.DatasetDict({"train": split(["red"] * 10), "validation": split(["red"] * 10), "test": split([])}) \
+        .save_to_disk(str(tmp_path / "vqa"))  # fmt: skip
+    loaded = load_dataset(str(tmp_path / "vqa"), "vqa")
+    assert loaded.split("test") is loaded.split("validation") and loaded.split("test")[0].answers == ["red"] * 10
