@@ -12,6 +12,7 @@ from training.errors import UserError
 COMMAND_MODULES = (
     "training.commands",
     "training.jobs.cli",
+    "training.sweeps.cli",
 )
 
 

@@ -1,0 +1,286 @@
+"""Run a sweep: plan the grid, skip what is finished, run the rest, keep the results table current.
+
+Resumable by construction: a run is finished when its `eval.json` exists; any other run directory is
+half-done work and is deleted and redone. The table and `sweep.json` are rewritten after every run, so a
+sweep killed at any moment leaves a table of everything finished so far.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training import runs
+from training.errors import UserError
+from training.sweeps.executors import RunJob, RunResult
+from training.sweeps.grid import GridPoint, Skipped, SweepSpec, filter_feasible
+from training.sweeps.table import MAIN_METRIC, META, TABLE, display_path, folder_sha, run_row, write_table
+
+TIMINGS = "timings.json"  # in the sweep's out folder: seconds each finished run took, for the ETA
+MAX_FAILURES_IN_A_ROW = 3
+
+
+@dataclass
+class SweepPlan:
+    spec: SweepSpec
+    points: list[GridPoint]  # every feasible point
+    skipped: list[Skipped]  # points whose budget the method cannot reach
+    todo: list[GridPoint]  # the points this session runs (not finished, and matching --only)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.spec.out / "runs"
+
+    def run_dir(self, point: GridPoint) -> Path:
+        return self.runs_dir / point.name
+
+    def finished(self, point: GridPoint) -> bool:
+        return (self.run_dir(point) / runs.EVAL).is_file()
+
+
+def plan_sweep(spec: SweepSpec, only: str | None = None) -> SweepPlan:
+    points, skipped = filter_feasible(spec, spec.points())
+    plan = SweepPlan(spec, points, skipped, [])
+    plan.todo = [p for p in points if not plan.finished(p) and (not only or only in p.name)]
+    return plan
+
+
+@dataclass
+class Estimator:
+    """Expected seconds per run: the mean of finished runs of the same task and method, else of the task,
+    else of any run, else the sweep file's `estimate_s`."""
+
+    defaults: dict = field(default_factory=dict)
+    seen: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def observe(self, point: GridPoint, seconds: float) -> None:
+        self.seen.setdefault((point.task, point.method), []).append(seconds)
+
+    def expected(self, point: GridPoint) -> float | None:
+        for pick in (lambda k: k == (point.task, point.method), lambda k: k[0] == point.task, lambda k: True):
+            values = [s for key, found in self.seen.items() if pick(key) for s in found]
+            if values:
+                return statistics.fmean(values)
+        default = self.defaults.get(point.task)
+        if isinstance(default, dict):
+            default = default.get(point.method, default.get("*"))
+        return float(default) if default is not None else None
+
+    def total(self, points: list[GridPoint], parallel: int = 1) -> float | None:
+        values = [self.expected(p) for p in points]
+        if any(v is None for v in values):
+            return None
+        return sum(values) / max(1, parallel)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def describe(plan: SweepPlan, estimator: Estimator, parallel: int) -> list[str]:
+    """What a sweep will do: the grid by task and method, the skipped points and why, and a time estimate."""
+    spec = plan.spec
+    finished = len(plan.points) - len([p for p in plan.points if not plan.finished(p)])
+    lines = [f"sweep {spec.name}: {len(plan.points) + len(plan.skipped)} grid points, {len(plan.skipped)} skipped "
+             f"(budget out of the method's range), {len(plan.points)} runs: {finished} finished, "
+             f"{len(plan.todo)} to run now"]  # fmt: skip
+    lines.append(f"  runs in {spec.out / 'runs'}; table {spec.results / TABLE}")
+    header = f"  {'task':<8} {'method':<17} {'runs':>5} {'budgets':>7} {'fractions':>9} {'seeds':>5} {'est/run':>8}"
+    lines.append(header)
+    for task in spec.tasks:
+        for method in spec.methods:
+            group = [p for p in plan.points if p.task == task and p.method == method]
+            if not group:
+                continue
+            expected = estimator.expected(group[0])
+            lines.append(f"  {task:<8} {method:<17} {len(group):>5} {len({p.budget for p in group}):>7} "
+                         f"{len({p.fraction for p in group}):>9} {len({p.seed for p in group}):>5} "
+                         f"{format_duration(expected):>8}")  # fmt: skip
+    reasons = Counter(s.reason for s in plan.skipped)
+    for reason, count in sorted(reasons.items()):
+        lines.append(f"  skipped {count} x {reason}")
+    total = estimator.total(plan.todo, parallel)
+    basis = "measured runs" if estimator.seen else "the sweep file's estimate_s"
+    lines.append(f"  estimated wall time of the {len(plan.todo)} runs to go: {format_duration(total)} "
+                 f"({parallel} at a time; per-run times from {basis})")  # fmt: skip
+    return lines
+
+
+def machine_info(threads_per_run: int | None) -> dict:
+    import torch
+
+    return {
+        "platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads_per_run": threads_per_run,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }  # fmt: skip
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+class SweepLock:
+    """One sweep at a time per out folder (a second one would redo the first one's half-done runs)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.handle = open(folder / ".lock", "w")  # held for the sweep's lifetime
+
+    def __enter__(self) -> SweepLock:
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise UserError(f"Another sweep is running in {self.handle.name.rsplit('/', 1)[0]}: wait for it, "
+                            "or stop it first.") from None  # fmt: skip
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+
+class SweepSession:
+    """One invocation of a sweep: runs the plan's points and keeps the table and sweep.json current."""
+
+    def __init__(self, plan: SweepPlan, executor, command: str, echo: Callable[[str], None] = print,
+                 max_minutes: float | None = None, parallel: int = 1) -> None:  # fmt: skip
+        self.plan, self.spec, self.executor = plan, plan.spec, executor
+        self.command, self.echo, self.max_minutes, self.parallel = command, echo, max_minutes, parallel
+        self.started = time.time()
+        self.estimator = Estimator(self.spec.estimate_s)
+        self.timings = runs.read_json(self.spec.out / TIMINGS) or {}
+        for point in plan.points:
+            if point.name in self.timings and plan.finished(point):
+                self.estimator.observe(point, self.timings[point.name])
+        self.failed: dict[str, dict] = {}
+        self.ran = 0
+        self.stopped_by_time = False
+        self.shas = {"base_model": folder_sha(self._base_model_path())}
+        self.shas.update({task: folder_sha(self._dataset_path(task)) for task in self.spec.tasks})
+        self.previous = self._previous_meta()
+        self.machine = machine_info(getattr(executor, "threads", None))
+
+    def _base_model_path(self) -> str:
+        from training.paths import DEFAULT_MODEL_DIR
+
+        return self.spec.base_model or str(DEFAULT_MODEL_DIR)
+
+    def _dataset_path(self, task: str) -> str:
+        from training.data.dataset import DEFAULT_DATASETS
+
+        return self.spec.datasets.get(task) or str(DEFAULT_DATASETS[task])
+
+    def _previous_meta(self) -> dict:
+        meta = runs.read_json(self.spec.results / META) or {}
+        return meta if meta.get("name") == self.spec.name else {}
+
+    def jobs(self) -> Iterator[RunJob]:
+        """The jobs to run, handed out one at a time; stops handing out at the time limit."""
+        for point in self.plan.todo:
+            if self.max_minutes is not None and time.time() - self.started > 60 * self.max_minutes:
+                self.stopped_by_time = True
+                return
+            run_dir = self.plan.run_dir(point)
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # a half-done run: start it again from scratch
+            yield RunJob(point.name, str(run_dir), self.spec.run_config(point).to_cli_args())
+
+    def run(self) -> dict:
+        by_name = {p.name: p for p in self.plan.points}
+        self.write_outputs()
+        failures_in_a_row = 0
+        for result in self.executor.run(self.jobs()):
+            point = by_name[result.name]
+            self.ran += 1
+            if result.finished and self.plan.finished(point):
+                failures_in_a_row = 0
+                self.failed.pop(point.name, None)
+                self.timings[point.name] = result.wall_s
+                runs.write_json(self.spec.out / TIMINGS, self.timings)
+                self.estimator.observe(point, result.wall_s)
+            else:
+                failures_in_a_row += 1
+                self.failed[point.name] = {"run": point.name, "returncode": result.returncode, "error": result.error}
+            self.write_outputs()
+            self.echo(self.progress_line(point, result))
+            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                raise UserError(f"{MAX_FAILURES_IN_A_ROW} runs failed in a row; the last one said:\n{result.error}\n"
+                                f"Fix the cause and run the sweep again: it goes on where it stopped.")  # fmt: skip
+        meta = self.write_outputs()
+        if self.stopped_by_time:
+            self.echo(f"time limit of {self.max_minutes:g} min reached: {meta['remaining']} runs left; run the same "
+                      "command again to go on.")  # fmt: skip
+        return meta
+
+    def progress_line(self, point: GridPoint, result: RunResult) -> str:
+        total = len(self.plan.points)
+        finished = sum(1 for p in self.plan.points if self.plan.finished(p))
+        remaining = [p for p in self.plan.todo if not self.plan.finished(p) and p.name not in self.failed]
+        eta = self.estimator.total(remaining, self.parallel)
+        elapsed = format_duration(time.time() - self.started)
+        if result.finished:
+            evaluation = runs.read_json(self.plan.run_dir(point) / runs.EVAL) or {}
+            metric = MAIN_METRIC[point.task]
+            value = (evaluation.get("metrics") or {}).get(metric)
+            outcome = f"{metric} {value:.4g}" if isinstance(value, int | float) else "done"
+        else:
+            last = result.error.strip().splitlines()[-1] if result.error.strip() else ""
+            outcome = f"FAILED (exit {result.returncode}) {last[:120]}"
+        return (f"[{finished:>{len(str(total))}}/{total}] {point.name}  {outcome}  {result.wall_s:.0f}s  "
+                f"elapsed {elapsed}  ETA {format_duration(eta)}")  # fmt: skip
+
+    def write_outputs(self) -> dict:
+        """Rewrite runs.csv from every finished run of the grid, and sweep.json beside it."""
+        rows = [row for p in self.plan.points if (row := run_row(p, self.plan.run_dir(p), self.shas))]
+        write_table(rows, self.spec.results / TABLE)
+        now = time.time()
+        session = {"started_at": _iso(self.started), "wall_s": round(now - self.started, 1), "runs": self.ran,
+                   "command": self.command}  # fmt: skip
+        sessions = [*self.previous.get("sessions", []), session]
+        remaining = sum(1 for p in self.plan.points if not self.plan.finished(p))
+        meta = {
+            "name": self.spec.name, "command": self.command, "machine": self.machine, **self.executor.describe(),
+            "started_at": sessions[0]["started_at"], "updated_at": _iso(now),
+            "finished_at": _iso(now) if remaining == 0 else None,
+            "wall_s": round(sum(s["wall_s"] for s in sessions), 1), "sessions": sessions,
+            "grid_size": len(self.plan.points) + len(self.plan.skipped), "runs_planned": len(self.plan.points),
+            "skipped": len(self.plan.skipped), "done": len(rows), "failed": len(self.failed),
+            "remaining": remaining, "failures": list(self.failed.values()),
+            "skipped_points": [{"run": s.point.name, "reason": s.reason} for s in self.plan.skipped],
+            "base_model": display_path(self._base_model_path()), "base_model_sha": self.shas["base_model"],
+            "datasets": {t: {"source": display_path(self._dataset_path(t)), "sha": self.shas.get(t)}
+                         for t in self.spec.tasks},
+            "out": display_path(str(self.spec.out)), "spec": self.spec.source,
+        }  # fmt: skip
+        runs.write_json(self.spec.results / META, meta)
+        return meta
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
+
+
+def sweep_command(argv: list[str] | None = None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return "python -m training " + " ".join(args)

@@ -1,0 +1,111 @@
+"""The results table: one row per finished run of a sweep, read from its run directory.
+
+`results/runs.csv` is what the app's Explore tab and `python -m training report` read; `sweep.json` beside
+it says how the table was made (command, machine, date, wall time, grid size, runs done and failed).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from training import runs
+from training.paths import REPO_ROOT
+from training.sweeps.grid import GridPoint, budget_label
+
+TABLE = "runs.csv"
+META = "sweep.json"
+MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
+# The columns every table starts with, in this order; metric columns follow, then anything else.
+COLUMNS = [
+    "task", "method", "family", "budget", "budget_params", "trainable_params", "trainable_percent", "total_params",
+    "knob", "knob_value", "data_fraction", "train_examples", "train_pairs", "seed", "total_steps", "lr",
+    "train_s", "wall_s", "peak_mem_mb", "device", "precision", "base_model", "base_model_sha", "dataset",
+    "dataset_source", "dataset_sha", "subset_hash", "python", "torch", "transformers", "peft", "run",
+]  # fmt: skip
+CAPTION_METRICS = ["CIDEr-D", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L"]
+RENAMED_METRICS = {"num_examples": "eval_examples"}
+
+
+def display_path(source: str | None) -> str | None:
+    """A local path inside the project as a relative path (the table must not depend on the checkout)."""
+    if not source:
+        return source
+    try:
+        return str(Path(source).resolve().relative_to(REPO_ROOT))
+    except (ValueError, OSError):
+        return source
+
+
+def folder_sha(source: str | None) -> str | None:
+    """A short sha256 over a local folder's files (names and contents); None for a Hub id."""
+    if not source or not Path(source).is_dir():
+        return None
+    digest = hashlib.sha256()
+    root = Path(source)
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None = None) -> dict | None:
+    """The table row of a finished run, or None if the run has not finished."""
+    info, evaluation = runs.read_json(run_dir / runs.CONFIG), runs.read_json(run_dir / runs.EVAL)
+    if info is None or evaluation is None:
+        return None
+    from training.methods import METHODS
+
+    shas = shas or {}
+    versions = info.get("versions") or {}
+    trained = point.method != "zero-shot"
+    row = {
+        "task": point.task, "method": point.method, "family": METHODS[point.method].family,
+        "budget": budget_label(point.budget) if point.budget is not None else None,
+        "budget_params": info.get("budget_params") if point.budget is not None else None,
+        "trainable_params": info.get("trainable_params"), "trainable_percent": info.get("trainable_percent"),
+        "total_params": info.get("total_params"), "knob": info.get("knob"), "knob_value": info.get("knob_value"),
+        "data_fraction": point.fraction, "train_examples": info.get("train_examples") if trained else 0,
+        "train_pairs": info.get("train_pairs") if trained else 0, "seed": point.seed,
+        "total_steps": info.get("total_steps"), "lr": info.get("lr") if trained else None,
+        "train_s": evaluation.get("train_s"), "wall_s": evaluation.get("wall_s"),
+        "peak_mem_mb": evaluation.get("peak_mem_mb"), "device": info.get("device"), "precision": info.get("precision"),
+        "base_model": display_path(info.get("base_model")), "base_model_sha": shas.get("base_model"),
+        "dataset": info.get("dataset_name"), "dataset_source": display_path(info.get("dataset")),
+        "dataset_sha": shas.get(point.task), "subset_hash": info.get("subset_hash") if trained else None,
+        "python": versions.get("python"), "torch": versions.get("torch"),
+        "transformers": versions.get("transformers"), "peft": versions.get("peft"), "run": point.name,
+    }  # fmt: skip
+    for name, value in (evaluation.get("metrics") or {}).items():
+        if name == "per_type" and isinstance(value, dict):
+            row.update({f"accuracy_{qtype}": acc for qtype, acc in sorted(value.items())})
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            row[RENAMED_METRICS.get(name, name)] = value
+    return row
+
+
+def column_order(rows: list[dict]) -> list[str]:
+    present = {key for row in rows for key in row}
+    metrics = [m for m in ["accuracy", *CAPTION_METRICS] if m in present]
+    metrics += sorted(k for k in present if k.startswith("accuracy_"))
+    rest = sorted(present - set(COLUMNS) - set(metrics))
+    return COLUMNS + metrics + rest
+
+
+def write_table(rows: list[dict], path: str | Path) -> Path:
+    """Write the rows as CSV atomically (a reader never sees half a table); empty cells for missing values."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=column_order(rows) if rows else COLUMNS, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    os.replace(tmp, path)
+    return path
