@@ -39,7 +39,10 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
     if held and held[1] != ALL:
         title += f" ({'budget' if held[0] == 'budget' else 'data'} {held[1]})"
     figure = go.Figure(layout=dict(LAYOUT, title=title))
-    figure.update_xaxes(title=AXIS_TITLES[x], type="log" if x == "trainable_params" else "linear")
+    if x == "trainable_params":
+        figure.update_xaxes(title=AXIS_TITLES[x], type="log")
+    else:
+        figure.update_xaxes(title=AXIS_TITLES[x], range=[0, 1.05], tickformat=".0%")
     figure.update_yaxes(title=metric)
     if frame.empty or metric not in frame.columns:
         figure.add_annotation(text="Nothing to draw yet: finish a run in the Train tab.", showarrow=False,

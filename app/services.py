@@ -14,6 +14,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from transformers import BlipForConditionalGeneration
 from app.settings import Settings
 from training import runs
 from training.compare import Column, Comparer, check_image
-from training.config import RunConfig, parse_budget
+from training.config import DEFAULT_EPOCHS, RunConfig, parse_budget
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
 from training.errors import UserError
 from training.jobs import JobStore, Supervisor, job_status
@@ -163,6 +164,7 @@ class Services:
         self._datasets: dict[tuple[str, str | None], TaskDataset] = {}
         self._galleries: dict[str, list[TestImage]] = {}
         self._lock = threading.Lock()
+        self._loading: dict[object, threading.Lock] = {}
         self.scratch = Path(tempfile.mkdtemp(prefix="vlpeft-app-"))
 
     def start_worker(self) -> None:
@@ -188,18 +190,35 @@ class Services:
 
     def _resident(self, source: str | None) -> _Resident:
         key = source or EMBEDDED
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
+
+        def load() -> _Resident:
             comparer = Comparer(source, device=self.device)
             config = comparer.base.model.config  # loads the model, or raises UserError with the way out
             with torch.device("meta"):
-                skeleton = BlipForConditionalGeneration(config)
-            self._models[key] = _Resident(comparer, skeleton)
+                return _Resident(comparer, BlipForConditionalGeneration(config))
+
+        resident = self._once(self._models, key, load)
+        with self._lock:
+            self._models.move_to_end(key)
             while len(self._models) > RESIDENT_MODELS:
                 self._models.popitem(last=False)
-            return self._models[key]
+        return resident
+
+    def _once(self, cache: dict, key: object, load: Callable[[], object]) -> object:
+        """cache[key], loaded once even when several requests ask at the same time; a slow load (a download)
+        of one key does not hold up the others."""
+        with self._lock:
+            if key in cache:
+                return cache[key]
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in cache:
+                    return cache[key]
+            value = load()
+            with self._lock:
+                cache[key] = value
+            return value
 
     def estimate(self, method: str, budget: str, towers: str = "both", base_model: str | None = None) -> Estimate:
         """The exact trainable count of a method under a budget, before anything is trained."""
@@ -220,14 +239,10 @@ class Services:
         return str(path.resolve()) if path.exists() else text
 
     def dataset(self, task: str, source: str | None = None) -> TaskDataset:
-        key = (task, source)
-        with self._lock:
-            if key not in self._datasets:
-                self._datasets[key] = load_dataset(source, task)
-            return self._datasets[key]
+        return self._once(self._datasets, (task, source), lambda: load_dataset(source, task))
 
     def training_size(self, config: RunConfig) -> TrainingSize:
-        """What the trainer will do with this config: the same subset and step count it computes."""
+        """What the trainer will do with this config: the same subset and step count (see `training.trainer.train`)."""
         train = self.dataset(config.task, config.dataset).split("train")
         subset = [train[i] for i in nested_fraction(len(train), config.data_fraction, config.seed)]
         pairs = len(training_pairs(config.task, subset))
@@ -236,14 +251,15 @@ class Services:
         elif config.max_steps:
             steps = config.max_steps
         else:
-            steps = max(1, math.ceil((config.epochs or 1.0) * pairs / (config.batch_size * config.grad_accum)))
+            epochs = config.epochs or DEFAULT_EPOCHS[config.task]
+            steps = max(1, math.ceil(epochs * pairs / (config.batch_size * config.grad_accum)))
         return TrainingSize(len(subset), len(train), pairs, steps)
 
     def test_images(self, task: str) -> list[TestImage]:
         """The first pictures of the app's test split for the task, with crisp upscaled thumbnails."""
-        with self._lock:
-            if task in self._galleries:
-                return self._galleries[task]
+        return self._once(self._galleries, task, lambda: self._make_gallery(task))
+
+    def _make_gallery(self, task: str) -> list[TestImage]:
         examples = self.dataset(task, self.settings.datasets.get(task)).split("test")
         grouped: dict[str, list[Example]] = {}
         for example in examples:
@@ -258,8 +274,6 @@ class Services:
             scale = max(1, THUMBNAIL_PX // max(image.size))
             image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST).save(thumbnail)
             gallery.append(TestImage(index, image_id, str(thumbnail), group))
-        with self._lock:
-            self._galleries[task] = gallery
         return gallery
 
     # --- jobs ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from training.errors import UserError
 
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 PREVIEW_PX = 384
-EMPTY = "Pick a test image (or upload one), tick the adapters to compare, and press **Compare**."
+EMPTY = "<p>Pick a test image (or upload one), tick the adapters to compare, and press <b>Compare</b>.</p>"
 
 
 # --- handlers --------------------------------------------------------------------------------------------
@@ -159,7 +159,6 @@ def build(services: Services, tab: gr.Tab) -> Loader:
             pictures = gr.Gallery(
                 label="Test images (click one)",
                 columns=6,
-                height=300,
                 allow_preview=False,
                 object_fit="contain",
                 elem_id="test-gallery",

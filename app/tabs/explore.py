@@ -37,7 +37,7 @@ def explore(services: Services, task: str, metric: str | None, held_budget: str 
     if own:
         runs_word = "run" if own == 1 else "runs"
         note += f" Stars: {own} finished {fmt.TASK_LABELS[task].lower()} {runs_word} from the Train tab."
-    elif include_mine:
+    elif include_mine and not sweep.empty:
         note += " Runs you finish in the Train tab appear here as stars."
     table = results.table_view(frame, metrics)
     csv_path = services.scratch / f"vlpeft-results-{task}.csv"
@@ -60,7 +60,7 @@ def build(services: Services, tab: gr.Tab) -> Loader:
     with gr.Row():
         task = gr.Radio([(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Task")
         metric = gr.Dropdown([], value=None, label="Score", info="Higher is better for every score here.")
-        mine = gr.Checkbox(True, label="Show my runs", info="Your finished runs, as stars on the same axes.")
+        mine = gr.Checkbox(True, label="Show runs from the Train tab", info="As stars, on the same axes.")
     with gr.Row():
         with gr.Column():
             held_budget = gr.Dropdown(

@@ -13,8 +13,8 @@ from app.services import RunRecord, Services
 from app.tabs.common import Loader, shows_user_errors, submitter
 from training.errors import UserError
 
-COLUMNS = ["run", "state", "task", "method", "budget", "trainable parameters", "data", "seed", "test score",
-           "duration", "started by", "submitted"]  # fmt: skip
+COLUMNS = ["run", "state", "task", "method", "budget", "trained parameters", "data", "seed", "test score", "time",
+           "by", "submitted"]  # fmt: skip
 
 
 def runs_table(records: list[RunRecord]) -> pd.DataFrame:
@@ -76,7 +76,7 @@ def delete(services: Services, request: gr.Request | None, visitor: str, run_id:
 def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
     gr.Markdown("Every training job of this app. Pick one for its settings, scores and log folder; download its "
                 "trained weights and config as a zip, or delete it.")  # fmt: skip
-    table = gr.Dataframe(runs_table([]), interactive=False, wrap=True, label="Runs", elem_id="runs-table")
+    table = gr.Dataframe(runs_table([]), interactive=False, label="Runs (click a row)", elem_id="runs-table")
     with gr.Row():
         picker = gr.Dropdown([], value=None, label="Run", scale=4, elem_id="run-picker")
         refresh_button = gr.Button("↻ Refresh", size="sm", scale=1)
@@ -94,6 +94,13 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
         trigger(lambda run_id: refresh(services, run_id), picker, listing, api_name=name, **private)
     picker.input(shows_user_errors(lambda run_id: show(services, run_id)), picker,
                  [panel, config, download, delete_button], api_name="ui_runs_show", **private)  # fmt: skip
+
+    def on_row(event: gr.SelectData):
+        run_id = event.row_value[0] if event.row_value else None
+        return (gr.update(value=run_id), *show(services, run_id))
+
+    table.select(shows_user_errors(on_row), None, [picker, panel, config, download, delete_button],
+                 api_name="ui_runs_row", **private)  # fmt: skip
     delete_button.click(lambda: gr.update(visible=True), None, confirm, api_name="ui_runs_ask", **private)
 
     def on_confirm(visitor_id: str, run_id: str, request: gr.Request):

@@ -8,7 +8,7 @@ from app import format as fmt
 from app.figures import loss_curve
 from app.services import EMBEDDED, Services
 from app.tabs.common import Loader, optional_int, optional_number, shows_user_errors, submitter
-from training.config import TASKS, RunConfig, parse_fraction
+from training.config import DEFAULT_EPOCHS, TASKS, RunConfig, parse_fraction
 from training.errors import UserError
 from training.jobs.store import ACTIVE_STATES
 from training.methods import METHODS
@@ -92,12 +92,13 @@ def start(services: Services, request: gr.Request | None, visitor: str, *form) -
 def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple:
     """status, progress bar, cancel button, loss figure (skipped when unchanged), command, log, timer, points."""
     if not job_id:
-        return (IDLE, "", gr.update(visible=False), gr.skip(), "", "", gr.Timer(active=False), shown_points)
+        return (IDLE, "", gr.update(visible=False), gr.skip(), gr.update(value="", visible=False), "",
+                gr.Timer(active=False), shown_points)  # fmt: skip
     try:
         status = services.status(job_id)
     except UserError:
-        return ("The job this page watched no longer exists.", "", gr.update(visible=False), gr.skip(), "", "",
-                gr.Timer(active=False), shown_points)  # fmt: skip
+        return ("The job this page watched no longer exists.", "", gr.update(visible=False), gr.skip(),
+                gr.update(value="", visible=False), "", gr.Timer(active=False), shown_points)  # fmt: skip
     live = status["state"] in ACTIVE_STATES
     curve = status["curve"]
     figure = loss_curve(curve) if len(curve) != shown_points else gr.skip()
@@ -106,7 +107,7 @@ def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple
         log = [*log, "", f"error: {status['error']}"]
     return (
         fmt.job_headline(status), fmt.progress_html(status), gr.update(visible=live), figure,
-        status["command"], "\n".join(log), gr.Timer(active=live), len(curve),
+        gr.update(value=status["command"], visible=True), "\n".join(log), gr.Timer(active=live), len(curve),
     )  # fmt: skip
 
 
@@ -175,7 +176,13 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
             size_note = gr.Markdown(elem_classes="vl-note")
             with gr.Accordion("Advanced settings", open=False):
                 with gr.Row():
-                    epochs = gr.Number(1, label="Epochs", info="Passes over the training data.")
+                    epochs = gr.Number(
+                        None,
+                        label="Epochs (optional)",
+                        info=f"Passes over the training data. "
+                        f"Empty: {DEFAULT_EPOCHS['caption']:g} for captions, "
+                        f"{DEFAULT_EPOCHS['vqa']:g} for questions.",
+                    )
                     max_steps = gr.Number(
                         None,
                         label="Steps (optional)",
@@ -220,7 +227,7 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
             cancel_button = gr.Button("Cancel this job", variant="stop", visible=False, elem_id="cancel-job")
             curve = gr.Plot(loss_curve([]), label="Loss curve", elem_id="loss-curve")
             command = gr.Code("", language="shell", label="The same run from the command line", interactive=False,
-                              lines=2, wrap_lines=True)  # fmt: skip
+                              lines=2, wrap_lines=True, visible=False, elem_id="job-command")  # fmt: skip
             with gr.Accordion("Log (last lines)", open=False):
                 log = gr.Code("", label="log.txt", interactive=False, lines=12, max_lines=12)
     job = gr.BrowserState("", storage_key="vlpeft-job", secret=secret)  # the job shown; a reload re-attaches
@@ -236,16 +243,16 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     estimate_inputs = [method, budget, towers, base_model]
     for trigger in (method.change, budget.change, towers.change, base_model.change):
         trigger(lambda *a: estimate(services, *a), estimate_inputs, estimate_note, api_name="ui_estimate",
-                show_progress="minimal", **private)  # fmt: skip
+                show_progress="minimal", concurrency_limit=None, **private)  # fmt: skip
     size_inputs = [task, method, data_fraction, seed, epochs, max_steps, batch_size, dataset]
     for trigger in (task.change, method.change, data_fraction.change, seed.change, epochs.change, max_steps.change,
                     batch_size.change, dataset.change):  # fmt: skip
         trigger(lambda *a: describe_size(services, *a), size_inputs, size_note, api_name="ui_size",
-                show_progress="hidden", **private)  # fmt: skip
+                show_progress="hidden", concurrency_limit=None, **private)  # fmt: skip
     task.change(lambda t: gr.update(choices=[(_dataset_label(services, t), EMBEDDED)], value=EMBEDDED), task,
                 dataset, api_name="ui_task_datasets", **private)  # fmt: skip
 
-    def on_start(visitor_id: str, *values, request: gr.Request):
+    def on_start(request: gr.Request, visitor_id: str, *values):
         return start(services, request, visitor_id, *values)
 
     start_button.click(on_start, [visitor, *form], [job, *view, jobs], api_name="ui_start", concurrency_limit=4,
@@ -264,8 +271,8 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
 
     jobs.input(on_pick, jobs, [job, *view], api_name="ui_pick_job", **private)
 
-    def on_load(visitor_id: str, job_id: str, method_name: str, budget_text: str, towers_name: str, model: str,
-                *size_values, request: gr.Request):  # fmt: skip
+    def on_load(request: gr.Request, visitor_id: str, job_id: str, method_name: str, budget_text: str,
+                towers_name: str, model: str, *size_values):  # fmt: skip
         watched = reattach(services, request, visitor_id, job_id)
         return (
             watched or "", *show_job(services, watched, -1), jobs_choices(services, request, visitor_id, watched),

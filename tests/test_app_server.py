@@ -1,0 +1,167 @@
+"""The app launched for real on the tiny BLIP, with its own job worker, driven through gradio_client."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from app.main import App, build_app, serve
+from app.settings import Settings
+from training.jobs.limits import JobLimits
+from training.jobs.process import is_alive, signal_group
+
+pytestmark = pytest.mark.slow
+
+LIMITS = JobLimits(max_queued=20, max_queued_per_submitter=20, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
+API_NAMES = {"/estimate", "/start_job", "/job_status", "/cancel_job", "/list_runs", "/compare"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(settings: Settings) -> tuple[App, str]:
+    app = build_app(settings)
+    port = free_port()
+    serve(app, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    return app, f"http://127.0.0.1:{port}/"
+
+
+def shut_down(app: App) -> None:
+    app.demo.close()
+    app.services.close()
+    for job in app.services.store.list_jobs():
+        if is_alive(job.pid, job.pid_start):
+            signal_group(job.pid, signal.SIGKILL)
+
+
+def tiny_settings(home: Path, model: Path, caption: Path, vqa: Path, **overrides) -> Settings:
+    return Settings(base_model=str(model), datasets={"caption": str(caption), "vqa": str(vqa)}, home=home,
+                    limits=LIMITS, **overrides)  # fmt: skip
+
+
+def wait_for_state(client: Client, job_id: str, states: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.predict(job_id, api_name="/job_status")
+        if status["state"] in states:
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not reach {states} in {timeout} s; last: {status}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset):
+    home = tmp_path_factory.mktemp("app-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # an unknown model id fails at once
+        app, url = launch(tiny_settings(home, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset))
+        yield app, url
+        shut_down(app)
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Client:
+    return Client(server[1], verbose=False)
+
+
+def test_the_api_names_the_main_actions_and_nothing_of_the_ui(client: Client):
+    endpoints = client.view_api(print_info=False, return_format="dict")
+    assert set(endpoints["named_endpoints"]) == API_NAMES
+    assert not endpoints["unnamed_endpoints"]
+
+
+def test_estimate_start_poll_to_finished_then_compare(client: Client):
+    estimate = client.predict("lora", "2k", api_name="/estimate")
+    assert estimate["feasible"] and estimate["knob"] == "rank"
+    assert 1000 < estimate["trainable_params"] < 3000 and estimate["total_params"] > estimate["trainable_params"]
+
+    job = client.predict(task="vqa", method="lora", budget="2k", data_fraction=0.5, max_steps=5, batch_size=4,
+                         eval_limit=6, api_name="/start_job")  # fmt: skip
+    assert job["state"] in ("queued", "running") and job["steps"] == 5
+    assert job["trainable_params"] == estimate["trainable_params"]
+    assert job["command"].startswith(
+        "python -m training train --task vqa --method lora --budget 2k --data-fraction 0.5"
+    )
+
+    status = wait_for_state(client, job["job_id"], {"finished", "failed", "cancelled", "interrupted"})
+    assert status["state"] == "finished", status["log_tail"]
+    assert (status["step"], status["total_steps"]) == (5, 5)
+    assert 0 <= status["metrics"]["accuracy"] <= 100 and status["metrics"]["num_examples"] == 6
+
+    runs = client.predict("vqa", api_name="/list_runs")
+    assert runs[0]["id"] == job["job_id"] and runs[0]["trainable_params"] == estimate["trainable_params"]
+
+    columns = client.predict("vqa", [job["job_id"]], "what color is the square ?", 0, api_name="/compare")
+    assert [c["method"] for c in columns] == ["zero-shot", "lora"]
+    assert columns[1]["budget"] == "2k" and columns[1]["data_fraction"] == 0.5
+    assert columns[1]["test_score"] == {"accuracy": status["metrics"]["accuracy"]}
+    assert all("VQA accuracy" in c["sample_score"] for c in columns) and columns[0]["answers"]
+
+    picture = Path(job["command"].split("--out ")[1]).parent / "upload.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(picture)
+    uploaded = client.predict("vqa", [job["job_id"]], "what color is it ?", None, handle_file(str(picture)),
+                              api_name="/compare")  # fmt: skip
+    assert len(uploaded) == 2 and all(c["sample_score"] == {} for c in uploaded)
+
+
+def test_a_second_job_waits_in_the_queue_and_both_can_be_cancelled(client: Client):
+    first = client.predict(task="caption", method="lora", budget="2k", max_steps=100_000, batch_size=4,
+                           api_name="/start_job")["job_id"]  # fmt: skip
+    second = client.predict(task="caption", method="prefix", budget="1k", max_steps=3, api_name="/start_job")
+    assert (second["state"], second["queue_position"]) == ("queued", 1)
+
+    cancelled = client.predict(second["job_id"], api_name="/cancel_job")
+    assert cancelled["state"] == "cancelled" and "while queued" in cancelled["reason"]
+    wait_for_state(client, first, {"running"})
+    client.predict(first, api_name="/cancel_job")
+    status = wait_for_state(client, first, {"cancelled", "finished", "failed"}, timeout=60)
+    assert status["state"] == "cancelled" and status["reason"].startswith("cancelled by session-")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "args", "message"),
+    [
+        ("/estimate", ("lora", "50%"), None),
+        ("/estimate", ("lora", "lots"), "is not understood"),
+        ("/estimate", ("lora", "1k", "both", "nobody/no-such-blip"), "could not be loaded"),
+        ("/start_job", ("caption", "lora", "2k", 0), "outside (0, 1]"),
+        ("/start_job", ("caption", "lora", "2k", 1.5), "outside (0, 1]"),
+        ("/start_job", ("caption", "lora", "90%", 1.0), "cannot reach a budget"),
+        ("/compare", ("vqa", [], "", 0), "Type a question"),
+        ("/compare", ("vqa", [], "why " * 500, 0), "keep it under"),
+        ("/compare", ("caption", [], "", 999), "no test image #999"),
+    ],
+)
+def test_bad_input_gets_its_sentence_and_the_app_stays_up(client: Client, endpoint, args, message):
+    if message is None:  # a budget the method cannot reach is an answer, not an error
+        result = client.predict(*args, api_name=endpoint)
+        assert not result["feasible"] and "Choose a budget in that range" in result["message"]
+    else:
+        with pytest.raises(Exception, match=message.replace("(", r"\(").replace("]", r"\]")):
+            client.predict(*args, api_name=endpoint)
+    assert client.predict("lora", "2k", api_name="/estimate")["feasible"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda path: path.write_text("not a picture"), "not an image this app can read"),
+        (lambda path: path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64), "not an image this app can read"),
+        (lambda path: Image.new("L", (10_000, 10_000)).save(path), "too large"),
+    ],
+    ids=["text", "corrupt", "huge"],
+)
+def test_a_bad_upload_is_refused_with_a_sentence(client: Client, tmp_path: Path, make, message):
+    path = tmp_path / "upload.png"
+    make(path)
+    with pytest.raises(Exception, match=message):
+        client.predict("caption", [], "", None, handle_file(str(path)), api_name="/compare")
