@@ -130,7 +130,7 @@ def budget_label(budget: Budget) -> str:
         return f"{budget.value:g}pct"
     value = budget.value
     for suffix, scale in (("M", 1_000_000), ("k", 1_000)):
-        if value >= scale and (value / scale) == round(value / scale, 3):
+        if value >= scale and (value / scale) == round(value / scale, 2):
             return f"{value / scale:g}{suffix}"
     return f"{int(value)}"
 

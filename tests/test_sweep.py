@@ -1,0 +1,251 @@
+"""Sweeps: grid expansion, feasibility filter, resume after a kill, the results table, the Ray executor."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from training.cli import main
+from training.config import parse_budget
+from training.errors import UserError
+from training.paths import REPO_ROOT
+from training.sweeps.grid import GridPoint, budget_label, filter_feasible, load_spec, parse_spec
+
+REQUIRED_COLUMNS = {
+    "task", "method", "family", "budget", "trainable_params", "trainable_percent", "data_fraction", "train_examples",
+    "seed", "train_s", "wall_s", "peak_mem_mb", "base_model", "dataset", "subset_hash", "torch", "transformers", "peft",
+}  # fmt: skip
+
+
+def names(spec) -> list[str]:
+    return [p.name for p in spec.points()]
+
+
+def test_cross_product_expands_every_combination_and_runs_each_baseline_once():
+    spec = parse_spec({"tasks": ["caption", "vqa"], "methods": ["zero-shot", "full", "prompt", "lora"],
+                       "budgets": ["1k", "2k"], "fractions": [0.5, 1], "seeds": [0, 1]})  # fmt: skip
+    points = names(spec)
+    assert len(points) == len(set(points)) == 2 * 2 + 2 * 2 * 2 + 2 * (2 * 2 * 2 * 2)
+    assert [n for n in points if "zero-shot" in n] == ["caption__zero-shot__s0", "caption__zero-shot__s1",
+                                                        "vqa__zero-shot__s0", "vqa__zero-shot__s1"]  # fmt: skip
+    assert sorted(n for n in points if n.startswith("vqa__full")) == [
+        "vqa__full__f0.5__s0", "vqa__full__f0.5__s1", "vqa__full__f1__s0", "vqa__full__f1__s1"]  # fmt: skip
+    assert "vqa__lora__b2k__f0.5__s1" in points
+
+
+def test_axes_vary_one_thing_at_a_time_and_share_their_crossing_point():
+    spec = parse_spec({"tasks": ["vqa"], "methods": ["lora", "full"], "seeds": [0],
+                       "data_axis": {"budget": "2k", "fractions": [0.25, 0.5, 1.0]},
+                       "budget_axis": {"fraction": 1.0, "budgets": ["1k", "2000", "4k"]}})  # fmt: skip
+    assert names(spec) == ["vqa__full__f0.25__s0", "vqa__full__f0.5__s0", "vqa__full__f1__s0",
+                           "vqa__lora__b1k__f1__s0", "vqa__lora__b2k__f0.25__s0", "vqa__lora__b2k__f0.5__s0",
+                           "vqa__lora__b2k__f1__s0", "vqa__lora__b4k__f1__s0"]  # fmt: skip
+
+
+def test_budgets_may_differ_per_method():
+    budgets = {"*": ["8k"], "prompt": ["500", "0.5%"]}
+    spec = parse_spec({"tasks": ["vqa"], "methods": ["prompt", "lora"], "seeds": [0],
+                       "budget_axis": {"fraction": 1, "budgets": budgets}})  # fmt: skip
+    assert names(spec) == ["vqa__prompt__b500__f1__s0", "vqa__prompt__b0.5pct__f1__s0", "vqa__lora__b8k__f1__s0"]
+
+
+@pytest.mark.parametrize(("text", "label"), [("20000", "20k"), ("1.5M", "1.5M"), ("3.2k", "3.2k"), ("750", "750"),
+                                             ("0.5%", "0.5pct"), ("12345", "12345")])  # fmt: skip
+def test_budget_labels_are_compact_and_safe_in_file_names(text, label):
+    assert budget_label(parse_budget(text)) == label
+
+
+def test_run_config_takes_settings_then_the_tasks_overrides_then_the_point(tiny_model_dir, tiny_vqa_dataset):
+    spec = parse_spec({"tasks": {"vqa": {"max_steps": 7}}, "methods": ["lora"], "seeds": [3],
+                       "settings": {"batch_size": 4, "max_steps": 99, "eval_limit": 5},
+                       "base_model": str(tiny_model_dir), "datasets": {"vqa": str(tiny_vqa_dataset)},
+                       "budget_axis": {"fraction": 0.5, "budgets": ["2k"]}})  # fmt: skip
+    config = spec.run_config(spec.points()[0])
+    assert (config.task, config.method, config.budget, config.data_fraction, config.seed) == ("vqa", "lora", "2000",
+                                                                                              0.5, 3)  # fmt: skip
+    assert (config.batch_size, config.max_steps, config.eval_limit) == (4, 7, 5)
+    assert config.base_model == str(tiny_model_dir) and config.dataset == str(tiny_vqa_dataset)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"methods": ["lora"], "budgets": ["1k"], "fractions": [1], "colour": 1}, "Unknown keys"),
+    ({"methods": ["dora"], "budgets": ["1k"], "fractions": [1]}, "Unknown method 'dora'"),
+    ({"methods": ["lora"], "budgets": ["1k"]}, "needs both `budgets` and `fractions`"),
+    ({"methods": ["lora"], "budgets": ["lots"], "fractions": [1]}, "Budget 'lots' is not understood"),
+    ({"methods": ["lora"], "data_axis": {"budget": "1k"}}, "`data_axis` must be a mapping"),
+    ({"methods": ["lora"], "budgets": ["1k"], "fractions": [2]}, "outside (0, 1]"),
+    ({"methods": ["lora"], "budgets": ["1k"], "fractions": [1], "settings": {"learning_rate": 1}}, "learning_rate"),
+    ({"methods": ["lora"], "budgets": ["1k"], "fractions": [1], "tasks": ["ocr"]}, "Unknown task 'ocr'"),
+    ({"methods": ["lora"]}, "gives no grid"),
+])  # fmt: skip
+def test_a_bad_sweep_file_is_a_user_error_naming_the_problem(data, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_spec(data)
+
+
+def test_points_a_method_cannot_reach_are_skipped_with_the_reason(tiny_model_dir):
+    spec = parse_spec({"tasks": ["vqa"], "methods": ["zero-shot", "prompt", "lora"], "seeds": [0],
+                       "base_model": str(tiny_model_dir),
+                       "budget_axis": {"fraction": 1, "budgets": ["500", "2k", "100k"]}})  # fmt: skip
+    kept, skipped = filter_feasible(spec, spec.points())
+    assert [p.name for p in kept] == ["vqa__zero-shot__s0", "vqa__prompt__b500__f1__s0", "vqa__prompt__b2k__f1__s0",
+                                      "vqa__lora__b2k__f1__s0"]  # fmt: skip
+    assert {s.point.name: s.reason for s in skipped} == {
+        "vqa__prompt__b100k__f1__s0": "prompt trains 64-8,192 parameters, not 100k",
+        "vqa__lora__b500__f1__s0": "lora trains 768-24,576 parameters, not 500",
+        "vqa__lora__b100k__f1__s0": "lora trains 768-24,576 parameters, not 100k",
+    }
+
+
+def test_the_shipped_sweep_files_describe_the_papers_grid_and_a_small_one(tmp_path):
+    from training.base_model import build_blip, save_base_model
+    from training.data import scenes
+    from training.pretrain import EXTRA_WORDS, PretrainConfig
+
+    embedded = REPO_ROOT / "assets" / "scene-blip"
+    if not (embedded / "config.json").is_file():  # the embedded model's architecture, untrained, for the counts
+        c = PretrainConfig()
+        base = build_blip(scenes.vocabulary_words() + EXTRA_WORDS, image_size=c.image_size, patch_size=c.patch_size,
+                          vision_hidden=c.hidden, vision_layers=c.vision_layers, text_hidden=c.hidden,
+                          text_layers=c.text_layers, heads=c.heads, max_positions=c.max_positions)  # fmt: skip
+        embedded = save_base_model(base, tmp_path / "scene-blip-shape")
+    paper = load_spec(REPO_ROOT / "sweeps" / "paper.yaml")
+    paper.base_model = str(embedded)
+    kept, _ = filter_feasible(paper, paper.points())
+    assert set(paper.tasks) == {"caption", "vqa"} and paper.seeds == [0, 1, 2]
+    assert set(paper.methods) == {"zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter",
+                                  "parallel-adapter"}  # fmt: skip
+    assert {0.01, 0.05, 0.1, 0.25, 0.5, 1.0} <= set(paper.data_axis[1])
+    for task in paper.tasks:
+        for method in ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter"):
+            budgets = sorted({p.budget.resolve(1) for p in kept if p.task == task and p.method == method
+                              and p.fraction == 1.0 and p.seed == 0})  # fmt: skip
+            assert len(budgets) >= 4, method
+            steps = [math.log10(b / a) for a, b in zip(budgets, budgets[1:], strict=False)]
+            assert max(steps) - min(steps) < 0.05, f"{method}: budgets {budgets} are not evenly spaced on a log scale"
+        assert sum(1 for p in kept if p.task == task and p.method == "zero-shot") == 3
+    smoke = load_spec(REPO_ROOT / "sweeps" / "smoke.yaml")
+    assert len(smoke.points()) <= 16 and smoke.results != Path("results")
+
+
+def write_sweep(path: Path, model: Path, vqa: Path, caption: Path | None = None, **grid) -> Path:
+    data = {"name": "t", "base_model": str(model), "datasets": {"vqa": str(vqa), "caption": str(caption or vqa)},
+            "tasks": {"vqa": {"max_steps": 2, "eval_limit": 4}}, "settings": {"batch_size": 4}, "seeds": [0],
+            "estimate_s": {"vqa": 5}, **grid}  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def read_table(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_where_it_stopped_with_one_table_row_per_point(tiny_model_dir, tiny_vqa_dataset,
+                                                                               tmp_path):  # fmt: skip
+    config = write_sweep(tmp_path / "sweep.yaml", tiny_model_dir, tiny_vqa_dataset,
+                         methods=["zero-shot", "prompt", "lora"], budget_axis={"fraction": 1.0, "budgets": ["2k"]})
+    out, results = tmp_path / "out", tmp_path / "results"
+    command = [sys.executable, "-m", "training", "sweep", "--config", str(config), "--out", str(out),
+               "--results", str(results)]  # fmt: skip
+    first, second = out / "runs" / "vqa__zero-shot__s0", out / "runs" / "vqa__prompt__b2k__f1__s0"
+    sweep = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 90
+    while not ((first / "eval.json").exists() and (second / "log.txt").exists()) and time.time() < deadline:
+        assert sweep.poll() is None, sweep.stdout.read()
+        time.sleep(0.1)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    sweep.stdout.close()
+    finished_at = (first / "eval.json").stat().st_mtime_ns
+    assert not (second / "eval.json").exists()
+    time.sleep(0.5)
+    assert processes_mentioning(str(second)) == [], "the killed sweep left its run process behind"
+    (second / "half-done").touch()
+    assert len(read_table(results / "runs.csv")) == 1
+
+    assert main(["sweep", "--config", str(config), "--out", str(out), "--results", str(results)]) == 0
+    assert (first / "eval.json").stat().st_mtime_ns == finished_at, "a finished run was run again"
+    assert (second / "eval.json").exists() and not (second / "half-done").exists()
+    rows = read_table(results / "runs.csv")
+    assert [r["run"] for r in rows] == ["vqa__zero-shot__s0", "vqa__prompt__b2k__f1__s0", "vqa__lora__b2k__f1__s0"]
+    assert REQUIRED_COLUMNS | {"accuracy", "accuracy_color", "accuracy_shape", "base_model_sha", "dataset_sha"} \
+        <= set(rows[0])  # fmt: skip
+    for row in rows:
+        run_dir = out / "runs" / row["run"]
+        info = json.loads((run_dir / "config.json").read_text())
+        metrics = json.loads((run_dir / "eval.json").read_text())["metrics"]
+        assert int(row["trainable_params"]) == info["trainable_params"]
+        assert float(row["accuracy"]) == metrics["accuracy"]
+        assert float(row["accuracy_color"]) == metrics["per_type"]["color"]
+        assert row["torch"] == info["versions"]["torch"] and row["subset_hash"] in ("", info["subset_hash"])
+        assert row["dataset"] == "tiny-vqa" and len(row["base_model_sha"]) == 16
+    zero, prompt, lora = rows
+    assert zero["data_fraction"] == "" and zero["budget"] == "" and zero["train_examples"] == "0"
+    assert (prompt["budget"], prompt["family"], prompt["data_fraction"]) == ("2k", "embedding composition", "1.0")
+    assert lora["family"] == "layer composition" and lora["train_examples"] == "32"
+    meta = json.loads((results / "sweep.json").read_text())
+    assert (meta["grid_size"], meta["done"], meta["failed"], meta["remaining"]) == (3, 3, 0, 0)
+    assert len(meta["sessions"]) == 2 and meta["finished_at"] and meta["machine"]["cpu_count"] == os.cpu_count()
+    assert meta["command"].startswith("python -m training sweep") and meta["datasets"]["vqa"]["sha"]
+
+
+def test_a_finished_sweep_runs_nothing_and_dry_run_prints_the_plan(tiny_model_dir, tiny_vqa_dataset, tmp_path,
+                                                                   capsys):  # fmt: skip
+    config = write_sweep(tmp_path / "sweep.yaml", tiny_model_dir, tiny_vqa_dataset, methods=["prompt", "lora"],
+                         budget_axis={"fraction": 1.0, "budgets": ["500", "2k"]})  # fmt: skip
+    args = ["sweep", "--config", str(config), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "r")]
+    assert main([*args, "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 grid points, 1 skipped" in printed and "3 runs: 0 finished, 3 to run now" in printed
+    assert "skipped 1 x lora trains 768-24,576 parameters, not 500" in printed
+    assert "estimated wall time of the 3 runs to go: 15s" in printed
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_ray_executor_runs_each_run_as_a_task_on_a_local_instance(tiny_model_dir, tiny_vqa_dataset, tmp_path,
+                                                                      capsys):  # fmt: skip
+    ray = pytest.importorskip("ray")
+    config = write_sweep(tmp_path / "sweep.yaml", tiny_model_dir, tiny_vqa_dataset, methods=["zero-shot", "lora"],
+                         budget_axis={"fraction": 0.5, "budgets": ["2k"]})  # fmt: skip
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        code = main(["sweep", "--config", str(config), "--executor", "ray", "--num-cpus", "1", "--out",
+                     str(tmp_path / "out"), "--results", str(tmp_path / "r")])  # fmt: skip
+    finally:
+        ray.shutdown()
+    assert code == 0, capsys.readouterr()
+    rows = read_table(tmp_path / "r" / "runs.csv")
+    assert [r["run"] for r in rows] == ["vqa__zero-shot__s0", "vqa__lora__b2k__f0.5__s0"]
+    assert rows[1]["train_examples"] == "16" and rows[1]["accuracy"] != ""
+    meta = json.loads((tmp_path / "r" / "sweep.json").read_text())
+    assert meta["executor"] == "ray" and meta["num_cpus"] == 1 and meta["done"] == 2
+
+
+def test_grid_point_names_are_stable():
+    point = GridPoint("vqa", "lora", parse_budget("20000"), 0.25, 1)
+    assert point.name == "vqa__lora__b20k__f0.25__s1"
