@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def _interrupt(signum, frame) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from training.sweeps.executors import LocalExecutor, RayExecutor
     from training.sweeps.grid import load_spec
-    from training.sweeps.runner import SweepLock, SweepSession, describe, plan_sweep, sweep_command
+    from training.sweeps.runner import SweepLock, SweepSession, describe, plan_sweep
 
     spec = load_spec(args.config)
     spec.out = Path(args.out or spec.out).resolve()
@@ -57,7 +58,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         parallel = executor.jobs
     plan = plan_sweep(spec, args.only)
     with SweepLock(spec.out):
-        session = SweepSession(plan, executor, sweep_command(), max_minutes=args.max_minutes, parallel=parallel,
+        session = SweepSession(plan, executor, sweep_command(args), max_minutes=args.max_minutes, parallel=parallel,
                                echo=lambda line: print(line, flush=True))  # fmt: skip
         print("\n".join(describe(plan, session.estimator, parallel)), flush=True)
         if args.dry_run:
@@ -77,6 +78,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for failure in meta["failures"]:
         print(f"failed: {failure['run']} (exit {failure['returncode']}): {failure['error'][-300:]}", file=sys.stderr)
     return 1 if meta["failed"] else 0
+
+
+def sweep_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this sweep (recorded in sweep.json)."""
+    parts = ["python -m training sweep --config", shlex.quote(args.config)]
+    defaults = {"executor": "local", "jobs": 1}
+    for name in ("executor", "jobs", "address", "num_cpus", "num_gpus", "out", "results", "only", "max_minutes"):
+        value = getattr(args, name)
+        if value is not None and value != defaults.get(name):
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+            parts += [f"--{name.replace('_', '-')}", shlex.quote(text)]
+    return " ".join(parts)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

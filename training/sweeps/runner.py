@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -279,8 +278,3 @@ class SweepSession:
 
 def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(timestamp))
-
-
-def sweep_command(argv: list[str] | None = None) -> str:
-    args = sys.argv[1:] if argv is None else argv
-    return "python -m training " + " ".join(args)
