@@ -57,12 +57,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         executor = LocalExecutor(args.jobs)
         parallel = executor.jobs
     plan = plan_sweep(spec, args.only)
+    session = SweepSession(plan, executor, sweep_command(args), max_minutes=args.max_minutes, parallel=parallel,
+                           echo=lambda line: print(line, flush=True))  # fmt: skip
+    print("\n".join(describe(plan, session.estimator, parallel)), flush=True)
+    if args.dry_run:
+        return 0
     with SweepLock(spec.out):
-        session = SweepSession(plan, executor, sweep_command(args), max_minutes=args.max_minutes, parallel=parallel,
-                               echo=lambda line: print(line, flush=True))  # fmt: skip
-        print("\n".join(describe(plan, session.estimator, parallel)), flush=True)
-        if args.dry_run:
-            return 0
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             meta = session.run()

@@ -92,6 +92,22 @@ class SweepSpec:
             cells += [(b, fraction) for b in _for_method(budgets, method)]
         return cells
 
+    def axes(self) -> list[str]:
+        """The grid's forms in words, for the dry run."""
+        def budgets(by_method: dict[str, list[Budget]]) -> str:
+            return "; ".join(("" if m == "*" else f"{m}: ") + ", ".join(budget_label(b) for b in v)
+                             for m, v in by_method.items())  # fmt: skip
+
+        lines = []
+        if self.budgets is not None and self.fractions is not None:
+            lines.append(f"cross product: budgets {budgets(self.budgets)} x fractions {self.fractions}")
+        if self.data_axis is not None:
+            lines.append(f"data axis: budget {budget_label(self.data_axis[0])} x fractions {self.data_axis[1]}")
+        if self.budget_axis is not None:
+            lines.append(f"budget axis: fraction {self.budget_axis[0]:g} x budgets {budgets(self.budget_axis[1])}")
+        lines.append(f"tasks {', '.join(self.tasks)}; methods {', '.join(self.methods)}; seeds {self.seeds}")
+        return lines
+
     def run_config(self, point: GridPoint) -> RunConfig:
         """The RunConfig of one grid point: settings, then the task's overrides, then the point itself."""
         values = {**self.settings, **self.tasks[point.task]}

@@ -56,7 +56,7 @@ def plan_sweep(spec: SweepSpec, only: str | None = None) -> SweepPlan:
 @dataclass
 class Estimator:
     """Expected seconds per run: the mean of finished runs of the same task and method, else of the task,
-    else of any run, else the sweep file's `estimate_s`."""
+    else the sweep file's `estimate_s` for the task, else the mean of any finished run."""
 
     defaults: dict = field(default_factory=dict)
     seen: dict[tuple[str, str], list[float]] = field(default_factory=dict)
@@ -64,15 +64,19 @@ class Estimator:
     def observe(self, point: GridPoint, seconds: float) -> None:
         self.seen.setdefault((point.task, point.method), []).append(seconds)
 
+    def _mean(self, keep) -> float | None:
+        values = [s for key, found in self.seen.items() if keep(key) for s in found]
+        return statistics.fmean(values) if values else None
+
     def expected(self, point: GridPoint) -> float | None:
-        for pick in (lambda k: k == (point.task, point.method), lambda k: k[0] == point.task, lambda k: True):
-            values = [s for key, found in self.seen.items() if pick(key) for s in found]
-            if values:
-                return statistics.fmean(values)
+        for keep in (lambda k: k == (point.task, point.method), lambda k: k[0] == point.task):
+            mean = self._mean(keep)
+            if mean is not None:
+                return mean
         default = self.defaults.get(point.task)
         if isinstance(default, dict):
             default = default.get(point.method, default.get("*"))
-        return float(default) if default is not None else None
+        return float(default) if default is not None else self._mean(lambda k: True)
 
     def total(self, points: list[GridPoint], parallel: int = 1) -> float | None:
         values = [self.expected(p) for p in points]
@@ -98,6 +102,7 @@ def describe(plan: SweepPlan, estimator: Estimator, parallel: int) -> list[str]:
              f"(budget out of the method's range), {len(plan.points)} runs: {finished} finished, "
              f"{len(plan.todo)} to run now"]  # fmt: skip
     lines.append(f"  runs in {spec.out / 'runs'}; table {spec.results / TABLE}")
+    lines += [f"  {line}" for line in spec.axes()]
     header = f"  {'task':<8} {'method':<17} {'runs':>5} {'budgets':>7} {'fractions':>9} {'seeds':>5} {'est/run':>8}"
     lines.append(header)
     for task in spec.tasks:
