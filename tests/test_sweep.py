@@ -213,6 +213,28 @@ def test_a_killed_sweep_resumes_where_it_stopped_with_one_table_row_per_point(ti
     assert meta["command"].startswith("python -m training sweep") and meta["datasets"]["vqa"]["sha"]
 
 
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_and_its_run_and_keeps_the_table(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    config = write_sweep(tmp_path / "sweep.yaml", tiny_model_dir, tiny_vqa_dataset, methods=["lora"],
+                         tasks={"vqa": {"max_steps": 100_000}}, budget_axis={"fraction": 1.0, "budgets": ["2k"]})
+    out, results = tmp_path / "out", tmp_path / "results"
+    run = out / "runs" / "vqa__lora__b2k__f1__s0"
+    sweep = subprocess.Popen([sys.executable, "-m", "training", "sweep", "--config", str(config), "--out", str(out),
+                              "--results", str(results)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.time() + 90
+    while (json.loads((run / "progress.json").read_text()) if (run / "progress.json").exists() else {}).get(
+            "phase") != "training" and time.time() < deadline:  # fmt: skip
+        assert sweep.poll() is None, sweep.stdout.read()
+        time.sleep(0.1)
+    sweep.send_signal(signal.SIGTERM)
+    output, _ = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130 and "interrupted: 0 of 1 runs finished" in output
+    assert json.loads((run / "progress.json").read_text())["phase"] == "stopped"
+    assert not (run / "eval.json").exists() and processes_mentioning(str(run)) == []
+    assert read_table(results / "runs.csv") == [] and json.loads((results / "sweep.json").read_text())["remaining"] == 1
+
+
 def test_a_finished_sweep_runs_nothing_and_dry_run_prints_the_plan(tiny_model_dir, tiny_vqa_dataset, tmp_path,
                                                                    capsys):  # fmt: skip
     config = write_sweep(tmp_path / "sweep.yaml", tiny_model_dir, tiny_vqa_dataset, methods=["prompt", "lora"],
