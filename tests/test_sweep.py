@@ -36,8 +36,8 @@ def test_cross_product_expands_every_combination_and_runs_each_baseline_once():
                        "budgets": ["1k", "2k"], "fractions": [0.5, 1], "seeds": [0, 1]})  # fmt: skip
     points = names(spec)
     assert len(points) == len(set(points)) == 2 * 2 + 2 * 2 * 2 + 2 * (2 * 2 * 2 * 2)
-    assert [n for n in points if "zero-shot" in n] == ["caption__zero-shot__s0", "caption__zero-shot__s1",
-                                                        "vqa__zero-shot__s0", "vqa__zero-shot__s1"]  # fmt: skip
+    assert [n for n in points if "zero-shot" in n] == ["caption__zero-shot__s0", "vqa__zero-shot__s0",
+                                                        "caption__zero-shot__s1", "vqa__zero-shot__s1"]  # fmt: skip
     assert sorted(n for n in points if n.startswith("vqa__full")) == [
         "vqa__full__f0.5__s0", "vqa__full__f0.5__s1", "vqa__full__f1__s0", "vqa__full__f1__s1"]  # fmt: skip
     assert "vqa__lora__b2k__f0.5__s1" in points

@@ -66,11 +66,11 @@ class SweepSpec:
     data_axis: tuple[Budget, list[float]] | None = None
     budget_axis: tuple[float, dict[str, list[Budget]]] | None = None
     resources: dict = field(default_factory=lambda: {"num_cpus": 1, "num_gpus": 0})
-    estimate_s: dict[str, float] = field(default_factory=dict)  # task -> expected seconds per run
+    estimate_s: dict[str, float | dict] = field(default_factory=dict)  # task -> seconds per run (or method -> s)
     source: dict = field(default_factory=dict)  # the file as read
 
     def points(self) -> list[GridPoint]:
-        """Every grid point, deduplicated, in a stable order (task, method, budget, fraction, seed)."""
+        """Every grid point, deduplicated, seed by seed (so a partly done sweep has whole grids of a seed)."""
         found: dict[str, GridPoint] = {}
         for task in self.tasks:
             for method in self.methods:
@@ -131,7 +131,7 @@ def normalise(point: GridPoint) -> GridPoint:
 
 def _order(point: GridPoint) -> tuple:
     budget = (-1, 0.0) if point.budget is None else (int(point.budget.percent), point.budget.value)
-    return (TASKS.index(point.task), METHOD_NAMES.index(point.method), budget, point.fraction or 0.0, point.seed)
+    return (point.seed, TASKS.index(point.task), METHOD_NAMES.index(point.method), budget, point.fraction or 0.0)
 
 
 def _for_method(budgets: dict[str, list[Budget]], method: str) -> list[Budget | None]:
@@ -198,7 +198,8 @@ def parse_spec(data: dict, file_name: str = "sweep") -> SweepSpec:
     estimate = data.get("estimate_s") or {}
     if not isinstance(estimate, dict) or set(estimate) - set(TASKS):
         raise UserError("`estimate_s` maps a task to the expected seconds of one run, e.g. {caption: 40}.")
-    spec.estimate_s = {t: float(v) for t, v in estimate.items()}
+    spec.estimate_s = {t: {m: float(s) for m, s in v.items()} if isinstance(v, dict) else float(v)
+                       for t, v in estimate.items()}  # fmt: skip
     for point in spec.points()[:1]:
         spec.run_config(point)  # the settings must make a valid RunConfig
     return spec
