@@ -3,7 +3,23 @@
 A sweep file gives the grid as a full cross product (`budgets` and `fractions`), as one axis at a time
 (`data_axis: {budget, fractions}` and `budget_axis: {fraction, budgets}`, as the paper varies them), or
 both; the points are their union. Zero-shot ignores budgets and data fractions (one run per task and seed),
-full fine-tuning ignores budgets (one run per task, fraction and seed).
+full fine-tuning ignores budgets (one run per task, fraction and seed). The keys:
+
+    name: paper                      # default: the file's stem
+    out: runs/sweeps/paper           # run directories go to OUT/runs/<point name>/
+    results: results                 # runs.csv and sweep.json go here
+    base_model: null                 # Hub id or folder; null: the embedded default
+    datasets: {caption: null, vqa: null}   # folder or Hub id per task; null: the embedded default
+    tasks: {caption: {max_steps: 150}, vqa: {eval_limit: 500}}   # or a list: [caption, vqa]
+    methods: [zero-shot, full, prompt, prefix, lora, serial-adapter, parallel-adapter]
+    seeds: [0, 1, 2]
+    settings: {batch_size: 32}       # any RunConfig field but the grid's own, for every run
+    budgets: [10k, 0.5%]             # cross product with `fractions`; or {method: [...], "*": [...]}
+    fractions: [0.1, 1.0]
+    data_axis: {budget: 32k, fractions: [0.01, 0.1, 1.0]}
+    budget_axis: {fraction: 1.0, budgets: [1k, 10k, 100k]}    # budgets: a list or {method: [...]}
+    resources: {num_cpus: 1, num_gpus: 0}   # what each run asks Ray for
+    estimate_s: {caption: 35, vqa: 30}      # seconds per run for the dry run (or {task: {method: s}})
 """
 
 from __future__ import annotations
