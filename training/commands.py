@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     pretrain.set_defaults(func=cmd_pretrain)
 
+    bench = subparsers.add_parser("bench", help="speed and memory figures on the embedded default")
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.add_argument("--steps", type=int, default=10, help="timed training steps per method")
+    bench.add_argument("--work-dir", default=None, help="where the benchmark's runs go (default: a temp dir)")
+    bench.set_defaults(func=cmd_bench)
+
     report = subparsers.add_parser("embedded-report", help="measure the embedded default and write its model card")
     report.add_argument("--model", default=None, help="model folder (default: assets/scene-blip)")
     report.add_argument("--work-dir", default=None, help="where the check runs go (default: assets/.quality-runs)")
@@ -96,6 +102,17 @@ def cmd_embedded_report(args: argparse.Namespace) -> int:
     results = report(args.model or DEFAULT_MODEL_DIR, args.work_dir)
     for text, passed, detail in verdicts(results):
         print(f"[{'pass' if passed else 'FAIL'}] {text}: {detail}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from training.bench import print_table, run_bench
+
+    result = run_bench(steps=args.steps, work_dir=args.work_dir)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
     return 0
 
 

@@ -209,6 +209,10 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
         log.info("vision tower frozen: computing image features once for %d images", len(prepared.train_examples))
         features = precompute_features(vl, prepared.train_examples, pixels)
 
+    if config.task == "caption" and total_steps:
+        from training.metrics.caption import start_meteor
+
+        start_meteor()  # METEOR's Java start-up (~7 s) overlaps training instead of adding to evaluation
     stopped = False
     if total_steps:
         stopped = run_training_loop(vl, config, pairs, encoder, pixels, features, total_steps, lr, autocast_dtype,

@@ -1,0 +1,179 @@
+"""`python -m training bench [--json]`: speed and memory on the embedded default, in one run.
+
+- training throughput (samples/s), step time and peak memory per method at default settings, each measured
+  in a fresh process (so peak memory is that method's alone), with towers=both and towers=text;
+- compare latency for 1, 3 and 6 adapters on one image;
+- evaluation time as a share of a default run's wall time;
+- the app's cold start to its first served page.
+Figures are measured, never asserted: the tests check correctness, this prints the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from training.paths import REPO_ROOT
+
+BENCH_METHODS = ("full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
+COMPARE_METHODS = ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
+
+
+def measure_training(method: str, towers: str, steps: int, batch_size: int) -> dict:
+    """Time `steps` optimizer steps (after one warm-up step) of a default run, in this process."""
+    import torch
+
+    from training.config import RunConfig
+    from training.pixels import PixelCache
+    from training.tasks import Encoder, training_pairs
+    from training.trainer import RUN_ADAPTER, batch_loss, build_model, precompute_features, prepare
+
+    config = RunConfig(task="caption", method=method, towers=towers, batch_size=batch_size)
+    prepared = prepare(config)
+    vl, trainable = build_model(prepared)
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    pixels = PixelCache(prepared.base.processor)
+    pairs = training_pairs("caption", prepared.train_examples)
+    params = list(vl.adapters[RUN_ADAPTER].parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    started = time.perf_counter()
+    features = {}
+    if config.cache_features and not vl.adapters[RUN_ADAPTER].touches_vision():
+        features = precompute_features(vl, prepared.train_examples, pixels)
+    cache_s = time.perf_counter() - started
+    pixels([p[0] for p in pairs[: batch_size * (steps + 1)]])  # decode the images outside the timing
+    vl.model.train()
+    times = []
+    for step in range(steps + 1):
+        batch = pairs[step * batch_size : (step + 1) * batch_size]
+        start = time.perf_counter()
+        loss = batch_loss(vl, batch, encoder, pixels, features)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:
+            times.append(time.perf_counter() - start)
+    step_s = sum(times) / len(times)
+    return {"method": method, "towers": towers, "trainable_params": trainable, "batch_size": batch_size,
+            "step_s": round(step_s, 4), "samples_per_s": round(batch_size / step_s, 1),
+            "feature_cache_s": round(cache_s, 2) if features else None,
+            "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # fmt: skip
+
+
+def _in_subprocess(method: str, towers: str, steps: int, batch_size: int) -> dict:
+    code = (f"import json; from training.bench import measure_training; "
+            f"print(json.dumps(measure_training({method!r}, {towers!r}, {steps}, {batch_size})))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_compare(work: Path, repeats: int = 3) -> list[dict]:
+    """Latency of Comparer.compare with the zero-shot base plus 0, 2 and 5 trained adapters (VQA)."""
+    from training.compare import Comparer
+    from training.config import RunConfig
+    from training.data.dataset import load_dataset
+    from training.trainer import train
+
+    run_dirs = []
+    for method in COMPARE_METHODS:
+        run_dir = work / f"compare-{method}"
+        if not (run_dir / "eval.json").exists():
+            train(RunConfig(task="vqa", method=method, max_steps=20, eval_limit=20), run_dir, install_signals=False)
+        run_dirs.append(run_dir)
+    example = load_dataset(None, "vqa").split("test")[0]
+    image = example.image.load()
+    comparer = Comparer()
+    comparer.compare(image, "vqa", run_dirs, question=example.question)  # load every adapter once
+    rows = []
+    for count in (1, 3, 6):
+        chosen = run_dirs[: count - 1]
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            comparer.compare(image, "vqa", chosen, question=example.question)
+            timings.append(time.perf_counter() - start)
+        rows.append({"adapters": count, "latency_s": round(min(timings), 4)})
+    return rows
+
+
+def measure_eval_share(work: Path) -> dict:
+    from training import runs
+    from training.config import RunConfig
+    from training.trainer import train
+
+    run_dir = work / "default-caption-lora"
+    if not (run_dir / "eval.json").exists():
+        train(RunConfig(task="caption", method="lora"), run_dir, install_signals=False)
+    evaluation = runs.read_json(run_dir / "eval.json")
+    eval_s, wall_s = evaluation["metrics"]["eval_s"], evaluation["wall_s"]
+    return {"eval_s": eval_s, "wall_s": wall_s, "eval_share": round(eval_s / wall_s, 3)}
+
+
+def measure_app_cold_start(timeout_s: float = 120) -> float:
+    """Seconds from starting `python -m app` to its first served page."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PORT": str(port), "VLPEFT_HOME": tempfile.mkdtemp(prefix="vlpeft-bench-")}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        while time.perf_counter() - start < timeout_s:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    if response.status == 200:
+                        return round(time.perf_counter() - start, 2)
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("the app did not serve a page in time")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def run_bench(steps: int = 10, batch_size: int = 32, work_dir: str | None = None) -> dict:
+    work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    train_rows = [_in_subprocess(m, "both", steps, batch_size) for m in BENCH_METHODS]
+    train_rows += [_in_subprocess(m, "text", steps, batch_size) for m in BENCH_METHODS if m != "full"]
+    full = next(r for r in train_rows if r["method"] == "full")
+    for row in train_rows:
+        row["speedup_vs_full"] = round(row["samples_per_s"] / full["samples_per_s"], 2)
+    compare = measure_compare(work)
+    eval_share = measure_eval_share(work)
+    return {"train": train_rows, "compare": compare,
+            "compare_ratio_6_to_1": round(compare[-1]["latency_s"] / compare[0]["latency_s"], 2),
+            "eval_share": eval_share["eval_share"], "eval": eval_share,
+            "app_cold_start_s": measure_app_cold_start(), "machine": _machine()}  # fmt: skip
+
+
+def _machine() -> dict:
+    import platform
+
+    import torch
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
+
+
+def print_table(result: dict) -> None:
+    print(f"{'method':<17} {'towers':<6} {'trainable':>10} {'samples/s':>10} {'step s':>8} {'vs full':>8} "
+          f"{'peak MB':>8}")  # fmt: skip
+    for row in result["train"]:
+        print(f"{row['method']:<17} {row['towers']:<6} {row['trainable_params']:>10,} {row['samples_per_s']:>10.1f} "
+              f"{row['step_s']:>8.3f} {row['speedup_vs_full']:>7.2f}x {row['peak_mem_mb']:>8.0f}")  # fmt: skip
+    for row in result["compare"]:
+        print(f"compare {row['adapters']} adapter(s): {row['latency_s']:.3f} s")
+    print(f"compare 6 vs 1: {result['compare_ratio_6_to_1']:.2f}x")
+    print(f"evaluation share of a default run: {100 * result['eval_share']:.1f} % "
+          f"({result['eval']['eval_s']:.1f} s of {result['eval']['wall_s']:.1f} s)")  # fmt: skip
+    print(f"app cold start to first page: {result['app_cold_start_s']:.1f} s")
