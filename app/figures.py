@@ -13,8 +13,8 @@ METHOD_COLORS = {
     "prompt": "#d62728", "full": "#7f7f7f", "zero-shot": "#111111",
 }  # fmt: skip
 AXIS_TITLES = {"data_fraction": "share of the training data", "trainable_params": "trainable parameters"}
-LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), height=380,
-              legend=dict(orientation="h", yanchor="top", y=-0.2))  # fmt: skip
+LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), height=400, showlegend=True,
+              legend=dict(orientation="h", yanchor="top", y=-0.25))  # fmt: skip
 
 
 def loss_curve(rows: list[dict], title: str = "Training loss (lower is better)") -> go.Figure:

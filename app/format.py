@@ -92,28 +92,28 @@ def job_headline(status: dict) -> str:
     if state == "queued":
         ahead = (status.get("queue_position") or 1) - 1
         wait = "it starts next" if ahead == 0 else f"{ahead} job{'s' if ahead > 1 else ''} ahead of it"
-        return f"⏳ **Queued #{status.get('queue_position') or '?'}** ({what}): {wait}."
+        return f"**Queued #{status.get('queue_position') or '?'}** ({what}): {wait}."
     if state == "running":
         phase = status.get("phase")
         if status.get("cancel_requested_by"):
-            return f"🛑 **Stopping** ({what}): cancel requested by {status['cancel_requested_by']}."
+            return f"**Stopping** ({what}): cancel requested by {status['cancel_requested_by']}."
         if phase == "training" and status.get("total_steps"):
             loss = status.get("loss")
             left = status.get("eta_s")
-            return (f"🏃 **Training** ({what}): step {status['step']:,} of {status['total_steps']:,}"
+            return (f"**Training** ({what}): step {status['step']:,} of {status['total_steps']:,}"
                     + (f", loss {loss:.3f}" if loss is not None else "")
                     + (f", about {duration(left)} left" if left is not None else "") + ".")  # fmt: skip
         if phase == "evaluating":
-            return f"🧪 **Scoring on the test set** ({what}): training is done, the model is answering the test images."
-        return f"🚀 **Starting** ({what}): loading the model and the data."
+            return f"**Scoring on the test set** ({what}): training is done, the model is answering the test images."
+        return f"**Starting** ({what}): loading the model and the data."
     if state == "finished":
         score = main_score(config.get("task", ""), status.get("metrics") or {})
-        return f"✅ **Finished** in {duration(status.get('elapsed_s'))} ({what}). Test score: {score}."
+        return f"**Finished** in {duration(status.get('elapsed_s'))} ({what}). Test score: {score}."
     if state == "failed":
         hint = status.get("hint")
-        return f"❌ **Failed** ({what}): {status.get('reason')}." + (f" **What to do:** {hint}" if hint else "")
+        return f"**Failed** ({what}): {status.get('reason')}." + (f" **What to do:** {hint}" if hint else "")
     if state == "cancelled":
-        return f"🛑 **Cancelled** ({what}): {status.get('reason')}."
+        return f"**Cancelled** ({what}): {status.get('reason')}."
     return f"⚠️ **{state.capitalize()}** ({what}): {status.get('reason')}."
 
 

@@ -116,12 +116,12 @@ def test_estimate_start_poll_to_finished_then_compare(client: Client):
 def test_a_second_job_waits_in_the_queue_and_both_can_be_cancelled(client: Client):
     first = client.predict(task="caption", method="lora", budget="2k", max_steps=100_000, batch_size=4,
                            api_name="/start_job")["job_id"]  # fmt: skip
+    wait_for_state(client, first, {"running"})
     second = client.predict(task="caption", method="prefix", budget="1k", max_steps=3, api_name="/start_job")
     assert (second["state"], second["queue_position"]) == ("queued", 1)
 
     cancelled = client.predict(second["job_id"], api_name="/cancel_job")
     assert cancelled["state"] == "cancelled" and "while queued" in cancelled["reason"]
-    wait_for_state(client, first, {"running"})
     client.predict(first, api_name="/cancel_job")
     status = wait_for_state(client, first, {"cancelled", "finished", "failed"}, timeout=60)
     assert status["state"] == "cancelled" and status["reason"].startswith("cancelled by session-")

@@ -89,7 +89,8 @@ def comparison_html(comparison: Comparison) -> str:
     if trained == 0:
         banner = "Only the zero-shot base is shown: tick trained adapters to put them beside it."
     elif differing == 0:
-        banner = f"All {trained} adapter{'s' if trained > 1 else ''} give the same output as the zero-shot base."
+        who = "The adapter gives" if trained == 1 else f"All {trained} adapters give"
+        banner = f"{who} the same output as the zero-shot base."
     else:
         banner = (f"{differing} of {trained} adapter{'s' if trained > 1 else ''} give a different output from the "
                   "zero-shot base: the words that differ are highlighted.")  # fmt: skip
@@ -160,12 +161,13 @@ def build(services: Services, tab: gr.Tab) -> Loader:
                 label="Test images (click one)",
                 columns=6,
                 allow_preview=False,
+                height="auto",
                 object_fit="contain",
                 elem_id="test-gallery",
                 elem_classes="vl-pixelated",
             )
-            upload = gr.File(label="…or upload your own picture", file_types=IMAGE_TYPES, type="filepath",
-                             height=90, elem_id="upload-image")  # fmt: skip
+            upload = gr.UploadButton("…or upload your own picture", file_types=IMAGE_TYPES, type="filepath",
+                                     elem_id="upload-image")  # fmt: skip
             question = gr.Dropdown(
                 [],
                 value=None,

@@ -45,8 +45,8 @@ def explore(services: Services, task: str, metric: str | None, held_budget: str 
     return (
         note,
         gr.update(choices=metrics, value=metric),
-        gr.update(choices=budgets, value=held_budget),
-        gr.update(choices=fractions, value=held_fraction),
+        gr.update(choices=budgets, value=held_budget, visible=len(budgets) > 1),
+        gr.update(choices=fractions, value=held_fraction, visible=len(fractions) > 1),
         metric_figure(frame, "data_fraction", metric, ("budget", held_budget)),
         metric_figure(frame, "trainable_params", metric, ("data_fraction", held_fraction)),
         table if not table.empty else pd.DataFrame({"": ["No rows yet."]}),

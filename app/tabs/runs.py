@@ -17,6 +17,9 @@ COLUMNS = ["run", "state", "task", "method", "budget", "trained parameters", "da
            "by", "submitted"]  # fmt: skip
 
 
+NOT_SCORES = {"num_examples", "decode_s", "eval_s"}
+
+
 def runs_table(records: list[RunRecord]) -> pd.DataFrame:
     rows = [[
         r.id, r.state, r.task, fmt.METHOD_LABELS.get(r.method, r.method), r.config.get("budget"),
@@ -30,8 +33,10 @@ def runs_table(records: list[RunRecord]) -> pd.DataFrame:
 def details(record: RunRecord) -> str:
     lines = [f"### {record.id}: {record.state}", f"*{record.reason}*", ""]
     if record.metrics:
-        shown = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and not k.endswith("_s")}
-        lines.append("**Test scores:** " + " · ".join(fmt.metric(k, v) for k, v in shown.items()))
+        shown = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and k not in NOT_SCORES}
+        scored = record.metrics.get("num_examples")
+        lines.append("**Test scores:** " + " · ".join(fmt.metric(k, v) for k, v in shown.items())
+                     + (f" (on {fmt.count(scored)} test examples)" if scored else ""))  # fmt: skip
     info = record.info
     if info:
         lines.append(f"**Trained:** {fmt.count(info.get('trainable_params'))} of {fmt.count(info.get('total_params'))} "

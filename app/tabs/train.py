@@ -23,30 +23,37 @@ def run_config(services: Services, task: str, method: str, budget: str, data_fra
                lr: float | str | None = None, batch_size: float | str | None = 32, towers: str = "both",
                base_model: str | None = None, dataset: str | None = None,
                eval_limit: float | str | None = None) -> RunConfig:  # fmt: skip
-    """The RunConfig a form (or an API call) describes; UserError with one sentence on a bad field."""
+    """The RunConfig a form (or an API call) describes; UserError with one sentence on a bad field.
+
+    Steps and test examples of 0 (or empty) mean no limit; an empty epochs or learning rate the default."""
     if data_fraction is None or str(data_fraction).strip() == "":
         raise UserError("Give the share of the training data to use, between 0 and 1 (e.g. 0.25 for a quarter).")
+    epochs, lr = optional_number(epochs), optional_number(lr)
+    if epochs is not None and epochs <= 0:
+        raise UserError(f"Epochs must be above 0 (e.g. 1), not {epochs:g}.")
+    if lr is not None and not 0 < lr < 1:
+        raise UserError(f"A learning rate of {lr:g} is out of range: use a small positive value such as 0.001.")
+    batch = optional_int(batch_size, "The batch size")
+    if batch is None or batch < 1:
+        raise UserError("The batch size must be at least 1 (e.g. 32; smaller if memory runs out).")
+    max_steps, eval_limit = optional_int(max_steps, "Steps"), optional_int(eval_limit, "Test examples to score")
+    if (max_steps or 0) < 0 or (eval_limit or 0) < 0:
+        raise UserError("Steps and test examples to score cannot be negative (0 means no limit).")
     config = RunConfig(
         task=task, method=method, budget=str(budget or "").strip(), data_fraction=parse_fraction(data_fraction),
-        seed=optional_int(seed, "The seed") or 0, epochs=optional_number(epochs),
-        max_steps=optional_int(max_steps, "Steps"), lr=optional_number(lr),
-        batch_size=optional_int(batch_size, "The batch size") or 32, towers=towers,
-        base_model=services.base_model_source(base_model), dataset=services.dataset_source(task, dataset),
-        eval_limit=optional_int(eval_limit, "Test examples to score"),
+        seed=optional_int(seed, "The seed") or 0, epochs=epochs, max_steps=max_steps or None, lr=lr,
+        batch_size=batch, towers=towers, base_model=services.base_model_source(base_model),
+        dataset=services.dataset_source(task, dataset), eval_limit=eval_limit or None,
     )  # fmt: skip
-    if config.eval_limit is not None and config.eval_limit < 1:
-        raise UserError("Test examples to score must be at least 1 (or empty for the whole test split).")
     return config.validate()
 
 
 # --- handlers (plain functions: the UI wires them, the tests call them) ----------------------------------
 
 
-def describe_method(method: str) -> tuple[str, dict]:
-    """The method's explainer, and the learning-rate field's hint with its default."""
-    cls = METHODS[method]
-    info = f"Empty: the method's own default ({cls.default_lr:g})."
-    return fmt.method_explainer(method), gr.update(info=info)
+def describe_method(method: str) -> tuple[str, float]:
+    """The method's explainer, and its own learning rate for the field."""
+    return fmt.method_explainer(method), METHODS[method].default_lr
 
 
 def estimate(services: Services, method: str, budget: str, towers: str, base_model: str | None) -> str:
@@ -121,7 +128,7 @@ def cancel(services: Services, request: gr.Request | None, visitor: str, job_id:
 def jobs_choices(services: Services, request: gr.Request | None, visitor: str, selected: str | None) -> dict:
     """This visitor's jobs, newest first, for the 'Job shown' picker."""
     mine = [r for r in services.runs() if r.submitter == submitter(request, visitor)]
-    choices = [(f"{r.id} · {fmt.METHOD_LABELS.get(r.method, r.method)} {r.config.get('budget')} · {r.state}", r.id)
+    choices = [(f"{r.id} · {fmt.METHOD_LABELS.get(r.method, r.method)} {r.config.get('budget')} on {r.task}", r.id)
                for r in mine]  # fmt: skip
     return gr.update(choices=choices, value=selected if selected in {r.id for r in mine} else None)
 
@@ -157,14 +164,15 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
             method = gr.Dropdown([(fmt.METHOD_LABELS[m], m) for m in METHOD_ORDER], value="lora", label="Method",
                                  info="Where the trainable parameters go.")  # fmt: skip
             method_note = gr.Markdown(fmt.method_explainer("lora"), elem_classes="vl-note")
-            budget = gr.Textbox("0.5%", label="Parameter budget", max_lines=1,
+            budget = gr.Textbox("0.5%", label="Parameter budget", max_lines=1, elem_id="budget",
                                 info="How many weights may change: a share of the model (0.5%) or a count "
                                      "(20000, 20k, 1.5M).")  # fmt: skip
-            estimate_note = gr.Markdown(elem_classes="vl-estimate")
+            estimate_note = gr.Markdown(elem_classes="vl-estimate", elem_id="estimate")
             with gr.Row():
                 data_fraction = gr.Number(
                     1.0,
                     label="Share of the training data",
+                    elem_id="data-fraction",
                     info="More than 0, at most 1: 0.1 trains on 10 % of the examples.",
                 )
                 seed = gr.Number(
@@ -173,39 +181,44 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                     precision=0,
                     info="Same seed: same data subset and same start, so a run can be repeated.",
                 )
-            size_note = gr.Markdown(elem_classes="vl-note")
+            size_note = gr.Markdown(elem_classes="vl-note", elem_id="run-size")
             with gr.Accordion("Advanced settings", open=False):
                 with gr.Row():
                     epochs = gr.Number(
-                        None,
-                        label="Epochs (optional)",
-                        info=f"Passes over the training data. "
-                        f"Empty: {DEFAULT_EPOCHS['caption']:g} for captions, "
-                        f"{DEFAULT_EPOCHS['vqa']:g} for questions.",
+                        DEFAULT_EPOCHS["caption"],
+                        label="Epochs",
+                        info=f"Passes over the training data ({DEFAULT_EPOCHS['caption']:g} for captions and "
+                        f"{DEFAULT_EPOCHS['vqa']:g} for questions unless you change it).",
                     )
                     max_steps = gr.Number(
-                        None,
-                        label="Steps (optional)",
+                        0,
+                        label="Steps",
+                        elem_id="max-steps",
                         precision=0,
-                        info="Stop after this many steps; overrides epochs.",
+                        info="0: as many as the epochs take. Otherwise stop after this many (overrides epochs).",
                     )
                 with gr.Row():
                     lr = gr.Number(
-                        None,
-                        label="Learning rate (optional)",
-                        info=f"Empty: the method's own default ({METHODS['lora'].default_lr:g}).",
+                        METHODS["lora"].default_lr,
+                        label="Learning rate",
+                        info="Each method has its own; it is filled in when you pick a method.",
                     )
                     batch_size = gr.Number(
-                        32, label="Batch size", precision=0, info="Examples per step; lower it if memory runs out."
+                        32,
+                        label="Batch size",
+                        precision=0,
+                        info="Examples per step; lower it if memory runs out.",
+                        elem_id="batch-size",
                     )
                 towers = gr.Radio(["both", "vision", "text"], value="both", label="Towers",
                                   info="Which half of the model gets the new parameters: the image encoder "
                                        "(vision), the text decoder (text) or both.")  # fmt: skip
                 eval_limit = gr.Number(
-                    None,
-                    label="Test examples to score (optional)",
+                    0,
+                    label="Test examples to score",
+                    elem_id="eval-limit",
                     precision=0,
-                    info="Empty: the whole test split. Fewer is faster, but a rougher score.",
+                    info="0: the whole test split. Fewer is faster, but the score is rougher.",
                 )
                 base_model = gr.Dropdown(
                     [(f"Embedded scene-BLIP{' (' + settings.base_model + ')' if settings.base_model else ''}",
@@ -249,8 +262,12 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                     batch_size.change, dataset.change):  # fmt: skip
         trigger(lambda *a: describe_size(services, *a), size_inputs, size_note, api_name="ui_size",
                 show_progress="hidden", concurrency_limit=None, **private)  # fmt: skip
-    task.change(lambda t: gr.update(choices=[(_dataset_label(services, t), EMBEDDED)], value=EMBEDDED), task,
-                dataset, api_name="ui_task_datasets", **private)  # fmt: skip
+
+    def task_defaults(task_name: str) -> tuple:
+        return gr.update(choices=[(_dataset_label(services, task_name), EMBEDDED)], value=EMBEDDED), \
+            DEFAULT_EPOCHS[task_name]  # fmt: skip
+
+    task.change(task_defaults, task, [dataset, epochs], api_name="ui_task_defaults", **private)
 
     def on_start(request: gr.Request, visitor_id: str, *values):
         return start(services, request, visitor_id, *values)

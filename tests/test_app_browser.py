@@ -1,0 +1,140 @@
+"""A person's path through the app in a real headless Chromium: Train -> start -> finished -> Compare -> Explore
+-> Runs, with a screenshot of each tab.
+
+Screenshots always go to the test's tmp directory; with VLPEFT_UPDATE_SCREENSHOTS=1 they also replace
+docs/screenshots/*.png, and the app runs on the embedded default model (when it is there) so they show it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+from tests.test_app_server import LIMITS, launch, shut_down, tiny_settings
+from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # fmt: skip
+SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
+UPDATE = os.environ.get("VLPEFT_UPDATE_SCREENSHOTS") == "1"
+EMBEDDED = UPDATE and (DEFAULT_MODEL_DIR / "config.json").is_file()
+# (budget, steps, batch size, test examples): small enough for a CPU, big enough for a curve.
+RUN = ("0.5%", 40, 16, 40) if EMBEDDED else ("2k", 5, 4, 6)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, request):
+    home = tmp_path_factory.mktemp("browser-home")
+    if EMBEDDED:
+        settings = Settings(home=home, limits=LIMITS)
+    else:
+        tiny = [
+            request.getfixturevalue(name) for name in ("tiny_model_dir", "tiny_caption_dataset", "tiny_vqa_dataset")
+        ]
+        settings = tiny_settings(home, *tiny)
+    app, url = launch(settings)
+    yield app, url
+    shut_down(app)
+
+
+@pytest.fixture
+def page():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        yield page
+        browser.close()
+
+
+def snap(page, name: str, folder: Path) -> None:
+    page.wait_for_timeout(800)  # let plots and transitions settle
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if UPDATE:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, SCREENSHOTS / path.name)
+
+
+def fill(page, elem_id: str, value: str) -> None:
+    field = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    field.fill(value)
+    field.press("Tab")
+
+
+def test_train_compare_explore_runs_in_a_browser(server, page, tmp_path: Path):
+    app, url = server
+    budget, steps, batch_size, eval_limit = RUN
+    status = page.locator("#job-status")
+
+    page.goto(url)
+    estimate = page.locator("#estimate")
+    estimate.get_by_text("trainable parameters").wait_for()
+    fill(page, "budget", "100%")
+    estimate.get_by_text("out of reach").wait_for()
+    assert "Choose a budget in that range" in estimate.inner_text()
+    fill(page, "budget", budget)
+    estimate.get_by_text(re.compile(r"[\d,]+ trainable parameters\s*= [\d.]+ % of the model")).wait_for()
+
+    fill(page, "data-fraction", "0")
+    page.locator("#start-training").click()
+    status.get_by_text("Not started").wait_for()
+    assert "outside (0, 1]" in status.inner_text()
+    fill(page, "data-fraction", "1")
+
+    page.get_by_text("Advanced settings").click()
+    fill(page, "max-steps", str(steps))
+    fill(page, "batch-size", str(batch_size))
+    fill(page, "eval-limit", str(eval_limit))
+    page.locator("#run-size").get_by_text(f"{steps} steps of {batch_size} examples").wait_for()
+
+    page.locator("#start-training").click()
+    status.get_by_text(re.compile("Queued #|Starting|Training")).wait_for()
+    status.get_by_text("Finished").wait_for(timeout=180_000)
+    job_id = app.services.store.list_jobs()[-1].id
+    assert re.search(r"Test score: CIDEr-D [\d.]+", status.inner_text())
+    assert "100 %" in page.locator("#job-progress").inner_text()
+    assert "python -m training train --task caption --method lora" in page.locator("#job-command").inner_text()
+    assert page.locator("#loss-curve .scatterlayer .trace").count() == 1
+    assert not page.locator("#cancel-job").is_visible()
+    snap(page, "train", tmp_path)
+
+    page.reload()  # the page re-attaches to the job it showed
+    status.get_by_text("Finished").wait_for()
+
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#test-gallery img").first.click()
+    page.locator("#picked-image img").wait_for()
+    page.locator("#compare-runs label", has_text=job_id).click()
+    page.locator("#compare-button").click()
+    cards = page.locator("#compare-result .vl-card")
+    cards.nth(1).wait_for(timeout=60_000)
+    assert cards.count() == 2
+    assert cards.nth(0).inner_text().startswith("Zero-shot base")
+    assert job_id in cards.nth(1).inner_text() and "this image: BLEU-4" in cards.nth(1).inner_text()
+    assert "Human captions of this test image" in page.locator("#compare-result").inner_text()
+    snap(page, "compare", tmp_path)
+
+    page.get_by_role("tab", name="Explore").click()
+    page.locator("#explore-note").get_by_text("Stars: 1 finished image captioning run").wait_for()
+    page.locator("#plot-params .scatterlayer .trace").first.wait_for()
+    assert "your LoRA" in page.locator("#plot-params").inner_text()
+    snap(page, "explore", tmp_path)
+
+    page.get_by_role("tab", name="Runs").click()
+    table = page.locator("#runs-table")
+    table.get_by_text(job_id).filter(visible=True).first.click()
+    page.locator("#run-details").get_by_text(f"{job_id}: finished").wait_for()
+    assert page.locator("#run-download").is_enabled()
+    snap(page, "runs", tmp_path)
