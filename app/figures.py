@@ -12,6 +12,8 @@ METHOD_COLORS = {
     "lora": "#1f77b4", "serial-adapter": "#2ca02c", "parallel-adapter": "#17becf", "prefix": "#ff7f0e",
     "prompt": "#d62728", "full": "#7f7f7f", "zero-shot": "#111111",
 }  # fmt: skip
+# Baselines that a held value does not apply to: no budget for either, no data for zero-shot.
+HELD_EXEMPT = {"budget": ("zero-shot", "full"), "data_fraction": ("zero-shot",)}
 AXIS_TITLES = {"data_fraction": "share of the training data", "trainable_params": "trainable parameters"}
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), height=400, showlegend=True,
               legend=dict(orientation="h", yanchor="top", y=-0.25))  # fmt: skip
@@ -52,7 +54,8 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
     sweep = frame[frame["source"] == SWEEP]
     if held and held[1] != ALL and held[0] in sweep.columns:
-        sweep = sweep[sweep[held[0]].astype(str) == held[1]]
+        unaffected = sweep["method"].isin(HELD_EXEMPT[held[0]])
+        sweep = sweep[unaffected | (sweep[held[0]].astype(str) == held[1])]
     _baseline_line(figure, sweep, metric)
     lines = aggregate(sweep[sweep["method"] != "zero-shot"], x, metric)
     for method, group in lines.groupby("method", sort=False):

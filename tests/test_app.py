@@ -1,0 +1,358 @@
+"""The app's handlers, formatting, figures and settings, called directly on the tiny BLIP (no server)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from app import format as fmt
+from app import results
+from app.figures import metric_figure
+from app.services import Comparison, RunRecord, Services
+from app.settings import Settings, parse_auth
+from app.tabs import compare, explore, runs, train
+from training.compare import Column
+from training.errors import UserError
+from training.jobs.limits import JobLimits
+
+LIMITS = JobLimits(max_queued=20, max_queued_per_submitter=20, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
+
+
+@pytest.fixture
+def make_services(tmp_path: Path, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset):
+    made = []
+
+    def make(**overrides) -> Services:
+        options = dict(base_model=str(tiny_model_dir), home=tmp_path / f"home{len(made)}", limits=LIMITS,
+                       datasets={"caption": str(tiny_caption_dataset), "vqa": str(tiny_vqa_dataset)},
+                       results_dir=tmp_path / "results")  # fmt: skip
+        made.append(Services(Settings(**{**options, **overrides})))
+        return made[-1]
+
+    yield make
+    for services in made:
+        services.close()
+
+
+@pytest.fixture
+def services(make_services) -> Services:
+    return make_services()
+
+
+def form(**changes) -> list:
+    """The Train form's values in order (task, method, budget, fraction, seed, epochs, steps, lr, batch, towers,
+    base model, dataset, test examples)."""
+    values = dict(
+        task="caption",
+        method="lora",
+        budget="2k",
+        data_fraction=1.0,
+        seed=0,
+        epochs=1,
+        max_steps=0,
+        lr=0.002,
+        batch_size=4,
+        towers="both",
+        base_model="embedded",
+        dataset="embedded",
+        eval_limit=0,
+    )
+    values.update(changes)  # fmt: skip
+    return list(values.values())
+
+
+def status(state: str, **fields) -> dict:
+    base = dict(state=state, config={"task": "caption", "method": "lora"}, queue_position=None, phase=None,
+                step=None, total_steps=None, loss=None, eta_s=None, elapsed_s=None, metrics={}, reason="",
+                hint=None, cancel_requested_by=None)  # fmt: skip
+    return {**base, **fields}
+
+
+def record(run_id: str = "20261129-100000-aaaaaa", **changes) -> RunRecord:
+    values = dict(
+        id=run_id, state="finished", reason="finished in 30 s", submitter="visitor-1",
+        config={"task": "caption", "method": "lora", "budget": "0.5%", "data_fraction": 0.5, "seed": 1},
+        info={"trainable_params": 21504, "trainable_percent": 0.72, "total_params": 2_986_000, "knob": "rank",
+              "knob_value": 4, "train_examples": 1000, "total_steps": 32, "command": "python -m training train",
+              "base_model": "tiny", "dataset_name": "tiny-caption"},
+        metrics={"CIDEr-D": 0.5, "BLEU-4": 0.25, "num_examples": 6}, run_dir=f"/runs/{run_id}",
+        created_at=1_764_400_000.0, started_at=1_764_400_010.0, finished_at=1_764_400_075.0, has_weights=True,
+    )  # fmt: skip
+    values.update(changes)
+    return RunRecord(**values)
+
+
+# --- formatting --------------------------------------------------------------------------------------------
+
+
+def test_numbers_and_durations_read_like_a_sentence():
+    assert (fmt.count(21504), fmt.count(None)) == ("21,504", "-")
+    assert (fmt.percent(0.7213), fmt.percent(12.5), fmt.percent(100)) == ("0.721 %", "12.5 %", "100 %")
+    assert fmt.fraction(0.1) == "10 %"
+    assert [fmt.duration(s) for s in (5, 65, 3720)] == ["5 s", "1 min 05 s", "1 h 02 min"]
+    assert (fmt.metric("accuracy", 63.14), fmt.metric("CIDEr-D", 0.45213)) == ("accuracy 63.1 %", "CIDEr-D 0.452")
+
+
+def test_the_estimate_gives_the_exact_count_and_share_before_launch(services: Services):
+    text = fmt.estimate_text(services.estimate("lora", "2k"))
+    assert text.startswith("**2,304 trainable parameters** = 3.28 % of the model (70,149 parameters): LoRA with rank 3")
+    assert text.endswith("Reachable with this method: 768 to 24,576.")
+
+
+def test_a_budget_the_method_cannot_reach_is_explained_with_its_range(services: Services):
+    text = train.estimate(services, "lora", "90%", "both", "embedded")
+    assert text.startswith("⚠️ **This budget is out of reach.**")
+    assert "trains between 768 (rank 1) and 24,576 (rank 32) parameters" in text
+    assert "Choose a budget in that range" in text
+
+
+def test_baselines_say_the_budget_does_not_apply(services: Services):
+    assert "ignores the budget: it trains every weight" in train.estimate(services, "full", "1k", "both", "")
+    assert train.estimate(services, "zero-shot", "1k", "both", "").startswith("**0 trainable parameters**")
+
+
+def test_an_unknown_model_id_or_budget_text_is_a_sentence_not_a_traceback(services, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert train.estimate(services, "lora", "1k", "both", "nobody/no-such-blip").startswith(
+        "⚠️ Base model 'nobody/no-such-blip' could not be loaded"
+    )
+    assert "is not understood" in train.estimate(services, "lora", "a lot", "both", "")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        (status("queued", queue_position=1), "**Queued #1** (LoRA on caption): it starts next."),
+        (status("queued", queue_position=3), "**Queued #3** (LoRA on caption): 2 jobs ahead of it."),
+        (status("running", phase="starting"), "**Starting** (LoRA on caption): loading the model and the data."),
+        (status("running", phase="training", step=40, total_steps=312, loss=2.31, eta_s=80),
+         "**Training** (LoRA on caption): step 40 of 312, loss 2.310, about 1 min 20 s left."),
+        (status("running", phase="evaluating"), "**Scoring on the test set**"),
+        (status("running", phase="training", step=4, total_steps=9, cancel_requested_by="ann"),
+         "**Stopping** (LoRA on caption): cancel requested by ann."),
+        (status("finished", elapsed_s=65, metrics={"CIDEr-D": 0.4521}),
+         "**Finished** in 1 min 05 s (LoRA on caption). Test score: CIDEr-D 0.452."),
+        (status("failed", reason="killed by SIGKILL", hint="try a smaller batch size"),
+         "**Failed** (LoRA on caption): killed by SIGKILL. **What to do:** try a smaller batch size"),
+        (status("cancelled", reason="cancelled by ann; the weights trained so far are kept"),
+         "**Cancelled** (LoRA on caption): cancelled by ann; the weights trained so far are kept."),
+    ],
+)  # fmt: skip
+def test_the_job_headline_says_where_the_job_is(job: dict, expected: str):
+    assert expected in fmt.job_headline(job)
+
+
+def test_the_progress_bar_follows_the_steps():
+    assert fmt.progress_share(status("queued")) == 0
+    assert fmt.progress_share(status("running", phase="training", step=40, total_steps=80)) == pytest.approx(0.475)
+    assert 'style="width:100.0%"' in fmt.progress_html(status("finished"))
+    assert "about 20 s left" in fmt.progress_html(status("running", step=1, total_steps=2, eta_s=20))
+
+
+# --- train -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"data_fraction": 0}, r"outside \(0, 1\]"),
+        ({"data_fraction": 1.5}, r"outside \(0, 1\]"),
+        ({"data_fraction": None}, "Give the share of the training data"),
+        ({"epochs": 0}, "Epochs must be above 0"),
+        ({"batch_size": 0}, "batch size must be at least 1"),
+        ({"lr": 3}, "learning rate of 3 is out of range"),
+        ({"max_steps": 2.5}, "Steps must be a whole number"),
+        ({"max_steps": -1}, "cannot be negative"),
+        ({"budget": "lots"}, "is not understood"),
+    ],
+)
+def test_a_bad_form_value_gets_one_sentence(services: Services, changes: dict, message: str):
+    with pytest.raises(UserError, match=message):
+        train.run_config(services, *form(**changes))
+
+
+def test_zero_steps_and_zero_test_examples_mean_no_limit(services: Services, tiny_model_dir: Path):
+    config = train.run_config(services, *form(max_steps=0, eval_limit=0))
+    assert (config.max_steps, config.eval_limit, config.base_model) == (None, None, str(tiny_model_dir))
+
+
+def test_the_size_note_counts_examples_pairs_and_steps(services: Services):
+    caption = train.describe_size(services, "caption", "lora", 0.5, 0, 1, 0, 4, "embedded")
+    assert caption == "This run trains on 12 of 24 images (36 caption pairs): 9 steps of 4 examples."
+    vqa = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded")
+    assert vqa == "This run trains on 32 of 32 questions: 3 steps of 32 examples."
+    assert "only scores the base model" in train.describe_size(services, "caption", "zero-shot", 1, 0, 1, 0, 4, "")
+
+
+def test_start_refuses_bad_input_without_queueing_anything(services: Services):
+    with pytest.warns(UserWarning, match="outside"):
+        result = train.start(services, None, "v1", *form(data_fraction=0))
+    assert result[1].startswith("⚠️ **Not started.** Data fraction 0 is outside (0, 1]")
+    assert services.store.list_jobs() == []
+
+
+def test_start_queues_jobs_shows_their_place_and_a_reload_reattaches(services: Services):
+    first = train.start(services, None, "v1", *form())
+    second = train.start(services, None, "v1", *form(method="prefix", budget="1k"))
+    assert "**Queued #1**" in first[1] and "**Queued #2** (Prefix tuning on caption)" in second[1]
+    assert "python -m training train --task caption --method prefix --budget 1k" in second[5]["value"]
+    assert services.store.get(first[0]).submitter == "visitor-v1"
+    assert [value for _, value in second[-1]["choices"]] == [second[0], first[0]]
+
+    assert train.reattach(services, None, "v1", "") == second[0]  # the newest live job of this browser
+    assert train.reattach(services, None, "v2", "") is None
+    train.cancel(services, None, "v1", second[0])
+    assert "**Cancelled**" in train.show_job(services, second[0], -1)[0]
+
+
+def test_demo_mode_caps_steps_and_allows_one_job_per_visitor(make_services):
+    services = make_services(demo=True, demo_max_steps=2)
+    config, _, size, notes = services.prepare(train.run_config(services, *form()))
+    assert (config.max_steps, size.steps) == (2, 2) and notes == [
+        "The public demo caps runs at 2 steps (this one would take 18)."]  # fmt: skip
+    job_id = services.submit(config, "visitor-a")
+    with pytest.raises(UserError, match="already has 1 jobs queued or running"):
+        services.submit(config, "visitor-a")
+    services.submit(config, "visitor-b")
+    with pytest.raises(UserError, match="started by another visitor"):
+        services.cancel(job_id, "visitor-b")
+    with pytest.raises(UserError, match="trains the embedded model only"):
+        train.run_config(services, *form(base_model="Salesforce/blip-image-captioning-base"))
+    assert services.settings.job_limits().max_runtime_s == 600
+
+
+# --- compare -----------------------------------------------------------------------------------------------
+
+
+def test_the_comparison_marks_the_outputs_that_differ():
+    columns = [Column("zero-shot (base)", "zero-shot", "a red circle"),
+               Column("lora", "lora", "a blue circle", "/runs/r1", "0.5%", 21504, 0.5, {"CIDEr-D": 0.8}),
+               Column("prefix", "prefix", "a red circle", "/runs/r2", "1k", 1000, 1.0)]  # fmt: skip
+    page = compare.comparison_html(Comparison(columns, "caption", image_id="test-0", references=["a red circle"]))
+    assert "1 of 2 adapters give a different output from the zero-shot base" in page
+    assert page.count('class="vl-card vl-differs"') == 1
+    assert "a <mark>blue</mark> circle" in page and "21,504 trained parameters · data 50 %" in page
+    assert "test set: CIDEr-D 0.8" in page and "<li>a red circle</li>" in page
+
+
+def test_a_bad_upload_is_refused_with_a_sentence_and_a_good_one_previewed(services: Services, tmp_path: Path):
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    with pytest.raises(UserError, match="not an image this app can read"):
+        compare.take_upload(services, str(text))
+    huge = tmp_path / "huge.png"
+    Image.new("L", (10_000, 10_000)).save(huge)
+    with pytest.raises(UserError, match="too large"):
+        compare.take_upload(services, str(huge))
+    photo = tmp_path / "sub" / "photo.jpg"
+    photo.parent.mkdir()
+    Image.new("RGB", (1200, 600), (10, 200, 10)).save(photo)
+    preview, index, kept = compare.take_upload(services, str(photo))
+    assert Image.open(preview).size == (384, 192) and index is None and kept == str(photo)
+
+
+def test_a_test_image_compares_the_base_against_its_human_captions(services: Services):
+    page = compare.compare(services, "caption", [], None, 0, None)
+    assert "Only the zero-shot base is shown" in page and "this image: BLEU-4" in page
+    assert "Human captions of this test image</b> (test-0)" in page
+
+
+@pytest.mark.parametrize(("question", "message"), [("", "Type a question"), ("why " * 500, "keep it under 300")])
+def test_a_vqa_question_must_be_there_and_short(services: Services, question: str, message: str):
+    with pytest.raises(UserError, match=message):
+        compare.compare(services, "vqa", [], question, 0, None)
+
+
+def test_picking_a_vqa_test_image_offers_its_questions(services: Services):
+    thumbnail, index, question = compare.pick_test_image(services, "vqa", 1)
+    assert index == 1 and Image.open(thumbnail).size == (192, 192)
+    assert question["choices"] == [q for q in question["choices"] if q.startswith("what ")] and question["value"]
+    with pytest.raises(UserError, match="Pick a test image"):
+        compare.compare(services, "caption", [], None, None, None)
+
+
+# --- explore -----------------------------------------------------------------------------------------------
+
+
+def write_sweep(folder: Path) -> None:
+    rows = [dict(task="caption", method=method, budget="0.5%", trainable_params=params, trainable_percent=0.7,
+                 data_fraction=fraction, seed=seed, **{"CIDEr-D": score + seed / 10})
+            for method, params, score in (("lora", 21504, 0.5), ("prefix", 20000, 0.3))
+            for fraction in (0.1, 1.0) for seed in (0, 1)]  # fmt: skip
+    rows.append(dict(task="caption", method="zero-shot", budget="0", trainable_params=0, trainable_percent=0,
+                     data_fraction=1.0, seed=0, **{"CIDEr-D": 0.2}))  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(folder / "runs.csv", index=False)
+
+
+def test_explore_without_results_says_so_and_still_works(services: Services):
+    note, metric, budgets, _, by_fraction, by_params, table, csv_path = explore.explore(
+        services, "caption", None, None, None, True)  # fmt: skip
+    assert note.startswith("No sweep results yet: `runs.csv` appears in")
+    assert metric["value"] == "CIDEr-D" and budgets["visible"] is False
+    assert by_fraction.layout.annotations[0].text.startswith("Nothing to draw yet")
+    assert Path(csv_path).is_file() and list(table.columns) == [""]
+
+
+def test_sweep_results_draw_a_line_per_method_with_error_bars_and_your_runs_as_stars(tmp_path: Path):
+    write_sweep(tmp_path)
+    sweep, note = results.load_sweep(tmp_path)
+    assert note.startswith("9 sweep runs")
+    mine = results.user_frame([record(), record("r-failed", state="failed", metrics={})])
+    frame = results.combined(sweep, mine, "caption")
+    figure = metric_figure(frame, "data_fraction", "CIDEr-D", ("budget", "0.5%"))
+    names = [trace.name for trace in figure.data]
+    assert names == ["LoRA", "Prefix tuning", "your LoRA"]
+    lora = figure.data[0]
+    assert list(lora.x) == [0.1, 1.0] and list(lora.y) == pytest.approx([0.55, 0.55])
+    assert list(lora.error_y.array) == pytest.approx([0.0707, 0.0707], abs=1e-4)  # std of 0.5 and 0.6
+    assert figure.data[2].marker.symbol == "star" and list(figure.data[2].y) == [0.5]
+    assert figure.layout.shapes[0].y0 == pytest.approx(0.2)  # zero-shot, a dashed line
+    assert results.held_values(sweep, "budget") == (["all (averaged)", "0.5%"], "0.5%")  # baselines have none
+
+
+# --- runs and settings -------------------------------------------------------------------------------------
+
+
+def test_the_runs_table_and_details_read_like_a_report():
+    table = runs.runs_table([record()])
+    row = dict(zip(table.columns, table.iloc[0], strict=True))
+    assert (row["method"], row["trained parameters"], row["data"], row["test score"], row["time"]) == (
+        "LoRA", "21,504 (0.72 %)", "50 %", "CIDEr-D 0.5", "1 min 05 s")  # fmt: skip
+    text = runs.details(record())
+    assert "**Test scores:** CIDEr-D 0.5 · BLEU-4 0.25 (on 6 test examples)" in text
+    assert "21,504 of 2,986,000 parameters (0.72 %), rank 4, 1,000 training examples, 32 steps" in text
+
+
+def test_a_run_downloads_as_a_zip_and_can_be_deleted(services: Services):
+    job_id = services.submit(train.run_config(services, *form()), "visitor-v1")
+    with pytest.raises(UserError, match="has no trained weights yet"):
+        services.zip_run(job_id)
+    run_dir = Path(services.store.get(job_id).run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "weights.safetensors").write_bytes(b"weights")
+    (run_dir / "config.json").write_text(json.dumps({"trainable_params": 7}))
+    with zipfile.ZipFile(services.zip_run(job_id)) as archive:
+        assert sorted(archive.namelist()) == [f"{job_id}/config.json", f"{job_id}/weights.safetensors"]
+    with pytest.raises(UserError, match="cancel it before deleting it"):
+        services.delete(job_id, "visitor-v1")
+    services.cancel(job_id, "visitor-v1")
+    services.delete(job_id, "visitor-v1")
+    assert services.runs() == [] and not run_dir.exists()
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PORT", "8080")
+    monkeypatch.setenv("VLPEFT_DEMO", "1")
+    monkeypatch.setenv("VLPEFT_AUTH", "ann:secret,bob:pw")
+    monkeypatch.setenv("VLPEFT_VQA_DATASET", "/data/vqa")
+    settings = Settings.from_env()
+    assert (settings.port, settings.demo, settings.auth) == (8080, True, (("ann", "secret"), ("bob", "pw")))
+    assert settings.datasets == {"caption": None, "vqa": "/data/vqa"}
+    with pytest.raises(UserError, match="user:password"):
+        parse_auth("ann")
