@@ -1,0 +1,32 @@
+# VL-PEFT Lab on a Hugging Face Docker Space (or any Docker host): `docker build -t vlpeft . && docker run -p 7860:7860 vlpeft`
+# Runs as uid 1000 as Spaces do; data (jobs, runs) goes to /data/vlpeft when persistent storage is mounted,
+# else to ~/.vlpeft. Public hosting: set VLPEFT_DEMO=1 (and VLPEFT_AUTH=user:password for a login).
+FROM python:3.11-slim
+
+# Java runs the PTB tokenizer and METEOR of the caption metrics.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN useradd --create-home --uid 1000 user
+USER user
+ENV HOME=/home/user \
+    PATH=/home/user/.local/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HF_HOME=/home/user/.cache/huggingface \
+    GRADIO_SERVER_NAME=0.0.0.0 \
+    PORT=7860
+WORKDIR /home/user/app
+
+# torch first from the CPU wheel index (the default index gives the multi-GB CUDA build); a GPU host passes
+# --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128. Installed as the user, so the packages stay
+# writable: pycocoevalcap's PTB tokenizer writes a temporary file next to itself.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+COPY --chown=user requirements.txt .
+RUN pip install --no-cache-dir --user --index-url "$TORCH_INDEX" "$(grep -E '^torch==' requirements.txt)" \
+    && pip install --no-cache-dir --user -r requirements.txt
+
+COPY --chown=user . .
+
+EXPOSE 7860
+CMD ["python", "-m", "app"]
