@@ -101,6 +101,7 @@ def serve(app: App, **launch_kwargs) -> tuple:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     try:
         app = build_app()
     except UserError as exc:

@@ -19,6 +19,8 @@ from app.tabs import compare, explore, runs, train
 from training.compare import Column
 from training.errors import UserError
 from training.jobs.limits import JobLimits
+from training.jobs.outcome import KILLED_HINT
+from training.jobs.store import Outcome
 
 LIMITS = JobLimits(max_queued=20, max_queued_per_submitter=20, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
 
@@ -208,6 +210,18 @@ def test_start_queues_jobs_shows_their_place_and_a_reload_reattaches(services: S
     assert train.reattach(services, None, "v2", "") is None
     train.cancel(services, None, "v1", second[0])
     assert "**Cancelled**" in train.show_job(services, second[0], -1)[0]
+
+
+def test_a_failed_job_shows_its_reason_hint_and_log_tail(services: Services):
+    job_id = services.submit(train.run_config(services, *form()), "visitor-v1")
+    services.store.claim_next("worker-1", max_concurrent=1)
+    ended = Outcome("failed", "killed by SIGKILL", -9, error="killed by SIGKILL", hint=KILLED_HINT,
+                    log_tail="step 1/5 loss 3.1\nstep 2/5 loss 3.0")  # fmt: skip
+    assert services.store.finish(job_id, "worker-1", ended)
+    headline, progress, cancel_button, _, _, log, log_box, timer, _ = train.show_job(services, job_id, -1)
+    assert headline.startswith("**Failed** (LoRA on caption): killed by SIGKILL. **What to do:** The process was")
+    assert log == "step 1/5 loss 3.1\nstep 2/5 loss 3.0\n\nerror: killed by SIGKILL"
+    assert log_box["open"] and not cancel_button["visible"] and not timer.active and "0 %" in progress
 
 
 def test_demo_mode_caps_steps_and_allows_one_job_per_visitor(make_services):

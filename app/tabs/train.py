@@ -16,6 +16,7 @@ from training.methods import METHODS
 METHOD_ORDER = ("lora", "serial-adapter", "parallel-adapter", "prefix", "prompt", "full", "zero-shot")
 IDLE = "No job yet: choose the settings and press **Start training**."
 POLL_S = 1.0
+VIEW = ("status", "progress", "cancel", "curve", "command", "log", "log box", "timer", "points")
 
 
 def run_config(services: Services, task: str, method: str, budget: str, data_fraction: float | str | None,
@@ -90,22 +91,23 @@ def start(services: Services, request: gr.Request | None, visitor: str, *form) -
         job_id = services.submit(config, submitter(request, visitor))
     except UserError as exc:
         gr.Warning(str(exc))
-        return (gr.skip(), f"⚠️ **Not started.** {exc}", *[gr.skip()] * 8)
+        return (gr.skip(), f"⚠️ **Not started.** {exc}", *[gr.skip()] * (len(VIEW) - 1), gr.skip())
     for note in notes:
         gr.Info(note)
     return (job_id, *show_job(services, job_id, -1), jobs_choices(services, request, visitor, job_id))
 
 
 def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple:
-    """status, progress bar, cancel button, loss figure (skipped when unchanged), command, log, timer, points."""
+    """The VIEW: status, progress bar, cancel button, loss figure (skipped when unchanged), command, log, its
+    accordion (opened on a failure), timer, points drawn."""
     if not job_id:
-        return (IDLE, "", gr.update(visible=False), gr.skip(), gr.update(value="", visible=False), "",
+        return (IDLE, "", gr.update(visible=False), gr.skip(), gr.update(value="", visible=False), "", gr.skip(),
                 gr.Timer(active=False), shown_points)  # fmt: skip
     try:
         status = services.status(job_id)
     except UserError:
         return ("The job this page watched no longer exists.", "", gr.update(visible=False), gr.skip(),
-                gr.update(value="", visible=False), "", gr.Timer(active=False), shown_points)  # fmt: skip
+                gr.update(value="", visible=False), "", gr.skip(), gr.Timer(active=False), shown_points)  # fmt: skip
     live = status["state"] in ACTIVE_STATES
     curve = status["curve"]
     figure = loss_curve(curve) if len(curve) != shown_points else gr.skip()
@@ -114,7 +116,8 @@ def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple
         log = [*log, "", f"error: {status['error']}"]
     return (
         fmt.job_headline(status), fmt.progress_html(status), gr.update(visible=live), figure,
-        gr.update(value=status["command"], visible=True), "\n".join(log), gr.Timer(active=live), len(curve),
+        gr.update(value=status["command"], visible=True), "\n".join(log),
+        gr.update(open=True) if status["state"] == "failed" else gr.skip(), gr.Timer(active=live), len(curve),
     )  # fmt: skip
 
 
@@ -241,7 +244,7 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
             curve = gr.Plot(loss_curve([]), label="Loss curve", elem_id="loss-curve")
             command = gr.Code("", language="shell", label="The same run from the command line", interactive=False,
                               lines=2, wrap_lines=True, visible=False, elem_id="job-command")  # fmt: skip
-            with gr.Accordion("Log (last lines)", open=False):
+            with gr.Accordion("Log (last lines)", open=False) as log_box:
                 log = gr.Code("", label="log.txt", interactive=False, lines=12, max_lines=12)
     job = gr.BrowserState("", storage_key="vlpeft-job", secret=secret)  # the job shown; a reload re-attaches
     points = gr.State(-1)
@@ -249,7 +252,8 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
 
     form = [task, method, budget, data_fraction, seed, epochs, max_steps, lr, batch_size, towers, base_model,
             dataset, eval_limit]  # fmt: skip
-    view = [status, progress, cancel_button, curve, command, log, timer, points]
+    view = [status, progress, cancel_button, curve, command, log, log_box, timer, points]
+    assert len(view) == len(VIEW)
     private = dict(api_visibility="private")
 
     method.change(describe_method, method, [method_note, lr], api_name="ui_describe_method", **private)
