@@ -35,7 +35,7 @@ from training.tasks import training_pairs
 
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
 MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
-RESIDENT_MODELS = 3  # base models kept loaded at once (the app's own and the latest others)
+RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
 THUMBNAIL_PX = 192
 
 
@@ -200,8 +200,8 @@ class Services:
         resident = self._once(self._models, key, load)
         with self._lock:
             self._models.move_to_end(key)
-            while len(self._models) > RESIDENT_MODELS:
-                self._models.popitem(last=False)
+            while len(self._models) > RESIDENT_MODELS:  # the app's own model stays; the oldest other goes
+                del self._models[next(k for k in self._models if k != (self.settings.base_model or EMBEDDED))]
         return resident
 
     def _once(self, cache: dict, key: object, load: Callable[[], object]) -> object:

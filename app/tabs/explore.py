@@ -62,22 +62,10 @@ def build(services: Services, tab: gr.Tab) -> Loader:
         metric = gr.Dropdown([], value=None, label="Score", info="Higher is better for every score here.")
         mine = gr.Checkbox(True, label="Show runs from the Train tab", info="As stars, on the same axes.")
     with gr.Row():
-        with gr.Column():
-            held_budget = gr.Dropdown(
-                [],
-                value=None,
-                label="Budget held fixed",
-                info="The data plot compares methods at one parameter budget.",
-            )
-            by_fraction = gr.Plot(label="Score vs share of data", elem_id="plot-fraction")
-        with gr.Column():
-            held_fraction = gr.Dropdown(
-                [],
-                value=None,
-                label="Share of data held fixed",
-                info="The parameter plot compares methods at one data size.",
-            )
-            by_params = gr.Plot(label="Score vs trainable parameters", elem_id="plot-params")
+        held_budget, by_fraction = _figure_column("Budget held fixed", "one parameter budget", "share of data",
+                                                  "plot-fraction")  # fmt: skip
+        held_fraction, by_params = _figure_column("Share of data held fixed", "one data size",
+                                                  "trainable parameters", "plot-params")  # fmt: skip
     with gr.Accordion("Table", open=False):
         table = gr.Dataframe(label="Runs behind the figures", interactive=False, wrap=True, elem_id="explore-table")
     download = gr.DownloadButton("Download CSV", elem_id="explore-csv")
@@ -91,3 +79,9 @@ def build(services: Services, tab: gr.Tab) -> Loader:
     for trigger in (task.change, metric.input, held_budget.input, held_fraction.input, mine.change, tab.select):
         trigger(update, inputs, outputs, api_name="ui_explore", api_visibility="private")
     return Loader("ui_explore_load", update, inputs, outputs)
+
+
+def _figure_column(held_label: str, held_what: str, axis: str, elem_id: str) -> tuple[gr.Dropdown, gr.Plot]:
+    with gr.Column():
+        held = gr.Dropdown([], value=None, label=held_label, info=f"The plot compares methods at {held_what}.")
+        return held, gr.Plot(label=f"Score vs {axis}", elem_id=elem_id)
