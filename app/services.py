@@ -354,10 +354,13 @@ class Services:
         folder = self.scratch / "downloads"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"vlpeft-{job_id}.zip"
-        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        partial = folder / f".{target.name}.{threading.get_ident()}"  # two visitors may ask at once
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name in (runs.WEIGHTS, runs.CONFIG, runs.EVAL, runs.METRICS):
                 if (run_dir / name).is_file():
-                    archive.write(run_dir / name, arcname=f"{job_id}/{name}")
+                    stored = zipfile.ZIP_STORED if name == runs.WEIGHTS else zipfile.ZIP_DEFLATED  # floats: no gain
+                    archive.write(run_dir / name, arcname=f"{job_id}/{name}", compress_type=stored)
+        partial.replace(target)
         return target
 
     # --- compare ---------------------------------------------------------------------------------
