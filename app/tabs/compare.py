@@ -156,12 +156,14 @@ def build(services: Services, tab: gr.Tab) -> Loader:
                 "captions or answers.")  # fmt: skip
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
-            task = gr.Radio([(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Task")
+            task = gr.Radio(
+                [(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Task", elem_id="compare-task"
+            )
             pictures = gr.Gallery(
                 label="Test images (click one)",
                 columns=6,
                 allow_preview=False,
-                height="auto",
+                height=260,
                 object_fit="contain",
                 elem_id="test-gallery",
                 elem_classes="vl-pixelated",
