@@ -84,7 +84,7 @@ class RunConfig:
     grad_accum: int = 1
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
-    max_new_tokens: int = 20
+    max_new_tokens: int = 32
     eval_limit: int | None = None  # evaluate on the first N test examples only
     device: str = "auto"
     cache_features: bool = True  # reuse image features when the vision tower is frozen
