@@ -395,5 +395,6 @@ class Services:
         comparison.columns = comparer.compare(
             image, task, [record.run_dir for record in chosen], question=comparison.question,
             references=comparison.references or None, answers=comparison.answers or None,
+            max_new_tokens=RunConfig().max_new_tokens,  # as long as the test-set evaluation decodes
         )  # fmt: skip
         return comparison
