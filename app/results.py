@@ -22,8 +22,8 @@ def load_sweep(results_dir: Path) -> tuple[pd.DataFrame, str]:
     """The sweep's rows (source = 'sweep') and a note for the page; an empty table when there are none yet."""
     path = Path(results_dir) / RESULTS_FILE
     if not path.is_file():
-        return _empty(), (f"No sweep results yet: `{path.name}` appears in `{path.parent}` once a sweep has run. "
-                          "Until then the figures show the runs you finish in the Train tab, as stars.")  # fmt: skip
+        return _empty(), (f"No sweep results yet: `{path.name}` appears in `{path.parent}` once a sweep has run; "
+                          "until then the figures show the runs you finish in the Train tab.")  # fmt: skip
     try:
         frame = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:

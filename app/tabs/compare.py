@@ -88,12 +88,15 @@ def comparison_html(comparison: Comparison) -> str:
     trained = len(comparison.columns) - 1
     if trained == 0:
         banner = "Only the zero-shot base is shown: tick trained adapters to put them beside it."
+    elif trained == 1:
+        verdict = "a different output from" if differing else "the same output as"
+        banner = f"The adapter gives {verdict} the zero-shot base" + (": the words that differ are highlighted."
+                                                                     if differing else ".")  # fmt: skip
     elif differing == 0:
-        who = "The adapter gives" if trained == 1 else f"All {trained} adapters give"
-        banner = f"{who} the same output as the zero-shot base."
+        banner = f"All {trained} adapters give the same output as the zero-shot base."
     else:
-        banner = (f"{differing} of {trained} adapter{'s' if trained > 1 else ''} give a different output from the "
-                  "zero-shot base: the words that differ are highlighted.")  # fmt: skip
+        banner = (f"{differing} of {trained} adapters give a different output from the zero-shot base: the words "
+                  "that differ are highlighted.")  # fmt: skip
     parts = [f'<p class="vl-banner">{html.escape(banner)}</p>']
     if comparison.question:
         parts.append(f'<p class="vl-question"><b>Question:</b> {html.escape(comparison.question)}</p>')
