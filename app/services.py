@@ -7,7 +7,6 @@ back from the job store and the run directory.
 
 from __future__ import annotations
 
-import math
 import shutil
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from transformers import BlipForConditionalGeneration
 from app.settings import Settings
 from training import runs
 from training.compare import Column, Comparer, check_image
-from training.config import DEFAULT_EPOCHS, RunConfig, parse_budget
+from training.config import RunConfig, parse_budget, planned_steps
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
 from training.errors import UserError
 from training.jobs import JobStore, Supervisor, job_status
@@ -246,14 +245,7 @@ class Services:
         train = self.dataset(config.task, config.dataset).split("train")
         subset = [train[i] for i in nested_fraction(len(train), config.data_fraction, config.seed)]
         pairs = len(training_pairs(config.task, subset))
-        if config.method == "zero-shot":
-            steps = 0
-        elif config.max_steps:
-            steps = config.max_steps
-        else:
-            epochs = config.epochs or DEFAULT_EPOCHS[config.task]
-            steps = max(1, math.ceil(epochs * pairs / (config.batch_size * config.grad_accum)))
-        return TrainingSize(len(subset), len(train), pairs, steps)
+        return TrainingSize(len(subset), len(train), pairs, planned_steps(config, pairs))
 
     def test_images(self, task: str) -> list[TestImage]:
         """The first pictures of the app's test split for the task, with crisp upscaled thumbnails."""

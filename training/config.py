@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -147,6 +148,16 @@ class RunConfig:
         if not self.cache_features:
             args += ["--no-cache-features"]
         return args
+
+
+def planned_steps(config: RunConfig, pairs: int) -> int:
+    """Optimizer steps a run will take on `pairs` training sequences (0 for zero-shot)."""
+    if config.method == "zero-shot":
+        return 0
+    if config.max_steps:
+        return config.max_steps
+    epochs = config.epochs or DEFAULT_EPOCHS[config.task]
+    return max(1, math.ceil(epochs * pairs / (config.batch_size * config.grad_accum)))
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

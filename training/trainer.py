@@ -6,7 +6,6 @@ Used the same way by the CLI, the job worker (which runs the CLI in its own proc
 from __future__ import annotations
 
 import logging
-import math
 import os
 import platform
 import random
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from training import runs
 from training.base_model import BaseModel, load_base_model
-from training.config import DEFAULT_EPOCHS, RunConfig, parse_budget
+from training.config import RunConfig, parse_budget, planned_steps
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction, subset_hash
 from training.errors import UserError
 from training.evaluation import evaluate
@@ -170,13 +169,7 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
     pixels = PixelCache(prepared.base.processor)
     pairs = training_pairs(config.task, prepared.train_examples)
     batch_size = config.batch_size * config.grad_accum
-    if config.max_steps:
-        total_steps = config.max_steps
-    else:
-        epochs = config.epochs or DEFAULT_EPOCHS[config.task]
-        total_steps = max(1, math.ceil(epochs * len(pairs) / batch_size))
-    if config.method == "zero-shot":
-        total_steps = 0
+    total_steps = planned_steps(config, len(pairs))
     lr = config.lr or method.default_lr
     frozen_vision = not vl.adapters[RUN_ADAPTER].touches_vision()
     use_feature_cache = config.cache_features and frozen_vision
