@@ -151,15 +151,19 @@ def read_table(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def processes_mentioning(text: str) -> list[int]:
+def processes_using(folder: Path) -> list[int]:
+    """Processes with a file in `folder` open (a run keeps its log.txt open) or naming it on their command line."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+        if not entry.name.isdigit():
+            continue
+        try:
+            targets = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+            command = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(folder) in command or any(t.startswith(str(folder)) for t in targets):
+            found.append(int(entry.name))
     return found
 
 
@@ -183,7 +187,7 @@ def test_a_killed_sweep_resumes_where_it_stopped_with_one_table_row_per_point(ti
     finished_at = (first / "eval.json").stat().st_mtime_ns
     assert not (second / "eval.json").exists()
     time.sleep(0.5)
-    assert processes_mentioning(str(second)) == [], "the killed sweep left its run process behind"
+    assert processes_using(second) == [], "the killed sweep left its run process behind"
     (second / "half-done").touch()
     assert len(read_table(results / "runs.csv")) == 1
 
@@ -231,7 +235,7 @@ def test_sigterm_stops_the_sweep_and_its_run_and_keeps_the_table(tiny_model_dir,
     output, _ = sweep.communicate(timeout=60)
     assert sweep.returncode == 130 and "interrupted: 0 of 1 runs finished" in output
     assert json.loads((run / "progress.json").read_text())["phase"] == "stopped"
-    assert not (run / "eval.json").exists() and processes_mentioning(str(run)) == []
+    assert not (run / "eval.json").exists() and processes_using(run) == []
     assert read_table(results / "runs.csv") == [] and json.loads((results / "sweep.json").read_text())["remaining"] == 1
 
 

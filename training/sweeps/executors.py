@@ -1,6 +1,9 @@
 """Executors: where the runs of a sweep execute. Each run is `python -m training train ... --out RUN_DIR`
 in its own process (isolation, memory freed at exit), launched by a local pool or by a Ray task.
 
+The local pool forks each run from a fork server that has imported torch and the trainer once, which saves
+the seconds of imports every run would otherwise pay; a Ray task starts a fresh interpreter instead.
+
 An executor takes an iterator of jobs and yields results as runs finish; it pulls the next job only when a
 slot is free, so the runner can stop handing out jobs (time limit, Ctrl-C) without cancelling any.
 """
@@ -8,10 +11,12 @@ slot is free, so the runner can stop handing out jobs (time limit, Ctrl-C) witho
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -63,11 +68,8 @@ def run_environment(threads: int) -> dict[str, str]:
     return env
 
 
-def run_train_process(job: RunJob, running: set | None = None) -> RunResult:
-    """Run one training process to its end; its output goes to the run's log.txt.
-
-    `running`, when given, holds the process while it runs, so that the caller can stop it.
-    """
+def run_train_process(job: RunJob) -> RunResult:
+    """Run one training process (a fresh interpreter) to its end; its output goes to the run's log.txt."""
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "training", "train", *job.train_args, "--out", str(run_dir)]
@@ -75,16 +77,11 @@ def run_train_process(job: RunJob, running: set | None = None) -> RunResult:
     with open(run_dir / runs.LOG, "a", encoding="utf-8") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                    env=run_environment(job.threads), preexec_fn=_die_with_parent)  # fmt: skip
-        if running is not None:
-            running.add(process)
         try:
             returncode = process.wait()
         except BaseException:
             stop_process(process)
             raise
-        finally:
-            if running is not None:
-                running.discard(process)
     wall = time.perf_counter() - started
     error = "" if returncode == runs.EXIT_FINISHED else "\n".join(runs.tail(run_dir / runs.LOG, 5))
     return RunResult(job.name, returncode, round(wall, 2), error)
@@ -102,6 +99,86 @@ def stop_process(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def _die_with(pid: int) -> None:
+    """In a forked run: kill this process as soon as process `pid` (the sweep) ends, however it ends.
+
+    The fork server is the run's parent and outlives the sweep while runs hold it open, so the parent-death
+    signal cannot do this here; a thread waits on a pidfd of the sweep instead (polling where there is none).
+    """
+
+    def watch() -> None:
+        try:
+            import select
+
+            handle = os.pidfd_open(pid)
+            select.select([handle], [], [])
+        except (AttributeError, OSError):
+            while True:
+                time.sleep(1)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _train_in_child(train_args: list[str], run_dir: str, threads: int, sweep_pid: int) -> None:
+    """The body of a forked run: `python -m training train ARGS --out RUN_DIR`, its output in log.txt."""
+    _die_with(sweep_pid)
+    log = os.open(Path(run_dir) / runs.LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    import torch
+
+    torch.set_num_threads(threads)
+    from training.cli import main
+
+    sys.exit(main(["train", *train_args, "--out", run_dir]))
+
+
+class ForkedRun:
+    """One run in a process forked from the preloaded fork server (it keeps its own exit code)."""
+
+    _context = None
+
+    def __init__(self, job: RunJob) -> None:
+        if ForkedRun._context is None:
+            ForkedRun._context = multiprocessing.get_context("forkserver")
+            ForkedRun._context.set_forkserver_preload(["training.sweeps.executors", "training.trainer", "training.cli"])
+        Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+        self.process = ForkedRun._context.Process(target=_train_in_child, daemon=False,
+                                                  args=(job.train_args, job.run_dir, job.threads, os.getpid()))
+
+    def run(self, job: RunJob, running: set) -> RunResult:
+        started = time.perf_counter()
+        self.process.start()
+        running.add(self)
+        try:
+            self.process.join()
+        finally:
+            running.discard(self)
+        code = self.process.exitcode
+        error = "" if code == runs.EXIT_FINISHED else "\n".join(runs.tail(Path(job.run_dir) / runs.LOG, 5))
+        return RunResult(job.name, code if code is not None else -1, round(time.perf_counter() - started, 2), error)
+
+    def stop(self) -> None:
+        """Ask the trainer to stop (it ends after the current step), then kill it if it does not."""
+        if self.process.exitcode is not None:
+            return
+        self.process.terminate()
+        self.process.join(STOP_GRACE_S)
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join()
+
+
+def _run_forked(job: RunJob, running: set) -> RunResult:
+    return ForkedRun(job).run(job, running)
+
+
 class LocalExecutor:
     """A pool of `jobs` runs at a time on this machine, each with cores // jobs threads."""
 
@@ -117,7 +194,7 @@ class LocalExecutor:
     def run(self, jobs: Iterable[RunJob]) -> Iterator[RunResult]:
         pending = iter(jobs)
         in_flight: set[Future] = set()
-        running: set[subprocess.Popen] = set()
+        running: set[ForkedRun] = set()
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             try:
                 while True:
@@ -126,7 +203,7 @@ class LocalExecutor:
                         if job is None:
                             break
                         job.threads = self.threads
-                        in_flight.add(pool.submit(run_train_process, job, running))
+                        in_flight.add(pool.submit(_run_forked, job, running))
                     if not in_flight:
                         return
                     done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -134,8 +211,8 @@ class LocalExecutor:
                         yield future.result()
             except BaseException:
                 # Interrupted (Ctrl-C, SIGTERM, or the consumer stopped): stop the runs in flight before leaving.
-                for process in list(running):
-                    stop_process(process)
+                for run in list(running):
+                    run.stop()
                 raise
 
 
