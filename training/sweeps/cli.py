@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--num-gpus", type=float, default=None, help="GPUs each Ray task asks for (default: the file's)")
     sweep.add_argument("--out", default=None, help="folder for the run directories (default: the file's `out`)")
     sweep.add_argument("--results", default=None, help="folder for runs.csv and sweep.json (default: the file's)")
-    sweep.add_argument("--only", default=None, help="run only the points whose name contains this text")
+    sweep.add_argument("--only", default=None, help="run only the points whose name matches this regular expression")
     sweep.add_argument("--max-minutes", type=float, default=None,
                        help="start no new run after this many minutes (run again later to go on)")  # fmt: skip
     sweep.add_argument("--dry-run", action="store_true", help="print the grid, the skipped points and an estimate")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import platform
+import re
 import shutil
 import statistics
 import time
@@ -49,7 +50,11 @@ class SweepPlan:
 def plan_sweep(spec: SweepSpec, only: str | None = None) -> SweepPlan:
     points, skipped = filter_feasible(spec, spec.points())
     plan = SweepPlan(spec, points, skipped, [])
-    plan.todo = [p for p in points if not plan.finished(p) and (not only or only in p.name)]
+    try:
+        pattern = re.compile(only or "")
+    except re.error as exc:
+        raise UserError(f"--only {only!r} is not a valid regular expression ({exc}).") from None
+    plan.todo = [p for p in points if not plan.finished(p) and pattern.search(p.name)]
     return plan
 
 
