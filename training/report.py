@@ -78,9 +78,12 @@ class Interval:
         return Interval(self.mean * factor, low, high, self.n)
 
     def text(self, digits: int = 3) -> str:
+        def number(x: float) -> str:
+            return "0" if abs(x) < 1e-9 else f"{x:.{digits}g}"
+
         if not self.known:
-            return f"{self.mean:.{digits}g} (1 seed: no interval)"
-        return f"{self.mean:.{digits}g} [{self.low:.{digits}g}, {self.high:.{digits}g}] (n={self.n})"
+            return f"{number(self.mean)} (1 seed: no interval)"
+        return f"{number(self.mean)} [{number(self.low)}, {number(self.high)}] (n={self.n})"
 
 
 def per_seed_slopes(frame, x: str, y: str) -> list[float]:
@@ -554,7 +557,8 @@ def render_markdown(frame, findings: list[Finding], meta: dict, results: Path, f
              "Model* (ICME 2024), re-tested with this project's BLIP, methods and sweep. Built by "
              f"`python -m training report` from `{results.name}` ({len(frame)} runs, seeds {seeds}).", "",
              "| finding | answer |", "|---|---|"]  # fmt: skip
-    lines += [f"| {f.number}. {f.claim} | **{f.verdict}** |" for f in findings]
+    answer = {UNDETERMINED: f"{UNDETERMINED} (too few seeds)" if len(seeds) < 2 else UNDETERMINED}
+    lines += [f"| {f.number}. {f.claim} | **{answer.get(f.verdict, f.verdict)}** |" for f in findings]
     lines += ["", "## Where the numbers come from", ""]
     if meta:
         machine = meta.get("machine") or {}
@@ -570,6 +574,14 @@ def render_markdown(frame, findings: list[Finding], meta: dict, results: Path, f
                   f"- Command: `{meta.get('command')}`."]  # fmt: skip
     else:
         lines.append("- No `sweep.json` beside the table: the sweep's command and machine are unknown.")
+    settings = []
+    for column, label in (("towers", "PEFT on towers"), ("total_steps", "training steps"), ("batch_size", "batch")):
+        if column in frame:
+            values = sorted({str(v) for v in frame[frame.method != "zero-shot"][column].dropna().unique()})
+            if values:
+                settings.append(f"{label} {', '.join(values)}")
+    if settings:
+        lines.append(f"- Runs: {'; '.join(settings)}.")
     lines += ["- Each axis is read the way the paper varies it: data size at one budget per method (the budget with "
               "the most fractions), parameters at the largest data fraction. Intervals treat seeds as the "
               "independent units (t with seeds - 1 degrees of freedom), so with 3 seeds they are wide by design.", ""]

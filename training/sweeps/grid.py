@@ -111,14 +111,14 @@ class SweepSpec:
     def axes(self) -> list[str]:
         """The grid's forms in words, for the dry run."""
         def budgets(by_method: dict[str, list[Budget]]) -> str:
-            return "; ".join(("" if m == "*" else f"{m}: ") + ", ".join(budget_label(b) for b in v)
+            return "; ".join(("" if m == "*" else f"{m}: ") + ", ".join(budget_text(b) for b in v)
                              for m, v in by_method.items())  # fmt: skip
 
         lines = []
         if self.budgets is not None and self.fractions is not None:
             lines.append(f"cross product: budgets {budgets(self.budgets)} x fractions {self.fractions}")
         if self.data_axis is not None:
-            lines.append(f"data axis: budget {budget_label(self.data_axis[0])} x fractions {self.data_axis[1]}")
+            lines.append(f"data axis: budget {budget_text(self.data_axis[0])} x fractions {self.data_axis[1]}")
         if self.budget_axis is not None:
             lines.append(f"budget axis: fraction {self.budget_axis[0]:g} x budgets {budgets(self.budget_axis[1])}")
         lines.append(f"tasks {', '.join(self.tasks)}; methods {', '.join(self.methods)}; seeds {self.seeds}")
@@ -165,6 +165,11 @@ def budget_label(budget: Budget) -> str:
         if value >= scale and (value / scale) == round(value / scale, 2):
             return f"{value / scale:g}{suffix}"
     return f"{int(value)}"
+
+
+def budget_text(budget: Budget) -> str:
+    """The label as people write it: 20k, 1.5M, 0.5%."""
+    return budget_label(budget).replace("pct", "%")
 
 
 def parse_spec(data: dict, file_name: str = "sweep") -> SweepSpec:
@@ -312,5 +317,5 @@ def filter_feasible(spec: SweepSpec, points: list[GridPoint]) -> tuple[list[Grid
             kept.append(point)
         else:
             span = f"{plan.min_params:,}-{plan.max_params:,}"
-            skipped.append(Skipped(point, f"{point.method} trains {span} parameters, not {budget_label(point.budget)}"))
+            skipped.append(Skipped(point, f"{point.method} trains {span} parameters, not {budget_text(point.budget)}"))
     return kept, skipped

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from training import runs
 from training.paths import REPO_ROOT
-from training.sweeps.grid import GridPoint, budget_label
+from training.sweeps.grid import GridPoint, budget_text
 
 TABLE = "runs.csv"
 META = "sweep.json"
@@ -22,9 +22,9 @@ MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
 # The columns every table starts with, in this order; metric columns follow, then anything else.
 COLUMNS = [
     "task", "method", "family", "budget", "budget_params", "trainable_params", "trainable_percent", "total_params",
-    "knob", "knob_value", "data_fraction", "train_examples", "train_pairs", "seed", "total_steps", "lr",
-    "train_s", "wall_s", "peak_mem_mb", "device", "precision", "base_model", "base_model_sha", "dataset",
-    "dataset_source", "dataset_sha", "subset_hash", "python", "torch", "transformers", "peft", "run",
+    "knob", "knob_value", "towers", "batch_size", "data_fraction", "train_examples", "train_pairs", "seed",
+    "total_steps", "lr", "train_s", "wall_s", "peak_mem_mb", "device", "precision", "base_model", "base_model_sha",
+    "dataset", "dataset_source", "dataset_sha", "subset_hash", "python", "torch", "transformers", "peft", "run",
 ]  # fmt: skip
 CAPTION_METRICS = ["CIDEr-D", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L"]
 RENAMED_METRICS = {"num_examples": "eval_examples"}
@@ -62,14 +62,15 @@ def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None 
     from training.methods import METHODS
 
     shas = shas or {}
-    versions = info.get("versions") or {}
+    versions, config = info.get("versions") or {}, info.get("config") or {}
     trained = point.method != "zero-shot"
     row = {
         "task": point.task, "method": point.method, "family": METHODS[point.method].family,
-        "budget": budget_label(point.budget) if point.budget is not None else None,
+        "budget": budget_text(point.budget) if point.budget is not None else None,
         "budget_params": info.get("budget_params") if point.budget is not None else None,
         "trainable_params": info.get("trainable_params"), "trainable_percent": info.get("trainable_percent"),
         "total_params": info.get("total_params"), "knob": info.get("knob"), "knob_value": info.get("knob_value"),
+        "towers": config.get("towers"), "batch_size": config.get("batch_size"),
         "data_fraction": point.fraction, "train_examples": info.get("train_examples") if trained else 0,
         "train_pairs": info.get("train_pairs") if trained else 0, "seed": point.seed,
         "total_steps": info.get("total_steps"), "lr": info.get("lr") if trained else None,
