@@ -62,7 +62,7 @@ def test_methods_table_marks_an_unreachable_budget(tiny_model_dir):
     (["--data-fraction", "0"], "outside (0, 1]"),
     (["--data-fraction", "1.5"], "outside (0, 1]"),
     (["--budget", "10"], "lora cannot reach a budget of 10 trainable parameters"),
-    (["--dataset", "/nonexistent/data"], "could not be"),
+    (["--dataset", "/nonexistent/data"], "does not exist"),
     (["--base-model", "no-such-org/no-such-model"], "could not be loaded"),
 ])  # fmt: skip
 def test_bad_train_arguments_exit_with_one_clear_line(args, message, tiny_model_dir, tiny_caption_dataset, tmp_path):

@@ -52,7 +52,7 @@ def test_zero_shot_captions_describe_the_scene_in_the_worlds_words(embedded):
     examples = load_dataset(None, "caption").split("test")[:8]
     captions = decode(embedded, "caption", examples)
     vocabulary = set(scenes.vocabulary_words())
-    for caption, example in zip(captions, examples, strict=True):
+    for caption in captions:
         words = scenes.text_words(caption)
         assert words and set(words) <= vocabulary
         named = set(words) & set(scenes.SHAPES) | set(words) & set(scenes.COLORS)

@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report = subparsers.add_parser("embedded-report", help="measure the embedded default and write its model card")
     report.add_argument("--model", default=None, help="model folder (default: assets/scene-blip)")
     report.add_argument("--work-dir", default=None, help="where the check runs go (default: assets/.quality-runs)")
+    report.add_argument("--note", action="append", default=[], help="a line for the card's notes (repeatable)")
     report.set_defaults(func=cmd_embedded_report)
 
 
@@ -99,7 +100,7 @@ def cmd_embedded_report(args: argparse.Namespace) -> int:
     from training.embedded import report, verdicts
     from training.paths import DEFAULT_MODEL_DIR
 
-    results = report(args.model or DEFAULT_MODEL_DIR, args.work_dir)
+    results = report(args.model or DEFAULT_MODEL_DIR, args.work_dir, args.note)
     for text, passed, detail in verdicts(results):
         print(f"[{'pass' if passed else 'FAIL'}] {text}: {detail}")
     return 0

@@ -15,7 +15,7 @@ from training import runs
 from training.config import RunConfig
 from training.data.dataset import load_dataset
 from training.metrics.vqa import vqa_scores
-from training.paths import DEFAULT_MODEL_DIR
+from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
 from training.tasks import majority_answer
 from training.trainer import train
 
@@ -43,7 +43,8 @@ def answer_prior(task_dataset) -> dict:
 def run_checks(model_dir: Path, work_dir: Path) -> dict:
     results: dict = {}
     for name, template in CHECKS.items():
-        config = RunConfig(**{**template.to_dict(), "base_model": str(model_dir)})
+        same = model_dir.resolve() == DEFAULT_MODEL_DIR.resolve()
+        config = RunConfig(**{**template.to_dict(), "base_model": None if same else str(model_dir)})
         run_dir = work_dir / name
         started = time.perf_counter()
         if not (run_dir / runs.EVAL).exists():
@@ -80,7 +81,7 @@ def verdicts(results: dict) -> list[tuple[str, bool, str]]:
     ]  # fmt: skip
 
 
-def model_card(model_dir: Path, results: dict) -> str:
+def model_card(model_dir: Path, results: dict, notes: list[str] | None = None) -> str:
     meta = runs.read_json(model_dir / "pretrain.json") or {}
     config = meta.get("config", {})
     prior = results["vqa-answer-prior"]["metrics"]
@@ -127,16 +128,21 @@ def model_card(model_dir: Path, results: dict) -> str:
         lora = results["vqa-lora"]["metrics"]["per_type"].get(qtype, 0)
         lines.append(f"| {qtype} | {prior['per_type'][qtype]:.1f} | {zs:.1f} | {lora:.1f} |")
     lines += ["", "The commands of the runs above:", ""]
-    lines += [f"- `{results[name]['command']}`" for name in CHECKS]
+    lines += [f"- `{results[name]['command'].replace(str(REPO_ROOT) + '/', '')}`" for name in CHECKS]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     lines.append("")
     return "\n".join(lines)
 
 
-def report(model_dir: str | Path = DEFAULT_MODEL_DIR, work_dir: str | Path | None = None) -> dict:
+def report(model_dir: str | Path = DEFAULT_MODEL_DIR, work_dir: str | Path | None = None,
+           notes: list[str] | None = None) -> dict:  # fmt: skip
     model_dir = Path(model_dir)
     work = Path(work_dir) if work_dir else model_dir.parent / ".quality-runs"
     work.mkdir(parents=True, exist_ok=True)
     results = run_checks(model_dir, work)
+    if notes:
+        results["notes"] = notes
     runs.write_json(model_dir / "quality.json", results)
-    (model_dir / "README.md").write_text(model_card(model_dir, results))
+    (model_dir / "README.md").write_text(model_card(model_dir, results, notes))
     return results
