@@ -26,12 +26,13 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-stamp=.venv/.installed-$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)-$dev
+stamp=.venv/.installed-$(cat requirements*.txt | sha256sum | cut -c1-16)-$dev
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements.txt
   if [ "$dev" = 1 ]; then
-    .venv/bin/python -m pip install -q -r requirements-dev.txt
+    # The optional extras are installed for the tests, so that the Ray executor and the figures are tested too.
+    .venv/bin/python -m pip install -q -r requirements-dev.txt -r requirements-ray.txt -r requirements-report.txt
   fi
   rm -f .venv/.installed-*
   touch "$stamp"
