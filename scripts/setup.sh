@@ -26,8 +26,10 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-stamp=.venv/.installed-$(cat requirements*.txt | sha256sum | cut -c1-16)-$dev
-if [ ! -f "$stamp" ]; then
+hash=$(cat requirements*.txt | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$hash-$dev
+# A test set-up (dev) includes everything the app needs.
+if [ ! -f "$stamp" ] && [ ! -f ".venv/.installed-$hash-1" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements.txt
   if [ "$dev" = 1 ]; then
