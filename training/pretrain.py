@@ -33,7 +33,7 @@ class PretrainConfig:
     seed: int = 0
     steps: int = 3000
     batch_size: int = 64
-    lr: float = 7e-4
+    lr: float = 1e-3
     warmup_steps: int = 300
     pool_images: int = 60000
     image_size: int = 64
@@ -43,7 +43,7 @@ class PretrainConfig:
     text_layers: int = 4
     heads: int = 4
     max_positions: int = 64
-    sentence_share: float = scenes.PRETRAIN_SENTENCE_SHARE
+    sentence_share: float = 0.5
 
 
 def _render_chunk(args: tuple[int, int, int, int]) -> tuple[np.ndarray, list]:
