@@ -70,8 +70,6 @@ def load_base_model(name_or_path: str | None = None, device: str | torch.device 
     try:
         model = BlipForConditionalGeneration.from_pretrained(name, use_safetensors=True, trust_remote_code=False)
         processor = BlipProcessor.from_pretrained(name, trust_remote_code=False)
-    except UserError:
-        raise
     except (OSError, ValueError) as exc:
         text = str(exc)
         if local:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.methods.base import AdapterContext, Method, register, text_layers, vision_layers
+from training.methods.base import AdapterContext, Method, register, smallest_hidden, text_layers, vision_layers
 from training.methods.wrappers import unwrap
 
 PARALLEL_SCALE = 4.0
@@ -91,8 +91,7 @@ class _BottleneckMethod(Method):
 
     @classmethod
     def max_knob(cls, model, towers: str) -> int:
-        dims = {"text": model.config.text_config.hidden_size, "vision": model.config.vision_config.hidden_size}
-        return min(dims[t] for t in (("vision", "text") if towers == "both" else (towers,)))
+        return smallest_hidden(model, towers)
 
 
 @register

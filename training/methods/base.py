@@ -91,6 +91,12 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def smallest_hidden(model: BlipForConditionalGeneration, towers: str) -> int:
+    """The narrowest hidden size among the chosen towers (the most a rank or bottleneck width can be)."""
+    dims = {"text": model.config.text_config.hidden_size, "vision": model.config.vision_config.hidden_size}
+    return min(dims[t] for t in TOWER_CHOICES[towers])
+
+
 def text_layers(model: BlipForConditionalGeneration) -> nn.ModuleList:
     return model.text_decoder.bert.encoder.layer
 

@@ -14,7 +14,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from training.methods.base import AdapterContext, Method, register
+from training.methods.base import AdapterContext, Method, register, smallest_hidden
 
 # `(\.inner)*` lets a target sit under another method's wrapper (several adapters on one base).
 VISION_TARGETS = r"vision_model\.encoder\.layers\.\d+\.self_attn(\.inner)*\.qkv"
@@ -48,8 +48,7 @@ class LoRA(Method):
 
     @classmethod
     def max_knob(cls, model, towers: str) -> int:
-        dims = {"text": model.config.text_config.hidden_size, "vision": model.config.vision_config.hidden_size}
-        return min(dims[t] for t in (("vision", "text") if towers == "both" else (towers,)))
+        return smallest_hidden(model, towers)
 
     def _named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for path, layer in self.layers.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.methods.base import AdapterContext, Method, register
+from training.methods.base import TOWER_CHOICES, AdapterContext, Method, register
 
 MAX_PROMPT_LENGTH = 128
 
@@ -36,21 +36,18 @@ class PromptTuning(Method):
         super().__init__(model, ctx, adapter, towers, knob_value)
         length = int(knob_value)
         generator = torch.Generator().manual_seed(0)
-        if "text" in self._towers():
+        if "text" in TOWER_CHOICES[towers]:
             words = model.text_decoder.bert.embeddings.word_embeddings.weight
             rows = torch.randint(0, words.shape[0], (length,), generator=generator)
             init = words.detach()[rows.to(words.device)].clone() if words.device.type != "meta" else \
                 torch.empty(length, words.shape[1], device="meta")  # fmt: skip
             self.modules["text"] = Vectors(init)
-        if "vision" in self._towers():
+        if "vision" in TOWER_CHOICES[towers]:
             hidden = model.config.vision_config.hidden_size
             device = model.vision_model.embeddings.class_embedding.device
             init = torch.randn(length, hidden, generator=generator) * 0.02
             self.modules["vision"] = Vectors(init.to(device))
             model.vision_model.embeddings.register_forward_hook(self._add_visual_prompt)
-
-    def _towers(self) -> tuple[str, ...]:
-        return ("vision", "text") if self.towers == "both" else (self.towers,)
 
     @classmethod
     def max_knob(cls, model, towers: str) -> int:
