@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import draw_tiny
-from training.compare import Comparer, check_image
+from training.base_model import load_base_model
+from training.compare import Comparer, GivenImage, check_image, decode_batched
 from training.config import RunConfig
+from training.data.dataset import Example
 from training.errors import UserError
+from training.pixels import PixelCache
+from training.tasks import Encoder, prompt_text
 from training.trainer import train
+from training.vlmodel import VLModel
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +69,30 @@ def test_bad_images_are_explained(tmp_path):
     with pytest.raises(UserError, match="Pick an image"):
         check_image(None)
     assert check_image(draw_tiny("red", "square").convert("L")).mode == "RGB"
+
+
+def test_batched_decoding_of_every_kind_equals_decoding_each_alone(tiny_model_dir):
+    """Compare's shared batch (visual prompts on their own, the rest in one vision pass and one decode)
+    gives each adapter exactly the text it gives when it is the only active adapter."""
+    vl = VLModel(load_base_model(str(tiny_model_dir)))
+    spec = {"prompt-both": ("prompt", "both", 3), "prompt-text": ("prompt", "text", 4), "prefix": ("prefix", "both", 2),
+            "lora": ("lora", "both", 2), "serial": ("serial-adapter", "both", 4),
+            "parallel": ("parallel-adapter", "text", 4)}  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    for name, (method, towers, knob) in spec.items():
+        vl.attach(method, name, towers, knob)
+        with torch.no_grad():
+            for param in vl.adapters[name].parameters():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    question = "what color is the square ?"
+    pixels = PixelCache(vl.base.processor)([Example(GivenImage(draw_tiny("red", "square")), "q", question=question)])
+    batched = decode_batched(vl, [None, *spec], "vqa", question, pixels, max_new_tokens=8)
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    alone = {}
+    for name in [None, *spec]:
+        vl.set_active(name)
+        with torch.no_grad():
+            ids = vl.generate(vl.encode_images(pixels), [encoder.prompt_ids(prompt_text("vqa", question))], 8)[0]
+        alone[name] = encoder.decode(ids)
+    assert batched == alone
+    assert len(set(alone.values())) > 2  # the adapters really answer differently

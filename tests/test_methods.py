@@ -159,3 +159,65 @@ def test_several_adapters_on_one_base_each_give_their_own_outputs(vl, inputs, ti
         alone.set_active("x")
         _, single = outputs(alone, *inputs)
         assert torch.allclose(shared, single, atol=1e-5), method
+
+
+@pytest.fixture
+def many(vl):
+    """Seven adapters on one base, with prompts and prefixes of different lengths (so padding is exercised)."""
+    spec = {"prompt": ("prompt", "text", 3), "prompt-long": ("prompt", "text", 5), "prefix": ("prefix", "both", 3),
+            "prefix-short": ("prefix", "text", 2), "lora": ("lora", "both", 2), "lora-text": ("lora", "text", 3),
+            "serial": ("serial-adapter", "both", 4), "parallel": ("parallel-adapter", "both", 4)}  # fmt: skip
+    for seed, (name, (method, towers, knob)) in enumerate(spec.items()):
+        vl.attach(method, name, towers, knob)
+        randomize(vl, name, seed)
+    return [None, *spec]
+
+
+def test_mixed_batch_vision_rows_equal_each_adapter_alone(vl, many):
+    rows = [name for name in many if name is None or vl.adapters[name].touches_vision()]
+    pixels = torch.randn(len(rows), 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    vl.set_active("lora")
+    with torch.no_grad(), vl.mixed(rows):
+        mixed = vl.encode_images(pixels)
+    assert vl.ctx.row_adapters is None and vl.ctx.active == "lora"  # the single active adapter comes back
+    for row, name in enumerate(rows):
+        vl.set_active(name)
+        with torch.no_grad():
+            alone = vl.encode_images(pixels[row : row + 1])
+        assert torch.allclose(mixed[row : row + 1], alone, atol=1e-5), name
+
+
+def test_mixed_batch_text_rows_equal_each_adapter_alone(vl, inputs, many):
+    pixels, ids, mask = inputs
+    with torch.no_grad():
+        embeds = vl.encode_images(pixels)
+    pick = [row % 2 for row in range(len(many))]
+    with torch.no_grad():
+        base = vl.text_logits(embeds, ids, mask)
+    with torch.no_grad(), vl.mixed(many):
+        mixed = vl.text_logits(embeds[pick], ids[pick], mask[pick])
+        generated, step_logits = vl.generate(embeds[pick], [[5, 9, 10], [5, 13, 14, 15]] * 4 + [[5, 9, 10]],
+                                             max_new_tokens=6, return_logits=True)  # fmt: skip
+    for row, name in enumerate(many):
+        vl.set_active(name)
+        prompt = [5, 9, 10] if row % 2 == 0 or row == len(many) - 1 else [5, 13, 14, 15]
+        with torch.no_grad():
+            alone = vl.text_logits(embeds[pick[row] : pick[row] + 1], ids[pick[row] : pick[row] + 1],
+                                   mask[pick[row] : pick[row] + 1])  # fmt: skip
+            tokens, logits = vl.generate(embeds[pick[row] : pick[row] + 1], [prompt], 6, return_logits=True)
+        valid = mask[pick[row]].bool()
+        assert torch.allclose(mixed[row][valid], alone[0][valid], atol=1e-4), name
+        if name is not None:  # each adapter really changes its row (so the equality above means something)
+            assert not torch.allclose(mixed[row][valid], base[pick[row]][valid], atol=1e-3), name
+        assert generated[row] == tokens[0], name
+        steps = logits[0].shape[0]
+        assert torch.allclose(step_logits[row][:steps], logits[0], atol=1e-4), name
+
+
+def test_mixed_batch_refuses_visual_prompt_rows_and_unknown_adapters(vl, inputs):
+    vl.attach("prompt", "vpt", "vision", 2)
+    with pytest.raises(ValueError, match="visual prompt"), torch.no_grad(), vl.mixed([None, "vpt"]):
+        vl.encode_images(inputs[0])
+    with pytest.raises(KeyError), vl.mixed([None, "nope"]):
+        pass
+    assert vl.ctx.row_adapters is None

@@ -1,7 +1,11 @@
-"""Side-by-side outputs of several trained adapters on one image: the base is loaded once, adapters swapped.
+"""Side-by-side outputs of several trained adapters on one image: one resident base, adapters batched.
 
-The zero-shot base model is always the first column. Full fine-tuning runs carry a whole model each and
-get their own copy (kept in a small cache); every PEFT run is an adapter on the one shared base.
+The zero-shot base model is always the first column. Every PEFT run is an adapter on the one shared base,
+and all of them are decoded in one batch (`VLModel.mixed`: each row runs through its own adapter): the
+image goes through the vision tower once for the base and the text-only adapters, once more in the same
+batch for each adapter that changes the vision tower, and on its own only for visual prompt tokens (they
+lengthen the image sequence). Full fine-tuning runs carry a whole model each and get their own copy (kept
+in a small cache), decoded on their own.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from PIL import Image
 
 from training import runs
 from training.base_model import default_model_path, load_base_model
+from training.data.dataset import Example
 from training.errors import UserError
 from training.pixels import PixelCache
 from training.tasks import Encoder, prompt_text
@@ -141,38 +146,74 @@ class Comparer:
         picture = check_image(image)
         with self._lock:
             base = self.base
-            pixels = PixelCache(base.base.processor)
-            from training.data.dataset import Example
-
-            class _Given:
-                def load(self) -> Image.Image:
-                    return picture
-
-            example = Example(_Given(), "query", question=question)
-            pixel_values = pixels([example])
-            columns = [self._column(base, None, {"config": {"method": "zero-shot"}}, None, task, question,
-                                    pixel_values, max_new_tokens)]  # fmt: skip
-            for run_dir in run_dirs:
-                run_dir = Path(run_dir)
+            pixel_values = PixelCache(base.base.processor)([Example(GivenImage(picture), "query", question=question)])
+            resolved = []
+            for run_dir in map(Path, run_dirs):
                 vl, adapter, info = self._model_for(run_dir)
                 if info["config"].get("task") not in (None, task):
                     raise UserError(f"Run {run_dir.name} was trained for {info['config']['task']}, not {task}.")
-                columns.append(self._column(vl, adapter, info, run_dir, task, question, pixel_values, max_new_tokens))
+                resolved.append((run_dir, vl, adapter, info))
+            shared = [None] + [adapter for _, vl, adapter, _ in resolved if vl is base]
+            outputs = decode_batched(base, shared, task, question, pixel_values, max_new_tokens)
+            columns = [_column(None, {"config": {"method": "zero-shot"}}, outputs[None])]
+            for run_dir, vl, adapter, info in resolved:
+                if vl is base:
+                    output = outputs[adapter]
+                else:
+                    output = decode_batched(vl, [adapter], task, question, pixel_values, max_new_tokens)[adapter]
+                columns.append(_column(run_dir, info, output))
         for column in columns:
             column.sample_score = sample_score(task, column.output, references, answers)
         return columns
 
-    def _column(self, vl: VLModel, adapter: str | None, info: dict, run_dir: Path | None, task: str,
-                question: str, pixel_values: torch.Tensor, max_new_tokens: int) -> Column:  # fmt: skip
-        vl.set_active(adapter)
-        encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
-        embeds = vl.encode_images(pixel_values)
-        ids = vl.generate(embeds, [encoder.prompt_ids(prompt_text(task, question))], max_new_tokens)[0]
-        method = info["config"]["method"]
-        summary = _run_summary(info, run_dir) if run_dir else {}
-        label = "zero-shot (base)" if run_dir is None else f"{method} · {run_dir.name}"
-        return Column(label=label, method=method, output=encoder.decode(ids),
-                      run_dir=str(run_dir) if run_dir else None, **summary)  # fmt: skip
+
+class GivenImage:
+    """An image source for one picture already in memory (an upload or a gallery pick)."""
+
+    def __init__(self, picture: Image.Image) -> None:
+        self.picture = picture
+
+    def load(self) -> Image.Image:
+        return self.picture
+
+
+def _column(run_dir: Path | None, info: dict, output: str) -> Column:
+    method = info["config"]["method"]
+    summary = _run_summary(info, run_dir) if run_dir else {}
+    label = "zero-shot (base)" if run_dir is None else f"{method} · {run_dir.name}"
+    return Column(label=label, method=method, output=output, run_dir=str(run_dir) if run_dir else None,
+                  **summary)  # fmt: skip
+
+
+@torch.no_grad()
+def decode_batched(vl: VLModel, adapters: list[str | None], task: str, question: str, pixel_values: torch.Tensor,
+                   max_new_tokens: int) -> dict[str | None, str]:  # fmt: skip
+    """Output text for each adapter (None: the base) on one image, decoded in as few batches as possible."""
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    adapters = list(dict.fromkeys(adapters))
+    methods = {name: vl.adapters[name] if name is not None else None for name in adapters}
+    own_sequence = [name for name, m in methods.items() if m is not None and m.lengthens_image()]
+    changed = [name for name, m in methods.items() if m is not None and m.touches_vision() and name not in own_sequence]
+    encoded = [None, *changed]
+    with vl.mixed(encoded):
+        embeds = vl.encode_images(pixel_values.expand(len(encoded), -1, -1, -1))
+    features = {name: embeds[row : row + 1] for row, name in enumerate(encoded)}
+    previous = vl.ctx.active
+    for name in own_sequence:
+        vl.set_active(name)
+        features[name] = vl.encode_images(pixel_values)
+    vl.set_active(previous)
+    groups: dict[int, list[str | None]] = {}
+    for name in adapters:
+        groups.setdefault(features.get(name, features[None]).shape[1], []).append(name)
+    prompt = encoder.prompt_ids(prompt_text(task, question))
+    outputs = {}
+    for rows in groups.values():
+        image_embeds = torch.cat([features.get(name, features[None]) for name in rows])
+        with vl.mixed(rows):
+            generated = vl.generate(image_embeds, [prompt] * len(rows), max_new_tokens)
+        outputs.update({name: encoder.decode(ids) for name, ids in zip(rows, generated, strict=True)})
+    return outputs
 
 
 def sample_score(task: str, output: str, references: list[str] | None, answers: list[str] | None) -> dict:

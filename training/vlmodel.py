@@ -7,13 +7,18 @@ tuning need to put vectors before the text and keys/values into the self-attenti
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
 import torch
+from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from training.base_model import BaseModel
 from training.errors import UserError
 from training.methods import METHODS, AdapterContext, Method
+from training.methods.lora import LoRA
 
 
 class VLModel:
@@ -76,12 +81,94 @@ class VLModel:
         dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
         return self.model.vision_model(pixel_values=pixel_values.to(self.device, dtype)).last_hidden_state
 
+    @contextmanager
+    def mixed(self, row_adapters: Sequence[str | None]) -> Iterator[None]:
+        """Inside, batch row i runs through adapter row_adapters[i] (None: the plain base model).
+
+        For side-by-side comparison: one batched forward or decode serves several adapters. Bottleneck
+        adapters and prefixes act on their own rows, LoRA layers get peft's per-row `adapter_names`, and
+        text prompts and prefixes of different lengths are left-padded and masked. Visual prompt tokens
+        lengthen the image sequence, so rows of a prompt adapter with vision prompts cannot be encoded here.
+        """
+        unknown = [name for name in row_adapters if name is not None and name not in self.adapters]
+        if unknown:
+            raise KeyError(unknown[0])
+        previous = self.ctx.active
+        self.set_active(None)
+        self.ctx.row_adapters = tuple(row_adapters)
+        lora_layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        handles = []
+        for layer in lora_layers:
+            layer.enable_adapters(True)
+            handles.append(layer.register_forward_pre_hook(self._lora_routes, with_kwargs=True))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for layer in lora_layers:
+                layer.enable_adapters(False)
+            self.ctx.row_adapters = None
+            self.set_active(previous)
+
+    def _lora_routes(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        names = [name if name is not None and isinstance(self.adapters[name], LoRA) else "__base__"
+                 for name in self.ctx.row_adapters or ()]  # fmt: skip
+        return args, {**kwargs, "adapter_names": names}
+
+    def _row_methods(self, batch: int) -> list[Method | None]:
+        if self.ctx.row_adapters is None:
+            return [self.active] * batch
+        if len(self.ctx.row_adapters) != batch:
+            raise ValueError(f"a mixed batch names {len(self.ctx.row_adapters)} adapters for {batch} rows")
+        return [self.adapters[name] if name is not None else None for name in self.ctx.row_adapters]
+
+    def _text_prompt(self, methods: list[Method | None]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Prompt vectors [B, P, d] for the rows, and (mixed rows only) their mask [B, P]: left-padded."""
+        if all(m is methods[0] for m in methods):
+            return (methods[0].text_prompt(len(methods)) if methods[0] else None), None
+        rows = [m.text_prompt(1) if m else None for m in methods]
+        width = max((r.shape[1] for r in rows if r is not None), default=0)
+        if width == 0:
+            return None, None
+        like = next(r for r in rows if r is not None)
+        prompt = like.new_zeros(len(rows), width, like.shape[2])
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=like.device)
+        for index, row in enumerate(rows):
+            if row is not None:
+                prompt[index, width - row.shape[1] :] = row[0]
+                mask[index, width - row.shape[1] :] = 1
+        return prompt, mask
+
+    def _text_prefix(self, methods: list[Method | None]):
+        """Per decoder layer (key, value) [B, heads, P, head_dim], and (mixed rows only) the mask [B, P]."""
+        if all(m is methods[0] for m in methods):
+            return (methods[0].text_prefix(len(methods)) if methods[0] else None), None
+        rows = [m.text_prefix(1) if m else None for m in methods]
+        width = max((r[0][0].shape[2] for r in rows if r is not None), default=0)
+        if width == 0:
+            return None, None
+        like = next(r for r in rows if r is not None)
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=like[0][0].device)
+        layers = []
+        for layer, (key_like, _) in enumerate(like):
+            keys = key_like.new_zeros(len(rows), key_like.shape[1], width, key_like.shape[3])
+            values = torch.zeros_like(keys)
+            for index, row in enumerate(rows):
+                if row is not None:
+                    length = row[layer][0].shape[2]
+                    keys[index, :, width - length :] = row[layer][0][0]
+                    values[index, :, width - length :] = row[layer][1][0]
+                    mask[index, width - length :] = 1
+            layers.append((keys, values))
+        return layers, mask
+
     def _decoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Embeddings (or ids), position ids, mask and a fresh cache, with the active method's prompt/prefix."""
+        """Embeddings (or ids), position ids, mask and a fresh cache, with the rows' prompts/prefixes."""
         batch, length = input_ids.shape
-        method = self.active
-        prompt = method.text_prompt(batch) if method else None
-        prefix = method.text_prefix(batch) if method else None
+        methods = self._row_methods(batch)
+        prompt, prompt_mask = self._text_prompt(methods)
+        prefix, prefix_mask = self._text_prefix(methods)
         positions = torch.arange(length, device=input_ids.device).unsqueeze(0).expand(batch, -1)
         inputs: dict = {"input_ids": input_ids}
         if prompt is not None:
@@ -90,12 +177,16 @@ class VLModel:
             inputs = {"inputs_embeds": torch.cat([prompt.to(words.dtype), words], dim=1)}
             # Prompt vectors sit at position 0 so the text keeps the positions it had in pre-training.
             positions = torch.cat([torch.zeros_like(positions[:, :1]).expand(-1, prompt.shape[1]), positions], 1)
-            attention_mask = torch.cat([attention_mask.new_ones(batch, prompt.shape[1]), attention_mask], dim=1)
+            if prompt_mask is None:
+                prompt_mask = attention_mask.new_ones(batch, prompt.shape[1])
+            attention_mask = torch.cat([prompt_mask.to(attention_mask), attention_mask], dim=1)
         self_cache = DynamicCache()
         if prefix is not None:
             for index, (key, value) in enumerate(prefix):
                 self_cache.update(key, value, index)
-            attention_mask = torch.cat([attention_mask.new_ones(batch, prefix[0][0].shape[2]), attention_mask], 1)
+            if prefix_mask is None:
+                prefix_mask = attention_mask.new_ones(batch, prefix[0][0].shape[2])
+            attention_mask = torch.cat([prefix_mask.to(attention_mask), attention_mask], 1)
         cache = EncoderDecoderCache(self_cache, DynamicCache())
         skip = prompt.shape[1] if prompt is not None else 0
         return inputs, positions, attention_mask, cache, skip
@@ -133,10 +224,16 @@ class VLModel:
         by_length: dict[int, list[int]] = {}
         for index, prompt in enumerate(prompts):
             by_length.setdefault(len(prompt), []).append(index)
+        mixed = self.ctx.row_adapters
         for length, rows in by_length.items():
             max_new = max(0, min(max_new_tokens, self.max_positions - length))
             ids = torch.tensor([prompts[i] for i in rows], device=self.device)
-            tokens, logits = self._greedy(image_embeds[rows], ids, max_new)
+            if mixed is not None:  # a mixed batch: each group keeps its rows' adapters
+                self.ctx.row_adapters = tuple(mixed[i] for i in rows)
+            try:
+                tokens, logits = self._greedy(image_embeds[rows], ids, max_new)
+            finally:
+                self.ctx.row_adapters = mixed
             for position, row in enumerate(rows):
                 outputs[row] = tokens[position]
                 step_logits[row] = logits[position] if logits is not None else None

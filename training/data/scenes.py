@@ -306,6 +306,40 @@ def render_scene(scene: Scene, size: int = 64) -> Image.Image:
     return image.reduce(_SUPERSAMPLE)
 
 
+# What each patch of an image shows, for the vision tower's dense pre-training objective.
+PATCH_LABEL_HEADS = {"shape": len(SHAPES) + 1, "color": len(COLORS) + 1, "size": len(SIZES) + 1, "cell": 10}
+PATCH_COVER_SHARE = 0.08  # a patch shows an object when the object covers at least this share of it
+
+
+def patch_labels(scene: Scene, size: int = 64, patch: int = 8) -> np.ndarray:
+    """[4, grid*grid] int64 labels, row-major patches: shape, colour, size and grid cell of the object that
+    covers the patch most (each 1-based; 0 = background only)."""
+    side = size * _SUPERSAMPLE
+    mask = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(mask)
+    cell = side / 3
+    for number, obj in enumerate(scene.objects, start=1):
+        row, col = divmod(obj.cell, 3)
+        cx, cy = (col + 0.5 + obj.dx) * cell, (row + 0.5 + obj.dy) * cell
+        r = obj.scale * cell / 2
+        if obj.shape == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=number)
+        else:
+            draw.polygon(_shape_outline(obj.shape, cx, cy, r), fill=number)
+    grid, step = size // patch, patch * _SUPERSAMPLE
+    cells = np.asarray(mask, dtype=np.int64)[: grid * step, : grid * step]
+    cells = cells.reshape(grid, step, grid, step).transpose(0, 2, 1, 3).reshape(grid * grid, step * step)
+    counts = np.stack([(cells == n).sum(1) for n in range(len(scene.objects) + 1)], axis=1)
+    counts[:, 0] = 0
+    owner = np.where(counts.max(1) >= PATCH_COVER_SHARE * step * step, counts.argmax(1), 0)
+    colors = tuple(COLORS)
+    table = np.zeros((4, len(scene.objects) + 1), dtype=np.int64)
+    for number, obj in enumerate(scene.objects, start=1):
+        table[:, number] = (SHAPES.index(obj.shape) + 1, colors.index(obj.color) + 1,
+                            SIZES.index(obj.size) + 1, obj.cell + 1)  # fmt: skip
+    return table[:, owner]
+
+
 def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from training.methods.base import AdapterContext, Method, register, smallest_hidden, text_layers, vision_layers
-from training.methods.wrappers import unwrap
+from training.methods.wrappers import add_on_rows, unwrap
 
 PARALLEL_SCALE = 4.0
 
@@ -36,9 +36,8 @@ class _Wrapper(nn.Module):
         self.ctx = method.ctx
         self.bottleneck = bottleneck
 
-    @property
-    def on(self) -> bool:
-        return self.ctx.active == self.adapter
+    def _scaled(self, hidden: torch.Tensor) -> torch.Tensor:
+        return PARALLEL_SCALE * self.bottleneck(hidden)
 
 
 class SerialAfter(_Wrapper):
@@ -46,15 +45,14 @@ class SerialAfter(_Wrapper):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         out = self.inner(hidden)
-        return out + self.bottleneck(out) if self.on else out
+        return add_on_rows(self.ctx, self.adapter, out, out, self.bottleneck)
 
 
 class ParallelBeside(_Wrapper):
     """ViT MLP: mlp(x) + s * A(x)."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        out = self.inner(hidden)
-        return out + PARALLEL_SCALE * self.bottleneck(hidden) if self.on else out
+        return add_on_rows(self.ctx, self.adapter, self.inner(hidden), hidden, self._scaled)
 
 
 class ParallelTextOutput(_Wrapper):
@@ -62,8 +60,7 @@ class ParallelTextOutput(_Wrapper):
     LN(dense(h) + s * A(x) + x), the parallel adapter beside the FFN."""
 
     def forward(self, hidden: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        if self.on:
-            input_tensor = input_tensor + PARALLEL_SCALE * self.bottleneck(input_tensor)
+        input_tensor = add_on_rows(self.ctx, self.adapter, input_tensor, input_tensor, self._scaled)
         return self.inner(hidden, input_tensor)
 
 

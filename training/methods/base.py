@@ -18,11 +18,27 @@ from transformers import BlipForConditionalGeneration
 TOWER_CHOICES = {"vision": ("vision",), "text": ("text",), "both": ("vision", "text")}
 
 
+ALL_ROWS = slice(None)
+
+
 @dataclass
 class AdapterContext:
-    """Shared by all modules a method installs on one model: the name of the adapter that acts now."""
+    """Shared by all modules a method installs on one model: which adapter acts now.
+
+    Normally one adapter (`active`) acts on every row of the batch. For side-by-side comparison a batch can
+    mix adapters instead: `row_adapters` names the adapter of each row (None: the plain base model), and
+    every installed module acts only on its own rows (see `VLModel.mixed`).
+    """
 
     active: str | None = None
+    row_adapters: tuple[str | None, ...] | None = None
+
+    def rows(self, adapter: str, device: torch.device) -> slice | torch.Tensor | None:
+        """The batch rows this adapter acts on: ALL_ROWS, a tensor of row indices, or None (no row)."""
+        if self.row_adapters is None:
+            return ALL_ROWS if self.active == adapter else None
+        picked = [row for row, name in enumerate(self.row_adapters) if name == adapter]
+        return torch.tensor(picked, device=device) if picked else None
 
 
 class Method:
@@ -65,6 +81,11 @@ class Method:
 
     def touches_vision(self) -> bool:
         return "vision" in TOWER_CHOICES[self.towers]
+
+    def lengthens_image(self) -> bool:
+        """True when the method adds tokens to the image sequence (visual prompts), so its image features
+        cannot share a batch with other adapters' features."""
+        return False
 
     # -- hooks the decoder asks for (embedding composition on the text side) ----------------------------
     def text_prompt(self, batch_size: int) -> torch.Tensor | None:

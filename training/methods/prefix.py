@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.methods.base import AdapterContext, Method, register, text_layers, vision_layers
+from training.methods.base import ALL_ROWS, AdapterContext, Method, register, text_layers, vision_layers
 from training.methods.prompt import MAX_PROMPT_LENGTH, Vectors
 from training.methods.wrappers import unwrap
 
@@ -27,8 +27,17 @@ class PrefixedVisionAttention(nn.Module):
         self.prefix = prefix  # [2, heads, P, head_dim]
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.ctx.active != self.method:
+        rows = self.ctx.rows(self.method, hidden_states.device)
+        if rows is None:
             return self.inner(hidden_states, **kwargs)
+        if rows is ALL_ROWS:
+            return self._prefixed(hidden_states)
+        # A mixed batch: the other rows attend as the base does; this adapter's rows get its prefixes. The
+        # whole batch goes through both paths, so layers below that route by row (LoRA) see every row.
+        out, probs = self.inner(hidden_states, **kwargs)
+        return out.index_copy(0, rows, self._prefixed(hidden_states)[0][rows]), probs
+
+    def _prefixed(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         attn = unwrap(self.inner)
         batch, length, dim = hidden_states.shape
         qkv = attn.qkv(hidden_states).reshape(batch, length, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.methods.base import TOWER_CHOICES, AdapterContext, Method, register
+from training.methods.base import ALL_ROWS, TOWER_CHOICES, AdapterContext, Method, register
 
 MAX_PROMPT_LENGTH = 128
 
@@ -53,13 +53,19 @@ class PromptTuning(Method):
     def max_knob(cls, model, towers: str) -> int:
         return MAX_PROMPT_LENGTH
 
+    def lengthens_image(self) -> bool:
+        return "vision" in self.modules
+
     def text_prompt(self, batch_size: int) -> torch.Tensor | None:
         if "text" not in self.modules:
             return None
         return self.modules["text"].weight.unsqueeze(0).expand(batch_size, -1, -1)
 
     def _add_visual_prompt(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if not self.active:
+        rows = self.ctx.rows(self.adapter, output.device)
+        if rows is None:
             return None
+        if rows is not ALL_ROWS:
+            raise ValueError("visual prompt tokens lengthen the image sequence: encode these rows on their own")
         prompts = self.modules["vision"].weight.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
         return torch.cat([output[:, :1], prompts, output[:, 1:]], dim=1)

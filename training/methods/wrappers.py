@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
+
+from training.methods.base import ALL_ROWS, AdapterContext
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -10,3 +15,14 @@ def unwrap(module: nn.Module) -> nn.Module:
     while hasattr(module, "inner"):
         module = module.inner
     return module
+
+
+def add_on_rows(ctx: AdapterContext, adapter: str, target: torch.Tensor, source: torch.Tensor,
+                delta: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    """target + delta(source) on the batch rows the adapter acts on; the other rows are left as they are."""
+    rows = ctx.rows(adapter, target.device)
+    if rows is None:
+        return target
+    if rows is ALL_ROWS:
+        return target + delta(source)
+    return target.index_add(0, rows, delta(source[rows]).to(target.dtype))
