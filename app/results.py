@@ -9,6 +9,7 @@ import pandas as pd
 from app.services import MAIN_METRIC, RunRecord
 
 RESULTS_FILE = "runs.csv"
+REPORT_FILE = "report.md"
 SETTING_COLUMNS = [
     "task", "method", "budget", "trainable_params", "trainable_percent", "data_fraction", "train_examples",
     "seed", "train_s", "peak_mem_mb", "base_model", "dataset",
@@ -33,6 +34,18 @@ def load_sweep(results_dir: Path) -> tuple[pd.DataFrame, str]:
         return _empty(), f"`{path}` lacks the columns {', '.join(sorted(missing))}; showing your own runs only."
     frame["source"], frame["run_id"] = SWEEP, ""
     return frame, f"{len(frame):,} sweep runs from `{path}`."
+
+
+def load_verdict(results_dir: Path) -> str:
+    """The sweep report's text (`python -m training report`) for the page, without its figure images."""
+    path = Path(results_dir) / REPORT_FILE
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return (f"No verdict yet: `{path.name}` is written by `python -m training report` once a sweep has run "
+                f"(it goes to `{path.parent}`).")  # fmt: skip
+    kept = [line for line in text.splitlines() if not line.lstrip().startswith("![")]
+    return "\n".join(kept).replace("# Do the paper's findings reproduce?", "", 1).strip()
 
 
 def user_frame(records: list[RunRecord]) -> pd.DataFrame:

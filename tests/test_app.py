@@ -305,8 +305,9 @@ def write_sweep(folder: Path) -> None:
 
 
 def test_explore_without_results_says_so_and_still_works(services: Services):
-    note, metric, budgets, _, by_fraction, by_params, table, csv_path = explore.explore(
+    note, metric, budgets, _, by_fraction, by_params, table, csv_path, verdict = explore.explore(
         services, "caption", None, None, None, True)  # fmt: skip
+    assert verdict.startswith("No verdict yet") and "python -m training report" in verdict
     assert note.startswith("No sweep results yet: `runs.csv` appears in")
     assert metric["value"] == "CIDEr-D" and budgets["visible"] is False
     assert by_fraction.layout.annotations[0].text.startswith("Nothing to draw yet")
@@ -328,6 +329,16 @@ def test_sweep_results_draw_a_line_per_method_with_error_bars_and_your_runs_as_s
     assert figure.data[2].marker.symbol == "star" and list(figure.data[2].y) == [0.5]
     assert figure.layout.shapes[0].y0 == pytest.approx(0.2)  # zero-shot, a dashed line
     assert results.held_values(sweep, "budget") == (["all (averaged)", "0.5%"], "0.5%")  # baselines have none
+
+
+def test_the_sweep_report_verdict_is_shown_without_its_images(tmp_path: Path):
+    from training.report import build_report
+
+    write_sweep(tmp_path)
+    build_report(tmp_path / "runs.csv", figures=False)
+    verdict = results.load_verdict(tmp_path)
+    assert "| finding | answer |" in verdict and "![" not in verdict
+    assert not verdict.startswith("# Do the paper")
 
 
 # --- runs and settings -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from training.errors import UserError
 
 TASKS = ("caption", "vqa")
 TOWERS = ("vision", "text", "both")
-DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 3.0}  # when neither --epochs nor --max-steps is given
+DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 5.0}  # when neither --epochs nor --max-steps is given
 METHOD_NAMES = ("zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
 
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
@@ -85,7 +85,7 @@ class RunConfig:
     grad_accum: int = 1
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
-    max_new_tokens: int = 32
+    max_new_tokens: int = 36  # the embedded model's texts are at most 40 tokens with [DEC] and the prompt
     eval_limit: int | None = None  # evaluate on the first N test examples only
     device: str = "auto"
     cache_features: bool = True  # reuse image features when the vision tower is frozen

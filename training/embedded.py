@@ -85,6 +85,14 @@ def model_card(model_dir: Path, results: dict, notes: list[str] | None = None) -
     meta = runs.read_json(model_dir / "pretrain.json") or {}
     config = meta.get("config", {})
     prior = results["vqa-answer-prior"]["metrics"]
+    dense, patch = "", ""
+    if config.get("dense_weight"):
+        dense = (f", plus (weight {config['dense_weight']:g}) a dense objective on the vision tower: a linear head "
+                 "on every output patch token names the shape, colour, size and grid cell of the object the patch "
+                 "shows, or background (the stand-in for real BLIP's ImageNet-initialised ViT; the head is dropped)")
+        final = (meta.get("history") or [{}])[-1].get("patch_accuracy") or {}
+        if final:
+            patch = "; final patch accuracy on object patches: " + ", ".join(f"{k} {v:.0%}" for k, v in final.items())
     lines = [
         "# scene-blip: the embedded default model of VL-PEFT Lab",
         "",
@@ -102,11 +110,11 @@ def model_card(model_dir: Path, results: dict, notes: list[str] | None = None) -
         f"- Data: {config.get('pool_images', 0):,} pre-training images (disjoint from every task split), each step "
         f"drawing fresh texts: {100 - 100 * config.get('sentence_share', 0):.0f} % noisy web-style alt-text, "
         f"{100 * config.get('sentence_share', 0):.0f} % complete sentences using the caption task's phrases.",
-        f"- Objective: captioning (language modelling on the text, conditioned on the image); AdamW, lr "
-        f"{config.get('lr')}, {config.get('warmup_steps')} warm-up steps then cosine decay, batch "
+        f"- Objective: captioning (language modelling on the text, conditioned on the image){dense}; AdamW, "
+        f"lr {config.get('lr')}, {config.get('warmup_steps')} warm-up steps then cosine decay, batch "
         f"{config.get('batch_size')}, {config.get('steps')} steps.",
-        f"- Wall time: {meta.get('minutes')} minutes on the project's 2-core CPU machine; final loss "
-        f"{meta.get('final_loss')}.",
+        f"- Wall time: {meta.get('minutes')} minutes on the project's 2-core CPU machine; final caption loss "
+        f"{meta.get('final_loss')}{patch}.",
         "",
         "## Quality (test splits, measured by `python -m training embedded-report`)",
         "",

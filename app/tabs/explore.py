@@ -21,7 +21,8 @@ FINDINGS = """**What the paper found** (Tian et al., 2024), and what to look for
 
 def explore(services: Services, task: str, metric: str | None, held_budget: str | None, held_fraction: str | None,
             include_mine: bool) -> tuple:  # fmt: skip
-    """note, metric choices, budget choices, fraction choices, data figure, parameter figure, table, csv file."""
+    """note, metric choices, budget choices, fraction choices, data figure, parameter figure, table, csv file,
+    and the sweep report's verdict."""
     sweep, note = results.load_sweep(services.settings.results_dir)
     mine = results.user_frame(services.runs(task)) if include_mine else results.user_frame([])
     frame = results.combined(sweep, mine, task)
@@ -51,6 +52,7 @@ def explore(services: Services, task: str, metric: str | None, held_budget: str 
         metric_figure(frame, "trainable_params", metric, ("data_fraction", held_fraction)),
         table if not table.empty else pd.DataFrame({"": ["No rows yet."]}),
         str(csv_path),
+        results.load_verdict(services.settings.results_dir),
     )
 
 
@@ -69,9 +71,11 @@ def build(services: Services, tab: gr.Tab) -> Loader:
     with gr.Accordion("Table", open=False):
         table = gr.Dataframe(label="Runs behind the figures", interactive=False, wrap=True, elem_id="explore-table")
     download = gr.DownloadButton("Download CSV", elem_id="explore-csv")
+    with gr.Accordion("Do the paper's findings reproduce? (the sweep's report)", open=False):
+        verdict = gr.Markdown(elem_id="explore-verdict")
 
     inputs = [task, metric, held_budget, held_fraction, mine]
-    outputs = [note, metric, held_budget, held_fraction, by_fraction, by_params, table, download]
+    outputs = [note, metric, held_budget, held_fraction, by_fraction, by_params, table, download, verdict]
 
     def update(*values):
         return explore(services, *values)

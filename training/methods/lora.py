@@ -26,7 +26,7 @@ class LoRA(Method):
     name = "lora"
     family = "layer composition"
     knob = "rank"
-    default_lr = 2e-3
+    default_lr = 6e-3  # measured on the embedded default (VQA: 2e-3 ended 10 points lower in 5 epochs)
     summary = ("Adds a trainable low-rank update to each attention projection; layer composition, which the "
                "paper found best in quality and efficiency.")  # fmt: skip
 
