@@ -67,7 +67,7 @@ class ParallelTextOutput(_Wrapper):
 class _BottleneckMethod(Method):
     family = "layer composition"
     knob = "bottleneck width"
-    default_lr = 1e-3
+    default_lr = 6e-3  # measured on the embedded default: serial adapter VQA 24.7 % at 1e-3, 39.8 % at 6e-3
 
     def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None) -> None:
         super().__init__(model, ctx, adapter, towers, knob_value)
