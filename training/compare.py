@@ -1,11 +1,11 @@
 """Side-by-side outputs of several trained adapters on one image: one resident base, adapters batched.
 
 The zero-shot base model is always the first column. Every PEFT run is an adapter on the one shared base,
-and all of them are decoded in one batch (`VLModel.mixed`: each row runs through its own adapter): the
+and all of them are decoded in one batch (`VLModel.mixed`: each row runs through its own adapter). The
 image goes through the vision tower once for the base and the text-only adapters, once more in the same
 batch for each adapter that changes the vision tower, and on its own only for visual prompt tokens (they
-lengthen the image sequence). Full fine-tuning runs carry a whole model each and get their own copy (kept
-in a small cache), decoded on their own.
+lengthen the image sequence; in the shared decode, shorter image sequences are padded and masked). Full
+fine-tuning runs carry a whole model each and get their own copy (kept in a small cache), decoded on their own.
 """
 
 from __future__ import annotations
@@ -203,16 +203,19 @@ def decode_batched(vl: VLModel, adapters: list[str | None], task: str, question:
         vl.set_active(name)
         features[name] = vl.encode_images(pixel_values)
     vl.set_active(previous)
-    groups: dict[int, list[str | None]] = {}
-    for name in adapters:
-        groups.setdefault(features.get(name, features[None]).shape[1], []).append(name)
+    # Visual prompts lengthen some rows' image sequences: the shorter ones are right-padded and masked.
+    rows = [features.get(name, features[None]) for name in adapters]
+    width = max(row.shape[1] for row in rows)
+    image_embeds = rows[0].new_zeros(len(rows), width, rows[0].shape[2])
+    image_mask = torch.zeros(len(rows), width, dtype=torch.long, device=image_embeds.device)
+    for index, row in enumerate(rows):
+        image_embeds[index, : row.shape[1]] = row[0]
+        image_mask[index, : row.shape[1]] = 1
     prompt = encoder.prompt_ids(prompt_text(task, question))
-    outputs = {}
-    for rows in groups.values():
-        image_embeds = torch.cat([features.get(name, features[None]) for name in rows])
-        with vl.mixed(rows):
-            generated = vl.generate(image_embeds, [prompt] * len(rows), max_new_tokens)
-        outputs.update({name: encoder.decode(ids) for name, ids in zip(rows, generated, strict=True)})
+    with vl.mixed(adapters):
+        generated = vl.generate(image_embeds, [prompt] * len(adapters), max_new_tokens,
+                                image_mask=image_mask if width > min(r.shape[1] for r in rows) else None)  # fmt: skip
+    outputs = {name: encoder.decode(ids) for name, ids in zip(adapters, generated, strict=True)}
     return outputs
 
 

@@ -213,8 +213,11 @@ class VLModel:
 
     @torch.no_grad()
     def generate(self, image_embeds: torch.Tensor, prompts: list[list[int]], max_new_tokens: int = 20,
-                 return_logits: bool = False):  # fmt: skip
+                 return_logits: bool = False, image_mask: torch.Tensor | None = None):  # fmt: skip
         """Greedy decoding of each prompt (token ids starting with BOS) against its row of image_embeds.
+
+        image_mask [B, N] (1 = a real image token) lets rows with image sequences of different lengths
+        (visual prompt tokens) share a batch: the shorter ones are right-padded and masked.
 
         Returns the new token ids per row (without the prompt, up to and excluding [SEP]); with
         return_logits, also the logits of every generated step (for tests that compare with teacher forcing).
@@ -231,7 +234,8 @@ class VLModel:
             if mixed is not None:  # a mixed batch: each group keeps its rows' adapters
                 self.ctx.row_adapters = tuple(mixed[i] for i in rows)
             try:
-                tokens, logits = self._greedy(image_embeds[rows], ids, max_new)
+                mask = image_mask[rows] if image_mask is not None else None
+                tokens, logits = self._greedy(image_embeds[rows], ids, max_new, mask)
             finally:
                 self.ctx.row_adapters = mixed
             for position, row in enumerate(rows):
@@ -239,12 +243,13 @@ class VLModel:
                 step_logits[row] = logits[position] if logits is not None else None
         return (outputs, step_logits) if return_logits else outputs
 
-    def _greedy(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, max_new: int):
+    def _greedy(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, max_new: int,
+                image_mask: torch.Tensor | None = None):  # fmt: skip
         batch, length = input_ids.shape
         inputs, positions, mask, cache, _ = self._decoder_inputs(input_ids, torch.ones_like(input_ids))
         decoder = self.model.text_decoder
         out = decoder(**inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
-                      cache=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+                      encoder_attention_mask=image_mask, cache=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         tokens: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []
@@ -259,7 +264,8 @@ class VLModel:
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             position = torch.full((batch, 1), length + step, device=self.device)
             out = decoder(input_ids=next_ids[:, None], attention_mask=mask, position_ids=position,
-                          encoder_hidden_states=image_embeds, cache=out.cache, use_cache=True)  # fmt: skip
+                          encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask, cache=out.cache,
+                          use_cache=True)  # fmt: skip
         result = []
         table = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(batch)]
         for row in table:
