@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from training.base_model import load_base_model
+from training.compare import GivenImage
 from training.data import scenes
-from training.data.dataset import DEFAULT_DATASETS, load_dataset
+from training.data.dataset import DEFAULT_DATASETS, Example, load_dataset
 from training.paths import DEFAULT_MODEL_DIR
 from training.pixels import PixelCache
 from training.tasks import Encoder, prompt_text
@@ -66,3 +67,22 @@ def test_zero_shot_model_answers_a_question_with_some_text(embedded):
     example = load_dataset(None, "vqa").split("test")[0]
     (answer,) = decode(embedded, "vqa", [example])
     assert isinstance(answer, str)
+
+
+def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):
+    from training.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(steps=3, batch_size=4, warmup_steps=1, pool_images=8, hidden=32, vision_layers=1,
+                            text_layers=1, heads=2)  # fmt: skip
+    out = pretrain(config, tmp_path / "tiny-scene-blip")
+    meta = json.loads((out / "pretrain.json").read_text())
+    assert meta["config"]["dense_weight"] > 0 and set(meta["history"][-1]["patch_accuracy"]) == set(
+        scenes.PATCH_LABEL_HEADS)  # fmt: skip
+    vl = VLModel(load_base_model(str(out)))
+    assert not any("linear" in name for name, _ in vl.model.named_parameters())  # the patch head is not saved
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    image = scenes.render_scene(scenes.sample_scene(scenes.scene_rng("pretrain", "train", 0)))
+    pixels = PixelCache(vl.base.processor)([Example(GivenImage(image), "scene")])
+    with torch.no_grad():
+        generated = vl.generate(vl.encode_images(pixels), [encoder.prompt_ids(prompt_text("caption"))], 5)
+    assert len(generated) == 1 and len(generated[0]) <= 5

@@ -303,3 +303,25 @@ def test_shipped_datasets_are_what_the_generator_writes(name):
             assert by_file[f"{index:06d}.png"] == expected
             with Image.open(folder / split / f"{index:06d}.png") as shipped:
                 assert shipped.convert("RGB").tobytes() == image.tobytes()
+
+
+def test_patch_labels_name_what_each_patch_shows():
+    """The dense pre-training targets: object patches carry the object's shape, colour, size and cell; the rest 0."""
+    colors = tuple(COLORS)
+    for scene, _ in _scenes("pretrain", "train", 40):
+        labels = scenes.patch_labels(scene, size=64, patch=8)
+        assert labels.shape == (4, 64)
+        assert np.array_equal(scenes.patch_labels(scene, size=64, patch=8), labels)
+        grid = np.arange(64)
+        for obj in scene.objects:
+            mine = labels[3] == obj.cell + 1
+            assert mine.any(), obj  # every object covers at least one patch
+            assert set(labels[0][mine]) == {SHAPES.index(obj.shape) + 1}
+            assert set(labels[1][mine]) == {colors.index(obj.color) + 1}
+            assert set(labels[2][mine]) == {scenes.SIZES.index(obj.size) + 1}
+            rows, cols = divmod(grid[mine], 8)
+            # a patch labelled with an object lies in (or next to) that object's grid cell
+            assert all(abs(r * 8 + 4 - (obj.cell // 3 + 0.5) * 64 / 3) < 64 / 3 for r in rows)
+            assert all(abs(c * 8 + 4 - (obj.cell % 3 + 0.5) * 64 / 3) < 64 / 3 for c in cols)
+        background = labels[3] == 0
+        assert background.any() and (labels[:, background] == 0).all()

@@ -268,6 +268,8 @@ def test_the_ray_executor_runs_each_run_as_a_task_on_a_local_instance(tiny_model
     rows = read_table(tmp_path / "r" / "runs.csv")
     assert [r["run"] for r in rows] == ["vqa__zero-shot__s0", "vqa__lora__b2k__f0.5__s0"]
     assert rows[1]["train_examples"] == "16" and rows[1]["accuracy"] != ""
+    assert rows[0]["towers"] == "" and rows[1]["towers"] == json.loads(
+        (tmp_path / "out" / "runs" / rows[1]["run"] / "config.json").read_text())["config"]["towers"]  # fmt: skip
     meta = json.loads((tmp_path / "r" / "sweep.json").read_text())
     assert meta["executor"] == "ray" and meta["num_cpus"] == 1 and meta["done"] == 2
 

@@ -70,7 +70,9 @@ def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None 
         "budget_params": info.get("budget_params") if point.budget is not None else None,
         "trainable_params": info.get("trainable_params"), "trainable_percent": info.get("trainable_percent"),
         "total_params": info.get("total_params"), "knob": info.get("knob"), "knob_value": info.get("knob_value"),
-        "towers": config.get("towers"), "batch_size": config.get("batch_size"),
+        # Full fine-tuning trains both towers and zero-shot none, whatever the sweep's towers setting says.
+        "towers": {"full": "both", "zero-shot": None}.get(point.method, config.get("towers")),
+        "batch_size": config.get("batch_size"),
         "data_fraction": point.fraction, "train_examples": info.get("train_examples") if trained else 0,
         "train_pairs": info.get("train_pairs") if trained else 0, "seed": point.seed,
         "total_steps": info.get("total_steps"), "lr": info.get("lr") if trained else None,
