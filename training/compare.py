@@ -199,10 +199,12 @@ def decode_batched(vl: VLModel, adapters: list[str | None], task: str, question:
         embeds = vl.encode_images(pixel_values.expand(len(encoded), -1, -1, -1))
     features = {name: embeds[row : row + 1] for row, name in enumerate(encoded)}
     previous = vl.ctx.active
-    for name in own_sequence:
-        vl.set_active(name)
-        features[name] = vl.encode_images(pixel_values)
-    vl.set_active(previous)
+    try:
+        for name in own_sequence:
+            vl.set_active(name)
+            features[name] = vl.encode_images(pixel_values)
+    finally:
+        vl.set_active(previous)
     # Visual prompts lengthen some rows' image sequences: the shorter ones are right-padded and masked.
     rows = [features.get(name, features[None]) for name in adapters]
     width = max(row.shape[1] for row in rows)

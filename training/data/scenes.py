@@ -290,20 +290,24 @@ def render_scene(scene: Scene, size: int = 64) -> Image.Image:
     pixels = np.clip(_background_pixels(scene.background, side), 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(image)
-    cell = side / 3
     edge = max(1, round(side / 64))
     for obj in scene.objects:
-        row, col = divmod(obj.cell, 3)
-        cx, cy = (col + 0.5 + obj.dx) * cell, (row + 0.5 + obj.dy) * cell
-        r = obj.scale * cell / 2
         fill = COLORS[obj.color]
         # A darker rim keeps white shapes visible on light backgrounds.
-        rim = tuple(int(c * 0.55) for c in fill)
-        if obj.shape == "circle":
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill, outline=rim, width=edge)
-        else:
-            draw.polygon(_shape_outline(obj.shape, cx, cy, r), fill=fill, outline=rim, width=edge)
+        _draw_object(draw, obj, side, fill=fill, outline=tuple(int(c * 0.55) for c in fill), width=edge)
     return image.reduce(_SUPERSAMPLE)
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int, **style) -> None:
+    """Draw one object on a side x side canvas, in its grid cell, with PIL's fill/outline/width style."""
+    cell = side / 3
+    row, col = divmod(obj.cell, 3)
+    cx, cy = (col + 0.5 + obj.dx) * cell, (row + 0.5 + obj.dy) * cell
+    r = obj.scale * cell / 2
+    if obj.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), **style)
+    else:
+        draw.polygon(_shape_outline(obj.shape, cx, cy, r), **style)
 
 
 # What each patch of an image shows, for the vision tower's dense pre-training objective.
@@ -317,15 +321,8 @@ def patch_labels(scene: Scene, size: int = 64, patch: int = 8) -> np.ndarray:
     side = size * _SUPERSAMPLE
     mask = Image.new("L", (side, side), 0)
     draw = ImageDraw.Draw(mask)
-    cell = side / 3
     for number, obj in enumerate(scene.objects, start=1):
-        row, col = divmod(obj.cell, 3)
-        cx, cy = (col + 0.5 + obj.dx) * cell, (row + 0.5 + obj.dy) * cell
-        r = obj.scale * cell / 2
-        if obj.shape == "circle":
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=number)
-        else:
-            draw.polygon(_shape_outline(obj.shape, cx, cy, r), fill=number)
+        _draw_object(draw, obj, side, fill=number)
     grid, step = size // patch, patch * _SUPERSAMPLE
     cells = np.asarray(mask, dtype=np.int64)[: grid * step, : grid * step]
     cells = cells.reshape(grid, step, grid, step).transpose(0, 2, 1, 3).reshape(grid * grid, step * step)
