@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
 from training.base_model import load_base_model
@@ -221,3 +222,11 @@ def test_mixed_batch_refuses_visual_prompt_rows_and_unknown_adapters(vl, inputs)
     with pytest.raises(KeyError), vl.mixed([None, "nope"]):
         pass
     assert vl.ctx.row_adapters is None
+
+
+@pytest.mark.parametrize(("rank", "scaling"), [(1, 2.0), (4, 2.0), (16, 1.0), (64, 0.5)])
+def test_lora_scaling_is_constant_up_to_rank_4_then_rank_stabilised(vl, rank, scaling):
+    vl.attach("lora", "a", "text", rank)
+    layers = [m for m in vl.model.modules() if isinstance(m, LoraLayer) and "a" in m.lora_A]
+    assert layers
+    assert all(m.scaling["a"] == pytest.approx(scaling) for m in layers)

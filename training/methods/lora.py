@@ -2,10 +2,17 @@
 
 Vision: the fused `qkv` projection of every ViT block. Text: `query` and `value` of every self- and
 cross-attention of the decoder. The LM head (tied to the word embeddings) is never a target.
+
+Scaling: the update is `scaling * B @ A` with `scaling = 2` up to rank `STABLE_FROM_RANK`, and
+`2 * sqrt(STABLE_FROM_RANK / r)` above it (rank-stabilised LoRA, Kalajdzievski 2023). With a constant
+scaling the update grows with the rank at a fixed learning rate: on the embedded default, rank 111 at
+lr 6e-3 diverged (VQA 0.8 % against 37-43 % at ranks 4-35, 150 steps); with this scaling it reaches 41.3 %.
+Ranks up to 4 (the app's default budget gives rank 2) keep the scaling the default lr was tuned with.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 
@@ -16,9 +23,16 @@ from torch import nn
 
 from training.methods.base import AdapterContext, Method, register, smallest_hidden
 
+STABLE_FROM_RANK = 4
+
 # `(\.inner)*` lets a target sit under another method's wrapper (several adapters on one base).
 VISION_TARGETS = r"vision_model\.encoder\.layers\.\d+\.self_attn(\.inner)*\.qkv"
 TEXT_TARGETS = r"text_decoder\.bert\.encoder\.layer\.\d+\.(attention|crossattention)\.self\.(query|value)"
+
+
+def lora_alpha(rank: int) -> float:
+    """peft's `lora_alpha` (scaling = alpha / r) for the scaling described in the module docstring."""
+    return 2.0 * min(rank, math.sqrt(STABLE_FROM_RANK * rank))
 
 
 @register
@@ -35,7 +49,7 @@ class LoRA(Method):
         rank = int(knob_value)
         patterns = {"vision": [VISION_TARGETS], "text": [TEXT_TARGETS], "both": [VISION_TARGETS, TEXT_TARGETS]}
         config = LoraConfig(
-            r=rank, lora_alpha=2 * rank, lora_dropout=0.0, bias="none",
+            r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, bias="none",
             target_modules="|".join(f"(?:{p})" for p in patterns[towers]),
         )  # fmt: skip
         # peft marks only adapters trainable on the whole model; the trainer sets requires_grad itself.
