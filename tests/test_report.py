@@ -144,3 +144,14 @@ def test_the_report_draws_its_figures_and_links_them(tmp_path):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 10_000
         assert f"(figures/{name}.png)" in report
     assert "could not be rendered" not in report
+
+
+def test_a_gap_larger_than_the_embedding_score_is_explained_with_their_means():
+    frame = synthetic(rising(8), rising(6), flat, peak, layer_bonus=4)
+    embedding = (frame.task == "vqa") & (frame.family == "embedding composition")
+    frame.loc[embedding, "accuracy"] = 1.0  # prompt and prefix barely move from zero-shot
+    families = build_findings(frame)[2]
+    assert families.verdict == REPRODUCED
+    assert "On vqa the gap is larger than the embedding methods' own score" in families.discussion
+    assert "prefix 1, prompt 1; zero-shot:" in families.discussion
+    assert "On caption" not in families.discussion
