@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -30,13 +29,13 @@ def test_the_shipped_datasets_load_with_the_sizes_they_declare():
         assert {s: len(loaded.split(s)) for s in ("train", "validation", "test")} == declared["splits"]
 
 
-def test_the_model_is_small_safetensors_and_loads_quickly():
+def test_the_model_is_small_safetensors_and_loads():
     weights = DEFAULT_MODEL_DIR / "model.safetensors"
     assert weights.is_file() and weights.stat().st_size <= 20 * 1024**2
     assert not list(DEFAULT_MODEL_DIR.glob("*.bin")) and not list(DEFAULT_MODEL_DIR.glob("*.pt"))
-    start = time.perf_counter()
-    load_base_model(None)
-    assert time.perf_counter() - start < 10  # the card's figure (< 3 s) is measured by the benchmark
+    # Load time is a figure of the benchmark (`python -m training bench`), not an assertion here.
+    base = load_base_model(None)
+    assert sum(p.numel() for p in base.model.parameters()) < 5_000_000
     card = (DEFAULT_MODEL_DIR / "README.md").read_text()
     assert "python -m training pretrain" in card and "CIDEr-D" in card
 

@@ -2,7 +2,8 @@
 
 - training throughput (samples/s), step time and peak memory per method at default settings, each measured
   in a fresh process (so peak memory is that method's alone), with towers=both and towers=text;
-- compare latency for 1, 3 and 6 adapters on one image;
+- compare latency for 1, 3 and 6 adapters on one image, with adapters trained on both towers (the
+  default) and on the text decoder only;
 - evaluation time as a share of a default run's wall time;
 - the app's cold start to its first served page.
 Figures are measured, never asserted: the tests check correctness, this prints the numbers.
@@ -75,8 +76,9 @@ def _in_subprocess(method: str, towers: str, steps: int, batch_size: int) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_compare(work: Path, repeats: int = 3) -> list[dict]:
-    """Latency of Comparer.compare with the zero-shot base plus 0, 2 and 5 trained adapters (VQA)."""
+def measure_compare(work: Path, towers: str = "both", repeats: int = 3) -> list[dict]:
+    """Latency of Comparer.compare with the zero-shot base plus 0, 2 and 5 trained adapters (VQA), the
+    adapters trained on `towers` (both: the default, each needs its own vision pass; text: they share one)."""
     from training.compare import Comparer
     from training.config import RunConfig
     from training.data.dataset import load_dataset
@@ -84,9 +86,10 @@ def measure_compare(work: Path, repeats: int = 3) -> list[dict]:
 
     run_dirs = []
     for method in COMPARE_METHODS:
-        run_dir = work / f"compare-{method}"
+        run_dir = work / f"compare-{towers}-{method}"
         if not (run_dir / "eval.json").exists():
-            train(RunConfig(task="vqa", method=method, max_steps=20, eval_limit=20), run_dir, install_signals=False)
+            config = RunConfig(task="vqa", method=method, towers=towers, max_steps=20, eval_limit=20)
+            train(config, run_dir, install_signals=False)
         run_dirs.append(run_dir)
     example = load_dataset(None, "vqa").split("test")[0]
     image = example.image.load()
@@ -149,9 +152,12 @@ def run_bench(steps: int = 10, batch_size: int = 32, work_dir: str | None = None
     for row in train_rows:
         row["speedup_vs_full"] = round(row["samples_per_s"] / full["samples_per_s"], 2)
     compare = measure_compare(work)
+    compare_text = measure_compare(work, towers="text")
     eval_share = measure_eval_share(work)
     return {"train": train_rows, "compare": compare,
             "compare_ratio_6_to_1": round(compare[-1]["latency_s"] / compare[0]["latency_s"], 2),
+            "compare_text": compare_text,
+            "compare_text_ratio_6_to_1": round(compare_text[-1]["latency_s"] / compare_text[0]["latency_s"], 2),
             "eval_share": eval_share["eval_share"], "eval": eval_share,
             "app_cold_start_s": measure_app_cold_start(), "machine": _machine()}  # fmt: skip
 
@@ -171,9 +177,12 @@ def print_table(result: dict) -> None:
     for row in result["train"]:
         print(f"{row['method']:<17} {row['towers']:<6} {row['trainable_params']:>10,} {row['samples_per_s']:>10.1f} "
               f"{row['step_s']:>8.3f} {row['speedup_vs_full']:>7.2f}x {row['peak_mem_mb']:>8.0f}")  # fmt: skip
-    for row in result["compare"]:
-        print(f"compare {row['adapters']} adapter(s): {row['latency_s']:.3f} s")
-    print(f"compare 6 vs 1: {result['compare_ratio_6_to_1']:.2f}x")
+    for key, towers in (("compare", "both"), ("compare_text", "text")):
+        if key not in result:
+            continue
+        times = ", ".join(f"{row['adapters']}: {1000 * row['latency_s']:.1f} ms" for row in result[key])
+        ratio = result[f"{key}_ratio_6_to_1"]
+        print(f"compare, adapters trained with --towers {towers}: {times}; 6 vs 1: {ratio:.2f}x")
     print(f"evaluation share of a default run: {100 * result['eval_share']:.1f} % "
           f"({result['eval']['eval_s']:.1f} s of {result['eval']['wall_s']:.1f} s)")  # fmt: skip
     print(f"app cold start to first page: {result['app_cold_start_s']:.1f} s")

@@ -1,11 +1,13 @@
 """Side-by-side outputs of several trained adapters on one image: one resident base, adapters batched.
 
 The zero-shot base model is always the first column. Every PEFT run is an adapter on the one shared base,
-and all of them are decoded in one batch (`VLModel.mixed`: each row runs through its own adapter). The
-image goes through the vision tower once for the base and the text-only adapters, once more in the same
-batch for each adapter that changes the vision tower, and on its own only for visual prompt tokens (they
-lengthen the image sequence; in the shared decode, shorter image sequences are padded and masked). Full
-fine-tuning runs carry a whole model each and get their own copy (kept in a small cache), decoded on their own.
+and they are decoded in batches (`VLModel.mixed`: each row runs through its own adapter): one for the base
+and every adapter that keeps the sequence lengths, one for the prompt-tuned adapters (their prompt vectors
+and visual prompt tokens lengthen the sequences, which every row of a shared batch would carry; among
+them, shorter image sequences are padded and masked). The image goes through the vision tower once for
+the base and the text-only adapters, once more in the same batch for each adapter that changes the vision
+tower, and on its own only for visual prompt tokens. Full fine-tuning runs carry a whole model each and get
+their own copy (kept in a small cache), decoded on their own.
 """
 
 from __future__ import annotations
@@ -205,6 +207,23 @@ def decode_batched(vl: VLModel, adapters: list[str | None], task: str, question:
             features[name] = vl.encode_images(pixel_values)
     finally:
         vl.set_active(previous)
+    # Prompt tuning lengthens the sequences (prompt vectors before the text, visual prompt tokens): in a
+    # shared decode every row would carry that length, so prompt-tuned rows are decoded in a batch of their own.
+    lengthened = [name for name, m in methods.items() if m is not None and _lengthens_sequence(m)]
+    prompt = encoder.prompt_ids(prompt_text(task, question))
+    outputs = {}
+    for group in ([n for n in adapters if n not in lengthened], lengthened):
+        if group:
+            outputs.update(_decode_group(vl, group, features, prompt, max_new_tokens))
+    return {name: encoder.decode(outputs[name]) for name in adapters}
+
+
+def _lengthens_sequence(method) -> bool:
+    return method.lengthens_image() or method.text_prompt(1) is not None
+
+
+def _decode_group(vl: VLModel, adapters: list[str | None], features: dict, prompt: list[int],
+                  max_new_tokens: int) -> dict[str | None, list[int]]:  # fmt: skip
     # Visual prompts lengthen some rows' image sequences: the shorter ones are right-padded and masked.
     rows = [features.get(name, features[None]) for name in adapters]
     width = max(row.shape[1] for row in rows)
@@ -213,12 +232,10 @@ def decode_batched(vl: VLModel, adapters: list[str | None], task: str, question:
     for index, row in enumerate(rows):
         image_embeds[index, : row.shape[1]] = row[0]
         image_mask[index, : row.shape[1]] = 1
-    prompt = encoder.prompt_ids(prompt_text(task, question))
     with vl.mixed(adapters):
         generated = vl.generate(image_embeds, [prompt] * len(adapters), max_new_tokens,
                                 image_mask=image_mask if width > min(r.shape[1] for r in rows) else None)  # fmt: skip
-    outputs = {name: encoder.decode(ids) for name, ids in zip(adapters, generated, strict=True)}
-    return outputs
+    return dict(zip(adapters, generated, strict=True))
 
 
 def sample_score(task: str, output: str, references: list[str] | None, answers: list[str] | None) -> dict:

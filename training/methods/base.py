@@ -8,7 +8,7 @@ so with no adapter active the model is exactly the base model.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -32,13 +32,20 @@ class AdapterContext:
 
     active: str | None = None
     row_adapters: tuple[str | None, ...] | None = None
+    # (row_adapters, adapter, device) -> row indices: every wrapped layer asks, at every decoding step
+    _row_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def rows(self, adapter: str, device: torch.device) -> slice | torch.Tensor | None:
         """The batch rows this adapter acts on: ALL_ROWS, a tensor of row indices, or None (no row)."""
         if self.row_adapters is None:
             return ALL_ROWS if self.active == adapter else None
-        picked = [row for row, name in enumerate(self.row_adapters) if name == adapter]
-        return torch.tensor(picked, device=device) if picked else None
+        key = (self.row_adapters, adapter, device)
+        if key not in self._row_cache:
+            if len(self._row_cache) > 256:
+                self._row_cache.clear()
+            picked = [row for row, name in enumerate(self.row_adapters) if name == adapter]
+            self._row_cache[key] = torch.tensor(picked, device=device) if picked else None
+        return self._row_cache[key]
 
 
 class Method:
