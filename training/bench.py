@@ -76,7 +76,7 @@ def _in_subprocess(method: str, towers: str, steps: int, batch_size: int) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_compare(work: Path, towers: str = "both", repeats: int = 3) -> list[dict]:
+def measure_compare(work: Path, towers: str = "both", repeats: int = 7) -> list[dict]:
     """Latency of Comparer.compare with the zero-shot base plus 0, 2 and 5 trained adapters (VQA), the
     adapters trained on `towers` (both: the default, each needs its own vision pass; text: they share one)."""
     from training.compare import Comparer
@@ -143,7 +143,7 @@ def measure_app_cold_start(timeout_s: float = 120) -> float:
         proc.wait(timeout=20)
 
 
-def run_bench(steps: int = 10, batch_size: int = 32, work_dir: str | None = None) -> dict:
+def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None) -> dict:
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     train_rows = [_in_subprocess(m, "both", steps, batch_size) for m in BENCH_METHODS]

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     bench = subparsers.add_parser("bench", help="speed and memory figures on the embedded default")
     bench.add_argument("--json", action="store_true", help="print JSON")
-    bench.add_argument("--steps", type=int, default=10, help="timed training steps per method")
+    bench.add_argument("--steps", type=int, default=20, help="timed training steps per method")
     bench.add_argument("--work-dir", default=None, help="where the benchmark's runs go (default: a temp dir)")
     bench.set_defaults(func=cmd_bench)
 
