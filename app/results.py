@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from app.services import MAIN_METRIC, RunRecord
+from training.paths import REPO_ROOT
 
 RESULTS_FILE = "runs.csv"
 REPORT_FILE = "report.md"
@@ -33,7 +34,15 @@ def load_sweep(results_dir: Path) -> tuple[pd.DataFrame, str]:
     if missing:
         return _empty(), f"`{path}` lacks the columns {', '.join(sorted(missing))}; showing your own runs only."
     frame["source"], frame["run_id"] = SWEEP, ""
-    return frame, f"{len(frame):,} sweep runs from `{path}`."
+    return frame, f"{len(frame):,} sweep runs from `{_shown(path)}`."
+
+
+def _shown(path: Path) -> str:
+    """A path for the page: relative to the repository when it is inside it (no machine-specific prefix)."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def load_verdict(results_dir: Path) -> str:
