@@ -413,7 +413,7 @@ def _lopsided(frame, gap: FamilyGap) -> str:
     zero = frame[(frame.task == gap.task) & (frame.method == "zero-shot")][metric]
     zero_text = f"; zero-shot: {zero.mean():.3g}" if len(zero) else ""
     return (f"On {gap.task} the gap is larger than the embedding methods' own score ({gap.relative:+.0%}): in the "
-            f"grid's fixed schedule (each method at its default learning rate) they barely leave the zero-shot "
+            f"grid's fixed schedule they barely leave the zero-shot "
             f"behaviour (mean {metric} over their runs: {means}{zero_text}). The direction "
             f"matches the paper; the size says how slowly embedding composition adapts in a short schedule on "
             f"this small model, not how far it could get with longer training.")
