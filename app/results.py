@@ -24,15 +24,15 @@ def load_sweep(results_dir: Path) -> tuple[pd.DataFrame, str]:
     """The sweep's rows (source = 'sweep') and a note for the page; an empty table when there are none yet."""
     path = Path(results_dir) / RESULTS_FILE
     if not path.is_file():
-        return _empty(), (f"No sweep results yet: `{path.name}` appears in `{path.parent}` once a sweep has run; "
-                          "until then the figures show the runs you finish in the Train tab.")  # fmt: skip
+        return _empty(), (f"No sweep results yet: `{path.name}` appears in `{_shown(path.parent)}` once a sweep has "
+                          "run; until then the figures show the runs you finish in the Train tab.")  # fmt: skip
     try:
         frame = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        return _empty(), f"`{path}` could not be read ({exc}); the figures show your own finished runs only."
+        return _empty(), f"`{_shown(path)}` could not be read ({exc}); the figures show your own finished runs only."
     missing = {"task", "method", "data_fraction", "trainable_params"} - set(frame.columns)
     if missing:
-        return _empty(), f"`{path}` lacks the columns {', '.join(sorted(missing))}; showing your own runs only."
+        return _empty(), f"`{_shown(path)}` lacks the columns {', '.join(sorted(missing))}; showing your own runs only."
     frame["source"], frame["run_id"] = SWEEP, ""
     return frame, f"{len(frame):,} sweep runs from `{_shown(path)}`."
 
@@ -52,7 +52,7 @@ def load_verdict(results_dir: Path) -> str:
         text = path.read_text()
     except (OSError, UnicodeDecodeError):
         return (f"No verdict yet: `{path.name}` is written by `python -m training report` once a sweep has run "
-                f"(it goes to `{path.parent}`).")  # fmt: skip
+                f"(it goes to `{_shown(path.parent)}`).")  # fmt: skip
     kept = [line for line in text.splitlines() if not line.lstrip().startswith("![")]
     return "\n".join(kept).replace("# Do the paper's findings reproduce?", "", 1).strip()
 

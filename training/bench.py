@@ -178,8 +178,6 @@ def print_table(result: dict) -> None:
         print(f"{row['method']:<17} {row['towers']:<6} {row['trainable_params']:>10,} {row['samples_per_s']:>10.1f} "
               f"{row['step_s']:>8.3f} {row['speedup_vs_full']:>7.2f}x {row['peak_mem_mb']:>8.0f}")  # fmt: skip
     for key, towers in (("compare", "both"), ("compare_text", "text")):
-        if key not in result:
-            continue
         times = ", ".join(f"{row['adapters']}: {1000 * row['latency_s']:.1f} ms" for row in result[key])
         ratio = result[f"{key}_ratio_6_to_1"]
         print(f"compare, adapters trained with --towers {towers}: {times}; 6 vs 1: {ratio:.2f}x")

@@ -209,17 +209,13 @@ def decode_batched(vl: VLModel, adapters: list[str | None], task: str, question:
         vl.set_active(previous)
     # Prompt tuning lengthens the sequences (prompt vectors before the text, visual prompt tokens): in a
     # shared decode every row would carry that length, so prompt-tuned rows are decoded in a batch of their own.
-    lengthened = [name for name, m in methods.items() if m is not None and _lengthens_sequence(m)]
+    lengthened = [name for name, m in methods.items() if m is not None and (m.lengthens_text() or m.lengthens_image())]
     prompt = encoder.prompt_ids(prompt_text(task, question))
     outputs = {}
     for group in ([n for n in adapters if n not in lengthened], lengthened):
         if group:
             outputs.update(_decode_group(vl, group, features, prompt, max_new_tokens))
     return {name: encoder.decode(outputs[name]) for name in adapters}
-
-
-def _lengthens_sequence(method) -> bool:
-    return method.lengthens_image() or method.text_prompt(1) is not None
 
 
 def _decode_group(vl: VLModel, adapters: list[str | None], features: dict, prompt: list[int],

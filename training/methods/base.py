@@ -33,7 +33,7 @@ class AdapterContext:
     active: str | None = None
     row_adapters: tuple[str | None, ...] | None = None
     # (row_adapters, adapter, device) -> row indices: every wrapped layer asks, at every decoding step
-    _row_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _row_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def rows(self, adapter: str, device: torch.device) -> slice | torch.Tensor | None:
         """The batch rows this adapter acts on: ALL_ROWS, a tensor of row indices, or None (no row)."""
@@ -88,6 +88,11 @@ class Method:
 
     def touches_vision(self) -> bool:
         return "vision" in TOWER_CHOICES[self.towers]
+
+    def lengthens_text(self) -> bool:
+        """True when the method puts vectors before the text (prompt tuning), so its decoder sequences are
+        longer than the other adapters'."""
+        return False
 
     def lengthens_image(self) -> bool:
         """True when the method adds tokens to the image sequence (visual prompts), so its image features

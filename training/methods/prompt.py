@@ -53,6 +53,9 @@ class PromptTuning(Method):
     def max_knob(cls, model, towers: str) -> int:
         return MAX_PROMPT_LENGTH
 
+    def lengthens_text(self) -> bool:
+        return "text" in self.modules
+
     def lengthens_image(self) -> bool:
         return "vision" in self.modules
 
