@@ -9,24 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 
 import torch
-from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from training.base_model import BaseModel
 from training.errors import UserError
 from training.methods import METHODS, AdapterContext, Method
-from training.methods.lora import LoRA
-from training.methods.wrappers import add_on_rows
-
-
-def _lora_update(layer: LoraLayer, name: str, x: torch.Tensor) -> torch.Tensor:
-    """What peft's LoRA layer adds to the base projection for adapter `name`."""
-    down = layer.lora_A[name]
-    return layer.lora_B[name](down(layer.lora_dropout[name](x.to(down.weight.dtype)))) * layer.scaling[name]
 
 
 class VLModel:
@@ -104,24 +94,11 @@ class VLModel:
         previous = self.ctx.active
         self.set_active(None)
         self.ctx.row_adapters = tuple(row_adapters)
-        # LoRA layers stay disabled (the base projection); a hook adds each LoRA adapter's update on its rows.
-        lora_names = {name for name in row_adapters if name is not None and isinstance(self.adapters[name], LoRA)}
-        handles = [layer.register_forward_hook(self._lora_rows) for layer in self.model.modules()
-                   if isinstance(layer, LoraLayer) and lora_names & set(layer.lora_A)]  # fmt: skip
         try:
             yield
         finally:
-            for handle in handles:
-                handle.remove()
             self.ctx.row_adapters = None
             self.set_active(previous)
-
-    def _lora_rows(self, layer: LoraLayer, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        """output + scaling * B(A(x)) on the rows of each LoRA adapter of this layer (peft's own per-row
-        path, `adapter_names`, runs a Python loop and index ops per layer that cost more than the update)."""
-        for name in layer.lora_A:
-            output = add_on_rows(self.ctx, name, output, args[0], partial(_lora_update, layer, name))
-        return output
 
     def _row_methods(self, batch: int) -> list[Method | None]:
         if self.ctx.row_adapters is None:
