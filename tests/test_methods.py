@@ -175,7 +175,9 @@ def many(vl):
 
 
 def test_mixed_batch_vision_rows_equal_each_adapter_alone(vl, many):
-    rows = [name for name in many if name is None or vl.adapters[name].touches_vision()]
+    vl.attach("prefix", "prefix-vision", "vision", 4)  # a second prefix wrapper around the same attentions
+    randomize(vl, "prefix-vision", 11)
+    rows = [name for name in [*many, "prefix-vision"] if name is None or vl.adapters[name].touches_vision()]
     pixels = torch.randn(len(rows), 3, 32, 32, generator=torch.Generator().manual_seed(3))
     vl.set_active("lora")
     with torch.no_grad(), vl.mixed(rows):

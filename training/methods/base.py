@@ -8,6 +8,7 @@ so with no adapter active the model is exactly the base model.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -46,6 +47,17 @@ class AdapterContext:
             picked = [row for row, name in enumerate(self.row_adapters) if name == adapter]
             self._row_cache[key] = torch.tensor(picked, device=device) if picked else None
         return self._row_cache[key]
+
+    @contextmanager
+    def narrowed(self, rows: list[int]) -> Iterator[None]:
+        """Inside, the mixed batch is only these of its rows: for a module that runs a sub-batch through
+        layers below it, so that their per-row routing indexes the sub-batch."""
+        previous = self.row_adapters
+        self.row_adapters = tuple(previous[row] for row in rows)
+        try:
+            yield
+        finally:
+            self.row_adapters = previous
 
 
 class Method:

@@ -26,16 +26,23 @@ class PrefixedVisionAttention(nn.Module):
         self.ctx = method.ctx
         self.prefix = prefix  # [2, heads, P, head_dim]
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         rows = self.ctx.rows(self.method, hidden_states.device)
         if rows is None:
             return self.inner(hidden_states, **kwargs)
         if rows is ALL_ROWS:
             return self._prefixed(hidden_states)
-        # A mixed batch: the other rows attend as the base does; this adapter's rows get its prefixes. The
-        # whole batch goes through both paths, so layers below that route by row (LoRA) see every row.
-        out, probs = self.inner(hidden_states, **kwargs)
-        return out.index_copy(0, rows, self._prefixed(hidden_states)[0][rows]), probs
+        # A mixed batch: this adapter's rows get its prefixes, the others go through the layer below (the
+        # base, or other adapters' wrappers), each sub-batch with the context narrowed to its rows.
+        picked = rows.tolist()
+        others = [row for row in range(hidden_states.shape[0]) if row not in picked]
+        out = hidden_states.new_empty(hidden_states.shape)
+        with self.ctx.narrowed(picked):
+            out[rows] = self._prefixed(hidden_states[rows])[0]
+        if others:
+            with self.ctx.narrowed(others):
+                out[others] = self.inner(hidden_states[others], **kwargs)[0]
+        return out, None
 
     def _prefixed(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         attn = unwrap(self.inner)
