@@ -217,6 +217,31 @@ def test_mixed_batch_text_rows_equal_each_adapter_alone(vl, inputs, many):
         assert torch.allclose(step_logits[row][:steps], logits[0], atol=1e-4), name
 
 
+def test_groups_prefilled_apart_then_decoded_together_equal_each_adapter_alone(vl, inputs, many):
+    """generate_groups: the caches of separately prefilled groups (text prompts of two lengths, visual prompt
+    tokens that lengthen the image sequence, prefixes) merged into one decode loop."""
+    vl.attach("prompt", "vpt", "both", 2)
+    randomize(vl, "vpt", 12)
+    pixels = inputs[0]
+    features = {}
+    for name in [*many, "vpt"]:
+        vl.set_active(name)
+        with torch.no_grad():
+            features[name] = vl.encode_images(pixels[:1])
+    vl.set_active(None)
+    lengthened = ["prompt", "prompt-long", "vpt"]
+    groups = [[(name, features[name]) for name in many if name not in lengthened],
+              [(name, features[name]) for name in lengthened]]  # fmt: skip
+    assert features["vpt"].shape[1] > features[None].shape[1]
+    tokens, logits = vl.generate_groups(groups, [5, 9, 10], max_new_tokens=6, return_logits=True)
+    for row, (name, embeds) in enumerate(pair for group in groups for pair in group):
+        vl.set_active(name)
+        alone_tokens, alone_logits = vl.generate(embeds, [[5, 9, 10]], 6, return_logits=True)
+        assert tokens[row] == alone_tokens[0], name
+        steps = alone_logits[0].shape[0]
+        assert torch.allclose(logits[row][:steps], alone_logits[0], atol=1e-4), name
+
+
 def test_mixed_batch_refuses_visual_prompt_rows_and_unknown_adapters(vl, inputs):
     vl.attach("prompt", "vpt", "vision", 2)
     with pytest.raises(ValueError, match="visual prompt"), torch.no_grad(), vl.mixed([None, "vpt"]):
@@ -264,3 +289,19 @@ def test_lora_training_path_matches_peft_forward_and_gradients(vl, inputs, monke
     for fast, reference in zip(fast_grads, reference_grads, strict=True):
         assert reference.abs().max() > 0
         assert torch.allclose(fast, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_decoder_does_not_attend_to_masked_image_padding(vl, inputs):
+    """transformers' BLIP text decoder drops the image mask in cross-attention; honour_image_mask (applied
+    by load_base_model) restores it, so right-padded image rows decode as they do unpadded."""
+    pixels = inputs[0]
+    with torch.no_grad():
+        embeds = vl.encode_images(pixels)
+    padding = torch.randn(2, 3, embeds.shape[2], generator=torch.Generator().manual_seed(4)) * 5
+    image_mask = torch.cat([torch.ones(2, embeds.shape[1]), torch.zeros(2, 3)], 1).long()
+    prompts = [[5, 9, 10], [5, 13, 14, 15]]
+    _, plain = vl.generate(embeds, prompts, 6, return_logits=True)
+    _, padded = vl.generate(torch.cat([embeds, padding], 1), prompts, 6, return_logits=True, image_mask=image_mask)
+    for row in range(2):
+        steps = min(plain[row].shape[0], padded[row].shape[0])
+        assert torch.allclose(plain[row][:steps], padded[row][:steps], atol=1e-5)

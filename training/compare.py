@@ -207,31 +207,17 @@ def decode_batched(vl: VLModel, adapters: list[str | None], task: str, question:
             features[name] = vl.encode_images(pixel_values)
     finally:
         vl.set_active(previous)
-    # Prompt tuning lengthens the sequences (prompt vectors before the text, visual prompt tokens): in a
-    # shared decode every row would carry that length, so prompt-tuned rows are decoded in a batch of their own.
+    # Prompt tuning lengthens the sequences (prompt vectors before the text, visual prompt tokens): in a shared
+    # prefill every row would carry that length, so prompt-tuned rows are prefilled on their own; all rows then
+    # decode in one loop (VLModel.generate_groups).
     lengthened = [name for name, m in methods.items() if m is not None and (m.lengthens_text() or m.lengthens_image())]
+    groups = [[(name, features.get(name, features[None])) for name in group]
+              for group in ([n for n in adapters if n not in lengthened], lengthened) if group]  # fmt: skip
     prompt = encoder.prompt_ids(prompt_text(task, question))
-    outputs = {}
-    for group in ([n for n in adapters if n not in lengthened], lengthened):
-        if group:
-            outputs.update(_decode_group(vl, group, features, prompt, max_new_tokens))
+    generated = vl.generate_groups(groups, prompt, max_new_tokens)
+    names = [name for group in groups for name, _ in group]
+    outputs = dict(zip(names, generated, strict=True))
     return {name: encoder.decode(outputs[name]) for name in adapters}
-
-
-def _decode_group(vl: VLModel, adapters: list[str | None], features: dict, prompt: list[int],
-                  max_new_tokens: int) -> dict[str | None, list[int]]:  # fmt: skip
-    # Visual prompts lengthen some rows' image sequences: the shorter ones are right-padded and masked.
-    rows = [features.get(name, features[None]) for name in adapters]
-    width = max(row.shape[1] for row in rows)
-    image_embeds = rows[0].new_zeros(len(rows), width, rows[0].shape[2])
-    image_mask = torch.zeros(len(rows), width, dtype=torch.long, device=image_embeds.device)
-    for index, row in enumerate(rows):
-        image_embeds[index, : row.shape[1]] = row[0]
-        image_mask[index, : row.shape[1]] = 1
-    with vl.mixed(adapters):
-        generated = vl.generate(image_embeds, [prompt] * len(adapters), max_new_tokens,
-                                image_mask=image_mask if width > min(r.shape[1] for r in rows) else None)  # fmt: skip
-    return dict(zip(adapters, generated, strict=True))
 
 
 def sample_score(task: str, output: str, references: list[str] | None, answers: list[str] | None) -> dict:

@@ -19,6 +19,27 @@ from training.errors import UserError
 from training.methods import METHODS, AdapterContext, Method
 
 
+def _pad(tensor: torch.Tensor, dim: int, width: int, side: str) -> torch.Tensor:
+    """Zeros on one side of `dim` up to `width`."""
+    shape = list(tensor.shape)
+    shape[dim] = width - tensor.shape[dim]
+    if shape[dim] == 0:
+        return tensor
+    zeros = tensor.new_zeros(shape)
+    return torch.cat([zeros, tensor] if side == "left" else [tensor, zeros], dim)
+
+
+def _padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Image embeddings [1, N_i, d] of several rows as one batch, right-padded, and its mask (None: no padding)."""
+    width = max(row.shape[1] for row in rows)
+    embeds = torch.cat([_pad(row, 1, width, "right") for row in rows])
+    if all(row.shape[1] == width for row in rows):
+        return embeds, None
+    mask = torch.cat([_pad(torch.ones(row.shape[:2], dtype=torch.long, device=row.device), 1, width, "right")
+                      for row in rows])  # fmt: skip
+    return embeds, mask
+
+
 class VLModel:
     def __init__(self, base: BaseModel) -> None:
         self.base = base
@@ -229,16 +250,73 @@ class VLModel:
 
     def _greedy(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, max_new: int,
                 image_mask: torch.Tensor | None = None):  # fmt: skip
-        batch, length = input_ids.shape
+        last, cache, mask = self._prefill(image_embeds, input_ids, image_mask)
+        return self._decode_steps(last, cache, mask, image_embeds, image_mask, input_ids.shape[1], max_new)
+
+    def _prefill(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, image_mask: torch.Tensor | None):
+        """The prompt through the decoder: last position's logits, the cache and the self-attention mask."""
         inputs, positions, mask, cache, _ = self._decoder_inputs(input_ids, torch.ones_like(input_ids))
+        out = self.model.text_decoder(
+            **inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask, cache=cache, use_cache=True, logits_to_keep=1,
+        )  # fmt: skip
+        return out.logits[:, -1], out.cache, mask
+
+    @torch.no_grad()
+    def generate_groups(self, groups: Sequence[Sequence[tuple[str | None, torch.Tensor]]], prompt: list[int],
+                        max_new_tokens: int = 20, return_logits: bool = False):  # fmt: skip
+        """Greedy decoding of one prompt for groups of rows, each row an (adapter name, image embeddings
+        [1, N, d]) pair, where the groups cannot share a prefill: prompt-tuned rows carry their prompt vectors,
+        which would lengthen every row of a shared prefill. Each group is prefilled on its own; then the
+        caches are merged (self-attention keys left-padded, cross-attention keys right-padded, both masked)
+        and every row decodes in one loop. Image sequences of different lengths (visual prompt tokens) are
+        right-padded and masked. Returns the new token ids per row, groups in order (with return_logits, also
+        the logits of every step [rows, steps, vocab])."""
+        prefills = []
+        for rows in groups:
+            adapters = [name for name, _ in rows]
+            embeds, image_mask = _padded([features for _, features in rows])
+            ids = torch.tensor([prompt] * len(rows), device=self.device)
+            with self.mixed(adapters):
+                prefills.append((*self._prefill(embeds, ids, image_mask), embeds, image_mask))
+        last, cache, mask, embeds, image_mask = prefills[0] if len(prefills) == 1 else self._merge(prefills)
+        max_new = max(0, min(max_new_tokens, self.max_positions - len(prompt)))
+        with self.mixed([name for rows in groups for name, _ in rows]):
+            tokens, logits = self._decode_steps(last, cache, mask, embeds, image_mask, len(prompt), max_new)
+        return (tokens, logits) if return_logits else tokens
+
+    def _merge(self, prefills: list) -> tuple:
+        """One batch from several prefilled groups (see generate_groups)."""
+        self_width = max(mask.shape[1] for _, _, mask, _, _ in prefills)
+        image_width = max(embeds.shape[1] for _, _, _, embeds, _ in prefills)
+        self_cache, cross_cache = DynamicCache(), DynamicCache()
+        for index in range(len(self.model.text_decoder.bert.encoder.layer)):
+            sides = ((self_cache, "left", self_width, "self_attention_cache"),
+                     (cross_cache, "right", image_width, "cross_attention_cache"))  # fmt: skip
+            for target, side, width, part in sides:
+                layers = [getattr(cache, part).layers[index] for _, cache, _, _, _ in prefills]
+                target.update(torch.cat([_pad(layer.keys, 2, width, side) for layer in layers]),
+                              torch.cat([_pad(layer.values, 2, width, side) for layer in layers]), index)  # fmt: skip
+        masks = []
+        for _, _, _, embeds, image_mask in prefills:
+            if image_mask is None:
+                image_mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+            masks.append(_pad(image_mask, 1, image_width, "right"))
+        image_mask = torch.cat(masks)
+        return (torch.cat([last for last, _, _, _, _ in prefills]), EncoderDecoderCache(self_cache, cross_cache),
+                torch.cat([_pad(mask, 1, self_width, "left") for _, _, mask, _, _ in prefills]),
+                torch.cat([_pad(embeds, 1, image_width, "right") for _, _, _, embeds, _ in prefills]),
+                None if bool(image_mask.all()) else image_mask)  # fmt: skip
+
+    def _decode_steps(self, last: torch.Tensor, cache, mask: torch.Tensor, image_embeds: torch.Tensor,
+                      image_mask: torch.Tensor | None, length: int, max_new: int):  # fmt: skip
+        """Greedy steps after a prefill whose last logits are `last`; text positions continue at `length`."""
+        batch = last.shape[0]
         decoder = self.model.text_decoder
-        out = decoder(**inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
-                      encoder_attention_mask=image_mask, cache=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         tokens: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []
         for step in range(max_new):
-            last = out.logits[:, -1]
             logits.append(last)
             next_ids = last.argmax(-1)
             tokens.append(torch.where(finished, torch.full_like(next_ids, self.sep_id), next_ids))
@@ -248,8 +326,9 @@ class VLModel:
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             position = torch.full((batch, 1), length + step, device=self.device)
             out = decoder(input_ids=next_ids[:, None], attention_mask=mask, position_ids=position,
-                          encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask, cache=out.cache,
+                          encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask, cache=cache,
                           use_cache=True)  # fmt: skip
+            last, cache = out.logits[:, -1], out.cache
         result = []
         table = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(batch)]
         for row in table:
