@@ -305,3 +305,29 @@ def test_decoder_does_not_attend_to_masked_image_padding(vl, inputs):
     for row in range(2):
         steps = min(plain[row].shape[0], padded[row].shape[0])
         assert torch.allclose(plain[row][:steps], padded[row][:steps], atol=1e-5)
+
+
+def test_prompt_positions_skipped_in_the_last_layer_change_no_logit_or_gradient(vl, inputs):
+    """The last decoder layer runs its cross-attention and feed-forward on the text positions only when
+    prompt vectors lead the sequence; against the full computation, logits and gradients are the same."""
+    from contextlib import nullcontext
+
+    pixels, ids, mask = inputs
+    vl.attach("prompt", "a", "both", 3)
+    vl.set_active("a")
+    params = [p.requires_grad_(True) for p in vl.adapters["a"].parameters()]
+    seen = []
+    vl.model.text_decoder.bert.encoder.layer[-1].output.register_forward_hook(
+        lambda module, args, out: seen.append(out.shape[1]))
+
+    def logits_and_grads():
+        logits = vl.text_logits(vl.encode_images(pixels), ids, mask)
+        return logits.detach(), torch.autograd.grad(logits.square().mean(), params)
+
+    fast_logits, fast_grads = logits_and_grads()
+    vl._unread = lambda positions: nullcontext()
+    full_logits, full_grads = logits_and_grads()
+    assert seen == [ids.shape[1], ids.shape[1] + 3]  # text positions only, then prompt + text
+    assert torch.allclose(fast_logits, full_logits, atol=1e-6)
+    for fast, full in zip(fast_grads, full_grads, strict=True):
+        assert torch.allclose(fast, full, rtol=1e-4, atol=1e-7)

@@ -50,6 +50,33 @@ class VLModel:
         text = self.model.config.text_config
         self.bos_id, self.sep_id, self.pad_id = text.bos_token_id, text.sep_token_id, text.pad_token_id
         self.max_positions = text.max_position_embeddings
+        # Leading positions (prompt vectors) whose last-layer outputs nothing reads: see _text_positions_only.
+        self._unread_positions = 0
+        last = self.model.text_decoder.bert.encoder.layer[-1]
+        if hasattr(last, "crossattention"):
+            last.crossattention.register_forward_pre_hook(self._text_positions_only, with_kwargs=True)
+
+    def _text_positions_only(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """In the last decoder layer, the outputs at prompt-vector positions feed nothing: no label, no later
+        layer, and their self-attention keys and values (what the text positions and the cache read) are
+        computed before this point. So the cross-attention and the feed-forward block after it run on the
+        text positions only (prompt tuning's 47-93 vectors are most of the sequence on the embedded default)."""
+        skip = self._unread_positions
+        if not skip:
+            return None
+        hidden = args[0][:, skip:]
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 4 and mask.shape[2] == args[0].shape[1]:
+            kwargs["attention_mask"] = mask[:, :, skip:]
+        return (hidden, *args[1:]), kwargs
+
+    @contextmanager
+    def _unread(self, positions: int) -> Iterator[None]:
+        self._unread_positions = positions
+        try:
+            yield
+        finally:
+            self._unread_positions = 0
 
     @property
     def device(self) -> torch.device:
@@ -201,11 +228,14 @@ class VLModel:
         """Teacher-forced logits [B, T, vocab] at the text positions (prompt-tuning positions dropped)."""
         input_ids = input_ids.to(self.device)
         inputs, positions, mask, cache, skip = self._decoder_inputs(input_ids, attention_mask.to(self.device))
-        out = self.model.text_decoder(
-            **inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
-            cache=cache, use_cache=True,
-        )  # fmt: skip
-        return out.logits[:, skip:]
+        # Only the text positions leave the last layer and go through the LM head (prompt-tuning positions
+        # never have a label).
+        with self._unread(skip):
+            out = self.model.text_decoder(
+                **inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
+                cache=cache, use_cache=True, logits_to_keep=input_ids.shape[1] if skip else 0,
+            )  # fmt: skip
+        return out.logits
 
     def loss(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
              labels: torch.Tensor) -> torch.Tensor:  # fmt: skip
@@ -255,11 +285,12 @@ class VLModel:
 
     def _prefill(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, image_mask: torch.Tensor | None):
         """The prompt through the decoder: last position's logits, the cache and the self-attention mask."""
-        inputs, positions, mask, cache, _ = self._decoder_inputs(input_ids, torch.ones_like(input_ids))
-        out = self.model.text_decoder(
-            **inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
-            encoder_attention_mask=image_mask, cache=cache, use_cache=True, logits_to_keep=1,
-        )  # fmt: skip
+        inputs, positions, mask, cache, skip = self._decoder_inputs(input_ids, torch.ones_like(input_ids))
+        with self._unread(skip):
+            out = self.model.text_decoder(
+                **inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
+                encoder_attention_mask=image_mask, cache=cache, use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
         return out.logits[:, -1], out.cache, mask
 
     @torch.no_grad()
