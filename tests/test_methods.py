@@ -331,3 +331,26 @@ def test_prompt_positions_skipped_in_the_last_layer_change_no_logit_or_gradient(
     assert torch.allclose(fast_logits, full_logits, atol=1e-6)
     for fast, full in zip(fast_grads, full_grads, strict=True):
         assert torch.allclose(fast, full, rtol=1e-4, atol=1e-7)
+
+
+def test_a_group_that_ends_at_its_first_token_is_not_merged(vl, inputs, many, monkeypatch):
+    """generate_groups leaves out of the merge a group whose rows all end at once (short VQA answers)."""
+    with torch.no_grad():
+        features = vl.encode_images(inputs[0][:1])
+    groups = [[(None, features), ("lora", features)], [("prompt", features)]]
+    expected = vl.generate_groups(groups[:1], [5, 9, 10], max_new_tokens=6)
+    prefill = vl._prefill
+
+    def prompt_group_says_sep(embeds, ids, image_mask):
+        last, cache, mask = prefill(embeds, ids, image_mask)
+        if vl.ctx.row_adapters == ("prompt",):
+            last = torch.nn.functional.one_hot(torch.tensor([vl.sep_id]), last.shape[1]).float()
+        return last, cache, mask
+
+    merged = []
+    monkeypatch.setattr(vl, "_prefill", prompt_group_says_sep)
+    monkeypatch.setattr(vl, "_merge", lambda prefills: merged.append(prefills))
+    tokens, logits = vl.generate_groups(groups, [5, 9, 10], max_new_tokens=6, return_logits=True)
+    assert not merged
+    assert tokens == [*expected, []]
+    assert len(logits) == 3 and logits[2].shape[0] == 1

@@ -300,21 +300,36 @@ class VLModel:
         [1, N, d]) pair, where the groups cannot share a prefill: prompt-tuned rows carry their prompt vectors,
         which would lengthen every row of a shared prefill. Each group is prefilled on its own; then the
         caches are merged (self-attention keys left-padded, cross-attention keys right-padded, both masked)
-        and every row decodes in one loop. Image sequences of different lengths (visual prompt tokens) are
-        right-padded and masked. Returns the new token ids per row, groups in order (with return_logits, also
-        the logits of every step [rows, steps, vocab])."""
+        and every row decodes in one loop; a group whose rows all end at their first token (short VQA
+        answers) needs no step and is left out of the merge. Image sequences of different lengths (visual
+        prompt tokens) are right-padded and masked. Returns the new token ids per row, groups in order (with
+        return_logits, also each row's logits at every step [steps, vocab])."""
+        max_new = max(0, min(max_new_tokens, self.max_positions - len(prompt)))
         prefills = []
         for rows in groups:
-            adapters = [name for name, _ in rows]
             embeds, image_mask = _padded([features for _, features in rows])
             ids = torch.tensor([prompt] * len(rows), device=self.device)
-            with self.mixed(adapters):
+            with self.mixed([name for name, _ in rows]):
                 prefills.append((*self._prefill(embeds, ids, image_mask), embeds, image_mask))
-        last, cache, mask, embeds, image_mask = prefills[0] if len(prefills) == 1 else self._merge(prefills)
-        max_new = max(0, min(max_new_tokens, self.max_positions - len(prompt)))
-        with self.mixed([name for rows in groups for name, _ in rows]):
-            tokens, logits = self._decode_steps(last, cache, mask, embeds, image_mask, len(prompt), max_new)
-        return (tokens, logits) if return_logits else tokens
+        results: list[tuple[list, list]] = [([], [])] * len(groups)
+        pending = []
+        for index, (last, *_) in enumerate(prefills):
+            if max_new > 0 and bool((last.argmax(-1) == self.sep_id).all()):
+                results[index] = ([[] for _ in groups[index]], list(last[:, None]))
+            else:
+                pending.append(index)
+        if pending:
+            merged = prefills[pending[0]] if len(pending) == 1 else self._merge([prefills[i] for i in pending])
+            with self.mixed([name for i in pending for name, _ in groups[i]]):
+                tokens, logits = self._decode_steps(*merged, len(prompt), max_new)
+            row_logits = list(logits) if logits is not None else [None] * len(tokens)
+            start = 0
+            for index in pending:
+                end = start + len(groups[index])
+                results[index] = (tokens[start:end], row_logits[start:end])
+                start = end
+        tokens = [row for group_tokens, _ in results for row in group_tokens]
+        return (tokens, [row for _, group_logits in results for row in group_logits]) if return_logits else tokens
 
     def _merge(self, prefills: list) -> tuple:
         """One batch from several prefilled groups (see generate_groups)."""
