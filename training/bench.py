@@ -5,8 +5,8 @@
   time is the median of the timed steps; every configuration is measured in `rounds` processes, the rounds
   interleaved, and the faster kept (on this shared 2-core machine one configuration's median step varied by
   up to 15 % from one process to the next, enough to move a ratio across a target);
-- compare latency for 1, 3 and 6 adapters on one image, with adapters trained on both towers (the
-  default) and on the text decoder only;
+- compare latency for 1, 3 and 6 adapters on one image, for captioning and VQA, with adapters trained on
+  both towers (the default) and on the text decoder only;
 - evaluation time as a share of a default run's wall time;
 - the app's cold start to its first served page.
 Figures are measured, never asserted: the tests check correctness, this prints the numbers.
@@ -80,9 +80,12 @@ def _in_subprocess(method: str, towers: str, steps: int, batch_size: int) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_compare(work: Path, towers: str = "both", repeats: int = 7) -> list[dict]:
-    """Latency of Comparer.compare with the zero-shot base plus 0, 2 and 5 trained adapters (VQA), the
-    adapters trained on `towers` (both: the default, each needs its own vision pass; text: they share one)."""
+def measure_compare(work: Path, task: str, towers: str, repeats: int = 9) -> dict:
+    """Latency of Comparer.compare on one test image with the zero-shot base plus 0, 2 and 5 adapters
+    (20-step runs of every method), trained on `towers` (both: the default, each adapter needs its own
+    vision pass; text: they share one). The counts take turns within each repeat; the fastest of `repeats`
+    is kept. The outputs are recorded: decoding runs until the longest output ends, so a column set that
+    answers in one word is timed on far fewer steps than one that writes whole captions."""
     from training.compare import Comparer
     from training.config import RunConfig
     from training.data.dataset import load_dataset
@@ -90,25 +93,25 @@ def measure_compare(work: Path, towers: str = "both", repeats: int = 7) -> list[
 
     run_dirs = []
     for method in COMPARE_METHODS:
-        run_dir = work / f"compare-{towers}-{method}"
+        run_dir = work / f"compare-{task}-{towers}-{method}"
         if not (run_dir / "eval.json").exists():
-            config = RunConfig(task="vqa", method=method, towers=towers, max_steps=20, eval_limit=20)
+            config = RunConfig(task=task, method=method, towers=towers, max_steps=20, eval_limit=10)
             train(config, run_dir, install_signals=False)
         run_dirs.append(run_dir)
-    example = load_dataset(None, "vqa").split("test")[0]
+    example = load_dataset(None, task).split("test")[0]
     image = example.image.load()
     comparer = Comparer()
-    comparer.compare(image, "vqa", run_dirs, question=example.question)  # load every adapter once
-    rows = []
-    for count in (1, 3, 6):
-        chosen = run_dirs[: count - 1]
-        timings = []
-        for _ in range(repeats):
+    columns = comparer.compare(image, task, run_dirs, question=example.question)  # loads every adapter once
+    timings: dict[int, list[float]] = {count: [] for count in (1, 3, 6)}
+    for _ in range(repeats):
+        for count, times in timings.items():
             start = time.perf_counter()
-            comparer.compare(image, "vqa", chosen, question=example.question)
-            timings.append(time.perf_counter() - start)
-        rows.append({"adapters": count, "latency_s": round(min(timings), 4)})
-    return rows
+            comparer.compare(image, task, run_dirs[: count - 1], question=example.question)
+            times.append(time.perf_counter() - start)
+    rows = [{"task": task, "towers": towers, "adapters": count, "latency_s": round(min(times), 4)}
+            for count, times in timings.items()]  # fmt: skip
+    return {"task": task, "towers": towers, "rows": rows, "ratio_6_to_1": round(min(timings[6]) / min(timings[1]), 2),
+            "outputs": {column.method: column.output for column in columns}}  # fmt: skip
 
 
 def measure_eval_share(work: Path) -> dict:
@@ -161,13 +164,11 @@ def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None
     full = next(r for r in train_rows if r["method"] == "full")
     for row in train_rows:
         row["speedup_vs_full"] = round(row["samples_per_s"] / full["samples_per_s"], 2)
-    compare = measure_compare(work)
-    compare_text = measure_compare(work, towers="text")
+    compares = [measure_compare(work, task, towers) for task in ("caption", "vqa") for towers in ("both", "text")]
     eval_share = measure_eval_share(work)
-    return {"train": train_rows, "compare": compare,
-            "compare_ratio_6_to_1": round(compare[-1]["latency_s"] / compare[0]["latency_s"], 2),
-            "compare_text": compare_text,
-            "compare_text_ratio_6_to_1": round(compare_text[-1]["latency_s"] / compare_text[0]["latency_s"], 2),
+    return {"train": train_rows, "compare": [row for c in compares for row in c["rows"]],
+            "compare_ratio_6_to_1": {f"{c['task']}/{c['towers']}": c["ratio_6_to_1"] for c in compares},
+            "compare_outputs": {f"{c['task']}/{c['towers']}": c["outputs"] for c in compares},
             "eval_share": eval_share["eval_share"], "eval": eval_share,
             "app_cold_start_s": measure_app_cold_start(), "machine": _machine()}  # fmt: skip
 
@@ -187,10 +188,11 @@ def print_table(result: dict) -> None:
     for row in result["train"]:
         print(f"{row['method']:<17} {row['towers']:<6} {row['trainable_params']:>10,} {row['samples_per_s']:>10.1f} "
               f"{row['step_s']:>8.3f} {row['speedup_vs_full']:>7.2f}x {row['peak_mem_mb']:>8.0f}")  # fmt: skip
-    for key, towers in (("compare", "both"), ("compare_text", "text")):
-        times = ", ".join(f"{row['adapters']}: {1000 * row['latency_s']:.1f} ms" for row in result[key])
-        ratio = result[f"{key}_ratio_6_to_1"]
-        print(f"compare, adapters trained with --towers {towers}: {times}; 6 vs 1: {ratio:.2f}x")
+    for key, ratio in result["compare_ratio_6_to_1"].items():
+        task, towers = key.split("/")
+        times = ", ".join(f"{row['adapters']}: {1000 * row['latency_s']:.1f} ms" for row in result["compare"]
+                          if row["task"] == task and row["towers"] == towers)  # fmt: skip
+        print(f"compare ({task}, adapters trained with --towers {towers}): {times}; 6 vs 1: {ratio:.2f}x")
     print(f"evaluation share of a default run: {100 * result['eval_share']:.1f} % "
           f"({result['eval']['eval_s']:.1f} s of {result['eval']['wall_s']:.1f} s)")  # fmt: skip
     print(f"app cold start to first page: {result['app_cold_start_s']:.1f} s")
