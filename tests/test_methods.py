@@ -354,3 +354,17 @@ def test_a_group_that_ends_at_its_first_token_is_not_merged(vl, inputs, many, mo
     assert not merged
     assert tokens == [*expected, []]
     assert len(logits) == 3 and logits[2].shape[0] == 1
+
+
+def test_reserved_cache_layer_equals_concatenation_within_and_beyond_its_room():
+    from training.vlmodel import ReservedLayer
+
+    generator = torch.Generator().manual_seed(5)
+    keys, values = (torch.randn(2, 3, 4, 5, generator=generator) for _ in range(2))
+    layer = ReservedLayer(keys, values, room=2)
+    for _ in range(4):  # two steps fit in the room, two more fall back to concatenating
+        new_keys, new_values = (torch.randn(2, 3, 1, 5, generator=generator) for _ in range(2))
+        got_keys, got_values = layer.update(new_keys, new_values, 0)
+        keys, values = torch.cat([keys, new_keys], 2), torch.cat([values, new_values], 2)
+        assert torch.equal(got_keys, keys) and torch.equal(got_values, values)
+        assert layer.get_seq_length() == keys.shape[2]
