@@ -2,9 +2,8 @@
 
 - training throughput (samples/s), step time and peak memory per method at default settings, each measured
   in a fresh process (so peak memory is that method's alone), with towers=both and towers=text. The step
-  time is the median of the timed steps; every configuration is measured in `rounds` processes, the rounds
-  interleaved, and the faster kept (on this shared 2-core machine one configuration's median step varied by
-  up to 15 % from one process to the next, enough to move a ratio across a target);
+  time is the median of the timed steps; the speed-up over full fine-tuning is measured in the same
+  process, the two runs taking steps in turn (see measure_training);
 - compare latency for 1, 3 and 6 adapters on one image, for captioning and VQA, with adapters trained on
   both towers (the default) and on the text decoder only;
 - evaluation time as a share of a default run's wall time;
@@ -31,46 +30,80 @@ BENCH_METHODS = ("full", "prompt", "prefix", "lora", "serial-adapter", "parallel
 COMPARE_METHODS = ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
 
 
-def measure_training(method: str, towers: str, steps: int, batch_size: int) -> dict:
-    """Time `steps` optimizer steps (after one warm-up step) of a default run, in this process."""
-    import torch
+class _Steps:
+    """A default captioning run's model and optimizer, ready to take timed optimizer steps."""
 
-    from training.config import RunConfig
-    from training.pixels import PixelCache
-    from training.tasks import Encoder, training_pairs
-    from training.trainer import RUN_ADAPTER, batch_loss, build_model, precompute_features, prepare
+    def __init__(self, method: str, towers: str, steps: int, batch_size: int) -> None:
+        import torch
 
-    config = RunConfig(task="caption", method=method, towers=towers, batch_size=batch_size)
-    prepared = prepare(config)
-    vl, trainable = build_model(prepared)
-    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
-    pixels = PixelCache(prepared.base.processor)
-    pairs = training_pairs("caption", prepared.train_examples)
-    params = list(vl.adapters[RUN_ADAPTER].parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    started = time.perf_counter()
-    features = {}
-    if config.cache_features and not vl.adapters[RUN_ADAPTER].touches_vision():
-        features = precompute_features(vl, prepared.train_examples, pixels)
-    cache_s = time.perf_counter() - started
-    pixels([p[0] for p in pairs[: batch_size * (steps + 1)]])  # decode the images outside the timing
-    vl.model.train()
-    times = []
-    for step in range(steps + 1):
-        batch = pairs[step * batch_size : (step + 1) * batch_size]
+        from training.config import RunConfig
+        from training.pixels import PixelCache
+        from training.tasks import Encoder, training_pairs
+        from training.trainer import RUN_ADAPTER, build_model, precompute_features, prepare
+
+        config = RunConfig(task="caption", method=method, towers=towers, batch_size=batch_size)
+        prepared = prepare(config)
+        self.vl, self.trainable = build_model(prepared)
+        self.encoder = Encoder(self.vl.tokenizer, self.vl.bos_id, self.vl.sep_id, self.vl.pad_id,
+                               self.vl.max_positions)  # fmt: skip
+        self.pixels = PixelCache(prepared.base.processor)
+        self.pairs = training_pairs("caption", prepared.train_examples)
+        self.batch_size = batch_size
+        self.optimizer = torch.optim.AdamW(list(self.vl.adapters[RUN_ADAPTER].parameters()), lr=1e-4)
+        started = time.perf_counter()
+        self.features = {}
+        if config.cache_features and not self.vl.adapters[RUN_ADAPTER].touches_vision():
+            self.features = precompute_features(self.vl, prepared.train_examples, self.pixels)
+        self.cache_s = time.perf_counter() - started
+        self.pixels([p[0] for p in self.pairs[: batch_size * (steps + 3)]])  # decoded outside the timing
+        self.vl.model.train()
+
+    def step(self, index: int) -> float:
+        from training.trainer import batch_loss
+
+        batch = self.pairs[index * self.batch_size : (index + 1) * self.batch_size]
         start = time.perf_counter()
-        loss = batch_loss(vl, batch, encoder, pixels, features)
+        loss = batch_loss(self.vl, batch, self.encoder, self.pixels, self.features)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step:
-            times.append(time.perf_counter() - start)
-    step_s = sorted(times)[len(times) // 2]
-    return {"method": method, "towers": towers, "trainable_params": trainable, "batch_size": batch_size,
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+
+def _median(times: list[float]) -> float:
+    return sorted(times)[len(times) // 2]
+
+
+def measure_training(method: str, towers: str, steps: int, batch_size: int) -> dict:
+    """Time `steps` optimizer steps of a default run in this process, after warm-up steps.
+
+    Peak memory is read before anything else is built, so it is this method's alone. Then (for a PEFT
+    method) a full fine-tuning run is built beside it and the two take steps in turn, each timed: the
+    ratio of their median steps is measured under the same machine conditions. On this shared 2-core
+    machine one configuration's median step varied by up to 15 % from one process to the next, so ratios
+    of steps timed in separate processes could cross a target by chance."""
+    own = _Steps(method, towers, steps, batch_size)
+    own.step(0)
+    own.step(1)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    full = _Steps("full", "both", steps, batch_size) if method != "full" else None
+    if full:
+        full.step(0)
+    times, full_times = [], []
+    for index in range(2, steps + 2):
+        if full and index % 2:  # alternate which goes first
+            full_times.append(full.step(index))
+        times.append(own.step(index))
+        if full and not index % 2:
+            full_times.append(full.step(index))
+    step_s = _median(times)
+    full_s = _median(full_times) if full else step_s
+    return {"method": method, "towers": towers, "trainable_params": own.trainable, "batch_size": batch_size,
             "step_s": round(step_s, 4), "step_mean_s": round(sum(times) / len(times), 4),
-            "samples_per_s": round(batch_size / step_s, 1),
-            "feature_cache_s": round(cache_s, 2) if features else None,
-            "peak_mem_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # fmt: skip
+            "samples_per_s": round(batch_size / step_s, 1), "full_step_s": round(full_s, 4),
+            "speedup_vs_full": round(full_s / step_s, 2),
+            "feature_cache_s": round(own.cache_s, 2) if own.features else None,
+            "peak_mem_mb": round(peak_mb, 1)}  # fmt: skip
 
 
 def _in_subprocess(method: str, towers: str, steps: int, batch_size: int) -> dict:
@@ -150,20 +183,11 @@ def measure_app_cold_start(timeout_s: float = 120) -> float:
         proc.wait(timeout=20)
 
 
-def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None, rounds: int = 2) -> dict:
+def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None) -> dict:
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     configs = [(m, "both") for m in BENCH_METHODS] + [(m, "text") for m in BENCH_METHODS if m != "full"]
-    best: dict[tuple[str, str], dict] = {}
-    for _ in range(rounds):
-        for config in configs:
-            row = _in_subprocess(*config, steps, batch_size)
-            if config not in best or row["step_s"] < best[config]["step_s"]:
-                best[config] = row
-    train_rows = [best[config] for config in configs]
-    full = next(r for r in train_rows if r["method"] == "full")
-    for row in train_rows:
-        row["speedup_vs_full"] = round(row["samples_per_s"] / full["samples_per_s"], 2)
+    train_rows = [_in_subprocess(method, towers, steps, batch_size) for method, towers in configs]
     compares = [measure_compare(work, task, towers) for task in ("caption", "vqa") for towers in ("both", "text")]
     eval_share = measure_eval_share(work)
     return {"train": train_rows, "compare": [row for c in compares for row in c["rows"]],

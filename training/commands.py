@@ -38,8 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="speed and memory figures on the embedded default")
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.add_argument("--steps", type=int, default=20, help="timed training steps per method")
-    bench.add_argument("--rounds", type=int, default=2,
-                       help="fresh processes per training configuration; the faster is kept")  # fmt: skip
     bench.add_argument("--work-dir", default=None, help="where the benchmark's runs go (default: a temp dir)")
     bench.set_defaults(func=cmd_bench)
 
@@ -111,7 +109,7 @@ def cmd_embedded_report(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from training.bench import print_table, run_bench
 
-    result = run_bench(steps=args.steps, work_dir=args.work_dir, rounds=args.rounds)
+    result = run_bench(steps=args.steps, work_dir=args.work_dir)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
