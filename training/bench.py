@@ -3,7 +3,8 @@
 - training throughput (samples/s), step time and peak memory per method at default settings, each measured
   in a fresh process (so peak memory is that method's alone), with towers=both and towers=text. The step
   time is the median of the timed steps; the speed-up over full fine-tuning is measured in the same
-  process, the two runs taking steps in turn (see measure_training);
+  process, the two runs taking steps in turn (see measure_training). Prompt tuning is also timed at
+  smaller budgets (shorter prompts), since its cost grows with the prompt length;
 - compare latency for 1, 3 and 6 adapters on one image, for captioning and VQA, with adapters trained on
   both towers (the default) and on the text decoder only;
 - evaluation time as a share of a default run's wall time;
@@ -28,12 +29,14 @@ from training.paths import REPO_ROOT
 
 BENCH_METHODS = ("full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
 COMPARE_METHODS = ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
+# Prompt tuning's cost grows with its prompt length: also timed at these smaller budgets than the default.
+PROMPT_BUDGETS = ("1k", "4k")
 
 
 class _Steps:
     """A default captioning run's model and optimizer, ready to take timed optimizer steps."""
 
-    def __init__(self, method: str, towers: str, steps: int, batch_size: int) -> None:
+    def __init__(self, method: str, towers: str, steps: int, batch_size: int, budget: str | None = None) -> None:
         import torch
 
         from training.config import RunConfig
@@ -41,7 +44,9 @@ class _Steps:
         from training.tasks import Encoder, training_pairs
         from training.trainer import RUN_ADAPTER, build_model, precompute_features, prepare
 
-        config = RunConfig(task="caption", method=method, towers=towers, batch_size=batch_size)
+        chosen = {"budget": budget} if budget else {}
+        config = RunConfig(task="caption", method=method, towers=towers, batch_size=batch_size, **chosen)
+        self.budget = config.budget
         prepared = prepare(config)
         self.vl, self.trainable = build_model(prepared)
         self.encoder = Encoder(self.vl.tokenizer, self.vl.bos_id, self.vl.sep_id, self.vl.pad_id,
@@ -74,7 +79,7 @@ def _median(times: list[float]) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def measure_training(method: str, towers: str, steps: int, batch_size: int) -> dict:
+def measure_training(method: str, towers: str, steps: int, batch_size: int, budget: str | None = None) -> dict:
     """Time `steps` optimizer steps of a default run in this process, after warm-up steps.
 
     Peak memory is read before anything else is built, so it is this method's alone. Then (for a PEFT
@@ -82,7 +87,7 @@ def measure_training(method: str, towers: str, steps: int, batch_size: int) -> d
     ratio of their median steps is measured under the same machine conditions. On this shared 2-core
     machine one configuration's median step varied by up to 15 % from one process to the next, so ratios
     of steps timed in separate processes could cross a target by chance."""
-    own = _Steps(method, towers, steps, batch_size)
+    own = _Steps(method, towers, steps, batch_size, budget)
     own.step(0)
     own.step(1)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -98,7 +103,8 @@ def measure_training(method: str, towers: str, steps: int, batch_size: int) -> d
             full_times.append(full.step(index))
     step_s = _median(times)
     full_s = _median(full_times) if full else step_s
-    return {"method": method, "towers": towers, "trainable_params": own.trainable, "batch_size": batch_size,
+    return {"method": method, "towers": towers, "budget": own.budget, "trainable_params": own.trainable,
+            "batch_size": batch_size,
             "step_s": round(step_s, 4), "step_mean_s": round(sum(times) / len(times), 4),
             "samples_per_s": round(batch_size / step_s, 1), "full_step_s": round(full_s, 4),
             "speedup_vs_full": round(full_s / step_s, 2),
@@ -106,9 +112,9 @@ def measure_training(method: str, towers: str, steps: int, batch_size: int) -> d
             "peak_mem_mb": round(peak_mb, 1)}  # fmt: skip
 
 
-def _in_subprocess(method: str, towers: str, steps: int, batch_size: int) -> dict:
-    code = (f"import json; from training.bench import measure_training; "
-            f"print(json.dumps(measure_training({method!r}, {towers!r}, {steps}, {batch_size})))")  # fmt: skip
+def _in_subprocess(method: str, towers: str, steps: int, batch_size: int, budget: str | None = None) -> dict:
+    call = f"measure_training({method!r}, {towers!r}, {steps}, {batch_size}, {budget!r})"
+    code = f"import json; from training.bench import measure_training; print(json.dumps({call}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -188,6 +194,8 @@ def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None
     work.mkdir(parents=True, exist_ok=True)
     configs = [(m, "both") for m in BENCH_METHODS] + [(m, "text") for m in BENCH_METHODS if m != "full"]
     train_rows = [_in_subprocess(method, towers, steps, batch_size) for method, towers in configs]
+    train_rows += [_in_subprocess("prompt", towers, steps, batch_size, budget)
+                   for towers in ("both", "text") for budget in PROMPT_BUDGETS]  # fmt: skip
     compares = [measure_compare(work, task, towers) for task in ("caption", "vqa") for towers in ("both", "text")]
     eval_share = measure_eval_share(work)
     return {"train": train_rows, "compare": [row for c in compares for row in c["rows"]],
@@ -207,11 +215,12 @@ def _machine() -> dict:
 
 
 def print_table(result: dict) -> None:
-    print(f"{'method':<17} {'towers':<6} {'trainable':>10} {'samples/s':>10} {'step s':>8} {'vs full':>8} "
-          f"{'peak MB':>8}")  # fmt: skip
+    print(f"{'method':<17} {'towers':<6} {'budget':>7} {'trainable':>10} {'samples/s':>10} {'step s':>8} "
+          f"{'vs full':>8} {'peak MB':>8}")  # fmt: skip
     for row in result["train"]:
-        print(f"{row['method']:<17} {row['towers']:<6} {row['trainable_params']:>10,} {row['samples_per_s']:>10.1f} "
-              f"{row['step_s']:>8.3f} {row['speedup_vs_full']:>7.2f}x {row['peak_mem_mb']:>8.0f}")  # fmt: skip
+        print(f"{row['method']:<17} {row['towers']:<6} {row['budget']:>7} {row['trainable_params']:>10,} "
+              f"{row['samples_per_s']:>10.1f} {row['step_s']:>8.3f} {row['speedup_vs_full']:>7.2f}x "
+              f"{row['peak_mem_mb']:>8.0f}")  # fmt: skip
     for key, ratio in result["compare_ratio_6_to_1"].items():
         task, towers = key.split("/")
         times = ", ".join(f"{row['adapters']}: {1000 * row['latency_s']:.1f} ms" for row in result["compare"]
