@@ -1,13 +1,13 @@
 """Side-by-side outputs of several trained adapters on one image: one resident base, adapters batched.
 
 The zero-shot base model is always the first column. Every PEFT run is an adapter on the one shared base,
-and they are decoded in batches (`VLModel.mixed`: each row runs through its own adapter): one for the base
-and every adapter that keeps the sequence lengths, one for the prompt-tuned adapters (their prompt vectors
-and visual prompt tokens lengthen the sequences, which every row of a shared batch would carry; among
-them, shorter image sequences are padded and masked). The image goes through the vision tower once for
-the base and the text-only adapters, once more in the same batch for each adapter that changes the vision
-tower, and on its own only for visual prompt tokens. Full fine-tuning runs carry a whole model each and get
-their own copy (kept in a small cache), decoded on their own.
+and they share batches (`VLModel.mixed`: each row runs through its own adapter). The image goes through the
+vision tower once for the base and the text-only adapters, once more in the same batch for each adapter that
+changes the vision tower, and on its own only for visual prompt tokens (they lengthen the image sequence).
+Prompt-tuned adapters are prefilled on their own (their prompt vectors would lengthen every row of a shared
+prefill); then every column decodes in one loop (`VLModel.generate_groups`), shorter sequences padded and
+masked. Full fine-tuning runs carry a whole model each and get their own copy (kept in a small cache),
+decoded on their own.
 """
 
 from __future__ import annotations

@@ -336,7 +336,7 @@ class VLModel:
             ids = torch.tensor([prompt] * len(rows), device=self.device)
             with self.mixed([name for name, _ in rows]):
                 prefills.append((*self._prefill(embeds, ids, image_mask), embeds, image_mask))
-        results: list[tuple[list, list]] = [([], [])] * len(groups)
+        results: list[tuple[list, list] | None] = [None] * len(groups)  # (tokens, logits) per group
         pending = []
         for index, (last, *_) in enumerate(prefills):
             if max_new > 0 and bool((last.argmax(-1) == self.sep_id).all()):
