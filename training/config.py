@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -16,7 +17,12 @@ from training.errors import UserError
 
 TASKS = ("caption", "vqa")
 TOWERS = ("vision", "text", "both")
-DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 5.0}  # when neither --epochs nor --max-steps is given
+DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 5.0}  # the cap when neither --epochs nor --max-steps is given
+# Validation during training: the first N examples of the validation split (None: all of it), scored every
+# `val_every` steps (None: half an epoch, clamped to VAL_EVERY_RANGE), for the best checkpoint and early stopping.
+DEFAULT_VAL_LIMIT = {"caption": 100, "vqa": None}
+VAL_EVERY_RANGE = (10, 100)
+DEFAULT_PATIENCE = 3  # validations without improvement before a run stops; 0 turns validation off
 METHOD_NAMES = ("zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
 
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
@@ -89,6 +95,11 @@ class RunConfig:
     eval_limit: int | None = None  # evaluate on the first N test examples only
     device: str = "auto"
     cache_features: bool = True  # reuse image features when the vision tower is frozen
+    patience: int = DEFAULT_PATIENCE
+    val_every: int | None = None
+    val_limit: int | None = None  # None: DEFAULT_VAL_LIMIT of the task
+    method_options: dict = field(default_factory=dict)  # e.g. {"reparam": True} for prefix tuning
+    score_test: bool = True  # False: stop after training and validation (learning-rate tuning never sees test)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> RunConfig:
@@ -111,7 +122,22 @@ class RunConfig:
             raise UserError(f"--lr {self.lr} is out of range: use a value such as 1e-3.")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"Unknown device {self.device!r}: use auto, cpu or cuda.")
+        if self.patience < 0:
+            raise UserError("--patience must be 0 (no validation) or more.")
+        if self.val_every is not None and self.val_every < 1:
+            raise UserError("--val-every must be at least 1 step.")
+        if self.val_limit is not None and self.val_limit < 1:
+            raise UserError("--val-limit must be at least 1 example.")
+        if not isinstance(self.method_options, dict):
+            raise UserError("method options must be a mapping such as {'reparam': true}.")
         return self
+
+    @property
+    def validates(self) -> bool:
+        return self.patience > 0 and self.method != "zero-shot"
+
+    def resolved_val_limit(self) -> int | None:
+        return self.val_limit if self.val_limit is not None else DEFAULT_VAL_LIMIT[self.task]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -147,7 +173,38 @@ class RunConfig:
             args += ["--max-new-tokens", str(self.max_new_tokens)]
         if not self.cache_features:
             args += ["--no-cache-features"]
+        if self.patience != defaults.patience:
+            args += ["--patience", str(self.patience)]
+        if self.val_every is not None:
+            args += ["--val-every", str(self.val_every)]
+        if self.val_limit is not None:
+            args += ["--val-limit", str(self.val_limit)]
+        if not self.score_test:
+            args += ["--no-test"]
+        for key, value in sorted(self.method_options.items()):
+            args += ["--method-option", f"{key}={json.dumps(value)}"]
         return args
+
+
+def val_every(config: RunConfig, pairs: int) -> int:
+    """Steps between validations: half an epoch, clamped, so small data sets are not validated every step."""
+    if config.val_every:
+        return config.val_every
+    per_epoch = math.ceil(pairs / (config.batch_size * config.grad_accum))
+    low, high = VAL_EVERY_RANGE
+    return max(low, min(high, math.ceil(per_epoch / 2)))
+
+
+def parse_method_option(text: str) -> tuple[str, object]:
+    """`reparam=true` -> ("reparam", True); values are JSON (true, 3, 0.5, "tanh") or else plain strings."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--method-option {text!r}: write it as KEY=VALUE, e.g. reparam=true.")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
 
 
 def planned_steps(config: RunConfig, pairs: int) -> int:
@@ -181,8 +238,21 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     parser.add_argument("--no-cache-features", dest="cache_features", action="store_false",
                         help="run the frozen vision tower every step instead of caching its features")  # fmt: skip
+    parser.add_argument("--patience", type=int, default=d.patience,
+                        help="stop after this many validations without improvement (0: no validation, fixed "
+                             "schedule); the best checkpoint on the validation split is kept")  # fmt: skip
+    parser.add_argument("--val-every", type=int, default=None, help="steps between validations (default: half "
+                        "an epoch, 10 to 100 steps)")  # fmt: skip
+    parser.add_argument("--val-limit", type=int, default=None,
+                        help="validate on the first N validation examples (default: 100 images for captions, "
+                             "every question for VQA)")  # fmt: skip
+    parser.add_argument("--no-test", dest="score_test", action="store_false",
+                        help="skip the test split (used by learning-rate tuning)")
+    parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method's own option, e.g. reparam=true for prefix tuning (repeatable)")  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    names = {f.name for f in dataclasses.fields(RunConfig)} - {"extra"}
-    return RunConfig(**{k: v for k, v in vars(args).items() if k in names}).validate()
+    names = {f.name for f in dataclasses.fields(RunConfig)} - {"extra", "method_options"}
+    options = dict(parse_method_option(text) for text in getattr(args, "method_option", None) or [])
+    return RunConfig(**{k: v for k, v in vars(args).items() if k in names}, method_options=options).validate()

@@ -36,12 +36,14 @@ def predict(vl: VLModel, task: str, examples: list[Example], pixels: PixelCache,
 def score(task: str, examples: list[Example], predictions: list[str]) -> tuple[dict, list[dict]]:
     """(metrics, per-example records) for the predictions."""
     if task == "caption":
-        from training.metrics.caption import caption_scores
+        from training.metrics.caption import caption_scores_per_sample
 
         preds = {e.image_id: p for e, p in zip(examples, predictions, strict=True)}
         refs = {e.image_id: e.captions for e in examples}
-        metrics = caption_scores(preds, refs)
-        records = [{"image_id": e.image_id, "prediction": p, "references": e.captions}
+        metrics, per_image = caption_scores_per_sample(preds, refs)
+        # Per-image CIDEr-D (document frequencies from this whole set): the report's paired bootstrap resamples it.
+        records = [{"image_id": e.image_id, "prediction": p, "references": e.captions,
+                    "CIDEr-D": per_image[e.image_id]["CIDEr-D"]}
                    for e, p in zip(examples, predictions, strict=True)]  # fmt: skip
         return metrics, records
     from training.metrics.vqa import vqa_scores

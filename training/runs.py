@@ -5,7 +5,9 @@ metrics.jsonl one line per logged step (step, total_steps, epoch, loss, lr, samp
 progress.json the latest phase and step (overwritten atomically)
 log.txt       the run's log
 weights.safetensors  the method's parameters (the whole model for full fine-tuning)
-eval.json     test-split metrics; predictions.jsonl the outputs they were computed from
+validation.jsonl one line per validation (step, epoch, metric, value, best so far)
+eval.json     test-split metrics and the validation summary (best step, why training stopped);
+              predictions.jsonl the outputs the test metrics were computed from
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ LOG = "log.txt"
 WEIGHTS = "weights.safetensors"
 EVAL = "eval.json"
 PREDICTIONS = "predictions.jsonl"
+VALIDATION = "validation.jsonl"
 STOP = "STOP"
 
 # Exit codes of `python -m training train`, which the job worker maps to states.

@@ -108,11 +108,15 @@ class VLModel:
         return self.model.vision_model.embeddings.patch_embedding.weight.device
 
     # -- adapters -------------------------------------------------------------------------------------
-    def attach(self, method: str, adapter: str, towers: str = "both", knob_value: int | None = None) -> Method:
+    def attach(self, method: str, adapter: str, towers: str = "both", knob_value: int | None = None, *,
+               seed: int = 0, options: dict | None = None) -> Method:  # fmt: skip
         if method not in METHODS:
             raise UserError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
         if adapter in self.adapters:
             raise ValueError(f"an adapter named {adapter!r} is already attached")
+        if options:
+            raise UserError(f"{method} takes no method options (given: {', '.join(options)}).")
+        torch.manual_seed(seed)
         attached = METHODS[method](self.model, self.ctx, adapter, towers, knob_value)
         self.adapters[adapter] = attached
         # Parameters that no wrapped layer holds (prompts, prefixes) join the model here, so they move

@@ -7,6 +7,7 @@ with the images beside it. Captioning lines: `{"file_name", "captions": [...]}`;
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -54,6 +55,7 @@ class TaskDataset:
     task: str
     source: str
     splits: dict[str, list[Example]]
+    held_out_validation: bool = False  # the validation split was taken from the training split
 
     def split(self, name: str) -> list[Example]:
         if not self.splits.get(name):
@@ -160,15 +162,37 @@ def load_folder_dataset(folder: str | Path, task: str) -> TaskDataset:
 
 
 def load_dataset(name_or_path: str | None, task: str) -> TaskDataset:
-    """A local folder, or a Hub dataset id (COCO-Karpathy and VQAv2 layouts); None: the embedded default."""
+    """A local folder, or a Hub dataset id (COCO-Karpathy and VQAv2 layouts); None: the embedded default.
+
+    The validation split steers training (best checkpoint, early stopping, learning rates), so it must not be
+    the test split: a dataset without its own validation split gets one held out of its training split."""
     if name_or_path is None:
-        return load_folder_dataset(DEFAULT_DATASETS[task], task)
+        return with_validation(load_folder_dataset(DEFAULT_DATASETS[task], task))
     path = Path(name_or_path).expanduser()
     if path.is_dir() and not _hub_layout(path):
-        return load_folder_dataset(path, task)
+        return with_validation(load_folder_dataset(path, task))
     from training.data.hub import load_hub_dataset
 
-    return load_hub_dataset(name_or_path, task)
+    return with_validation(load_hub_dataset(name_or_path, task))
+
+
+HELD_OUT_SHARE, HELD_OUT_MAX_IMAGES = 0.05, 1000
+
+
+def with_validation(dataset: TaskDataset) -> TaskDataset:
+    """The dataset with a validation split of its own: when it has none, or its test split is its validation
+    split (VQAv2), a fixed 5 % of the training images (at most 1000; chosen by a hash of the image id, so the
+    same whatever the order) become the validation split, and leave the training split."""
+    train, validation = dataset.splits.get("train") or [], dataset.splits.get("validation") or []
+    if (validation and validation is not dataset.splits.get("test")) or len(train) < 2:
+        return dataset
+    images = sorted({e.image_id for e in train}, key=lambda i: hashlib.sha256(i.encode()).hexdigest())
+    held = set(images[: max(1, min(HELD_OUT_MAX_IMAGES, math.floor(len(images) * HELD_OUT_SHARE)))])
+    if len(held) == len(images):
+        return dataset
+    splits = {**dataset.splits, "train": [e for e in train if e.image_id not in held],
+              "validation": [e for e in train if e.image_id in held]}  # fmt: skip
+    return dataclasses.replace(dataset, splits=splits, held_out_validation=True)
 
 
 def _hub_layout(path: Path) -> bool:

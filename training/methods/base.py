@@ -89,6 +89,13 @@ class Method:
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.modules.parameters()
 
+    def train_parameters(self) -> Iterator[nn.Parameter]:
+        """What the optimizer updates; a reparametrised method trains more than it stores until `fold`."""
+        return self.parameters()
+
+    def fold(self) -> None:
+        """After training: turn a reparametrisation into the stored parameters (a no-op for most methods)."""
+
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -204,3 +204,19 @@ def single_caption_scores(prediction: str, references: list[str]) -> dict[str, f
     """
     _, per_sample = caption_scores_per_sample({"image": prediction}, {"image": references})
     return {name: per_sample["image"][name] for name in SINGLE_CAPTION_METRICS}
+
+
+def cider_d(predictions: dict[str, str], references: dict[str, list[str]]) -> float:
+    """Corpus CIDEr-D (0..10) alone: what validation during training needs, without METEOR's Java round trip."""
+    _check_inputs(predictions, references)
+    image_ids = list(predictions)
+    texts = [predictions[image_id] for image_id in image_ids]
+    texts += [caption for image_id in image_ids for caption in references[image_id]]
+    tokens = iter(ptb_tokenize(texts))
+    hypotheses = {image_id: [next(tokens)] for image_id in image_ids}
+    refs = {image_id: [next(tokens) for _ in references[image_id]] for image_id in image_ids}
+    if not any(caption for captions in refs.values() for caption in captions):
+        return 0.0
+    per_image = Cider().compute_score(refs, hypotheses)[1]
+    return float(sum(0.0 if not hypotheses[i][0] else float(v) for i, v in zip(image_ids, per_image, strict=True))
+                 / len(image_ids))  # fmt: skip

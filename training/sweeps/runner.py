@@ -23,7 +23,18 @@ from training import runs
 from training.errors import UserError
 from training.sweeps.executors import RunJob, RunResult
 from training.sweeps.grid import GridPoint, Skipped, SweepSpec, filter_feasible
-from training.sweeps.table import MAIN_METRIC, META, TABLE, display_path, folder_sha, run_row, write_table
+from training.sweeps.table import (
+    ITEM_SCORES,
+    MAIN_METRIC,
+    META,
+    TABLE,
+    display_path,
+    folder_sha,
+    item_scores,
+    run_row,
+    write_item_scores,
+    write_table,
+)
 
 TIMINGS = "timings.json"  # in the sweep's out folder: seconds each finished run took, for the ETA
 MAX_FAILURES_IN_A_ROW = 3
@@ -263,6 +274,9 @@ class SweepSession:
         """Rewrite runs.csv from every finished run of the grid, and sweep.json beside it."""
         rows = [row for p in self.plan.points if (row := run_row(p, self.plan.run_dir(p), self.shas))]
         write_table(rows, self.spec.results / TABLE)
+        finished = [p for p in self.plan.points if self.plan.finished(p)]
+        write_item_scores([line for p in finished if (line := item_scores(p, self.plan.run_dir(p)))],
+                          self.spec.results / ITEM_SCORES)  # fmt: skip
         now = time.time()
         session = {"started_at": _iso(self.started), "wall_s": round(now - self.started, 1), "runs": self.ran,
                    "command": self.command}  # fmt: skip

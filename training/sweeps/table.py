@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -23,7 +24,8 @@ MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
 COLUMNS = [
     "task", "method", "family", "budget", "budget_params", "trainable_params", "trainable_percent", "total_params",
     "knob", "knob_value", "towers", "batch_size", "data_fraction", "train_examples", "train_pairs", "seed",
-    "total_steps", "lr", "train_s", "wall_s", "peak_mem_mb", "device", "precision", "base_model", "base_model_sha",
+    "total_steps", "lr", "lr_source", "method_options", "val_metric", "steps_run", "epochs_run", "best_step",
+    "stop_reason", "train_s", "wall_s", "peak_mem_mb", "device", "precision", "base_model", "base_model_sha",
     "dataset", "dataset_source", "dataset_sha", "subset_hash", "python", "torch", "transformers", "peft", "run",
 ]  # fmt: skip
 CAPTION_METRICS = ["CIDEr-D", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L"]
@@ -62,6 +64,7 @@ def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None 
     from training.methods import METHODS
 
     shas = shas or {}
+    validation = evaluation.get("validation") or {}
     versions, config = info.get("versions") or {}, info.get("config") or {}
     trained = point.method != "zero-shot"
     row = {
@@ -76,6 +79,11 @@ def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None 
         "data_fraction": point.fraction, "train_examples": info.get("train_examples") if trained else 0,
         "train_pairs": info.get("train_pairs") if trained else 0, "seed": point.seed,
         "total_steps": info.get("total_steps"), "lr": info.get("lr") if trained else None,
+        "lr_source": info.get("lr_source") if trained else None,
+        "method_options": json.dumps(info.get("method_options") or {}, sort_keys=True) if trained else None,
+        "val_metric": validation.get("best"), "steps_run": validation.get("steps_run"),
+        "epochs_run": validation.get("epochs_run"), "best_step": validation.get("best_step"),
+        "stop_reason": validation.get("stop_reason") if trained else None,
         "train_s": evaluation.get("train_s"), "wall_s": evaluation.get("wall_s"),
         "peak_mem_mb": evaluation.get("peak_mem_mb"), "device": info.get("device"), "precision": info.get("precision"),
         "base_model": display_path(info.get("base_model")), "base_model_sha": shas.get("base_model"),
@@ -110,5 +118,32 @@ def write_table(rows: list[dict], path: str | Path) -> Path:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    os.replace(tmp, path)
+    return path
+
+
+ITEM_SCORES = "item_scores.jsonl"
+
+
+def item_scores(point: GridPoint, run_dir: Path) -> dict | None:
+    """A finished run's per-test-item main metric, in test-split order, for the report's paired bootstrap."""
+    records = runs.read_jsonl(run_dir / runs.PREDICTIONS)
+    metric = MAIN_METRIC[point.task]
+    if not records or any(metric not in r for r in records):
+        return None
+    line = {"run": point.name, "task": point.task, "metric": metric, "scores": [r[metric] for r in records]}
+    if point.task == "vqa":
+        line["question_types"] = [r.get("question_type") for r in records]
+    return line
+
+
+def write_item_scores(lines: list[dict], path: str | Path) -> Path:
+    """Write one JSON line per run atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(json.dumps(line, separators=(",", ":")) + "\n")
     os.replace(tmp, path)
     return path

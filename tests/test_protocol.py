@@ -1,0 +1,243 @@
+"""The study protocol: validation steers (best checkpoint, early stopping, learning rates), test is scored once."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training import runs
+from training.config import RunConfig, val_every
+from training.data.dataset import Example, TaskDataset, load_dataset, with_validation
+from training.errors import UserError
+from training.sweeps.table import item_scores
+from training.trainer import train
+from training.tuning import (
+    LR_COLUMNS,
+    TuneTarget,
+    best_of,
+    lookup_lr,
+    lr_grid,
+    resolve_lr,
+    tune,
+    write_rows,
+)
+from training.validation import Validator, main_metric_score
+
+
+def config(model, data, **overrides) -> RunConfig:
+    values = dict(task="vqa", method="lora", budget="2k", base_model=str(model), dataset=str(data), batch_size=4,
+                  eval_limit=6, seed=0, val_every=2)  # fmt: skip
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def test_a_run_validates_keeps_its_best_step_and_scores_the_test_split_once(tiny_model_dir, tiny_vqa_dataset,
+                                                                             tmp_path):  # fmt: skip
+    run = tmp_path / "run"
+    assert train(config(tiny_model_dir, tiny_vqa_dataset, max_steps=8, lr=5e-2), run, install_signals=False) == 0
+    curve = runs.read_jsonl(run / runs.VALIDATION)
+    assert [row["step"] for row in curve] == [2, 4, 6, 8]
+    assert all(row["metric"] == "accuracy" for row in curve)
+    best = max(curve, key=lambda row: row["value"])
+    summary = json.loads((run / runs.EVAL).read_text())["validation"]
+    assert summary["best"] == best["value"] and summary["best_step"] == best["step"]
+    assert summary["steps_run"] == 8 and summary["stop_reason"] == "max steps" and summary["validations"] == 4
+    info = json.loads((run / runs.CONFIG).read_text())
+    assert info["val_examples"] == 8 and info["val_every"] == 2 and info["lr_source"] == "given"
+    # The test split is scored once, by the kept checkpoint.
+    assert len(runs.read_jsonl(run / runs.PREDICTIONS)) == 6
+
+
+def test_patience_stops_a_run_that_no_longer_improves(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    run = tmp_path / "run"
+    # lr 1e-9: nothing moves, so every validation after the first ties the best and patience runs out.
+    cfg = config(tiny_model_dir, tiny_vqa_dataset, epochs=20, lr=1e-9, patience=2, val_every=1)
+    assert train(cfg, run, install_signals=False) == 0
+    summary = json.loads((run / runs.EVAL).read_text())["validation"]
+    assert summary["stop_reason"] == "patience"
+    assert summary["best_step"] == 1 and summary["steps_run"] == 3 and summary["validations"] == 3
+
+
+def test_the_best_checkpoint_is_what_is_saved(tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch):
+    """Scores that peak at the second validation: the saved weights are those of that step, not the last."""
+    scores = iter([0.1, 0.9, 0.2, 0.3])
+    snapshots = []
+
+    def fake_score(self, vl):
+        snapshots.append({k: v.clone() for k, v in vl.adapters["run"].state_dict().items()})
+        return next(scores), 0.0
+
+    monkeypatch.setattr(Validator, "score", fake_score)
+    run = tmp_path / "run"
+    assert train(config(tiny_model_dir, tiny_vqa_dataset, max_steps=8, lr=5e-2), run, install_signals=False) == 0
+    saved = load_file(str(run / runs.WEIGHTS))
+    assert all(torch.equal(saved[k], snapshots[1][k]) for k in saved)
+    assert not all(torch.equal(saved[k], snapshots[3][k]) for k in saved)
+    summary = json.loads((run / runs.EVAL).read_text())["validation"]
+    assert summary["best_step"] == 4 and summary["best"] == 0.9
+
+
+def test_no_test_mode_never_reads_the_test_split(tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch):
+    import training.trainer as trainer
+
+    def no_test(*args, **kwargs):
+        raise AssertionError("the test split was scored")
+
+    monkeypatch.setattr(trainer, "evaluate", no_test)
+    run = tmp_path / "run"
+    cfg = config(tiny_model_dir, tiny_vqa_dataset, max_steps=4, lr=5e-2, score_test=False)
+    assert train(cfg, run, install_signals=False) == 0
+    evaluation = json.loads((run / runs.EVAL).read_text())
+    assert evaluation["split"] is None and evaluation["validation"]["best_step"] in (2, 4)
+    assert not (run / runs.PREDICTIONS).exists()
+
+
+def test_patience_zero_trains_the_fixed_schedule_without_validation(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert train(config(tiny_model_dir, tiny_vqa_dataset, max_steps=3, patience=0), run, install_signals=False) == 0
+    assert not (run / runs.VALIDATION).exists()
+    summary = json.loads((run / runs.EVAL).read_text())["validation"]
+    assert summary["best"] is None and summary["steps_run"] == 3
+
+
+def test_validation_interval_is_half_an_epoch_clamped():
+    cfg = RunConfig(batch_size=32)
+    assert val_every(cfg, 10_000) == 100  # 313 steps an epoch
+    assert val_every(cfg, 4_176) == 66
+    assert val_every(cfg, 100) == 10  # 4 steps an epoch: every 2.5 epochs, not every 2 steps
+    assert val_every(RunConfig(val_every=7), 10_000) == 7
+
+
+def test_cli_arguments_round_trip_the_protocol_options():
+    from training.cli import build_parser
+    from training.config import config_from_args
+
+    cfg = RunConfig(method="prefix", patience=5, val_every=20, val_limit=50, score_test=False,
+                    method_options={"reparam": True})  # fmt: skip
+    args = build_parser().parse_args(["train", *cfg.to_cli_args(), "--out", "x"])
+    again = config_from_args(args)
+    assert (again.patience, again.val_every, again.val_limit, again.score_test) == (5, 20, 50, False)
+    assert again.method_options == {"reparam": True}
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        config_from_args(build_parser().parse_args(["train", "--method-option", "reparam", "--out", "x"]))
+
+
+def example(image_id: str) -> Example:
+    return Example(image=None, image_id=image_id, captions=["a red square"])
+
+
+def test_a_dataset_whose_test_split_is_its_validation_split_gets_a_held_out_one():
+    train_split = [example(f"img{i}") for i in range(100) for _ in range(2)]
+    shared = [example(f"val{i}") for i in range(10)]
+    dataset = TaskDataset("d", "caption", "d", {"train": train_split, "validation": shared, "test": shared})
+    carved = with_validation(dataset)
+    validation, rest = carved.splits["validation"], carved.splits["train"]
+    assert carved.held_out_validation and len(validation) == 10  # 5 % of 100 images, both rows of each
+    assert not {e.image_id for e in validation} & {e.image_id for e in rest}
+    assert len(rest) + len(validation) == len(train_split)
+    assert carved.splits["test"] is shared
+    # The same images whatever the order of the training split.
+    reordered = TaskDataset("d", "caption", "d", {"train": train_split[::-1], "validation": [], "test": shared})
+    assert {e.image_id for e in with_validation(reordered).splits["validation"]} == {e.image_id for e in validation}
+
+
+def test_a_dataset_with_its_own_validation_split_is_kept(tiny_vqa_dataset):
+    dataset = load_dataset(str(tiny_vqa_dataset), "vqa")
+    assert not dataset.held_out_validation and len(dataset.split("validation")) == 8
+
+
+def test_main_metric_matches_the_full_scorers(tiny_caption_dataset):
+    from training.evaluation import score
+
+    examples = load_dataset(str(tiny_caption_dataset), "caption").split("test")
+    predictions = [e.captions[0] if i % 2 else "a blue circle" for i, e in enumerate(examples)]
+    metrics, records = score("caption", examples, predictions)
+    assert main_metric_score("caption", examples, predictions) == pytest.approx(metrics["CIDEr-D"], abs=1e-9)
+    assert sum(r["CIDEr-D"] for r in records) / len(records) == pytest.approx(metrics["CIDEr-D"], abs=1e-9)
+
+
+# -- learning rates --------------------------------------------------------------------------------------
+
+
+def test_lr_grid_is_half_decades_around_the_centre():
+    assert lr_grid(1e-3, 1, 1) == [0.000316, 0.001, 0.00316]
+    assert lr_grid(1e-2, 2, 0) == [0.001, 0.00316, 0.01]
+
+
+def test_best_of_reports_whether_the_optimum_is_bracketed():
+    assert best_of({1e-3: [0.1, 0.2], 3e-3: [0.5, 0.4], 1e-2: [0.3, 0.3]}) == (3e-3, True)
+    assert best_of({1e-3: [0.1], 3e-3: [0.2], 1e-2: [0.3]}) == (1e-2, False)
+
+
+def test_tuning_widens_the_grid_until_the_best_is_bracketed_and_resumes(tmp_path):
+    """Plain prefix tuning peaks at lr 0.1, ten times its default: the grid widens upwards until bracketed."""
+    calls = []
+
+    def fake_train(config: RunConfig, run_dir) -> dict:
+        calls.append((config.lr, config.seed, json.dumps(config.method_options, sort_keys=True)))
+        import math
+
+        value = -abs(math.log10(config.lr) - math.log10(3.16e-3 if config.method_options.get("reparam") else 0.1))
+        value += 0.01 * config.seed - (0.05 if config.method_options.get("reparam") else 0.0)
+        return {"best": value, "best_step": 10, "steps_run": 20, "epochs_run": 1.0, "stop_reason": "patience"}
+
+    base = RunConfig(task="vqa", budget="18k", towers="text")
+    targets = [TuneTarget("vqa", "prefix", "text", {"reparam": False}), TuneTarget("vqa", "prefix", "text",
+                                                                                   {"reparam": True})]  # fmt: skip
+    rows = tune(targets, base, [0, 1], tmp_path, tmp_path / "work", train_fn=fake_train, echo=lambda s: None)
+    plain = sorted({lr for lr, _, opts in calls if '"reparam": false' in opts})
+    assert plain[-1] == pytest.approx(0.316) and plain[0] == pytest.approx(3.16e-3)  # widened twice upwards
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["method"] == "prefix" and row["lr"] == pytest.approx(0.1) and row["bracketed"]
+    assert json.loads(row["options"]) == {"reparam": False}  # its best beats the reparametrised form's best
+    assert (tmp_path / "lr.csv").is_file() and (tmp_path / "lr-runs.csv").is_file()
+    # Run again: everything is in lr-runs.csv, so nothing trains.
+    calls.clear()
+    tune(targets, base, [0, 1], tmp_path, tmp_path / "work", train_fn=fake_train, echo=lambda s: None)
+    assert calls == []
+
+
+def test_tuning_needs_two_seeds(tmp_path):
+    with pytest.raises(UserError, match="two seeds"):
+        tune([TuneTarget("vqa", "lora", "text", {})], RunConfig(), [0], tmp_path, tmp_path, train_fn=None)
+
+
+def test_a_run_without_lr_takes_the_tuned_one(tmp_path):
+    table = tmp_path / "lr.csv"
+    write_rows(table, [
+        {"task": "vqa", "method": "prefix", "towers": "text", "options": '{"reparam": true}', "lr": 0.003},
+        {"task": "vqa", "method": "full", "towers": "both", "options": "{}", "lr": 0.0002},
+    ], LR_COLUMNS)  # fmt: skip
+    lr, options, source = resolve_lr(RunConfig(task="vqa", method="prefix", towers="text"), 0.01, table)
+    assert (lr, options) == (0.003, {"reparam": True}) and source.endswith("lr.csv")
+    # Full fine-tuning's row is found whatever towers the run names.
+    assert resolve_lr(RunConfig(task="vqa", method="full", towers="text"), 1e-4, table)[0] == 0.0002
+    assert resolve_lr(RunConfig(task="caption", method="prefix", towers="text"), 0.01, table) == (
+        0.01, {}, "method default")  # fmt: skip
+    assert resolve_lr(RunConfig(task="vqa", method="prefix", towers="text", lr=0.5), 0.01, table)[2] == "given"
+    # Asking for other options than the tuned ones: the tuned lr does not apply.
+    other = RunConfig(task="vqa", method="prefix", towers="text", method_options={"reparam": False})
+    assert lookup_lr(other, table) is None
+
+
+def test_item_scores_come_from_the_predictions(tmp_path):
+    from training.sweeps.grid import GridPoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for acc, qtype in [(1.0, "color"), (0.3, "shape")]:
+        runs.append_jsonl(run / runs.PREDICTIONS, {"accuracy": acc, "question_type": qtype})
+    line = item_scores(GridPoint("vqa", "lora", None, 1.0, 0), run)
+    assert line["scores"] == [1.0, 0.3] and line["question_types"] == ["color", "shape"]
+    assert line["metric"] == "accuracy" and line["run"] == "vqa__lora__f1__s0"
+
+
+def test_lr_table_columns_are_readable_as_csv(tmp_path):
+    write_rows(tmp_path / "lr.csv", [{"task": "vqa", "lr": 0.1}], LR_COLUMNS)
+    with open(tmp_path / "lr.csv") as handle:
+        assert next(csv.reader(handle)) == LR_COLUMNS

@@ -1,0 +1,296 @@
+"""Learning rates found on the validation split: `python -m training tune` and the table it writes.
+
+For each task, method and tower setting, `tune` trains at a reference budget and data share over a
+log-spaced grid of learning rates (half-decades around the method's default), with at least two seeds, and
+widens the grid on a side while the best mean validation score sits at that edge. Every run goes to
+`results/lr-runs.csv` as it finishes (so the tuning resumes), and `results/lr.csv` keeps, per task, method and
+towers, the learning rate (and method options, e.g. prefix tuning's reparametrisation) with the best mean
+validation score, whether it is bracketed (a worse grid point on both sides) and the whole curve.
+
+A run without `--lr` takes its learning rate from `results/lr.csv` when that table has its task, method and
+towers (and the same method options, if it names any), else the method's default. The test split is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.config import TASKS, TOWERS, RunConfig
+from training.errors import UserError
+from training.paths import REPO_ROOT
+
+LR_TABLE = REPO_ROOT / "results" / "lr.csv"
+RUNS_TABLE_NAME = "lr-runs.csv"
+LR_COLUMNS = ["task", "method", "towers", "options", "lr", "val_metric", "val_sd", "seeds", "bracketed",
+              "budget", "data_fraction", "curve"]  # fmt: skip
+RUN_COLUMNS = ["task", "method", "towers", "options", "lr", "seed", "budget", "data_fraction", "val_metric",
+               "best_step", "steps_run", "epochs_run", "stop_reason", "train_s", "run"]  # fmt: skip
+HALF_DECADE = math.sqrt(10)
+MAX_WIDENINGS = 4
+# What the tuner tries besides the learning rate: prefix tuning with and without Li & Liang's reparametrisation.
+OPTION_CHOICES: dict[str, list[dict]] = {"prefix": [{"reparam": False}, {"reparam": True}]}
+
+
+def options_key(options: dict | None) -> str:
+    return json.dumps(options or {}, sort_keys=True)
+
+
+def lr_towers(method: str, towers: str) -> str:
+    """Full fine-tuning trains both towers whatever the setting says."""
+    return "both" if method == "full" else towers
+
+
+@dataclass(frozen=True)
+class TunedLR:
+    lr: float
+    options: dict
+    source: str
+
+
+def lookup_lr(config: RunConfig, table: Path = LR_TABLE) -> TunedLR | None:
+    """The tuned learning rate of this run's task, method and towers (and options, if it names any)."""
+    if not table.is_file():
+        return None
+    towers = lr_towers(config.method, config.towers)
+    with open(table, encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            if (row["task"], row["method"], row["towers"]) != (config.task, config.method, towers):
+                continue
+            options = json.loads(row["options"] or "{}")
+            if config.method_options and options_key(config.method_options) != options_key(options):
+                continue
+            try:
+                return TunedLR(float(row["lr"]), options, str(table.relative_to(REPO_ROOT)))
+            except ValueError:
+                return TunedLR(float(row["lr"]), options, str(table))
+    return None
+
+
+def resolve_lr(config: RunConfig, default_lr: float, table: Path = LR_TABLE) -> tuple[float, dict, str]:
+    """(learning rate, method options, where the learning rate came from) for a run."""
+    if config.lr is not None:
+        return config.lr, config.method_options, "given"
+    tuned = lookup_lr(config, table)
+    if tuned is not None:
+        return tuned.lr, config.method_options or tuned.options, tuned.source
+    return default_lr, config.method_options, "method default"
+
+
+# -- the tuning sweep ------------------------------------------------------------------------------------
+
+
+def lr_grid(center: float, below: int, above: int) -> list[float]:
+    """Half-decade steps around `center`: `below` points under it and `above` over it."""
+    return [float(f"{center * HALF_DECADE**k:.3g}") for k in range(-below, above + 1)]
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def curve(rows: list[dict]) -> dict[float, list[float]]:
+    """Learning rate -> validation scores over seeds."""
+    scores: dict[float, list[float]] = {}
+    for row in rows:
+        scores.setdefault(float(row["lr"]), []).append(float(row["val_metric"]))
+    return dict(sorted(scores.items()))
+
+
+def best_of(scores: dict[float, list[float]]) -> tuple[float, bool]:
+    """(best learning rate by mean score, whether a lower and a higher grid point both score below it)."""
+    lrs = list(scores)
+    means = [statistics.fmean(scores[lr]) for lr in lrs]
+    index = max(range(len(lrs)), key=lambda i: means[i])
+    return lrs[index], 0 < index < len(lrs) - 1
+
+
+@dataclass
+class TuneTarget:
+    task: str
+    method: str
+    towers: str
+    options: dict
+
+    def label(self) -> str:
+        extra = f" {options_key(self.options)}" if self.options else ""
+        return f"{self.task} {self.method} ({self.towers}){extra}"
+
+
+def run_name(target: TuneTarget, lr: float, seed: int) -> str:
+    opts = "".join(f"__{k}-{v}" for k, v in sorted(target.options.items()))
+    return f"{target.task}__{target.method}__{target.towers}{opts}__lr{lr:g}__s{seed}"
+
+
+TrainFn = Callable[[RunConfig, Path], dict]
+
+
+def train_for_tuning(config: RunConfig, run_dir: Path) -> dict:
+    """Train one run in a fresh process (as the sweep does) and return its validation summary."""
+    import subprocess
+    import sys
+
+    from training import runs
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "training", "train", *config.to_cli_args(), "--out", str(run_dir),
+               "--no-test"]  # fmt: skip
+    with open(run_dir / "worker.log", "w", encoding="utf-8") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    summary = (runs.read_json(run_dir / runs.EVAL) or {}).get("validation")
+    if code != 0 or not summary:
+        tail = "\n".join(runs.tail(run_dir / "worker.log", 8))
+        raise UserError(f"tuning run {run_dir.name} failed (exit {code}):\n{tail}")
+    return {**summary, "train_s": (runs.read_json(run_dir / runs.EVAL) or {}).get("train_s")}
+
+
+def tune(targets: list[TuneTarget], base: RunConfig, seeds: list[int], results: Path, work: Path,
+         train_fn: TrainFn = train_for_tuning, echo: Callable[[str], None] = print,
+         deadline: float | None = None) -> list[dict]:  # fmt: skip
+    """Tune every target; returns the rows of lr.csv. Resumes from `results/lr-runs.csv`."""
+    from training.methods import METHODS
+
+    if len(seeds) < 2:
+        raise UserError("Tuning needs at least two seeds (--seeds 0 1), so that a learning rate is not picked "
+                        "on one seed's luck.")  # fmt: skip
+    runs_path = results / RUNS_TABLE_NAME
+    done = read_rows(runs_path)
+    for target in targets:
+        def mine(row: dict, target: TuneTarget = target) -> bool:
+            return (row["task"], row["method"], row["towers"], row["options"]) == (
+                target.task, target.method, target.towers, options_key(target.options))  # fmt: skip
+
+        center = METHODS[target.method].default_lr
+        below = above = 1
+        for _ in range(MAX_WIDENINGS + 1):
+            grid = lr_grid(center, below, above)
+            for lr in grid:
+                for seed in seeds:
+                    if any(mine(r) and float(r["lr"]) == lr and int(r["seed"]) == seed for r in done):
+                        continue
+                    if deadline is not None and time.time() > deadline:
+                        echo("tune: time is up; run the same command again to go on")
+                        return summarise(done, base)
+                    config = RunConfig.from_dict({**base.to_dict(), "task": target.task, "method": target.method,
+                                                  "towers": target.towers, "lr": lr, "seed": seed,
+                                                  "method_options": target.options}).validate()  # fmt: skip
+                    name = run_name(target, lr, seed)
+                    started = time.perf_counter()
+                    summary = train_fn(config, work / name)
+                    row = {"task": target.task, "method": target.method, "towers": target.towers,
+                           "options": options_key(target.options), "lr": lr, "seed": seed, "budget": base.budget,
+                           "data_fraction": base.data_fraction, "val_metric": summary["best"],
+                           "best_step": summary["best_step"], "steps_run": summary["steps_run"],
+                           "epochs_run": summary["epochs_run"], "stop_reason": summary["stop_reason"],
+                           "train_s": summary.get("train_s"), "run": name}  # fmt: skip
+                    done.append(row)
+                    write_rows(runs_path, done, RUN_COLUMNS)
+                    echo(f"tune {target.label()}: lr {lr:g} seed {seed}: validation {summary['best']:.4g} "
+                         f"(best step {summary['best_step']}, {summary['stop_reason']}, "
+                         f"{time.perf_counter() - started:.0f}s)")  # fmt: skip
+            best, bracketed = best_of(curve([r for r in done if mine(r) and float(r["lr"]) in grid]))
+            if bracketed:
+                break
+            # The best is at an edge of the grid: widen on that side.
+            if best == grid[0]:
+                below += 1
+            else:
+                above += 1
+        echo(f"tune {target.label()}: best lr {best:g}" + ("" if bracketed else " (NOT bracketed)"))
+    rows = summarise(done, base)
+    write_rows(results / LR_TABLE.name, rows, LR_COLUMNS)
+    return rows
+
+
+def summarise(done: list[dict], base: RunConfig) -> list[dict]:
+    """lr.csv's rows from the tuning runs: per task, method and towers, the best learning rate and options."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in done:
+        groups.setdefault((row["task"], row["method"], row["towers"]), []).append(row)
+    table = []
+    for (task, method, towers), rows in sorted(groups.items()):
+        candidates = []
+        for options in sorted({r["options"] for r in rows}):
+            scores = curve([r for r in rows if r["options"] == options])
+            lr, bracketed = best_of(scores)
+            mean = statistics.fmean(scores[lr])
+            candidates.append((mean, options, lr, bracketed, scores))
+        mean, options, lr, bracketed, scores = max(candidates, key=lambda c: c[0])
+        values = scores[lr]
+        table.append({
+            "task": task, "method": method, "towers": towers, "options": options, "lr": lr,
+            "val_metric": round(mean, 6), "val_sd": round(statistics.stdev(values), 6) if len(values) > 1 else "",
+            "seeds": len(values), "bracketed": bracketed, "budget": rows[0]["budget"],
+            "data_fraction": rows[0]["data_fraction"],
+            "curve": json.dumps({f"{k:g}": round(statistics.fmean(v), 6) for k, v in scores.items()}),
+        })  # fmt: skip
+    return table
+
+
+def targets_for(tasks: list[str], methods: list[str], towers: str) -> list[TuneTarget]:
+    from training.methods import METHODS
+
+    out = []
+    for task in tasks:
+        for method in methods:
+            if method not in METHODS or method == "zero-shot":
+                raise UserError(f"Cannot tune {method!r}: choose among methods that train "
+                                f"({', '.join(m for m in METHODS if m != 'zero-shot')}).")  # fmt: skip
+            for options in OPTION_CHOICES.get(method, [{}]):
+                out.append(TuneTarget(task, method, lr_towers(method, towers), options))
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("tune", help="find each method's learning rate on the validation split")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every method that trains")
+    parser.add_argument("--towers", default="text", choices=TOWERS)
+    parser.add_argument("--budget", default="18k", help="the reference budget (default 18k, inside every range)")
+    parser.add_argument("--data-fraction", type=float, default=1.0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--epochs", nargs=2, action="append", metavar=("TASK", "EPOCHS"), default=None,
+                        help="the epoch cap per task (default: caption 3, vqa 10)")  # fmt: skip
+    parser.add_argument("--results", default=str(LR_TABLE.parent), help="where lr.csv and lr-runs.csv go")
+    parser.add_argument("--work-dir", default="runs/tune", help="run directories (not kept in results)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop starting runs after this long")
+    parser.set_defaults(func=cmd_tune)
+
+
+TUNE_EPOCHS = {"caption": 3.0, "vqa": 10.0}
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from training.methods import METHODS
+
+    methods = args.methods or [m for m in METHODS if m != "zero-shot"]
+    epochs = {**TUNE_EPOCHS, **{task: float(value) for task, value in (args.epochs or [])}}
+    deadline = time.time() + args.max_minutes * 60 if args.max_minutes else None
+    for task in args.tasks:
+        base = RunConfig(task=task, budget=args.budget, data_fraction=args.data_fraction, epochs=epochs[task],
+                         towers=args.towers).validate()  # fmt: skip
+        tune(targets_for([task], methods, args.towers), base, args.seeds, Path(args.results), Path(args.work_dir),
+             deadline=deadline)  # fmt: skip
+    return 0
