@@ -25,11 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.config import TASKS, TOWERS, RunConfig
+from training.config import TASKS, RunConfig
 from training.errors import UserError
 from training.paths import REPO_ROOT
 
 LR_TABLE = REPO_ROOT / "results" / "lr.csv"
+# The tuning runs' epoch caps, patience and tower setting come from the sweep file (sweeps/paper.yaml), so the
+# learning rates are found under the schedule the grid runs.
 RUNS_TABLE_NAME = "lr-runs.csv"
 LR_COLUMNS = ["task", "method", "towers", "options", "lr", "val_metric", "val_sd", "seeds", "bracketed",
               "budget", "data_fraction", "curve"]  # fmt: skip
@@ -63,17 +65,17 @@ def lookup_lr(config: RunConfig, table: Path = LR_TABLE) -> TunedLR | None:
         return None
     towers = lr_towers(config.method, config.towers)
     with open(table, encoding="utf-8", newline="") as handle:
-        for row in csv.DictReader(handle):
-            if (row["task"], row["method"], row["towers"]) != (config.task, config.method, towers):
-                continue
-            options = json.loads(row["options"] or "{}")
-            if config.method_options and options_key(config.method_options) != options_key(options):
-                continue
-            try:
-                return TunedLR(float(row["lr"]), options, str(table.relative_to(REPO_ROOT)))
-            except ValueError:
-                return TunedLR(float(row["lr"]), options, str(table))
-    return None
+        rows = [r for r in csv.DictReader(handle) if (r["task"], r["method"]) == (config.task, config.method)]
+    if config.method_options:
+        rows = [r for r in rows if options_key(json.loads(r["options"] or "{}")) == options_key(config.method_options)]
+    # The tower setting it was tuned on first; else another one's (said in the source).
+    rows.sort(key=lambda r: r["towers"] != towers)
+    if not rows:
+        return None
+    row = rows[0]
+    name = str(table.relative_to(REPO_ROOT)) if table.is_relative_to(REPO_ROOT) else str(table)
+    source = name if row["towers"] == towers else f"{name} (tuned with towers {row['towers']})"
+    return TunedLR(float(row["lr"]), json.loads(row["options"] or "{}"), source)
 
 
 def resolve_lr(config: RunConfig, default_lr: float, table: Path = LR_TABLE) -> tuple[float, dict, str]:
@@ -265,32 +267,33 @@ def targets_for(tasks: list[str], methods: list[str], towers: str) -> list[TuneT
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("tune", help="find each method's learning rate on the validation split")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--methods", nargs="+", default=None, help="default: every method that trains")
-    parser.add_argument("--towers", default="text", choices=TOWERS)
-    parser.add_argument("--budget", default="18k", help="the reference budget (default 18k, inside every range)")
+    parser.add_argument("--config", default="sweeps/paper.yaml",
+                        help="the sweep file whose settings (towers, epoch caps, patience, batch size, base model, "
+                             "datasets) the tuning runs use; its data-axis budget is the reference budget")  # fmt: skip
+    parser.add_argument("--tasks", nargs="+", default=None, choices=TASKS, help="default: the sweep file's tasks")
+    parser.add_argument("--methods", nargs="+", default=None, help="default: the sweep file's methods that train")
     parser.add_argument("--data-fraction", type=float, default=1.0)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--epochs", nargs=2, action="append", metavar=("TASK", "EPOCHS"), default=None,
-                        help="the epoch cap per task (default: caption 3, vqa 10)")  # fmt: skip
-    parser.add_argument("--results", default=str(LR_TABLE.parent), help="where lr.csv and lr-runs.csv go")
     parser.add_argument("--work-dir", default="runs/tune", help="run directories (not kept in results)")
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop starting runs after this long")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no run after this long; run the same command again to go on")  # fmt: skip
     parser.set_defaults(func=cmd_tune)
 
 
-TUNE_EPOCHS = {"caption": 3.0, "vqa": 10.0}
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
-    from training.methods import METHODS
+    from training.sweeps.grid import load_spec
 
-    methods = args.methods or [m for m in METHODS if m != "zero-shot"]
-    epochs = {**TUNE_EPOCHS, **{task: float(value) for task, value in (args.epochs or [])}}
+    spec = load_spec(args.config)
+    methods = [m for m in (args.methods or spec.methods) if m != "zero-shot"]
+    reference = spec.data_axis[0] if spec.data_axis else None
     deadline = time.time() + args.max_minutes * 60 if args.max_minutes else None
-    for task in args.tasks:
-        base = RunConfig(task=task, budget=args.budget, data_fraction=args.data_fraction, epochs=epochs[task],
-                         towers=args.towers).validate()  # fmt: skip
-        tune(targets_for([task], methods, args.towers), base, args.seeds, Path(args.results), Path(args.work_dir),
+    towers = spec.settings.get("towers", "both")
+    for task in args.tasks or list(spec.tasks):
+        values = {**spec.settings, **spec.tasks[task], "task": task, "data_fraction": args.data_fraction,
+                  "base_model": spec.base_model, "dataset": spec.datasets.get(task)}  # fmt: skip
+        if reference is not None:
+            values["budget"] = str(reference)
+        base = RunConfig.from_dict(values).validate()
+        tune(targets_for([task], methods, towers), base, args.seeds, spec.results, Path(args.work_dir),
              deadline=deadline)  # fmt: skip
     return 0
