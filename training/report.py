@@ -32,6 +32,54 @@ FIGURES = ("data_size", "param_size", "families")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}  # fmt: skip
 REPRODUCED, PARTLY, NOT, UNDETERMINED = "reproduced", "partly", "not reproduced", "undetermined"
+# The statistics every verdict is read from, fixed before the grid runs (decision_rules() prints them in report.md).
+RESAMPLES = 2000  # bootstrap resamples per statistic
+BOOTSTRAP_SEED = 13  # the bootstrap's RNG seed, so a report is reproducible to the digit
+LEVEL = 0.95  # two-sided coverage of every interval
+MIN_SEEDS = 2  # an interval needs this many seeds; fewer leaves a unit undetermined
+PROTOCOL_SEEDS = 3  # the study protocol's minimum; the report warns below it
+ITEM_FILE = "item_scores.jsonl"  # per-test-item scores beside runs.csv, one line per run
+
+
+def decision_rules() -> list[str]:
+    """The rules every verdict follows, as markdown: written from the constants above, never from the results."""
+    level, tol = f"{LEVEL:.0%}", f"{FLAT_TOLERANCE:.0%}"
+    return [
+        "## Decision rules", "",
+        "These rules were committed before the grid they judge ran (see the history of `training/report.py`); "
+        "each verdict below is read off them, with no choice made after seeing the numbers.", "",
+        f"- **Intervals.** {level} percentile intervals from a hierarchical paired bootstrap ({RESAMPLES} resamples, "
+        f"RNG seed {BOOTSTRAP_SEED}): each resample draws seeds with replacement and test items with replacement, "
+        "the same items for every run of a task, so runs compared are paired by seed and by item. Without "
+        f"`{ITEM_FILE}` (or when a run of the task has no item scores) the interval is a {level} t-interval "
+        "across seeds, and the report says so. An interval needs at least "
+        f"{MIN_SEEDS} seeds (the protocol asks for {PROTOCOL_SEEDS}); a unit without one is *undetermined*.",
+        "- **Axes.** Slopes are ordinary least squares of the main metric (VQA accuracy, captioning CIDEr-D) on "
+        "log10(data fraction) at the method's reference budget (the budget run at the most fractions), and on "
+        "log10(trainable parameters) at the largest data fraction; fitted per seed, averaged over seeds.",
+        "- **Finding 1, per PEFT method (VQA).** *reproduced* when the data slope and the parameter slope both have "
+        "their interval above zero; *partly* when one does; *not reproduced* when neither does. Full fine-tuning is "
+        "shown for reference and not counted.",
+        f"- **Finding 2, per PEFT method (captioning).** *Flat in data*: the whole interval of slope / level (level: "
+        f"the mean metric at the largest fraction) lies within +-{tol} per tenfold data. *Interior optimum*: the "
+        "budget with the best mean is neither the smallest nor the largest, and best minus largest (paired) has its "
+        "interval above zero. Both: *reproduced*; one: *partly*; neither: *not reproduced*. The same test runs on "
+        "VQA beside it as a control: it *separates the tasks* when more methods pass it on captioning than on VQA.",
+        "- **Finding 3, per pair (each layer method against each embedding method), per task and tower setting.** "
+        "At matched cells (equal requested budget, data fraction, seed and towers), layer minus embedding, averaged "
+        "per seed: *reproduced* when the interval lies above zero, *not reproduced* when it does not. The pooled "
+        "pair (all tower settings) and the pooled families are shown beside it.",
+        "- **Overall verdict per finding** (the paper says *every* method): *reproduced* only when every unit "
+        "(method, or pair x task x towers) is reproduced; *not reproduced* when no unit is even partly; "
+        "*undetermined* when no unit can be judged; *partly* otherwise, naming the units that are not reproduced. "
+        "Finding 2 is at most *partly* when its test does not separate the tasks.",
+        "- **Robustness.** Every verdict is computed again without the smallest data fraction and shown beside the "
+        "main one; the main verdict is the one with all fractions.",
+        "- **Gains.** At full data and each method's reference budget: the metric minus zero-shot (paired by seed "
+        "and item) and, on VQA, minus the answer prior (answering each question type's most common training answer; "
+        "computed by the report from the VQA dataset the table names).",
+        "",
+    ]  # fmt: skip
 
 
 def t_quantile(df: int) -> float:
@@ -576,7 +624,7 @@ def render_markdown(frame, findings: list[Finding], meta: dict, results: Path, f
              "| finding | answer |", "|---|---|"]  # fmt: skip
     answer = {UNDETERMINED: f"{UNDETERMINED} (too few seeds)" if len(seeds) < 2 else UNDETERMINED}
     lines += [f"| {f.number}. {f.claim} | **{answer.get(f.verdict, f.verdict)}** |" for f in findings]
-    lines += ["", "## Where the numbers come from", ""]
+    lines += ["", *decision_rules(), "## Where the numbers come from", ""]
     if meta:
         machine = meta.get("machine") or {}
         lines += [f"- Sweep `{meta.get('name')}`: {meta.get('done')} of {meta.get('runs_planned')} runs finished "
