@@ -78,7 +78,8 @@ def synthetic(vqa_data, vqa_params, caption_data, caption_params, layer_bonus: f
     return pd.DataFrame(rows).drop_duplicates("run", keep="first")
 
 
-def write_item_scores(frame: pd.DataFrame, path, items: int = 40, item_noise: float = 3.0, skip: int = 0) -> None:
+def write_item_scores(frame: pd.DataFrame, path, items: int = 40, item_noise: float = 3.0, skip: int = 0,
+                      question_types: list[str] | None = None) -> None:  # fmt: skip
     """Per-item scores whose mean is each run's table metric: a shared item difficulty (which pairing cancels)
     plus the run's own item noise. The first `skip` runs are left out."""
     rng = np.random.default_rng(1)
@@ -88,7 +89,10 @@ def write_item_scores(frame: pd.DataFrame, path, items: int = 40, item_noise: fl
         metric = row["accuracy" if row["task"] == "vqa" else "CIDEr-D"]
         scores = difficulty[row["task"]] + rng.normal(0, item_noise, items)
         scores += metric - scores.mean()
-        lines.append(json.dumps({"run": row["run"], "task": row["task"], "scores": scores.tolist()}))
+        record = {"run": row["run"], "task": row["task"], "scores": scores.tolist()}
+        if question_types and row["task"] == "vqa":
+            record["question_types"] = question_types
+        lines.append(json.dumps(record))
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -221,6 +225,21 @@ def test_a_missing_or_incomplete_item_file_falls_back_to_seed_intervals_and_says
     vqa_runs = int((frame.task == "vqa").sum())
     assert f"- vqa: intervals are t-intervals across seeds only (1 of {vqa_runs} runs have no item scores" in report
     assert "- caption: intervals combine the bootstrap over seeds and 40 test items with the t-interval" in report
+
+
+def test_the_prior_is_paired_by_item_only_when_the_item_file_lists_the_same_items(tmp_path):
+    frame = papers_picture()
+    write_item_scores(frame, tmp_path / "items.jsonl", question_types=["color", "count"] * 20)
+    items = load_item_scores(tmp_path / "items.jsonl")
+    ordered = np.linspace(0, 60, 40)  # mean 30
+    same = Stats(frame, items, Prior(30.0, {}, ordered, "x", ["color", "count"] * 20))
+    assert "prior" not in same.why_not
+    assert same.prior_values("vqa")[1:] == pytest.approx(ordered @ same.weights["vqa"])
+    shuffled = Stats(frame, items, Prior(30.0, {}, ordered, "x", ["count", "color"] * 20))
+    assert "not the dataset's test split in order" in shuffled.why_not["prior"]
+    assert set(shuffled.prior_values("vqa")) == {30.0}
+    shorter = Stats(frame, items, Prior(30.0, {}, ordered[:30], "x"))
+    assert shorter.why_not["prior"].startswith("the prior has 30 test items and the item scores 40")
 
 
 def test_gains_over_zero_shot_and_the_answer_prior_are_reported(tmp_path):

@@ -67,8 +67,9 @@ def decision_rules() -> list[str]:
         f"alone, and the report says so. An interval needs at least {MIN_SEEDS} seeds (the protocol asks for "
         f"{PROTOCOL_SEEDS}); a unit without one is *undetermined*.",
         "- **Axes.** Slopes are ordinary least squares of the main metric (VQA accuracy, captioning CIDEr-D) on "
-        "log10(data fraction) at the method's reference budget (the budget run at the most fractions), and on "
-        "log10(trainable parameters) at the largest data fraction; fitted per seed, averaged over seeds.",
+        "log10(data fraction) at the method's reference budget (the budget run at the most fractions; ties: the "
+        "smallest), and on log10(trainable parameters) at the largest data fraction; fitted per seed, averaged over "
+        "seeds.",
         "- **Finding 1, per PEFT method (VQA).** *reproduced* when the data slope and the parameter slope both have "
         "their interval above zero; *partly* when one does; *not reproduced* when neither does. Full fine-tuning is "
         "shown for reference and not counted.",
@@ -197,9 +198,10 @@ class Prior:
     per_type: dict[str, float]
     items: np.ndarray
     source: str
+    question_types: list[str] | None = None  # per test item, to check the item file lists the same items
 
 
-def answer_prior_from_dataset(source: str | None) -> Prior:
+def answer_prior_from_dataset(source: str) -> Prior:
     """Score the majority-training-answer-per-type baseline on the test split of the VQA dataset `source`."""
     from training.data.dataset import load_dataset
     from training.paths import REPO_ROOT
@@ -216,7 +218,7 @@ def answer_prior_from_dataset(source: str | None) -> Prior:
     # answer_prior keeps the means only; the paired intervals need the prior's score on each test item.
     items = vqa_scores([prior["answers"].get(e.question_type, "") for e in test], [e.answers for e in test])
     return Prior(float(prior["accuracy"]), dict(prior.get("per_type") or {}), np.asarray(items["per_sample"]),
-                 source or "the embedded default")  # fmt: skip
+                 source, [str(e.question_type) for e in test])  # fmt: skip
 
 
 def find_prior(frame, meta: dict) -> tuple[Prior | None, str]:
@@ -256,22 +258,23 @@ class Stats:
             if reason:
                 self.why_not[task] = reason
                 continue
-            n = len(items.scores[str(self._rows(frame, task).run.iloc[0])])
+            n = len(items.scores[str(_task_rows(frame, task).run.iloc[0])])
             counts = np.random.default_rng([BOOTSTRAP_SEED, index]).multinomial(n, np.full(n, 1 / n), resamples)
             self.weights[task] = counts.T / n  # items x resamples: column b averages resample b
         self.prior = prior
-        if prior is not None and "vqa" in self.weights and prior.items.size != self.weights["vqa"].shape[0]:
-            self.why_not["prior"] = (
-                f"the prior has {prior.items.size} test items and the item scores "
-                f"{self.weights['vqa'].shape[0]}: the gain over it is paired by seed only"
-            )
-
-    @staticmethod
-    def _rows(frame, task: str):
-        return _task_rows(frame, task)
+        if prior is not None and "vqa" in self.weights:
+            listed = items.question_types.get("vqa")
+            if prior.items.size != self.weights["vqa"].shape[0]:
+                self.why_not["prior"] = (
+                    f"the prior has {prior.items.size} test items and the item scores "
+                    f"{self.weights['vqa'].shape[0]}: the gain over it is paired by seed only"
+                )
+            elif listed and prior.question_types and listed != prior.question_types:
+                self.why_not["prior"] = ("the item file's question types are not the dataset's test split in order: "
+                                         "the gain over the prior is paired by seed only")  # fmt: skip
 
     def _eligible(self, frame, task: str) -> str:
-        rows = self._rows(frame, task)
+        rows = _task_rows(frame, task)
         if rows.empty:
             return "no runs"
         if self.items is None:
@@ -282,9 +285,6 @@ class Stats:
         if missing:
             return f"{len(missing)} of {len(rows)} runs have no item scores (e.g. `{missing[0]}`)"
         return ""
-
-    def kind(self, task: str) -> str:
-        return "bootstrap" if task in self.weights else "t"
 
     def values(self, rows, task: str) -> np.ndarray:
         """One row per run: the table metric, then its item-resampled means when the task is bootstrapped."""
@@ -1070,8 +1070,8 @@ def _sources(frame, meta: dict, stats: Stats, prior_note: str) -> list[str]:
         lines.append(f"- Runs: {'; '.join(settings)}.")
     if frame["val_metric"].isna().all():
         lines.append(
-            "- The table has no validation scores (`val_metric`): it predates the protocol that chooses "
-            "checkpoints on validation, so its runs may have been steered by nothing but a fixed schedule."
+            "- The table has no validation scores (`val_metric`): it predates the validation protocol, so no "
+            "checkpoint or stopping point of its runs was chosen on validation data."
         )
     for task in MAIN_METRIC:
         if task in stats.weights:
