@@ -268,6 +268,35 @@ def test_the_per_question_type_table_shows_the_prior_per_type(tmp_path):
     assert "| lora (32k) | 54.0 | 0.0 |" in report and "| zero-shot | 15.0 | 0.0 |" in report
 
 
+def test_how_far_each_method_gets_reads_the_protocol_columns_and_the_item_scores(tmp_path):
+    frame = papers_picture(noise=0.0)
+    frame["val_metric"] = frame["accuracy"].fillna(frame["CIDEr-D"]) + 1
+    frame["epochs_run"] = np.where(frame.method == "prefix", 30.0, 4.0)
+    frame["stop_reason"] = np.where(frame.data_fraction == 0.01, "epoch cap", "patience")
+    frame["lr_source"] = "results/lr.csv"
+    frame.to_csv(tmp_path / "runs.csv", index=False)
+    write_item_scores(frame, tmp_path / "item_scores.jsonl")
+    prefix = frame.run[(frame.task == "vqa") & (frame.method == "prefix") & (frame.budget == "320k")
+                       & (frame.data_fraction == 1.0)]  # fmt: skip
+    lines = (tmp_path / "item_scores.jsonl").read_text().splitlines()
+    for i, line in enumerate(lines):  # prefix tuning at its best cell earns nothing on half the questions
+        record = json.loads(line)
+        if record["run"] in set(prefix):
+            record["scores"] = [0.0] * 20 + [80.0] * 20
+            lines[i] = json.dumps(record)
+    (tmp_path / "item_scores.jsonl").write_text("\n".join(lines) + "\n")
+    report = build_report(tmp_path / "runs.csv", figures=False, prior=Prior(30.0, {}, np.full(40, 30.0), "x"))
+    text = report.read_text()
+    assert (
+        "| vqa | prefix | 46 (budget 320k, 100% data) | 47 | 50% | 30 | patience 24, epoch cap 3 | results/lr.csv |"
+        in text
+    )
+    assert (
+        "| caption | lora | 64 (budget 32k, 1% data) | 65 | 0% | 4 | patience 24, epoch cap 3 |" in text
+    )  # flat in data: the fractions tie, the first shown
+    assert "it predates the validation protocol" not in text
+
+
 def test_the_decision_rules_come_first_and_state_the_constants(tmp_path):
     papers_picture().to_csv(tmp_path / "runs.csv", index=False)
     report = build_report(tmp_path / "runs.csv", figures=False, prior=Prior(30.0, {}, np.full(40, 30.0), "x"))

@@ -864,12 +864,11 @@ def question_type_table(frame, prior: Prior | None) -> list[str]:
     return lines
 
 
-def reach_table(frame) -> list[str]:
-    """Per task and method: its best mean over the grid's cells, and how its runs stopped."""
-    lines = [
-        "| task | method | best mean (at) | median epochs | stop reasons | learning rate from |",
-        "|---|---|---|---|---|---|",
-    ]
+def reach_table(frame, stats: Stats) -> list[str]:
+    """Per task and method: its best mean over the grid's cells, its validation score and share of test items
+    scored 0 there, and how its runs stopped."""
+    lines = ["| task | method | best mean (at) | validation there | test items scored 0 there | median epochs | "
+             "stop reasons | learning rate from |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for task in MAIN_METRIC:
         rows = _task_rows(frame, task)
         for method in [*PEFT_METHODS, "full"]:
@@ -880,11 +879,17 @@ def reach_table(frame) -> list[str]:
             if means.empty:
                 continue
             (budget, fraction), best = means.idxmax(), means.max()
+            cell = mine[(mine.budget.fillna("-") == budget) & (mine.data_fraction == fraction)]
+            validation = cell.val_metric.mean()
+            zeros = "-"
+            if task in stats.weights:  # e.g. VQA answers that earn no credit, empty ones included
+                zeros = f"{np.mean([np.mean(stats.items.scores[str(r)] == 0) for r in cell.run]):.0%}"
             epochs = mine.epochs_run.median()
             reasons = mine.stop_reason.dropna().value_counts()
             lr = ", ".join(sorted(mine.lr_source.dropna().astype(str).unique())) or "-"
             at = f"budget {budget}" if budget != "-" else "all weights"
             lines.append(f"| {task} | {method} | {best:.3g} ({at}, {fraction:.0%} data) | "
+                         f"{f'{validation:.3g}' if np.isfinite(validation) else '-'} | {zeros} | "
                          f"{f'{epochs:.3g}' if np.isfinite(epochs) else '-'} | "
                          f"{', '.join(f'{k} {v}' for k, v in reasons.items()) or '-'} | {lr} |")  # fmt: skip
     return lines
@@ -997,7 +1002,8 @@ def load_table(path: str | Path):
     for column in ("data_fraction", "trainable_params", "train_s"):
         if column not in frame:
             frame[column] = np.nan
-    frame["epochs_run"] = pd.to_numeric(frame["epochs_run"], errors="coerce")
+    for column in ("val_metric", "epochs_run"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
 
@@ -1133,7 +1139,8 @@ def render_markdown(frame, findings: list[Finding], meta: dict, results: Path, f
                   "Accuracy (%) per question type at the largest data fraction and each method's reference budget "
                   "(in brackets), mean over seeds, beside the answer prior and zero-shot.", "", *types, ""]  # fmt: skip
     lines += ["## How far each method gets", "",
-              "The best mean of each method over the grid's cells, and how its runs ended (epochs, why they stopped, "
-              "where the learning rate came from; empty for tables written before the validation protocol).", "",
-              *reach_table(frame), ""]  # fmt: skip
+              "The best mean of each method over the grid's cells; there, its validation score and the share of "
+              "test items that score 0 (with item scores); and how its runs ended (epochs, why they stopped, where "
+              "the learning rate came from; empty for tables written before the validation protocol).", "",
+              *reach_table(frame, stats), ""]  # fmt: skip
     return "\n".join(lines)
