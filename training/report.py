@@ -62,7 +62,9 @@ def decision_rules() -> list[str]:
         f"({RESAMPLES} resamples, RNG seed {BOOTSTRAP_SEED}) draws seeds with replacement and test items with "
         "replacement, the same items for every run of a task, so runs compared are paired by seed and by item; "
         f"the reported interval spans both its percentile interval and the {level} t-interval across seeds (a "
-        "bootstrap over a handful of seeds understates their spread, so neither may narrow the other). Without "
+        "bootstrap over a handful of seeds understates their spread, so neither may narrow the other). A resample "
+        "averages the per-item scores (per-image CIDEr-D keeps the document frequencies of the whole test set). "
+        "Without "
         f"`{ITEM_FILE}` (or when a run of the task has no item scores) the interval is the t-interval across seeds "
         f"alone, and the report says so. An interval needs at least {MIN_SEEDS} seeds (the protocol asks for "
         f"{PROTOCOL_SEEDS}); a unit without one is *undetermined*.",
