@@ -226,7 +226,7 @@ def test_sigterm_stops_the_sweep_and_its_run_and_keeps_the_table(tiny_model_dir,
     sweep = subprocess.Popen([sys.executable, "-m", "training", "sweep", "--config", str(config), "--out", str(out),
                               "--results", str(results)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    deadline = time.time() + 90
+    deadline = time.time() + 300
     while (json.loads((run / "progress.json").read_text()) if (run / "progress.json").exists() else {}).get(
             "phase") != "training" and time.time() < deadline:  # fmt: skip
         assert sweep.poll() is None, sweep.stdout.read()
