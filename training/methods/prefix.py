@@ -133,7 +133,8 @@ class PrefixTuning(Method):
             device = model.vision_model.embeddings.class_embedding.device
             layers = vision_layers(model)
             for index, layer in enumerate(layers):
-                self.modules[f"vision-{index}"] = Vectors(self.seeded((2, heads, length, head_dim), device, normal(0.02)))
+                init = self.seeded((2, heads, length, head_dim), device, normal(0.02))
+                self.modules[f"vision-{index}"] = Vectors(init)
                 layer.self_attn = PrefixedVisionAttention(layer.self_attn, self, index)
             if reparam:
                 self.training_modules["vision"] = PrefixMLP(self, length, len(layers), heads, head_dim, device)
