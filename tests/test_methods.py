@@ -318,7 +318,8 @@ def test_prompt_positions_skipped_in_the_last_layer_change_no_logit_or_gradient(
     params = [p.requires_grad_(True) for p in vl.adapters["a"].parameters()]
     seen = []
     vl.model.text_decoder.bert.encoder.layer[-1].output.register_forward_hook(
-        lambda module, args, out: seen.append(out.shape[1]))
+        lambda module, args, out: seen.append(out.shape[1])
+    )
 
     def logits_and_grads():
         logits = vl.text_logits(vl.encode_images(pixels), ids, mask)
@@ -368,3 +369,113 @@ def test_reserved_cache_layer_equals_concatenation_within_and_beyond_its_room():
         keys, values = torch.cat([keys, new_keys], 2), torch.cat([values, new_values], 2)
         assert torch.equal(got_keys, keys) and torch.equal(got_values, values)
         assert layer.get_seq_length() == keys.shape[2]
+
+
+# ---------------------------------------------------------------- seeds, options, initialisation, fold
+
+
+def stored_and_training(method) -> dict[str, torch.Tensor]:
+    state = method.state_dict()
+    state.update({f"training.{k}": v.detach().clone() for k, v in method.training_modules.state_dict().items()})
+    return state
+
+
+@pytest.mark.parametrize(("method", "options"), [(m, {}) for m in PEFT] + [("prefix", {"reparam": True})])
+def test_every_initialisation_follows_the_seed_and_nothing_else(tiny_model_dir, method, options):
+    def initial(seed: int, global_seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(global_seed)
+        vl = VLModel(load_base_model(str(tiny_model_dir)))
+        return stored_and_training(vl.attach(method, "a", "both", KNOB[method], seed=seed, options=options))
+
+    first, again, other = initial(1, 10), initial(1, 20), initial(2, 10)
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    # Everything randomly initialised differs with the seed (LoRA's B and the adapters' up start at zero).
+    random_keys = [k for k in first if first[k].abs().max() > 0]
+    assert random_keys
+    assert all(not torch.equal(first[k], other[k]) for k in random_keys), method
+
+
+def test_text_prompt_vectors_start_as_embeddings_of_distinct_whole_words(vl):
+    from training.methods.prompt import word_token_ids
+
+    prompt = vl.attach("prompt", "a", "text", 6, seed=4).state_dict()["text.weight"]
+    words = vl.model.text_decoder.bert.embeddings.word_embeddings.weight
+    matches = [int((words == row).all(1).nonzero()[0]) for row in prompt]
+    whole_words = set(word_token_ids(vl.tokenizer))
+    assert all(index in whole_words for index in matches)
+    assert len(set(matches)) == 6
+    tokens = vl.tokenizer.convert_ids_to_tokens(matches)
+    assert not set(tokens) & set(vl.tokenizer.all_special_tokens) and all(t.isalpha() for t in tokens), tokens
+
+
+def test_text_prefix_starts_as_the_decoders_own_keys_and_values_of_real_words(vl):
+    """Li & Liang's initialisation: layer 0's prefix keys and values are its key and value projections of
+    the embedded words (drawn first from the seed's generator)."""
+    from training.methods.prompt import sample_words
+
+    prefix = vl.attach("prefix", "a", "text", 4, seed=3).state_dict()["text.weight"]
+    ids = sample_words(vl.tokenizer, 4, torch.Generator().manual_seed(3))
+    embeddings = vl.model.text_decoder.bert.embeddings
+    with torch.no_grad():
+        hidden = embeddings(input_ids=ids[None])
+        attention = vl.model.text_decoder.bert.encoder.layer[0].attention.self
+        heads = vl.model.config.text_config.num_attention_heads
+        key = attention.key(hidden).view(1, 4, heads, -1).transpose(1, 2)[0]
+        value = attention.value(hidden).view(1, 4, heads, -1).transpose(1, 2)[0]
+    assert torch.allclose(prefix[0, 0], key, atol=1e-6) and torch.allclose(prefix[0, 1], value, atol=1e-6)
+
+
+def test_reparametrised_prefix_trains_e_and_the_mlp_then_folds_into_the_plain_prefix(vl, inputs, tiny_model_dir,
+                                                                                    tmp_path):  # fmt: skip
+    plan = plan_method(vl.model, "prefix", "2k", "both")
+    method = vl.attach("prefix", "a", "both", plan.value, seed=5, options={"reparam": True})
+    plain = VLModel(load_base_model(str(tiny_model_dir))).attach("prefix", "p", "both", plan.value)
+    assert method.state_dict().keys() == plain.state_dict().keys()
+    assert method.num_trainable() == plain.num_trainable() == plan.trainable_params
+    vl.set_active("a")
+    assert vl.freeze_all_but("a") == plan.trainable_params
+    trained = {id(p) for p in method.train_parameters()}
+    assert trained == {id(p) for p in method.training_modules.parameters()}
+    assert trained == {id(p) for p in vl.model.parameters() if p.requires_grad}
+    assert not trained & {id(p) for p in method.parameters()}
+
+    optimizer = torch.optim.AdamW(list(method.train_parameters()), lr=1e-2)
+    before_step = outputs(vl, *inputs)[1]
+    pixels, ids, mask = inputs
+    vl.text_logits(vl.encode_images(pixels), ids, mask).square().mean().backward()
+    optimizer.step()
+    _, trained_logits = outputs(vl, *inputs)
+    assert not torch.allclose(trained_logits, before_step, atol=1e-4)
+
+    method.fold()
+    assert len(method.training_modules) == 0 and not list(vl.model.peft_training.parameters())
+    assert {id(p) for p in method.train_parameters()} == {id(p) for p in method.parameters()}
+    _, folded = outputs(vl, *inputs)
+    assert torch.allclose(folded, trained_logits, atol=1e-6, rtol=0)
+    save_file(method.state_dict(), str(tmp_path / "w.safetensors"))
+    fresh = VLModel(load_base_model(str(tiny_model_dir)))
+    fresh.attach("prefix", "b", "both", plan.value).load_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    fresh.set_active("b")
+    assert torch.equal(outputs(fresh, *inputs)[1], folded)
+
+
+def test_fold_is_a_no_op_for_the_other_methods(vl, inputs):
+    for method in PEFT:
+        vl.attach(method, method, "both", KNOB[method])
+        randomize(vl, method)
+    for method in PEFT:
+        vl.set_active(method)
+        before = outputs(vl, *inputs)[1]
+        state = vl.adapters[method].state_dict()
+        vl.adapters[method].fold()
+        assert torch.equal(outputs(vl, *inputs)[1], before)
+        assert all(torch.equal(v, state[k]) for k, v in vl.adapters[method].state_dict().items())
+
+
+def test_an_unknown_option_is_refused_naming_the_accepted_ones(vl):
+    with pytest.raises(ValueError, match="prefix has no option 'depth'; accepted options: reparam"):
+        vl.attach("prefix", "a", "text", 2, options={"depth": 2})
+    with pytest.raises(ValueError, match="lora has no option 'reparam'; accepted options: none"):
+        vl.attach("lora", "b", "text", 2, options={"reparam": True})
+    assert not vl.adapters

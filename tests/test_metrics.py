@@ -70,13 +70,37 @@ def test_normalize_answer_follows_official_vqa_rules(raw: str, normalized: str) 
     assert normalize_answer(raw) == normalized
 
 
-def test_human_answers_are_normalized_like_the_prediction() -> None:
-    # vqaEval.py would leave ten identical "Two" untouched and score "2" as 0.
-    assert vqa_accuracy_single("2", ["Two"] * 10) == 1.0
-    assert vqa_accuracy_single("a Dog", ["dog"] * 3 + ["cat"] * 7) == pytest.approx(0.9)
+@pytest.mark.parametrize(
+    ("prediction", "answers", "expected"),
+    [
+        # Ten identical human answers: only newlines, tabs and outer spaces go, then an exact comparison.
+        ("red", ["red"] * 10, 1.0),
+        (" red\n", ["red"] * 10, 1.0),
+        ("Red", ["red"] * 10, 0.0),
+        ("red.", ["red"] * 10, 0.0),
+        ("2", ["two"] * 10, 0.0),
+        ("two", ["two"] * 10, 1.0),
+        ("the dog", ["dog"] * 10, 0.0),
+        ("2", ["Two"] * 10, 0.0),
+        # Human answers that differ: prediction and answers are both normalized.
+        ("Red", ["red"] * 9 + ["blue"], 1.0),
+        ("a Dog", ["dog"] * 3 + ["cat"] * 7, 0.9),
+        ("Two", ["two"] * 2 + ["three"] * 8, 0.6),  # number words: "two" -> "2" on both sides
+        ("2", ["two"] * 5 + ["3"] * 5, 1.0),
+        ("the dog", ["dog"] * 2 + ["a cat"] * 8, 0.6),  # articles dropped on both sides
+        ("a cat", ["dog"] * 2 + ["the cat"] * 8, 1.0),
+        ("yes.", ["yes"] * 4 + ["no"] * 6, 1.0),  # punctuation
+        ("yes", ["Yes!"] * 3 + ["no"] * 7, 0.9),
+        ("black/white", ["black white"] * 3 + ["gray"] * 7, 0.9),
+        ("dont know", ["don't know"] * 2 + ["no"] * 8, 0.6),  # contractions restored
+    ],
+)
+def test_vqa_accuracy_normalizes_only_when_the_human_answers_differ(prediction, answers, expected) -> None:
+    """The official vqaEval.py quirk: ten identical human answers are compared without normalization."""
+    assert vqa_accuracy_single(prediction, answers) == pytest.approx(expected)
 
 
-def test_single_human_answer_is_scored_by_exact_match() -> None:
+def test_single_human_answer_is_scored_by_exact_match_after_normalization() -> None:
     assert vqa_accuracy_single("Red.", ["red"]) == 1.0
     assert vqa_accuracy_single("blue", ["red"]) == 0.0
 
@@ -87,9 +111,10 @@ def test_vqa_scores_gives_percent_overall_per_sample_and_per_type() -> None:
         answers=[["two"] * 10, ["2"] * 10, ["1"] + ["2"] * 9, ["red"] * 10],
         question_types=["how many", "how many", "how many", "what color"],
     )
-    assert scores["per_sample"] == pytest.approx([100.0, 0.0, 30.0, 100.0])
-    assert scores["accuracy"] == pytest.approx(57.5)
-    assert scores["per_type"] == pytest.approx({"how many": 130.0 / 3, "what color": 100.0})
+    # "2" against ten identical "two" scores 0 (no normalization when the human answers agree).
+    assert scores["per_sample"] == pytest.approx([0.0, 0.0, 30.0, 100.0])
+    assert scores["accuracy"] == pytest.approx(32.5)
+    assert scores["per_type"] == pytest.approx({"how many": 10.0, "what color": 100.0})
 
 
 def test_vqa_scores_without_types_has_no_per_type() -> None:

@@ -12,6 +12,7 @@ from training import runs
 from training.base_model import load_base_model
 from training.config import RunConfig
 from training.data.dataset import load_dataset
+from training.methods.wrappers import unwrapped_name
 from training.pixels import PixelCache
 from training.tasks import Encoder, training_pairs
 from training.trainer import EXIT_STOPPED, batch_loss, load_run, precompute_features, reevaluate, train
@@ -53,8 +54,11 @@ def test_peft_training_changes_outputs_and_leaves_base_weights_unchanged(method,
     cfg = config(tiny_model_dir, tiny_vqa_dataset, method=method, max_steps=12, lr=2e-2)
     assert train(cfg, run, install_signals=False) == 0
     vl, adapter, _ = load_run(run)
-    base_state = {k: v for k, v in vl.model.state_dict().items() if k in before}
-    assert all(torch.equal(base_state[k], before[k]) for k in before if k in base_state)
+    trained = {}
+    for key, value in vl.model.state_dict().items():  # every base tensor, also inside the wrapped layers
+        trained.setdefault(unwrapped_name(key), value)
+    assert set(before) <= set(trained)
+    assert all(torch.equal(trained[k], before[k]) for k in before)
     info = json.loads((run / "config.json").read_text())
     weights = load_file(str(run / "weights.safetensors"))
     assert sum(v.numel() for v in weights.values()) == info["trainable_params"]

@@ -110,20 +110,22 @@ class VLModel:
     # -- adapters -------------------------------------------------------------------------------------
     def attach(self, method: str, adapter: str, towers: str = "both", knob_value: int | None = None, *,
                seed: int = 0, options: dict | None = None) -> Method:  # fmt: skip
+        """Build `method` on the model under the name `adapter`; `seed` drives its initialisation and
+        `options` are its method-specific choices (see training/methods/base.py)."""
         if method not in METHODS:
             raise UserError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
         if adapter in self.adapters:
             raise ValueError(f"an adapter named {adapter!r} is already attached")
-        if options:
-            raise UserError(f"{method} takes no method options (given: {', '.join(options)}).")
-        torch.manual_seed(seed)
-        attached = METHODS[method](self.model, self.ctx, adapter, towers, knob_value)
+        attached = METHODS[method](self.model, self.ctx, adapter, towers, knob_value, seed=seed, options=options,
+                                   tokenizer=self.tokenizer)  # fmt: skip
         self.adapters[adapter] = attached
-        # Parameters that no wrapped layer holds (prompts, prefixes) join the model here, so they move
-        # with .to(device) and count among model.parameters().
+        # Parameters that no wrapped layer holds (prompts, prefixes, and training-only modules such as the
+        # prefix MLP) join the model here, so they move with .to(device) and count among model.parameters().
         if not hasattr(self.model, "peft_adapters"):
             self.model.peft_adapters = nn.ModuleDict()
+            self.model.peft_training = nn.ModuleDict()
         self.model.peft_adapters[adapter] = attached.modules
+        self.model.peft_training[adapter] = attached.training_modules
         self.set_active(self.ctx.active)
         return attached
 
@@ -142,13 +144,14 @@ class VLModel:
         return self.adapters.get(self.ctx.active) if self.ctx.active else None
 
     def freeze_all_but(self, adapter: str) -> int:
-        """requires_grad only on the adapter's parameters; returns how many that is."""
+        """requires_grad only on what the adapter trains (`train_parameters`); returns its stored trainable
+        count (`num_trainable`, what the budget counts), which is the same number unless a training-time form
+        (reparametrised prefixes) produces the stored parameters."""
         for param in self.model.parameters():
             param.requires_grad_(False)
-        params = list(self.adapters[adapter].parameters())
-        for param in params:
+        for param in self.adapters[adapter].train_parameters():
             param.requires_grad_(True)
-        return sum(p.numel() for p in params)
+        return self.adapters[adapter].num_trainable()
 
     # -- forward pieces -------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -9,20 +9,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.methods.base import AdapterContext, Method, register, smallest_hidden, text_layers, vision_layers
+from training.methods.base import (
+    AdapterContext,
+    Method,
+    bias_init,
+    linear_init,
+    register,
+    smallest_hidden,
+    text_layers,
+    vision_layers,
+)
 from training.methods.wrappers import add_on_rows, unwrap
 
 PARALLEL_SCALE = 4.0
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, dim: int, width: int, device: torch.device) -> None:
+    """`up(act(down(h)))` from a given down-projection; `up` starts at zero."""
+
+    def __init__(self, down_weight: torch.Tensor, down_bias: torch.Tensor) -> None:
         super().__init__()
-        self.down = nn.Linear(dim, width, device=device)
-        self.up = nn.Linear(width, dim, device=device)
+        width, dim = down_weight.shape
+        self.down = nn.Linear(dim, width, device="meta")
+        self.up = nn.Linear(width, dim, device="meta")
         self.act = nn.GELU()
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        self.down.weight, self.down.bias = nn.Parameter(down_weight), nn.Parameter(down_bias)
+        self.up.weight = nn.Parameter(down_weight.new_zeros(dim, width))
+        self.up.bias = nn.Parameter(down_weight.new_zeros(dim))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(hidden)))
@@ -69,8 +82,9 @@ class _BottleneckMethod(Method):
     knob = "bottleneck width"
     default_lr = 6e-3  # measured on the embedded default: serial adapter VQA 24.7 % at 1e-3, 39.8 % at 6e-3
 
-    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None) -> None:
-        super().__init__(model, ctx, adapter, towers, knob_value)
+    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
         self.width = int(knob_value)
         if towers in ("text", "both"):
             dim = model.config.text_config.hidden_size
@@ -83,7 +97,10 @@ class _BottleneckMethod(Method):
 
     def _bottleneck(self, key: str, dim: int, near: nn.Module) -> Bottleneck:
         device = next(near.parameters()).device
-        self.modules[key] = Bottleneck(dim, self.width, device)
+        # The down-projection starts as nn.Linear would, drawn from the run's seed.
+        weight = self.seeded((self.width, dim), device, linear_init)
+        bias = self.seeded((self.width,), device, bias_init(dim))
+        self.modules[key] = Bottleneck(weight, bias)
         return self.modules[key]
 
     @classmethod

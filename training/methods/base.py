@@ -3,18 +3,30 @@
 A method is attached to a BLIP model under an adapter name. Several adapters (of any kinds) can live on
 one frozen base; `AdapterContext.active` says which one acts, and every module a method installs checks it,
 so with no adapter active the model is exactly the base model.
+
+What the trainer calls, in order (see `Method`):
+1. `VLModel.attach(method, adapter, towers, knob_value, seed=..., options=...)` builds the method. `seed` drives
+   every random initialisation the method makes; `options` are method-specific choices (`options_accepted`,
+   e.g. {"reparam": True} for prefix tuning), and an unknown one is a ValueError naming the accepted ones.
+2. `train_parameters()` is what the optimizer updates (usually `parameters()`; for reparametrised prefix
+   tuning the embedding and MLP that produce the prefixes). `VLModel.freeze_all_but` sets requires_grad on it.
+3. `fold()` after training, before saving or evaluating: turns a training-time form into the stored one (the
+   reparametrised prefix MLP is evaluated into the plain prefixes and dropped); a no-op for other methods.
+4. `parameters()`, `num_trainable()`, `state_dict()` and `load_state_dict()` always mean the stored form, the
+   one the budget solver counts, before and after `fold()`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import BlipForConditionalGeneration
+from transformers import BlipForConditionalGeneration, PreTrainedTokenizerBase
 
 TOWER_CHOICES = {"vision": ("vision",), "text": ("text",), "both": ("vision", "text")}
 
@@ -70,14 +82,40 @@ class Method:
     summary: ClassVar[str] = ""
     trains_vision: ClassVar[bool | None] = None  # None: depends on the towers
 
+    # option name -> default; `options` given to the constructor may set only these
+    options_accepted: ClassVar[dict[str, Any]] = {}
+
     def __init__(self, model: BlipForConditionalGeneration, ctx: AdapterContext, adapter: str, towers: str,
-                 knob_value: int | None) -> None:  # fmt: skip
+                 knob_value: int | None, *, seed: int = 0, options: dict[str, Any] | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> None:  # fmt: skip
+        unknown = sorted(set(options or {}) - set(self.options_accepted))
+        if unknown:
+            accepted = ", ".join(self.options_accepted) or "none"
+            raise ValueError(f"{self.name} has no option {', '.join(map(repr, unknown))}; accepted options: {accepted}")
         self.model = model
         self.ctx = ctx
         self.adapter = adapter
         self.towers = towers
         self.knob_value = knob_value
+        self.options = {**self.options_accepted, **(options or {})}
+        # Methods that start from real vocabulary (prompt tuning) read it here; the budget solver, which builds
+        # methods on a weightless (meta) model, passes none.
+        self.tokenizer = tokenizer
+        self.generator = torch.Generator().manual_seed(seed)
         self.modules = nn.ModuleDict()  # name -> module holding this adapter's parameters (state-dict keys)
+        # Modules used only while training (dropped by fold); VLModel registers them on the model so they move
+        # with it, but they are never stored or counted.
+        self.training_modules = nn.ModuleDict()
+
+    def seeded(self, shape: tuple[int, ...], device: torch.device,
+               fill: Callable[[torch.Tensor, torch.Generator], object]) -> torch.Tensor:  # fmt: skip
+        """A tensor of `shape` on `device`, filled on the CPU by `fill(tensor, generator)` from this method's
+        seeded generator (so the values do not depend on the device). Left empty on the meta device."""
+        if torch.device(device).type == "meta":
+            return torch.empty(shape, device="meta")
+        tensor = torch.empty(shape)
+        fill(tensor, self.generator)
+        return tensor.to(device)
 
     # -- sizing ---------------------------------------------------------------------------------------
     @classmethod
@@ -86,15 +124,19 @@ class Method:
         return None
 
     # -- parameters -----------------------------------------------------------------------------------
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The stored parameters under their state-dict keys."""
+        return self.modules.named_parameters()
+
     def parameters(self) -> Iterator[nn.Parameter]:
-        return self.modules.parameters()
+        return (param for _, param in self.named_parameters())
 
     def train_parameters(self) -> Iterator[nn.Parameter]:
-        """What the optimizer updates; a reparametrised method trains more than it stores until `fold`."""
+        """What the optimizer updates: the stored parameters, unless a training-time form produces them."""
         return self.parameters()
 
     def fold(self) -> None:
-        """After training: turn a reparametrisation into the stored parameters (a no-op for most methods)."""
+        """After training: write any training-time form into the stored parameters (a no-op here)."""
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -141,6 +183,17 @@ METHODS: dict[str, type[Method]] = {}
 def register(cls: type[Method]) -> type[Method]:
     METHODS[cls.name] = cls
     return cls
+
+
+def linear_init(weight: torch.Tensor, generator: torch.Generator) -> None:
+    """nn.Linear's default weight initialisation (kaiming-uniform, a=sqrt(5)), from a given generator."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+
+
+def bias_init(fan_in: int) -> Callable[[torch.Tensor, torch.Generator], None]:
+    """nn.Linear's default bias initialisation, uniform in +-1/sqrt(fan_in), from a given generator."""
+    bound = 1 / math.sqrt(fan_in)
+    return lambda bias, generator: nn.init.uniform_(bias, -bound, bound, generator=generator)
 
 
 def smallest_hidden(model: BlipForConditionalGeneration, towers: str) -> int:

@@ -29,8 +29,8 @@ class FullFineTune(Method):
     summary = "Every weight is trained: the quality ceiling, at the cost of a full copy of the model per task."
     trains_vision = True
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return self.model.parameters()
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        return self.model.named_parameters()
 
     def touches_vision(self) -> bool:
         return True

@@ -19,7 +19,6 @@ whose backward keeps the rank-r products in layouts BLAS is fast at (`python -m 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from functools import partial
 
@@ -28,8 +27,8 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from training.methods.base import ALL_ROWS, AdapterContext, Method, register, smallest_hidden
-from training.methods.wrappers import add_on_rows
+from training.methods.base import ALL_ROWS, AdapterContext, Method, linear_init, register, smallest_hidden
+from training.methods.wrappers import add_on_rows, unwrapped_name
 
 STABLE_FROM_RANK = 4
 
@@ -87,8 +86,9 @@ class LoRA(Method):
     summary = ("Adds a trainable low-rank update to each attention projection; layer composition, which the "
                "paper found best in quality and efficiency.")  # fmt: skip
 
-    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None) -> None:
-        super().__init__(model, ctx, adapter, towers, knob_value)
+    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
         rank = int(knob_value)
         patterns = {"vision": [VISION_TARGETS], "text": [TEXT_TARGETS], "both": [VISION_TARGETS, TEXT_TARGETS]}
         config = LoraConfig(
@@ -101,28 +101,30 @@ class LoRA(Method):
             name: module for name, module in model.named_modules()
             if isinstance(module, LoraLayer) and adapter in module.lora_A
         }  # fmt: skip
-        for layer in self.layers.values():
+        for path in sorted(self.layers):
+            layer = self.layers[path]
             layer.register_forward_hook(self._add_update)
+            # A as peft initialises it (B stays zero), but drawn from the run's seed.
+            down = layer.lora_A[adapter].weight
+            with torch.no_grad():
+                down.copy_(self.seeded(tuple(down.shape), down.device, linear_init))
         self.set_active(False)
 
     @classmethod
     def max_knob(cls, model, towers: str) -> int:
         return smallest_hidden(model, towers)
 
-    def _named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for path, layer in self.layers.items():
-            key = re.sub(r"\.inner", "", path)
+            key = unwrapped_name(path)
             yield f"{key}.lora_A.weight", layer.lora_A[self.adapter].weight
             yield f"{key}.lora_B.weight", layer.lora_B[self.adapter].weight
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        return (p for _, p in self._named_parameters())
-
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach().contiguous() for k, p in self._named_parameters()}
+        return {k: p.detach().contiguous() for k, p in self.named_parameters()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = dict(self._named_parameters())
+        own = dict(self.named_parameters())
         if set(own) != set(state):
             missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
             raise KeyError(f"LoRA weights do not match: missing {missing[:4]}, unexpected {unexpected[:4]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -15,6 +16,12 @@ def unwrap(module: nn.Module) -> nn.Module:
     while hasattr(module, "inner"):
         module = module.inner
     return module
+
+
+def unwrapped_name(name: str) -> str:
+    """A module or tensor name as it was in the base model: without the `.inner` of method wrappers and the
+    `.base_layer` of peft's LoRA layers."""
+    return re.sub(r"\.(inner|base_layer)(?=\.|$)", "", name)
 
 
 def add_on_rows(ctx: AdapterContext, adapter: str, target: torch.Tensor, source: torch.Tensor,

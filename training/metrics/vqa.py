@@ -1,9 +1,16 @@
-"""VQAv2 accuracy with the answer normalization of the official evaluation script (`vqaEval.py`).
+"""VQAv2 accuracy exactly as the official evaluation script (`vqaEval.py`, GT-Vision-Lab/VQA) computes it.
 
-One deliberate difference: the official script runs only its punctuation step on the human answers (and
-skips even that when all ten agree), so an un-normalized human answer such as "Two" never matches any
-prediction. Here human answers get the same full normalization as the prediction. On the official VQAv2
-annotations, whose answers are already normalized, both give the same numbers.
+Per question, as the current official script does it, quirk included:
+- the prediction and every human answer lose newlines, tabs and outer spaces;
+- only when the human answers are NOT all identical are the prediction and the human answers normalized
+  (punctuation rules, lower case, number words to digits, articles dropped, contractions restored). With ten
+  identical answers the comparison is exact: "Red" against ten "red" scores 0, "two" against ten "two" 1;
+- accuracy is min(1, matches / 3) over the other nine answers, averaged over the ten leave-one-out subsets.
+
+An older revision of the script (still copied by some toolkits) always normalized the prediction and ran only
+the punctuation step on the human answers; published VQAv2 numbers come from the current one, matched here.
+Outside the official script's domain: a question with a single human answer (user datasets) is scored by
+exact match after full normalization of both, since leave-one-out would leave nothing to match.
 """
 
 from __future__ import annotations
@@ -79,22 +86,32 @@ def _normalize_words(text: str) -> str:
     return " ".join(words)
 
 
+def _clean(text: str) -> str:
+    """What the official script does to every answer, always: newlines and tabs to spaces, outer spaces off."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(text: str) -> str:
     """The official VQA answer normalization: punctuation, lower case, number words, articles, contractions."""
-    return _normalize_words(_strip_punctuation(text.replace("\n", " ").replace("\t", " ").strip()))
+    return _normalize_words(_strip_punctuation(_clean(text)))
 
 
 def vqa_accuracy_single(prediction: str, answers: list[str]) -> float:
-    """VQA accuracy (0..1) of one prediction against the human answers.
+    """VQA accuracy (0..1) of one prediction against the human answers, as the official script scores it.
 
     With 10 answers of which k match: min(1, matches / 3) averaged over the ten leave-one-out subsets of
-    nine, i.e. 0, 0.3, 0.6, 0.9, 1.0 for k = 0, 1, 2, 3, >= 4. A single answer is scored by exact match
-    (leave-one-out would leave nothing to match and always give 0).
+    nine, i.e. 0, 0.3, 0.6, 0.9, 1.0 for k = 0, 1, 2, 3, >= 4. Answers are normalized only when the human
+    answers differ (the official quirk, see the module docstring). A single answer is scored by exact match
+    after normalization.
     """
     if not answers:
         raise ValueError("a question needs at least one human answer to be scored")
-    predicted = normalize_answer(prediction)
-    matches = [normalize_answer(answer) == predicted for answer in answers]
+    humans = [_clean(answer) for answer in answers]
+    predicted = _clean(prediction)
+    if len(set(humans)) > 1 or len(humans) == 1:
+        humans = [normalize_answer(answer) for answer in humans]
+        predicted = normalize_answer(predicted)
+    matches = [human == predicted for human in humans]
     if len(matches) == 1:
         return float(matches[0])
     total = sum(matches)
