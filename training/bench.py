@@ -25,10 +25,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from training.catalog import PEFT_METHODS
 from training.paths import REPO_ROOT
 
-BENCH_METHODS = ("full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
-COMPARE_METHODS = ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
+BENCH_METHODS = ("full", *PEFT_METHODS)
+COMPARE_METHODS = PEFT_METHODS
 # Prompt tuning's cost grows with its prompt length: also timed at these smaller budgets than the default.
 PROMPT_BUDGETS = ("1k", "4k")
 

@@ -13,9 +13,9 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from training.catalog import METHOD_NAMES, TASKS
 from training.errors import UserError
 
-TASKS = ("caption", "vqa")
 TOWERS = ("vision", "text", "both")
 DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 5.0}  # the cap when neither --epochs nor --max-steps is given
 # Validation during training: the first N examples of the validation split (None: all of it), scored every
@@ -23,7 +23,6 @@ DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 5.0}  # the cap when neither --epochs n
 DEFAULT_VAL_LIMIT = {"caption": 100, "vqa": None}
 VAL_EVERY_RANGE = (10, 100)
 DEFAULT_PATIENCE = 3  # validations without improvement before a run stops; 0 turns validation off
-METHOD_NAMES = ("zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
 
 _SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
 

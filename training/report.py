@@ -27,13 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from training.catalog import EMBEDDING, FAMILY, LAYER, MAIN_METRIC, METHOD_COLOURS, PEFT_METHODS
 from training.errors import UserError
 
-MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
-METRIC_UNIT = {"caption": "CIDEr-D", "vqa": "accuracy points"}
-PEFT_METHODS = ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
-LAYER, EMBEDDING = "layer composition", "embedding composition"
-FAMILY = {"prompt": EMBEDDING, "prefix": EMBEDDING, "lora": LAYER, "serial-adapter": LAYER, "parallel-adapter": LAYER}
 FLAT_TOLERANCE = 0.05  # |change| per tenfold data, as a share of the metric at full data, that still counts as flat
 FIGURES = ("data_size", "param_size", "families")
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (numpy has no t distribution).
@@ -899,8 +895,7 @@ def reach_table(frame, stats: Stats) -> list[str]:
 
 # -- figures -----------------------------------------------------------------------------------------------------
 
-COLORS = {"prompt": "#e377c2", "prefix": "#9467bd", "lora": "#1f77b4", "serial-adapter": "#2ca02c",
-          "parallel-adapter": "#17becf", "full": "#7f7f7f", "zero-shot": "#000000"}  # fmt: skip
+COLORS = METHOD_COLOURS
 
 
 def build_figures(frame) -> dict:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.catalog import trained_towers
 from training.config import TASKS, RunConfig
 from training.errors import UserError
 from training.paths import REPO_ROOT
@@ -49,7 +50,7 @@ def options_key(options: dict | None) -> str:
 
 def lr_towers(method: str, towers: str) -> str:
     """Full fine-tuning trains both towers whatever the setting says."""
-    return "both" if method == "full" else towers
+    return trained_towers(method, towers) or towers
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from training.catalog import MAIN_METRIC
 from training.data.dataset import Example
 from training.evaluation import predict
 from training.pixels import PixelCache
 from training.tasks import Encoder
 from training.vlmodel import VLModel
-
-MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
 
 
 def main_metric_score(task: str, examples: list[Example], predictions: list[str]) -> float:

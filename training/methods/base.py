@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from transformers import BlipForConditionalGeneration, PreTrainedTokenizerBase
 
+from training.catalog import CATALOG
+
 TOWER_CHOICES = {"vision": ("vision",), "text": ("text",), "both": ("vision", "text")}
 
 
@@ -76,8 +78,10 @@ class Method:
     """Base class: subclasses build their parameters in `__init__` and install them on the model."""
 
     name: ClassVar[str]
-    family: ClassVar[str]  # "baseline", "embedding composition" or "layer composition"
-    knob: ClassVar[str | None] = None  # what the budget solver sets: "prompt length", "rank", ...
+    # What the method is (family, knob, default learning rate, summary) is read from training/catalog.py by
+    # `register`, so that the app, the report and the sweeps, which read the catalog, say the same.
+    family: ClassVar[str]
+    knob: ClassVar[str | None] = None
     default_lr: ClassVar[float] = 1e-3
     summary: ClassVar[str] = ""
     trains_vision: ClassVar[bool | None] = None  # None: depends on the towers
@@ -181,6 +185,12 @@ METHODS: dict[str, type[Method]] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
+    if cls.name not in CATALOG:
+        raise ValueError(f"method {cls.name!r} has no entry in training/catalog.py")
+    info = CATALOG[cls.name]
+    cls.family, cls.knob, cls.summary = info.family, info.knob, info.summary
+    if info.default_lr is not None:
+        cls.default_lr = info.default_lr
     METHODS[cls.name] = cls
     return cls
 

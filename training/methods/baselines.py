@@ -13,8 +13,6 @@ from training.methods.base import Method, register
 @register
 class ZeroShot(Method):
     name = "zero-shot"
-    family = "baseline"
-    summary = "No training: the pre-trained model as it is, the reference every method must beat."
     trains_vision = False
 
     def touches_vision(self) -> bool:
@@ -24,9 +22,6 @@ class ZeroShot(Method):
 @register
 class FullFineTune(Method):
     name = "full"
-    family = "baseline"
-    default_lr = 1e-4
-    summary = "Every weight is trained: the quality ceiling, at the cost of a full copy of the model per task."
     trains_vision = True
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:

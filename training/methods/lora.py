@@ -80,11 +80,6 @@ def lora_update(layer: LoraLayer, name: str, x: torch.Tensor) -> torch.Tensor:
 @register
 class LoRA(Method):
     name = "lora"
-    family = "layer composition"
-    knob = "rank"
-    default_lr = 6e-3  # measured on the embedded default (VQA: 2e-3 ended 10 points lower in 5 epochs)
-    summary = ("Adds a trainable low-rank update to each attention projection; layer composition, which the "
-               "paper found best in quality and efficiency.")  # fmt: skip
 
     def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,
                  **kwargs) -> None:  # fmt: skip

@@ -107,11 +107,6 @@ class PrefixMLP(nn.Module):
 @register
 class PrefixTuning(Method):
     name = "prefix"
-    family = "embedding composition"
-    knob = "prefix length"
-    default_lr = 1e-2
-    summary = ("Learns keys and values that every attention layer attends to, like a virtual context; the paper "
-               "found embedding composition behind LoRA and adapters.")  # fmt: skip
     options_accepted = {"reparam": False}
 
     def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,

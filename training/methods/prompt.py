@@ -55,11 +55,6 @@ def normal(std: float):
 @register
 class PromptTuning(Method):
     name = "prompt"
-    family = "embedding composition"
-    knob = "prompt length"
-    default_lr = 3e-2
-    summary = ("Learns a few input vectors placed before the text (and image patches); the paper found it the "
-               "weakest and least efficient family.")  # fmt: skip
 
     def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,
                  **kwargs) -> None:  # fmt: skip

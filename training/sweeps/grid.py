@@ -28,12 +28,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.catalog import NO_BUDGET_METHODS
 from training.config import METHOD_NAMES, TASKS, Budget, RunConfig, parse_budget, parse_fraction
 from training.errors import UserError
 
 # RunConfig fields the grid sets itself; a sweep file may set every other field in `settings` or per task.
 GRID_FIELDS = {"task", "method", "budget", "data_fraction", "seed", "base_model", "dataset"}
-NO_BUDGET = ("zero-shot", "full")
 TOP_KEYS = {"name", "out", "results", "base_model", "datasets", "tasks", "methods", "seeds", "budgets", "fractions",
             "data_axis", "budget_axis", "settings", "resources", "estimate_s"}  # fmt: skip
 
@@ -151,7 +151,7 @@ def _order(point: GridPoint) -> tuple:
 
 
 def _for_method(budgets: dict[str, list[Budget]], method: str) -> list[Budget | None]:
-    if method in NO_BUDGET:
+    if method in NO_BUDGET_METHODS:
         return [None]
     return budgets.get(method, budgets.get("*", []))
 

@@ -14,12 +14,12 @@ import tempfile
 from pathlib import Path
 
 from training import runs
+from training.catalog import MAIN_METRIC, trained_towers
 from training.paths import REPO_ROOT
 from training.sweeps.grid import GridPoint, budget_text
 
 TABLE = "runs.csv"
 META = "sweep.json"
-MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
 # The columns every table starts with, in this order; metric columns follow, then anything else.
 COLUMNS = [
     "task", "method", "family", "budget", "budget_params", "trainable_params", "trainable_percent", "total_params",
@@ -74,7 +74,7 @@ def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None 
         "trainable_params": info.get("trainable_params"), "trainable_percent": info.get("trainable_percent"),
         "total_params": info.get("total_params"), "knob": info.get("knob"), "knob_value": info.get("knob_value"),
         # Full fine-tuning trains both towers and zero-shot none, whatever the sweep's towers setting says.
-        "towers": {"full": "both", "zero-shot": None}.get(point.method, config.get("towers")),
+        "towers": trained_towers(point.method, config.get("towers")),
         "batch_size": config.get("batch_size"),
         "data_fraction": point.fraction, "train_examples": info.get("train_examples") if trained else 0,
         "train_pairs": info.get("train_pairs") if trained else 0, "seed": point.seed,
