@@ -1,14 +1,24 @@
-"""Where things live: the repository's assets and the user's data directory."""
+"""Where things live: the embedded assets, the precomputed results and the user's data directory."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ASSETS_DIR = REPO_ROOT / "assets"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent  # the checkout; for an installed package, its site-packages
+
+
+def _bundled(name: str) -> Path:
+    """assets/ or results/: inside the package when installed from a wheel (see pyproject.toml's package-dir),
+    else beside the packages in a checkout or an editable install."""
+    installed = PACKAGE_DIR / name
+    return installed if installed.is_dir() else REPO_ROOT / name
+
+
+ASSETS_DIR = _bundled("assets")
 DEFAULT_MODEL_DIR = ASSETS_DIR / "scene-blip"
-RESULTS_DIR = REPO_ROOT / "results"
+RESULTS_DIR = _bundled("results")
 
 
 def data_home() -> Path:
