@@ -156,7 +156,8 @@ class _Resident:
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = JobStore(settings.data_home / "jobs.sqlite3", limits=settings.job_limits())
+        self.store = JobStore(settings.data_home / "jobs.sqlite3", limits=settings.job_limits(),
+                              durable=settings.durable)  # fmt: skip
         self.supervisor = Supervisor(self.store)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self._models: OrderedDict[str, _Resident] = OrderedDict()

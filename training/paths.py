@@ -22,13 +22,18 @@ RESULTS_DIR = _bundled("results")
 
 
 def data_home() -> Path:
-    """The project's data directory: $VLPEFT_HOME, else /data/vlpeft on a Space with storage, else ~/.vlpeft."""
-    env = os.environ.get("VLPEFT_HOME")
-    if env:
-        home = Path(env)
-    elif Path("/data").is_dir() and os.access("/data", os.W_OK):
-        home = Path("/data/vlpeft")
-    else:
-        home = Path.home() / ".vlpeft"
+    """Working state on local disk (the job store, runs in progress): $VLPEFT_HOME, else ~/.vlpeft."""
+    home = Path(os.environ.get("VLPEFT_HOME") or Path.home() / ".vlpeft")
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def durable_home() -> Path | None:
+    """Where finished runs are published, written whole and once (training/jobs/durable.py): $VLPEFT_DURABLE,
+    else /data/vlpeft when /data is writable (a Space's Storage Bucket), else None: runs stay in the data home."""
+    env = os.environ.get("VLPEFT_DURABLE")
+    if env:
+        return Path(env)
+    if Path("/data").is_dir() and os.access("/data", os.W_OK):
+        return Path("/data/vlpeft")
+    return None
