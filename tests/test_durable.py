@@ -61,6 +61,17 @@ def test_write_once_refuses_an_existing_file_and_leaves_no_partial_file(tmp_path
     assert not (tmp_path / "weights.safetensors").exists()
 
 
+def test_publishing_copies_subfolders_and_leaves_out_the_live_files(tmp_path):
+    local = tmp_path / "local" / "job-1"
+    (local / "tensorboard").mkdir(parents=True)
+    (local / "tensorboard" / "events.out.tfevents.1").write_bytes(b"events")
+    for name in ("log.txt", "progress.json", "STOP", ".eval.json.123.tmp"):
+        (local / name).write_text(name)
+    folder = DurableRuns(tmp_path / "bucket").publish({"id": "job-1", "state": "cancelled"}, [], local)
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+        FINAL, "log.txt", "tensorboard/events.out.tfevents.1"]  # fmt: skip
+
+
 def test_a_store_without_durable_location_keeps_runs_in_its_data_home(tmp_path, monkeypatch):
     monkeypatch.delenv("VLPEFT_DURABLE", raising=False)
     store = JobStore(tmp_path / "home" / "jobs.sqlite3", limits=LIMITS)

@@ -6,7 +6,8 @@ progress stay on local disk, and this module publishes to the durable location:
 
   runs/<job id>/started.json   when the job's process starts: the job as submitted (so that a job whose local
                                files are lost with the disk is still known, as interrupted)
-  runs/<job id>/<run files>    when the job has ended: every file of its run directory, each written once
+  runs/<job id>/<run files>    when the job has ended: every file of its run directory (and of its
+                               subfolders), each written once
   runs/<job id>/job.json       last: the job's final row and its history; a run without it is incomplete
 
 Every file is created exclusively (`open(..., "xb")`), written in one pass and closed: nothing here ever
@@ -60,12 +61,14 @@ class DurableRuns:
         """
         folder = self.run_dir(job["id"])
         folder.mkdir(parents=True, exist_ok=True)
-        if local_dir.is_dir():
-            for path in sorted(local_dir.iterdir()):
-                if path.is_file() and path.name not in NOT_PUBLISHED and not path.name.startswith("."):
-                    if not (folder / path.name).exists():
-                        with open(path, "rb") as source:
-                            write_once(folder / path.name, source)
+        for path in sorted(local_dir.rglob("*")) if local_dir.is_dir() else ():
+            relative = path.relative_to(local_dir)  # subfolders too: a tracker's event files (training/tracking.py)
+            if path.is_file() and relative.name not in NOT_PUBLISHED and not relative.name.startswith("."):
+                target = folder / relative
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "rb") as source:
+                        write_once(target, source)
         if not (folder / FINAL).exists():
             write_once(folder / FINAL, _json_bytes({"job": {**job, "run_dir": str(folder)}, "events": events}))
         return folder
