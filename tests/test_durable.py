@@ -61,7 +61,7 @@ def test_write_once_refuses_an_existing_file_and_leaves_no_partial_file(tmp_path
     assert not (tmp_path / "weights.safetensors").exists()
 
 
-def test_publishing_copies_subfolders_and_leaves_out_the_live_files(tmp_path):
+def test_publishing_copies_subfolders_and_leaves_out_the_stop_request_and_temporary_files(tmp_path):
     local = tmp_path / "local" / "job-1"
     (local / "tensorboard").mkdir(parents=True)
     (local / "tensorboard" / "events.out.tfevents.1").write_bytes(b"events")
@@ -69,7 +69,7 @@ def test_publishing_copies_subfolders_and_leaves_out_the_live_files(tmp_path):
         (local / name).write_text(name)
     folder = DurableRuns(tmp_path / "bucket").publish({"id": "job-1", "state": "cancelled"}, [], local)
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
-        FINAL, "log.txt", "tensorboard/events.out.tfevents.1"]  # fmt: skip
+        FINAL, "log.txt", "progress.json", "tensorboard/events.out.tfevents.1"]  # fmt: skip
 
 
 def test_a_store_without_durable_location_keeps_runs_in_its_data_home(tmp_path, monkeypatch):
@@ -120,8 +120,8 @@ def test_runs_survive_a_restart_on_an_empty_local_disk_and_nothing_published_is_
     published = Path(store.get(first).run_dir)
     assert published == bucket / "runs" / first and not (local / "runs" / first).exists()
     files = {"config.json", "weights.safetensors", "eval.json", "predictions.jsonl", "metrics.jsonl", "log.txt"}
-    assert {p.name for p in published.iterdir()} == files | {FINAL, STARTED}
-    assert not (published / "progress.json").exists()
+    assert {p.name for p in published.iterdir()} == files | {"progress.json", FINAL, STARTED}
+    assert job_status(store, first)["phase"] == "done"
 
     # The worker and the job process die together; the local disk survives: the queue is intact.
     training(store, supervisor, cut)

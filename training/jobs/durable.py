@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 STARTED = "started.json"
 FINAL = "job.json"
-NOT_PUBLISHED = {runs.STOP, runs.PROGRESS}  # a request to the live process, and the live phase
+NOT_PUBLISHED = {runs.STOP}  # a request to the live process
 LOST_REASON = (
     "interrupted: the app restarted while this job ran and its files were on the local disk; "
     "only its settings were kept"
