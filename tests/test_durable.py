@@ -72,6 +72,20 @@ def test_publishing_copies_subfolders_and_leaves_out_the_stop_request_and_tempor
         FINAL, "log.txt", "progress.json", "tensorboard/events.out.tfevents.1"]  # fmt: skip
 
 
+def test_incomplete_published_records_are_left_out_of_the_list(tmp_path):
+    durable = DurableRuns(tmp_path / "bucket")
+    job = {"id": "job-1", "submitter": "ann", "state": "finished", "reason": "finished in 3 s", "config": {},
+           "run_dir": "x", "created_at": 1.0, "updated_at": 2.0, "started_at": 1.5}  # fmt: skip
+    durable.publish(job, [], tmp_path / "nothing")
+    durable.started({**job, "id": "job-2", "state": "running"})
+    for job_id, text in (("job-3", '{"job": {"id": "job-3"}}'), ("job-4", '{"job": ')):
+        (durable.run_dir(job_id)).mkdir(parents=True)
+        (durable.run_dir(job_id) / FINAL).write_text(text)
+    found = {row["id"]: row["state"] for row, _ in durable.records()}
+    assert found == {"job-1": "finished", "job-2": "interrupted"}
+    assert [row["id"] for row, _ in durable.records(skip={"job-1"})] == ["job-2"]
+
+
 def test_a_store_without_durable_location_keeps_runs_in_its_data_home(tmp_path, monkeypatch):
     monkeypatch.delenv("VLPEFT_DURABLE", raising=False)
     store = JobStore(tmp_path / "home" / "jobs.sqlite3", limits=LIMITS)

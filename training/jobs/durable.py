@@ -73,21 +73,24 @@ class DurableRuns:
             write_once(folder / FINAL, _json_bytes({"job": {**job, "run_dir": str(folder)}, "events": events}))
         return folder
 
-    def records(self) -> list[tuple[dict[str, Any], list[dict]]]:
-        """(job row, events) of every published run, oldest first; a run without its final record is a job
-        whose process was running when the local disk was lost: interrupted."""
+    def records(self, skip: set[str] = frozenset()) -> list[tuple[dict[str, Any], list[dict]]]:
+        """(job row, events) of the published runs whose ids are not in `skip`, oldest first. A run without
+        its final record is a job whose process was running when the local disk was lost: interrupted.
+        Folders whose records are missing or incomplete are left out."""
         found = []
         for folder in self.runs_dir.iterdir() if self.runs_dir.is_dir() else ():
+            if folder.name in skip:
+                continue
             final = runs.read_json(folder / FINAL)
-            if isinstance(final, dict) and isinstance(final.get("job"), dict):
+            if isinstance(final, dict) and _complete(final.get("job"), folder.name):
                 found.append((final["job"], final.get("events") or []))
                 continue
             started = runs.read_json(folder / STARTED)
-            if isinstance(started, dict) and started.get("id") == folder.name:
+            if _complete(started, folder.name):
                 job = {**started, "state": "interrupted", "reason": LOST_REASON, "run_dir": str(folder),
                        "finished_at": started.get("started_at")}  # fmt: skip
                 found.append((job, []))
-        return sorted(found, key=lambda record: (record[0].get("created_at") or 0, record[0]["id"]))
+        return sorted(found, key=lambda record: (record[0]["created_at"], record[0]["id"]))
 
     def remove(self, job_id: str) -> None:
         """Delete a run's published files (deleting is allowed; changing them is not)."""
@@ -112,6 +115,13 @@ def write_once(path: Path, data: bytes | Any) -> None:
     except OSError:
         path.unlink(missing_ok=True)
         raise
+
+
+def _complete(job: Any, job_id: str) -> bool:
+    """Whether a published job row has what the job store needs to list it again."""
+    required = ("submitter", "state", "reason", "run_dir", "created_at", "updated_at")
+    return (isinstance(job, dict) and job.get("id") == job_id and isinstance(job.get("config"), dict)
+            and all(job.get(name) is not None for name in required))  # fmt: skip
 
 
 def _json_bytes(data: Any) -> bytes:

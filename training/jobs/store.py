@@ -452,12 +452,13 @@ class JobStore:
 
     def _restore(self) -> None:
         """Add the published runs this store does not know (after a restart on an empty local disk)."""
-        records = self.durable.records()
+        known = {row["id"] for row in self._conn().execute("SELECT id FROM jobs")}
+        records = self.durable.records(skip=known)
         columns = [name for name in _JOB_FIELDS if name != "seq"]
         with self._tx() as conn:
-            known = {row["id"] for row in conn.execute("SELECT id FROM jobs")}
+            known = {row["id"] for row in conn.execute("SELECT id FROM jobs")}  # another process may have added
             for job, events in records:
-                if job.get("id") in known or job.get("state") not in FINAL_STATES:
+                if job["id"] in known or job["state"] not in FINAL_STATES:
                     continue
                 values = {name: job.get(name) for name in columns}
                 values.update(config=json.dumps(values["config"], sort_keys=True), claimed_by=None, pid=None,
