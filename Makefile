@@ -1,7 +1,7 @@
 # The two set-up commands of the README: `make app` and `make test` (each installs what it needs first).
 PORT ?= 7860
 
-.PHONY: app test lint setup setup-dev
+.PHONY: app test lint setup setup-dev docker-test
 
 setup:
 	bash scripts/setup.sh
@@ -18,3 +18,8 @@ test: setup-dev
 
 lint: setup-dev
 	.venv/bin/python -m ruff check app training tests
+
+# Build the Dockerfile with podman and check the image serves the app as uid 1000 on port 7860 with /data on a
+# mounted folder (slow; needs root and podman, and debootstrap where no registry is reachable: see the script).
+docker-test:
+	bash scripts/docker-test.sh

@@ -27,6 +27,7 @@ from training.compare import Column, Comparer, check_image
 from training.config import RunConfig, parse_budget, planned_steps
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
 from training.errors import UserError
+from training.export import PEFT_FOLDER, is_lora_run, run_readme, write_peft_adapter
 from training.jobs import JobStore, Supervisor, job_status
 from training.jobs.store import ACTIVE_STATES
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
@@ -156,7 +157,8 @@ class _Resident:
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = JobStore(settings.data_home / "jobs.sqlite3", limits=settings.job_limits())
+        self.store = JobStore(settings.data_home / "jobs.sqlite3", limits=settings.job_limits(),
+                              durable=settings.durable)  # fmt: skip
         self.supervisor = Supervisor(self.store)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self._models: OrderedDict[str, _Resident] = OrderedDict()
@@ -338,7 +340,8 @@ class Services:
         self.store.delete(job_id)
 
     def zip_run(self, job_id: str) -> Path:
-        """A zip of the run's weights, config and evaluation, for download."""
+        """A zip of the run for download: its weights, config, log, curve, evaluation and predictions, a README
+        on what the adapter is and how to load it, and for LoRA the adapter in peft's format."""
         record = self.run(job_id)
         run_dir = Path(record.run_dir)
         if not record.has_weights:
@@ -348,10 +351,16 @@ class Services:
         target = folder / f"vlpeft-{job_id}.zip"
         partial = folder / f".{target.name}.{threading.get_ident()}"  # two visitors may ask at once
         with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name in (runs.WEIGHTS, runs.CONFIG, runs.EVAL, runs.METRICS):
+            for name in (runs.WEIGHTS, runs.CONFIG, runs.LOG, runs.METRICS, runs.EVAL, runs.PREDICTIONS):
                 if (run_dir / name).is_file():
                     stored = zipfile.ZIP_STORED if name == runs.WEIGHTS else zipfile.ZIP_DEFLATED  # floats: no gain
                     archive.write(run_dir / name, arcname=f"{job_id}/{name}", compress_type=stored)
+            archive.writestr(f"{job_id}/README.md", run_readme(run_dir, job_id, record.state))
+            if is_lora_run(record.info):
+                exported = write_peft_adapter(run_dir, partial.with_suffix(".peft"))
+                for path in sorted(exported.iterdir()):
+                    archive.write(path, arcname=f"{job_id}/{PEFT_FOLDER}/{path.name}")
+                shutil.rmtree(exported)
         partial.replace(target)
         return target
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from training.errors import UserError
 from training.jobs.limits import JobLimits
-from training.paths import RESULTS_DIR, data_home
+from training.paths import RESULTS_DIR, data_home, durable_home
 
 DEMO_MAX_STEPS = 300
 DEMO_MAX_RUNTIME_S = 600
@@ -24,6 +24,7 @@ class Settings:
     base_model: str | None = None  # None: the embedded default
     datasets: dict[str, str | None] = field(default_factory=lambda: {"caption": None, "vqa": None})
     home: Path | None = None  # None: training.paths.data_home()
+    durable: Path | None = None  # where ended runs are published (training.jobs.durable); None: kept in home
     results_dir: Path = RESULTS_DIR
     demo: bool = False
     demo_max_steps: int = DEMO_MAX_STEPS
@@ -36,12 +37,14 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """PORT, GRADIO_SERVER_NAME, VLPEFT_BASE_MODEL, VLPEFT_CAPTION_DATASET, VLPEFT_VQA_DATASET,
-        VLPEFT_RESULTS, VLPEFT_DEMO, VLPEFT_DEMO_MAX_STEPS, VLPEFT_AUTH and the job limits (VLPEFT_MAX_*)."""
+        VLPEFT_RESULTS, VLPEFT_DEMO, VLPEFT_DEMO_MAX_STEPS, VLPEFT_AUTH, the job limits (VLPEFT_MAX_*), and
+        VLPEFT_HOME and VLPEFT_DURABLE (see training.paths)."""
         env = os.environ
         demo = env.get("VLPEFT_DEMO", "").strip().lower() in ("1", "true", "yes", "on")
         return cls(
             base_model=env.get("VLPEFT_BASE_MODEL") or None,
             datasets={task: env.get(f"VLPEFT_{task.upper()}_DATASET") or None for task in ("caption", "vqa")},
+            durable=durable_home(),
             results_dir=Path(env.get("VLPEFT_RESULTS") or RESULTS_DIR),
             demo=demo,
             demo_max_steps=_int_env("VLPEFT_DEMO_MAX_STEPS", DEMO_MAX_STEPS),

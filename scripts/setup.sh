@@ -33,8 +33,10 @@ if [ ! -f "$stamp" ] && [ ! -f ".venv/.installed-$hash-1" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements.txt
   if [ "$dev" = 1 ]; then
-    # The optional extras are installed for the tests, so that the Ray executor and the figures are tested too.
-    .venv/bin/python -m pip install -q -r requirements-dev.txt -r requirements-ray.txt -r requirements-report.txt
+    # The optional extras are installed for the tests, so that the Ray executor, the figures and the
+    # trackers are tested too.
+    .venv/bin/python -m pip install -q -r requirements-dev.txt -r requirements-ray.txt -r requirements-report.txt \
+      -r requirements-tracking.txt
   fi
   rm -f .venv/.installed-*
   touch "$stamp"

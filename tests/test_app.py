@@ -363,7 +363,9 @@ def test_a_run_downloads_as_a_zip_and_can_be_deleted(services: Services):
     (run_dir / "weights.safetensors").write_bytes(b"weights")
     (run_dir / "config.json").write_text(json.dumps({"trainable_params": 7}))
     with zipfile.ZipFile(services.zip_run(job_id)) as archive:
-        assert sorted(archive.namelist()) == [f"{job_id}/config.json", f"{job_id}/weights.safetensors"]
+        assert sorted(archive.namelist()) == [f"{job_id}/README.md", f"{job_id}/config.json",
+                                              f"{job_id}/weights.safetensors"]  # fmt: skip
+        assert "**Test scores:** none" in archive.read(f"{job_id}/README.md").decode()
     with pytest.raises(UserError, match="cancel it before deleting it"):
         services.delete(job_id, "visitor-v1")
     services.cancel(job_id, "visitor-v1")

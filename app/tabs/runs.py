@@ -79,15 +79,16 @@ def delete(services: Services, request: gr.Request | None, visitor: str, run_id:
 
 
 def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
-    gr.Markdown("Every training job of this app. Pick one for its settings, scores and log folder; download its "
-                "trained weights and config as a zip, or delete it.")  # fmt: skip
+    gr.Markdown("Every training job of this app. Pick one for its settings, scores and log folder, or delete it. "
+                "Its zip holds the weights, config, log, scores and predictions, with a README on loading the "
+                "adapter with this package or, for LoRA, with peft (`PeftModel.from_pretrained`).")  # fmt: skip
     table = gr.Dataframe(runs_table([]), interactive=False, label="Runs (click a row)", elem_id="runs-table")
     with gr.Row():
         picker = gr.Dropdown([], value=None, label="Run", scale=4, elem_id="run-picker")
         refresh_button = gr.Button("↻ Refresh", size="sm", scale=1)
     panel = gr.Markdown("Pick a run to see its details.", elem_id="run-details")
     with gr.Row():
-        download = gr.DownloadButton("Download weights + config (zip)", interactive=False, elem_id="run-download")
+        download = gr.DownloadButton("Download the run (zip)", interactive=False, elem_id="run-download")
         delete_button = gr.Button("Delete run", variant="stop", interactive=False, elem_id="run-delete")
         confirm = gr.Button("Yes, delete it for good", variant="stop", visible=False, elem_id="run-delete-confirm")
     with gr.Accordion("Configuration (config.json)", open=False):

@@ -3,11 +3,17 @@
 Every state change is one `BEGIN IMMEDIATE` transaction that also writes a `job_events` row with its
 reason, so the history survives restarts and concurrent writers never interleave. Taking a job off the
 queue is a conditional update on `state='queued'`, so two workers on one store never run the same job.
+
+With a durable location (`training.jobs.durable`), the store stays on local disk with the runs in progress;
+an ended job's files are published there and its `run_dir` then points at the published copy. A store that
+starts without them (a new local disk) refills its list from the published runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import secrets
 import shutil
 import signal
@@ -23,9 +29,12 @@ from pathlib import Path
 from training import runs
 from training.config import RunConfig
 from training.errors import UserError
+from training.jobs.durable import DurableRuns
 from training.jobs.limits import JobLimits
 from training.jobs.process import is_alive, signal_group
-from training.paths import data_home
+from training.paths import data_home, durable_home
+
+log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
@@ -138,16 +147,24 @@ class JobStore:
     """The job queue in `<data home>/jobs.sqlite3`; run directories in `<data home>/runs/<job id>/`.
 
     One instance may be shared by threads (each thread gets its own connection) and any number of
-    processes may open the same file at once.
+    processes may open the same file at once. `durable`: where ended runs are published (by default, for the
+    default path, `training.paths.durable_home()`); None keeps them in the data home.
     """
 
-    def __init__(self, path: str | Path | None = None, limits: JobLimits | None = None) -> None:
+    def __init__(
+        self, path: str | Path | None = None, limits: JobLimits | None = None, durable: str | Path | None = None
+    ) -> None:
         self.path = Path(path) if path else data_home() / "jobs.sqlite3"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.runs_dir = self.path.parent / "runs"
         self.limits = limits or JobLimits.from_env()
+        if durable is None and path is None:
+            durable = durable_home()
+        self.durable = DurableRuns(durable) if durable is not None else None
         self._local = threading.local()
         self._create_schema()
+        if self.durable is not None:
+            self._restore()
 
     # --- connection and transactions -------------------------------------------------------------
 
@@ -364,6 +381,8 @@ class JobStore:
         run_dir = Path(job.run_dir)
         if remove_files and run_dir.parent == self.runs_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
+        if remove_files and self.durable is not None:
+            self.durable.remove(job_id)
 
     # --- the supervisor's side -------------------------------------------------------------------
 
@@ -395,10 +414,65 @@ class JobStore:
             row = conn.execute("SELECT claimed_by FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["claimed_by"] != supervisor_id:
                 return False
-            return self._move(
+            moved = self._move(
                 conn, job_id, ("running",), outcome.state, outcome.reason, exit_code=outcome.exit_code,
                 error=outcome.error, hint=outcome.hint, log_tail=outcome.log_tail,
             )  # fmt: skip
+        if moved:
+            self._publish(job_id)
+        return moved
+
+    # --- the durable location --------------------------------------------------------------------
+
+    def record_started(self, job_id: str) -> None:
+        """Publish that a job's process started, so that it is still known if the local disk is lost."""
+        if self.durable is None:
+            return
+        try:
+            self.durable.started(dataclasses.asdict(self.get(job_id)))
+        except OSError as exc:
+            log.warning("job %s: could not record its start in %s: %s", job_id, self.durable.root, exc)
+
+    def _publish(self, job_id: str) -> None:
+        """Publish an ended job's files; its run_dir then names the published copy and the local one goes."""
+        if self.durable is None:
+            return
+        job = self.get(job_id)
+        local = Path(job.run_dir)
+        try:
+            published = self.durable.publish(dataclasses.asdict(job), self.events(job_id), local)
+        except OSError as exc:  # the run stays usable from the local disk; the reason is in its history
+            self.note(job_id, f"could not publish the run to {self.durable.root}: {exc}")
+            log.warning("job %s: could not publish to %s: %s", job_id, self.durable.root, exc)
+            return
+        with self._tx() as conn:
+            conn.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (str(published), job_id))
+        if local.parent == self.runs_dir:
+            shutil.rmtree(local, ignore_errors=True)
+
+    def _restore(self) -> None:
+        """Add the published runs this store does not know (after a restart on an empty local disk)."""
+        known = {row["id"] for row in self._conn().execute("SELECT id FROM jobs")}
+        records = self.durable.records(skip=known)
+        columns = [name for name in _JOB_FIELDS if name != "seq"]
+        with self._tx() as conn:
+            known = {row["id"] for row in conn.execute("SELECT id FROM jobs")}  # another process may have added
+            for job, events in records:
+                if job["id"] in known or job["state"] not in FINAL_STATES:
+                    continue
+                values = {name: job.get(name) for name in columns}
+                values.update(config=json.dumps(values["config"], sort_keys=True), claimed_by=None, pid=None,
+                              pid_start=None)  # fmt: skip
+                conn.execute(
+                    f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                    tuple(values.values()),
+                )
+                for event in events:
+                    conn.execute(
+                        "INSERT INTO job_events (job_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)",
+                        (job["id"], event["at"], event["from_state"], event["to_state"], event["reason"]),
+                    )
+                self._event(conn, job["id"], job["state"], job["state"], f"restored from {job['run_dir']}")
 
     def adopt(self, job_id: str, old_supervisor: str | None, new_supervisor: str) -> bool:
         """Take over a running job whose worker is gone but whose process still runs."""

@@ -173,6 +173,7 @@ class Supervisor:
         pid_start = process_start_time(proc.pid)
         self._watched[job.id] = _Watched(job.id, proc.pid, pid_start, proc)
         self.store.set_process(job.id, self.id, proc.pid, pid_start)
+        self.store.record_started(job.id)
         log.info("job %s started (pid %d), log in %s", job.id, proc.pid, run_dir / runs.LOG)
 
     def _reap(self) -> None:

@@ -1,0 +1,100 @@
+"""A run's download as others use it: a LoRA adapter in peft's format that `PeftModel.from_pretrained` loads
+with the outputs the app gives, and a README whose Python runs as written."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import re
+import zipfile
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import BlipForConditionalGeneration
+
+from app.services import Services
+from app.settings import Settings
+from tests.conftest import draw_tiny
+from tests.test_jobs import wait_for
+from training.config import RunConfig
+from training.export import run_readme
+from training.jobs.limits import JobLimits
+from training.tasks import Encoder, prompt_text
+from training.trainer import load_run
+
+LIMITS = JobLimits(max_queued=5, max_queued_per_submitter=5, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
+
+
+def test_the_readme_of_a_method_peft_lacks_says_how_to_load_it_with_this_package(tmp_path):
+    config = RunConfig(task="vqa", method="prefix", base_model="Salesforce/blip-image-captioning-base")
+    (tmp_path / "config.json").write_text(json.dumps({"config": config.to_dict(), "trainable_params": 15360,
+                                                      "trainable_percent": 0.515, "knob": "prefix length",
+                                                      "knob_value": 6, "total_steps": 40}))  # fmt: skip
+    (tmp_path / "eval.json").write_text(json.dumps({"metrics": {"accuracy": 0.4125, "num_examples": 80,
+                                                                "eval_s": 3.2}}))  # fmt: skip
+    text = run_readme(tmp_path, "20261201-120000-abcdef", "finished")
+    assert text.startswith("# 20261201-120000-abcdef: prefix for visual question answering")
+    assert "15,360 trainable parameters (0.515 % of the base), prefix length 6" in text
+    assert "**Test scores** (on 80 test examples): accuracy 0.4125." in text
+    assert "Comparer('Salesforce/blip-image-captioning-base')" in text and "question=" in text
+    assert "peft has no `prefix` method" in text and "PeftModel" not in text
+
+
+@pytest.mark.slow
+def test_a_lora_runs_zip_loads_with_peft_and_its_readme_gives_the_apps_output(
+    tmp_path, monkeypatch, tiny_model_dir, tiny_caption_dataset
+):
+    settings = Settings(base_model=str(tiny_model_dir), datasets={"caption": str(tiny_caption_dataset), "vqa": None},
+                        home=tmp_path / "home", limits=LIMITS)  # fmt: skip
+    services = Services(settings)
+    # 768 parameters per rank on the tiny BLIP: rank 8, above rank 4 where the scaling is rank-stabilised.
+    config = RunConfig(task="caption", method="lora", budget="6144", base_model=str(tiny_model_dir),
+                       dataset=str(tiny_caption_dataset), max_steps=6, batch_size=4, eval_limit=6)  # fmt: skip
+    job_id = services.submit(config, "ann")
+    wait_for(lambda: services.store.get(job_id).is_final, timeout=240, step=0.2, tick=services.supervisor.run_once)
+    assert services.store.get(job_id).state == "finished", services.store.get(job_id).log_tail
+
+    with zipfile.ZipFile(services.zip_run(job_id)) as archive:
+        names = {name.removeprefix(f"{job_id}/") for name in archive.namelist()}
+        archive.extractall(tmp_path / "download")
+    assert names == {"weights.safetensors", "config.json", "log.txt", "metrics.jsonl", "eval.json",
+                     "predictions.jsonl", "README.md", "peft/adapter_config.json",
+                     "peft/adapter_model.safetensors"}  # fmt: skip
+    folder = tmp_path / "download" / job_id
+    info = json.loads((folder / "config.json").read_text())
+    adapter_config = json.loads((folder / "peft" / "adapter_config.json").read_text())
+    assert info["knob_value"] == adapter_config["r"] == 8
+    assert adapter_config["lora_alpha"] / adapter_config["r"] == pytest.approx(2 * math.sqrt(4 / 8))
+
+    # Teacher-forced logits: the app's model with the run's adapter, and peft's model from the export.
+    vl, adapter, _ = load_run(folder)
+    vl.set_active(adapter)
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    input_ids, mask, _ = encoder.training_batch([(prompt_text("caption"), "a red circle")] * 2)
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = vl.text_logits(vl.encode_images(pixels), input_ids, mask)
+        base = BlipForConditionalGeneration.from_pretrained(str(tiny_model_dir)).eval()
+        plain = base(pixel_values=pixels, input_ids=input_ids, attention_mask=mask).logits
+        peft_model = PeftModel.from_pretrained(base, str(folder / "peft")).eval()
+        theirs = peft_model(pixel_values=pixels, input_ids=input_ids, attention_mask=mask).logits
+    assert (ours - plain).abs().max() > 1e-4  # the adapter does something, so the match below means something
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+
+    # The README's two snippets, run as written from the download folder, print what the app's Compare shows.
+    draw_tiny("red", "circle").save(tmp_path / "download" / "picture.png")
+    column = services.compare("caption", [job_id], image_path=str(tmp_path / "download" / "picture.png")).columns[1]
+    snippets = re.findall(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S)
+    assert len(snippets) == 2
+    monkeypatch.chdir(tmp_path / "download")
+    printed = []
+    for code in snippets:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "README.md", "exec"), {})
+        printed.append(out.getvalue().strip())
+    assert printed == [column.output, f"{prompt_text('caption')} {column.output}".strip()]
+    services.close()

@@ -1,0 +1,128 @@
+"""Finished runs published to a durable location that takes new files written whole, and nothing else.
+
+A Hugging Face Space keeps data in a Storage Bucket mounted at /data: no reliable locks across processes,
+eventually consistent, new files only (no rewrites, no appends). So the job store (SQLite) and the runs in
+progress stay on local disk, and this module publishes to the durable location:
+
+  runs/<job id>/started.json   when the job's process starts: the job as submitted (so that a job whose local
+                               files are lost with the disk is still known, as interrupted)
+  runs/<job id>/<run files>    when the job has ended: every file of its run directory (and of its
+                               subfolders), each written once
+  runs/<job id>/job.json       last: the job's final row and its history; a run without it is incomplete
+
+Every file is created exclusively (`open(..., "xb")`), written in one pass and closed: nothing here ever
+opens a published file for writing again, renames it or appends to it. There is no index file: the list
+of runs is rebuilt from these folders (`records`), and a job store that starts empty refills itself from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from training import runs
+
+log = logging.getLogger(__name__)
+
+STARTED = "started.json"
+FINAL = "job.json"
+NOT_PUBLISHED = {runs.STOP}  # a request to the live process
+LOST_REASON = (
+    "interrupted: the app restarted while this job ran and its files were on the local disk; "
+    "only its settings were kept"
+)
+
+
+class DurableRuns:
+    """The published runs under `root/runs/`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.runs_dir = self.root / "runs"
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.runs_dir / job_id
+
+    def started(self, job: dict[str, Any]) -> None:
+        """Record that a job's process started (once; a job restarted by another worker keeps the first)."""
+        folder = self.run_dir(job["id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / STARTED).exists():
+            write_once(folder / STARTED, _json_bytes(job))
+
+    def publish(self, job: dict[str, Any], events: list[dict], local_dir: Path) -> Path:
+        """Copy an ended job's run files, then its final record; returns the published run directory.
+
+        Files already there (a publication cut short and resumed) are kept as they are.
+        """
+        folder = self.run_dir(job["id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted(local_dir.rglob("*")) if local_dir.is_dir() else ():
+            relative = path.relative_to(local_dir)  # subfolders too: a tracker's event files (training/tracking.py)
+            if path.is_file() and relative.name not in NOT_PUBLISHED and not relative.name.startswith("."):
+                target = folder / relative
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with open(path, "rb") as source:
+                        write_once(target, source)
+        if not (folder / FINAL).exists():
+            write_once(folder / FINAL, _json_bytes({"job": {**job, "run_dir": str(folder)}, "events": events}))
+        return folder
+
+    def records(self, skip: set[str] = frozenset()) -> list[tuple[dict[str, Any], list[dict]]]:
+        """(job row, events) of the published runs whose ids are not in `skip`, oldest first. A run without
+        its final record is a job whose process was running when the local disk was lost: interrupted.
+        Folders whose records are missing or incomplete are left out."""
+        found = []
+        for folder in self.runs_dir.iterdir() if self.runs_dir.is_dir() else ():
+            if folder.name in skip:
+                continue
+            final = runs.read_json(folder / FINAL)
+            if isinstance(final, dict) and _complete(final.get("job"), folder.name):
+                found.append((final["job"], final.get("events") or []))
+                continue
+            started = runs.read_json(folder / STARTED)
+            if _complete(started, folder.name):
+                job = {**started, "state": "interrupted", "reason": LOST_REASON, "run_dir": str(folder),
+                       "finished_at": started.get("started_at")}  # fmt: skip
+                found.append((job, []))
+        return sorted(found, key=lambda record: (record[0]["created_at"], record[0]["id"]))
+
+    def remove(self, job_id: str) -> None:
+        """Delete a run's published files (deleting is allowed; changing them is not)."""
+        shutil.rmtree(self.run_dir(job_id), ignore_errors=True)
+
+
+def write_once(path: Path, data: bytes | Any) -> None:
+    """Create `path` (failing if it exists), write `data` (bytes or a binary file object) in one pass, close.
+
+    A file that fails half-way is removed, so that no reader takes a partial file for a published one.
+    """
+    try:
+        with open(path, "xb") as target:
+            if isinstance(data, bytes):
+                target.write(data)
+            else:
+                shutil.copyfileobj(data, target, 1 << 20)
+            target.flush()
+            os.fsync(target.fileno())
+    except FileExistsError:
+        raise
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _complete(job: Any, job_id: str) -> bool:
+    """Whether a published job row has what the job store needs to list it again."""
+    required = ("submitter", "state", "reason", "run_dir", "created_at", "updated_at")
+    return (isinstance(job, dict) and job.get("id") == job_id and isinstance(job.get("config"), dict)
+            and all(job.get(name) is not None for name in required))  # fmt: skip
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, default=str) + "\n").encode()
