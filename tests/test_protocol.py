@@ -244,3 +244,19 @@ def test_lr_table_columns_are_readable_as_csv(tmp_path):
     write_rows(tmp_path / "lr.csv", [{"task": "vqa", "lr": 0.1}], LR_COLUMNS)
     with open(tmp_path / "lr.csv") as handle:
         assert next(csv.reader(handle)) == LR_COLUMNS
+
+
+def test_report_to_tensorboard_logs_loss_validation_and_test_scores(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    cfg = config(tiny_model_dir, tiny_vqa_dataset, max_steps=4, lr=5e-2, report_to="tensorboard")
+    assert train(cfg, run, install_signals=False) == 0
+    assert "--report-to tensorboard" in json.loads((run / runs.CONFIG).read_text())["command"]
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "eval/accuracy", "test/accuracy"} <= tags
+    assert [e.step for e in events.Scalars("eval/accuracy")] == [2, 4]
+    losses = [row["loss"] for row in runs.read_jsonl(run / runs.METRICS)]
+    assert [round(e.value, 4) for e in events.Scalars("train/loss")] == [round(v, 4) for v in losses]

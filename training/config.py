@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from training.catalog import METHOD_NAMES, TASKS
 from training.errors import UserError
+from training.tracking import REPORT_TO
 
 TOWERS = ("vision", "text", "both")
 DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 5.0}  # the cap when neither --epochs nor --max-steps is given
@@ -99,6 +100,7 @@ class RunConfig:
     val_limit: int | None = None  # None: DEFAULT_VAL_LIMIT of the task
     method_options: dict = field(default_factory=dict)  # e.g. {"reparam": True} for prefix tuning
     score_test: bool = True  # False: stop after training and validation (learning-rate tuning never sees test)
+    report_to: str = "none"  # also log to tensorboard or trackio (training/tracking.py)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> RunConfig:
@@ -127,6 +129,8 @@ class RunConfig:
             raise UserError("--val-every must be at least 1 step.")
         if self.val_limit is not None and self.val_limit < 1:
             raise UserError("--val-limit must be at least 1 example.")
+        if self.report_to not in REPORT_TO:
+            raise UserError(f"--report-to {self.report_to!r}: choose one of {', '.join(REPORT_TO)}.")
         if not isinstance(self.method_options, dict):
             raise UserError("method options must be a mapping such as {'reparam': true}.")
         return self
@@ -180,6 +184,8 @@ class RunConfig:
             args += ["--val-limit", str(self.val_limit)]
         if not self.score_test:
             args += ["--no-test"]
+        if self.report_to != defaults.report_to:
+            args += ["--report-to", self.report_to]
         for key, value in sorted(self.method_options.items()):
             args += ["--method-option", f"{key}={json.dumps(value)}"]
         return args
@@ -245,6 +251,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-limit", type=int, default=None,
                         help="validate on the first N validation examples (default: 100 images for captions, "
                              "every question for VQA)")  # fmt: skip
+    parser.add_argument("--report-to", default=d.report_to, choices=REPORT_TO,
+                        help="also log loss, learning rate, throughput and validation scores to tensorboard or "
+                             "trackio (pip install vl-peft-lab[tracking])")  # fmt: skip
     parser.add_argument("--no-test", dest="score_test", action="store_false",
                         help="skip the test split (used by learning-rate tuning)")
     parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",

@@ -29,6 +29,7 @@ from training.methods import METHODS
 from training.methods.budget import Plan, plan_method, require_feasible
 from training.pixels import PixelCache
 from training.tasks import Encoder, training_pairs
+from training.tracking import NoTracker, Tracker, eval_scalars, open_tracker, training_scalars
 from training.tuning import resolve_lr
 from training.validation import Validator
 from training.vlmodel import VLModel
@@ -208,68 +209,74 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
         "config": config.to_dict(), **resolved, "versions": versions(), "command": command,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })  # fmt: skip
-    log.info("%s on %s: %s=%s, %s trainable of %s parameters (%.3f%%), %d training examples (%d pairs), "
-             "at most %d steps, lr %g (%s)", config.method, config.task, prepared.plan.knob, prepared.plan.value,
-             f"{trainable:,}", f"{total_params:,}", resolved["trainable_percent"], len(prepared.train_examples),
-             len(pairs), total_steps, lr, lr_source)  # fmt: skip
-
-    features: dict[str, torch.Tensor] = {}
-    if use_feature_cache and total_steps:
-        log.info("vision tower frozen: computing image features once for %d images", len(prepared.train_examples))
-        features = precompute_features(vl, prepared.train_examples, pixels)
-
-    if config.task == "caption" and total_steps and config.score_test:
-        from training.metrics.caption import start_meteor
-
-        start_meteor()  # METEOR's Java start-up (~7 s) overlaps training instead of adding to evaluation
-    outcome = LoopOutcome(stop_reason="zero-shot")
-    if total_steps:
-        loop = TrainingLoop(vl, config, pairs, encoder, pixels, features, total_steps, lr, autocast_dtype, run_dir,
-                            log, stop, started, validator)  # fmt: skip
-        outcome = loop.run()
-    vl.adapters[RUN_ADAPTER].fold()
-    save_file(vl.adapters[RUN_ADAPTER].state_dict(), str(run_dir / runs.WEIGHTS))
-    if outcome.stopped:
-        log.info("stopped on request after the last completed step; weights saved, evaluation skipped")
-        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "stopped"})
-        return EXIT_STOPPED
-    summary = outcome.summary(validator)
-    if not config.score_test:
-        runs.write_json(run_dir / runs.EVAL, {"task": config.task, "split": None, "validation": summary,
-                                              "train_s": round(time.perf_counter() - started, 2)})  # fmt: skip
-        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "done"})
-        log.info("done (no test split): best validation %s at step %s", summary.get("best"), summary["best_step"])
-        return 0
-
-    test = prepared.dataset.split("test")
-    if config.eval_limit:
-        test = test[: config.eval_limit]
-    runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "evaluating"})
-    log.info("evaluating on %d test examples", len(test))
-
-    def eval_progress(done: int, total: int) -> None:
-        if stop:
-            raise StopRequested
-        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "evaluating",
-                                                  "eval_done": done, "eval_total": total})  # fmt: skip
-
+    tracker = open_tracker(config.report_to, run_dir, config.to_dict())  # a missing package fails here, early
     try:
-        metrics, records = evaluate(vl, config.task, test, pixels, encoder, max_new_tokens=config.max_new_tokens,
-                                    progress=eval_progress)  # fmt: skip
-    except StopRequested:
-        log.info("stopped on request during evaluation; weights saved, no evaluation written")
-        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "stopped"})
-        return EXIT_STOPPED
-    for record in records:
-        runs.append_jsonl(run_dir / runs.PREDICTIONS, record)
-    train_s = time.perf_counter() - started - metrics["eval_s"]
-    runs.write_json(run_dir / runs.EVAL, {
-        "task": config.task, "split": "test", "metrics": metrics, "validation": summary, "train_s": round(train_s, 2),
-        "wall_s": round(time.perf_counter() - started, 2), "peak_mem_mb": peak_memory_mb(device),
-    })  # fmt: skip
-    log.info("done: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-    runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "done"})
-    return 0
+        log.info("%s on %s: %s=%s, %s trainable of %s parameters (%.3f%%), %d training examples (%d pairs), "
+                 "at most %d steps, lr %g (%s)", config.method, config.task, prepared.plan.knob, prepared.plan.value,
+                 f"{trainable:,}", f"{total_params:,}", resolved["trainable_percent"], len(prepared.train_examples),
+                 len(pairs), total_steps, lr, lr_source)  # fmt: skip
+
+        features: dict[str, torch.Tensor] = {}
+        if use_feature_cache and total_steps:
+            log.info("vision tower frozen: computing image features once for %d images", len(prepared.train_examples))
+            features = precompute_features(vl, prepared.train_examples, pixels)
+
+        if config.task == "caption" and total_steps and config.score_test:
+            from training.metrics.caption import start_meteor
+
+            start_meteor()  # METEOR's Java start-up (~7 s) overlaps training instead of adding to evaluation
+        outcome = LoopOutcome(stop_reason="zero-shot")
+        if total_steps:
+            loop = TrainingLoop(vl, config, pairs, encoder, pixels, features, total_steps, lr, autocast_dtype, run_dir,
+                                log, stop, started, validator, tracker)  # fmt: skip
+            outcome = loop.run()
+        vl.adapters[RUN_ADAPTER].fold()
+        save_file(vl.adapters[RUN_ADAPTER].state_dict(), str(run_dir / runs.WEIGHTS))
+        if outcome.stopped:
+            log.info("stopped on request after the last completed step; weights saved, evaluation skipped")
+            runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "stopped"})
+            return EXIT_STOPPED
+        summary = outcome.summary(validator)
+        if not config.score_test:
+            runs.write_json(run_dir / runs.EVAL, {"task": config.task, "split": None, "validation": summary,
+                                                  "train_s": round(time.perf_counter() - started, 2)})  # fmt: skip
+            runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "done"})
+            log.info("done (no test split): best validation %s at step %s", summary.get("best"), summary["best_step"])
+            return 0
+
+        test = prepared.dataset.split("test")
+        if config.eval_limit:
+            test = test[: config.eval_limit]
+        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "evaluating"})
+        log.info("evaluating on %d test examples", len(test))
+
+        def eval_progress(done: int, total: int) -> None:
+            if stop:
+                raise StopRequested
+            runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "evaluating",
+                                                      "eval_done": done, "eval_total": total})  # fmt: skip
+
+        try:
+            metrics, records = evaluate(vl, config.task, test, pixels, encoder, max_new_tokens=config.max_new_tokens,
+                                        progress=eval_progress)  # fmt: skip
+        except StopRequested:
+            log.info("stopped on request during evaluation; weights saved, no evaluation written")
+            runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "stopped"})
+            return EXIT_STOPPED
+        for record in records:
+            runs.append_jsonl(run_dir / runs.PREDICTIONS, record)
+        tracker.log(outcome.steps_run, eval_scalars(metrics, "test"))
+        train_s = time.perf_counter() - started - metrics["eval_s"]
+        runs.write_json(run_dir / runs.EVAL, {
+            "task": config.task, "split": "test", "metrics": metrics, "validation": summary,
+            "train_s": round(train_s, 2), "wall_s": round(time.perf_counter() - started, 2),
+            "peak_mem_mb": peak_memory_mb(device),
+        })  # fmt: skip
+        log.info("done: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "done"})
+        return 0
+    finally:
+        tracker.close()
 
 
 @torch.no_grad()
@@ -326,10 +333,12 @@ class TrainingLoop:
 
     def __init__(self, vl: VLModel, config: RunConfig, pairs: list, encoder: Encoder, pixels: PixelCache,
                  features: dict, total_steps: int, lr: float, autocast_dtype, run_dir: Path,
-                 log: logging.Logger, stop: StopFlag, started: float, validator: Validator | None) -> None:  # fmt: skip
+                 log: logging.Logger, stop: StopFlag, started: float, validator: Validator | None,
+                 tracker: Tracker | None = None) -> None:  # fmt: skip
         self.vl, self.config, self.pairs, self.encoder, self.pixels = vl, config, pairs, encoder, pixels
         self.features, self.total_steps, self.lr, self.autocast_dtype = features, total_steps, lr, autocast_dtype
         self.run_dir, self.log, self.stop, self.started, self.validator = run_dir, log, stop, started, validator
+        self.tracker = tracker or NoTracker()
         self.method = vl.adapters[RUN_ADAPTER]
         self.params = list(self.method.train_parameters())
         self.best_state: list[torch.Tensor] | None = None
@@ -422,6 +431,7 @@ class TrainingLoop:
                "elapsed_s": round(time.perf_counter() - self.started, 2)}  # fmt: skip
         validator.curve.append(row)
         runs.append_jsonl(self.run_dir / runs.VALIDATION, row)
+        self.tracker.log(step, eval_scalars({validator.metric: value}))
         runs.write_json(self.run_dir / runs.PROGRESS, {**progress_snapshot(self.run_dir), "phase": "training"})
         self.log.info("validation at step %d: %s %.4g (best %.4g at step %d)%s", step, validator.metric, value,
                       validator.best, validator.best_step, "" if improved else
@@ -439,6 +449,7 @@ class TrainingLoop:
             "eta_s": round((self.total_steps - step) / steps_per_s, 1) if steps_per_s else None,
         }  # fmt: skip
         runs.append_jsonl(self.run_dir / runs.METRICS, row)
+        self.tracker.log(step, training_scalars(row))
         runs.write_json(self.run_dir / runs.PROGRESS, {"phase": "training", **row})
         if not progress_bar:
             self.log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s eta %ss", step, self.total_steps, step_loss,
