@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "training.commands",
     "training.jobs.cli",
     "training.sweeps.cli",
+    "training.gpu_check",
 )
 
 
