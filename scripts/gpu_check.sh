@@ -2,7 +2,7 @@
 # The GPU check of issue #16, for a machine with an NVIDIA GPU and no network (e.g. the H200 lent to sessions).
 # NOT RUN ON A GPU YET: prepared and run here on the CPU only (its non-GPU parts are tested).
 #
-#   scripts/gpu_check.sh [stage ...]     stages: env tests precision bench job collect (default: all of them)
+#   scripts/gpu_check.sh [stage ...]     stages: env tests precision bench bench-base job collect (default: all)
 #
 # Each stage writes a JSON piece under $PIECES (default $OUT/gpu-pieces when $OUT is set, else
 # results/gpu-pieces); `collect` joins them into results/bench-gpu.json (copied to $OUT when set). Stages can
@@ -98,12 +98,15 @@ for name, part in merged.items():
 EOF
 }
 
-stage_bench() {
-  "$PYTHON" -m training bench --json --device cuda --task "$TASK" --steps "$BENCH_STEPS" --parts train,compare,eval \
-    >"$PIECES/bench-default.json"
+stage_bench() {  # the embedded default at its default batch (32)
+  "$PYTHON" -m training bench --json --device cuda --task "$TASK" --compare-tasks "$TASK" --steps "$BENCH_STEPS" \
+    --parts train,compare,eval >"$PIECES/bench-default.json"
+}
+
+stage_bench-base() {  # the BLIP-base-size model, every method and full fine-tuning at batch $BASE_BATCH
   [ -d "$BASE_DIR" ] || "$PYTHON" -m training gpu-check build-base --out "$BASE_DIR"
-  "$PYTHON" -m training bench --json --device cuda --task "$TASK" --steps "$BENCH_STEPS" --batch-size "$BASE_BATCH" \
-    --base-model "$BASE_DIR" --parts train,compare >"$PIECES/bench-base.json"
+  "$PYTHON" -m training bench --json --device cuda --task "$TASK" --compare-tasks "$TASK" --steps "$BENCH_STEPS" \
+    --batch-size "$BASE_BATCH" --base-model "$BASE_DIR" --parts train,compare >"$PIECES/bench-base.json"
 }
 
 stage_job() {
@@ -118,7 +121,7 @@ stage_collect() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(env tests precision bench job collect)
+[ ${#stages[@]} -gt 0 ] || stages=(env tests precision bench bench-base job collect)
 for stage in "${stages[@]}"; do
   echo "== $stage ($(date -u +%H:%M:%S))"
   "stage_$stage"

@@ -207,10 +207,11 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, settin
         run_dir = work / f"compare-{task}-{towers}-{method}"
         if not (run_dir / "eval.json").exists():
             config = RunConfig(task=task, method=method, towers=towers, max_steps=20, eval_limit=10,
-                               base_model=setting.base_model, device=setting.device)  # fmt: skip
+                               base_model=setting.base_model, dataset=setting.dataset,
+                               device=setting.device)  # fmt: skip
             train(config, run_dir, install_signals=False)
         run_dirs.append(run_dir)
-    example = load_dataset(None, task).split("test")[0]
+    example = load_dataset(setting.dataset, task).split("test")[0]
     image = example.image.load()
     comparer = Comparer(setting.base_model, device=str(resolve_device(setting.device)))
     columns = comparer.compare(image, task, run_dirs, question=example.question)  # loads every adapter once
@@ -226,14 +227,16 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, settin
             "outputs": {column.method: column.output for column in columns}}  # fmt: skip
 
 
-def measure_eval_share(work: Path) -> dict:
+def measure_eval_share(work: Path, setting: Setting = Setting()) -> dict:
     from training import runs
     from training.config import RunConfig
     from training.trainer import train
 
-    run_dir = work / "default-caption-lora"
+    run_dir = work / f"default-{setting.task}-lora"
     if not (run_dir / "eval.json").exists():
-        train(RunConfig(task="caption", method="lora"), run_dir, install_signals=False)
+        config = RunConfig(task=setting.task, method="lora", base_model=setting.base_model, dataset=setting.dataset,
+                           device=setting.device)  # fmt: skip
+        train(config, run_dir, install_signals=False)
     evaluation = runs.read_json(run_dir / "eval.json")
     eval_s, wall_s = evaluation["metrics"]["eval_s"], evaluation["wall_s"]
     return {"eval_s": eval_s, "wall_s": wall_s, "eval_share": round(eval_s / wall_s, 3)}
@@ -280,7 +283,7 @@ def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None
         result["compare_ratio_6_to_1"] = {f"{c['task']}/{c['towers']}": c["ratio_6_to_1"] for c in compares}
         result["compare_outputs"] = {f"{c['task']}/{c['towers']}": c["outputs"] for c in compares}
     if "eval" in parts:
-        eval_share = measure_eval_share(work)
+        eval_share = measure_eval_share(work, setting)
         result["eval_share"], result["eval"] = eval_share["eval_share"], eval_share
         result["lora_grad_at_b_ms"] = measure_lora_layouts()
     if "app" in parts:

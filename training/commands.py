@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
     bench.add_argument("--parts", default="train,compare,eval,app",
                        help="what to measure, comma-separated: train, compare, eval, app")  # fmt: skip
+    bench.add_argument("--compare-tasks", default="caption,vqa", help="the tasks Compare is timed on")
     bench.set_defaults(func=cmd_bench)
 
     report = subparsers.add_parser("embedded-report", help="measure the embedded default and write its model card")
@@ -120,8 +121,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"Unknown bench part {unknown[0]!r}: choose among {', '.join(PARTS)}.")
     setting = Setting(base_model=args.base_model, task=args.task, device=args.device)
+    compare_tasks = tuple(task.strip() for task in args.compare_tasks.split(",") if task.strip())
+    if set(compare_tasks) - set(TASKS):
+        raise UserError(f"--compare-tasks takes {' and '.join(TASKS)}, comma-separated.")
     result = run_bench(steps=args.steps, batch_size=args.batch_size, work_dir=args.work_dir, setting=setting,
-                       parts=parts)  # fmt: skip
+                       parts=parts, compare_tasks=compare_tasks)  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
     else:
