@@ -3,7 +3,8 @@
 A `Supervisor` can live in a background thread of the app (`start_in_thread`) or on its own
 (`python -m training worker`); several may share one store. Job processes run in their own session, so
 they outlive the supervisor: one that starts later adopts the jobs still running and records how the
-others ended.
+others ended. With `VLPEFT_RAY_ADDRESS` set, each job runs as a Ray task on that cluster instead
+(training/jobs/ray_runner.py; a `command` given to the supervisor does not apply there).
 """
 
 from __future__ import annotations
