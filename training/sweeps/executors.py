@@ -149,8 +149,9 @@ class ForkedRun:
             ForkedRun._context = multiprocessing.get_context("forkserver")
             ForkedRun._context.set_forkserver_preload(["training.sweeps.executors", "training.trainer", "training.cli"])
         Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-        self.process = ForkedRun._context.Process(target=_train_in_child, daemon=False,
-                                                  args=(job.train_args, job.run_dir, job.threads, os.getpid()))
+        self.process = ForkedRun._context.Process(
+            target=_train_in_child, daemon=False, args=(job.train_args, job.run_dir, job.threads, os.getpid())
+        )
 
     def run(self, job: RunJob, running: set) -> RunResult:
         started = time.perf_counter()
