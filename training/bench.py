@@ -1,4 +1,4 @@
-"""`python -m training bench [--json]`: speed and memory on the embedded default, in one run.
+"""`python -m training bench [--json]`: speed and memory on the embedded default (or `--base-model`), in one run.
 
 - training throughput (samples/s), step time and peak memory per method at default settings, each measured
   in a fresh process (so peak memory is that method's alone), with towers=both and towers=text. The step
@@ -9,11 +9,15 @@
   both towers (the default) and on the text decoder only;
 - evaluation time as a share of a default run's wall time;
 - the app's cold start to its first served page.
+On CUDA the steps run under the trainer's autocast (bf16, fp16 where bf16 is missing), each is timed between
+two synchronizations, and peak memory is CUDA's peak allocation; on the CPU it is the process's peak RSS.
+`--parts` picks what to measure (a GPU check measures training and Compare on a BLIP-base-size model).
 Figures are measured, never asserted: the tests check correctness, this prints the numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -23,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.catalog import PEFT_METHODS
@@ -32,12 +37,40 @@ BENCH_METHODS = ("full", *PEFT_METHODS)
 COMPARE_METHODS = PEFT_METHODS
 # Prompt tuning's cost grows with its prompt length: also timed at these smaller budgets than the default.
 PROMPT_BUDGETS = ("1k", "4k")
+PARTS = ("train", "compare", "eval", "app")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What every measurement runs on: the base model and dataset (None: the embedded ones), task and device."""
+
+    base_model: str | None = None
+    task: str = "caption"
+    device: str = "auto"
+    dataset: str | None = None
+
+
+def autocast_dtype(device):
+    """The trainer's mixed precision: bf16 on CUDA (fp16 where bf16 is missing), none on the CPU."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class _Steps:
-    """A default captioning run's model and optimizer, ready to take timed optimizer steps."""
+    """A default run's model and optimizer, ready to take timed optimizer steps."""
 
-    def __init__(self, method: str, towers: str, steps: int, batch_size: int, budget: str | None = None) -> None:
+    def __init__(self, method: str, towers: str, steps: int, batch_size: int, budget: str | None = None,
+                 setting: Setting = Setting()) -> None:  # fmt: skip
         import torch
 
         from training.config import RunConfig
@@ -46,14 +79,18 @@ class _Steps:
         from training.trainer import RUN_ADAPTER, build_model, precompute_features, prepare
 
         chosen = {"budget": budget} if budget else {}
-        config = RunConfig(task="caption", method=method, towers=towers, batch_size=batch_size, **chosen)
+        config = RunConfig(task=setting.task, method=method, towers=towers, batch_size=batch_size,
+                           base_model=setting.base_model, dataset=setting.dataset, device=setting.device,
+                           **chosen)  # fmt: skip
         self.budget = config.budget
         prepared = prepare(config)
+        self.device = prepared.device
+        self.dtype = autocast_dtype(self.device)
         self.vl, self.trainable = build_model(prepared)
         self.encoder = Encoder(self.vl.tokenizer, self.vl.bos_id, self.vl.sep_id, self.vl.pad_id,
                                self.vl.max_positions)  # fmt: skip
         self.pixels = PixelCache(prepared.base.processor)
-        self.pairs = training_pairs("caption", prepared.train_examples)
+        self.pairs = training_pairs(setting.task, prepared.train_examples)
         self.batch_size = batch_size
         self.optimizer = torch.optim.AdamW(list(self.vl.adapters[RUN_ADAPTER].parameters()), lr=1e-4)
         started = time.perf_counter()
@@ -65,22 +102,36 @@ class _Steps:
         self.vl.model.train()
 
     def step(self, index: int) -> float:
+        import torch
+
         from training.trainer import batch_loss
 
-        batch = self.pairs[index * self.batch_size : (index + 1) * self.batch_size]
+        start_row = index * self.batch_size % max(1, len(self.pairs) - self.batch_size)
+        batch = self.pairs[start_row : start_row + self.batch_size]
+        _sync(self.device)
         start = time.perf_counter()
-        loss = batch_loss(self.vl, batch, self.encoder, self.pixels, self.features)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            loss = batch_loss(self.vl, batch, self.encoder, self.pixels, self.features)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        _sync(self.device)
         return time.perf_counter() - start
+
+    def peak_memory_mb(self) -> float:
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _median(times: list[float]) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def measure_training(method: str, towers: str, steps: int, batch_size: int, budget: str | None = None) -> dict:
+def measure_training(method: str, towers: str, steps: int, batch_size: int, budget: str | None = None,
+                     setting: Setting = Setting()) -> dict:  # fmt: skip
     """Time `steps` optimizer steps of a default run in this process, after warm-up steps.
 
     Peak memory is read before anything else is built, so it is this method's alone. Then (for a PEFT
@@ -88,11 +139,11 @@ def measure_training(method: str, towers: str, steps: int, batch_size: int, budg
     ratio of their median steps is measured under the same machine conditions. On this shared 2-core
     machine one configuration's median step varied by up to 15 % from one process to the next, so ratios
     of steps timed in separate processes could cross a target by chance."""
-    own = _Steps(method, towers, steps, batch_size, budget)
+    own = _Steps(method, towers, steps, batch_size, budget, setting)
     own.step(0)
     own.step(1)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    full = _Steps("full", "both", steps, batch_size) if method != "full" else None
+    peak_mb = own.peak_memory_mb()
+    full = _Steps("full", "both", steps, batch_size, setting=setting) if method != "full" else None
     if full:
         full.step(0)
     times, full_times = [], []
@@ -110,7 +161,8 @@ def measure_training(method: str, towers: str, steps: int, batch_size: int, budg
             "samples_per_s": round(batch_size / step_s, 1), "full_step_s": round(full_s, 4),
             "speedup_vs_full": round(full_s / step_s, 2),
             "feature_cache_s": round(own.cache_s, 2) if own.features else None,
-            "peak_mem_mb": round(peak_mb, 1)}  # fmt: skip
+            "peak_mem_mb": round(peak_mb, 1), "device": str(own.device),
+            "precision": str(own.dtype or "float32").replace("torch.", "")}  # fmt: skip
 
 
 def measure_lora_layouts(repeats: int = 200) -> dict:
@@ -132,14 +184,15 @@ def measure_lora_layouts(repeats: int = 200) -> dict:
     return figures
 
 
-def _in_subprocess(method: str, towers: str, steps: int, batch_size: int, budget: str | None = None) -> dict:
-    call = f"measure_training({method!r}, {towers!r}, {steps}, {batch_size}, {budget!r})"
-    code = f"import json; from training.bench import measure_training; print(json.dumps({call}))"
+def _in_subprocess(method: str, towers: str, steps: int, batch_size: int, budget: str | None = None,
+                   setting: Setting = Setting()) -> dict:  # fmt: skip
+    call = f"measure_training({method!r}, {towers!r}, {steps}, {batch_size}, {budget!r}, {setting!r})"
+    code = f"import json; from training.bench import Setting, measure_training; print(json.dumps({call}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_compare(work: Path, task: str, towers: str, repeats: int = 9) -> dict:
+def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, setting: Setting = Setting()) -> dict:
     """Latency of Comparer.compare on one test image with the zero-shot base plus 0, 2 and 5 adapters
     (20-step runs of every method), trained on `towers` (both: the default, each adapter needs its own
     vision pass; text: they share one). The counts take turns within each repeat; the fastest of `repeats`
@@ -148,18 +201,20 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9) -> dic
     from training.compare import Comparer
     from training.config import RunConfig
     from training.data.dataset import load_dataset
-    from training.trainer import train
+    from training.trainer import resolve_device, train
 
     run_dirs = []
     for method in COMPARE_METHODS:
         run_dir = work / f"compare-{task}-{towers}-{method}"
         if not (run_dir / "eval.json").exists():
-            config = RunConfig(task=task, method=method, towers=towers, max_steps=20, eval_limit=10)
+            config = RunConfig(task=task, method=method, towers=towers, max_steps=20, eval_limit=10,
+                               base_model=setting.base_model, dataset=setting.dataset,
+                               device=setting.device)  # fmt: skip
             train(config, run_dir, install_signals=False)
         run_dirs.append(run_dir)
-    example = load_dataset(None, task).split("test")[0]
+    example = load_dataset(setting.dataset, task).split("test")[0]
     image = example.image.load()
-    comparer = Comparer()
+    comparer = Comparer(setting.base_model, device=str(resolve_device(setting.device)))
     columns = comparer.compare(image, task, run_dirs, question=example.question)  # loads every adapter once
     timings: dict[int, list[float]] = {count: [] for count in (1, 3, 6)}
     for _ in range(repeats):
@@ -173,14 +228,16 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9) -> dic
             "outputs": {column.method: column.output for column in columns}}  # fmt: skip
 
 
-def measure_eval_share(work: Path) -> dict:
+def measure_eval_share(work: Path, setting: Setting = Setting()) -> dict:
     from training import runs
     from training.config import RunConfig
     from training.trainer import train
 
-    run_dir = work / "default-caption-lora"
+    run_dir = work / f"default-{setting.task}-lora"
     if not (run_dir / "eval.json").exists():
-        train(RunConfig(task="caption", method="lora"), run_dir, install_signals=False)
+        config = RunConfig(task=setting.task, method="lora", base_model=setting.base_model, dataset=setting.dataset,
+                           device=setting.device)  # fmt: skip
+        train(config, run_dir, install_signals=False)
     evaluation = runs.read_json(run_dir / "eval.json")
     eval_s, wall_s = evaluation["metrics"]["eval_s"], evaluation["wall_s"]
     return {"eval_s": eval_s, "wall_s": wall_s, "eval_share": round(eval_s / wall_s, 3)}
@@ -209,20 +266,31 @@ def measure_app_cold_start(timeout_s: float = 120) -> float:
         proc.wait(timeout=20)
 
 
-def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None) -> dict:
+def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None, setting: Setting = Setting(),
+              parts: tuple[str, ...] = PARTS, compare_tasks: tuple[str, ...] = ("caption", "vqa")) -> dict:  # fmt: skip
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    configs = [(m, "both") for m in BENCH_METHODS] + [(m, "text") for m in BENCH_METHODS if m != "full"]
-    train_rows = [_in_subprocess(method, towers, steps, batch_size) for method, towers in configs]
-    train_rows += [_in_subprocess("prompt", towers, steps, batch_size, budget)
-                   for towers in ("both", "text") for budget in PROMPT_BUDGETS]  # fmt: skip
-    compares = [measure_compare(work, task, towers) for task in ("caption", "vqa") for towers in ("both", "text")]
-    eval_share = measure_eval_share(work)
-    return {"train": train_rows, "compare": [row for c in compares for row in c["rows"]],
-            "compare_ratio_6_to_1": {f"{c['task']}/{c['towers']}": c["ratio_6_to_1"] for c in compares},
-            "compare_outputs": {f"{c['task']}/{c['towers']}": c["outputs"] for c in compares},
-            "eval_share": eval_share["eval_share"], "eval": eval_share, "lora_grad_at_b_ms": measure_lora_layouts(),
-            "app_cold_start_s": measure_app_cold_start(), "machine": _machine()}  # fmt: skip
+    result: dict = {"setting": dataclasses.asdict(setting), "batch_size": batch_size, "steps": steps}
+    if "train" in parts:
+        configs = [(m, "both") for m in BENCH_METHODS] + [(m, "text") for m in BENCH_METHODS if m != "full"]
+        train_rows = [_in_subprocess(method, towers, steps, batch_size, setting=setting) for method, towers in configs]
+        train_rows += [_in_subprocess("prompt", towers, steps, batch_size, budget, setting)
+                       for towers in ("both", "text") for budget in PROMPT_BUDGETS]  # fmt: skip
+        result["train"] = train_rows
+    if "compare" in parts:
+        compares = [measure_compare(work, task, towers, setting=setting)
+                    for task in compare_tasks for towers in ("both", "text")]  # fmt: skip
+        result["compare"] = [row for c in compares for row in c["rows"]]
+        result["compare_ratio_6_to_1"] = {f"{c['task']}/{c['towers']}": c["ratio_6_to_1"] for c in compares}
+        result["compare_outputs"] = {f"{c['task']}/{c['towers']}": c["outputs"] for c in compares}
+    if "eval" in parts:
+        eval_share = measure_eval_share(work, setting)
+        result["eval_share"], result["eval"] = eval_share["eval_share"], eval_share
+        result["lora_grad_at_b_ms"] = measure_lora_layouts()
+    if "app" in parts:
+        result["app_cold_start_s"] = measure_app_cold_start()
+    result["machine"] = _machine()
+    return result
 
 
 def _machine() -> dict:
@@ -237,17 +305,19 @@ def _machine() -> dict:
 def print_table(result: dict) -> None:
     print(f"{'method':<17} {'towers':<6} {'budget':>7} {'trainable':>10} {'samples/s':>10} {'step s':>8} "
           f"{'vs full':>8} {'peak MB':>8}")  # fmt: skip
-    for row in result["train"]:
+    for row in result.get("train", []):
         print(f"{row['method']:<17} {row['towers']:<6} {row['budget']:>7} {row['trainable_params']:>10,} "
               f"{row['samples_per_s']:>10.1f} {row['step_s']:>8.3f} {row['speedup_vs_full']:>7.2f}x "
               f"{row['peak_mem_mb']:>8.0f}")  # fmt: skip
-    for key, ratio in result["compare_ratio_6_to_1"].items():
+    for key, ratio in result.get("compare_ratio_6_to_1", {}).items():
         task, towers = key.split("/")
         times = ", ".join(f"{row['adapters']}: {1000 * row['latency_s']:.1f} ms" for row in result["compare"]
                           if row["task"] == task and row["towers"] == towers)  # fmt: skip
         print(f"compare ({task}, adapters trained with --towers {towers}): {times}; 6 vs 1: {ratio:.2f}x")
-    print(f"evaluation share of a default run: {100 * result['eval_share']:.1f} % "
-          f"({result['eval']['eval_s']:.1f} s of {result['eval']['wall_s']:.1f} s)")  # fmt: skip
-    print(f"app cold start to first page: {result['app_cold_start_s']:.1f} s")
-    layouts = ", ".join(f"{name}: {ms:.2f} ms" for name, ms in result["lora_grad_at_b_ms"].items())
-    print(f"LoRA backward's grad @ B on a batch's image tokens: {layouts}")
+    if "eval" in result:
+        print(f"evaluation share of a default run: {100 * result['eval_share']:.1f} % "
+              f"({result['eval']['eval_s']:.1f} s of {result['eval']['wall_s']:.1f} s)")  # fmt: skip
+        layouts = ", ".join(f"{name}: {ms:.2f} ms" for name, ms in result["lora_grad_at_b_ms"].items())
+        print(f"LoRA backward's grad @ B on a batch's image tokens: {layouts}")
+    if "app_cold_start_s" in result:
+        print(f"app cold start to first page: {result['app_cold_start_s']:.1f} s")

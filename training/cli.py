@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "training.jobs.cli",
     "training.sweeps.cli",
     "training.tuning",
+    "training.gpu_check",
 )
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from training.config import TOWERS, add_run_options, config_from_args, parse_budget
+from training.config import TASKS, TOWERS, add_run_options, config_from_args, parse_budget
 from training.errors import UserError
 
 
@@ -38,7 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench = subparsers.add_parser("bench", help="speed and memory figures on the embedded default")
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.add_argument("--steps", type=int, default=20, help="timed training steps per method")
+    bench.add_argument("--batch-size", type=int, default=32, help="training batch (every method and full alike)")
     bench.add_argument("--work-dir", default=None, help="where the benchmark's runs go (default: a temp dir)")
+    bench.add_argument("--base-model", default=None, help="Hub id or local path (default: the embedded model)")
+    bench.add_argument("--task", default="caption", choices=TASKS, help="the task the training steps use")
+    bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    bench.add_argument("--parts", default="train,compare,eval,app",
+                       help="what to measure, comma-separated: train, compare, eval, app")  # fmt: skip
+    bench.add_argument("--compare-tasks", default="caption,vqa", help="the tasks Compare is timed on")
     bench.set_defaults(func=cmd_bench)
 
     report = subparsers.add_parser("embedded-report", help="measure the embedded default and write its model card")
@@ -107,9 +114,18 @@ def cmd_embedded_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from training.bench import print_table, run_bench
+    from training.bench import PARTS, Setting, print_table, run_bench
 
-    result = run_bench(steps=args.steps, work_dir=args.work_dir)
+    parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise UserError(f"Unknown bench part {unknown[0]!r}: choose among {', '.join(PARTS)}.")
+    setting = Setting(base_model=args.base_model, task=args.task, device=args.device)
+    compare_tasks = tuple(task.strip() for task in args.compare_tasks.split(",") if task.strip())
+    if set(compare_tasks) - set(TASKS):
+        raise UserError(f"--compare-tasks takes {' and '.join(TASKS)}, comma-separated.")
+    result = run_bench(steps=args.steps, batch_size=args.batch_size, work_dir=args.work_dir, setting=setting,
+                       parts=parts, compare_tasks=compare_tasks)  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -30,6 +30,10 @@ class JobLimits:
     max_concurrent: int = 1  # jobs running at once on this store
     stop_grace_s: float = 10  # between the graceful stop and killing the process group
 
+    def past_runtime(self, started_at: float | None, now: float) -> bool:
+        """Whether a job that started at `started_at` has run longer than `max_runtime_s` (0: no limit)."""
+        return bool(self.max_runtime_s and started_at and now - started_at > self.max_runtime_s)
+
     @classmethod
     def from_env(cls) -> JobLimits:
         values = {}

@@ -3,7 +3,8 @@
 A `Supervisor` can live in a background thread of the app (`start_in_thread`) or on its own
 (`python -m training worker`); several may share one store. Job processes run in their own session, so
 they outlive the supervisor: one that starts later adopts the jobs still running and records how the
-others ended.
+others ended. With `VLPEFT_RAY_ADDRESS` set, each job runs as a Ray task on that cluster instead
+(training/jobs/ray_runner.py; a `command` given to the supervisor does not apply there).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from training import runs
 from training.jobs import outcome
 from training.jobs.limits import JobLimits
 from training.jobs.process import is_alive, process_start_time, signal_group
+from training.jobs.ray_runner import RayJobRunner
 from training.jobs.store import TIME_LIMIT, Job, JobStore, Outcome
 from training.paths import REPO_ROOT
 
@@ -62,13 +64,15 @@ class Supervisor:
 
     def __init__(
         self, store: JobStore | None = None, *, limits: JobLimits | None = None, poll_s: float = 0.5,
-        command: Callable[[Job], list[str]] | None = None,
+        command: Callable[[Job], list[str]] | None = None, ray: RayJobRunner | None = None,
     ) -> None:  # fmt: skip
         self.store = store or JobStore()
         self.limits = limits or self.store.limits
         self.poll_s = poll_s
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._command = command or (lambda job: job.command)
+        # With VLPEFT_RAY_ADDRESS set, jobs run as Ray tasks on that cluster instead of local processes.
+        self._ray = ray if ray is not None else RayJobRunner.from_env()
         self._watched: dict[str, _Watched] = {}
         self._started = False
         self._last_heartbeat = 0.0
@@ -90,6 +94,8 @@ class Supervisor:
             self.store.heartbeat(self.id)
             self._last_heartbeat = time.monotonic()
         self._reap()
+        if self._ray is not None:
+            self._ray.poll(self.store, self.id, self.limits)
         self._enforce_stops()
         self._recover()
         self._start_queued()
@@ -138,6 +144,8 @@ class Supervisor:
                 time.sleep(0.1)
             for watched in list(self._watched.values()):
                 signal_group(watched.pid, signal.SIGKILL)
+        if self._ray is not None and self._ray.jobs:
+            self._ray.close(self.store, self.id, self.limits)
         if self._started:
             self.store.unregister_supervisor(self.id)
             self._started = False
@@ -145,7 +153,7 @@ class Supervisor:
     # --- one pass ------------------------------------------------------------------------------
 
     def _start_queued(self) -> None:
-        while len(self._watched) < self.limits.max_concurrent:
+        while len(self._watched) + len(self._ray.jobs if self._ray else ()) < self.limits.max_concurrent:
             job = self.store.claim_next(self.id, self.limits.max_concurrent)
             if job is None:
                 return
@@ -161,8 +169,12 @@ class Supervisor:
             # Append mode, and the child gets the file itself: no pipe that fills up when nobody reads it.
             with open(run_dir / runs.LOG, "ab") as log_file:
                 started = time.strftime("%Y-%m-%d %H:%M:%S")
-                log_file.write(f"[worker] {started} job {job.id}: {shlex.join(command)}\n".encode())
+                where = f" on the {self._ray.describe()}" if self._ray else ""
+                log_file.write(f"[worker] {started} job {job.id}{where}: {shlex.join(command)}\n".encode())
                 log_file.flush()
+                if self._ray is not None:
+                    self._ray.start(self.store, job)
+                    return
                 proc = subprocess.Popen(
                     command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                     start_new_session=True, cwd=run_dir, env=env,
@@ -201,8 +213,7 @@ class Supervisor:
             job = self.store.get(watched.job_id)
             if job.state != "running":
                 continue
-            limit = self.limits.max_runtime_s
-            if job.cancel_requested_by is None and limit and job.started_at and now - job.started_at > limit:
+            if job.cancel_requested_by is None and self.limits.past_runtime(job.started_at, now):
                 self.store.cancel(job.id, by=TIME_LIMIT)
             elif job.cancel_requested_by is not None and job.stop_signalled_at is None:
                 self.store.send_stop(job.id)  # the request came before the process had a pid

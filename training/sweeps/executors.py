@@ -149,8 +149,9 @@ class ForkedRun:
             ForkedRun._context = multiprocessing.get_context("forkserver")
             ForkedRun._context.set_forkserver_preload(["training.sweeps.executors", "training.trainer", "training.cli"])
         Path(job.run_dir).mkdir(parents=True, exist_ok=True)
-        self.process = ForkedRun._context.Process(target=_train_in_child, daemon=False,
-                                                  args=(job.train_args, job.run_dir, job.threads, os.getpid()))
+        self.process = ForkedRun._context.Process(
+            target=_train_in_child, daemon=False, args=(job.train_args, job.run_dir, job.threads, os.getpid())
+        )
 
     def run(self, job: RunJob, running: set) -> RunResult:
         started = time.perf_counter()
@@ -216,6 +217,24 @@ class LocalExecutor:
                 raise
 
 
+def connect_ray(address: str | None) -> bool:
+    """Join the Ray cluster at `address` (None: start a local instance) unless this process already has;
+    True if this call connected (and so should disconnect when done)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
+
+
+def ray_task_options(num_cpus: float, num_gpus: float) -> dict:
+    """Options of a run's Ray task: its resource request, no retry (a run is not idempotent), and the
+    project root on the worker's path, since workers import this package to run the task."""
+    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 0,
+            "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}}  # fmt: skip
+
+
 class RayExecutor:
     """Each run a Ray task asking for num_cpus/num_gpus; a local Ray instance unless an address is given.
 
@@ -237,15 +256,8 @@ class RayExecutor:
     def run(self, jobs: Iterable[RunJob]) -> Iterator[RunResult]:
         import ray
 
-        started_here = not ray.is_initialized()
-        if started_here:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)  # fmt: skip
-        # Workers import this module to run the task; the project root must be on their path.
-        remote = ray.remote(run_train_process).options(
-            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0,
-            runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
-        )  # fmt: skip
+        started_here = connect_ray(self.address)
+        remote = ray.remote(run_train_process).options(**ray_task_options(self.num_cpus, self.num_gpus))
         capacity = max(1, int(ray.cluster_resources().get("CPU", 1) // max(self.num_cpus, 1e-9)))
         if self.num_gpus:
             capacity = min(capacity, max(1, int(ray.cluster_resources().get("GPU", 0) // self.num_gpus)))
