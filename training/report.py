@@ -52,8 +52,10 @@ def decision_rules() -> list[str]:
     level, tol = f"{LEVEL:.0%}", f"{FLAT_TOLERANCE:.0%}"
     return [
         "## Decision rules", "",
-        "These rules were committed before the grid they judge ran (see the history of `training/report.py`); "
-        "each verdict below is read off them, with no choice made after seeing the numbers.", "",
+        "These rules were committed before the fair-protocol grid ran (see the history of `training/report.py`); "
+        "each verdict below is read off them, with no choice made after seeing the numbers. A table older than "
+        "the protocol (no validation scores: see below) is judged by the same rules, but its runs were not "
+        "trained under them.", "",
         f"- **Intervals.** {level} intervals that combine seeds and test items: a hierarchical paired bootstrap "
         f"({RESAMPLES} resamples, RNG seed {BOOTSTRAP_SEED}) draws seeds with replacement and test items with "
         "replacement, the same items for every run of a task, so runs compared are paired by seed and by item; "
