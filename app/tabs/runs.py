@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -78,6 +79,20 @@ def delete(services: Services, request: gr.Request | None, visitor: str, run_id:
     gr.Info(f"Run {run_id} deleted.")
 
 
+def ask_delete(services: Services, run_id: str | None) -> tuple:
+    """The confirmation row, naming the run it deletes, and that run's id (what the confirm button acts on)."""
+    if not run_id:
+        raise UserError("Pick a run to delete first.")
+    record = services.run(run_id)
+    question = (f"**Delete run {record.id}** ({fmt.METHOD_LABELS.get(record.method, record.method)}, "
+                f"{fmt.TASK_LABELS.get(record.task, record.task).lower()}, {record.state}) **for good?** Its weights, "
+                "scores and log are removed; this cannot be undone.")  # fmt: skip
+    return gr.update(visible=True), question, run_id
+
+
+HIDDEN_CONFIRM = (gr.update(visible=False), "", "")  # the confirmation row, its question, the run it names
+
+
 def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
     gr.Markdown("Every training job of this app. Pick one for its settings, scores and log folder; download its "
                 "trained weights and config as a zip, or delete it.")  # fmt: skip
@@ -89,28 +104,49 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
     with gr.Row():
         download = gr.DownloadButton("Download weights + config (zip)", interactive=False, elem_id="run-download")
         delete_button = gr.Button("Delete run", variant="stop", interactive=False, elem_id="run-delete")
-        confirm = gr.Button("Yes, delete it for good", variant="stop", visible=False, elem_id="run-delete-confirm")
+    with gr.Group(visible=False, elem_id="run-delete-ask") as ask:
+        question = gr.Markdown(elem_id="run-delete-question")
+        with gr.Row():
+            confirm = gr.Button("Yes, delete it for good", variant="stop", elem_id="run-delete-confirm")
+            keep = gr.Button("Keep it", variant="secondary", elem_id="run-delete-keep")
+    pending = gr.State("")  # the run the confirmation names: the only one its button deletes
     with gr.Accordion("Configuration (config.json)", open=False):
         config = gr.Code(None, language="json", interactive=False)
 
     private = dict(api_visibility="private")
+    confirmation = [ask, question, pending]
     listing = [table, picker, panel, config, download, delete_button]
+
+    def with_confirm_hidden(handler):
+        """Any change of the selection hides a pending confirmation: it named another run."""
+
+        @functools.wraps(handler)  # Gradio reads the signature for the event data it passes
+        def hiding(*args):
+            return (*handler(*args), *HIDDEN_CONFIRM)
+
+        return hiding
+
     for trigger, name in ((refresh_button.click, "ui_runs_refresh"), (tab.select, "ui_runs_tab")):
-        trigger(lambda run_id: refresh(services, run_id), picker, listing, api_name=name, **private)
-    picker.input(shows_user_errors(lambda run_id: show(services, run_id)), picker,
-                 [panel, config, download, delete_button], api_name="ui_runs_show", **private)  # fmt: skip
+        trigger(with_confirm_hidden(lambda run_id: refresh(services, run_id)), picker, [*listing, *confirmation],
+                api_name=name, **private)  # fmt: skip
+    picker.input(shows_user_errors(with_confirm_hidden(lambda run_id: show(services, run_id))), picker,
+                 [panel, config, download, delete_button, *confirmation], api_name="ui_runs_show", **private)  # fmt: skip
 
     def on_row(event: gr.SelectData):
         run_id = event.row_value[0] if event.row_value else None
         return (gr.update(value=run_id), *show(services, run_id))
 
-    table.select(shows_user_errors(on_row), None, [picker, panel, config, download, delete_button],
-                 api_name="ui_runs_row", **private)  # fmt: skip
-    delete_button.click(lambda: gr.update(visible=True), None, confirm, api_name="ui_runs_ask", **private)
+    table.select(shows_user_errors(with_confirm_hidden(on_row)), None,
+                 [picker, panel, config, download, delete_button, *confirmation], api_name="ui_runs_row",
+                 **private)  # fmt: skip
+    delete_button.click(shows_user_errors(lambda run_id: ask_delete(services, run_id)), picker, confirmation,
+                        api_name="ui_runs_ask", **private)  # fmt: skip
+    keep.click(lambda: HIDDEN_CONFIRM, None, confirmation, api_name="ui_runs_keep", **private)
 
     def on_confirm(visitor_id: str, run_id: str, request: gr.Request):
         shows_user_errors(delete)(services, request, visitor_id, run_id)
-        return (*refresh(services, None), gr.update(visible=False))
+        return (*refresh(services, None), *HIDDEN_CONFIRM)
 
-    confirm.click(on_confirm, [visitor, picker], [*listing, confirm], api_name="ui_runs_delete", **private)
-    return Loader("ui_runs_load", lambda run_id: refresh(services, run_id), [picker], listing)
+    confirm.click(on_confirm, [visitor, pending], [*listing, *confirmation], api_name="ui_runs_delete", **private)
+    return Loader("ui_runs_load", with_confirm_hidden(lambda run_id: refresh(services, run_id)), [picker],
+                  [*listing, *confirmation])  # fmt: skip
