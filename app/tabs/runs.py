@@ -130,7 +130,8 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
         trigger(with_confirm_hidden(lambda run_id: refresh(services, run_id)), picker, [*listing, *confirmation],
                 api_name=name, **private)  # fmt: skip
     picker.input(shows_user_errors(with_confirm_hidden(lambda run_id: show(services, run_id))), picker,
-                 [panel, config, download, delete_button, *confirmation], api_name="ui_runs_show", **private)  # fmt: skip
+                 [panel, config, download, delete_button, *confirmation], api_name="ui_runs_show",
+                 **private)  # fmt: skip
 
     def on_row(event: gr.SelectData):
         run_id = event.row_value[0] if event.row_value else None
