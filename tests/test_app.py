@@ -250,8 +250,22 @@ def test_the_comparison_marks_the_outputs_that_differ():
     page = compare.comparison_html(Comparison(columns, "caption", image_id="test-0", references=["a red circle"]))
     assert "1 of 2 adapters give a different output from the zero-shot base" in page
     assert page.count('class="vl-card vl-differs"') == 1
-    assert "a <mark>blue</mark> circle" in page and "21,504 trained parameters · data 50 %" in page
+    assert ">red</del> <mark>blue</mark> circle" in page and "21,504 trained parameters · data 50 %" in page
     assert "test set: CIDEr-D 0.8" in page and "<li>a red circle</li>" in page
+
+
+def test_words_an_adapter_drops_are_struck_and_words_it_adds_marked_with_a_legend():
+    columns = [Column("zero-shot (base)", "zero-shot", "a large red circle in the middle"),
+               Column("lora", "lora", "a red circle", "/runs/r1", "0.5%", 21504, 0.5),
+               Column("prefix", "prefix", "a small red circle in the middle", "/runs/r2", "1k", 1000, 1.0)]  # fmt: skip
+    page = compare.comparison_html(Comparison(columns, "caption"))
+    cards = page.split("data-method=")[1:]
+    assert 'a <del title="in the zero-shot output only">large</del> red circle <del' in cards[1]
+    assert ">in the middle</del>" in cards[1] and "<mark>" not in cards[1]
+    assert "a <del" in cards[2] and ">large</del> <mark>small</mark> red circle in the middle" in cards[2]
+    assert "<mark>marked</mark> words the adapter says" in page and "<del>struck</del> words" in page
+    cased = Column("lora", "lora", "a large red circle in the middle.", "/runs/r3")
+    assert "<del" in compare._marked(cased.output, columns[0].output)  # a differing output always shows where
 
 
 def test_a_bad_upload_is_refused_with_a_sentence_and_a_good_one_previewed(services: Services, tmp_path: Path):

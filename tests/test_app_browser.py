@@ -126,6 +126,11 @@ def test_train_compare_explore_runs_in_a_browser(server, page, tmp_path: Path):
     assert cards.nth(0).inner_text().startswith("Zero-shot base")
     assert job_id in cards.nth(1).inner_text() and "this image: BLEU-4" in cards.nth(1).inner_text()
     assert "Human captions of this test image" in page.locator("#compare-result").inner_text()
+    differing = page.locator("#compare-result .vl-card.vl-differs")
+    for index in range(differing.count()):  # a "differs" badge always comes with the words that differ shown
+        assert differing.nth(index).locator(".vl-output mark, .vl-output del").count() > 0
+    if differing.count():
+        assert page.locator("#compare-result .vl-legend").is_visible()
     snap(page, "compare", tmp_path)
 
     page.get_by_role("tab", name="Explore").click()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
 import html
-import re
 from pathlib import Path
 
 import gradio as gr
@@ -17,6 +17,10 @@ from training.errors import UserError
 
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 PREVIEW_PX = 384
+LEGEND = (
+    '<p class="vl-legend"><mark>marked</mark> words the adapter says and the zero-shot base does not · '
+    "<del>struck</del> words of the zero-shot output the adapter leaves out</p>"
+)
 EMPTY = "<p>Pick a test image (or upload one), tick the adapters to compare, and press <b>Compare</b>.</p>"
 
 
@@ -98,6 +102,8 @@ def comparison_html(comparison: Comparison) -> str:
         banner = (f"{differing} of {trained} adapters give a different output from the zero-shot base: the words "
                   "that differ are highlighted.")  # fmt: skip
     parts = [f'<p class="vl-banner">{html.escape(banner)}</p>']
+    if differing:
+        parts.append(LEGEND)
     if comparison.question:
         parts.append(f'<p class="vl-question"><b>Question:</b> {html.escape(comparison.question)}</p>')
     parts.append('<div class="vl-columns">')
@@ -142,12 +148,23 @@ def _card(column: Column, base: str, task: str, is_base: bool) -> str:
 
 
 def _marked(text: str, base: str) -> str:
-    """The text with the words that are not in the base output wrapped in <mark>."""
+    """The text against the base output, word by word: words the base lacks in <mark>, words of the base that
+    the text leaves out struck through (<del>) where they would have been."""
     if not text:
         return "(empty)"
-    base_words = set(re.findall(r"\w+", base.lower()))
-    return " ".join(f"<mark>{html.escape(word)}</mark>" if re.sub(r"\W", "", word.lower()) not in base_words
-                    else html.escape(word) for word in text.split())  # fmt: skip
+    words, base_words = text.split(), base.split()
+    # Exact words: whatever makes an output differ (even case or a full stop) is what gets marked.
+    matcher = difflib.SequenceMatcher(a=base_words, b=words, autojunk=False)
+    parts = []
+    for op, base_start, base_end, start, end in matcher.get_opcodes():
+        if op in ("delete", "replace"):
+            removed = html.escape(" ".join(base_words[base_start:base_end]))
+            parts.append(f'<del title="in the zero-shot output only">{removed}</del>')
+        if op in ("insert", "replace"):
+            parts.append(f"<mark>{html.escape(' '.join(words[start:end]))}</mark>")
+        if op == "equal":
+            parts.append(html.escape(" ".join(words[start:end])))
+    return " ".join(parts)
 
 
 # --- layout ----------------------------------------------------------------------------------------------
