@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -121,7 +123,7 @@ def test_baselines_say_the_budget_does_not_apply(services: Services):
 def test_an_unknown_model_id_or_budget_text_is_a_sentence_not_a_traceback(services, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert train.estimate(services, "lora", "1k", "both", "nobody/no-such-blip").startswith(
-        "⚠️ Base model 'nobody/no-such-blip' could not be loaded"
+        "⚠️ Base model 'nobody/no-such-blip' is not on this machine and the Hugging Face Hub cannot be reached"
     )
     assert "is not understood" in train.estimate(services, "lora", "a lot", "both", "")  # fmt: skip
 
@@ -129,31 +131,54 @@ def test_an_unknown_model_id_or_budget_text_is_a_sentence_not_a_traceback(servic
 @pytest.mark.parametrize(
     ("job", "expected"),
     [
-        (status("queued", queue_position=1), "**Queued #1** (LoRA on caption): it starts next."),
-        (status("queued", queue_position=3), "**Queued #3** (LoRA on caption): 2 jobs ahead of it."),
-        (status("running", phase="starting"), "**Starting** (LoRA on caption): loading the model and the data."),
+        (status("queued", queue_position=1), "**Queued #1** (LoRA on image captioning): it starts next."),
+        (status("queued", queue_position=3), "**Queued #3** (LoRA on image captioning): 2 jobs ahead of it."),
+        (status("running", phase="starting"),
+         "**Starting** (LoRA on image captioning): loading the model and the data."),
         (status("running", phase="training", step=40, total_steps=312, loss=2.31, eta_s=80),
-         "**Training** (LoRA on caption): step 40 of 312, loss 2.310, about 1 min 20 s left."),
+         "**Training** (LoRA on image captioning): step 40 of 312, loss 2.310, about 1 min 20 s left."),
         (status("running", phase="evaluating"), "**Scoring on the test set**"),
+        (status("running", phase="evaluating", eval_done=12, eval_total=40),
+         "**Scoring on the test set** (LoRA on image captioning): 12 of 40 test examples answered."),
+        (status("running", phase="done"), "**Finishing** (LoRA on image captioning): test scores written"),
+        (status("running", phase="stopped"),
+         "**Stopping** (LoRA on image captioning): the weights trained so far are saved."),
         (status("running", phase="training", step=4, total_steps=9, cancel_requested_by="ann"),
-         "**Stopping** (LoRA on caption): cancel requested by ann."),
+         "**Stopping** (LoRA on image captioning): cancel requested by ann."),
         (status("finished", elapsed_s=65, metrics={"CIDEr-D": 0.4521}),
-         "**Finished** in 1 min 05 s (LoRA on caption). Test score: CIDEr-D 0.452."),
+         "**Finished** in 1 min 05 s (LoRA on image captioning). Test score: CIDEr-D 0.452."),
         (status("failed", reason="killed by SIGKILL", hint="try a smaller batch size"),
-         "**Failed** (LoRA on caption): killed by SIGKILL. **What to do:** try a smaller batch size"),
+         "**Failed** (LoRA on image captioning): killed by SIGKILL. **What to do:** try a smaller batch size"),
         (status("cancelled", reason="cancelled by ann; the weights trained so far are kept"),
-         "**Cancelled** (LoRA on caption): cancelled by ann; the weights trained so far are kept."),
+         "**Cancelled** (LoRA on image captioning): cancelled by ann; the weights trained so far are kept."),
     ],
 )  # fmt: skip
 def test_the_job_headline_says_where_the_job_is(job: dict, expected: str):
     assert expected in fmt.job_headline(job)
 
 
+def test_the_progress_bar_says_what_is_happening_and_keeps_what_a_stopped_job_reached():
+    scoring = fmt.progress_html(status("running", phase="evaluating", step=20, total_steps=20, eta_s=0.0,
+                                       eval_done=30, eval_total=40))  # fmt: skip
+    assert "99 % · scoring 30 of 40" in scoring and "left" not in scoring
+    cancelled = fmt.progress_html(status("cancelled", phase="stopped", step=20, total_steps=150))
+    assert 'style="width:12.7%"' in cancelled and "13 % · stopped at step 20 of 150" in cancelled
+    assert 'style="width:100.0%"' in fmt.progress_html(status("running", phase="done", step=5, total_steps=5))
+
+
+def test_a_run_stopped_early_says_how_many_of_its_steps_it_trained():
+    stopped = runs.details(record(state="interrupted", progress={"step": 5, "phase": "training"}),
+                           log=["step 5/32 loss 2.1"])  # fmt: skip
+    assert "1,000 training examples, 5 of 32 planned steps." in stopped
+    assert "**Log (last lines):**\n```\nstep 5/32 loss 2.1\n```" in stopped
+    assert "1,000 training examples, 32 steps." in runs.details(record(progress={"step": 32}))
+
+
 def test_the_progress_bar_follows_the_steps():
     assert fmt.progress_share(status("queued")) == 0
     assert fmt.progress_share(status("running", phase="training", step=40, total_steps=80)) == pytest.approx(0.475)
     assert 'style="width:100.0%"' in fmt.progress_html(status("finished"))
-    assert "about 20 s left" in fmt.progress_html(status("running", step=1, total_steps=2, eta_s=20))
+    assert "about 20 s left" in fmt.progress_html(status("running", phase="training", step=1, total_steps=2, eta_s=20))
 
 
 # --- train -------------------------------------------------------------------------------------------------
@@ -170,6 +195,7 @@ def test_the_progress_bar_follows_the_steps():
         ({"lr": 3}, "learning rate of 3 is out of range"),
         ({"max_steps": 2.5}, "Steps must be a whole number"),
         ({"max_steps": -1}, "cannot be negative"),
+        ({"seed": -1}, "The seed must be 0 or more, not -1"),
         ({"budget": "lots"}, "is not understood"),
     ],
 )
@@ -194,17 +220,18 @@ def test_the_size_note_counts_examples_pairs_and_steps(services: Services):
 def test_start_refuses_bad_input_without_queueing_anything(services: Services):
     with pytest.warns(UserWarning, match="outside"):
         result = train.start(services, None, "v1", *form(data_fraction=0))
-    assert result[1].startswith("⚠️ **Not started.** Data fraction 0 is outside (0, 1]")
+    assert result[-1].startswith("⚠️ **Not started.** Data fraction 0 is outside (0, 1]")
+    assert all(value["__type__"] == "update" and len(value) == 1 for value in result[:-1])  # the view: untouched
     assert services.store.list_jobs() == []
 
 
 def test_start_queues_jobs_shows_their_place_and_a_reload_reattaches(services: Services):
     first = train.start(services, None, "v1", *form())
     second = train.start(services, None, "v1", *form(method="prefix", budget="1k"))
-    assert "**Queued #1**" in first[1] and "**Queued #2** (Prefix tuning on caption)" in second[1]
+    assert "**Queued #1**" in first[1] and "**Queued #2** (Prefix tuning on image captioning)" in second[1]
     assert "python -m training train --task caption --method prefix --budget 1k" in second[5]["value"]
     assert services.store.get(first[0]).submitter == "visitor-v1"
-    assert [value for _, value in second[-1]["choices"]] == [second[0], first[0]]
+    assert [value for _, value in second[-2]["choices"]] == [second[0], first[0]] and second[-1] == ""
 
     assert train.reattach(services, None, "v1", "") == second[0]  # the newest live job of this browser
     assert train.reattach(services, None, "v2", "") is None
@@ -219,7 +246,9 @@ def test_a_failed_job_shows_its_reason_hint_and_log_tail(services: Services):
                     log_tail="step 1/5 loss 3.1\nstep 2/5 loss 3.0")  # fmt: skip
     assert services.store.finish(job_id, "worker-1", ended)
     headline, progress, cancel_button, _, _, log, log_box, timer, _ = train.show_job(services, job_id, -1)
-    assert headline.startswith("**Failed** (LoRA on caption): killed by SIGKILL. **What to do:** The process was")
+    assert headline.startswith(
+        "**Failed** (LoRA on image captioning): killed by SIGKILL. **What to do:** The process was"
+    )
     assert log == "step 1/5 loss 3.1\nstep 2/5 loss 3.0\n\nerror: killed by SIGKILL"
     assert log_box["open"] and not cancel_button["visible"] and not timer.active and "0 %" in progress
 
@@ -230,7 +259,7 @@ def test_demo_mode_caps_steps_and_allows_one_job_per_visitor(make_services):
     assert (config.max_steps, size.steps) == (2, 2) and notes == [
         "The public demo caps runs at 2 steps (this one would take 18)."]  # fmt: skip
     job_id = services.submit(config, "visitor-a")
-    with pytest.raises(UserError, match="already has 1 jobs queued or running"):
+    with pytest.raises(UserError, match="You already have 1 job queued or running"):
         services.submit(config, "visitor-a")
     services.submit(config, "visitor-b")
     with pytest.raises(UserError, match="started by another visitor"):
@@ -395,3 +424,46 @@ def test_settings_come_from_the_environment(monkeypatch):
     assert settings.datasets == {"caption": None, "vqa": "/data/vqa"}
     with pytest.raises(UserError, match="user:password"):
         parse_auth("ann")
+
+
+# --- a whole job, watched as the page watches it ----------------------------------------------------------
+
+PHASE_ORDER = ["Queued", "Starting", "Training", "Scoring", "Finishing", "Stopping", "Finished", "Cancelled"]
+
+
+def watch(services: Services, job_id: str, until: set[str], timeout: float = 300) -> list[tuple[str, str, float]]:
+    """Poll like the page's timer until the job is in one of `until`: (headline word, bar label, bar share)."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        headline, progress = train.show_job(services, job_id, -1)[:2]
+        word = re.match(r"\*\*(\w+)", headline).group(1)
+        share = float(re.search(r'aria-valuenow="(\d+)"', progress).group(1))
+        seen.append((word, re.search(r"<span>(.*)</span>", progress).group(1), share))
+        if services.store.get(job_id).state in until and word in ("Finished", "Cancelled"):
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not reach {until}; seen {seen[-3:]}")
+
+
+def test_every_phase_of_a_job_and_of_a_cancel_is_shown_as_it_is(services: Services):
+    services.start_worker()
+    job_id = services.submit(train.run_config(services, *form(max_steps=6, eval_limit=6)), "visitor-v1")
+    seen = watch(services, job_id, {"finished"})
+    words = [word for word, _, _ in seen]
+    assert {"Training", "Finished"} <= set(words), words
+    ranks = [PHASE_ORDER.index(word) for word in words]
+    assert ranks == sorted(ranks), f"the headline went back: {words}"  # never "Starting" again at the end
+    shares = [share for _, _, share in seen]
+    assert shares == sorted(shares) and shares[-1] == 100, shares
+    assert all("left" not in label for word, label, _ in seen if word == "Scoring"), seen  # no "0 s left"
+
+    long_job = services.submit(train.run_config(services, *form(max_steps=200)), "visitor-v1")
+    while (services.status(long_job, log_lines=0).get("step") or 0) < 5:
+        assert services.store.get(long_job).state in ("queued", "running")
+        time.sleep(0.1)
+    train.cancel(services, None, "v1", long_job)
+    seen = watch(services, long_job, {"cancelled"})
+    words = [word for word, _, _ in seen]
+    assert words[0] == "Stopping" and words[-1] == "Cancelled", words
+    step = services.status(long_job, log_lines=0)["step"]
+    assert step >= 5 and seen[-1][1].endswith(f"stopped at step {step:,} of 200") and seen[-1][2] > 0
