@@ -374,6 +374,22 @@ def test_sweep_results_draw_a_line_per_method_with_error_bars_and_your_runs_as_s
     assert results.held_values(sweep, "budget") == (["all (averaged)", "0.5%"], "0.5%")  # baselines have none
 
 
+def test_explore_reads_like_a_report_and_your_runs_obey_the_held_value(tmp_path: Path):
+    budgets = pd.DataFrame({"method": ["lora"] * 6, "budget": ["18k", "1.8k", "0.5%", "570", "180k", "1.5M"]})
+    assert results.held_values(budgets, "budget")[0] == ["all (averaged)", "570", "1.8k", "18k", "180k", "1.5M", "0.5%"]
+    assert results.metric_label("accuracy_attribute_at_position") == "Accuracy: attribute at position"
+    assert (results.metric_label("CIDEr-D"), results.metric_label("accuracy")) == ("CIDEr-D", "Accuracy")
+    write_sweep(tmp_path)
+    sweep, _ = results.load_sweep(tmp_path)
+    mine = results.user_frame([record(), record("r-1k", config={**record().config, "budget": "1k"})])
+    frame = results.combined(sweep, mine, "caption")
+    held = metric_figure(frame, "data_fraction", "CIDEr-D", ("budget", "0.5%"))
+    assert [trace.name for trace in held.data] == ["LoRA", "Prefix tuning", "your LoRA"]
+    assert len(held.data[2].x) == 1 and held.layout.xaxis.type == "log"  # the 1k star is not at budget 0.5%
+    table = results.table_view(frame, ["CIDEr-D"])
+    assert {"trained parameters", "share of data", "run"} <= set(table.columns) and "LoRA" in set(table["method"])
+
+
 def test_the_sweep_report_verdict_is_shown_without_its_images(tmp_path: Path):
     from training.report import build_report
 
