@@ -41,6 +41,7 @@ EMBEDDED = "embedded"  # the form value that stands for the app's default base m
 MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
 THUMBNAIL_PX = 192
+PACE_RUNS = 3  # latest finished runs whose pace gives the expected time of a new one
 HUB_CHECK_S = 3  # how long to wait for the Hugging Face Hub to answer before saying it cannot be reached
 
 
@@ -283,6 +284,34 @@ class Services:
         subset = [train[i] for i in nested_fraction(len(train), config.data_fraction, config.seed)]
         pairs = len(training_pairs(config.task, subset))
         return TrainingSize(len(subset), len(train), pairs, planned_steps(config, pairs))
+
+    def expected_time(self, config: RunConfig, steps: int) -> tuple[float, str] | None:
+        """Seconds the job should take, start to scores, and where the figure comes from: the pace of the latest
+        finished runs of the same task, method and towers on this machine, else the benchmark (embedded model
+        only); None when neither knows."""
+        paces = []
+        for record in self.runs(config.task):
+            if (record.state, record.method, record.config.get("towers")) != ("finished", config.method, config.towers):
+                continue
+            rows = [r for r in runs.read_jsonl(Path(record.run_dir) / runs.METRICS) if "elapsed_s" in r]
+            eval_s = record.metrics.get("eval_s")
+            if len(rows) < 2 or rows[-1]["step"] <= rows[0]["step"] or not isinstance(eval_s, int | float):
+                continue
+            per_step = (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])
+            batch = config.batch_size / (record.config.get("batch_size") or config.batch_size)
+            paces.append(rows[0]["elapsed_s"] + per_step * batch * steps + eval_s)  # start-up, steps, scoring
+            if len(paces) == PACE_RUNS:
+                break
+        if paces:
+            runs_word = "run" if len(paces) == 1 else "runs"
+            return sorted(paces)[len(paces) // 2], f"from {len(paces)} finished {runs_word} like it on this machine"
+        bench = runs.read_json(self.settings.results_dir / "bench.json") if config.base_model is None else None
+        row = next((r for r in (bench or {}).get("train", []) if (r.get("method"), r.get("towers"))
+                    == (config.method, config.towers)), None)  # fmt: skip
+        if row is None:
+            return None
+        seconds = row["step_s"] * config.batch_size / row["batch_size"] * steps + bench.get("eval", {}).get("eval_s", 0)
+        return seconds, "from the benchmark on an idle 2-core CPU; a busy machine is slower"
 
     def test_images(self, task: str) -> list[TestImage]:
         """The first pictures of the app's test split for the task, with crisp upscaled thumbnails."""

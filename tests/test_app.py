@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -19,6 +20,7 @@ from app.services import Comparison, RunRecord, Services
 from app.settings import Settings, parse_auth
 from app.tabs import compare, explore, runs, train
 from training.compare import Column
+from training.config import RunConfig
 from training.errors import UserError
 from training.jobs.limits import JobLimits
 from training.jobs.outcome import KILLED_HINT
@@ -211,10 +213,34 @@ def test_zero_steps_and_zero_test_examples_mean_no_limit(services: Services, tin
 
 def test_the_size_note_counts_examples_pairs_and_steps(services: Services):
     caption = train.describe_size(services, "caption", "lora", 0.5, 0, 1, 0, 4, "embedded")
-    assert caption == "This run trains on 12 of 24 images (36 caption pairs): 9 steps of 4 examples."
+    assert caption.startswith("This run trains on 12 of 24 images (36 caption pairs): 9 steps of 4 examples. No time")
     vqa = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded")
-    assert vqa == "This run trains on 32 of 32 questions: 3 steps of 32 examples."
+    assert vqa.startswith("This run trains on 32 of 32 questions: 3 steps of 32 examples.")
     assert "only scores the base model" in train.describe_size(services, "caption", "zero-shot", 1, 0, 1, 0, 4, "")
+
+
+def test_the_expected_time_comes_from_finished_runs_here_else_the_bench_and_warns_past_the_limit(make_services):
+    services = make_services(limits=dataclasses.replace(LIMITS, max_runtime_s=120))
+    job_id = services.submit(train.run_config(services, *form(batch_size=8)), "visitor-v1")
+    services.store.claim_next("worker-1", max_concurrent=1)
+    run_dir = Path(services.store.get(job_id).run_dir)
+    run_dir.mkdir(parents=True)
+    for step, elapsed in ((1, 10.0), (5, 18.0), (11, 30.0)):  # 10 s to start, then 2 s a step
+        (run_dir / "metrics.jsonl").open("a").write(json.dumps({"step": step, "elapsed_s": elapsed}) + "\n")
+    (run_dir / "eval.json").write_text(json.dumps({"metrics": {"CIDEr-D": 0.1, "eval_s": 5.0}}))
+    assert services.store.finish(job_id, "worker-1", Outcome("finished", "finished in 35 s", 0))
+    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 100, 4, "embedded")  # half the batch: 1 s a step
+    assert "**Expected time:** about 1 min 55 s (from 1 finished run like it on this machine)." in text
+    assert "⚠️ **That is past this app's run limit of 2 min 00 s** (VLPEFT_MAX_RUNTIME_S)" not in text
+    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 200, 4, "embedded")
+    assert "about 3 min 35 s" in text and "past this app's run limit of 2 min 00 s" in text
+    assert "No time estimate yet" in train.describe_size(services, "caption", "prefix", 1, 0, 1, 200, 4, "embedded")
+
+    bench = {"train": [{"method": "prefix", "towers": "both", "batch_size": 32, "step_s": 0.2}], "eval": {"eval_s": 3}}
+    services.settings.results_dir.mkdir(parents=True, exist_ok=True)
+    (services.settings.results_dir / "bench.json").write_text(json.dumps(bench))
+    seconds, source = services.expected_time(RunConfig(method="prefix", batch_size=16), 100)
+    assert seconds == pytest.approx(13.0) and source.startswith("from the benchmark")
 
 
 def test_start_refuses_bad_input_without_queueing_anything(services: Services):

@@ -70,11 +70,12 @@ def estimate(services: Services, method: str, budget: str, towers: str, base_mod
 
 
 def describe_size(services: Services, task: str, method: str, data_fraction, seed, epochs, max_steps, batch_size,
-                  dataset: str | None) -> str:  # fmt: skip
-    """'This run trains on 200 of 2,000 images (1,000 caption pairs): 32 steps.'"""
+                  dataset: str | None, towers: str = "both", base_model: str | None = None) -> str:  # fmt: skip
+    """'This run trains on 200 of 2,000 images (1,000 caption pairs): 32 steps of 4 examples. Expected time: about
+    2 min (...).', and a warning when that is past the run limit."""
     try:
         config = run_config(services, task, method, "1", data_fraction, seed, epochs, max_steps, None, batch_size,
-                            dataset=dataset)  # fmt: skip
+                            towers, base_model, dataset)  # fmt: skip
         size = services.training_size(config)
     except UserError as exc:
         return f"⚠️ {exc}"
@@ -84,8 +85,25 @@ def describe_size(services: Services, task: str, method: str, data_fraction, see
         return "Zero-shot trains nothing: the job only scores the base model on the test set."
     text = f"This run trains on {fmt.count(size.examples)} of {fmt.count(size.split_size)} {unit}{pairs}: "
     text += f"{fmt.count(size.steps)} steps of {fmt.count(config.batch_size)} examples."
+    steps = size.steps
     if services.settings.demo and size.steps > services.settings.demo_max_steps:
         text += f" The public demo stops it at {services.settings.demo_max_steps} steps."
+        steps = services.settings.demo_max_steps
+    return text + expected_time_text(services, config, steps)
+
+
+def expected_time_text(services: Services, config: RunConfig, steps: int) -> str:
+    """' Expected time: about 3 min 10 s (from ...).' and a warning past the run limit; '' when nothing knows."""
+    expected = services.expected_time(config, steps)
+    if expected is None:
+        return " No time estimate yet: finish one run of this method here and the next ones get one."
+    seconds, source = expected
+    text = f" **Expected time:** about {fmt.duration(seconds)} ({source})."
+    limit = services.settings.job_limits().max_runtime_s
+    if limit and seconds > limit:
+        text += (f" ⚠️ **That is past this app's run limit of {fmt.duration(limit)}** (VLPEFT_MAX_RUNTIME_S): the "
+                 "job would be stopped there, keeping what it trained. Use fewer steps or a smaller share of "
+                 "the data.")  # fmt: skip
     return text
 
 
@@ -270,9 +288,9 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     for trigger in (method.change, budget.change, towers.change, base_model.change):
         trigger(lambda *a: estimate(services, *a), estimate_inputs, estimate_note, api_name="ui_estimate",
                 show_progress="minimal", concurrency_limit=None, **private)  # fmt: skip
-    size_inputs = [task, method, data_fraction, seed, epochs, max_steps, batch_size, dataset]
+    size_inputs = [task, method, data_fraction, seed, epochs, max_steps, batch_size, dataset, towers, base_model]
     for trigger in (task.change, method.change, data_fraction.change, seed.change, epochs.change, max_steps.change,
-                    batch_size.change, dataset.change):  # fmt: skip
+                    batch_size.change, dataset.change, towers.change, base_model.change):  # fmt: skip
         trigger(lambda *a: describe_size(services, *a), size_inputs, size_note, api_name="ui_size",
                 show_progress="hidden", concurrency_limit=None, **private)  # fmt: skip
 
