@@ -180,6 +180,8 @@ class Comparison:
     image_id: str | None = None
     references: list[str] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
+    records: dict[str, RunRecord] = field(default_factory=dict)  # the compared runs by run directory
+    base_score_source: str = ""  # where the zero-shot column's test score comes from, when not from a run
 
 
 @dataclass
@@ -443,7 +445,8 @@ class Services:
         if len(sources) > 1:
             raise UserError("The chosen runs were trained on different base models: compare one base model at a time.")
         comparer = self._resident(sources.pop()).comparer
-        comparison = Comparison([], task, question=(question or "").strip())
+        comparison = Comparison([], task, question=(question or "").strip(),
+                                records={record.run_dir: record for record in chosen})  # fmt: skip
         if test_index is not None:
             gallery = self.test_images(task)
             if not 0 <= test_index < len(gallery):

@@ -323,6 +323,26 @@ def test_words_an_adapter_drops_are_struck_and_words_it_adds_marked_with_a_legen
     assert "<del" in compare._marked(cased.output, columns[0].output)  # a differing output always shows where
 
 
+def test_compare_cards_name_their_run_and_mark_a_partly_trained_adapter(make_services, tmp_path: Path):
+    done = record("20261129-100000-aaaaaa")
+    stopped = record("20261129-110000-bbbbbb", state="cancelled", progress={"step": 20})
+    columns = [Column("zero-shot (base)", "zero-shot", "a red circle", test_score={"CIDEr-D": 5.6}),
+               Column("lora", "lora", "a red circle", done.run_dir, "0.5%", 21504, 0.5),
+               Column("lora", "lora", "a blue circle", stopped.run_dir, "0.5%", 21504, 0.5)]  # fmt: skip
+    page = compare.comparison_html(Comparison(columns, "caption", records={r.run_dir: r for r in (done, stopped)},
+                                              base_score_source=" (the sweep's zero-shot run)"))  # fmt: skip
+    cards = page.split("data-method=")[1:]
+    assert "LoRA rank 4 · budget 0.5%" in cards[1] and "run aaaaaa · data 50 % · seed 1 ·" in cards[1]
+    assert "partly trained" not in cards[1]
+    assert "⚠️ partly trained: cancelled at step 20 of 32" in cards[2] and "run bbbbbb" in cards[2]
+    assert "test set (the sweep&#x27;s zero-shot run): CIDEr-D 5.6" in cards[0]
+
+    write_sweep(tmp_path / "sweep")
+    embedded = make_services(base_model=None, datasets={"caption": None, "vqa": None}, results_dir=tmp_path / "sweep")
+    assert compare.sweep_zero_shot(embedded, "caption") == {"CIDEr-D": pytest.approx(0.2)}
+    assert compare.sweep_zero_shot(make_services(results_dir=tmp_path / "sweep"), "caption") == {}  # other model
+
+
 def test_a_bad_upload_is_refused_with_a_sentence_and_a_good_one_previewed(services: Services, tmp_path: Path):
     text = tmp_path / "notes.png"
     text.write_text("not a picture")

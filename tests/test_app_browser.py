@@ -121,7 +121,7 @@ def test_train_compare_explore_runs_in_a_browser(server, page, tmp_path: Path):
     page.locator("#compare-runs label", has_text=job_id).click()
     page.locator("#compare-button").click()
     cards = page.locator("#compare-result .vl-card")
-    cards.nth(1).wait_for(timeout=60_000)
+    cards.nth(1).wait_for(timeout=180_000)  # the first Compare loads the model: minutes on a busy 2-core machine
     assert cards.count() == 2
     assert cards.nth(0).inner_text().startswith("Zero-shot base")
     assert job_id in cards.nth(1).inner_text() and "this image: BLEU-4" in cards.nth(1).inner_text()
