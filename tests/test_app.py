@@ -176,6 +176,18 @@ def test_a_run_stopped_early_says_how_many_of_its_steps_it_trained():
     assert "1,000 training examples, 32 steps." in runs.details(record(progress={"step": 32}))
 
 
+def test_the_time_left_follows_the_pace_of_the_last_steps_not_the_slow_first_one(tmp_path: Path):
+    from training.jobs.status import recent_eta
+
+    progress = {"step": 10, "total_steps": 100, "eta_s": 500.0}  # the trainer's average from step 1
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "elapsed_s": 30.0}) + "\n")
+    assert recent_eta(tmp_path, progress) == 500.0  # too early to know the pace: the trainer's figure
+    with (tmp_path / "metrics.jsonl").open("a") as rows:
+        for step, elapsed in ((5, 34.0), (10, 39.0)):  # a second a step once warmed up
+            rows.write(json.dumps({"step": step, "elapsed_s": elapsed}) + "\n")
+    assert recent_eta(tmp_path, progress) == 90.0
+
+
 def test_the_progress_bar_follows_the_steps():
     assert fmt.progress_share(status("queued")) == 0
     assert fmt.progress_share(status("running", phase="training", step=40, total_steps=80)) == pytest.approx(0.475)

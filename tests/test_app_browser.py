@@ -124,7 +124,8 @@ def test_train_compare_explore_runs_in_a_browser(server, page, tmp_path: Path):
     cards.nth(1).wait_for(timeout=180_000)  # the first Compare loads the model: minutes on a busy 2-core machine
     assert cards.count() == 2
     assert cards.nth(0).inner_text().startswith("Zero-shot base")
-    assert job_id in cards.nth(1).inner_text() and "this image: BLEU-4" in cards.nth(1).inner_text()
+    card = cards.nth(1).inner_text()
+    assert f"run {job_id.rsplit('-', 1)[-1]}" in card and card.startswith("LoRA rank") and "this image: BLEU-4" in card
     assert "Human captions of this test image" in page.locator("#compare-result").inner_text()
     differing = page.locator("#compare-result .vl-card.vl-differs")
     for index in range(differing.count()):  # a "differs" badge always comes with the words that differ shown
