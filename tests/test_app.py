@@ -471,6 +471,17 @@ def test_the_runs_table_and_details_read_like_a_report():
     assert "21,504 of 2,986,000 parameters (0.72 %), rank 4, 1,000 training examples, 32 steps" in text
 
 
+def test_the_runs_list_filters_by_state_and_names_people_without_their_ids(services: Services):
+    live = services.submit(train.run_config(services, *form()), "visitor-v1")
+    ended = services.submit(train.run_config(services, *form(seed=1)), "visitor-v2")
+    services.cancel(ended, "visitor-v2")
+    table, picker, panel = runs.refresh(services, ended, "visitor-v1", "cancelled")[:3]
+    assert list(table["run"]) == [ended] and [value for _, value in picker["choices"]] == [ended]
+    assert list(table["by"]) == ["another visitor"] and "*cancelled by another visitor while queued*" in panel
+    assert list(runs.refresh(services, None, "visitor-v1", "live")[0]["by"]) == ["you"]
+    assert len(runs.refresh(services, None, "visitor-v1")[0]) == 2 and live
+
+
 def test_a_run_downloads_as_a_zip_and_can_be_deleted(services: Services):
     job_id = services.submit(train.run_config(services, *form()), "visitor-v1")
     with pytest.raises(UserError, match="has no trained weights yet"):

@@ -22,6 +22,9 @@ COLUMNS = ["run", "state", "task", "method", "budget", "trained parameters", "da
 NOT_SCORES = {"num_examples", "decode_s", "eval_s"}
 ENDED_BADLY = ("failed", "interrupted")  # the details show their log: it says why
 LOG_LINES = 20
+ALL_STATES = "all"
+STATE_FILTERS = {ALL_STATES: (), "live": ("queued", "running"), "finished": ("finished",),
+                 "cancelled": ("cancelled",), "failed": ("failed",), "interrupted": ("interrupted",)}  # fmt: skip
 
 
 def runs_table(records: list[RunRecord], viewer: str | None = None) -> pd.DataFrame:
@@ -63,9 +66,9 @@ def details(record: RunRecord, log: list[str] | None = None, viewer: str | None 
     return "\n\n".join(lines)
 
 
-def refresh(services: Services, selected: str | None, viewer: str | None = None) -> tuple:
-    """table, picker, and the selected run's panel."""
-    records = services.runs()
+def refresh(services: Services, selected: str | None, viewer: str | None = None, shown: str = ALL_STATES) -> tuple:
+    """table, picker, and the selected run's panel; `shown` keeps the runs in one state (or live: queued, running)."""
+    records = [r for r in services.runs() if shown == ALL_STATES or r.state in STATE_FILTERS.get(shown, (shown,))]
     ids = [r.id for r in records]
     selected = selected if selected in ids else None
     choices = [(f"{r.id} · {fmt.task_name(r.task)} · {fmt.METHOD_LABELS.get(r.method, r.method)} · {r.state}", r.id)
@@ -114,6 +117,7 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
                 "trained weights and config as a zip, or delete it.")  # fmt: skip
     table = gr.Dataframe(runs_table([]), interactive=False, label="Runs (click a row)", elem_id="runs-table")
     with gr.Row():
+        shown = gr.Radio(list(STATE_FILTERS), value=ALL_STATES, label="Show", scale=3, elem_id="runs-filter")
         picker = gr.Dropdown([], value=None, label="Run", scale=4, elem_id="run-picker")
         refresh_button = gr.Button("↻ Refresh", size="sm", scale=1)
     panel = gr.Markdown("Pick a run to see its details.", elem_id="run-details")
@@ -142,14 +146,15 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
 
         return hiding
 
-    def on_refresh(visitor_id: str, run_id: str | None, request: gr.Request):
-        return refresh(services, run_id, submitter(request, visitor_id))
+    def on_refresh(visitor_id: str, run_id: str | None, state: str, request: gr.Request):
+        return refresh(services, run_id, submitter(request, visitor_id), state)
 
     def on_pick(visitor_id: str, run_id: str | None, request: gr.Request):
         return show(services, run_id, submitter(request, visitor_id))
 
-    for trigger, name in ((refresh_button.click, "ui_runs_refresh"), (tab.select, "ui_runs_tab")):
-        trigger(with_confirm_hidden(on_refresh), [visitor, picker], [*listing, *confirmation], api_name=name,
+    for trigger, name in ((refresh_button.click, "ui_runs_refresh"), (tab.select, "ui_runs_tab"),
+                          (shown.input, "ui_runs_filter")):  # fmt: skip
+        trigger(with_confirm_hidden(on_refresh), [visitor, picker, shown], [*listing, *confirmation], api_name=name,
                 **private)  # fmt: skip
     picker.input(shows_user_errors(with_confirm_hidden(on_pick)), [visitor, picker],
                  [panel, config, download, delete_button, *confirmation], api_name="ui_runs_show",
@@ -166,9 +171,12 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
                         api_name="ui_runs_ask", **private)  # fmt: skip
     keep.click(lambda: HIDDEN_CONFIRM, None, confirmation, api_name="ui_runs_keep", **private)
 
-    def on_confirm(visitor_id: str, run_id: str, request: gr.Request):
+    def on_confirm(visitor_id: str, run_id: str, state: str, request: gr.Request):
         shows_user_errors(delete)(services, request, visitor_id, run_id)
-        return (*refresh(services, None, submitter(request, visitor_id)), *HIDDEN_CONFIRM)
+        return (*refresh(services, None, submitter(request, visitor_id), state), *HIDDEN_CONFIRM)
 
-    confirm.click(on_confirm, [visitor, pending], [*listing, *confirmation], api_name="ui_runs_delete", **private)
-    return Loader("ui_runs_load", with_confirm_hidden(on_refresh), [visitor, picker], [*listing, *confirmation])
+    confirm.click(
+        on_confirm, [visitor, pending, shown], [*listing, *confirmation], api_name="ui_runs_delete", **private
+    )
+    return Loader("ui_runs_load", with_confirm_hidden(on_refresh), [visitor, picker, shown],
+                  [*listing, *confirmation])  # fmt: skip
