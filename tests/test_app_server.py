@@ -195,8 +195,12 @@ def test_every_endpoint_answers_any_wrong_argument_with_a_sentence(server, clien
                 except Exception as exc:  # noqa: BLE001 - any error is fine as long as it is a sentence
                     if GENERIC in str(exc) or not str(exc).strip():
                         generic.append((endpoint, name, repr(wrong)[:20]))
-    for job in server[0].services.store.list_jobs(("queued", "running")):
-        server[0].services.store.cancel(job.id, by="test")  # what the fuzzing queued
+    store = server[0].services.store
+    for job in store.list_jobs(("queued", "running")):
+        store.cancel(job.id, by="test")  # what the fuzzing queued; the next tests need an empty queue
+    deadline = time.monotonic() + 120
+    while store.list_jobs(("queued", "running")) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert generic == [], generic
 
 
