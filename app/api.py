@@ -20,8 +20,15 @@ import gradio as gr
 from gradio.data_classes import FileData
 
 from app.services import Services
-from app.tabs.common import shows_user_errors, submitter
+from app.tabs.common import optional_int, shows_user_errors, submitter
 from app.tabs.train import run_config
+from training.config import TASKS, TOWERS
+from training.errors import UserError
+from training.methods import METHODS
+
+MAX_TEXT = 300  # characters of a text argument (a budget, a model id, a path): longer is refused
+MAX_ID_SHOWN = 40  # characters of a bad job id echoed back in an error
+MAX_LOG_LINES = 1000
 
 
 def register(services: Services) -> None:
@@ -38,6 +45,8 @@ def register(services: Services) -> None:
 
         Returns method, knob, value, trainable_params, percent, total_params, min_params, max_params, feasible and
         message (why a budget out of the method's range cannot be reached)."""
+        method, towers = choice(method, "method", METHODS), choice(towers, "towers", TOWERS)
+        budget, base_model = text(budget, "budget"), text(base_model, "base_model", required=False)
         return services.estimate(method, budget, towers, base_model).to_dict()
 
     @endpoint
@@ -48,8 +57,14 @@ def register(services: Services) -> None:
         """Queue a fine-tuning job; returns job_id, state, queue_position, trainable_params, steps and command.
 
         base_model and dataset: empty for the app's own, else a Hub id or a local path."""
-        config = run_config(services, task, method, budget, data_fraction, seed, epochs, max_steps, lr, batch_size,
-                            towers, base_model, dataset, eval_limit)  # fmt: skip
+        task, method, towers = choice(task, "task", TASKS), choice(method, "method", METHODS), \
+            choice(towers, "towers", TOWERS)  # fmt: skip
+        budget = text(budget, "budget")
+        base_model, dataset = text(base_model, "base_model", required=False), text(dataset, "dataset", required=False)
+        numbers = dict(data_fraction=data_fraction, seed=seed, epochs=epochs, max_steps=max_steps, lr=lr,
+                       batch_size=batch_size, eval_limit=eval_limit)  # fmt: skip
+        config = run_config(services, task, method, budget, towers=towers, base_model=base_model, dataset=dataset,
+                            **{name: number(value, name) for name, value in numbers.items()})  # fmt: skip
         config, planned, size, notes = services.prepare(config)
         job_id = services.submit(config, submitter(request, None))
         status = services.status(job_id, log_lines=0)
@@ -61,31 +76,88 @@ def register(services: Services) -> None:
     def job_status(job_id: str, log_lines: int = 20) -> dict:
         """Live status: state (queued, running, finished, failed, cancelled, interrupted), reason, phase, step,
         total_steps, loss, eta_s, elapsed_s, queue_position, metrics (once evaluated), error, hint, log_tail."""
-        status = services.status(job_id, log_lines=log_lines)
+        lines = optional_int(number(log_lines, "log_lines"), "log_lines")
+        if lines is None or not 0 <= lines <= MAX_LOG_LINES:
+            raise UserError(f"log_lines must be a whole number from 0 to {MAX_LOG_LINES}, e.g. 20.")
+        status = services.status(job_identifier(job_id), log_lines=lines)
         status.pop("curve")
         return status
 
     @endpoint
     def cancel_job(job_id: str, request: gr.Request = None) -> dict:
         """Cancel a queued job, or ask a running one to stop (it keeps the weights trained so far)."""
-        status = services.cancel(job_id, submitter(request, None))
+        status = services.cancel(job_identifier(job_id), submitter(request, None))
         status.pop("curve")
         return status
 
     @endpoint
     def list_runs(task: str = "") -> list[dict]:
-        """Every job, newest first: id, state, reason, task, method, config, trainable_params, metrics, duration_s."""
-        return [record.to_dict() for record in services.runs(task or None)]
+        """Every job, newest first: id, state, reason, task, method, config, trainable_params, metrics, duration_s.
+        task: '' for all, else caption or vqa."""
+        task = choice(task, "task", TASKS) if task != "" else None
+        return [record.to_dict() for record in services.runs(task)]
 
     @endpoint
     def compare(task: str, run_ids: list[str], question: str = "", test_image: int | None = None,
                 image: FileData | None = None) -> list[dict]:  # fmt: skip
         """The zero-shot base and each run on one image: a test image by its gallery position (0-based, then each
         column is scored against the human references), or an uploaded `image` (gradio_client.handle_file)."""
+        task = choice(task, "task", TASKS)
+        if not isinstance(run_ids, list) or not all(isinstance(run_id, str) for run_id in run_ids):
+            raise UserError("run_ids must be a list of job ids (strings), e.g. [] for the zero-shot base alone.")
+        run_ids = [job_identifier(run_id) for run_id in run_ids]
+        question = text(question, "question", required=False, limit=None)  # Compare says how long it may be
+        if test_image is not None and (isinstance(test_image, bool) or not isinstance(test_image, int)):
+            raise UserError("test_image must be a whole number, a gallery position from 0 (or None with image).")
         path = image["path"] if isinstance(image, dict) else getattr(image, "path", None)
+        if image is not None and not isinstance(path, str):
+            raise UserError("image must be a file sent with gradio_client.handle_file('picture.png').")
         if test_image is None and path is None:
             raise gr.Error("Give test_image (a gallery position) or image (handle_file('picture.png')).")
         comparison = services.compare(task, run_ids, question, test_image, path)
         return [{**vars(column), "differs": column.output != comparison.columns[0].output,
                  "references": comparison.references, "answers": comparison.answers,
                  "image_id": comparison.image_id} for column in comparison.columns]  # fmt: skip
+
+
+# --- argument checks: every wrong type or value gets a sentence saying what to send ----------------------
+
+
+def choice(value: Any, name: str, choices: Any) -> str:
+    """One of `choices` (names), else UserError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        shown = repr(value) if len(repr(value)) <= MAX_ID_SHOWN else repr(value)[:MAX_ID_SHOWN] + "…"
+        raise UserError(f"{name} {shown} is not one of {', '.join(choices)}: send one of them.")
+    return value
+
+
+def text(value: Any, name: str, required: bool = True, limit: int | None = MAX_TEXT) -> str:
+    """A string argument (a number is taken as its text), at most `limit` characters."""
+    if value is None and not required:
+        return ""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = f"{value:g}"
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise UserError(f"{name} must be {'a non-empty' if required else 'a'} string, not {type(value).__name__}.")
+    if limit is not None and len(value) > limit:
+        raise UserError(f"{name} has {len(value):,} characters: keep it under {limit}.")
+    return value
+
+
+def number(value: Any, name: str) -> float | int | None:
+    """A number argument or None (the default); strings of digits are read as the form would read them."""
+    if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str) and len(value) <= MAX_ID_SHOWN:
+        return value  # run_config reads it, or says it is not a number
+    raise UserError(f"{name} must be a number, not {type(value).__name__}.")
+
+
+def job_identifier(value: Any) -> str:
+    """A job id as a string; a long or odd one is refused without being echoed back in full."""
+    if not isinstance(value, str) or not value.strip():
+        raise UserError("Send a job id as a string, e.g. '20261129-103501-ab12cd' (/list_runs lists them).")
+    if len(value) > MAX_ID_SHOWN:
+        raise UserError(f"There is no job {value[:MAX_ID_SHOWN]!r}… ({len(value):,} characters; ids look like "
+                        "'20261129-103501-ab12cd'): /list_runs lists them.")  # fmt: skip
+    return value.strip()

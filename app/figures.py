@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from app.format import METHOD_LABELS
-from app.results import ALL, MINE, SWEEP, aggregate
+from app.results import ALL, MINE, SWEEP, aggregate, metric_label
 
 METHOD_COLORS = {
     "lora": "#1f77b4", "serial-adapter": "#2ca02c", "parallel-adapter": "#17becf", "prefix": "#ff7f0e",
@@ -37,25 +37,25 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
 
     `held` = (column, value) keeps only the sweep rows with that value (e.g. one budget for the data plot).
     """
-    title = f"{metric} vs {AXIS_TITLES[x]}"
+    label = metric_label(metric)
+    title = f"{label} vs {AXIS_TITLES[x]}"
     if held and held[1] != ALL:
         title += f" ({'budget' if held[0] == 'budget' else 'data'} {held[1]})"
     figure = go.Figure(layout=dict(LAYOUT, title=title))
     if x == "trainable_params":
         figure.update_xaxes(title=AXIS_TITLES[x], type="log")
-    else:
-        figure.update_xaxes(title=AXIS_TITLES[x], range=[0, 1.05], tickformat=".0%")
-    figure.update_yaxes(title=metric)
+    else:  # shares of 1, 5 and 10 % would crowd together on a linear axis
+        figure.update_xaxes(title=AXIS_TITLES[x], type="log", tickformat=".0%")
+    figure.update_yaxes(title=label)
     if frame.empty or metric not in frame.columns:
         figure.add_annotation(text="Nothing to draw yet: finish a run in the Train tab.", showarrow=False,
                               xref="paper", yref="paper", x=0.5, y=0.5)  # fmt: skip
         return figure
     frame = frame.copy()
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
-    sweep = frame[frame["source"] == SWEEP]
-    if held and held[1] != ALL and held[0] in sweep.columns:
-        unaffected = sweep["method"].isin(HELD_EXEMPT[held[0]])
-        sweep = sweep[unaffected | (sweep[held[0]].astype(str) == held[1])]
+    sweep, mine = frame[frame["source"] == SWEEP], frame[frame["source"] == MINE]
+    if held and held[1] != ALL:  # your runs (stars) obey the held value as the sweep's lines do
+        sweep, mine = _held(sweep, held), _held(mine, held)
     _baseline_line(figure, sweep, metric)
     lines = aggregate(sweep[sweep["method"] != "zero-shot"], x, metric)
     for method, group in lines.groupby("method", sort=False):
@@ -64,18 +64,26 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
             x=group[x], y=group["mean"], mode="lines+markers", name=METHOD_LABELS.get(method, method),
             line=dict(color=METHOD_COLORS.get(method)), legendgroup=method,
             error_y=dict(type="data", array=group["std"], visible=True) if has_spread else None,
-            customdata=group[["n"]], hovertemplate=f"%{{x}}<br>{metric} %{{y:.3g}}<br>%{{customdata[0]}} run(s)",
+            customdata=group[["n"]], hovertemplate=f"%{{x}}<br>{label} %{{y:.3g}}<br>%{{customdata[0]}} run(s)",
         ))  # fmt: skip
-    mine = frame[(frame["source"] == MINE) & (frame["method"] != "zero-shot")].dropna(subset=[metric, x])
+    mine = mine[mine["method"] != "zero-shot"].dropna(subset=[metric, x])
     for method, group in mine.groupby("method", sort=False):
         figure.add_trace(go.Scatter(
             x=group[x], y=group[metric], mode="markers", name=f"your {METHOD_LABELS.get(method, method)}",
             marker=dict(symbol="star", size=14, color=METHOD_COLORS.get(method), line=dict(width=1, color="#000")),
             legendgroup=method, customdata=group[["run_id", "budget", "data_fraction"]],
             hovertemplate=f"run %{{customdata[0]}}<br>budget %{{customdata[1]}}, data %{{customdata[2]}}<br>"
-                          f"{metric} %{{y:.3g}}",
+                          f"{label} %{{y:.3g}}",
         ))  # fmt: skip
     return figure
+
+
+def _held(frame: pd.DataFrame, held: tuple[str, str]) -> pd.DataFrame:
+    """The rows at the held value (a budget, a data fraction), and the baselines it does not apply to."""
+    column, value = held
+    if column not in frame.columns:
+        return frame
+    return frame[frame["method"].isin(HELD_EXEMPT[column]) | (frame[column].astype(str) == value)]
 
 
 def _baseline_line(figure: go.Figure, sweep: pd.DataFrame, metric: str) -> None:

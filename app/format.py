@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 
+from app.people import reason
 from app.services import MAIN_METRIC, Estimate
 from training.methods import METHODS
 
@@ -21,6 +22,11 @@ METRIC_NOTES = {
     "CIDEr-D": "how close the captions are to the human ones (higher is better)",
     "accuracy": "share of questions answered like the humans did (higher is better)",
 }
+
+
+def task_name(task: str | None) -> str:
+    """A task as the form names it, in running text: 'image captioning'."""
+    return TASK_LABELS.get(task, task or "?").lower() if task in TASK_LABELS else (task or "?")
 
 
 def count(value: int | float | None) -> str:
@@ -88,7 +94,10 @@ def estimate_text(estimate: Estimate) -> str:
 def job_headline(status: dict) -> str:
     """One line saying where a job is: queued #n, running step x/y with the time left, or how it ended."""
     state, config = status["state"], status.get("config") or {}
-    what = f"{METHOD_LABELS.get(config.get('method'), config.get('method'))} on {config.get('task', '?')}"
+    owner = status.get("submitter")  # the Train tab shows a person their own jobs
+    status = {**status, "reason": reason(status.get("reason"), owner, owner),
+              "cancel_requested_by": reason(status.get("cancel_requested_by"), owner, owner) or None}  # fmt: skip
+    what = f"{METHOD_LABELS.get(config.get('method'), config.get('method'))} on {task_name(config.get('task'))}"
     if state == "queued":
         ahead = (status.get("queue_position") or 1) - 1
         wait = "it starts next" if ahead == 0 else f"{ahead} job{'s' if ahead > 1 else ''} ahead of it"
@@ -104,7 +113,13 @@ def job_headline(status: dict) -> str:
                     + (f", loss {loss:.3f}" if loss is not None else "")
                     + (f", about {duration(left)} left" if left is not None else "") + ".")  # fmt: skip
         if phase == "evaluating":
-            return f"**Scoring on the test set** ({what}): training is done, the model is answering the test images."
+            done, total = status.get("eval_done"), status.get("eval_total")
+            where = f": {done:,} of {total:,} test examples answered" if total else ": training is done"
+            return f"**Scoring on the test set** ({what}){where}."
+        if phase == "done":
+            return f"**Finishing** ({what}): test scores written, recording the result."
+        if phase == "stopped":
+            return f"**Stopping** ({what}): the weights trained so far are saved."
         return f"**Starting** ({what}): loading the model and the data."
     if state == "finished":
         score = main_score(config.get("task", ""), status.get("metrics") or {})
@@ -118,23 +133,38 @@ def job_headline(status: dict) -> str:
 
 
 def progress_share(status: dict) -> float:
-    """0..1 of the job done, for the progress bar."""
-    if status["state"] == "finished":
+    """0..1 of the job done, for the progress bar: training is the first 95 %, scoring the test set the rest.
+    A job that ended early keeps the share it reached."""
+    state, phase = status["state"], status.get("phase")
+    if state == "finished" or phase == "done":
         return 1.0
-    if status["state"] != "running":
+    if state == "queued":
         return 0.0
-    if status.get("phase") == "evaluating":
-        return 0.97  # training is done; scoring the test set is the last few percent
+    if phase == "evaluating":
+        done, total = status.get("eval_done") or 0, status.get("eval_total")
+        return 0.95 + 0.05 * min(1.0, done / total) if total else 0.95
     step, total = status.get("step") or 0, status.get("total_steps")
     return 0.95 * min(1.0, step / total) if total else 0.0
+
+
+def progress_label(status: dict) -> str:
+    """What the bar says beside its share: the time left while training, the scoring count, or where it stopped."""
+    state, phase = status["state"], status.get("phase")
+    share = f"{100 * progress_share(status):.0f} %"
+    step, total = status.get("step"), status.get("total_steps")
+    if state == "running" and phase == "evaluating" and status.get("eval_total"):
+        return f"{share} · scoring {status.get('eval_done') or 0:,} of {status['eval_total']:,}"
+    if state == "running" and phase == "training" and status.get("eta_s") is not None:
+        return f"{share} · about {duration(status['eta_s'])} left"
+    if state in ("cancelled", "failed", "interrupted") and step and total:
+        return f"{share} · stopped at step {step:,} of {total:,}"
+    return share
 
 
 def progress_html(status: dict | None) -> str:
     if status is None:
         return ""
-    share = progress_share(status)
-    eta = status.get("eta_s")
-    label = f"{100 * share:.0f} %" + (f" · about {duration(eta)} left" if eta is not None else "")
+    share, label = progress_share(status), html.escape(progress_label(status))
     return (f'<div class="vl-progress" role="progressbar" aria-valuenow="{100 * share:.0f}" aria-valuemin="0" '
             f'aria-valuemax="100"><div class="vl-progress-fill vl-{html.escape(status["state"])}" '
-            f'style="width:{100 * share:.1f}%"></div><span>{html.escape(label)}</span></div>')  # fmt: skip
+            f'style="width:{100 * share:.1f}%"></div><span>{label}</span></div>')  # fmt: skip

@@ -35,7 +35,11 @@ CSS = """
 .vl-card-title { font-weight: 700; font-size: 1.05em; }
 .vl-meta, .vl-run, .vl-sample { font-size: 0.85em; color: var(--body-text-color-subdued); }
 .vl-output { font-size: 1.2em; margin: 10px 0; }
-.vl-output mark { background: #ffe27a; color: #000; border-radius: 3px; padding: 0 2px; }
+.vl-output mark, .vl-legend mark { background: #ffe27a; color: #000; border-radius: 3px; padding: 0 2px; }
+.vl-output del, .vl-legend del { background: #f4c7c7; color: #6b0f0f; border-radius: 3px; padding: 0 2px; }
+.vl-legend { font-size: 0.85em; }
+.vl-partial { font-size: 0.85em; color: #9a5b00; }
+.vl-log textarea { font-family: var(--font-mono); font-size: 0.85em; }
 .vl-badge { background: var(--color-accent); color: #fff; border-radius: 4px; padding: 0 6px; font-size: 0.7em;
             vertical-align: middle; }
 .vl-banner { font-weight: 600; }

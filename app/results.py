@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from app.format import METHOD_LABELS
 from app.services import MAIN_METRIC, RunRecord
 from training.paths import REPO_ROOT
 
@@ -18,6 +19,9 @@ SETTING_COLUMNS = [
 CAPTION_METRICS = ["CIDEr-D", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L"]
 SWEEP, MINE = "sweep", "your run"
 ALL = "all (averaged)"
+TABLE_HEADERS = {"source": "from", "method": "method", "budget": "budget", "trainable_params": "trained parameters",
+                 "trainable_percent": "trained % of the model", "data_fraction": "share of data", "seed": "seed",
+                 "run_id": "run"}  # fmt: skip
 
 
 def load_sweep(results_dir: Path) -> tuple[pd.DataFrame, str]:
@@ -132,16 +136,32 @@ def table_view(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     for column in ["trainable_percent", *metrics]:
         if column in view.columns:
             view[column] = pd.to_numeric(view[column], errors="coerce").round(3)
-    return view.sort_values(["method", "data_fraction", "trainable_params"], na_position="first")
+    view = view.sort_values(["method", "data_fraction", "trainable_params"], na_position="first")
+    view["method"] = view["method"].map(lambda name: METHOD_LABELS.get(name, name))
+    return view.rename(columns={**TABLE_HEADERS, **{m: metric_label(m) for m in metrics}})
 
 
 def _empty() -> pd.DataFrame:
     return pd.DataFrame(columns=[*SETTING_COLUMNS, "source", "run_id"])
 
 
-def _sort_key(value: str) -> tuple[float, str]:
-    text = value.rstrip("%").replace(",", "")
+def _sort_key(value: str) -> tuple[int, float, str]:
+    """Budgets and fractions by size: counts (570, 1.8k, 18k, 180k, 1.5M) first, then shares of the model (0.5%)."""
+    text = value.strip().replace(",", "")
+    scale, share = 1.0, text.endswith("%")
+    if share:
+        text = text[:-1]
+    elif text[-1:] in ("k", "K", "M"):
+        scale, text = (1e3 if text[-1] in "kK" else 1e6), text[:-1]
     try:
-        return float(text), value
+        return (1 if share else 0), float(text) * scale, value
     except ValueError:
-        return float("inf"), value
+        return 2, float("inf"), value
+
+
+def metric_label(name: str) -> str:
+    """A score's column name as a person reads it: 'accuracy_attribute_at_position' -> 'Accuracy: attribute at
+    position'; 'CIDEr-D' stays."""
+    if name.startswith("accuracy_"):
+        return "Accuracy: " + name.removeprefix("accuracy_").replace("_", " ")
+    return name[:1].upper() + name[1:]

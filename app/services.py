@@ -8,6 +8,7 @@ back from the job store and the run directory.
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -16,11 +17,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
+import huggingface_hub
 import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration
 
+from app.people import person
 from app.settings import Settings
 from training import runs
 from training.compare import Column, Comparer, check_image
@@ -29,7 +33,8 @@ from training.data.dataset import Example, TaskDataset, load_dataset, nested_fra
 from training.errors import UserError
 from training.export import PEFT_FOLDER, is_lora_run, run_readme, write_peft_adapter
 from training.jobs import JobStore, Supervisor, job_status
-from training.jobs.store import ACTIVE_STATES
+from training.jobs.status import read_progress
+from training.jobs.store import ACTIVE_STATES, PersonalLimitReached
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
 from training.tasks import training_pairs
 
@@ -37,6 +42,29 @@ EMBEDDED = "embedded"  # the form value that stands for the app's default base m
 MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
 THUMBNAIL_PX = 192
+PACE_RUNS = 3  # latest finished runs whose pace gives the expected time of a new one
+HUB_CHECK_S = 3  # how long to wait for the Hugging Face Hub to answer before saying it cannot be reached
+
+
+def require_hub_model(repo_id: str) -> None:
+    """Fail in seconds, with a sentence, for a Hub model this machine cannot get: not cached and the Hub offline
+    or out of reach (transformers would retry for most of a minute first)."""
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # huggingface_hub's HFValidationError: not something a Hub id can be
+        raise UserError(f"{repo_id[:100]!r} is neither a local folder nor a Hugging Face Hub id (like "
+                        "Salesforce/blip-image-captioning-base): check the spelling.") from None  # fmt: skip
+    if isinstance(cached, str):
+        return
+    unreachable = (f"Base model {repo_id!r} is not on this machine and the Hugging Face Hub cannot be reached: "
+                   "connect to the network, or give a local folder saved with save_pretrained.")  # fmt: skip
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise UserError(unreachable)
+    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=HUB_CHECK_S).close()
+    except OSError:
+        raise UserError(unreachable) from None
 
 
 @dataclass
@@ -97,6 +125,12 @@ class RunRecord:
     started_at: float | None
     finished_at: float | None
     has_weights: bool
+    progress: dict = field(default_factory=dict)  # progress.json: the step reached, the phase
+
+    @property
+    def steps_done(self) -> int | None:
+        """Optimiser steps completed: all of them for a finished run, where it stopped for the others."""
+        return self.progress.get("step")
 
     @property
     def task(self) -> str:
@@ -134,7 +168,8 @@ class RunRecord:
     def to_dict(self) -> dict:
         data = asdict(self)
         data.update(task=self.task, method=self.method, trainable_params=self.trainable_params,
-                    trainable_percent=self.trainable_percent, duration_s=self.duration_s)  # fmt: skip
+                    trainable_percent=self.trainable_percent, duration_s=self.duration_s,
+                    steps_done=self.steps_done)  # fmt: skip
         return data
 
 
@@ -146,6 +181,8 @@ class Comparison:
     image_id: str | None = None
     references: list[str] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
+    records: dict[str, RunRecord] = field(default_factory=dict)  # the compared runs by run directory
+    base_score_source: str = ""  # where the zero-shot column's test score comes from, when not from a run
 
 
 @dataclass
@@ -187,7 +224,10 @@ class Services:
         if self.settings.demo and text != self.settings.base_model:
             raise UserError("This public demo trains the embedded model only; run the app yourself for other models.")
         path = Path(text).expanduser()
-        return str(path.resolve()) if path.exists() else text
+        if path.exists():
+            return str(path.resolve())
+        require_hub_model(text)
+        return text
 
     def _resident(self, source: str | None) -> _Resident:
         key = source or EMBEDDED
@@ -249,6 +289,34 @@ class Services:
         pairs = len(training_pairs(config.task, subset))
         return TrainingSize(len(subset), len(train), pairs, planned_steps(config, pairs))
 
+    def expected_time(self, config: RunConfig, steps: int) -> tuple[float, str] | None:
+        """Seconds the job should take, start to scores, and where the figure comes from: the pace of the latest
+        finished runs of the same task, method and towers on this machine, else the benchmark (embedded model
+        only); None when neither knows."""
+        paces = []
+        for record in self.runs(config.task):
+            if (record.state, record.method, record.config.get("towers")) != ("finished", config.method, config.towers):
+                continue
+            rows = [r for r in runs.read_jsonl(Path(record.run_dir) / runs.METRICS) if "elapsed_s" in r]
+            eval_s = record.metrics.get("eval_s")
+            if len(rows) < 2 or rows[-1]["step"] <= rows[0]["step"] or not isinstance(eval_s, int | float):
+                continue
+            per_step = (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])
+            batch = config.batch_size / (record.config.get("batch_size") or config.batch_size)
+            paces.append(rows[0]["elapsed_s"] + per_step * batch * steps + eval_s)  # start-up, steps, scoring
+            if len(paces) == PACE_RUNS:
+                break
+        if paces:
+            runs_word = "run" if len(paces) == 1 else "runs"
+            return sorted(paces)[len(paces) // 2], f"from {len(paces)} finished {runs_word} like it on this machine"
+        bench = runs.read_json(self.settings.results_dir / "bench.json") if config.base_model is None else None
+        row = next((r for r in (bench or {}).get("train", []) if (r.get("method"), r.get("towers"))
+                    == (config.method, config.towers)), None)  # fmt: skip
+        if row is None:
+            return None
+        seconds = row["step_s"] * config.batch_size / row["batch_size"] * steps + bench.get("eval", {}).get("eval_s", 0)
+        return seconds, "from the benchmark on an idle 2-core CPU; a busy machine is slower"
+
     def test_images(self, task: str) -> list[TestImage]:
         """The first pictures of the app's test split for the task, with crisp upscaled thumbnails."""
         return self._once(self._galleries, task, lambda: self._make_gallery(task))
@@ -288,7 +356,10 @@ class Services:
         return config, estimate, size, notes
 
     def submit(self, config: RunConfig, submitter: str) -> str:
-        return self.store.submit(config, submitter=submitter)
+        try:
+            return self.store.submit(config, submitter=submitter)
+        except PersonalLimitReached as exc:  # said to the person it is about, without their internal id
+            raise UserError("You " + exc.sentence("already have")) from None
 
     def status(self, job_id: str, log_lines: int = 40) -> dict:
         """job_status plus the test metrics and the loss curve (a list of metrics.jsonl rows)."""
@@ -302,10 +373,11 @@ class Services:
 
     def _own(self, job_id: str, submitter: str, action: str) -> None:
         job = self.store.get(job_id)
-        if self.settings.demo and job.submitter != submitter:
-            raise UserError(f"Job {job_id} was started by another visitor: only they can {action} it.")
+        if job.submitter != submitter:
+            raise UserError(f"Job {job_id} was started by {person(job.submitter)}: only they can {action} it.")
 
     def cancel(self, job_id: str, submitter: str) -> dict:
+        """Cancel a job of this submitter's (nobody cancels another person's job)."""
         self._own(job_id, submitter, "cancel")
         self.store.cancel(job_id, by=submitter)
         return self.status(job_id)
@@ -328,6 +400,7 @@ class Services:
                 info=runs.read_json(run_dir / runs.CONFIG) or {}, metrics=evaluation.get("metrics", {}),
                 run_dir=job.run_dir, created_at=job.created_at, started_at=job.started_at,
                 finished_at=job.finished_at, has_weights=(run_dir / runs.WEIGHTS).is_file(),
+                progress=read_progress(run_dir) or {},
             ))  # fmt: skip
         return records
 
@@ -336,7 +409,9 @@ class Services:
         return next(r for r in self.runs() if r.id == job_id)
 
     def delete(self, job_id: str, submitter: str) -> None:
-        self._own(job_id, submitter, "delete")
+        """Delete an ended run: in a public demo only its own submitter may."""
+        if self.settings.demo:
+            self._own(job_id, submitter, "delete")
         self.store.delete(job_id)
 
     def zip_run(self, job_id: str) -> Path:
@@ -379,7 +454,8 @@ class Services:
         if len(sources) > 1:
             raise UserError("The chosen runs were trained on different base models: compare one base model at a time.")
         comparer = self._resident(sources.pop()).comparer
-        comparison = Comparison([], task, question=(question or "").strip())
+        comparison = Comparison([], task, question=(question or "").strip(),
+                                records={record.run_dir: record for record in chosen})  # fmt: skip
         if test_index is not None:
             gallery = self.test_images(task)
             if not 0 <= test_index < len(gallery):

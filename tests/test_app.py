@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from app.services import Comparison, RunRecord, Services
 from app.settings import Settings, parse_auth
 from app.tabs import compare, explore, runs, train
 from training.compare import Column
+from training.config import RunConfig
 from training.errors import UserError
 from training.jobs.limits import JobLimits
 from training.jobs.outcome import KILLED_HINT
@@ -121,7 +125,7 @@ def test_baselines_say_the_budget_does_not_apply(services: Services):
 def test_an_unknown_model_id_or_budget_text_is_a_sentence_not_a_traceback(services, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert train.estimate(services, "lora", "1k", "both", "nobody/no-such-blip").startswith(
-        "⚠️ Base model 'nobody/no-such-blip' could not be loaded"
+        "⚠️ Base model 'nobody/no-such-blip' is not on this machine and the Hugging Face Hub cannot be reached"
     )
     assert "is not understood" in train.estimate(services, "lora", "a lot", "both", "")  # fmt: skip
 
@@ -129,31 +133,66 @@ def test_an_unknown_model_id_or_budget_text_is_a_sentence_not_a_traceback(servic
 @pytest.mark.parametrize(
     ("job", "expected"),
     [
-        (status("queued", queue_position=1), "**Queued #1** (LoRA on caption): it starts next."),
-        (status("queued", queue_position=3), "**Queued #3** (LoRA on caption): 2 jobs ahead of it."),
-        (status("running", phase="starting"), "**Starting** (LoRA on caption): loading the model and the data."),
+        (status("queued", queue_position=1), "**Queued #1** (LoRA on image captioning): it starts next."),
+        (status("queued", queue_position=3), "**Queued #3** (LoRA on image captioning): 2 jobs ahead of it."),
+        (status("running", phase="starting"),
+         "**Starting** (LoRA on image captioning): loading the model and the data."),
         (status("running", phase="training", step=40, total_steps=312, loss=2.31, eta_s=80),
-         "**Training** (LoRA on caption): step 40 of 312, loss 2.310, about 1 min 20 s left."),
+         "**Training** (LoRA on image captioning): step 40 of 312, loss 2.310, about 1 min 20 s left."),
         (status("running", phase="evaluating"), "**Scoring on the test set**"),
+        (status("running", phase="evaluating", eval_done=12, eval_total=40),
+         "**Scoring on the test set** (LoRA on image captioning): 12 of 40 test examples answered."),
+        (status("running", phase="done"), "**Finishing** (LoRA on image captioning): test scores written"),
+        (status("running", phase="stopped"),
+         "**Stopping** (LoRA on image captioning): the weights trained so far are saved."),
         (status("running", phase="training", step=4, total_steps=9, cancel_requested_by="ann"),
-         "**Stopping** (LoRA on caption): cancel requested by ann."),
+         "**Stopping** (LoRA on image captioning): cancel requested by ann."),
         (status("finished", elapsed_s=65, metrics={"CIDEr-D": 0.4521}),
-         "**Finished** in 1 min 05 s (LoRA on caption). Test score: CIDEr-D 0.452."),
+         "**Finished** in 1 min 05 s (LoRA on image captioning). Test score: CIDEr-D 0.452."),
         (status("failed", reason="killed by SIGKILL", hint="try a smaller batch size"),
-         "**Failed** (LoRA on caption): killed by SIGKILL. **What to do:** try a smaller batch size"),
+         "**Failed** (LoRA on image captioning): killed by SIGKILL. **What to do:** try a smaller batch size"),
         (status("cancelled", reason="cancelled by ann; the weights trained so far are kept"),
-         "**Cancelled** (LoRA on caption): cancelled by ann; the weights trained so far are kept."),
+         "**Cancelled** (LoRA on image captioning): cancelled by ann; the weights trained so far are kept."),
     ],
 )  # fmt: skip
 def test_the_job_headline_says_where_the_job_is(job: dict, expected: str):
     assert expected in fmt.job_headline(job)
 
 
+def test_the_progress_bar_says_what_is_happening_and_keeps_what_a_stopped_job_reached():
+    scoring = fmt.progress_html(status("running", phase="evaluating", step=20, total_steps=20, eta_s=0.0,
+                                       eval_done=30, eval_total=40))  # fmt: skip
+    assert "99 % · scoring 30 of 40" in scoring and "left" not in scoring
+    cancelled = fmt.progress_html(status("cancelled", phase="stopped", step=20, total_steps=150))
+    assert 'style="width:12.7%"' in cancelled and "13 % · stopped at step 20 of 150" in cancelled
+    assert 'style="width:100.0%"' in fmt.progress_html(status("running", phase="done", step=5, total_steps=5))
+
+
+def test_a_run_stopped_early_says_how_many_of_its_steps_it_trained():
+    stopped = runs.details(record(state="interrupted", progress={"step": 5, "phase": "training"}),
+                           log=["step 5/32 loss 2.1"])  # fmt: skip
+    assert "1,000 training examples, 5 of 32 planned steps." in stopped
+    assert "**Log (last lines):**\n```\nstep 5/32 loss 2.1\n```" in stopped
+    assert "1,000 training examples, 32 steps." in runs.details(record(progress={"step": 32}))
+
+
+def test_the_time_left_follows_the_pace_of_the_last_steps_not_the_slow_first_one(tmp_path: Path):
+    from training.jobs.status import recent_eta
+
+    progress = {"step": 10, "total_steps": 100, "eta_s": 500.0}  # the trainer's average from step 1
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "elapsed_s": 30.0}) + "\n")
+    assert recent_eta(tmp_path, progress) == 500.0  # too early to know the pace: the trainer's figure
+    with (tmp_path / "metrics.jsonl").open("a") as rows:
+        for step, elapsed in ((5, 34.0), (10, 39.0)):  # a second a step once warmed up
+            rows.write(json.dumps({"step": step, "elapsed_s": elapsed}) + "\n")
+    assert recent_eta(tmp_path, progress) == 90.0
+
+
 def test_the_progress_bar_follows_the_steps():
     assert fmt.progress_share(status("queued")) == 0
     assert fmt.progress_share(status("running", phase="training", step=40, total_steps=80)) == pytest.approx(0.475)
     assert 'style="width:100.0%"' in fmt.progress_html(status("finished"))
-    assert "about 20 s left" in fmt.progress_html(status("running", step=1, total_steps=2, eta_s=20))
+    assert "about 20 s left" in fmt.progress_html(status("running", phase="training", step=1, total_steps=2, eta_s=20))
 
 
 # --- train -------------------------------------------------------------------------------------------------
@@ -170,6 +209,7 @@ def test_the_progress_bar_follows_the_steps():
         ({"lr": 3}, "learning rate of 3 is out of range"),
         ({"max_steps": 2.5}, "Steps must be a whole number"),
         ({"max_steps": -1}, "cannot be negative"),
+        ({"seed": -1}, "The seed must be 0 or more, not -1"),
         ({"budget": "lots"}, "is not understood"),
     ],
 )
@@ -185,26 +225,51 @@ def test_zero_steps_and_zero_test_examples_mean_no_limit(services: Services, tin
 
 def test_the_size_note_counts_examples_pairs_and_steps(services: Services):
     caption = train.describe_size(services, "caption", "lora", 0.5, 0, 1, 0, 4, "embedded")
-    assert caption == "This run trains on 12 of 24 images (36 caption pairs): 9 steps of 4 examples."
+    assert caption.startswith("This run trains on 12 of 24 images (36 caption pairs): 9 steps of 4 examples. No time")
     vqa = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded")
-    assert vqa == "This run trains on 32 of 32 questions: 3 steps of 32 examples."
+    assert vqa.startswith("This run trains on 32 of 32 questions: 3 steps of 32 examples.")
     assert "only scores the base model" in train.describe_size(services, "caption", "zero-shot", 1, 0, 1, 0, 4, "")
+
+
+def test_the_expected_time_comes_from_finished_runs_here_else_the_bench_and_warns_past_the_limit(make_services):
+    services = make_services(limits=dataclasses.replace(LIMITS, max_runtime_s=120))
+    job_id = services.submit(train.run_config(services, *form(batch_size=8)), "visitor-v1")
+    services.store.claim_next("worker-1", max_concurrent=1)
+    run_dir = Path(services.store.get(job_id).run_dir)
+    run_dir.mkdir(parents=True)
+    for step, elapsed in ((1, 10.0), (5, 18.0), (11, 30.0)):  # 10 s to start, then 2 s a step
+        (run_dir / "metrics.jsonl").open("a").write(json.dumps({"step": step, "elapsed_s": elapsed}) + "\n")
+    (run_dir / "eval.json").write_text(json.dumps({"metrics": {"CIDEr-D": 0.1, "eval_s": 5.0}}))
+    assert services.store.finish(job_id, "worker-1", Outcome("finished", "finished in 35 s", 0))
+    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 100, 4, "embedded")  # half the batch: 1 s a step
+    assert "**Expected time:** about 1 min 55 s (from 1 finished run like it on this machine)." in text
+    assert "⚠️ **That is past this app's run limit of 2 min 00 s** (VLPEFT_MAX_RUNTIME_S)" not in text
+    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 200, 4, "embedded")
+    assert "about 3 min 35 s" in text and "past this app's run limit of 2 min 00 s" in text
+    assert "No time estimate yet" in train.describe_size(services, "caption", "prefix", 1, 0, 1, 200, 4, "embedded")
+
+    bench = {"train": [{"method": "prefix", "towers": "both", "batch_size": 32, "step_s": 0.2}], "eval": {"eval_s": 3}}
+    services.settings.results_dir.mkdir(parents=True, exist_ok=True)
+    (services.settings.results_dir / "bench.json").write_text(json.dumps(bench))
+    seconds, source = services.expected_time(RunConfig(method="prefix", batch_size=16), 100)
+    assert seconds == pytest.approx(13.0) and source.startswith("from the benchmark")
 
 
 def test_start_refuses_bad_input_without_queueing_anything(services: Services):
     with pytest.warns(UserWarning, match="outside"):
         result = train.start(services, None, "v1", *form(data_fraction=0))
-    assert result[1].startswith("⚠️ **Not started.** Data fraction 0 is outside (0, 1]")
+    assert result[-1].startswith("⚠️ **Not started.** Data fraction 0 is outside (0, 1]")
+    assert all(value["__type__"] == "update" and len(value) == 1 for value in result[:-1])  # the view: untouched
     assert services.store.list_jobs() == []
 
 
 def test_start_queues_jobs_shows_their_place_and_a_reload_reattaches(services: Services):
     first = train.start(services, None, "v1", *form())
     second = train.start(services, None, "v1", *form(method="prefix", budget="1k"))
-    assert "**Queued #1**" in first[1] and "**Queued #2** (Prefix tuning on caption)" in second[1]
+    assert "**Queued #1**" in first[1] and "**Queued #2** (Prefix tuning on image captioning)" in second[1]
     assert "python -m training train --task caption --method prefix --budget 1k" in second[5]["value"]
     assert services.store.get(first[0]).submitter == "visitor-v1"
-    assert [value for _, value in second[-1]["choices"]] == [second[0], first[0]]
+    assert [value for _, value in second[-2]["choices"]] == [second[0], first[0]] and second[-1] == ""
 
     assert train.reattach(services, None, "v1", "") == second[0]  # the newest live job of this browser
     assert train.reattach(services, None, "v2", "") is None
@@ -219,7 +284,9 @@ def test_a_failed_job_shows_its_reason_hint_and_log_tail(services: Services):
                     log_tail="step 1/5 loss 3.1\nstep 2/5 loss 3.0")  # fmt: skip
     assert services.store.finish(job_id, "worker-1", ended)
     headline, progress, cancel_button, _, _, log, log_box, timer, _ = train.show_job(services, job_id, -1)
-    assert headline.startswith("**Failed** (LoRA on caption): killed by SIGKILL. **What to do:** The process was")
+    assert headline.startswith(
+        "**Failed** (LoRA on image captioning): killed by SIGKILL. **What to do:** The process was"
+    )
     assert log == "step 1/5 loss 3.1\nstep 2/5 loss 3.0\n\nerror: killed by SIGKILL"
     assert log_box["open"] and not cancel_button["visible"] and not timer.active and "0 %" in progress
 
@@ -230,7 +297,7 @@ def test_demo_mode_caps_steps_and_allows_one_job_per_visitor(make_services):
     assert (config.max_steps, size.steps) == (2, 2) and notes == [
         "The public demo caps runs at 2 steps (this one would take 18)."]  # fmt: skip
     job_id = services.submit(config, "visitor-a")
-    with pytest.raises(UserError, match="already has 1 jobs queued or running"):
+    with pytest.raises(UserError, match="You already have 1 job queued or running"):
         services.submit(config, "visitor-a")
     services.submit(config, "visitor-b")
     with pytest.raises(UserError, match="started by another visitor"):
@@ -250,8 +317,42 @@ def test_the_comparison_marks_the_outputs_that_differ():
     page = compare.comparison_html(Comparison(columns, "caption", image_id="test-0", references=["a red circle"]))
     assert "1 of 2 adapters give a different output from the zero-shot base" in page
     assert page.count('class="vl-card vl-differs"') == 1
-    assert "a <mark>blue</mark> circle" in page and "21,504 trained parameters · data 50 %" in page
+    assert ">red</del> <mark>blue</mark> circle" in page and "21,504 trained parameters · data 50 %" in page
     assert "test set: CIDEr-D 0.8" in page and "<li>a red circle</li>" in page
+
+
+def test_words_an_adapter_drops_are_struck_and_words_it_adds_marked_with_a_legend():
+    columns = [Column("zero-shot (base)", "zero-shot", "a large red circle in the middle"),
+               Column("lora", "lora", "a red circle", "/runs/r1", "0.5%", 21504, 0.5),
+               Column("prefix", "prefix", "a small red circle in the middle", "/runs/r2", "1k", 1000, 1.0)]  # fmt: skip
+    page = compare.comparison_html(Comparison(columns, "caption"))
+    cards = page.split("data-method=")[1:]
+    assert 'a <del title="in the zero-shot output only">large</del> red circle <del' in cards[1]
+    assert ">in the middle</del>" in cards[1] and "<mark>" not in cards[1]
+    assert "a <del" in cards[2] and ">large</del> <mark>small</mark> red circle in the middle" in cards[2]
+    assert "<mark>marked</mark> words the adapter says" in page and "<del>struck</del> words" in page
+    cased = Column("lora", "lora", "a large red circle in the middle.", "/runs/r3")
+    assert "<del" in compare._marked(cased.output, columns[0].output)  # a differing output always shows where
+
+
+def test_compare_cards_name_their_run_and_mark_a_partly_trained_adapter(make_services, tmp_path: Path):
+    done = record("20261129-100000-aaaaaa")
+    stopped = record("20261129-110000-bbbbbb", state="cancelled", progress={"step": 20})
+    columns = [Column("zero-shot (base)", "zero-shot", "a red circle", test_score={"CIDEr-D": 5.6}),
+               Column("lora", "lora", "a red circle", done.run_dir, "0.5%", 21504, 0.5),
+               Column("lora", "lora", "a blue circle", stopped.run_dir, "0.5%", 21504, 0.5)]  # fmt: skip
+    page = compare.comparison_html(Comparison(columns, "caption", records={r.run_dir: r for r in (done, stopped)},
+                                              base_score_source=" (the sweep's zero-shot run)"))  # fmt: skip
+    cards = page.split("data-method=")[1:]
+    assert "LoRA rank 4 · budget 0.5%" in cards[1] and "run aaaaaa · data 50 % · seed 1 ·" in cards[1]
+    assert "partly trained" not in cards[1]
+    assert "⚠️ partly trained: cancelled at step 20 of 32" in cards[2] and "run bbbbbb" in cards[2]
+    assert "test set (the sweep&#x27;s zero-shot run): CIDEr-D 5.6" in cards[0]
+
+    write_sweep(tmp_path / "sweep")
+    embedded = make_services(base_model=None, datasets={"caption": None, "vqa": None}, results_dir=tmp_path / "sweep")
+    assert compare.sweep_zero_shot(embedded, "caption") == {"CIDEr-D": pytest.approx(0.2)}
+    assert compare.sweep_zero_shot(make_services(results_dir=tmp_path / "sweep"), "caption") == {}  # other model
 
 
 def test_a_bad_upload_is_refused_with_a_sentence_and_a_good_one_previewed(services: Services, tmp_path: Path):
@@ -331,6 +432,22 @@ def test_sweep_results_draw_a_line_per_method_with_error_bars_and_your_runs_as_s
     assert results.held_values(sweep, "budget") == (["all (averaged)", "0.5%"], "0.5%")  # baselines have none
 
 
+def test_explore_reads_like_a_report_and_your_runs_obey_the_held_value(tmp_path: Path):
+    budgets = pd.DataFrame({"method": ["lora"] * 6, "budget": ["18k", "1.8k", "0.5%", "570", "180k", "1.5M"]})
+    assert results.held_values(budgets, "budget")[0] == ["all (averaged)", "570", "1.8k", "18k", "180k", "1.5M", "0.5%"]
+    assert results.metric_label("accuracy_attribute_at_position") == "Accuracy: attribute at position"
+    assert (results.metric_label("CIDEr-D"), results.metric_label("accuracy")) == ("CIDEr-D", "Accuracy")
+    write_sweep(tmp_path)
+    sweep, _ = results.load_sweep(tmp_path)
+    mine = results.user_frame([record(), record("r-1k", config={**record().config, "budget": "1k"})])
+    frame = results.combined(sweep, mine, "caption")
+    held = metric_figure(frame, "data_fraction", "CIDEr-D", ("budget", "0.5%"))
+    assert [trace.name for trace in held.data] == ["LoRA", "Prefix tuning", "your LoRA"]
+    assert len(held.data[2].x) == 1 and held.layout.xaxis.type == "log"  # the 1k star is not at budget 0.5%
+    table = results.table_view(frame, ["CIDEr-D"])
+    assert {"trained parameters", "share of data", "run"} <= set(table.columns) and "LoRA" in set(table["method"])
+
+
 def test_the_sweep_report_verdict_is_shown_without_its_images(tmp_path: Path):
     from training.report import build_report
 
@@ -352,6 +469,17 @@ def test_the_runs_table_and_details_read_like_a_report():
     text = runs.details(record())
     assert "**Test scores:** CIDEr-D 0.5 · BLEU-4 0.25 (on 6 test examples)" in text
     assert "21,504 of 2,986,000 parameters (0.72 %), rank 4, 1,000 training examples, 32 steps" in text
+
+
+def test_the_runs_list_filters_by_state_and_names_people_without_their_ids(services: Services):
+    live = services.submit(train.run_config(services, *form()), "visitor-v1")
+    ended = services.submit(train.run_config(services, *form(seed=1)), "visitor-v2")
+    services.cancel(ended, "visitor-v2")
+    table, picker, panel = runs.refresh(services, ended, "visitor-v1", "cancelled")[:3]
+    assert list(table["run"]) == [ended] and [value for _, value in picker["choices"]] == [ended]
+    assert list(table["by"]) == ["another visitor"] and "*cancelled by another visitor while queued*" in panel
+    assert list(runs.refresh(services, None, "visitor-v1", "live")[0]["by"]) == ["you"]
+    assert len(runs.refresh(services, None, "visitor-v1")[0]) == 2 and live
 
 
 def test_a_run_downloads_as_a_zip_and_can_be_deleted(services: Services):
@@ -383,3 +511,46 @@ def test_settings_come_from_the_environment(monkeypatch):
     assert settings.datasets == {"caption": None, "vqa": "/data/vqa"}
     with pytest.raises(UserError, match="user:password"):
         parse_auth("ann")
+
+
+# --- a whole job, watched as the page watches it ----------------------------------------------------------
+
+PHASE_ORDER = ["Queued", "Starting", "Training", "Scoring", "Finishing", "Stopping", "Finished", "Cancelled"]
+
+
+def watch(services: Services, job_id: str, until: set[str], timeout: float = 300) -> list[tuple[str, str, float]]:
+    """Poll like the page's timer until the job is in one of `until`: (headline word, bar label, bar share)."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        headline, progress = train.show_job(services, job_id, -1)[:2]
+        word = re.match(r"\*\*(\w+)", headline).group(1)
+        share = float(re.search(r'aria-valuenow="(\d+)"', progress).group(1))
+        seen.append((word, re.search(r"<span>(.*)</span>", progress).group(1), share))
+        if services.store.get(job_id).state in until and word in ("Finished", "Cancelled"):
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not reach {until}; seen {seen[-3:]}")
+
+
+def test_every_phase_of_a_job_and_of_a_cancel_is_shown_as_it_is(services: Services):
+    services.start_worker()
+    job_id = services.submit(train.run_config(services, *form(max_steps=6, eval_limit=6)), "visitor-v1")
+    seen = watch(services, job_id, {"finished"})
+    words = [word for word, _, _ in seen]
+    assert {"Training", "Finished"} <= set(words), words
+    ranks = [PHASE_ORDER.index(word) for word in words]
+    assert ranks == sorted(ranks), f"the headline went back: {words}"  # never "Starting" again at the end
+    shares = [share for _, _, share in seen]
+    assert shares == sorted(shares) and shares[-1] == 100, shares
+    assert all("left" not in label for word, label, _ in seen if word == "Scoring"), seen  # no "0 s left"
+
+    long_job = services.submit(train.run_config(services, *form(max_steps=200)), "visitor-v1")
+    while (services.status(long_job, log_lines=0).get("step") or 0) < 5:
+        assert services.store.get(long_job).state in ("queued", "running")
+        time.sleep(0.1)
+    train.cancel(services, None, "v1", long_job)
+    seen = watch(services, long_job, {"cancelled"})
+    words = [word for word, _, _ in seen]
+    assert words[0] == "Stopping" and words[-1] == "Cancelled", words
+    step = services.status(long_job, log_lines=0)["step"]
+    assert step >= 5 and seen[-1][1].endswith(f"stopped at step {step:,} of 200") and seen[-1][2] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import socket
 import time
@@ -124,7 +125,7 @@ def test_a_second_job_waits_in_the_queue_and_both_can_be_cancelled(client: Clien
     assert cancelled["state"] == "cancelled" and "while queued" in cancelled["reason"]
     client.predict(first, api_name="/cancel_job")
     status = wait_for_state(client, first, {"cancelled", "finished", "failed"}, timeout=60)
-    assert status["state"] == "cancelled" and status["reason"].startswith("cancelled by session-")
+    assert status["state"] == "cancelled" and status["reason"].startswith("cancelled by address-127.0.0.1")
 
 
 @pytest.mark.parametrize(
@@ -132,7 +133,10 @@ def test_a_second_job_waits_in_the_queue_and_both_can_be_cancelled(client: Clien
     [
         ("/estimate", ("lora", "50%"), None),
         ("/estimate", ("lora", "lots"), "is not understood"),
-        ("/estimate", ("lora", "1k", "both", "nobody/no-such-blip"), "could not be loaded"),
+        ("/estimate", ("lora", "1k", "both", "nobody/no-such-blip"), "Hugging Face Hub cannot be reached"),
+        ("/estimate", ("lora", "1k", "sideways"), "towers 'sideways' is not one of vision, text, both"),
+        ("/compare", ("bogus", [], "", 0), "task 'bogus' is not one of caption, vqa"),
+        ("/job_status", ("x" * 5000,), "There is no job '" + "x" * 40 + "'… (5,000 characters"),
         ("/start_job", ("caption", "lora", "2k", 0), "outside (0, 1]"),
         ("/start_job", ("caption", "lora", "2k", 1.5), "outside (0, 1]"),
         ("/start_job", ("caption", "lora", "90%", 1.0), "cannot reach a budget"),
@@ -165,3 +169,67 @@ def test_a_bad_upload_is_refused_with_a_sentence(client: Client, tmp_path: Path,
     make(path)
     with pytest.raises(Exception, match=message):
         client.predict("caption", [], "", None, handle_file(str(path)), api_name="/compare")
+
+
+GENERIC = "upstream Gradio app has raised an exception"
+WRONG = [None, -1, True, "bogus", [], "x" * 5000]  # each type a JSON client can send, and a long text
+VALID = {
+    "/estimate": dict(method="lora", budget="2k", towers="both", base_model=""),
+    "/start_job": dict(task="caption", method="lora", budget="2k", data_fraction=0.5, seed=0, epochs=None, max_steps=1,
+                       lr=None, batch_size=4, towers="both", base_model="", dataset="", eval_limit=1),
+    "/job_status": dict(job_id="20261129-103501-ab12cd", log_lines=5),
+    "/cancel_job": dict(job_id="20261129-103501-ab12cd"),
+    "/list_runs": dict(task=""),
+    "/compare": dict(task="caption", run_ids=[], question="", test_image=0),
+}  # fmt: skip
+
+
+def test_every_endpoint_answers_any_wrong_argument_with_a_sentence(server, client: Client):
+    assert set(VALID) == API_NAMES
+    generic = []
+    for endpoint, arguments in VALID.items():
+        for name in arguments:
+            for wrong in WRONG:
+                try:
+                    client.predict(**{**arguments, name: wrong}, api_name=endpoint)
+                except Exception as exc:  # noqa: BLE001 - any error is fine as long as it is a sentence
+                    if GENERIC in str(exc) or not str(exc).strip():
+                        generic.append((endpoint, name, repr(wrong)[:20]))
+    store = server[0].services.store
+    for job in store.list_jobs(("queued", "running")):
+        store.cancel(job.id, by="test")  # what the fuzzing queued; the next tests need an empty queue
+    deadline = time.monotonic() + 120
+    while store.list_jobs(("queued", "running")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert generic == [], generic
+
+
+def test_fresh_clients_from_one_address_share_the_cap_and_nobody_cancels_another_persons_job(server):
+    app, url = server
+    store = app.services.store
+    store.limits, limits = dataclasses.replace(LIMITS, max_queued_per_submitter=2), store.limits
+    try:
+        started = [Client(url, verbose=False).predict(task="caption", method="lora", budget="2k", max_steps=100_000,
+                                                      batch_size=4, api_name="/start_job")["job_id"]
+                   for _ in range(2)]  # fmt: skip
+        with pytest.raises(Exception, match=r"You already have 2 jobs queued or running, the most allowed per person"):
+            Client(url, verbose=False).predict(task="caption", method="lora", budget="2k", api_name="/start_job")
+        someone_elses = store.submit(store.get(started[0]).run_config, "visitor-someone")
+        with pytest.raises(Exception, match="was started by another visitor: only they can cancel it"):
+            Client(url, verbose=False).predict(someone_elses, api_name="/cancel_job")
+        assert store.get(someone_elses).state == "queued"
+        for job_id in started:  # a fresh client from the same address is the same person
+            Client(url, verbose=False).predict(job_id, api_name="/cancel_job")
+        store.cancel(someone_elses, by="visitor-someone")
+    finally:
+        store.limits = limits
+    for job_id in started:
+        assert wait_for_state(Client(url, verbose=False), job_id, {"cancelled"})["state"] == "cancelled"
+
+
+def test_an_unknown_hub_model_fails_in_seconds_without_the_offline_switch(client: Client, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # this machine has no network
+    started = time.monotonic()
+    with pytest.raises(Exception, match="Hugging Face Hub cannot be reached"):
+        client.predict("lora", "1k", "both", "nobody/no-such-blip", api_name="/estimate")
+    assert time.monotonic() - started < 15

@@ -566,7 +566,7 @@ def test_cli_submit_over_the_limit_exits_2_with_the_reason(home: Path, monkeypat
     monkeypatch.setenv("VLPEFT_MAX_QUEUED_PER_USER", "1")
     assert main(["submit", "--submitter", "ann"]) == 0
     assert main(["submit", "--submitter", "ann"]) == 2
-    assert "error: ann already has 1 jobs queued or running" in capsys.readouterr().err
+    assert "error: ann already has 1 job queued or running" in capsys.readouterr().err
 
 
 def test_cli_submit_makes_local_paths_absolute(home: Path, tmp_path: Path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.people import ADDRESS, VISITOR
 from training.errors import UserError
 
 
@@ -23,13 +24,14 @@ class Loader:
 
 
 def submitter(request: gr.Request | None, visitor: str | None) -> str:
-    """Who a job counts against: the logged-in user, else this browser's id, else the session."""
+    """Who a job counts against and who may cancel it: the logged-in user; else, in the page, this browser's id;
+    else, over the API, the client's address (every new gradio_client on one machine is the same person)."""
     if request is not None and request.username:
         return request.username
     if visitor:
-        return f"visitor-{visitor}"
-    session = getattr(request, "session_hash", None) if request is not None else None
-    return f"session-{session[:12]}" if session else "local"
+        return f"{VISITOR}{visitor}"
+    host = getattr(getattr(request, "client", None), "host", None) if request is not None else None
+    return f"{ADDRESS}{host}" if host else "local"
 
 
 def shows_user_errors(handler: Callable[..., Any]) -> Callable[..., Any]:

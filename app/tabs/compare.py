@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 import html
-import re
+import time
 from pathlib import Path
 
 import gradio as gr
+import pandas as pd
 
 from app import format as fmt
-from app.services import Comparison, Services
+from app import results
+from app.services import MAIN_METRIC, Comparison, RunRecord, Services
 from app.tabs.common import Loader, shows_user_errors
 from training.compare import Column, check_image
 from training.config import TASKS
@@ -17,6 +20,10 @@ from training.errors import UserError
 
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 PREVIEW_PX = 384
+LEGEND = (
+    '<p class="vl-legend"><mark>marked</mark> words the adapter says and the zero-shot base does not · '
+    "<del>struck</del> words of the zero-shot output the adapter leaves out</p>"
+)
 EMPTY = "<p>Pick a test image (or upload one), tick the adapters to compare, and press <b>Compare</b>.</p>"
 
 
@@ -32,10 +39,40 @@ def run_choices(services: Services, task: str, selected: list[str] | None = None
         config = record.config
         label = (f"{fmt.METHOD_LABELS.get(record.method, record.method)} · budget {config.get('budget')} · "
                  f"data {fmt.fraction(config.get('data_fraction'))} · {fmt.main_score(task, record.metrics)} · "
-                 f"{record.id}")  # fmt: skip
+                 f"{record.id}" + (f" · {partly_trained(record)}" if record.state != "finished" else ""))  # fmt: skip
         choices.append((label, record.id))
     ids = {run_id for _, run_id in choices}
     return gr.update(choices=choices, value=[run_id for run_id in selected or [] if run_id in ids])
+
+
+def partly_trained(record: RunRecord) -> str:
+    """'partly trained: cancelled at step 20 of 150' for an adapter whose training did not run to its end."""
+    done, planned = record.steps_done, record.info.get("total_steps")
+    where = f" at step {done:,} of {planned:,}" if done is not None and planned else ""
+    return f"partly trained: {record.state}{where}"
+
+
+def run_title(record: RunRecord) -> tuple[str, str]:
+    """A card's title ('LoRA rank 4 · budget 0.5%') and its short run label ('run ab12cd · data 50 % · seed 0')."""
+    info, config = record.info, record.config
+    knob = f" {info['knob']} {info.get('knob_value')}" if info.get("knob") else ""
+    title = f"{fmt.METHOD_LABELS.get(record.method, record.method)}{knob} · budget {config.get('budget')}"
+    label = (f"run {record.id.rsplit('-', 1)[-1]} · data {fmt.fraction(config.get('data_fraction'))} · seed "
+             f"{config.get('seed')} · {time.strftime('%d %b %H:%M', time.localtime(record.created_at))}")  # fmt: skip
+    return title, label
+
+
+def sweep_zero_shot(services: Services, task: str) -> dict:
+    """The sweep's zero-shot test score of the task ({} unless the app runs the model and data the sweep used)."""
+    settings = services.settings
+    if settings.base_model is not None or settings.datasets.get(task) is not None:
+        return {}
+    sweep, _ = results.load_sweep(settings.results_dir)
+    metric = MAIN_METRIC[task]
+    if sweep.empty or metric not in sweep.columns:
+        return {}
+    scores = pd.to_numeric(sweep[(sweep["task"] == task) & (sweep["method"] == "zero-shot")][metric], errors="coerce")
+    return {metric: float(scores.mean())} if scores.notna().any() else {}
 
 
 def gallery(services: Services, task: str) -> list[tuple[str, str]]:
@@ -78,6 +115,10 @@ def compare(services: Services, task: str, run_ids: list[str] | None, question: 
         raise UserError("Pick a test image from the gallery or upload one first.")
     comparison = services.compare(task, list(run_ids or []), question or "", index, None if index is not None
                                   else upload)  # fmt: skip
+    base = comparison.columns[0]
+    if not base.test_score:
+        base.test_score = sweep_zero_shot(services, task)
+        comparison.base_score_source = " (the sweep's zero-shot run)" if base.test_score else ""
     return comparison_html(comparison)
 
 
@@ -98,11 +139,13 @@ def comparison_html(comparison: Comparison) -> str:
         banner = (f"{differing} of {trained} adapters give a different output from the zero-shot base: the words "
                   "that differ are highlighted.")  # fmt: skip
     parts = [f'<p class="vl-banner">{html.escape(banner)}</p>']
+    if differing:
+        parts.append(LEGEND)
     if comparison.question:
         parts.append(f'<p class="vl-question"><b>Question:</b> {html.escape(comparison.question)}</p>')
     parts.append('<div class="vl-columns">')
     for position, column in enumerate(comparison.columns):
-        parts.append(_card(column, base, comparison.task, is_base=position == 0))
+        parts.append(_card(column, base, comparison, is_base=position == 0))
     parts.append("</div>")
     if comparison.references:
         items = "".join(f"<li>{html.escape(text)}</li>" for text in comparison.references)
@@ -117,24 +160,32 @@ def comparison_html(comparison: Comparison) -> str:
     return "".join(parts)
 
 
-def _card(column: Column, base: str, task: str, is_base: bool) -> str:
-    title = "Zero-shot base" if is_base else fmt.METHOD_LABELS.get(column.method, column.method)
+def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> str:
+    record = comparison.records.get(column.run_dir or "")
+    title, run = ("Zero-shot base", "") if is_base else (fmt.METHOD_LABELS.get(column.method, column.method), "")
+    if record is not None:
+        title, run = run_title(record)
     if is_base:
         meta = "no training · the reference"
     else:
         meta = (f"budget {column.budget} · {fmt.count(column.trainable_params)} trained parameters · "
                 f"data {fmt.fraction(column.data_fraction)}")  # fmt: skip
     test = " · ".join(fmt.metric(name, value) for name, value in column.test_score.items())
+    source = comparison.base_score_source if is_base else ""
     output = _marked(column.output, base) if not is_base else html.escape(column.output or "(empty)")
     sample = " · ".join(fmt.metric(name, value) for name, value in column.sample_score.items())
     differs = not is_base and column.output != base
-    run = f'<div class="vl-run">{html.escape(Path(column.run_dir).name)}</div>' if column.run_dir else ""
+    if not run and column.run_dir:
+        run = Path(column.run_dir).name
+    partial = record is not None and record.state != "finished"
     badge = '<span class="vl-badge">differs</span>' if differs else ""
     return (
         f'<div class="vl-card{" vl-differs" if differs else ""}" data-method="{html.escape(column.method)}">'
-        f'<div class="vl-card-title">{html.escape(title)} {badge}</div>{run}'
-        f'<div class="vl-meta">{html.escape(meta)}</div>'
-        f'<div class="vl-meta">test set: {html.escape(test) if test else "not scored"}</div>'
+        f'<div class="vl-card-title">{html.escape(title)} {badge}</div>'
+        + (f'<div class="vl-run">{html.escape(run)}</div>' if run else "")
+        + (f'<div class="vl-partial">⚠️ {html.escape(partly_trained(record))}</div>' if partial else "")
+        + f'<div class="vl-meta">{html.escape(meta)}</div>'
+        f'<div class="vl-meta">test set{html.escape(source)}: {html.escape(test) if test else "not scored"}</div>'
         f'<div class="vl-output">{output}</div>'
         + (f'<div class="vl-sample">this image: {html.escape(sample)}</div>' if sample else "")
         + "</div>"
@@ -142,12 +193,23 @@ def _card(column: Column, base: str, task: str, is_base: bool) -> str:
 
 
 def _marked(text: str, base: str) -> str:
-    """The text with the words that are not in the base output wrapped in <mark>."""
+    """The text against the base output, word by word: words the base lacks in <mark>, words of the base that
+    the text leaves out struck through (<del>) where they would have been."""
     if not text:
         return "(empty)"
-    base_words = set(re.findall(r"\w+", base.lower()))
-    return " ".join(f"<mark>{html.escape(word)}</mark>" if re.sub(r"\W", "", word.lower()) not in base_words
-                    else html.escape(word) for word in text.split())  # fmt: skip
+    words, base_words = text.split(), base.split()
+    # Exact words: whatever makes an output differ (even case or a full stop) is what gets marked.
+    matcher = difflib.SequenceMatcher(a=base_words, b=words, autojunk=False)
+    parts = []
+    for op, base_start, base_end, start, end in matcher.get_opcodes():
+        if op in ("delete", "replace"):
+            removed = html.escape(" ".join(base_words[base_start:base_end]))
+            parts.append(f'<del title="in the zero-shot output only">{removed}</del>')
+        if op in ("insert", "replace"):
+            parts.append(f"<mark>{html.escape(' '.join(words[start:end]))}</mark>")
+        if op == "equal":
+            parts.append(html.escape(" ".join(words[start:end])))
+    return " ".join(parts)
 
 
 # --- layout ----------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def explore(services: Services, task: str, metric: str | None, held_budget: str 
     frame.to_csv(csv_path, index=False)
     return (
         note,
-        gr.update(choices=metrics, value=metric),
+        gr.update(choices=[(results.metric_label(name), name) for name in metrics], value=metric),
         gr.update(choices=budgets, value=held_budget, visible=len(budgets) > 1),
         gr.update(choices=fractions, value=held_fraction, visible=len(fractions) > 1),
         metric_figure(frame, "data_fraction", metric, ("budget", held_budget)),

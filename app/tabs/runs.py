@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 
@@ -9,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from app import format as fmt
+from app.people import person, reason
 from app.services import RunRecord, Services
 from app.tabs.common import Loader, shows_user_errors, submitter
 from training.errors import UserError
@@ -18,20 +20,31 @@ COLUMNS = ["run", "state", "task", "method", "budget", "trained parameters", "da
 
 
 NOT_SCORES = {"num_examples", "decode_s", "eval_s"}
+ENDED_BADLY = ("failed", "interrupted")  # the details show their log: it says why
+LOG_LINES = 20
+ALL_STATES = "all"
+STATE_FILTERS = {ALL_STATES: (), "live": ("queued", "running"), "finished": ("finished",),
+                 "cancelled": ("cancelled",), "failed": ("failed",), "interrupted": ("interrupted",)}  # fmt: skip
 
 
-def runs_table(records: list[RunRecord]) -> pd.DataFrame:
+def runs_table(records: list[RunRecord], viewer: str | None = None) -> pd.DataFrame:
     rows = [[
-        r.id, r.state, r.task, fmt.METHOD_LABELS.get(r.method, r.method), r.config.get("budget"),
+        r.id, r.state, fmt.TASK_LABELS.get(r.task, r.task), fmt.METHOD_LABELS.get(r.method, r.method),
+        r.config.get("budget"),
         f"{fmt.count(r.trainable_params)} ({fmt.percent(r.trainable_percent)})" if r.trainable_params else "-",
         fmt.fraction(r.config.get("data_fraction")), r.config.get("seed"), fmt.main_score(r.task, r.metrics),
-        fmt.duration(r.duration_s), r.submitter, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
+        fmt.duration(r.duration_s), person(r.submitter, viewer),
+        time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
     ] for r in records]  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def details(record: RunRecord) -> str:
-    lines = [f"### {record.id}: {record.state}", f"*{record.reason}*", ""]
+def details(record: RunRecord, log: list[str] | None = None, viewer: str | None = None) -> str:
+    if record.state == "running" and record.started_at:  # its reason names the worker process: no news to a person
+        why = "running since " + time.strftime("%H:%M", time.localtime(record.started_at))
+    else:
+        why = reason(record.reason, record.submitter, viewer)
+    lines = [f"### {record.id}: {record.state}", f"*{why}*", ""]
     if record.metrics:
         shown = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and k not in NOT_SCORES}
         scored = record.metrics.get("num_examples")
@@ -39,26 +52,32 @@ def details(record: RunRecord) -> str:
                      + (f" (on {fmt.count(scored)} test examples)" if scored else ""))  # fmt: skip
     info = record.info
     if info:
+        planned, done = info.get("total_steps"), record.steps_done
+        steps = (f"{fmt.count(planned)} steps" if record.state == "finished" or done is None or done >= (planned or 0)
+                 else f"{fmt.count(done)} of {fmt.count(planned)} planned steps")  # fmt: skip
         lines.append(f"**Trained:** {fmt.count(info.get('trainable_params'))} of {fmt.count(info.get('total_params'))} "
                      f"parameters ({fmt.percent(info.get('trainable_percent'))}), {info.get('knob') or 'no knob'} "
                      f"{info.get('knob_value') if info.get('knob_value') is not None else ''}, "
-                     f"{fmt.count(info.get('train_examples'))} training examples, {fmt.count(info.get('total_steps'))} "
-                     "steps.")  # fmt: skip
+                     f"{fmt.count(info.get('train_examples'))} training examples, {steps}.")  # fmt: skip
         lines.append(f"**Command:** `{info.get('command')}`")
     lines.append(f"**Duration:** {fmt.duration(record.duration_s)} · **folder:** `{record.run_dir}`")
+    if log is not None:
+        lines.append("**Log (last lines):**\n```\n" + ("\n".join(log) or "(the log is empty)") + "\n```")
     return "\n\n".join(lines)
 
 
-def refresh(services: Services, selected: str | None) -> tuple:
-    """table, picker, and the selected run's panel."""
-    records = services.runs()
+def refresh(services: Services, selected: str | None, viewer: str | None = None, shown: str = ALL_STATES) -> tuple:
+    """table, picker, and the selected run's panel; `shown` keeps the runs in one state (or live: queued, running)."""
+    records = [r for r in services.runs() if shown == ALL_STATES or r.state in STATE_FILTERS.get(shown, (shown,))]
     ids = [r.id for r in records]
     selected = selected if selected in ids else None
-    choices = [(f"{r.id} · {r.task} · {fmt.METHOD_LABELS.get(r.method, r.method)} · {r.state}", r.id) for r in records]
-    return (runs_table(records), gr.update(choices=choices, value=selected), *show(services, selected))
+    choices = [(f"{r.id} · {fmt.task_name(r.task)} · {fmt.METHOD_LABELS.get(r.method, r.method)} · {r.state}", r.id)
+               for r in records]  # fmt: skip
+    return (runs_table(records, viewer), gr.update(choices=choices, value=selected),
+            *show(services, selected, viewer))  # fmt: skip
 
 
-def show(services: Services, run_id: str | None) -> tuple:
+def show(services: Services, run_id: str | None, viewer: str | None = None) -> tuple:
     """details, config JSON, download button, delete button."""
     if not run_id:
         return ("Pick a run to see its details.", None, gr.update(value=None, interactive=False),
@@ -66,7 +85,8 @@ def show(services: Services, run_id: str | None) -> tuple:
     record = services.run(run_id)
     config = {"config": record.config, **{k: v for k, v in record.info.items() if k != "config"}}
     archive = services.zip_run(run_id) if record.has_weights else None
-    return (details(record), json.dumps(config, indent=2, default=str),
+    log = services.status(run_id, log_lines=LOG_LINES)["log_tail"] if record.state in ENDED_BADLY else None
+    return (details(record, log, viewer), json.dumps(config, indent=2, default=str),
             gr.update(value=str(archive) if archive else None, interactive=archive is not None),
             gr.update(interactive=record.state not in ("queued", "running")))  # fmt: skip
 
@@ -78,40 +98,86 @@ def delete(services: Services, request: gr.Request | None, visitor: str, run_id:
     gr.Info(f"Run {run_id} deleted.")
 
 
+def ask_delete(services: Services, run_id: str | None) -> tuple:
+    """The confirmation row, naming the run it deletes, and that run's id (what the confirm button acts on)."""
+    if not run_id:
+        raise UserError("Pick a run to delete first.")
+    record = services.run(run_id)
+    question = (f"**Delete run {record.id}** ({fmt.METHOD_LABELS.get(record.method, record.method)}, "
+                f"{fmt.task_name(record.task)}, {record.state}) **for good?** Its weights, "
+                "scores and log are removed; this cannot be undone.")  # fmt: skip
+    return gr.update(visible=True), question, run_id
+
+
+HIDDEN_CONFIRM = (gr.update(visible=False), "", "")  # the confirmation row, its question, the run it names
+
+
 def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
     gr.Markdown("Every training job of this app. Pick one for its settings, scores and log folder, or delete it. "
                 "Its zip holds the weights, config, log, scores and predictions, with a README on loading the "
                 "adapter with this package or, for LoRA, with peft (`PeftModel.from_pretrained`).")  # fmt: skip
     table = gr.Dataframe(runs_table([]), interactive=False, label="Runs (click a row)", elem_id="runs-table")
     with gr.Row():
+        shown = gr.Radio(list(STATE_FILTERS), value=ALL_STATES, label="Show", scale=3, elem_id="runs-filter")
         picker = gr.Dropdown([], value=None, label="Run", scale=4, elem_id="run-picker")
         refresh_button = gr.Button("↻ Refresh", size="sm", scale=1)
     panel = gr.Markdown("Pick a run to see its details.", elem_id="run-details")
     with gr.Row():
         download = gr.DownloadButton("Download the run (zip)", interactive=False, elem_id="run-download")
         delete_button = gr.Button("Delete run", variant="stop", interactive=False, elem_id="run-delete")
-        confirm = gr.Button("Yes, delete it for good", variant="stop", visible=False, elem_id="run-delete-confirm")
+    with gr.Group(visible=False, elem_id="run-delete-ask") as ask:
+        question = gr.Markdown(elem_id="run-delete-question")
+        with gr.Row():
+            confirm = gr.Button("Yes, delete it for good", variant="stop", elem_id="run-delete-confirm")
+            keep = gr.Button("Keep it", variant="secondary", elem_id="run-delete-keep")
+    pending = gr.State("")  # the run the confirmation names: the only one its button deletes
     with gr.Accordion("Configuration (config.json)", open=False):
         config = gr.Code(None, language="json", interactive=False)
 
     private = dict(api_visibility="private")
+    confirmation = [ask, question, pending]
     listing = [table, picker, panel, config, download, delete_button]
-    for trigger, name in ((refresh_button.click, "ui_runs_refresh"), (tab.select, "ui_runs_tab")):
-        trigger(lambda run_id: refresh(services, run_id), picker, listing, api_name=name, **private)
-    picker.input(shows_user_errors(lambda run_id: show(services, run_id)), picker,
-                 [panel, config, download, delete_button], api_name="ui_runs_show", **private)  # fmt: skip
 
-    def on_row(event: gr.SelectData):
+    def with_confirm_hidden(handler):
+        """Any change of the selection hides a pending confirmation: it named another run."""
+
+        @functools.wraps(handler)  # Gradio reads the signature for the event data it passes
+        def hiding(*args):
+            return (*handler(*args), *HIDDEN_CONFIRM)
+
+        return hiding
+
+    def on_refresh(visitor_id: str, run_id: str | None, state: str, request: gr.Request):
+        return refresh(services, run_id, submitter(request, visitor_id), state)
+
+    def on_pick(visitor_id: str, run_id: str | None, request: gr.Request):
+        return show(services, run_id, submitter(request, visitor_id))
+
+    for trigger, name in ((refresh_button.click, "ui_runs_refresh"), (tab.select, "ui_runs_tab"),
+                          (shown.input, "ui_runs_filter")):  # fmt: skip
+        trigger(with_confirm_hidden(on_refresh), [visitor, picker, shown], [*listing, *confirmation], api_name=name,
+                **private)  # fmt: skip
+    picker.input(shows_user_errors(with_confirm_hidden(on_pick)), [visitor, picker],
+                 [panel, config, download, delete_button, *confirmation], api_name="ui_runs_show",
+                 **private)  # fmt: skip
+
+    def on_row(visitor_id: str, event: gr.SelectData, request: gr.Request):
         run_id = event.row_value[0] if event.row_value else None
-        return (gr.update(value=run_id), *show(services, run_id))
+        return (gr.update(value=run_id), *show(services, run_id, submitter(request, visitor_id)))
 
-    table.select(shows_user_errors(on_row), None, [picker, panel, config, download, delete_button],
-                 api_name="ui_runs_row", **private)  # fmt: skip
-    delete_button.click(lambda: gr.update(visible=True), None, confirm, api_name="ui_runs_ask", **private)
+    table.select(shows_user_errors(with_confirm_hidden(on_row)), visitor,
+                 [picker, panel, config, download, delete_button, *confirmation], api_name="ui_runs_row",
+                 **private)  # fmt: skip
+    delete_button.click(shows_user_errors(lambda run_id: ask_delete(services, run_id)), picker, confirmation,
+                        api_name="ui_runs_ask", **private)  # fmt: skip
+    keep.click(lambda: HIDDEN_CONFIRM, None, confirmation, api_name="ui_runs_keep", **private)
 
-    def on_confirm(visitor_id: str, run_id: str, request: gr.Request):
+    def on_confirm(visitor_id: str, run_id: str, state: str, request: gr.Request):
         shows_user_errors(delete)(services, request, visitor_id, run_id)
-        return (*refresh(services, None), gr.update(visible=False))
+        return (*refresh(services, None, submitter(request, visitor_id), state), *HIDDEN_CONFIRM)
 
-    confirm.click(on_confirm, [visitor, picker], [*listing, confirm], api_name="ui_runs_delete", **private)
-    return Loader("ui_runs_load", lambda run_id: refresh(services, run_id), [picker], listing)
+    confirm.click(
+        on_confirm, [visitor, pending, shown], [*listing, *confirmation], api_name="ui_runs_delete", **private
+    )
+    return Loader("ui_runs_load", with_confirm_hidden(on_refresh), [visitor, picker, shown],
+                  [*listing, *confirmation])  # fmt: skip

@@ -16,6 +16,8 @@ from training.methods import METHODS
 METHOD_ORDER = ("lora", "serial-adapter", "parallel-adapter", "prefix", "prompt", "full", "zero-shot")
 IDLE = "No job yet: choose the settings and press **Start training**."
 POLL_S = 1.0
+SCROLL_LOG_TO_END = """() => { setTimeout(() => { const box = document.querySelector('#job-log textarea');
+    if (box) { box.scrollTop = box.scrollHeight; } }, 50); }"""
 VIEW = ("status", "progress", "cancel", "curve", "command", "log", "log box", "timer", "points")
 
 
@@ -37,12 +39,15 @@ def run_config(services: Services, task: str, method: str, budget: str, data_fra
     batch = optional_int(batch_size, "The batch size")
     if batch is None or batch < 1:
         raise UserError("The batch size must be at least 1 (e.g. 32; smaller if memory runs out).")
+    seed = optional_int(seed, "The seed") or 0
+    if seed < 0:
+        raise UserError(f"The seed must be 0 or more, not {seed}.")
     max_steps, eval_limit = optional_int(max_steps, "Steps"), optional_int(eval_limit, "Test examples to score")
     if (max_steps or 0) < 0 or (eval_limit or 0) < 0:
         raise UserError("Steps and test examples to score cannot be negative (0 means no limit).")
     config = RunConfig(
         task=task, method=method, budget=str(budget or "").strip(), data_fraction=parse_fraction(data_fraction),
-        seed=optional_int(seed, "The seed") or 0, epochs=epochs, max_steps=max_steps or None, lr=lr,
+        seed=seed, epochs=epochs, max_steps=max_steps or None, lr=lr,
         batch_size=batch, towers=towers, base_model=services.base_model_source(base_model),
         dataset=services.dataset_source(task, dataset), eval_limit=eval_limit or None,
     )  # fmt: skip
@@ -65,11 +70,12 @@ def estimate(services: Services, method: str, budget: str, towers: str, base_mod
 
 
 def describe_size(services: Services, task: str, method: str, data_fraction, seed, epochs, max_steps, batch_size,
-                  dataset: str | None) -> str:  # fmt: skip
-    """'This run trains on 200 of 2,000 images (1,000 caption pairs): 32 steps.'"""
+                  dataset: str | None, towers: str = "both", base_model: str | None = None) -> str:  # fmt: skip
+    """'This run trains on 200 of 2,000 images (1,000 caption pairs): 32 steps of 4 examples. Expected time: about
+    2 min (...).', and a warning when that is past the run limit."""
     try:
         config = run_config(services, task, method, "1", data_fraction, seed, epochs, max_steps, None, batch_size,
-                            dataset=dataset)  # fmt: skip
+                            towers, base_model, dataset)  # fmt: skip
         size = services.training_size(config)
     except UserError as exc:
         return f"⚠️ {exc}"
@@ -79,27 +85,45 @@ def describe_size(services: Services, task: str, method: str, data_fraction, see
         return "Zero-shot trains nothing: the job only scores the base model on the test set."
     text = f"This run trains on {fmt.count(size.examples)} of {fmt.count(size.split_size)} {unit}{pairs}: "
     text += f"{fmt.count(size.steps)} steps of {fmt.count(config.batch_size)} examples."
+    steps = size.steps
     if services.settings.demo and size.steps > services.settings.demo_max_steps:
         text += f" The public demo stops it at {services.settings.demo_max_steps} steps."
+        steps = services.settings.demo_max_steps
+    return text + expected_time_text(services, config, steps)
+
+
+def expected_time_text(services: Services, config: RunConfig, steps: int) -> str:
+    """' Expected time: about 3 min 10 s (from ...).' and a warning past the run limit; '' when nothing knows."""
+    expected = services.expected_time(config, steps)
+    if expected is None:
+        return " No time estimate yet: finish one run of this method here and the next ones get one."
+    seconds, source = expected
+    text = f" **Expected time:** about {fmt.duration(seconds)} ({source})."
+    limit = services.settings.job_limits().max_runtime_s
+    if limit and seconds > limit:
+        text += (f" ⚠️ **That is past this app's run limit of {fmt.duration(limit)}** (VLPEFT_MAX_RUNTIME_S): the "
+                 "job would be stopped there, keeping what it trained. Use fewer steps or a smaller share of "
+                 "the data.")  # fmt: skip
     return text
 
 
 def start(services: Services, request: gr.Request | None, visitor: str, *form) -> tuple:
-    """Queue a job from the form; returns the watched job id and the status view (or the reason it was refused)."""
+    """Queue a job from the form; returns the watched job id, the status view and the job picker, and the note
+    under the Start button: why it was refused (kept there; status polls do not touch it), else nothing."""
     try:
         config, _, _, notes = services.prepare(run_config(services, *form))
         job_id = services.submit(config, submitter(request, visitor))
     except UserError as exc:
         gr.Warning(str(exc))
-        return (gr.skip(), f"⚠️ **Not started.** {exc}", *[gr.skip()] * (len(VIEW) - 1), gr.skip())
+        return (gr.skip(), *[gr.skip()] * len(VIEW), gr.skip(), f"⚠️ **Not started.** {exc}")
     for note in notes:
         gr.Info(note)
-    return (job_id, *show_job(services, job_id, -1), jobs_choices(services, request, visitor, job_id))
+    return (job_id, *show_job(services, job_id, -1), jobs_choices(services, request, visitor, job_id), "")
 
 
 def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple:
     """The VIEW: status, progress bar, cancel button, loss figure (skipped when unchanged), command, log, its
-    accordion (opened on a failure), timer, points drawn."""
+    accordion (opened when the job failed or was interrupted: the log says why), timer, points drawn."""
     if not job_id:
         return (IDLE, "", gr.update(visible=False), gr.skip(), gr.update(value="", visible=False), "", gr.skip(),
                 gr.Timer(active=False), shown_points)  # fmt: skip
@@ -114,10 +138,11 @@ def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple
     log = status["log_tail"]
     if status["state"] == "failed" and status.get("error"):
         log = [*log, "", f"error: {status['error']}"]
+    ended_badly = status["state"] in ("failed", "interrupted")
     return (
         fmt.job_headline(status), fmt.progress_html(status), gr.update(visible=live), figure,
-        gr.update(value=status["command"], visible=True), "\n".join(log),
-        gr.update(open=True) if status["state"] == "failed" else gr.skip(), gr.Timer(active=live), len(curve),
+        gr.update(value=status["command"], visible=True), "\n".join(log) or "(the log is empty)",
+        gr.update(open=True) if ended_badly else gr.skip(), gr.Timer(active=live), len(curve),
     )  # fmt: skip
 
 
@@ -235,6 +260,7 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                     info="A dataset folder or Hub id (COCO Karpathy captions, VQAv2).",
                 )  # fmt: skip
             start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
+            start_note = gr.Markdown(elem_id="start-note")
         with gr.Column(scale=6):
             jobs = gr.Dropdown([], value=None, label="Job shown", info="Your jobs, newest first.",
                                elem_id="job-picker")  # fmt: skip
@@ -244,8 +270,9 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
             curve = gr.Plot(loss_curve([]), label="Loss curve", elem_id="loss-curve")
             command = gr.Code("", language="shell", label="The same run from the command line", interactive=False,
                               lines=2, wrap_lines=True, visible=False, elem_id="job-command")  # fmt: skip
-            with gr.Accordion("Log (last lines)", open=False) as log_box:
-                log = gr.Code("", label="log.txt", interactive=False, lines=12, max_lines=12)
+            with gr.Accordion("Log (last lines)", open=False, elem_id="log-box") as log_box:
+                log = gr.Textbox("", label="log.txt", interactive=False, lines=12, max_lines=12, autoscroll=True,
+                                 elem_id="job-log", elem_classes="vl-log")  # fmt: skip
     job = gr.BrowserState("", storage_key="vlpeft-job", secret=secret)  # the job shown; a reload re-attaches
     points = gr.State(-1)
     timer = gr.Timer(POLL_S, active=False)
@@ -261,9 +288,9 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     for trigger in (method.change, budget.change, towers.change, base_model.change):
         trigger(lambda *a: estimate(services, *a), estimate_inputs, estimate_note, api_name="ui_estimate",
                 show_progress="minimal", concurrency_limit=None, **private)  # fmt: skip
-    size_inputs = [task, method, data_fraction, seed, epochs, max_steps, batch_size, dataset]
+    size_inputs = [task, method, data_fraction, seed, epochs, max_steps, batch_size, dataset, towers, base_model]
     for trigger in (task.change, method.change, data_fraction.change, seed.change, epochs.change, max_steps.change,
-                    batch_size.change, dataset.change):  # fmt: skip
+                    batch_size.change, dataset.change, towers.change, base_model.change):  # fmt: skip
         trigger(lambda *a: describe_size(services, *a), size_inputs, size_note, api_name="ui_size",
                 show_progress="hidden", concurrency_limit=None, **private)  # fmt: skip
 
@@ -276,8 +303,10 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     def on_start(request: gr.Request, visitor_id: str, *values):
         return start(services, request, visitor_id, *values)
 
-    start_button.click(on_start, [visitor, *form], [job, *view, jobs], api_name="ui_start", concurrency_limit=4,
-                       **private)  # fmt: skip
+    start_button.click(on_start, [visitor, *form], [job, *view, jobs, start_note], api_name="ui_start",
+                       concurrency_limit=4, **private)  # fmt: skip
+    # The last lines are what matter: show them when the box opens (the text area starts at its top).
+    log_box.expand(None, None, None, js=SCROLL_LOG_TO_END)
 
     def on_cancel(visitor_id: str, job_id: str, request: gr.Request):
         shows_user_errors(cancel)(services, request, visitor_id, job_id)

@@ -126,6 +126,19 @@ class Job:
         return [sys.executable, "-m", "training", "train", *self.run_config.to_cli_args(), "--out", self.run_dir]
 
 
+class PersonalLimitReached(UserError):
+    """A submitter already has as many jobs queued or running as one person may (the app words it for "you")."""
+
+    def __init__(self, submitter: str, active: int, limit: int) -> None:
+        self.active, self.limit = active, limit
+        super().__init__(f"{submitter} {self.sentence('already has')}")
+
+    def sentence(self, verb: str) -> str:
+        jobs = "1 job" if self.active == 1 else f"{self.active} jobs"
+        return (f"{verb} {jobs} queued or running, the most allowed per person "
+                f"(VLPEFT_MAX_QUEUED_PER_USER={self.limit}): wait for one to finish or cancel one.")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How a running job ended: its final state, why, and what to show about a failure."""
@@ -252,11 +265,7 @@ class JobStore:
                 f"SELECT COUNT(*) FROM jobs WHERE state IN ({active}) AND submitter = ?", (*ACTIVE_STATES, submitter)
             ).fetchone()[0]
             if limits.max_queued_per_submitter and mine >= limits.max_queued_per_submitter:
-                raise UserError(
-                    f"{submitter} already has {mine} jobs queued or running, the most allowed per person "
-                    f"(VLPEFT_MAX_QUEUED_PER_USER={limits.max_queued_per_submitter}): "
-                    "wait for one to finish or cancel one."
-                )
+                raise PersonalLimitReached(submitter, mine, limits.max_queued_per_submitter)
             if limits.max_queued and total >= limits.max_queued:
                 raise UserError(
                     f"The queue is full ({total} jobs queued or running, VLPEFT_MAX_QUEUED={limits.max_queued}): "
