@@ -7,24 +7,38 @@ import plotly.graph_objects as go
 
 from app.format import METHOD_LABELS
 from app.results import ALL, MINE, SWEEP, aggregate, metric_label
+from training.catalog import CATALOG, METHOD_COLOURS, NO_BUDGET_METHODS
 
-METHOD_COLORS = {
-    "lora": "#1f77b4", "serial-adapter": "#2ca02c", "parallel-adapter": "#17becf", "prefix": "#ff7f0e",
-    "prompt": "#d62728", "full": "#7f7f7f", "zero-shot": "#111111",
-}  # fmt: skip
+METHOD_COLORS = METHOD_COLOURS
 # Baselines that a held value does not apply to: no budget for either, no data for zero-shot.
-HELD_EXEMPT = {"budget": ("zero-shot", "full"), "data_fraction": ("zero-shot",)}
+HELD_EXEMPT = {"budget": NO_BUDGET_METHODS,
+               "data_fraction": tuple(m for m, i in CATALOG.items() if i.fixed_towers == "none")}
 AXIS_TITLES = {"data_fraction": "share of the training data", "trainable_params": "trainable parameters"}
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), height=400, showlegend=True,
               legend=dict(orientation="h", yanchor="top", y=-0.25))  # fmt: skip
 
 
-def loss_curve(rows: list[dict], title: str = "Training loss (lower is better)") -> go.Figure:
+def loss_curve(rows: list[dict], validation: list[dict] | None = None,
+               title: str = "Training loss (lower is better) and validation score") -> go.Figure:  # fmt: skip
+    """The loss per logged step and, on a second axis, the validation score at each validation (the best one,
+    whose checkpoint the run keeps, ringed)."""
     figure = go.Figure(layout=dict(LAYOUT, title=title, height=300))
     if rows:
         figure.add_trace(go.Scatter(x=[r["step"] for r in rows], y=[r["loss"] for r in rows], mode="lines+markers",
-                                    name="loss", line=dict(color=METHOD_COLORS["lora"])))  # fmt: skip
-    else:
+                                    name="training loss", line=dict(color=METHOD_COLORS["lora"])))  # fmt: skip
+    if validation:
+        metric = metric_label(validation[-1]["metric"])
+        figure.add_trace(go.Scatter(x=[v["step"] for v in validation], y=[v["value"] for v in validation],
+                                    mode="lines+markers", name=f"validation {metric}", yaxis="y2",
+                                    line=dict(color=METHOD_COLORS["prompt"], dash="dot")))  # fmt: skip
+        best = validation[-1]["best_step"]
+        kept = [v for v in validation if v["step"] == best]
+        figure.add_trace(go.Scatter(x=[v["step"] for v in kept], y=[v["value"] for v in kept], mode="markers",
+                                    name="kept checkpoint", yaxis="y2",
+                                    marker=dict(size=14, symbol="circle-open",
+                                                color=METHOD_COLORS["prompt"])))  # fmt: skip
+        figure.update_layout(yaxis2=dict(title=f"validation {metric}", overlaying="y", side="right"))
+    if not rows and not validation:
         figure.add_annotation(text="The curve appears once training has started.", showarrow=False,
                               xref="paper", yref="paper", x=0.5, y=0.5)  # fmt: skip
     figure.update_xaxes(title="step")

@@ -6,18 +6,9 @@ import html
 
 from app.people import reason
 from app.services import MAIN_METRIC, Estimate
+from training.catalog import METHOD_LABELS, TASK_LABELS
 from training.methods import METHODS
 
-METHOD_LABELS = {
-    "lora": "LoRA",
-    "serial-adapter": "Serial adapter",
-    "parallel-adapter": "Parallel adapter",
-    "prefix": "Prefix tuning",
-    "prompt": "Prompt tuning",
-    "full": "Full fine-tuning (baseline)",
-    "zero-shot": "Zero-shot (baseline: no training)",
-}
-TASK_LABELS = {"caption": "Image captioning", "vqa": "Visual question answering"}
 METRIC_NOTES = {
     "CIDEr-D": "how close the captions are to the human ones (higher is better)",
     "accuracy": "share of questions answered like the humans did (higher is better)",

@@ -8,6 +8,7 @@ import pandas as pd
 
 from app.format import METHOD_LABELS
 from app.services import MAIN_METRIC, RunRecord
+from training.catalog import NO_BUDGET_METHODS
 from training.paths import REPO_ROOT
 
 RESULTS_FILE = "runs.csv"
@@ -105,7 +106,7 @@ def metric_names(frame: pd.DataFrame, task: str) -> list[str]:
 
 def held_values(frame: pd.DataFrame, column: str) -> tuple[list[str], str]:
     """Choices for the value held fixed in a figure (a budget, a data fraction) and the most common one."""
-    trained = frame[~frame["method"].isin(["zero-shot", "full"])] if not frame.empty else frame
+    trained = frame[~frame["method"].isin(NO_BUDGET_METHODS)] if not frame.empty else frame
     if trained.empty or column not in trained.columns:
         return [ALL], ALL
     values = trained[column].dropna().astype(str)

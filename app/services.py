@@ -27,6 +27,7 @@ from transformers import BlipForConditionalGeneration
 from app.people import person
 from app.settings import Settings
 from training import runs
+from training.catalog import MAIN_METRIC
 from training.compare import Column, Comparer, check_image
 from training.config import RunConfig, parse_budget, planned_steps
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
@@ -39,7 +40,6 @@ from training.methods.budget import Plan, count_base_params, plan_method, requir
 from training.tasks import training_pairs
 
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
-MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
 THUMBNAIL_PX = 192
 PACE_RUNS = 3  # latest finished runs whose pace gives the expected time of a new one
@@ -126,6 +126,7 @@ class RunRecord:
     finished_at: float | None
     has_weights: bool
     progress: dict = field(default_factory=dict)  # progress.json: the step reached, the phase
+    validation: dict = field(default_factory=dict)  # eval.json's validation summary: best step, why it stopped
 
     @property
     def steps_done(self) -> int | None:
@@ -368,6 +369,7 @@ class Services:
         evaluation = runs.read_json(run_dir / runs.EVAL) or {}
         status["metrics"] = evaluation.get("metrics", {})
         status["curve"] = [row for row in runs.read_jsonl(run_dir / runs.METRICS) if "loss" in row]
+        status["validation"] = runs.read_jsonl(run_dir / runs.VALIDATION)
         status["info"] = runs.read_json(run_dir / runs.CONFIG) or {}
         return status
 
@@ -400,7 +402,7 @@ class Services:
                 info=runs.read_json(run_dir / runs.CONFIG) or {}, metrics=evaluation.get("metrics", {}),
                 run_dir=job.run_dir, created_at=job.created_at, started_at=job.started_at,
                 finished_at=job.finished_at, has_weights=(run_dir / runs.WEIGHTS).is_file(),
-                progress=read_progress(run_dir) or {},
+                progress=read_progress(run_dir) or {}, validation=evaluation.get("validation") or {},
             ))  # fmt: skip
         return records
 

@@ -554,3 +554,27 @@ def test_every_phase_of_a_job_and_of_a_cancel_is_shown_as_it_is(services: Servic
     assert words[0] == "Stopping" and words[-1] == "Cancelled", words
     step = services.status(long_job, log_lines=0)["step"]
     assert step >= 5 and seen[-1][1].endswith(f"stopped at step {step:,} of 200") and seen[-1][2] > 0
+
+
+def test_the_loss_figure_draws_the_validation_curve_and_rings_the_kept_checkpoint():
+    from app.figures import loss_curve
+
+    rows = [{"step": s, "loss": 1 / s} for s in (1, 5, 10)]
+    validation = [{"step": 5, "metric": "accuracy", "value": 30.0, "best": 30.0, "best_step": 5},
+                  {"step": 10, "metric": "accuracy", "value": 20.0, "best": 30.0, "best_step": 5}]  # fmt: skip
+    figure = loss_curve(rows, validation)
+    names = [trace.name for trace in figure.data]
+    assert names == ["training loss", "validation Accuracy", "kept checkpoint"]
+    kept = figure.data[-1]
+    assert list(kept.x) == [5] and list(kept.y) == [30.0] and kept.yaxis == "y2"
+    assert list(figure.data[1].y) == [30.0, 20.0]
+
+
+def test_runs_details_say_which_checkpoint_validation_kept_and_why_training_stopped():
+    from app.tabs.runs import validation_line
+
+    line = validation_line({"metric": "CIDEr-D", "best": 5.81, "best_step": 200, "steps_run": 300,
+                            "epochs_run": 0.96, "stop_reason": "patience"}, 939)  # fmt: skip
+    assert "step 200" in line and "CIDEr-D 5.81" in line and "300 of at most 939 steps" in line
+    assert "stopped improving" in line
+    assert "none" in validation_line({"best": None, "steps_run": 3}, 3)

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from unittest import mock
 
+from training.catalog import PEFT_METHODS
+
 if TYPE_CHECKING:  # torch is imported where it is used: `python -m training` starts without it
     import torch
 
@@ -34,7 +36,7 @@ LOSS_REL_TOL = 2e-2  # |loss_bf16 - loss_fp32| / |loss_fp32|
 GRAD_COSINE_MIN = 0.99  # cosine between the flattened gradients of the trained parameters
 GRAD_NORM_REL_TOL = 5e-2  # |norm_bf16 / norm_fp32 - 1|
 FAST_PATH_REL_TOL = 1e-2  # a fast path against its plain computation under autocast, relative to the largest logit
-CHECK_METHODS = ("full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
+CHECK_METHODS = ("full", *PEFT_METHODS)
 # The targets at BLIP-base size: each PEFT method against full fine-tuning at equal batch.
 TARGET_SPEEDUP = 1.3
 TARGET_MEMORY_SHARE = 0.6

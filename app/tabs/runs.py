@@ -39,6 +39,21 @@ def runs_table(records: list[RunRecord], viewer: str | None = None) -> pd.DataFr
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+STOP_REASONS = {"patience": "the validation score stopped improving", "epoch cap": "it reached its epoch cap",
+                "max steps": "it reached its step limit"}  # fmt: skip
+
+
+def validation_line(summary: dict, planned: int | None) -> str:
+    """What validation chose: the kept checkpoint, its score, and why training stopped."""
+    if not summary or summary.get("best") is None:
+        return "**Validation:** none (a fixed schedule, or not reached yet): the weights are those of the last step."
+    why = STOP_REASONS.get(summary.get("stop_reason"), summary.get("stop_reason") or "")
+    return (f"**Validation:** the kept checkpoint is step {fmt.count(summary.get('best_step'))}, "
+            f"{fmt.metric(summary.get('metric'), summary['best'])} on the validation split; training ran "
+            f"{fmt.count(summary.get('steps_run'))} of at most {fmt.count(planned)} steps "
+            f"({summary.get('epochs_run')} epochs) and stopped because {why}.")  # fmt: skip
+
+
 def details(record: RunRecord, log: list[str] | None = None, viewer: str | None = None) -> str:
     if record.state == "running" and record.started_at:  # its reason names the worker process: no news to a person
         why = "running since " + time.strftime("%H:%M", time.localtime(record.started_at))
@@ -52,13 +67,14 @@ def details(record: RunRecord, log: list[str] | None = None, viewer: str | None 
                      + (f" (on {fmt.count(scored)} test examples)" if scored else ""))  # fmt: skip
     info = record.info
     if info:
-        planned, done = info.get("total_steps"), record.steps_done
+        planned, done = info.get("total_steps"), record.validation.get("steps_run") or record.steps_done
         steps = (f"{fmt.count(planned)} steps" if record.state == "finished" or done is None or done >= (planned or 0)
                  else f"{fmt.count(done)} of {fmt.count(planned)} planned steps")  # fmt: skip
         lines.append(f"**Trained:** {fmt.count(info.get('trainable_params'))} of {fmt.count(info.get('total_params'))} "
                      f"parameters ({fmt.percent(info.get('trainable_percent'))}), {info.get('knob') or 'no knob'} "
                      f"{info.get('knob_value') if info.get('knob_value') is not None else ''}, "
                      f"{fmt.count(info.get('train_examples'))} training examples, {steps}.")  # fmt: skip
+        lines.append(validation_line(record.validation, planned))
         lines.append(f"**Command:** `{info.get('command')}`")
     lines.append(f"**Duration:** {fmt.duration(record.duration_s)} · **folder:** `{record.run_dir}`")
     if log is not None:

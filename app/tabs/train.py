@@ -8,12 +8,17 @@ from app import format as fmt
 from app.figures import loss_curve
 from app.services import EMBEDDED, Services
 from app.tabs.common import Loader, optional_int, optional_number, shows_user_errors, submitter
+from training.catalog import BASELINE, CATALOG, EMBEDDING, LAYER, METHOD_NAMES
 from training.config import DEFAULT_EPOCHS, TASKS, RunConfig, parse_fraction
 from training.errors import UserError
 from training.jobs.store import ACTIVE_STATES
 from training.methods import METHODS
 
-METHOD_ORDER = ("lora", "serial-adapter", "parallel-adapter", "prefix", "prompt", "full", "zero-shot")
+FAMILY_ORDER = (LAYER, EMBEDDING, BASELINE)
+
+# The Train tab lists layer composition first (the paper's recommendation), then embedding composition, then the
+# baselines.
+METHOD_ORDER = tuple(sorted(CATALOG, key=lambda m: (FAMILY_ORDER.index(CATALOG[m].family), METHOD_NAMES.index(m))))
 IDLE = "No job yet: choose the settings and press **Start training**."
 POLL_S = 1.0
 SCROLL_LOG_TO_END = """() => { setTimeout(() => { const box = document.querySelector('#job-log textarea');
@@ -133,8 +138,9 @@ def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple
         return ("The job this page watched no longer exists.", "", gr.update(visible=False), gr.skip(),
                 gr.update(value="", visible=False), "", gr.skip(), gr.Timer(active=False), shown_points)  # fmt: skip
     live = status["state"] in ACTIVE_STATES
-    curve = status["curve"]
-    figure = loss_curve(curve) if len(curve) != shown_points else gr.skip()
+    curve, validation = status["curve"], status.get("validation") or []
+    points = len(curve) + len(validation)
+    figure = loss_curve(curve, validation) if points != shown_points else gr.skip()
     log = status["log_tail"]
     if status["state"] == "failed" and status.get("error"):
         log = [*log, "", f"error: {status['error']}"]
@@ -142,7 +148,7 @@ def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple
     return (
         fmt.job_headline(status), fmt.progress_html(status), gr.update(visible=live), figure,
         gr.update(value=status["command"], visible=True), "\n".join(log) or "(the log is empty)",
-        gr.update(open=True) if ended_badly else gr.skip(), gr.Timer(active=live), len(curve),
+        gr.update(open=True) if ended_badly else gr.skip(), gr.Timer(active=live), points,
     )  # fmt: skip
 
 
