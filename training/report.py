@@ -820,13 +820,7 @@ def gains_table(frame, stats: Stats) -> list[str]:
         # Zero-shot does not depend on the seed; a seed it was not run with is paired with its mean.
         zero_any = np.mean(list(zero_seeds.values()), axis=0) if zero_seeds else None
         prior = stats.prior_values(task)
-        for method in [*PEFT_METHODS, "full"]:
-            mine = rows[(rows.method == method) & rows.data_fraction.notna()]
-            if mine.empty:
-                continue
-            budget = reference_budget(mine) if method != "full" else None
-            held = mine[(mine.data_fraction == mine.data_fraction.max())
-                        & ((mine.budget == budget) if budget is not None else True)]  # fmt: skip
+        for method, budget, mine, held in reference_cells(rows):
             seeds = per_seed_mean(held, stats.values(held, task))
             level = stats.interval(seeds)
             over_zero = stats.interval({s: v - zero_seeds.get(s, zero_any) for s, v in seeds.items()}) \
@@ -838,6 +832,19 @@ def gains_table(frame, stats: Stats) -> list[str]:
                 f"{over_zero.text() if over_zero else '-'} | {over_prior.text() if over_prior else '-'} |"
             )
     return lines
+
+
+def reference_cells(rows):
+    """Per PEFT method and full fine-tuning: (method, its reference budget, its rows, its rows at the largest
+    data fraction and that budget), the cell the gains and per-type tables read."""
+    for method in [*PEFT_METHODS, "full"]:
+        mine = rows[(rows.method == method) & rows.data_fraction.notna()]
+        if mine.empty:
+            continue
+        budget = reference_budget(mine) if method != "full" else None
+        held = mine[(mine.data_fraction == mine.data_fraction.max())
+                    & ((mine.budget == budget) if budget is not None else True)]  # fmt: skip
+        yield method, budget, mine, held
 
 
 def question_type_table(frame, prior: Prior | None) -> list[str]:
@@ -852,13 +859,7 @@ def question_type_table(frame, prior: Prior | None) -> list[str]:
     zero = rows[rows.method == "zero-shot"]
     if not zero.empty:
         lines.append("| zero-shot | " + " | ".join(f"{zero[f'accuracy_{t}'].mean():.1f}" for t in types) + " |")
-    for method in [*PEFT_METHODS, "full"]:
-        mine = rows[(rows.method == method) & rows.data_fraction.notna()]
-        if mine.empty:
-            continue
-        budget = reference_budget(mine) if method != "full" else None
-        held = mine[(mine.data_fraction == mine.data_fraction.max())
-                    & ((mine.budget == budget) if budget is not None else True)]  # fmt: skip
+    for method, budget, _, held in reference_cells(rows):
         label = method + (f" ({budget})" if budget is not None else "")
         lines.append(f"| {label} | " + " | ".join(f"{held[f'accuracy_{t}'].mean():.1f}" for t in types) + " |")
     return lines

@@ -38,13 +38,19 @@ class JobLimits:
     def from_env(cls) -> JobLimits:
         values = {}
         for name, (var, default) in ENV_VARS.items():
-            raw = os.environ.get(var, "").strip()
-            try:
-                value = float(raw) if raw else default
-            except ValueError:
-                raise UserError(f"{var}={raw!r} is not a number: set it to e.g. {default}.") from None
-            if value < 0:
-                raise UserError(f"{var}={raw!r} is negative: use 0 for no limit or a positive number.")
+            value = env_number(var, default, "use 0 for no limit or a positive number")
             values[name] = value if name.endswith("_s") else int(value)
         values["max_concurrent"] = max(1, values["max_concurrent"])
         return cls(**values)
+
+
+def env_number(var: str, default: float, when_negative: str) -> float:
+    """A non-negative number from the environment (default when unset); a UserError that says what to set."""
+    raw = os.environ.get(var, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise UserError(f"{var}={raw!r} is not a number: set it to e.g. {default:g}.") from None
+    if value < 0:
+        raise UserError(f"{var}={raw!r} is negative: {when_negative}.")
+    return value

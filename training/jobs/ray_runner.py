@@ -43,7 +43,7 @@ from pathlib import Path
 from training import runs
 from training.errors import UserError
 from training.jobs import outcome
-from training.jobs.limits import JobLimits
+from training.jobs.limits import JobLimits, env_number
 from training.jobs.store import TIME_LIMIT, Job, JobStore, Outcome
 from training.sweeps.executors import _die_with_parent, connect_ray, ray_task_options, run_environment, stop_process
 
@@ -57,14 +57,7 @@ NODE_HINT = ("Every node of the Ray cluster needs this project (and its Python p
 
 
 def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        raise UserError(f"{name}={raw!r} is not a number: set it to e.g. {default:g}.") from None
-    if value < 0:
-        raise UserError(f"{name}={raw!r} is negative: give the CPUs or GPUs a job asks Ray for, e.g. {default:g}.")
-    return value
+    return env_number(name, default, f"give the CPUs or GPUs a job asks Ray for, e.g. {default:g}")
 
 
 # --- on the node ---------------------------------------------------------------------------------

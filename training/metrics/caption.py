@@ -145,6 +145,17 @@ def _check_inputs(predictions: dict[str, str], references: dict[str, list[str]])
             raise ValueError(f"image {image_id!r} needs a non-empty list of reference captions")
 
 
+def _tokenized(predictions: dict[str, str], references: dict[str, list[str]]) -> tuple[list[str], dict, dict]:
+    """(image ids, hypotheses, references) tokenized by the PTB tokenizer in one Java call, as the scorers take them."""
+    image_ids = list(predictions)
+    texts = [predictions[image_id] for image_id in image_ids]
+    texts += [caption for image_id in image_ids for caption in references[image_id]]
+    tokens = iter(ptb_tokenize(texts))
+    hypotheses = {image_id: [next(tokens)] for image_id in image_ids}
+    refs = {image_id: [next(tokens) for _ in references[image_id]] for image_id in image_ids}
+    return image_ids, hypotheses, refs
+
+
 def caption_scores_per_sample(
     predictions: dict[str, str], references: dict[str, list[str]]
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
@@ -158,12 +169,7 @@ def caption_scores_per_sample(
     """
     _check_inputs(predictions, references)
     start_meteor()  # Java loads METEOR's paraphrases while the tokenizer runs
-    image_ids = list(predictions)
-    texts = [predictions[image_id] for image_id in image_ids]
-    texts += [caption for image_id in image_ids for caption in references[image_id]]
-    tokens = iter(ptb_tokenize(texts))
-    hypotheses = {image_id: [next(tokens)] for image_id in image_ids}
-    refs = {image_id: [next(tokens) for _ in references[image_id]] for image_id in image_ids}
+    image_ids, hypotheses, refs = _tokenized(predictions, references)
 
     bleu, bleu_per_image = Bleu(4).compute_score(refs, hypotheses, verbose=0)
     _, rouge_per_image = Rouge().compute_score(refs, hypotheses)
@@ -209,12 +215,7 @@ def single_caption_scores(prediction: str, references: list[str]) -> dict[str, f
 def cider_d(predictions: dict[str, str], references: dict[str, list[str]]) -> float:
     """Corpus CIDEr-D (0..10) alone: what validation during training needs, without METEOR's Java round trip."""
     _check_inputs(predictions, references)
-    image_ids = list(predictions)
-    texts = [predictions[image_id] for image_id in image_ids]
-    texts += [caption for image_id in image_ids for caption in references[image_id]]
-    tokens = iter(ptb_tokenize(texts))
-    hypotheses = {image_id: [next(tokens)] for image_id in image_ids}
-    refs = {image_id: [next(tokens) for _ in references[image_id]] for image_id in image_ids}
+    image_ids, hypotheses, refs = _tokenized(predictions, references)
     if not any(caption for captions in refs.values() for caption in captions):
         return 0.0
     per_image = Cider().compute_score(refs, hypotheses)[1]
