@@ -53,10 +53,11 @@ class PretrainConfig:
     sentence_share: float = 0.5
     # Of the sentences: the share in per-object clauses ("a red circle is at the top left and ..."), and whether
     # the list-shaped rest may use the caption task's own frames, its prompt "a picture of" among them. With
-    # them (the first model: 0.25, True) the corpus held the task's captions verbatim and zero-shot captioning
-    # was already as good as fine-tuning; without them the phrases are the task's, the sentence shapes are not.
-    clause_share: float = 0.5
-    caption_frames: bool = False
+    # them (the shipped model's recipe) the corpus holds the task's captions verbatim and zero-shot captioning
+    # is about as good as fine-tuning (docs/headroom.md); `--clause-share 0.5 --no-caption-frames` keeps the
+    # task's phrases but not its sentence shapes, the candidate recipe for a model with fine-tuning headroom.
+    clause_share: float = 0.25
+    caption_frames: bool = True
     dense_weight: float = 1.0  # weight of the vision tower's dense patch objective (0: captioning only)
 
 
@@ -113,6 +114,16 @@ def normalizer(processor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def to_pixels(batch_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (batch_uint8.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+def pretrain_command(config: PretrainConfig, out: Path) -> str:
+    """The `python -m training pretrain` command that reproduces config."""
+    command = f"python -m training pretrain --out {out} --seed {config.seed} --steps {config.steps}"
+    if config.clause_share != PretrainConfig.clause_share:
+        command += f" --clause-share {config.clause_share:g}"
+    if not config.caption_frames:
+        command += " --no-caption-frames"
+    return command
 
 
 def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
@@ -188,7 +199,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
     runs.write_json(out / "pretrain.json", {
         "config": asdict(config), "parameters": params, "vocabulary": len(base.tokenizer),
         "minutes": round(minutes, 1), "final_loss": history[-1]["loss"] if history else None,
-        "command": f"python -m training pretrain --out {out} --seed {config.seed} --steps {config.steps}",
+        "command": pretrain_command(config, out),
         "history": history,
     })  # fmt: skip
     log.info("saved to %s after %.1f minutes", out, minutes)
