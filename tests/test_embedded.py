@@ -129,3 +129,19 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(tmp_path, tiny
 
     with pytest.raises(UserError, match="empty --work-dir"):
         report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1))
+
+
+def test_a_run_is_scored_on_the_validation_split_whatever_its_folder_is_called(tmp_path, tiny_model_dir,
+                                                                                tiny_caption_dataset):  # fmt: skip
+    from training.config import RunConfig
+    from training.embedded import VALIDATION, score_on_validation
+    from training.trainer import train
+
+    run_dir = tmp_path / "lora-lr0.006-s0"  # a dot, which no adapter name may hold
+    config = RunConfig(task="caption", method="lora", base_model=str(tiny_model_dir),
+                       dataset=str(tiny_caption_dataset), **TINY_RUNS)  # fmt: skip
+    train(config, run_dir, install_signals=False)
+    metrics = score_on_validation(run_dir)
+    written = json.loads((run_dir / VALIDATION).read_text())
+    assert written["split"] == "validation" and written["metrics"] == metrics
+    assert metrics["num_examples"] == len(load_dataset(str(tiny_caption_dataset), "caption").split("validation"))
