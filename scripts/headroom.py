@@ -15,14 +15,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training import runs  # noqa: E402
 from training.config import RunConfig  # noqa: E402
-from training.embedded import score_on_validation  # noqa: E402
+from training.embedded import VALIDATION, score_on_validation  # noqa: E402
 from training.paths import REPO_ROOT  # noqa: E402
 from training.trainer import train  # noqa: E402
 
@@ -42,18 +41,17 @@ def measure(model: Path, method: str, towers: str, lr: float | None, epochs: flo
     base = None if model.resolve() == (REPO_ROOT / "assets" / "scene-blip").resolve() else str(model)
     config = RunConfig(task="caption", method=method, towers=towers, lr=lr, epochs=epochs, seed=seed,
                        base_model=base, eval_limit=1)  # fmt: skip
-    started = time.perf_counter()
     if not (run_dir / runs.EVAL).exists():
         train(config, run_dir, install_signals=False)
-    trained_s = time.perf_counter() - started
     metrics = score_on_validation(run_dir)
+    evaluation = runs.read_json(run_dir / runs.EVAL)
     info = runs.read_json(run_dir / runs.CONFIG)
     return {
         "model": model.name, "method": method, "towers": towers if method != "zero-shot" else "-",
         "lr": info["lr"] if method != "zero-shot" else None, "epochs": epochs if method != "zero-shot" else 0,
         "seed": seed, "steps": info["total_steps"], "trainable_params": info["trainable_params"],
         "val_cider_d": round(metrics["CIDEr-D"], 4), "val_bleu4": round(metrics["BLEU-4"], 4),
-        "train_wall_s": round(trained_s, 1), "run": name,
+        "train_s": evaluation["train_s"], "validation_s": runs.read_json(run_dir / VALIDATION)["wall_s"], "run": name,
     }  # fmt: skip
 
 
@@ -62,12 +60,13 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | method | towers | lr | epochs | seed | steps | val CIDEr-D | wall time (train) |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| model | method | towers | lr | epochs | seed | steps | val CIDEr-D | train time | validation time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lr = f"{r['lr']:g}" if r["lr"] else "-"
         lines.append(f"| {r['model']} | {r['method']} | {r['towers']} | {lr} | {r['epochs']:g} | {r['seed']} | "
-                     f"{r['steps']} | {r['val_cider_d']:.3f} | {r['train_wall_s']:.0f} s |")  # fmt: skip
+                     f"{r['steps']} | {r['val_cider_d']:.3f} | {r['train_s']:.0f} s | "
+                     f"{r['validation_s']:.0f} s |")  # fmt: skip
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["method"], r["towers"], r["lr"], r["epochs"]), []).append(r["val_cider_d"])
