@@ -145,3 +145,11 @@ def test_a_run_is_scored_on_the_validation_split_whatever_its_folder_is_called(t
     written = json.loads((run_dir / VALIDATION).read_text())
     assert written["split"] == "validation" and written["metrics"] == metrics
     assert metrics["num_examples"] == len(load_dataset(str(tiny_caption_dataset), "caption").split("validation"))
+
+
+def test_pretrain_refuses_a_clause_share_outside_zero_to_one(tmp_path, capsys):
+    from training.cli import main
+
+    assert main(["pretrain", "--out", str(tmp_path / "m"), "--clause-share", "1.5"]) == 2
+    assert "--clause-share 1.5 is outside [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
