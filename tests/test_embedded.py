@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -72,9 +73,10 @@ def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):
     from training.pretrain import PretrainConfig, pretrain
 
     config = PretrainConfig(steps=3, batch_size=4, warmup_steps=1, pool_images=8, hidden=32, vision_layers=1,
-                            text_layers=1, heads=2)  # fmt: skip
+                            text_layers=1, heads=2, clause_share=0.5, caption_frames=False)  # fmt: skip
     out = pretrain(config, tmp_path / "tiny-scene-blip")
     meta = json.loads((out / "pretrain.json").read_text())
+    assert meta["command"].endswith("--steps 3 --clause-share 0.5 --no-caption-frames")  # reproduces the recipe
     assert meta["config"]["dense_weight"] > 0 and set(meta["history"][-1]["patch_accuracy"]) == set(
         scenes.PATCH_LABEL_HEADS)  # fmt: skip
     vl = VLModel(load_base_model(str(out)))
@@ -85,3 +87,69 @@ def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):
     with torch.no_grad():
         generated = vl.generate(vl.encode_images(pixels), [encoder.prompt_ids(prompt_text("caption"))], 5)
     assert len(generated) == 1 and len(generated[0]) <= 5
+
+
+# Two steps, short decodes, a LoRA budget the tiny model can reach: the report's bookkeeping, not its quality.
+TINY_RUNS = {"max_steps": 2, "max_new_tokens": 4, "eval_limit": 2, "budget": "2%"}
+
+
+def test_embedded_report_measures_every_figure_from_runs_it_makes(tmp_path, tiny_model_dir, tiny_caption_dataset,
+                                                                  tiny_vqa_dataset):  # fmt: skip
+    from training.embedded import CAPTION_CANDIDATES, VALIDATION, report
+    from training.errors import UserError
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    datasets = {"caption": str(tiny_caption_dataset), "vqa": str(tiny_vqa_dataset)}
+    work = tmp_path / "quality-runs"
+    results = report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1))
+
+    quality = json.loads((model_dir / "quality.json").read_text())
+    runs_made = {name: r for name, r in quality.items() if isinstance(r, dict) and "command" in r}
+    assert set(runs_made) == {"caption-zero-shot", "caption-full", "caption-full-seed1", "caption-lora",
+                              "caption-lora-seed1", "vqa-zero-shot", "vqa-lora"}  # fmt: skip
+    for name, run in runs_made.items():
+        assert (work / name / "eval.json").is_file()  # made now, into the empty work folder
+        assert run["measured_s"] > 0 and run["measured_s"] >= run["wall_s"] - 0.5, name
+        assert run["total_steps"] == (0 if "zero-shot" in name else 2)
+    room = quality["caption-headroom"]
+    read_back = {name: json.loads((work / name / VALIDATION).read_text())["metrics"]["CIDEr-D"]
+                 for name in runs_made if name.startswith("caption")}  # fmt: skip
+    assert room["zero_shot"] == read_back["caption-zero-shot"]
+    for name in CAPTION_CANDIDATES:
+        scores = [read_back[name], read_back[f"{name}-seed1"]]
+        assert room["candidates"][name]["CIDEr-D"] == scores
+        assert room["candidates"][name]["spread"] == max(scores) - min(scores)
+    assert room["best"] == max(CAPTION_CANDIDATES, key=lambda n: room["candidates"][n]["mean"])
+    assert room["margin"] == room["best_mean"] - room["zero_shot"]
+    card = (model_dir / "README.md").read_text()
+    assert f"zero-shot captioning CIDEr-D {room['zero_shot']:.3f}" in card
+    assert f"{room['best_mean']:.3f}" in card and "seed spread" in card
+    assert results["caption-headroom"] == room
+
+    with pytest.raises(UserError, match="empty --work-dir"):
+        report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1))
+
+
+def test_a_run_is_scored_on_the_validation_split_whatever_its_folder_is_called(tmp_path, tiny_model_dir,
+                                                                                tiny_caption_dataset):  # fmt: skip
+    from training.config import RunConfig
+    from training.embedded import VALIDATION, score_on_validation
+    from training.trainer import train
+
+    run_dir = tmp_path / "lora-lr0.006-s0"  # a dot, which no adapter name may hold
+    config = RunConfig(task="caption", method="lora", base_model=str(tiny_model_dir),
+                       dataset=str(tiny_caption_dataset), **TINY_RUNS)  # fmt: skip
+    train(config, run_dir, install_signals=False)
+    metrics = score_on_validation(run_dir)
+    written = json.loads((run_dir / VALIDATION).read_text())
+    assert written["split"] == "validation" and written["metrics"] == metrics
+    assert metrics["num_examples"] == len(load_dataset(str(tiny_caption_dataset), "caption").split("validation"))
+
+
+def test_pretrain_refuses_a_clause_share_outside_zero_to_one(tmp_path, capsys):
+    from training.cli import main
+
+    assert main(["pretrain", "--out", str(tmp_path / "m"), "--clause-share", "1.5"]) == 2
+    assert "--clause-share 1.5 is outside [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -125,6 +125,18 @@ def test_pretraining_mixes_alt_text_with_sentences_in_caption_phrases():
     assert any("clipart" in t for t in alt) and any(t.split()[0] in COLORS for t in alt)
 
 
+def test_pretraining_sentences_can_keep_the_caption_phrases_without_the_caption_frames():
+    clauses = 0
+    for scene, rng in _scenes("pretrain", "train", 400):
+        sentence = pretrain_sentence(scene, rng, clause_share=0.5, frames=scenes.NON_CAPTION_FRAMES)
+        assert "picture of" not in sentence and "image of" not in sentence and not sentence.startswith("there is")
+        for obj in scene.objects:
+            assert f"{obj.color} {obj.shape}" in sentence
+            assert any(phrase in sentence for phrase in POSITION_PHRASES[obj.position])
+        clauses += not any(sentence.startswith(frame.split("{")[0]) for frame in scenes.NON_CAPTION_FRAMES)
+    assert 0.4 <= clauses / 400 <= 0.6
+
+
 def _target(words: list[str]) -> dict[str, str]:
     sizes = {w: size for size, options in SIZE_WORDS.items() for w in options}
     target = {}

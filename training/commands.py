@@ -33,6 +33,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--out", required=True, help="folder to save the model in")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    pretrain.add_argument(
+        "--clause-share",
+        type=float,
+        default=None,
+        help="share of the descriptive sentences written as per-object clauses (default: 0.25)",
+    )
+    pretrain.add_argument(
+        "--no-caption-frames",
+        action="store_true",
+        help="keep the caption task's sentence frames ('a picture of', ...) out of the corpus",
+    )
     pretrain.set_defaults(func=cmd_pretrain)
 
     bench = subparsers.add_parser("bench", help="speed and memory figures on the embedded default")
@@ -99,6 +110,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     config = PretrainConfig(seed=args.seed)
     if args.steps:
         config.steps = args.steps
+    if args.clause_share is not None:
+        if not 0 <= args.clause_share <= 1:
+            raise UserError(f"--clause-share {args.clause_share} is outside [0, 1]: use e.g. 0.5.")
+        config.clause_share = args.clause_share
+    config.caption_frames = not args.no_caption_frames
     pretrain(config, args.out)
     return 0
 

@@ -72,6 +72,8 @@ SENTENCE_FRAMES = CAPTION_FRAMES + (
     "in this picture there is {list}",
     "the image contains {list}",
 )
+# The list frames that the caption task itself never uses (its own frames include the prompt "a picture of").
+NON_CAPTION_FRAMES = tuple(f for f in SENTENCE_FRAMES if f not in CAPTION_FRAMES)
 # Per-object clauses, joined with "and": the same phrases in another sentence shape.
 CLAUSE_FRAMES = ("{object} can be seen {position}", "{position} there is {object}", "{object} is {position}")
 ALT_TAGS = (
@@ -386,17 +388,19 @@ def caption_references(scene: Scene, rng: np.random.Generator, count: int = 5) -
     return captions
 
 
-def pretrain_sentence(scene: Scene, rng: np.random.Generator) -> str:
-    """A complete sentence describing every object with the caption phrases in one of several frames."""
+def pretrain_sentence(scene: Scene, rng: np.random.Generator, clause_share: float = 0.25,
+                      frames: Sequence[str] = SENTENCE_FRAMES) -> str:  # fmt: skip
+    """A complete sentence describing every object with the caption phrases: per-object clauses joined with
+    "and" (clause_share of the time), or the list of objects in one of `frames`."""
     objects = _ordered(scene, rng)
-    if rng.random() < 0.25:
+    if rng.random() < clause_share:
         clause = _pick(rng, CLAUSE_FRAMES)
         clauses = [
             clause.format(object=_object_phrase(o, rng), position=_position_phrase(o.position, rng)) for o in objects
         ]
         return _join(clauses)
     items = [f"{_object_phrase(o, rng)} {_position_phrase(o.position, rng)}" for o in objects]
-    return _pick(rng, SENTENCE_FRAMES).format(list=_join(items))
+    return _pick(rng, frames).format(list=_join(items))
 
 
 def alt_text(scene: Scene, rng: np.random.Generator) -> str:
