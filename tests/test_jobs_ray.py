@@ -33,7 +33,7 @@ def tiny_job(model: Path, dataset: Path, **overrides) -> RunConfig:
     return RunConfig(**{**values, **overrides})
 
 
-def run_until(supervisor: Supervisor, predicate, timeout: float = 240) -> None:
+def run_until(supervisor: Supervisor, predicate, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         supervisor.run_once()
