@@ -103,6 +103,9 @@ def job_headline(status: dict) -> str:
             return (f"**Training** ({what}): step {status['step']:,} of {status['total_steps']:,}"
                     + (f", loss {loss:.3f}" if loss is not None else "")
                     + (f", about {duration(left)} left" if left is not None else "") + ".")  # fmt: skip
+        if phase == "validating" and status.get("total_steps"):
+            return (f"**Training** ({what}): step {status['step']:,} of {status['total_steps']:,}, scoring the "
+                    "validation split to keep the best checkpoint so far.")  # fmt: skip
         if phase == "evaluating":
             done, total = status.get("eval_done"), status.get("eval_total")
             where = f": {done:,} of {total:,} test examples answered" if total else ": training is done"

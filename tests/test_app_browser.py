@@ -108,7 +108,8 @@ def test_train_compare_explore_runs_in_a_browser(server, page, tmp_path: Path):
     assert re.search(r"Test score: CIDEr-D [\d.]+", status.inner_text())
     assert "100 %" in page.locator("#job-progress").inner_text()
     assert "python -m training train --task caption --method lora" in page.locator("#job-command").inner_text()
-    assert page.locator("#loss-curve .scatterlayer .trace").count() == 1
+    # The training loss, the validation score and the kept checkpoint.
+    assert page.locator("#loss-curve .scatterlayer .trace").count() == 3
     assert not page.locator("#cancel-job").is_visible()
     snap(page, "train", tmp_path)
 

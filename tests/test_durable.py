@@ -133,7 +133,8 @@ def test_runs_survive_a_restart_on_an_empty_local_disk_and_nothing_published_is_
     finish(store, supervisor, first)
     published = Path(store.get(first).run_dir)
     assert published == bucket / "runs" / first and not (local / "runs" / first).exists()
-    files = {"config.json", "weights.safetensors", "eval.json", "predictions.jsonl", "metrics.jsonl", "log.txt"}
+    files = {"config.json", "weights.safetensors", "eval.json", "predictions.jsonl", "metrics.jsonl", "log.txt",
+             "validation.jsonl"}  # fmt: skip
     assert {p.name for p in published.iterdir()} == files | {"progress.json", FINAL, STARTED}
     assert job_status(store, first)["phase"] == "done"
 
