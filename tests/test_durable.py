@@ -111,7 +111,8 @@ def test_runs_survive_a_restart_on_an_empty_local_disk_and_nothing_published_is_
 
     def config(max_steps: int, method: str = "lora") -> RunConfig:
         return RunConfig(task="vqa", method=method, budget="2k", base_model=str(tiny_model_dir),
-                         dataset=str(tiny_vqa_dataset), max_steps=max_steps, batch_size=4, eval_limit=8)  # fmt: skip
+                         dataset=str(tiny_vqa_dataset), max_steps=max_steps, batch_size=4, eval_limit=8,
+                         patience=0 if max_steps > 100 else 3)  # a long job must not stop early on its own  # fmt: skip
 
     def open_store() -> tuple[JobStore, Supervisor]:
         store = JobStore(local / "jobs.sqlite3", limits=LIMITS, durable=bucket)

@@ -50,6 +50,7 @@ def tiny_run(tiny_model_dir: Path, tiny_caption_dataset: Path):
         return RunConfig(
             task="caption", method="lora", budget="2k", base_model=str(tiny_model_dir),
             dataset=str(tiny_caption_dataset), max_steps=max_steps, batch_size=4, eval_limit=8,
+            patience=0 if max_steps > 100 else 3,  # a long job must not stop early on its own
         )  # fmt: skip
 
     return make

@@ -81,7 +81,8 @@ def test_a_node_without_the_data_home_ships_progress_and_files_back_and_a_cancel
 ):  # fmt: skip
     store = JobStore(tmp_path / "jobs.sqlite3", limits=JobLimits(stop_grace_s=60))
     supervisor = Supervisor(store, poll_s=0.2, ray=RayJobRunner(ray_address, ship_always=True))
-    job_id = store.submit(tiny_job(tiny_model_dir, tiny_vqa_dataset, max_steps=100_000, batch_size=2))
+    # patience=0: a fixed schedule, so that early stopping cannot end the job before it is cancelled.
+    job_id = store.submit(tiny_job(tiny_model_dir, tiny_vqa_dataset, max_steps=100_000, batch_size=2, patience=0))
     run_dir = Path(store.get(job_id).run_dir)
     try:
         # The trainer writes in a scratch folder on the node: what shows here came through the mailbox.
