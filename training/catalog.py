@@ -54,7 +54,6 @@ CATALOG: dict[str, MethodInfo] = {
 
 METHOD_NAMES = tuple(CATALOG)
 PEFT_METHODS = tuple(name for name, info in CATALOG.items() if info.family != BASELINE)
-TRAINED_METHODS = tuple(name for name, info in CATALOG.items() if info.default_lr is not None)
 NO_BUDGET_METHODS = tuple(name for name, info in CATALOG.items() if not info.takes_budget)
 FAMILY = {name: info.family for name, info in CATALOG.items()}
 METHOD_LABELS = {name: info.label for name, info in CATALOG.items()}
@@ -64,10 +63,6 @@ TASKS = ("caption", "vqa")
 TASK_LABELS = {"caption": "Image captioning", "vqa": "Visual question answering"}
 MAIN_METRIC = {"caption": "CIDEr-D", "vqa": "accuracy"}
 METRIC_UNIT = {"caption": "CIDEr-D", "vqa": "accuracy points"}
-
-
-def method_info(name: str) -> MethodInfo:
-    return CATALOG[name]
 
 
 def trained_towers(method: str, towers: str | None) -> str | None:
