@@ -295,6 +295,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if reference is not None:
             values["budget"] = str(reference)
         base = RunConfig.from_dict(values).validate()
+        # flush: the progress lines must show as they happen when the output goes to a file or a pipe
         tune(targets_for([task], methods, towers), base, args.seeds, spec.results, Path(args.work_dir),
-             deadline=deadline)  # fmt: skip
+             echo=lambda line: print(line, flush=True), deadline=deadline)  # fmt: skip
     return 0
