@@ -114,6 +114,22 @@ def write_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
     os.replace(tmp, path)
 
 
+def append_run(path: Path, row: dict) -> list[dict]:
+    """Add one finished tuning run to `path` and return every row in it.
+
+    Several `tune` processes (say one per task, so that both CPU cores work) may share the table: the file is
+    re-read under a lock and rewritten whole, so no process drops the rows another one added meanwhile.
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in read_rows(path) if r.get("run") != row["run"]] + [row]
+        write_rows(path, rows, RUN_COLUMNS)
+    return rows
+
+
 def curve(rows: list[dict]) -> dict[float, list[float]]:
     """Learning rate -> validation scores over seeds."""
     scores: dict[float, list[float]] = {}
@@ -208,8 +224,7 @@ def tune(targets: list[TuneTarget], base: RunConfig, seeds: list[int], results: 
                            "best_step": summary["best_step"], "steps_run": summary["steps_run"],
                            "epochs_run": summary["epochs_run"], "stop_reason": summary["stop_reason"],
                            "train_s": summary.get("train_s"), "run": name}  # fmt: skip
-                    done.append(row)
-                    write_rows(runs_path, done, RUN_COLUMNS)
+                    done = append_run(runs_path, row)
                     echo(f"tune {target.label()}: lr {lr:g} seed {seed}: validation {summary['best']:.4g} "
                          f"(best step {summary['best_step']}, {summary['stop_reason']}, "
                          f"{time.perf_counter() - started:.0f}s)")  # fmt: skip
@@ -222,7 +237,8 @@ def tune(targets: list[TuneTarget], base: RunConfig, seeds: list[int], results: 
             else:
                 above += 1
         echo(f"tune {target.label()}: best lr {best:g}" + ("" if bracketed else " (NOT bracketed)"))
-    rows = summarise(done, base)
+    # Every target of this call is done; the table also keeps what other tune processes have found so far.
+    rows = summarise(read_rows(runs_path), base)
     write_rows(results / LR_TABLE.name, rows, LR_COLUMNS)
     return rows
 
