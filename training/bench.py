@@ -50,15 +50,6 @@ class Setting:
     dataset: str | None = None
 
 
-def autocast_dtype(device):
-    """The trainer's mixed precision: bf16 on CUDA (fp16 where bf16 is missing), none on the CPU."""
-    import torch
-
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def _sync(device) -> None:
     import torch
 
@@ -76,7 +67,7 @@ class _Steps:
         from training.config import RunConfig
         from training.pixels import PixelCache
         from training.tasks import Encoder, training_pairs
-        from training.trainer import RUN_ADAPTER, build_model, precompute_features, prepare
+        from training.trainer import RUN_ADAPTER, autocast_dtype, build_model, precompute_features, prepare
 
         chosen = {"budget": budget} if budget else {}
         config = RunConfig(task=setting.task, method=method, towers=towers, batch_size=batch_size,

@@ -13,8 +13,12 @@ eval.json     test-split metrics and the validation summary (best step, why trai
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import tempfile
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,106 @@ STOP = "STOP"
 EXIT_FINISHED = 0
 EXIT_USER_ERROR = 2
 EXIT_STOPPED = 3
+
+
+@dataclass
+class StepRecord:
+    """A logged optimizer step: one line of metrics.jsonl."""
+
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    lr: float
+    samples_per_s: float
+    elapsed_s: float
+    eta_s: float | None
+
+    def row(self) -> dict:
+        """The metrics.jsonl line: rounded there, while the log prints the values as measured."""
+        return {**asdict(self), "epoch": round(self.epoch, 3), "loss": round(self.loss, 5),
+                "samples_per_s": round(self.samples_per_s, 2), "elapsed_s": round(self.elapsed_s, 2)}  # fmt: skip
+
+
+@dataclass
+class ValidationRecord:
+    """One line of validation.jsonl: a score of the validation subset, and the best one so far."""
+
+    step: int
+    epoch: float
+    metric: str
+    value: float
+    best: float
+    best_step: int
+    seconds: float
+    elapsed_s: float
+
+
+class RunDirectory:
+    """Writes one run's files (the names above); the run's clock starts when it is opened."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def stop_file(self) -> Path:
+        return self.path / STOP
+
+    def open_log(self) -> logging.Logger:
+        """Log to log.txt, and to stderr unless stderr already is log.txt (as when the job worker runs us)."""
+        logger = logging.getLogger(f"vlpeft.run.{self.path}")
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        log_path = self.path / LOG
+        file_handler = logging.FileHandler(log_path, encoding="utf-8")
+        file_handler.setFormatter(formatter)
+        logger.addHandler(file_handler)
+        try:
+            same = os.path.samestat(os.fstat(sys.stderr.fileno()), os.stat(log_path))
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if not same:
+            stream = logging.StreamHandler(sys.stderr)
+            stream.setFormatter(formatter)
+            logger.addHandler(stream)
+        return logger
+
+    def set_phase(self, phase: str, **fields: Any) -> None:
+        """Move progress.json to a new phase, keeping the step it last recorded."""
+        write_json(self.path / PROGRESS, {**(read_json(self.path / PROGRESS) or {}), "phase": phase, **fields})
+
+    def write_loading(self) -> None:
+        write_json(self.path / PROGRESS, {"phase": "loading", "step": 0, "total_steps": None})
+
+    def write_config(self, config: dict) -> None:
+        write_json(self.path / CONFIG, config)
+
+    def write_step(self, record: StepRecord) -> None:
+        row = record.row()
+        append_jsonl(self.path / METRICS, row)
+        write_json(self.path / PROGRESS, {"phase": "training", **row})
+
+    def write_validation(self, record: ValidationRecord) -> None:
+        append_jsonl(self.path / VALIDATION, asdict(record))
+
+    def save_weights(self, state_dict: dict) -> None:
+        from safetensors.torch import save_file  # torch only where weights are written: the UI reads the rest
+
+        save_file(state_dict, str(self.path / WEIGHTS))
+
+    def write_predictions(self, records: list[dict]) -> None:
+        (self.path / PREDICTIONS).unlink(missing_ok=True)
+        for record in records:
+            append_jsonl(self.path / PREDICTIONS, record)
+
+    def write_eval(self, result: dict) -> None:
+        write_json(self.path / EVAL, result)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -6,18 +6,17 @@ Used the same way by the CLI, the job worker (which runs the CLI in its own proc
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import random
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from training import runs
 from training.base_model import BaseModel, load_base_model
@@ -26,10 +25,11 @@ from training.data.dataset import Example, TaskDataset, load_dataset, nested_fra
 from training.errors import UserError
 from training.evaluation import evaluate
 from training.methods import METHODS
-from training.methods.budget import Plan, plan_method, require_feasible
+from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
 from training.pixels import PixelCache
+from training.runs import RunDirectory, StepRecord, ValidationRecord
 from training.tasks import Encoder, training_pairs
-from training.tracking import NoTracker, Tracker, eval_scalars, open_tracker, training_scalars
+from training.tracking import Tracker, eval_scalars, open_tracker, training_scalars
 from training.tuning import resolve_lr
 from training.validation import Validator
 from training.vlmodel import VLModel
@@ -49,6 +49,7 @@ class Prepared:
     plan: Plan
     train_examples: list[Example]
     device: torch.device
+    total_params: int  # of the base model, before a method is attached
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,28 +73,7 @@ def prepare(config: RunConfig) -> Prepared:
     base = load_base_model(config.base_model, device)
     plan = require_feasible(plan_method(base.model, config.method, parse_budget(config.budget), config.towers))
     subset = [train[i] for i in nested_fraction(len(train), config.data_fraction, config.seed)]
-    return Prepared(config, base, dataset, plan, subset, device)
-
-
-def setup_logging(run_dir: Path) -> logging.Logger:
-    """Log to log.txt, and to stderr unless stderr already is log.txt (as when the job worker runs us)."""
-    logger = logging.getLogger(f"vlpeft.run.{run_dir}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    formatter = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    log_path = run_dir / runs.LOG
-    file_handler = logging.FileHandler(log_path, encoding="utf-8")
-    file_handler.setFormatter(formatter)
-    logger.addHandler(file_handler)
-    try:
-        same = os.path.samestat(os.fstat(sys.stderr.fileno()), os.stat(log_path))
-    except (OSError, ValueError, AttributeError):
-        same = False
-    if not same:
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(formatter)
-        logger.addHandler(stream)
-    return logger
+    return Prepared(config, base, dataset, plan, subset, device, count_base_params(base.model))
 
 
 def versions() -> dict:
@@ -102,6 +82,13 @@ def versions() -> dict:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__}  # fmt: skip
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision: bf16 on CUDA (fp16 where bf16 is missing), none on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def build_model(prepared: Prepared, options: dict | None = None) -> tuple[VLModel, int]:
@@ -123,8 +110,8 @@ class StopRequested(Exception):
 class StopFlag:
     """Set by SIGTERM/SIGINT or by a STOP file in the run directory: stop at the next step, keep the work."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.stop_file = run_dir / runs.STOP
+    def __init__(self, stop_file: Path) -> None:
+        self.stop_file = stop_file
         self.signalled = False
 
     def install(self) -> None:
@@ -158,125 +145,137 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
     The protocol: train, validating every few steps on a fixed validation subset; keep the best checkpoint;
     stop when validation has not improved for `patience` validations (or at the epoch cap); score the test
     split once, at the end, with the best checkpoint."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_json(run_dir / runs.PROGRESS, {"phase": "loading", "step": 0, "total_steps": None})
-    log = setup_logging(run_dir)
-    stop = StopFlag(run_dir)
+    run = RunDirectory(run_dir)
+    run.write_loading()
+    log = run.open_log()
+    stop = StopFlag(run.stop_file)
     if install_signals:
         stop.install()
-    started = time.perf_counter()
+
+    # load
     prepared = prepare(config)
     seed_everything(config.seed)
-    method = METHODS[config.method]
-    lr, options, lr_source = resolve_lr(config, method.default_lr)
-    total_params = sum(p.numel() for p in prepared.base.model.parameters())
+    lr, options, lr_source = resolve_lr(config, METHODS[config.method].default_lr)
+
+    # attach
     vl, trainable = build_model(prepared, options)
-    device = prepared.device
-    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
-    pixels = PixelCache(prepared.base.processor)
-    pairs = training_pairs(config.task, prepared.train_examples)
-    batch_size = config.batch_size * config.grad_accum
-    total_steps = planned_steps(config, len(pairs))
-    frozen_vision = not vl.adapters[RUN_ADAPTER].touches_vision()
-    use_feature_cache = config.cache_features and frozen_vision
-    autocast_dtype = None
-    if device.type == "cuda":
-        autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    validator = None
-    if config.validates and total_steps:
-        examples = prepared.dataset.split("validation")
-        limit = config.resolved_val_limit()
-        validator = Validator(config.task, examples[:limit] if limit else examples, pixels, encoder,
-                              config.max_new_tokens, config.patience)  # fmt: skip
-    resolved = {
-        "method": config.method, "family": method.family, "knob": prepared.plan.knob,
-        "knob_value": prepared.plan.value, "trainable_params": trainable, "total_params": total_params,
-        "trainable_percent": 100 * trainable / total_params, "budget_params": parse_budget(config.budget)
-        .resolve(total_params), "lr": lr, "lr_source": lr_source, "method_options": options,
-        "total_steps": total_steps, "effective_batch_size": batch_size,
-        "val_every": val_every(config, len(pairs)) if validator else None,
-        "val_examples": len(validator.examples) if validator else 0,
-        "validation_held_out_of_train": prepared.dataset.held_out_validation,
-        "device": str(device), "precision": str(autocast_dtype or torch.float32).replace("torch.", ""),
-        "base_model": prepared.base.source, "dataset": prepared.dataset.source, "dataset_name": prepared.dataset.name,
-        "train_examples": len(prepared.train_examples), "train_pairs": len(pairs),
-        "train_split_size": len(prepared.dataset.split("train")), "subset_hash": subset_hash(prepared.train_examples),
-        "feature_cache": use_feature_cache,
-    }  # fmt: skip
-    command = "python -m training train " + " ".join(config.to_cli_args()) + f" --out {run_dir}"
-    runs.write_json(run_dir / runs.CONFIG, {
-        "config": config.to_dict(), **resolved, "versions": versions(), "command": command,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })  # fmt: skip
-    tracker = open_tracker(config.report_to, run_dir, config.to_dict())  # a missing package fails here, early
+    data = TrainingData(training_pairs(config.task, prepared.train_examples),
+                        Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions),
+                        PixelCache(prepared.base.processor))  # fmt: skip
+    total_steps = planned_steps(config, len(data.pairs))
+    validator = make_validator(config, prepared.dataset, data) if config.validates and total_steps else None
+    description = describe_run(prepared, vl, lr, lr_source, options, data, total_steps, validator)
+    command = "python -m training train " + " ".join(config.to_cli_args()) + f" --out {run.path}"
+    run.write_config({"config": config.to_dict(), **description, "versions": versions(), "command": command,
+                      "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # fmt: skip
+    tracker = open_tracker(config.report_to, run.path, config.to_dict())  # a missing package fails here, early
+    report = Reporter(run, log, tracker)
     try:
         log.info("%s on %s: %s=%s, %s trainable of %s parameters (%.3f%%), %d training examples (%d pairs), "
                  "at most %d steps, lr %g (%s)", config.method, config.task, prepared.plan.knob, prepared.plan.value,
-                 f"{trainable:,}", f"{total_params:,}", resolved["trainable_percent"], len(prepared.train_examples),
-                 len(pairs), total_steps, lr, lr_source)  # fmt: skip
+                 f"{trainable:,}", f"{description['total_params']:,}", description["trainable_percent"],
+                 len(prepared.train_examples), len(data.pairs), total_steps, lr, lr_source)  # fmt: skip
 
-        features: dict[str, torch.Tensor] = {}
-        if use_feature_cache and total_steps:
-            log.info("vision tower frozen: computing image features once for %d images", len(prepared.train_examples))
-            features = precompute_features(vl, prepared.train_examples, pixels)
-
-        if config.task == "caption" and total_steps and config.score_test:
-            from training.metrics.caption import start_meteor
-
-            start_meteor()  # METEOR's Java start-up (~7 s) overlaps training instead of adding to evaluation
+        # loop
         outcome = LoopOutcome(stop_reason="zero-shot")
         if total_steps:
-            loop = TrainingLoop(vl, config, pairs, encoder, pixels, features, total_steps, lr, autocast_dtype, run_dir,
-                                log, stop, started, validator, tracker)  # fmt: skip
-            outcome = loop.run()
+            if description["feature_cache"]:
+                log.info("vision tower frozen: computing image features once for %d images",
+                         len(prepared.train_examples))  # fmt: skip
+                data.features = precompute_features(vl, prepared.train_examples, data.pixels)
+            if config.task == "caption" and config.score_test:
+                from training.metrics.caption import start_meteor
+
+                start_meteor()  # METEOR's Java start-up overlaps training instead of adding to evaluation
+            outcome = TrainingLoop(vl, config, data, total_steps, lr, validator, report, stop).run()
+
+        # save
         vl.adapters[RUN_ADAPTER].fold()
-        save_file(vl.adapters[RUN_ADAPTER].state_dict(), str(run_dir / runs.WEIGHTS))
+        run.save_weights(vl.adapters[RUN_ADAPTER].state_dict())
         if outcome.stopped:
             log.info("stopped on request after the last completed step; weights saved, evaluation skipped")
-            runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "stopped"})
+            run.set_phase("stopped")
             return EXIT_STOPPED
+
+        # evaluate
         summary = outcome.summary(validator)
         if not config.score_test:
-            runs.write_json(run_dir / runs.EVAL, {"task": config.task, "split": None, "validation": summary,
-                                                  "train_s": round(time.perf_counter() - started, 2)})  # fmt: skip
-            runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "done"})
+            run.write_eval({"task": config.task, "split": None, "validation": summary,
+                            "train_s": round(run.elapsed_s(), 2)})  # fmt: skip
+            run.set_phase("done")
             log.info("done (no test split): best validation %s at step %s", summary.get("best"), summary["best_step"])
             return 0
-
-        test = prepared.dataset.split("test")
-        if config.eval_limit:
-            test = test[: config.eval_limit]
-        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "evaluating"})
-        log.info("evaluating on %d test examples", len(test))
-
-        def eval_progress(done: int, total: int) -> None:
-            if stop:
-                raise StopRequested
-            runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "evaluating",
-                                                      "eval_done": done, "eval_total": total})  # fmt: skip
-
-        try:
-            metrics, records = evaluate(vl, config.task, test, pixels, encoder, max_new_tokens=config.max_new_tokens,
-                                        progress=eval_progress)  # fmt: skip
-        except StopRequested:
-            log.info("stopped on request during evaluation; weights saved, no evaluation written")
-            runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "stopped"})
-            return EXIT_STOPPED
-        for record in records:
-            runs.append_jsonl(run_dir / runs.PREDICTIONS, record)
-        tracker.log(outcome.steps_run, eval_scalars(metrics, "test"))
-        train_s = time.perf_counter() - started - metrics["eval_s"]
-        runs.write_json(run_dir / runs.EVAL, {
-            "task": config.task, "split": "test", "metrics": metrics, "validation": summary,
-            "train_s": round(train_s, 2), "wall_s": round(time.perf_counter() - started, 2),
-            "peak_mem_mb": peak_memory_mb(device),
-        })  # fmt: skip
-        log.info("done: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-        runs.write_json(run_dir / runs.PROGRESS, {**progress_snapshot(run_dir), "phase": "done"})
-        return 0
+        return score_test_split(vl, config, prepared.dataset, data, summary, outcome.steps_run, report, stop)
     finally:
         tracker.close()
+
+
+@dataclass
+class TrainingData:
+    """The training sequences, and what turns a batch of them into a loss."""
+
+    pairs: list[tuple[Example, str, str]]
+    encoder: Encoder
+    pixels: PixelCache
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # by image id; empty: run the vision tower
+
+    def loss(self, vl: VLModel, batch: list[tuple[Example, str, str]]) -> torch.Tensor:
+        return batch_loss(vl, batch, self.encoder, self.pixels, self.features)
+
+
+def make_validator(config: RunConfig, dataset: TaskDataset, data: TrainingData) -> Validator:
+    examples = dataset.split("validation")
+    limit = config.resolved_val_limit()
+    return Validator(config.task, examples[:limit] if limit else examples, data.pixels, data.encoder,
+                     config.max_new_tokens, config.patience)  # fmt: skip
+
+
+def describe_run(prepared: Prepared, vl: VLModel, lr: float, lr_source: str, options: dict, data: TrainingData,
+                 total_steps: int, validator: Validator | None) -> dict:  # fmt: skip
+    """What config.json records beside the config itself: the resolved method, counts, schedule, data and device."""
+    config, plan, dataset = prepared.config, prepared.plan, prepared.dataset
+    total_params, trainable = prepared.total_params, plan.trainable_params
+    precision = autocast_dtype(prepared.device) or torch.float32
+    return {
+        "method": config.method, "family": METHODS[config.method].family, "knob": plan.knob,
+        "knob_value": plan.value, "trainable_params": trainable, "total_params": total_params,
+        "trainable_percent": 100 * trainable / total_params,
+        "budget_params": parse_budget(config.budget).resolve(total_params), "lr": lr, "lr_source": lr_source,
+        "method_options": options, "total_steps": total_steps,
+        "effective_batch_size": config.batch_size * config.grad_accum,
+        "val_every": val_every(config, len(data.pairs)) if validator else None,
+        "val_examples": len(validator.examples) if validator else 0,
+        "validation_held_out_of_train": dataset.held_out_validation,
+        "device": str(prepared.device), "precision": str(precision).replace("torch.", ""),
+        "base_model": prepared.base.source, "dataset": dataset.source, "dataset_name": dataset.name,
+        "train_examples": len(prepared.train_examples), "train_pairs": len(data.pairs),
+        "train_split_size": len(dataset.split("train")), "subset_hash": subset_hash(prepared.train_examples),
+        "feature_cache": config.cache_features and not vl.adapters[RUN_ADAPTER].touches_vision(),
+    }  # fmt: skip
+
+
+@dataclass
+class Reporter:
+    """Where a run's records go: its directory, its log, and the tracker (tensorboard or trackio) if any."""
+
+    run: RunDirectory
+    log: logging.Logger
+    tracker: Tracker
+
+    def step(self, record: StepRecord, to_log: bool) -> None:
+        self.run.write_step(record)
+        self.tracker.log(record.step, training_scalars(record.row()))
+        if to_log:
+            self.log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s eta %ss", record.step, record.total_steps,
+                          record.loss, record.lr, record.samples_per_s, record.eta_s)  # fmt: skip
+
+    def validation(self, record: ValidationRecord, improved: bool, validator: Validator) -> None:
+        self.run.write_validation(record)
+        self.tracker.log(record.step, eval_scalars({record.metric: record.value}))
+        self.run.set_phase("training")
+        self.log.info("validation at step %d: %s %.4g (best %.4g at step %d)%s", record.step, record.metric,
+                      record.value, record.best, record.best_step, "" if improved else
+                      f", {validator.since_best} of {validator.patience} without improvement")  # fmt: skip
 
 
 @torch.no_grad()
@@ -331,14 +330,11 @@ class TrainingLoop:
     """AdamW over the run adapter's parameters with linear warm-up and decay to the step cap, validating every
     `val_every` steps and keeping the best checkpoint (restored at the end)."""
 
-    def __init__(self, vl: VLModel, config: RunConfig, pairs: list, encoder: Encoder, pixels: PixelCache,
-                 features: dict, total_steps: int, lr: float, autocast_dtype, run_dir: Path,
-                 log: logging.Logger, stop: StopFlag, started: float, validator: Validator | None,
-                 tracker: Tracker | None = None) -> None:  # fmt: skip
-        self.vl, self.config, self.pairs, self.encoder, self.pixels = vl, config, pairs, encoder, pixels
-        self.features, self.total_steps, self.lr, self.autocast_dtype = features, total_steps, lr, autocast_dtype
-        self.run_dir, self.log, self.stop, self.started, self.validator = run_dir, log, stop, started, validator
-        self.tracker = tracker or NoTracker()
+    def __init__(self, vl: VLModel, config: RunConfig, data: TrainingData, total_steps: int, lr: float,
+                 validator: Validator | None, report: Reporter, stop: StopFlag) -> None:  # fmt: skip
+        self.vl, self.config, self.data, self.total_steps, self.lr = vl, config, data, total_steps, lr
+        self.validator, self.report, self.stop = validator, report, stop
+        self.autocast_dtype = autocast_dtype(vl.device)
         self.method = vl.adapters[RUN_ADAPTER]
         self.params = list(self.method.train_parameters())
         self.best_state: list[torch.Tensor] | None = None
@@ -347,23 +343,24 @@ class TrainingLoop:
         self.epoch = 0
 
     def next_batch(self) -> list:
+        pairs = self.data.pairs
         if len(self.order) < self.config.batch_size:
-            fresh = list(range(len(self.pairs)))
+            fresh = list(range(len(pairs)))
             self.rng.shuffle(fresh)
             self.order += fresh
             self.epoch += 1
-        batch = [self.pairs[i] for i in self.order[: self.config.batch_size]]
+        batch = [pairs[i] for i in self.order[: self.config.batch_size]]
         del self.order[: self.config.batch_size]
         return batch
 
     def epochs_done(self) -> float:
-        return self.epoch - len(self.order) / max(1, len(self.pairs))
+        return self.epoch - len(self.order) / max(1, len(self.data.pairs))
 
     def run(self) -> LoopOutcome:
         config, vl = self.config, self.vl
         optimizer = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=config.weight_decay)
         scaler = torch.amp.GradScaler(enabled=self.autocast_dtype == torch.float16)
-        every = val_every(config, len(self.pairs))
+        every = val_every(config, len(self.data.pairs))
         vl.model.train()
         progress_bar = None
         if sys.stderr.isatty():
@@ -383,7 +380,7 @@ class TrainingLoop:
             for _ in range(config.grad_accum):
                 batch = self.next_batch()
                 with torch.autocast(vl.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                    loss = batch_loss(vl, batch, self.encoder, self.pixels, self.features) / config.grad_accum
+                    loss = self.data.loss(vl, batch) / config.grad_accum
                 scaler.scale(loss).backward()
                 step_loss += loss.item()
                 seen += len(batch)
@@ -396,7 +393,8 @@ class TrainingLoop:
                 progress_bar.update(1)
                 progress_bar.set_postfix(loss=f"{step_loss:.3f}")
             if step % LOG_EVERY == 0 or step == self.total_steps or step == 1:
-                self.log_step(step, step_loss, optimizer.param_groups[0]["lr"], seen, loop_start, progress_bar)
+                record = self.step_record(step, step_loss, optimizer.param_groups[0]["lr"], seen, loop_start)
+                self.report.step(record, to_log=progress_bar is None)
             if self.validator and (step % every == 0 or step == self.total_steps):
                 if self.validate(step) and step < self.total_steps:
                     reason = "patience"
@@ -421,43 +419,58 @@ class TrainingLoop:
     def validate(self, step: int) -> bool:
         """Score the validation subset; keep the checkpoint if it is the best; True when patience ran out."""
         validator = self.validator
-        runs.write_json(self.run_dir / runs.PROGRESS, {**progress_snapshot(self.run_dir), "phase": "validating"})
+        self.report.run.set_phase("validating")
         value, seconds = validator.score(self.vl)
         improved = validator.observe(step, value)
         if improved:
             self.best_state = [p.detach().clone() for p in self.params_to_keep()]
-        row = {"step": step, "epoch": round(self.epochs_done(), 3), "metric": validator.metric, "value": value,
-               "best": validator.best, "best_step": validator.best_step, "seconds": round(seconds, 2),
-               "elapsed_s": round(time.perf_counter() - self.started, 2)}  # fmt: skip
-        validator.curve.append(row)
-        runs.append_jsonl(self.run_dir / runs.VALIDATION, row)
-        self.tracker.log(step, eval_scalars({validator.metric: value}))
-        runs.write_json(self.run_dir / runs.PROGRESS, {**progress_snapshot(self.run_dir), "phase": "training"})
-        self.log.info("validation at step %d: %s %.4g (best %.4g at step %d)%s", step, validator.metric, value,
-                      validator.best, validator.best_step, "" if improved else
-                      f", {validator.since_best} of {validator.patience} without improvement")  # fmt: skip
+        elapsed_s = self.report.run.elapsed_s()
+        record = ValidationRecord(step, round(self.epochs_done(), 3), validator.metric, value, validator.best,
+                                  validator.best_step, round(seconds, 2), round(elapsed_s, 2))  # fmt: skip
+        validator.curve.append(record)
+        self.report.validation(record, improved, validator)
         return validator.exhausted
 
-    def log_step(self, step: int, step_loss: float, lr: float, seen: int, loop_start: float, progress_bar) -> None:
+    def step_record(self, step: int, step_loss: float, lr: float, seen: int, loop_start: float) -> StepRecord:
         elapsed = time.perf_counter() - loop_start
         rate = seen / elapsed if elapsed > 0 else 0.0
         steps_per_s = step / elapsed if elapsed > 0 else 0.0
-        row = {
-            "step": step, "total_steps": self.total_steps, "epoch": round(self.epochs_done(), 3),
-            "loss": round(step_loss, 5), "lr": lr, "samples_per_s": round(rate, 2),
-            "elapsed_s": round(time.perf_counter() - self.started, 2),
-            "eta_s": round((self.total_steps - step) / steps_per_s, 1) if steps_per_s else None,
-        }  # fmt: skip
-        runs.append_jsonl(self.run_dir / runs.METRICS, row)
-        self.tracker.log(step, training_scalars(row))
-        runs.write_json(self.run_dir / runs.PROGRESS, {"phase": "training", **row})
-        if not progress_bar:
-            self.log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s eta %ss", step, self.total_steps, step_loss,
-                          lr, rate, row["eta_s"])  # fmt: skip
+        eta = round((self.total_steps - step) / steps_per_s, 1) if steps_per_s else None
+        return StepRecord(step, self.total_steps, self.epochs_done(), step_loss, lr, rate, self.report.run.elapsed_s(),
+                          eta)  # fmt: skip
 
 
-def progress_snapshot(run_dir: Path) -> dict:
-    return runs.read_json(run_dir / runs.PROGRESS) or {}
+def score_test_split(vl: VLModel, config: RunConfig, dataset: TaskDataset, data: TrainingData, summary: dict,
+                     steps_run: int, report: Reporter, stop: StopFlag) -> int:  # fmt: skip
+    """Score the test split once with the kept checkpoint and write eval.json; EXIT_STOPPED if stopped meanwhile."""
+    run, log = report.run, report.log
+    test = dataset.split("test")
+    if config.eval_limit:
+        test = test[: config.eval_limit]
+    run.set_phase("evaluating")
+    log.info("evaluating on %d test examples", len(test))
+
+    def eval_progress(done: int, total: int) -> None:
+        if stop:
+            raise StopRequested
+        run.set_phase("evaluating", eval_done=done, eval_total=total)
+
+    try:
+        metrics, records = evaluate(vl, config.task, test, data.pixels, data.encoder,
+                                    max_new_tokens=config.max_new_tokens, progress=eval_progress)  # fmt: skip
+    except StopRequested:
+        log.info("stopped on request during evaluation; weights saved, no evaluation written")
+        run.set_phase("stopped")
+        return EXIT_STOPPED
+    run.write_predictions(records)
+    report.tracker.log(steps_run, eval_scalars(metrics, "test"))
+    wall_s = run.elapsed_s()
+    run.write_eval({"task": config.task, "split": "test", "metrics": metrics, "validation": summary,
+                    "train_s": round(wall_s - metrics["eval_s"], 2), "wall_s": round(wall_s, 2),
+                    "peak_mem_mb": peak_memory_mb(vl.device)})  # fmt: skip
+    log.info("done: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+    run.set_phase("done")
+    return 0
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -503,9 +516,8 @@ def reevaluate(run_dir: str | Path, eval_limit: int | None = None, device: str =
     encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
     metrics, records = evaluate(vl, config.task, test, PixelCache(vl.base.processor), encoder,
                                 max_new_tokens=config.max_new_tokens)  # fmt: skip
-    (run_dir / runs.PREDICTIONS).unlink(missing_ok=True)
-    for record in records:
-        runs.append_jsonl(run_dir / runs.PREDICTIONS, record)
+    run = RunDirectory(run_dir)
+    run.write_predictions(records)
     previous = runs.read_json(run_dir / runs.EVAL) or {}
-    runs.write_json(run_dir / runs.EVAL, {**previous, "task": config.task, "split": "test", "metrics": metrics})
+    run.write_eval({**previous, "task": config.task, "split": "test", "metrics": metrics})
     return metrics

@@ -13,6 +13,7 @@ from training.catalog import MAIN_METRIC
 from training.data.dataset import Example
 from training.evaluation import predict
 from training.pixels import PixelCache
+from training.runs import ValidationRecord
 from training.tasks import Encoder
 from training.vlmodel import VLModel
 
@@ -42,7 +43,7 @@ class Validator:
     best: float | None = None
     best_step: int = 0
     since_best: int = 0
-    curve: list[dict] = field(default_factory=list)
+    curve: list[ValidationRecord] = field(default_factory=list)
 
     @property
     def metric(self) -> str:
