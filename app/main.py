@@ -119,7 +119,7 @@ def main() -> int:
 
 
 def _warm_up(services: Services) -> None:
-    """Load the base model and the gallery before the first visitor needs them."""
+    """Read the base model's shape and load the gallery before the first visitor needs them."""
     try:
         services.estimate("lora", "0.5%")
         for task in ("caption", "vqa"):

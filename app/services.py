@@ -27,6 +27,7 @@ from transformers import BlipForConditionalGeneration
 from app.people import person
 from app.settings import Settings
 from training import runs
+from training.base_model import load_base_config, meta_model
 from training.catalog import MAIN_METRIC
 from training.compare import Column, Comparer, check_image
 from training.config import RunConfig, parse_budget, planned_steps
@@ -186,12 +187,6 @@ class Comparison:
     base_score_source: str = ""  # where the zero-shot column's test score comes from, when not from a run
 
 
-@dataclass
-class _Resident:
-    comparer: Comparer  # holds the one loaded copy of the base; adapters are swapped on it
-    skeleton: BlipForConditionalGeneration  # on the meta device: exact counts for the budget solver, no memory
-
-
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -199,7 +194,8 @@ class Services:
                               durable=settings.durable)  # fmt: skip
         self.supervisor = Supervisor(self.store)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._models: OrderedDict[str, _Resident] = OrderedDict()
+        self._models: OrderedDict[str, Comparer] = OrderedDict()  # each holds one loaded copy of its base
+        self._shapes: dict[tuple[str, str], BlipForConditionalGeneration] = {}  # meta device, from config.json
         self._datasets: dict[tuple[str, str | None], TaskDataset] = {}
         self._galleries: dict[str, list[TestImage]] = {}
         self._lock = threading.Lock()
@@ -230,16 +226,9 @@ class Services:
         require_hub_model(text)
         return text
 
-    def _resident(self, source: str | None) -> _Resident:
+    def _resident(self, source: str | None) -> Comparer:
         key = source or EMBEDDED
-
-        def load() -> _Resident:
-            comparer = Comparer(source, device=self.device)
-            config = comparer.base.model.config  # loads the model, or raises UserError with the way out
-            with torch.device("meta"):
-                return _Resident(comparer, BlipForConditionalGeneration(config))
-
-        resident = self._once(self._models, key, load)
+        resident = self._once(self._models, key, lambda: Comparer(source, device=self.device))
         with self._lock:
             self._models.move_to_end(key)
             while len(self._models) > RESIDENT_MODELS:  # the app's own model stays; the oldest other goes
@@ -263,11 +252,13 @@ class Services:
             return value
 
     def estimate(self, method: str, budget: str, towers: str = "both", base_model: str | None = None) -> Estimate:
-        """The exact trainable count of a method under a budget, before anything is trained."""
+        """The exact trainable count of a method under a budget, before anything is trained: counted on the meta
+        device from the base model's config, so the web process reads no weights."""
         source = self.base_model_source(base_model)
-        skeleton = self._resident(source).skeleton
-        plan = plan_method(skeleton, method, parse_budget(budget), towers)
-        return Estimate(plan, count_base_params(skeleton), source or "embedded default")
+        key = ("shape", source or EMBEDDED)
+        shape = self._once(self._shapes, key, lambda: meta_model(load_base_config(source)))
+        plan = plan_method(shape, method, parse_budget(budget), towers)
+        return Estimate(plan, count_base_params(shape), source or "embedded default")
 
     # --- datasets --------------------------------------------------------------------------------
 
@@ -455,7 +446,7 @@ class Services:
         sources = {record.config.get("base_model") for record in chosen} or {self.settings.base_model}
         if len(sources) > 1:
             raise UserError("The chosen runs were trained on different base models: compare one base model at a time.")
-        comparer = self._resident(sources.pop()).comparer
+        comparer = self._resident(sources.pop())
         comparison = Comparison([], task, question=(question or "").strip(),
                                 records={record.run_dir: record for record in chosen})  # fmt: skip
         if test_index is not None:

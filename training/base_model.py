@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     BertTokenizer,
     BlipConfig,
     BlipForConditionalGeneration,
@@ -48,45 +49,73 @@ def _is_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
 
 
+def _check_local_checkpoint(name: str) -> bool:
+    """True for a local folder (after checking it holds a saved BLIP config), False for a Hub id."""
+    if not _is_local_path(name):
+        return False
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise UserError(f"Base model path {name} does not exist or is not a folder: give a folder saved with "
+                        "save_pretrained, or a Hub id such as Salesforce/blip-image-captioning-base.")  # fmt: skip
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"{name} holds no config.json: it is not a saved model. Save one with save_pretrained.")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{name}/config.json cannot be read ({exc}): the checkpoint is corrupt.") from None
+    if model_type != "blip":
+        raise UserError(f"{name} holds a {model_type!r} model; VL-PEFT Lab needs a BLIP captioning model "
+                        "(BlipForConditionalGeneration), e.g. Salesforce/blip-image-captioning-base.")  # fmt: skip
+    return True
+
+
+def _unloadable(name: str, local: bool, exc: Exception) -> UserError:
+    if local:
+        return UserError(f"The checkpoint in {name} cannot be loaded ({str(exc).splitlines()[0][:200]}): it is "
+                         "corrupt or incomplete, or has no safetensors weights; save it again.")  # fmt: skip
+    return UserError(f"Base model {name!r} could not be loaded: it is not a local folder, and the Hugging Face "
+                     "Hub cannot be reached or has no such BLIP model. Check the id, connect to the network, "
+                     "or give a local folder saved with save_pretrained.")  # fmt: skip
+
+
 def load_base_model(name_or_path: str | None = None, device: str | torch.device = "cpu") -> BaseModel:
     """Load a BLIP captioning model and its processor; raise UserError with a clear way out on failure."""
     name = name_or_path or default_model_path()
-    local = _is_local_path(name)
-    if local:
-        path = Path(name).expanduser()
-        if not path.is_dir():
-            raise UserError(f"Base model path {name} does not exist or is not a folder: give a folder saved with "
-                            "save_pretrained, or a Hub id such as Salesforce/blip-image-captioning-base.")
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise UserError(f"{name} holds no config.json: it is not a saved model. Save one with save_pretrained.")
-        try:
-            model_type = json.loads(config_file.read_text()).get("model_type")
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"{name}/config.json cannot be read ({exc}): the checkpoint is corrupt.") from None
-        if model_type != "blip":
-            raise UserError(f"{name} holds a {model_type!r} model; VL-PEFT Lab needs a BLIP captioning model "
-                            "(BlipForConditionalGeneration), e.g. Salesforce/blip-image-captioning-base.")
+    local = _check_local_checkpoint(name)
     try:
         model = BlipForConditionalGeneration.from_pretrained(name, use_safetensors=True, trust_remote_code=False)
         processor = BlipProcessor.from_pretrained(name, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        text = str(exc)
-        if local:
-            raise UserError(f"The checkpoint in {name} cannot be loaded ({text.splitlines()[0][:200]}): it is "
-                            "corrupt or incomplete, or has no safetensors weights; save it again.") from None
-        raise UserError(f"Base model {name!r} could not be loaded: it is not a local folder, and the Hugging Face "
-                        "Hub cannot be reached or has no such BLIP model. Check the id, connect to the network, "
-                        "or give a local folder saved with save_pretrained.") from None
+        raise _unloadable(name, local, exc) from None
     except Exception as exc:  # safetensors and torch raise their own types for corrupt files
         raise UserError(f"The checkpoint {name} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]}): "
-                        "it looks corrupt; download or save it again.") from None
+                        "it looks corrupt; download or save it again.") from None  # fmt: skip
     if model.config.model_type != "blip":
         raise UserError(f"{name} is not a BLIP model; give a BlipForConditionalGeneration checkpoint.")
     model.to(device)
     model.eval()
     honour_image_mask(model)
     return BaseModel(model=model, processor=processor, source=name)
+
+
+def load_base_config(name_or_path: str | None = None) -> BlipConfig:
+    """The base model's config alone (config.json): its shape, without reading a weight."""
+    name = name_or_path or default_model_path()
+    local = _check_local_checkpoint(name)
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise _unloadable(name, local, exc) from None
+    if not isinstance(config, BlipConfig):
+        raise UserError(f"{name} is not a BLIP model; give a BlipForConditionalGeneration checkpoint.")
+    return config
+
+
+def meta_model(config: BlipConfig) -> BlipForConditionalGeneration:
+    """The model's modules and parameter shapes on the meta device: exact counts, no memory, no weights."""
+    with torch.device("meta"):
+        return BlipForConditionalGeneration(config)
 
 
 def honour_image_mask(model: BlipForConditionalGeneration) -> None:
