@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 
 from app.people import reason
-from app.services import MAIN_METRIC, Estimate
-from training.catalog import METHOD_LABELS, TASK_LABELS
-from training.methods import METHODS
+from training.catalog import CATALOG, MAIN_METRIC, METHOD_LABELS, TASK_LABELS
+
+if TYPE_CHECKING:
+    from app.services import Estimate
 
 METRIC_NOTES = {
     "CIDEr-D": "how close the captions are to the human ones (higher is better)",
@@ -61,9 +63,8 @@ def main_score(task: str, metrics: dict) -> str:
 
 
 def method_explainer(method: str) -> str:
-    cls = METHODS[method]
-    where = f"*{cls.family}*" if cls.family != "baseline" else "*baseline*"
-    return f"**{METHOD_LABELS.get(method, method)}** ({where}): {cls.summary}"
+    info = CATALOG[method]
+    return f"**{METHOD_LABELS.get(method, method)}** (*{info.family}*): {info.summary}"
 
 
 def estimate_text(estimate: Estimate) -> str:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -19,12 +22,16 @@ from app.figures import metric_figure
 from app.services import Comparison, RunRecord, Services
 from app.settings import Settings, parse_auth
 from app.tabs import compare, explore, runs, train
+from training.base_model import load_base_model
+from training.catalog import METHOD_NAMES
 from training.compare import Column
-from training.config import RunConfig
+from training.config import TOWERS, RunConfig
 from training.errors import UserError
 from training.jobs.limits import JobLimits
 from training.jobs.outcome import KILLED_HINT
 from training.jobs.store import Outcome
+from training.paths import REPO_ROOT
+from training.vlmodel import VLModel
 
 LIMITS = JobLimits(max_queued=20, max_queued_per_submitter=20, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
 
@@ -96,6 +103,12 @@ def record(run_id: str = "20261129-100000-aaaaaa", **changes) -> RunRecord:
 # --- formatting --------------------------------------------------------------------------------------------
 
 
+def test_the_formatting_module_loads_without_torch():
+    code = "import sys, app.format; print(sorted(m for m in ('torch', 'transformers', 'gradio') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_numbers_and_durations_read_like_a_sentence():
     assert (fmt.count(21504), fmt.count(None)) == ("21,504", "-")
     assert (fmt.percent(0.7213), fmt.percent(12.5), fmt.percent(100)) == ("0.721 %", "12.5 %", "100 %")
@@ -108,6 +121,28 @@ def test_the_estimate_gives_the_exact_count_and_share_before_launch(services: Se
     text = fmt.estimate_text(services.estimate("lora", "2k"))
     assert text.startswith("**2,304 trainable parameters** = 3.28 % of the model (70,149 parameters): LoRA with rank 3")
     assert text.endswith("Reachable with this method: 768 to 24,576.")
+
+
+@pytest.mark.parametrize("towers", TOWERS)
+def test_the_estimate_counts_from_the_config_alone_what_the_loaded_model_trains(towers, make_services, tiny_model_dir,
+                                                                               tmp_path, monkeypatch):  # fmt: skip
+    shape_only = tmp_path / "config-only"
+    shutil.copytree(tiny_model_dir, shape_only, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the estimate read a weight file")
+
+    services = make_services(base_model=str(shape_only))
+    with monkeypatch.context() as patched:
+        for target in ("safetensors.safe_open", "safetensors.torch.load_file", "transformers.modeling_utils.safe_open",
+                       "torch.load"):  # fmt: skip
+            patched.setattr(target, no_weights)
+        estimates = {method: services.estimate(method, "2k", towers) for method in METHOD_NAMES}
+    for method, estimate in estimates.items():
+        vl = VLModel(load_base_model(str(tiny_model_dir)))
+        assert estimate.total_params == sum(p.numel() for p in vl.model.parameters())
+        attached = vl.attach(method, "real", towers, estimate.plan.value)
+        assert (method, estimate.plan.trainable_params) == (method, attached.num_trainable())
 
 
 def test_a_budget_the_method_cannot_reach_is_explained_with_its_range(services: Services):
