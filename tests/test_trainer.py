@@ -138,3 +138,14 @@ def test_data_fraction_trains_on_a_nested_subset(tiny_model_dir, tiny_vqa_datase
     a, b = (json.loads((r / "config.json").read_text()) for r in (small, large))
     assert (a["train_examples"], b["train_examples"]) == (8, 16)
     assert a["subset_hash"] != b["subset_hash"]
+
+
+def test_the_run_directory_rounds_step_records_in_metrics_jsonl_and_progress(tmp_path):
+    run = runs.RunDirectory(tmp_path / "run")
+    run.write_step(runs.StepRecord(5, 10, 0.123456, 0.43274999, 1e-3, 12.34567, 1.23456, 3.0))
+    row = {"step": 5, "total_steps": 10, "epoch": 0.123, "loss": 0.43275, "lr": 1e-3, "samples_per_s": 12.35,
+           "elapsed_s": 1.23, "eta_s": 3.0}  # fmt: skip
+    assert runs.read_jsonl(run.path / runs.METRICS) == [row]
+    assert runs.read_json(run.path / runs.PROGRESS) == {"phase": "training", **row}
+    run.set_phase("evaluating", eval_done=2, eval_total=6)
+    assert runs.read_json(run.path / runs.PROGRESS) == {**row, "phase": "evaluating", "eval_done": 2, "eval_total": 6}

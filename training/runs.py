@@ -1,4 +1,5 @@
-"""The run directory: the files every run writes, and the only place the UI reads training state from.
+"""The run directory: the files every run writes (through `RunDirectory`), and the only place the UI reads
+training state from.
 
 config.json   resolved config, parameter counts, versions, data subset, the reproducing command
 metrics.jsonl one line per logged step (step, total_steps, epoch, loss, lr, samples_per_s, elapsed_s, eta_s)

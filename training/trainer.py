@@ -1,4 +1,4 @@
-"""The training loop: load, attach the method, train, evaluate, write the run directory.
+"""One fine-tune, read top to bottom in `train`: load, attach the method, loop, save, evaluate.
 
 Used the same way by the CLI, the job worker (which runs the CLI in its own process) and the sweeps.
 """
