@@ -20,7 +20,7 @@ from training.jobs.process import is_alive, signal_group
 pytestmark = pytest.mark.slow
 
 LIMITS = JobLimits(max_queued=20, max_queued_per_submitter=20, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
-API_NAMES = {"/estimate", "/start_job", "/job_status", "/cancel_job", "/list_runs", "/compare"}
+API_NAMES = {"/estimate", "/start_job", "/job_status", "/cancel_job", "/list_runs", "/compare", "/upload_dataset"}
 
 
 def free_port() -> int:

@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from app.services import Services
+from app.settings import Settings
+from app.tabs import compare, data, train
+from tests.conftest import write_tiny_dataset
+from tests.test_app import LIMITS, form
 from training.data.archive import ArchiveLimits, install_zip, stored_datasets, summarize
 from training.data.dataset import load_dataset
 from training.errors import UserError
@@ -181,3 +186,73 @@ def test_archiver_clutter_is_left_out(good_zip, home):
     add_entry(good_zip, "shapes/train/.DS_Store", b"finder")
     stored = install_zip(good_zip, "shapes", "caption", home)
     assert not (stored.path / "train" / ".DS_Store").exists() and not (home / "__MACOSX").exists()
+
+
+# --- in the app: added, offered in Train and Compare --------------------------------------------------------
+
+
+def app_services(home: Path, model: Path, caption: Path, vqa: Path, **overrides) -> Services:
+    return Services(Settings(base_model=str(model), datasets={"caption": str(caption), "vqa": str(vqa)}, home=home,
+                             limits=LIMITS, results_dir=home / "results", **overrides))  # fmt: skip
+
+
+@pytest.fixture
+def services(tmp_path: Path, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset):
+    made = app_services(tmp_path / "home", tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def own_zip(tmp_path: Path) -> tuple[Path, Path]:
+    """A caption dataset unlike the app's (another seed, no validation split) and its zip."""
+    folder = write_tiny_dataset(tmp_path / "own", "caption", {"train": 6, "test": 3}, seed=7)
+    return folder, zip_folder(folder, tmp_path / "own.zip", prefix="own/")
+
+
+def test_an_added_dataset_is_offered_in_train_and_compare(services, own_zip):
+    folder, archive = own_zip
+    preview = data.add_dataset(services, str(archive), "mine", "caption", False)
+    # As training will see it: without a validation split of its own, one training image is held out for it.
+    assert preview.summary.examples == {"train": 5, "validation": 1, "test": 3} and len(preview.examples) == 5
+    rows = [json.loads(line) for line in (folder / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert {label for _, label in preview.examples} <= {row["captions"][0] for row in rows}
+    assert Image.open(preview.examples[0][0]).size == (192, 192)
+    text = data.preview_text(preview)
+    assert "**mine** (image captioning) is added" in text and "train 5 · validation 1 · test 3" in text
+    assert "has no validation split of its own: 1 of its training images" in text
+
+    assert ("mine (your upload)", "mine") in train.dataset_choices(services, "caption")
+    assert [value for _, value in train.dataset_choices(services, "vqa")] == ["embedded"]
+    config = train.run_config(services, *form(dataset="mine", max_steps=2))
+    assert config.dataset == str(services.datasets_home.resolve() / "mine")
+    assert services.training_size(config).split_size == 5  # one of the six training images is held out
+
+    assert len(compare.gallery(services, "caption", "mine")) == 3
+    page = compare.compare(services, "caption", [], None, 0, None, "mine")
+    expected = json.loads((folder / "test" / "metadata.jsonl").read_text().splitlines()[0])["captions"]
+    assert all(caption in page for caption in expected) and "this image: BLEU-4" in page
+    with pytest.raises(UserError, match="is a caption dataset"):
+        train.run_config(services, *form(task="vqa", dataset="mine"))
+    with pytest.raises(UserError, match="no vqa dataset named 'mine'"):
+        compare.compare(services, "vqa", [], "what color is it ?", 0, None, "mine")
+
+
+def test_a_vqa_preview_shows_the_answer_distribution(services, tiny_vqa_dataset, tmp_path):
+    preview = data.add_dataset(services, str(zip_folder(tiny_vqa_dataset, tmp_path / "q.zip")), "qa", "vqa", False)
+    text = data.preview_text(preview)
+    assert "train 32 on 16 images · validation 8 on 4 images · test 12 on 6 images" in text
+    assert "| answer | questions | share |" in text and "holds out" not in text
+    answer, count = preview.summary.top_answers[0]
+    assert f"| {answer} | {count} | {100 * count / 32:.0f} % |" in text
+    assert " → " in preview.examples[0][1]
+
+
+def test_nothing_is_added_without_a_zip_or_in_the_public_demo(services, own_zip, tmp_path, tiny_model_dir,
+                                                              tiny_caption_dataset, tiny_vqa_dataset):  # fmt: skip
+    with pytest.raises(UserError, match="Choose a zip file"):
+        data.add_dataset(services, None, "mine", "caption", False)
+    demo = app_services(tmp_path / "demo", tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, demo=True)
+    with pytest.raises(UserError, match="public demo"):
+        data.add_dataset(demo, str(own_zip[1]), "mine", "caption", False)
+    demo.close()
