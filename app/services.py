@@ -314,6 +314,11 @@ class Services:
             raise UserError("This public demo uses the embedded datasets only; run the app yourself to add yours.")
         if task not in ("caption", "vqa"):
             raise UserError(f"Pick the dataset's task: caption or vqa, not {task!r}.")
+        in_use = [job.id for job in self.store.list_jobs(ACTIVE_STATES)
+                  if job.config.get("dataset") == str((self.datasets_home / name.strip()).resolve())]  # fmt: skip
+        if replace and in_use:
+            raise UserError(f"Dataset {name.strip()!r} is used by job {in_use[0]}, queued or running: replace it once "
+                            "that job has ended, or add this zip under another name.")  # fmt: skip
         stored = install_zip(archive, name, task, self.datasets_home, replace, self.settings.archive_limits)
         source = str(stored.path.resolve())
         with self._lock:  # a replaced dataset is read afresh

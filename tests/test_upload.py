@@ -256,3 +256,13 @@ def test_nothing_is_added_without_a_zip_or_in_the_public_demo(services, own_zip,
     with pytest.raises(UserError, match="public demo"):
         data.add_dataset(demo, str(own_zip[1]), "mine", "caption", False)
     demo.close()
+
+
+def test_a_dataset_a_live_job_uses_is_not_replaced_under_it(services, own_zip):
+    data.add_dataset(services, str(own_zip[1]), "mine", "caption", False)
+    config = train.run_config(services, *form(dataset="mine", max_steps=2))
+    job_id = services.submit(config, "someone")  # queued: no worker runs in these tests
+    with pytest.raises(UserError, match=f"used by job {job_id}, queued or running: replace it once that job has"):
+        data.add_dataset(services, str(own_zip[1]), "mine", "caption", True)
+    services.store.cancel(job_id, by="someone")
+    assert data.add_dataset(services, str(own_zip[1]), "mine", "caption", True).stored.name == "mine"

@@ -102,7 +102,11 @@ def install_zip(archive: str | Path, name: str, task: str, home: Path, replace: 
         old = home / f".replaced-{name}-{staging.name}"
         if target.exists():
             target.rename(old)
-        root.rename(target)
+        try:
+            root.rename(target)
+        except OSError:  # another upload took the name between the check above and now
+            shutil.rmtree(old, ignore_errors=True)
+            raise UserError(f"Another upload was just added as {name!r}: choose another name.") from None
         shutil.rmtree(old, ignore_errors=True)
         return StoredDataset(name, task, target, time.time())
     finally:
