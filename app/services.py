@@ -314,6 +314,8 @@ class Services:
             raise UserError("This public demo uses the embedded datasets only; run the app yourself to add yours.")
         if task not in ("caption", "vqa"):
             raise UserError(f"Pick the dataset's task: caption or vqa, not {task!r}.")
+        if name.strip() == EMBEDDED:
+            raise UserError(f"{EMBEDDED!r} stands for the app's own dataset: choose another name.")
         in_use = [job.id for job in self.store.list_jobs(ACTIVE_STATES)
                   if job.config.get("dataset") == str((self.datasets_home / name.strip()).resolve())]  # fmt: skip
         if replace and in_use:

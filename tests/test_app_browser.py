@@ -218,6 +218,7 @@ def test_an_uploaded_dataset_is_previewed_trained_on_and_compared_on(server, pag
     assert page.locator("#dataset-preview img").count() == 8
     first = json.loads((folder / "train" / "metadata.jsonl").read_text().splitlines()[0])["captions"][0]
     assert page.locator("#dataset-preview").get_by_text(first).first.is_visible()
+    snap(page, "dataset-upload", tmp_path)
 
     page.get_by_role("button", name=re.compile("^Advanced settings")).click()
     assert page.locator("#dataset input").input_value() == "own-shapes (your upload)"

@@ -252,6 +252,8 @@ def test_nothing_is_added_without_a_zip_or_in_the_public_demo(services, own_zip,
                                                               tiny_caption_dataset, tiny_vqa_dataset):  # fmt: skip
     with pytest.raises(UserError, match="Choose a zip file"):
         data.add_dataset(services, None, "mine", "caption", False)
+    with pytest.raises(UserError, match="'embedded' stands for the app's own dataset"):
+        data.add_dataset(services, str(own_zip[1]), "embedded", "caption", False)
     demo = app_services(tmp_path / "demo", tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, demo=True)
     with pytest.raises(UserError, match="public demo"):
         data.add_dataset(demo, str(own_zip[1]), "mine", "caption", False)

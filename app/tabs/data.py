@@ -6,6 +6,8 @@ Built inside the Train tab, where a person picks the data to train on; the check
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gradio as gr
 
 from app import format as fmt
@@ -55,7 +57,7 @@ def preview_text(preview: DatasetPreview) -> str:
     return "\n\n".join(lines)
 
 
-def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_label) -> None:
+def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_label: Callable[[str], str]) -> None:
     """The upload box; a dataset it adds becomes the form's task and dataset."""
     with gr.Accordion("Your own dataset (upload a zip)", open=False, elem_id="dataset-upload"):
         limits = services.settings.archive_limits
