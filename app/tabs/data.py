@@ -73,7 +73,7 @@ def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_labe
         add = gr.Button("Check and add", elem_id="dataset-add")
         note = gr.Markdown(elem_id="dataset-note")
         examples = gr.Gallery(label="Training examples", columns=4, height=300, object_fit="contain",
-                              allow_preview=False, visible=False, elem_id="dataset-preview",
+                              allow_preview=True, visible=False, elem_id="dataset-preview",
                               elem_classes="vl-pixelated")  # fmt: skip
 
     def on_add(archive_path: str | None, name_text: str, task_name: str, replace_old: bool):
