@@ -6,6 +6,7 @@
     job = client.predict(task="vqa", method="lora", budget="0.5%", data_fraction=0.1, api_name="/start_job")
     client.predict(job["job_id"], api_name="/job_status")["state"]        # queued, running, finished, ...
     client.predict("vqa", [job["job_id"]], "what color is the circle?", 0, api_name="/compare")
+    client.predict(handle_file("shapes.zip"), "shapes", "caption", api_name="/upload_dataset")["message"]
 
 A user error (a bad budget, an unknown model, a corrupt image) comes back as an error whose message is the
 sentence the page would show.
@@ -56,7 +57,8 @@ def register(services: Services) -> None:
                   eval_limit: int | None = None, request: gr.Request = None) -> dict:  # fmt: skip
         """Queue a fine-tuning job; returns job_id, state, queue_position, trainable_params, steps and command.
 
-        base_model and dataset: empty for the app's own, else a Hub id or a local path."""
+        base_model and dataset: empty for the app's own, else a Hub id or a local path (dataset: also the name of
+        one added with /upload_dataset)."""
         task, method, towers = choice(task, "task", TASKS), choice(method, "method", METHODS), \
             choice(towers, "towers", TOWERS)  # fmt: skip
         budget = text(budget, "budget")
@@ -98,11 +100,33 @@ def register(services: Services) -> None:
         return [record.to_dict() for record in services.runs(task)]
 
     @endpoint
+    def upload_dataset(archive: FileData, name: str, task: str, replace: bool = False) -> dict:
+        """Add a dataset from a zip in the README's folder format (train/ and test/, optionally validation/, each
+        with images and a metadata.jsonl), checked before it is kept; sent with gradio_client.handle_file.
+
+        name: lower-case letters, digits, - and _; an existing dataset of that name is replaced only with
+        replace=True. Returns name, task, splits ({split: {examples, images}}), top_answers (VQA), and message.
+        The name is then a dataset for start_job (dataset=name) and compare (dataset=name)."""
+        path = archive["path"] if isinstance(archive, dict) else getattr(archive, "path", None)
+        if not isinstance(path, str):
+            raise UserError("archive must be a zip file sent with gradio_client.handle_file('dataset.zip').")
+        name, task = text(name, "name"), choice(task, "task", TASKS)
+        if not isinstance(replace, bool):
+            raise UserError(f"replace must be true or false, not {type(replace).__name__}.")
+        preview = services.upload_dataset(path, name, task, replace)
+        return {**preview.summary.to_dict(), "name": preview.stored.name,
+                "message": f"Dataset {preview.stored.name!r} ({task}) is added: use dataset={preview.stored.name!r} "
+                           "in /start_job and /compare."}  # fmt: skip
+
+    @endpoint
     def compare(task: str, run_ids: list[str], question: str = "", test_image: int | None = None,
-                image: FileData | None = None) -> list[dict]:  # fmt: skip
+                image: FileData | None = None, dataset: str = "") -> list[dict]:  # fmt: skip
         """The zero-shot base and each run on one image: a test image by its gallery position (0-based, then each
-        column is scored against the human references), or an uploaded `image` (gradio_client.handle_file)."""
+        column is scored against the human references), or an uploaded `image` (gradio_client.handle_file).
+
+        dataset: '' for the app's test images, else the name of a dataset added with /upload_dataset."""
         task = choice(task, "task", TASKS)
+        dataset = text(dataset, "dataset", required=False)
         if not isinstance(run_ids, list) or not all(isinstance(run_id, str) for run_id in run_ids):
             raise UserError("run_ids must be a list of job ids (strings), e.g. [] for the zero-shot base alone.")
         run_ids = [job_identifier(run_id) for run_id in run_ids]
@@ -114,7 +138,7 @@ def register(services: Services) -> None:
             raise UserError("image must be a file sent with gradio_client.handle_file('picture.png').")
         if test_image is None and path is None:
             raise gr.Error("Give test_image (a gallery position) or image (handle_file('picture.png')).")
-        comparison = services.compare(task, run_ids, question, test_image, path)
+        comparison = services.compare(task, run_ids, question, test_image, path, dataset or None)
         return [{**vars(column), "differs": column.output != comparison.columns[0].output,
                  "references": comparison.references, "answers": comparison.answers,
                  "image_id": comparison.image_id} for column in comparison.columns]  # fmt: skip

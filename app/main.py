@@ -18,7 +18,8 @@ from training.errors import UserError
 
 log = logging.getLogger("vlpeft.app")
 
-MAX_UPLOAD = "20mb"
+MAX_UPLOAD = "20mb"  # a picture to compare on
+MAX_DATASET_UPLOAD = "500mb"  # a dataset zip (not in the public demo, which takes no datasets)
 CSS = """
 .vl-pixelated img { image-rendering: pixelated; }
 .vl-note, .vl-estimate { font-size: 0.95em; }
@@ -95,7 +96,8 @@ def serve(app: App, **launch_kwargs) -> tuple:
     threading.Thread(target=_warm_up, args=(app.services,), name="vlpeft-warm-up", daemon=True).start()
     options = dict(
         server_name=settings.host, server_port=settings.port, auth=list(settings.auth) or None,
-        auth_message="Log in to VL-PEFT Lab." if settings.auth else None, max_file_size=MAX_UPLOAD,
+        auth_message="Log in to VL-PEFT Lab." if settings.auth else None,
+        max_file_size=MAX_UPLOAD if settings.demo else MAX_DATASET_UPLOAD,
         theme=gr.themes.Soft(), css=CSS, show_error=False,
     )  # fmt: skip
     options.update(launch_kwargs)

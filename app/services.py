@@ -31,6 +31,7 @@ from training.base_model import load_base_config, meta_model
 from training.catalog import MAIN_METRIC
 from training.compare import Column, Comparer, check_image
 from training.config import RunConfig, parse_budget, planned_steps
+from training.data.archive import DatasetSummary, StoredDataset, install_zip, stored_datasets, summarize
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
 from training.errors import UserError
 from training.export import PEFT_FOLDER, is_lora_run, run_readme, write_peft_adapter
@@ -43,6 +44,7 @@ from training.tasks import training_pairs
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
 THUMBNAIL_PX = 192
+PREVIEW_IMAGES = 8  # pictures of a newly added dataset shown with their captions or questions
 PACE_RUNS = 3  # latest finished runs whose pace gives the expected time of a new one
 HUB_CHECK_S = 3  # how long to wait for the Hugging Face Hub to answer before saying it cannot be reached
 
@@ -108,6 +110,15 @@ class TestImage:
     def answers(self, question: str) -> list[str] | None:
         wanted = question.strip().lower()
         return next((e.answers for e in self.examples if e.question.strip().lower() == wanted), None)
+
+
+@dataclass
+class DatasetPreview:
+    """A dataset just added from a zip: its counts, and a few training pictures with what they are labelled."""
+
+    stored: StoredDataset
+    summary: DatasetSummary
+    examples: list[tuple[str, str]]  # (thumbnail path, caption or questions and answers)
 
 
 @dataclass
@@ -197,7 +208,7 @@ class Services:
         self._models: OrderedDict[str, Comparer] = OrderedDict()  # each holds one loaded copy of its base
         self._shapes: dict[tuple[str, str], BlipForConditionalGeneration] = {}  # meta device, from config.json
         self._datasets: dict[tuple[str, str | None], TaskDataset] = {}
-        self._galleries: dict[str, list[TestImage]] = {}
+        self._galleries: dict[tuple[str, str | None], list[TestImage]] = {}
         self._lock = threading.Lock()
         self._loading: dict[object, threading.Lock] = {}
         self.scratch = Path(tempfile.mkdtemp(prefix="vlpeft-app-"))
@@ -241,7 +252,7 @@ class Services:
         with self._lock:
             if key in cache:
                 return cache[key]
-            key_lock = self._loading.setdefault(key, threading.Lock())
+            key_lock = self._loading.setdefault((id(cache), key), threading.Lock())  # caches may share keys
         with key_lock:
             with self._lock:
                 if key in cache:
@@ -263,13 +274,62 @@ class Services:
     # --- datasets --------------------------------------------------------------------------------
 
     def dataset_source(self, task: str, text: str | None) -> str | None:
+        """The dataset a form value means: blank or `embedded` is the app's own, the name of a dataset added from a
+        zip is its folder, a path is made absolute, anything else is a Hub id."""
         text = (text or "").strip()
         if not text or text == EMBEDDED:
             return self.settings.datasets.get(task)
         if self.settings.demo and text != self.settings.datasets.get(task):
             raise UserError("This public demo uses the embedded datasets only; run the app yourself for others.")
+        stored = next((d for d in self.uploaded_datasets() if d.name == text), None)
+        if stored is not None:
+            if stored.task != task:
+                raise UserError(f"Dataset {text!r} is a {stored.task} dataset: pick it for that task, or another "
+                                f"dataset for {task}.")  # fmt: skip
+            return str(stored.path.resolve())
         path = Path(text).expanduser()
         return str(path.resolve()) if path.exists() else text
+
+    @property
+    def datasets_home(self) -> Path:
+        """Where datasets added from zips are kept: `datasets/<name>` under the data home."""
+        return self.settings.data_home / "datasets"
+
+    def uploaded_datasets(self, task: str | None = None) -> list[StoredDataset]:
+        return [d for d in stored_datasets(self.datasets_home) if task is None or d.task == task]
+
+    def upload_dataset(self, archive: str | Path, name: str, task: str, replace: bool = False) -> DatasetPreview:
+        """Check a zip in the folder format and add it as dataset `name` (see training.data.archive), then
+        summarise it; it is then offered in Train and as Compare's image source."""
+        if self.settings.demo:
+            raise UserError("This public demo uses the embedded datasets only; run the app yourself to add yours.")
+        if task not in ("caption", "vqa"):
+            raise UserError(f"Pick the dataset's task: caption or vqa, not {task!r}.")
+        if name.strip() == EMBEDDED:
+            raise UserError(f"{EMBEDDED!r} stands for the app's own dataset: choose another name.")
+        in_use = [job.id for job in self.store.list_jobs(ACTIVE_STATES)
+                  if job.config.get("dataset") == str((self.datasets_home / name.strip()).resolve())]  # fmt: skip
+        if replace and in_use:
+            raise UserError(f"Dataset {name.strip()!r} is used by job {in_use[0]}, queued or running: replace it once "
+                            "that job has ended, or add this zip under another name.")  # fmt: skip
+        stored = install_zip(archive, name, task, self.datasets_home, replace, self.settings.archive_limits)
+        source = str(stored.path.resolve())
+        with self._lock:  # a replaced dataset is read afresh
+            for cache in (self._datasets, self._galleries):
+                for key in [key for key in cache if key[1] == source]:
+                    del cache[key]
+        dataset = self.dataset(task, source)
+        folder = self.scratch / "datasets" / f"{name}-{time.time_ns()}"
+        folder.mkdir(parents=True)
+        examples = []
+        for index, group in enumerate(_by_image(dataset.split("train"), PREVIEW_IMAGES).values()):
+            thumbnail = _thumbnail(group[0].image.load(), folder / f"{index:03d}.png")
+            if task == "caption":
+                label = group[0].captions[0]
+            else:
+                label = " · ".join(f"{e.question} → {_majority(e.answers)}" for e in group[:3])
+            examples.append((thumbnail, label))
+        return DatasetPreview(stored, summarize(dataset), examples)
 
     def dataset(self, task: str, source: str | None = None) -> TaskDataset:
         return self._once(self._datasets, (task, source), lambda: load_dataset(source, task))
@@ -309,26 +369,21 @@ class Services:
         seconds = row["step_s"] * config.batch_size / row["batch_size"] * steps + bench.get("eval", {}).get("eval_s", 0)
         return seconds, "from the benchmark on an idle 2-core CPU; a busy machine is slower"
 
-    def test_images(self, task: str) -> list[TestImage]:
-        """The first pictures of the app's test split for the task, with crisp upscaled thumbnails."""
-        return self._once(self._galleries, task, lambda: self._make_gallery(task))
+    def test_images(self, task: str, dataset: str | None = None) -> list[TestImage]:
+        """The first pictures of a test split (the app's dataset for the task, or one added from a zip, by name),
+        with crisp upscaled thumbnails."""
+        if dataset not in (None, "", EMBEDDED) and dataset not in {d.name for d in self.uploaded_datasets(task)}:
+            raise UserError(f"There is no {task} dataset named {str(dataset)[:60]!r} among the uploaded ones: pick "
+                            "the app's test images or a dataset you uploaded.")  # fmt: skip
+        source = self.dataset_source(task, dataset)
+        return self._once(self._galleries, (task, source), lambda: self._make_gallery(task, source))
 
-    def _make_gallery(self, task: str) -> list[TestImage]:
-        examples = self.dataset(task, self.settings.datasets.get(task)).split("test")
-        grouped: dict[str, list[Example]] = {}
-        for example in examples:
-            if example.image_id in grouped or len(grouped) < self.settings.gallery_size:
-                grouped.setdefault(example.image_id, []).append(example)
-        folder = self.scratch / "gallery" / task
+    def _make_gallery(self, task: str, source: str | None) -> list[TestImage]:
+        grouped = _by_image(self.dataset(task, source).split("test"), self.settings.gallery_size)
+        folder = self.scratch / "gallery" / f"{task}-{len(self._galleries)}-{time.time_ns()}"
         folder.mkdir(parents=True, exist_ok=True)
-        gallery = []
-        for index, (image_id, group) in enumerate(grouped.items()):
-            thumbnail = folder / f"{index:03d}.png"
-            image = group[0].image.load()
-            scale = max(1, THUMBNAIL_PX // max(image.size))
-            image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST).save(thumbnail)
-            gallery.append(TestImage(index, image_id, str(thumbnail), group))
-        return gallery
+        return [TestImage(index, image_id, _thumbnail(group[0].image.load(), folder / f"{index:03d}.png"), group)
+                for index, (image_id, group) in enumerate(grouped.items())]  # fmt: skip
 
     # --- jobs ------------------------------------------------------------------------------------
 
@@ -435,8 +490,9 @@ class Services:
     # --- compare ---------------------------------------------------------------------------------
 
     def compare(self, task: str, run_ids: list[str], question: str = "", test_index: int | None = None,
-                image_path: str | None = None) -> Comparison:  # fmt: skip
-        """The zero-shot base and each chosen run on one image: a test picture (scored) or an upload."""
+                image_path: str | None = None, dataset: str | None = None) -> Comparison:  # fmt: skip
+        """The zero-shot base and each chosen run on one image: a test picture (scored) of the app's dataset or of
+        `dataset` (one added from a zip), or an upload."""
         chosen = [self.run(run_id) for run_id in run_ids]
         for record in chosen:
             if record.task != task:
@@ -450,7 +506,7 @@ class Services:
         comparison = Comparison([], task, question=(question or "").strip(),
                                 records={record.run_dir: record for record in chosen})  # fmt: skip
         if test_index is not None:
-            gallery = self.test_images(task)
+            gallery = self.test_images(task, dataset)
             if not 0 <= test_index < len(gallery):
                 raise UserError(f"There is no test image #{test_index}: pick one of the {len(gallery)} in the gallery.")
             picture = gallery[test_index]
@@ -468,3 +524,25 @@ class Services:
             max_new_tokens=RunConfig().max_new_tokens,  # as long as the test-set evaluation decodes
         )  # fmt: skip
         return comparison
+
+
+def _by_image(examples: list[Example], limit: int) -> dict[str, list[Example]]:
+    """The examples of the first `limit` pictures, grouped by picture (a caption set, or its questions)."""
+    grouped: dict[str, list[Example]] = {}
+    for example in examples:
+        if example.image_id in grouped or len(grouped) < limit:
+            grouped.setdefault(example.image_id, []).append(example)
+    return grouped
+
+
+def _thumbnail(image: Image.Image, path: Path) -> str:
+    """A small picture scaled up by a whole factor (crisp pixels), or a large one scaled down."""
+    scale = max(1, THUMBNAIL_PX // max(image.size))
+    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    image.thumbnail((THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))
+    image.save(path)
+    return str(path)
+
+
+def _majority(answers: list[str]) -> str:
+    return max(answers, key=answers.count) if answers else ""

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.data.archive import ArchiveLimits
 from training.errors import UserError
 from training.jobs.limits import JobLimits
 from training.paths import RESULTS_DIR, data_home, durable_home
@@ -33,6 +34,7 @@ class Settings:
     port: int = 7860
     limits: JobLimits = field(default_factory=JobLimits)
     gallery_size: int = 24
+    archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)  # what an uploaded dataset zip may hold
 
     @classmethod
     def from_env(cls) -> Settings:

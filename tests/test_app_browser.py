@@ -7,6 +7,7 @@ docs/screenshots/*.png, and the app runs on the embedded default model (when it 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
+from tests.conftest import write_tiny_dataset
 from tests.test_app_server import LIMITS, launch, shut_down, tiny_settings
+from tests.test_upload import zip_folder
 from training.config import RunConfig
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
 
@@ -188,3 +191,61 @@ def test_delete_asks_about_the_run_it_deletes_and_a_new_pick_withdraws_the_quest
     table.get_by_text(second).wait_for(state="detached")
     ids = [job.id for job in app.services.store.list_jobs()]
     assert second not in ids and first in ids
+
+
+def test_an_uploaded_dataset_is_previewed_trained_on_and_compared_on(server, page, tmp_path: Path):
+    app, url = server
+    folder = write_tiny_dataset(tmp_path / "own", "caption", {"train": 8, "validation": 2, "test": 3}, seed=11)
+    broken = zip_folder(folder, tmp_path / "no-test.zip", skip=("test/",))
+    good = zip_folder(folder, tmp_path / "own.zip", prefix="own/")
+    note = page.locator("#dataset-note")
+
+    page.goto(url)
+    page.get_by_text("Your own dataset (upload a zip)").click()
+    fill(page, "dataset-name", "own-shapes")
+    page.locator("#dataset-zip input[type=file]").set_input_files(str(broken))
+    page.locator("#dataset-add").click()
+    note.get_by_text("Not added").wait_for()
+    assert "The test split is missing: the zip has no test/ folder" in note.inner_text()
+
+    page.goto(url)
+    page.get_by_text("Your own dataset (upload a zip)").click()
+    fill(page, "dataset-name", "own-shapes")
+    page.locator("#dataset-zip input[type=file]").set_input_files(str(good))
+    page.locator("#dataset-add").click()
+    note.get_by_text("is added").wait_for(timeout=60_000)
+    assert "train 8 · validation 2 · test 3" in note.inner_text()
+    assert page.locator("#dataset-preview img").count() == 8
+    first = json.loads((folder / "train" / "metadata.jsonl").read_text().splitlines()[0])["captions"][0]
+    assert page.locator("#dataset-preview").get_by_text(first).first.is_visible()
+    snap(page, "dataset-upload", tmp_path)
+
+    page.get_by_role("button", name=re.compile("^Advanced settings")).click()
+    assert page.locator("#dataset input").input_value() == "own-shapes (your upload)"
+    fill(page, "budget", RUN[0])
+    fill(page, "max-steps", "2")
+    fill(page, "batch-size", "4")
+    fill(page, "eval-limit", "3")
+    page.locator("#run-size").get_by_text("This run trains on 8 of 8 images").wait_for()
+    page.locator("#start-training").click()
+    status = page.locator("#job-status")
+    status.get_by_text(re.compile("Queued #|Starting|Training")).wait_for()
+    status.get_by_text("Finished").wait_for(timeout=300_000)
+    job = app.services.store.list_jobs()[-1]
+    assert job.config["dataset"] == str(app.services.datasets_home.resolve() / "own-shapes")
+
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-source input").click()
+    page.get_by_role("option", name="own-shapes (your upload)").click()
+    expect = pytest.importorskip("playwright.sync_api").expect
+    expect(page.locator("#test-gallery img")).to_have_count(3)  # the app's gallery has 6
+    page.locator("#test-gallery img").first.click()
+    page.locator("#picked-image img").wait_for()
+    page.locator("#compare-runs label", has_text=job.id).click()
+    page.locator("#compare-button").click()
+    cards = page.locator("#compare-result .vl-card")
+    cards.nth(1).wait_for(timeout=180_000)
+    references = json.loads((folder / "test" / "metadata.jsonl").read_text().splitlines()[0])["captions"]
+    result = page.locator("#compare-result").inner_text()
+    assert "Human captions of this test image" in result and all(caption in result for caption in references)
+    snap(page, "compare-own-dataset", tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import socket
 import time
@@ -14,13 +15,15 @@ from PIL import Image
 
 from app.main import App, build_app, serve
 from app.settings import Settings
+from tests.conftest import write_tiny_dataset
+from tests.test_upload import zip_folder
 from training.jobs.limits import JobLimits
 from training.jobs.process import is_alive, signal_group
 
 pytestmark = pytest.mark.slow
 
 LIMITS = JobLimits(max_queued=20, max_queued_per_submitter=20, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
-API_NAMES = {"/estimate", "/start_job", "/job_status", "/cancel_job", "/list_runs", "/compare"}
+API_NAMES = {"/estimate", "/start_job", "/job_status", "/cancel_job", "/list_runs", "/compare", "/upload_dataset"}
 
 
 def free_port() -> int:
@@ -181,13 +184,17 @@ VALID = {
     "/cancel_job": dict(job_id="20261129-103501-ab12cd"),
     "/list_runs": dict(task=""),
     "/compare": dict(task="caption", run_ids=[], question="", test_image=0),
+    "/upload_dataset": dict(archive=None, name="fuzzed", task="caption", replace=False),  # archive: a zip, below
 }  # fmt: skip
 
 
-def test_every_endpoint_answers_any_wrong_argument_with_a_sentence(server, client: Client):
+def test_every_endpoint_answers_any_wrong_argument_with_a_sentence(server, client: Client, tiny_caption_dataset,
+                                                                   tmp_path: Path):  # fmt: skip
     assert set(VALID) == API_NAMES
+    archive = handle_file(str(zip_folder(tiny_caption_dataset, tmp_path / "data.zip")))
+    valid = {**VALID, "/upload_dataset": {**VALID["/upload_dataset"], "archive": archive}}
     generic = []
-    for endpoint, arguments in VALID.items():
+    for endpoint, arguments in valid.items():
         for name in arguments:
             for wrong in WRONG:
                 try:
@@ -233,3 +240,20 @@ def test_an_unknown_hub_model_fails_in_seconds_without_the_offline_switch(client
     with pytest.raises(Exception, match="Hugging Face Hub cannot be reached"):
         client.predict("lora", "1k", "both", "nobody/no-such-blip", api_name="/estimate")
     assert time.monotonic() - started < 15
+
+
+def test_a_dataset_zip_is_added_then_named_in_compare(client: Client, tiny_caption_dataset, tmp_path: Path):
+    folder = write_tiny_dataset(tmp_path / "own", "caption", {"train": 4, "test": 2}, seed=3)
+    archive = handle_file(str(zip_folder(folder, tmp_path / "own.zip")))
+    added = client.predict(archive, "api-shapes", "caption", api_name="/upload_dataset")
+    assert added["name"] == "api-shapes" and added["splits"]["test"] == {"examples": 2, "images": 2}
+    assert added["message"] == "Dataset 'api-shapes' (caption) is added: use dataset='api-shapes' in /start_job and " \
+        "/compare."  # fmt: skip
+    with pytest.raises(Exception, match="already a dataset named 'api-shapes'"):
+        client.predict(archive, "api-shapes", "caption", api_name="/upload_dataset")
+    bad = handle_file(str(zip_folder(folder, tmp_path / "bad.zip", skip=("train/",))))
+    with pytest.raises(Exception, match="The train split is missing"):
+        client.predict(bad, "other", "caption", api_name="/upload_dataset")
+    columns = client.predict("caption", [], "", 1, None, "api-shapes", api_name="/compare")
+    second = json.loads((folder / "test" / "metadata.jsonl").read_text().splitlines()[1])
+    assert columns[0]["references"] == second["captions"] and columns[0]["image_id"] == second["image_id"]

@@ -12,7 +12,8 @@ import pandas as pd
 
 from app import format as fmt
 from app import results
-from app.services import MAIN_METRIC, Comparison, RunRecord, Services
+from app.services import EMBEDDED, MAIN_METRIC, Comparison, RunRecord, Services
+from app.tabs import data
 from app.tabs.common import Loader, shows_user_errors
 from training.compare import Column, check_image
 from training.config import TASKS
@@ -24,6 +25,7 @@ LEGEND = (
     '<p class="vl-legend"><mark>marked</mark> words the adapter says and the zero-shot base does not · '
     "<del>struck</del> words of the zero-shot output the adapter leaves out</p>"
 )
+APP_IMAGES = "Test images of the app's dataset"
 EMPTY = "<p>Pick a test image (or upload one), tick the adapters to compare, and press <b>Compare</b>.</p>"
 
 
@@ -75,9 +77,9 @@ def sweep_zero_shot(services: Services, task: str) -> dict:
     return {metric: float(scores.mean())} if scores.notna().any() else {}
 
 
-def gallery(services: Services, task: str) -> list[tuple[str, str]]:
+def gallery(services: Services, task: str, source: str | None = None) -> list[tuple[str, str]]:
     try:
-        return [(picture.thumbnail, f"#{picture.index}") for picture in services.test_images(task)]
+        return [(picture.thumbnail, f"#{picture.index}") for picture in services.test_images(task, source)]
     except UserError as exc:
         gr.Warning(f"The test images cannot be shown: {exc}")
         return []
@@ -89,9 +91,22 @@ def switch_task(services: Services, task: str) -> tuple:
             choices=[]), None, None, EMPTY)  # fmt: skip
 
 
-def pick_test_image(services: Services, task: str, index: int) -> tuple:
+def sources(services: Services, task: str, current: str | None = None) -> dict:
+    """Where the test images come from: the app's dataset for the task, or one added from a zip (the current
+    choice is kept while it is one of them)."""
+    choices = data.dataset_choices(services, task, APP_IMAGES)
+    return gr.update(choices=choices, value=current if current in {value for _, value in choices} else EMBEDDED)
+
+
+def switch_source(services: Services, task: str, source: str | None) -> tuple:
+    """gallery, picked image, picked index, question box, result"""
+    question = gr.update(visible=task == "vqa", value=None, choices=[])
+    return gallery(services, task, source), None, None, question, EMPTY
+
+
+def pick_test_image(services: Services, task: str, index: int, source: str | None = None) -> tuple:
     """picked image, picked index, question choices (VQA: this image's test questions)."""
-    picture = services.test_images(task)[index]
+    picture = services.test_images(task, source)[index]
     questions = picture.questions
     question = gr.update(choices=questions, value=questions[0] if questions else None)
     return picture.thumbnail, index, question
@@ -110,13 +125,13 @@ def take_upload(services: Services, path: str | None) -> tuple:
 
 
 def compare(services: Services, task: str, run_ids: list[str] | None, question: str | None, index: int | None,
-            upload: str | None) -> str:  # fmt: skip
+            upload: str | None, source: str | None = None) -> str:  # fmt: skip
     if index is None and upload is None:
         raise UserError("Pick a test image from the gallery or upload one first.")
     comparison = services.compare(task, list(run_ids or []), question or "", index, None if index is not None
-                                  else upload)  # fmt: skip
+                                  else upload, source)  # fmt: skip
     base = comparison.columns[0]
-    if not base.test_score:
+    if not base.test_score and source in (None, "", EMBEDDED):  # the sweep scored the app's own test set
         base.test_score = sweep_zero_shot(services, task)
         comparison.base_score_source = " (the sweep's zero-shot run)" if base.test_score else ""
     return comparison_html(comparison)
@@ -224,6 +239,9 @@ def build(services: Services, tab: gr.Tab) -> Loader:
             task = gr.Radio(
                 [(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Task", elem_id="compare-task"
             )
+            source = gr.Dropdown(data.dataset_choices(services, "caption", APP_IMAGES), value=EMBEDDED,
+                                 label="Images from", elem_id="compare-source",
+                                 info="The app's test images, or a dataset you uploaded (Train tab).")  # fmt: skip
             pictures = gr.Gallery(
                 label="Test images (click one)",
                 columns=6,
@@ -261,16 +279,25 @@ def build(services: Services, tab: gr.Tab) -> Loader:
     task.change(lambda t: switch_task(services, t), task, [pictures, run_ids, question, picked, index, result],
                 api_name="ui_compare_task", **private)  # fmt: skip
 
-    def on_select(task_name: str, event: gr.SelectData):
-        return pick_test_image(services, task_name, event.index)
+    task.change(lambda t: sources(services, t), task, source, api_name="ui_compare_sources", **private)
+    tab.select(lambda t, s: sources(services, t, s), [task, source], source, api_name="ui_compare_tab_sources",
+               **private)  # fmt: skip
+    source.input(lambda t, s: switch_source(services, t, s), [task, source], [pictures, picked, index, question,
+                 result], api_name="ui_compare_source", **private)  # fmt: skip
 
-    pictures.select(on_select, task, [picked, index, question], api_name="ui_pick_image", **private)
+    def on_select(task_name: str, source_name: str, event: gr.SelectData):
+        return pick_test_image(services, task_name, event.index, source_name)
+
+    pictures.select(on_select, [task, source], [picked, index, question], api_name="ui_pick_image", **private)
     upload.upload(shows_user_errors(lambda path: take_upload(services, path)), upload, [picked, index, upload_path],
                   api_name="ui_upload", **private)  # fmt: skip
     for trigger, name in ((refresh.click, "ui_compare_runs"), (tab.select, "ui_compare_tab")):
         trigger(lambda t, ids: run_choices(services, t, ids), [task, run_ids], run_ids, api_name=name, **private)
-    go.click(shows_user_errors(lambda *a: compare(services, *a)), [task, run_ids, question, index, upload_path],
-             result, api_name="ui_compare", **private)  # fmt: skip
+    go.click(shows_user_errors(lambda *a: compare(services, *a)), [task, run_ids, question, index, upload_path,
+             source], result, api_name="ui_compare", **private)  # fmt: skip
     return Loader(
-        "ui_compare_load", lambda t: (gallery(services, t), run_choices(services, t)), [task], [pictures, run_ids]
+        "ui_compare_load",
+        lambda t: (gallery(services, t), run_choices(services, t), sources(services, t)),
+        [task],
+        [pictures, run_ids, source],
     )

@@ -7,6 +7,7 @@ import gradio as gr
 from app import format as fmt
 from app.figures import loss_curve
 from app.services import EMBEDDED, Services
+from app.tabs import data
 from app.tabs.common import Loader, optional_int, optional_number, shows_user_errors, submitter
 from training.catalog import BASELINE, CATALOG, EMBEDDING, LAYER, METHOD_NAMES
 from training.config import DEFAULT_EPOCHS, TASKS, RunConfig, parse_fraction
@@ -261,10 +262,12 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                     info="A Hugging Face Hub id (e.g. Salesforce/blip-image-captioning-base) or a local folder.",
                 )  # fmt: skip
                 dataset = gr.Dropdown(
-                    [(_dataset_label(services, "caption"), EMBEDDED)], value=EMBEDDED, allow_custom_value=True,
-                    label="Dataset", interactive=not settings.demo,
-                    info="A dataset folder or Hub id (COCO Karpathy captions, VQAv2).",
+                    dataset_choices(services, "caption"), value=EMBEDDED, allow_custom_value=True, label="Dataset",
+                    interactive=not settings.demo, elem_id="dataset",
+                    info="One you uploaded (below), a dataset folder or a Hub id (COCO Karpathy captions, VQAv2).",
                 )  # fmt: skip
+            if not settings.demo:
+                data.build(services, task, dataset, lambda name: _dataset_label(services, name))
             start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
             start_note = gr.Markdown(elem_id="start-note")
         with gr.Column(scale=6):
@@ -300,11 +303,14 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
         trigger(lambda *a: describe_size(services, *a), size_inputs, size_note, api_name="ui_size",
                 show_progress="hidden", concurrency_limit=None, **private)  # fmt: skip
 
-    def task_defaults(task_name: str) -> tuple:
-        return gr.update(choices=[(_dataset_label(services, task_name), EMBEDDED)], value=EMBEDDED), \
-            DEFAULT_EPOCHS[task_name]  # fmt: skip
+    def task_defaults(task_name: str, current: str | None) -> tuple:
+        """The task's datasets (one of its uploads stays picked: adding a dataset sets task and dataset at once)
+        and its default epochs."""
+        choices = dataset_choices(services, task_name)
+        value = current if current in {value for _, value in choices[1:]} else EMBEDDED
+        return gr.update(choices=choices, value=value), DEFAULT_EPOCHS[task_name]
 
-    task.change(task_defaults, task, [dataset, epochs], api_name="ui_task_defaults", **private)
+    task.change(task_defaults, [task, dataset], [dataset, epochs], api_name="ui_task_defaults", **private)
 
     def on_start(request: gr.Request, visitor_id: str, *values):
         return start(services, request, visitor_id, *values)
@@ -334,14 +340,19 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
             watched or "", *show_job(services, watched, -1), jobs_choices(services, request, visitor_id, watched),
             estimate(services, method_name, budget_text, towers_name, model),
             describe_size(services, *size_values),
+            gr.update(choices=dataset_choices(services, size_values[0])),  # datasets added since the page was built
         )  # fmt: skip
 
     return Loader(
         "ui_train_load",
         on_load,
         [visitor, job, *estimate_inputs, *size_inputs],
-        [job, *view, jobs, estimate_note, size_note],
+        [job, *view, jobs, estimate_note, size_note, dataset],
     )
+
+
+def dataset_choices(services: Services, task: str) -> list[tuple[str, str]]:
+    return data.dataset_choices(services, task, _dataset_label(services, task))
 
 
 def _dataset_label(services: Services, task: str) -> str:

@@ -100,6 +100,11 @@ def _read_split(folder: Path, split: str, task: str) -> list[Example]:
                 if key not in row:
                     raise UserError(f"{where}: missing field {key!r} (a {task} dataset needs {', '.join(required)}).")
             image_path = folder / split / str(row["file_name"])
+            if not isinstance(row["file_name"], str) or not image_path.resolve().is_relative_to(
+                (folder / split).resolve()
+            ):
+                raise UserError(f"{where}: field 'file_name' ({str(row['file_name'])[:80]!r}) must be a path inside "
+                                f"the {split}/ folder, like '0001.png'.")  # fmt: skip
             if not image_path.is_file():
                 raise UserError(f"{where}: image file {row['file_name']!r} (field 'file_name') is missing.")
             _check_image_header(image_path, where)

@@ -1,0 +1,90 @@
+"""Your own dataset: a zip in the folder format, checked, previewed and added to the datasets Train and Compare offer.
+
+Built inside the Train tab, where a person picks the data to train on; the checks themselves are in
+`training.data.archive`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gradio as gr
+
+from app import format as fmt
+from app.services import EMBEDDED, DatasetPreview, Services
+from training.config import TASKS
+from training.errors import UserError
+
+FORMAT_HELP = """A zip of a dataset folder as the README describes it: `train/` and `test/` (and optionally
+`validation/`), each with its images and a `metadata.jsonl`, one line per example:
+`{"file_name": "0001.png", "captions": ["a red circle", "..."]}` for captioning,
+`{"file_name": "0001.png", "question": "what color is it?", "answers": ["red", "..."]}` for question answering.
+Images: PNG, JPEG, WebP, BMP or GIF."""
+
+
+def dataset_choices(services: Services, task: str, default_label: str) -> list[tuple[str, str]]:
+    """The app's dataset for the task first, then the datasets added from zips for it, by name."""
+    return [(default_label, EMBEDDED)] + [(f"{d.name} (your upload)", d.name) for d in services.uploaded_datasets(task)]
+
+
+def add_dataset(services: Services, archive: str | None, name: str, task: str, replace: bool) -> DatasetPreview:
+    if not archive:
+        raise UserError("Choose a zip file first.")
+    return services.upload_dataset(archive, name, task, bool(replace))
+
+
+def preview_text(preview: DatasetPreview) -> str:
+    """'✅ **shapes** (image captioning) is added: train 24 images · validation 4 · test 6 ...' and for VQA the
+    most common answers."""
+    summary, task = preview.summary, preview.stored.task
+    unit = "captioned images" if task == "caption" else "questions"
+    sizes = " · ".join(f"{split} {fmt.count(summary.examples[split])}"
+                       + (f" on {fmt.count(summary.images[split])} images" if task == "vqa" else "")
+                       for split in summary.examples if summary.examples[split])  # fmt: skip
+    lines = [f"✅ **{preview.stored.name}** ({fmt.TASK_LABELS[task].lower()}) is added. Split sizes ({unit}): "
+             f"{sizes}."]  # fmt: skip
+    if summary.held_out_validation:
+        held = fmt.count(summary.images["validation"])
+        lines.append(f"It has no validation split of its own: {held} of its training images (5 %, at least one) "
+                     "are held out as one, to choose the best checkpoint.")  # fmt: skip
+    if summary.top_answers:
+        rows = "\n".join(f"| {answer} | {fmt.count(n)} | {100 * n / summary.questions_counted:.0f} % |"
+                         for answer, n in summary.top_answers)  # fmt: skip
+        lines.append(f"Most common answers in train (each question counted by its most common answer):\n\n"
+                     f"| answer | questions | share |\n|---|---|---|\n{rows}")  # fmt: skip
+    lines.append("It is now the **Dataset** of this form (under Advanced settings), and its test images are in "
+                 "**Compare** (Images from).")  # fmt: skip
+    return "\n\n".join(lines)
+
+
+def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_label: Callable[[str], str]) -> None:
+    """The upload box; a dataset it adds becomes the form's task and dataset."""
+    with gr.Accordion("Your own dataset (upload a zip)", open=False, elem_id="dataset-upload"):
+        limits = services.settings.archive_limits
+        gr.Markdown(f"{FORMAT_HELP} At most {fmt.count(limits.max_files)} files and "
+                    f"{limits.max_bytes / 1e6:,.0f} MB unpacked.", elem_classes="vl-note")  # fmt: skip
+        archive = gr.File(label="Dataset zip", file_types=[".zip"], type="filepath", elem_id="dataset-zip")
+        with gr.Row():
+            name = gr.Textbox(label="Name", max_lines=1, elem_id="dataset-name", placeholder="my-shapes",
+                              info="Lower-case letters, digits, - and _.")  # fmt: skip
+            upload_task = gr.Radio([(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Its task",
+                                   elem_id="dataset-task")  # fmt: skip
+        replace = gr.Checkbox(False, label="Replace a dataset of the same name", elem_id="dataset-replace")
+        add = gr.Button("Check and add", elem_id="dataset-add")
+        note = gr.Markdown(elem_id="dataset-note")
+        examples = gr.Gallery(label="Training examples", columns=4, height=300, object_fit="contain",
+                              allow_preview=True, visible=False, elem_id="dataset-preview",
+                              elem_classes="vl-pixelated")  # fmt: skip
+
+    def on_add(archive_path: str | None, name_text: str, task_name: str, replace_old: bool):
+        try:
+            preview = add_dataset(services, archive_path, name_text, task_name, replace_old)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return f"⚠️ **Not added.** {exc}", gr.update(visible=False, value=None), gr.skip(), gr.skip()
+        choices = dataset_choices(services, task_name, default_label(task_name))
+        return (preview_text(preview), gr.update(visible=True, value=preview.examples), task_name,
+                gr.update(choices=choices, value=preview.stored.name))  # fmt: skip
+
+    add.click(on_add, [archive, name, upload_task, replace], [note, examples, task, dataset],
+              api_name="ui_add_dataset", api_visibility="private", concurrency_limit=1)  # fmt: skip
