@@ -13,7 +13,7 @@ import gradio as gr
 from app import api
 from app.services import Services
 from app.settings import Settings
-from app.tabs import compare, explore, runs, train
+from app.tabs import compare, explore, runs, sweep, train
 from training.errors import UserError
 
 log = logging.getLogger("vlpeft.app")
@@ -48,8 +48,8 @@ CSS = """
 HEADER = """# VL-PEFT Lab
 Fine-tune a vision-language model (BLIP) with five parameter-efficient methods, and see what data size and
 parameter size do, as in *An Empirical Study of Parameter Efficient Fine-tuning on Vision-Language Pre-train Model*
-(Tian et al., ICME 2024). **Train** a method, **Compare** what adapters say about a picture, **Explore** the results,
-and manage your **Runs**."""
+(Tian et al., ICME 2024). **Train** a method or queue a **Sweep** of them, **Compare** what adapters say about a
+picture, **Explore** the results, and manage your **Runs**."""
 
 
 @dataclass
@@ -73,6 +73,8 @@ def build_app(settings: Settings | None = None) -> App:
         with gr.Tabs():
             with gr.Tab("Train", id="train"):
                 loaders = [train.build(services, visitor, secret)]
+            with gr.Tab("Sweep", id="sweep"):
+                loaders.append(sweep.build(services, visitor))
             with gr.Tab("Compare", id="compare") as compare_tab:
                 loaders.append(compare.build(services, compare_tab))
             with gr.Tab("Explore", id="explore") as explore_tab:

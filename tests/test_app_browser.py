@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from app import sweeps
 from app.settings import Settings
 from tests.test_app_server import LIMITS, launch, shut_down, tiny_settings
 from training.config import RunConfig
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
+from training.sweeps.grid import load_spec
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -188,3 +190,37 @@ def test_delete_asks_about_the_run_it_deletes_and_a_new_pick_withdraws_the_quest
     table.get_by_text(second).wait_for(state="detached")
     ids = [job.id for job in app.services.store.list_jobs()]
     assert second not in ids and first in ids
+
+
+def test_a_sweep_of_four_runs_queued_from_the_page_finishes_and_appears_in_explore(server, page):
+    app, url = server
+    budget, _, batch_size, eval_limit = RUN
+    page.goto(url)
+    page.get_by_role("tab", name="Sweep").click()
+    page.locator("#sweep-methods label", has_text="Serial adapter").click()  # LoRA is ticked already
+    fill(page, "sweep-budgets", budget)
+    fill(page, "sweep-fractions", "0.5 1")
+    fill(page, "sweep-seeds", "0")
+    page.get_by_text("Settings for every run").click()
+    fill(page, "sweep-max-steps", "2")
+    fill(page, "sweep-batch-size", str(batch_size))
+    fill(page, "sweep-eval-limit", str(eval_limit))
+    fill(page, "sweep-name", "browser")
+    page.locator("#sweep-summary").get_by_text("4 runs (2 methods × 1 budgets × 2 shares × 1 seeds").wait_for()
+
+    page.locator("#sweep-start").click()
+    page.locator("#sweep-note").get_by_text("Queued 4 runs as sweep browser").wait_for()
+    status = page.locator("#sweep-status")
+    status.get_by_text("Sweep browser: done").wait_for(timeout=400_000)
+    assert "4 of 4 runs ended (4 finished)" in status.inner_text()
+    assert "4 of 4 runs" in page.locator("#sweep-progress").inner_text()
+    assert "python -m training sweep --config" in page.locator("#sweep-file").inner_text()
+    sweep = next(s for s in sweeps.queued_sweeps(app.services) if s.name == "browser")
+    assert [job.state for job in app.services.store.list_jobs() if job.id in sweep.jobs.values()] == ["finished"] * 4
+    assert load_spec(sweep.sweep_file).points()[0].name in sweep.jobs  # the file the CLI reruns, beside its runs
+
+    page.get_by_role("tab", name="Explore").click()
+    page.locator("#explore-note").get_by_text("Dotted curves: 4 finished runs").wait_for()
+    plot = page.locator("#plot-params")
+    plot.get_by_text("your sweep: LoRA").wait_for()
+    assert "your sweep: Serial adapter" in plot.inner_text()
