@@ -70,7 +70,7 @@ def build_app(settings: Settings | None = None) -> App:
                         f"and {settings.job_limits().max_runtime_s / 60:.0f} minutes per run, on the embedded "
                         "model and data. Run the app yourself to lift these limits.")  # fmt: skip
         visitor = gr.BrowserState("", storage_key="vlpeft-visitor", secret=secret)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
                 loaders = [train.build(services, visitor, secret)]
             with gr.Tab("Sweep", id="sweep"):
@@ -80,7 +80,7 @@ def build_app(settings: Settings | None = None) -> App:
             with gr.Tab("Explore", id="explore") as explore_tab:
                 loaders.append(explore.build(services, explore_tab))
             with gr.Tab("Runs", id="runs") as runs_tab:
-                loaders.append(runs.build(services, runs_tab, visitor))
+                loaders.append(runs.build(services, runs_tab, visitor, loaders[0].fills, tabs))
         api.register(services)
         # Every browser gets an id of its own (kept in its local storage) before the tabs fill in.
         known = demo.load(lambda v: v or secrets.token_hex(8), visitor, visitor, api_name="ui_visitor",

@@ -224,3 +224,41 @@ def test_a_sweep_of_four_runs_queued_from_the_page_finishes_and_appears_in_explo
     plot = page.locator("#plot-params")
     plot.get_by_text("your sweep: LoRA").wait_for()
     assert "your sweep: Serial adapter" in plot.inner_text()
+
+
+def value_of(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
+
+
+def test_run_again_fills_the_train_form_and_bulk_delete_confirms_how_many_it_deletes(server, page):
+    app, url = server
+    first, second = final_run(app, seed=3, data_fraction=0.5), final_run(app, seed=4)
+    page.goto(url)
+    page.get_by_role("tab", name="Runs").click()
+    table, ask = page.locator("#runs-table"), page.locator("#run-delete-ask").first  # Gradio repeats a group's id
+    page.locator("#runs-filter label", has_text="cancelled").click()
+    table.get_by_text(first).filter(visible=True).first.click()
+    page.locator("#run-details").get_by_text(f"{first}: cancelled").wait_for()
+
+    page.locator("#run-again").click()
+    page.locator("#start-training").wait_for(state="visible")  # the Train tab, filled with the run's settings
+    expect = pytest.importorskip("playwright.sync_api").expect
+    expect(page.locator("#data-fraction input").first).to_have_value("0.5")
+    page.get_by_text("Advanced settings").click()
+    expect(page.locator("#max-steps input").first).to_have_value("100000")
+    assert (value_of(page, "budget"), value_of(page, "batch-size")) == ("2k", "4")
+    page.locator("#run-size").get_by_text("100,000 steps").wait_for()  # the notes follow the filled form
+
+    page.get_by_role("tab", name="Runs").click()
+    cancelled = [job.id for job in app.services.store.list_jobs(["cancelled"])]
+    assert {first, second} <= set(cancelled)
+    page.locator("#runs-bulk-delete").click()
+    ask.get_by_text(f"Delete {len(cancelled)} runs ({len(cancelled)} cancelled) for good?").wait_for()
+    page.locator("#run-delete-keep").click()
+    ask.wait_for(state="hidden")
+    assert len(app.services.store.list_jobs(["cancelled"])) == len(cancelled)
+    page.locator("#runs-bulk-delete").click()
+    page.locator("#run-delete-confirm").click()
+    ask.wait_for(state="hidden")
+    table.get_by_text(first).wait_for(state="detached")
+    assert not app.services.store.list_jobs(["cancelled"])
