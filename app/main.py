@@ -21,6 +21,11 @@ log = logging.getLogger("vlpeft.app")
 MAX_UPLOAD = "20mb"
 CSS = """
 .vl-pixelated img { image-rendering: pixelated; }
+/* Gradio's gallery gives each column at least 100 px: six overflow a half-width column (1400 px wide) and the last
+   one is cut off. Let the columns shrink and keep the thumbnails square. */
+#test-gallery .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr));
+                                grid-template-rows: none; grid-auto-rows: auto; }
+#test-gallery .thumbnail-item { aspect-ratio: 1 / 1; height: auto; }
 .vl-note, .vl-estimate { font-size: 0.95em; }
 .vl-progress { position: relative; height: 28px; border-radius: 6px; overflow: hidden;
                background: var(--neutral-200); margin: 4px 0; }

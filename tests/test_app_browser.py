@@ -262,3 +262,22 @@ def test_run_again_fills_the_train_form_and_bulk_delete_confirms_how_many_it_del
     ask.wait_for(state="hidden")
     table.get_by_text(first).wait_for(state="detached")
     assert not app.services.store.list_jobs(["cancelled"])
+
+
+def test_the_compare_gallery_shows_all_six_columns_whole_at_1400_px(server, page):
+    app, url = server
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.goto(url)
+    page.get_by_role("tab", name="Compare").click()
+    gallery = page.locator("#test-gallery")
+    thumbnails = gallery.locator(".thumbnail-item")
+    thumbnails.first.wait_for()
+    frame = gallery.bounding_box()
+    boxes = [thumbnails.nth(i).bounding_box() for i in range(6)]
+    wrap = page.evaluate("() => { const g = document.querySelector('#test-gallery .grid-wrap'); "
+                         "return [g.clientWidth, g.scrollWidth]; }")  # fmt: skip
+    assert wrap[1] <= wrap[0]  # nothing to scroll sideways to
+    assert len({round(box["y"]) for box in boxes}) == 1  # one row of six
+    for box in boxes:
+        assert frame["x"] <= box["x"] and box["x"] + box["width"] <= frame["x"] + frame["width"] + 0.5
+        assert box["width"] >= 60 and abs(box["width"] - box["height"]) < 1  # square, and big enough to tell apart
