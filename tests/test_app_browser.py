@@ -1,5 +1,5 @@
 """A person's path through the app in a real headless Chromium: Train -> start -> finished -> Compare -> Explore
--> Runs, with a screenshot of each tab.
+-> Runs, and a sweep queued from the Sweep tab, with a screenshot of each tab.
 
 Screenshots always go to the test's tmp directory; with VLPEFT_UPDATE_SCREENSHOTS=1 they also replace
 docs/screenshots/*.png, and the app runs on the embedded default model (when it is there) so they show it.
@@ -192,7 +192,7 @@ def test_delete_asks_about_the_run_it_deletes_and_a_new_pick_withdraws_the_quest
     assert second not in ids and first in ids
 
 
-def test_a_sweep_of_four_runs_queued_from_the_page_finishes_and_appears_in_explore(server, page):
+def test_a_sweep_of_four_runs_queued_from_the_page_finishes_and_appears_in_explore(server, page, tmp_path: Path):
     app, url = server
     budget, _, batch_size, eval_limit = RUN
     page.goto(url)
@@ -218,6 +218,7 @@ def test_a_sweep_of_four_runs_queued_from_the_page_finishes_and_appears_in_explo
     sweep = next(s for s in sweeps.queued_sweeps(app.services) if s.name == "browser")
     assert [job.state for job in app.services.store.list_jobs() if job.id in sweep.jobs.values()] == ["finished"] * 4
     assert load_spec(sweep.sweep_file).points()[0].name in sweep.jobs  # the file the CLI reruns, beside its runs
+    snap(page, "sweep", tmp_path)
 
     page.get_by_role("tab", name="Explore").click()
     page.locator("#explore-note").get_by_text("Dotted curves: 4 finished runs").wait_for()
