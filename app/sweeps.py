@@ -69,11 +69,11 @@ class QueuedSweep:
 
 
 def sweep_data(name: str, task: str, methods: list[str], budgets: list[str], fractions: list[float],
-               seeds: list[int], settings: dict, base_model: str | None, dataset: str | None,
-               out: Path) -> dict:  # fmt: skip
-    """The sweep file (the `python -m training sweep` format) for a cross product on one task."""
+               seeds: list[int], settings: dict, base_model: str | None, dataset: str | None) -> dict:  # fmt: skip
+    """The sweep file (the `python -m training sweep` format) for a cross product on one task; `queue` adds where
+    a rerun writes (`out`, `results`)."""
     return {
-        "name": name, "out": str(out), "results": str(out / "results"), "base_model": base_model,
+        "name": name, "base_model": base_model,
         "datasets": {task: dataset}, "tasks": {task: {}}, "methods": list(methods), "seeds": list(seeds),
         "settings": {k: v for k, v in settings.items() if v is not None}, "budgets": list(budgets),
         "fractions": list(fractions),
@@ -122,7 +122,8 @@ def queue(services: Services, plan: SweepDraft, submitter: str) -> QueuedSweep:
         raise UserError("This sweep has no run to queue: every budget is out of its method's range.")
     sweep_id = new_job_id()
     folder = sweeps_dir(services) / sweep_id
-    data = {**plan.data, "out": str(folder), "results": str(folder / "results")}
+    data = {"name": plan.data["name"], "out": str(folder), "results": str(folder / "results"),
+            **{k: v for k, v in plan.data.items() if k != "name"}}  # fmt: skip
     try:
         job_ids = services.store.submit_many(plan.configs, submitter)
     except PersonalLimitReached as exc:

@@ -204,17 +204,18 @@ def test_a_sweep_of_four_runs_queued_from_the_page_finishes_and_appears_in_explo
     page.get_by_text("Settings for every run").click()
     fill(page, "sweep-max-steps", "2")
     fill(page, "sweep-batch-size", str(batch_size))
-    fill(page, "sweep-eval-limit", str(eval_limit))
+    fill(page, "sweep-eval-limit", str(min(eval_limit, 10)))
     fill(page, "sweep-name", "browser")
-    page.locator("#sweep-summary").get_by_text("4 runs (2 methods × 1 budgets × 2 shares × 1 seeds").wait_for()
+    page.locator("#sweep-summary").get_by_text("4 runs (2 methods × 1 budget × 2 shares × 1 seed").wait_for()
 
     page.locator("#sweep-start").click()
     page.locator("#sweep-note").get_by_text("Queued 4 runs as sweep browser").wait_for()
     status = page.locator("#sweep-status")
-    status.get_by_text("Sweep browser: done").wait_for(timeout=400_000)
+    status.get_by_text("Sweep browser: done").wait_for(timeout=1_200_000 if EMBEDDED else 400_000)
     assert "4 of 4 runs ended (4 finished)" in status.inner_text()
     assert "4 of 4 runs" in page.locator("#sweep-progress").inner_text()
     assert "python -m training sweep --config" in page.locator("#sweep-file").inner_text()
+    assert "python -m training sweep --config" in page.locator("#sweep-note").inner_text()
     sweep = next(s for s in sweeps.queued_sweeps(app.services) if s.name == "browser")
     assert [job.state for job in app.services.store.list_jobs() if job.id in sweep.jobs.values()] == ["finished"] * 4
     assert load_spec(sweep.sweep_file).points()[0].name in sweep.jobs  # the file the CLI reruns, beside its runs

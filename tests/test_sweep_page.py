@@ -3,6 +3,7 @@ sweep file beside its runs, and Explore's curves of its runs. Handlers called di
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -12,9 +13,11 @@ from app import results, sweeps
 from app.figures import metric_figure
 from app.services import Services
 from app.settings import Settings
+from app.tabs import explore
 from app.tabs import sweep as sweep_tab
 from training.errors import UserError
 from training.jobs.limits import JobLimits
+from training.jobs.store import Outcome
 from training.sweeps.grid import load_spec
 
 LIMITS = JobLimits(max_queued=20, max_queued_per_submitter=20, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
@@ -54,7 +57,7 @@ def test_the_page_counts_the_runs_of_the_grid_and_says_how_long_they_take(make_s
     }
     assert all(c.max_steps == 2 and c.batch_size == 4 and c.eval_limit == 6 for c in plan.configs)
     text = sweep_tab.summary_text(services, plan)
-    assert text.startswith("**8 runs** (2 methods × 1 budgets × 2 shares × 2 seeds")
+    assert text.startswith("**8 runs** (2 methods × 1 budget × 2 shares × 2 seeds")
     # Nothing has finished on this tiny model and there is no benchmark for it: no number is made up.
     assert plan.expected_s is None and "No time estimate for 8 of them" in text
 
@@ -129,3 +132,21 @@ def test_explore_draws_a_page_sweeps_runs_as_dotted_lines_beside_the_precomputed
     assert set(traces) == {"LoRA", "your sweep: LoRA", "your LoRA"}
     assert list(traces["your sweep: LoRA"].x) == [1500, 3000] and traces["your sweep: LoRA"].line.dash == "dot"
     assert traces["LoRA"].line.dash is None and traces["your LoRA"].mode == "markers"
+
+
+def test_explore_counts_a_page_sweeps_finished_runs_apart_from_the_train_tabs(make_services, tmp_path: Path):
+    services = make_services()
+    (tmp_path / "results").mkdir()
+    pd.DataFrame([{"task": "caption", "method": "lora", "budget": "2k", "data_fraction": 1.0, "trainable_params": 2000,
+                   "seed": 0, "CIDEr-D": 0.5}]).to_csv(tmp_path / "results" / "runs.csv", index=False)  # fmt: skip
+    queued = sweeps.queue(services, sweeps.draft(services, sweep_tab.sweep_form(services, *form(fractions="1"))), "me")
+    for job_id in queued.jobs.values():
+        services.store.claim_next("worker-1", max_concurrent=1)
+        run_dir = Path(services.store.get(job_id).run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps({"trainable_params": 2000, "trainable_percent": 1.0}))
+        (run_dir / "eval.json").write_text(json.dumps({"metrics": {"CIDEr-D": 0.4}}))
+        assert services.store.finish(job_id, "worker-1", Outcome("finished", "finished in 1 s", 0))
+    note = explore.explore(services, "caption", None, None, None, True)[0]
+    assert note.endswith("Runs you finish in the Train tab appear here as stars. Dotted curves: 2 finished runs of "
+                         "the sweeps you queued in the Sweep tab.")  # fmt: skip

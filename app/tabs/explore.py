@@ -40,11 +40,11 @@ def explore(services: Services, task: str, metric: str | None, held_budget: str 
     if own:
         runs_word = "run" if own == 1 else "runs"
         note += f" Stars: {own} finished {fmt.TASK_LABELS[task].lower()} {runs_word} from the Train tab."
+    elif include_mine and not sweep.empty:
+        note += " Runs you finish in the Train tab appear here as stars."
     if not swept.empty:
         runs_word = "run" if len(swept) == 1 else "runs"
         note += f" Dotted curves: {len(swept)} finished {runs_word} of the sweeps you queued in the Sweep tab."
-    elif include_mine and not sweep.empty:
-        note += " Runs you finish in the Train tab appear here as stars."
     table = results.table_view(frame, metrics)
     csv_path = services.scratch / f"vlpeft-results-{task}.csv"
     frame.to_csv(csv_path, index=False)

@@ -99,7 +99,8 @@ def refresh(services: Services, selected: str | None, viewer: str | None = None,
     deletable = len(bulk_deletable(records, viewer if services.settings.demo else None))
     return (runs_table(records, viewer), gr.update(choices=choices, value=selected),
             *show(services, selected, viewer),
-            gr.update(value=f"Delete the {deletable} ended runs shown", interactive=deletable > 0))  # fmt: skip
+            gr.update(value=f"Delete the {deletable} ended run{'' if deletable == 1 else 's'} shown",
+                      interactive=deletable > 0))  # fmt: skip
 
 
 def show(services: Services, run_id: str | None, viewer: str | None = None) -> tuple:

@@ -60,7 +60,7 @@ def sweep_form(services: Services, name: str, task: str, methods: list[str], bud
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-") or f"{task}-sweep"
     return sweeps.sweep_data(name, task, methods, parse_list(budgets, "budget", "2k, 0.5%"), fraction_values,
                              seed_values, settings, services.settings.base_model,
-                             services.settings.datasets.get(task), sweeps.sweeps_dir(services))  # fmt: skip
+                             services.settings.datasets.get(task))  # fmt: skip
 
 
 def summary(services: Services, *form) -> str:
@@ -74,9 +74,9 @@ def summary(services: Services, *form) -> str:
 
 def summary_text(services: Services, plan: sweeps.SweepDraft) -> str:
     spec = plan.spec
-    shape = " × ".join(f"{len(values)} {word}" for values, word in (
-        (spec.methods, "methods"), (next(iter(spec.budgets.values())), "budgets"), (spec.fractions, "shares"),
-        (spec.seeds, "seeds")))  # fmt: skip
+    shape = " × ".join(f"{len(values)} {word}{'' if len(values) == 1 else 's'}" for values, word in (
+        (spec.methods, "method"), (next(iter(spec.budgets.values())), "budget"), (spec.fractions, "share"),
+        (spec.seeds, "seed")))  # fmt: skip
     runs_word = "run" if len(plan.configs) == 1 else "runs"
     text = f"**{len(plan.configs)} {runs_word}** ({shape}; baselines ignore budgets)"
     if plan.skipped:
@@ -105,7 +105,8 @@ def start(services: Services, request: gr.Request | None, visitor: str, *form) -
     except UserError as exc:
         return (gr.skip(), *[gr.skip()] * len(VIEW), f"⚠️ **Not queued.** {exc}")
     return (sweep_choices(services, who, queued.id), *show_sweep(services, queued.id),
-            f"Queued {len(queued.jobs)} runs as sweep **{queued.name}**.")  # fmt: skip
+            f"Queued {len(queued.jobs)} runs as sweep **{queued.name}**. The same sweep from the command line: "
+            f"`{queued.command}`")  # fmt: skip
 
 
 def sweep_choices(services: Services, who: str, selected: str | None) -> dict:
@@ -135,7 +136,7 @@ def show_sweep(services: Services, sweep_id: str | None) -> tuple:
     rows = [[point, job_id, records[job_id].state if job_id in records else "deleted",
              fmt.main_score(records[job_id].task, records[job_id].metrics) if job_id in records else "-"]
             for point, job_id in sweep.jobs.items()]  # fmt: skip
-    file_text = f"# {sweep.command}\n" + sweep.sweep_file.read_text()
+    file_text = sweep.sweep_file.read_text()
     return (status, progress, pd.DataFrame(rows, columns=COLUMNS), gr.update(value=file_text, visible=True),
             gr.Timer(active=not done))  # fmt: skip
 
@@ -178,10 +179,10 @@ def build(services: Services, visitor: gr.BrowserState) -> Loader:
                                  elem_id="sweep-picker")  # fmt: skip
             status = gr.Markdown(IDLE, elem_id="sweep-status")
             progress = gr.HTML("", elem_id="sweep-progress")
-            table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, label="Its runs",
-                                 elem_id="sweep-runs")  # fmt: skip
-            sweep_file = gr.Code("", language="yaml", label="Sweep file (rerun with the command on its first line)",
-                                 interactive=False, visible=False, elem_id="sweep-file")  # fmt: skip
+            table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, label="Its runs", wrap=True,
+                                 column_widths=["40%", "28%", "14%", "18%"], elem_id="sweep-runs")  # fmt: skip
+            sweep_file = gr.Code("", language="yaml", label="Sweep file (its header says how to rerun it)",
+                                 interactive=False, wrap_lines=True, visible=False, elem_id="sweep-file")  # fmt: skip
     timer = gr.Timer(POLL_S, active=False)
     form = [name, task, methods, budgets, fractions, seeds, max_steps, batch_size, eval_limit, towers]
     view = [status, progress, table, sweep_file, timer]
