@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from app.format import METHOD_LABELS
-from app.results import ALL, MINE, SWEEP, aggregate, metric_label
+from app.results import ALL, MINE, SWEEP, SWEPT, aggregate, metric_label
 from training.catalog import CATALOG, METHOD_COLOURS, NO_BUDGET_METHODS
 
 METHOD_COLORS = METHOD_COLOURS
@@ -47,7 +47,8 @@ def loss_curve(rows: list[dict], validation: list[dict] | None = None,
 
 
 def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str] | None = None) -> go.Figure:
-    """A line per method of the metric against x, error bars over seeds; the user's runs as stars.
+    """A line per method of the metric against x, error bars over seeds; the user's runs as stars, the runs of
+    the sweeps they queued from the page as dotted lines.
 
     `held` = (column, value) keeps only the sweep rows with that value (e.g. one budget for the data plot).
     """
@@ -67,19 +68,12 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
         return figure
     frame = frame.copy()
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
-    sweep, mine = frame[frame["source"] == SWEEP], frame[frame["source"] == MINE]
-    if held and held[1] != ALL:  # your runs (stars) obey the held value as the sweep's lines do
-        sweep, mine = _held(sweep, held), _held(mine, held)
+    sweep, mine, swept = (frame[frame["source"] == source] for source in (SWEEP, MINE, SWEPT))
+    if held and held[1] != ALL:  # your runs (stars, dotted lines) obey the held value as the sweep's lines do
+        sweep, mine, swept = _held(sweep, held), _held(mine, held), _held(swept, held)
     _baseline_line(figure, sweep, metric)
-    lines = aggregate(sweep[sweep["method"] != "zero-shot"], x, metric)
-    for method, group in lines.groupby("method", sort=False):
-        has_spread = bool((group["n"] > 1).any())
-        figure.add_trace(go.Scatter(
-            x=group[x], y=group["mean"], mode="lines+markers", name=METHOD_LABELS.get(method, method),
-            line=dict(color=METHOD_COLORS.get(method)), legendgroup=method,
-            error_y=dict(type="data", array=group["std"], visible=True) if has_spread else None,
-            customdata=group[["n"]], hovertemplate=f"%{{x}}<br>{label} %{{y:.3g}}<br>%{{customdata[0]}} run(s)",
-        ))  # fmt: skip
+    _method_lines(figure, sweep, x, metric, label)
+    _method_lines(figure, swept, x, metric, label, own=True)
     mine = mine[mine["method"] != "zero-shot"].dropna(subset=[metric, x])
     for method, group in mine.groupby("method", sort=False):
         figure.add_trace(go.Scatter(
@@ -90,6 +84,22 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
                           f"{label} %{{y:.3g}}",
         ))  # fmt: skip
     return figure
+
+
+def _method_lines(figure: go.Figure, frame: pd.DataFrame, x: str, metric: str, label: str, own: bool = False) -> None:
+    """A line per method of the mean over seeds, with error bars where there are several; `own`: the runs of a
+    sweep queued from the page, dotted, beside the precomputed ones."""
+    lines = aggregate(frame[frame["method"] != "zero-shot"], x, metric)
+    for method, group in lines.groupby("method", sort=False):
+        has_spread = bool((group["n"] > 1).any())
+        name = METHOD_LABELS.get(method, method)
+        figure.add_trace(go.Scatter(
+            x=group[x], y=group["mean"], mode="lines+markers", name=f"your sweep: {name}" if own else name,
+            line=dict(color=METHOD_COLORS.get(method), dash="dot" if own else None), legendgroup=method,
+            marker=dict(symbol="diamond", size=9) if own else None,
+            error_y=dict(type="data", array=group["std"], visible=True) if has_spread else None,
+            customdata=group[["n"]], hovertemplate=f"%{{x}}<br>{label} %{{y:.3g}}<br>%{{customdata[0]}} run(s)",
+        ))  # fmt: skip
 
 
 def _held(frame: pd.DataFrame, held: tuple[str, str]) -> pd.DataFrame:

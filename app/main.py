@@ -13,7 +13,7 @@ import gradio as gr
 from app import api
 from app.services import Services
 from app.settings import Settings
-from app.tabs import compare, explore, runs, train
+from app.tabs import compare, explore, runs, sweep, train
 from training.errors import UserError
 
 log = logging.getLogger("vlpeft.app")
@@ -22,6 +22,11 @@ MAX_UPLOAD = "20mb"  # a picture to compare on
 MAX_DATASET_UPLOAD = "500mb"  # a dataset zip (not in the public demo, which takes no datasets)
 CSS = """
 .vl-pixelated img { image-rendering: pixelated; }
+/* Gradio's gallery gives each column at least 100 px: six overflow a half-width column (1400 px wide) and the last
+   one is cut off. Let the columns shrink and keep the thumbnails square. */
+#test-gallery .grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr));
+                                grid-template-rows: none; grid-auto-rows: auto; }
+#test-gallery .thumbnail-item { aspect-ratio: 1 / 1; height: auto; }
 .vl-note, .vl-estimate { font-size: 0.95em; }
 .vl-progress { position: relative; height: 28px; border-radius: 6px; overflow: hidden;
                background: var(--neutral-200); margin: 4px 0; }
@@ -49,8 +54,8 @@ CSS = """
 HEADER = """# VL-PEFT Lab
 Fine-tune a vision-language model (BLIP) with five parameter-efficient methods, and see what data size and
 parameter size do, as in *An Empirical Study of Parameter Efficient Fine-tuning on Vision-Language Pre-train Model*
-(Tian et al., ICME 2024). **Train** a method, **Compare** what adapters say about a picture, **Explore** the results,
-and manage your **Runs**."""
+(Tian et al., ICME 2024). **Train** a method or queue a **Sweep** of them, **Compare** what adapters say about a
+picture, **Explore** the results, and manage your **Runs**."""
 
 
 @dataclass
@@ -71,15 +76,17 @@ def build_app(settings: Settings | None = None) -> App:
                         f"and {settings.job_limits().max_runtime_s / 60:.0f} minutes per run, on the embedded "
                         "model and data. Run the app yourself to lift these limits.")  # fmt: skip
         visitor = gr.BrowserState("", storage_key="vlpeft-visitor", secret=secret)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
                 loaders = [train.build(services, visitor, secret)]
+            with gr.Tab("Sweep", id="sweep"):
+                loaders.append(sweep.build(services, visitor))
             with gr.Tab("Compare", id="compare") as compare_tab:
                 loaders.append(compare.build(services, compare_tab))
             with gr.Tab("Explore", id="explore") as explore_tab:
                 loaders.append(explore.build(services, explore_tab))
             with gr.Tab("Runs", id="runs") as runs_tab:
-                loaders.append(runs.build(services, runs_tab, visitor))
+                loaders.append(runs.build(services, runs_tab, visitor, loaders[0].fills, tabs))
         api.register(services)
         # Every browser gets an id of its own (kept in its local storage) before the tabs fill in.
         known = demo.load(lambda v: v or secrets.token_hex(8), visitor, visitor, api_name="ui_visitor",

@@ -18,7 +18,7 @@ SETTING_COLUMNS = [
     "seed", "train_s", "peak_mem_mb", "base_model", "dataset",
 ]  # fmt: skip
 CAPTION_METRICS = ["CIDEr-D", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L"]
-SWEEP, MINE = "sweep", "your run"
+SWEEP, MINE, SWEPT = "sweep", "your run", "your sweep"  # SWEPT: runs of a sweep queued from the page
 ALL = "all (averaged)"
 TABLE_HEADERS = {"source": "from", "method": "method", "budget": "budget", "trainable_params": "trained parameters",
                  "trainable_percent": "trained % of the model", "data_fraction": "share of data", "seed": "seed",
@@ -62,8 +62,8 @@ def load_verdict(results_dir: Path) -> str:
     return "\n".join(kept).replace("# Do the paper's findings reproduce?", "", 1).strip()
 
 
-def user_frame(records: list[RunRecord]) -> pd.DataFrame:
-    """The user's finished, evaluated runs in the sweep's columns."""
+def user_frame(records: list[RunRecord], source: str = MINE) -> pd.DataFrame:
+    """The user's finished, evaluated runs in the sweep's columns (`source`: MINE, or SWEPT for a page sweep's)."""
     rows = []
     for record in records:
         if record.state != "finished" or not record.metrics:
@@ -75,7 +75,7 @@ def user_frame(records: list[RunRecord]) -> pd.DataFrame:
             "data_fraction": config.get("data_fraction"), "train_examples": info.get("train_examples"),
             "seed": config.get("seed"), "train_s": None, "peak_mem_mb": None,
             "base_model": info.get("base_model"), "dataset": info.get("dataset_name"),
-            "source": MINE, "run_id": record.id,
+            "source": source, "run_id": record.id,
         }  # fmt: skip
         for name, value in record.metrics.items():
             if isinstance(value, int | float) and (name in CAPTION_METRICS or name == "accuracy"):

@@ -1,5 +1,5 @@
 """A person's path through the app in a real headless Chromium: Train -> start -> finished -> Compare -> Explore
--> Runs, with a screenshot of each tab.
+-> Runs, and a sweep queued from the Sweep tab, with a screenshot of each tab.
 
 Screenshots always go to the test's tmp directory; with VLPEFT_UPDATE_SCREENSHOTS=1 they also replace
 docs/screenshots/*.png, and the app runs on the embedded default model (when it is there) so they show it.
@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from app import sweeps
 from app.settings import Settings
 from tests.conftest import write_tiny_dataset
 from tests.test_app_server import LIMITS, launch, shut_down, tiny_settings
 from tests.test_upload import zip_folder
 from training.config import RunConfig
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
+from training.sweeps.grid import load_spec
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -249,3 +251,96 @@ def test_an_uploaded_dataset_is_previewed_trained_on_and_compared_on(server, pag
     result = page.locator("#compare-result").inner_text()
     assert "Human captions of this test image" in result and all(caption in result for caption in references)
     snap(page, "compare-own-dataset", tmp_path)
+
+
+def test_a_sweep_of_four_runs_queued_from_the_page_finishes_and_appears_in_explore(server, page, tmp_path: Path):
+    app, url = server
+    budget, _, batch_size, eval_limit = RUN
+    page.goto(url)
+    page.get_by_role("tab", name="Sweep").click()
+    page.locator("#sweep-methods label", has_text="Serial adapter").click()  # LoRA is ticked already
+    fill(page, "sweep-budgets", budget)
+    fill(page, "sweep-fractions", "0.5 1")
+    fill(page, "sweep-seeds", "0")
+    page.get_by_text("Settings for every run").click()
+    fill(page, "sweep-max-steps", "2")
+    fill(page, "sweep-batch-size", str(batch_size))
+    fill(page, "sweep-eval-limit", str(min(eval_limit, 10)))
+    fill(page, "sweep-name", "browser")
+    page.locator("#sweep-summary").get_by_text("4 runs (2 methods × 1 budget × 2 shares × 1 seed").wait_for()
+
+    page.locator("#sweep-start").click()
+    page.locator("#sweep-note").get_by_text("Queued 4 runs as sweep browser").wait_for()
+    status = page.locator("#sweep-status")
+    status.get_by_text("Sweep browser: done").wait_for(timeout=1_200_000 if EMBEDDED else 400_000)
+    assert "4 of 4 runs ended (4 finished)" in status.inner_text()
+    assert "4 of 4 runs" in page.locator("#sweep-progress").inner_text()
+    assert "python -m training sweep --config" in page.locator("#sweep-file").inner_text()
+    assert "python -m training sweep --config" in page.locator("#sweep-note").inner_text()
+    sweep = next(s for s in sweeps.queued_sweeps(app.services) if s.name == "browser")
+    assert [job.state for job in app.services.store.list_jobs() if job.id in sweep.jobs.values()] == ["finished"] * 4
+    assert load_spec(sweep.sweep_file).points()[0].name in sweep.jobs  # the file the CLI reruns, beside its runs
+    snap(page, "sweep", tmp_path)
+
+    page.get_by_role("tab", name="Explore").click()
+    page.locator("#explore-note").get_by_text("Dotted curves: 4 finished runs").wait_for()
+    plot = page.locator("#plot-params")
+    plot.get_by_text("your sweep: LoRA").wait_for()
+    assert "your sweep: Serial adapter" in plot.inner_text()
+
+
+def value_of(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} input, #{elem_id} textarea").first.input_value()
+
+
+def test_run_again_fills_the_train_form_and_bulk_delete_confirms_how_many_it_deletes(server, page):
+    app, url = server
+    first, second = final_run(app, seed=3, data_fraction=0.5), final_run(app, seed=4)
+    page.goto(url)
+    page.get_by_role("tab", name="Runs").click()
+    table, ask = page.locator("#runs-table"), page.locator("#run-delete-ask").first  # Gradio repeats a group's id
+    page.locator("#runs-filter label", has_text="cancelled").click()
+    table.get_by_text(first).filter(visible=True).first.click()
+    page.locator("#run-details").get_by_text(f"{first}: cancelled").wait_for()
+
+    page.locator("#run-again").click()
+    page.locator("#start-training").wait_for(state="visible")  # the Train tab, filled with the run's settings
+    expect = pytest.importorskip("playwright.sync_api").expect
+    expect(page.locator("#data-fraction input").first).to_have_value("0.5")
+    page.get_by_text("Advanced settings").click()
+    expect(page.locator("#max-steps input").first).to_have_value("100000")
+    assert (value_of(page, "budget"), value_of(page, "batch-size")) == ("2k", "4")
+    page.locator("#run-size").get_by_text("100,000 steps").wait_for()  # the notes follow the filled form
+
+    page.get_by_role("tab", name="Runs").click()
+    cancelled = [job.id for job in app.services.store.list_jobs(["cancelled"])]
+    assert {first, second} <= set(cancelled)
+    page.locator("#runs-bulk-delete").click()
+    ask.get_by_text(f"Delete {len(cancelled)} runs ({len(cancelled)} cancelled) for good?").wait_for()
+    page.locator("#run-delete-keep").click()
+    ask.wait_for(state="hidden")
+    assert len(app.services.store.list_jobs(["cancelled"])) == len(cancelled)
+    page.locator("#runs-bulk-delete").click()
+    page.locator("#run-delete-confirm").click()
+    ask.wait_for(state="hidden")
+    table.get_by_text(first).wait_for(state="detached")
+    assert not app.services.store.list_jobs(["cancelled"])
+
+
+def test_the_compare_gallery_shows_all_six_columns_whole_at_1400_px(server, page):
+    app, url = server
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.goto(url)
+    page.get_by_role("tab", name="Compare").click()
+    gallery = page.locator("#test-gallery")
+    thumbnails = gallery.locator(".thumbnail-item")
+    thumbnails.first.wait_for()
+    frame = gallery.bounding_box()
+    boxes = [thumbnails.nth(i).bounding_box() for i in range(6)]
+    wrap = page.evaluate("() => { const g = document.querySelector('#test-gallery .grid-wrap'); "
+                         "return [g.clientWidth, g.scrollWidth]; }")  # fmt: skip
+    assert wrap[1] <= wrap[0]  # nothing to scroll sideways to
+    assert len({round(box["y"]) for box in boxes}) == 1  # one row of six
+    for box in boxes:
+        assert frame["x"] <= box["x"] and box["x"] + box["width"] <= frame["x"] + frame["width"] + 0.5
+        assert box["width"] >= 60 and abs(box["width"] - box["height"]) < 1  # square, and big enough to tell apart

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -244,6 +245,21 @@ def test_per_submitter_limit_refuses_with_a_clear_message_and_others_still_queue
     store.cancel(store.list_jobs()[0].id, by="ann")
     store.submit(fake(), submitter="ann")  # a cancelled job no longer counts
     assert [job.submitter for job in store.list_jobs(["queued"])] == ["ann", "bob", "ann"]
+
+
+def test_several_runs_queue_together_in_order_or_not_at_all_each_counting_against_the_limits(home: Path):
+    store = JobStore(limits=JobLimits(max_queued=5, max_queued_per_submitter=3))
+    store.submit(fake(), submitter="ann")
+    with pytest.raises(UserError, match="ann already has 1 job queued or running and may have 3 at most .*: these 3 "
+                                        "runs do not fit, 2 would"):  # fmt: skip
+        store.submit_many([dataclasses.replace(fake(), seed=s) for s in range(3)], submitter="ann")
+    assert len(store.list_jobs()) == 1
+    ids = store.submit_many([dataclasses.replace(fake(), seed=s) for s in range(2)], submitter="ann")
+    assert [job.id for job in store.list_jobs()][1:] == ids
+    assert [job.run_config.seed for job in store.list_jobs()][1:] == [0, 1]
+    with pytest.raises(UserError, match=r"The queue is full for 3 more runs \(3 jobs queued or running"):
+        store.submit_many([dataclasses.replace(fake(), seed=s) for s in range(3)], submitter="bob")
+    assert len(store.list_jobs()) == 3
 
 
 def test_limits_come_from_the_environment_with_defaults_for_a_free_space(monkeypatch: pytest.MonkeyPatch):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -21,6 +21,13 @@ class Loader:
     fn: Callable[..., Any]
     inputs: list
     outputs: list
+    fills: list = field(default_factory=list)  # components another tab may fill (the Train form, from a run)
+
+
+def scroll_to_end_js(elem_id: str) -> str:
+    """Browser code that scrolls a text box to its last line (a log: the end says why it stopped)."""
+    return (f"() => {{ setTimeout(() => {{ const box = document.querySelector('#{elem_id} textarea'); "
+            "if (box) { box.scrollTop = box.scrollHeight; } }, 50); }")  # fmt: skip
 
 
 def submitter(request: gr.Request | None, visitor: str | None) -> str:

@@ -6,7 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from app import format as fmt
-from app import results
+from app import results, sweeps
 from app.figures import metric_figure
 from app.services import Services
 from app.tabs.common import Loader
@@ -24,14 +24,16 @@ def explore(services: Services, task: str, metric: str | None, held_budget: str 
     """note, metric choices, budget choices, fraction choices, data figure, parameter figure, table, csv file,
     and the sweep report's verdict."""
     sweep, note = results.load_sweep(services.settings.results_dir)
-    mine = results.user_frame(services.runs(task)) if include_mine else results.user_frame([])
-    frame = results.combined(sweep, mine, task)
+    records = services.runs(task) if include_mine else []
+    in_sweeps = sweeps.sweep_of_job(services) if records else {}
+    mine = results.user_frame([r for r in records if r.id not in in_sweeps])
+    swept = results.user_frame([r for r in records if r.id in in_sweeps], results.SWEPT)
+    frame = results.combined(sweep, pd.concat([mine, swept], ignore_index=True), task)
     metrics = results.metric_names(frame, task)
     metric = metric if metric in metrics else metrics[0]
-    budgets, common_budget = results.held_values(frame[frame["source"] == results.SWEEP] if not frame.empty
-                                                 else frame, "budget")  # fmt: skip
-    fractions, common_fraction = results.held_values(frame[frame["source"] == results.SWEEP] if not frame.empty
-                                                     else frame, "data_fraction")  # fmt: skip
+    lines = frame[frame["source"].isin([results.SWEEP, results.SWEPT])] if not frame.empty else frame
+    budgets, common_budget = results.held_values(lines, "budget")
+    fractions, common_fraction = results.held_values(lines, "data_fraction")
     held_budget = held_budget if held_budget in budgets else common_budget
     held_fraction = held_fraction if held_fraction in fractions else common_fraction
     own = len(mine[mine["task"] == task]) if not mine.empty else 0
@@ -40,6 +42,9 @@ def explore(services: Services, task: str, metric: str | None, held_budget: str 
         note += f" Stars: {own} finished {fmt.TASK_LABELS[task].lower()} {runs_word} from the Train tab."
     elif include_mine and not sweep.empty:
         note += " Runs you finish in the Train tab appear here as stars."
+    if not swept.empty:
+        runs_word = "run" if len(swept) == 1 else "runs"
+        note += f" Dotted curves: {len(swept)} finished {runs_word} of the sweeps you queued in the Sweep tab."
     table = results.table_view(frame, metrics)
     csv_path = services.scratch / f"vlpeft-results-{task}.csv"
     frame.to_csv(csv_path, index=False)

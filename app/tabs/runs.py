@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections import Counter
 
 import gradio as gr
 import pandas as pd
@@ -13,7 +14,9 @@ from app import format as fmt
 from app.people import person, reason
 from app.services import RunRecord, Services
 from app.tabs.common import Loader, shows_user_errors, submitter
+from app.tabs.train import SCROLL_LOG_TO_END, fill_train_form
 from training.errors import UserError
+from training.jobs.store import FINAL_STATES
 
 COLUMNS = ["run", "state", "task", "method", "budget", "trained parameters", "data", "seed", "test score", "time",
            "by", "submitted"]  # fmt: skip
@@ -54,7 +57,7 @@ def validation_line(summary: dict, planned: int | None) -> str:
             f"({summary.get('epochs_run')} epochs) and stopped because {why}.")  # fmt: skip
 
 
-def details(record: RunRecord, log: list[str] | None = None, viewer: str | None = None) -> str:
+def details(record: RunRecord, viewer: str | None = None) -> str:
     if record.state == "running" and record.started_at:  # its reason names the worker process: no news to a person
         why = "running since " + time.strftime("%H:%M", time.localtime(record.started_at))
     else:
@@ -77,41 +80,53 @@ def details(record: RunRecord, log: list[str] | None = None, viewer: str | None 
         lines.append(validation_line(record.validation, planned))
         lines.append(f"**Command:** `{info.get('command')}`")
     lines.append(f"**Duration:** {fmt.duration(record.duration_s)} · **folder:** `{record.run_dir}`")
-    if log is not None:
-        lines.append("**Log (last lines):**\n```\n" + ("\n".join(log) or "(the log is empty)") + "\n```")
     return "\n\n".join(lines)
 
 
+def shown_runs(services: Services, shown: str = ALL_STATES) -> list[RunRecord]:
+    """The runs in one state (or live: queued, running; or all), newest first."""
+    return [r for r in services.runs() if shown == ALL_STATES or r.state in STATE_FILTERS.get(shown, (shown,))]
+
+
 def refresh(services: Services, selected: str | None, viewer: str | None = None, shown: str = ALL_STATES) -> tuple:
-    """table, picker, and the selected run's panel; `shown` keeps the runs in one state (or live: queued, running)."""
-    records = [r for r in services.runs() if shown == ALL_STATES or r.state in STATE_FILTERS.get(shown, (shown,))]
+    """table, picker, the selected run's panel (SHOWN), and the bulk delete button; `shown` keeps the runs in one
+    state (or live: queued, running)."""
+    records = shown_runs(services, shown)
     ids = [r.id for r in records]
     selected = selected if selected in ids else None
     choices = [(f"{r.id} · {fmt.task_name(r.task)} · {fmt.METHOD_LABELS.get(r.method, r.method)} · {r.state}", r.id)
                for r in records]  # fmt: skip
+    deletable = len(bulk_deletable(records, viewer if services.settings.demo else None))
     return (runs_table(records, viewer), gr.update(choices=choices, value=selected),
-            *show(services, selected, viewer))  # fmt: skip
+            *show(services, selected, viewer),
+            gr.update(value=f"Delete the {deletable} ended run{'' if deletable == 1 else 's'} shown",
+                      interactive=deletable > 0))  # fmt: skip
 
 
 def show(services: Services, run_id: str | None, viewer: str | None = None) -> tuple:
-    """details, config JSON, download button, delete button."""
+    """SHOWN: details, config JSON, download button, delete button, run-again button, and the log of a run that
+    failed or was interrupted (it says why)."""
     if not run_id:
         return ("Pick a run to see its details.", None, gr.update(value=None, interactive=False),
-                gr.update(interactive=False))  # fmt: skip
+                gr.update(interactive=False), gr.update(interactive=False),
+                gr.update(value="", visible=False))  # fmt: skip
     record = services.run(run_id)
     config = {"config": record.config, **{k: v for k, v in record.info.items() if k != "config"}}
     archive = services.zip_run(run_id) if record.has_weights else None
-    log = services.status(run_id, log_lines=LOG_LINES)["log_tail"] if record.state in ENDED_BADLY else None
-    return (details(record, log, viewer), json.dumps(config, indent=2, default=str),
+    log = gr.update(value="", visible=False)
+    if record.state in ENDED_BADLY:
+        status = services.status(run_id, log_lines=LOG_LINES)
+        lines = status["log_tail"] + ([f"error: {status['error']}"] if status.get("error") else [])
+        log = gr.update(value="\n".join(lines) or "(the log is empty)", visible=True)
+    return (details(record, viewer), json.dumps(config, indent=2, default=str),
             gr.update(value=str(archive) if archive else None, interactive=archive is not None),
-            gr.update(interactive=record.state not in ("queued", "running")))  # fmt: skip
+            gr.update(interactive=record.state not in ("queued", "running")), gr.update(interactive=True),
+            log)  # fmt: skip
 
 
-def delete(services: Services, request: gr.Request | None, visitor: str, run_id: str | None) -> None:
-    if not run_id:
-        raise UserError("Pick a run to delete first.")
-    services.delete(run_id, submitter(request, visitor))
-    gr.Info(f"Run {run_id} deleted.")
+def bulk_deletable(records: list[RunRecord], only: str | None = None) -> list[RunRecord]:
+    """The ended runs (finished, cancelled, failed, interrupted) among `records`; `only`: of that submitter."""
+    return [r for r in records if r.state in FINAL_STATES and (only is None or r.submitter == only)]
 
 
 def ask_delete(services: Services, run_id: str | None) -> tuple:
@@ -125,34 +140,66 @@ def ask_delete(services: Services, run_id: str | None) -> tuple:
     return gr.update(visible=True), question, run_id
 
 
-HIDDEN_CONFIRM = (gr.update(visible=False), "", "")  # the confirmation row, its question, the run it names
+def ask_bulk_delete(services: Services, shown: str, viewer: str | None) -> tuple:
+    """The confirmation row for every ended run the list shows, naming how many of each state, and their ids."""
+    records = bulk_deletable(shown_runs(services, shown), viewer if services.settings.demo else None)
+    if not records:
+        raise UserError("No ended run is shown: there is nothing to delete in bulk.")
+    states = Counter(r.state for r in records)
+    which = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    runs_word = "run" if len(records) == 1 else "runs"
+    question = (f"**Delete {len(records)} {runs_word}** ({which}) **for good?** Their weights, scores and logs are "
+                "removed; this cannot be undone.")  # fmt: skip
+    return gr.update(visible=True), question, " ".join(r.id for r in records)
 
 
-def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
+def delete_pending(services: Services, request: gr.Request | None, visitor: str, pending: str) -> None:
+    """Delete the runs the confirmation named (one, or several in bulk)."""
+    run_ids = pending.split()
+    if not run_ids:
+        raise UserError("Pick a run to delete first.")
+    for run_id in run_ids:
+        services.delete(run_id, submitter(request, visitor))
+    gr.Info(f"Run {run_ids[0]} deleted." if len(run_ids) == 1 else f"{len(run_ids)} runs deleted.")
+
+
+HIDDEN_CONFIRM = (gr.update(visible=False), "", "")  # the confirmation row, its question, the runs it names
+
+
+def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form: list, tabs: gr.Tabs) -> Loader:
+    """`train_form`: the Train tab's form and method note (TRAIN_FILL), which 'Run again with changes' fills."""
     gr.Markdown("Every training job of this app. Pick one for its settings, scores and log folder, or delete it. "
                 "Its zip holds the weights, config, log, scores and predictions, with a README on loading the "
-                "adapter with this package or, for LoRA, with peft (`PeftModel.from_pretrained`).")  # fmt: skip
+                "adapter with this package or, for LoRA, with peft (`PeftModel.from_pretrained`). **Run again with "
+                "changes** fills the Train form with a run's settings.")  # fmt: skip
     table = gr.Dataframe(runs_table([]), interactive=False, label="Runs (click a row)", elem_id="runs-table")
     with gr.Row():
         shown = gr.Radio(list(STATE_FILTERS), value=ALL_STATES, label="Show", scale=3, elem_id="runs-filter")
         picker = gr.Dropdown([], value=None, label="Run", scale=4, elem_id="run-picker")
-        refresh_button = gr.Button("↻ Refresh", size="sm", scale=1)
+        with gr.Column(scale=1, min_width=160):
+            refresh_button = gr.Button("↻ Refresh", size="sm")
+            bulk_button = gr.Button("Delete the ended runs shown", variant="stop", size="sm", interactive=False,
+                                    elem_id="runs-bulk-delete")  # fmt: skip
     panel = gr.Markdown("Pick a run to see its details.", elem_id="run-details")
+    log = gr.Textbox("", label="Log (last lines): why it ended", interactive=False, lines=12, max_lines=12,
+                     autoscroll=True, visible=False, elem_id="run-log", elem_classes="vl-log")  # fmt: skip
     with gr.Row():
         download = gr.DownloadButton("Download the run (zip)", interactive=False, elem_id="run-download")
+        again_button = gr.Button("Run again with changes", interactive=False, elem_id="run-again")
         delete_button = gr.Button("Delete run", variant="stop", interactive=False, elem_id="run-delete")
     with gr.Group(visible=False, elem_id="run-delete-ask") as ask:
         question = gr.Markdown(elem_id="run-delete-question")
         with gr.Row():
-            confirm = gr.Button("Yes, delete it for good", variant="stop", elem_id="run-delete-confirm")
-            keep = gr.Button("Keep it", variant="secondary", elem_id="run-delete-keep")
-    pending = gr.State("")  # the run the confirmation names: the only one its button deletes
+            confirm = gr.Button("Yes, delete for good", variant="stop", elem_id="run-delete-confirm")
+            keep = gr.Button("Keep", variant="secondary", elem_id="run-delete-keep")
+    pending = gr.State("")  # the runs the confirmation names (ids separated by spaces): the only ones it deletes
     with gr.Accordion("Configuration (config.json)", open=False):
         config = gr.Code(None, language="json", interactive=False)
 
     private = dict(api_visibility="private")
     confirmation = [ask, question, pending]
-    listing = [table, picker, panel, config, download, delete_button]
+    shown_parts = [panel, config, download, delete_button, again_button, log]
+    listing = [table, picker, *shown_parts, bulk_button]
 
     def with_confirm_hidden(handler):
         """Any change of the selection hides a pending confirmation: it named another run."""
@@ -173,27 +220,40 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState) -> Loader:
                           (shown.input, "ui_runs_filter")):  # fmt: skip
         trigger(with_confirm_hidden(on_refresh), [visitor, picker, shown], [*listing, *confirmation], api_name=name,
                 **private)  # fmt: skip
-    picker.input(shows_user_errors(with_confirm_hidden(on_pick)), [visitor, picker],
-                 [panel, config, download, delete_button, *confirmation], api_name="ui_runs_show",
-                 **private)  # fmt: skip
+    picker.input(shows_user_errors(with_confirm_hidden(on_pick)), [visitor, picker], [*shown_parts, *confirmation],
+                 api_name="ui_runs_show", **private)  # fmt: skip
 
     def on_row(visitor_id: str, event: gr.SelectData, request: gr.Request):
         run_id = event.row_value[0] if event.row_value else None
         return (gr.update(value=run_id), *show(services, run_id, submitter(request, visitor_id)))
 
-    table.select(shows_user_errors(with_confirm_hidden(on_row)), visitor,
-                 [picker, panel, config, download, delete_button, *confirmation], api_name="ui_runs_row",
-                 **private)  # fmt: skip
+    table.select(shows_user_errors(with_confirm_hidden(on_row)), visitor, [picker, *shown_parts, *confirmation],
+                 api_name="ui_runs_row", **private)  # fmt: skip
+    # The last lines are what matter: keep the log box scrolled to its end when it fills.
+    log.change(None, None, None, js=SCROLL_LOG_TO_END)
     delete_button.click(shows_user_errors(lambda run_id: ask_delete(services, run_id)), picker, confirmation,
                         api_name="ui_runs_ask", **private)  # fmt: skip
+
+    def on_bulk(visitor_id: str, state: str, request: gr.Request):
+        return ask_bulk_delete(services, state, submitter(request, visitor_id))
+
+    bulk_button.click(shows_user_errors(on_bulk), [visitor, shown], confirmation, api_name="ui_runs_ask_bulk",
+                      **private)  # fmt: skip
     keep.click(lambda: HIDDEN_CONFIRM, None, confirmation, api_name="ui_runs_keep", **private)
 
-    def on_confirm(visitor_id: str, run_id: str, state: str, request: gr.Request):
-        shows_user_errors(delete)(services, request, visitor_id, run_id)
+    def on_confirm(visitor_id: str, run_ids: str, state: str, request: gr.Request):
+        shows_user_errors(delete_pending)(services, request, visitor_id, run_ids)
         return (*refresh(services, None, submitter(request, visitor_id), state), *HIDDEN_CONFIRM)
 
     confirm.click(
         on_confirm, [visitor, pending, shown], [*listing, *confirmation], api_name="ui_runs_delete", **private
     )
+
+    def on_again(run_id: str | None):
+        if not run_id:
+            raise UserError("Pick a run to run again first.")
+        return (*fill_train_form(services, services.run(run_id).config), gr.Tabs(selected="train"))
+
+    again_button.click(shows_user_errors(on_again), picker, [*train_form, tabs], api_name="ui_runs_again", **private)
     return Loader("ui_runs_load", with_confirm_hidden(on_refresh), [visitor, picker, shown],
                   [*listing, *confirmation])  # fmt: skip

@@ -8,7 +8,7 @@ from app import format as fmt
 from app.figures import loss_curve
 from app.services import EMBEDDED, Services
 from app.tabs import data
-from app.tabs.common import Loader, optional_int, optional_number, shows_user_errors, submitter
+from app.tabs.common import Loader, optional_int, optional_number, scroll_to_end_js, shows_user_errors, submitter
 from training.catalog import BASELINE, CATALOG, EMBEDDING, LAYER, METHOD_NAMES
 from training.config import DEFAULT_EPOCHS, TASKS, RunConfig, parse_fraction
 from training.errors import UserError
@@ -22,8 +22,7 @@ FAMILY_ORDER = (LAYER, EMBEDDING, BASELINE)
 METHOD_ORDER = tuple(sorted(CATALOG, key=lambda m: (FAMILY_ORDER.index(CATALOG[m].family), METHOD_NAMES.index(m))))
 IDLE = "No job yet: choose the settings and press **Start training**."
 POLL_S = 1.0
-SCROLL_LOG_TO_END = """() => { setTimeout(() => { const box = document.querySelector('#job-log textarea');
-    if (box) { box.scrollTop = box.scrollHeight; } }, 50); }"""
+SCROLL_LOG_TO_END = scroll_to_end_js("job-log")
 VIEW = ("status", "progress", "cancel", "curve", "command", "log", "log box", "timer", "points")
 
 
@@ -58,6 +57,22 @@ def run_config(services: Services, task: str, method: str, budget: str, data_fra
         dataset=services.dataset_source(task, dataset), eval_limit=eval_limit or None,
     )  # fmt: skip
     return config.validate()
+
+
+def fill_train_form(services: Services, config: dict) -> tuple:
+    """The Train form (in `run_config`'s order) and its method note, filled from a run's config: the run again,
+    ready for changes. The app's own model and datasets show as the embedded choice."""
+    task, method = config.get("task", "caption"), config.get("method", "lora")
+    base, dataset = config.get("base_model"), config.get("dataset")
+    return (
+        task, method, config.get("budget"), config.get("data_fraction"), config.get("seed", 0),
+        config.get("epochs") or DEFAULT_EPOCHS[task], config.get("max_steps") or 0,
+        config.get("lr") or METHODS[method].default_lr, config.get("batch_size"), config.get("towers", "both"),
+        EMBEDDED if base in (None, services.settings.base_model) else base,
+        gr.update(choices=dataset_choices(services, task),
+                  value=EMBEDDED if dataset in (None, services.settings.datasets.get(task)) else dataset),
+        config.get("eval_limit") or 0, fmt.method_explainer(method),
+    )  # fmt: skip
 
 
 # --- handlers (plain functions: the UI wires them, the tests call them) ----------------------------------
@@ -292,7 +307,8 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     assert len(view) == len(VIEW)
     private = dict(api_visibility="private")
 
-    method.change(describe_method, method, [method_note, lr], api_name="ui_describe_method", **private)
+    # Defaults follow a person's pick (.input), not a form filled from a run (Runs: run again with changes).
+    method.input(describe_method, method, [method_note, lr], api_name="ui_describe_method", **private)
     estimate_inputs = [method, budget, towers, base_model]
     for trigger in (method.change, budget.change, towers.change, base_model.change):
         trigger(lambda *a: estimate(services, *a), estimate_inputs, estimate_note, api_name="ui_estimate",
@@ -310,7 +326,9 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
         value = current if current in {value for _, value in choices[1:]} else EMBEDDED
         return gr.update(choices=choices, value=value), DEFAULT_EPOCHS[task_name]
 
-    task.change(task_defaults, [task, dataset], [dataset, epochs], api_name="ui_task_defaults", **private)
+    # `.input`: only a person's own pick resets the dataset and epochs; a fill from a run (Runs: run again) or an
+    # upload (which sets task and dataset itself) keeps what it set.
+    task.input(task_defaults, [task, dataset], [dataset, epochs], api_name="ui_task_defaults", **private)
 
     def on_start(request: gr.Request, visitor_id: str, *values):
         return start(services, request, visitor_id, *values)
@@ -348,6 +366,7 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
         on_load,
         [visitor, job, *estimate_inputs, *size_inputs],
         [job, *view, jobs, estimate_note, size_note, dataset],
+        fills=[*form, method_note],
     )
 
 

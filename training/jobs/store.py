@@ -129,12 +129,17 @@ class Job:
 class PersonalLimitReached(UserError):
     """A submitter already has as many jobs queued or running as one person may (the app words it for "you")."""
 
-    def __init__(self, submitter: str, active: int, limit: int) -> None:
-        self.active, self.limit = active, limit
+    def __init__(self, submitter: str, active: int, limit: int, adding: int = 1) -> None:
+        self.active, self.limit, self.adding = active, limit, adding
         super().__init__(f"{submitter} {self.sentence('already has')}")
 
     def sentence(self, verb: str) -> str:
         jobs = "1 job" if self.active == 1 else f"{self.active} jobs"
+        if self.adding > 1:  # a sweep: each of its runs is a job of its own
+            room = max(0, self.limit - self.active)
+            return (f"{verb} {jobs} queued or running and may have {self.limit} at most "
+                    f"(VLPEFT_MAX_QUEUED_PER_USER={self.limit}): these {self.adding} runs do not fit, "
+                    f"{room} would. Make the sweep smaller, or wait for jobs to finish.")  # fmt: skip
         return (f"{verb} {jobs} queued or running, the most allowed per person "
                 f"(VLPEFT_MAX_QUEUED_PER_USER={self.limit}): wait for one to finish or cancel one.")  # fmt: skip
 
@@ -254,37 +259,48 @@ class JobStore:
 
     def submit(self, config: RunConfig, submitter: str = "local") -> str:
         """Queue a run; return its job id. Raises UserError when the config or a queue limit refuses it."""
-        config.validate()
+        return self.submit_many([config], submitter)[0]
+
+    def submit_many(self, configs: list[RunConfig], submitter: str = "local") -> list[str]:
+        """Queue several runs at once (a sweep), in order, or none of them: each counts as one job against the
+        queue limits, so a sweep that does not fit is refused whole."""
+        for config in configs:
+            config.validate()
         submitter = submitter.strip() or "anonymous"
-        payload = json.dumps(config.to_dict(), sort_keys=True)
+        payloads = [json.dumps(config.to_dict(), sort_keys=True) for config in configs]
         limits = self.limits
+        adding = len(payloads)
         with self._tx() as conn:
             active = ", ".join("?" * len(ACTIVE_STATES))
             total = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE state IN ({active})", ACTIVE_STATES).fetchone()[0]
             mine = conn.execute(
                 f"SELECT COUNT(*) FROM jobs WHERE state IN ({active}) AND submitter = ?", (*ACTIVE_STATES, submitter)
             ).fetchone()[0]
-            if limits.max_queued_per_submitter and mine >= limits.max_queued_per_submitter:
-                raise PersonalLimitReached(submitter, mine, limits.max_queued_per_submitter)
-            if limits.max_queued and total >= limits.max_queued:
+            if limits.max_queued_per_submitter and mine + adding > limits.max_queued_per_submitter:
+                raise PersonalLimitReached(submitter, mine, limits.max_queued_per_submitter, adding)
+            if limits.max_queued and total + adding > limits.max_queued:
+                runs = "" if adding == 1 else f" for {adding} more runs"
                 raise UserError(
-                    f"The queue is full ({total} jobs queued or running, VLPEFT_MAX_QUEUED={limits.max_queued}): "
+                    f"The queue is full{runs} ({total} jobs queued or running, VLPEFT_MAX_QUEUED={limits.max_queued}): "
                     "try again when a job has finished."
                 )
             now, reason = time.time(), f"submitted by {submitter}"
-            while True:
-                job_id = new_job_id()
-                try:
-                    conn.execute(
-                        "INSERT INTO jobs (id, submitter, config, state, reason, run_dir, created_at, updated_at) "
-                        "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                        (job_id, submitter, payload, reason, str(self.runs_dir / job_id), now, now),
-                    )
-                    break
-                except sqlite3.IntegrityError:  # the same id in the same second: draw again
-                    continue
-            self._event(conn, job_id, None, "queued", reason)
-        return job_id
+            job_ids = []
+            for payload in payloads:
+                while True:
+                    job_id = new_job_id()
+                    try:
+                        conn.execute(
+                            "INSERT INTO jobs (id, submitter, config, state, reason, run_dir, created_at, updated_at) "
+                            "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                            (job_id, submitter, payload, reason, str(self.runs_dir / job_id), now, now),
+                        )
+                        break
+                    except sqlite3.IntegrityError:  # the same id in the same second: draw again
+                        continue
+                self._event(conn, job_id, None, "queued", reason)
+                job_ids.append(job_id)
+        return job_ids
 
     def get(self, job_id: str) -> Job:
         """The job with this id; UserError if there is none."""
