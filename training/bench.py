@@ -5,8 +5,9 @@
   time is the median of the timed steps; the speed-up over full fine-tuning is measured in the same
   process, the two runs taking steps in turn (see measure_training). Prompt tuning is also timed at
   smaller budgets (shorter prompts), since its cost grows with the prompt length;
-- compare latency for 1, 3 and 6 adapters on one image, for captioning and VQA, with adapters trained on
-  both towers (the default) and on the text decoder only;
+- compare latency for 1, 3 and 6 columns (the zero-shot base and 0, 2 or 5 adapters) on one image, for
+  captioning and VQA, with adapters trained on both towers (the default) and on the text decoder only; the
+  target is 6 columns within `COMPARE_TARGET_S` on the embedded default on a 2-core CPU;
 - evaluation time as a share of a default run's wall time;
 - the app's cold start to its first served page.
 On CUDA the steps run under the trainer's autocast (bf16, fp16 where bf16 is missing), each is timed between
@@ -38,6 +39,7 @@ COMPARE_METHODS = PEFT_METHODS
 # Prompt tuning's cost grows with its prompt length: also timed at these smaller budgets than the default.
 PROMPT_BUDGETS = ("1k", "4k")
 PARTS = ("train", "compare", "eval", "app")
+COMPARE_TARGET_S = 1.0  # six columns on the embedded default, answered one after another
 
 
 @dataclass(frozen=True)
@@ -195,9 +197,9 @@ def _in_subprocess(method: str, towers: str, steps: int, batch_size: int, budget
 def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, setting: Setting = Setting()) -> dict:
     """Latency of Comparer.compare on one test image with the zero-shot base plus 0, 2 and 5 adapters
     (20-step runs of every method), trained on `towers` (both: the default, each adapter needs its own
-    vision pass; text: they share one). The counts take turns within each repeat; the fastest of `repeats`
-    is kept. The outputs are recorded: decoding runs until the longest output ends, so a column set that
-    answers in one word is timed on far fewer steps than one that writes whole captions."""
+    vision pass; text: they share the base's). The counts take turns within each repeat; the fastest and the
+    median of `repeats` are kept. The outputs are recorded: each column decodes until its output ends, so a
+    column set that answers in one word is timed on far fewer steps than one that writes whole captions."""
     from training.compare import Comparer
     from training.config import RunConfig
     from training.data.dataset import load_dataset
@@ -222,9 +224,9 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, settin
             start = time.perf_counter()
             comparer.compare(image, task, run_dirs[: count - 1], question=example.question)
             times.append(time.perf_counter() - start)
-    rows = [{"task": task, "towers": towers, "adapters": count, "latency_s": round(min(times), 4)}
-            for count, times in timings.items()]  # fmt: skip
-    return {"task": task, "towers": towers, "rows": rows, "ratio_6_to_1": round(min(timings[6]) / min(timings[1]), 2),
+    rows = [{"task": task, "towers": towers, "adapters": count, "latency_s": round(min(times), 4),
+             "latency_median_s": round(_median(times), 4)} for count, times in timings.items()]  # fmt: skip
+    return {"task": task, "towers": towers, "rows": rows, "six_within_target": min(timings[6]) <= COMPARE_TARGET_S,
             "outputs": {column.method: column.output for column in columns}}  # fmt: skip
 
 
@@ -281,7 +283,7 @@ def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None
         compares = [measure_compare(work, task, towers, setting=setting)
                     for task in compare_tasks for towers in ("both", "text")]  # fmt: skip
         result["compare"] = [row for c in compares for row in c["rows"]]
-        result["compare_ratio_6_to_1"] = {f"{c['task']}/{c['towers']}": c["ratio_6_to_1"] for c in compares}
+        result["compare_six_within_target"] = {f"{c['task']}/{c['towers']}": c["six_within_target"] for c in compares}
         result["compare_outputs"] = {f"{c['task']}/{c['towers']}": c["outputs"] for c in compares}
     if "eval" in parts:
         eval_share = measure_eval_share(work, setting)
@@ -309,11 +311,13 @@ def print_table(result: dict) -> None:
         print(f"{row['method']:<17} {row['towers']:<6} {row['budget']:>7} {row['trainable_params']:>10,} "
               f"{row['samples_per_s']:>10.1f} {row['step_s']:>8.3f} {row['speedup_vs_full']:>7.2f}x "
               f"{row['peak_mem_mb']:>8.0f}")  # fmt: skip
-    for key, ratio in result.get("compare_ratio_6_to_1", {}).items():
+    for key, within in result.get("compare_six_within_target", {}).items():
         task, towers = key.split("/")
         times = ", ".join(f"{row['adapters']}: {1000 * row['latency_s']:.1f} ms" for row in result["compare"]
                           if row["task"] == task and row["towers"] == towers)  # fmt: skip
-        print(f"compare ({task}, adapters trained with --towers {towers}): {times}; 6 vs 1: {ratio:.2f}x")
+        verdict = "within" if within else "over"
+        print(f"compare ({task}, adapters trained with --towers {towers}), columns: {times}; 6 columns {verdict} "
+              f"{COMPARE_TARGET_S:g} s")  # fmt: skip
     if "eval" in result:
         print(f"evaluation share of a default run: {100 * result['eval_share']:.1f} % "
               f"({result['eval']['eval_s']:.1f} s of {result['eval']['wall_s']:.1f} s)")  # fmt: skip

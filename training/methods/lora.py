@@ -9,32 +9,46 @@ scaling the update grows with the rank at a fixed learning rate: on the embedded
 lr 6e-3 diverged (VQA 0.8 % against 37-43 % at ranks 4-35, 150 steps); with this scaling it reaches 41.3 %.
 Ranks up to 4 (the app's default budget gives rank 2) keep the scaling the default lr was tuned with.
 
-Forward: peft injects the layers and holds A and B, but its own adapter path stays disabled; each LoRA
-adapter adds its update in a forward hook, on the rows it acts on (`AdapterContext.rows`), so one batch can
-mix adapters (Compare). When one adapter acts on the whole batch, the update runs through `LowRankUpdate`,
-whose backward keeps the rank-r products in layouts BLAS is fast at (`python -m training bench` times
-`grad @ B` on a batch's image tokens both ways: `lora_grad_at_b_ms`).
+Forward: peft injects the layers and holds A and B, but its own adapter path stays disabled; the active
+LoRA adapter adds its update to the whole batch in a forward hook, through `LowRankUpdate`, whose backward
+keeps the rank-r products in layouts BLAS is fast at (`python -m training bench` times `grad @ B` on a
+batch's image tokens both ways: `lora_grad_at_b_ms`). Under autocast or with dropout the hook adds peft's
+own modules' update instead (`lora_update`, the plain path `LowRankUpdate` is tested against).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from functools import partial
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
+from peft import LoraConfig
 from torch import nn
 
-from training.methods.base import ALL_ROWS, AdapterContext, Method, linear_init, register, smallest_hidden
-from training.methods.wrappers import add_on_rows, unwrapped_name
+from training.blip_internals import (
+    LORA_TEXT_TARGETS,
+    LORA_VISION_TARGETS,
+    LoraLayer,
+    forget_lora_config,
+    inject_adapter_in_model,
+    lora_adapters,
+    lora_has_dropout,
+    lora_scaling,
+    lora_weights,
+    remove_lora,
+    use_peft_lora_path,
+)
+from training.methods.base import AdapterContext, Method, linear_init, register, smallest_hidden
+from training.methods.wrappers import unwrapped_name
 
 STABLE_FROM_RANK = 4
 
-# `(\.inner)*` lets a target sit under another method's wrapper (several adapters on one base).
-VISION_TARGETS = r"vision_model\.encoder\.layers\.\d+\.self_attn(\.inner)*\.qkv"
-TEXT_TARGETS = r"text_decoder\.bert\.encoder\.layer\.\d+\.(attention|crossattention)\.self\.(query|value)"
+
+def lora_targets(towers: str) -> str:
+    """peft's `target_modules` regex for the chosen towers."""
+    patterns = {"vision": [LORA_VISION_TARGETS], "text": [LORA_TEXT_TARGETS],
+                "both": [LORA_VISION_TARGETS, LORA_TEXT_TARGETS]}  # fmt: skip
+    return "|".join(f"(?:{p})" for p in patterns[towers])
 
 
 def lora_alpha(rank: int) -> float:
@@ -74,7 +88,7 @@ class LowRankUpdate(torch.autograd.Function):
 def lora_update(layer: LoraLayer, name: str, x: torch.Tensor) -> torch.Tensor:
     """What adapter `name` adds to the layer's base projection (the reference path: peft's modules)."""
     down = layer.lora_A[name]
-    return layer.lora_B[name](down(layer.lora_dropout[name](x.to(down.weight.dtype)))) * layer.scaling[name]
+    return layer.lora_B[name](down(layer.lora_dropout[name](x.to(down.weight.dtype)))) * lora_scaling(layer, name)
 
 
 @register
@@ -85,22 +99,21 @@ class LoRA(Method):
                  **kwargs) -> None:  # fmt: skip
         super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
         rank = int(knob_value)
-        patterns = {"vision": [VISION_TARGETS], "text": [TEXT_TARGETS], "both": [VISION_TARGETS, TEXT_TARGETS]}
         config = LoraConfig(
             r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, bias="none",
-            target_modules="|".join(f"(?:{p})" for p in patterns[towers]),
+            target_modules=lora_targets(towers),
         )  # fmt: skip
         # peft marks only adapters trainable on the whole model; the trainer sets requires_grad itself.
         inject_adapter_in_model(config, model, adapter_name=adapter)
         self.layers: dict[str, LoraLayer] = {
             name: module for name, module in model.named_modules()
-            if isinstance(module, LoraLayer) and adapter in module.lora_A
+            if isinstance(module, LoraLayer) and adapter in lora_adapters(module)
         }  # fmt: skip
         for path in sorted(self.layers):
             layer = self.layers[path]
-            layer.register_forward_hook(self._add_update)
+            self.hook(layer.register_forward_hook(self._add_update))
             # A as peft initialises it (B stays zero), but drawn from the run's seed.
-            down = layer.lora_A[adapter].weight
+            down = lora_weights(layer, adapter)[0]
             with torch.no_grad():
                 down.copy_(self.seeded(tuple(down.shape), down.device, linear_init))
         self.set_active(False)
@@ -112,8 +125,9 @@ class LoRA(Method):
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for path, layer in self.layers.items():
             key = unwrapped_name(path)
-            yield f"{key}.lora_A.weight", layer.lora_A[self.adapter].weight
-            yield f"{key}.lora_B.weight", layer.lora_B[self.adapter].weight
+            down, up = lora_weights(layer, self.adapter)
+            yield f"{key}.lora_A.weight", down
+            yield f"{key}.lora_B.weight", up
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: p.detach().contiguous() for k, p in self.named_parameters()}
@@ -128,21 +142,25 @@ class LoRA(Method):
                 param.copy_(state[key])
 
     def set_active(self, active: bool) -> None:
-        # peft's own adapter path stays off (another LoRA injected on the same layer may have turned it on):
-        # the update is added by `_add_update`, which reads the context.
+        # peft's own adapter path stays off (injecting another LoRA on the same layer turns it on): the update
+        # is added by `_add_update`.
         for layer in self.layers.values():
-            if not layer.disable_adapters:
-                layer.enable_adapters(False)
+            use_peft_lora_path(layer, None)
+
+    def detach(self) -> None:
+        super().detach()
+        for layer in self.layers.values():
+            remove_lora(self.model, layer, self.adapter)
+        self.layers = {}
+        forget_lora_config(self.model, self.adapter)
 
     def _add_update(self, layer: LoraLayer, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        rows = self.ctx.rows(self.adapter, output.device)
-        if rows is None:
+        if not self.active:
             return None
         x = args[0]
-        down, up = layer.lora_A[self.adapter].weight, layer.lora_B[self.adapter].weight
-        plain = (rows is ALL_ROWS and x.dtype == output.dtype == down.dtype
-                 and not torch.is_autocast_enabled(x.device.type)
-                 and isinstance(layer.lora_dropout[self.adapter], nn.Identity))  # fmt: skip
+        down, up = lora_weights(layer, self.adapter)
+        plain = (x.dtype == output.dtype == down.dtype and not torch.is_autocast_enabled(x.device.type)
+                 and not lora_has_dropout(layer, self.adapter))  # fmt: skip
         if plain:
-            return LowRankUpdate.apply(output, x, down, up, layer.scaling[self.adapter])
-        return add_on_rows(self.ctx, self.adapter, output, x, partial(lora_update, layer, self.adapter))
+            return LowRankUpdate.apply(output, x, down, up, lora_scaling(layer, self.adapter))
+        return output + lora_update(layer, self.adapter, x)
