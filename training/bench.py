@@ -9,7 +9,8 @@
   captioning and VQA, with adapters trained on both towers (the default) and on the text decoder only; the
   target is 6 columns within `COMPARE_TARGET_S` on the embedded default on a 2-core CPU;
 - evaluation time as a share of a default run's wall time;
-- the app's cold start to its first served page.
+- the app's cold start to its first served page;
+- each speed path against the plain path it stands in for (`paths`, see measure_speed_paths).
 On CUDA the steps run under the trainer's autocast (bf16, fp16 where bf16 is missing), each is timed between
 two synchronizations, and peak memory is CUDA's peak allocation; on the CPU it is the process's peak RSS.
 `--parts` picks what to measure (a GPU check measures training and Compare on a BLIP-base-size model).
@@ -38,7 +39,7 @@ BENCH_METHODS = ("full", *PEFT_METHODS)
 COMPARE_METHODS = PEFT_METHODS
 # Prompt tuning's cost grows with its prompt length: also timed at these smaller budgets than the default.
 PROMPT_BUDGETS = ("1k", "4k")
-PARTS = ("train", "compare", "eval", "app")
+PARTS = ("train", "compare", "eval", "app", "paths")
 COMPARE_TARGET_S = 1.0  # six columns on the embedded default, answered one after another
 
 
@@ -186,6 +187,87 @@ def measure_lora_layouts(repeats: int = 200) -> dict:
     return figures
 
 
+def _alternating(fast, plain, repeats: int) -> dict:
+    """Median seconds of `fast()` and `plain()`, called in turn (which goes first alternates), after one of each
+    as warm-up; `saving` is the share of the plain path's time the fast one saves."""
+    fast(), plain()
+    fast_times, plain_times = [], []
+    for index in range(repeats):
+        for call, times in ((fast, fast_times), (plain, plain_times))[:: 1 if index % 2 else -1]:
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+    fast_s, plain_s = _median(fast_times), _median(plain_times)
+    return {"fast_s": round(fast_s, 4), "plain_s": round(plain_s, 4), "saving": round(1 - fast_s / plain_s, 3)}
+
+
+def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Setting = Setting()) -> list[dict]:
+    """Each speed path against the plain path it stands in for, on a default run (towers both, default
+    budget), the two taking turns in one process: LoRA's `LowRankUpdate` (a training step; plain: the update
+    through autograd's F.linear), prompt tuning's last-layer truncation (a training step; plain: every
+    position through the last layer), and `ReservedLayer` (greedy decoding of one evaluation batch with the
+    run's default max_new_tokens, for LoRA, the default method, and prompt tuning, whose cache is longest;
+    plain: transformers' concatenating cache layer). The style guide keeps a speed path only where it saves
+    about 10 % or more."""
+    import contextlib
+    from unittest import mock
+
+    import torch
+    from torch.nn import functional as F
+
+    from training import vlmodel
+    from training.blip_internals import DynamicLayer
+    from training.config import RunConfig
+    from training.methods import lora
+    from training.tasks import prompt_text
+
+    def plain_update(base, x, down, up, scaling):
+        return base + F.linear(F.linear(x, down), up) * scaling
+
+    def plain_layer(keys, values, room):
+        layer = DynamicLayer()
+        layer.update(keys, values)
+        return layer
+
+    rows = []
+    run = _Steps("lora", "both", repeats, batch_size, setting=setting)
+    counter = iter(range(10**6))
+
+    def lora_plain_step():
+        with mock.patch.object(lora.LowRankUpdate, "apply", plain_update):
+            run.step(next(counter))
+
+    rows.append({"path": "LowRankUpdate", "measured": "lora training step",
+                 **_alternating(lambda: run.step(next(counter)), lora_plain_step, repeats)})  # fmt: skip
+    prompt_run = _Steps("prompt", "both", repeats, batch_size, setting=setting)
+
+    def prompt_plain_step():
+        with mock.patch.object(prompt_run.vl, "_unread", lambda positions: contextlib.nullcontext()):
+            prompt_run.step(next(counter))
+
+    rows.append({"path": "last-layer truncation", "measured": "prompt training step",
+                 **_alternating(lambda: prompt_run.step(next(counter)), prompt_plain_step, repeats)})  # fmt: skip
+    max_new = RunConfig().max_new_tokens
+    for name, steps in (("lora", run), ("prompt", prompt_run)):
+        examples = [pair[0] for pair in steps.pairs[:batch_size]]
+        vl = steps.vl
+        vl.model.eval()
+        with torch.no_grad():
+            embeds = vl.encode_images(steps.pixels(examples))
+        prompts = [steps.encoder.prompt_ids(prompt_text(setting.task, e.question)) for e in examples]
+
+        def decode(vl=vl, embeds=embeds, prompts=prompts):
+            return vl.generate(embeds, prompts, max_new)
+
+        def plain_decode(decode=decode):
+            with mock.patch.object(vlmodel, "ReservedLayer", plain_layer):
+                return decode()
+
+        rows.append({"path": "ReservedLayer", "measured": f"{name} greedy decoding of {batch_size} images",
+                     **_alternating(decode, plain_decode, repeats)})  # fmt: skip
+    return rows
+
+
 def _in_subprocess(method: str, towers: str, steps: int, batch_size: int, budget: str | None = None,
                    setting: Setting = Setting()) -> dict:  # fmt: skip
     call = f"measure_training({method!r}, {towers!r}, {steps}, {batch_size}, {budget!r}, {setting!r})"
@@ -291,6 +373,8 @@ def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None
         result["lora_grad_at_b_ms"] = measure_lora_layouts()
     if "app" in parts:
         result["app_cold_start_s"] = measure_app_cold_start()
+    if "paths" in parts:
+        result["speed_paths"] = measure_speed_paths(batch_size=batch_size, setting=setting)
     result["machine"] = _machine()
     return result
 
@@ -323,5 +407,8 @@ def print_table(result: dict) -> None:
               f"({result['eval']['eval_s']:.1f} s of {result['eval']['wall_s']:.1f} s)")  # fmt: skip
         layouts = ", ".join(f"{name}: {ms:.2f} ms" for name, ms in result["lora_grad_at_b_ms"].items())
         print(f"LoRA backward's grad @ B on a batch's image tokens: {layouts}")
+    for row in result.get("speed_paths", []):
+        print(f"{row['path']} ({row['measured']}): {row['fast_s']:.3f} s against {row['plain_s']:.3f} s plain, "
+              f"saves {100 * row['saving']:.1f} %")  # fmt: skip
     if "app_cold_start_s" in result:
         print(f"app cold start to first page: {result['app_cold_start_s']:.1f} s")

@@ -137,8 +137,10 @@ def _prompt_truncation(vl, pairs, encoder, pixels, device, dtype) -> dict:
     """Under autocast: the last layer sees only the text positions, and the logits equal the full computation."""
     import torch
 
+    from training.blip_internals import text_layers
+
     seen: list[int] = []
-    last = vl.model.text_decoder.bert.encoder.layer[-1].crossattention
+    last = text_layers(vl.model)[-1].crossattention
     handle = last.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
     examples = [example for example, _, _ in pairs]
     input_ids, mask, _ = encoder.training_batch([(prompt, target) for _, prompt, target in pairs])
@@ -157,9 +159,9 @@ def _prompt_truncation(vl, pairs, encoder, pixels, device, dtype) -> dict:
 def _reserved_cache(vl, pairs, encoder, pixels, device, dtype, max_new: int = 6) -> dict:
     """Under autocast, greedy decoding with ReservedLayer against a plain concatenating cache layer."""
     import torch
-    from transformers.cache_utils import DynamicLayer
 
     from training import vlmodel
+    from training.blip_internals import DynamicLayer
 
     def plain_layer(keys, values, room):
         layer = DynamicLayer()

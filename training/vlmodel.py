@@ -155,7 +155,7 @@ class VLModel:
     # -- forward pieces -------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The vision tower's output tokens, which the decoder cross-attends to."""
-        dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
+        dtype = vision_embeddings(self.model).patch_embedding.weight.dtype
         return self.model.vision_model(pixel_values=pixel_values.to(self.device, dtype)).last_hidden_state
 
     def _decoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):

@@ -20,7 +20,8 @@ What the trainer calls, in order (see `Method`):
    chosen one; `VLModel.detach(adapter)` calls `detach()`, which removes every hook handle and wrapper the
    method installed and its weights (peft layers included), leaving the module tree of the base model.
 
-A method installs its modules through `hook` and `wrap`, which remember what they did so `detach` can undo it.
+A method installs its modules through `hook` and `wrap`, which remember what they did so `detach` can undo it,
+and reaches into transformers and peft only through the names in training/blip_internals.py.
 """
 
 from __future__ import annotations
