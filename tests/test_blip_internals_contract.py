@@ -117,6 +117,7 @@ def test_the_lora_targets_match_every_projection_they_name_and_nothing_else(tiny
 
 
 def test_a_peft_lora_layer_exposes_the_weights_switches_and_removal_the_methods_use(tiny_model_dir):
+    """LoRA runs through peft's own forward, switched per layer; switching leaves requires_grad alone."""
     model = load_base_model(str(tiny_model_dir)).model
     linear = bi.text_layers(model)[0].attention.self.query
     for name in ("a", "b"):
@@ -127,12 +128,16 @@ def test_a_peft_lora_layer_exposes_the_weights_switches_and_removal_the_methods_
     assert bi.lora_adapters(layer) == {"a", "b"}
     down, up = bi.lora_weights(layer, "a")
     assert down.shape == (2, linear.in_features) and up.shape == (linear.out_features, 2) and not up.any()
-    assert bi.lora_scaling(layer, "a") == 2.0 and not bi.lora_has_dropout(layer, "a")
+    assert layer.scaling["a"] == 2.0  # lora_alpha / r, which training/methods/lora.py sets through lora_alpha
     x = torch.randn(1, 3, linear.in_features)
     with torch.no_grad():
         up.fill_(0.1)
+        down.requires_grad_(False)
         bi.use_peft_lora_path(layer, "a")
-        assert not torch.allclose(layer(x), linear(x))
+        assert not down.requires_grad
+        assert torch.allclose(layer(x), linear(x) + 2.0 * (x @ down.T) @ up.T, atol=1e-6)
+        bi.use_peft_lora_path(layer, "b")
+        assert torch.allclose(layer(x), linear(x))  # b's up-projection is still zero
         bi.use_peft_lora_path(layer, None)
         assert torch.equal(layer(x), linear(x))
     bi.remove_lora(model, layer, "a")

@@ -168,25 +168,6 @@ def measure_training(method: str, towers: str, steps: int, batch_size: int, budg
             "precision": str(own.dtype or "float32").replace("torch.", "")}  # fmt: skip
 
 
-def measure_lora_layouts(repeats: int = 200) -> dict:
-    """The skinny product of LoRA's backward, `grad @ B`, on one batch's image tokens (32 x 65 rows, the
-    embedded default's fused qkv: 480 outputs, rank 2), with B stored [out, r] as autograd meets it and
-    with B^T contiguous as LowRankUpdate uses it; milliseconds, fastest of `repeats`."""
-    import torch
-
-    grad, up = torch.randn(32 * 65, 480), torch.randn(480, 2)
-    up_t = up.t().contiguous()
-    figures = {}
-    for name, product in (("B stored [out, r]", lambda: grad @ up), ("B^T contiguous", lambda: grad @ up_t.t())):
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            times.append(time.perf_counter() - start)
-        figures[name] = round(1000 * min(times), 3)
-    return figures
-
-
 def _alternating(fast, plain, repeats: int) -> dict:
     """Median seconds of `fast()` and `plain()`, called in turn (which goes first alternates), after one of each
     as warm-up; `saving` is the share of the plain path's time the fast one saves."""
@@ -203,26 +184,21 @@ def _alternating(fast, plain, repeats: int) -> dict:
 
 def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Setting = Setting()) -> list[dict]:
     """Each speed path against the plain path it stands in for, on a default run (towers both, default
-    budget), the two taking turns in one process: LoRA's `LowRankUpdate` (a training step; plain: the update
-    through autograd's F.linear), prompt tuning's last-layer truncation (a training step; plain: every
-    position through the last layer), and `ReservedLayer` (greedy decoding of one evaluation batch with the
-    run's default max_new_tokens, for LoRA, the default method, and prompt tuning, whose cache is longest;
-    plain: transformers' concatenating cache layer). The style guide keeps a speed path only where it saves
-    about 10 % or more."""
+    budget), the two taking turns in one process: prompt tuning's last-layer truncation (a training step;
+    plain: every position through the last layer), and `ReservedLayer` (greedy decoding of one evaluation
+    batch with the run's default max_new_tokens, for LoRA, the default method, and prompt tuning, whose cache
+    is longest; plain: transformers' concatenating cache layer). The style guide keeps a speed path only
+    where it saves about 10 % or more. (LoRA's hand-written backward, `LowRankUpdate`, measured 7 % of a
+    default LoRA step here on 2026-12-01 and was removed.)"""
     import contextlib
     from unittest import mock
 
     import torch
-    from torch.nn import functional as F
 
     from training import vlmodel
     from training.blip_internals import DynamicLayer
     from training.config import RunConfig
-    from training.methods import lora
     from training.tasks import prompt_text
-
-    def plain_update(base, x, down, up, scaling):
-        return base + F.linear(F.linear(x, down), up) * scaling
 
     def plain_layer(keys, values, room):
         layer = DynamicLayer()
@@ -230,15 +206,7 @@ def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Settin
         return layer
 
     rows = []
-    run = _Steps("lora", "both", repeats, batch_size, setting=setting)
     counter = iter(range(10**6))
-
-    def lora_plain_step():
-        with mock.patch.object(lora.LowRankUpdate, "apply", plain_update):
-            run.step(next(counter))
-
-    rows.append({"path": "LowRankUpdate", "measured": "lora training step",
-                 **_alternating(lambda: run.step(next(counter)), lora_plain_step, repeats)})  # fmt: skip
     prompt_run = _Steps("prompt", "both", repeats, batch_size, setting=setting)
 
     def prompt_plain_step():
@@ -248,7 +216,8 @@ def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Settin
     rows.append({"path": "last-layer truncation", "measured": "prompt training step",
                  **_alternating(lambda: prompt_run.step(next(counter)), prompt_plain_step, repeats)})  # fmt: skip
     max_new = RunConfig().max_new_tokens
-    for name, steps in (("lora", run), ("prompt", prompt_run)):
+    lora_run = _Steps("lora", "both", repeats, batch_size, setting=setting)
+    for name, steps in (("lora", lora_run), ("prompt", prompt_run)):
         examples = [pair[0] for pair in steps.pairs[:batch_size]]
         vl = steps.vl
         vl.model.eval()
@@ -370,7 +339,6 @@ def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None
     if "eval" in parts:
         eval_share = measure_eval_share(work, setting)
         result["eval_share"], result["eval"] = eval_share["eval_share"], eval_share
-        result["lora_grad_at_b_ms"] = measure_lora_layouts()
     if "app" in parts:
         result["app_cold_start_s"] = measure_app_cold_start()
     if "paths" in parts:
@@ -405,8 +373,6 @@ def print_table(result: dict) -> None:
     if "eval" in result:
         print(f"evaluation share of a default run: {100 * result['eval_share']:.1f} % "
               f"({result['eval']['eval_s']:.1f} s of {result['eval']['wall_s']:.1f} s)")  # fmt: skip
-        layouts = ", ".join(f"{name}: {ms:.2f} ms" for name, ms in result["lora_grad_at_b_ms"].items())
-        print(f"LoRA backward's grad @ B on a batch's image tokens: {layouts}")
     for row in result.get("speed_paths", []):
         print(f"{row['path']} ({row['measured']}): {row['fast_s']:.3f} s against {row['plain_s']:.3f} s plain, "
               f"saves {100 * row['saving']:.1f} %")  # fmt: skip

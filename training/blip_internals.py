@@ -64,27 +64,22 @@ def lora_weights(layer: LoraLayer, adapter: str) -> tuple[nn.Parameter, nn.Param
     return layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
 
 
-def lora_scaling(layer: LoraLayer, adapter: str) -> float:
-    return layer.scaling[adapter]
-
-
-def lora_has_dropout(layer: LoraLayer, adapter: str) -> bool:
-    return not isinstance(layer.lora_dropout[adapter], nn.Identity)
-
-
 def lora_adapters(layer: LoraLayer) -> set[str]:
     """The adapter names a peft LoRA layer holds weights for."""
     return set(layer.lora_A)
 
 
 def use_peft_lora_path(layer: LoraLayer, adapter: str | None) -> None:
-    """Turn peft's own LoRA forward on for `adapter` on this layer, or off (None)."""
+    """Turn peft's own LoRA forward on for `adapter` on this layer, or off (None). requires_grad is left as it
+    was (peft's `set_adapter` and `enable_adapters` set it; the trainer's `freeze_all_but` owns it)."""
+    flags = [(param, param.requires_grad) for param in layer.parameters()]
     if adapter is None:
-        if not layer.disable_adapters:
-            layer.enable_adapters(False)
-        return
-    layer.enable_adapters(True)
-    layer.set_adapter(adapter)
+        layer.enable_adapters(False)
+    else:
+        layer.enable_adapters(True)
+        layer.set_adapter(adapter)
+    for param, flag in flags:
+        param.requires_grad_(flag)
 
 
 def forget_lora_config(model: nn.Module, adapter: str) -> None:

@@ -9,11 +9,10 @@ scaling the update grows with the rank at a fixed learning rate: on the embedded
 lr 6e-3 diverged (VQA 0.8 % against 37-43 % at ranks 4-35, 150 steps); with this scaling it reaches 41.3 %.
 Ranks up to 4 (the app's default budget gives rank 2) keep the scaling the default lr was tuned with.
 
-Forward: peft injects the layers and holds A and B, but its own adapter path stays disabled; the active
-LoRA adapter adds its update to the whole batch in a forward hook, through `LowRankUpdate`, whose backward
-keeps the rank-r products in layouts BLAS is fast at (`python -m training bench` times `grad @ B` on a
-batch's image tokens both ways: `lora_grad_at_b_ms`). Under autocast or with dropout the hook adds peft's
-own modules' update instead (`lora_update`, the plain path `LowRankUpdate` is tested against).
+Forward: peft's own. peft injects the layers and holds A and B; `set_active` switches peft's adapter path
+on for this adapter's layers while it is the active one, and off otherwise. (A hand-written backward for the
+rank-r products saved 7 % of a default LoRA training step on the bench, under the 10 % a second code path
+has to earn, so it went.)
 """
 
 from __future__ import annotations
@@ -32,8 +31,6 @@ from training.blip_internals import (
     forget_lora_config,
     inject_adapter_in_model,
     lora_adapters,
-    lora_has_dropout,
-    lora_scaling,
     lora_weights,
     remove_lora,
     use_peft_lora_path,
@@ -56,41 +53,6 @@ def lora_alpha(rank: int) -> float:
     return 2.0 * min(rank, math.sqrt(STABLE_FROM_RANK * rank))
 
 
-class LowRankUpdate(torch.autograd.Function):
-    """base + scaling * (x @ A^T) @ B^T, with a hand-written backward for the rank-r products.
-
-    autograd's backward of `F.linear` multiplies the output gradient [N, out] by B [out, r] and takes
-    B's gradient as grad^T @ low: both skinny products in the layout BLAS handles worst (about 5x slower
-    on the embedded default's image tokens than with the small operand transposed and contiguous).
-    """
-
-    @staticmethod
-    def forward(ctx, base: torch.Tensor, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
-                scaling: float) -> torch.Tensor:  # fmt: skip
-        flat = x.reshape(-1, x.shape[-1])
-        low = flat @ down.t()
-        out = torch.addmm(base.reshape(-1, base.shape[-1]), low, up.t(), alpha=scaling)
-        ctx.save_for_backward(flat, low, down, up)
-        ctx.scaling, ctx.x_shape = scaling, x.shape
-        return out.view(base.shape)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        flat, low, down, up = ctx.saved_tensors
-        grad_flat = grad.reshape(-1, grad.shape[-1])
-        grad_low = (grad_flat @ up.t().contiguous().t()) * ctx.scaling  # [N, r]
-        grad_x = (grad_low @ down).view(ctx.x_shape) if ctx.needs_input_grad[1] else None
-        grad_down = grad_low.t() @ flat if ctx.needs_input_grad[2] else None
-        grad_up = (low.t() @ grad_flat).t() * ctx.scaling if ctx.needs_input_grad[3] else None
-        return grad, grad_x, grad_down, grad_up, None
-
-
-def lora_update(layer: LoraLayer, name: str, x: torch.Tensor) -> torch.Tensor:
-    """What adapter `name` adds to the layer's base projection (the reference path: peft's modules)."""
-    down = layer.lora_A[name]
-    return layer.lora_B[name](down(layer.lora_dropout[name](x.to(down.weight.dtype)))) * lora_scaling(layer, name)
-
-
 @register
 class LoRA(Method):
     name = "lora"
@@ -111,7 +73,6 @@ class LoRA(Method):
         }  # fmt: skip
         for path in sorted(self.layers):
             layer = self.layers[path]
-            self.hook(layer.register_forward_hook(self._add_update))
             # A as peft initialises it (B stays zero), but drawn from the run's seed.
             down = lora_weights(layer, adapter)[0]
             with torch.no_grad():
@@ -142,10 +103,9 @@ class LoRA(Method):
                 param.copy_(state[key])
 
     def set_active(self, active: bool) -> None:
-        # peft's own adapter path stays off (injecting another LoRA on the same layer turns it on): the update
-        # is added by `_add_update`.
+        # Injecting turns peft's path on for the newest adapter: every layer is switched explicitly here.
         for layer in self.layers.values():
-            use_peft_lora_path(layer, None)
+            use_peft_lora_path(layer, self.adapter if active else None)
 
     def detach(self) -> None:
         super().detach()
@@ -153,14 +113,3 @@ class LoRA(Method):
             remove_lora(self.model, layer, self.adapter)
         self.layers = {}
         forget_lora_config(self.model, self.adapter)
-
-    def _add_update(self, layer: LoraLayer, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if not self.active:
-            return None
-        x = args[0]
-        down, up = lora_weights(layer, self.adapter)
-        plain = (x.dtype == output.dtype == down.dtype and not torch.is_autocast_enabled(x.device.type)
-                 and not lora_has_dropout(layer, self.adapter))  # fmt: skip
-        if plain:
-            return LowRankUpdate.apply(output, x, down, up, lora_scaling(layer, self.adapter))
-        return output + lora_update(layer, self.adapter, x)
