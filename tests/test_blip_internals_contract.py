@@ -99,7 +99,7 @@ def test_the_last_cross_attention_gets_hidden_states_first_and_a_4d_mask_by_keyw
                                encoder_hidden_states=image)  # fmt: skip
     finally:
         handle.remove()
-    (args, kwargs), = seen
+    ((args, kwargs),) = seen
     assert args[0].shape[:2] == (1, 3)
     mask = kwargs.get("attention_mask")
     assert mask is None or (mask.dim() == 4 and mask.shape[2] == 3)
