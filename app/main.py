@@ -41,6 +41,7 @@ CSS = """
 .vl-card-title { font-weight: 700; font-size: 1.05em; }
 .vl-meta, .vl-run, .vl-sample { font-size: 0.85em; color: var(--body-text-color-subdued); }
 .vl-output { font-size: 1.2em; margin: 10px 0; }
+.vl-cut { color: #888; margin-left: 1px; }
 .vl-output mark, .vl-legend mark { background: #ffe27a; color: #000; border-radius: 3px; padding: 0 2px; }
 .vl-output del, .vl-legend del { background: #f4c7c7; color: #6b0f0f; border-radius: 3px; padding: 0 2px; }
 .vl-legend { font-size: 0.85em; }

@@ -368,6 +368,16 @@ def test_words_an_adapter_drops_are_struck_and_words_it_adds_marked_with_a_legen
     assert "<del" in compare._marked(cased.output, columns[0].output)  # a differing output always shows where
 
 
+def test_an_output_cut_at_the_token_limit_ends_with_an_ellipsis():
+    columns = [Column("zero-shot (base)", "zero-shot", "a red circle", truncated=True),
+               Column("lora", "lora", "a red circle in the", "/runs/r1", "0.5%", 21504, 0.5, truncated=True),
+               Column("prefix", "prefix", "a red circle", "/runs/r2", "1k", 1000, 1.0)]  # fmt: skip
+    cards = compare.comparison_html(Comparison(columns, "caption")).split("data-method=")[1:]
+    assert [card.count("…</span>") for card in cards] == [1, 1, 0]
+    assert '<div class="vl-output">a red circle<span class="vl-cut"' in cards[0]
+    assert "<mark>in the</mark><span" in cards[1]
+
+
 def test_compare_cards_name_their_run_and_mark_a_partly_trained_adapter(make_services, tmp_path: Path):
     done = record("20261129-100000-aaaaaa")
     stopped = record("20261129-110000-bbbbbb", state="cancelled", progress={"step": 20})

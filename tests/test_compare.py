@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 
 from tests.conftest import draw_tiny
+from training import compare as compare_module
 from training.base_model import load_base_model
-from training.compare import Comparer, GivenImage, check_image, decode_batched
+from training.compare import Comparer, GivenImage, answer, check_image
 from training.config import RunConfig
 from training.data.dataset import Example
 from training.errors import UserError
@@ -71,12 +72,12 @@ def test_bad_images_are_explained(tmp_path):
     assert check_image(draw_tiny("red", "square").convert("L")).mode == "RGB"
 
 
-def test_batched_decoding_of_every_kind_equals_decoding_each_alone(tiny_model_dir):
-    """Compare's shared batch (visual prompts on their own, the rest in one vision pass and one decode)
-    gives each adapter exactly the text it gives when it is the only active adapter."""
+def test_columns_in_turn_with_shared_image_features_equal_each_adapter_decoding_alone(tiny_model_dir):
+    """Compare answers each column with its adapter active, reusing the base's image features for adapters
+    that leave the vision tower untouched: each gives exactly the text it gives alone."""
     vl = VLModel(load_base_model(str(tiny_model_dir)))
     spec = {"prompt-both": ("prompt", "both", 3), "prompt-text": ("prompt", "text", 4), "prefix": ("prefix", "both", 2),
-            "lora": ("lora", "both", 2), "serial": ("serial-adapter", "both", 4),
+            "lora": ("lora", "both", 2), "lora-text": ("lora", "text", 2), "serial": ("serial-adapter", "both", 4),
             "parallel": ("parallel-adapter", "text", 4)}  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     for name, (method, towers, knob) in spec.items():
@@ -86,13 +87,51 @@ def test_batched_decoding_of_every_kind_equals_decoding_each_alone(tiny_model_di
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
     question = "what color is the square ?"
     pixels = PixelCache(vl.base.processor)([Example(GivenImage(draw_tiny("red", "square")), "q", question=question)])
-    batched = decode_batched(vl, [None, *spec], "vqa", question, pixels, max_new_tokens=8)
     encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    prompt = encoder.prompt_ids(prompt_text("vqa", question))
+    with torch.no_grad():
+        features = vl.encode_images(pixels)
+    encoded = []
+    vl.encode_images = lambda pixel_values, encode=vl.encode_images: encoded.append(vl.ctx.active) or encode(
+        pixel_values
+    )
+    answered = {name: answer(vl, name, encoder, prompt, pixels, 8, features).text for name in [None, *spec]}
+    assert encoded == ["prompt-both", "prefix", "lora", "serial"]  # the text-only ones share the base's features
     alone = {}
     for name in [None, *spec]:
         vl.set_active(name)
         with torch.no_grad():
-            ids = vl.generate(vl.encode_images(pixels), [encoder.prompt_ids(prompt_text("vqa", question))], 8)[0]
-        alone[name] = encoder.decode(ids)
-    assert batched == alone
+            alone[name] = encoder.decode(vl.generate(vl.encode_images(pixels), [prompt], 8)[0])
+    assert answered == alone
     assert len(set(alone.values())) > 2  # the adapters really answer differently
+
+
+def test_an_answer_cut_by_the_token_limit_is_flagged_truncated(tiny_model_dir):
+    vl = VLModel(load_base_model(str(tiny_model_dir)))
+    pixels = PixelCache(vl.base.processor)([Example(GivenImage(draw_tiny("red", "square")), "q")])
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    prompt = encoder.prompt_ids(prompt_text("caption", ""))
+    cut = answer(vl, None, encoder, prompt, pixels, 5)  # the untrained tiny model never says [SEP]
+    assert cut.truncated and cut.text
+    with torch.no_grad():
+        vl.model.text_decoder.cls.predictions.bias[vl.sep_id] += 1e4  # now it ends at once, by itself
+    ended = answer(vl, None, encoder, prompt, pixels, 5)
+    assert not ended.truncated and ended.text == ""
+
+
+def test_compare_keeps_a_bounded_set_of_adapters_resident_and_detaches_the_rest(tiny_model_dir, vqa_runs,
+                                                                                  monkeypatch):  # fmt: skip
+    monkeypatch.setattr(compare_module, "MAX_RESIDENT_ADAPTERS", 1)
+    comparer = Comparer(str(tiny_model_dir))
+    base = comparer.base
+    hooks = sum(len(m._forward_hooks) for m in base.model.modules())
+    parameters = sum(p.numel() for p in base.model.parameters())
+    lora, prefix, _ = vqa_runs
+    question = "what color is the square ?"
+    first = comparer.compare(draw_tiny("red", "square"), "vqa", [lora, prefix], question=question)
+    assert set(base.adapters) == {"prefix"}  # LoRA, used first, was detached when prefix came
+    assert sum(len(m._forward_hooks) for m in base.model.modules()) == hooks  # LoRA's hooks went with it
+    prefix_size = sum(p.numel() for p in base.adapters["prefix"].parameters())
+    assert sum(p.numel() for p in base.model.parameters()) == parameters + prefix_size
+    again = comparer.compare(draw_tiny("red", "square"), "vqa", [lora, prefix], question=question)
+    assert [c.output for c in again] == [c.output for c in first]  # reloaded as it was

@@ -16,7 +16,7 @@ from training.paths import REPO_ROOT
 
 
 @pytest.mark.slow
-def test_bf16_autocast_matches_fp32_for_every_method_and_the_fast_paths_are_used_or_bypassed(
+def test_bf16_autocast_matches_fp32_for_every_method_and_the_fast_paths_are_used(
     tiny_model_dir, tiny_vqa_dataset
 ):  # fmt: skip
     result = gpu_check.precision_check(str(tiny_model_dir), "cpu", task="vqa", dataset=str(tiny_vqa_dataset),
@@ -27,7 +27,6 @@ def test_bf16_autocast_matches_fp32_for_every_method_and_the_fast_paths_are_used
         assert row["ok"], row
         assert row["loss_fp32"] != row["loss_autocast"], method  # autocast really ran in bf16
         assert row["decode_fast_path"]["ok"] and row["decode_fast_path"]["layers_built"] > 0, method
-    assert rows["lora"]["fast_path"]["calls_fp32"] > 0 and rows["lora"]["fast_path"]["calls_autocast"] == 0
     truncation = rows["prompt"]["fast_path"]
     assert truncation["ok"] and truncation["positions_seen"][0] < truncation["positions_seen"][1]
     assert result["ok"] and result["device"] == "cpu"

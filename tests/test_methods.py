@@ -162,93 +162,46 @@ def test_several_adapters_on_one_base_each_give_their_own_outputs(vl, inputs, ti
         assert torch.allclose(shared, single, atol=1e-5), method
 
 
-@pytest.fixture
-def many(vl):
-    """Seven adapters on one base, with prompts and prefixes of different lengths (so padding is exercised)."""
-    spec = {"prompt": ("prompt", "text", 3), "prompt-long": ("prompt", "text", 5), "prefix": ("prefix", "both", 3),
-            "prefix-short": ("prefix", "text", 2), "lora": ("lora", "both", 2), "lora-text": ("lora", "text", 3),
-            "serial": ("serial-adapter", "both", 4), "parallel": ("parallel-adapter", "both", 4)}  # fmt: skip
-    for seed, (name, (method, towers, knob)) in enumerate(spec.items()):
-        vl.attach(method, name, towers, knob)
+def module_tree(vl: VLModel) -> dict[str, type]:
+    return {name: type(module) for name, module in vl.model.named_modules()}
+
+
+def hook_count(vl: VLModel) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in vl.model.modules())
+
+
+@pytest.mark.parametrize("method", PEFT)
+def test_a_detached_adapter_leaves_exactly_the_base_model_and_frees_its_parameters(vl, inputs, method):
+    """Stacked under and over adapters of every other kind, one adapter detached: the others answer as before,
+    and once all are detached the module tree, hooks, state dict and outputs are the base model's again."""
+    import gc
+    import weakref
+
+    tree, hooks, state = module_tree(vl), hook_count(vl), vl.model.state_dict()
+    _, base_logits = outputs(vl, *inputs)
+    others = [m for m in PEFT if m != method]
+    for seed, name in enumerate([others[0], method, *others[1:]]):  # one kind beneath it, the rest above
+        vl.attach(name, name, "both", KNOB[name])
         randomize(vl, name, seed)
-    return [None, *spec]
-
-
-def test_mixed_batch_vision_rows_equal_each_adapter_alone(vl, many):
-    vl.attach("prefix", "prefix-vision", "vision", 4)  # a second prefix wrapper around the same attentions
-    randomize(vl, "prefix-vision", 11)
-    rows = [name for name in [*many, "prefix-vision"] if name is None or vl.adapters[name].touches_vision()]
-    pixels = torch.randn(len(rows), 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    vl.set_active("lora")
-    with torch.no_grad(), vl.mixed(rows):
-        mixed = vl.encode_images(pixels)
-    assert vl.ctx.row_adapters is None and vl.ctx.active == "lora"  # the single active adapter comes back
-    for row, name in enumerate(rows):
+    expected = {}
+    for name in others:
         vl.set_active(name)
-        with torch.no_grad():
-            alone = vl.encode_images(pixels[row : row + 1])
-        assert torch.allclose(mixed[row : row + 1], alone, atol=1e-5), name
-
-
-def test_mixed_batch_text_rows_equal_each_adapter_alone(vl, inputs, many):
-    pixels, ids, mask = inputs
-    with torch.no_grad():
-        embeds = vl.encode_images(pixels)
-    pick = [row % 2 for row in range(len(many))]
-    with torch.no_grad():
-        base = vl.text_logits(embeds, ids, mask)
-    with torch.no_grad(), vl.mixed(many):
-        mixed = vl.text_logits(embeds[pick], ids[pick], mask[pick])
-        generated, step_logits = vl.generate(embeds[pick], [[5, 9, 10], [5, 13, 14, 15]] * 4 + [[5, 9, 10]],
-                                             max_new_tokens=6, return_logits=True)  # fmt: skip
-    for row, name in enumerate(many):
+        expected[name] = outputs(vl, *inputs)[1]
+    vl.set_active(method)
+    freed = [weakref.ref(p) for p in vl.adapters[method].parameters()]
+    vl.detach(method)
+    assert method not in vl.adapters and vl.active is None
+    for name in others:
         vl.set_active(name)
-        prompt = [5, 9, 10] if row % 2 == 0 or row == len(many) - 1 else [5, 13, 14, 15]
-        with torch.no_grad():
-            alone = vl.text_logits(embeds[pick[row] : pick[row] + 1], ids[pick[row] : pick[row] + 1],
-                                   mask[pick[row] : pick[row] + 1])  # fmt: skip
-            tokens, logits = vl.generate(embeds[pick[row] : pick[row] + 1], [prompt], 6, return_logits=True)
-        valid = mask[pick[row]].bool()
-        assert torch.allclose(mixed[row][valid], alone[0][valid], atol=1e-4), name
-        if name is not None:  # each adapter really changes its row (so the equality above means something)
-            assert not torch.allclose(mixed[row][valid], base[pick[row]][valid], atol=1e-3), name
-        assert generated[row] == tokens[0], name
-        steps = logits[0].shape[0]
-        assert torch.allclose(step_logits[row][:steps], logits[0], atol=1e-4), name
-
-
-def test_groups_prefilled_apart_then_decoded_together_equal_each_adapter_alone(vl, inputs, many):
-    """generate_groups: the caches of separately prefilled groups (text prompts of two lengths, visual prompt
-    tokens that lengthen the image sequence, prefixes) merged into one decode loop."""
-    vl.attach("prompt", "vpt", "both", 2)
-    randomize(vl, "vpt", 12)
-    pixels = inputs[0]
-    features = {}
-    for name in [*many, "vpt"]:
-        vl.set_active(name)
-        with torch.no_grad():
-            features[name] = vl.encode_images(pixels[:1])
-    vl.set_active(None)
-    lengthened = ["prompt", "prompt-long", "vpt"]
-    groups = [[(name, features[name]) for name in many if name not in lengthened],
-              [(name, features[name]) for name in lengthened]]  # fmt: skip
-    assert features["vpt"].shape[1] > features[None].shape[1]
-    tokens, logits = vl.generate_groups(groups, [5, 9, 10], max_new_tokens=6, return_logits=True)
-    for row, (name, embeds) in enumerate(pair for group in groups for pair in group):
-        vl.set_active(name)
-        alone_tokens, alone_logits = vl.generate(embeds, [[5, 9, 10]], 6, return_logits=True)
-        assert tokens[row] == alone_tokens[0], name
-        steps = alone_logits[0].shape[0]
-        assert torch.allclose(logits[row][:steps], alone_logits[0], atol=1e-4), name
-
-
-def test_mixed_batch_refuses_visual_prompt_rows_and_unknown_adapters(vl, inputs):
-    vl.attach("prompt", "vpt", "vision", 2)
-    with pytest.raises(ValueError, match="visual prompt"), torch.no_grad(), vl.mixed([None, "vpt"]):
-        vl.encode_images(inputs[0])
-    with pytest.raises(KeyError), vl.mixed([None, "nope"]):
-        pass
-    assert vl.ctx.row_adapters is None
+        assert torch.allclose(outputs(vl, *inputs)[1], expected[name], atol=1e-6), name
+    for name in others:
+        vl.detach(name)
+    gc.collect()
+    assert all(ref() is None for ref in freed)
+    assert module_tree(vl) == tree and hook_count(vl) == hooks and not hasattr(vl.model, "peft_config")
+    assert vl.model.state_dict().keys() == state.keys()
+    assert all(torch.equal(vl.model.state_dict()[k], v) for k, v in state.items())
+    assert torch.equal(outputs(vl, *inputs)[1], base_logits)
 
 
 @pytest.mark.parametrize(("rank", "scaling"), [(1, 2.0), (4, 2.0), (16, 1.0), (64, 0.5)])
@@ -259,52 +212,19 @@ def test_lora_scaling_is_constant_up_to_rank_4_then_rank_stabilised(vl, rank, sc
     assert all(m.scaling["a"] == pytest.approx(scaling) for m in layers)
 
 
-def test_lora_training_path_matches_peft_forward_and_gradients(vl, inputs, monkeypatch):
-    """The hand-written backward of LowRankUpdate against autograd through peft's own LoRA modules."""
-    from training.methods import lora
-
-    pixels, ids, mask = inputs
-    vl.attach("lora", "a", "both", 2)
-    randomize(vl, "a")
-    params = [p.requires_grad_(True) for p in vl.adapters["a"].parameters()]
-    calls = []
-    apply = lora.LowRankUpdate.apply
-    monkeypatch.setattr(lora.LowRankUpdate, "apply", lambda *args: calls.append(1) or apply(*args))
-
-    def loss_and_grads():
-        logits = vl.text_logits(vl.encode_images(pixels), ids, mask)
-        loss = logits.square().mean()
-        return loss.detach(), torch.autograd.grad(loss, params)
-
-    vl.set_active("a")
-    fast_loss, fast_grads = loss_and_grads()
-    assert len(calls) == len(vl.adapters["a"].layers)
-    vl.set_active(None)
-    for layer in vl.adapters["a"].layers.values():  # peft's path, with our hook idle (no adapter active)
-        layer.enable_adapters(True)
-        layer.set_adapter("a")
-    reference_loss, reference_grads = loss_and_grads()
-    assert len(calls) == len(vl.adapters["a"].layers)
-    assert torch.allclose(fast_loss, reference_loss, rtol=1e-5, atol=1e-7)
-    for fast, reference in zip(fast_grads, reference_grads, strict=True):
-        assert reference.abs().max() > 0
-        assert torch.allclose(fast, reference, rtol=1e-4, atol=1e-6)
-
-
-def test_decoder_does_not_attend_to_masked_image_padding(vl, inputs):
-    """transformers' BLIP text decoder drops the image mask in cross-attention; honour_image_mask (applied
-    by load_base_model) restores it, so right-padded image rows decode as they do unpadded."""
-    pixels = inputs[0]
-    with torch.no_grad():
-        embeds = vl.encode_images(pixels)
-    padding = torch.randn(2, 3, embeds.shape[2], generator=torch.Generator().manual_seed(4)) * 5
-    image_mask = torch.cat([torch.ones(2, embeds.shape[1]), torch.zeros(2, 3)], 1).long()
-    prompts = [[5, 9, 10], [5, 13, 14, 15]]
-    _, plain = vl.generate(embeds, prompts, 6, return_logits=True)
-    _, padded = vl.generate(torch.cat([embeds, padding], 1), prompts, 6, return_logits=True, image_mask=image_mask)
-    for row in range(2):
-        steps = min(plain[row].shape[0], padded[row].shape[0])
-        assert torch.allclose(plain[row][:steps], padded[row][:steps], atol=1e-5)
+def test_only_the_active_loras_peft_path_is_on_and_switching_keeps_requires_grad(vl):
+    vl.attach("lora", "a", "text", 2)
+    vl.attach("lora", "b", "both", 2)
+    trained = vl.freeze_all_but("a")
+    with_grad = [p for p in vl.model.parameters() if p.requires_grad]
+    layers = {id(layer): layer for method in vl.adapters.values() for layer in method.layers.values()}
+    for active in ("a", "b", None, "a"):
+        vl.set_active(active)
+        for layer in layers.values():  # the text layers hold both adapters
+            holds = active is not None and active in layer.lora_A
+            assert layer.disable_adapters != holds and (not holds or layer.active_adapters == [active])
+        assert [p for p in vl.model.parameters() if p.requires_grad] == with_grad
+    assert sum(p.numel() for p in with_grad) == trained
 
 
 def test_prompt_positions_skipped_in_the_last_layer_change_no_logit_or_gradient(vl, inputs):
@@ -332,29 +252,6 @@ def test_prompt_positions_skipped_in_the_last_layer_change_no_logit_or_gradient(
     assert torch.allclose(fast_logits, full_logits, atol=1e-6)
     for fast, full in zip(fast_grads, full_grads, strict=True):
         assert torch.allclose(fast, full, rtol=1e-4, atol=1e-7)
-
-
-def test_a_group_that_ends_at_its_first_token_is_not_merged(vl, inputs, many, monkeypatch):
-    """generate_groups leaves out of the merge a group whose rows all end at once (short VQA answers)."""
-    with torch.no_grad():
-        features = vl.encode_images(inputs[0][:1])
-    groups = [[(None, features), ("lora", features)], [("prompt", features)]]
-    expected = vl.generate_groups(groups[:1], [5, 9, 10], max_new_tokens=6)
-    prefill = vl._prefill
-
-    def prompt_group_says_sep(embeds, ids, image_mask):
-        last, cache, mask = prefill(embeds, ids, image_mask)
-        if vl.ctx.row_adapters == ("prompt",):
-            last = torch.nn.functional.one_hot(torch.tensor([vl.sep_id]), last.shape[1]).float()
-        return last, cache, mask
-
-    merged = []
-    monkeypatch.setattr(vl, "_prefill", prompt_group_says_sep)
-    monkeypatch.setattr(vl, "_merge", lambda prefills: merged.append(prefills))
-    tokens, logits = vl.generate_groups(groups, [5, 9, 10], max_new_tokens=6, return_logits=True)
-    assert not merged
-    assert tokens == [*expected, []]
-    assert len(logits) == 3 and logits[2].shape[0] == 1
 
 
 def test_reserved_cache_layer_equals_concatenation_within_and_beyond_its_room():

@@ -95,7 +95,6 @@ def load_base_model(name_or_path: str | None = None, device: str | torch.device 
         raise UserError(f"{name} is not a BLIP model; give a BlipForConditionalGeneration checkpoint.")
     model.to(device)
     model.eval()
-    honour_image_mask(model)
     return BaseModel(model=model, processor=processor, source=name)
 
 
@@ -116,28 +115,6 @@ def meta_model(config: BlipConfig) -> BlipForConditionalGeneration:
     """The model's modules and parameter shapes on the meta device: exact counts, no memory, no weights."""
     with torch.device("meta"):
         return BlipForConditionalGeneration(config)
-
-
-def honour_image_mask(model: BlipForConditionalGeneration) -> None:
-    """Make the text decoder's cross-attention apply the image (encoder) attention mask.
-
-    transformers' BLIP text decoder drops it: BlipTextAttention hands the mask to BlipTextSelfAttention as
-    `attention_mask`, which for cross-attention reads `encoder_attention_mask` instead (None). Rows whose
-    image sequences are right-padded to a common length (Compare batches visual-prompt rows, 112 tokens on
-    the embedded default, with 65-token rows) then attended to their padding. A pre-hook on each
-    cross-attention passes the mask where it is read; it does nothing once transformers passes it itself.
-    """
-    for layer in model.text_decoder.bert.encoder.layer:
-        cross = getattr(layer, "crossattention", None)
-        if cross is not None:
-            cross.self.register_forward_pre_hook(_image_mask_where_read, with_kwargs=True)
-
-
-def _image_mask_where_read(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    if kwargs.get("encoder_attention_mask") is None and kwargs.get("attention_mask") is not None:
-        kwargs["encoder_attention_mask"] = kwargs["attention_mask"]
-        return args, kwargs
-    return None
 
 
 def build_tokenizer(words: list[str]) -> BertTokenizer:

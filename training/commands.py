@@ -54,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--base-model", default=None, help="Hub id or local path (default: the embedded model)")
     bench.add_argument("--task", default="caption", choices=TASKS, help="the task the training steps use")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    bench.add_argument("--parts", default="train,compare,eval,app",
-                       help="what to measure, comma-separated: train, compare, eval, app")  # fmt: skip
+    bench.add_argument("--parts", default="train,compare,eval,app,paths",
+                       help="what to measure, comma-separated: train, compare, eval, app, paths")  # fmt: skip
     bench.add_argument("--compare-tasks", default="caption,vqa", help="the tasks Compare is timed on")
     bench.set_defaults(func=cmd_bench)
 

@@ -1,13 +1,11 @@
-"""Side-by-side outputs of several trained adapters on one image: one resident base, adapters batched.
+"""Side-by-side outputs of several trained adapters on one image: one resident base, adapters in turn.
 
-The zero-shot base model is always the first column. Every PEFT run is an adapter on the one shared base,
-and they share batches (`VLModel.mixed`: each row runs through its own adapter). The image goes through the
-vision tower once for the base and the text-only adapters, once more in the same batch for each adapter that
-changes the vision tower, and on its own only for visual prompt tokens (they lengthen the image sequence).
-Prompt-tuned adapters are prefilled on their own (their prompt vectors would lengthen every row of a shared
-prefill); then every column decodes in one loop (`VLModel.generate_groups`), shorter sequences padded and
-masked. Full fine-tuning runs carry a whole model each and get their own copy (kept in a small cache),
-decoded on their own.
+The zero-shot base model is always the first column. Every PEFT run is an adapter on the one shared base;
+the columns answer one after another, each with its adapter active (`answer`). The image goes through the
+vision tower once for the base and every adapter that leaves the vision tower untouched (they share those
+features), and once more for each adapter that changes it. At most `MAX_RESIDENT_ADAPTERS` adapters stay
+attached to the base; the least recently used ones beyond that are detached (hooks and weights). Full
+fine-tuning runs carry a whole model each and get their own copy (kept in a small cache).
 """
 
 from __future__ import annotations
@@ -33,6 +31,8 @@ from training.vlmodel import VLModel
 MAX_QUESTION_CHARS = 300
 MAX_UPLOAD_PIXELS = 40_000_000
 FULL_MODEL_CACHE = 2
+# Adapters kept attached to the resident base between comparisons (the app's 6-column view and a few spare).
+MAX_RESIDENT_ADAPTERS = 8
 
 
 @dataclass
@@ -46,6 +46,7 @@ class Column:
     data_fraction: float | None = None
     test_score: dict = field(default_factory=dict)
     sample_score: dict = field(default_factory=dict)
+    truncated: bool = False  # the output was cut by the max-new-tokens limit (it never ended by itself)
 
 
 def check_question(task: str, question: str | None) -> str:
@@ -103,6 +104,7 @@ class Comparer:
         self.device = device
         self._base: VLModel | None = None
         self._full: OrderedDict[str, VLModel] = OrderedDict()
+        self._resident: OrderedDict[str, None] = OrderedDict()  # adapters on the base, least recently used first
         self._lock = threading.Lock()
 
     @property
@@ -116,28 +118,39 @@ class Comparer:
         return Path(source).expanduser().resolve() == Path(self.base_model).expanduser().resolve() \
             if Path(source).exists() else source == self.base_model  # fmt: skip
 
-    def _model_for(self, run_dir: Path) -> tuple[VLModel, str | None, dict]:
+    def _info(self, run_dir: Path, task: str) -> dict:
         info = runs.read_json(run_dir / runs.CONFIG)
         if info is None:
             raise UserError(f"{run_dir.name} is not a run directory (no config.json).")
         if not self._same_base(info):
-            raise UserError(f"Run {run_dir.name} was trained on another base model "
-                            f"({info['config'].get('base_model')}); compare runs of one base model at a time.")
+            raise UserError(f"Run {run_dir.name} was trained on another base model ({info['config'].get('base_model')})"
+                            "; compare runs of one base model at a time.")  # fmt: skip
+        if info["config"].get("task") not in (None, task):
+            raise UserError(f"Run {run_dir.name} was trained for {info['config']['task']}, not {task}.")
+        return info
+
+    def _model_for(self, run_dir: Path, info: dict) -> tuple[VLModel, str | None]:
         method = info["config"]["method"]
         if method == "zero-shot":
-            return self.base, None, info
+            return self.base, None
         if method == "full":
             key = str(run_dir)
             if key not in self._full:
                 self._full[key] = load_run(run_dir, device=self.device)[0]
                 while len(self._full) > FULL_MODEL_CACHE:
                     self._full.popitem(last=False)
+            self._full.move_to_end(key)
             vl = self._full[key]
-            return vl, next(iter(vl.adapters)), info
+            return vl, next(iter(vl.adapters))
         adapter = run_dir.name
         if adapter not in self.base.adapters:
             load_run(run_dir, vl=self.base, adapter=adapter)
-        return self.base, adapter, info
+        self._resident[adapter] = None
+        self._resident.move_to_end(adapter)
+        while len(self._resident) > MAX_RESIDENT_ADAPTERS:
+            evicted, _ = self._resident.popitem(last=False)
+            self.base.detach(evicted)
+        return self.base, adapter
 
     @torch.no_grad()
     def compare(self, image, task: str, run_dirs: list[str | Path], question: str | None = None,
@@ -148,25 +161,48 @@ class Comparer:
         picture = check_image(image)
         with self._lock:
             base = self.base
+            infos = [(run_dir, self._info(run_dir, task)) for run_dir in map(Path, run_dirs)]
             pixel_values = PixelCache(base.base.processor)([Example(GivenImage(picture), "query", question=question)])
-            resolved = []
-            for run_dir in map(Path, run_dirs):
-                vl, adapter, info = self._model_for(run_dir)
-                if info["config"].get("task") not in (None, task):
-                    raise UserError(f"Run {run_dir.name} was trained for {info['config']['task']}, not {task}.")
-                resolved.append((run_dir, vl, adapter, info))
-            shared = [None] + [adapter for _, vl, adapter, _ in resolved if vl is base]
-            outputs = decode_batched(base, shared, task, question, pixel_values, max_new_tokens)
-            columns = [_column(None, {"config": {"method": "zero-shot"}}, outputs[None])]
-            for run_dir, vl, adapter, info in resolved:
-                if vl is base:
-                    output = outputs[adapter]
-                else:
-                    output = decode_batched(vl, [adapter], task, question, pixel_values, max_new_tokens)[adapter]
-                columns.append(_column(run_dir, info, output))
+            encoder = Encoder(base.tokenizer, base.bos_id, base.sep_id, base.pad_id, base.max_positions)
+            prompt = encoder.prompt_ids(prompt_text(task, question))
+            base.set_active(None)
+            features = base.encode_images(pixel_values)  # shared by every column that leaves the vision tower as is
+            zero_shot = answer(base, None, encoder, prompt, pixel_values, max_new_tokens, features)
+            columns = [_column(None, {"config": {"method": "zero-shot"}}, zero_shot)]
+            try:
+                for run_dir, info in infos:
+                    vl, adapter = self._model_for(run_dir, info)
+                    shared = features if vl is base else None
+                    output = answer(vl, adapter, encoder, prompt, pixel_values, max_new_tokens, shared)
+                    columns.append(_column(run_dir, info, output))
+            finally:
+                base.set_active(None)
         for column in columns:
             column.sample_score = sample_score(task, column.output, references, answers)
         return columns
+
+
+@dataclass
+class Answer:
+    text: str
+    truncated: bool  # generation stopped at the token limit, not at [SEP]
+
+
+@torch.no_grad()
+def answer(vl: VLModel, adapter: str | None, encoder: Encoder, prompt: list[int], pixel_values: torch.Tensor,
+           max_new_tokens: int, base_features: torch.Tensor | None = None) -> Answer:  # fmt: skip
+    """One adapter's (None: the base's) greedy answer on one image, with that adapter active on the whole batch.
+
+    `base_features` are the base model's image features on this `vl`: reused when the adapter leaves the
+    vision tower untouched, so the vision tower runs once for all such columns."""
+    vl.set_active(adapter)
+    method = vl.active
+    if base_features is not None and (method is None or not method.touches_vision()):
+        features = base_features
+    else:
+        features = vl.encode_images(pixel_values)
+    ids = vl.generate(features, [prompt], max_new_tokens)[0]
+    return Answer(encoder.decode(ids), truncated=len(ids) >= vl.token_limit(len(prompt), max_new_tokens) > 0)
 
 
 class GivenImage:
@@ -179,45 +215,12 @@ class GivenImage:
         return self.picture
 
 
-def _column(run_dir: Path | None, info: dict, output: str) -> Column:
+def _column(run_dir: Path | None, info: dict, output: Answer) -> Column:
     method = info["config"]["method"]
     summary = _run_summary(info, run_dir) if run_dir else {}
     label = "zero-shot (base)" if run_dir is None else f"{method} · {run_dir.name}"
-    return Column(label=label, method=method, output=output, run_dir=str(run_dir) if run_dir else None,
-                  **summary)  # fmt: skip
-
-
-@torch.no_grad()
-def decode_batched(vl: VLModel, adapters: list[str | None], task: str, question: str, pixel_values: torch.Tensor,
-                   max_new_tokens: int) -> dict[str | None, str]:  # fmt: skip
-    """Output text for each adapter (None: the base) on one image, decoded in as few batches as possible."""
-    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
-    adapters = list(dict.fromkeys(adapters))
-    methods = {name: vl.adapters[name] if name is not None else None for name in adapters}
-    own_sequence = [name for name, m in methods.items() if m is not None and m.lengthens_image()]
-    changed = [name for name, m in methods.items() if m is not None and m.touches_vision() and name not in own_sequence]
-    encoded = [None, *changed]
-    with vl.mixed(encoded):
-        embeds = vl.encode_images(pixel_values.expand(len(encoded), -1, -1, -1))
-    features = {name: embeds[row : row + 1] for row, name in enumerate(encoded)}
-    previous = vl.ctx.active
-    try:
-        for name in own_sequence:
-            vl.set_active(name)
-            features[name] = vl.encode_images(pixel_values)
-    finally:
-        vl.set_active(previous)
-    # Prompt tuning lengthens the sequences (prompt vectors before the text, visual prompt tokens): in a shared
-    # prefill every row would carry that length, so prompt-tuned rows are prefilled on their own; all rows then
-    # decode in one loop (VLModel.generate_groups).
-    lengthened = [name for name, m in methods.items() if m is not None and (m.lengthens_text() or m.lengthens_image())]
-    groups = [[(name, features.get(name, features[None])) for name in group]
-              for group in ([n for n in adapters if n not in lengthened], lengthened) if group]  # fmt: skip
-    prompt = encoder.prompt_ids(prompt_text(task, question))
-    generated = vl.generate_groups(groups, prompt, max_new_tokens)
-    names = [name for group in groups for name, _ in group]
-    outputs = dict(zip(names, generated, strict=True))
-    return {name: encoder.decode(outputs[name]) for name in adapters}
+    return Column(label=label, method=method, output=output.text, truncated=output.truncated,
+                  run_dir=str(run_dir) if run_dir else None, **summary)  # fmt: skip
 
 
 def sample_score(task: str, output: str, references: list[str] | None, answers: list[str] | None) -> dict:

@@ -33,7 +33,7 @@ def write_peft_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
     from safetensors.torch import load_file, save_file
 
     from training.errors import UserError
-    from training.methods.lora import TEXT_TARGETS, VISION_TARGETS, lora_alpha
+    from training.methods.lora import lora_alpha, lora_targets
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     info = runs.read_json(run_dir / runs.CONFIG) or {}
@@ -41,10 +41,9 @@ def write_peft_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
         raise UserError(f"{run_dir} is not a LoRA run with weights: only LoRA adapters export to peft's format.")
     config = RunConfig.from_dict(info["config"])
     rank = int(info["knob_value"])
-    patterns = {"vision": [VISION_TARGETS], "text": [TEXT_TARGETS], "both": [VISION_TARGETS, TEXT_TARGETS]}
     peft_config = LoraConfig(
         r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, bias="none",
-        target_modules="|".join(f"(?:{p})" for p in patterns[config.towers]),
+        target_modules=lora_targets(config.towers),
         base_model_name_or_path=config.base_model or _embedded_model(),
     )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)

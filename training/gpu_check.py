@@ -1,10 +1,10 @@
 """`python -m training gpu-check ...`: the checks `scripts/gpu_check.sh` runs on a CUDA machine.
 
 - `precision`: every method's loss and gradients under the trainer's autocast (bf16) against fp32 on the
-  same batch, and whether each fast path written for the CPU is used under autocast (and agrees) or bypassed:
-  LoRA's `LowRankUpdate` (bypassed: autocast takes peft's path), `ReservedLayer` in decoding (used; checked
-  against a plain concatenating cache), prompt tuning's last-layer truncation (used; checked against the full
-  computation). It runs on any device, so the CPU's bf16 autocast exercises it here too.
+  same batch, and whether each fast path written for the CPU is used under autocast and agrees:
+  `ReservedLayer` in decoding (checked against a plain concatenating cache), prompt tuning's last-layer
+  truncation (checked against the full computation). It runs on any device, so the CPU's bf16 autocast
+  exercises it here too.
 - `build-base`: a BLIP-base-size model with random weights (training/blip_base.py) over the embedded
   model's vocabulary, so the embedded datasets tokenize the same on it.
 - `job`: one job of default settings through the queue and a `python -m training worker` process.
@@ -72,7 +72,6 @@ def check_method(method: str, base_model: str | None, device: torch.device, dtyp
 
     from training.base_model import load_base_model
     from training.data.dataset import load_dataset
-    from training.methods import lora
     from training.methods.budget import plan_method
     from training.pixels import PixelCache
     from training.tasks import Encoder, training_pairs
@@ -97,15 +96,12 @@ def check_method(method: str, base_model: str | None, device: torch.device, dtyp
     encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
     pixels = PixelCache(base.processor)
 
-    lora_calls = {"fp32": [0], "autocast": [0]}
-    with _counting(lora.LowRankUpdate, "apply", lora_calls["fp32"]):
-        loss32 = batch_loss(vl, pairs, encoder, pixels, {})
-        loss32.backward()
+    loss32 = batch_loss(vl, pairs, encoder, pixels, {})
+    loss32.backward()
     g32 = _take_grads(params)
-    with _counting(lora.LowRankUpdate, "apply", lora_calls["autocast"]):
-        with torch.autocast(device.type, dtype=dtype):
-            loss16 = batch_loss(vl, pairs, encoder, pixels, {})
-        loss16.backward()
+    with torch.autocast(device.type, dtype=dtype):
+        loss16 = batch_loss(vl, pairs, encoder, pixels, {})
+    loss16.backward()
     g16 = _take_grads(params)
     n32, n16 = g32.norm().item(), g16.norm().item()
     cosine = (g32 @ g16).item() / max(n32 * n16, 1e-30)
@@ -117,8 +113,6 @@ def check_method(method: str, base_model: str | None, device: torch.device, dtyp
     }  # fmt: skip
     row["ok"] = bool(row["loss_rel_diff"] <= LOSS_REL_TOL and cosine >= GRAD_COSINE_MIN
                      and abs(row["grad_norm_ratio"] - 1) <= GRAD_NORM_REL_TOL)  # fmt: skip
-    if method == "lora":
-        row["fast_path"] = _lora_fast_path(lora_calls)
     if method == "prompt":
         row["fast_path"] = _prompt_truncation(vl, pairs, encoder, pixels, device, dtype)
     row["decode_fast_path"] = _reserved_cache(vl, pairs, encoder, pixels, device, dtype)
@@ -126,19 +120,14 @@ def check_method(method: str, base_model: str | None, device: torch.device, dtyp
     return row
 
 
-def _lora_fast_path(calls: dict) -> dict:
-    fp32, autocast = calls["fp32"][0], calls["autocast"][0]
-    return {"name": "LowRankUpdate", "calls_fp32": fp32, "calls_autocast": autocast,
-            "status": "bypassed under autocast (peft's path, compared above)" if not autocast else "used",
-            "ok": fp32 > 0 and autocast == 0}  # fmt: skip
-
-
 def _prompt_truncation(vl, pairs, encoder, pixels, device, dtype) -> dict:
     """Under autocast: the last layer sees only the text positions, and the logits equal the full computation."""
     import torch
 
+    from training.blip_internals import text_layers
+
     seen: list[int] = []
-    last = vl.model.text_decoder.bert.encoder.layer[-1].crossattention
+    last = text_layers(vl.model)[-1].crossattention
     handle = last.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
     examples = [example for example, _, _ in pairs]
     input_ids, mask, _ = encoder.training_batch([(prompt, target) for _, prompt, target in pairs])
@@ -157,9 +146,9 @@ def _prompt_truncation(vl, pairs, encoder, pixels, device, dtype) -> dict:
 def _reserved_cache(vl, pairs, encoder, pixels, device, dtype, max_new: int = 6) -> dict:
     """Under autocast, greedy decoding with ReservedLayer against a plain concatenating cache layer."""
     import torch
-    from transformers.cache_utils import DynamicLayer
 
     from training import vlmodel
+    from training.blip_internals import DynamicLayer
 
     def plain_layer(keys, values, room):
         layer = DynamicLayer()

@@ -1,4 +1,5 @@
-"""A BLIP model with any number of PEFT adapters on one frozen base, and the decoding loop they share.
+"""A BLIP model with any number of PEFT adapters on one frozen base, one of them active at a time, and the
+decoding loop they share.
 
 The decoder forward and the greedy decoder are written here (not `generate`) because prompt and prefix
 tuning need to put vectors before the text and keys/values into the self-attention cache, which
@@ -7,14 +8,23 @@ tuning need to put vectors before the text and keys/values into the self-attenti
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from training.base_model import BaseModel
+from training.blip_internals import (
+    CACHE_KEYWORD,
+    DynamicCache,
+    DynamicLayer,
+    EncoderDecoderCache,
+    self_attention_layers,
+    text_layers,
+    vision_embeddings,
+    word_embeddings,
+)
 from training.errors import UserError
 from training.methods import METHODS, AdapterContext, Method
 
@@ -44,27 +54,6 @@ class ReservedLayer(DynamicLayer):
         return self.keys, self.values
 
 
-def _pad(tensor: torch.Tensor, dim: int, width: int, side: str) -> torch.Tensor:
-    """Zeros on one side of `dim` up to `width`."""
-    shape = list(tensor.shape)
-    shape[dim] = width - tensor.shape[dim]
-    if shape[dim] == 0:
-        return tensor
-    zeros = tensor.new_zeros(shape)
-    return torch.cat([zeros, tensor] if side == "left" else [tensor, zeros], dim)
-
-
-def _padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Image embeddings [1, N_i, d] of several rows as one batch, right-padded, and its mask (None: no padding)."""
-    width = max(row.shape[1] for row in rows)
-    embeds = torch.cat([_pad(row, 1, width, "right") for row in rows])
-    if all(row.shape[1] == width for row in rows):
-        return embeds, None
-    mask = torch.cat([_pad(torch.ones(row.shape[:2], dtype=torch.long, device=row.device), 1, width, "right")
-                      for row in rows])  # fmt: skip
-    return embeds, mask
-
-
 class VLModel:
     def __init__(self, base: BaseModel) -> None:
         self.base = base
@@ -77,7 +66,7 @@ class VLModel:
         self.max_positions = text.max_position_embeddings
         # Leading positions (prompt vectors) whose last-layer outputs nothing reads: see _text_positions_only.
         self._unread_positions = 0
-        last = self.model.text_decoder.bert.encoder.layer[-1]
+        last = text_layers(self.model)[-1]
         if hasattr(last, "crossattention"):
             last.crossattention.register_forward_pre_hook(self._text_positions_only, with_kwargs=True)
 
@@ -105,7 +94,7 @@ class VLModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.vision_model.embeddings.patch_embedding.weight.device
+        return vision_embeddings(self.model).patch_embedding.weight.device
 
     # -- adapters -------------------------------------------------------------------------------------
     def attach(self, method: str, adapter: str, towers: str = "both", knob_value: int | None = None, *,
@@ -128,6 +117,16 @@ class VLModel:
         self.model.peft_training[adapter] = attached.training_modules
         self.set_active(self.ctx.active)
         return attached
+
+    def detach(self, adapter: str) -> None:
+        """Take an adapter off the model (hooks, wrappers and weights); the others stay as they were."""
+        method = self.adapters.pop(adapter)
+        if self.ctx.active == adapter:
+            self.set_active(None)
+        method.detach()
+        del self.model.peft_adapters[adapter], self.model.peft_training[adapter]
+        if not self.adapters:
+            del self.model.peft_adapters, self.model.peft_training
 
     def set_active(self, adapter: str | None) -> None:
         """Make one adapter act (None: the plain base model)."""
@@ -156,101 +155,29 @@ class VLModel:
     # -- forward pieces -------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The vision tower's output tokens, which the decoder cross-attends to."""
-        dtype = self.model.vision_model.embeddings.patch_embedding.weight.dtype
+        dtype = vision_embeddings(self.model).patch_embedding.weight.dtype
         return self.model.vision_model(pixel_values=pixel_values.to(self.device, dtype)).last_hidden_state
 
-    @contextmanager
-    def mixed(self, row_adapters: Sequence[str | None]) -> Iterator[None]:
-        """Inside, batch row i runs through adapter row_adapters[i] (None: the plain base model).
-
-        For side-by-side comparison: one batched forward or decode serves several adapters. Bottleneck
-        adapters, LoRA updates and prefixes act on their own rows, and
-        text prompts and prefixes of different lengths are left-padded and masked. Visual prompt tokens
-        lengthen the image sequence, so rows of a prompt adapter with vision prompts cannot be encoded here.
-        """
-        unknown = [name for name in row_adapters if name is not None and name not in self.adapters]
-        if unknown:
-            raise KeyError(unknown[0])
-        previous = self.ctx.active
-        self.set_active(None)
-        self.ctx.row_adapters = tuple(row_adapters)
-        try:
-            yield
-        finally:
-            self.ctx.row_adapters = None
-            self.set_active(previous)
-
-    def _row_methods(self, batch: int) -> list[Method | None]:
-        if self.ctx.row_adapters is None:
-            return [self.active] * batch
-        if len(self.ctx.row_adapters) != batch:
-            raise ValueError(f"a mixed batch names {len(self.ctx.row_adapters)} adapters for {batch} rows")
-        return [self.adapters[name] if name is not None else None for name in self.ctx.row_adapters]
-
-    def _text_prompt(self, methods: list[Method | None]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Prompt vectors [B, P, d] for the rows, and (mixed rows only) their mask [B, P]: left-padded."""
-        if all(m is methods[0] for m in methods):
-            return (methods[0].text_prompt(len(methods)) if methods[0] else None), None
-        rows = [m.text_prompt(1) if m else None for m in methods]
-        width = max((r.shape[1] for r in rows if r is not None), default=0)
-        if width == 0:
-            return None, None
-        like = next(r for r in rows if r is not None)
-        prompt = like.new_zeros(len(rows), width, like.shape[2])
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=like.device)
-        for index, row in enumerate(rows):
-            if row is not None:
-                prompt[index, width - row.shape[1] :] = row[0]
-                mask[index, width - row.shape[1] :] = 1
-        return prompt, mask
-
-    def _text_prefix(self, methods: list[Method | None]):
-        """Per decoder layer (key, value) [B, heads, P, head_dim], and (mixed rows only) the mask [B, P]."""
-        if all(m is methods[0] for m in methods):
-            return (methods[0].text_prefix(len(methods)) if methods[0] else None), None
-        rows = [m.text_prefix(1) if m else None for m in methods]
-        width = max((r[0][0].shape[2] for r in rows if r is not None), default=0)
-        if width == 0:
-            return None, None
-        like = next(r for r in rows if r is not None)
-        mask = torch.zeros(len(rows), width, dtype=torch.long, device=like[0][0].device)
-        layers = []
-        for layer, (key_like, _) in enumerate(like):
-            keys = key_like.new_zeros(len(rows), key_like.shape[1], width, key_like.shape[3])
-            values = torch.zeros_like(keys)
-            for index, row in enumerate(rows):
-                if row is not None:
-                    length = row[layer][0].shape[2]
-                    keys[index, :, width - length :] = row[layer][0][0]
-                    values[index, :, width - length :] = row[layer][1][0]
-                    mask[index, width - length :] = 1
-            layers.append((keys, values))
-        return layers, mask
-
     def _decoder_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Embeddings (or ids), position ids, mask and a fresh cache, with the rows' prompts/prefixes."""
+        """Embeddings (or ids), position ids, mask and a fresh cache, with the active adapter's prompt or prefix."""
         batch, length = input_ids.shape
-        methods = self._row_methods(batch)
-        prompt, prompt_mask = self._text_prompt(methods)
-        prefix, prefix_mask = self._text_prefix(methods)
+        method = self.active
+        prompt = method.text_prompt(batch) if method else None
+        prefix = method.text_prefix(batch) if method else None
         positions = torch.arange(length, device=input_ids.device).unsqueeze(0).expand(batch, -1)
         inputs: dict = {"input_ids": input_ids}
         if prompt is not None:
-            words = self.model.text_decoder.bert.embeddings.word_embeddings(input_ids)
+            words = word_embeddings(self.model)(input_ids)
             # A fresh tensor (torch.cat): BLIP adds position embeddings to inputs_embeds in place.
             inputs = {"inputs_embeds": torch.cat([prompt.to(words.dtype), words], dim=1)}
             # Prompt vectors sit at position 0 so the text keeps the positions it had in pre-training.
             positions = torch.cat([torch.zeros_like(positions[:, :1]).expand(-1, prompt.shape[1]), positions], 1)
-            if prompt_mask is None:
-                prompt_mask = attention_mask.new_ones(batch, prompt.shape[1])
-            attention_mask = torch.cat([prompt_mask.to(attention_mask), attention_mask], dim=1)
+            attention_mask = torch.cat([attention_mask.new_ones(batch, prompt.shape[1]), attention_mask], dim=1)
         self_cache = DynamicCache()
         if prefix is not None:
             for index, (key, value) in enumerate(prefix):
                 self_cache.update(key, value, index)
-            if prefix_mask is None:
-                prefix_mask = attention_mask.new_ones(batch, prefix[0][0].shape[2])
-            attention_mask = torch.cat([prefix_mask.to(attention_mask), attention_mask], 1)
+            attention_mask = torch.cat([attention_mask.new_ones(batch, prefix[0][0].shape[2]), attention_mask], 1)
         cache = EncoderDecoderCache(self_cache, DynamicCache())
         skip = prompt.shape[1] if prompt is not None else 0
         return inputs, positions, attention_mask, cache, skip
@@ -265,7 +192,7 @@ class VLModel:
         with self._unread(skip):
             out = self.model.text_decoder(
                 **inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
-                cache=cache, use_cache=True, logits_to_keep=input_ids.shape[1] if skip else 0,
+                use_cache=True, logits_to_keep=input_ids.shape[1] if skip else 0, **{CACHE_KEYWORD: cache},
             )  # fmt: skip
         return out.logits
 
@@ -278,13 +205,16 @@ class VLModel:
             logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
         )
 
+    def token_limit(self, prompt_length: int, max_new_tokens: int) -> int:
+        """How many tokens `generate` may produce after a prompt: max_new_tokens, or fewer where the decoder's
+        positions run out. An output this long was cut by the limit (it never chose [SEP])."""
+        return max(0, min(max_new_tokens, self.max_positions - prompt_length))
+
     @torch.no_grad()
     def generate(self, image_embeds: torch.Tensor, prompts: list[list[int]], max_new_tokens: int = 20,
-                 return_logits: bool = False, image_mask: torch.Tensor | None = None):  # fmt: skip
-        """Greedy decoding of each prompt (token ids starting with BOS) against its row of image_embeds.
-
-        image_mask [B, N] (1 = a real image token) lets rows with image sequences of different lengths
-        (visual prompt tokens) share a batch: the shorter ones are right-padded and masked.
+                 return_logits: bool = False):  # fmt: skip
+        """Greedy decoding of each prompt (token ids starting with BOS) against its row of image_embeds, with
+        the active adapter acting on every row.
 
         Returns the new token ids per row (without the prompt, up to and excluding [SEP]); with
         return_logits, also the logits of every generated step (for tests that compare with teacher forcing).
@@ -294,105 +224,35 @@ class VLModel:
         by_length: dict[int, list[int]] = {}
         for index, prompt in enumerate(prompts):
             by_length.setdefault(len(prompt), []).append(index)
-        mixed = self.ctx.row_adapters
         for length, rows in by_length.items():
-            max_new = max(0, min(max_new_tokens, self.max_positions - length))
             ids = torch.tensor([prompts[i] for i in rows], device=self.device)
-            if mixed is not None:  # a mixed batch: each group keeps its rows' adapters
-                self.ctx.row_adapters = tuple(mixed[i] for i in rows)
-            try:
-                mask = image_mask[rows] if image_mask is not None else None
-                tokens, logits = self._greedy(image_embeds[rows], ids, max_new, mask)
-            finally:
-                self.ctx.row_adapters = mixed
+            tokens, logits = self._greedy(image_embeds[rows], ids, self.token_limit(length, max_new_tokens))
             for position, row in enumerate(rows):
                 outputs[row] = tokens[position]
                 step_logits[row] = logits[position] if logits is not None else None
         return (outputs, step_logits) if return_logits else outputs
 
-    def _greedy(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, max_new: int,
-                image_mask: torch.Tensor | None = None):  # fmt: skip
-        last, cache, mask = self._prefill(image_embeds, input_ids, image_mask)
-        return self._decode_steps(last, cache, mask, image_embeds, image_mask, input_ids.shape[1], max_new)
+    def _greedy(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, max_new: int):
+        last, cache, mask = self._prefill(image_embeds, input_ids)
+        return self._decode_steps(last, cache, mask, image_embeds, input_ids.shape[1], max_new)
 
-    def _prefill(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, image_mask: torch.Tensor | None):
+    def _prefill(self, image_embeds: torch.Tensor, input_ids: torch.Tensor):
         """The prompt through the decoder: last position's logits, the cache and the self-attention mask."""
         inputs, positions, mask, cache, skip = self._decoder_inputs(input_ids, torch.ones_like(input_ids))
         with self._unread(skip):
             out = self.model.text_decoder(
                 **inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
-                encoder_attention_mask=image_mask, cache=cache, use_cache=True, logits_to_keep=1,
+                use_cache=True, logits_to_keep=1, **{CACHE_KEYWORD: cache},
             )  # fmt: skip
-        return out.logits[:, -1], out.cache, mask
-
-    @torch.no_grad()
-    def generate_groups(self, groups: Sequence[Sequence[tuple[str | None, torch.Tensor]]], prompt: list[int],
-                        max_new_tokens: int = 20, return_logits: bool = False):  # fmt: skip
-        """Greedy decoding of one prompt for groups of rows, each row an (adapter name, image embeddings
-        [1, N, d]) pair, where the groups cannot share a prefill: prompt-tuned rows carry their prompt vectors,
-        which would lengthen every row of a shared prefill. Each group is prefilled on its own; then the
-        caches are merged (self-attention keys left-padded, cross-attention keys right-padded, both masked)
-        and every row decodes in one loop; a group whose rows all end at their first token (short VQA
-        answers) needs no step and is left out of the merge. Image sequences of different lengths (visual
-        prompt tokens) are right-padded and masked. Returns the new token ids per row, groups in order (with
-        return_logits, also each row's logits at every step [steps, vocab])."""
-        max_new = max(0, min(max_new_tokens, self.max_positions - len(prompt)))
-        prefills = []
-        for rows in groups:
-            embeds, image_mask = _padded([features for _, features in rows])
-            ids = torch.tensor([prompt] * len(rows), device=self.device)
-            with self.mixed([name for name, _ in rows]):
-                prefills.append((*self._prefill(embeds, ids, image_mask), embeds, image_mask))
-        results: list[tuple[list, list] | None] = [None] * len(groups)  # (tokens, logits) per group
-        pending = []
-        for index, (last, *_) in enumerate(prefills):
-            if max_new > 0 and bool((last.argmax(-1) == self.sep_id).all()):
-                results[index] = ([[] for _ in groups[index]], list(last[:, None]))
-            else:
-                pending.append(index)
-        if pending:
-            merged = prefills[pending[0]] if len(pending) == 1 else self._merge([prefills[i] for i in pending])
-            with self.mixed([name for i in pending for name, _ in groups[i]]):
-                tokens, logits = self._decode_steps(*merged, len(prompt), max_new)
-            row_logits = list(logits) if logits is not None else [None] * len(tokens)
-            start = 0
-            for index in pending:
-                end = start + len(groups[index])
-                results[index] = (tokens[start:end], row_logits[start:end])
-                start = end
-        tokens = [row for group_tokens, _ in results for row in group_tokens]
-        return (tokens, [row for _, group_logits in results for row in group_logits]) if return_logits else tokens
-
-    def _merge(self, prefills: list) -> tuple:
-        """One batch from several prefilled groups (see generate_groups)."""
-        self_width = max(mask.shape[1] for _, _, mask, _, _ in prefills)
-        image_width = max(embeds.shape[1] for _, _, _, embeds, _ in prefills)
-        self_cache, cross_cache = DynamicCache(), DynamicCache()
-        for index in range(len(self.model.text_decoder.bert.encoder.layer)):
-            sides = ((self_cache, "left", self_width, "self_attention_cache"),
-                     (cross_cache, "right", image_width, "cross_attention_cache"))  # fmt: skip
-            for target, side, width, part in sides:
-                layers = [getattr(cache, part).layers[index] for _, cache, _, _, _ in prefills]
-                target.update(torch.cat([_pad(layer.keys, 2, width, side) for layer in layers]),
-                              torch.cat([_pad(layer.values, 2, width, side) for layer in layers]), index)  # fmt: skip
-        masks = []
-        for _, _, _, embeds, image_mask in prefills:
-            if image_mask is None:
-                image_mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-            masks.append(_pad(image_mask, 1, image_width, "right"))
-        image_mask = torch.cat(masks)
-        return (torch.cat([last for last, _, _, _, _ in prefills]), EncoderDecoderCache(self_cache, cross_cache),
-                torch.cat([_pad(mask, 1, self_width, "left") for _, _, mask, _, _ in prefills]),
-                torch.cat([_pad(embeds, 1, image_width, "right") for _, _, _, embeds, _ in prefills]),
-                None if bool(image_mask.all()) else image_mask)  # fmt: skip
+        return out.logits[:, -1], getattr(out, CACHE_KEYWORD), mask
 
     def _decode_steps(self, last: torch.Tensor, cache, mask: torch.Tensor, image_embeds: torch.Tensor,
-                      image_mask: torch.Tensor | None, length: int, max_new: int):  # fmt: skip
+                      length: int, max_new: int):  # fmt: skip
         """Greedy steps after a prefill whose last logits are `last`; text positions continue at `length`."""
         batch = last.shape[0]
         decoder = self.model.text_decoder
         if max_new > 1:
-            layers = cache.self_attention_cache.layers
+            layers = self_attention_layers(cache)
             layers[:] = [ReservedLayer(layer.keys, layer.values, max_new - 1) for layer in layers]
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         tokens: list[torch.Tensor] = []
@@ -407,9 +267,8 @@ class VLModel:
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             position = torch.full((batch, 1), length + step, device=self.device)
             out = decoder(input_ids=next_ids[:, None], attention_mask=mask, position_ids=position,
-                          encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask, cache=cache,
-                          use_cache=True)  # fmt: skip
-            last, cache = out.logits[:, -1], out.cache
+                          encoder_hidden_states=image_embeds, use_cache=True, **{CACHE_KEYWORD: cache})  # fmt: skip
+            last, cache = out.logits[:, -1], getattr(out, CACHE_KEYWORD)
         result = []
         table = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(batch)]
         for row in table:

@@ -26,6 +26,8 @@ LEGEND = (
     "<del>struck</del> words of the zero-shot output the adapter leaves out</p>"
 )
 APP_IMAGES = "Test images of the app's dataset"
+# After an output that generation cut at the max-new-tokens limit (it did not end by itself).
+CUT = '<span class="vl-cut" title="cut at the token limit: the model had not finished">…</span>'
 EMPTY = "<p>Pick a test image (or upload one), tick the adapters to compare, and press <b>Compare</b>.</p>"
 
 
@@ -188,6 +190,8 @@ def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> s
     test = " · ".join(fmt.metric(name, value) for name, value in column.test_score.items())
     source = comparison.base_score_source if is_base else ""
     output = _marked(column.output, base) if not is_base else html.escape(column.output or "(empty)")
+    if column.truncated:
+        output += CUT
     sample = " · ".join(fmt.metric(name, value) for name, value in column.sample_score.items())
     differs = not is_base and column.output != base
     if not run and column.run_dir:

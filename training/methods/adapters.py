@@ -9,17 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.methods.base import (
-    AdapterContext,
-    Method,
-    bias_init,
-    linear_init,
-    register,
-    smallest_hidden,
-    text_layers,
-    vision_layers,
-)
-from training.methods.wrappers import add_on_rows, unwrap
+from training.blip_internals import text_layers, vision_layers
+from training.methods.base import AdapterContext, Method, bias_init, linear_init, register, smallest_hidden
+from training.methods.wrappers import unwrap
 
 PARALLEL_SCALE = 4.0
 
@@ -49,6 +41,10 @@ class _Wrapper(nn.Module):
         self.ctx = method.ctx
         self.bottleneck = bottleneck
 
+    @property
+    def acting(self) -> bool:
+        return self.ctx.active == self.adapter
+
     def _scaled(self, hidden: torch.Tensor) -> torch.Tensor:
         return PARALLEL_SCALE * self.bottleneck(hidden)
 
@@ -58,14 +54,15 @@ class SerialAfter(_Wrapper):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         out = self.inner(hidden)
-        return add_on_rows(self.ctx, self.adapter, out, out, self.bottleneck)
+        return out + self.bottleneck(out) if self.acting else out
 
 
 class ParallelBeside(_Wrapper):
     """ViT MLP: mlp(x) + s * A(x)."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return add_on_rows(self.ctx, self.adapter, self.inner(hidden), hidden, self._scaled)
+        out = self.inner(hidden)
+        return out + self._scaled(hidden) if self.acting else out
 
 
 class ParallelTextOutput(_Wrapper):
@@ -73,7 +70,8 @@ class ParallelTextOutput(_Wrapper):
     LN(dense(h) + s * A(x) + x), the parallel adapter beside the FFN."""
 
     def forward(self, hidden: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        input_tensor = add_on_rows(self.ctx, self.adapter, input_tensor, input_tensor, self._scaled)
+        if self.acting:
+            input_tensor = input_tensor + self._scaled(input_tensor)
         return self.inner(hidden, input_tensor)
 
 
@@ -110,15 +108,18 @@ class SerialAdapter(_BottleneckMethod):
 
     def _wrap_text(self, index: int, layer: nn.Module, dim: int) -> None:
         attn_out = layer.attention.output
-        attn_out.dense = SerialAfter(attn_out.dense, self, self._bottleneck(f"text-{index}-attn", dim, attn_out))
+        self.wrap(attn_out, "dense", SerialAfter(attn_out.dense, self, self._bottleneck(f"text-{index}-attn", dim,
+                                                                                         attn_out)))  # fmt: skip
         ffn_out = unwrap(layer.output)
-        ffn_out.dense = SerialAfter(ffn_out.dense, self, self._bottleneck(f"text-{index}-ffn", dim, ffn_out))
+        self.wrap(ffn_out, "dense", SerialAfter(ffn_out.dense, self, self._bottleneck(f"text-{index}-ffn", dim,
+                                                                                       ffn_out)))  # fmt: skip
 
     def _wrap_vision(self, index: int, layer: nn.Module, dim: int) -> None:
         attn = unwrap(layer.self_attn)
-        attn.projection = SerialAfter(attn.projection, self, self._bottleneck(f"vision-{index}-attn", dim, attn))
+        self.wrap(attn, "projection", SerialAfter(attn.projection, self, self._bottleneck(f"vision-{index}-attn",
+                                                                                           dim, attn)))  # fmt: skip
         mlp = unwrap(layer.mlp)
-        mlp.fc2 = SerialAfter(mlp.fc2, self, self._bottleneck(f"vision-{index}-ffn", dim, mlp))
+        self.wrap(mlp, "fc2", SerialAfter(mlp.fc2, self, self._bottleneck(f"vision-{index}-ffn", dim, mlp)))
 
 
 @register
@@ -126,7 +127,8 @@ class ParallelAdapter(_BottleneckMethod):
     name = "parallel-adapter"
 
     def _wrap_text(self, index: int, layer: nn.Module, dim: int) -> None:
-        layer.output = ParallelTextOutput(layer.output, self, self._bottleneck(f"text-{index}-ffn", dim, layer))
+        self.wrap(layer, "output", ParallelTextOutput(layer.output, self, self._bottleneck(f"text-{index}-ffn", dim,
+                                                                                            layer)))  # fmt: skip
 
     def _wrap_vision(self, index: int, layer: nn.Module, dim: int) -> None:
-        layer.mlp = ParallelBeside(layer.mlp, self, self._bottleneck(f"vision-{index}-ffn", dim, layer))
+        self.wrap(layer, "mlp", ParallelBeside(layer.mlp, self, self._bottleneck(f"vision-{index}-ffn", dim, layer)))

@@ -1,8 +1,10 @@
 """The one interface every PEFT method follows, and the registry the CLI and the app read.
 
 A method is attached to a BLIP model under an adapter name. Several adapters (of any kinds) can live on
-one frozen base; `AdapterContext.active` says which one acts, and every module a method installs checks it,
-so with no adapter active the model is exactly the base model.
+one frozen base; exactly one acts at a time, on the whole batch (`AdapterContext.active`). Every module a
+method installs checks it, and `set_active(active)` tells a method when it became (in)active (a peft-based
+method switches peft's own adapter there), so with no adapter active the model is exactly the base model.
+`detach()` takes a method off the model (see `Method.detach`).
 
 What the trainer calls, in order (see `Method`):
 1. `VLModel.attach(method, adapter, towers, knob_value, seed=..., options=...)` builds the method. `seed` drives
@@ -14,18 +16,24 @@ What the trainer calls, in order (see `Method`):
    reparametrised prefix MLP is evaluated into the plain prefixes and dropped); a no-op for other methods.
 4. `parameters()`, `num_trainable()`, `state_dict()` and `load_state_dict()` always mean the stored form, the
    one the budget solver counts, before and after `fold()`.
+5. `VLModel.set_active(adapter)` calls `set_active(False)` on every method, then `set_active(True)` on the
+   chosen one; `VLModel.detach(adapter)` calls `detach()`, which removes every hook handle and wrapper the
+   method installed and its weights (peft layers included), leaving the module tree of the base model.
+
+A method installs its modules through `hook` and `wrap`, which remember what they did so `detach` can undo it,
+and reaches into transformers and peft only through the names in training/blip_internals.py.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from transformers import BlipForConditionalGeneration, PreTrainedTokenizerBase
 
 from training.catalog import CATALOG
@@ -33,45 +41,12 @@ from training.catalog import CATALOG
 TOWER_CHOICES = {"vision": ("vision",), "text": ("text",), "both": ("vision", "text")}
 
 
-ALL_ROWS = slice(None)
-
-
 @dataclass
 class AdapterContext:
-    """Shared by all modules a method installs on one model: which adapter acts now.
-
-    Normally one adapter (`active`) acts on every row of the batch. For side-by-side comparison a batch can
-    mix adapters instead: `row_adapters` names the adapter of each row (None: the plain base model), and
-    every installed module acts only on its own rows (see `VLModel.mixed`).
-    """
+    """Shared by all modules a method installs on one model: the one adapter that acts now, on the whole
+    batch (None: the plain base model)."""
 
     active: str | None = None
-    row_adapters: tuple[str | None, ...] | None = None
-    # (row_adapters, adapter, device) -> row indices: every wrapped layer asks, at every decoding step
-    _row_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def rows(self, adapter: str, device: torch.device) -> slice | torch.Tensor | None:
-        """The batch rows this adapter acts on: ALL_ROWS, a tensor of row indices, or None (no row)."""
-        if self.row_adapters is None:
-            return ALL_ROWS if self.active == adapter else None
-        key = (self.row_adapters, adapter, device)
-        if key not in self._row_cache:
-            if len(self._row_cache) > 256:
-                self._row_cache.clear()
-            picked = [row for row, name in enumerate(self.row_adapters) if name == adapter]
-            self._row_cache[key] = torch.tensor(picked, device=device) if picked else None
-        return self._row_cache[key]
-
-    @contextmanager
-    def narrowed(self, rows: list[int]) -> Iterator[None]:
-        """Inside, the mixed batch is only these of its rows: for a module that runs a sub-batch through
-        layers below it, so that their per-row routing indexes the sub-batch."""
-        previous = self.row_adapters
-        self.row_adapters = tuple(previous[row] for row in rows)
-        try:
-            yield
-        finally:
-            self.row_adapters = previous
 
 
 class Method:
@@ -110,6 +85,8 @@ class Method:
         # Modules used only while training (dropped by fold); VLModel registers them on the model so they move
         # with it, but they are never stored or counted.
         self.training_modules = nn.ModuleDict()
+        self._handles: list[RemovableHandle] = []
+        self._wrappers: list[nn.Module] = []
 
     def seeded(self, shape: tuple[int, ...], device: torch.device,
                fill: Callable[[torch.Tensor, torch.Generator], object]) -> torch.Tensor:  # fmt: skip
@@ -120,6 +97,33 @@ class Method:
         tensor = torch.empty(shape)
         fill(tensor, self.generator)
         return tensor.to(device)
+
+    # -- installing on the model and taking off ---------------------------------------------------------
+    def hook(self, handle: RemovableHandle) -> None:
+        """Remember a hook this method registered on the model (`detach` removes it)."""
+        self._handles.append(handle)
+
+    def wrap(self, parent: nn.Module, attribute: str, wrapper: nn.Module) -> nn.Module:
+        """Put `wrapper` (which keeps the module it replaces as `.inner`) in place of `parent.attribute`."""
+        setattr(parent, attribute, wrapper)
+        self._wrappers.append(wrapper)
+        return wrapper
+
+    def detach(self) -> None:
+        """Take the method off the model: hooks removed, each wrapper replaced by the module it wraps (wherever
+        it now sits, other adapters' wrappers around it included), and its parameters dropped."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        mine = {id(wrapper) for wrapper in self._wrappers}
+        for parent in list(self.model.modules()):
+            for name, child in list(parent.named_children()):
+                while id(child) in mine:
+                    child = child.inner
+                    setattr(parent, name, child)
+        self._wrappers.clear()
+        self.modules.clear()
+        self.training_modules.clear()
 
     # -- sizing ---------------------------------------------------------------------------------------
     @classmethod
@@ -154,16 +158,6 @@ class Method:
     def touches_vision(self) -> bool:
         return "vision" in TOWER_CHOICES[self.towers]
 
-    def lengthens_text(self) -> bool:
-        """True when the method puts vectors before the text (prompt tuning), so its decoder sequences are
-        longer than the other adapters'."""
-        return False
-
-    def lengthens_image(self) -> bool:
-        """True when the method adds tokens to the image sequence (visual prompts), so its image features
-        cannot share a batch with other adapters' features."""
-        return False
-
     # -- hooks the decoder asks for (embedding composition on the text side) ----------------------------
     def text_prompt(self, batch_size: int) -> torch.Tensor | None:
         """Embeddings [B, P, d] joined before the decoder's input embeddings, or None."""
@@ -174,7 +168,8 @@ class Method:
         return None
 
     def set_active(self, active: bool) -> None:
-        """Called when the active adapter changes; methods whose modules cannot read the context override it."""
+        """Called when the active adapter changes; methods whose modules cannot read the context (peft's own
+        forward) override it."""
 
     @property
     def active(self) -> bool:
@@ -210,11 +205,3 @@ def smallest_hidden(model: BlipForConditionalGeneration, towers: str) -> int:
     """The narrowest hidden size among the chosen towers (the most a rank or bottleneck width can be)."""
     dims = {"text": model.config.text_config.hidden_size, "vision": model.config.vision_config.hidden_size}
     return min(dims[t] for t in TOWER_CHOICES[towers])
-
-
-def text_layers(model: BlipForConditionalGeneration) -> nn.ModuleList:
-    return model.text_decoder.bert.encoder.layer
-
-
-def vision_layers(model: BlipForConditionalGeneration) -> nn.ModuleList:
-    return model.vision_model.encoder.layers

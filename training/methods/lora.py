@@ -9,72 +9,48 @@ scaling the update grows with the rank at a fixed learning rate: on the embedded
 lr 6e-3 diverged (VQA 0.8 % against 37-43 % at ranks 4-35, 150 steps); with this scaling it reaches 41.3 %.
 Ranks up to 4 (the app's default budget gives rank 2) keep the scaling the default lr was tuned with.
 
-Forward: peft injects the layers and holds A and B, but its own adapter path stays disabled; each LoRA
-adapter adds its update in a forward hook, on the rows it acts on (`AdapterContext.rows`), so one batch can
-mix adapters (Compare). When one adapter acts on the whole batch, the update runs through `LowRankUpdate`,
-whose backward keeps the rank-r products in layouts BLAS is fast at (`python -m training bench` times
-`grad @ B` on a batch's image tokens both ways: `lora_grad_at_b_ms`).
+Forward: peft's own. peft injects the layers and holds A and B; `set_active` switches peft's adapter path
+on for this adapter's layers while it is the active one, and off otherwise. (A hand-written backward for the
+rank-r products saved 7 % of a default LoRA training step on the bench, under the 10 % a second code path
+has to earn, so it went.)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from functools import partial
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
+from peft import LoraConfig
 from torch import nn
 
-from training.methods.base import ALL_ROWS, AdapterContext, Method, linear_init, register, smallest_hidden
-from training.methods.wrappers import add_on_rows, unwrapped_name
+from training.blip_internals import (
+    LORA_TEXT_TARGETS,
+    LORA_VISION_TARGETS,
+    LoraLayer,
+    forget_lora_config,
+    inject_adapter_in_model,
+    lora_adapters,
+    lora_weights,
+    remove_lora,
+    use_peft_lora_path,
+)
+from training.methods.base import AdapterContext, Method, linear_init, register, smallest_hidden
+from training.methods.wrappers import unwrapped_name
 
 STABLE_FROM_RANK = 4
 
-# `(\.inner)*` lets a target sit under another method's wrapper (several adapters on one base).
-VISION_TARGETS = r"vision_model\.encoder\.layers\.\d+\.self_attn(\.inner)*\.qkv"
-TEXT_TARGETS = r"text_decoder\.bert\.encoder\.layer\.\d+\.(attention|crossattention)\.self\.(query|value)"
+
+def lora_targets(towers: str) -> str:
+    """peft's `target_modules` regex for the chosen towers."""
+    patterns = {"vision": [LORA_VISION_TARGETS], "text": [LORA_TEXT_TARGETS],
+                "both": [LORA_VISION_TARGETS, LORA_TEXT_TARGETS]}  # fmt: skip
+    return "|".join(f"(?:{p})" for p in patterns[towers])
 
 
 def lora_alpha(rank: int) -> float:
     """peft's `lora_alpha` (scaling = alpha / r) for the scaling described in the module docstring."""
     return 2.0 * min(rank, math.sqrt(STABLE_FROM_RANK * rank))
-
-
-class LowRankUpdate(torch.autograd.Function):
-    """base + scaling * (x @ A^T) @ B^T, with a hand-written backward for the rank-r products.
-
-    autograd's backward of `F.linear` multiplies the output gradient [N, out] by B [out, r] and takes
-    B's gradient as grad^T @ low: both skinny products in the layout BLAS handles worst (about 5x slower
-    on the embedded default's image tokens than with the small operand transposed and contiguous).
-    """
-
-    @staticmethod
-    def forward(ctx, base: torch.Tensor, x: torch.Tensor, down: torch.Tensor, up: torch.Tensor,
-                scaling: float) -> torch.Tensor:  # fmt: skip
-        flat = x.reshape(-1, x.shape[-1])
-        low = flat @ down.t()
-        out = torch.addmm(base.reshape(-1, base.shape[-1]), low, up.t(), alpha=scaling)
-        ctx.save_for_backward(flat, low, down, up)
-        ctx.scaling, ctx.x_shape = scaling, x.shape
-        return out.view(base.shape)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        flat, low, down, up = ctx.saved_tensors
-        grad_flat = grad.reshape(-1, grad.shape[-1])
-        grad_low = (grad_flat @ up.t().contiguous().t()) * ctx.scaling  # [N, r]
-        grad_x = (grad_low @ down).view(ctx.x_shape) if ctx.needs_input_grad[1] else None
-        grad_down = grad_low.t() @ flat if ctx.needs_input_grad[2] else None
-        grad_up = (low.t() @ grad_flat).t() * ctx.scaling if ctx.needs_input_grad[3] else None
-        return grad, grad_x, grad_down, grad_up, None
-
-
-def lora_update(layer: LoraLayer, name: str, x: torch.Tensor) -> torch.Tensor:
-    """What adapter `name` adds to the layer's base projection (the reference path: peft's modules)."""
-    down = layer.lora_A[name]
-    return layer.lora_B[name](down(layer.lora_dropout[name](x.to(down.weight.dtype)))) * layer.scaling[name]
 
 
 @register
@@ -85,22 +61,20 @@ class LoRA(Method):
                  **kwargs) -> None:  # fmt: skip
         super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
         rank = int(knob_value)
-        patterns = {"vision": [VISION_TARGETS], "text": [TEXT_TARGETS], "both": [VISION_TARGETS, TEXT_TARGETS]}
         config = LoraConfig(
             r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, bias="none",
-            target_modules="|".join(f"(?:{p})" for p in patterns[towers]),
+            target_modules=lora_targets(towers),
         )  # fmt: skip
         # peft marks only adapters trainable on the whole model; the trainer sets requires_grad itself.
         inject_adapter_in_model(config, model, adapter_name=adapter)
         self.layers: dict[str, LoraLayer] = {
             name: module for name, module in model.named_modules()
-            if isinstance(module, LoraLayer) and adapter in module.lora_A
+            if isinstance(module, LoraLayer) and adapter in lora_adapters(module)
         }  # fmt: skip
         for path in sorted(self.layers):
             layer = self.layers[path]
-            layer.register_forward_hook(self._add_update)
             # A as peft initialises it (B stays zero), but drawn from the run's seed.
-            down = layer.lora_A[adapter].weight
+            down = lora_weights(layer, adapter)[0]
             with torch.no_grad():
                 down.copy_(self.seeded(tuple(down.shape), down.device, linear_init))
         self.set_active(False)
@@ -112,8 +86,9 @@ class LoRA(Method):
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for path, layer in self.layers.items():
             key = unwrapped_name(path)
-            yield f"{key}.lora_A.weight", layer.lora_A[self.adapter].weight
-            yield f"{key}.lora_B.weight", layer.lora_B[self.adapter].weight
+            down, up = lora_weights(layer, self.adapter)
+            yield f"{key}.lora_A.weight", down
+            yield f"{key}.lora_B.weight", up
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: p.detach().contiguous() for k, p in self.named_parameters()}
@@ -128,21 +103,13 @@ class LoRA(Method):
                 param.copy_(state[key])
 
     def set_active(self, active: bool) -> None:
-        # peft's own adapter path stays off (another LoRA injected on the same layer may have turned it on):
-        # the update is added by `_add_update`, which reads the context.
+        # Injecting turns peft's path on for the newest adapter: every layer is switched explicitly here.
         for layer in self.layers.values():
-            if not layer.disable_adapters:
-                layer.enable_adapters(False)
+            use_peft_lora_path(layer, self.adapter if active else None)
 
-    def _add_update(self, layer: LoraLayer, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        rows = self.ctx.rows(self.adapter, output.device)
-        if rows is None:
-            return None
-        x = args[0]
-        down, up = layer.lora_A[self.adapter].weight, layer.lora_B[self.adapter].weight
-        plain = (rows is ALL_ROWS and x.dtype == output.dtype == down.dtype
-                 and not torch.is_autocast_enabled(x.device.type)
-                 and isinstance(layer.lora_dropout[self.adapter], nn.Identity))  # fmt: skip
-        if plain:
-            return LowRankUpdate.apply(output, x, down, up, layer.scaling[self.adapter])
-        return add_on_rows(self.ctx, self.adapter, output, x, partial(lora_update, layer, self.adapter))
+    def detach(self) -> None:
+        super().detach()
+        for layer in self.layers.values():
+            remove_lora(self.model, layer, self.adapter)
+        self.layers = {}
+        forget_lora_config(self.model, self.adapter)

@@ -22,19 +22,19 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from training.methods.base import (
-    ALL_ROWS,
-    TOWER_CHOICES,
-    AdapterContext,
-    Method,
-    bias_init,
-    linear_init,
-    register,
+from training.blip_internals import (
+    CACHE_KEYWORD,
+    DynamicCache,
+    EncoderDecoderCache,
+    self_attention_layers,
     text_layers,
+    vision_attention_parts,
+    vision_embeddings,
     vision_layers,
+    word_embeddings,
 )
+from training.methods.base import TOWER_CHOICES, AdapterContext, Method, bias_init, linear_init, register
 from training.methods.prompt import MAX_PROMPT_LENGTH, Vectors, normal, sample_words
 from training.methods.wrappers import unwrap
 
@@ -47,40 +47,27 @@ class PrefixedVisionAttention(nn.Module):
     def __init__(self, inner: nn.Module, method: PrefixTuning, index: int) -> None:
         super().__init__()
         self.inner = inner
-        self.method = method.adapter
+        self.adapter = method.adapter
         self.ctx = method.ctx
         self.index = index
         self.prefix = method.vision_prefix  # index -> [2, heads, P, head_dim]
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        rows = self.ctx.rows(self.method, hidden_states.device)
-        if rows is None:
+        if self.ctx.active != self.adapter:
             return self.inner(hidden_states, **kwargs)
-        if rows is ALL_ROWS:
-            return self._prefixed(hidden_states)
-        # A mixed batch: this adapter's rows get its prefixes, the others go through the layer below (the
-        # base, or other adapters' wrappers), each sub-batch with the context narrowed to its rows.
-        picked = rows.tolist()
-        others = [row for row in range(hidden_states.shape[0]) if row not in picked]
-        out = hidden_states.new_empty(hidden_states.shape)
-        with self.ctx.narrowed(picked):
-            out[rows] = self._prefixed(hidden_states[rows])[0]
-        if others:
-            with self.ctx.narrowed(others):
-                out[others] = self.inner(hidden_states[others], **kwargs)[0]
-        return out, None
+        return self._prefixed(hidden_states)
 
     def _prefixed(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        attn = unwrap(self.inner)
+        qkv_proj, heads, head_dim, scale, dropout, projection = vision_attention_parts(unwrap(self.inner))
         batch, length, dim = hidden_states.shape
-        qkv = attn.qkv(hidden_states).reshape(batch, length, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = qkv_proj(hidden_states).reshape(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         query, key, value = qkv[0], qkv[1], qkv[2]
         prefix = self.prefix(self.index).to(hidden_states.dtype)
         key = torch.cat([prefix[0].unsqueeze(0).expand(batch, -1, -1, -1), key], dim=2)
         value = torch.cat([prefix[1].unsqueeze(0).expand(batch, -1, -1, -1), value], dim=2)
-        probs = torch.softmax(query @ key.transpose(-1, -2) * attn.scale, dim=-1)
-        context = (attn.dropout(probs) @ value).permute(0, 2, 1, 3).reshape(batch, length, dim)
-        return attn.projection(context), probs
+        probs = torch.softmax(query @ key.transpose(-1, -2) * scale, dim=-1)
+        context = (dropout(probs) @ value).permute(0, 2, 1, 3).reshape(batch, length, dim)
+        return projection(context), probs
 
 
 class PrefixMLP(nn.Module):
@@ -118,19 +105,19 @@ class PrefixTuning(Method):
             cfg = model.config.text_config
             heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
             count = len(text_layers(model))
-            device = model.text_decoder.bert.embeddings.word_embeddings.weight.device
+            device = word_embeddings(model).weight.device
             self.modules["text"] = Vectors(self._word_activations(length, (count, 2, heads, length, head_dim)))
             if reparam:
                 self.training_modules["text"] = PrefixMLP(self, length, count, heads, head_dim, device)
         if "vision" in TOWER_CHOICES[towers]:
             cfg = model.config.vision_config
             heads, head_dim = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-            device = model.vision_model.embeddings.class_embedding.device
+            device = vision_embeddings(model).class_embedding.device
             layers = vision_layers(model)
             for index, layer in enumerate(layers):
                 init = self.seeded((2, heads, length, head_dim), device, normal(0.02))
                 self.modules[f"vision-{index}"] = Vectors(init)
-                layer.self_attn = PrefixedVisionAttention(layer.self_attn, self, index)
+                self.wrap(layer, "self_attn", PrefixedVisionAttention(layer.self_attn, self, index))
             if reparam:
                 self.training_modules["vision"] = PrefixMLP(self, length, len(layers), heads, head_dim, device)
 
@@ -138,22 +125,22 @@ class PrefixTuning(Method):
         """Per decoder layer, the self-attention keys and values of `length` sampled whole words [L, 2, heads,
         P, head_dim], computed by the frozen base decoder (no adapter acting) against one all-zero image token."""
         decoder = self.model.text_decoder
-        if decoder.bert.embeddings.word_embeddings.weight.device.type == "meta":
+        if word_embeddings(self.model).weight.device.type == "meta":
             return torch.empty(shape, device="meta")
         ids = sample_words(self.tokenizer, length, self.generator).to(decoder.device)[None]
         image = torch.zeros(1, 1, self.model.config.vision_config.hidden_size, device=decoder.device,
                             dtype=decoder.dtype)  # fmt: skip
-        active, rows, training = self.ctx.active, self.ctx.row_adapters, decoder.training
-        self.ctx.active, self.ctx.row_adapters = None, None
+        active, training = self.ctx.active, decoder.training
+        self.ctx.active = None
         decoder.eval()
         try:
             with torch.no_grad():
                 cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-                decoder(input_ids=ids, encoder_hidden_states=image, cache=cache, use_cache=True)
+                decoder(input_ids=ids, encoder_hidden_states=image, use_cache=True, **{CACHE_KEYWORD: cache})
         finally:
-            self.ctx.active, self.ctx.row_adapters = active, rows
+            self.ctx.active = active
             decoder.train(training)
-        layers = cache.self_attention_cache.layers
+        layers = self_attention_layers(cache)
         return torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in layers]).contiguous()
 
     @classmethod

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from training.methods.base import ALL_ROWS, TOWER_CHOICES, AdapterContext, Method, register
+from training.blip_internals import vision_embeddings, word_embeddings
+from training.methods.base import TOWER_CHOICES, AdapterContext, Method, register
 
 MAX_PROMPT_LENGTH = 128
 
@@ -61,7 +62,7 @@ class PromptTuning(Method):
         super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
         length = int(knob_value)
         if "text" in TOWER_CHOICES[towers]:
-            words = model.text_decoder.bert.embeddings.word_embeddings.weight
+            words = word_embeddings(model).weight
             if words.device.type == "meta":
                 init = torch.empty(length, words.shape[1], device="meta")
             else:
@@ -70,19 +71,14 @@ class PromptTuning(Method):
             self.modules["text"] = Vectors(init)
         if "vision" in TOWER_CHOICES[towers]:
             hidden = model.config.vision_config.hidden_size
-            device = model.vision_model.embeddings.class_embedding.device
+            embeddings = vision_embeddings(model)
+            device = embeddings.class_embedding.device
             self.modules["vision"] = Vectors(self.seeded((length, hidden), device, normal(0.02)))
-            model.vision_model.embeddings.register_forward_hook(self._add_visual_prompt)
+            self.hook(embeddings.register_forward_hook(self._add_visual_prompt))
 
     @classmethod
     def max_knob(cls, model, towers: str) -> int:
         return MAX_PROMPT_LENGTH
-
-    def lengthens_text(self) -> bool:
-        return "text" in self.modules
-
-    def lengthens_image(self) -> bool:
-        return "vision" in self.modules
 
     def text_prompt(self, batch_size: int) -> torch.Tensor | None:
         if "text" not in self.modules:
@@ -90,10 +86,7 @@ class PromptTuning(Method):
         return self.modules["text"].weight.unsqueeze(0).expand(batch_size, -1, -1)
 
     def _add_visual_prompt(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        rows = self.ctx.rows(self.adapter, output.device)
-        if rows is None:
+        if not self.active:
             return None
-        if rows is not ALL_ROWS:
-            raise ValueError("visual prompt tokens lengthen the image sequence: encode these rows on their own")
         prompts = self.modules["vision"].weight.to(output.dtype).unsqueeze(0).expand(output.shape[0], -1, -1)
         return torch.cat([output[:, :1], prompts, output[:, 1:]], dim=1)
