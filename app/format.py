@@ -6,7 +6,7 @@ import html
 from typing import TYPE_CHECKING
 
 from app.people import reason
-from training.catalog import CATALOG, MAIN_METRIC, METHOD_LABELS, TASK_LABELS
+from training.catalog import BASELINE, CATALOG, MAIN_METRIC, METHOD_LABELS, TASK_LABELS
 
 if TYPE_CHECKING:
     from app.services import Estimate
@@ -77,6 +77,8 @@ def estimate_text(estimate: Estimate) -> str:
         return f"⚠️ **This budget is out of reach.** {plan.message}"
     head = (f"**{count(plan.trainable_params)} trainable parameters** = {percent(plan.percent)} of the model "
             f"({count(estimate.total_params)} parameters)")  # fmt: skip
+    if plan.knob is None and CATALOG[plan.method].family != BASELINE:  # no knob: a fixed count, said in the plan
+        return f"{head}. {plan.message}"
     if plan.knob is None:
         return f"{head}. {label} ignores the budget: it trains every weight."
     return (f"{head}: {label} with {plan.knob} {plan.value}. Reachable with this method: "

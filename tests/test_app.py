@@ -109,6 +109,21 @@ def test_the_formatting_module_loads_without_torch():
     assert done.stdout.strip() == "[]"
 
 
+def test_a_method_without_a_knob_states_its_fixed_count_or_why_a_smaller_budget_fails():
+    from app.services import Estimate
+    from training.methods.budget import fixed_count_plan
+
+    within = Estimate(fixed_count_plan("lora", 960, 70_149, 1_000, "both"), 70_149, "tiny")  # any non-baseline
+    text = fmt.estimate_text(within)
+    assert text.startswith("**960 trainable parameters** = 1.37 % of the model (70,149 parameters). ")
+    assert text.endswith("lora has no knob: it trains its fixed 960 parameters (1.37% of the model) with "
+                         "towers=both, within the budget of 1,000.")  # fmt: skip
+    below = Estimate(fixed_count_plan("lora", 960, 70_149, 500, "both"), 70_149, "tiny")
+    text = fmt.estimate_text(below)
+    assert text.startswith("⚠️ **This budget is out of reach.** lora has no knob: it always trains 960 parameters")
+    assert "cannot stay within a budget of 500. Give a budget of at least 960" in text
+
+
 def test_numbers_and_durations_read_like_a_sentence():
     assert (fmt.count(21504), fmt.count(None)) == ("21,504", "-")
     assert (fmt.percent(0.7213), fmt.percent(12.5), fmt.percent(100)) == ("0.721 %", "12.5 %", "100 %")

@@ -147,3 +147,55 @@ def test_a_peft_lora_layer_exposes_the_weights_switches_and_removal_the_methods_
     bi.forget_lora_config(model, "a")
     bi.forget_lora_config(model, "b")
     assert not hasattr(model, "peft_config")
+
+
+def test_the_ia3_targets_name_the_projections_peft_rescales_and_nothing_else(model):
+    vision, text = model.config.vision_config.num_hidden_layers, model.config.text_config.num_hidden_layers
+    names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    kinds = {"attention": bi.IA3_ATTENTION_TARGETS, "ffn": bi.IA3_FEED_FORWARD_TARGETS}
+    found = {kind: {tower: [n for n in names if re.fullmatch(pattern[tower], n)] for tower in ("vision", "text")}
+             for kind, pattern in kinds.items()}  # fmt: skip
+    assert len(found["attention"]["vision"]) == vision and all(n.endswith(".qkv") for n in found["attention"]["vision"])
+    assert len(found["attention"]["text"]) == 4 * text
+    assert all(re.search(r"\.self\.(key|value)$", n) for n in found["attention"]["text"])
+    assert len(found["ffn"]["vision"]) == vision and len(found["ffn"]["text"]) == text
+    assert not any(".attention." in n or "crossattention" in n for n in found["ffn"]["text"])
+
+
+def test_peft_tuner_layers_stack_switch_and_come_off_one_at_a_time(tiny_model_dir):
+    """IA3 and DoRA through the same switches as LoRA; an IA3 layer over a LoRA layer wraps it (so removing the
+    outer one must put back the LoRA layer, not the Linear under both)."""
+    from peft import IA3Config
+
+    model = load_base_model(str(tiny_model_dir)).model
+    linear = bi.text_layers(model)[0].attention.self.value
+    target = r".*0\.attention\.self\.value"
+    bi.inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, target_modules=target, use_dora=True), model,
+                               adapter_name="d")  # fmt: skip
+    lora = bi.text_layers(model)[0].attention.self.value
+    bi.inject_adapter_in_model(IA3Config(target_modules=target, feedforward_modules=[]), model, adapter_name="i")
+    ia3 = bi.text_layers(model)[0].attention.self.value
+    assert isinstance(ia3, bi.IA3Layer) and isinstance(ia3, bi.BaseTunerLayer) and ia3.base_layer is lora
+    assert bi.peft_adapters(ia3) == {"i"} and bi.peft_adapters(lora) == {"d"} == bi.lora_adapters(lora)
+    vector, magnitude = bi.ia3_vector(ia3, "i"), bi.dora_magnitude(lora, "d")
+    assert vector.shape == (linear.out_features, 1) and torch.equal(vector, torch.ones_like(vector))
+    assert torch.allclose(magnitude, linear.weight.norm(dim=1))
+    x = torch.randn(1, 3, linear.in_features)
+    with torch.no_grad():
+        vector.fill_(2.0)
+        magnitude.requires_grad_(False)
+        bi.use_peft_path(lora, None)
+        bi.use_peft_path(ia3, "i")
+        assert not magnitude.requires_grad
+        assert torch.allclose(ia3(x), 2.0 * linear(x), atol=1e-6)
+        bi.use_peft_path(ia3, None)
+        magnitude.mul_(3.0)
+        bi.use_peft_path(lora, "d")
+        assert torch.allclose(ia3(x), 3.0 * (x @ linear.weight.T) + linear.bias, atol=1e-5)  # B = 0: m W / ||W||
+    bi.remove_peft_adapter(model, ia3, "i")
+    assert bi.text_layers(model)[0].attention.self.value is lora
+    bi.remove_peft_adapter(model, lora, "d")
+    assert bi.text_layers(model)[0].attention.self.value is linear
+    for name in ("d", "i"):
+        bi.forget_peft_config(model, name)
+    assert not hasattr(model, "peft_config")

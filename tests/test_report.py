@@ -25,6 +25,8 @@ from training.report import (
     build_findings,
     build_report,
     family_gaps,
+    judged_methods,
+    judged_state,
     load_item_scores,
     seed_slopes,
 )
@@ -114,6 +116,13 @@ def peak(x):  # best at 32k (x = 0), worse on both sides
 
 def papers_picture(**kwargs) -> pd.DataFrame:
     return synthetic(rising(8), rising(6), flat, peak, layer_bonus=4, **kwargs)
+
+
+def test_the_findings_judge_the_methods_the_table_has_and_a_fixed_count_on_data_alone():
+    frame = papers_picture()
+    assert judged_methods(frame[frame.method != "prefix"]) == [m for m in PEFT if m != "prefix"]
+    assert judged_state("full", [True, None]) == REPRODUCED  # no knob (here the baseline): no parameter axis
+    assert judged_state("lora", [True, None]) == PARTLY
 
 
 def test_the_papers_picture_is_reproduced_on_every_finding_and_without_the_smallest_fraction():

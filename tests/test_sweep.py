@@ -43,6 +43,18 @@ def test_cross_product_expands_every_combination_and_runs_each_baseline_once():
     assert "vqa__lora__b2k__f0.5__s1" in points
 
 
+def test_every_method_without_a_budget_runs_once_per_fraction_and_seed(monkeypatch):
+    """Not only full fine-tuning: any method the catalog marks as taking no budget (a fixed count)."""
+    monkeypatch.setattr("training.sweeps.grid.NO_BUDGET_METHODS", ("zero-shot", "full", "prefix"))
+    spec = parse_spec({"tasks": ["vqa"], "methods": ["full", "prefix", "lora"], "budgets": ["1k", "2k"],
+                       "data_axis": {"budget": "1k", "fractions": [0.25]},
+                       "fractions": [0.5, 1], "seeds": [0]})  # fmt: skip
+    points = names(spec)
+    assert sorted(n for n in points if "prefix" in n) == ["vqa__prefix__f0.25__s0", "vqa__prefix__f0.5__s0",
+                                                          "vqa__prefix__f1__s0"]  # fmt: skip
+    assert len([n for n in points if "lora" in n]) == 5
+
+
 def test_axes_vary_one_thing_at_a_time_and_share_their_crossing_point():
     spec = parse_spec({"tasks": ["vqa"], "methods": ["lora", "full"], "seeds": [0],
                        "data_axis": {"budget": "2k", "fractions": [0.25, 0.5, 1.0]},

@@ -19,7 +19,7 @@ class MethodInfo:
     label: str  # what a person reads
     family: str  # BASELINE, EMBEDDING or LAYER
     knob: str | None  # what the budget solver sets (None: the method has no knob)
-    takes_budget: bool  # False: the method ignores budgets (the baselines)
+    takes_budget: bool  # False: no knob, the budget does not set the count (the baselines, fixed-count methods)
     default_lr: float | None  # before `python -m training tune` has found one on validation (None: no training)
     colour: str  # the same colour in the app's plots and the report's figures
     summary: str  # one line for the Train tab

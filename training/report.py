@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.catalog import EMBEDDING, FAMILY, LAYER, MAIN_METRIC, METHOD_COLOURS, PEFT_METHODS
+from training.catalog import EMBEDDING, FAMILY, LAYER, MAIN_METRIC, METHOD_COLOURS, NO_BUDGET_METHODS, PEFT_METHODS
 from training.errors import UserError
 
 FLAT_TOLERANCE = 0.05  # |change| per tenfold data, as a share of the metric at full data, that still counts as flat
@@ -510,22 +510,34 @@ def _methods_in(frame, task: str) -> list[str]:
     return [m for m in PEFT_METHODS if (_task_rows(frame, task).method == m).any()]
 
 
-def vqa_units(frame, stats: Stats) -> dict[str, dict]:
+def judged_methods(frame) -> list[str]:
+    """The PEFT methods the findings judge: those the table has runs of (a sweep need not run every method in
+    the catalog, and one it left out is not a failure of the paper's claim)."""
+    return [m for m in PEFT_METHODS if (frame.method == m).any()]
+
+
+def judged_state(method: str, checks: list[bool | None]) -> str:
+    """A method's state from its (data, parameters) checks; a method without a knob (a fixed count) has no
+    parameter axis, so it is judged on the data axis alone."""
+    return unit_state(checks[:1] if method in NO_BUDGET_METHODS else checks)
+
+
+def vqa_units(frame, stats: Stats, methods: list[str]) -> dict[str, dict]:
     """Finding 1 per PEFT method: the data and parameter slopes and the method's state."""
     data = {c.method: c for c in data_curves(frame, "vqa", stats)}
     params = {c.method: c for c in param_curves(frame, "vqa", stats)}
     units = {}
-    for method in PEFT_METHODS:
+    for method in methods:
         d, p = data.get(method), params.get(method)
         checks = [_above(d.slope if d else None), _above(p.slope if p else None)]
-        units[method] = {"data": d, "params": p, "checks": checks, "state": unit_state(checks)}
+        units[method] = {"data": d, "params": p, "checks": checks, "state": judged_state(method, checks)}
     units["full"] = {"data": data.get("full")}
     return units
 
 
 def finding_vqa(frame, stats: Stats) -> Finding:
-    units, robust = vqa_units(frame, stats), vqa_units(without_smallest_fraction(frame), stats)
-    peft = list(PEFT_METHODS)
+    peft = judged_methods(frame)
+    units, robust = vqa_units(frame, stats, peft), vqa_units(without_smallest_fraction(frame), stats, peft)
     verdict, robust_verdict = overall([units[m]["state"] for m in peft]), overall([robust[m]["state"] for m in peft])
     both = [m for m in peft if units[m]["state"] == REPRODUCED]
     flat_data = [m for m in peft if units[m]["checks"][0] is False]
@@ -567,12 +579,12 @@ def finding_vqa(frame, stats: Stats) -> Finding:
                    verdict, robust_verdict, summary, table, "figures/data_size.png", " ".join(reasons))  # fmt: skip
 
 
-def flatness_units(frame, task: str, stats: Stats) -> dict[str, dict]:
+def flatness_units(frame, task: str, stats: Stats, methods: list[str]) -> dict[str, dict]:
     """Finding 2's test per PEFT method on one task: flat in data, interior optimum in parameters."""
     data = {c.method: c for c in data_curves(frame, task, stats)}
     params = {c.method: c for c in param_curves(frame, task, stats)}
     units = {}
-    for method in PEFT_METHODS:
+    for method in methods:
         d, p = data.get(method), params.get(method)
         flat = None
         if d and d.relative and d.relative.known:
@@ -581,7 +593,8 @@ def flatness_units(frame, task: str, stats: Stats) -> dict[str, dict]:
         if p and p.seeds >= MIN_SEEDS:
             diff = p.best.get("best_minus_largest")
             optimum = bool(p.best["interior"] and diff is not None and diff.above_zero)
-        units[method] = {"data": d, "params": p, "checks": [flat, optimum], "state": unit_state([flat, optimum])}
+        units[method] = {"data": d, "params": p, "checks": [flat, optimum],
+                         "state": judged_state(method, [flat, optimum])}  # fmt: skip
     return units
 
 
@@ -598,8 +611,9 @@ def _caption_verdict(caption: dict, vqa: dict) -> str:
 
 def finding_caption(frame, stats: Stats) -> Finding:
     robust_frame = without_smallest_fraction(frame)
-    views = {task: flatness_units(frame, task, stats) for task in MAIN_METRIC}
-    robust = {task: flatness_units(robust_frame, task, stats) for task in MAIN_METRIC}
+    methods = judged_methods(frame)
+    views = {task: flatness_units(frame, task, stats, methods) for task in MAIN_METRIC}
+    robust = {task: flatness_units(robust_frame, task, stats, methods) for task in MAIN_METRIC}
     verdict = _caption_verdict(views["caption"], views["vqa"])
     robust_verdict = _caption_verdict(robust["caption"], robust["vqa"])
     caption = views["caption"]
@@ -610,7 +624,7 @@ def finding_caption(frame, stats: Stats) -> Finding:
                f"not flat for {_names([m for m, u in caption.items() if u['checks'][0] is False])}; interior optimum "
                f"for {_names([m for m, u in caption.items() if u['checks'][1]])}, no interior optimum for "
                f"{_names([m for m, u in caption.items() if u['checks'][1] is False])}. The same test on VQA: flat for "
-               f"{passing['vqa'][0]} and an interior optimum for {passing['vqa'][1]} of {len(PEFT_METHODS)} methods "
+               f"{passing['vqa'][0]} and an interior optimum for {passing['vqa'][1]} of {len(methods)} methods "
                f"(captioning: {passing['caption'][0]} and {passing['caption'][1]}), so the flatness part "
                f"{'separates' if separates[0] else 'does not separate'} the tasks and the optimum part "
                f"{'separates' if separates[1] else 'does not separate'} them. Without the smallest data fraction: "
@@ -620,7 +634,7 @@ def finding_caption(frame, stats: Stats) -> Finding:
         "interior optimum | verdict | without smallest fraction |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for method in PEFT_METHODS:
+    for method in methods:
         for task in MAIN_METRIC:
             unit, d, p = views[task][method], views[task][method]["data"], views[task][method]["params"]
             relative = d.relative.text(2) if d and d.relative else "-"

@@ -171,8 +171,9 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
     tracker = open_tracker(config.report_to, run.path, config.to_dict())  # a missing package fails here, early
     report = Reporter(run, log, tracker)
     try:
-        log.info("%s on %s: %s=%s, %s trainable of %s parameters (%.3f%%), %d training examples (%d pairs), "
-                 "at most %d steps, lr %g (%s)", config.method, config.task, prepared.plan.knob, prepared.plan.value,
+        knob = f"{prepared.plan.knob}={prepared.plan.value}" if prepared.plan.knob else "no knob"
+        log.info("%s on %s: %s, %s trainable of %s parameters (%.3f%%), %d training examples (%d pairs), "
+                 "at most %d steps, lr %g (%s)", config.method, config.task, knob,
                  f"{trainable:,}", f"{description['total_params']:,}", description["trainable_percent"],
                  len(prepared.train_examples), len(data.pairs), total_steps, lr, lr_source)  # fmt: skip
 

@@ -14,6 +14,7 @@ from functools import lru_cache
 import torch
 from transformers import BlipConfig, BlipForConditionalGeneration
 
+from training.catalog import BASELINE
 from training.config import METHOD_NAMES, Budget, parse_budget
 from training.errors import UserError
 from training.methods.base import METHODS, AdapterContext
@@ -64,8 +65,10 @@ def plan_method(model: BlipForConditionalGeneration, method: str, budget: Budget
     total = count_base_params(model)
     if cls.knob is None:
         count = _count(config_json, method, towers, None)[0]
-        note = "The parameter budget does not apply to this baseline."
-        return Plan(method, None, None, count, 100 * count / total, count, count, True, note)
+        if cls.family == BASELINE:
+            note = "The parameter budget does not apply to this baseline."
+            return Plan(method, None, None, count, 100 * count / total, count, count, True, note)
+        return fixed_count_plan(method, count, total, budget.resolve(total), towers)
     high = cls.max_knob(model, towers)
     low_count = _count(config_json, method, towers, 1)[0]
     high_count = _count(config_json, method, towers, high)[0]
@@ -81,6 +84,18 @@ def plan_method(model: BlipForConditionalGeneration, method: str, budget: Budget
     value = 1 if slope == 0 else min(high, max(1, round(1 + (target - low_count) / slope)))
     count = _count(config_json, method, towers, value)[0]
     return Plan(method, cls.knob, value, count, 100 * count / total, low_count, high_count, True)
+
+
+def fixed_count_plan(method: str, count: int, total: int, target: int, towers: str) -> Plan:
+    """A method without a knob that is not a baseline trains one fixed count: it meets any budget at or above
+    that count and refuses a smaller one, saying the count."""
+    share = f"{count:,} parameters ({100 * count / total:.3g}% of the model) with towers={towers}"
+    if target < count:
+        message = (f"{method} has no knob: it always trains {share}, so it cannot stay within a budget of "
+                   f"{target:,}. Give a budget of at least {count:,}, or choose a method with a knob.")  # fmt: skip
+        return Plan(method, None, None, count, 100 * count / total, count, count, False, message)
+    message = f"{method} has no knob: it trains its fixed {share}, within the budget of {target:,}."
+    return Plan(method, None, None, count, 100 * count / total, count, count, True, message)
 
 
 def plan_all(model: BlipForConditionalGeneration, budget: Budget | str, towers: str = "both") -> list[Plan]:

@@ -60,11 +60,7 @@ class LoRA(Method):
     def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,
                  **kwargs) -> None:  # fmt: skip
         super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
-        rank = int(knob_value)
-        config = LoraConfig(
-            r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, bias="none",
-            target_modules=lora_targets(towers),
-        )  # fmt: skip
+        config = self.peft_config(int(knob_value), towers)
         # peft marks only adapters trainable on the whole model; the trainer sets requires_grad itself.
         inject_adapter_in_model(config, model, adapter_name=adapter)
         self.layers: dict[str, LoraLayer] = {
@@ -78,6 +74,12 @@ class LoRA(Method):
             with torch.no_grad():
                 down.copy_(self.seeded(tuple(down.shape), down.device, linear_init))
         self.set_active(False)
+
+    @staticmethod
+    def peft_config(rank: int, towers: str) -> LoraConfig:
+        """peft's config for this adapter (a subclass, DoRA, adds its own choices)."""
+        return LoraConfig(r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, bias="none",
+                          target_modules=lora_targets(towers))  # fmt: skip
 
     @classmethod
     def max_knob(cls, model, towers: str) -> int:
@@ -97,7 +99,7 @@ class LoRA(Method):
         own = dict(self.named_parameters())
         if set(own) != set(state):
             missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-            raise KeyError(f"LoRA weights do not match: missing {missing[:4]}, unexpected {unexpected[:4]}")
+            raise KeyError(f"{self.name} weights do not match: missing {missing[:4]}, unexpected {unexpected[:4]}")
         with torch.no_grad():
             for key, param in own.items():
                 param.copy_(state[key])

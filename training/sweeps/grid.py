@@ -3,7 +3,8 @@
 A sweep file gives the grid as a full cross product (`budgets` and `fractions`), as one axis at a time
 (`data_axis: {budget, fractions}` and `budget_axis: {fraction, budgets}`, as the paper varies them), or
 both; the points are their union. Zero-shot ignores budgets and data fractions (one run per task and seed),
-full fine-tuning ignores budgets (one run per task, fraction and seed). The keys:
+full fine-tuning and every other method without a knob (a fixed count) ignore budgets (one run per task,
+fraction and seed). The keys:
 
     name: paper                      # default: the file's stem
     out: runs/sweeps/paper           # run directories go to OUT/runs/<point name>/
@@ -137,10 +138,11 @@ class SweepSpec:
 
 
 def normalise(point: GridPoint) -> GridPoint:
-    """Drop what a baseline ignores, so its duplicates collapse to one point."""
+    """Drop what a method ignores (zero-shot: budget and data; the other no-budget methods: the budget), so its
+    duplicates collapse to one point."""
     if point.method == "zero-shot":
         return dataclasses.replace(point, budget=None, fraction=None)
-    if point.method == "full":
+    if point.method in NO_BUDGET_METHODS:
         return dataclasses.replace(point, budget=None)
     return point
 
