@@ -1,4 +1,4 @@
-"""The five methods on a tiny BLIP: exactness at init, decoding consistency, counts, save/load, isolation."""
+"""The methods on a tiny BLIP: exactness at init, decoding consistency, counts, save/load, isolation."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from training.base_model import load_base_model
 from training.methods.budget import count_trainable, plan_method
 from training.vlmodel import VLModel
 
-ZERO_INIT = ["lora", "serial-adapter", "parallel-adapter"]
-PEFT = ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter"]
-KNOB = {"prompt": 3, "prefix": 3, "lora": 2, "serial-adapter": 4, "parallel-adapter": 4}
+ZERO_INIT = ["lora", "serial-adapter", "parallel-adapter", "ia3"]  # the base model at init (IA3: vectors of ones)
+PEFT = ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3"]
+KNOB = {"prompt": 3, "prefix": 3, "lora": 2, "serial-adapter": 4, "parallel-adapter": 4, "ia3": None}
+NOT_RANDOM = {"ia3"}  # initialised without the generator: IA3's vectors start at one
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_inactive_adapter_leaves_the_base_model_untouched(vl, inputs, method):
     assert not torch.allclose(adapted, base_logits, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter"])
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter", "ia3"])
 @pytest.mark.parametrize("towers", ["text", "both"])
 def test_teacher_forced_logits_equal_stepwise_generation_logits(vl, inputs, method, towers):
     pixels, _, _ = inputs
@@ -277,7 +278,8 @@ def stored_and_training(method) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.mark.parametrize(("method", "options"), [(m, {}) for m in PEFT] + [("prefix", {"reparam": True})])
+@pytest.mark.parametrize(("method", "options"),
+                         [(m, {}) for m in PEFT if m not in NOT_RANDOM] + [("prefix", {"reparam": True})])  # fmt: skip
 def test_every_initialisation_follows_the_seed_and_nothing_else(tiny_model_dir, method, options):
     def initial(seed: int, global_seed: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(global_seed)
@@ -291,6 +293,28 @@ def test_every_initialisation_follows_the_seed_and_nothing_else(tiny_model_dir, 
     random_keys = [k for k in first if first[k].abs().max() > 0]
     assert random_keys
     assert all(not torch.equal(first[k], other[k]) for k in random_keys), method
+
+
+def test_ia3_vectors_start_at_one_whatever_the_seed(tiny_model_dir):
+    for seed in (1, 2):
+        vl = VLModel(load_base_model(str(tiny_model_dir)))
+        state = vl.attach("ia3", "a", "both", None, seed=seed).state_dict()
+        assert state and all(torch.equal(v, torch.ones_like(v)) for v in state.values())
+
+
+@pytest.mark.parametrize(("towers", "count"), [("text", 2 * (4 * 32 + 4 * 32)), ("vision", 2 * (3 * 32 + 4 * 32)),
+                                               ("both", 2 * (4 * 32 + 4 * 32) + 2 * (3 * 32 + 4 * 32))])  # fmt: skip
+def test_ia3_trains_a_fixed_count_and_refuses_a_smaller_budget_saying_it(vl, towers, count):
+    """Per text layer: keys and values of self- and cross-attention (4 x 32) and the FFN's 128 activations;
+    per ViT layer: the fused qkv output (3 x 32) and the MLP's 128 activations (2 layers each)."""
+    within = plan_method(vl.model, "ia3", str(count), towers)
+    assert within.feasible and within.trainable_params == count and within.value is None
+    assert f"trains its fixed {count:,} parameters" in within.message
+    assert plan_method(vl.model, "ia3", "50%", towers).feasible
+    below = plan_method(vl.model, "ia3", str(count - 1), towers)
+    assert not below.feasible and below.trainable_params == count
+    assert f"always trains {count:,} parameters" in below.message
+    assert f"cannot stay within a budget of {count - 1:,}. Give a budget of at least {count:,}" in below.message
 
 
 def test_text_prompt_vectors_start_as_embeddings_of_distinct_whole_words(vl):

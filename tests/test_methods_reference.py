@@ -17,6 +17,8 @@ output must match, and so must the gradients of every trained tensor, with rando
 - serial adapter (Houlsby et al. 2019): h + A(h) on the attention output projection and on the FFN output
   projection, before the residual (and the text's post-LayerNorm); never on the cross-attention.
 - parallel adapter (He et al. 2022): s * A(x) beside the FFN, x the FFN's input, s = 4.
+- ia3 (Liu et al. 2022): keys and values of self- and cross-attention rescaled by learned vectors, and the
+  FFN's inner activation: (l_ff ⊙ gelu(W1 x)) W2; on the ViT the fused qkv output is rescaled whole.
 """
 
 from __future__ import annotations
@@ -73,13 +75,21 @@ class Insert:
     prompt: torch.Tensor | None = None  # [P, d] joined to the tower's input sequence
     prefix: tuple[torch.Tensor, torch.Tensor] | None = None  # self-attention (key, value) [heads, P, hd]
     delta: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)  # projection -> x -> Δ
+    scale: dict[str, torch.Tensor] = field(default_factory=dict)  # projection, or "ffn" (inner activation) -> l
     after: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)  # sub-layer -> h -> h'
     beside_ffn: Callable[[torch.Tensor], torch.Tensor] | None = None  # FFN input x -> added beside the FFN
 
 
 def projected(weights: Tensors, name: str, x: torch.Tensor, insert: Insert, slot: str) -> torch.Tensor:
     out = linear(weights, name, x)
+    out = out * insert.scale[slot] if slot in insert.scale else out
     return out + insert.delta[slot](x) if slot in insert.delta else out
+
+
+def ffn_inner(weights: Tensors, name: str, x: torch.Tensor, insert: Insert) -> torch.Tensor:
+    """The feed-forward block's inner activation gelu(W1 x), rescaled where a method says so."""
+    hidden = F.gelu(linear(weights, name, x))
+    return hidden * insert.scale["ffn"] if "ffn" in insert.scale else hidden
 
 
 def vision_embeddings(weights: Tensors, cfg, pixels: torch.Tensor, insert: Insert) -> torch.Tensor:
@@ -111,7 +121,7 @@ def vision_layer(weights: Tensors, cfg, x: torch.Tensor, insert: Insert) -> torc
     attn = insert.after["attention"](attn) if "attention" in insert.after else attn
     h = x + attn
     inner = layer_norm(weights, f"{name}.layer_norm2", h, eps)
-    ffn = linear(weights, f"{name}.mlp.fc2", F.gelu(linear(weights, f"{name}.mlp.fc1", inner)))
+    ffn = linear(weights, f"{name}.mlp.fc2", ffn_inner(weights, f"{name}.mlp.fc1", inner, insert))
     ffn = insert.after["ffn"](ffn) if "ffn" in insert.after else ffn
     if insert.beside_ffn is not None:
         ffn = ffn + insert.beside_ffn(inner)
@@ -155,7 +165,7 @@ def text_layer(weights: Tensors, cfg, x: torch.Tensor, mask: torch.Tensor, image
     cross = linear(weights, f"{name}.crossattention.output.dense", attend(query, key, value))
     h = layer_norm(weights, f"{name}.crossattention.output.LayerNorm", cross + h, eps)
 
-    ffn = linear(weights, f"{name}.output.dense", F.gelu(linear(weights, f"{name}.intermediate.dense", h)))
+    ffn = linear(weights, f"{name}.output.dense", ffn_inner(weights, f"{name}.intermediate.dense", h, insert))
     ffn = insert.after["ffn"](ffn) if "ffn" in insert.after else ffn
     residual = h + insert.beside_ffn(h) if insert.beside_ffn is not None else h
     return layer_norm(weights, f"{name}.output.LayerNorm", ffn + residual, eps)
@@ -212,11 +222,28 @@ def parallel_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
     return Insert(beside_ffn=lambda x: 4.0 * bottleneck(adapter, f"{tower}-0-ffn", x))
 
 
+def ia3_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
+    """l_k ⊙ keys, l_v ⊙ values (self- and cross-attention), l_ff ⊙ gelu(W1 x); the ViT's fused qkv output is
+    rescaled whole (queries too, as peft does for fused projections)."""
+
+    def vector(path: str) -> torch.Tensor:
+        return adapter[f"{path}.ia3_l"].flatten()
+
+    if tower == "vision":
+        name = "vision_model.encoder.layers.0"
+        return Insert(scale={"qkv": vector(f"{name}.self_attn.qkv"), "ffn": vector(f"{name}.mlp.fc2")})
+    name = "text_decoder.bert.encoder.layer.0"
+    scale = {f"{part}.{proj}": vector(f"{name}.{module}.self.{proj}")
+             for part, module in (("self", "attention"), ("cross", "crossattention"))
+             for proj in ("key", "value")}  # fmt: skip
+    return Insert(scale={**scale, "ffn": vector(f"{name}.output.dense")})
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
     method: str
-    knob: int
+    knob: int | None
     insert: Callable[[Tensors, str, int, object], Insert]  # (adapter tensors, tower, knob, tower config)
     options: dict = field(default_factory=dict)
 
@@ -228,6 +255,7 @@ CASES = [
     Case("lora", "lora", 2, lora_insert),
     Case("serial-adapter", "serial-adapter", 4, serial_insert),
     Case("parallel-adapter", "parallel-adapter", 4, parallel_insert),
+    Case("ia3", "ia3", None, ia3_insert),
 ]
 TOWERS = ["vision", "text"]
 

@@ -136,7 +136,7 @@ def test_the_shipped_sweep_files_describe_the_papers_grid_and_a_small_one(tmp_pa
     kept, _ = filter_feasible(paper, paper.points())
     assert set(paper.tasks) == {"caption", "vqa"} and paper.seeds == [0, 1, 2]
     assert set(paper.methods) == {"zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter",
-                                  "parallel-adapter"}  # fmt: skip
+                                  "parallel-adapter", "ia3"}  # fmt: skip
     assert {0.01, 0.05, 0.1, 0.25, 0.5, 1.0} <= set(paper.data_axis[1])
     for task in paper.tasks:
         for method in ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter"):
@@ -146,6 +146,9 @@ def test_the_shipped_sweep_files_describe_the_papers_grid_and_a_small_one(tmp_pa
             steps = [math.log10(b / a) for a, b in zip(budgets, budgets[1:], strict=False)]
             assert max(steps) - min(steps) < 0.05, f"{method}: budgets {budgets} are not evenly spaced on a log scale"
         assert sum(1 for p in kept if p.task == task and p.method == "zero-shot") == 3
+        # IA3 has no knob: one run per data fraction and seed, whatever the budget axis says.
+        ia3 = [p for p in kept if p.task == task and p.method == "ia3"]
+        assert all(p.budget is None for p in ia3) and len(ia3) == 3 * len(paper.data_axis[1])
     smoke = load_spec(REPO_ROOT / "sweeps" / "smoke.yaml")
     assert len(smoke.points()) <= 16 and smoke.results != Path("results")
 

@@ -49,6 +49,9 @@ CATALOG: dict[str, MethodInfo] = {
         MethodInfo("parallel-adapter", "Parallel adapter", LAYER, "bottleneck width", True, 6e-3, "#17becf",
                    "A scaled bottleneck running beside each feed-forward block (He et al. 2022); layer "
                    "composition, which the paper found best in quality and efficiency."),
+        MethodInfo("ia3", "(IA)³", LAYER, None, False, 1e-1, "#9467bd",
+                   "Learns vectors that rescale attention keys and values and the feed-forward activations (Liu et "
+                   "al. 2022); no knob: a fixed, very small count; layer composition."),
     )
 }  # fmt: skip
 
