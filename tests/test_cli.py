@@ -41,7 +41,8 @@ def test_methods_json_lists_every_method_with_its_knob(tiny_model_dir):
     result = cli("methods", "--budget", "2k", "--base-model", str(tiny_model_dir), "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["method"]: row for row in json.loads(result.stdout)}
-    assert list(rows) == ["zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3"]
+    assert list(rows) == ["zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3",
+                          "dora"]
     for row in rows.values():
         assert set(row) >= {"method", "knob", "value", "trainable_params", "percent", "min_params", "max_params",
                             "feasible"}  # fmt: skip

@@ -78,7 +78,8 @@ def test_columns_in_turn_with_shared_image_features_equal_each_adapter_decoding_
     vl = VLModel(load_base_model(str(tiny_model_dir)))
     spec = {"prompt-both": ("prompt", "both", 3), "prompt-text": ("prompt", "text", 4), "prefix": ("prefix", "both", 2),
             "lora": ("lora", "both", 2), "lora-text": ("lora", "text", 2), "serial": ("serial-adapter", "both", 4),
-            "parallel": ("parallel-adapter", "text", 4), "ia3": ("ia3", "both", None)}  # fmt: skip
+            "parallel": ("parallel-adapter", "text", 4), "ia3": ("ia3", "both", None),
+            "dora": ("dora", "both", 2)}  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     for name, (method, towers, knob) in spec.items():
         vl.attach(method, name, towers, knob)
@@ -96,7 +97,8 @@ def test_columns_in_turn_with_shared_image_features_equal_each_adapter_decoding_
         pixel_values
     )
     answered = {name: answer(vl, name, encoder, prompt, pixels, 8, features).text for name in [None, *spec]}
-    assert encoded == ["prompt-both", "prefix", "lora", "serial", "ia3"]  # the text-only ones share the base's features
+    # the text-only ones share the base's features
+    assert encoded == ["prompt-both", "prefix", "lora", "serial", "ia3", "dora"]
     alone = {}
     for name in [None, *spec]:
         vl.set_active(name)

@@ -11,9 +11,9 @@ from training.base_model import load_base_model
 from training.methods.budget import count_trainable, plan_method
 from training.vlmodel import VLModel
 
-ZERO_INIT = ["lora", "serial-adapter", "parallel-adapter", "ia3"]  # the base model at init (IA3: vectors of ones)
-PEFT = ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3"]
-KNOB = {"prompt": 3, "prefix": 3, "lora": 2, "serial-adapter": 4, "parallel-adapter": 4, "ia3": None}
+ZERO_INIT = ["lora", "serial-adapter", "parallel-adapter", "ia3", "dora"]  # the base model at init (IA3: ones)
+PEFT = ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3", "dora"]
+KNOB = {"prompt": 3, "prefix": 3, "lora": 2, "serial-adapter": 4, "parallel-adapter": 4, "ia3": None, "dora": 2}
 NOT_RANDOM = {"ia3"}  # initialised without the generator: IA3's vectors start at one
 
 
@@ -68,7 +68,7 @@ def test_inactive_adapter_leaves_the_base_model_untouched(vl, inputs, method):
     assert not torch.allclose(adapted, base_logits, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter", "ia3"])
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter", "ia3", "dora"])
 @pytest.mark.parametrize("towers", ["text", "both"])
 def test_teacher_forced_logits_equal_stepwise_generation_logits(vl, inputs, method, towers):
     pixels, _, _ = inputs
@@ -289,8 +289,9 @@ def test_every_initialisation_follows_the_seed_and_nothing_else(tiny_model_dir, 
     first, again, other = initial(1, 10), initial(1, 20), initial(2, 10)
     assert first.keys() == again.keys() == other.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
-    # Everything randomly initialised differs with the seed (LoRA's B and the adapters' up start at zero).
-    random_keys = [k for k in first if first[k].abs().max() > 0]
+    # Everything randomly initialised differs with the seed (LoRA's B and the adapters' up start at zero, DoRA's
+    # magnitudes at the base weight's row norms).
+    random_keys = [k for k in first if first[k].abs().max() > 0 and not k.endswith("lora_magnitude_vector")]
     assert random_keys
     assert all(not torch.equal(first[k], other[k]) for k in random_keys), method
 
@@ -315,6 +316,16 @@ def test_ia3_trains_a_fixed_count_and_refuses_a_smaller_budget_saying_it(vl, tow
     assert not below.feasible and below.trainable_params == count
     assert f"always trains {count:,} parameters" in below.message
     assert f"cannot stay within a budget of {count - 1:,}. Give a budget of at least {count:,}" in below.message
+
+
+def test_dora_magnitudes_start_at_the_row_norms_of_the_base_weights(vl):
+    base = {k: v.clone() for k, v in vl.model.state_dict().items()}
+    state = vl.attach("dora", "a", "both", 3).state_dict()
+    magnitudes = {k.removesuffix(".lora_magnitude_vector"): v for k, v in state.items() if "magnitude" in k}
+    assert len(magnitudes) == 2 * 1 + 2 * 4  # the ViT's qkv, and query and value of both text attentions
+    for key, magnitude in magnitudes.items():
+        assert torch.allclose(magnitude, base[f"{key}.weight"].norm(dim=1)), key
+        assert state[f"{key}.lora_A.weight"].shape[0] == 3 and not state[f"{key}.lora_B.weight"].any()
 
 
 def test_text_prompt_vectors_start_as_embeddings_of_distinct_whole_words(vl):

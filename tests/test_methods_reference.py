@@ -19,6 +19,8 @@ output must match, and so must the gradients of every trained tensor, with rando
 - parallel adapter (He et al. 2022): s * A(x) beside the FFN, x the FFN's input, s = 4.
 - ia3 (Liu et al. 2022): keys and values of self- and cross-attention rescaled by learned vectors, and the
   FFN's inner activation: (l_ff ⊙ gelu(W1 x)) W2; on the ViT the fused qkv output is rescaled whole.
+- dora (Liu et al. 2024): LoRA's projections use W' = m (W + (alpha / r) B A) / ||W + (alpha / r) B A||_c (row
+  norms, one magnitude per output feature), the norm detached from the gradient as their section 4.3 says.
 """
 
 from __future__ import annotations
@@ -76,12 +78,15 @@ class Insert:
     prefix: tuple[torch.Tensor, torch.Tensor] | None = None  # self-attention (key, value) [heads, P, hd]
     delta: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)  # projection -> x -> Δ
     scale: dict[str, torch.Tensor] = field(default_factory=dict)  # projection, or "ffn" (inner activation) -> l
+    weight: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)  # projection -> W -> W'
     after: dict[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)  # sub-layer -> h -> h'
     beside_ffn: Callable[[torch.Tensor], torch.Tensor] | None = None  # FFN input x -> added beside the FFN
 
 
 def projected(weights: Tensors, name: str, x: torch.Tensor, insert: Insert, slot: str) -> torch.Tensor:
-    out = linear(weights, name, x)
+    weight = weights[f"{name}.weight"]
+    weight = insert.weight[slot](weight) if slot in insert.weight else weight
+    out = x @ weight.T + weights[f"{name}.bias"]
     out = out * insert.scale[slot] if slot in insert.scale else out
     return out + insert.delta[slot](x) if slot in insert.delta else out
 
@@ -239,6 +244,27 @@ def ia3_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
     return Insert(scale={**scale, "ffn": vector(f"{name}.output.dense")})
 
 
+def dora_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
+    """W' = m (W + s B A) / ||W + s B A||_c on LoRA's projections, the norm a constant in backward (their 4.3)."""
+
+    def recomposed(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        down, up = adapter[f"{path}.lora_A.weight"], adapter[f"{path}.lora_B.weight"]
+        magnitude = adapter[f"{path}.lora_magnitude_vector"]
+
+        def weight(base: torch.Tensor) -> torch.Tensor:
+            direction = base + lora_scaling(knob) * up @ down
+            return magnitude[:, None] * direction / direction.norm(dim=1, keepdim=True).detach()
+
+        return weight
+
+    if tower == "vision":
+        return Insert(weight={"qkv": recomposed("vision_model.encoder.layers.0.self_attn.qkv")})
+    name = "text_decoder.bert.encoder.layer.0"
+    return Insert(weight={f"{part}.{proj}": recomposed(f"{name}.{module}.self.{proj}")
+                          for part, module in (("self", "attention"), ("cross", "crossattention"))
+                          for proj in ("query", "value")})  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -256,6 +282,7 @@ CASES = [
     Case("serial-adapter", "serial-adapter", 4, serial_insert),
     Case("parallel-adapter", "parallel-adapter", 4, parallel_insert),
     Case("ia3", "ia3", None, ia3_insert),
+    Case("dora", "dora", 2, dora_insert),
 ]
 TOWERS = ["vision", "text"]
 

@@ -91,7 +91,7 @@ def test_run_config_takes_settings_then_the_tasks_overrides_then_the_point(tiny_
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"methods": ["lora"], "budgets": ["1k"], "fractions": [1], "colour": 1}, "Unknown keys"),
-    ({"methods": ["dora"], "budgets": ["1k"], "fractions": [1]}, "Unknown method 'dora'"),
+    ({"methods": ["vera"], "budgets": ["1k"], "fractions": [1]}, "Unknown method 'vera'"),
     ({"methods": ["lora"], "budgets": ["1k"]}, "needs both `budgets` and `fractions`"),
     ({"methods": ["lora"], "budgets": ["lots"], "fractions": [1]}, "Budget 'lots' is not understood"),
     ({"methods": ["lora"], "data_axis": {"budget": "1k"}}, "`data_axis` must be a mapping"),
@@ -136,10 +136,10 @@ def test_the_shipped_sweep_files_describe_the_papers_grid_and_a_small_one(tmp_pa
     kept, _ = filter_feasible(paper, paper.points())
     assert set(paper.tasks) == {"caption", "vqa"} and paper.seeds == [0, 1, 2]
     assert set(paper.methods) == {"zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter",
-                                  "parallel-adapter", "ia3"}  # fmt: skip
+                                  "parallel-adapter", "ia3", "dora"}  # fmt: skip
     assert {0.01, 0.05, 0.1, 0.25, 0.5, 1.0} <= set(paper.data_axis[1])
     for task in paper.tasks:
-        for method in ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter"):
+        for method in ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "dora"):
             budgets = sorted({p.budget.resolve(1) for p in kept if p.task == task and p.method == method
                               and p.fraction == 1.0 and p.seed == 0})  # fmt: skip
             assert len(budgets) >= 4, method

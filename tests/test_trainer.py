@@ -46,7 +46,7 @@ def test_a_caption_run_writes_the_whole_run_directory(tiny_model_dir, tiny_capti
     assert runs.read_json(run / "progress.json")["phase"] == "done"
 
 
-@pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3"])
+@pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3", "dora"])
 def test_peft_training_changes_outputs_and_leaves_base_weights_unchanged(method, tiny_model_dir, tiny_vqa_dataset,
                                                                         tmp_path):  # fmt: skip
     before = {k: v.clone() for k, v in load_base_model(str(tiny_model_dir)).model.state_dict().items()}

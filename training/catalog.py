@@ -52,6 +52,9 @@ CATALOG: dict[str, MethodInfo] = {
         MethodInfo("ia3", "(IA)³", LAYER, None, False, 1e-1, "#9467bd",
                    "Learns vectors that rescale attention keys and values and the feed-forward activations (Liu et "
                    "al. 2022); no knob: a fixed, very small count; layer composition."),
+        MethodInfo("dora", "DoRA", LAYER, "rank", True, 6e-3, "#8c564b",
+                   "LoRA split into a learned magnitude and a low-rank direction update of each attention "
+                   "projection (Liu et al. 2024); layer composition."),
     )
 }  # fmt: skip
 
