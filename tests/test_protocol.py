@@ -202,6 +202,21 @@ def test_tuning_widens_the_grid_until_the_best_is_bracketed_and_resumes(tmp_path
     assert calls == []
 
 
+def test_tuning_stops_widening_at_the_learning_rate_ceiling(tmp_path):
+    """A method still improving towards lr 1 (IA3's rescaling vectors can) is reported as not bracketed, and no
+    run is asked for at a learning rate RunConfig refuses."""
+    tried = []
+
+    def rising(config: RunConfig, run_dir) -> dict:
+        tried.append(RunConfig.from_dict(config.to_dict()).validate().lr)
+        return {"best": config.lr, "best_step": 1, "steps_run": 2, "epochs_run": 1.0, "stop_reason": "patience"}
+
+    rows = tune([TuneTarget("vqa", "ia3", "text", {})], RunConfig(task="vqa", budget="18k", towers="text"), [0, 1],
+                tmp_path, tmp_path / "work", train_fn=rising, echo=lambda s: None)  # fmt: skip
+    assert max(tried) < 1 and max(tried) == pytest.approx(0.316)
+    assert rows[0]["lr"] == pytest.approx(0.316) and not rows[0]["bracketed"]
+
+
 def test_tuning_needs_two_seeds(tmp_path):
     with pytest.raises(UserError, match="two seeds"):
         tune([TuneTarget("vqa", "lora", "text", {})], RunConfig(), [0], tmp_path, tmp_path, train_fn=None)

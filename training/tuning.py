@@ -40,6 +40,7 @@ RUN_COLUMNS = ["task", "method", "towers", "options", "lr", "seed", "budget", "d
                "best_step", "steps_run", "epochs_run", "stop_reason", "train_s", "run"]  # fmt: skip
 HALF_DECADE = math.sqrt(10)
 MAX_WIDENINGS = 4
+MAX_LR = 1.0  # RunConfig takes learning rates in (0, 1)
 # What the tuner tries besides the learning rate: prefix tuning with and without Li & Liang's reparametrisation.
 OPTION_CHOICES: dict[str, list[dict]] = {"prefix": [{"reparam": False}, {"reparam": True}]}
 
@@ -231,11 +232,14 @@ def tune(targets: list[TuneTarget], base: RunConfig, seeds: list[int], results: 
             best, bracketed = best_of(curve([r for r in done if mine(r) and float(r["lr"]) in grid]))
             if bracketed:
                 break
-            # The best is at an edge of the grid: widen on that side.
+            # The best is at an edge of the grid: widen on that side (a learning rate stays below 1, which
+            # RunConfig requires; a best value at that ceiling is reported as not bracketed).
             if best == grid[0]:
                 below += 1
-            else:
+            elif lr_grid(center, below, above + 1)[-1] < MAX_LR:
                 above += 1
+            else:
+                break
         echo(f"tune {target.label()}: best lr {best:g}" + ("" if bracketed else " (NOT bracketed)"))
     # Every target of this call is done; the table also keeps what other tune processes have found so far.
     rows = summarise(read_rows(runs_path), base)
