@@ -51,28 +51,64 @@ def register(services: Services) -> None:
         return services.estimate(method, budget, towers, base_model).to_dict()
 
     @endpoint
-    def start_job(task: str = "caption", method: str = "lora", budget: str = "0.5%", data_fraction: float = 1.0,
-                  seed: int = 0, epochs: float | None = None, max_steps: int | None = None, lr: float | None = None,
-                  batch_size: int = 32, towers: str = "both", base_model: str = "", dataset: str = "",
-                  eval_limit: int | None = None, request: gr.Request = None) -> dict:  # fmt: skip
+    def start_job(
+        task: str = "caption",
+        method: str = "lora",
+        budget: str = "0.5%",
+        data_fraction: float = 1.0,
+        seed: int = 0,
+        epochs: float | None = None,
+        max_steps: int | None = None,
+        lr: float | None = None,
+        batch_size: int = 32,
+        towers: str = "both",
+        base_model: str = "",
+        dataset: str = "",
+        eval_limit: int | None = None,
+        request: gr.Request = None,
+    ) -> dict:
         """Queue a fine-tuning job; returns job_id, state, queue_position, trainable_params, steps and command.
 
         base_model and dataset: empty for the app's own, else a Hub id or a local path (dataset: also the name of
         one added with /upload_dataset)."""
-        task, method, towers = choice(task, "task", TASKS), choice(method, "method", METHODS), \
-            choice(towers, "towers", TOWERS)  # fmt: skip
+        task, method, towers = (
+            choice(task, "task", TASKS),
+            choice(method, "method", METHODS),
+            choice(towers, "towers", TOWERS),
+        )
         budget = text(budget, "budget")
         base_model, dataset = text(base_model, "base_model", required=False), text(dataset, "dataset", required=False)
-        numbers = dict(data_fraction=data_fraction, seed=seed, epochs=epochs, max_steps=max_steps, lr=lr,
-                       batch_size=batch_size, eval_limit=eval_limit)  # fmt: skip
-        config = run_config(services, task, method, budget, towers=towers, base_model=base_model, dataset=dataset,
-                            **{name: number(value, name) for name, value in numbers.items()})  # fmt: skip
+        numbers = dict(
+            data_fraction=data_fraction,
+            seed=seed,
+            epochs=epochs,
+            max_steps=max_steps,
+            lr=lr,
+            batch_size=batch_size,
+            eval_limit=eval_limit,
+        )
+        config = run_config(
+            services,
+            task,
+            method,
+            budget,
+            towers=towers,
+            base_model=base_model,
+            dataset=dataset,
+            **{name: number(value, name) for name, value in numbers.items()},
+        )
         config, planned, size, notes = services.prepare(config)
         job_id = services.submit(config, submitter(request, None))
         status = services.status(job_id, log_lines=0)
-        return {"job_id": job_id, "state": status["state"], "queue_position": status["queue_position"],
-                "trainable_params": planned.plan.trainable_params, "steps": size.steps,
-                "command": status["command"], "notes": notes}  # fmt: skip
+        return {
+            "job_id": job_id,
+            "state": status["state"],
+            "queue_position": status["queue_position"],
+            "trainable_params": planned.plan.trainable_params,
+            "steps": size.steps,
+            "command": status["command"],
+            "notes": notes,
+        }
 
     @endpoint
     def job_status(job_id: str, log_lines: int = 20) -> dict:
@@ -114,13 +150,22 @@ def register(services: Services) -> None:
         if not isinstance(replace, bool):
             raise UserError(f"replace must be true or false, not {type(replace).__name__}.")
         preview = services.upload_dataset(path, name, task, replace)
-        return {**preview.summary.to_dict(), "name": preview.stored.name,
-                "message": f"Dataset {preview.stored.name!r} ({task}) is added: use dataset={preview.stored.name!r} "
-                           "in /start_job and /compare."}  # fmt: skip
+        return {
+            **preview.summary.to_dict(),
+            "name": preview.stored.name,
+            "message": f"Dataset {preview.stored.name!r} ({task}) is added: use dataset={preview.stored.name!r} "
+            "in /start_job and /compare.",
+        }
 
     @endpoint
-    def compare(task: str, run_ids: list[str], question: str = "", test_image: int | None = None,
-                image: FileData | None = None, dataset: str = "") -> list[dict]:  # fmt: skip
+    def compare(
+        task: str,
+        run_ids: list[str],
+        question: str = "",
+        test_image: int | None = None,
+        image: FileData | None = None,
+        dataset: str = "",
+    ) -> list[dict]:
         """The zero-shot base and each run on one image: a test image by its gallery position (0-based, then each
         column is scored against the human references), or an uploaded `image` (gradio_client.handle_file).
 
@@ -139,9 +184,16 @@ def register(services: Services) -> None:
         if test_image is None and path is None:
             raise gr.Error("Give test_image (a gallery position) or image (handle_file('picture.png')).")
         comparison = services.compare(task, run_ids, question, test_image, path, dataset or None)
-        return [{**vars(column), "differs": column.output != comparison.columns[0].output,
-                 "references": comparison.references, "answers": comparison.answers,
-                 "image_id": comparison.image_id} for column in comparison.columns]  # fmt: skip
+        return [
+            {
+                **vars(column),
+                "differs": column.output != comparison.columns[0].output,
+                "references": comparison.references,
+                "answers": comparison.answers,
+                "image_id": comparison.image_id,
+            }
+            for column in comparison.columns
+        ]
 
 
 # --- argument checks: every wrong type or value gets a sentence saying what to send ----------------------
@@ -182,6 +234,8 @@ def job_identifier(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UserError("Send a job id as a string, e.g. '20261129-103501-ab12cd' (/list_runs lists them).")
     if len(value) > MAX_ID_SHOWN:
-        raise UserError(f"There is no job {value[:MAX_ID_SHOWN]!r}… ({len(value):,} characters; ids look like "
-                        "'20261129-103501-ab12cd'): /list_runs lists them.")  # fmt: skip
+        raise UserError(
+            f"There is no job {value[:MAX_ID_SHOWN]!r}… ({len(value):,} characters; ids look like "
+            "'20261129-103501-ab12cd'): /list_runs lists them."
+        )
     return value.strip()

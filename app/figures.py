@@ -11,36 +11,72 @@ from training.catalog import CATALOG, METHOD_COLOURS, NO_BUDGET_METHODS
 
 METHOD_COLORS = METHOD_COLOURS
 # Baselines that a held value does not apply to: no budget for either, no data for zero-shot.
-HELD_EXEMPT = {"budget": NO_BUDGET_METHODS,
-               "data_fraction": tuple(m for m, i in CATALOG.items() if i.fixed_towers == "none")}
+HELD_EXEMPT = {
+    "budget": NO_BUDGET_METHODS,
+    "data_fraction": tuple(m for m, i in CATALOG.items() if i.fixed_towers == "none"),
+}
 AXIS_TITLES = {"data_fraction": "share of the training data", "trainable_params": "trainable parameters"}
-LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=60, b=50), height=400, showlegend=True,
-              legend=dict(orientation="h", yanchor="top", y=-0.25))  # fmt: skip
+LAYOUT = dict(
+    template="plotly_white",
+    margin=dict(l=60, r=20, t=60, b=50),
+    height=400,
+    showlegend=True,
+    legend=dict(orientation="h", yanchor="top", y=-0.25),
+)
 
 
-def loss_curve(rows: list[dict], validation: list[dict] | None = None,
-               title: str = "Training loss (lower is better) and validation score") -> go.Figure:  # fmt: skip
+def loss_curve(
+    rows: list[dict],
+    validation: list[dict] | None = None,
+    title: str = "Training loss (lower is better) and validation score",
+) -> go.Figure:
     """The loss per logged step and, on a second axis, the validation score at each validation (the best one,
     whose checkpoint the run keeps, ringed)."""
     figure = go.Figure(layout=dict(LAYOUT, title=title, height=300))
     if rows:
-        figure.add_trace(go.Scatter(x=[r["step"] for r in rows], y=[r["loss"] for r in rows], mode="lines+markers",
-                                    name="training loss", line=dict(color=METHOD_COLORS["lora"])))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=[r["step"] for r in rows],
+                y=[r["loss"] for r in rows],
+                mode="lines+markers",
+                name="training loss",
+                line=dict(color=METHOD_COLORS["lora"]),
+            )
+        )
     if validation:
         metric = metric_label(validation[-1]["metric"])
-        figure.add_trace(go.Scatter(x=[v["step"] for v in validation], y=[v["value"] for v in validation],
-                                    mode="lines+markers", name=f"validation {metric}", yaxis="y2",
-                                    line=dict(color=METHOD_COLORS["prompt"], dash="dot")))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=[v["step"] for v in validation],
+                y=[v["value"] for v in validation],
+                mode="lines+markers",
+                name=f"validation {metric}",
+                yaxis="y2",
+                line=dict(color=METHOD_COLORS["prompt"], dash="dot"),
+            )
+        )
         best = validation[-1]["best_step"]
         kept = [v for v in validation if v["step"] == best]
-        figure.add_trace(go.Scatter(x=[v["step"] for v in kept], y=[v["value"] for v in kept], mode="markers",
-                                    name="kept checkpoint", yaxis="y2",
-                                    marker=dict(size=14, symbol="circle-open",
-                                                color=METHOD_COLORS["prompt"])))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=[v["step"] for v in kept],
+                y=[v["value"] for v in kept],
+                mode="markers",
+                name="kept checkpoint",
+                yaxis="y2",
+                marker=dict(size=14, symbol="circle-open", color=METHOD_COLORS["prompt"]),
+            )
+        )
         figure.update_layout(yaxis2=dict(title=f"validation {metric}", overlaying="y", side="right"))
     if not rows and not validation:
-        figure.add_annotation(text="The curve appears once training has started.", showarrow=False,
-                              xref="paper", yref="paper", x=0.5, y=0.5)  # fmt: skip
+        figure.add_annotation(
+            text="The curve appears once training has started.",
+            showarrow=False,
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
+        )
     figure.update_xaxes(title="step")
     figure.update_yaxes(title="loss")
     return figure
@@ -63,8 +99,14 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
         figure.update_xaxes(title=AXIS_TITLES[x], type="log", tickformat=".0%")
     figure.update_yaxes(title=label)
     if frame.empty or metric not in frame.columns:
-        figure.add_annotation(text="Nothing to draw yet: finish a run in the Train tab.", showarrow=False,
-                              xref="paper", yref="paper", x=0.5, y=0.5)  # fmt: skip
+        figure.add_annotation(
+            text="Nothing to draw yet: finish a run in the Train tab.",
+            showarrow=False,
+            xref="paper",
+            yref="paper",
+            x=0.5,
+            y=0.5,
+        )
         return figure
     frame = frame.copy()
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
@@ -76,13 +118,19 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
     _method_lines(figure, swept, x, metric, label, own=True)
     mine = mine[mine["method"] != "zero-shot"].dropna(subset=[metric, x])
     for method, group in mine.groupby("method", sort=False):
-        figure.add_trace(go.Scatter(
-            x=group[x], y=group[metric], mode="markers", name=f"your {METHOD_LABELS.get(method, method)}",
-            marker=dict(symbol="star", size=14, color=METHOD_COLORS.get(method), line=dict(width=1, color="#000")),
-            legendgroup=method, customdata=group[["run_id", "budget", "data_fraction"]],
-            hovertemplate=f"run %{{customdata[0]}}<br>budget %{{customdata[1]}}, data %{{customdata[2]}}<br>"
-                          f"{label} %{{y:.3g}}",
-        ))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=group[x],
+                y=group[metric],
+                mode="markers",
+                name=f"your {METHOD_LABELS.get(method, method)}",
+                marker=dict(symbol="star", size=14, color=METHOD_COLORS.get(method), line=dict(width=1, color="#000")),
+                legendgroup=method,
+                customdata=group[["run_id", "budget", "data_fraction"]],
+                hovertemplate=f"run %{{customdata[0]}}<br>budget %{{customdata[1]}}, data %{{customdata[2]}}<br>"
+                f"{label} %{{y:.3g}}",
+            )
+        )
     return figure
 
 
@@ -93,13 +141,20 @@ def _method_lines(figure: go.Figure, frame: pd.DataFrame, x: str, metric: str, l
     for method, group in lines.groupby("method", sort=False):
         has_spread = bool((group["n"] > 1).any())
         name = METHOD_LABELS.get(method, method)
-        figure.add_trace(go.Scatter(
-            x=group[x], y=group["mean"], mode="lines+markers", name=f"your sweep: {name}" if own else name,
-            line=dict(color=METHOD_COLORS.get(method), dash="dot" if own else None), legendgroup=method,
-            marker=dict(symbol="diamond", size=9) if own else None,
-            error_y=dict(type="data", array=group["std"], visible=True) if has_spread else None,
-            customdata=group[["n"]], hovertemplate=f"%{{x}}<br>{label} %{{y:.3g}}<br>%{{customdata[0]}} run(s)",
-        ))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=group[x],
+                y=group["mean"],
+                mode="lines+markers",
+                name=f"your sweep: {name}" if own else name,
+                line=dict(color=METHOD_COLORS.get(method), dash="dot" if own else None),
+                legendgroup=method,
+                marker=dict(symbol="diamond", size=9) if own else None,
+                error_y=dict(type="data", array=group["std"], visible=True) if has_spread else None,
+                customdata=group[["n"]],
+                hovertemplate=f"%{{x}}<br>{label} %{{y:.3g}}<br>%{{customdata[0]}} run(s)",
+            )
+        )
 
 
 def _held(frame: pd.DataFrame, held: tuple[str, str]) -> pd.DataFrame:
@@ -114,5 +169,9 @@ def _baseline_line(figure: go.Figure, sweep: pd.DataFrame, metric: str) -> None:
     """Zero-shot has no data or parameters to vary: a dashed horizontal line at its mean."""
     zero = sweep[sweep["method"] == "zero-shot"][metric].dropna()
     if not zero.empty:
-        figure.add_hline(y=float(zero.mean()), line=dict(dash="dash", color=METHOD_COLORS["zero-shot"]),
-                         annotation_text="zero-shot", annotation_position="top left")  # fmt: skip
+        figure.add_hline(
+            y=float(zero.mean()),
+            line=dict(dash="dash", color=METHOD_COLORS["zero-shot"]),
+            annotation_text="zero-shot",
+            annotation_position="top left",
+        )

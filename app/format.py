@@ -75,22 +75,29 @@ def estimate_text(estimate: Estimate) -> str:
         return "**0 trainable parameters**: zero-shot trains nothing, it scores the model as it is."
     if not plan.feasible:
         return f"⚠️ **This budget is out of reach.** {plan.message}"
-    head = (f"**{count(plan.trainable_params)} trainable parameters** = {percent(plan.percent)} of the model "
-            f"({count(estimate.total_params)} parameters)")  # fmt: skip
+    head = (
+        f"**{count(plan.trainable_params)} trainable parameters** = {percent(plan.percent)} of the model "
+        f"({count(estimate.total_params)} parameters)"
+    )
     if plan.knob is None and CATALOG[plan.method].family != BASELINE:  # no knob: a fixed count, said in the plan
         return f"{head}. {plan.message}"
     if plan.knob is None:
         return f"{head}. {label} ignores the budget: it trains every weight."
-    return (f"{head}: {label} with {plan.knob} {plan.value}. Reachable with this method: "
-            f"{count(plan.min_params)} to {count(plan.max_params)}.")  # fmt: skip
+    return (
+        f"{head}: {label} with {plan.knob} {plan.value}. Reachable with this method: "
+        f"{count(plan.min_params)} to {count(plan.max_params)}."
+    )
 
 
 def job_headline(status: dict) -> str:
     """One line saying where a job is: queued #n, running step x/y with the time left, or how it ended."""
     state, config = status["state"], status.get("config") or {}
     owner = status.get("submitter")  # the Train tab shows a person their own jobs
-    status = {**status, "reason": reason(status.get("reason"), owner, owner),
-              "cancel_requested_by": reason(status.get("cancel_requested_by"), owner, owner) or None}  # fmt: skip
+    status = {
+        **status,
+        "reason": reason(status.get("reason"), owner, owner),
+        "cancel_requested_by": reason(status.get("cancel_requested_by"), owner, owner) or None,
+    }
     what = f"{METHOD_LABELS.get(config.get('method'), config.get('method'))} on {task_name(config.get('task'))}"
     if state == "queued":
         ahead = (status.get("queue_position") or 1) - 1
@@ -103,12 +110,17 @@ def job_headline(status: dict) -> str:
         if phase == "training" and status.get("total_steps"):
             loss = status.get("loss")
             left = status.get("eta_s")
-            return (f"**Training** ({what}): step {status['step']:,} of {status['total_steps']:,}"
-                    + (f", loss {loss:.3f}" if loss is not None else "")
-                    + (f", about {duration(left)} left" if left is not None else "") + ".")  # fmt: skip
+            return (
+                f"**Training** ({what}): step {status['step']:,} of {status['total_steps']:,}"
+                + (f", loss {loss:.3f}" if loss is not None else "")
+                + (f", about {duration(left)} left" if left is not None else "")
+                + "."
+            )
         if phase == "validating" and status.get("total_steps"):
-            return (f"**Training** ({what}): step {status['step']:,} of {status['total_steps']:,}, scoring the "
-                    "validation split to keep the best checkpoint so far.")  # fmt: skip
+            return (
+                f"**Training** ({what}): step {status['step']:,} of {status['total_steps']:,}, scoring the "
+                "validation split to keep the best checkpoint so far."
+            )
         if phase == "evaluating":
             done, total = status.get("eval_done"), status.get("eval_total")
             where = f": {done:,} of {total:,} test examples answered" if total else ": training is done"
@@ -162,6 +174,8 @@ def progress_html(status: dict | None) -> str:
     if status is None:
         return ""
     share, label = progress_share(status), html.escape(progress_label(status))
-    return (f'<div class="vl-progress" role="progressbar" aria-valuenow="{100 * share:.0f}" aria-valuemin="0" '
-            f'aria-valuemax="100"><div class="vl-progress-fill vl-{html.escape(status["state"])}" '
-            f'style="width:{100 * share:.1f}%"></div><span>{label}</span></div>')  # fmt: skip
+    return (
+        f'<div class="vl-progress" role="progressbar" aria-valuenow="{100 * share:.0f}" aria-valuemin="0" '
+        f'aria-valuemax="100"><div class="vl-progress-fill vl-{html.escape(status["state"])}" '
+        f'style="width:{100 * share:.1f}%"></div><span>{label}</span></div>'
+    )

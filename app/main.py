@@ -73,9 +73,11 @@ def build_app(settings: Settings | None = None) -> App:
     with gr.Blocks(title="VL-PEFT Lab") as demo:
         gr.Markdown(HEADER)
         if settings.demo:
-            gr.Markdown(f"ℹ️ **Public demo:** one job at a time per visitor, at most {settings.demo_max_steps} steps "
-                        f"and {settings.job_limits().max_runtime_s / 60:.0f} minutes per run, on the embedded "
-                        "model and data. Run the app yourself to lift these limits.")  # fmt: skip
+            gr.Markdown(
+                f"ℹ️ **Public demo:** one job at a time per visitor, at most {settings.demo_max_steps} steps "
+                f"and {settings.job_limits().max_runtime_s / 60:.0f} minutes per run, on the embedded "
+                "model and data. Run the app yourself to lift these limits."
+            )
         visitor = gr.BrowserState("", storage_key="vlpeft-visitor", secret=secret)
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
@@ -90,8 +92,9 @@ def build_app(settings: Settings | None = None) -> App:
                 loaders.append(runs.build(services, runs_tab, visitor, loaders[0].fills, tabs))
         api.register(services)
         # Every browser gets an id of its own (kept in its local storage) before the tabs fill in.
-        known = demo.load(lambda v: v or secrets.token_hex(8), visitor, visitor, api_name="ui_visitor",
-                          api_visibility="private")  # fmt: skip
+        known = demo.load(
+            lambda v: v or secrets.token_hex(8), visitor, visitor, api_name="ui_visitor", api_visibility="private"
+        )
         for loader in loaders:
             known.then(loader.fn, loader.inputs, loader.outputs, api_name=loader.name, api_visibility="private")
     return App(demo, services)
@@ -103,11 +106,15 @@ def serve(app: App, **launch_kwargs) -> tuple:
     app.services.start_worker()
     threading.Thread(target=_warm_up, args=(app.services,), name="vlpeft-warm-up", daemon=True).start()
     options = dict(
-        server_name=settings.host, server_port=settings.port, auth=list(settings.auth) or None,
+        server_name=settings.host,
+        server_port=settings.port,
+        auth=list(settings.auth) or None,
         auth_message="Log in to VL-PEFT Lab." if settings.auth else None,
         max_file_size=MAX_UPLOAD if settings.demo else MAX_DATASET_UPLOAD,
-        theme=gr.themes.Soft(), css=CSS, show_error=False,
-    )  # fmt: skip
+        theme=gr.themes.Soft(),
+        css=CSS,
+        show_error=False,
+    )
     options.update(launch_kwargs)
     app.demo.queue(default_concurrency_limit=1)
     return app.demo.launch(**options)

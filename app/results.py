@@ -14,23 +14,42 @@ from training.paths import REPO_ROOT
 RESULTS_FILE = "runs.csv"
 REPORT_FILE = "report.md"
 SETTING_COLUMNS = [
-    "task", "method", "budget", "trainable_params", "trainable_percent", "data_fraction", "train_examples",
-    "seed", "train_s", "peak_mem_mb", "base_model", "dataset",
-]  # fmt: skip
+    "task",
+    "method",
+    "budget",
+    "trainable_params",
+    "trainable_percent",
+    "data_fraction",
+    "train_examples",
+    "seed",
+    "train_s",
+    "peak_mem_mb",
+    "base_model",
+    "dataset",
+]
 CAPTION_METRICS = ["CIDEr-D", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L"]
 SWEEP, MINE, SWEPT = "sweep", "your run", "your sweep"  # SWEPT: runs of a sweep queued from the page
 ALL = "all (averaged)"
-TABLE_HEADERS = {"source": "from", "method": "method", "budget": "budget", "trainable_params": "trained parameters",
-                 "trainable_percent": "trained % of the model", "data_fraction": "share of data", "seed": "seed",
-                 "run_id": "run"}  # fmt: skip
+TABLE_HEADERS = {
+    "source": "from",
+    "method": "method",
+    "budget": "budget",
+    "trainable_params": "trained parameters",
+    "trainable_percent": "trained % of the model",
+    "data_fraction": "share of data",
+    "seed": "seed",
+    "run_id": "run",
+}
 
 
 def load_sweep(results_dir: Path) -> tuple[pd.DataFrame, str]:
     """The sweep's rows (source = 'sweep') and a note for the page; an empty table when there are none yet."""
     path = Path(results_dir) / RESULTS_FILE
     if not path.is_file():
-        return _empty(), (f"No sweep results yet: `{path.name}` appears in `{_shown(path.parent)}` once a sweep has "
-                          "run; until then the figures show the runs you finish in the Train tab.")  # fmt: skip
+        return _empty(), (
+            f"No sweep results yet: `{path.name}` appears in `{_shown(path.parent)}` once a sweep has "
+            "run; until then the figures show the runs you finish in the Train tab."
+        )
     try:
         frame = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
@@ -56,8 +75,10 @@ def load_verdict(results_dir: Path) -> str:
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError):
-        return (f"No verdict yet: `{path.name}` is written by `python -m training report` once a sweep has run "
-                f"(it goes to `{_shown(path.parent)}`).")  # fmt: skip
+        return (
+            f"No verdict yet: `{path.name}` is written by `python -m training report` once a sweep has run "
+            f"(it goes to `{_shown(path.parent)}`)."
+        )
     kept = [line for line in text.splitlines() if not line.lstrip().startswith("![")]
     return "\n".join(kept).replace("# Do the paper's findings reproduce?", "", 1).strip()
 
@@ -70,13 +91,21 @@ def user_frame(records: list[RunRecord], source: str = MINE) -> pd.DataFrame:
             continue
         config, info = record.config, record.info
         row = {
-            "task": record.task, "method": record.method, "budget": config.get("budget"),
-            "trainable_params": record.trainable_params, "trainable_percent": record.trainable_percent,
-            "data_fraction": config.get("data_fraction"), "train_examples": info.get("train_examples"),
-            "seed": config.get("seed"), "train_s": None, "peak_mem_mb": None,
-            "base_model": info.get("base_model"), "dataset": info.get("dataset_name"),
-            "source": source, "run_id": record.id,
-        }  # fmt: skip
+            "task": record.task,
+            "method": record.method,
+            "budget": config.get("budget"),
+            "trainable_params": record.trainable_params,
+            "trainable_percent": record.trainable_percent,
+            "data_fraction": config.get("data_fraction"),
+            "train_examples": info.get("train_examples"),
+            "seed": config.get("seed"),
+            "train_s": None,
+            "peak_mem_mb": None,
+            "base_model": info.get("base_model"),
+            "dataset": info.get("dataset_name"),
+            "source": source,
+            "run_id": record.id,
+        }
         for name, value in record.metrics.items():
             if isinstance(value, int | float) and (name in CAPTION_METRICS or name == "accuracy"):
                 row[name] = value
@@ -129,8 +158,17 @@ def aggregate(frame: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
 
 def table_view(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """The rows a person reads: who, what, how big, how well."""
-    columns = ["source", "method", "budget", "trainable_params", "trainable_percent", "data_fraction", "seed",
-               *[m for m in metrics if m in frame.columns], "run_id"]  # fmt: skip
+    columns = [
+        "source",
+        "method",
+        "budget",
+        "trainable_params",
+        "trainable_percent",
+        "data_fraction",
+        "seed",
+        *[m for m in metrics if m in frame.columns],
+        "run_id",
+    ]
     if frame.empty:
         return pd.DataFrame(columns=columns)
     view = frame[[c for c in columns if c in frame.columns]].copy()

@@ -55,12 +55,16 @@ def require_hub_model(repo_id: str) -> None:
     try:
         cached = huggingface_hub.try_to_load_from_cache(repo_id, "config.json")
     except ValueError:  # huggingface_hub's HFValidationError: not something a Hub id can be
-        raise UserError(f"{repo_id[:100]!r} is neither a local folder nor a Hugging Face Hub id (like "
-                        "Salesforce/blip-image-captioning-base): check the spelling.") from None  # fmt: skip
+        raise UserError(
+            f"{repo_id[:100]!r} is neither a local folder nor a Hugging Face Hub id (like "
+            "Salesforce/blip-image-captioning-base): check the spelling."
+        ) from None
     if isinstance(cached, str):
         return
-    unreachable = (f"Base model {repo_id!r} is not on this machine and the Hugging Face Hub cannot be reached: "
-                   "connect to the network, or give a local folder saved with save_pretrained.")  # fmt: skip
+    unreachable = (
+        f"Base model {repo_id!r} is not on this machine and the Hugging Face Hub cannot be reached: "
+        "connect to the network, or give a local folder saved with save_pretrained."
+    )
     if huggingface_hub.constants.HF_HUB_OFFLINE:
         raise UserError(unreachable)
     endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
@@ -180,9 +184,14 @@ class RunRecord:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        data.update(task=self.task, method=self.method, trainable_params=self.trainable_params,
-                    trainable_percent=self.trainable_percent, duration_s=self.duration_s,
-                    steps_done=self.steps_done)  # fmt: skip
+        data.update(
+            task=self.task,
+            method=self.method,
+            trainable_params=self.trainable_params,
+            trainable_percent=self.trainable_percent,
+            duration_s=self.duration_s,
+            steps_done=self.steps_done,
+        )
         return data
 
 
@@ -201,8 +210,9 @@ class Comparison:
 class Services:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = JobStore(settings.data_home / "jobs.sqlite3", limits=settings.job_limits(),
-                              durable=settings.durable)  # fmt: skip
+        self.store = JobStore(
+            settings.data_home / "jobs.sqlite3", limits=settings.job_limits(), durable=settings.durable
+        )
         self.supervisor = Supervisor(self.store)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self._models: OrderedDict[str, Comparer] = OrderedDict()  # each holds one loaded copy of its base
@@ -284,8 +294,10 @@ class Services:
         stored = next((d for d in self.uploaded_datasets() if d.name == text), None)
         if stored is not None:
             if stored.task != task:
-                raise UserError(f"Dataset {text!r} is a {stored.task} dataset: pick it for that task, or another "
-                                f"dataset for {task}.")  # fmt: skip
+                raise UserError(
+                    f"Dataset {text!r} is a {stored.task} dataset: pick it for that task, or another "
+                    f"dataset for {task}."
+                )
             return str(stored.path.resolve())
         path = Path(text).expanduser()
         return str(path.resolve()) if path.exists() else text
@@ -307,11 +319,16 @@ class Services:
             raise UserError(f"Pick the dataset's task: caption or vqa, not {task!r}.")
         if name.strip() == EMBEDDED:
             raise UserError(f"{EMBEDDED!r} stands for the app's own dataset: choose another name.")
-        in_use = [job.id for job in self.store.list_jobs(ACTIVE_STATES)
-                  if job.config.get("dataset") == str((self.datasets_home / name.strip()).resolve())]  # fmt: skip
+        in_use = [
+            job.id
+            for job in self.store.list_jobs(ACTIVE_STATES)
+            if job.config.get("dataset") == str((self.datasets_home / name.strip()).resolve())
+        ]
         if replace and in_use:
-            raise UserError(f"Dataset {name.strip()!r} is used by job {in_use[0]}, queued or running: replace it once "
-                            "that job has ended, or add this zip under another name.")  # fmt: skip
+            raise UserError(
+                f"Dataset {name.strip()!r} is used by job {in_use[0]}, queued or running: replace it once "
+                "that job has ended, or add this zip under another name."
+            )
         stored = install_zip(archive, name, task, self.datasets_home, replace, self.settings.archive_limits)
         source = str(stored.path.resolve())
         with self._lock:  # a replaced dataset is read afresh
@@ -362,8 +379,14 @@ class Services:
             runs_word = "run" if len(paces) == 1 else "runs"
             return sorted(paces)[len(paces) // 2], f"from {len(paces)} finished {runs_word} like it on this machine"
         bench = runs.read_json(self.settings.results_dir / "bench.json") if config.base_model is None else None
-        row = next((r for r in (bench or {}).get("train", []) if (r.get("method"), r.get("towers"))
-                    == (config.method, config.towers)), None)  # fmt: skip
+        row = next(
+            (
+                r
+                for r in (bench or {}).get("train", [])
+                if (r.get("method"), r.get("towers")) == (config.method, config.towers)
+            ),
+            None,
+        )
         if row is None:
             return None
         seconds = row["step_s"] * config.batch_size / row["batch_size"] * steps + bench.get("eval", {}).get("eval_s", 0)
@@ -373,8 +396,10 @@ class Services:
         """The first pictures of a test split (the app's dataset for the task, or one added from a zip, by name),
         with crisp upscaled thumbnails."""
         if dataset not in (None, "", EMBEDDED) and dataset not in {d.name for d in self.uploaded_datasets(task)}:
-            raise UserError(f"There is no {task} dataset named {str(dataset)[:60]!r} among the uploaded ones: pick "
-                            "the app's test images or a dataset you uploaded.")  # fmt: skip
+            raise UserError(
+                f"There is no {task} dataset named {str(dataset)[:60]!r} among the uploaded ones: pick "
+                "the app's test images or a dataset you uploaded."
+            )
         source = self.dataset_source(task, dataset)
         return self._once(self._galleries, (task, source), lambda: self._make_gallery(task, source))
 
@@ -382,8 +407,10 @@ class Services:
         grouped = _by_image(self.dataset(task, source).split("test"), self.settings.gallery_size)
         folder = self.scratch / "gallery" / f"{task}-{len(self._galleries)}-{time.time_ns()}"
         folder.mkdir(parents=True, exist_ok=True)
-        return [TestImage(index, image_id, _thumbnail(group[0].image.load(), folder / f"{index:03d}.png"), group)
-                for index, (image_id, group) in enumerate(grouped.items())]  # fmt: skip
+        return [
+            TestImage(index, image_id, _thumbnail(group[0].image.load(), folder / f"{index:03d}.png"), group)
+            for index, (image_id, group) in enumerate(grouped.items())
+        ]
 
     # --- jobs ------------------------------------------------------------------------------------
 
@@ -397,8 +424,10 @@ class Services:
         notes = []
         if self.settings.demo and size.steps > self.settings.demo_max_steps:
             config.max_steps = self.settings.demo_max_steps
-            notes.append(f"The public demo caps runs at {self.settings.demo_max_steps} steps "
-                         f"(this one would take {size.steps:,}).")  # fmt: skip
+            notes.append(
+                f"The public demo caps runs at {self.settings.demo_max_steps} steps "
+                f"(this one would take {size.steps:,})."
+            )
             size = self.training_size(config)
         return config, estimate, size, notes
 
@@ -443,13 +472,24 @@ class Services:
                 continue
             run_dir = Path(job.run_dir)
             evaluation = runs.read_json(run_dir / runs.EVAL) or {}
-            records.append(RunRecord(
-                id=job.id, state=job.state, reason=job.reason, submitter=job.submitter, config=job.config,
-                info=runs.read_json(run_dir / runs.CONFIG) or {}, metrics=evaluation.get("metrics", {}),
-                run_dir=job.run_dir, created_at=job.created_at, started_at=job.started_at,
-                finished_at=job.finished_at, has_weights=(run_dir / runs.WEIGHTS).is_file(),
-                progress=read_progress(run_dir) or {}, validation=evaluation.get("validation") or {},
-            ))  # fmt: skip
+            records.append(
+                RunRecord(
+                    id=job.id,
+                    state=job.state,
+                    reason=job.reason,
+                    submitter=job.submitter,
+                    config=job.config,
+                    info=runs.read_json(run_dir / runs.CONFIG) or {},
+                    metrics=evaluation.get("metrics", {}),
+                    run_dir=job.run_dir,
+                    created_at=job.created_at,
+                    started_at=job.started_at,
+                    finished_at=job.finished_at,
+                    has_weights=(run_dir / runs.WEIGHTS).is_file(),
+                    progress=read_progress(run_dir) or {},
+                    validation=evaluation.get("validation") or {},
+                )
+            )
         return records
 
     def run(self, job_id: str) -> RunRecord:
@@ -489,8 +529,15 @@ class Services:
 
     # --- compare ---------------------------------------------------------------------------------
 
-    def compare(self, task: str, run_ids: list[str], question: str = "", test_index: int | None = None,
-                image_path: str | None = None, dataset: str | None = None) -> Comparison:  # fmt: skip
+    def compare(
+        self,
+        task: str,
+        run_ids: list[str],
+        question: str = "",
+        test_index: int | None = None,
+        image_path: str | None = None,
+        dataset: str | None = None,
+    ) -> Comparison:
         """The zero-shot base and each chosen run on one image: a test picture (scored) of the app's dataset or of
         `dataset` (one added from a zip), or an upload."""
         chosen = [self.run(run_id) for run_id in run_ids]
@@ -503,8 +550,9 @@ class Services:
         if len(sources) > 1:
             raise UserError("The chosen runs were trained on different base models: compare one base model at a time.")
         comparer = self._resident(sources.pop())
-        comparison = Comparison([], task, question=(question or "").strip(),
-                                records={record.run_dir: record for record in chosen})  # fmt: skip
+        comparison = Comparison(
+            [], task, question=(question or "").strip(), records={record.run_dir: record for record in chosen}
+        )
         if test_index is not None:
             gallery = self.test_images(task, dataset)
             if not 0 <= test_index < len(gallery):
@@ -519,10 +567,14 @@ class Services:
         else:
             image = check_image(image_path)
         comparison.columns = comparer.compare(
-            image, task, [record.run_dir for record in chosen], question=comparison.question,
-            references=comparison.references or None, answers=comparison.answers or None,
+            image,
+            task,
+            [record.run_dir for record in chosen],
+            question=comparison.question,
+            references=comparison.references or None,
+            answers=comparison.answers or None,
             max_new_tokens=RunConfig().max_new_tokens,  # as long as the test-set evaluation decodes
-        )  # fmt: skip
+        )
         return comparison
 
 

@@ -68,16 +68,30 @@ class QueuedSweep:
         return f"python -m training sweep --config {self.sweep_file}"
 
 
-def sweep_data(name: str, task: str, methods: list[str], budgets: list[str], fractions: list[float],
-               seeds: list[int], settings: dict, base_model: str | None, dataset: str | None) -> dict:  # fmt: skip
+def sweep_data(
+    name: str,
+    task: str,
+    methods: list[str],
+    budgets: list[str],
+    fractions: list[float],
+    seeds: list[int],
+    settings: dict,
+    base_model: str | None,
+    dataset: str | None,
+) -> dict:
     """The sweep file (the `python -m training sweep` format) for a cross product on one task; `queue` adds where
     a rerun writes (`out`, `results`)."""
     return {
-        "name": name, "base_model": base_model,
-        "datasets": {task: dataset}, "tasks": {task: {}}, "methods": list(methods), "seeds": list(seeds),
-        "settings": {k: v for k, v in settings.items() if v is not None}, "budgets": list(budgets),
+        "name": name,
+        "base_model": base_model,
+        "datasets": {task: dataset},
+        "tasks": {task: {}},
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "settings": {k: v for k, v in settings.items() if v is not None},
+        "budgets": list(budgets),
         "fractions": list(fractions),
-    }  # fmt: skip
+    }
 
 
 def draft(services: Services, data: dict) -> SweepDraft:
@@ -87,8 +101,10 @@ def draft(services: Services, data: dict) -> SweepDraft:
     points, skipped, configs = [], [], []
     grid = spec.points()
     if len(grid) > MAX_RUNS:
-        raise UserError(f"That grid has {len(grid)} runs; the page queues at most {MAX_RUNS}. Drop a value or two, "
-                        "or run it with `python -m training sweep`.")  # fmt: skip
+        raise UserError(
+            f"That grid has {len(grid)} runs; the page queues at most {MAX_RUNS}. Drop a value or two, "
+            "or run it with `python -m training sweep`."
+        )
     for point in grid:
         config = spec.run_config(point)
         if point.budget is not None:
@@ -122,16 +138,22 @@ def queue(services: Services, plan: SweepDraft, submitter: str) -> QueuedSweep:
         raise UserError("This sweep has no run to queue: every budget is out of its method's range.")
     sweep_id = new_job_id()
     folder = sweeps_dir(services) / sweep_id
-    data = {"name": plan.data["name"], "out": str(folder), "results": str(folder / "results"),
-            **{k: v for k, v in plan.data.items() if k != "name"}}  # fmt: skip
+    data = {
+        "name": plan.data["name"],
+        "out": str(folder),
+        "results": str(folder / "results"),
+        **{k: v for k, v in plan.data.items() if k != "name"},
+    }
     try:
         job_ids = services.store.submit_many(plan.configs, submitter)
     except PersonalLimitReached as exc:
         raise UserError("You " + exc.sentence("already have")) from None
     folder.mkdir(parents=True, exist_ok=True)
-    header = (f"# Built in the VL-PEFT Lab page ({time.strftime('%Y-%m-%d %H:%M')}); the app ran it as jobs "
-              f"{job_ids[0]} ... {job_ids[-1]}.\n# Rerun it from the command line: "
-              f"python -m training sweep --config {folder / SWEEP_FILE}\n")  # fmt: skip
+    header = (
+        f"# Built in the VL-PEFT Lab page ({time.strftime('%Y-%m-%d %H:%M')}); the app ran it as jobs "
+        f"{job_ids[0]} ... {job_ids[-1]}.\n# Rerun it from the command line: "
+        f"python -m training sweep --config {folder / SWEEP_FILE}\n"
+    )
     (folder / SWEEP_FILE).write_text(header + yaml.safe_dump(data, sort_keys=False))
     jobs = {point.name: job_id for point, job_id in zip(plan.points, job_ids, strict=True)}
     record = {"submitter": submitter, "created_at": time.time(), "jobs": jobs}
@@ -153,8 +175,11 @@ def queued_sweeps(services: Services) -> list[QueuedSweep]:
             record = json.loads((folder / MEMBERS).read_text())
         except (OSError, ValueError, yaml.YAMLError):
             continue
-        found.append(QueuedSweep(folder.name, folder, data, record["jobs"], record.get("submitter", ""),
-                                 record.get("created_at", 0.0)))  # fmt: skip
+        found.append(
+            QueuedSweep(
+                folder.name, folder, data, record["jobs"], record.get("submitter", ""), record.get("created_at", 0.0)
+            )
+        )
     return found
 
 

@@ -34,25 +34,33 @@ def run_name(method: str, towers: str, lr: float | None, epochs: float, seed: in
     return f"{method}-{towers}-lr{lr:g}-ep{epochs:g}-s{seed}"
 
 
-def measure(model: Path, method: str, towers: str, lr: float | None, epochs: float, seed: int,
-            runs_dir: Path) -> dict:  # fmt: skip
+def measure(model: Path, method: str, towers: str, lr: float | None, epochs: float, seed: int, runs_dir: Path) -> dict:
     name = run_name(method, towers, lr, epochs, seed)
     run_dir = runs_dir / model.name / name
     base = None if model.resolve() == (REPO_ROOT / "assets" / "scene-blip").resolve() else str(model)
-    config = RunConfig(task="caption", method=method, towers=towers, lr=lr, epochs=epochs, seed=seed,
-                       base_model=base, eval_limit=1)  # fmt: skip
+    config = RunConfig(
+        task="caption", method=method, towers=towers, lr=lr, epochs=epochs, seed=seed, base_model=base, eval_limit=1
+    )
     if not (run_dir / runs.EVAL).exists():
         train(config, run_dir, install_signals=False)
     metrics = score_on_validation(run_dir)
     evaluation = runs.read_json(run_dir / runs.EVAL)
     info = runs.read_json(run_dir / runs.CONFIG)
     return {
-        "model": model.name, "method": method, "towers": towers if method != "zero-shot" else "-",
-        "lr": info["lr"] if method != "zero-shot" else None, "epochs": epochs if method != "zero-shot" else 0,
-        "seed": seed, "steps": info["total_steps"], "trainable_params": info["trainable_params"],
-        "val_cider_d": round(metrics["CIDEr-D"], 4), "val_bleu4": round(metrics["BLEU-4"], 4),
-        "train_s": evaluation["train_s"], "validation_s": runs.read_json(run_dir / VALIDATION)["wall_s"], "run": name,
-    }  # fmt: skip
+        "model": model.name,
+        "method": method,
+        "towers": towers if method != "zero-shot" else "-",
+        "lr": info["lr"] if method != "zero-shot" else None,
+        "epochs": epochs if method != "zero-shot" else 0,
+        "seed": seed,
+        "steps": info["total_steps"],
+        "trainable_params": info["trainable_params"],
+        "val_cider_d": round(metrics["CIDEr-D"], 4),
+        "val_bleu4": round(metrics["BLEU-4"], 4),
+        "train_s": evaluation["train_s"],
+        "validation_s": runs.read_json(run_dir / VALIDATION)["wall_s"],
+        "run": name,
+    }
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -60,22 +68,31 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | method | towers | lr | epochs | seed | steps | val CIDEr-D | train time | validation time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| model | method | towers | lr | epochs | seed | steps | val CIDEr-D | train time | validation time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lr = f"{r['lr']:g}" if r["lr"] else "-"
-        lines.append(f"| {r['model']} | {r['method']} | {r['towers']} | {lr} | {r['epochs']:g} | {r['seed']} | "
-                     f"{r['steps']} | {r['val_cider_d']:.3f} | {r['train_s']:.0f} s | "
-                     f"{r['validation_s']:.0f} s |")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['towers']} | {lr} | {r['epochs']:g} | {r['seed']} | "
+            f"{r['steps']} | {r['val_cider_d']:.3f} | {r['train_s']:.0f} s | "
+            f"{r['validation_s']:.0f} s |"
+        )
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["method"], r["towers"], r["lr"], r["epochs"]), []).append(r["val_cider_d"])
-    lines += ["", "| model | method | towers | lr | epochs | seeds | mean val CIDEr-D | spread (max - min) |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| model | method | towers | lr | epochs | seeds | mean val CIDEr-D | spread (max - min) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for (model, method, towers, lr, epochs), values in groups.items():
         if len(values) > 1:
-            lines.append(f"| {model} | {method} | {towers} | {lr:g} | {epochs:g} | {len(values)} | "
-                         f"{statistics.mean(values):.3f} | {max(values) - min(values):.3f} |")  # fmt: skip
+            lines.append(
+                f"| {model} | {method} | {towers} | {lr:g} | {epochs:g} | {len(values)} | "
+                f"{statistics.mean(values):.3f} | {max(values) - min(values):.3f} |"
+            )
     return "\n".join(lines)
 
 

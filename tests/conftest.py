@@ -39,17 +39,31 @@ def write_tiny_dataset(root: Path, task: str, sizes: dict[str, int], seed: int =
                 draw_tiny(color, shape).save(folder / name)
                 image_id = f"{split}-{index}"
                 if task == "caption":
-                    row = {"file_name": name, "image_id": image_id, "captions": [
-                        f"a {color} {shape}", f"there is a {color} {shape}", f"a picture of a {color} {shape}"]}
+                    row = {
+                        "file_name": name,
+                        "image_id": image_id,
+                        "captions": [
+                            f"a {color} {shape}",
+                            f"there is a {color} {shape}",
+                            f"a picture of a {color} {shape}",
+                        ],
+                    }
                     meta.write(json.dumps(row) + "\n")
                 else:
-                    for q, (question, answer, qtype) in enumerate([
-                        (f"what color is the {shape} ?", color, "color"),
-                        (f"what shape is the {color} shape ?", shape, "shape"),
-                    ]):
-                        row = {"file_name": name, "image_id": image_id, "question": question,
-                               "answers": [answer] * 9 + ["no"], "question_type": qtype,
-                               "question_id": f"{image_id}-{q}"}
+                    for q, (question, answer, qtype) in enumerate(
+                        [
+                            (f"what color is the {shape} ?", color, "color"),
+                            (f"what shape is the {color} shape ?", shape, "shape"),
+                        ]
+                    ):
+                        row = {
+                            "file_name": name,
+                            "image_id": image_id,
+                            "question": question,
+                            "answers": [answer] * 9 + ["no"],
+                            "question_type": qtype,
+                            "question_id": f"{image_id}-{q}",
+                        }
                         meta.write(json.dumps(row) + "\n")
     return root
 
@@ -58,18 +72,30 @@ def write_tiny_dataset(root: Path, task: str, sizes: dict[str, int], seed: int =
 def tiny_model_dir(tmp_path_factory) -> Path:
     from training.base_model import build_blip, save_base_model
 
-    base = build_blip(list(TINY_WORDS), image_size=32, patch_size=8, vision_hidden=32, vision_layers=2,
-                      text_hidden=32, text_layers=2, heads=2, max_positions=48, seed=0)  # fmt: skip
+    base = build_blip(
+        list(TINY_WORDS),
+        image_size=32,
+        patch_size=8,
+        vision_hidden=32,
+        vision_layers=2,
+        text_hidden=32,
+        text_layers=2,
+        heads=2,
+        max_positions=48,
+        seed=0,
+    )
     return save_base_model(base, tmp_path_factory.mktemp("tiny-blip"))
 
 
 @pytest.fixture(scope="session")
 def tiny_caption_dataset(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny-caption", "caption",
-                              {"train": 24, "validation": 4, "test": 6})  # fmt: skip
+    return write_tiny_dataset(
+        tmp_path_factory.mktemp("data") / "tiny-caption", "caption", {"train": 24, "validation": 4, "test": 6}
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_vqa_dataset(tmp_path_factory) -> Path:
-    return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny-vqa", "vqa",
-                              {"train": 16, "validation": 4, "test": 6})  # fmt: skip
+    return write_tiny_dataset(
+        tmp_path_factory.mktemp("data") / "tiny-vqa", "vqa", {"train": 16, "validation": 4, "test": 6}
+    )

@@ -41,9 +41,13 @@ def make_services(tmp_path: Path, tiny_model_dir, tiny_caption_dataset, tiny_vqa
     made = []
 
     def make(**overrides) -> Services:
-        options = dict(base_model=str(tiny_model_dir), home=tmp_path / f"home{len(made)}", limits=LIMITS,
-                       datasets={"caption": str(tiny_caption_dataset), "vqa": str(tiny_vqa_dataset)},
-                       results_dir=tmp_path / "results")  # fmt: skip
+        options = dict(
+            base_model=str(tiny_model_dir),
+            home=tmp_path / f"home{len(made)}",
+            limits=LIMITS,
+            datasets={"caption": str(tiny_caption_dataset), "vqa": str(tiny_vqa_dataset)},
+            results_dir=tmp_path / "results",
+        )
         made.append(Services(Settings(**{**options, **overrides})))
         return made[-1]
 
@@ -75,27 +79,55 @@ def form(**changes) -> list:
         dataset="embedded",
         eval_limit=0,
     )
-    values.update(changes)  # fmt: skip
+    values.update(changes)
     return list(values.values())
 
 
 def status(state: str, **fields) -> dict:
-    base = dict(state=state, config={"task": "caption", "method": "lora"}, queue_position=None, phase=None,
-                step=None, total_steps=None, loss=None, eta_s=None, elapsed_s=None, metrics={}, reason="",
-                hint=None, cancel_requested_by=None)  # fmt: skip
+    base = dict(
+        state=state,
+        config={"task": "caption", "method": "lora"},
+        queue_position=None,
+        phase=None,
+        step=None,
+        total_steps=None,
+        loss=None,
+        eta_s=None,
+        elapsed_s=None,
+        metrics={},
+        reason="",
+        hint=None,
+        cancel_requested_by=None,
+    )
     return {**base, **fields}
 
 
 def record(run_id: str = "20261129-100000-aaaaaa", **changes) -> RunRecord:
     values = dict(
-        id=run_id, state="finished", reason="finished in 30 s", submitter="visitor-1",
+        id=run_id,
+        state="finished",
+        reason="finished in 30 s",
+        submitter="visitor-1",
         config={"task": "caption", "method": "lora", "budget": "0.5%", "data_fraction": 0.5, "seed": 1},
-        info={"trainable_params": 21504, "trainable_percent": 0.72, "total_params": 2_986_000, "knob": "rank",
-              "knob_value": 4, "train_examples": 1000, "total_steps": 32, "command": "python -m training train",
-              "base_model": "tiny", "dataset_name": "tiny-caption"},
-        metrics={"CIDEr-D": 0.5, "BLEU-4": 0.25, "num_examples": 6}, run_dir=f"/runs/{run_id}",
-        created_at=1_764_400_000.0, started_at=1_764_400_010.0, finished_at=1_764_400_075.0, has_weights=True,
-    )  # fmt: skip
+        info={
+            "trainable_params": 21504,
+            "trainable_percent": 0.72,
+            "total_params": 2_986_000,
+            "knob": "rank",
+            "knob_value": 4,
+            "train_examples": 1000,
+            "total_steps": 32,
+            "command": "python -m training train",
+            "base_model": "tiny",
+            "dataset_name": "tiny-caption",
+        },
+        metrics={"CIDEr-D": 0.5, "BLEU-4": 0.25, "num_examples": 6},
+        run_dir=f"/runs/{run_id}",
+        created_at=1_764_400_000.0,
+        started_at=1_764_400_010.0,
+        finished_at=1_764_400_075.0,
+        has_weights=True,
+    )
     values.update(changes)
     return RunRecord(**values)
 
@@ -116,8 +148,10 @@ def test_a_method_without_a_knob_states_its_fixed_count_or_why_a_smaller_budget_
     within = Estimate(fixed_count_plan("lora", 960, 70_149, 1_000, "both"), 70_149, "tiny")  # any non-baseline
     text = fmt.estimate_text(within)
     assert text.startswith("**960 trainable parameters** = 1.37 % of the model (70,149 parameters). ")
-    assert text.endswith("lora has no knob: it trains its fixed 960 parameters (1.37% of the model) with "
-                         "towers=both, within the budget of 1,000.")  # fmt: skip
+    assert text.endswith(
+        "lora has no knob: it trains its fixed 960 parameters (1.37% of the model) with "
+        "towers=both, within the budget of 1,000."
+    )
     below = Estimate(fixed_count_plan("lora", 960, 70_149, 500, "both"), 70_149, "tiny")
     text = fmt.estimate_text(below)
     assert text.startswith("⚠️ **This budget is out of reach.** lora has no knob: it always trains 960 parameters")
@@ -139,8 +173,9 @@ def test_the_estimate_gives_the_exact_count_and_share_before_launch(services: Se
 
 
 @pytest.mark.parametrize("towers", TOWERS)
-def test_the_estimate_counts_from_the_config_alone_what_the_loaded_model_trains(towers, make_services, tiny_model_dir,
-                                                                               tmp_path, monkeypatch):  # fmt: skip
+def test_the_estimate_counts_from_the_config_alone_what_the_loaded_model_trains(
+    towers, make_services, tiny_model_dir, tmp_path, monkeypatch
+):
     shape_only = tmp_path / "config-only"
     shutil.copytree(tiny_model_dir, shape_only, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
 
@@ -149,8 +184,12 @@ def test_the_estimate_counts_from_the_config_alone_what_the_loaded_model_trains(
 
     services = make_services(base_model=str(shape_only))
     with monkeypatch.context() as patched:
-        for target in ("safetensors.safe_open", "safetensors.torch.load_file", "transformers.modeling_utils.safe_open",
-                       "torch.load"):  # fmt: skip
+        for target in (
+            "safetensors.safe_open",
+            "safetensors.torch.load_file",
+            "transformers.modeling_utils.safe_open",
+            "torch.load",
+        ):
             patched.setattr(target, no_weights)
         estimates = {method: services.estimate(method, "2k", towers) for method in METHOD_NAMES}
     for method, estimate in estimates.items():
@@ -177,7 +216,7 @@ def test_an_unknown_model_id_or_budget_text_is_a_sentence_not_a_traceback(servic
     assert train.estimate(services, "lora", "1k", "both", "nobody/no-such-blip").startswith(
         "⚠️ Base model 'nobody/no-such-blip' is not on this machine and the Hugging Face Hub cannot be reached"
     )
-    assert "is not understood" in train.estimate(services, "lora", "a lot", "both", "")  # fmt: skip
+    assert "is not understood" in train.estimate(services, "lora", "a lot", "both", "")
 
 
 @pytest.mark.parametrize(
@@ -185,33 +224,50 @@ def test_an_unknown_model_id_or_budget_text_is_a_sentence_not_a_traceback(servic
     [
         (status("queued", queue_position=1), "**Queued #1** (LoRA on image captioning): it starts next."),
         (status("queued", queue_position=3), "**Queued #3** (LoRA on image captioning): 2 jobs ahead of it."),
-        (status("running", phase="starting"),
-         "**Starting** (LoRA on image captioning): loading the model and the data."),
-        (status("running", phase="training", step=40, total_steps=312, loss=2.31, eta_s=80),
-         "**Training** (LoRA on image captioning): step 40 of 312, loss 2.310, about 1 min 20 s left."),
+        (
+            status("running", phase="starting"),
+            "**Starting** (LoRA on image captioning): loading the model and the data.",
+        ),
+        (
+            status("running", phase="training", step=40, total_steps=312, loss=2.31, eta_s=80),
+            "**Training** (LoRA on image captioning): step 40 of 312, loss 2.310, about 1 min 20 s left.",
+        ),
         (status("running", phase="evaluating"), "**Scoring on the test set**"),
-        (status("running", phase="evaluating", eval_done=12, eval_total=40),
-         "**Scoring on the test set** (LoRA on image captioning): 12 of 40 test examples answered."),
+        (
+            status("running", phase="evaluating", eval_done=12, eval_total=40),
+            "**Scoring on the test set** (LoRA on image captioning): 12 of 40 test examples answered.",
+        ),
         (status("running", phase="done"), "**Finishing** (LoRA on image captioning): test scores written"),
-        (status("running", phase="stopped"),
-         "**Stopping** (LoRA on image captioning): the weights trained so far are saved."),
-        (status("running", phase="training", step=4, total_steps=9, cancel_requested_by="ann"),
-         "**Stopping** (LoRA on image captioning): cancel requested by ann."),
-        (status("finished", elapsed_s=65, metrics={"CIDEr-D": 0.4521}),
-         "**Finished** in 1 min 05 s (LoRA on image captioning). Test score: CIDEr-D 0.452."),
-        (status("failed", reason="killed by SIGKILL", hint="try a smaller batch size"),
-         "**Failed** (LoRA on image captioning): killed by SIGKILL. **What to do:** try a smaller batch size"),
-        (status("cancelled", reason="cancelled by ann; the weights trained so far are kept"),
-         "**Cancelled** (LoRA on image captioning): cancelled by ann; the weights trained so far are kept."),
+        (
+            status("running", phase="stopped"),
+            "**Stopping** (LoRA on image captioning): the weights trained so far are saved.",
+        ),
+        (
+            status("running", phase="training", step=4, total_steps=9, cancel_requested_by="ann"),
+            "**Stopping** (LoRA on image captioning): cancel requested by ann.",
+        ),
+        (
+            status("finished", elapsed_s=65, metrics={"CIDEr-D": 0.4521}),
+            "**Finished** in 1 min 05 s (LoRA on image captioning). Test score: CIDEr-D 0.452.",
+        ),
+        (
+            status("failed", reason="killed by SIGKILL", hint="try a smaller batch size"),
+            "**Failed** (LoRA on image captioning): killed by SIGKILL. **What to do:** try a smaller batch size",
+        ),
+        (
+            status("cancelled", reason="cancelled by ann; the weights trained so far are kept"),
+            "**Cancelled** (LoRA on image captioning): cancelled by ann; the weights trained so far are kept.",
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_job_headline_says_where_the_job_is(job: dict, expected: str):
     assert expected in fmt.job_headline(job)
 
 
 def test_the_progress_bar_says_what_is_happening_and_keeps_what_a_stopped_job_reached():
-    scoring = fmt.progress_html(status("running", phase="evaluating", step=20, total_steps=20, eta_s=0.0,
-                                       eval_done=30, eval_total=40))  # fmt: skip
+    scoring = fmt.progress_html(
+        status("running", phase="evaluating", step=20, total_steps=20, eta_s=0.0, eval_done=30, eval_total=40)
+    )
     assert "99 % · scoring 30 of 40" in scoring and "left" not in scoring
     cancelled = fmt.progress_html(status("cancelled", phase="stopped", step=20, total_steps=150))
     assert 'style="width:12.7%"' in cancelled and "13 % · stopped at step 20 of 150" in cancelled
@@ -328,8 +384,14 @@ def test_start_queues_jobs_shows_their_place_and_a_reload_reattaches(services: S
 def test_a_failed_job_shows_its_reason_hint_and_log_tail(services: Services):
     job_id = services.submit(train.run_config(services, *form()), "visitor-v1")
     services.store.claim_next("worker-1", max_concurrent=1)
-    ended = Outcome("failed", "killed by SIGKILL", -9, error="killed by SIGKILL", hint=KILLED_HINT,
-                    log_tail="step 1/5 loss 3.1\nstep 2/5 loss 3.0")  # fmt: skip
+    ended = Outcome(
+        "failed",
+        "killed by SIGKILL",
+        -9,
+        error="killed by SIGKILL",
+        hint=KILLED_HINT,
+        log_tail="step 1/5 loss 3.1\nstep 2/5 loss 3.0",
+    )
     assert services.store.finish(job_id, "worker-1", ended)
     headline, progress, cancel_button, _, _, log, log_box, timer, _ = train.show_job(services, job_id, -1)
     assert headline.startswith(
@@ -343,7 +405,8 @@ def test_demo_mode_caps_steps_and_allows_one_job_per_visitor(make_services):
     services = make_services(demo=True, demo_max_steps=2)
     config, _, size, notes = services.prepare(train.run_config(services, *form()))
     assert (config.max_steps, size.steps) == (2, 2) and notes == [
-        "The public demo caps runs at 2 steps (this one would take 18)."]  # fmt: skip
+        "The public demo caps runs at 2 steps (this one would take 18)."
+    ]
     job_id = services.submit(config, "visitor-a")
     with pytest.raises(UserError, match="You already have 1 job queued or running"):
         services.submit(config, "visitor-a")
@@ -359,9 +422,11 @@ def test_demo_mode_caps_steps_and_allows_one_job_per_visitor(make_services):
 
 
 def test_the_comparison_marks_the_outputs_that_differ():
-    columns = [Column("zero-shot (base)", "zero-shot", "a red circle"),
-               Column("lora", "lora", "a blue circle", "/runs/r1", "0.5%", 21504, 0.5, {"CIDEr-D": 0.8}),
-               Column("prefix", "prefix", "a red circle", "/runs/r2", "1k", 1000, 1.0)]  # fmt: skip
+    columns = [
+        Column("zero-shot (base)", "zero-shot", "a red circle"),
+        Column("lora", "lora", "a blue circle", "/runs/r1", "0.5%", 21504, 0.5, {"CIDEr-D": 0.8}),
+        Column("prefix", "prefix", "a red circle", "/runs/r2", "1k", 1000, 1.0),
+    ]
     page = compare.comparison_html(Comparison(columns, "caption", image_id="test-0", references=["a red circle"]))
     assert "1 of 2 adapters give a different output from the zero-shot base" in page
     assert page.count('class="vl-card vl-differs"') == 1
@@ -370,9 +435,11 @@ def test_the_comparison_marks_the_outputs_that_differ():
 
 
 def test_words_an_adapter_drops_are_struck_and_words_it_adds_marked_with_a_legend():
-    columns = [Column("zero-shot (base)", "zero-shot", "a large red circle in the middle"),
-               Column("lora", "lora", "a red circle", "/runs/r1", "0.5%", 21504, 0.5),
-               Column("prefix", "prefix", "a small red circle in the middle", "/runs/r2", "1k", 1000, 1.0)]  # fmt: skip
+    columns = [
+        Column("zero-shot (base)", "zero-shot", "a large red circle in the middle"),
+        Column("lora", "lora", "a red circle", "/runs/r1", "0.5%", 21504, 0.5),
+        Column("prefix", "prefix", "a small red circle in the middle", "/runs/r2", "1k", 1000, 1.0),
+    ]
     page = compare.comparison_html(Comparison(columns, "caption"))
     cards = page.split("data-method=")[1:]
     assert 'a <del title="in the zero-shot output only">large</del> red circle <del' in cards[1]
@@ -384,9 +451,11 @@ def test_words_an_adapter_drops_are_struck_and_words_it_adds_marked_with_a_legen
 
 
 def test_an_output_cut_at_the_token_limit_ends_with_an_ellipsis():
-    columns = [Column("zero-shot (base)", "zero-shot", "a red circle", truncated=True),
-               Column("lora", "lora", "a red circle in the", "/runs/r1", "0.5%", 21504, 0.5, truncated=True),
-               Column("prefix", "prefix", "a red circle", "/runs/r2", "1k", 1000, 1.0)]  # fmt: skip
+    columns = [
+        Column("zero-shot (base)", "zero-shot", "a red circle", truncated=True),
+        Column("lora", "lora", "a red circle in the", "/runs/r1", "0.5%", 21504, 0.5, truncated=True),
+        Column("prefix", "prefix", "a red circle", "/runs/r2", "1k", 1000, 1.0),
+    ]
     cards = compare.comparison_html(Comparison(columns, "caption")).split("data-method=")[1:]
     assert [card.count("…</span>") for card in cards] == [1, 1, 0]
     assert '<div class="vl-output">a red circle<span class="vl-cut"' in cards[0]
@@ -396,11 +465,19 @@ def test_an_output_cut_at_the_token_limit_ends_with_an_ellipsis():
 def test_compare_cards_name_their_run_and_mark_a_partly_trained_adapter(make_services, tmp_path: Path):
     done = record("20261129-100000-aaaaaa")
     stopped = record("20261129-110000-bbbbbb", state="cancelled", progress={"step": 20})
-    columns = [Column("zero-shot (base)", "zero-shot", "a red circle", test_score={"CIDEr-D": 5.6}),
-               Column("lora", "lora", "a red circle", done.run_dir, "0.5%", 21504, 0.5),
-               Column("lora", "lora", "a blue circle", stopped.run_dir, "0.5%", 21504, 0.5)]  # fmt: skip
-    page = compare.comparison_html(Comparison(columns, "caption", records={r.run_dir: r for r in (done, stopped)},
-                                              base_score_source=" (the sweep's zero-shot run)"))  # fmt: skip
+    columns = [
+        Column("zero-shot (base)", "zero-shot", "a red circle", test_score={"CIDEr-D": 5.6}),
+        Column("lora", "lora", "a red circle", done.run_dir, "0.5%", 21504, 0.5),
+        Column("lora", "lora", "a blue circle", stopped.run_dir, "0.5%", 21504, 0.5),
+    ]
+    page = compare.comparison_html(
+        Comparison(
+            columns,
+            "caption",
+            records={r.run_dir: r for r in (done, stopped)},
+            base_score_source=" (the sweep's zero-shot run)",
+        )
+    )
     cards = page.split("data-method=")[1:]
     assert "LoRA rank 4 · budget 0.5%" in cards[1] and "run aaaaaa · data 50 % · seed 1 ·" in cards[1]
     assert "partly trained" not in cards[1]
@@ -453,19 +530,41 @@ def test_picking_a_vqa_test_image_offers_its_questions(services: Services):
 
 
 def write_sweep(folder: Path) -> None:
-    rows = [dict(task="caption", method=method, budget="0.5%", trainable_params=params, trainable_percent=0.7,
-                 data_fraction=fraction, seed=seed, **{"CIDEr-D": score + seed / 10})
-            for method, params, score in (("lora", 21504, 0.5), ("prefix", 20000, 0.3))
-            for fraction in (0.1, 1.0) for seed in (0, 1)]  # fmt: skip
-    rows.append(dict(task="caption", method="zero-shot", budget="0", trainable_params=0, trainable_percent=0,
-                     data_fraction=1.0, seed=0, **{"CIDEr-D": 0.2}))  # fmt: skip
+    rows = [
+        dict(
+            task="caption",
+            method=method,
+            budget="0.5%",
+            trainable_params=params,
+            trainable_percent=0.7,
+            data_fraction=fraction,
+            seed=seed,
+            **{"CIDEr-D": score + seed / 10},
+        )
+        for method, params, score in (("lora", 21504, 0.5), ("prefix", 20000, 0.3))
+        for fraction in (0.1, 1.0)
+        for seed in (0, 1)
+    ]
+    rows.append(
+        dict(
+            task="caption",
+            method="zero-shot",
+            budget="0",
+            trainable_params=0,
+            trainable_percent=0,
+            data_fraction=1.0,
+            seed=0,
+            **{"CIDEr-D": 0.2},
+        )
+    )
     folder.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(folder / "runs.csv", index=False)
 
 
 def test_explore_without_results_says_so_and_still_works(services: Services):
     note, metric, budgets, _, by_fraction, by_params, table, csv_path, verdict = explore.explore(
-        services, "caption", None, None, None, True)  # fmt: skip
+        services, "caption", None, None, None, True
+    )
     assert verdict.startswith("No verdict yet") and "python -m training report" in verdict
     assert note.startswith("No sweep results yet: `runs.csv` appears in")
     assert metric["value"] == "CIDEr-D" and budgets["visible"] is False
@@ -523,7 +622,12 @@ def test_the_runs_table_and_details_read_like_a_report():
     table = runs.runs_table([record()])
     row = dict(zip(table.columns, table.iloc[0], strict=True))
     assert (row["method"], row["trained parameters"], row["data"], row["test score"], row["time"]) == (
-        "LoRA", "21,504 (0.72 %)", "50 %", "CIDEr-D 0.5", "1 min 05 s")  # fmt: skip
+        "LoRA",
+        "21,504 (0.72 %)",
+        "50 %",
+        "CIDEr-D 0.5",
+        "1 min 05 s",
+    )
     text = runs.details(record())
     assert "**Test scores:** CIDEr-D 0.5 · BLEU-4 0.25 (on 6 test examples)" in text
     assert "21,504 of 2,986,000 parameters (0.72 %), rank 4, 1,000 training examples, 32 steps" in text
@@ -549,8 +653,11 @@ def test_a_run_downloads_as_a_zip_and_can_be_deleted(services: Services):
     (run_dir / "weights.safetensors").write_bytes(b"weights")
     (run_dir / "config.json").write_text(json.dumps({"trainable_params": 7}))
     with zipfile.ZipFile(services.zip_run(job_id)) as archive:
-        assert sorted(archive.namelist()) == [f"{job_id}/README.md", f"{job_id}/config.json",
-                                              f"{job_id}/weights.safetensors"]  # fmt: skip
+        assert sorted(archive.namelist()) == [
+            f"{job_id}/README.md",
+            f"{job_id}/config.json",
+            f"{job_id}/weights.safetensors",
+        ]
         assert "**Test scores:** none" in archive.read(f"{job_id}/README.md").decode()
     with pytest.raises(UserError, match="cancel it before deleting it"):
         services.delete(job_id, "visitor-v1")
@@ -618,8 +725,10 @@ def test_the_loss_figure_draws_the_validation_curve_and_rings_the_kept_checkpoin
     from app.figures import loss_curve
 
     rows = [{"step": s, "loss": 1 / s} for s in (1, 5, 10)]
-    validation = [{"step": 5, "metric": "accuracy", "value": 30.0, "best": 30.0, "best_step": 5},
-                  {"step": 10, "metric": "accuracy", "value": 20.0, "best": 30.0, "best_step": 5}]  # fmt: skip
+    validation = [
+        {"step": 5, "metric": "accuracy", "value": 30.0, "best": 30.0, "best_step": 5},
+        {"step": 10, "metric": "accuracy", "value": 20.0, "best": 30.0, "best_step": 5},
+    ]
     figure = loss_curve(rows, validation)
     names = [trace.name for trace in figure.data]
     assert names == ["training loss", "validation Accuracy", "kept checkpoint"]
@@ -631,8 +740,17 @@ def test_the_loss_figure_draws_the_validation_curve_and_rings_the_kept_checkpoin
 def test_runs_details_say_which_checkpoint_validation_kept_and_why_training_stopped():
     from app.tabs.runs import validation_line
 
-    line = validation_line({"metric": "CIDEr-D", "best": 5.81, "best_step": 200, "steps_run": 300,
-                            "epochs_run": 0.96, "stop_reason": "patience"}, 939)  # fmt: skip
+    line = validation_line(
+        {
+            "metric": "CIDEr-D",
+            "best": 5.81,
+            "best_step": 200,
+            "steps_run": 300,
+            "epochs_run": 0.96,
+            "stop_reason": "patience",
+        },
+        939,
+    )
     assert "step 200" in line and "CIDEr-D 5.81" in line and "300 of at most 939 steps" in line
     assert "stopped improving" in line
     assert "none" in validation_line({"best": None, "steps_run": 3}, 3)

@@ -28,8 +28,14 @@ from training.sweeps.grid import load_spec
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 UPDATE = os.environ.get("VLPEFT_UPDATE_SCREENSHOTS") == "1"
 EMBEDDED = UPDATE and (DEFAULT_MODEL_DIR / "config.json").is_file()
@@ -337,8 +343,9 @@ def test_the_compare_gallery_shows_all_six_columns_whole_at_1400_px(server, page
     thumbnails.first.wait_for()
     frame = gallery.bounding_box()
     boxes = [thumbnails.nth(i).bounding_box() for i in range(6)]
-    wrap = page.evaluate("() => { const g = document.querySelector('#test-gallery .grid-wrap'); "
-                         "return [g.clientWidth, g.scrollWidth]; }")  # fmt: skip
+    wrap = page.evaluate(
+        "() => { const g = document.querySelector('#test-gallery .grid-wrap'); return [g.clientWidth, g.scrollWidth]; }"
+    )
     assert wrap[1] <= wrap[0]  # nothing to scroll sideways to
     assert len({round(box["y"]) for box in boxes}) == 1  # one row of six
     for box in boxes:

@@ -48,8 +48,13 @@ def shut_down(app: App) -> None:
 
 
 def tiny_settings(home: Path, model: Path, caption: Path, vqa: Path, **overrides) -> Settings:
-    return Settings(base_model=str(model), datasets={"caption": str(caption), "vqa": str(vqa)}, home=home,
-                    limits=LIMITS, **overrides)  # fmt: skip
+    return Settings(
+        base_model=str(model),
+        datasets={"caption": str(caption), "vqa": str(vqa)},
+        home=home,
+        limits=LIMITS,
+        **overrides,
+    )
 
 
 def wait_for_state(client: Client, job_id: str, states: set[str], timeout: float = 120) -> dict:
@@ -88,8 +93,16 @@ def test_estimate_start_poll_to_finished_then_compare(client: Client):
     assert estimate["feasible"] and estimate["knob"] == "rank"
     assert 1000 < estimate["trainable_params"] < 3000 and estimate["total_params"] > estimate["trainable_params"]
 
-    job = client.predict(task="vqa", method="lora", budget="2k", data_fraction=0.5, max_steps=5, batch_size=4,
-                         eval_limit=6, api_name="/start_job")  # fmt: skip
+    job = client.predict(
+        task="vqa",
+        method="lora",
+        budget="2k",
+        data_fraction=0.5,
+        max_steps=5,
+        batch_size=4,
+        eval_limit=6,
+        api_name="/start_job",
+    )
     assert job["state"] in ("queued", "running") and job["steps"] == 5
     assert job["trainable_params"] == estimate["trainable_params"]
     assert job["command"].startswith(
@@ -112,14 +125,16 @@ def test_estimate_start_poll_to_finished_then_compare(client: Client):
 
     picture = Path(job["command"].split("--out ")[1]).parent / "upload.png"
     Image.new("RGB", (40, 30), (200, 30, 30)).save(picture)
-    uploaded = client.predict("vqa", [job["job_id"]], "what color is it ?", None, handle_file(str(picture)),
-                              api_name="/compare")  # fmt: skip
+    uploaded = client.predict(
+        "vqa", [job["job_id"]], "what color is it ?", None, handle_file(str(picture)), api_name="/compare"
+    )
     assert len(uploaded) == 2 and all(c["sample_score"] == {} for c in uploaded)
 
 
 def test_a_second_job_waits_in_the_queue_and_both_can_be_cancelled(client: Client):
-    first = client.predict(task="caption", method="lora", budget="2k", max_steps=100_000, batch_size=4,
-                           api_name="/start_job")["job_id"]  # fmt: skip
+    first = client.predict(
+        task="caption", method="lora", budget="2k", max_steps=100_000, batch_size=4, api_name="/start_job"
+    )["job_id"]
     wait_for_state(client, first, {"running"})
     second = client.predict(task="caption", method="prefix", budget="1k", max_steps=3, api_name="/start_job")
     assert (second["state"], second["queue_position"]) == ("queued", 1)
@@ -178,18 +193,32 @@ GENERIC = "upstream Gradio app has raised an exception"
 WRONG = [None, -1, True, "bogus", [], "x" * 5000]  # each type a JSON client can send, and a long text
 VALID = {
     "/estimate": dict(method="lora", budget="2k", towers="both", base_model=""),
-    "/start_job": dict(task="caption", method="lora", budget="2k", data_fraction=0.5, seed=0, epochs=None, max_steps=1,
-                       lr=None, batch_size=4, towers="both", base_model="", dataset="", eval_limit=1),
+    "/start_job": dict(
+        task="caption",
+        method="lora",
+        budget="2k",
+        data_fraction=0.5,
+        seed=0,
+        epochs=None,
+        max_steps=1,
+        lr=None,
+        batch_size=4,
+        towers="both",
+        base_model="",
+        dataset="",
+        eval_limit=1,
+    ),
     "/job_status": dict(job_id="20261129-103501-ab12cd", log_lines=5),
     "/cancel_job": dict(job_id="20261129-103501-ab12cd"),
     "/list_runs": dict(task=""),
     "/compare": dict(task="caption", run_ids=[], question="", test_image=0),
     "/upload_dataset": dict(archive=None, name="fuzzed", task="caption", replace=False),  # archive: a zip, below
-}  # fmt: skip
+}
 
 
-def test_every_endpoint_answers_any_wrong_argument_with_a_sentence(server, client: Client, tiny_caption_dataset,
-                                                                   tmp_path: Path):  # fmt: skip
+def test_every_endpoint_answers_any_wrong_argument_with_a_sentence(
+    server, client: Client, tiny_caption_dataset, tmp_path: Path
+):
     assert set(VALID) == API_NAMES
     archive = handle_file(str(zip_folder(tiny_caption_dataset, tmp_path / "data.zip")))
     valid = {**VALID, "/upload_dataset": {**VALID["/upload_dataset"], "archive": archive}}
@@ -216,9 +245,12 @@ def test_fresh_clients_from_one_address_share_the_cap_and_nobody_cancels_another
     store = app.services.store
     store.limits, limits = dataclasses.replace(LIMITS, max_queued_per_submitter=2), store.limits
     try:
-        started = [Client(url, verbose=False).predict(task="caption", method="lora", budget="2k", max_steps=100_000,
-                                                      batch_size=4, api_name="/start_job")["job_id"]
-                   for _ in range(2)]  # fmt: skip
+        started = [
+            Client(url, verbose=False).predict(
+                task="caption", method="lora", budget="2k", max_steps=100_000, batch_size=4, api_name="/start_job"
+            )["job_id"]
+            for _ in range(2)
+        ]
         with pytest.raises(Exception, match=r"You already have 2 jobs queued or running, the most allowed per person"):
             Client(url, verbose=False).predict(task="caption", method="lora", budget="2k", api_name="/start_job")
         someone_elses = store.submit(store.get(started[0]).run_config, "visitor-someone")
@@ -247,8 +279,10 @@ def test_a_dataset_zip_is_added_then_named_in_compare(client: Client, tiny_capti
     archive = handle_file(str(zip_folder(folder, tmp_path / "own.zip")))
     added = client.predict(archive, "api-shapes", "caption", api_name="/upload_dataset")
     assert added["name"] == "api-shapes" and added["splits"]["test"] == {"examples": 2, "images": 2}
-    assert added["message"] == "Dataset 'api-shapes' (caption) is added: use dataset='api-shapes' in /start_job and " \
-        "/compare."  # fmt: skip
+    assert (
+        added["message"] == "Dataset 'api-shapes' (caption) is added: use dataset='api-shapes' in /start_job and "
+        "/compare."
+    )
     with pytest.raises(Exception, match="already a dataset named 'api-shapes'"):
         client.predict(archive, "api-shapes", "caption", api_name="/upload_dataset")
     bad = handle_file(str(zip_folder(folder, tmp_path / "bad.zip", skip=("train/",))))

@@ -21,8 +21,14 @@ pytestmark = pytest.mark.slow
 H = 768  # hidden size of both towers (TEXT_CONFIG, VISION_CONFIG)
 LAYERS = 12  # layers of each tower
 # One training step per method at batch 2; prompt tuning cannot reach 0.5 % here (see the budget test).
-STEP_BUDGETS = {"full": "0.5%", "prompt": "10k", "prefix": "0.5%", "lora": "0.5%", "serial-adapter": "0.5%",
-                "parallel-adapter": "0.5%"}  # fmt: skip
+STEP_BUDGETS = {
+    "full": "0.5%",
+    "prompt": "10k",
+    "prefix": "0.5%",
+    "lora": "0.5%",
+    "serial-adapter": "0.5%",
+    "parallel-adapter": "0.5%",
+}
 
 
 def linear(inputs: int, outputs: int) -> int:
@@ -81,9 +87,31 @@ def base_runs(base_dir, tiny_vqa_dataset, tmp_path_factory) -> dict[str, Path]:
     done = {}
     for method, budget in STEP_BUDGETS.items():
         run_dir = out / method
-        code = run_cli(["train", "--task", "vqa", "--method", method, "--budget", budget, "--base-model",
-                        str(base_dir), "--dataset", str(tiny_vqa_dataset), "--max-steps", "1", "--batch-size", "2",
-                        "--eval-limit", "2", "--max-new-tokens", "3", "--out", str(run_dir)])  # fmt: skip
+        code = run_cli(
+            [
+                "train",
+                "--task",
+                "vqa",
+                "--method",
+                method,
+                "--budget",
+                budget,
+                "--base-model",
+                str(base_dir),
+                "--dataset",
+                str(tiny_vqa_dataset),
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--eval-limit",
+                "2",
+                "--max-new-tokens",
+                "3",
+                "--out",
+                str(run_dir),
+            ]
+        )
         assert code == 0, (run_dir / runs.LOG).read_text()
         done[method] = run_dir
     return done

@@ -69,8 +69,13 @@ def test_the_decoder_takes_and_returns_its_cache_under_the_named_keyword(model):
     cache = bi.EncoderDecoderCache(bi.DynamicCache(), bi.DynamicCache())
     image = torch.zeros(1, 2, model.config.vision_config.hidden_size)
     with torch.no_grad():
-        out = model.text_decoder(input_ids=torch.tensor([[1, 5, 6]]), encoder_hidden_states=image, use_cache=True,
-                                 logits_to_keep=1, **{bi.CACHE_KEYWORD: cache})  # fmt: skip
+        out = model.text_decoder(
+            input_ids=torch.tensor([[1, 5, 6]]),
+            encoder_hidden_states=image,
+            use_cache=True,
+            logits_to_keep=1,
+            **{bi.CACHE_KEYWORD: cache},
+        )
     returned = getattr(out, bi.CACHE_KEYWORD)
     assert returned is cache and out.logits.shape[1] == 1
     layers = bi.self_attention_layers(returned)
@@ -95,8 +100,11 @@ def test_the_last_cross_attention_gets_hidden_states_first_and_a_4d_mask_by_keyw
     image = torch.zeros(1, 2, model.config.vision_config.hidden_size)
     try:
         with torch.no_grad():
-            model.text_decoder(input_ids=torch.tensor([[1, 5, 6]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
-                               encoder_hidden_states=image)  # fmt: skip
+            model.text_decoder(
+                input_ids=torch.tensor([[1, 5, 6]]),
+                attention_mask=torch.ones(1, 3, dtype=torch.long),
+                encoder_hidden_states=image,
+            )
     finally:
         handle.remove()
     ((args, kwargs),) = seen
@@ -121,8 +129,9 @@ def test_a_peft_lora_layer_exposes_the_weights_switches_and_removal_the_methods_
     model = load_base_model(str(tiny_model_dir)).model
     linear = bi.text_layers(model)[0].attention.self.query
     for name in ("a", "b"):
-        bi.inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, target_modules=r".*0\.attention\.self\.query"), model,
-                                   adapter_name=name)  # fmt: skip
+        bi.inject_adapter_in_model(
+            LoraConfig(r=2, lora_alpha=4, target_modules=r".*0\.attention\.self\.query"), model, adapter_name=name
+        )
     layer = bi.text_layers(model)[0].attention.self.query
     assert isinstance(layer, bi.LoraLayer) and layer.get_base_layer() is linear
     assert bi.lora_adapters(layer) == {"a", "b"}
@@ -153,8 +162,10 @@ def test_the_ia3_targets_name_the_projections_peft_rescales_and_nothing_else(mod
     vision, text = model.config.vision_config.num_hidden_layers, model.config.text_config.num_hidden_layers
     names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     kinds = {"attention": bi.IA3_ATTENTION_TARGETS, "ffn": bi.IA3_FEED_FORWARD_TARGETS}
-    found = {kind: {tower: [n for n in names if re.fullmatch(pattern[tower], n)] for tower in ("vision", "text")}
-             for kind, pattern in kinds.items()}  # fmt: skip
+    found = {
+        kind: {tower: [n for n in names if re.fullmatch(pattern[tower], n)] for tower in ("vision", "text")}
+        for kind, pattern in kinds.items()
+    }
     assert len(found["attention"]["vision"]) == vision and all(n.endswith(".qkv") for n in found["attention"]["vision"])
     assert len(found["attention"]["text"]) == 4 * text
     assert all(re.search(r"\.self\.(key|value)$", n) for n in found["attention"]["text"])
@@ -170,8 +181,9 @@ def test_peft_tuner_layers_stack_switch_and_come_off_one_at_a_time(tiny_model_di
     model = load_base_model(str(tiny_model_dir)).model
     linear = bi.text_layers(model)[0].attention.self.value
     target = r".*0\.attention\.self\.value"
-    bi.inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, target_modules=target, use_dora=True), model,
-                               adapter_name="d")  # fmt: skip
+    bi.inject_adapter_in_model(
+        LoraConfig(r=2, lora_alpha=4, target_modules=target, use_dora=True), model, adapter_name="d"
+    )
     lora = bi.text_layers(model)[0].attention.self.value
     bi.inject_adapter_in_model(IA3Config(target_modules=target, feedforward_modules=[]), model, adapter_name="i")
     ia3 = bi.text_layers(model)[0].attention.self.value

@@ -18,14 +18,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 def cli(*args, cwd=REPO, timeout=120):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
 
 
-@pytest.mark.parametrize(("text", "value", "percent"), [
-    ("20000", 20000, False), ("20k", 20000, False), ("1.5M", 1_500_000, False), ("0.5%", 0.5, True),
-    ("2,000", 2000, False), (" 7K ", 7000, False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "value", "percent"),
+    [
+        ("20000", 20000, False),
+        ("20k", 20000, False),
+        ("1.5M", 1_500_000, False),
+        ("0.5%", 0.5, True),
+        ("2,000", 2000, False),
+        (" 7K ", 7000, False),
+    ],
+)
 def test_budget_parses_counts_and_percentages(text, value, percent):
     budget = parse_budget(text)
     assert (budget.value, budget.percent) == (value, percent)
@@ -41,11 +49,28 @@ def test_methods_json_lists_every_method_with_its_knob(tiny_model_dir):
     result = cli("methods", "--budget", "2k", "--base-model", str(tiny_model_dir), "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["method"]: row for row in json.loads(result.stdout)}
-    assert list(rows) == ["zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3",
-                          "dora"]
+    assert list(rows) == [
+        "zero-shot",
+        "full",
+        "prompt",
+        "prefix",
+        "lora",
+        "serial-adapter",
+        "parallel-adapter",
+        "ia3",
+        "dora",
+    ]
     for row in rows.values():
-        assert set(row) >= {"method", "knob", "value", "trainable_params", "percent", "min_params", "max_params",
-                            "feasible"}  # fmt: skip
+        assert set(row) >= {
+            "method",
+            "knob",
+            "value",
+            "trainable_params",
+            "percent",
+            "min_params",
+            "max_params",
+            "feasible",
+        }
     assert rows["lora"]["knob"] == "rank" and rows["lora"]["feasible"]
     assert rows["lora"]["min_params"] <= rows["lora"]["trainable_params"] <= rows["lora"]["max_params"]
     assert abs(rows["lora"]["trainable_params"] - 2000) <= rows["lora"]["min_params"]
@@ -58,17 +83,35 @@ def test_methods_table_marks_an_unreachable_budget(tiny_model_dir):
     assert "NO" in result.stdout and "rank" in result.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--method", "magic"], "Unknown method 'magic'"),
-    (["--data-fraction", "0"], "outside (0, 1]"),
-    (["--data-fraction", "1.5"], "outside (0, 1]"),
-    (["--budget", "10"], "lora cannot reach a budget of 10 trainable parameters"),
-    (["--dataset", "/nonexistent/data"], "does not exist"),
-    (["--base-model", "no-such-org/no-such-model"], "could not be loaded"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "magic"], "Unknown method 'magic'"),
+        (["--data-fraction", "0"], "outside (0, 1]"),
+        (["--data-fraction", "1.5"], "outside (0, 1]"),
+        (["--budget", "10"], "lora cannot reach a budget of 10 trainable parameters"),
+        (["--dataset", "/nonexistent/data"], "does not exist"),
+        (["--base-model", "no-such-org/no-such-model"], "could not be loaded"),
+    ],
+)
 def test_bad_train_arguments_exit_with_one_clear_line(args, message, tiny_model_dir, tiny_caption_dataset, tmp_path):
-    base = ["train", "--task", "caption", "--method", "lora", "--budget", "2k", "--base-model", str(tiny_model_dir),
-            "--dataset", str(tiny_caption_dataset), "--max-steps", "1", "--out", str(tmp_path / "run")]  # fmt: skip
+    base = [
+        "train",
+        "--task",
+        "caption",
+        "--method",
+        "lora",
+        "--budget",
+        "2k",
+        "--base-model",
+        str(tiny_model_dir),
+        "--dataset",
+        str(tiny_caption_dataset),
+        "--max-steps",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     for flag_index in range(0, len(args), 2):
         position = base.index(args[flag_index]) if args[flag_index] in base else None
         if position is None:

@@ -24,8 +24,17 @@ def vqa_runs(tiny_model_dir, tiny_vqa_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     dirs = []
     for method in ("lora", "prefix", "full"):
-        config = RunConfig(task="vqa", method=method, budget="2k", base_model=str(tiny_model_dir),
-                           dataset=str(tiny_vqa_dataset), max_steps=6, batch_size=8, lr=3e-2, eval_limit=4)  # fmt: skip
+        config = RunConfig(
+            task="vqa",
+            method=method,
+            budget="2k",
+            base_model=str(tiny_model_dir),
+            dataset=str(tiny_vqa_dataset),
+            max_steps=6,
+            batch_size=8,
+            lr=3e-2,
+            eval_limit=4,
+        )
         train(config, root / method, install_signals=False)
         dirs.append(root / method)
     return dirs
@@ -33,8 +42,9 @@ def vqa_runs(tiny_model_dir, tiny_vqa_dataset, tmp_path_factory):
 
 def test_compare_gives_zero_shot_then_one_column_per_run(tiny_model_dir, vqa_runs):
     comparer = Comparer(str(tiny_model_dir))
-    columns = comparer.compare(draw_tiny("red", "square"), "vqa", vqa_runs, question="what color is the square ?",
-                               answers=["red"] * 10)  # fmt: skip
+    columns = comparer.compare(
+        draw_tiny("red", "square"), "vqa", vqa_runs, question="what color is the square ?", answers=["red"] * 10
+    )
     assert [c.method for c in columns] == ["zero-shot", "lora", "prefix", "full"]
     assert all(isinstance(c.output, str) for c in columns)
     assert all("VQA accuracy" in c.sample_score for c in columns)
@@ -46,11 +56,13 @@ def test_compare_gives_zero_shot_then_one_column_per_run(tiny_model_dir, vqa_run
 
 
 def test_compare_of_one_run_equals_its_output_alone(tiny_model_dir, vqa_runs):
-    together = Comparer(str(tiny_model_dir)).compare(draw_tiny("blue", "circle"), "vqa", vqa_runs,
-                                                     question="what shape is the blue shape ?")  # fmt: skip
+    together = Comparer(str(tiny_model_dir)).compare(
+        draw_tiny("blue", "circle"), "vqa", vqa_runs, question="what shape is the blue shape ?"
+    )
     for index, run in enumerate(vqa_runs, start=1):
-        alone = Comparer(str(tiny_model_dir)).compare(draw_tiny("blue", "circle"), "vqa", [run],
-                                                      question="what shape is the blue shape ?")  # fmt: skip
+        alone = Comparer(str(tiny_model_dir)).compare(
+            draw_tiny("blue", "circle"), "vqa", [run], question="what shape is the blue shape ?"
+        )
         assert alone[1].output == together[index].output
 
 
@@ -76,10 +88,17 @@ def test_columns_in_turn_with_shared_image_features_equal_each_adapter_decoding_
     """Compare answers each column with its adapter active, reusing the base's image features for adapters
     that leave the vision tower untouched: each gives exactly the text it gives alone."""
     vl = VLModel(load_base_model(str(tiny_model_dir)))
-    spec = {"prompt-both": ("prompt", "both", 3), "prompt-text": ("prompt", "text", 4), "prefix": ("prefix", "both", 2),
-            "lora": ("lora", "both", 2), "lora-text": ("lora", "text", 2), "serial": ("serial-adapter", "both", 4),
-            "parallel": ("parallel-adapter", "text", 4), "ia3": ("ia3", "both", None),
-            "dora": ("dora", "both", 2)}  # fmt: skip
+    spec = {
+        "prompt-both": ("prompt", "both", 3),
+        "prompt-text": ("prompt", "text", 4),
+        "prefix": ("prefix", "both", 2),
+        "lora": ("lora", "both", 2),
+        "lora-text": ("lora", "text", 2),
+        "serial": ("serial-adapter", "both", 4),
+        "parallel": ("parallel-adapter", "text", 4),
+        "ia3": ("ia3", "both", None),
+        "dora": ("dora", "both", 2),
+    }
     generator = torch.Generator().manual_seed(0)
     for name, (method, towers, knob) in spec.items():
         vl.attach(method, name, towers, knob)
@@ -93,8 +112,8 @@ def test_columns_in_turn_with_shared_image_features_equal_each_adapter_decoding_
     with torch.no_grad():
         features = vl.encode_images(pixels)
     encoded = []
-    vl.encode_images = lambda pixel_values, encode=vl.encode_images: encoded.append(vl.ctx.active) or encode(
-        pixel_values
+    vl.encode_images = lambda pixel_values, encode=vl.encode_images: (
+        encoded.append(vl.ctx.active) or encode(pixel_values)
     )
     answered = {name: answer(vl, name, encoder, prompt, pixels, 8, features).text for name in [None, *spec]}
     # the text-only ones share the base's features
@@ -121,8 +140,7 @@ def test_an_answer_cut_by_the_token_limit_is_flagged_truncated(tiny_model_dir):
     assert not ended.truncated and ended.text == ""
 
 
-def test_compare_keeps_a_bounded_set_of_adapters_resident_and_detaches_the_rest(tiny_model_dir, vqa_runs,
-                                                                                  monkeypatch):  # fmt: skip
+def test_compare_keeps_a_bounded_set_of_adapters_resident_and_detaches_the_rest(tiny_model_dir, vqa_runs, monkeypatch):
     monkeypatch.setattr(compare_module, "MAX_RESIDENT_ADAPTERS", 1)
     comparer = Comparer(str(tiny_model_dir))
     base = comparer.base

@@ -17,8 +17,9 @@ pytestmark = [
 
 
 def test_the_image_serves_the_app_as_uid_1000_on_port_7860_and_publishes_runs_to_the_mounted_data():
-    done = subprocess.run(["bash", "scripts/docker-test.sh"], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=3 * 3600)  # fmt: skip
+    done = subprocess.run(
+        ["bash", "scripts/docker-test.sh"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=3 * 3600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "serves its first page on port 7860" in done.stdout
     assert "the app process runs as uid 1000" in done.stdout

@@ -69,13 +69,26 @@ def test_publishing_copies_subfolders_and_leaves_out_the_stop_request_and_tempor
         (local / name).write_text(name)
     folder = DurableRuns(tmp_path / "bucket").publish({"id": "job-1", "state": "cancelled"}, [], local)
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
-        FINAL, "log.txt", "progress.json", "tensorboard/events.out.tfevents.1"]  # fmt: skip
+        FINAL,
+        "log.txt",
+        "progress.json",
+        "tensorboard/events.out.tfevents.1",
+    ]
 
 
 def test_incomplete_published_records_are_left_out_of_the_list(tmp_path):
     durable = DurableRuns(tmp_path / "bucket")
-    job = {"id": "job-1", "submitter": "ann", "state": "finished", "reason": "finished in 3 s", "config": {},
-           "run_dir": "x", "created_at": 1.0, "updated_at": 2.0, "started_at": 1.5}  # fmt: skip
+    job = {
+        "id": "job-1",
+        "submitter": "ann",
+        "state": "finished",
+        "reason": "finished in 3 s",
+        "config": {},
+        "run_dir": "x",
+        "created_at": 1.0,
+        "updated_at": 2.0,
+        "started_at": 1.5,
+    }
     durable.publish(job, [], tmp_path / "nothing")
     durable.started({**job, "id": "job-2", "state": "running"})
     for job_id, text in (("job-3", '{"job": {"id": "job-3"}}'), ("job-4", '{"job": ')):
@@ -110,9 +123,17 @@ def test_runs_survive_a_restart_on_an_empty_local_disk_and_nothing_published_is_
     watch = WriteOnceWatch(bucket)
 
     def config(max_steps: int, method: str = "lora") -> RunConfig:
-        return RunConfig(task="vqa", method=method, budget="2k", base_model=str(tiny_model_dir),
-                         dataset=str(tiny_vqa_dataset), max_steps=max_steps, batch_size=4, eval_limit=8,
-                         patience=0 if max_steps > 100 else 3)  # a long job must not stop early on its own  # fmt: skip
+        return RunConfig(
+            task="vqa",
+            method=method,
+            budget="2k",
+            base_model=str(tiny_model_dir),
+            dataset=str(tiny_vqa_dataset),
+            max_steps=max_steps,
+            batch_size=4,
+            eval_limit=8,
+            patience=0 if max_steps > 100 else 3,
+        )  # a long job must not stop early on its own
 
     def open_store() -> tuple[JobStore, Supervisor]:
         store = JobStore(local / "jobs.sqlite3", limits=LIMITS, durable=bucket)
@@ -124,8 +145,7 @@ def test_runs_survive_a_restart_on_an_empty_local_disk_and_nothing_published_is_
         watch.check()
 
     def training(store: JobStore, supervisor: Supervisor, job_id: str) -> None:
-        wait_for(lambda: (job_status(store, job_id)["step"] or 0) >= 1, timeout=120, step=0.2,
-                 tick=supervisor.run_once)  # fmt: skip
+        wait_for(lambda: (job_status(store, job_id)["step"] or 0) >= 1, timeout=120, step=0.2, tick=supervisor.run_once)
 
     store, supervisor = open_store()
     first = store.submit(config(3), submitter="ann")
@@ -134,8 +154,15 @@ def test_runs_survive_a_restart_on_an_empty_local_disk_and_nothing_published_is_
     finish(store, supervisor, first)
     published = Path(store.get(first).run_dir)
     assert published == bucket / "runs" / first and not (local / "runs" / first).exists()
-    files = {"config.json", "weights.safetensors", "eval.json", "predictions.jsonl", "metrics.jsonl", "log.txt",
-             "validation.jsonl"}  # fmt: skip
+    files = {
+        "config.json",
+        "weights.safetensors",
+        "eval.json",
+        "predictions.jsonl",
+        "metrics.jsonl",
+        "log.txt",
+        "validation.jsonl",
+    }
     assert {p.name for p in published.iterdir()} == files | {"progress.json", FINAL, STARTED}
     assert job_status(store, first)["phase"] == "done"
 
@@ -160,16 +187,27 @@ def test_runs_survive_a_restart_on_an_empty_local_disk_and_nothing_published_is_
     assert (local / "jobs.sqlite3").is_file()
     jobs = {job.id: job for job in store.list_jobs()}
     assert list(jobs) == [first, cut, waiting, lost]  # in submission order
-    assert {i: j.state for i, j in jobs.items()} == {first: "finished", cut: "interrupted", waiting: "finished",
-                                                     lost: "interrupted"}  # fmt: skip
+    assert {i: j.state for i, j in jobs.items()} == {
+        first: "finished",
+        cut: "interrupted",
+        waiting: "finished",
+        lost: "interrupted",
+    }
     assert jobs[lost].reason == LOST_REASON and jobs[lost].config == config(100_000).to_dict()
     assert jobs[first].submitter == "ann" and jobs[waiting].exit_code == 0
     assert [e["to_state"] for e in store.events(first)] == ["queued", "running", "finished", "finished"]
     assert json.loads((bucket / "runs" / first / FINAL).read_text())["job"]["state"] == "finished"
 
     # The app lists them with their scores, and the new queue on local disk runs new jobs.
-    services = Services(Settings(base_model=str(tiny_model_dir), datasets={"vqa": str(tiny_vqa_dataset)},
-                                 home=local, durable=bucket, limits=LIMITS))  # fmt: skip
+    services = Services(
+        Settings(
+            base_model=str(tiny_model_dir),
+            datasets={"vqa": str(tiny_vqa_dataset)},
+            home=local,
+            durable=bucket,
+            limits=LIMITS,
+        )
+    )
     records = {record.id: record for record in services.runs()}
     assert records[first].has_weights and records[first].score[0] == "accuracy"
     assert records[waiting].comparable and not records[lost].has_weights
@@ -180,7 +218,8 @@ def test_runs_survive_a_restart_on_an_empty_local_disk_and_nothing_published_is_
     assert watch.check() > 20
 
     services.delete(first, "ann")
-    assert not (bucket / "runs" / first).exists() and first not in {job.id for job in JobStore(
-        local / "jobs.sqlite3", durable=bucket).list_jobs()}  # fmt: skip
+    assert not (bucket / "runs" / first).exists() and first not in {
+        job.id for job in JobStore(local / "jobs.sqlite3", durable=bucket).list_jobs()
+    }
     services.close()
     supervisor.close()

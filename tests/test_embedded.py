@@ -58,8 +58,10 @@ def test_zero_shot_captions_describe_the_scene_in_the_worlds_words(embedded):
         assert words and set(words) <= vocabulary
         named = set(words) & set(scenes.SHAPES) | set(words) & set(scenes.COLORS)
         assert named, caption
-    shapes_right = sum(any(s in c and s in " ".join(e.captions) for s in scenes.SHAPES)
-                       for c, e in zip(captions, examples, strict=True))  # fmt: skip
+    shapes_right = sum(
+        any(s in c and s in " ".join(e.captions) for s in scenes.SHAPES)
+        for c, e in zip(captions, examples, strict=True)
+    )
     assert shapes_right >= 4
 
 
@@ -72,13 +74,24 @@ def test_zero_shot_model_answers_a_question_with_some_text(embedded):
 def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):
     from training.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(steps=3, batch_size=4, warmup_steps=1, pool_images=8, hidden=32, vision_layers=1,
-                            text_layers=1, heads=2, clause_share=0.5, caption_frames=False)  # fmt: skip
+    config = PretrainConfig(
+        steps=3,
+        batch_size=4,
+        warmup_steps=1,
+        pool_images=8,
+        hidden=32,
+        vision_layers=1,
+        text_layers=1,
+        heads=2,
+        clause_share=0.5,
+        caption_frames=False,
+    )
     out = pretrain(config, tmp_path / "tiny-scene-blip")
     meta = json.loads((out / "pretrain.json").read_text())
     assert meta["command"].endswith("--steps 3 --clause-share 0.5 --no-caption-frames")  # reproduces the recipe
     assert meta["config"]["dense_weight"] > 0 and set(meta["history"][-1]["patch_accuracy"]) == set(
-        scenes.PATCH_LABEL_HEADS)  # fmt: skip
+        scenes.PATCH_LABEL_HEADS
+    )
     vl = VLModel(load_base_model(str(out)))
     assert not any("linear" in name for name, _ in vl.model.named_parameters())  # the patch head is not saved
     encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
@@ -93,8 +106,9 @@ def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):
 TINY_RUNS = {"max_steps": 2, "max_new_tokens": 4, "eval_limit": 2, "budget": "2%"}
 
 
-def test_embedded_report_measures_every_figure_from_runs_it_makes(tmp_path, tiny_model_dir, tiny_caption_dataset,
-                                                                  tiny_vqa_dataset):  # fmt: skip
+def test_embedded_report_measures_every_figure_from_runs_it_makes(
+    tmp_path, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset
+):
     from training.embedded import CAPTION_CANDIDATES, VALIDATION, report
     from training.errors import UserError
 
@@ -106,15 +120,25 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(tmp_path, tiny
 
     quality = json.loads((model_dir / "quality.json").read_text())
     runs_made = {name: r for name, r in quality.items() if isinstance(r, dict) and "command" in r}
-    assert set(runs_made) == {"caption-zero-shot", "caption-full", "caption-full-seed1", "caption-lora",
-                              "caption-lora-seed1", "vqa-zero-shot", "vqa-lora"}  # fmt: skip
+    assert set(runs_made) == {
+        "caption-zero-shot",
+        "caption-full",
+        "caption-full-seed1",
+        "caption-lora",
+        "caption-lora-seed1",
+        "vqa-zero-shot",
+        "vqa-lora",
+    }
     for name, run in runs_made.items():
         assert (work / name / "eval.json").is_file()  # made now, into the empty work folder
         assert run["measured_s"] > 0 and run["measured_s"] >= run["wall_s"] - 0.5, name
         assert run["total_steps"] == (0 if "zero-shot" in name else 2)
     room = quality["caption-headroom"]
-    read_back = {name: json.loads((work / name / VALIDATION).read_text())["metrics"]["CIDEr-D"]
-                 for name in runs_made if name.startswith("caption")}  # fmt: skip
+    read_back = {
+        name: json.loads((work / name / VALIDATION).read_text())["metrics"]["CIDEr-D"]
+        for name in runs_made
+        if name.startswith("caption")
+    }
     assert room["zero_shot"] == read_back["caption-zero-shot"]
     for name in CAPTION_CANDIDATES:
         scores = [read_back[name], read_back[f"{name}-seed1"]]
@@ -131,15 +155,17 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(tmp_path, tiny
         report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1))
 
 
-def test_a_run_is_scored_on_the_validation_split_whatever_its_folder_is_called(tmp_path, tiny_model_dir,
-                                                                                tiny_caption_dataset):  # fmt: skip
+def test_a_run_is_scored_on_the_validation_split_whatever_its_folder_is_called(
+    tmp_path, tiny_model_dir, tiny_caption_dataset
+):
     from training.config import RunConfig
     from training.embedded import VALIDATION, score_on_validation
     from training.trainer import train
 
     run_dir = tmp_path / "lora-lr0.006-s0"  # a dot, which no adapter name may hold
-    config = RunConfig(task="caption", method="lora", base_model=str(tiny_model_dir),
-                       dataset=str(tiny_caption_dataset), **TINY_RUNS)  # fmt: skip
+    config = RunConfig(
+        task="caption", method="lora", base_model=str(tiny_model_dir), dataset=str(tiny_caption_dataset), **TINY_RUNS
+    )
     train(config, run_dir, install_signals=False)
     metrics = score_on_validation(run_dir)
     written = json.loads((run_dir / VALIDATION).read_text())

@@ -30,11 +30,21 @@ LIMITS = JobLimits(max_queued=5, max_queued_per_submitter=5, max_runtime_s=0, ma
 
 def test_the_readme_of_a_method_peft_lacks_says_how_to_load_it_with_this_package(tmp_path):
     config = RunConfig(task="vqa", method="prefix", base_model="Salesforce/blip-image-captioning-base")
-    (tmp_path / "config.json").write_text(json.dumps({"config": config.to_dict(), "trainable_params": 15360,
-                                                      "trainable_percent": 0.515, "knob": "prefix length",
-                                                      "knob_value": 6, "total_steps": 40}))  # fmt: skip
-    (tmp_path / "eval.json").write_text(json.dumps({"metrics": {"accuracy": 0.4125, "num_examples": 80,
-                                                                "eval_s": 3.2}}))  # fmt: skip
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "config": config.to_dict(),
+                "trainable_params": 15360,
+                "trainable_percent": 0.515,
+                "knob": "prefix length",
+                "knob_value": 6,
+                "total_steps": 40,
+            }
+        )
+    )
+    (tmp_path / "eval.json").write_text(
+        json.dumps({"metrics": {"accuracy": 0.4125, "num_examples": 80, "eval_s": 3.2}})
+    )
     text = run_readme(tmp_path, "20261201-120000-abcdef", "finished")
     assert text.startswith("# 20261201-120000-abcdef: prefix for visual question answering")
     assert "15,360 trainable parameters (0.515 % of the base), prefix length 6" in text
@@ -47,12 +57,24 @@ def test_the_readme_of_a_method_peft_lacks_says_how_to_load_it_with_this_package
 def test_a_lora_runs_zip_loads_with_peft_and_its_readme_gives_the_apps_output(
     tmp_path, monkeypatch, tiny_model_dir, tiny_caption_dataset
 ):
-    settings = Settings(base_model=str(tiny_model_dir), datasets={"caption": str(tiny_caption_dataset), "vqa": None},
-                        home=tmp_path / "home", limits=LIMITS)  # fmt: skip
+    settings = Settings(
+        base_model=str(tiny_model_dir),
+        datasets={"caption": str(tiny_caption_dataset), "vqa": None},
+        home=tmp_path / "home",
+        limits=LIMITS,
+    )
     services = Services(settings)
     # 768 parameters per rank on the tiny BLIP: rank 8, above rank 4 where the scaling is rank-stabilised.
-    config = RunConfig(task="caption", method="lora", budget="6144", base_model=str(tiny_model_dir),
-                       dataset=str(tiny_caption_dataset), max_steps=6, batch_size=4, eval_limit=6)  # fmt: skip
+    config = RunConfig(
+        task="caption",
+        method="lora",
+        budget="6144",
+        base_model=str(tiny_model_dir),
+        dataset=str(tiny_caption_dataset),
+        max_steps=6,
+        batch_size=4,
+        eval_limit=6,
+    )
     job_id = services.submit(config, "ann")
     wait_for(lambda: services.store.get(job_id).is_final, timeout=240, step=0.2, tick=services.supervisor.run_once)
     assert services.store.get(job_id).state == "finished", services.store.get(job_id).log_tail
@@ -60,9 +82,17 @@ def test_a_lora_runs_zip_loads_with_peft_and_its_readme_gives_the_apps_output(
     with zipfile.ZipFile(services.zip_run(job_id)) as archive:
         names = {name.removeprefix(f"{job_id}/") for name in archive.namelist()}
         archive.extractall(tmp_path / "download")
-    assert names == {"weights.safetensors", "config.json", "log.txt", "metrics.jsonl", "eval.json",
-                     "predictions.jsonl", "README.md", "peft/adapter_config.json",
-                     "peft/adapter_model.safetensors"}  # fmt: skip
+    assert names == {
+        "weights.safetensors",
+        "config.json",
+        "log.txt",
+        "metrics.jsonl",
+        "eval.json",
+        "predictions.jsonl",
+        "README.md",
+        "peft/adapter_config.json",
+        "peft/adapter_model.safetensors",
+    }
     folder = tmp_path / "download" / job_id
     info = json.loads((folder / "config.json").read_text())
     adapter_config = json.loads((folder / "peft" / "adapter_config.json").read_text())

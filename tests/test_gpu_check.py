@@ -16,11 +16,10 @@ from training.paths import REPO_ROOT
 
 
 @pytest.mark.slow
-def test_bf16_autocast_matches_fp32_for_every_method_and_the_fast_paths_are_used(
-    tiny_model_dir, tiny_vqa_dataset
-):  # fmt: skip
-    result = gpu_check.precision_check(str(tiny_model_dir), "cpu", task="vqa", dataset=str(tiny_vqa_dataset),
-                                       batch_size=4, budget="2k")  # fmt: skip
+def test_bf16_autocast_matches_fp32_for_every_method_and_the_fast_paths_are_used(tiny_model_dir, tiny_vqa_dataset):
+    result = gpu_check.precision_check(
+        str(tiny_model_dir), "cpu", task="vqa", dataset=str(tiny_vqa_dataset), batch_size=4, budget="2k"
+    )
     rows = {row["method"]: row for row in result["methods"]}
     assert list(rows) == list(gpu_check.CHECK_METHODS)
     for method, row in rows.items():
@@ -40,8 +39,16 @@ def test_the_bench_measures_a_chosen_base_model_task_and_device(tiny_model_dir, 
 
 
 def test_one_job_runs_through_the_queue_and_a_worker_process(tiny_model_dir, tiny_vqa_dataset, tmp_path):
-    config = RunConfig(task="vqa", method="lora", budget="2k", base_model=str(tiny_model_dir),
-                       dataset=str(tiny_vqa_dataset), max_steps=2, batch_size=4, eval_limit=4)  # fmt: skip
+    config = RunConfig(
+        task="vqa",
+        method="lora",
+        budget="2k",
+        base_model=str(tiny_model_dir),
+        dataset=str(tiny_vqa_dataset),
+        max_steps=2,
+        batch_size=4,
+        eval_limit=4,
+    )
     result = gpu_check.run_queue_job(config, tmp_path, timeout_s=300)
     assert result["state"] == "finished", result
     assert result["device"] == "cpu" and result["precision"] == "float32" and result["total_steps"] == 2
@@ -50,25 +57,44 @@ def test_one_job_runs_through_the_queue_and_a_worker_process(tiny_model_dir, tin
 
 def test_collect_joins_the_pieces_and_evaluates_the_targets(tmp_path):
     def row(method, budget, speedup, peak):
-        return {"method": method, "towers": "both", "budget": budget, "speedup_vs_full": speedup,
-                "peak_mem_mb": peak}  # fmt: skip
+        return {"method": method, "towers": "both", "budget": budget, "speedup_vs_full": speedup, "peak_mem_mb": peak}
 
-    bench = {"train": [row("full", "0.5%", 1.0, 1000.0), row("lora", "0.5%", 1.5, 500.0),
-                       row("prompt", "0.5%", 0.8, 700.0), row("prompt", "1k", 2.0, 100.0)]}  # fmt: skip
+    bench = {
+        "train": [
+            row("full", "0.5%", 1.0, 1000.0),
+            row("lora", "0.5%", 1.5, 500.0),
+            row("prompt", "0.5%", 0.8, 700.0),
+            row("prompt", "1k", 2.0, 100.0),
+        ]
+    }
     (tmp_path / "bench-base.json").write_text(json.dumps(bench))
     (tmp_path / "job.json").write_text(json.dumps({"state": "finished"}))
     out = tmp_path / "results" / "bench-gpu.json"
-    code = subprocess.run([sys.executable, "-m", "training", "gpu-check", "collect", "--pieces", str(tmp_path),
-                           "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True)  # fmt: skip
+    code = subprocess.run(
+        [sys.executable, "-m", "training", "gpu-check", "collect", "--pieces", str(tmp_path), "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert code.returncode == 0, code.stderr
     result = json.loads(out.read_text())
     assert result["job"] == {"state": "finished"} and "bench-default" not in result
     assert result["targets_base_size"] == [
-        {"method": "lora", "speedup_vs_full": 1.5, "memory_share_of_full": 0.5, "meets_speedup": True,
-         "meets_memory": True},
-        {"method": "prompt", "speedup_vs_full": 0.8, "memory_share_of_full": 0.7, "meets_speedup": False,
-         "meets_memory": False},
-    ]  # fmt: skip
+        {
+            "method": "lora",
+            "speedup_vs_full": 1.5,
+            "memory_share_of_full": 0.5,
+            "meets_speedup": True,
+            "meets_memory": True,
+        },
+        {
+            "method": "prompt",
+            "speedup_vs_full": 0.8,
+            "memory_share_of_full": 0.7,
+            "meets_speedup": False,
+            "meets_memory": False,
+        },
+    ]
 
 
 def test_the_gpu_script_is_valid_bash():

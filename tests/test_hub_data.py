@@ -12,15 +12,22 @@ from training.errors import UserError
 
 
 def karpathy_table() -> datasets.Dataset:
-    images = [draw_tiny(c, s) for c, s in [("red", "square"), ("blue", "circle"), ("green", "square"),
-                                            ("yellow", "circle")]]  # fmt: skip
-    return datasets.Dataset.from_dict({
-        "image": images,
-        "cocoid": [11, 12, 13, 14],
-        "sentences": [[{"raw": "a red square", "tokens": ["a", "red", "square"]}], [{"raw": "a blue circle"}],
-                      [{"raw": "a green square"}], [{"raw": "a yellow circle"}]],
-        "split": ["train", "restval", "val", "test"],
-    }).cast_column("image", datasets.Image())  # fmt: skip
+    images = [
+        draw_tiny(c, s) for c, s in [("red", "square"), ("blue", "circle"), ("green", "square"), ("yellow", "circle")]
+    ]
+    return datasets.Dataset.from_dict(
+        {
+            "image": images,
+            "cocoid": [11, 12, 13, 14],
+            "sentences": [
+                [{"raw": "a red square", "tokens": ["a", "red", "square"]}],
+                [{"raw": "a blue circle"}],
+                [{"raw": "a green square"}],
+                [{"raw": "a yellow circle"}],
+            ],
+            "split": ["train", "restval", "val", "test"],
+        }
+    ).cast_column("image", datasets.Image())
 
 
 def test_karpathy_layout_with_a_split_column_loads_from_a_hub_style_folder(tmp_path):
@@ -36,13 +43,22 @@ def test_karpathy_layout_with_a_split_column_loads_from_a_hub_style_folder(tmp_p
 
 def test_vqav2_layout_loads_from_save_to_disk(tmp_path):
     images = [draw_tiny("red", "square"), draw_tiny("blue", "circle")]
-    answers = [[{"answer": "red", "answer_confidence": "yes", "answer_id": i} for i in range(10)],
-               [{"answer": "circle", "answer_confidence": "yes", "answer_id": i} for i in range(10)]]  # fmt: skip
-    split = datasets.Dataset.from_dict({
-        "image": images, "question": ["what color is it?", "what shape is it?"], "answers": answers,
-        "question_type": ["what color is the", "what shape is"], "answer_type": ["other", "other"],
-        "question_id": [1, 2], "image_id": [7, 8], "multiple_choice_answer": ["red", "circle"],
-    }).cast_column("image", datasets.Image())  # fmt: skip
+    answers = [
+        [{"answer": "red", "answer_confidence": "yes", "answer_id": i} for i in range(10)],
+        [{"answer": "circle", "answer_confidence": "yes", "answer_id": i} for i in range(10)],
+    ]
+    split = datasets.Dataset.from_dict(
+        {
+            "image": images,
+            "question": ["what color is it?", "what shape is it?"],
+            "answers": answers,
+            "question_type": ["what color is the", "what shape is"],
+            "answer_type": ["other", "other"],
+            "question_id": [1, 2],
+            "image_id": [7, 8],
+            "multiple_choice_answer": ["red", "circle"],
+        }
+    ).cast_column("image", datasets.Image())
     datasets.DatasetDict({"train": split, "validation": split, "test": split}).save_to_disk(str(tmp_path / "vqav2"))
     loaded = load_dataset(str(tmp_path / "vqav2"), "vqa")
     example = loaded.split("test")[1]
@@ -66,11 +82,16 @@ def test_an_unreachable_hub_id_is_explained(monkeypatch):
 
 def test_a_test_split_without_answers_falls_back_to_validation(tmp_path):
     def split(answers):
-        return datasets.Dataset.from_dict({
-            "image": [draw_tiny("red", "square")], "question": ["what color is it?"], "answers": [answers],
-        }).cast_column("image", datasets.Image())  # fmt: skip
+        return datasets.Dataset.from_dict(
+            {
+                "image": [draw_tiny("red", "square")],
+                "question": ["what color is it?"],
+                "answers": [answers],
+            }
+        ).cast_column("image", datasets.Image())
 
-    datasets.DatasetDict({"train": split(["red"] * 10), "validation": split(["red"] * 10), "test": split([])}) \
-        .save_to_disk(str(tmp_path / "vqa"))  # fmt: skip
+    datasets.DatasetDict(
+        {"train": split(["red"] * 10), "validation": split(["red"] * 10), "test": split([])}
+    ).save_to_disk(str(tmp_path / "vqa"))
     loaded = load_dataset(str(tmp_path / "vqa"), "vqa")
     assert loaded.split("test") is loaded.split("validation") and loaded.split("test")[0].answers == ["red"] * 10

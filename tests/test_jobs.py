@@ -250,8 +250,10 @@ def test_per_submitter_limit_refuses_with_a_clear_message_and_others_still_queue
 def test_several_runs_queue_together_in_order_or_not_at_all_each_counting_against_the_limits(home: Path):
     store = JobStore(limits=JobLimits(max_queued=5, max_queued_per_submitter=3))
     store.submit(fake(), submitter="ann")
-    with pytest.raises(UserError, match="ann already has 1 job queued or running and may have 3 at most .*: these 3 "
-                                        "runs do not fit, 2 would"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match="ann already has 1 job queued or running and may have 3 at most .*: these 3 runs do not fit, 2 would",
+    ):
         store.submit_many([dataclasses.replace(fake(), seed=s) for s in range(3)], submitter="ann")
     assert len(store.list_jobs()) == 1
     ids = store.submit_many([dataclasses.replace(fake(), seed=s) for s in range(2)], submitter="ann")
@@ -365,8 +367,11 @@ def test_cancel_from_another_process_stops_gracefully_and_keeps_the_partial_run(
 
     other = subprocess.run(
         [sys.executable, "-m", "training", "cancel", job_id[-6:], "--by", "ann"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert other.returncode == 0, other.stderr
     assert "stop requested" in other.stdout
     run_until(supervisor, is_state(store, job_id, "cancelled", "failed"))
@@ -412,12 +417,14 @@ def test_a_job_past_the_time_limit_is_stopped_with_that_reason(store: JobStore, 
         ("oom", 1, "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB", outcome.OOM_HINT),
         ("no-java", 1, "FileNotFoundError: [Errno 2] No such file or directory: 'java'", outcome.JAVA_HINT),
         (
-            "user-error", 2, "Dataset 'nope' is not a folder or a Hub id: check --dataset.",
+            "user-error",
+            2,
+            "Dataset 'nope' is not a folder or a Hub id: check --dataset.",
             "Dataset 'nope' is not a folder or a Hub id: check --dataset.",
         ),
         ("user-error-java", 2, JAVA_MISSING_MESSAGE, outcome.JAVA_HINT),
     ],
-)  # fmt: skip
+)
 def test_a_failure_reports_exit_code_log_tail_and_hint_then_the_next_job_runs(
     store: JobStore, supervisors, mode: str, exit_code: int, error: str, hint: str | None
 ):
@@ -473,8 +480,9 @@ def test_supervisor_restart_marks_the_lost_job_interrupted_and_runs_the_queue_on
     assert started_runs(home) == Counter([lost, *queued])
 
 
-def test_a_new_supervisor_adopts_a_job_that_outlived_its_worker(home: Path, store: JobStore, supervisors,
-                                                               worker_processes):  # fmt: skip
+def test_a_new_supervisor_adopts_a_job_that_outlived_its_worker(
+    home: Path, store: JobStore, supervisors, worker_processes
+):
     job_id = store.submit(fake("finish", steps=40))
     worker = worker_processes()
     wait_for(reached_step(store, job_id, 1), timeout=30)
@@ -595,8 +603,9 @@ def test_cli_submit_makes_local_paths_absolute(home: Path, tmp_path: Path, monke
 
 def test_cli_worker_runs_the_queue_and_exits_when_idle(home: Path, store: JobStore, monkeypatch):
     job_id = store.submit(fake())
-    monkeypatch.setattr("training.jobs.cli.Supervisor", lambda store, poll_s: Supervisor(
-        store, poll_s=0.05, command=fake_command))  # fmt: skip
+    monkeypatch.setattr(
+        "training.jobs.cli.Supervisor", lambda store, poll_s: Supervisor(store, poll_s=0.05, command=fake_command)
+    )
     assert main(["worker", "--exit-when-idle"]) == 0
     assert store.get(job_id).state == "finished"
     assert live_supervisors(store) == []

@@ -48,10 +48,16 @@ def supervisor(store: JobStore):
 def tiny_run(tiny_model_dir: Path, tiny_caption_dataset: Path):
     def make(max_steps: int) -> RunConfig:
         return RunConfig(
-            task="caption", method="lora", budget="2k", base_model=str(tiny_model_dir),
-            dataset=str(tiny_caption_dataset), max_steps=max_steps, batch_size=4, eval_limit=8,
+            task="caption",
+            method="lora",
+            budget="2k",
+            base_model=str(tiny_model_dir),
+            dataset=str(tiny_caption_dataset),
+            max_steps=max_steps,
+            batch_size=4,
+            eval_limit=8,
             patience=0 if max_steps > 100 else 3,  # a long job must not stop early on its own
-        )  # fmt: skip
+        )
 
     return make
 
@@ -82,8 +88,10 @@ def test_after_kill_9_of_a_job_the_worker_command_trains_the_next_one_to_the_end
     following = store.submit(tiny_run(max_steps=3), submitter="bob")
     worker = subprocess.Popen(
         [sys.executable, "-m", "training", "worker", "--exit-when-idle", "--poll", "0.1"],
-        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(training_started(store, killed), timeout=60)
         os.kill(store.get(killed).pid, signal.SIGKILL)

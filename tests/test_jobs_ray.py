@@ -28,8 +28,18 @@ def ray_address():
 
 
 def tiny_job(model: Path, dataset: Path, **overrides) -> RunConfig:
-    values = dict(task="vqa", method="lora", budget="2k", base_model=str(model), dataset=str(dataset),
-                  max_steps=3, batch_size=4, eval_limit=4, max_new_tokens=4, device="cpu")  # fmt: skip
+    values = dict(
+        task="vqa",
+        method="lora",
+        budget="2k",
+        base_model=str(model),
+        dataset=str(dataset),
+        max_steps=3,
+        batch_size=4,
+        eval_limit=4,
+        max_new_tokens=4,
+        device="cpu",
+    )
     return RunConfig(**{**values, **overrides})
 
 
@@ -46,7 +56,7 @@ def run_until(supervisor: Supervisor, predicate, timeout: float = 600) -> None:
 @pytest.mark.slow
 def test_with_a_ray_address_jobs_run_as_ray_tasks_and_fail_with_the_trainers_reason(
     ray_address, tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch
-):  # fmt: skip
+):
     monkeypatch.setenv("VLPEFT_RAY_ADDRESS", ray_address)
     store = JobStore(tmp_path / "jobs.sqlite3", limits=JobLimits(max_concurrent=2))
     supervisor = Supervisor(store, poll_s=0.2)
@@ -78,7 +88,7 @@ def test_with_a_ray_address_jobs_run_as_ray_tasks_and_fail_with_the_trainers_rea
 @pytest.mark.slow
 def test_a_node_without_the_data_home_ships_progress_and_files_back_and_a_cancel_stops_it_gracefully(
     ray_address, tiny_model_dir, tiny_vqa_dataset, tmp_path
-):  # fmt: skip
+):
     store = JobStore(tmp_path / "jobs.sqlite3", limits=JobLimits(stop_grace_s=60))
     supervisor = Supervisor(store, poll_s=0.2, ray=RayJobRunner(ray_address, ship_always=True))
     # patience=0: a fixed schedule, so that early stopping cannot end the job before it is cancelled.

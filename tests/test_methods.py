@@ -278,8 +278,9 @@ def stored_and_training(method) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.mark.parametrize(("method", "options"),
-                         [(m, {}) for m in PEFT if m not in NOT_RANDOM] + [("prefix", {"reparam": True})])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "options"), [(m, {}) for m in PEFT if m not in NOT_RANDOM] + [("prefix", {"reparam": True})]
+)
 def test_every_initialisation_follows_the_seed_and_nothing_else(tiny_model_dir, method, options):
     def initial(seed: int, global_seed: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(global_seed)
@@ -303,8 +304,14 @@ def test_ia3_vectors_start_at_one_whatever_the_seed(tiny_model_dir):
         assert state and all(torch.equal(v, torch.ones_like(v)) for v in state.values())
 
 
-@pytest.mark.parametrize(("towers", "count"), [("text", 2 * (4 * 32 + 4 * 32)), ("vision", 2 * (3 * 32 + 4 * 32)),
-                                               ("both", 2 * (4 * 32 + 4 * 32) + 2 * (3 * 32 + 4 * 32))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("towers", "count"),
+    [
+        ("text", 2 * (4 * 32 + 4 * 32)),
+        ("vision", 2 * (3 * 32 + 4 * 32)),
+        ("both", 2 * (4 * 32 + 4 * 32) + 2 * (3 * 32 + 4 * 32)),
+    ],
+)
 def test_ia3_trains_a_fixed_count_and_refuses_a_smaller_budget_saying_it(vl, towers, count):
     """Per text layer: keys and values of self- and cross-attention (4 x 32) and the FFN's 128 activations;
     per ViT layer: the fused qkv output (3 x 32) and the MLP's 128 activations (2 layers each)."""
@@ -358,8 +365,9 @@ def test_text_prefix_starts_as_the_decoders_own_keys_and_values_of_real_words(vl
     assert torch.allclose(prefix[0, 0], key, atol=1e-6) and torch.allclose(prefix[0, 1], value, atol=1e-6)
 
 
-def test_reparametrised_prefix_trains_e_and_the_mlp_then_folds_into_the_plain_prefix(vl, inputs, tiny_model_dir,
-                                                                                    tmp_path):  # fmt: skip
+def test_reparametrised_prefix_trains_e_and_the_mlp_then_folds_into_the_plain_prefix(
+    vl, inputs, tiny_model_dir, tmp_path
+):
     plan = plan_method(vl.model, "prefix", "2k", "both")
     method = vl.attach("prefix", "a", "both", plan.value, seed=5, options={"reparam": True})
     plain = VLModel(load_base_model(str(tiny_model_dir))).attach("prefix", "p", "both", plan.value)

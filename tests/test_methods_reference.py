@@ -99,8 +99,12 @@ def ffn_inner(weights: Tensors, name: str, x: torch.Tensor, insert: Insert) -> t
 
 def vision_embeddings(weights: Tensors, cfg, pixels: torch.Tensor, insert: Insert) -> torch.Tensor:
     patch = cfg.patch_size
-    patches = F.conv2d(pixels, weights["vision_model.embeddings.patch_embedding.weight"],
-                       weights["vision_model.embeddings.patch_embedding.bias"], stride=patch)  # fmt: skip
+    patches = F.conv2d(
+        pixels,
+        weights["vision_model.embeddings.patch_embedding.weight"],
+        weights["vision_model.embeddings.patch_embedding.bias"],
+        stride=patch,
+    )
     patches = patches.flatten(2).transpose(1, 2)
     cls = weights["vision_model.embeddings.class_embedding"].expand(pixels.shape[0], 1, -1)
     tokens = torch.cat([cls, patches], 1)
@@ -143,8 +147,9 @@ def text_embeddings(weights: Tensors, cfg, ids: torch.Tensor, insert: Insert) ->
     return layer_norm(weights, "text_decoder.bert.embeddings.LayerNorm", tokens, cfg.layer_norm_eps)
 
 
-def text_layer(weights: Tensors, cfg, x: torch.Tensor, mask: torch.Tensor, image: torch.Tensor,
-               insert: Insert) -> torch.Tensor:  # fmt: skip
+def text_layer(
+    weights: Tensors, cfg, x: torch.Tensor, mask: torch.Tensor, image: torch.Tensor, insert: Insert
+) -> torch.Tensor:
     """Post-LN decoder block: LN(h + dense(causal self-attn h)), LN(· + dense(cross-attn to the image)),
     LN(· + dense(gelu(dense ·))). `mask` [B, T'] covers the whole sequence (prompt included)."""
     name = "text_decoder.bert.encoder.layer.0"
@@ -211,9 +216,13 @@ def lora_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
     if tower == "vision":
         return Insert(delta={"qkv": update("vision_model.encoder.layers.0.self_attn.qkv")})
     name = "text_decoder.bert.encoder.layer.0"
-    return Insert(delta={f"{part}.{proj}": update(f"{name}.{module}.self.{proj}")
-                         for part, module in (("self", "attention"), ("cross", "crossattention"))
-                         for proj in ("query", "value")})  # fmt: skip
+    return Insert(
+        delta={
+            f"{part}.{proj}": update(f"{name}.{module}.self.{proj}")
+            for part, module in (("self", "attention"), ("cross", "crossattention"))
+            for proj in ("query", "value")
+        }
+    )
 
 
 def serial_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
@@ -238,9 +247,11 @@ def ia3_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
         name = "vision_model.encoder.layers.0"
         return Insert(scale={"qkv": vector(f"{name}.self_attn.qkv"), "ffn": vector(f"{name}.mlp.fc2")})
     name = "text_decoder.bert.encoder.layer.0"
-    scale = {f"{part}.{proj}": vector(f"{name}.{module}.self.{proj}")
-             for part, module in (("self", "attention"), ("cross", "crossattention"))
-             for proj in ("key", "value")}  # fmt: skip
+    scale = {
+        f"{part}.{proj}": vector(f"{name}.{module}.self.{proj}")
+        for part, module in (("self", "attention"), ("cross", "crossattention"))
+        for proj in ("key", "value")
+    }
     return Insert(scale={**scale, "ffn": vector(f"{name}.output.dense")})
 
 
@@ -260,9 +271,13 @@ def dora_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
     if tower == "vision":
         return Insert(weight={"qkv": recomposed("vision_model.encoder.layers.0.self_attn.qkv")})
     name = "text_decoder.bert.encoder.layer.0"
-    return Insert(weight={f"{part}.{proj}": recomposed(f"{name}.{module}.self.{proj}")
-                          for part, module in (("self", "attention"), ("cross", "crossattention"))
-                          for proj in ("query", "value")})  # fmt: skip
+    return Insert(
+        weight={
+            f"{part}.{proj}": recomposed(f"{name}.{module}.self.{proj}")
+            for part, module in (("self", "attention"), ("cross", "crossattention"))
+            for proj in ("query", "value")
+        }
+    )
 
 
 @dataclass(frozen=True)

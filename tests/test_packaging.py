@@ -55,21 +55,26 @@ def _fresh_venv(root: Path) -> Path:
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--without-pip", str(root)], check=True)
     python = root / "bin" / "python"
-    own = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], check=True,
-                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    own = subprocess.run(
+        [python, "-c", "import site; print(site.getsitepackages()[0])"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     Path(own, "test-env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return python
 
 
 def _pip_install(python: Path, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", *args],
-                   check=True, cwd=REPO_ROOT)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", *args],
+        check=True,
+        cwd=REPO_ROOT,
+    )
 
 
 def _run(venv: Path, *args: str, cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing from the checkout
-    done = subprocess.run([str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -85,8 +90,14 @@ def _serves_first_page(venv: Path, home: Path) -> str:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PORT=str(port), VLPEFT_HOME=str(home), GRADIO_ANALYTICS_ENABLED="False")
-    proc = subprocess.Popen([str(venv / "bin" / "vl-peft-lab")], cwd=home, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "vl-peft-lab")],
+        cwd=home,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -104,8 +115,22 @@ def _serves_first_page(venv: Path, home: Path) -> str:
 
 @pytest.mark.slow
 def test_the_wheel_installs_and_its_entry_points_run_from_a_fresh_venv(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path / "dist"), str(REPO_ROOT)], check=True, cwd=tmp_path)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO_ROOT),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     wheel = next((tmp_path / "dist").glob("vl_peft_lab-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -121,9 +146,14 @@ def test_the_wheel_installs_and_its_entry_points_run_from_a_fresh_venv(tmp_path)
     _pip_install(python, str(wheel))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = _run(venv, "python", "-c", "import training.paths as p; print(p.__file__); print(p.DEFAULT_MODEL_DIR); "
-                 "from training.data.dataset import load_dataset; print(len(load_dataset(None, 'vqa').split('test')))",
-                 cwd=elsewhere).split()  # fmt: skip
+    where = _run(
+        venv,
+        "python",
+        "-c",
+        "import training.paths as p; print(p.__file__); print(p.DEFAULT_MODEL_DIR); "
+        "from training.data.dataset import load_dataset; print(len(load_dataset(None, 'vqa').split('test')))",
+        cwd=elsewhere,
+    ).split()
     assert all(Path(path).is_relative_to(venv) for path in where[:2]), where
     assert int(where[2]) > 0
 
@@ -139,7 +169,8 @@ def test_an_editable_install_finds_the_assets_of_the_checkout(tmp_path):
     venv = tmp_path / "venv"
     python = _fresh_venv(venv)
     _pip_install(python, "--no-build-isolation", "-e", str(REPO_ROOT))
-    where = _run(venv, "python", "-c", "import training.paths as p; print(p.__file__); print(p.DEFAULT_MODEL_DIR)",
-                 cwd=tmp_path).split()  # fmt: skip
+    where = _run(
+        venv, "python", "-c", "import training.paths as p; print(p.__file__); print(p.DEFAULT_MODEL_DIR)", cwd=tmp_path
+    ).split()
     assert where == [str(REPO_ROOT / "training" / "paths.py"), str(REPO_ROOT / "assets" / "scene-blip")]
     assert "lora" in _run(venv, "vl-peft", "methods", "--budget", "20k", cwd=tmp_path)

@@ -29,14 +29,22 @@ from training.validation import Validator, main_metric_score
 
 
 def config(model, data, **overrides) -> RunConfig:
-    values = dict(task="vqa", method="lora", budget="2k", base_model=str(model), dataset=str(data), batch_size=4,
-                  eval_limit=6, seed=0, val_every=2)  # fmt: skip
+    values = dict(
+        task="vqa",
+        method="lora",
+        budget="2k",
+        base_model=str(model),
+        dataset=str(data),
+        batch_size=4,
+        eval_limit=6,
+        seed=0,
+        val_every=2,
+    )
     values.update(overrides)
     return RunConfig(**values)
 
 
-def test_a_run_validates_keeps_its_best_step_and_scores_the_test_split_once(tiny_model_dir, tiny_vqa_dataset,
-                                                                             tmp_path):  # fmt: skip
+def test_a_run_validates_keeps_its_best_step_and_scores_the_test_split_once(tiny_model_dir, tiny_vqa_dataset, tmp_path):
     run = tmp_path / "run"
     assert train(config(tiny_model_dir, tiny_vqa_dataset, max_steps=8, lr=5e-2), run, install_signals=False) == 0
     curve = runs.read_jsonl(run / runs.VALIDATION)
@@ -116,8 +124,9 @@ def test_cli_arguments_round_trip_the_protocol_options():
     from training.cli import build_parser
     from training.config import config_from_args
 
-    cfg = RunConfig(method="prefix", patience=5, val_every=20, val_limit=50, score_test=False,
-                    method_options={"reparam": True})  # fmt: skip
+    cfg = RunConfig(
+        method="prefix", patience=5, val_every=20, val_limit=50, score_test=False, method_options={"reparam": True}
+    )
     args = build_parser().parse_args(["train", *cfg.to_cli_args(), "--out", "x"])
     again = config_from_args(args)
     assert (again.patience, again.val_every, again.val_limit, again.score_test) == (5, 20, 50, False)
@@ -186,8 +195,10 @@ def test_tuning_widens_the_grid_until_the_best_is_bracketed_and_resumes(tmp_path
         return {"best": value, "best_step": 10, "steps_run": 20, "epochs_run": 1.0, "stop_reason": "patience"}
 
     base = RunConfig(task="vqa", budget="18k", towers="text")
-    targets = [TuneTarget("vqa", "prefix", "text", {"reparam": False}), TuneTarget("vqa", "prefix", "text",
-                                                                                   {"reparam": True})]  # fmt: skip
+    targets = [
+        TuneTarget("vqa", "prefix", "text", {"reparam": False}),
+        TuneTarget("vqa", "prefix", "text", {"reparam": True}),
+    ]
     rows = tune(targets, base, [0, 1], tmp_path, tmp_path / "work", train_fn=fake_train, echo=lambda s: None)
     plain = sorted({lr for lr, _, opts in calls if '"reparam": false' in opts})
     assert plain[-1] == pytest.approx(0.316) and plain[0] == pytest.approx(3.16e-3)  # widened twice upwards
@@ -211,8 +222,15 @@ def test_tuning_stops_widening_at_the_learning_rate_ceiling(tmp_path):
         tried.append(RunConfig.from_dict(config.to_dict()).validate().lr)
         return {"best": config.lr, "best_step": 1, "steps_run": 2, "epochs_run": 1.0, "stop_reason": "patience"}
 
-    rows = tune([TuneTarget("vqa", "ia3", "text", {})], RunConfig(task="vqa", budget="18k", towers="text"), [0, 1],
-                tmp_path, tmp_path / "work", train_fn=rising, echo=lambda s: None)  # fmt: skip
+    rows = tune(
+        [TuneTarget("vqa", "ia3", "text", {})],
+        RunConfig(task="vqa", budget="18k", towers="text"),
+        [0, 1],
+        tmp_path,
+        tmp_path / "work",
+        train_fn=rising,
+        echo=lambda s: None,
+    )
     assert max(tried) < 1 and max(tried) == pytest.approx(0.316)
     assert rows[0]["lr"] == pytest.approx(0.316) and not rows[0]["bracketed"]
 
@@ -224,16 +242,23 @@ def test_tuning_needs_two_seeds(tmp_path):
 
 def test_a_run_without_lr_takes_the_tuned_one(tmp_path):
     table = tmp_path / "lr.csv"
-    write_rows(table, [
-        {"task": "vqa", "method": "prefix", "towers": "text", "options": '{"reparam": true}', "lr": 0.003},
-        {"task": "vqa", "method": "full", "towers": "both", "options": "{}", "lr": 0.0002},
-    ], LR_COLUMNS)  # fmt: skip
+    write_rows(
+        table,
+        [
+            {"task": "vqa", "method": "prefix", "towers": "text", "options": '{"reparam": true}', "lr": 0.003},
+            {"task": "vqa", "method": "full", "towers": "both", "options": "{}", "lr": 0.0002},
+        ],
+        LR_COLUMNS,
+    )
     lr, options, source = resolve_lr(RunConfig(task="vqa", method="prefix", towers="text"), 0.01, table)
     assert (lr, options) == (0.003, {"reparam": True}) and source.endswith("lr.csv")
     # Full fine-tuning's row is found whatever towers the run names.
     assert resolve_lr(RunConfig(task="vqa", method="full", towers="text"), 1e-4, table)[0] == 0.0002
     assert resolve_lr(RunConfig(task="caption", method="prefix", towers="text"), 0.01, table) == (
-        0.01, {}, "method default")  # fmt: skip
+        0.01,
+        {},
+        "method default",
+    )
     # Another tower setting than the tuned one: the tuned lr, and the source says so.
     lr, _, source = resolve_lr(RunConfig(task="vqa", method="prefix", towers="both"), 0.01, table)
     assert lr == 0.003 and "tuned with towers text" in source

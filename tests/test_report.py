@@ -31,33 +31,60 @@ from training.report import (
     seed_slopes,
 )
 
-FAMILY = {"prompt": "embedding composition", "prefix": "embedding composition", "lora": "layer composition",
-          "serial-adapter": "layer composition", "parallel-adapter": "layer composition", "full": "baseline",
-          "zero-shot": "baseline"}  # fmt: skip
+FAMILY = {
+    "prompt": "embedding composition",
+    "prefix": "embedding composition",
+    "lora": "layer composition",
+    "serial-adapter": "layer composition",
+    "parallel-adapter": "layer composition",
+    "full": "baseline",
+    "zero-shot": "baseline",
+}
 PEFT = ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 BUDGETS = {"10k": 10_000, "32k": 32_000, "100k": 100_000, "320k": 320_000}
 
 
-def synthetic(vqa_data, vqa_params, caption_data, caption_params, layer_bonus: float, seeds: int = 3,
-              noise: float = 0.3, shapes: dict | None = None) -> pd.DataFrame:  # fmt: skip
+def synthetic(
+    vqa_data,
+    vqa_params,
+    caption_data,
+    caption_params,
+    layer_bonus: float,
+    seeds: int = 3,
+    noise: float = 0.3,
+    shapes: dict | None = None,
+) -> pd.DataFrame:
     """A sweep table: the metric is a known function of log10(fraction) and log10(params), plus seeded noise.
 
     `shapes` overrides the function for one (task, method, axis), e.g. {("vqa", "prefix", "data"): flat}."""
     rng = np.random.default_rng(0)
     shapes = shapes or {}
-    default = {("vqa", "data"): vqa_data, ("vqa", "params"): vqa_params, ("caption", "data"): caption_data,
-               ("caption", "params"): caption_params}  # fmt: skip
+    default = {
+        ("vqa", "data"): vqa_data,
+        ("vqa", "params"): vqa_params,
+        ("caption", "data"): caption_data,
+        ("caption", "params"): caption_params,
+    }
     rows = []
 
     def add(task, method, budget, params, fraction, seed, value, towers="text"):
         metric = "accuracy" if task == "vqa" else "CIDEr-D"
-        rows.append({"task": task, "method": method, "family": FAMILY[method], "budget": budget,
-                     "trainable_params": params, "data_fraction": fraction, "seed": seed,
-                     "towers": None if method == "zero-shot" else "both" if method == "full" else towers,
-                     "train_s": 20.0 if FAMILY[method] == "layer composition" else 30.0,
-                     "run": f"{task}__{method}__{budget}__{fraction}__{towers}__s{seed}",
-                     metric: value + rng.normal(0, noise)})  # fmt: skip
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "family": FAMILY[method],
+                "budget": budget,
+                "trainable_params": params,
+                "data_fraction": fraction,
+                "seed": seed,
+                "towers": None if method == "zero-shot" else "both" if method == "full" else towers,
+                "train_s": 20.0 if FAMILY[method] == "layer composition" else 30.0,
+                "run": f"{task}__{method}__{budget}__{fraction}__{towers}__s{seed}",
+                metric: value + rng.normal(0, noise),
+            }
+        )
 
     def shape(task, method, axis):
         return shapes.get((task, method, axis), default[(task, axis)])
@@ -80,8 +107,14 @@ def synthetic(vqa_data, vqa_params, caption_data, caption_params, layer_bonus: f
     return pd.DataFrame(rows).drop_duplicates("run", keep="first")
 
 
-def write_item_scores(frame: pd.DataFrame, path, items: int = 40, item_noise: float = 3.0, skip: int = 0,
-                      question_types: list[str] | None = None) -> None:  # fmt: skip
+def write_item_scores(
+    frame: pd.DataFrame,
+    path,
+    items: int = 40,
+    item_noise: float = 3.0,
+    skip: int = 0,
+    question_types: list[str] | None = None,
+) -> None:
     """Per-item scores whose mean is each run's table metric: a shared item difficulty (which pairing cancels)
     plus the run's own item noise. The first `skip` runs are left out."""
     rng = np.random.default_rng(1)
@@ -181,8 +214,10 @@ def test_finding_3_is_judged_per_pair_and_names_the_pair_that_pooling_hides():
     frame.loc[lagging, "CIDEr-D"] -= 6  # lora behind both embedding methods on captioning; the families still lead
     families = build_findings(frame)[2]
     assert families.verdict == PARTLY
-    assert ("Not holding: lora vs prompt (caption, towers text: not reproduced), lora vs prefix (caption, towers "
-            "text: not reproduced).") in families.summary  # fmt: skip
+    assert (
+        "Not holding: lora vs prompt (caption, towers text: not reproduced), lora vs prefix (caption, towers "
+        "text: not reproduced)."
+    ) in families.summary
     pooled = next(line for line in families.table if "caption | all | layer composition" in line)
     assert pooled.split(" | ")[5] == "2 [2, 2] (n=3)"  # (-2 + 4 + 4) / 3: pooled, the families show a lead
 
@@ -285,8 +320,9 @@ def test_how_far_each_method_gets_reads_the_protocol_columns_and_the_item_scores
     frame["lr_source"] = "results/lr.csv"
     frame.to_csv(tmp_path / "runs.csv", index=False)
     write_item_scores(frame, tmp_path / "item_scores.jsonl")
-    prefix = frame.run[(frame.task == "vqa") & (frame.method == "prefix") & (frame.budget == "320k")
-                       & (frame.data_fraction == 1.0)]  # fmt: skip
+    prefix = frame.run[
+        (frame.task == "vqa") & (frame.method == "prefix") & (frame.budget == "320k") & (frame.data_fraction == 1.0)
+    ]
     lines = (tmp_path / "item_scores.jsonl").read_text().splitlines()
     for i, line in enumerate(lines):  # prefix tuning at its best cell earns nothing on half the questions
         record = json.loads(line)
@@ -345,12 +381,15 @@ def test_a_table_of_one_task_judges_what_it_can():
 
 def test_malformed_item_lines_are_skipped_and_named(tmp_path):
     path = tmp_path / "items.jsonl"
-    path.write_text('{"run": "a", "task": "vqa", "scores": [1, 2, 3]}\nnot json\n'
-                    '{"run": "b", "task": "vqa", "scores": [1, 2]}\n')  # fmt: skip
+    path.write_text(
+        '{"run": "a", "task": "vqa", "scores": [1, 2, 3]}\nnot json\n{"run": "b", "task": "vqa", "scores": [1, 2]}\n'
+    )
     items = load_item_scores(path)
     assert list(items.scores) == ["a"]
-    assert items.problems == ["line 2 is not a run's item scores (needs run, task and a list of scores)",
-                              "b: 2 item scores where the first vqa run has 3"]  # fmt: skip
+    assert items.problems == [
+        "line 2 is not a run's item scores (needs run, task and a list of scores)",
+        "b: 2 item scores where the first vqa run has 3",
+    ]
     assert load_item_scores(tmp_path / "absent.jsonl") is None
 
 
@@ -359,8 +398,13 @@ def test_t_interval_and_per_seed_slope_match_hand_computed_values():
     assert interval.mean == 2.0 and interval.n == 3
     assert interval.high - interval.mean == pytest.approx(4.303 / math.sqrt(3))
     assert not Interval.of([5.0]).known and Interval.of([]) is None
-    frame = pd.DataFrame({"seed": [0] * 3 + [1] * 3, "x": [0.01, 0.1, 1.0] * 2,
-                          "y": [2 + 3 * math.log10(x) for x in (0.01, 0.1, 1.0)] * 2})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "seed": [0] * 3 + [1] * 3,
+            "x": [0.01, 0.1, 1.0] * 2,
+            "y": [2 + 3 * math.log10(x) for x in (0.01, 0.1, 1.0)] * 2,
+        }
+    )
     slopes, levels = seed_slopes(frame, "x", frame[["y"]].to_numpy())
     assert [float(slopes[s][0]) for s in (0, 1)] == pytest.approx([3.0, 3.0])
     assert [float(levels[s][0]) for s in (0, 1)] == pytest.approx([2.0, 2.0])
@@ -389,8 +433,11 @@ def test_without_a_readable_vqa_dataset_the_report_says_why_there_is_no_prior(tm
         frame["dataset_source"] = str(tmp_path / source)
     frame.to_csv(tmp_path / "runs.csv", index=False)
     report = build_report(tmp_path / "runs.csv", figures=False).read_text()
-    why = ("neither `sweep.json` nor the table names the VQA dataset" if source is None
-           else f"the VQA dataset `{tmp_path / source}` could not be read (Dataset folder")  # fmt: skip
+    why = (
+        "neither `sweep.json` nor the table names the VQA dataset"
+        if source is None
+        else f"the VQA dataset `{tmp_path / source}` could not be read (Dataset folder"
+    )
     assert f"- No answer prior: {why}" in report
     assert "| vqa | lora | 100% data, budget 32k |" in report and "| answer prior |" not in report
 

@@ -22,16 +22,21 @@ def ended(services: Services, state: str, submitter: str = "visitor-v1", **chang
         services.cancel(job_id, submitter)
         return job_id
     services.store.claim_next("worker-1", max_concurrent=1)
-    outcome = Outcome(state, f"{state} for the test", 1 if state == "failed" else 0,
-                      error="out of memory" if state == "failed" else None,
-                      log_tail="\n".join(f"step {i}/30 loss {3 - i / 10:.1f}" for i in range(1, 31)))  # fmt: skip
+    outcome = Outcome(
+        state,
+        f"{state} for the test",
+        1 if state == "failed" else 0,
+        error="out of memory" if state == "failed" else None,
+        log_tail="\n".join(f"step {i}/30 loss {3 - i / 10:.1f}" for i in range(1, 31)),
+    )
     assert services.store.finish(job_id, "worker-1", outcome)
     return job_id
 
 
 def test_bulk_delete_names_how_many_ended_runs_it_deletes_and_leaves_live_ones(services: Services):
-    done, failed, stopped = (ended(services, state, seed=seed)
-                             for seed, state in enumerate(("finished", "failed", "cancelled")))  # fmt: skip
+    done, failed, stopped = (
+        ended(services, state, seed=seed) for seed, state in enumerate(("finished", "failed", "cancelled"))
+    )
     live = services.submit(train.run_config(services, *form(seed=9)), "visitor-v1")
     row, question, pending = runs.ask_bulk_delete(services, "all", "visitor-v1")
     assert row["visible"] and question.startswith("**Delete 3 runs** (1 cancelled, 1 failed, 1 finished) **for good?**")
@@ -55,8 +60,18 @@ def test_in_a_public_demo_bulk_delete_takes_only_the_visitors_own_runs(make_serv
 
 
 def test_run_again_fills_the_train_form_with_the_runs_exact_settings(services: Services):
-    values = form(method="serial-adapter", budget="3k", data_fraction=0.5, seed=4, epochs=2, max_steps=7, lr=0.004,
-                  batch_size=2, towers="text", eval_limit=5)  # fmt: skip
+    values = form(
+        method="serial-adapter",
+        budget="3k",
+        data_fraction=0.5,
+        seed=4,
+        epochs=2,
+        max_steps=7,
+        lr=0.004,
+        batch_size=2,
+        towers="text",
+        eval_limit=5,
+    )
     config = train.run_config(services, *values)
     job_id = services.submit(config, "visitor-v1")
     filled = train.fill_train_form(services, services.run(job_id).config)

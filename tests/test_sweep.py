@@ -22,9 +22,25 @@ from training.paths import REPO_ROOT
 from training.sweeps.grid import GridPoint, budget_label, filter_feasible, load_spec, parse_spec
 
 REQUIRED_COLUMNS = {
-    "task", "method", "family", "budget", "trainable_params", "trainable_percent", "data_fraction", "train_examples",
-    "seed", "train_s", "wall_s", "peak_mem_mb", "base_model", "dataset", "subset_hash", "torch", "transformers", "peft",
-}  # fmt: skip
+    "task",
+    "method",
+    "family",
+    "budget",
+    "trainable_params",
+    "trainable_percent",
+    "data_fraction",
+    "train_examples",
+    "seed",
+    "train_s",
+    "wall_s",
+    "peak_mem_mb",
+    "base_model",
+    "dataset",
+    "subset_hash",
+    "torch",
+    "transformers",
+    "peft",
+}
 
 
 def names(spec) -> list[str]:
@@ -32,86 +48,157 @@ def names(spec) -> list[str]:
 
 
 def test_cross_product_expands_every_combination_and_runs_each_baseline_once():
-    spec = parse_spec({"tasks": ["caption", "vqa"], "methods": ["zero-shot", "full", "prompt", "lora"],
-                       "budgets": ["1k", "2k"], "fractions": [0.5, 1], "seeds": [0, 1]})  # fmt: skip
+    spec = parse_spec(
+        {
+            "tasks": ["caption", "vqa"],
+            "methods": ["zero-shot", "full", "prompt", "lora"],
+            "budgets": ["1k", "2k"],
+            "fractions": [0.5, 1],
+            "seeds": [0, 1],
+        }
+    )
     points = names(spec)
     assert len(points) == len(set(points)) == 2 * 2 + 2 * 2 * 2 + 2 * (2 * 2 * 2 * 2)
-    assert [n for n in points if "zero-shot" in n] == ["caption__zero-shot__s0", "vqa__zero-shot__s0",
-                                                        "caption__zero-shot__s1", "vqa__zero-shot__s1"]  # fmt: skip
+    assert [n for n in points if "zero-shot" in n] == [
+        "caption__zero-shot__s0",
+        "vqa__zero-shot__s0",
+        "caption__zero-shot__s1",
+        "vqa__zero-shot__s1",
+    ]
     assert sorted(n for n in points if n.startswith("vqa__full")) == [
-        "vqa__full__f0.5__s0", "vqa__full__f0.5__s1", "vqa__full__f1__s0", "vqa__full__f1__s1"]  # fmt: skip
+        "vqa__full__f0.5__s0",
+        "vqa__full__f0.5__s1",
+        "vqa__full__f1__s0",
+        "vqa__full__f1__s1",
+    ]
     assert "vqa__lora__b2k__f0.5__s1" in points
 
 
 def test_every_method_without_a_budget_runs_once_per_fraction_and_seed(monkeypatch):
     """Not only full fine-tuning: any method the catalog marks as taking no budget (a fixed count)."""
     monkeypatch.setattr("training.sweeps.grid.NO_BUDGET_METHODS", ("zero-shot", "full", "prefix"))
-    spec = parse_spec({"tasks": ["vqa"], "methods": ["full", "prefix", "lora"], "budgets": ["1k", "2k"],
-                       "data_axis": {"budget": "1k", "fractions": [0.25]},
-                       "fractions": [0.5, 1], "seeds": [0]})  # fmt: skip
+    spec = parse_spec(
+        {
+            "tasks": ["vqa"],
+            "methods": ["full", "prefix", "lora"],
+            "budgets": ["1k", "2k"],
+            "data_axis": {"budget": "1k", "fractions": [0.25]},
+            "fractions": [0.5, 1],
+            "seeds": [0],
+        }
+    )
     points = names(spec)
-    assert sorted(n for n in points if "prefix" in n) == ["vqa__prefix__f0.25__s0", "vqa__prefix__f0.5__s0",
-                                                          "vqa__prefix__f1__s0"]  # fmt: skip
+    assert sorted(n for n in points if "prefix" in n) == [
+        "vqa__prefix__f0.25__s0",
+        "vqa__prefix__f0.5__s0",
+        "vqa__prefix__f1__s0",
+    ]
     assert len([n for n in points if "lora" in n]) == 5
 
 
 def test_axes_vary_one_thing_at_a_time_and_share_their_crossing_point():
-    spec = parse_spec({"tasks": ["vqa"], "methods": ["lora", "full"], "seeds": [0],
-                       "data_axis": {"budget": "2k", "fractions": [0.25, 0.5, 1.0]},
-                       "budget_axis": {"fraction": 1.0, "budgets": ["1k", "2000", "4k"]}})  # fmt: skip
-    assert names(spec) == ["vqa__full__f0.25__s0", "vqa__full__f0.5__s0", "vqa__full__f1__s0",
-                           "vqa__lora__b1k__f1__s0", "vqa__lora__b2k__f0.25__s0", "vqa__lora__b2k__f0.5__s0",
-                           "vqa__lora__b2k__f1__s0", "vqa__lora__b4k__f1__s0"]  # fmt: skip
+    spec = parse_spec(
+        {
+            "tasks": ["vqa"],
+            "methods": ["lora", "full"],
+            "seeds": [0],
+            "data_axis": {"budget": "2k", "fractions": [0.25, 0.5, 1.0]},
+            "budget_axis": {"fraction": 1.0, "budgets": ["1k", "2000", "4k"]},
+        }
+    )
+    assert names(spec) == [
+        "vqa__full__f0.25__s0",
+        "vqa__full__f0.5__s0",
+        "vqa__full__f1__s0",
+        "vqa__lora__b1k__f1__s0",
+        "vqa__lora__b2k__f0.25__s0",
+        "vqa__lora__b2k__f0.5__s0",
+        "vqa__lora__b2k__f1__s0",
+        "vqa__lora__b4k__f1__s0",
+    ]
 
 
 def test_budgets_may_differ_per_method():
     budgets = {"*": ["8k"], "prompt": ["500", "0.5%"]}
-    spec = parse_spec({"tasks": ["vqa"], "methods": ["prompt", "lora"], "seeds": [0],
-                       "budget_axis": {"fraction": 1, "budgets": budgets}})  # fmt: skip
+    spec = parse_spec(
+        {
+            "tasks": ["vqa"],
+            "methods": ["prompt", "lora"],
+            "seeds": [0],
+            "budget_axis": {"fraction": 1, "budgets": budgets},
+        }
+    )
     assert names(spec) == ["vqa__prompt__b500__f1__s0", "vqa__prompt__b0.5pct__f1__s0", "vqa__lora__b8k__f1__s0"]
 
 
-@pytest.mark.parametrize(("text", "label"), [("20000", "20k"), ("1.5M", "1.5M"), ("3.2k", "3.2k"), ("750", "750"),
-                                             ("0.5%", "0.5pct"), ("12345", "12345")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [("20000", "20k"), ("1.5M", "1.5M"), ("3.2k", "3.2k"), ("750", "750"), ("0.5%", "0.5pct"), ("12345", "12345")],
+)
 def test_budget_labels_are_compact_and_safe_in_file_names(text, label):
     assert budget_label(parse_budget(text)) == label
 
 
 def test_run_config_takes_settings_then_the_tasks_overrides_then_the_point(tiny_model_dir, tiny_vqa_dataset):
-    spec = parse_spec({"tasks": {"vqa": {"max_steps": 7}}, "methods": ["lora"], "seeds": [3],
-                       "settings": {"batch_size": 4, "max_steps": 99, "eval_limit": 5},
-                       "base_model": str(tiny_model_dir), "datasets": {"vqa": str(tiny_vqa_dataset)},
-                       "budget_axis": {"fraction": 0.5, "budgets": ["2k"]}})  # fmt: skip
+    spec = parse_spec(
+        {
+            "tasks": {"vqa": {"max_steps": 7}},
+            "methods": ["lora"],
+            "seeds": [3],
+            "settings": {"batch_size": 4, "max_steps": 99, "eval_limit": 5},
+            "base_model": str(tiny_model_dir),
+            "datasets": {"vqa": str(tiny_vqa_dataset)},
+            "budget_axis": {"fraction": 0.5, "budgets": ["2k"]},
+        }
+    )
     config = spec.run_config(spec.points()[0])
-    assert (config.task, config.method, config.budget, config.data_fraction, config.seed) == ("vqa", "lora", "2000",
-                                                                                              0.5, 3)  # fmt: skip
+    assert (config.task, config.method, config.budget, config.data_fraction, config.seed) == (
+        "vqa",
+        "lora",
+        "2000",
+        0.5,
+        3,
+    )
     assert (config.batch_size, config.max_steps, config.eval_limit) == (4, 7, 5)
     assert config.base_model == str(tiny_model_dir) and config.dataset == str(tiny_vqa_dataset)
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({"methods": ["lora"], "budgets": ["1k"], "fractions": [1], "colour": 1}, "Unknown keys"),
-    ({"methods": ["vera"], "budgets": ["1k"], "fractions": [1]}, "Unknown method 'vera'"),
-    ({"methods": ["lora"], "budgets": ["1k"]}, "needs both `budgets` and `fractions`"),
-    ({"methods": ["lora"], "budgets": ["lots"], "fractions": [1]}, "Budget 'lots' is not understood"),
-    ({"methods": ["lora"], "data_axis": {"budget": "1k"}}, "`data_axis` must be a mapping"),
-    ({"methods": ["lora"], "budgets": ["1k"], "fractions": [2]}, "outside (0, 1]"),
-    ({"methods": ["lora"], "budgets": ["1k"], "fractions": [1], "settings": {"learning_rate": 1}}, "learning_rate"),
-    ({"methods": ["lora"], "budgets": ["1k"], "fractions": [1], "tasks": ["ocr"]}, "Unknown task 'ocr'"),
-    ({"methods": ["lora"]}, "gives no grid"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"methods": ["lora"], "budgets": ["1k"], "fractions": [1], "colour": 1}, "Unknown keys"),
+        ({"methods": ["vera"], "budgets": ["1k"], "fractions": [1]}, "Unknown method 'vera'"),
+        ({"methods": ["lora"], "budgets": ["1k"]}, "needs both `budgets` and `fractions`"),
+        ({"methods": ["lora"], "budgets": ["lots"], "fractions": [1]}, "Budget 'lots' is not understood"),
+        ({"methods": ["lora"], "data_axis": {"budget": "1k"}}, "`data_axis` must be a mapping"),
+        ({"methods": ["lora"], "budgets": ["1k"], "fractions": [2]}, "outside (0, 1]"),
+        ({"methods": ["lora"], "budgets": ["1k"], "fractions": [1], "settings": {"learning_rate": 1}}, "learning_rate"),
+        ({"methods": ["lora"], "budgets": ["1k"], "fractions": [1], "tasks": ["ocr"]}, "Unknown task 'ocr'"),
+        ({"methods": ["lora"]}, "gives no grid"),
+    ],
+)
 def test_a_bad_sweep_file_is_a_user_error_naming_the_problem(data, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_spec(data)
 
 
 def test_points_a_method_cannot_reach_are_skipped_with_the_reason(tiny_model_dir):
-    spec = parse_spec({"tasks": ["vqa"], "methods": ["zero-shot", "prompt", "lora"], "seeds": [0],
-                       "base_model": str(tiny_model_dir),
-                       "budget_axis": {"fraction": 1, "budgets": ["500", "2k", "100k"]}})  # fmt: skip
+    spec = parse_spec(
+        {
+            "tasks": ["vqa"],
+            "methods": ["zero-shot", "prompt", "lora"],
+            "seeds": [0],
+            "base_model": str(tiny_model_dir),
+            "budget_axis": {"fraction": 1, "budgets": ["500", "2k", "100k"]},
+        }
+    )
     kept, skipped = filter_feasible(spec, spec.points())
-    assert [p.name for p in kept] == ["vqa__zero-shot__s0", "vqa__prompt__b500__f1__s0", "vqa__prompt__b2k__f1__s0",
-                                      "vqa__lora__b2k__f1__s0"]  # fmt: skip
+    assert [p.name for p in kept] == [
+        "vqa__zero-shot__s0",
+        "vqa__prompt__b500__f1__s0",
+        "vqa__prompt__b2k__f1__s0",
+        "vqa__lora__b2k__f1__s0",
+    ]
     assert {s.point.name: s.reason for s in skipped} == {
         "vqa__prompt__b100k__f1__s0": "prompt trains 64-8,192 parameters, not 100k",
         "vqa__lora__b500__f1__s0": "lora trains 768-24,576 parameters, not 500",
@@ -127,21 +214,43 @@ def test_the_shipped_sweep_files_describe_the_papers_grid_and_a_small_one(tmp_pa
     embedded = REPO_ROOT / "assets" / "scene-blip"
     if not (embedded / "config.json").is_file():  # the embedded model's architecture, untrained, for the counts
         c = PretrainConfig()
-        base = build_blip(scenes.vocabulary_words() + EXTRA_WORDS, image_size=c.image_size, patch_size=c.patch_size,
-                          vision_hidden=c.hidden, vision_layers=c.vision_layers, text_hidden=c.hidden,
-                          text_layers=c.text_layers, heads=c.heads, max_positions=c.max_positions)  # fmt: skip
+        base = build_blip(
+            scenes.vocabulary_words() + EXTRA_WORDS,
+            image_size=c.image_size,
+            patch_size=c.patch_size,
+            vision_hidden=c.hidden,
+            vision_layers=c.vision_layers,
+            text_hidden=c.hidden,
+            text_layers=c.text_layers,
+            heads=c.heads,
+            max_positions=c.max_positions,
+        )
         embedded = save_base_model(base, tmp_path / "scene-blip-shape")
     paper = load_spec(REPO_ROOT / "sweeps" / "paper.yaml")
     paper.base_model = str(embedded)
     kept, _ = filter_feasible(paper, paper.points())
     assert set(paper.tasks) == {"caption", "vqa"} and paper.seeds == [0, 1, 2]
-    assert set(paper.methods) == {"zero-shot", "full", "prompt", "prefix", "lora", "serial-adapter",
-                                  "parallel-adapter", "ia3", "dora"}  # fmt: skip
+    assert set(paper.methods) == {
+        "zero-shot",
+        "full",
+        "prompt",
+        "prefix",
+        "lora",
+        "serial-adapter",
+        "parallel-adapter",
+        "ia3",
+        "dora",
+    }
     assert {0.01, 0.05, 0.1, 0.25, 0.5, 1.0} <= set(paper.data_axis[1])
     for task in paper.tasks:
         for method in ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "dora"):
-            budgets = sorted({p.budget.resolve(1) for p in kept if p.task == task and p.method == method
-                              and p.fraction == 1.0 and p.seed == 0})  # fmt: skip
+            budgets = sorted(
+                {
+                    p.budget.resolve(1)
+                    for p in kept
+                    if p.task == task and p.method == method and p.fraction == 1.0 and p.seed == 0
+                }
+            )
             assert len(budgets) >= 4, method
             steps = [math.log10(b / a) for a, b in zip(budgets, budgets[1:], strict=False)]
             assert max(steps) - min(steps) < 0.05, f"{method}: budgets {budgets} are not evenly spaced on a log scale"
@@ -154,9 +263,16 @@ def test_the_shipped_sweep_files_describe_the_papers_grid_and_a_small_one(tmp_pa
 
 
 def write_sweep(path: Path, model: Path, vqa: Path, caption: Path | None = None, **grid) -> Path:
-    data = {"name": "t", "base_model": str(model), "datasets": {"vqa": str(vqa), "caption": str(caption or vqa)},
-            "tasks": {"vqa": {"max_steps": 2, "eval_limit": 4}}, "settings": {"batch_size": 4}, "seeds": [0],
-            "estimate_s": {"vqa": 5}, **grid}  # fmt: skip
+    data = {
+        "name": "t",
+        "base_model": str(model),
+        "datasets": {"vqa": str(vqa), "caption": str(caption or vqa)},
+        "tasks": {"vqa": {"max_steps": 2, "eval_limit": 4}},
+        "settings": {"batch_size": 4},
+        "seeds": [0],
+        "estimate_s": {"vqa": 5},
+        **grid,
+    }
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -183,13 +299,29 @@ def processes_using(folder: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_resumes_where_it_stopped_with_one_table_row_per_point(tiny_model_dir, tiny_vqa_dataset,
-                                                                               tmp_path):  # fmt: skip
-    config = write_sweep(tmp_path / "sweep.yaml", tiny_model_dir, tiny_vqa_dataset,
-                         methods=["zero-shot", "prompt", "lora"], budget_axis={"fraction": 1.0, "budgets": ["2k"]})
+def test_a_killed_sweep_resumes_where_it_stopped_with_one_table_row_per_point(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path
+):
+    config = write_sweep(
+        tmp_path / "sweep.yaml",
+        tiny_model_dir,
+        tiny_vqa_dataset,
+        methods=["zero-shot", "prompt", "lora"],
+        budget_axis={"fraction": 1.0, "budgets": ["2k"]},
+    )
     out, results = tmp_path / "out", tmp_path / "results"
-    command = [sys.executable, "-m", "training", "sweep", "--config", str(config), "--out", str(out),
-               "--results", str(results)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "training",
+        "sweep",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--results",
+        str(results),
+    ]
     first, second = out / "runs" / "vqa__zero-shot__s0", out / "runs" / "vqa__prompt__b2k__f1__s0"
     sweep = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300  # generous: a loaded machine is slow, and the wait ends when the files appear
@@ -211,8 +343,9 @@ def test_a_killed_sweep_resumes_where_it_stopped_with_one_table_row_per_point(ti
     assert (second / "eval.json").exists() and not (second / "half-done").exists()
     rows = read_table(results / "runs.csv")
     assert [r["run"] for r in rows] == ["vqa__zero-shot__s0", "vqa__prompt__b2k__f1__s0", "vqa__lora__b2k__f1__s0"]
-    assert REQUIRED_COLUMNS | {"accuracy", "accuracy_color", "accuracy_shape", "base_model_sha", "dataset_sha"} \
-        <= set(rows[0])  # fmt: skip
+    assert REQUIRED_COLUMNS | {"accuracy", "accuracy_color", "accuracy_shape", "base_model_sha", "dataset_sha"} <= set(
+        rows[0]
+    )
     for row in rows:
         run_dir = out / "runs" / row["run"]
         info = json.loads((run_dir / "config.json").read_text())
@@ -234,16 +367,38 @@ def test_a_killed_sweep_resumes_where_it_stopped_with_one_table_row_per_point(ti
 
 @pytest.mark.slow
 def test_sigterm_stops_the_sweep_and_its_run_and_keeps_the_table(tiny_model_dir, tiny_vqa_dataset, tmp_path):
-    config = write_sweep(tmp_path / "sweep.yaml", tiny_model_dir, tiny_vqa_dataset, methods=["lora"],
-                         tasks={"vqa": {"max_steps": 100_000}}, budget_axis={"fraction": 1.0, "budgets": ["2k"]})
+    config = write_sweep(
+        tmp_path / "sweep.yaml",
+        tiny_model_dir,
+        tiny_vqa_dataset,
+        methods=["lora"],
+        tasks={"vqa": {"max_steps": 100_000}},
+        budget_axis={"fraction": 1.0, "budgets": ["2k"]},
+    )
     out, results = tmp_path / "out", tmp_path / "results"
     run = out / "runs" / "vqa__lora__b2k__f1__s0"
-    sweep = subprocess.Popen([sys.executable, "-m", "training", "sweep", "--config", str(config), "--out", str(out),
-                              "--results", str(results)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "sweep",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--results",
+            str(results),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 300
     while (json.loads((run / "progress.json").read_text()) if (run / "progress.json").exists() else {}).get(
-            "phase") != "training" and time.time() < deadline:  # fmt: skip
+        "phase"
+    ) != "training" and time.time() < deadline:
         assert sweep.poll() is None, sweep.stdout.read()
         time.sleep(0.1)
     sweep.send_signal(signal.SIGTERM)
@@ -254,10 +409,14 @@ def test_sigterm_stops_the_sweep_and_its_run_and_keeps_the_table(tiny_model_dir,
     assert read_table(results / "runs.csv") == [] and json.loads((results / "sweep.json").read_text())["remaining"] == 1
 
 
-def test_a_finished_sweep_runs_nothing_and_dry_run_prints_the_plan(tiny_model_dir, tiny_vqa_dataset, tmp_path,
-                                                                   capsys):  # fmt: skip
-    config = write_sweep(tmp_path / "sweep.yaml", tiny_model_dir, tiny_vqa_dataset, methods=["prompt", "lora"],
-                         budget_axis={"fraction": 1.0, "budgets": ["500", "2k"]})  # fmt: skip
+def test_a_finished_sweep_runs_nothing_and_dry_run_prints_the_plan(tiny_model_dir, tiny_vqa_dataset, tmp_path, capsys):
+    config = write_sweep(
+        tmp_path / "sweep.yaml",
+        tiny_model_dir,
+        tiny_vqa_dataset,
+        methods=["prompt", "lora"],
+        budget_axis={"fraction": 1.0, "budgets": ["500", "2k"]},
+    )
     args = ["sweep", "--config", str(config), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "r")]
     assert main([*args, "--dry-run"]) == 0
     printed = capsys.readouterr().out
@@ -268,23 +427,45 @@ def test_a_finished_sweep_runs_nothing_and_dry_run_prints_the_plan(tiny_model_di
 
 
 @pytest.mark.slow
-def test_the_ray_executor_runs_each_run_as_a_task_on_a_local_instance(tiny_model_dir, tiny_vqa_dataset, tmp_path,
-                                                                      capsys):  # fmt: skip
+def test_the_ray_executor_runs_each_run_as_a_task_on_a_local_instance(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path, capsys
+):
     ray = pytest.importorskip("ray")
-    config = write_sweep(tmp_path / "sweep.yaml", tiny_model_dir, tiny_vqa_dataset, methods=["zero-shot", "lora"],
-                         budget_axis={"fraction": 0.5, "budgets": ["2k"]})  # fmt: skip
+    config = write_sweep(
+        tmp_path / "sweep.yaml",
+        tiny_model_dir,
+        tiny_vqa_dataset,
+        methods=["zero-shot", "lora"],
+        budget_axis={"fraction": 0.5, "budgets": ["2k"]},
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
-        code = main(["sweep", "--config", str(config), "--executor", "ray", "--num-cpus", "1", "--out",
-                     str(tmp_path / "out"), "--results", str(tmp_path / "r")])  # fmt: skip
+        code = main(
+            [
+                "sweep",
+                "--config",
+                str(config),
+                "--executor",
+                "ray",
+                "--num-cpus",
+                "1",
+                "--out",
+                str(tmp_path / "out"),
+                "--results",
+                str(tmp_path / "r"),
+            ]
+        )
     finally:
         ray.shutdown()
     assert code == 0, capsys.readouterr()
     rows = read_table(tmp_path / "r" / "runs.csv")
     assert [r["run"] for r in rows] == ["vqa__zero-shot__s0", "vqa__lora__b2k__f0.5__s0"]
     assert rows[1]["train_examples"] == "16" and rows[1]["accuracy"] != ""
-    assert rows[0]["towers"] == "" and rows[1]["towers"] == json.loads(
-        (tmp_path / "out" / "runs" / rows[1]["run"] / "config.json").read_text())["config"]["towers"]  # fmt: skip
+    assert (
+        rows[0]["towers"] == ""
+        and rows[1]["towers"]
+        == json.loads((tmp_path / "out" / "runs" / rows[1]["run"] / "config.json").read_text())["config"]["towers"]
+    )
     meta = json.loads((tmp_path / "r" / "sweep.json").read_text())
     assert meta["executor"] == "ray" and meta["num_cpus"] == 1 and meta["done"] == 2
 

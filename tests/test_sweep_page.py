@@ -28,9 +28,13 @@ def make_services(tmp_path: Path, tiny_model_dir, tiny_caption_dataset, tiny_vqa
     made = []
 
     def make(limits: JobLimits = LIMITS) -> Services:
-        settings = Settings(base_model=str(tiny_model_dir), home=tmp_path / f"home{len(made)}", limits=limits,
-                            datasets={"caption": str(tiny_caption_dataset), "vqa": str(tiny_vqa_dataset)},
-                            results_dir=tmp_path / "results")  # fmt: skip
+        settings = Settings(
+            base_model=str(tiny_model_dir),
+            home=tmp_path / f"home{len(made)}",
+            limits=limits,
+            datasets={"caption": str(tiny_caption_dataset), "vqa": str(tiny_vqa_dataset)},
+            results_dir=tmp_path / "results",
+        )
         made.append(Services(settings))
         return made[-1]
 
@@ -42,8 +46,18 @@ def make_services(tmp_path: Path, tiny_model_dir, tiny_caption_dataset, tiny_vqa
 def form(**changes) -> list:
     """The Sweep form's values in order (name, task, methods, budgets, fractions, seeds, steps, batch, test
     examples, towers)."""
-    values = dict(name="tiny", task="caption", methods=["lora", "serial-adapter"], budgets="2k", fractions="0.5, 1",
-                  seeds="0", max_steps=2, batch_size=4, eval_limit=6, towers="both")  # fmt: skip
+    values = dict(
+        name="tiny",
+        task="caption",
+        methods=["lora", "serial-adapter"],
+        budgets="2k",
+        fractions="0.5, 1",
+        seeds="0",
+        max_steps=2,
+        batch_size=4,
+        eval_limit=6,
+        towers="both",
+    )
     values.update(changes)
     return list(values.values())
 
@@ -77,13 +91,16 @@ def test_budgets_a_method_cannot_reach_are_skipped_and_said(make_services):
     assert "2 skipped: prompt trains" in sweep_tab.summary_text(services, plan)
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("methods", [], "Tick at least one method"),
-    ("budgets", " ", "Give at least one budget"),
-    ("fractions", "0.5 lots", "'lots' is not a number"),
-    ("fractions", "1.5", "outside (0, 1]"),
-    ("seeds", "-1", "0 or more"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("methods", [], "Tick at least one method"),
+        ("budgets", " ", "Give at least one budget"),
+        ("fractions", "0.5 lots", "'lots' is not a number"),
+        ("fractions", "1.5", "outside (0, 1]"),
+        ("seeds", "-1", "0 or more"),
+    ],
+)
 def test_a_bad_field_is_named_in_a_sentence(make_services, field, value, message):
     services = make_services()
     assert message in sweep_tab.summary(services, *form(**{field: value}))
@@ -110,8 +127,10 @@ def test_each_run_counts_against_the_personal_cap_and_a_sweep_that_does_not_fit_
     plan = sweeps.draft(services, sweep_tab.sweep_form(services, *form()))
     one = sweeps.draft(services, sweep_tab.sweep_form(services, *form(methods=["lora"], fractions="1")))
     sweeps.queue(services, one, "me")
-    with pytest.raises(UserError, match="You already have 1 job queued or running and may have 4 at most.*these 4 "
-                                        "runs do not fit, 3 would"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match="You already have 1 job queued or running and may have 4 at most.*these 4 runs do not fit, 3 would",
+    ):
         sweeps.queue(services, plan, "me")
     assert len(services.store.list_jobs()) == 1  # nothing of the refused sweep was queued
     assert "this sweep is too big to queue" not in sweep_tab.summary_text(services, plan)
@@ -121,12 +140,27 @@ def test_each_run_counts_against_the_personal_cap_and_a_sweep_that_does_not_fit_
 
 def test_explore_draws_a_page_sweeps_runs_as_dotted_lines_beside_the_precomputed_ones():
     def row(source: str, method: str, params: int, score: float) -> dict:
-        return {"task": "caption", "method": method, "budget": "2k", "trainable_params": params, "data_fraction": 1.0,
-                "seed": 0, "CIDEr-D": score, "source": source, "run_id": ""}  # fmt: skip
+        return {
+            "task": "caption",
+            "method": method,
+            "budget": "2k",
+            "trainable_params": params,
+            "data_fraction": 1.0,
+            "seed": 0,
+            "CIDEr-D": score,
+            "source": source,
+            "run_id": "",
+        }
 
-    frame = pd.DataFrame([row(results.SWEEP, "lora", 1000, 0.5), row(results.SWEEP, "lora", 2000, 0.6),
-                          row(results.SWEPT, "lora", 1500, 0.4), row(results.SWEPT, "lora", 3000, 0.45),
-                          row(results.MINE, "lora", 1200, 0.3)])  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            row(results.SWEEP, "lora", 1000, 0.5),
+            row(results.SWEEP, "lora", 2000, 0.6),
+            row(results.SWEPT, "lora", 1500, 0.4),
+            row(results.SWEPT, "lora", 3000, 0.45),
+            row(results.MINE, "lora", 1200, 0.3),
+        ]
+    )
     figure = metric_figure(frame, "trainable_params", "CIDEr-D", ("data_fraction", "1.0"))
     traces = {trace.name: trace for trace in figure.data}
     assert set(traces) == {"LoRA", "your sweep: LoRA", "your LoRA"}
@@ -137,8 +171,19 @@ def test_explore_draws_a_page_sweeps_runs_as_dotted_lines_beside_the_precomputed
 def test_explore_counts_a_page_sweeps_finished_runs_apart_from_the_train_tabs(make_services, tmp_path: Path):
     services = make_services()
     (tmp_path / "results").mkdir()
-    pd.DataFrame([{"task": "caption", "method": "lora", "budget": "2k", "data_fraction": 1.0, "trainable_params": 2000,
-                   "seed": 0, "CIDEr-D": 0.5}]).to_csv(tmp_path / "results" / "runs.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        [
+            {
+                "task": "caption",
+                "method": "lora",
+                "budget": "2k",
+                "data_fraction": 1.0,
+                "trainable_params": 2000,
+                "seed": 0,
+                "CIDEr-D": 0.5,
+            }
+        ]
+    ).to_csv(tmp_path / "results" / "runs.csv", index=False)
     queued = sweeps.queue(services, sweeps.draft(services, sweep_tab.sweep_form(services, *form(fractions="1"))), "me")
     for job_id in queued.jobs.values():
         services.store.claim_next("worker-1", max_concurrent=1)
@@ -148,5 +193,7 @@ def test_explore_counts_a_page_sweeps_finished_runs_apart_from_the_train_tabs(ma
         (run_dir / "eval.json").write_text(json.dumps({"metrics": {"CIDEr-D": 0.4}}))
         assert services.store.finish(job_id, "worker-1", Outcome("finished", "finished in 1 s", 0))
     note = explore.explore(services, "caption", None, None, None, True)[0]
-    assert note.endswith("Runs you finish in the Train tab appear here as stars. Dotted curves: 2 finished runs of "
-                         "the sweeps you queued in the Sweep tab.")  # fmt: skip
+    assert note.endswith(
+        "Runs you finish in the Train tab appear here as stars. Dotted curves: 2 finished runs of "
+        "the sweeps you queued in the Sweep tab."
+    )

@@ -22,11 +22,17 @@ ROWS = [
 
 
 def test_rows_and_scores_take_the_trainers_names_and_only_finite_numbers():
-    assert training_scalars(ROWS[0]) == {"train/loss": 2.5, "train/learning_rate": 1e-3,
-                                         "train/samples_per_second": 40.0, "train/epoch": 0.1}  # fmt: skip
+    assert training_scalars(ROWS[0]) == {
+        "train/loss": 2.5,
+        "train/learning_rate": 1e-3,
+        "train/samples_per_second": 40.0,
+        "train/epoch": 0.1,
+    }
     assert "train/samples_per_second" not in training_scalars(ROWS[2])
     assert eval_scalars({"CIDEr-D": 0.5, "num_examples": 6, "per_sample": [1], "ok": True}) == {
-        "eval/CIDEr-D": 0.5, "eval/num_examples": 6}  # fmt: skip
+        "eval/CIDEr-D": 0.5,
+        "eval/num_examples": 6,
+    }
 
 
 def test_none_tracks_nothing_and_an_unknown_kind_is_refused(tmp_path):
@@ -79,8 +85,13 @@ def test_trackio_keeps_the_runs_scalars_in_its_local_store(tmp_path):
         logs = SQLiteStorage.get_logs(TRACKIO_PROJECT, "run-7")
         print("logs:", json.dumps([[log["step"], log["train/loss"]] for log in logs]))
     """)
-    env = dict(os.environ, TRACKIO_DIR=str(tmp_path / "trackio"), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="0",
-               PYTHONPATH=str(REPO_ROOT))  # fmt: skip
+    env = dict(
+        os.environ,
+        TRACKIO_DIR=str(tmp_path / "trackio"),
+        HF_HUB_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="0",
+        PYTHONPATH=str(REPO_ROOT),
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     found = [line for line in done.stdout.splitlines() if line.startswith("logs: ")]

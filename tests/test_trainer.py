@@ -20,8 +20,17 @@ from training.vlmodel import VLModel
 
 
 def config(model, data, **overrides) -> RunConfig:
-    values = dict(task="vqa", method="lora", budget="2k", base_model=str(model), dataset=str(data), max_steps=4,
-                  batch_size=4, eval_limit=6, seed=0)  # fmt: skip
+    values = dict(
+        task="vqa",
+        method="lora",
+        budget="2k",
+        base_model=str(model),
+        dataset=str(data),
+        max_steps=4,
+        batch_size=4,
+        eval_limit=6,
+        seed=0,
+    )
     values.update(overrides)
     return RunConfig(**values)
 
@@ -40,15 +49,17 @@ def test_a_caption_run_writes_the_whole_run_directory(tiny_model_dir, tiny_capti
     metrics = json.loads((run / "eval.json").read_text())["metrics"]
     assert set(metrics) >= {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"} and metrics["num_examples"] == 6
     assert len(runs.read_jsonl(run / "predictions.jsonl")) == 6
-    assert set(load_file(str(run / "weights.safetensors"))) == {k for k in load_file(str(run / "weights.safetensors"))
-                                                                 if "lora_" in k}  # fmt: skip
+    assert set(load_file(str(run / "weights.safetensors"))) == {
+        k for k in load_file(str(run / "weights.safetensors")) if "lora_" in k
+    }
     assert "done:" in (run / "log.txt").read_text()
     assert runs.read_json(run / "progress.json")["phase"] == "done"
 
 
 @pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3", "dora"])
-def test_peft_training_changes_outputs_and_leaves_base_weights_unchanged(method, tiny_model_dir, tiny_vqa_dataset,
-                                                                        tmp_path):  # fmt: skip
+def test_peft_training_changes_outputs_and_leaves_base_weights_unchanged(
+    method, tiny_model_dir, tiny_vqa_dataset, tmp_path
+):
     before = {k: v.clone() for k, v in load_base_model(str(tiny_model_dir)).model.state_dict().items()}
     run = tmp_path / method
     cfg = config(tiny_model_dir, tiny_vqa_dataset, method=method, max_steps=12, lr=2e-2)
@@ -131,10 +142,10 @@ def test_reevaluate_reproduces_the_recorded_metrics(tiny_model_dir, tiny_vqa_dat
 
 def test_data_fraction_trains_on_a_nested_subset(tiny_model_dir, tiny_vqa_dataset, tmp_path):
     small, large = tmp_path / "small", tmp_path / "large"
-    train(config(tiny_model_dir, tiny_vqa_dataset, method="zero-shot", data_fraction=0.25), small,
-          install_signals=False)  # fmt: skip
-    train(config(tiny_model_dir, tiny_vqa_dataset, method="zero-shot", data_fraction=0.5), large,
-          install_signals=False)  # fmt: skip
+    train(
+        config(tiny_model_dir, tiny_vqa_dataset, method="zero-shot", data_fraction=0.25), small, install_signals=False
+    )
+    train(config(tiny_model_dir, tiny_vqa_dataset, method="zero-shot", data_fraction=0.5), large, install_signals=False)
     a, b = (json.loads((r / "config.json").read_text()) for r in (small, large))
     assert (a["train_examples"], b["train_examples"]) == (8, 16)
     assert a["subset_hash"] != b["subset_hash"]
@@ -143,8 +154,16 @@ def test_data_fraction_trains_on_a_nested_subset(tiny_model_dir, tiny_vqa_datase
 def test_the_run_directory_rounds_step_records_in_metrics_jsonl_and_progress(tmp_path):
     run = runs.RunDirectory(tmp_path / "run")
     run.write_step(runs.StepRecord(5, 10, 0.123456, 0.43274999, 1e-3, 12.34567, 1.23456, 3.0))
-    row = {"step": 5, "total_steps": 10, "epoch": 0.123, "loss": 0.43275, "lr": 1e-3, "samples_per_s": 12.35,
-           "elapsed_s": 1.23, "eta_s": 3.0}  # fmt: skip
+    row = {
+        "step": 5,
+        "total_steps": 10,
+        "epoch": 0.123,
+        "loss": 0.43275,
+        "lr": 1e-3,
+        "samples_per_s": 12.35,
+        "elapsed_s": 1.23,
+        "eta_s": 3.0,
+    }
     assert runs.read_jsonl(run.path / runs.METRICS) == [row]
     assert runs.read_json(run.path / runs.PROGRESS) == {"phase": "training", **row}
     run.set_phase("evaluating", eval_done=2, eval_total=6)

@@ -145,8 +145,9 @@ def test_metadata_pointing_outside_the_split_is_refused(tiny_caption_dataset, ho
     archive = zip_folder(tiny_caption_dataset, tmp_path / "escape.zip", skip=("train/metadata",))
     row = {"file_name": "../test/0000.png", "captions": ["a"]}
     add_entry(archive, "train/metadata.jsonl", json.dumps(row).encode())
-    assert refused(archive, home).startswith("train/metadata.jsonl line 1: field 'file_name' ('../test/0000.png') "
-                                             "must be a path inside the train/ folder")  # fmt: skip
+    assert refused(archive, home).startswith(
+        "train/metadata.jsonl line 1: field 'file_name' ('../test/0000.png') must be a path inside the train/ folder"
+    )
 
 
 def test_a_non_image_is_named_by_its_path(good_zip, home):
@@ -192,8 +193,16 @@ def test_archiver_clutter_is_left_out(good_zip, home):
 
 
 def app_services(home: Path, model: Path, caption: Path, vqa: Path, **overrides) -> Services:
-    return Services(Settings(base_model=str(model), datasets={"caption": str(caption), "vqa": str(vqa)}, home=home,
-                             limits=LIMITS, results_dir=home / "results", **overrides))  # fmt: skip
+    return Services(
+        Settings(
+            base_model=str(model),
+            datasets={"caption": str(caption), "vqa": str(vqa)},
+            home=home,
+            limits=LIMITS,
+            results_dir=home / "results",
+            **overrides,
+        )
+    )
 
 
 @pytest.fixture
@@ -248,8 +257,9 @@ def test_a_vqa_preview_shows_the_answer_distribution(services, tiny_vqa_dataset,
     assert " → " in preview.examples[0][1]
 
 
-def test_nothing_is_added_without_a_zip_or_in_the_public_demo(services, own_zip, tmp_path, tiny_model_dir,
-                                                              tiny_caption_dataset, tiny_vqa_dataset):  # fmt: skip
+def test_nothing_is_added_without_a_zip_or_in_the_public_demo(
+    services, own_zip, tmp_path, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset
+):
     with pytest.raises(UserError, match="Choose a zip file"):
         data.add_dataset(services, None, "mine", "caption", False)
     with pytest.raises(UserError, match="'embedded' stands for the app's own dataset"):

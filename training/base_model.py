@@ -55,8 +55,10 @@ def _check_local_checkpoint(name: str) -> bool:
         return False
     path = Path(name).expanduser()
     if not path.is_dir():
-        raise UserError(f"Base model path {name} does not exist or is not a folder: give a folder saved with "
-                        "save_pretrained, or a Hub id such as Salesforce/blip-image-captioning-base.")  # fmt: skip
+        raise UserError(
+            f"Base model path {name} does not exist or is not a folder: give a folder saved with "
+            "save_pretrained, or a Hub id such as Salesforce/blip-image-captioning-base."
+        )
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UserError(f"{name} holds no config.json: it is not a saved model. Save one with save_pretrained.")
@@ -65,18 +67,24 @@ def _check_local_checkpoint(name: str) -> bool:
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{name}/config.json cannot be read ({exc}): the checkpoint is corrupt.") from None
     if model_type != "blip":
-        raise UserError(f"{name} holds a {model_type!r} model; VL-PEFT Lab needs a BLIP captioning model "
-                        "(BlipForConditionalGeneration), e.g. Salesforce/blip-image-captioning-base.")  # fmt: skip
+        raise UserError(
+            f"{name} holds a {model_type!r} model; VL-PEFT Lab needs a BLIP captioning model "
+            "(BlipForConditionalGeneration), e.g. Salesforce/blip-image-captioning-base."
+        )
     return True
 
 
 def _unloadable(name: str, local: bool, exc: Exception) -> UserError:
     if local:
-        return UserError(f"The checkpoint in {name} cannot be loaded ({str(exc).splitlines()[0][:200]}): it is "
-                         "corrupt or incomplete, or has no safetensors weights; save it again.")  # fmt: skip
-    return UserError(f"Base model {name!r} could not be loaded: it is not a local folder, and the Hugging Face "
-                     "Hub cannot be reached or has no such BLIP model. Check the id, connect to the network, "
-                     "or give a local folder saved with save_pretrained.")  # fmt: skip
+        return UserError(
+            f"The checkpoint in {name} cannot be loaded ({str(exc).splitlines()[0][:200]}): it is "
+            "corrupt or incomplete, or has no safetensors weights; save it again."
+        )
+    return UserError(
+        f"Base model {name!r} could not be loaded: it is not a local folder, and the Hugging Face "
+        "Hub cannot be reached or has no such BLIP model. Check the id, connect to the network, "
+        "or give a local folder saved with save_pretrained."
+    )
 
 
 def load_base_model(name_or_path: str | None = None, device: str | torch.device = "cpu") -> BaseModel:
@@ -89,8 +97,10 @@ def load_base_model(name_or_path: str | None = None, device: str | torch.device 
     except (OSError, ValueError) as exc:
         raise _unloadable(name, local, exc) from None
     except Exception as exc:  # safetensors and torch raise their own types for corrupt files
-        raise UserError(f"The checkpoint {name} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]}): "
-                        "it looks corrupt; download or save it again.") from None  # fmt: skip
+        raise UserError(
+            f"The checkpoint {name} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]}): "
+            "it looks corrupt; download or save it again."
+        ) from None
     if model.config.model_type != "blip":
         raise UserError(f"{name} is not a BLIP model; give a BlipForConditionalGeneration checkpoint.")
     model.to(device)
@@ -140,15 +150,26 @@ def build_blip(
     tokenizer = build_tokenizer(words)
     ids = tokenizer.convert_tokens_to_ids
     text_config = dict(
-        vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=4 * text_hidden,
-        num_hidden_layers=text_layers, num_attention_heads=heads, max_position_embeddings=max_positions,
-        encoder_hidden_size=vision_hidden, pad_token_id=ids("[PAD]"), bos_token_id=ids("[DEC]"),
-        sep_token_id=ids("[SEP]"), eos_token_id=ids("[SEP]"),
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=text_hidden,
+        intermediate_size=4 * text_hidden,
+        num_hidden_layers=text_layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_positions,
+        encoder_hidden_size=vision_hidden,
+        pad_token_id=ids("[PAD]"),
+        bos_token_id=ids("[DEC]"),
+        sep_token_id=ids("[SEP]"),
+        eos_token_id=ids("[SEP]"),
+    )
     vision_config = dict(
-        hidden_size=vision_hidden, intermediate_size=4 * vision_hidden, num_hidden_layers=vision_layers,
-        num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
-    )  # fmt: skip
+        hidden_size=vision_hidden,
+        intermediate_size=4 * vision_hidden,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     config = BlipConfig(text_config=text_config, vision_config=vision_config, projection_dim=vision_hidden)
     torch.manual_seed(seed)
     model = BlipForConditionalGeneration(config)

@@ -63,8 +63,15 @@ def _sync(device) -> None:
 class _Steps:
     """A default run's model and optimizer, ready to take timed optimizer steps."""
 
-    def __init__(self, method: str, towers: str, steps: int, batch_size: int, budget: str | None = None,
-                 setting: Setting = Setting()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        method: str,
+        towers: str,
+        steps: int,
+        batch_size: int,
+        budget: str | None = None,
+        setting: Setting = Setting(),
+    ) -> None:
         import torch
 
         from training.config import RunConfig
@@ -73,16 +80,22 @@ class _Steps:
         from training.trainer import RUN_ADAPTER, autocast_dtype, build_model, precompute_features, prepare
 
         chosen = {"budget": budget} if budget else {}
-        config = RunConfig(task=setting.task, method=method, towers=towers, batch_size=batch_size,
-                           base_model=setting.base_model, dataset=setting.dataset, device=setting.device,
-                           **chosen)  # fmt: skip
+        config = RunConfig(
+            task=setting.task,
+            method=method,
+            towers=towers,
+            batch_size=batch_size,
+            base_model=setting.base_model,
+            dataset=setting.dataset,
+            device=setting.device,
+            **chosen,
+        )
         self.budget = config.budget
         prepared = prepare(config)
         self.device = prepared.device
         self.dtype = autocast_dtype(self.device)
         self.vl, self.trainable = build_model(prepared)
-        self.encoder = Encoder(self.vl.tokenizer, self.vl.bos_id, self.vl.sep_id, self.vl.pad_id,
-                               self.vl.max_positions)  # fmt: skip
+        self.encoder = Encoder(self.vl.tokenizer, self.vl.bos_id, self.vl.sep_id, self.vl.pad_id, self.vl.max_positions)
         self.pixels = PixelCache(prepared.base.processor)
         self.pairs = training_pairs(setting.task, prepared.train_examples)
         self.batch_size = batch_size
@@ -124,8 +137,9 @@ def _median(times: list[float]) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def measure_training(method: str, towers: str, steps: int, batch_size: int, budget: str | None = None,
-                     setting: Setting = Setting()) -> dict:  # fmt: skip
+def measure_training(
+    method: str, towers: str, steps: int, batch_size: int, budget: str | None = None, setting: Setting = Setting()
+) -> dict:
     """Time `steps` optimizer steps of a default run in this process, after warm-up steps.
 
     Peak memory is read before anything else is built, so it is this method's alone. Then (for a PEFT
@@ -149,14 +163,22 @@ def measure_training(method: str, towers: str, steps: int, batch_size: int, budg
             full_times.append(full.step(index))
     step_s = _median(times)
     full_s = _median(full_times) if full else step_s
-    return {"method": method, "towers": towers, "budget": own.budget, "trainable_params": own.trainable,
-            "batch_size": batch_size,
-            "step_s": round(step_s, 4), "step_mean_s": round(sum(times) / len(times), 4),
-            "samples_per_s": round(batch_size / step_s, 1), "full_step_s": round(full_s, 4),
-            "speedup_vs_full": round(full_s / step_s, 2),
-            "feature_cache_s": round(own.cache_s, 2) if own.features else None,
-            "peak_mem_mb": round(peak_mb, 1), "device": str(own.device),
-            "precision": str(own.dtype or "float32").replace("torch.", "")}  # fmt: skip
+    return {
+        "method": method,
+        "towers": towers,
+        "budget": own.budget,
+        "trainable_params": own.trainable,
+        "batch_size": batch_size,
+        "step_s": round(step_s, 4),
+        "step_mean_s": round(sum(times) / len(times), 4),
+        "samples_per_s": round(batch_size / step_s, 1),
+        "full_step_s": round(full_s, 4),
+        "speedup_vs_full": round(full_s / step_s, 2),
+        "feature_cache_s": round(own.cache_s, 2) if own.features else None,
+        "peak_mem_mb": round(peak_mb, 1),
+        "device": str(own.device),
+        "precision": str(own.dtype or "float32").replace("torch.", ""),
+    }
 
 
 def _alternating(fast, plain, repeats: int) -> dict:
@@ -204,8 +226,13 @@ def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Settin
         with mock.patch.object(prompt_run.vl, "_unread", lambda positions: contextlib.nullcontext()):
             prompt_run.step(next(counter))
 
-    rows.append({"path": "last-layer truncation", "measured": "prompt training step",
-                 **_alternating(lambda: prompt_run.step(next(counter)), prompt_plain_step, repeats)})  # fmt: skip
+    rows.append(
+        {
+            "path": "last-layer truncation",
+            "measured": "prompt training step",
+            **_alternating(lambda: prompt_run.step(next(counter)), prompt_plain_step, repeats),
+        }
+    )
     max_new = RunConfig().max_new_tokens
     lora_run = _Steps("lora", "both", repeats, batch_size, setting=setting)
     for name, steps in (("lora", lora_run), ("prompt", prompt_run)):
@@ -223,13 +250,19 @@ def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Settin
             with mock.patch.object(vlmodel, "ReservedLayer", plain_layer):
                 return decode()
 
-        rows.append({"path": "ReservedLayer", "measured": f"{name} greedy decoding of {batch_size} images",
-                     **_alternating(decode, plain_decode, repeats)})  # fmt: skip
+        rows.append(
+            {
+                "path": "ReservedLayer",
+                "measured": f"{name} greedy decoding of {batch_size} images",
+                **_alternating(decode, plain_decode, repeats),
+            }
+        )
     return rows
 
 
-def _in_subprocess(method: str, towers: str, steps: int, batch_size: int, budget: str | None = None,
-                   setting: Setting = Setting()) -> dict:  # fmt: skip
+def _in_subprocess(
+    method: str, towers: str, steps: int, batch_size: int, budget: str | None = None, setting: Setting = Setting()
+) -> dict:
     call = f"measure_training({method!r}, {towers!r}, {steps}, {batch_size}, {budget!r}, {setting!r})"
     code = f"import json; from training.bench import Setting, measure_training; print(json.dumps({call}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
@@ -251,9 +284,16 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, settin
     for method in COMPARE_METHODS:
         run_dir = work / f"compare-{task}-{towers}-{method}"
         if not (run_dir / "eval.json").exists():
-            config = RunConfig(task=task, method=method, towers=towers, max_steps=20, eval_limit=10,
-                               base_model=setting.base_model, dataset=setting.dataset,
-                               device=setting.device)  # fmt: skip
+            config = RunConfig(
+                task=task,
+                method=method,
+                towers=towers,
+                max_steps=20,
+                eval_limit=10,
+                base_model=setting.base_model,
+                dataset=setting.dataset,
+                device=setting.device,
+            )
             train(config, run_dir, install_signals=False)
         run_dirs.append(run_dir)
     example = load_dataset(setting.dataset, task).split("test")[0]
@@ -266,10 +306,23 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, settin
             start = time.perf_counter()
             comparer.compare(image, task, run_dirs[: count - 1], question=example.question)
             times.append(time.perf_counter() - start)
-    rows = [{"task": task, "towers": towers, "adapters": count, "latency_s": round(min(times), 4),
-             "latency_median_s": round(_median(times), 4)} for count, times in timings.items()]  # fmt: skip
-    return {"task": task, "towers": towers, "rows": rows, "six_within_target": min(timings[6]) <= COMPARE_TARGET_S,
-            "outputs": {column.method: column.output for column in columns}}  # fmt: skip
+    rows = [
+        {
+            "task": task,
+            "towers": towers,
+            "adapters": count,
+            "latency_s": round(min(times), 4),
+            "latency_median_s": round(_median(times), 4),
+        }
+        for count, times in timings.items()
+    ]
+    return {
+        "task": task,
+        "towers": towers,
+        "rows": rows,
+        "six_within_target": min(timings[6]) <= COMPARE_TARGET_S,
+        "outputs": {column.method: column.output for column in columns},
+    }
 
 
 def measure_eval_share(work: Path, setting: Setting = Setting()) -> dict:
@@ -279,8 +332,13 @@ def measure_eval_share(work: Path, setting: Setting = Setting()) -> dict:
 
     run_dir = work / f"default-{setting.task}-lora"
     if not (run_dir / "eval.json").exists():
-        config = RunConfig(task=setting.task, method="lora", base_model=setting.base_model, dataset=setting.dataset,
-                           device=setting.device)  # fmt: skip
+        config = RunConfig(
+            task=setting.task,
+            method="lora",
+            base_model=setting.base_model,
+            dataset=setting.dataset,
+            device=setting.device,
+        )
         train(config, run_dir, install_signals=False)
     evaluation = runs.read_json(run_dir / "eval.json")
     eval_s, wall_s = evaluation["metrics"]["eval_s"], evaluation["wall_s"]
@@ -294,8 +352,14 @@ def measure_app_cold_start(timeout_s: float = 120) -> float:
         port = probe.getsockname()[1]
     env = {**os.environ, "PORT": str(port), "VLPEFT_HOME": tempfile.mkdtemp(prefix="vlpeft-bench-")}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         while time.perf_counter() - start < timeout_s:
             try:
@@ -310,20 +374,32 @@ def measure_app_cold_start(timeout_s: float = 120) -> float:
         proc.wait(timeout=20)
 
 
-def run_bench(steps: int = 20, batch_size: int = 32, work_dir: str | None = None, setting: Setting = Setting(),
-              parts: tuple[str, ...] = PARTS, compare_tasks: tuple[str, ...] = ("caption", "vqa")) -> dict:  # fmt: skip
+def run_bench(
+    steps: int = 20,
+    batch_size: int = 32,
+    work_dir: str | None = None,
+    setting: Setting = Setting(),
+    parts: tuple[str, ...] = PARTS,
+    compare_tasks: tuple[str, ...] = ("caption", "vqa"),
+) -> dict:
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"setting": dataclasses.asdict(setting), "batch_size": batch_size, "steps": steps}
     if "train" in parts:
         configs = [(m, "both") for m in BENCH_METHODS] + [(m, "text") for m in BENCH_METHODS if m != "full"]
         train_rows = [_in_subprocess(method, towers, steps, batch_size, setting=setting) for method, towers in configs]
-        train_rows += [_in_subprocess("prompt", towers, steps, batch_size, budget, setting)
-                       for towers in ("both", "text") for budget in PROMPT_BUDGETS]  # fmt: skip
+        train_rows += [
+            _in_subprocess("prompt", towers, steps, batch_size, budget, setting)
+            for towers in ("both", "text")
+            for budget in PROMPT_BUDGETS
+        ]
         result["train"] = train_rows
     if "compare" in parts:
-        compares = [measure_compare(work, task, towers, setting=setting)
-                    for task in compare_tasks for towers in ("both", "text")]  # fmt: skip
+        compares = [
+            measure_compare(work, task, towers, setting=setting)
+            for task in compare_tasks
+            for towers in ("both", "text")
+        ]
         result["compare"] = [row for c in compares for row in c["rows"]]
         result["compare_six_within_target"] = {f"{c['task']}/{c['towers']}": c["six_within_target"] for c in compares}
         result["compare_outputs"] = {f"{c['task']}/{c['towers']}": c["outputs"] for c in compares}
@@ -343,29 +419,46 @@ def _machine() -> dict:
 
     import torch
 
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def print_table(result: dict) -> None:
-    print(f"{'method':<17} {'towers':<6} {'budget':>7} {'trainable':>10} {'samples/s':>10} {'step s':>8} "
-          f"{'vs full':>8} {'peak MB':>8}")  # fmt: skip
+    print(
+        f"{'method':<17} {'towers':<6} {'budget':>7} {'trainable':>10} {'samples/s':>10} {'step s':>8} "
+        f"{'vs full':>8} {'peak MB':>8}"
+    )
     for row in result.get("train", []):
-        print(f"{row['method']:<17} {row['towers']:<6} {row['budget']:>7} {row['trainable_params']:>10,} "
-              f"{row['samples_per_s']:>10.1f} {row['step_s']:>8.3f} {row['speedup_vs_full']:>7.2f}x "
-              f"{row['peak_mem_mb']:>8.0f}")  # fmt: skip
+        print(
+            f"{row['method']:<17} {row['towers']:<6} {row['budget']:>7} {row['trainable_params']:>10,} "
+            f"{row['samples_per_s']:>10.1f} {row['step_s']:>8.3f} {row['speedup_vs_full']:>7.2f}x "
+            f"{row['peak_mem_mb']:>8.0f}"
+        )
     for key, within in result.get("compare_six_within_target", {}).items():
         task, towers = key.split("/")
-        times = ", ".join(f"{row['adapters']}: {1000 * row['latency_s']:.1f} ms" for row in result["compare"]
-                          if row["task"] == task and row["towers"] == towers)  # fmt: skip
+        times = ", ".join(
+            f"{row['adapters']}: {1000 * row['latency_s']:.1f} ms"
+            for row in result["compare"]
+            if row["task"] == task and row["towers"] == towers
+        )
         verdict = "within" if within else "over"
-        print(f"compare ({task}, adapters trained with --towers {towers}), columns: {times}; 6 columns {verdict} "
-              f"{COMPARE_TARGET_S:g} s")  # fmt: skip
+        print(
+            f"compare ({task}, adapters trained with --towers {towers}), columns: {times}; 6 columns {verdict} "
+            f"{COMPARE_TARGET_S:g} s"
+        )
     if "eval" in result:
-        print(f"evaluation share of a default run: {100 * result['eval_share']:.1f} % "
-              f"({result['eval']['eval_s']:.1f} s of {result['eval']['wall_s']:.1f} s)")  # fmt: skip
+        print(
+            f"evaluation share of a default run: {100 * result['eval_share']:.1f} % "
+            f"({result['eval']['eval_s']:.1f} s of {result['eval']['wall_s']:.1f} s)"
+        )
     for row in result.get("speed_paths", []):
-        print(f"{row['path']} ({row['measured']}): {row['fast_s']:.3f} s against {row['plain_s']:.3f} s plain, "
-              f"saves {100 * row['saving']:.1f} %")  # fmt: skip
+        print(
+            f"{row['path']} ({row['measured']}): {row['fast_s']:.3f} s against {row['plain_s']:.3f} s plain, "
+            f"saves {100 * row['saving']:.1f} %"
+        )
     if "app_cold_start_s" in result:
         print(f"app cold start to first page: {result['app_cold_start_s']:.1f} s")

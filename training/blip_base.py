@@ -60,8 +60,13 @@ IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 def blip_base_config(pad_id: int, bos_id: int, sep_id: int) -> BlipConfig:
     """BLIP-base's config with the special token ids of the tokenizer it will be used with (the checkpoint's
     are 0, 30522 and 102 in its BERT vocabulary; a small test vocabulary has its own)."""
-    text = {**TEXT_CONFIG, "pad_token_id": pad_id, "bos_token_id": bos_id, "sep_token_id": sep_id,
-            "eos_token_id": sep_id}  # fmt: skip
+    text = {
+        **TEXT_CONFIG,
+        "pad_token_id": pad_id,
+        "bos_token_id": bos_id,
+        "sep_token_id": sep_id,
+        "eos_token_id": sep_id,
+    }
     return BlipConfig(text_config=text, vision_config=dict(VISION_CONFIG), **TOP_CONFIG)
 
 
@@ -74,8 +79,9 @@ def build_blip_base(words: list[str], seed: int = 0) -> BaseModel:
     model = BlipForConditionalGeneration(config)
     model.eval()
     size = VISION_CONFIG["image_size"]
-    image_processor = BlipImageProcessorPil(size={"height": size, "width": size}, image_mean=IMAGE_MEAN,
-                                            image_std=IMAGE_STD)  # fmt: skip
+    image_processor = BlipImageProcessorPil(
+        size={"height": size, "width": size}, image_mean=IMAGE_MEAN, image_std=IMAGE_STD
+    )
     processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
     return BaseModel(model=model, processor=processor, source="(new BLIP-base size)")
 

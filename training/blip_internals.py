@@ -16,8 +16,16 @@ from torch import nn
 from transformers import BlipForConditionalGeneration
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
-__all__ = ["CACHE_KEYWORD", "BaseTunerLayer", "DynamicCache", "DynamicLayer", "EncoderDecoderCache", "IA3Layer",
-           "LoraLayer", "inject_adapter_in_model"]  # fmt: skip
+__all__ = [
+    "CACHE_KEYWORD",
+    "BaseTunerLayer",
+    "DynamicCache",
+    "DynamicLayer",
+    "EncoderDecoderCache",
+    "IA3Layer",
+    "LoraLayer",
+    "inject_adapter_in_model",
+]
 
 # The text decoder's forward takes its key/value cache under this keyword and returns it as this output
 # attribute (transformers 5.24 renamed `past_key_values` to `cache`; the old name is deprecated until 5.40).

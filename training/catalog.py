@@ -29,34 +29,107 @@ class MethodInfo:
 CATALOG: dict[str, MethodInfo] = {
     info.name: info
     for info in (
-        MethodInfo("zero-shot", "Zero-shot (baseline: no training)", BASELINE, None, False, None, "#111111",
-                   "No training: the pre-trained model as it is, the reference every method must beat.", "none"),
-        MethodInfo("full", "Full fine-tuning (baseline)", BASELINE, None, False, 1e-4, "#7f7f7f",
-                   "Every weight is trained: the quality ceiling, at the cost of a full copy of the model per task.",
-                   "both"),
-        MethodInfo("prompt", "Prompt tuning", EMBEDDING, "prompt length", True, 3e-2, "#d62728",
-                   "Learns a few input vectors placed before the text (and image patches); the paper found it the "
-                   "weakest and least efficient family."),
-        MethodInfo("prefix", "Prefix tuning", EMBEDDING, "prefix length", True, 1e-2, "#ff7f0e",
-                   "Learns keys and values that every attention layer attends to, like a virtual context; the "
-                   "paper found embedding composition behind LoRA and adapters."),
-        MethodInfo("lora", "LoRA", LAYER, "rank", True, 6e-3, "#1f77b4",
-                   "Adds a trainable low-rank update to each attention projection; layer composition, which the "
-                   "paper found best in quality and efficiency."),
-        MethodInfo("serial-adapter", "Serial adapter", LAYER, "bottleneck width", True, 6e-3, "#2ca02c",
-                   "Small bottleneck layers inserted after attention and feed-forward blocks; layer composition, "
-                   "which the paper found best in quality and efficiency."),
-        MethodInfo("parallel-adapter", "Parallel adapter", LAYER, "bottleneck width", True, 6e-3, "#17becf",
-                   "A scaled bottleneck running beside each feed-forward block (He et al. 2022); layer "
-                   "composition, which the paper found best in quality and efficiency."),
-        MethodInfo("ia3", "(IA)³", LAYER, None, False, 1e-1, "#9467bd",
-                   "Learns vectors that rescale attention keys and values and the feed-forward activations (Liu et "
-                   "al. 2022); no knob: a fixed, very small count; layer composition."),
-        MethodInfo("dora", "DoRA", LAYER, "rank", True, 6e-3, "#8c564b",
-                   "LoRA split into a learned magnitude and a low-rank direction update of each attention "
-                   "projection (Liu et al. 2024); layer composition."),
+        MethodInfo(
+            "zero-shot",
+            "Zero-shot (baseline: no training)",
+            BASELINE,
+            None,
+            False,
+            None,
+            "#111111",
+            "No training: the pre-trained model as it is, the reference every method must beat.",
+            "none",
+        ),
+        MethodInfo(
+            "full",
+            "Full fine-tuning (baseline)",
+            BASELINE,
+            None,
+            False,
+            1e-4,
+            "#7f7f7f",
+            "Every weight is trained: the quality ceiling, at the cost of a full copy of the model per task.",
+            "both",
+        ),
+        MethodInfo(
+            "prompt",
+            "Prompt tuning",
+            EMBEDDING,
+            "prompt length",
+            True,
+            3e-2,
+            "#d62728",
+            "Learns a few input vectors placed before the text (and image patches); the paper found it the "
+            "weakest and least efficient family.",
+        ),
+        MethodInfo(
+            "prefix",
+            "Prefix tuning",
+            EMBEDDING,
+            "prefix length",
+            True,
+            1e-2,
+            "#ff7f0e",
+            "Learns keys and values that every attention layer attends to, like a virtual context; the "
+            "paper found embedding composition behind LoRA and adapters.",
+        ),
+        MethodInfo(
+            "lora",
+            "LoRA",
+            LAYER,
+            "rank",
+            True,
+            6e-3,
+            "#1f77b4",
+            "Adds a trainable low-rank update to each attention projection; layer composition, which the "
+            "paper found best in quality and efficiency.",
+        ),
+        MethodInfo(
+            "serial-adapter",
+            "Serial adapter",
+            LAYER,
+            "bottleneck width",
+            True,
+            6e-3,
+            "#2ca02c",
+            "Small bottleneck layers inserted after attention and feed-forward blocks; layer composition, "
+            "which the paper found best in quality and efficiency.",
+        ),
+        MethodInfo(
+            "parallel-adapter",
+            "Parallel adapter",
+            LAYER,
+            "bottleneck width",
+            True,
+            6e-3,
+            "#17becf",
+            "A scaled bottleneck running beside each feed-forward block (He et al. 2022); layer "
+            "composition, which the paper found best in quality and efficiency.",
+        ),
+        MethodInfo(
+            "ia3",
+            "(IA)³",
+            LAYER,
+            None,
+            False,
+            1e-1,
+            "#9467bd",
+            "Learns vectors that rescale attention keys and values and the feed-forward activations (Liu et "
+            "al. 2022); no knob: a fixed, very small count; layer composition.",
+        ),
+        MethodInfo(
+            "dora",
+            "DoRA",
+            LAYER,
+            "rank",
+            True,
+            6e-3,
+            "#8c564b",
+            "LoRA split into a learned magnitude and a low-rank direction update of each attention "
+            "projection (Liu et al. 2024); layer composition.",
+        ),
     )
-}  # fmt: skip
+}
 
 METHOD_NAMES = tuple(CATALOG)
 PEFT_METHODS = tuple(name for name, info in CATALOG.items() if info.family != BASELINE)

@@ -54,8 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--base-model", default=None, help="Hub id or local path (default: the embedded model)")
     bench.add_argument("--task", default="caption", choices=TASKS, help="the task the training steps use")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    bench.add_argument("--parts", default="train,compare,eval,app,paths",
-                       help="what to measure, comma-separated: train, compare, eval, app, paths")  # fmt: skip
+    bench.add_argument(
+        "--parts",
+        default="train,compare,eval,app,paths",
+        help="what to measure, comma-separated: train, compare, eval, app, paths",
+    )
     bench.add_argument("--compare-tasks", default="caption,vqa", help="the tasks Compare is timed on")
     bench.set_defaults(func=cmd_bench)
 
@@ -77,16 +80,20 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(json.dumps([p.to_dict() for p in plans], indent=2))
         return 0
     total = sum(p.numel() for p in base.model.parameters())
-    print(f"base model: {base.source} ({total:,} parameters); budget {budget} = {budget.resolve(total):,}; "
-          f"towers {args.towers}")  # fmt: skip
+    print(
+        f"base model: {base.source} ({total:,} parameters); budget {budget} = {budget.resolve(total):,}; "
+        f"towers {args.towers}"
+    )
     header = f"{'method':<17} {'knob':<17} {'value':>5} {'trainable':>11} {'% of base':>9}  {'feasible range':<27} ok"
     print(header)
     print("-" * len(header))
     for p in plans:
         value = "-" if p.value is None else str(p.value)
         span = f"{p.min_params:,} - {p.max_params:,}"
-        print(f"{p.method:<17} {p.knob or '-':<17} {value:>5} {p.trainable_params:>11,} {p.percent:>9.3f}  "
-              f"{span:<27} {'yes' if p.feasible else 'NO'}")  # fmt: skip
+        print(
+            f"{p.method:<17} {p.knob or '-':<17} {value:>5} {p.trainable_params:>11,} {p.percent:>9.3f}  "
+            f"{span:<27} {'yes' if p.feasible else 'NO'}"
+        )
     return 0
 
 
@@ -140,8 +147,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     compare_tasks = tuple(task.strip() for task in args.compare_tasks.split(",") if task.strip())
     if set(compare_tasks) - set(TASKS):
         raise UserError(f"--compare-tasks takes {' and '.join(TASKS)}, comma-separated.")
-    result = run_bench(steps=args.steps, batch_size=args.batch_size, work_dir=args.work_dir, setting=setting,
-                       parts=parts, compare_tasks=compare_tasks)  # fmt: skip
+    result = run_bench(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        work_dir=args.work_dir,
+        setting=setting,
+        parts=parts,
+        compare_tasks=compare_tasks,
+    )
     if args.json:
         print(json.dumps(result, indent=2))
     else:

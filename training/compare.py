@@ -71,8 +71,10 @@ def check_image(image: Image.Image | str | Path | None) -> Image.Image:
                 opened = Image.open(image)
             with opened:
                 if opened.width * opened.height > MAX_UPLOAD_PIXELS:
-                    raise UserError(f"The image is {opened.width}x{opened.height} pixels: too large (the limit is "
-                                    f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels). Upload a smaller one.")  # fmt: skip
+                    raise UserError(
+                        f"The image is {opened.width}x{opened.height} pixels: too large (the limit is "
+                        f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels). Upload a smaller one."
+                    )
                 opened.draft("RGB", (1024, 1024))
                 image = opened.convert("RGB")
         except UserError:
@@ -80,8 +82,9 @@ def check_image(image: Image.Image | str | Path | None) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise UserError("The image is too large to open safely: upload a smaller one.") from None
         except (OSError, SyntaxError, ValueError):
-            raise UserError("That file is not an image this app can read (or it is corrupt): upload a PNG or JPEG.") \
-                from None  # fmt: skip
+            raise UserError(
+                "That file is not an image this app can read (or it is corrupt): upload a PNG or JPEG."
+            ) from None
     elif image.width * image.height > MAX_UPLOAD_PIXELS:
         raise UserError(f"The image is {image.width}x{image.height} pixels: too large; upload a smaller one.")
     return image.convert("RGB")
@@ -92,8 +95,12 @@ def _run_summary(info: dict, run_dir: Path) -> dict:
     evaluation = runs.read_json(run_dir / runs.EVAL) or {}
     metrics = evaluation.get("metrics", {})
     main = {k: metrics[k] for k in ("CIDEr-D", "BLEU-4", "accuracy") if k in metrics}
-    return {"budget": config.get("budget"), "data_fraction": config.get("data_fraction"),
-            "trainable_params": info.get("trainable_params"), "test_score": main}  # fmt: skip
+    return {
+        "budget": config.get("budget"),
+        "data_fraction": config.get("data_fraction"),
+        "trainable_params": info.get("trainable_params"),
+        "test_score": main,
+    }
 
 
 class Comparer:
@@ -115,16 +122,21 @@ class Comparer:
 
     def _same_base(self, info: dict) -> bool:
         source = info.get("config", {}).get("base_model") or default_model_path()
-        return Path(source).expanduser().resolve() == Path(self.base_model).expanduser().resolve() \
-            if Path(source).exists() else source == self.base_model  # fmt: skip
+        return (
+            Path(source).expanduser().resolve() == Path(self.base_model).expanduser().resolve()
+            if Path(source).exists()
+            else source == self.base_model
+        )
 
     def _info(self, run_dir: Path, task: str) -> dict:
         info = runs.read_json(run_dir / runs.CONFIG)
         if info is None:
             raise UserError(f"{run_dir.name} is not a run directory (no config.json).")
         if not self._same_base(info):
-            raise UserError(f"Run {run_dir.name} was trained on another base model ({info['config'].get('base_model')})"
-                            "; compare runs of one base model at a time.")  # fmt: skip
+            raise UserError(
+                f"Run {run_dir.name} was trained on another base model ({info['config'].get('base_model')})"
+                "; compare runs of one base model at a time."
+            )
         if info["config"].get("task") not in (None, task):
             raise UserError(f"Run {run_dir.name} was trained for {info['config']['task']}, not {task}.")
         return info
@@ -153,9 +165,16 @@ class Comparer:
         return self.base, adapter
 
     @torch.no_grad()
-    def compare(self, image, task: str, run_dirs: list[str | Path], question: str | None = None,
-                references: list[str] | None = None, answers: list[str] | None = None,
-                max_new_tokens: int = 20) -> list[Column]:  # fmt: skip
+    def compare(
+        self,
+        image,
+        task: str,
+        run_dirs: list[str | Path],
+        question: str | None = None,
+        references: list[str] | None = None,
+        answers: list[str] | None = None,
+        max_new_tokens: int = 20,
+    ) -> list[Column]:
         """One column per run (zero-shot first), each with its output and, given references/answers, a score."""
         question = check_question(task, question)
         picture = check_image(image)
@@ -189,8 +208,15 @@ class Answer:
 
 
 @torch.no_grad()
-def answer(vl: VLModel, adapter: str | None, encoder: Encoder, prompt: list[int], pixel_values: torch.Tensor,
-           max_new_tokens: int, base_features: torch.Tensor | None = None) -> Answer:  # fmt: skip
+def answer(
+    vl: VLModel,
+    adapter: str | None,
+    encoder: Encoder,
+    prompt: list[int],
+    pixel_values: torch.Tensor,
+    max_new_tokens: int,
+    base_features: torch.Tensor | None = None,
+) -> Answer:
     """One adapter's (None: the base's) greedy answer on one image, with that adapter active on the whole batch.
 
     `base_features` are the base model's image features on this `vl`: reused when the adapter leaves the
@@ -219,8 +245,14 @@ def _column(run_dir: Path | None, info: dict, output: Answer) -> Column:
     method = info["config"]["method"]
     summary = _run_summary(info, run_dir) if run_dir else {}
     label = "zero-shot (base)" if run_dir is None else f"{method} · {run_dir.name}"
-    return Column(label=label, method=method, output=output.text, truncated=output.truncated,
-                  run_dir=str(run_dir) if run_dir else None, **summary)  # fmt: skip
+    return Column(
+        label=label,
+        method=method,
+        output=output.text,
+        truncated=output.truncated,
+        run_dir=str(run_dir) if run_dir else None,
+        **summary,
+    )
 
 
 def sample_score(task: str, output: str, references: list[str] | None, answers: list[str] | None) -> dict:

@@ -156,14 +156,29 @@ class RunConfig:
     def to_cli_args(self) -> list[str]:
         """The `python -m training train` arguments (without --out) that reproduce this config."""
         args = [
-            "--task", self.task, "--method", self.method, "--budget", str(self.budget),
-            "--data-fraction", f"{self.data_fraction:g}", "--seed", str(self.seed), "--towers", self.towers,
-            "--batch-size", str(self.batch_size),
-        ]  # fmt: skip
+            "--task",
+            self.task,
+            "--method",
+            self.method,
+            "--budget",
+            str(self.budget),
+            "--data-fraction",
+            f"{self.data_fraction:g}",
+            "--seed",
+            str(self.seed),
+            "--towers",
+            self.towers,
+            "--batch-size",
+            str(self.batch_size),
+        ]
         optional = {
-            "--base-model": self.base_model, "--dataset": self.dataset, "--epochs": self.epochs,
-            "--max-steps": self.max_steps, "--lr": self.lr, "--eval-limit": self.eval_limit,
-        }  # fmt: skip
+            "--base-model": self.base_model,
+            "--dataset": self.dataset,
+            "--epochs": self.epochs,
+            "--max-steps": self.max_steps,
+            "--lr": self.lr,
+            "--eval-limit": self.eval_limit,
+        }
         for flag, value in optional.items():
             if value is not None:
                 args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
@@ -241,23 +256,48 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test examples")
     parser.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    parser.add_argument("--no-cache-features", dest="cache_features", action="store_false",
-                        help="run the frozen vision tower every step instead of caching its features")  # fmt: skip
-    parser.add_argument("--patience", type=int, default=d.patience,
-                        help="stop after this many validations without improvement (0: no validation, fixed "
-                             "schedule); the best checkpoint on the validation split is kept")  # fmt: skip
-    parser.add_argument("--val-every", type=int, default=None, help="steps between validations (default: half "
-                        "an epoch, 10 to 100 steps)")  # fmt: skip
-    parser.add_argument("--val-limit", type=int, default=None,
-                        help="validate on the first N validation examples (default: 100 images for captions, "
-                             "every question for VQA)")  # fmt: skip
-    parser.add_argument("--report-to", default=d.report_to, choices=REPORT_TO,
-                        help="also log loss, learning rate, throughput and validation scores to tensorboard or "
-                             "trackio (pip install vl-peft-lab[tracking])")  # fmt: skip
-    parser.add_argument("--no-test", dest="score_test", action="store_false",
-                        help="skip the test split (used by learning-rate tuning)")
-    parser.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a method's own option, e.g. reparam=true for prefix tuning (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--no-cache-features",
+        dest="cache_features",
+        action="store_false",
+        help="run the frozen vision tower every step instead of caching its features",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="stop after this many validations without improvement (0: no validation, fixed "
+        "schedule); the best checkpoint on the validation split is kept",
+    )
+    parser.add_argument(
+        "--val-every",
+        type=int,
+        default=None,
+        help="steps between validations (default: half an epoch, 10 to 100 steps)",
+    )
+    parser.add_argument(
+        "--val-limit",
+        type=int,
+        default=None,
+        help="validate on the first N validation examples (default: 100 images for captions, every question for VQA)",
+    )
+    parser.add_argument(
+        "--report-to",
+        default=d.report_to,
+        choices=REPORT_TO,
+        help="also log loss, learning rate, throughput and validation scores to tensorboard or "
+        "trackio (pip install vl-peft-lab[tracking])",
+    )
+    parser.add_argument(
+        "--no-test", dest="score_test", action="store_false", help="skip the test split (used by learning-rate tuning)"
+    )
+    parser.add_argument(
+        "--method-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method's own option, e.g. reparam=true for prefix tuning (repeatable)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

@@ -58,10 +58,18 @@ def score_on_validation(run_dir: str | Path) -> dict:
     config = RunConfig.from_dict(info["config"])
     examples = load_dataset(config.dataset, config.task).split("validation")
     encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
-    metrics, _ = evaluate(vl, config.task, examples, PixelCache(vl.base.processor), encoder,
-                          max_new_tokens=config.max_new_tokens)  # fmt: skip
-    runs.write_json(run_dir / VALIDATION, {"task": config.task, "split": "validation", "metrics": metrics,
-                                            "wall_s": round(time.perf_counter() - started, 2)})  # fmt: skip
+    metrics, _ = evaluate(
+        vl, config.task, examples, PixelCache(vl.base.processor), encoder, max_new_tokens=config.max_new_tokens
+    )
+    runs.write_json(
+        run_dir / VALIDATION,
+        {
+            "task": config.task,
+            "split": "validation",
+            "metrics": metrics,
+            "wall_s": round(time.perf_counter() - started, 2),
+        },
+    )
     return metrics
 
 
@@ -91,30 +99,46 @@ def candidate_run(name: str, seed: int) -> str:
     return name if seed == CAPTION_CANDIDATES[name].seed else f"{name}-seed{seed}"
 
 
-def run_checks(model_dir: Path, work_dir: Path, datasets: dict[str, str] | None = None,
-               overrides: dict | None = None, seeds: tuple[int, ...] = HEADROOM_SEEDS) -> dict:  # fmt: skip
+def run_checks(
+    model_dir: Path,
+    work_dir: Path,
+    datasets: dict[str, str] | None = None,
+    overrides: dict | None = None,
+    seeds: tuple[int, ...] = HEADROOM_SEEDS,
+) -> dict:
     """Make every planned run into work_dir now and read its figures back; datasets and overrides (RunConfig
     fields such as max_steps) replace the defaults, for a quick report on another model or in the tests."""
     datasets = datasets or {}
     same = model_dir.resolve() == DEFAULT_MODEL_DIR.resolve()
     results: dict = {}
     for name, template in planned_runs(seeds).items():
-        config = dataclasses.replace(template, base_model=None if same else str(model_dir),
-                                     dataset=datasets.get(template.task), **(overrides or {}))  # fmt: skip
+        config = dataclasses.replace(
+            template,
+            base_model=None if same else str(model_dir),
+            dataset=datasets.get(template.task),
+            **(overrides or {}),
+        )
         run_dir = work_dir / name
         if run_dir.exists():
-            raise UserError(f"{run_dir} already holds a run: give embedded-report an empty --work-dir, so that "
-                            "every figure in the card is measured by this command.")  # fmt: skip
+            raise UserError(
+                f"{run_dir} already holds a run: give embedded-report an empty --work-dir, so that "
+                "every figure in the card is measured by this command."
+            )
         started = time.perf_counter()
         train(config, run_dir, install_signals=False)
         validation = score_on_validation(run_dir) if config.task == "caption" else None
         info = runs.read_json(run_dir / runs.CONFIG)
         evaluation = runs.read_json(run_dir / runs.EVAL)
         results[name] = {
-            "command": info["command"], "trainable_params": info["trainable_params"], "lr": info["lr"],
-            "total_steps": info["total_steps"], "wall_s": evaluation["wall_s"], "metrics": evaluation["metrics"],
-            "validation": validation, "measured_s": round(time.perf_counter() - started, 1),
-        }  # fmt: skip
+            "command": info["command"],
+            "trainable_params": info["trainable_params"],
+            "lr": info["lr"],
+            "total_steps": info["total_steps"],
+            "wall_s": evaluation["wall_s"],
+            "metrics": evaluation["metrics"],
+            "validation": validation,
+            "measured_s": round(time.perf_counter() - started, 1),
+        }
     results["vqa-answer-prior"] = {"metrics": answer_prior(load_dataset(datasets.get("vqa"), "vqa"))}
     results["caption-headroom"] = headroom(results, seeds)
     return results
@@ -125,13 +149,22 @@ def headroom(results: dict, seeds: tuple[int, ...] = HEADROOM_SEEDS) -> dict:
     candidates = {}
     for name in CAPTION_CANDIDATES:
         scores = [results[candidate_run(name, seed)]["validation"]["CIDEr-D"] for seed in seeds]
-        candidates[name] = {"seeds": list(seeds), "CIDEr-D": scores, "mean": statistics.mean(scores),
-                            "spread": max(scores) - min(scores)}  # fmt: skip
+        candidates[name] = {
+            "seeds": list(seeds),
+            "CIDEr-D": scores,
+            "mean": statistics.mean(scores),
+            "spread": max(scores) - min(scores),
+        }
     best = max(candidates, key=lambda name: candidates[name]["mean"])
     zero_shot = results["caption-zero-shot"]["validation"]["CIDEr-D"]
-    return {"zero_shot": zero_shot, "best": best, "best_mean": candidates[best]["mean"],
-            "best_spread": candidates[best]["spread"], "margin": candidates[best]["mean"] - zero_shot,
-            "candidates": candidates}  # fmt: skip
+    return {
+        "zero_shot": zero_shot,
+        "best": best,
+        "best_mean": candidates[best]["mean"],
+        "best_spread": candidates[best]["spread"],
+        "margin": candidates[best]["mean"] - zero_shot,
+        "candidates": candidates,
+    }
 
 
 def verdicts(results: dict) -> list[tuple[str, bool, str]]:
@@ -143,23 +176,35 @@ def verdicts(results: dict) -> list[tuple[str, bool, str]]:
     slowest = max(results[name]["wall_s"] or 0 for name in CHECKS)
     room = results["caption-headroom"]
     return [
-        ("Fine-tuning beats zero-shot captioning on validation by more than its seed spread",
-         room["margin"] > room["best_spread"],
-         f"{room['best']} {room['best_mean']:.3f} (spread {room['best_spread']:.3f} over seeds "
-         f"{', '.join(map(str, room['candidates'][room['best']]['seeds']))}) vs zero-shot {room['zero_shot']:.3f}: "
-         f"margin {room['margin']:+.3f}"),
-        ("Zero-shot captioning reaches at least half the CIDEr-D of full fine-tuning",
-         zs_cider >= 0.5 * full_cider,
-         f"{zs_cider:.3f} vs {full_cider:.3f}" + (f" ({zs_cider / full_cider:.0%})" if full_cider else "")),
-        ("Zero-shot VQA is near or below the answer prior",
-         zs_vqa["accuracy"] <= prior["accuracy"] + 5, f"{zs_vqa['accuracy']:.1f} % vs prior {prior['accuracy']:.1f} %"),
-        ("LoRA on 100 % of the VQA data ends at least 20 points above the prior",
-         lora_vqa["accuracy"] >= prior["accuracy"] + 20,
-         f"{lora_vqa['accuracy']:.1f} % vs prior {prior['accuracy']:.1f} %"),
-        ("LoRA is above the prior on every question type", not below_prior,
-         "all types" if not below_prior else "not on: " + ", ".join(below_prior)),
+        (
+            "Fine-tuning beats zero-shot captioning on validation by more than its seed spread",
+            room["margin"] > room["best_spread"],
+            f"{room['best']} {room['best_mean']:.3f} (spread {room['best_spread']:.3f} over seeds "
+            f"{', '.join(map(str, room['candidates'][room['best']]['seeds']))}) vs zero-shot {room['zero_shot']:.3f}: "
+            f"margin {room['margin']:+.3f}",
+        ),
+        (
+            "Zero-shot captioning reaches at least half the CIDEr-D of full fine-tuning",
+            zs_cider >= 0.5 * full_cider,
+            f"{zs_cider:.3f} vs {full_cider:.3f}" + (f" ({zs_cider / full_cider:.0%})" if full_cider else ""),
+        ),
+        (
+            "Zero-shot VQA is near or below the answer prior",
+            zs_vqa["accuracy"] <= prior["accuracy"] + 5,
+            f"{zs_vqa['accuracy']:.1f} % vs prior {prior['accuracy']:.1f} %",
+        ),
+        (
+            "LoRA on 100 % of the VQA data ends at least 20 points above the prior",
+            lora_vqa["accuracy"] >= prior["accuracy"] + 20,
+            f"{lora_vqa['accuracy']:.1f} % vs prior {prior['accuracy']:.1f} %",
+        ),
+        (
+            "LoRA is above the prior on every question type",
+            not below_prior,
+            "all types" if not below_prior else "not on: " + ", ".join(below_prior),
+        ),
         ("A default run finishes within 5 minutes on CPU", slowest <= 300, f"slowest default run {slowest:.0f} s"),
-    ]  # fmt: skip
+    ]
 
 
 def model_card(model_dir: Path, results: dict, notes: list[str] | None = None) -> str:
@@ -213,17 +258,27 @@ def model_card(model_dir: Path, results: dict, notes: list[str] | None = None) -
     for text, passed, detail in verdicts(results):
         lines.append(f"| {text} | {detail} | {'yes' if passed else 'no'} |")
     names = [name for name in results if "command" in results[name]]
-    lines += ["", "| run | lr | steps | validation | test | metric | wall time (run + validation) |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| run | lr | steps | validation | test | metric | wall time (run + validation) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in names:
         run, metrics = results[name], results[name]["metrics"]
         key = "CIDEr-D" if "CIDEr-D" in metrics else "accuracy"
         validation = f"{run['validation'][key]:.3f}" if run.get("validation") else "-"
         lr = f"{run['lr']:g}" if run["total_steps"] else "-"
-        lines.append(f"| {name} | {lr} | {run['total_steps']} | {validation} | {metrics[key]:.3f} | {key} | "
-                     f"{run['measured_s']:.0f} s |")  # fmt: skip
-    lines += ["", "VQA accuracy per question type (%):", "", "| type | answer prior | zero-shot | LoRA |",
-              "|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {name} | {lr} | {run['total_steps']} | {validation} | {metrics[key]:.3f} | {key} | "
+            f"{run['measured_s']:.0f} s |"
+        )
+    lines += [
+        "",
+        "VQA accuracy per question type (%):",
+        "",
+        "| type | answer prior | zero-shot | LoRA |",
+        "|---|---|---|---|",
+    ]
     for qtype in sorted(prior["per_type"]):
         zs = results["vqa-zero-shot"]["metrics"]["per_type"].get(qtype, 0)
         lora = results["vqa-lora"]["metrics"]["per_type"].get(qtype, 0)
@@ -236,9 +291,14 @@ def model_card(model_dir: Path, results: dict, notes: list[str] | None = None) -
     return "\n".join(lines)
 
 
-def report(model_dir: str | Path = DEFAULT_MODEL_DIR, work_dir: str | Path | None = None,
-           notes: list[str] | None = None, datasets: dict[str, str] | None = None, overrides: dict | None = None,
-           seeds: tuple[int, ...] = HEADROOM_SEEDS) -> dict:  # fmt: skip
+def report(
+    model_dir: str | Path = DEFAULT_MODEL_DIR,
+    work_dir: str | Path | None = None,
+    notes: list[str] | None = None,
+    datasets: dict[str, str] | None = None,
+    overrides: dict | None = None,
+    seeds: tuple[int, ...] = HEADROOM_SEEDS,
+) -> dict:
     model_dir = Path(model_dir)
     work = Path(work_dir) if work_dir else model_dir.parent / ".quality-runs"
     work.mkdir(parents=True, exist_ok=True)

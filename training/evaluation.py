@@ -14,9 +14,16 @@ from training.vlmodel import VLModel
 
 
 @torch.no_grad()
-def predict(vl: VLModel, task: str, examples: list[Example], pixels: PixelCache, encoder: Encoder,
-            batch_size: int = 64, max_new_tokens: int = 20,
-            progress: Callable[[int, int], None] | None = None) -> list[str]:  # fmt: skip
+def predict(
+    vl: VLModel,
+    task: str,
+    examples: list[Example],
+    pixels: PixelCache,
+    encoder: Encoder,
+    batch_size: int = 64,
+    max_new_tokens: int = 20,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
     """Generated text for each example; each distinct image goes through the vision tower once per batch."""
     outputs: list[str] = []
     for start in range(0, len(examples), batch_size):
@@ -42,9 +49,15 @@ def score(task: str, examples: list[Example], predictions: list[str]) -> tuple[d
         refs = {e.image_id: e.captions for e in examples}
         metrics, per_image = caption_scores_per_sample(preds, refs)
         # Per-image CIDEr-D (document frequencies from this whole set): the report's paired bootstrap resamples it.
-        records = [{"image_id": e.image_id, "prediction": p, "references": e.captions,
-                    "CIDEr-D": per_image[e.image_id]["CIDEr-D"]}
-                   for e, p in zip(examples, predictions, strict=True)]  # fmt: skip
+        records = [
+            {
+                "image_id": e.image_id,
+                "prediction": p,
+                "references": e.captions,
+                "CIDEr-D": per_image[e.image_id]["CIDEr-D"],
+            }
+            for e, p in zip(examples, predictions, strict=True)
+        ]
         return metrics, records
     from training.metrics.vqa import vqa_scores
 
@@ -52,16 +65,30 @@ def score(task: str, examples: list[Example], predictions: list[str]) -> tuple[d
     result = vqa_scores(predictions, [e.answers for e in examples], types if all(types) else None)
     per_sample = result.pop("per_sample", None) or [None] * len(examples)
     records = [
-        {"question_id": e.question_id, "image_id": e.image_id, "question": e.question, "prediction": p,
-         "answers": e.answers, "question_type": e.question_type, "accuracy": acc}
+        {
+            "question_id": e.question_id,
+            "image_id": e.image_id,
+            "question": e.question,
+            "prediction": p,
+            "answers": e.answers,
+            "question_type": e.question_type,
+            "accuracy": acc,
+        }
         for e, p, acc in zip(examples, predictions, per_sample, strict=True)
-    ]  # fmt: skip
+    ]
     return result, records
 
 
-def evaluate(vl: VLModel, task: str, examples: list[Example], pixels: PixelCache, encoder: Encoder,
-             batch_size: int = 64, max_new_tokens: int = 20,
-             progress: Callable[[int, int], None] | None = None) -> tuple[dict, list[dict]]:  # fmt: skip
+def evaluate(
+    vl: VLModel,
+    task: str,
+    examples: list[Example],
+    pixels: PixelCache,
+    encoder: Encoder,
+    batch_size: int = 64,
+    max_new_tokens: int = 20,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict, list[dict]]:
     start = time.perf_counter()
     was_training = vl.model.training
     vl.model.eval()
@@ -69,6 +96,10 @@ def evaluate(vl: VLModel, task: str, examples: list[Example], pixels: PixelCache
     decode_s = time.perf_counter() - start
     metrics, records = score(task, examples, predictions)
     vl.model.train(was_training)
-    metrics = {**metrics, "num_examples": len(examples), "decode_s": round(decode_s, 3),
-               "eval_s": round(time.perf_counter() - start, 3)}  # fmt: skip
+    metrics = {
+        **metrics,
+        "num_examples": len(examples),
+        "decode_s": round(decode_s, 3),
+        "eval_s": round(time.perf_counter() - start, 3),
+    }
     return metrics, records

@@ -42,10 +42,13 @@ def write_peft_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
     config = RunConfig.from_dict(info["config"])
     rank = int(info["knob_value"])
     peft_config = LoraConfig(
-        r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, bias="none",
+        r=rank,
+        lora_alpha=lora_alpha(rank),
+        lora_dropout=0.0,
+        bias="none",
         target_modules=lora_targets(config.towers),
         base_model_name_or_path=config.base_model or _embedded_model(),
-    )  # fmt: skip
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_config.save_pretrained(str(out_dir))
     weights = load_file(str(run_dir / runs.WEIGHTS))
@@ -63,52 +66,75 @@ def run_readme(run_dir: str | Path, run_id: str, state: str) -> str:
     on = f"`{base}`" if base else "the embedded scene-BLIP (`training.paths.DEFAULT_MODEL_DIR` of VL-PEFT Lab)"
     what = f"A `{method}` adapter trained by VL-PEFT Lab for {TASK_NAMES.get(task, task)} on {on}; the run {state}."
     if info.get("trainable_params") is not None:
-        what += (f" {info['trainable_params']:,} trainable parameters ({info.get('trainable_percent', 0):.3g} % of "
-                 f"the base), {info.get('knob') or 'knob'} {info.get('knob_value')}, towers {config.get('towers')}, "
-                 f"{config.get('data_fraction', 1) * 100:g} % of the training data, seed {config.get('seed')}, "
-                 f"{info.get('total_steps')} steps.")  # fmt: skip
+        what += (
+            f" {info['trainable_params']:,} trainable parameters ({info.get('trainable_percent', 0):.3g} % of "
+            f"the base), {info.get('knob') or 'knob'} {info.get('knob_value')}, towers {config.get('towers')}, "
+            f"{config.get('data_fraction', 1) * 100:g} % of the training data, seed {config.get('seed')}, "
+            f"{info.get('total_steps')} steps."
+        )
     lines = [f"# {run_id}: {method} for {TASK_NAMES.get(task, task)}", "", what, ""]
-    scores = {k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "num_examples"
-              and not k.endswith("_s")}  # fmt: skip
+    scores = {
+        k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "num_examples" and not k.endswith("_s")
+    }
     if scores:
         ordered = sorted(scores, key=lambda k: k != MAIN_METRIC.get(task))
-        lines.append(f"**Test scores** (on {metrics.get('num_examples', '?')} test examples): "
-                     + ", ".join(f"{k} {scores[k]:.4g}" for k in ordered) + ".")  # fmt: skip
+        lines.append(
+            f"**Test scores** (on {metrics.get('num_examples', '?')} test examples): "
+            + ", ".join(f"{k} {scores[k]:.4g}" for k in ordered)
+            + "."
+        )
     else:
         lines.append("**Test scores:** none (the run was not evaluated).")
     peft_files = f", and `{PEFT_FOLDER}/` (the same adapter in peft's format)" if method == "lora" else ""
-    lines += ["", "Files: `weights.safetensors` (the method's parameters), `config.json` (the resolved config and "
-              "the command that reproduces the run), `log.txt`, `metrics.jsonl` (the training curve), `eval.json` "
-              f"and `predictions.jsonl` (the test outputs the scores come from){peft_files}.", ""]  # fmt: skip
+    lines += [
+        "",
+        "Files: `weights.safetensors` (the method's parameters), `config.json` (the resolved config and "
+        "the command that reproduces the run), `log.txt`, `metrics.jsonl` (the training curve), `eval.json` "
+        f"and `predictions.jsonl` (the test outputs the scores come from){peft_files}.",
+        "",
+    ]
     question = ', question="what colour is the circle?"' if task == "vqa" else ""
     new_tokens = config.get("max_new_tokens") or RunConfig().max_new_tokens
     lines += [
-        "## Load it with VL-PEFT Lab", "",
-        "With VL-PEFT Lab installed (`pip install .` in its repository), from the folder that holds this one:", "",
-        "```python", "from PIL import Image", "", "from training.compare import Comparer", "",
-        f"columns = Comparer({repr(base) if base else ''}).compare(Image.open(\"picture.png\"), {task!r}, "
+        "## Load it with VL-PEFT Lab",
+        "",
+        "With VL-PEFT Lab installed (`pip install .` in its repository), from the folder that holds this one:",
+        "",
+        "```python",
+        "from PIL import Image",
+        "",
+        "from training.compare import Comparer",
+        "",
+        f'columns = Comparer({repr(base) if base else ""}).compare(Image.open("picture.png"), {task!r}, '
         f"[{run_id!r}]{question}, max_new_tokens={new_tokens})",
         "print(columns[1].output)  # columns[0] is the base model without the adapter",
-        "```", "",
-    ]  # fmt: skip
+        "```",
+        "",
+    ]
     if method != "lora":
         return "\n".join([*lines, f"peft has no `{method}` method: load it with VL-PEFT Lab as above.", ""])
     text = '"a picture of"' if task == "caption" else '"question: what colour is the circle? answer:"'
     lines += [
-        "## Load it with peft", "",
+        "## Load it with peft",
+        "",
         "The adapter in `peft/` loads onto the base model with peft alone. Give the prompt the run was trained "
-        "with; the output repeats it before the new words.", "",
-        "```python", "from peft import PeftModel", "from PIL import Image",
-        "from transformers import BlipForConditionalGeneration, BlipProcessor", "",
+        "with; the output repeats it before the new words.",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from PIL import Image",
+        "from transformers import BlipForConditionalGeneration, BlipProcessor",
+        "",
         f"base = {base!r}" if base else "from training.paths import DEFAULT_MODEL_DIR as base",
         "processor = BlipProcessor.from_pretrained(base)",
         f"model = PeftModel.from_pretrained(BlipForConditionalGeneration.from_pretrained(base), "
-        f"\"{run_id}/{PEFT_FOLDER}\").eval()",
-        f"inputs = processor(images=Image.open(\"picture.png\").convert(\"RGB\"), text={text}, return_tensors=\"pt\")",
+        f'"{run_id}/{PEFT_FOLDER}").eval()',
+        f'inputs = processor(images=Image.open("picture.png").convert("RGB"), text={text}, return_tensors="pt")',
         f"tokens = model.generate(**inputs, max_new_tokens={new_tokens})",
         "print(processor.decode(tokens[0], skip_special_tokens=True))",
-        "```", "",
-    ]  # fmt: skip
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 

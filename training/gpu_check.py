@@ -65,8 +65,16 @@ def _counting(owner, name: str, counter: list[int]):
         yield
 
 
-def check_method(method: str, base_model: str | None, device: torch.device, dtype: torch.dtype, task: str,
-                 dataset: str | None, batch_size: int, budget: str) -> dict:  # fmt: skip
+def check_method(
+    method: str,
+    base_model: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    task: str,
+    dataset: str | None,
+    batch_size: int,
+    budget: str,
+) -> dict:
     """One method's autocast-vs-fp32 comparison on one batch, and its fast paths under autocast."""
     import torch
 
@@ -106,13 +114,21 @@ def check_method(method: str, base_model: str | None, device: torch.device, dtyp
     n32, n16 = g32.norm().item(), g16.norm().item()
     cosine = (g32 @ g16).item() / max(n32 * n16, 1e-30)
     row = {
-        "method": method, "knob": plan.knob, "knob_value": plan.value, "trainable_params": plan.trainable_params,
-        "loss_fp32": loss32.item(), "loss_autocast": loss16.item(),
+        "method": method,
+        "knob": plan.knob,
+        "knob_value": plan.value,
+        "trainable_params": plan.trainable_params,
+        "loss_fp32": loss32.item(),
+        "loss_autocast": loss16.item(),
         "loss_rel_diff": abs(loss16.item() - loss32.item()) / max(abs(loss32.item()), 1e-12),
-        "grad_cosine": cosine, "grad_norm_ratio": n16 / n32 if n32 else math.nan,
-    }  # fmt: skip
-    row["ok"] = bool(row["loss_rel_diff"] <= LOSS_REL_TOL and cosine >= GRAD_COSINE_MIN
-                     and abs(row["grad_norm_ratio"] - 1) <= GRAD_NORM_REL_TOL)  # fmt: skip
+        "grad_cosine": cosine,
+        "grad_norm_ratio": n16 / n32 if n32 else math.nan,
+    }
+    row["ok"] = bool(
+        row["loss_rel_diff"] <= LOSS_REL_TOL
+        and cosine >= GRAD_COSINE_MIN
+        and abs(row["grad_norm_ratio"] - 1) <= GRAD_NORM_REL_TOL
+    )
     if method == "prompt":
         row["fast_path"] = _prompt_truncation(vl, pairs, encoder, pixels, device, dtype)
     row["decode_fast_path"] = _reserved_cache(vl, pairs, encoder, pixels, device, dtype)
@@ -139,8 +155,13 @@ def _prompt_truncation(vl, pairs, encoder, pixels, device, dtype) -> dict:
     handle.remove()
     diff = (truncated - full).abs().max().item() / max(full.abs().max().item(), 1e-12)
     used = seen[0] == input_ids.shape[1] and seen[1] > input_ids.shape[1]
-    return {"name": "prompt tuning's last-layer truncation", "positions_seen": seen[:2], "status": "used",
-            "rel_diff": diff, "ok": bool(used and diff <= FAST_PATH_REL_TOL)}  # fmt: skip
+    return {
+        "name": "prompt tuning's last-layer truncation",
+        "positions_seen": seen[:2],
+        "status": "used",
+        "rel_diff": diff,
+        "ok": bool(used and diff <= FAST_PATH_REL_TOL),
+    }
 
 
 def _reserved_cache(vl, pairs, encoder, pixels, device, dtype, max_new: int = 6) -> dict:
@@ -167,25 +188,49 @@ def _reserved_cache(vl, pairs, encoder, pixels, device, dtype, max_new: int = 6)
     steps = min(len(logits[0]), len(plain_logits[0]))
     diff = (logits[0][:steps].float() - plain_logits[0][:steps].float()).abs().max().item()
     diff /= max(plain_logits[0][:steps].float().abs().max().item(), 1e-12)
-    return {"name": "ReservedLayer", "layers_built": built[0], "status": "used under autocast" if built[0] else
-            "not reached (decoding ended at its first token)", "same_tokens": tokens == plain_tokens,
-            "rel_diff": diff, "ok": bool(tokens == plain_tokens and diff <= FAST_PATH_REL_TOL)}  # fmt: skip
+    return {
+        "name": "ReservedLayer",
+        "layers_built": built[0],
+        "status": "used under autocast" if built[0] else "not reached (decoding ended at its first token)",
+        "same_tokens": tokens == plain_tokens,
+        "rel_diff": diff,
+        "ok": bool(tokens == plain_tokens and diff <= FAST_PATH_REL_TOL),
+    }
 
 
-def precision_check(base_model: str | None = None, device: str = "auto", dtype: str = "bfloat16",
-                    task: str = "vqa", dataset: str | None = None, batch_size: int = 8, budget: str = "0.5%",
-                    methods: tuple[str, ...] = CHECK_METHODS) -> dict:  # fmt: skip
+def precision_check(
+    base_model: str | None = None,
+    device: str = "auto",
+    dtype: str = "bfloat16",
+    task: str = "vqa",
+    dataset: str | None = None,
+    batch_size: int = 8,
+    budget: str = "0.5%",
+    methods: tuple[str, ...] = CHECK_METHODS,
+) -> dict:
     import torch
 
     from training.trainer import resolve_device
 
     where = resolve_device(device)
-    rows = [check_method(m, base_model, where, getattr(torch, dtype), task, dataset, batch_size, budget)
-            for m in methods]  # fmt: skip
-    return {"device": str(where), "autocast_dtype": dtype, "task": task, "batch_size": batch_size,
-            "base_model": base_model, "tolerances": {"loss_rel": LOSS_REL_TOL, "grad_cosine_min": GRAD_COSINE_MIN,
-            "grad_norm_rel": GRAD_NORM_REL_TOL, "fast_path_rel": FAST_PATH_REL_TOL},
-            "methods": rows, "ok": all(r["ok"] and r["fast_paths_ok"] for r in rows)}  # fmt: skip
+    rows = [
+        check_method(m, base_model, where, getattr(torch, dtype), task, dataset, batch_size, budget) for m in methods
+    ]
+    return {
+        "device": str(where),
+        "autocast_dtype": dtype,
+        "task": task,
+        "batch_size": batch_size,
+        "base_model": base_model,
+        "tolerances": {
+            "loss_rel": LOSS_REL_TOL,
+            "grad_cosine_min": GRAD_COSINE_MIN,
+            "grad_norm_rel": GRAD_NORM_REL_TOL,
+            "fast_path_rel": FAST_PATH_REL_TOL,
+        },
+        "methods": rows,
+        "ok": all(r["ok"] and r["fast_paths_ok"] for r in rows),
+    }
 
 
 def embedded_words() -> list[str]:
@@ -211,17 +256,31 @@ def run_queue_job(config, home: Path, timeout_s: float = 540) -> dict:
     job_id = store.submit(config, submitter="gpu-check")
     env = {**os.environ, "VLPEFT_HOME": str(home), "VLPEFT_MAX_RUNTIME_S": str(timeout_s)}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "training", "worker", "--exit-when-idle", "--poll", "0.5"], env=env,
-                   cwd=REPO_ROOT, timeout=timeout_s + 120, check=False)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "training", "worker", "--exit-when-idle", "--poll", "0.5"],
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=timeout_s + 120,
+        check=False,
+    )
     status = job_status(store, job_id, log_lines=10)
     run_dir = Path(status["run_dir"])
     info = runs.read_json(run_dir / runs.CONFIG) or {}
     evaluation = runs.read_json(run_dir / runs.EVAL) or {}
-    return {"job": job_id, "state": status["state"], "reason": status["reason"], "hint": status["hint"],
-            "config": config.to_dict(), "device": info.get("device"), "precision": info.get("precision"),
-            "total_steps": info.get("total_steps"), "wall_s": round(time.perf_counter() - started, 1),
-            "metrics": evaluation.get("metrics"), "peak_mem_mb": evaluation.get("peak_mem_mb"),
-            "log_tail": status["log_tail"]}  # fmt: skip
+    return {
+        "job": job_id,
+        "state": status["state"],
+        "reason": status["reason"],
+        "hint": status["hint"],
+        "config": config.to_dict(),
+        "device": info.get("device"),
+        "precision": info.get("precision"),
+        "total_steps": info.get("total_steps"),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "metrics": evaluation.get("metrics"),
+        "peak_mem_mb": evaluation.get("peak_mem_mb"),
+        "log_tail": status["log_tail"],
+    }
 
 
 def targets(bench: dict) -> list[dict]:
@@ -235,17 +294,24 @@ def targets(bench: dict) -> list[dict]:
         if row["method"] == "full":
             continue
         share = row["peak_mem_mb"] / full["peak_mem_mb"]
-        verdicts.append({"method": row["method"], "speedup_vs_full": row["speedup_vs_full"],
-                         "memory_share_of_full": round(share, 3),
-                         "meets_speedup": row["speedup_vs_full"] >= TARGET_SPEEDUP,
-                         "meets_memory": share <= TARGET_MEMORY_SHARE})  # fmt: skip
+        verdicts.append(
+            {
+                "method": row["method"],
+                "speedup_vs_full": row["speedup_vs_full"],
+                "memory_share_of_full": round(share, 3),
+                "meets_speedup": row["speedup_vs_full"] >= TARGET_SPEEDUP,
+                "meets_memory": share <= TARGET_MEMORY_SHARE,
+            }
+        )
     return verdicts
 
 
 def collect(pieces: Path, out: Path) -> dict:
     """results/bench-gpu.json from the pieces the script wrote (any that are missing are left out)."""
-    result: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "targets_rule": {
-        "speedup_vs_full_min": TARGET_SPEEDUP, "memory_share_of_full_max": TARGET_MEMORY_SHARE}}  # fmt: skip
+    result: dict = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "targets_rule": {"speedup_vs_full_min": TARGET_SPEEDUP, "memory_share_of_full_max": TARGET_MEMORY_SHARE},
+    }
     for name in ("environment", "tests", "precision", "bench-default", "bench-base", "job"):
         path = pieces / f"{name}.json"
         if path.is_file():
@@ -292,8 +358,9 @@ def _print(result: dict, out: str | None) -> int:
 
 
 def _cmd_precision(args: argparse.Namespace) -> int:
-    result = precision_check(args.base_model, args.device, task=args.task, dataset=args.dataset,
-                             batch_size=args.batch_size)  # fmt: skip
+    result = precision_check(
+        args.base_model, args.device, task=args.task, dataset=args.dataset, batch_size=args.batch_size
+    )
     return _print(result, args.out)
 
 

@@ -72,8 +72,9 @@ def _render_chunk(args: tuple[int, int, int, int, int]) -> tuple[np.ndarray, np.
     return np.stack(images), np.stack(labels), scene_list
 
 
-def render_pool(count: int, seed: int, size: int, patch: int = 8,
-                workers: int = 2) -> tuple[torch.Tensor, torch.Tensor, list]:  # fmt: skip
+def render_pool(
+    count: int, seed: int, size: int, patch: int = 8, workers: int = 2
+) -> tuple[torch.Tensor, torch.Tensor, list]:
     """count pre-training images as uint8 [N, H, W, 3], their patch labels [N, 4, patches], and scenes."""
     chunk = 2000
     jobs = [(s, min(count, s + chunk), seed, size, patch) for s in range(0, count, chunk)]
@@ -133,15 +134,23 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
     torch.manual_seed(config.seed)
     words = scenes.vocabulary_words() + EXTRA_WORDS
     base = build_blip(
-        words, image_size=config.image_size, patch_size=config.patch_size, vision_hidden=config.hidden,
-        vision_layers=config.vision_layers, text_hidden=config.hidden, text_layers=config.text_layers,
-        heads=config.heads, max_positions=config.max_positions, seed=config.seed,
-    )  # fmt: skip
+        words,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        vision_hidden=config.hidden,
+        vision_layers=config.vision_layers,
+        text_hidden=config.hidden,
+        text_layers=config.text_layers,
+        heads=config.heads,
+        max_positions=config.max_positions,
+        seed=config.seed,
+    )
     params = sum(p.numel() for p in base.model.parameters())
     log.info("model: %s parameters, vocabulary %d words", f"{params:,}", len(base.tokenizer))
     log.info("rendering %d pre-training images", config.pool_images)
-    images, patch_targets, scene_list = render_pool(config.pool_images, config.seed, config.image_size,
-                                                    config.patch_size)  # fmt: skip
+    images, patch_targets, scene_list = render_pool(
+        config.pool_images, config.seed, config.image_size, config.patch_size
+    )
     log.info("rendered in %.0f s", time.perf_counter() - started)
     mean, std = normalizer(base.processor)
     vl = VLModel(base)
@@ -168,8 +177,11 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
         for index in indices:
             scene = scene_list[int(index)]
             sentence = rng.random() < config.sentence_share
-            texts.append(scenes.pretrain_sentence(scene, rng, config.clause_share, frames) if sentence
-                         else scenes.alt_text(scene, rng))  # fmt: skip
+            texts.append(
+                scenes.pretrain_sentence(scene, rng, config.clause_share, frames)
+                if sentence
+                else scenes.alt_text(scene, rng)
+            )
         rows = torch.from_numpy(indices)
         pixels = to_pixels(images[rows], mean, std)
         input_ids, mask, labels = encoder.training_batch([("", t) for t in texts])
@@ -188,19 +200,33 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
             elapsed = time.perf_counter() - loop_start
             eta = elapsed / (step + 1) * (config.steps - step - 1)
             accuracy = dict(zip(scenes.PATCH_LABEL_HEADS, (round(a, 3) for a in dense_acc), strict=False))
-            history.append({"step": step + 1, "loss": round(caption_loss.item(), 4), "lr": lr,
-                            "patch_accuracy": accuracy})  # fmt: skip
-            log.info("step %d/%d caption loss %.4f patch accuracy %s lr %.2e  %.1f steps/s  eta %.0f min",
-                     step + 1, config.steps, caption_loss.item(), accuracy, lr, (step + 1) / elapsed,
-                     eta / 60)  # fmt: skip
+            history.append(
+                {"step": step + 1, "loss": round(caption_loss.item(), 4), "lr": lr, "patch_accuracy": accuracy}
+            )
+            log.info(
+                "step %d/%d caption loss %.4f patch accuracy %s lr %.2e  %.1f steps/s  eta %.0f min",
+                step + 1,
+                config.steps,
+                caption_loss.item(),
+                accuracy,
+                lr,
+                (step + 1) / elapsed,
+                eta / 60,
+            )
     model.eval()
     save_base_model(base, out)
     minutes = (time.perf_counter() - started) / 60
-    runs.write_json(out / "pretrain.json", {
-        "config": asdict(config), "parameters": params, "vocabulary": len(base.tokenizer),
-        "minutes": round(minutes, 1), "final_loss": history[-1]["loss"] if history else None,
-        "command": pretrain_command(config, out),
-        "history": history,
-    })  # fmt: skip
+    runs.write_json(
+        out / "pretrain.json",
+        {
+            "config": asdict(config),
+            "parameters": params,
+            "vocabulary": len(base.tokenizer),
+            "minutes": round(minutes, 1),
+            "final_loss": history[-1]["loss"] if history else None,
+            "command": pretrain_command(config, out),
+            "history": history,
+        },
+    )
     log.info("saved to %s after %.1f minutes", out, minutes)
     return out

@@ -33,8 +33,26 @@ from training.errors import UserError
 FLAT_TOLERANCE = 0.05  # |change| per tenfold data, as a share of the metric at full data, that still counts as flat
 FIGURES = ("data_size", "param_size", "families")
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (numpy has no t distribution).
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}  # fmt: skip
+T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    25: 2.060,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+    120: 1.980,
+}
 REPRODUCED, PARTLY, NOT, UNDETERMINED = "reproduced", "partly", "not reproduced", "undetermined"
 # The statistics every verdict is read from, fixed before the grid runs (decision_rules() prints them in report.md).
 RESAMPLES = 2000  # bootstrap resamples per statistic
@@ -51,11 +69,13 @@ def decision_rules() -> list[str]:
     """The rules every verdict follows, as markdown: written from the constants above, never from the results."""
     level, tol = f"{LEVEL:.0%}", f"{FLAT_TOLERANCE:.0%}"
     return [
-        "## Decision rules", "",
+        "## Decision rules",
+        "",
         "These rules were committed before the fair-protocol grid ran (see the history of `training/report.py`); "
         "each verdict below is read off them, with no choice made after seeing the numbers. A table older than "
         "the protocol (no validation scores: see below) is judged by the same rules, but its runs were not "
-        "trained under them.", "",
+        "trained under them.",
+        "",
         f"- **Intervals.** {level} intervals that combine seeds and test items: a hierarchical paired bootstrap "
         f"({RESAMPLES} resamples, RNG seed {BOOTSTRAP_SEED}) draws seeds with replacement and test items with "
         "replacement, the same items for every run of a task, so runs compared are paired by seed and by item; "
@@ -94,7 +114,7 @@ def decision_rules() -> list[str]:
         "and item) and, on VQA, minus the answer prior (answering each question type's most common training answer; "
         "computed by the report from the VQA dataset the table names).",
         "",
-    ]  # fmt: skip
+    ]
 
 
 def t_quantile(df: int) -> float:
@@ -217,8 +237,13 @@ def answer_prior_from_dataset(source: str) -> Prior:
     test = dataset.split("test")
     # answer_prior keeps the means only; the paired intervals need the prior's score on each test item.
     items = vqa_scores([prior["answers"].get(e.question_type, "") for e in test], [e.answers for e in test])
-    return Prior(float(prior["accuracy"]), dict(prior.get("per_type") or {}), np.asarray(items["per_sample"]),
-                 source, [str(e.question_type) for e in test])  # fmt: skip
+    return Prior(
+        float(prior["accuracy"]),
+        dict(prior.get("per_type") or {}),
+        np.asarray(items["per_sample"]),
+        source,
+        [str(e.question_type) for e in test],
+    )
 
 
 def find_prior(frame, meta: dict) -> tuple[Prior | None, str]:
@@ -270,8 +295,10 @@ class Stats:
                     f"{self.weights['vqa'].shape[0]}: the gain over it is paired by seed only"
                 )
             elif listed and prior.question_types and listed != prior.question_types:
-                self.why_not["prior"] = ("the item file's question types are not the dataset's test split in order: "
-                                         "the gain over the prior is paired by seed only")  # fmt: skip
+                self.why_not["prior"] = (
+                    "the item file's question types are not the dataset's test split in order: "
+                    "the gain over the prior is paired by seed only"
+                )
 
     def _eligible(self, frame, task: str) -> str:
         rows = _task_rows(frame, task)
@@ -403,8 +430,17 @@ def data_curves(frame, task: str, stats: Stats | None = None) -> list[Curve]:
         budget = reference_budget(mine) if method != "full" else None
         chosen = mine[mine.budget == budget] if budget is not None else mine
         if chosen.data_fraction.nunique() >= 2:
-            curves.append(_curve(chosen, task, method, "data", "data_fraction",
-                                 f"budget {budget}" if budget is not None else "all weights", stats))  # fmt: skip
+            curves.append(
+                _curve(
+                    chosen,
+                    task,
+                    method,
+                    "data",
+                    "data_fraction",
+                    f"budget {budget}" if budget is not None else "all weights",
+                    stats,
+                )
+            )
     return curves
 
 
@@ -433,9 +469,18 @@ def _curve(rows, task: str, method: str, axis: str, x: str, held: str, stats: St
     if stats is not None:
         slopes, levels = seed_slopes(rows, x, stats.values(rows, task))
         slope, relative = stats.interval(slopes), stats.interval(slopes, levels)
-    return Curve(task, method, axis, held, [float(v) for v in table.index], [float(v) for v in table["mean"]],
-                 [float(v) if np.isfinite(v) else 0.0 for v in table["std"]], int(rows.seed.nunique()), slope,
-                 relative)  # fmt: skip
+    return Curve(
+        task,
+        method,
+        axis,
+        held,
+        [float(v) for v in table.index],
+        [float(v) for v in table["mean"]],
+        [float(v) if np.isfinite(v) else 0.0 for v in table["std"]],
+        int(rows.seed.nunique()),
+        slope,
+        relative,
+    )
 
 
 def best_budget(rows, task: str, stats: Stats | None) -> dict:
@@ -448,8 +493,13 @@ def best_budget(rows, task: str, stats: Stats | None) -> dict:
     if stats is not None and best != largest:
         points = _seed_arrays(rows, stats.values(rows, task), "trainable_params")
         diff = stats.interval({s: p[best] - p[largest] for s, p in points.items() if best in p and largest in p})
-    return {"best_params": int(best), "best_index": index, "budgets": len(order),
-            "interior": 0 < index < len(order) - 1, "best_minus_largest": diff}  # fmt: skip
+    return {
+        "best_params": int(best),
+        "best_index": index,
+        "budgets": len(order),
+        "interior": 0 < index < len(order) - 1,
+        "best_minus_largest": diff,
+    }
 
 
 # -- verdicts --------------------------------------------------------------------------------------------------
@@ -544,13 +594,17 @@ def finding_vqa(frame, stats: Stats) -> Finding:
     flat_params = [m for m in peft if units[m]["checks"][1] is False]
     unknown = [m for m in peft if None in units[m]["checks"]]
     robust_flat = [m for m in peft if robust[m]["checks"][0] is False]
-    summary = (f"Accuracy rises with data and with parameters for {_names(both)}. Does not rise with data: "
-               f"{_names(flat_data)}; with parameters: {_names(flat_params)}"
-               + (f"; not judged on an axis: {_names(unknown)}" if unknown else "")
-               + f". Without the smallest data fraction: {robust_verdict} (does not rise with data: "
-               f"{_names(robust_flat)}).")  # fmt: skip
-    table = ["| method | data slope per decade | parameter slope per decade | verdict | without "
-             "smallest fraction |", "|---|---|---|---|---|"]  # fmt: skip
+    summary = (
+        f"Accuracy rises with data and with parameters for {_names(both)}. Does not rise with data: "
+        f"{_names(flat_data)}; with parameters: {_names(flat_params)}"
+        + (f"; not judged on an axis: {_names(unknown)}" if unknown else "")
+        + f". Without the smallest data fraction: {robust_verdict} (does not rise with data: "
+        f"{_names(robust_flat)})."
+    )
+    table = [
+        "| method | data slope per decade | parameter slope per decade | verdict | without smallest fraction |",
+        "|---|---|---|---|---|",
+    ]
     for method in [*peft, "full"]:
         d, p = units[method]["data"], units[method].get("params")
         data_text = f"{d.held}: {d.slope.text()}" if d and d.slope else "-"
@@ -571,12 +625,19 @@ def finding_vqa(frame, stats: Stats) -> Finding:
             "Every method gains from both axes, as in the paper. The evidence is a small BLIP on synthetic "
             "scenes, not mPLUG on VQAv2; the direction reproduces, the magnitudes are not comparable."
         )
-    return Finding(1, "VQA (a task inconsistent with pre-training) improves with more data and more trainable "
-                   "parameters.",
-                   "Per PEFT method, the OLS slope of VQA accuracy on log10(data fraction) at its reference budget, "
-                   "and on log10(trainable parameters) at the largest fraction, fitted per seed and averaged; both "
-                   "intervals above zero: reproduced.",
-                   verdict, robust_verdict, summary, table, "figures/data_size.png", " ".join(reasons))  # fmt: skip
+    return Finding(
+        1,
+        "VQA (a task inconsistent with pre-training) improves with more data and more trainable parameters.",
+        "Per PEFT method, the OLS slope of VQA accuracy on log10(data fraction) at its reference budget, "
+        "and on log10(trainable parameters) at the largest fraction, fitted per seed and averaged; both "
+        "intervals above zero: reproduced.",
+        verdict,
+        robust_verdict,
+        summary,
+        table,
+        "figures/data_size.png",
+        " ".join(reasons),
+    )
 
 
 def flatness_units(frame, task: str, stats: Stats, methods: list[str]) -> dict[str, dict]:
@@ -593,15 +654,21 @@ def flatness_units(frame, task: str, stats: Stats, methods: list[str]) -> dict[s
         if p and p.seeds >= MIN_SEEDS:
             diff = p.best.get("best_minus_largest")
             optimum = bool(p.best["interior"] and diff is not None and diff.above_zero)
-        units[method] = {"data": d, "params": p, "checks": [flat, optimum],
-                         "state": judged_state(method, [flat, optimum])}  # fmt: skip
+        units[method] = {
+            "data": d,
+            "params": p,
+            "checks": [flat, optimum],
+            "state": judged_state(method, [flat, optimum]),
+        }
     return units
 
 
 def _separates(caption: dict, vqa: dict) -> tuple[bool, bool]:
     """Whether each part (flat, optimum) passes for more methods on captioning than on VQA."""
-    return tuple(sum(u["checks"][i] is True for u in caption.values()) > sum(u["checks"][i] is True
-                 for u in vqa.values()) for i in (0, 1))  # fmt: skip
+    return tuple(
+        sum(u["checks"][i] is True for u in caption.values()) > sum(u["checks"][i] is True for u in vqa.values())
+        for i in (0, 1)
+    )
 
 
 def _caption_verdict(caption: dict, vqa: dict) -> str:
@@ -617,18 +684,21 @@ def finding_caption(frame, stats: Stats) -> Finding:
     verdict = _caption_verdict(views["caption"], views["vqa"])
     robust_verdict = _caption_verdict(robust["caption"], robust["vqa"])
     caption = views["caption"]
-    passing = {task: [sum(u["checks"][i] is True for u in views[task].values()) for i in (0, 1)]
-               for task in MAIN_METRIC}  # fmt: skip
+    passing = {
+        task: [sum(u["checks"][i] is True for u in views[task].values()) for i in (0, 1)] for task in MAIN_METRIC
+    }
     separates = _separates(caption, views["vqa"])
-    summary = (f"Captioning: flat in data for {_names([m for m, u in caption.items() if u['checks'][0]])}, "
-               f"not flat for {_names([m for m, u in caption.items() if u['checks'][0] is False])}; interior optimum "
-               f"for {_names([m for m, u in caption.items() if u['checks'][1]])}, no interior optimum for "
-               f"{_names([m for m, u in caption.items() if u['checks'][1] is False])}. The same test on VQA: flat for "
-               f"{passing['vqa'][0]} and an interior optimum for {passing['vqa'][1]} of {len(methods)} methods "
-               f"(captioning: {passing['caption'][0]} and {passing['caption'][1]}), so the flatness part "
-               f"{'separates' if separates[0] else 'does not separate'} the tasks and the optimum part "
-               f"{'separates' if separates[1] else 'does not separate'} them. Without the smallest data fraction: "
-               f"{robust_verdict}.")  # fmt: skip
+    summary = (
+        f"Captioning: flat in data for {_names([m for m, u in caption.items() if u['checks'][0]])}, "
+        f"not flat for {_names([m for m, u in caption.items() if u['checks'][0] is False])}; interior optimum "
+        f"for {_names([m for m, u in caption.items() if u['checks'][1]])}, no interior optimum for "
+        f"{_names([m for m, u in caption.items() if u['checks'][1] is False])}. The same test on VQA: flat for "
+        f"{passing['vqa'][0]} and an interior optimum for {passing['vqa'][1]} of {len(methods)} methods "
+        f"(captioning: {passing['caption'][0]} and {passing['caption'][1]}), so the flatness part "
+        f"{'separates' if separates[0] else 'does not separate'} the tasks and the optimum part "
+        f"{'separates' if separates[1] else 'does not separate'} them. Without the smallest data fraction: "
+        f"{robust_verdict}."
+    )
     table = [
         "| method | task | data slope / level per decade | flat | best budget (params) | best - largest | "
         "interior optimum | verdict | without smallest fraction |",
@@ -640,14 +710,18 @@ def finding_caption(frame, stats: Stats) -> Finding:
             relative = d.relative.text(2) if d and d.relative else "-"
             where, diff = "-", "-"
             if p and p.best:
-                where = (f"{p.best['best_params']:,} ({'interior' if p.best['interior'] else 'edge'}, "
-                         f"{p.best['best_index'] + 1} of {p.best['budgets']})")  # fmt: skip
+                where = (
+                    f"{p.best['best_params']:,} ({'interior' if p.best['interior'] else 'edge'}, "
+                    f"{p.best['best_index'] + 1} of {p.best['budgets']})"
+                )
                 d_best = p.best.get("best_minus_largest")
                 diff = d_best.text() if d_best else "best is the largest"
             flat, optimum = (_yes(c) for c in unit["checks"])
-            table.append(f"| {method} | {task} | {relative} | {flat} | {where} | {diff} | {optimum} | "
-                         f"{unit['state'] if task == 'caption' else 'control'} | "
-                         f"{robust[task][method]['state'] if task == 'caption' else '-'} |")  # fmt: skip
+            table.append(
+                f"| {method} | {task} | {relative} | {flat} | {where} | {diff} | {optimum} | "
+                f"{unit['state'] if task == 'caption' else 'control'} | "
+                f"{robust[task][method]['state'] if task == 'caption' else '-'} |"
+            )
     reasons = []
     if verdict == UNDETERMINED:
         reasons.append(_too_few(frame, "caption"))
@@ -669,13 +743,20 @@ def finding_caption(frame, stats: Stats) -> Finding:
             "A part that passes as often on VQA as on captioning does not tell the tasks apart, so it "
             "cannot be evidence that consistency with pre-training is what makes captioning flat."
         )
-    return Finding(2, "Captioning (consistent with pre-training) is flat in data size and has an optimal, interior "
-                   "parameter size.",
-                   "Per PEFT method, the data slope relative to the metric at the largest fraction must lie within "
-                   f"+-{FLAT_TOLERANCE:.0%} per decade (whole interval); at the largest fraction the best budget must "
-                   "be interior and beat the largest (paired interval above zero). Run on both tasks; VQA is the "
-                   "control.",
-                   verdict, robust_verdict, summary, table, "figures/param_size.png", " ".join(reasons))  # fmt: skip
+    return Finding(
+        2,
+        "Captioning (consistent with pre-training) is flat in data size and has an optimal, interior parameter size.",
+        "Per PEFT method, the data slope relative to the metric at the largest fraction must lie within "
+        f"+-{FLAT_TOLERANCE:.0%} per decade (whole interval); at the largest fraction the best budget must "
+        "be interior and beat the largest (paired interval above zero). Run on both tasks; VQA is the "
+        "control.",
+        verdict,
+        robust_verdict,
+        summary,
+        table,
+        "figures/param_size.png",
+        " ".join(reasons),
+    )
 
 
 def _yes(check: bool | None) -> str:
@@ -711,8 +792,9 @@ class Gap:
         return unit_state([_above(self.gap)])
 
 
-def paired_gap(layer_cells: dict, embedding_cells: dict, task: str, towers: str, layer: str, embedding: str,
-               stats: Stats) -> Gap | None:  # fmt: skip
+def paired_gap(
+    layer_cells: dict, embedding_cells: dict, task: str, towers: str, layer: str, embedding: str, stats: Stats
+) -> Gap | None:
     matched = sorted(set(layer_cells) & set(embedding_cells), key=str)
     if towers != "all":
         matched = [k for k in matched if k[3] == towers]
@@ -722,8 +804,15 @@ def paired_gap(layer_cells: dict, embedding_cells: dict, task: str, towers: str,
     for key in matched:
         per_seed.setdefault(int(key[2]), []).append(layer_cells[key] - embedding_cells[key])
     wins = sum(float(layer_cells[k][0]) > float(embedding_cells[k][0]) for k in matched)
-    return Gap(task, towers, layer, embedding, len(matched), wins,
-               stats.interval({s: np.mean(v, axis=0) for s, v in per_seed.items()}))  # fmt: skip
+    return Gap(
+        task,
+        towers,
+        layer,
+        embedding,
+        len(matched),
+        wins,
+        stats.interval({s: np.mean(v, axis=0) for s, v in per_seed.items()}),
+    )
 
 
 def family_gaps(frame, task: str, stats: Stats) -> tuple[list[Gap], list[Gap], Gap | None]:
@@ -733,8 +822,7 @@ def family_gaps(frame, task: str, stats: Stats) -> tuple[list[Gap], list[Gap], G
     if rows.empty:
         return [], [], None
     values = stats.values(rows, task)
-    by_method = {m: _cells(rows[rows.method == m], values[(rows.method == m).to_numpy()])
-                 for m in rows.method.unique()}  # fmt: skip
+    by_method = {m: _cells(rows[rows.method == m], values[(rows.method == m).to_numpy()]) for m in rows.method.unique()}
     layers = [m for m in PEFT_METHODS if FAMILY[m] == LAYER and m in by_method]
     embeddings = [m for m in PEFT_METHODS if FAMILY[m] == EMBEDDING and m in by_method]
     towers = sorted({k[3] for cells in by_method.values() for k in cells}, key=str)
@@ -748,8 +836,9 @@ def family_gaps(frame, task: str, stats: Stats) -> tuple[list[Gap], list[Gap], G
             pooled += [gap] if gap else []
     families = None
     if layers and embeddings:
-        families = paired_gap(_family_cells(by_method, layers), _family_cells(by_method, embeddings), task, "all",
-                              LAYER, EMBEDDING, stats)  # fmt: skip
+        families = paired_gap(
+            _family_cells(by_method, layers), _family_cells(by_method, embeddings), task, "all", LAYER, EMBEDDING, stats
+        )
     return per_towers, pooled, families
 
 
@@ -767,16 +856,21 @@ def finding_families(frame, stats: Stats) -> Finding:
     # A task with no matched pair is one undetermined unit: the paper's claim covers both tasks.
     absent = [task for task in MAIN_METRIC if not views[task][0]]
     verdict = overall([g.state for g in units] + [UNDETERMINED] * len(absent))
-    robust_verdict = overall([g.state for g in robust_units.values()]
-                             + [UNDETERMINED] * sum(not robust[t][0] for t in MAIN_METRIC))  # fmt: skip
-    failing = [f"{g.layer} vs {g.embedding} ({g.task}, towers {g.towers}: {g.state})" for g in units
-               if g.state != REPRODUCED] + [f"{task} (no matched cells)" for task in absent]  # fmt: skip
+    robust_verdict = overall(
+        [g.state for g in robust_units.values()] + [UNDETERMINED] * sum(not robust[t][0] for t in MAIN_METRIC)
+    )
+    failing = [
+        f"{g.layer} vs {g.embedding} ({g.task}, towers {g.towers}: {g.state})" for g in units if g.state != REPRODUCED
+    ] + [f"{task} (no matched cells)" for task in absent]
     summary = (
         f"{sum(g.state == REPRODUCED for g in units)} of {len(units)} pairs x task x towers hold. "
         f"Not holding: {_names(failing)}. Without the smallest data fraction: {robust_verdict}."
     )
-    table = ["| task | towers | layer - embedding | matched cells | layer ahead | difference | verdict | without "
-             "smallest fraction |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    table = [
+        "| task | towers | layer - embedding | matched cells | layer ahead | difference | verdict | without "
+        "smallest fraction |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for task in MAIN_METRIC:
         per_towers, pooled, families = views[task]
         for gap in per_towers:
@@ -798,16 +892,26 @@ def finding_families(frame, stats: Stats) -> Finding:
             "the family alone does not decide quality; the pooled rows show whether pooling would have "
             "hidden it."
         )
-    return Finding(3, "Layer composition (LoRA, adapters) beats embedding composition (prompt, prefix tuning).",
-                   "At each matched cell (equal requested budget, data fraction, seed and towers), layer method minus "
-                   "embedding method, averaged per seed; per pair, task and tower setting. Interval above zero: "
-                   "reproduced.",
-                   verdict, robust_verdict, summary, table, "figures/families.png", " ".join(reasons))  # fmt: skip
+    return Finding(
+        3,
+        "Layer composition (LoRA, adapters) beats embedding composition (prompt, prefix tuning).",
+        "At each matched cell (equal requested budget, data fraction, seed and towers), layer method minus "
+        "embedding method, averaged per seed; per pair, task and tower setting. Interval above zero: "
+        "reproduced.",
+        verdict,
+        robust_verdict,
+        summary,
+        table,
+        "figures/families.png",
+        " ".join(reasons),
+    )
 
 
 def _gap_row(gap: Gap, state: str, robust: str) -> str:
-    return (f"| {gap.task} | {gap.towers} | {gap.layer} - {gap.embedding} | {gap.cells} | {gap.wins} | "
-            f"{gap.gap.text() if gap.gap else '-'} | {state} | {robust} |")  # fmt: skip
+    return (
+        f"| {gap.task} | {gap.towers} | {gap.layer} - {gap.embedding} | {gap.cells} | {gap.wins} | "
+        f"{gap.gap.text() if gap.gap else '-'} | {state} | {robust} |"
+    )
 
 
 def _too_few(frame, task: str) -> str:
@@ -815,8 +919,10 @@ def _too_few(frame, task: str) -> str:
     if rows.empty:
         return f"The table has no {task} runs: nothing to judge."
     seeds = rows.groupby(["method", "budget", "data_fraction"], dropna=False).seed.nunique().max()
-    return (f"Too few seeds to judge ({seeds} per point; an interval needs at least {MIN_SEEDS}, the protocol uses "
-            f"{PROTOCOL_SEEDS}) or too few points along the axes.")  # fmt: skip
+    return (
+        f"Too few seeds to judge ({seeds} per point; an interval needs at least {MIN_SEEDS}, the protocol uses "
+        f"{PROTOCOL_SEEDS}) or too few points along the axes."
+    )
 
 
 # -- gains, question types, how far each method gets ---------------------------------------------------------
@@ -837,8 +943,11 @@ def gains_table(frame, stats: Stats) -> list[str]:
         for method, budget, mine, held in reference_cells(rows):
             seeds = per_seed_mean(held, stats.values(held, task))
             level = stats.interval(seeds)
-            over_zero = stats.interval({s: v - zero_seeds.get(s, zero_any) for s, v in seeds.items()}) \
-                if zero_any is not None else None  # fmt: skip
+            over_zero = (
+                stats.interval({s: v - zero_seeds.get(s, zero_any) for s, v in seeds.items()})
+                if zero_any is not None
+                else None
+            )
             over_prior = stats.interval({s: v - prior for s, v in seeds.items()}) if prior is not None else None
             label = f"{mine.data_fraction.max():.0%} data" + (f", budget {budget}" if budget is not None else "")
             lines.append(
@@ -856,8 +965,9 @@ def reference_cells(rows):
         if mine.empty:
             continue
         budget = reference_budget(mine) if method != "full" else None
-        held = mine[(mine.data_fraction == mine.data_fraction.max())
-                    & ((mine.budget == budget) if budget is not None else True)]  # fmt: skip
+        held = mine[
+            (mine.data_fraction == mine.data_fraction.max()) & ((mine.budget == budget) if budget is not None else True)
+        ]
         yield method, budget, mine, held
 
 
@@ -882,8 +992,11 @@ def question_type_table(frame, prior: Prior | None) -> list[str]:
 def reach_table(frame, stats: Stats) -> list[str]:
     """Per task and method: its best mean over the grid's cells, its validation score and share of test items
     scored 0 there, and how its runs stopped."""
-    lines = ["| task | method | best mean (at) | validation there | test items scored 0 there | median epochs | "
-             "stop reasons | learning rate from |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| task | method | best mean (at) | validation there | test items scored 0 there | median epochs | "
+        "stop reasons | learning rate from |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for task in MAIN_METRIC:
         rows = _task_rows(frame, task)
         for method in [*PEFT_METHODS, "full"]:
@@ -903,10 +1016,12 @@ def reach_table(frame, stats: Stats) -> list[str]:
             reasons = mine.stop_reason.dropna().value_counts()
             lr = ", ".join(sorted(mine.lr_source.dropna().astype(str).unique())) or "-"
             at = f"budget {budget}" if budget != "-" else "all weights"
-            lines.append(f"| {task} | {method} | {best:.3g} ({at}, {fraction:.0%} data) | "
-                         f"{f'{validation:.3g}' if np.isfinite(validation) else '-'} | {zeros} | "
-                         f"{f'{epochs:.3g}' if np.isfinite(epochs) else '-'} | "
-                         f"{', '.join(f'{k} {v}' for k, v in reasons.items()) or '-'} | {lr} |")  # fmt: skip
+            lines.append(
+                f"| {task} | {method} | {best:.3g} ({at}, {fraction:.0%} data) | "
+                f"{f'{validation:.3g}' if np.isfinite(validation) else '-'} | {zeros} | "
+                f"{f'{epochs:.3g}' if np.isfinite(epochs) else '-'} | "
+                f"{', '.join(f'{k} {v}' for k, v in reasons.items()) or '-'} | {lr} |"
+            )
     return lines
 
 
@@ -922,15 +1037,27 @@ def build_figures(frame) -> dict:
 
     figures = {}
     tasks = [t for t in MAIN_METRIC if (frame.task == t).any()] or list(MAIN_METRIC)
-    for name, curves_of, x_title in (("data_size", data_curves, "data fraction (log)"),
-                                     ("param_size", param_curves, "trainable parameters (log)")):  # fmt: skip
+    for name, curves_of, x_title in (
+        ("data_size", data_curves, "data fraction (log)"),
+        ("param_size", param_curves, "trainable parameters (log)"),
+    ):
         fig = make_subplots(rows=1, cols=len(tasks), subplot_titles=[f"{t}: {MAIN_METRIC[t]}" for t in tasks])
         for col, task in enumerate(tasks, 1):
             for curve in curves_of(frame, task):
-                fig.add_trace(go.Scatter(x=curve.xs, y=curve.means, error_y={"type": "data", "array": curve.sds},
-                                         mode="lines+markers", name=curve.method, legendgroup=curve.method,
-                                         showlegend=col == 1, line={"color": COLORS.get(curve.method)}),
-                              1, col)  # fmt: skip
+                fig.add_trace(
+                    go.Scatter(
+                        x=curve.xs,
+                        y=curve.means,
+                        error_y={"type": "data", "array": curve.sds},
+                        mode="lines+markers",
+                        name=curve.method,
+                        legendgroup=curve.method,
+                        showlegend=col == 1,
+                        line={"color": COLORS.get(curve.method)},
+                    ),
+                    1,
+                    col,
+                )
             _baselines(fig, frame, task, col, include_full=name == "param_size")
             fig.update_xaxes(type="log", title_text=x_title, row=1, col=col)
         fig.update_layout(width=1100, height=430, template="plotly_white", margin={"t": 50, "b": 40})
@@ -940,16 +1067,30 @@ def build_figures(frame) -> dict:
     for col, task in enumerate(tasks, 1):
         _, pooled, _ = family_gaps(frame, task, stats)
         shown = [g for g in pooled if g.gap]
-        fig.add_trace(go.Bar(x=[f"{g.layer} - {g.embedding}" for g in shown], y=[g.gap.mean for g in shown],
-                             error_y={"type": "data", "symmetric": False,
-                                      "array": [g.gap.high - g.gap.mean if g.gap.known else 0 for g in shown],
-                                      "arrayminus": [g.gap.mean - g.gap.low if g.gap.known else 0 for g in shown]},
-                             showlegend=False), 1, col)  # fmt: skip
+        fig.add_trace(
+            go.Bar(
+                x=[f"{g.layer} - {g.embedding}" for g in shown],
+                y=[g.gap.mean for g in shown],
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [g.gap.high - g.gap.mean if g.gap.known else 0 for g in shown],
+                    "arrayminus": [g.gap.mean - g.gap.low if g.gap.known else 0 for g in shown],
+                },
+                showlegend=False,
+            ),
+            1,
+            col,
+        )
         fig.update_xaxes(type="category", row=1, col=col)
         fig.update_yaxes(title_text="layer - embedding" if col == 1 else None, row=1, col=col)
-    fig.update_layout(width=1100, height=480, template="plotly_white", margin={"t": 80, "b": 40},
-                      title="each layer method minus each embedding method at matched cells (95 % t-interval "
-                      "across seeds)")  # fmt: skip
+    fig.update_layout(
+        width=1100,
+        height=480,
+        template="plotly_white",
+        margin={"t": 80, "b": 40},
+        title="each layer method minus each embedding method at matched cells (95 % t-interval across seeds)",
+    )
     figures["families"] = fig
     return figures
 
@@ -963,14 +1104,30 @@ def _baselines(fig, frame, task: str, col: int, include_full: bool) -> None:
     rows = frame[frame.task == task]
     zero = rows[rows.method == "zero-shot"][metric].mean()
     if np.isfinite(zero):
-        fig.add_hline(y=float(zero), line_dash="dash", line_color="black", row=1, col=col,
-                      annotation_text="zero-shot", annotation_position="bottom right")  # fmt: skip
+        fig.add_hline(
+            y=float(zero),
+            line_dash="dash",
+            line_color="black",
+            row=1,
+            col=col,
+            annotation_text="zero-shot",
+            annotation_position="bottom right",
+        )
     full = rows[(rows.method == "full") & (rows.data_fraction == rows.data_fraction.max())]
     if include_full and not full.empty:
-        fig.add_trace(go.Scatter(x=[float(full.trainable_params.mean())], y=[float(full[metric].mean())],
-                                 error_y={"type": "data", "array": [float(full[metric].std() or 0)]},
-                                 mode="markers", marker={"symbol": "diamond", "size": 11, "color": COLORS["full"]},
-                                 name="full", showlegend=col == 1), 1, col)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[float(full.trainable_params.mean())],
+                y=[float(full[metric].mean())],
+                error_y={"type": "data", "array": [float(full[metric].std() or 0)]},
+                mode="markers",
+                marker={"symbol": "diamond", "size": 11, "color": COLORS["full"]},
+                name="full",
+                showlegend=col == 1,
+            ),
+            1,
+            col,
+        )
 
 
 def render_figures(figures: dict, folder: Path) -> str | None:
@@ -980,16 +1137,21 @@ def render_figures(figures: dict, folder: Path) -> str | None:
 
     folder.mkdir(parents=True, exist_ok=True)
     if "BROWSER_PATH" not in os.environ:
-        found = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
-                     None)  # fmt: skip
+        found = next(
+            (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+        )
         if found:
             os.environ["BROWSER_PATH"] = found
     try:
         import plotly.io as pio
 
         figs = list(figures.values())
-        pio.write_images(figs, [str(folder / f"{name}.png") for name in figures],
-                         width=[f.layout.width for f in figs], height=[f.layout.height for f in figs])  # fmt: skip
+        pio.write_images(
+            figs,
+            [str(folder / f"{name}.png") for name in figures],
+            width=[f.layout.width for f in figs],
+            height=[f.layout.height for f in figs],
+        )
     except Exception as exc:  # kaleido missing, or no browser it can start: the text report still stands
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     return None
@@ -1021,14 +1183,19 @@ def load_table(path: str | Path):
     return frame
 
 
-def build_findings(frame, items: ItemScores | None = None, prior: Prior | None = None,
-                   stats: Stats | None = None) -> list[Finding]:  # fmt: skip
+def build_findings(
+    frame, items: ItemScores | None = None, prior: Prior | None = None, stats: Stats | None = None
+) -> list[Finding]:
     stats = stats or Stats(frame, items, prior)
     return [finding_vqa(frame, stats), finding_caption(frame, stats), finding_families(frame, stats)]
 
 
-def build_report(results: str | Path = "results/runs.csv", out: str | Path | None = None,
-                 figures: bool = True, prior: Prior | None = None) -> Path:  # fmt: skip
+def build_report(
+    results: str | Path = "results/runs.csv",
+    out: str | Path | None = None,
+    figures: bool = True,
+    prior: Prior | None = None,
+) -> Path:
     """Write report.md (and figures/*.png) for the table at `results`; returns the report's path.
 
     `prior`: the VQA answer prior, when the caller has it; otherwise it is computed from the VQA dataset the
@@ -1039,9 +1206,11 @@ def build_report(results: str | Path = "results/runs.csv", out: str | Path | Non
     frame = load_table(results)
     meta = _read_meta(results.parent / "sweep.json")
     if frame is None:
-        out.write_text(f"# Do the paper's findings reproduce?\n\nNo results yet: `{results}` is missing or empty. Run "
-                       "a sweep first, e.g. `python -m training sweep --config sweeps/paper.yaml`, then "
-                       "`python -m training report`.\n")  # fmt: skip
+        out.write_text(
+            f"# Do the paper's findings reproduce?\n\nNo results yet: `{results}` is missing or empty. Run "
+            "a sweep first, e.g. `python -m training sweep --config sweeps/paper.yaml`, then "
+            "`python -m training report`.\n"
+        )
         return out
     items = load_item_scores(results.parent / ITEM_FILE)
     prior_note = ""
@@ -1067,21 +1236,30 @@ def _sources(frame, meta: dict, stats: Stats, prior_note: str) -> list[str]:
     lines = []
     if meta:
         machine = meta.get("machine") or {}
-        lines += [f"- Sweep `{meta.get('name')}`: {meta.get('done')} of {meta.get('runs_planned')} runs finished "
-                  f"({meta.get('failed', 0)} failed, {meta.get('skipped', 0)} grid points skipped as outside a "
-                  f"method's budget range); total wall time {meta.get('wall_s', 0) / 3600:.2f} h over "
-                  f"{len(meta.get('sessions', []))} session(s), last updated {meta.get('updated_at')}.",
-                  f"- Machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs ({machine.get('cpu')}), "
-                  f"{machine.get('threads_per_run')} threads per run, GPU: {machine.get('gpu') or 'none'}.",
-                  f"- Base model `{meta.get('base_model')}` (sha {meta.get('base_model_sha')}); datasets "
-                  + ", ".join(f"{t} `{d.get('source')}` (sha {d.get('sha')})" for t, d in
-                              (meta.get("datasets") or {}).items()) + ".",
-                  f"- Command: `{meta.get('command')}`."]  # fmt: skip
+        lines += [
+            f"- Sweep `{meta.get('name')}`: {meta.get('done')} of {meta.get('runs_planned')} runs finished "
+            f"({meta.get('failed', 0)} failed, {meta.get('skipped', 0)} grid points skipped as outside a "
+            f"method's budget range); total wall time {meta.get('wall_s', 0) / 3600:.2f} h over "
+            f"{len(meta.get('sessions', []))} session(s), last updated {meta.get('updated_at')}.",
+            f"- Machine: {machine.get('platform')}, {machine.get('cpu_count')} CPUs ({machine.get('cpu')}), "
+            f"{machine.get('threads_per_run')} threads per run, GPU: {machine.get('gpu') or 'none'}.",
+            f"- Base model `{meta.get('base_model')}` (sha {meta.get('base_model_sha')}); datasets "
+            + ", ".join(
+                f"{t} `{d.get('source')}` (sha {d.get('sha')})" for t, d in (meta.get("datasets") or {}).items()
+            )
+            + ".",
+            f"- Command: `{meta.get('command')}`.",
+        ]
     else:
         lines.append("- No `sweep.json` beside the table: the sweep's command and machine are unknown.")
     settings = []
-    for column, label in (("towers", "PEFT on towers"), ("total_steps", "step cap"), ("batch_size", "batch"),
-                          ("stop_reason", "stopped by"), ("lr_source", "learning rates from")):  # fmt: skip
+    for column, label in (
+        ("towers", "PEFT on towers"),
+        ("total_steps", "step cap"),
+        ("batch_size", "batch"),
+        ("stop_reason", "stopped by"),
+        ("lr_source", "learning rates from"),
+    ):
         if column in frame:
             values = sorted({str(v) for v in frame[frame.method != "zero-shot"][column].dropna().unique()})
             if values:
@@ -1105,56 +1283,109 @@ def _sources(frame, meta: dict, stats: Stats, prior_note: str) -> list[str]:
                 "ignore the test items' sampling error."
             )
     if stats.items is not None and stats.items.problems:
-        lines.append(f"- `{ITEM_FILE}`: {len(stats.items.problems)} line(s) skipped: "
-                     + "; ".join(stats.items.problems[:3]) + ".")  # fmt: skip
+        lines.append(
+            f"- `{ITEM_FILE}`: {len(stats.items.problems)} line(s) skipped: "
+            + "; ".join(stats.items.problems[:3])
+            + "."
+        )
     if stats.prior is not None:
-        lines.append(f"- Answer prior (VQA, majority training answer per question type, from `{stats.prior.source}`): "
-                     f"{stats.prior.accuracy:.1f} %." + (f" Note: {stats.why_not['prior']}." if "prior" in stats.why_not
-                                                         else ""))  # fmt: skip
+        lines.append(
+            f"- Answer prior (VQA, majority training answer per question type, from `{stats.prior.source}`): "
+            f"{stats.prior.accuracy:.1f} %." + (f" Note: {stats.why_not['prior']}." if "prior" in stats.why_not else "")
+        )
     elif prior_note and prior_note != "the table has no VQA runs":
         lines.append(f"- No answer prior: {prior_note}.")
-    seeds = frame[frame.method != "zero-shot"].groupby(["task", "method", "budget", "data_fraction"],
-                                                       dropna=False).seed.nunique()  # fmt: skip
+    seeds = (
+        frame[frame.method != "zero-shot"]
+        .groupby(["task", "method", "budget", "data_fraction"], dropna=False)
+        .seed.nunique()
+    )
     if not seeds.empty and seeds.min() < PROTOCOL_SEEDS:
         lines.append(f"- Some grid points have fewer than {PROTOCOL_SEEDS} seeds (as few as {seeds.min()}).")
     return lines
 
 
-def render_markdown(frame, findings: list[Finding], meta: dict, results: Path, figures: bool,
-                    figure_note: str | None, stats: Stats | None = None, prior_note: str = "") -> str:  # fmt: skip
+def render_markdown(
+    frame,
+    findings: list[Finding],
+    meta: dict,
+    results: Path,
+    figures: bool,
+    figure_note: str | None,
+    stats: Stats | None = None,
+    prior_note: str = "",
+) -> str:
     stats = stats or Stats(frame, None)
     seeds = sorted(int(s) for s in frame.seed.dropna().unique())
-    lines = ["# Do the paper's findings reproduce?", "",
-             "Tian et al., *An Empirical Study of Parameter Efficient Fine-tuning on Vision-Language Pre-train "
-             "Model* (ICME 2024), re-tested with this project's BLIP, methods and sweep. Built by "
-             f"`python -m training report` from `{results.name}` ({len(frame)} runs, seeds {seeds}).", "",
-             "| finding | answer | without the smallest data fraction |", "|---|---|---|"]  # fmt: skip
+    lines = [
+        "# Do the paper's findings reproduce?",
+        "",
+        "Tian et al., *An Empirical Study of Parameter Efficient Fine-tuning on Vision-Language Pre-train "
+        "Model* (ICME 2024), re-tested with this project's BLIP, methods and sweep. Built by "
+        f"`python -m training report` from `{results.name}` ({len(frame)} runs, seeds {seeds}).",
+        "",
+        "| finding | answer | without the smallest data fraction |",
+        "|---|---|---|",
+    ]
     answer = {UNDETERMINED: f"{UNDETERMINED} (too few seeds)" if len(seeds) < MIN_SEEDS else UNDETERMINED}
     lines += [f"| {f.number}. {f.claim} | **{answer.get(f.verdict, f.verdict)}** | {f.robust} |" for f in findings]
-    lines += ["", *decision_rules(), "## Where the numbers come from", "", *_sources(frame, meta, stats, prior_note),
-              ""]  # fmt: skip
+    lines += [
+        "",
+        *decision_rules(),
+        "## Where the numbers come from",
+        "",
+        *_sources(frame, meta, stats, prior_note),
+        "",
+    ]
     if figures and figure_note:
-        lines += [f"Figures could not be rendered ({figure_note}); install kaleido (`pip install -r "
-                  "requirements-report.txt`) and Chromium, or point BROWSER_PATH at a Chrome.", ""]  # fmt: skip
+        lines += [
+            f"Figures could not be rendered ({figure_note}); install kaleido (`pip install -r "
+            "requirements-report.txt`) and Chromium, or point BROWSER_PATH at a Chrome.",
+            "",
+        ]
     for f in findings:
-        lines += [f"## Finding {f.number}: {f.claim}", "",
-                  f"**Answer: {f.verdict}** (without the smallest data fraction: {f.robust}). {f.summary}", "",
-                  f"*Statistic.* {f.statistic}", "", *f.table, ""]  # fmt: skip
+        lines += [
+            f"## Finding {f.number}: {f.claim}",
+            "",
+            f"**Answer: {f.verdict}** (without the smallest data fraction: {f.robust}). {f.summary}",
+            "",
+            f"*Statistic.* {f.statistic}",
+            "",
+            *f.table,
+            "",
+        ]
         if figures and not figure_note and f.figure:
             lines += [f"![finding {f.number}]({f.figure})", ""]
         if f.discussion:
             lines += [f.discussion, ""]
-    lines += ["## Gains over zero-shot and the answer prior", "",
-              "At the largest data fraction and each method's reference budget; differences paired by seed (and by "
-              "test item where the intervals use them).", "", *gains_table(frame, stats), ""]  # fmt: skip
+    lines += [
+        "## Gains over zero-shot and the answer prior",
+        "",
+        "At the largest data fraction and each method's reference budget; differences paired by seed (and by "
+        "test item where the intervals use them).",
+        "",
+        *gains_table(frame, stats),
+        "",
+    ]
     types = question_type_table(frame, stats.prior)
     if types:
-        lines += ["## VQA per question type", "",
-                  "Accuracy (%) per question type at the largest data fraction and each method's reference budget "
-                  "(in brackets), mean over seeds, beside the answer prior and zero-shot.", "", *types, ""]  # fmt: skip
-    lines += ["## How far each method gets", "",
-              "The best mean of each method over the grid's cells; there, its validation score and the share of "
-              "test items that score 0 (with item scores); and how its runs ended (epochs, why they stopped, where "
-              "the learning rate came from; empty for tables written before the validation protocol).", "",
-              *reach_table(frame, stats), ""]  # fmt: skip
+        lines += [
+            "## VQA per question type",
+            "",
+            "Accuracy (%) per question type at the largest data fraction and each method's reference budget "
+            "(in brackets), mean over seeds, beside the answer prior and zero-shot.",
+            "",
+            *types,
+            "",
+        ]
+    lines += [
+        "## How far each method gets",
+        "",
+        "The best mean of each method over the grid's cells; there, its validation score and the share of "
+        "test items that score 0 (with item scores); and how its runs ended (epochs, why they stopped, where "
+        "the learning rate came from; empty for tables written before the validation protocol).",
+        "",
+        *reach_table(frame, stats),
+        "",
+    ]
     return "\n".join(lines)

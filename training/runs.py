@@ -54,8 +54,13 @@ class StepRecord:
 
     def row(self) -> dict:
         """The metrics.jsonl line: rounded there, while the log prints the values as measured."""
-        return {**asdict(self), "epoch": round(self.epoch, 3), "loss": round(self.loss, 5),
-                "samples_per_s": round(self.samples_per_s, 2), "elapsed_s": round(self.elapsed_s, 2)}  # fmt: skip
+        return {
+            **asdict(self),
+            "epoch": round(self.epoch, 3),
+            "loss": round(self.loss, 5),
+            "samples_per_s": round(self.samples_per_s, 2),
+            "elapsed_s": round(self.elapsed_s, 2),
+        }
 
 
 @dataclass

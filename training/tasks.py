@@ -37,8 +37,9 @@ def training_pairs(task: str, examples: list[Example]) -> list[tuple[Example, st
 class Encoder:
     """Token ids for prompts and training sequences, with the model's special tokens."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, bos_id: int, sep_id: int, pad_id: int,
-                 max_positions: int) -> None:  # fmt: skip
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, bos_id: int, sep_id: int, pad_id: int, max_positions: int
+    ) -> None:
         self.tokenizer = tokenizer
         self.bos_id, self.sep_id, self.pad_id = bos_id, sep_id, pad_id
         self.max_tokens = min(MAX_TEXT_TOKENS, max_positions)
@@ -57,7 +58,7 @@ class Encoder:
             tail = [*self.words(target), self.sep_id]
             ids = (head + tail)[: self.max_tokens]
             rows.append(ids)
-            label_rows.append([-100] * len(head) + ids[len(head):])
+            label_rows.append([-100] * len(head) + ids[len(head) :])
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)

@@ -25,8 +25,12 @@ REPORT_TO = ("none", "tensorboard", "trackio")
 TENSORBOARD_DIR = "tensorboard"  # inside the run directory
 TRACKIO_PROJECT = "vl-peft-lab"
 # metrics.jsonl names -> transformers' Trainer names
-TRAIN_NAMES = {"loss": "train/loss", "lr": "train/learning_rate", "samples_per_s": "train/samples_per_second",
-               "epoch": "train/epoch"}  # fmt: skip
+TRAIN_NAMES = {
+    "loss": "train/loss",
+    "lr": "train/learning_rate",
+    "samples_per_s": "train/samples_per_second",
+    "epoch": "train/epoch",
+}
 
 
 class Tracker(Protocol):
@@ -107,5 +111,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _missing(package: str) -> str:
-    return (f"--report-to {package} needs the {package} package, which is not installed: "
-            f'pip install {package} (or pip install ".[tracking]"), or use --report-to none.')  # fmt: skip
+    return (
+        f"--report-to {package} needs the {package} package, which is not installed: "
+        f'pip install {package} (or pip install ".[tracking]"), or use --report-to none.'
+    )

@@ -80,8 +80,12 @@ def versions() -> dict:
     import peft
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__}  # fmt: skip
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -98,8 +102,9 @@ def build_model(prepared: Prepared, options: dict | None = None) -> tuple[VLMode
     vl.set_active(RUN_ADAPTER)
     trainable = vl.freeze_all_but(RUN_ADAPTER)
     if trainable != plan.trainable_params:
-        raise RuntimeError(f"{config.method}: {trainable} trainable parameters, but the budget solver promised "
-                           f"{plan.trainable_params}")  # fmt: skip
+        raise RuntimeError(
+            f"{config.method}: {trainable} trainable parameters, but the budget solver promised {plan.trainable_params}"
+        )
     return vl, trainable
 
 
@@ -159,30 +164,51 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
 
     # attach
     vl, trainable = build_model(prepared, options)
-    data = TrainingData(training_pairs(config.task, prepared.train_examples),
-                        Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions),
-                        PixelCache(prepared.base.processor))  # fmt: skip
+    data = TrainingData(
+        training_pairs(config.task, prepared.train_examples),
+        Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions),
+        PixelCache(prepared.base.processor),
+    )
     total_steps = planned_steps(config, len(data.pairs))
     validator = make_validator(config, prepared.dataset, data) if config.validates and total_steps else None
     description = describe_run(prepared, vl, lr, lr_source, options, data, total_steps, validator)
     command = "python -m training train " + " ".join(config.to_cli_args()) + f" --out {run.path}"
-    run.write_config({"config": config.to_dict(), **description, "versions": versions(), "command": command,
-                      "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # fmt: skip
+    run.write_config(
+        {
+            "config": config.to_dict(),
+            **description,
+            "versions": versions(),
+            "command": command,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
     tracker = open_tracker(config.report_to, run.path, config.to_dict())  # a missing package fails here, early
     report = Reporter(run, log, tracker)
     try:
         knob = f"{prepared.plan.knob}={prepared.plan.value}" if prepared.plan.knob else "no knob"
-        log.info("%s on %s: %s, %s trainable of %s parameters (%.3f%%), %d training examples (%d pairs), "
-                 "at most %d steps, lr %g (%s)", config.method, config.task, knob,
-                 f"{trainable:,}", f"{description['total_params']:,}", description["trainable_percent"],
-                 len(prepared.train_examples), len(data.pairs), total_steps, lr, lr_source)  # fmt: skip
+        log.info(
+            "%s on %s: %s, %s trainable of %s parameters (%.3f%%), %d training examples (%d pairs), "
+            "at most %d steps, lr %g (%s)",
+            config.method,
+            config.task,
+            knob,
+            f"{trainable:,}",
+            f"{description['total_params']:,}",
+            description["trainable_percent"],
+            len(prepared.train_examples),
+            len(data.pairs),
+            total_steps,
+            lr,
+            lr_source,
+        )
 
         # loop
         outcome = LoopOutcome(stop_reason="zero-shot")
         if total_steps:
             if description["feature_cache"]:
-                log.info("vision tower frozen: computing image features once for %d images",
-                         len(prepared.train_examples))  # fmt: skip
+                log.info(
+                    "vision tower frozen: computing image features once for %d images", len(prepared.train_examples)
+                )
                 data.features = precompute_features(vl, prepared.train_examples, data.pixels)
             if config.task == "caption" and config.score_test:
                 from training.metrics.caption import start_meteor
@@ -201,8 +227,9 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
         # evaluate
         summary = outcome.summary(validator)
         if not config.score_test:
-            run.write_eval({"task": config.task, "split": None, "validation": summary,
-                            "train_s": round(run.elapsed_s(), 2)})  # fmt: skip
+            run.write_eval(
+                {"task": config.task, "split": None, "validation": summary, "train_s": round(run.elapsed_s(), 2)}
+            )
             run.set_phase("done")
             log.info("done (no test split): best validation %s at step %s", summary.get("best"), summary["best_step"])
             return 0
@@ -227,32 +254,58 @@ class TrainingData:
 def make_validator(config: RunConfig, dataset: TaskDataset, data: TrainingData) -> Validator:
     examples = dataset.split("validation")
     limit = config.resolved_val_limit()
-    return Validator(config.task, examples[:limit] if limit else examples, data.pixels, data.encoder,
-                     config.max_new_tokens, config.patience)  # fmt: skip
+    return Validator(
+        config.task,
+        examples[:limit] if limit else examples,
+        data.pixels,
+        data.encoder,
+        config.max_new_tokens,
+        config.patience,
+    )
 
 
-def describe_run(prepared: Prepared, vl: VLModel, lr: float, lr_source: str, options: dict, data: TrainingData,
-                 total_steps: int, validator: Validator | None) -> dict:  # fmt: skip
+def describe_run(
+    prepared: Prepared,
+    vl: VLModel,
+    lr: float,
+    lr_source: str,
+    options: dict,
+    data: TrainingData,
+    total_steps: int,
+    validator: Validator | None,
+) -> dict:
     """What config.json records beside the config itself: the resolved method, counts, schedule, data and device."""
     config, plan, dataset = prepared.config, prepared.plan, prepared.dataset
     total_params, trainable = prepared.total_params, plan.trainable_params
     precision = autocast_dtype(prepared.device) or torch.float32
     return {
-        "method": config.method, "family": METHODS[config.method].family, "knob": plan.knob,
-        "knob_value": plan.value, "trainable_params": trainable, "total_params": total_params,
+        "method": config.method,
+        "family": METHODS[config.method].family,
+        "knob": plan.knob,
+        "knob_value": plan.value,
+        "trainable_params": trainable,
+        "total_params": total_params,
         "trainable_percent": 100 * trainable / total_params,
-        "budget_params": parse_budget(config.budget).resolve(total_params), "lr": lr, "lr_source": lr_source,
-        "method_options": options, "total_steps": total_steps,
+        "budget_params": parse_budget(config.budget).resolve(total_params),
+        "lr": lr,
+        "lr_source": lr_source,
+        "method_options": options,
+        "total_steps": total_steps,
         "effective_batch_size": config.batch_size * config.grad_accum,
         "val_every": val_every(config, len(data.pairs)) if validator else None,
         "val_examples": len(validator.examples) if validator else 0,
         "validation_held_out_of_train": dataset.held_out_validation,
-        "device": str(prepared.device), "precision": str(precision).replace("torch.", ""),
-        "base_model": prepared.base.source, "dataset": dataset.source, "dataset_name": dataset.name,
-        "train_examples": len(prepared.train_examples), "train_pairs": len(data.pairs),
-        "train_split_size": len(dataset.split("train")), "subset_hash": subset_hash(prepared.train_examples),
+        "device": str(prepared.device),
+        "precision": str(precision).replace("torch.", ""),
+        "base_model": prepared.base.source,
+        "dataset": dataset.source,
+        "dataset_name": dataset.name,
+        "train_examples": len(prepared.train_examples),
+        "train_pairs": len(data.pairs),
+        "train_split_size": len(dataset.split("train")),
+        "subset_hash": subset_hash(prepared.train_examples),
         "feature_cache": config.cache_features and not vl.adapters[RUN_ADAPTER].touches_vision(),
-    }  # fmt: skip
+    }
 
 
 @dataclass
@@ -267,21 +320,35 @@ class Reporter:
         self.run.write_step(record)
         self.tracker.log(record.step, training_scalars(record.row()))
         if to_log:
-            self.log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s eta %ss", record.step, record.total_steps,
-                          record.loss, record.lr, record.samples_per_s, record.eta_s)  # fmt: skip
+            self.log.info(
+                "step %d/%d loss %.4f lr %.2e %.1f samples/s eta %ss",
+                record.step,
+                record.total_steps,
+                record.loss,
+                record.lr,
+                record.samples_per_s,
+                record.eta_s,
+            )
 
     def validation(self, record: ValidationRecord, improved: bool, validator: Validator) -> None:
         self.run.write_validation(record)
         self.tracker.log(record.step, eval_scalars({record.metric: record.value}))
         self.run.set_phase("training")
-        self.log.info("validation at step %d: %s %.4g (best %.4g at step %d)%s", record.step, record.metric,
-                      record.value, record.best, record.best_step, "" if improved else
-                      f", {validator.since_best} of {validator.patience} without improvement")  # fmt: skip
+        self.log.info(
+            "validation at step %d: %s %.4g (best %.4g at step %d)%s",
+            record.step,
+            record.metric,
+            record.value,
+            record.best,
+            record.best_step,
+            "" if improved else f", {validator.since_best} of {validator.patience} without improvement",
+        )
 
 
 @torch.no_grad()
-def precompute_features(vl: VLModel, examples: list[Example], pixels: PixelCache,
-                        batch_size: int = 64) -> dict[str, torch.Tensor]:  # fmt: skip
+def precompute_features(
+    vl: VLModel, examples: list[Example], pixels: PixelCache, batch_size: int = 64
+) -> dict[str, torch.Tensor]:
     unique = list({e.image_id: e for e in examples}.values())
     was_training = vl.model.training
     vl.model.eval()
@@ -294,8 +361,13 @@ def precompute_features(vl: VLModel, examples: list[Example], pixels: PixelCache
     return features
 
 
-def batch_loss(vl: VLModel, batch: list[tuple[Example, str, str]], encoder: Encoder, pixels: PixelCache,
-               features: dict[str, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+def batch_loss(
+    vl: VLModel,
+    batch: list[tuple[Example, str, str]],
+    encoder: Encoder,
+    pixels: PixelCache,
+    features: dict[str, torch.Tensor],
+) -> torch.Tensor:
     examples = [example for example, _, _ in batch]
     if features:
         image_embeds = torch.stack([features[e.image_id] for e in examples])
@@ -320,19 +392,31 @@ class LoopOutcome:
     def summary(self, validator: Validator | None) -> dict:
         """What eval.json and the results table say about training and validation."""
         return {
-            "metric": validator.metric if validator else None, "best": validator.best if validator else None,
-            "best_step": validator.best_step if validator else self.steps_run, "steps_run": self.steps_run,
-            "epochs_run": round(self.epochs_run, 3), "stop_reason": self.stop_reason,
+            "metric": validator.metric if validator else None,
+            "best": validator.best if validator else None,
+            "best_step": validator.best_step if validator else self.steps_run,
+            "steps_run": self.steps_run,
+            "epochs_run": round(self.epochs_run, 3),
+            "stop_reason": self.stop_reason,
             "validations": len(validator.curve) if validator else 0,
-        }  # fmt: skip
+        }
 
 
 class TrainingLoop:
     """AdamW over the run adapter's parameters with linear warm-up and decay to the step cap, validating every
     `val_every` steps and keeping the best checkpoint (restored at the end)."""
 
-    def __init__(self, vl: VLModel, config: RunConfig, data: TrainingData, total_steps: int, lr: float,
-                 validator: Validator | None, report: Reporter, stop: StopFlag) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vl: VLModel,
+        config: RunConfig,
+        data: TrainingData,
+        total_steps: int,
+        lr: float,
+        validator: Validator | None,
+        report: Reporter,
+        stop: StopFlag,
+    ) -> None:
         self.vl, self.config, self.data, self.total_steps, self.lr = vl, config, data, total_steps, lr
         self.validator, self.report, self.stop = validator, report, stop
         self.autocast_dtype = autocast_dtype(vl.device)
@@ -426,8 +510,16 @@ class TrainingLoop:
         if improved:
             self.best_state = [p.detach().clone() for p in self.params_to_keep()]
         elapsed_s = self.report.run.elapsed_s()
-        record = ValidationRecord(step, round(self.epochs_done(), 3), validator.metric, value, validator.best,
-                                  validator.best_step, round(seconds, 2), round(elapsed_s, 2))  # fmt: skip
+        record = ValidationRecord(
+            step,
+            round(self.epochs_done(), 3),
+            validator.metric,
+            value,
+            validator.best,
+            validator.best_step,
+            round(seconds, 2),
+            round(elapsed_s, 2),
+        )
         validator.curve.append(record)
         self.report.validation(record, improved, validator)
         return validator.exhausted
@@ -437,12 +529,21 @@ class TrainingLoop:
         rate = seen / elapsed if elapsed > 0 else 0.0
         steps_per_s = step / elapsed if elapsed > 0 else 0.0
         eta = round((self.total_steps - step) / steps_per_s, 1) if steps_per_s else None
-        return StepRecord(step, self.total_steps, self.epochs_done(), step_loss, lr, rate, self.report.run.elapsed_s(),
-                          eta)  # fmt: skip
+        return StepRecord(
+            step, self.total_steps, self.epochs_done(), step_loss, lr, rate, self.report.run.elapsed_s(), eta
+        )
 
 
-def score_test_split(vl: VLModel, config: RunConfig, dataset: TaskDataset, data: TrainingData, summary: dict,
-                     steps_run: int, report: Reporter, stop: StopFlag) -> int:  # fmt: skip
+def score_test_split(
+    vl: VLModel,
+    config: RunConfig,
+    dataset: TaskDataset,
+    data: TrainingData,
+    summary: dict,
+    steps_run: int,
+    report: Reporter,
+    stop: StopFlag,
+) -> int:
     """Score the test split once with the kept checkpoint and write eval.json; EXIT_STOPPED if stopped meanwhile."""
     run, log = report.run, report.log
     test = dataset.split("test")
@@ -457,8 +558,15 @@ def score_test_split(vl: VLModel, config: RunConfig, dataset: TaskDataset, data:
         run.set_phase("evaluating", eval_done=done, eval_total=total)
 
     try:
-        metrics, records = evaluate(vl, config.task, test, data.pixels, data.encoder,
-                                    max_new_tokens=config.max_new_tokens, progress=eval_progress)  # fmt: skip
+        metrics, records = evaluate(
+            vl,
+            config.task,
+            test,
+            data.pixels,
+            data.encoder,
+            max_new_tokens=config.max_new_tokens,
+            progress=eval_progress,
+        )
     except StopRequested:
         log.info("stopped on request during evaluation; weights saved, no evaluation written")
         run.set_phase("stopped")
@@ -466,9 +574,17 @@ def score_test_split(vl: VLModel, config: RunConfig, dataset: TaskDataset, data:
     run.write_predictions(records)
     report.tracker.log(steps_run, eval_scalars(metrics, "test"))
     wall_s = run.elapsed_s()
-    run.write_eval({"task": config.task, "split": "test", "metrics": metrics, "validation": summary,
-                    "train_s": round(wall_s - metrics["eval_s"], 2), "wall_s": round(wall_s, 2),
-                    "peak_mem_mb": peak_memory_mb(vl.device)})  # fmt: skip
+    run.write_eval(
+        {
+            "task": config.task,
+            "split": "test",
+            "metrics": metrics,
+            "validation": summary,
+            "train_s": round(wall_s - metrics["eval_s"], 2),
+            "wall_s": round(wall_s, 2),
+            "peak_mem_mb": peak_memory_mb(vl.device),
+        }
+    )
     log.info("done: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
     run.set_phase("done")
     return 0
@@ -485,8 +601,9 @@ def peak_memory_mb(device: torch.device) -> float:
         return float("nan")
 
 
-def load_run(run_dir: str | Path, vl: VLModel | None = None, adapter: str | None = None,
-             device: str = "cpu") -> tuple[VLModel, str, dict]:  # fmt: skip
+def load_run(
+    run_dir: str | Path, vl: VLModel | None = None, adapter: str | None = None, device: str = "cpu"
+) -> tuple[VLModel, str, dict]:
     """Attach a finished run's weights to vl (or a fresh model of the run's base) as `adapter`."""
     run_dir = Path(run_dir)
     info = runs.read_json(run_dir / runs.CONFIG)
@@ -515,8 +632,9 @@ def reevaluate(run_dir: str | Path, eval_limit: int | None = None, device: str =
     limit = eval_limit or config.eval_limit
     test = test[:limit] if limit else test
     encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
-    metrics, records = evaluate(vl, config.task, test, PixelCache(vl.base.processor), encoder,
-                                max_new_tokens=config.max_new_tokens)  # fmt: skip
+    metrics, records = evaluate(
+        vl, config.task, test, PixelCache(vl.base.processor), encoder, max_new_tokens=config.max_new_tokens
+    )
     run = RunDirectory(run_dir)
     run.write_predictions(records)
     previous = runs.read_json(run_dir / runs.EVAL) or {}

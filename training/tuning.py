@@ -34,10 +34,37 @@ LR_TABLE = REPO_ROOT / "results" / "lr.csv"
 # The tuning runs' epoch caps, patience and tower setting come from the sweep file (sweeps/paper.yaml), so the
 # learning rates are found under the schedule the grid runs.
 RUNS_TABLE_NAME = "lr-runs.csv"
-LR_COLUMNS = ["task", "method", "towers", "options", "lr", "val_metric", "val_sd", "seeds", "bracketed",
-              "budget", "data_fraction", "curve"]  # fmt: skip
-RUN_COLUMNS = ["task", "method", "towers", "options", "lr", "seed", "budget", "data_fraction", "val_metric",
-               "best_step", "steps_run", "epochs_run", "stop_reason", "train_s", "run"]  # fmt: skip
+LR_COLUMNS = [
+    "task",
+    "method",
+    "towers",
+    "options",
+    "lr",
+    "val_metric",
+    "val_sd",
+    "seeds",
+    "bracketed",
+    "budget",
+    "data_fraction",
+    "curve",
+]
+RUN_COLUMNS = [
+    "task",
+    "method",
+    "towers",
+    "options",
+    "lr",
+    "seed",
+    "budget",
+    "data_fraction",
+    "val_metric",
+    "best_step",
+    "steps_run",
+    "epochs_run",
+    "stop_reason",
+    "train_s",
+    "run",
+]
 HALF_DECADE = math.sqrt(10)
 MAX_WIDENINGS = 4
 MAX_LR = 1.0  # RunConfig takes learning rates in (0, 1)
@@ -175,8 +202,7 @@ def train_for_tuning(config: RunConfig, run_dir: Path) -> dict:
     from training import runs
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "training", "train", *config.to_cli_args(), "--out", str(run_dir),
-               "--no-test"]  # fmt: skip
+    command = [sys.executable, "-m", "training", "train", *config.to_cli_args(), "--out", str(run_dir), "--no-test"]
     with open(run_dir / "worker.log", "w", encoding="utf-8") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
     summary = (runs.read_json(run_dir / runs.EVAL) or {}).get("validation")
@@ -186,21 +212,34 @@ def train_for_tuning(config: RunConfig, run_dir: Path) -> dict:
     return {**summary, "train_s": (runs.read_json(run_dir / runs.EVAL) or {}).get("train_s")}
 
 
-def tune(targets: list[TuneTarget], base: RunConfig, seeds: list[int], results: Path, work: Path,
-         train_fn: TrainFn = train_for_tuning, echo: Callable[[str], None] = print,
-         deadline: float | None = None) -> list[dict]:  # fmt: skip
+def tune(
+    targets: list[TuneTarget],
+    base: RunConfig,
+    seeds: list[int],
+    results: Path,
+    work: Path,
+    train_fn: TrainFn = train_for_tuning,
+    echo: Callable[[str], None] = print,
+    deadline: float | None = None,
+) -> list[dict]:
     """Tune every target; returns the rows of lr.csv. Resumes from `results/lr-runs.csv`."""
     from training.methods import METHODS
 
     if len(seeds) < 2:
-        raise UserError("Tuning needs at least two seeds (--seeds 0 1), so that a learning rate is not picked "
-                        "on one seed's luck.")  # fmt: skip
+        raise UserError(
+            "Tuning needs at least two seeds (--seeds 0 1), so that a learning rate is not picked on one seed's luck."
+        )
     runs_path = results / RUNS_TABLE_NAME
     done = read_rows(runs_path)
     for target in targets:
+
         def mine(row: dict, target: TuneTarget = target) -> bool:
             return (row["task"], row["method"], row["towers"], row["options"]) == (
-                target.task, target.method, target.towers, options_key(target.options))  # fmt: skip
+                target.task,
+                target.method,
+                target.towers,
+                options_key(target.options),
+            )
 
         center = METHODS[target.method].default_lr
         below = above = 1
@@ -213,22 +252,43 @@ def tune(targets: list[TuneTarget], base: RunConfig, seeds: list[int], results: 
                     if deadline is not None and time.time() > deadline:
                         echo("tune: time is up; run the same command again to go on")
                         return summarise(done, base)
-                    config = RunConfig.from_dict({**base.to_dict(), "task": target.task, "method": target.method,
-                                                  "towers": target.towers, "lr": lr, "seed": seed,
-                                                  "method_options": target.options}).validate()  # fmt: skip
+                    config = RunConfig.from_dict(
+                        {
+                            **base.to_dict(),
+                            "task": target.task,
+                            "method": target.method,
+                            "towers": target.towers,
+                            "lr": lr,
+                            "seed": seed,
+                            "method_options": target.options,
+                        }
+                    ).validate()
                     name = run_name(target, lr, seed)
                     started = time.perf_counter()
                     summary = train_fn(config, work / name)
-                    row = {"task": target.task, "method": target.method, "towers": target.towers,
-                           "options": options_key(target.options), "lr": lr, "seed": seed, "budget": base.budget,
-                           "data_fraction": base.data_fraction, "val_metric": summary["best"],
-                           "best_step": summary["best_step"], "steps_run": summary["steps_run"],
-                           "epochs_run": summary["epochs_run"], "stop_reason": summary["stop_reason"],
-                           "train_s": summary.get("train_s"), "run": name}  # fmt: skip
+                    row = {
+                        "task": target.task,
+                        "method": target.method,
+                        "towers": target.towers,
+                        "options": options_key(target.options),
+                        "lr": lr,
+                        "seed": seed,
+                        "budget": base.budget,
+                        "data_fraction": base.data_fraction,
+                        "val_metric": summary["best"],
+                        "best_step": summary["best_step"],
+                        "steps_run": summary["steps_run"],
+                        "epochs_run": summary["epochs_run"],
+                        "stop_reason": summary["stop_reason"],
+                        "train_s": summary.get("train_s"),
+                        "run": name,
+                    }
                     done = append_run(runs_path, row)
-                    echo(f"tune {target.label()}: lr {lr:g} seed {seed}: validation {summary['best']:.4g} "
-                         f"(best step {summary['best_step']}, {summary['stop_reason']}, "
-                         f"{time.perf_counter() - started:.0f}s)")  # fmt: skip
+                    echo(
+                        f"tune {target.label()}: lr {lr:g} seed {seed}: validation {summary['best']:.4g} "
+                        f"(best step {summary['best_step']}, {summary['stop_reason']}, "
+                        f"{time.perf_counter() - started:.0f}s)"
+                    )
             best, bracketed = best_of(curve([r for r in done if mine(r) and float(r["lr"]) in grid]))
             if bracketed:
                 break
@@ -262,13 +322,22 @@ def summarise(done: list[dict], base: RunConfig) -> list[dict]:
             candidates.append((mean, options, lr, bracketed, scores))
         mean, options, lr, bracketed, scores = max(candidates, key=lambda c: c[0])
         values = scores[lr]
-        table.append({
-            "task": task, "method": method, "towers": towers, "options": options, "lr": lr,
-            "val_metric": round(mean, 6), "val_sd": round(statistics.stdev(values), 6) if len(values) > 1 else "",
-            "seeds": len(values), "bracketed": bracketed, "budget": rows[0]["budget"],
-            "data_fraction": rows[0]["data_fraction"],
-            "curve": json.dumps({f"{k:g}": round(statistics.fmean(v), 6) for k, v in scores.items()}),
-        })  # fmt: skip
+        table.append(
+            {
+                "task": task,
+                "method": method,
+                "towers": towers,
+                "options": options,
+                "lr": lr,
+                "val_metric": round(mean, 6),
+                "val_sd": round(statistics.stdev(values), 6) if len(values) > 1 else "",
+                "seeds": len(values),
+                "bracketed": bracketed,
+                "budget": rows[0]["budget"],
+                "data_fraction": rows[0]["data_fraction"],
+                "curve": json.dumps({f"{k:g}": round(statistics.fmean(v), 6) for k, v in scores.items()}),
+            }
+        )
     return table
 
 
@@ -279,8 +348,10 @@ def targets_for(tasks: list[str], methods: list[str], towers: str) -> list[TuneT
     for task in tasks:
         for method in methods:
             if method not in METHODS or method == "zero-shot":
-                raise UserError(f"Cannot tune {method!r}: choose among methods that train "
-                                f"({', '.join(m for m in METHODS if m != 'zero-shot')}).")  # fmt: skip
+                raise UserError(
+                    f"Cannot tune {method!r}: choose among methods that train "
+                    f"({', '.join(m for m in METHODS if m != 'zero-shot')})."
+                )
             for options in OPTION_CHOICES.get(method, [{}]):
                 out.append(TuneTarget(task, method, lr_towers(method, towers), options))
     return out
@@ -288,16 +359,23 @@ def targets_for(tasks: list[str], methods: list[str], towers: str) -> list[TuneT
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("tune", help="find each method's learning rate on the validation split")
-    parser.add_argument("--config", default="sweeps/paper.yaml",
-                        help="the sweep file whose settings (towers, epoch caps, patience, batch size, base model, "
-                             "datasets) the tuning runs use; its data-axis budget is the reference budget")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        default="sweeps/paper.yaml",
+        help="the sweep file whose settings (towers, epoch caps, patience, batch size, base model, "
+        "datasets) the tuning runs use; its data-axis budget is the reference budget",
+    )
     parser.add_argument("--tasks", nargs="+", default=None, choices=TASKS, help="default: the sweep file's tasks")
     parser.add_argument("--methods", nargs="+", default=None, help="default: the sweep file's methods that train")
     parser.add_argument("--data-fraction", type=float, default=1.0)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--work-dir", default="runs/tune", help="run directories (not kept in results)")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="start no run after this long; run the same command again to go on")  # fmt: skip
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="start no run after this long; run the same command again to go on",
+    )
     parser.set_defaults(func=cmd_tune)
 
 
@@ -310,12 +388,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
     deadline = time.time() + args.max_minutes * 60 if args.max_minutes else None
     towers = spec.settings.get("towers", "both")
     for task in args.tasks or list(spec.tasks):
-        values = {**spec.settings, **spec.tasks[task], "task": task, "data_fraction": args.data_fraction,
-                  "base_model": spec.base_model, "dataset": spec.datasets.get(task)}  # fmt: skip
+        values = {
+            **spec.settings,
+            **spec.tasks[task],
+            "task": task,
+            "data_fraction": args.data_fraction,
+            "base_model": spec.base_model,
+            "dataset": spec.datasets.get(task),
+        }
         if reference is not None:
             values["budget"] = str(reference)
         base = RunConfig.from_dict(values).validate()
         # flush: the progress lines must show as they happen when the output goes to a file or a pipe
-        tune(targets_for([task], methods, towers), base, args.seeds, spec.results, Path(args.work_dir),
-             echo=lambda line: print(line, flush=True), deadline=deadline)  # fmt: skip
+        tune(
+            targets_for([task], methods, towers),
+            base,
+            args.seeds,
+            spec.results,
+            Path(args.work_dir),
+            echo=lambda line: print(line, flush=True),
+            deadline=deadline,
+        )
     return 0

@@ -23,8 +23,10 @@ def main_metric_score(task: str, examples: list[Example], predictions: list[str]
     if task == "caption":
         from training.metrics.caption import cider_d
 
-        return cider_d({e.image_id: p for e, p in zip(examples, predictions, strict=True)},
-                       {e.image_id: e.captions for e in examples})  # fmt: skip
+        return cider_d(
+            {e.image_id: p for e, p in zip(examples, predictions, strict=True)},
+            {e.image_id: e.captions for e in examples},
+        )
     from training.metrics.vqa import vqa_scores
 
     return vqa_scores(predictions, [e.answers for e in examples])["accuracy"]
@@ -54,8 +56,9 @@ class Validator:
         start = time.perf_counter()
         was_training = vl.model.training
         vl.model.eval()
-        predictions = predict(vl, self.task, self.examples, self.pixels, self.encoder,
-                              max_new_tokens=self.max_new_tokens)  # fmt: skip
+        predictions = predict(
+            vl, self.task, self.examples, self.pixels, self.encoder, max_new_tokens=self.max_new_tokens
+        )
         vl.model.train(was_training)
         return main_metric_score(self.task, self.examples, predictions), time.perf_counter() - start
 

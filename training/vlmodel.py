@@ -97,16 +97,25 @@ class VLModel:
         return vision_embeddings(self.model).patch_embedding.weight.device
 
     # -- adapters -------------------------------------------------------------------------------------
-    def attach(self, method: str, adapter: str, towers: str = "both", knob_value: int | None = None, *,
-               seed: int = 0, options: dict | None = None) -> Method:  # fmt: skip
+    def attach(
+        self,
+        method: str,
+        adapter: str,
+        towers: str = "both",
+        knob_value: int | None = None,
+        *,
+        seed: int = 0,
+        options: dict | None = None,
+    ) -> Method:
         """Build `method` on the model under the name `adapter`; `seed` drives its initialisation and
         `options` are its method-specific choices (see training/methods/base.py)."""
         if method not in METHODS:
             raise UserError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
         if adapter in self.adapters:
             raise ValueError(f"an adapter named {adapter!r} is already attached")
-        attached = METHODS[method](self.model, self.ctx, adapter, towers, knob_value, seed=seed, options=options,
-                                   tokenizer=self.tokenizer)  # fmt: skip
+        attached = METHODS[method](
+            self.model, self.ctx, adapter, towers, knob_value, seed=seed, options=options, tokenizer=self.tokenizer
+        )
         self.adapters[adapter] = attached
         # Parameters that no wrapped layer holds (prompts, prefixes, and training-only modules such as the
         # prefix MLP) join the model here, so they move with .to(device) and count among model.parameters().
@@ -182,8 +191,9 @@ class VLModel:
         skip = prompt.shape[1] if prompt is not None else 0
         return inputs, positions, attention_mask, cache, skip
 
-    def text_logits(self, image_embeds: torch.Tensor, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def text_logits(
+        self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Teacher-forced logits [B, T, vocab] at the text positions (prompt-tuning positions dropped)."""
         input_ids = input_ids.to(self.device)
         inputs, positions, mask, cache, skip = self._decoder_inputs(input_ids, attention_mask.to(self.device))
@@ -191,13 +201,19 @@ class VLModel:
         # never have a label).
         with self._unread(skip):
             out = self.model.text_decoder(
-                **inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
-                use_cache=True, logits_to_keep=input_ids.shape[1] if skip else 0, **{CACHE_KEYWORD: cache},
-            )  # fmt: skip
+                **inputs,
+                attention_mask=mask,
+                position_ids=positions,
+                encoder_hidden_states=image_embeds,
+                use_cache=True,
+                logits_to_keep=input_ids.shape[1] if skip else 0,
+                **{CACHE_KEYWORD: cache},
+            )
         return out.logits
 
-    def loss(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             labels: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def loss(
+        self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """Next-token cross-entropy on the label positions (-100 elsewhere: padding, prompt, question)."""
         logits = self.text_logits(image_embeds, input_ids, attention_mask)
         labels = labels.to(logits.device)
@@ -211,8 +227,13 @@ class VLModel:
         return max(0, min(max_new_tokens, self.max_positions - prompt_length))
 
     @torch.no_grad()
-    def generate(self, image_embeds: torch.Tensor, prompts: list[list[int]], max_new_tokens: int = 20,
-                 return_logits: bool = False):  # fmt: skip
+    def generate(
+        self,
+        image_embeds: torch.Tensor,
+        prompts: list[list[int]],
+        max_new_tokens: int = 20,
+        return_logits: bool = False,
+    ):
         """Greedy decoding of each prompt (token ids starting with BOS) against its row of image_embeds, with
         the active adapter acting on every row.
 
@@ -241,13 +262,19 @@ class VLModel:
         inputs, positions, mask, cache, skip = self._decoder_inputs(input_ids, torch.ones_like(input_ids))
         with self._unread(skip):
             out = self.model.text_decoder(
-                **inputs, attention_mask=mask, position_ids=positions, encoder_hidden_states=image_embeds,
-                use_cache=True, logits_to_keep=1, **{CACHE_KEYWORD: cache},
-            )  # fmt: skip
+                **inputs,
+                attention_mask=mask,
+                position_ids=positions,
+                encoder_hidden_states=image_embeds,
+                use_cache=True,
+                logits_to_keep=1,
+                **{CACHE_KEYWORD: cache},
+            )
         return out.logits[:, -1], getattr(out, CACHE_KEYWORD), mask
 
-    def _decode_steps(self, last: torch.Tensor, cache, mask: torch.Tensor, image_embeds: torch.Tensor,
-                      length: int, max_new: int):  # fmt: skip
+    def _decode_steps(
+        self, last: torch.Tensor, cache, mask: torch.Tensor, image_embeds: torch.Tensor, length: int, max_new: int
+    ):
         """Greedy steps after a prefill whose last logits are `last`; text positions continue at `length`."""
         batch = last.shape[0]
         decoder = self.model.text_decoder
@@ -266,8 +293,14 @@ class VLModel:
                 break
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             position = torch.full((batch, 1), length + step, device=self.device)
-            out = decoder(input_ids=next_ids[:, None], attention_mask=mask, position_ids=position,
-                          encoder_hidden_states=image_embeds, use_cache=True, **{CACHE_KEYWORD: cache})  # fmt: skip
+            out = decoder(
+                input_ids=next_ids[:, None],
+                attention_mask=mask,
+                position_ids=position,
+                encoder_hidden_states=image_embeds,
+                use_cache=True,
+                **{CACHE_KEYWORD: cache},
+            )
             last, cache = out.logits[:, -1], getattr(out, CACHE_KEYWORD)
         result = []
         table = torch.stack(tokens, 1).tolist() if tokens else [[] for _ in range(batch)]

@@ -26,8 +26,10 @@ class Loader:
 
 def scroll_to_end_js(elem_id: str) -> str:
     """Browser code that scrolls a text box to its last line (a log: the end says why it stopped)."""
-    return (f"() => {{ setTimeout(() => {{ const box = document.querySelector('#{elem_id} textarea'); "
-            "if (box) { box.scrollTop = box.scrollHeight; } }, 50); }")  # fmt: skip
+    return (
+        f"() => {{ setTimeout(() => {{ const box = document.querySelector('#{elem_id} textarea'); "
+        "if (box) { box.scrollTop = box.scrollHeight; } }, 50); }"
+    )
 
 
 def submitter(request: gr.Request | None, visitor: str | None) -> str:

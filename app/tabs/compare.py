@@ -41,9 +41,11 @@ def run_choices(services: Services, task: str, selected: list[str] | None = None
         if not record.comparable or record.method == "zero-shot":
             continue
         config = record.config
-        label = (f"{fmt.METHOD_LABELS.get(record.method, record.method)} · budget {config.get('budget')} · "
-                 f"data {fmt.fraction(config.get('data_fraction'))} · {fmt.main_score(task, record.metrics)} · "
-                 f"{record.id}" + (f" · {partly_trained(record)}" if record.state != "finished" else ""))  # fmt: skip
+        label = (
+            f"{fmt.METHOD_LABELS.get(record.method, record.method)} · budget {config.get('budget')} · "
+            f"data {fmt.fraction(config.get('data_fraction'))} · {fmt.main_score(task, record.metrics)} · "
+            f"{record.id}" + (f" · {partly_trained(record)}" if record.state != "finished" else "")
+        )
         choices.append((label, record.id))
     ids = {run_id for _, run_id in choices}
     return gr.update(choices=choices, value=[run_id for run_id in selected or [] if run_id in ids])
@@ -61,8 +63,10 @@ def run_title(record: RunRecord) -> tuple[str, str]:
     info, config = record.info, record.config
     knob = f" {info['knob']} {info.get('knob_value')}" if info.get("knob") else ""
     title = f"{fmt.METHOD_LABELS.get(record.method, record.method)}{knob} · budget {config.get('budget')}"
-    label = (f"run {record.id.rsplit('-', 1)[-1]} · data {fmt.fraction(config.get('data_fraction'))} · seed "
-             f"{config.get('seed')} · {time.strftime('%d %b %H:%M', time.localtime(record.created_at))}")  # fmt: skip
+    label = (
+        f"run {record.id.rsplit('-', 1)[-1]} · data {fmt.fraction(config.get('data_fraction'))} · seed "
+        f"{config.get('seed')} · {time.strftime('%d %b %H:%M', time.localtime(record.created_at))}"
+    )
     return title, label
 
 
@@ -89,8 +93,14 @@ def gallery(services: Services, task: str, source: str | None = None) -> list[tu
 
 def switch_task(services: Services, task: str) -> tuple:
     """gallery, choices, question box, picked image, picked index, result"""
-    return (gallery(services, task), run_choices(services, task), gr.update(visible=task == "vqa", value=None,
-            choices=[]), None, None, EMPTY)  # fmt: skip
+    return (
+        gallery(services, task),
+        run_choices(services, task),
+        gr.update(visible=task == "vqa", value=None, choices=[]),
+        None,
+        None,
+        EMPTY,
+    )
 
 
 def sources(services: Services, task: str, current: str | None = None) -> dict:
@@ -126,12 +136,20 @@ def take_upload(services: Services, path: str | None) -> tuple:
     return str(preview), None, path
 
 
-def compare(services: Services, task: str, run_ids: list[str] | None, question: str | None, index: int | None,
-            upload: str | None, source: str | None = None) -> str:  # fmt: skip
+def compare(
+    services: Services,
+    task: str,
+    run_ids: list[str] | None,
+    question: str | None,
+    index: int | None,
+    upload: str | None,
+    source: str | None = None,
+) -> str:
     if index is None and upload is None:
         raise UserError("Pick a test image from the gallery or upload one first.")
-    comparison = services.compare(task, list(run_ids or []), question or "", index, None if index is not None
-                                  else upload, source)  # fmt: skip
+    comparison = services.compare(
+        task, list(run_ids or []), question or "", index, None if index is not None else upload, source
+    )
     base = comparison.columns[0]
     if not base.test_score and source in (None, "", EMBEDDED):  # the sweep scored the app's own test set
         base.test_score = sweep_zero_shot(services, task)
@@ -148,13 +166,16 @@ def comparison_html(comparison: Comparison) -> str:
         banner = "Only the zero-shot base is shown: tick trained adapters to put them beside it."
     elif trained == 1:
         verdict = "a different output from" if differing else "the same output as"
-        banner = f"The adapter gives {verdict} the zero-shot base" + (": the words that differ are highlighted."
-                                                                     if differing else ".")  # fmt: skip
+        banner = f"The adapter gives {verdict} the zero-shot base" + (
+            ": the words that differ are highlighted." if differing else "."
+        )
     elif differing == 0:
         banner = f"All {trained} adapters give the same output as the zero-shot base."
     else:
-        banner = (f"{differing} of {trained} adapters give a different output from the zero-shot base: the words "
-                  "that differ are highlighted.")  # fmt: skip
+        banner = (
+            f"{differing} of {trained} adapters give a different output from the zero-shot base: the words "
+            "that differ are highlighted."
+        )
     parts = [f'<p class="vl-banner">{html.escape(banner)}</p>']
     if differing:
         parts.append(LEGEND)
@@ -166,14 +187,18 @@ def comparison_html(comparison: Comparison) -> str:
     parts.append("</div>")
     if comparison.references:
         items = "".join(f"<li>{html.escape(text)}</li>" for text in comparison.references)
-        parts.append(f'<div class="vl-references"><b>Human captions of this test image</b> ({comparison.image_id}):'
-                     f"<ul>{items}</ul></div>")  # fmt: skip
+        parts.append(
+            f'<div class="vl-references"><b>Human captions of this test image</b> ({comparison.image_id}):'
+            f"<ul>{items}</ul></div>"
+        )
     elif comparison.answers:
         answers = ", ".join(html.escape(a) for a in comparison.answers)
         parts.append(f'<div class="vl-references"><b>Human answers</b> ({comparison.image_id}): {answers}</div>')
     elif comparison.image_id and comparison.task == "vqa":
-        parts.append('<div class="vl-references">This question is not one of the test questions of this image, '
-                     "so there is no per-sample score.</div>")  # fmt: skip
+        parts.append(
+            '<div class="vl-references">This question is not one of the test questions of this image, '
+            "so there is no per-sample score.</div>"
+        )
     return "".join(parts)
 
 
@@ -185,8 +210,10 @@ def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> s
     if is_base:
         meta = "no training · the reference"
     else:
-        meta = (f"budget {column.budget} · {fmt.count(column.trainable_params)} trained parameters · "
-                f"data {fmt.fraction(column.data_fraction)}")  # fmt: skip
+        meta = (
+            f"budget {column.budget} · {fmt.count(column.trainable_params)} trained parameters · "
+            f"data {fmt.fraction(column.data_fraction)}"
+        )
     test = " · ".join(fmt.metric(name, value) for name, value in column.test_score.items())
     source = comparison.base_score_source if is_base else ""
     output = _marked(column.output, base) if not is_base else html.escape(column.output or "(empty)")
@@ -208,7 +235,7 @@ def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> s
         f'<div class="vl-output">{output}</div>'
         + (f'<div class="vl-sample">this image: {html.escape(sample)}</div>' if sample else "")
         + "</div>"
-    )  # fmt: skip
+    )
 
 
 def _marked(text: str, base: str) -> str:
@@ -235,17 +262,23 @@ def _marked(text: str, base: str) -> str:
 
 
 def build(services: Services, tab: gr.Tab) -> Loader:
-    gr.Markdown("See what each trained adapter says about the same picture. The zero-shot base model (no training) "
-                "is always the first column; on a test image every column also gets a score against the human "
-                "captions or answers.")  # fmt: skip
+    gr.Markdown(
+        "See what each trained adapter says about the same picture. The zero-shot base model (no training) "
+        "is always the first column; on a test image every column also gets a score against the human "
+        "captions or answers."
+    )
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             task = gr.Radio(
                 [(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Task", elem_id="compare-task"
             )
-            source = gr.Dropdown(data.dataset_choices(services, "caption", APP_IMAGES), value=EMBEDDED,
-                                 label="Images from", elem_id="compare-source",
-                                 info="The app's test images, or a dataset you uploaded (Train tab).")  # fmt: skip
+            source = gr.Dropdown(
+                data.dataset_choices(services, "caption", APP_IMAGES),
+                value=EMBEDDED,
+                label="Images from",
+                elem_id="compare-source",
+                info="The app's test images, or a dataset you uploaded (Train tab).",
+            )
             pictures = gr.Gallery(
                 label="Test images (click one)",
                 columns=6,
@@ -255,8 +288,9 @@ def build(services: Services, tab: gr.Tab) -> Loader:
                 elem_id="test-gallery",
                 elem_classes="vl-pixelated",
             )
-            upload = gr.UploadButton("…or upload your own picture", file_types=IMAGE_TYPES, type="filepath",
-                                     elem_id="upload-image")  # fmt: skip
+            upload = gr.UploadButton(
+                "…or upload your own picture", file_types=IMAGE_TYPES, type="filepath", elem_id="upload-image"
+            )
             question = gr.Dropdown(
                 [],
                 value=None,
@@ -266,39 +300,69 @@ def build(services: Services, tab: gr.Tab) -> Loader:
                 info="Pick a test question or type your own.",
                 elem_id="vqa-question",
             )
-            run_ids = gr.CheckboxGroup([], label="Trained adapters to compare",
-                                       info="Runs of this task with trained weights (from the Train tab).",
-                                       elem_id="compare-runs")  # fmt: skip
+            run_ids = gr.CheckboxGroup(
+                [],
+                label="Trained adapters to compare",
+                info="Runs of this task with trained weights (from the Train tab).",
+                elem_id="compare-runs",
+            )
             with gr.Row():
                 refresh = gr.Button("↻ Refresh runs", size="sm")
                 go = gr.Button("Compare", variant="primary", elem_id="compare-button")
         with gr.Column(scale=6):
-            picked = gr.Image(label="Image", interactive=False, type="filepath", height=260,
-                              elem_classes="vl-pixelated", elem_id="picked-image")  # fmt: skip
+            picked = gr.Image(
+                label="Image",
+                interactive=False,
+                type="filepath",
+                height=260,
+                elem_classes="vl-pixelated",
+                elem_id="picked-image",
+            )
             result = gr.HTML(EMPTY, elem_id="compare-result")
     index = gr.State(None)
     upload_path = gr.State(None)
     private = dict(api_visibility="private")
 
-    task.change(lambda t: switch_task(services, t), task, [pictures, run_ids, question, picked, index, result],
-                api_name="ui_compare_task", **private)  # fmt: skip
+    task.change(
+        lambda t: switch_task(services, t),
+        task,
+        [pictures, run_ids, question, picked, index, result],
+        api_name="ui_compare_task",
+        **private,
+    )
 
     task.change(lambda t: sources(services, t), task, source, api_name="ui_compare_sources", **private)
-    tab.select(lambda t, s: sources(services, t, s), [task, source], source, api_name="ui_compare_tab_sources",
-               **private)  # fmt: skip
-    source.input(lambda t, s: switch_source(services, t, s), [task, source], [pictures, picked, index, question,
-                 result], api_name="ui_compare_source", **private)  # fmt: skip
+    tab.select(
+        lambda t, s: sources(services, t, s), [task, source], source, api_name="ui_compare_tab_sources", **private
+    )
+    source.input(
+        lambda t, s: switch_source(services, t, s),
+        [task, source],
+        [pictures, picked, index, question, result],
+        api_name="ui_compare_source",
+        **private,
+    )
 
     def on_select(task_name: str, source_name: str, event: gr.SelectData):
         return pick_test_image(services, task_name, event.index, source_name)
 
     pictures.select(on_select, [task, source], [picked, index, question], api_name="ui_pick_image", **private)
-    upload.upload(shows_user_errors(lambda path: take_upload(services, path)), upload, [picked, index, upload_path],
-                  api_name="ui_upload", **private)  # fmt: skip
+    upload.upload(
+        shows_user_errors(lambda path: take_upload(services, path)),
+        upload,
+        [picked, index, upload_path],
+        api_name="ui_upload",
+        **private,
+    )
     for trigger, name in ((refresh.click, "ui_compare_runs"), (tab.select, "ui_compare_tab")):
         trigger(lambda t, ids: run_choices(services, t, ids), [task, run_ids], run_ids, api_name=name, **private)
-    go.click(shows_user_errors(lambda *a: compare(services, *a)), [task, run_ids, question, index, upload_path,
-             source], result, api_name="ui_compare", **private)  # fmt: skip
+    go.click(
+        shows_user_errors(lambda *a: compare(services, *a)),
+        [task, run_ids, question, index, upload_path, source],
+        result,
+        api_name="ui_compare",
+        **private,
+    )
     return Loader(
         "ui_compare_load",
         lambda t: (gallery(services, t), run_choices(services, t), sources(services, t)),

@@ -38,22 +38,32 @@ def preview_text(preview: DatasetPreview) -> str:
     most common answers."""
     summary, task = preview.summary, preview.stored.task
     unit = "captioned images" if task == "caption" else "questions"
-    sizes = " · ".join(f"{split} {fmt.count(summary.examples[split])}"
-                       + (f" on {fmt.count(summary.images[split])} images" if task == "vqa" else "")
-                       for split in summary.examples if summary.examples[split])  # fmt: skip
-    lines = [f"✅ **{preview.stored.name}** ({fmt.TASK_LABELS[task].lower()}) is added. Split sizes ({unit}): "
-             f"{sizes}."]  # fmt: skip
+    sizes = " · ".join(
+        f"{split} {fmt.count(summary.examples[split])}"
+        + (f" on {fmt.count(summary.images[split])} images" if task == "vqa" else "")
+        for split in summary.examples
+        if summary.examples[split]
+    )
+    lines = [f"✅ **{preview.stored.name}** ({fmt.TASK_LABELS[task].lower()}) is added. Split sizes ({unit}): {sizes}."]
     if summary.held_out_validation:
         held = fmt.count(summary.images["validation"])
-        lines.append(f"It has no validation split of its own: {held} of its training images (5 %, at least one) "
-                     "are held out as one, to choose the best checkpoint.")  # fmt: skip
+        lines.append(
+            f"It has no validation split of its own: {held} of its training images (5 %, at least one) "
+            "are held out as one, to choose the best checkpoint."
+        )
     if summary.top_answers:
-        rows = "\n".join(f"| {answer} | {fmt.count(n)} | {100 * n / summary.questions_counted:.0f} % |"
-                         for answer, n in summary.top_answers)  # fmt: skip
-        lines.append(f"Most common answers in train (each question counted by its most common answer):\n\n"
-                     f"| answer | questions | share |\n|---|---|---|\n{rows}")  # fmt: skip
-    lines.append("It is now the **Dataset** of this form (under Advanced settings), and its test images are in "
-                 "**Compare** (Images from).")  # fmt: skip
+        rows = "\n".join(
+            f"| {answer} | {fmt.count(n)} | {100 * n / summary.questions_counted:.0f} % |"
+            for answer, n in summary.top_answers
+        )
+        lines.append(
+            f"Most common answers in train (each question counted by its most common answer):\n\n"
+            f"| answer | questions | share |\n|---|---|---|\n{rows}"
+        )
+    lines.append(
+        "It is now the **Dataset** of this form (under Advanced settings), and its test images are in "
+        "**Compare** (Images from)."
+    )
     return "\n\n".join(lines)
 
 
@@ -61,20 +71,35 @@ def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_labe
     """The upload box; a dataset it adds becomes the form's task and dataset."""
     with gr.Accordion("Your own dataset (upload a zip)", open=False, elem_id="dataset-upload"):
         limits = services.settings.archive_limits
-        gr.Markdown(f"{FORMAT_HELP} At most {fmt.count(limits.max_files)} files and "
-                    f"{limits.max_bytes / 1e6:,.0f} MB unpacked.", elem_classes="vl-note")  # fmt: skip
+        gr.Markdown(
+            f"{FORMAT_HELP} At most {fmt.count(limits.max_files)} files and {limits.max_bytes / 1e6:,.0f} MB unpacked.",
+            elem_classes="vl-note",
+        )
         archive = gr.File(label="Dataset zip", file_types=[".zip"], type="filepath", elem_id="dataset-zip")
         with gr.Row():
-            name = gr.Textbox(label="Name", max_lines=1, elem_id="dataset-name", placeholder="my-shapes",
-                              info="Lower-case letters, digits, - and _.")  # fmt: skip
-            upload_task = gr.Radio([(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Its task",
-                                   elem_id="dataset-task")  # fmt: skip
+            name = gr.Textbox(
+                label="Name",
+                max_lines=1,
+                elem_id="dataset-name",
+                placeholder="my-shapes",
+                info="Lower-case letters, digits, - and _.",
+            )
+            upload_task = gr.Radio(
+                [(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Its task", elem_id="dataset-task"
+            )
         replace = gr.Checkbox(False, label="Replace a dataset of the same name", elem_id="dataset-replace")
         add = gr.Button("Check and add", elem_id="dataset-add")
         note = gr.Markdown(elem_id="dataset-note")
-        examples = gr.Gallery(label="Training examples", columns=4, height=300, object_fit="contain",
-                              allow_preview=True, visible=False, elem_id="dataset-preview",
-                              elem_classes="vl-pixelated")  # fmt: skip
+        examples = gr.Gallery(
+            label="Training examples",
+            columns=4,
+            height=300,
+            object_fit="contain",
+            allow_preview=True,
+            visible=False,
+            elem_id="dataset-preview",
+            elem_classes="vl-pixelated",
+        )
 
     def on_add(archive_path: str | None, name_text: str, task_name: str, replace_old: bool):
         try:
@@ -83,8 +108,18 @@ def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_labe
             gr.Warning(str(exc))
             return f"⚠️ **Not added.** {exc}", gr.update(visible=False, value=None), gr.skip(), gr.skip()
         choices = dataset_choices(services, task_name, default_label(task_name))
-        return (preview_text(preview), gr.update(visible=True, value=preview.examples), task_name,
-                gr.update(choices=choices, value=preview.stored.name))  # fmt: skip
+        return (
+            preview_text(preview),
+            gr.update(visible=True, value=preview.examples),
+            task_name,
+            gr.update(choices=choices, value=preview.stored.name),
+        )
 
-    add.click(on_add, [archive, name, upload_task, replace], [note, examples, task, dataset],
-              api_name="ui_add_dataset", api_visibility="private", concurrency_limit=1)  # fmt: skip
+    add.click(
+        on_add,
+        [archive, name, upload_task, replace],
+        [note, examples, task, dataset],
+        api_name="ui_add_dataset",
+        api_visibility="private",
+        concurrency_limit=1,
+    )

@@ -19,8 +19,14 @@ FINDINGS = """**What the paper found** (Tian et al., 2024), and what to look for
 3. Layer composition (LoRA, adapters) beats embedding composition (prompt, prefix tuning)."""
 
 
-def explore(services: Services, task: str, metric: str | None, held_budget: str | None, held_fraction: str | None,
-            include_mine: bool) -> tuple:  # fmt: skip
+def explore(
+    services: Services,
+    task: str,
+    metric: str | None,
+    held_budget: str | None,
+    held_fraction: str | None,
+    include_mine: bool,
+) -> tuple:
     """note, metric choices, budget choices, fraction choices, data figure, parameter figure, table, csv file,
     and the sweep report's verdict."""
     sweep, note = results.load_sweep(services.settings.results_dir)
@@ -69,10 +75,12 @@ def build(services: Services, tab: gr.Tab) -> Loader:
         metric = gr.Dropdown([], value=None, label="Score", info="Higher is better for every score here.")
         mine = gr.Checkbox(True, label="Show runs from the Train tab", info="As stars, on the same axes.")
     with gr.Row():
-        held_budget, by_fraction = _figure_column("Budget held fixed", "one parameter budget", "share of data",
-                                                  "plot-fraction")  # fmt: skip
-        held_fraction, by_params = _figure_column("Share of data held fixed", "one data size",
-                                                  "trainable parameters", "plot-params")  # fmt: skip
+        held_budget, by_fraction = _figure_column(
+            "Budget held fixed", "one parameter budget", "share of data", "plot-fraction"
+        )
+        held_fraction, by_params = _figure_column(
+            "Share of data held fixed", "one data size", "trainable parameters", "plot-params"
+        )
     with gr.Accordion("Table", open=False):
         table = gr.Dataframe(label="Runs behind the figures", interactive=False, wrap=True, elem_id="explore-table")
     download = gr.DownloadButton("Download CSV", elem_id="explore-csv")

@@ -18,32 +18,62 @@ from app.tabs.train import SCROLL_LOG_TO_END, fill_train_form
 from training.errors import UserError
 from training.jobs.store import FINAL_STATES
 
-COLUMNS = ["run", "state", "task", "method", "budget", "trained parameters", "data", "seed", "test score", "time",
-           "by", "submitted"]  # fmt: skip
+COLUMNS = [
+    "run",
+    "state",
+    "task",
+    "method",
+    "budget",
+    "trained parameters",
+    "data",
+    "seed",
+    "test score",
+    "time",
+    "by",
+    "submitted",
+]
 
 
 NOT_SCORES = {"num_examples", "decode_s", "eval_s"}
 ENDED_BADLY = ("failed", "interrupted")  # the details show their log: it says why
 LOG_LINES = 20
 ALL_STATES = "all"
-STATE_FILTERS = {ALL_STATES: (), "live": ("queued", "running"), "finished": ("finished",),
-                 "cancelled": ("cancelled",), "failed": ("failed",), "interrupted": ("interrupted",)}  # fmt: skip
+STATE_FILTERS = {
+    ALL_STATES: (),
+    "live": ("queued", "running"),
+    "finished": ("finished",),
+    "cancelled": ("cancelled",),
+    "failed": ("failed",),
+    "interrupted": ("interrupted",),
+}
 
 
 def runs_table(records: list[RunRecord], viewer: str | None = None) -> pd.DataFrame:
-    rows = [[
-        r.id, r.state, fmt.TASK_LABELS.get(r.task, r.task), fmt.METHOD_LABELS.get(r.method, r.method),
-        r.config.get("budget"),
-        f"{fmt.count(r.trainable_params)} ({fmt.percent(r.trainable_percent)})" if r.trainable_params else "-",
-        fmt.fraction(r.config.get("data_fraction")), r.config.get("seed"), fmt.main_score(r.task, r.metrics),
-        fmt.duration(r.duration_s), person(r.submitter, viewer),
-        time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
-    ] for r in records]  # fmt: skip
+    rows = [
+        [
+            r.id,
+            r.state,
+            fmt.TASK_LABELS.get(r.task, r.task),
+            fmt.METHOD_LABELS.get(r.method, r.method),
+            r.config.get("budget"),
+            f"{fmt.count(r.trainable_params)} ({fmt.percent(r.trainable_percent)})" if r.trainable_params else "-",
+            fmt.fraction(r.config.get("data_fraction")),
+            r.config.get("seed"),
+            fmt.main_score(r.task, r.metrics),
+            fmt.duration(r.duration_s),
+            person(r.submitter, viewer),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
+        ]
+        for r in records
+    ]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-STOP_REASONS = {"patience": "the validation score stopped improving", "epoch cap": "it reached its epoch cap",
-                "max steps": "it reached its step limit"}  # fmt: skip
+STOP_REASONS = {
+    "patience": "the validation score stopped improving",
+    "epoch cap": "it reached its epoch cap",
+    "max steps": "it reached its step limit",
+}
 
 
 def validation_line(summary: dict, planned: int | None) -> str:
@@ -51,10 +81,12 @@ def validation_line(summary: dict, planned: int | None) -> str:
     if not summary or summary.get("best") is None:
         return "**Validation:** none (a fixed schedule, or not reached yet): the weights are those of the last step."
     why = STOP_REASONS.get(summary.get("stop_reason"), summary.get("stop_reason") or "")
-    return (f"**Validation:** the kept checkpoint is step {fmt.count(summary.get('best_step'))}, "
-            f"{fmt.metric(summary.get('metric'), summary['best'])} on the validation split; training ran "
-            f"{fmt.count(summary.get('steps_run'))} of at most {fmt.count(planned)} steps "
-            f"({summary.get('epochs_run')} epochs) and stopped because {why}.")  # fmt: skip
+    return (
+        f"**Validation:** the kept checkpoint is step {fmt.count(summary.get('best_step'))}, "
+        f"{fmt.metric(summary.get('metric'), summary['best'])} on the validation split; training ran "
+        f"{fmt.count(summary.get('steps_run'))} of at most {fmt.count(planned)} steps "
+        f"({summary.get('epochs_run')} epochs) and stopped because {why}."
+    )
 
 
 def details(record: RunRecord, viewer: str | None = None) -> str:
@@ -66,17 +98,25 @@ def details(record: RunRecord, viewer: str | None = None) -> str:
     if record.metrics:
         shown = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and k not in NOT_SCORES}
         scored = record.metrics.get("num_examples")
-        lines.append("**Test scores:** " + " · ".join(fmt.metric(k, v) for k, v in shown.items())
-                     + (f" (on {fmt.count(scored)} test examples)" if scored else ""))  # fmt: skip
+        lines.append(
+            "**Test scores:** "
+            + " · ".join(fmt.metric(k, v) for k, v in shown.items())
+            + (f" (on {fmt.count(scored)} test examples)" if scored else "")
+        )
     info = record.info
     if info:
         planned, done = info.get("total_steps"), record.validation.get("steps_run") or record.steps_done
-        steps = (f"{fmt.count(planned)} steps" if record.state == "finished" or done is None or done >= (planned or 0)
-                 else f"{fmt.count(done)} of {fmt.count(planned)} planned steps")  # fmt: skip
-        lines.append(f"**Trained:** {fmt.count(info.get('trainable_params'))} of {fmt.count(info.get('total_params'))} "
-                     f"parameters ({fmt.percent(info.get('trainable_percent'))}), {info.get('knob') or 'no knob'} "
-                     f"{info.get('knob_value') if info.get('knob_value') is not None else ''}, "
-                     f"{fmt.count(info.get('train_examples'))} training examples, {steps}.")  # fmt: skip
+        steps = (
+            f"{fmt.count(planned)} steps"
+            if record.state == "finished" or done is None or done >= (planned or 0)
+            else f"{fmt.count(done)} of {fmt.count(planned)} planned steps"
+        )
+        lines.append(
+            f"**Trained:** {fmt.count(info.get('trainable_params'))} of {fmt.count(info.get('total_params'))} "
+            f"parameters ({fmt.percent(info.get('trainable_percent'))}), {info.get('knob') or 'no knob'} "
+            f"{info.get('knob_value') if info.get('knob_value') is not None else ''}, "
+            f"{fmt.count(info.get('train_examples'))} training examples, {steps}."
+        )
         lines.append(validation_line(record.validation, planned))
         lines.append(f"**Command:** `{info.get('command')}`")
     lines.append(f"**Duration:** {fmt.duration(record.duration_s)} · **folder:** `{record.run_dir}`")
@@ -94,22 +134,33 @@ def refresh(services: Services, selected: str | None, viewer: str | None = None,
     records = shown_runs(services, shown)
     ids = [r.id for r in records]
     selected = selected if selected in ids else None
-    choices = [(f"{r.id} · {fmt.task_name(r.task)} · {fmt.METHOD_LABELS.get(r.method, r.method)} · {r.state}", r.id)
-               for r in records]  # fmt: skip
+    choices = [
+        (f"{r.id} · {fmt.task_name(r.task)} · {fmt.METHOD_LABELS.get(r.method, r.method)} · {r.state}", r.id)
+        for r in records
+    ]
     deletable = len(bulk_deletable(records, viewer if services.settings.demo else None))
-    return (runs_table(records, viewer), gr.update(choices=choices, value=selected),
-            *show(services, selected, viewer),
-            gr.update(value=f"Delete the {deletable} ended run{'' if deletable == 1 else 's'} shown",
-                      interactive=deletable > 0))  # fmt: skip
+    return (
+        runs_table(records, viewer),
+        gr.update(choices=choices, value=selected),
+        *show(services, selected, viewer),
+        gr.update(
+            value=f"Delete the {deletable} ended run{'' if deletable == 1 else 's'} shown", interactive=deletable > 0
+        ),
+    )
 
 
 def show(services: Services, run_id: str | None, viewer: str | None = None) -> tuple:
     """SHOWN: details, config JSON, download button, delete button, run-again button, and the log of a run that
     failed or was interrupted (it says why)."""
     if not run_id:
-        return ("Pick a run to see its details.", None, gr.update(value=None, interactive=False),
-                gr.update(interactive=False), gr.update(interactive=False),
-                gr.update(value="", visible=False))  # fmt: skip
+        return (
+            "Pick a run to see its details.",
+            None,
+            gr.update(value=None, interactive=False),
+            gr.update(interactive=False),
+            gr.update(interactive=False),
+            gr.update(value="", visible=False),
+        )
     record = services.run(run_id)
     config = {"config": record.config, **{k: v for k, v in record.info.items() if k != "config"}}
     archive = services.zip_run(run_id) if record.has_weights else None
@@ -118,10 +169,14 @@ def show(services: Services, run_id: str | None, viewer: str | None = None) -> t
         status = services.status(run_id, log_lines=LOG_LINES)
         lines = status["log_tail"] + ([f"error: {status['error']}"] if status.get("error") else [])
         log = gr.update(value="\n".join(lines) or "(the log is empty)", visible=True)
-    return (details(record, viewer), json.dumps(config, indent=2, default=str),
-            gr.update(value=str(archive) if archive else None, interactive=archive is not None),
-            gr.update(interactive=record.state not in ("queued", "running")), gr.update(interactive=True),
-            log)  # fmt: skip
+    return (
+        details(record, viewer),
+        json.dumps(config, indent=2, default=str),
+        gr.update(value=str(archive) if archive else None, interactive=archive is not None),
+        gr.update(interactive=record.state not in ("queued", "running")),
+        gr.update(interactive=True),
+        log,
+    )
 
 
 def bulk_deletable(records: list[RunRecord], only: str | None = None) -> list[RunRecord]:
@@ -134,9 +189,11 @@ def ask_delete(services: Services, run_id: str | None) -> tuple:
     if not run_id:
         raise UserError("Pick a run to delete first.")
     record = services.run(run_id)
-    question = (f"**Delete run {record.id}** ({fmt.METHOD_LABELS.get(record.method, record.method)}, "
-                f"{fmt.task_name(record.task)}, {record.state}) **for good?** Its weights, "
-                "scores and log are removed; this cannot be undone.")  # fmt: skip
+    question = (
+        f"**Delete run {record.id}** ({fmt.METHOD_LABELS.get(record.method, record.method)}, "
+        f"{fmt.task_name(record.task)}, {record.state}) **for good?** Its weights, "
+        "scores and log are removed; this cannot be undone."
+    )
     return gr.update(visible=True), question, run_id
 
 
@@ -148,8 +205,10 @@ def ask_bulk_delete(services: Services, shown: str, viewer: str | None) -> tuple
     states = Counter(r.state for r in records)
     which = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
     runs_word = "run" if len(records) == 1 else "runs"
-    question = (f"**Delete {len(records)} {runs_word}** ({which}) **for good?** Their weights, scores and logs are "
-                "removed; this cannot be undone.")  # fmt: skip
+    question = (
+        f"**Delete {len(records)} {runs_word}** ({which}) **for good?** Their weights, scores and logs are "
+        "removed; this cannot be undone."
+    )
     return gr.update(visible=True), question, " ".join(r.id for r in records)
 
 
@@ -168,21 +227,33 @@ HIDDEN_CONFIRM = (gr.update(visible=False), "", "")  # the confirmation row, its
 
 def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form: list, tabs: gr.Tabs) -> Loader:
     """`train_form`: the Train tab's form and method note (TRAIN_FILL), which 'Run again with changes' fills."""
-    gr.Markdown("Every training job of this app. Pick one for its settings, scores and log folder, or delete it. "
-                "Its zip holds the weights, config, log, scores and predictions, with a README on loading the "
-                "adapter with this package or, for LoRA, with peft (`PeftModel.from_pretrained`). **Run again with "
-                "changes** fills the Train form with a run's settings.")  # fmt: skip
+    gr.Markdown(
+        "Every training job of this app. Pick one for its settings, scores and log folder, or delete it. "
+        "Its zip holds the weights, config, log, scores and predictions, with a README on loading the "
+        "adapter with this package or, for LoRA, with peft (`PeftModel.from_pretrained`). **Run again with "
+        "changes** fills the Train form with a run's settings."
+    )
     table = gr.Dataframe(runs_table([]), interactive=False, label="Runs (click a row)", elem_id="runs-table")
     with gr.Row():
         shown = gr.Radio(list(STATE_FILTERS), value=ALL_STATES, label="Show", scale=3, elem_id="runs-filter")
         picker = gr.Dropdown([], value=None, label="Run", scale=4, elem_id="run-picker")
         with gr.Column(scale=1, min_width=160):
             refresh_button = gr.Button("↻ Refresh", size="sm")
-            bulk_button = gr.Button("Delete the ended runs shown", variant="stop", size="sm", interactive=False,
-                                    elem_id="runs-bulk-delete")  # fmt: skip
+            bulk_button = gr.Button(
+                "Delete the ended runs shown", variant="stop", size="sm", interactive=False, elem_id="runs-bulk-delete"
+            )
     panel = gr.Markdown("Pick a run to see its details.", elem_id="run-details")
-    log = gr.Textbox("", label="Log (last lines): why it ended", interactive=False, lines=12, max_lines=12,
-                     autoscroll=True, visible=False, elem_id="run-log", elem_classes="vl-log")  # fmt: skip
+    log = gr.Textbox(
+        "",
+        label="Log (last lines): why it ended",
+        interactive=False,
+        lines=12,
+        max_lines=12,
+        autoscroll=True,
+        visible=False,
+        elem_id="run-log",
+        elem_classes="vl-log",
+    )
     with gr.Row():
         download = gr.DownloadButton("Download the run (zip)", interactive=False, elem_id="run-download")
         again_button = gr.Button("Run again with changes", interactive=False, elem_id="run-again")
@@ -216,29 +287,53 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form:
     def on_pick(visitor_id: str, run_id: str | None, request: gr.Request):
         return show(services, run_id, submitter(request, visitor_id))
 
-    for trigger, name in ((refresh_button.click, "ui_runs_refresh"), (tab.select, "ui_runs_tab"),
-                          (shown.input, "ui_runs_filter")):  # fmt: skip
-        trigger(with_confirm_hidden(on_refresh), [visitor, picker, shown], [*listing, *confirmation], api_name=name,
-                **private)  # fmt: skip
-    picker.input(shows_user_errors(with_confirm_hidden(on_pick)), [visitor, picker], [*shown_parts, *confirmation],
-                 api_name="ui_runs_show", **private)  # fmt: skip
+    for trigger, name in (
+        (refresh_button.click, "ui_runs_refresh"),
+        (tab.select, "ui_runs_tab"),
+        (shown.input, "ui_runs_filter"),
+    ):
+        trigger(
+            with_confirm_hidden(on_refresh),
+            [visitor, picker, shown],
+            [*listing, *confirmation],
+            api_name=name,
+            **private,
+        )
+    picker.input(
+        shows_user_errors(with_confirm_hidden(on_pick)),
+        [visitor, picker],
+        [*shown_parts, *confirmation],
+        api_name="ui_runs_show",
+        **private,
+    )
 
     def on_row(visitor_id: str, event: gr.SelectData, request: gr.Request):
         run_id = event.row_value[0] if event.row_value else None
         return (gr.update(value=run_id), *show(services, run_id, submitter(request, visitor_id)))
 
-    table.select(shows_user_errors(with_confirm_hidden(on_row)), visitor, [picker, *shown_parts, *confirmation],
-                 api_name="ui_runs_row", **private)  # fmt: skip
+    table.select(
+        shows_user_errors(with_confirm_hidden(on_row)),
+        visitor,
+        [picker, *shown_parts, *confirmation],
+        api_name="ui_runs_row",
+        **private,
+    )
     # The last lines are what matter: keep the log box scrolled to its end when it fills.
     log.change(None, None, None, js=SCROLL_LOG_TO_END)
-    delete_button.click(shows_user_errors(lambda run_id: ask_delete(services, run_id)), picker, confirmation,
-                        api_name="ui_runs_ask", **private)  # fmt: skip
+    delete_button.click(
+        shows_user_errors(lambda run_id: ask_delete(services, run_id)),
+        picker,
+        confirmation,
+        api_name="ui_runs_ask",
+        **private,
+    )
 
     def on_bulk(visitor_id: str, state: str, request: gr.Request):
         return ask_bulk_delete(services, state, submitter(request, visitor_id))
 
-    bulk_button.click(shows_user_errors(on_bulk), [visitor, shown], confirmation, api_name="ui_runs_ask_bulk",
-                      **private)  # fmt: skip
+    bulk_button.click(
+        shows_user_errors(on_bulk), [visitor, shown], confirmation, api_name="ui_runs_ask_bulk", **private
+    )
     keep.click(lambda: HIDDEN_CONFIRM, None, confirmation, api_name="ui_runs_keep", **private)
 
     def on_confirm(visitor_id: str, run_ids: str, state: str, request: gr.Request):
@@ -255,5 +350,4 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form:
         return (*fill_train_form(services, services.run(run_id).config), gr.Tabs(selected="train"))
 
     again_button.click(shows_user_errors(on_again), picker, [*train_form, tabs], api_name="ui_runs_again", **private)
-    return Loader("ui_runs_load", with_confirm_hidden(on_refresh), [visitor, picker, shown],
-                  [*listing, *confirmation])  # fmt: skip
+    return Loader("ui_runs_load", with_confirm_hidden(on_refresh), [visitor, picker, shown], [*listing, *confirmation])

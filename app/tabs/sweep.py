@@ -31,8 +31,19 @@ def parse_list(text: str | None, what: str, example: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def sweep_form(services: Services, name: str, task: str, methods: list[str], budgets: str, fractions: str,
-               seeds: str, max_steps, batch_size, eval_limit, towers: str) -> dict:  # fmt: skip
+def sweep_form(
+    services: Services,
+    name: str,
+    task: str,
+    methods: list[str],
+    budgets: str,
+    fractions: str,
+    seeds: str,
+    max_steps,
+    batch_size,
+    eval_limit,
+    towers: str,
+) -> dict:
     """The sweep file a form describes; UserError with one sentence on a bad field."""
     if not methods:
         raise UserError("Tick at least one method.")
@@ -50,17 +61,28 @@ def sweep_form(services: Services, name: str, task: str, methods: list[str], bud
             raise UserError(
                 f"The share of data {item!r} is not a number: give values in (0, 1], e.g. 0.25 1."
             ) from None
-    steps, batch, limit = (optional_int(max_steps, "Steps"), optional_int(batch_size, "The batch size"),
-                           optional_int(eval_limit, "Test examples to score"))  # fmt: skip
+    steps, batch, limit = (
+        optional_int(max_steps, "Steps"),
+        optional_int(batch_size, "The batch size"),
+        optional_int(eval_limit, "Test examples to score"),
+    )
     if batch is None or batch < 1:
         raise UserError("The batch size must be at least 1 (e.g. 32; smaller if memory runs out).")
     if (steps or 0) < 0 or (limit or 0) < 0:
         raise UserError("Steps and test examples to score cannot be negative (0 means no limit).")
     settings = {"batch_size": batch, "towers": towers, "max_steps": steps or None, "eval_limit": limit or None}
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-") or f"{task}-sweep"
-    return sweeps.sweep_data(name, task, methods, parse_list(budgets, "budget", "2k, 0.5%"), fraction_values,
-                             seed_values, settings, services.settings.base_model,
-                             services.settings.datasets.get(task))  # fmt: skip
+    return sweeps.sweep_data(
+        name,
+        task,
+        methods,
+        parse_list(budgets, "budget", "2k, 0.5%"),
+        fraction_values,
+        seed_values,
+        settings,
+        services.settings.base_model,
+        services.settings.datasets.get(task),
+    )
 
 
 def summary(services: Services, *form) -> str:
@@ -74,9 +96,15 @@ def summary(services: Services, *form) -> str:
 
 def summary_text(services: Services, plan: sweeps.SweepDraft) -> str:
     spec = plan.spec
-    shape = " × ".join(f"{len(values)} {word}{'' if len(values) == 1 else 's'}" for values, word in (
-        (spec.methods, "method"), (next(iter(spec.budgets.values())), "budget"), (spec.fractions, "share"),
-        (spec.seeds, "seed")))  # fmt: skip
+    shape = " × ".join(
+        f"{len(values)} {word}{'' if len(values) == 1 else 's'}"
+        for values, word in (
+            (spec.methods, "method"),
+            (next(iter(spec.budgets.values())), "budget"),
+            (spec.fractions, "share"),
+            (spec.seeds, "seed"),
+        )
+    )
     runs_word = "run" if len(plan.configs) == 1 else "runs"
     text = f"**{len(plan.configs)} {runs_word}** ({shape}; baselines ignore budgets)"
     if plan.skipped:
@@ -87,12 +115,16 @@ def summary_text(services: Services, plan: sweeps.SweepDraft) -> str:
         text += f" **Expected time:** about {fmt.duration(plan.expected_s)}, one run after another"
         text += " (from finished runs like them on this machine, else the benchmark)."
     elif plan.configs:
-        text += (f" No time estimate for {plan.unknown} of them yet: finish one run of each method here and the "
-                 "next sweeps get one.")  # fmt: skip
+        text += (
+            f" No time estimate for {plan.unknown} of them yet: finish one run of each method here and the "
+            "next sweeps get one."
+        )
     cap = services.store.limits.max_queued_per_submitter
     if cap and len(plan.configs) > cap:
-        text += (f" ⚠️ Each run counts as one of your {cap} jobs queued or running "
-                 "(VLPEFT_MAX_QUEUED_PER_USER): this sweep is too big to queue.")  # fmt: skip
+        text += (
+            f" ⚠️ Each run counts as one of your {cap} jobs queued or running "
+            "(VLPEFT_MAX_QUEUED_PER_USER): this sweep is too big to queue."
+        )
     return text
 
 
@@ -104,9 +136,12 @@ def start(services: Services, request: gr.Request | None, visitor: str, *form) -
         queued = sweeps.queue(services, plan, who)
     except UserError as exc:
         return (gr.skip(), *[gr.skip()] * len(VIEW), f"⚠️ **Not queued.** {exc}")
-    return (sweep_choices(services, who, queued.id), *show_sweep(services, queued.id),
-            f"Queued {len(queued.jobs)} runs as sweep **{queued.name}**. The same sweep from the command line: "
-            f"`{queued.command}`")  # fmt: skip
+    return (
+        sweep_choices(services, who, queued.id),
+        *show_sweep(services, queued.id),
+        f"Queued {len(queued.jobs)} runs as sweep **{queued.name}**. The same sweep from the command line: "
+        f"`{queued.command}`",
+    )
 
 
 def sweep_choices(services: Services, who: str, selected: str | None) -> dict:
@@ -129,28 +164,47 @@ def show_sweep(services: Services, sweep_id: str | None) -> tuple:
     )
     share = ended / total if total else 0.0
     state = "finished" if done and tally.get("finished") == total else ("failed" if done else "running")
-    progress = (f'<div class="vl-progress" role="progressbar" aria-valuenow="{100 * share:.0f}"><div '
-                f'class="vl-progress-fill vl-{state}" style="width:{100 * share:.1f}%"></div>'
-                f"<span>{ended} of {total} runs</span></div>")  # fmt: skip
+    progress = (
+        f'<div class="vl-progress" role="progressbar" aria-valuenow="{100 * share:.0f}"><div '
+        f'class="vl-progress-fill vl-{state}" style="width:{100 * share:.1f}%"></div>'
+        f"<span>{ended} of {total} runs</span></div>"
+    )
     records = {r.id: r for r in services.runs()}
-    rows = [[point, job_id, records[job_id].state if job_id in records else "deleted",
-             fmt.main_score(records[job_id].task, records[job_id].metrics) if job_id in records else "-"]
-            for point, job_id in sweep.jobs.items()]  # fmt: skip
+    rows = [
+        [
+            point,
+            job_id,
+            records[job_id].state if job_id in records else "deleted",
+            fmt.main_score(records[job_id].task, records[job_id].metrics) if job_id in records else "-",
+        ]
+        for point, job_id in sweep.jobs.items()
+    ]
     file_text = sweep.sweep_file.read_text()
-    return (status, progress, pd.DataFrame(rows, columns=COLUMNS), gr.update(value=file_text, visible=True),
-            gr.Timer(active=not done))  # fmt: skip
+    return (
+        status,
+        progress,
+        pd.DataFrame(rows, columns=COLUMNS),
+        gr.update(value=file_text, visible=True),
+        gr.Timer(active=not done),
+    )
 
 
 def build(services: Services, visitor: gr.BrowserState) -> Loader:
-    gr.Markdown("Queue a grid of runs on one task: every method you tick at every budget, share of data and seed. "
-                "Each run is a job in the same queue as the Train tab's (and counts as one of yours); Explore "
-                "draws the finished ones as curves beside the precomputed sweep. The sweep file shown on the right "
-                "reruns it from the command line.")  # fmt: skip
+    gr.Markdown(
+        "Queue a grid of runs on one task: every method you tick at every budget, share of data and seed. "
+        "Each run is a job in the same queue as the Train tab's (and counts as one of yours); Explore "
+        "draws the finished ones as curves beside the precomputed sweep. The sweep file shown on the right "
+        "reruns it from the command line."
+    )
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             task = gr.Radio([(fmt.TASK_LABELS[t], t) for t in TASKS], value="caption", label="Task")
-            methods = gr.CheckboxGroup([(fmt.METHOD_LABELS[m], m) for m in METHOD_ORDER], value=["lora"],
-                                       label="Methods", elem_id="sweep-methods")  # fmt: skip
+            methods = gr.CheckboxGroup(
+                [(fmt.METHOD_LABELS[m], m) for m in METHOD_ORDER],
+                value=["lora"],
+                label="Methods",
+                elem_id="sweep-methods",
+            )
             budgets = gr.Textbox(
                 "0.5%",
                 label="Parameter budgets",
@@ -158,49 +212,101 @@ def build(services: Services, visitor: gr.BrowserState) -> Loader:
                 elem_id="sweep-budgets",
                 info="Separated by spaces or commas: shares of the model (0.5%) or counts (20k).",
             )
-            fractions = gr.Textbox("0.25, 1", label="Shares of the training data", max_lines=1,
-                                   elem_id="sweep-fractions", info="Values in (0, 1], e.g. 0.1 0.5 1.")  # fmt: skip
-            seeds = gr.Textbox("0", label="Seeds", max_lines=1, elem_id="sweep-seeds",
-                               info="One run per seed at every point: 0 1 2 gives error bars.")  # fmt: skip
+            fractions = gr.Textbox(
+                "0.25, 1",
+                label="Shares of the training data",
+                max_lines=1,
+                elem_id="sweep-fractions",
+                info="Values in (0, 1], e.g. 0.1 0.5 1.",
+            )
+            seeds = gr.Textbox(
+                "0",
+                label="Seeds",
+                max_lines=1,
+                elem_id="sweep-seeds",
+                info="One run per seed at every point: 0 1 2 gives error bars.",
+            )
             with gr.Accordion("Settings for every run", open=False):
                 with gr.Row():
-                    max_steps = gr.Number(0, label="Steps", precision=0, elem_id="sweep-max-steps",
-                                          info="0: as many as the task's default epochs take.")  # fmt: skip
+                    max_steps = gr.Number(
+                        0,
+                        label="Steps",
+                        precision=0,
+                        elem_id="sweep-max-steps",
+                        info="0: as many as the task's default epochs take.",
+                    )
                     batch_size = gr.Number(32, label="Batch size", precision=0, elem_id="sweep-batch-size")
-                    eval_limit = gr.Number(0, label="Test examples to score", precision=0,
-                                           elem_id="sweep-eval-limit", info="0: the whole test split.")  # fmt: skip
+                    eval_limit = gr.Number(
+                        0,
+                        label="Test examples to score",
+                        precision=0,
+                        elem_id="sweep-eval-limit",
+                        info="0: the whole test split.",
+                    )
                 towers = gr.Radio(["both", "vision", "text"], value="both", label="Towers")
             name = gr.Textbox("", label="Sweep name", max_lines=1, placeholder="caption-sweep", elem_id="sweep-name")
             size_note = gr.Markdown(elem_id="sweep-summary", elem_classes="vl-note")
             start_button = gr.Button("Queue the sweep", variant="primary", elem_id="sweep-start")
             start_note = gr.Markdown(elem_id="sweep-note")
         with gr.Column(scale=6):
-            picker = gr.Dropdown([], value=None, label="Sweep shown", info="Your sweeps, newest first.",
-                                 elem_id="sweep-picker")  # fmt: skip
+            picker = gr.Dropdown(
+                [], value=None, label="Sweep shown", info="Your sweeps, newest first.", elem_id="sweep-picker"
+            )
             status = gr.Markdown(IDLE, elem_id="sweep-status")
             progress = gr.HTML("", elem_id="sweep-progress")
-            table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, label="Its runs", wrap=True,
-                                 column_widths=["40%", "28%", "14%", "18%"], elem_id="sweep-runs")  # fmt: skip
-            sweep_file = gr.Code("", language="yaml", label="Sweep file (its header says how to rerun it)",
-                                 interactive=False, wrap_lines=True, visible=False, elem_id="sweep-file")  # fmt: skip
+            table = gr.Dataframe(
+                pd.DataFrame(columns=COLUMNS),
+                interactive=False,
+                label="Its runs",
+                wrap=True,
+                column_widths=["40%", "28%", "14%", "18%"],
+                elem_id="sweep-runs",
+            )
+            sweep_file = gr.Code(
+                "",
+                language="yaml",
+                label="Sweep file (its header says how to rerun it)",
+                interactive=False,
+                wrap_lines=True,
+                visible=False,
+                elem_id="sweep-file",
+            )
     timer = gr.Timer(POLL_S, active=False)
     form = [name, task, methods, budgets, fractions, seeds, max_steps, batch_size, eval_limit, towers]
     view = [status, progress, table, sweep_file, timer]
     private = dict(api_visibility="private")
 
     for field in form:
-        field.change(lambda *values: summary(services, *values), form, size_note, api_name="ui_sweep_size",
-                     show_progress="hidden", concurrency_limit=None, **private)  # fmt: skip
+        field.change(
+            lambda *values: summary(services, *values),
+            form,
+            size_note,
+            api_name="ui_sweep_size",
+            show_progress="hidden",
+            concurrency_limit=None,
+            **private,
+        )
 
     def on_start(request: gr.Request, visitor_id: str, *values):
         return start(services, request, visitor_id, *values)
 
-    start_button.click(on_start, [visitor, *form], [picker, *view, start_note], api_name="ui_sweep_start",
-                       **private)  # fmt: skip
-    picker.input(shows_user_errors(lambda sweep_id: show_sweep(services, sweep_id)), picker, view,
-                 api_name="ui_sweep_pick", **private)  # fmt: skip
-    timer.tick(lambda sweep_id: show_sweep(services, sweep_id), picker, view, api_name="ui_sweep_poll",
-               show_progress="hidden", concurrency_limit=None, **private)  # fmt: skip
+    start_button.click(on_start, [visitor, *form], [picker, *view, start_note], api_name="ui_sweep_start", **private)
+    picker.input(
+        shows_user_errors(lambda sweep_id: show_sweep(services, sweep_id)),
+        picker,
+        view,
+        api_name="ui_sweep_pick",
+        **private,
+    )
+    timer.tick(
+        lambda sweep_id: show_sweep(services, sweep_id),
+        picker,
+        view,
+        api_name="ui_sweep_poll",
+        show_progress="hidden",
+        concurrency_limit=None,
+        **private,
+    )
 
     def on_load(request: gr.Request, visitor_id: str, *values):
         who = submitter(request, visitor_id)

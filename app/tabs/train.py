@@ -26,11 +26,22 @@ SCROLL_LOG_TO_END = scroll_to_end_js("job-log")
 VIEW = ("status", "progress", "cancel", "curve", "command", "log", "log box", "timer", "points")
 
 
-def run_config(services: Services, task: str, method: str, budget: str, data_fraction: float | str | None,
-               seed: float | str | None, epochs: float | str | None = None, max_steps: float | str | None = None,
-               lr: float | str | None = None, batch_size: float | str | None = 32, towers: str = "both",
-               base_model: str | None = None, dataset: str | None = None,
-               eval_limit: float | str | None = None) -> RunConfig:  # fmt: skip
+def run_config(
+    services: Services,
+    task: str,
+    method: str,
+    budget: str,
+    data_fraction: float | str | None,
+    seed: float | str | None,
+    epochs: float | str | None = None,
+    max_steps: float | str | None = None,
+    lr: float | str | None = None,
+    batch_size: float | str | None = 32,
+    towers: str = "both",
+    base_model: str | None = None,
+    dataset: str | None = None,
+    eval_limit: float | str | None = None,
+) -> RunConfig:
     """The RunConfig a form (or an API call) describes; UserError with one sentence on a bad field.
 
     Steps and test examples of 0 (or empty) mean no limit; an empty epochs or learning rate the default."""
@@ -51,11 +62,20 @@ def run_config(services: Services, task: str, method: str, budget: str, data_fra
     if (max_steps or 0) < 0 or (eval_limit or 0) < 0:
         raise UserError("Steps and test examples to score cannot be negative (0 means no limit).")
     config = RunConfig(
-        task=task, method=method, budget=str(budget or "").strip(), data_fraction=parse_fraction(data_fraction),
-        seed=seed, epochs=epochs, max_steps=max_steps or None, lr=lr,
-        batch_size=batch, towers=towers, base_model=services.base_model_source(base_model),
-        dataset=services.dataset_source(task, dataset), eval_limit=eval_limit or None,
-    )  # fmt: skip
+        task=task,
+        method=method,
+        budget=str(budget or "").strip(),
+        data_fraction=parse_fraction(data_fraction),
+        seed=seed,
+        epochs=epochs,
+        max_steps=max_steps or None,
+        lr=lr,
+        batch_size=batch,
+        towers=towers,
+        base_model=services.base_model_source(base_model),
+        dataset=services.dataset_source(task, dataset),
+        eval_limit=eval_limit or None,
+    )
     return config.validate()
 
 
@@ -65,14 +85,24 @@ def fill_train_form(services: Services, config: dict) -> tuple:
     task, method = config.get("task", "caption"), config.get("method", "lora")
     base, dataset = config.get("base_model"), config.get("dataset")
     return (
-        task, method, config.get("budget"), config.get("data_fraction"), config.get("seed", 0),
-        config.get("epochs") or DEFAULT_EPOCHS[task], config.get("max_steps") or 0,
-        config.get("lr") or METHODS[method].default_lr, config.get("batch_size"), config.get("towers", "both"),
+        task,
+        method,
+        config.get("budget"),
+        config.get("data_fraction"),
+        config.get("seed", 0),
+        config.get("epochs") or DEFAULT_EPOCHS[task],
+        config.get("max_steps") or 0,
+        config.get("lr") or METHODS[method].default_lr,
+        config.get("batch_size"),
+        config.get("towers", "both"),
         EMBEDDED if base in (None, services.settings.base_model) else base,
-        gr.update(choices=dataset_choices(services, task),
-                  value=EMBEDDED if dataset in (None, services.settings.datasets.get(task)) else dataset),
-        config.get("eval_limit") or 0, fmt.method_explainer(method),
-    )  # fmt: skip
+        gr.update(
+            choices=dataset_choices(services, task),
+            value=EMBEDDED if dataset in (None, services.settings.datasets.get(task)) else dataset,
+        ),
+        config.get("eval_limit") or 0,
+        fmt.method_explainer(method),
+    )
 
 
 # --- handlers (plain functions: the UI wires them, the tests call them) ----------------------------------
@@ -90,13 +120,37 @@ def estimate(services: Services, method: str, budget: str, towers: str, base_mod
         return f"⚠️ {exc}"
 
 
-def describe_size(services: Services, task: str, method: str, data_fraction, seed, epochs, max_steps, batch_size,
-                  dataset: str | None, towers: str = "both", base_model: str | None = None) -> str:  # fmt: skip
+def describe_size(
+    services: Services,
+    task: str,
+    method: str,
+    data_fraction,
+    seed,
+    epochs,
+    max_steps,
+    batch_size,
+    dataset: str | None,
+    towers: str = "both",
+    base_model: str | None = None,
+) -> str:
     """'This run trains on 200 of 2,000 images (1,000 caption pairs): 32 steps of 4 examples. Expected time: about
     2 min (...).', and a warning when that is past the run limit."""
     try:
-        config = run_config(services, task, method, "1", data_fraction, seed, epochs, max_steps, None, batch_size,
-                            towers, base_model, dataset)  # fmt: skip
+        config = run_config(
+            services,
+            task,
+            method,
+            "1",
+            data_fraction,
+            seed,
+            epochs,
+            max_steps,
+            None,
+            batch_size,
+            towers,
+            base_model,
+            dataset,
+        )
         size = services.training_size(config)
     except UserError as exc:
         return f"⚠️ {exc}"
@@ -122,9 +176,11 @@ def expected_time_text(services: Services, config: RunConfig, steps: int) -> str
     text = f" **Expected time:** about {fmt.duration(seconds)} ({source})."
     limit = services.settings.job_limits().max_runtime_s
     if limit and seconds > limit:
-        text += (f" ⚠️ **That is past this app's run limit of {fmt.duration(limit)}** (VLPEFT_MAX_RUNTIME_S): the "
-                 "job would be stopped there, keeping what it trained. Use fewer steps or a smaller share of "
-                 "the data.")  # fmt: skip
+        text += (
+            f" ⚠️ **That is past this app's run limit of {fmt.duration(limit)}** (VLPEFT_MAX_RUNTIME_S): the "
+            "job would be stopped there, keeping what it trained. Use fewer steps or a smaller share of "
+            "the data."
+        )
     return text
 
 
@@ -146,13 +202,31 @@ def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple
     """The VIEW: status, progress bar, cancel button, loss figure (skipped when unchanged), command, log, its
     accordion (opened when the job failed or was interrupted: the log says why), timer, points drawn."""
     if not job_id:
-        return (IDLE, "", gr.update(visible=False), gr.skip(), gr.update(value="", visible=False), "", gr.skip(),
-                gr.Timer(active=False), shown_points)  # fmt: skip
+        return (
+            IDLE,
+            "",
+            gr.update(visible=False),
+            gr.skip(),
+            gr.update(value="", visible=False),
+            "",
+            gr.skip(),
+            gr.Timer(active=False),
+            shown_points,
+        )
     try:
         status = services.status(job_id)
     except UserError:
-        return ("The job this page watched no longer exists.", "", gr.update(visible=False), gr.skip(),
-                gr.update(value="", visible=False), "", gr.skip(), gr.Timer(active=False), shown_points)  # fmt: skip
+        return (
+            "The job this page watched no longer exists.",
+            "",
+            gr.update(visible=False),
+            gr.skip(),
+            gr.update(value="", visible=False),
+            "",
+            gr.skip(),
+            gr.Timer(active=False),
+            shown_points,
+        )
     live = status["state"] in ACTIVE_STATES
     curve, validation = status["curve"], status.get("validation") or []
     points = len(curve) + len(validation)
@@ -162,10 +236,16 @@ def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple
         log = [*log, "", f"error: {status['error']}"]
     ended_badly = status["state"] in ("failed", "interrupted")
     return (
-        fmt.job_headline(status), fmt.progress_html(status), gr.update(visible=live), figure,
-        gr.update(value=status["command"], visible=True), "\n".join(log) or "(the log is empty)",
-        gr.update(open=True) if ended_badly else gr.skip(), gr.Timer(active=live), points,
-    )  # fmt: skip
+        fmt.job_headline(status),
+        fmt.progress_html(status),
+        gr.update(visible=live),
+        figure,
+        gr.update(value=status["command"], visible=True),
+        "\n".join(log) or "(the log is empty)",
+        gr.update(open=True) if ended_badly else gr.skip(),
+        gr.Timer(active=live),
+        points,
+    )
 
 
 def cancel(services: Services, request: gr.Request | None, visitor: str, job_id: str | None) -> None:
@@ -178,8 +258,10 @@ def cancel(services: Services, request: gr.Request | None, visitor: str, job_id:
 def jobs_choices(services: Services, request: gr.Request | None, visitor: str, selected: str | None) -> dict:
     """This visitor's jobs, newest first, for the 'Job shown' picker."""
     mine = [r for r in services.runs() if r.submitter == submitter(request, visitor)]
-    choices = [(f"{r.id} · {fmt.METHOD_LABELS.get(r.method, r.method)} {r.config.get('budget')} on {r.task}", r.id)
-               for r in mine]  # fmt: skip
+    choices = [
+        (f"{r.id} · {fmt.METHOD_LABELS.get(r.method, r.method)} {r.config.get('budget')} on {r.task}", r.id)
+        for r in mine
+    ]
     return gr.update(choices=choices, value=selected if selected in {r.id for r in mine} else None)
 
 
@@ -200,9 +282,11 @@ def reattach(services: Services, request: gr.Request | None, visitor: str, job_i
 
 def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     settings = services.settings
-    gr.Markdown("Fine-tune the model on one task with one method. The **budget** says how many of its weights may "
-                "change; the **share of data** how much of the training set it sees. Press **Start training**: the "
-                "job runs in the background, you can close the page and come back.")  # fmt: skip
+    gr.Markdown(
+        "Fine-tune the model on one task with one method. The **budget** says how many of its weights may "
+        "change; the **share of data** how much of the training set it sees. Press **Start training**: the "
+        "job runs in the background, you can close the page and come back."
+    )
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):
             task = gr.Radio(
@@ -211,12 +295,20 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                 label="Task",
                 info="Captioning is what the model was pre-trained on; answering questions is new to it.",
             )
-            method = gr.Dropdown([(fmt.METHOD_LABELS[m], m) for m in METHOD_ORDER], value="lora", label="Method",
-                                 info="Where the trainable parameters go.")  # fmt: skip
+            method = gr.Dropdown(
+                [(fmt.METHOD_LABELS[m], m) for m in METHOD_ORDER],
+                value="lora",
+                label="Method",
+                info="Where the trainable parameters go.",
+            )
             method_note = gr.Markdown(fmt.method_explainer("lora"), elem_classes="vl-note")
-            budget = gr.Textbox("0.5%", label="Parameter budget", max_lines=1, elem_id="budget",
-                                info="How many weights may change: a share of the model (0.5%) or a count "
-                                     "(20000, 20k, 1.5M).")  # fmt: skip
+            budget = gr.Textbox(
+                "0.5%",
+                label="Parameter budget",
+                max_lines=1,
+                elem_id="budget",
+                info="How many weights may change: a share of the model (0.5%) or a count (20000, 20k, 1.5M).",
+            )
             estimate_note = gr.Markdown(elem_classes="vl-estimate", elem_id="estimate")
             with gr.Row():
                 data_fraction = gr.Number(
@@ -260,9 +352,13 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                         info="Examples per step; lower it if memory runs out.",
                         elem_id="batch-size",
                     )
-                towers = gr.Radio(["both", "vision", "text"], value="both", label="Towers",
-                                  info="Which half of the model gets the new parameters: the image encoder "
-                                       "(vision), the text decoder (text) or both.")  # fmt: skip
+                towers = gr.Radio(
+                    ["both", "vision", "text"],
+                    value="both",
+                    label="Towers",
+                    info="Which half of the model gets the new parameters: the image encoder "
+                    "(vision), the text decoder (text) or both.",
+                )
                 eval_limit = gr.Number(
                     0,
                     label="Test examples to score",
@@ -271,38 +367,77 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                     info="0: the whole test split. Fewer is faster, but the score is rougher.",
                 )
                 base_model = gr.Dropdown(
-                    [(f"Embedded scene-BLIP{' (' + settings.base_model + ')' if settings.base_model else ''}",
-                      EMBEDDED)], value=EMBEDDED, allow_custom_value=True, label="Base model",
+                    [
+                        (
+                            f"Embedded scene-BLIP{' (' + settings.base_model + ')' if settings.base_model else ''}",
+                            EMBEDDED,
+                        )
+                    ],
+                    value=EMBEDDED,
+                    allow_custom_value=True,
+                    label="Base model",
                     interactive=not settings.demo,
                     info="A Hugging Face Hub id (e.g. Salesforce/blip-image-captioning-base) or a local folder.",
-                )  # fmt: skip
+                )
                 dataset = gr.Dropdown(
-                    dataset_choices(services, "caption"), value=EMBEDDED, allow_custom_value=True, label="Dataset",
-                    interactive=not settings.demo, elem_id="dataset",
+                    dataset_choices(services, "caption"),
+                    value=EMBEDDED,
+                    allow_custom_value=True,
+                    label="Dataset",
+                    interactive=not settings.demo,
+                    elem_id="dataset",
                     info="One you uploaded (below), a dataset folder or a Hub id (COCO Karpathy captions, VQAv2).",
-                )  # fmt: skip
+                )
             if not settings.demo:
                 data.build(services, task, dataset, lambda name: _dataset_label(services, name))
             start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
             start_note = gr.Markdown(elem_id="start-note")
         with gr.Column(scale=6):
-            jobs = gr.Dropdown([], value=None, label="Job shown", info="Your jobs, newest first.",
-                               elem_id="job-picker")  # fmt: skip
+            jobs = gr.Dropdown([], value=None, label="Job shown", info="Your jobs, newest first.", elem_id="job-picker")
             status = gr.Markdown(IDLE, elem_id="job-status")
             progress = gr.HTML("", elem_id="job-progress")
             cancel_button = gr.Button("Cancel this job", variant="stop", visible=False, elem_id="cancel-job")
             curve = gr.Plot(loss_curve([]), label="Loss curve", elem_id="loss-curve")
-            command = gr.Code("", language="shell", label="The same run from the command line", interactive=False,
-                              lines=2, wrap_lines=True, visible=False, elem_id="job-command")  # fmt: skip
+            command = gr.Code(
+                "",
+                language="shell",
+                label="The same run from the command line",
+                interactive=False,
+                lines=2,
+                wrap_lines=True,
+                visible=False,
+                elem_id="job-command",
+            )
             with gr.Accordion("Log (last lines)", open=False, elem_id="log-box") as log_box:
-                log = gr.Textbox("", label="log.txt", interactive=False, lines=12, max_lines=12, autoscroll=True,
-                                 elem_id="job-log", elem_classes="vl-log")  # fmt: skip
+                log = gr.Textbox(
+                    "",
+                    label="log.txt",
+                    interactive=False,
+                    lines=12,
+                    max_lines=12,
+                    autoscroll=True,
+                    elem_id="job-log",
+                    elem_classes="vl-log",
+                )
     job = gr.BrowserState("", storage_key="vlpeft-job", secret=secret)  # the job shown; a reload re-attaches
     points = gr.State(-1)
     timer = gr.Timer(POLL_S, active=False)
 
-    form = [task, method, budget, data_fraction, seed, epochs, max_steps, lr, batch_size, towers, base_model,
-            dataset, eval_limit]  # fmt: skip
+    form = [
+        task,
+        method,
+        budget,
+        data_fraction,
+        seed,
+        epochs,
+        max_steps,
+        lr,
+        batch_size,
+        towers,
+        base_model,
+        dataset,
+        eval_limit,
+    ]
     view = [status, progress, cancel_button, curve, command, log, log_box, timer, points]
     assert len(view) == len(VIEW)
     private = dict(api_visibility="private")
@@ -311,13 +446,37 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     method.input(describe_method, method, [method_note, lr], api_name="ui_describe_method", **private)
     estimate_inputs = [method, budget, towers, base_model]
     for trigger in (method.change, budget.change, towers.change, base_model.change):
-        trigger(lambda *a: estimate(services, *a), estimate_inputs, estimate_note, api_name="ui_estimate",
-                show_progress="minimal", concurrency_limit=None, **private)  # fmt: skip
+        trigger(
+            lambda *a: estimate(services, *a),
+            estimate_inputs,
+            estimate_note,
+            api_name="ui_estimate",
+            show_progress="minimal",
+            concurrency_limit=None,
+            **private,
+        )
     size_inputs = [task, method, data_fraction, seed, epochs, max_steps, batch_size, dataset, towers, base_model]
-    for trigger in (task.change, method.change, data_fraction.change, seed.change, epochs.change, max_steps.change,
-                    batch_size.change, dataset.change, towers.change, base_model.change):  # fmt: skip
-        trigger(lambda *a: describe_size(services, *a), size_inputs, size_note, api_name="ui_size",
-                show_progress="hidden", concurrency_limit=None, **private)  # fmt: skip
+    for trigger in (
+        task.change,
+        method.change,
+        data_fraction.change,
+        seed.change,
+        epochs.change,
+        max_steps.change,
+        batch_size.change,
+        dataset.change,
+        towers.change,
+        base_model.change,
+    ):
+        trigger(
+            lambda *a: describe_size(services, *a),
+            size_inputs,
+            size_note,
+            api_name="ui_size",
+            show_progress="hidden",
+            concurrency_limit=None,
+            **private,
+        )
 
     def task_defaults(task_name: str, current: str | None) -> tuple:
         """The task's datasets (one of its uploads stays picked: adding a dataset sets task and dataset at once)
@@ -333,8 +492,9 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     def on_start(request: gr.Request, visitor_id: str, *values):
         return start(services, request, visitor_id, *values)
 
-    start_button.click(on_start, [visitor, *form], [job, *view, jobs, start_note], api_name="ui_start",
-                       concurrency_limit=4, **private)  # fmt: skip
+    start_button.click(
+        on_start, [visitor, *form], [job, *view, jobs, start_note], api_name="ui_start", concurrency_limit=4, **private
+    )
     # The last lines are what matter: show them when the box opens (the text area starts at its top).
     log_box.expand(None, None, None, js=SCROLL_LOG_TO_END)
 
@@ -343,23 +503,40 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
         return show_job(services, job_id, -1)
 
     cancel_button.click(on_cancel, [visitor, job], view, api_name="ui_cancel", **private)
-    timer.tick(lambda job_id, shown: show_job(services, job_id, shown), [job, points], view, api_name="ui_poll",
-               show_progress="hidden", concurrency_limit=None, **private)  # fmt: skip
+    timer.tick(
+        lambda job_id, shown: show_job(services, job_id, shown),
+        [job, points],
+        view,
+        api_name="ui_poll",
+        show_progress="hidden",
+        concurrency_limit=None,
+        **private,
+    )
 
     def on_pick(job_id: str | None):
         return (job_id or "", *show_job(services, job_id, -1))
 
     jobs.input(on_pick, jobs, [job, *view], api_name="ui_pick_job", **private)
 
-    def on_load(request: gr.Request, visitor_id: str, job_id: str, method_name: str, budget_text: str,
-                towers_name: str, model: str, *size_values):  # fmt: skip
+    def on_load(
+        request: gr.Request,
+        visitor_id: str,
+        job_id: str,
+        method_name: str,
+        budget_text: str,
+        towers_name: str,
+        model: str,
+        *size_values,
+    ):
         watched = reattach(services, request, visitor_id, job_id)
         return (
-            watched or "", *show_job(services, watched, -1), jobs_choices(services, request, visitor_id, watched),
+            watched or "",
+            *show_job(services, watched, -1),
+            jobs_choices(services, request, visitor_id, watched),
             estimate(services, method_name, budget_text, towers_name, model),
             describe_size(services, *size_values),
             gr.update(choices=dataset_choices(services, size_values[0])),  # datasets added since the page was built
-        )  # fmt: skip
+        )
 
     return Loader(
         "ui_train_load",

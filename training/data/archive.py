@@ -28,8 +28,14 @@ from training.errors import UserError
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 REQUIRED_SPLITS = ("train", "test")
-SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation", "training": "train",
-                 "testing": "test", "eval": "test"}  # fmt: skip
+SPLIT_ALIASES = {
+    "val": "validation",
+    "valid": "validation",
+    "dev": "validation",
+    "training": "train",
+    "testing": "test",
+    "eval": "test",
+}
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 INFO = "dataset.json"
 METADATA = "metadata.jsonl"
@@ -58,8 +64,10 @@ def dataset_name(text: str) -> str:
     """A name that is safe as a folder name: lower-case letters, digits, '-' and '_', at most 48 characters."""
     name = (text or "").strip()
     if not NAME.fullmatch(name):
-        raise UserError(f"{name[:60]!r} cannot name a dataset: use 1 to 48 lower-case letters, digits, '-' or '_', "
-                        "starting with a letter or digit (e.g. my-shapes).")  # fmt: skip
+        raise UserError(
+            f"{name[:60]!r} cannot name a dataset: use 1 to 48 lower-case letters, digits, '-' or '_', "
+            "starting with a letter or digit (e.g. my-shapes)."
+        )
     return name
 
 
@@ -73,16 +81,24 @@ def stored_datasets(home: Path) -> list[StoredDataset]:
     return found
 
 
-def install_zip(archive: str | Path, name: str, task: str, home: Path, replace: bool = False,
-                limits: ArchiveLimits = ArchiveLimits()) -> StoredDataset:  # fmt: skip
+def install_zip(
+    archive: str | Path,
+    name: str,
+    task: str,
+    home: Path,
+    replace: bool = False,
+    limits: ArchiveLimits = ArchiveLimits(),
+) -> StoredDataset:
     """Unpack, check and add the zip as dataset `name` of `task`; UserError naming what is wrong otherwise.
 
     An existing dataset of that name is replaced only when `replace` is set."""
     name = dataset_name(name)
     target = home / name
     if target.exists() and not replace:
-        raise UserError(f"There is already a dataset named {name!r}: choose another name, or tick Replace to put "
-                        "this zip in its place.")  # fmt: skip
+        raise UserError(
+            f"There is already a dataset named {name!r}: choose another name, or tick Replace to put "
+            "this zip in its place."
+        )
     home.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".incoming-", dir=home))
     try:
@@ -90,8 +106,9 @@ def install_zip(archive: str | Path, name: str, task: str, home: Path, replace: 
         root = dataset_root(staging)
         declared = (_read_info(root / INFO) or {}).get("task")
         if declared in ("caption", "vqa") and declared != task:
-            raise UserError(f"The zip's {INFO} says it is a {declared} dataset, not a {task} one: pick the "
-                            "matching task.")  # fmt: skip
+            raise UserError(
+                f"The zip's {INFO} says it is a {declared} dataset, not a {task} one: pick the matching task."
+            )
         try:
             check_splits(root)
             check_images(root)
@@ -121,12 +138,16 @@ def unpack(archive: str | Path, target: Path, limits: ArchiveLimits) -> None:
             for info in members:
                 _check_member(info)
             if len(members) > limits.max_files:
-                raise UserError(f"The zip holds {len(members):,} files: the limit is {limits.max_files:,}. Upload a "
-                                "smaller dataset.")  # fmt: skip
+                raise UserError(
+                    f"The zip holds {len(members):,} files: the limit is {limits.max_files:,}. Upload a "
+                    "smaller dataset."
+                )
             total = sum(info.file_size for info in members)
             if total > limits.max_bytes:
-                raise UserError(f"The zip unpacks to {total / 1e6:,.1f} MB: the limit is {limits.max_bytes / 1e6:,.1f} "
-                                "MB. Upload a smaller dataset.")  # fmt: skip
+                raise UserError(
+                    f"The zip unpacks to {total / 1e6:,.1f} MB: the limit is {limits.max_bytes / 1e6:,.1f} "
+                    "MB. Upload a smaller dataset."
+                )
             base = target.resolve()
             for info in members:
                 destination = (base / info.filename).resolve()
@@ -135,8 +156,9 @@ def unpack(archive: str | Path, target: Path, limits: ArchiveLimits) -> None:
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 _copy(opened, info, destination)
     except zipfile.BadZipFile as exc:
-        raise UserError(f"The upload is not a readable zip file ({exc}): make it with a zip tool and try again.") \
-            from None  # fmt: skip
+        raise UserError(
+            f"The upload is not a readable zip file ({exc}): make it with a zip tool and try again."
+        ) from None
     except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
         shown = Path(exc.filename or "").name or "an entry"
         raise UserError(f"The zip holds {shown} twice, or as both a file and a folder: fix the zip.") from None
@@ -179,24 +201,32 @@ def dataset_root(folder: Path) -> Path:
     entries = [entry for entry in folder.iterdir()]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
-    raise UserError("The zip has no train/ or test/ folder at its top or in its one top-level folder: zip the "
-                    "dataset folder as the README describes it.")  # fmt: skip
+    raise UserError(
+        "The zip has no train/ or test/ folder at its top or in its one top-level folder: zip the "
+        "dataset folder as the README describes it."
+    )
 
 
 def check_splits(root: Path) -> None:
     """train/ and test/ are needed (validation/ is optional: training then holds out 5 % of train)."""
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if folder.name in SPLIT_ALIASES:
-            raise UserError(f"{folder.name}/ is not a split name: rename it {SPLIT_ALIASES[folder.name]}/ (the splits "
-                            "are train/, validation/ and test/).")  # fmt: skip
+            raise UserError(
+                f"{folder.name}/ is not a split name: rename it {SPLIT_ALIASES[folder.name]}/ (the splits "
+                "are train/, validation/ and test/)."
+            )
     for split in REQUIRED_SPLITS:
         if not (root / split).is_dir():
-            raise UserError(f"The {split} split is missing: the zip has no {split}/ folder. A dataset needs "
-                            "train/ and test/, each with a metadata.jsonl beside its images; validation/ is "
-                            "optional.")  # fmt: skip
+            raise UserError(
+                f"The {split} split is missing: the zip has no {split}/ folder. A dataset needs "
+                "train/ and test/, each with a metadata.jsonl beside its images; validation/ is "
+                "optional."
+            )
         if not (root / split / METADATA).is_file():
-            raise UserError(f"The {split} split has no {split}/{METADATA}: put one line per example in it (see "
-                            "the dataset format in the README).")  # fmt: skip
+            raise UserError(
+                f"The {split} split has no {split}/{METADATA}: put one line per example in it (see "
+                "the dataset format in the README)."
+            )
 
 
 def check_images(root: Path) -> None:
@@ -213,14 +243,18 @@ def _decode(path: Path, shown: str) -> None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=IMAGE_FORMATS) as image:
                 if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise UserError(f"{shown} is {image.width}x{image.height} pixels: too large (the limit is "
-                                    f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels). Resize it.")  # fmt: skip
+                    raise UserError(
+                        f"{shown} is {image.width}x{image.height} pixels: too large (the limit is "
+                        f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels). Resize it."
+                    )
                 image.load()
     except UserError:
         raise
     except Exception as exc:  # PIL raises many kinds for a file that is not an image or is cut short
-        raise UserError(f"{shown} is not an image PIL can read as {', '.join(IMAGE_FORMATS)} "
-                        f"({type(exc).__name__}): remove it or replace it with the image.") from None  # fmt: skip
+        raise UserError(
+            f"{shown} is not an image PIL can read as {', '.join(IMAGE_FORMATS)} "
+            f"({type(exc).__name__}): remove it or replace it with the image."
+        ) from None
 
 
 def _read_info(path: Path) -> dict | None:
@@ -244,11 +278,15 @@ class DatasetSummary:
     held_out_validation: bool
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "task": self.task,
-                "splits": {split: {"examples": self.examples[split], "images": self.images[split]}
-                           for split in self.examples},
-                "top_answers": [{"answer": a, "questions": n} for a, n in self.top_answers],
-                "held_out_validation": self.held_out_validation}  # fmt: skip
+        return {
+            "name": self.name,
+            "task": self.task,
+            "splits": {
+                split: {"examples": self.examples[split], "images": self.images[split]} for split in self.examples
+            },
+            "top_answers": [{"answer": a, "questions": n} for a, n in self.top_answers],
+            "held_out_validation": self.held_out_validation,
+        }
 
 
 def summarize(dataset: TaskDataset, top: int = 10) -> DatasetSummary:
@@ -258,8 +296,11 @@ def summarize(dataset: TaskDataset, top: int = 10) -> DatasetSummary:
         if example.answers:
             majority[Counter(example.answers).most_common(1)[0][0]] += 1
     return DatasetSummary(
-        name=dataset.name, task=dataset.task, examples={s: len(e) for s, e in splits.items()},
+        name=dataset.name,
+        task=dataset.task,
+        examples={s: len(e) for s, e in splits.items()},
         images={s: len({x.image_id for x in e}) for s, e in splits.items()},
-        top_answers=majority.most_common(top), questions_counted=sum(majority.values()),
+        top_answers=majority.most_common(top),
+        questions_counted=sum(majority.values()),
         held_out_validation=dataset.held_out_validation,
-    )  # fmt: skip
+    )

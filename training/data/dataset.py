@@ -59,8 +59,10 @@ class TaskDataset:
 
     def split(self, name: str) -> list[Example]:
         if not self.splits.get(name):
-            raise UserError(f"Dataset {self.name} has no {name!r} split (or it is empty); it has: "
-                            f"{', '.join(k for k, v in self.splits.items() if v) or 'none'}.")
+            raise UserError(
+                f"Dataset {self.name} has no {name!r} split (or it is empty); it has: "
+                f"{', '.join(k for k, v in self.splits.items() if v) or 'none'}."
+            )
         return self.splits[name]
 
 
@@ -69,14 +71,17 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise UserError(f"Image {path} is {image.width}x{image.height}: too large (the limit is "
-                                f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels). Resize it first.")
+                raise UserError(
+                    f"Image {path} is {image.width}x{image.height}: too large (the limit is "
+                    f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels). Resize it first."
+                )
             return image.convert("RGB")
     except FileNotFoundError:
         raise UserError(f"Image {path} does not exist.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"Image {path} cannot be read ({type(exc).__name__}): it is not an image or is corrupt.") \
-            from None  # fmt: skip
+        raise UserError(
+            f"Image {path} cannot be read ({type(exc).__name__}): it is not an image or is corrupt."
+        ) from None
 
 
 def _read_split(folder: Path, split: str, task: str) -> list[Example]:
@@ -103,8 +108,10 @@ def _read_split(folder: Path, split: str, task: str) -> list[Example]:
             if not isinstance(row["file_name"], str) or not image_path.resolve().is_relative_to(
                 (folder / split).resolve()
             ):
-                raise UserError(f"{where}: field 'file_name' ({str(row['file_name'])[:80]!r}) must be a path inside "
-                                f"the {split}/ folder, like '0001.png'.")  # fmt: skip
+                raise UserError(
+                    f"{where}: field 'file_name' ({str(row['file_name'])[:80]!r}) must be a path inside "
+                    f"the {split}/ folder, like '0001.png'."
+                )
             if not image_path.is_file():
                 raise UserError(f"{where}: image file {row['file_name']!r} (field 'file_name') is missing.")
             _check_image_header(image_path, where)
@@ -124,10 +131,16 @@ def _read_split(folder: Path, split: str, task: str) -> list[Example]:
                     raise UserError(f"{where}: field 'answers' must be a non-empty list.")
                 answers = [a["answer"] if isinstance(a, dict) else str(a) for a in answers]
                 question_id = str(row.get("question_id") or f"{image_id}#{line_no}")
-                examples.append(Example(
-                    ImageFile(str(image_path)), image_id, question=row["question"], answers=answers,
-                    question_type=row.get("question_type"), question_id=question_id,
-                ))  # fmt: skip
+                examples.append(
+                    Example(
+                        ImageFile(str(image_path)),
+                        image_id,
+                        question=row["question"],
+                        answers=answers,
+                        question_type=row.get("question_type"),
+                        question_id=question_id,
+                    )
+                )
     if not examples:
         raise UserError(f"{meta} is empty: the {split} split needs at least one example.")
     return examples
@@ -138,8 +151,9 @@ def _check_image_header(path: Path, where: str) -> None:
         with Image.open(path) as image:
             image.size  # noqa: B018  (reads the header only)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise UserError(f"{where}: image file {path.name!r} cannot be read: it is not an image or is corrupt.") \
-            from None  # fmt: skip
+        raise UserError(
+            f"{where}: image file {path.name!r} cannot be read: it is not an image or is corrupt."
+        ) from None
 
 
 def detect_task(folder: Path) -> str | None:
@@ -160,8 +174,10 @@ def load_folder_dataset(folder: str | Path, task: str) -> TaskDataset:
     if declared and declared != task:
         raise UserError(f"Dataset {folder} is a {declared} dataset, not a {task} one: pick the matching task.")
     if not any((path / s / "metadata.jsonl").is_file() for s in SPLITS):
-        raise UserError(f"Dataset folder {folder} has no train/, validation/ or test/ subfolder with a "
-                        "metadata.jsonl: see the dataset format in the README.")
+        raise UserError(
+            f"Dataset folder {folder} has no train/, validation/ or test/ subfolder with a "
+            "metadata.jsonl: see the dataset format in the README."
+        )
     splits = {split: _read_split(path, split, task) for split in SPLITS}
     return TaskDataset(name=path.name, task=task, source=str(path.resolve()), splits=splits)
 
@@ -195,8 +211,11 @@ def with_validation(dataset: TaskDataset) -> TaskDataset:
     held = set(images[: max(1, min(HELD_OUT_MAX_IMAGES, math.floor(len(images) * HELD_OUT_SHARE)))])
     if len(held) == len(images):
         return dataset
-    splits = {**dataset.splits, "train": [e for e in train if e.image_id not in held],
-              "validation": [e for e in train if e.image_id in held]}  # fmt: skip
+    splits = {
+        **dataset.splits,
+        "train": [e for e in train if e.image_id not in held],
+        "validation": [e for e in train if e.image_id in held],
+    }
     return dataclasses.replace(dataset, splits=splits, held_out_validation=True)
 
 

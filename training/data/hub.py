@@ -55,9 +55,11 @@ def _open(name: str):
         raise
     except Exception as exc:  # datasets raises many types (offline, missing repo, bad files)
         kind = "folder" if path.exists() else "Hub dataset"
-        raise UserError(f"The {kind} {name!r} could not be loaded as a dataset ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''}). Give a dataset folder in the "
-                        "README's format, or a Hub id reachable from here.") from None  # fmt: skip
+        raise UserError(
+            f"The {kind} {name!r} could not be loaded as a dataset ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160] if str(exc) else ''}). Give a dataset folder in the "
+            "README's format, or a Hub id reachable from here."
+        ) from None
 
 
 def _pick(columns: list[str], candidates: tuple[str, ...]) -> str | None:
@@ -91,8 +93,10 @@ def _examples(split_data, task: str, root: Path | None, split: str) -> list[Exam
         if "question" not in columns:
             raise UserError(f"Split {split!r} has no 'question' column, which a VQA dataset needs.")
     if text_column is None:
-        raise UserError(f"Split {split!r} has no {needed} column (looked for "
-                        f"{', '.join(CAPTION_COLUMNS if task == 'caption' else ANSWER_COLUMNS)}).")  # fmt: skip
+        raise UserError(
+            f"Split {split!r} has no {needed} column (looked for "
+            f"{', '.join(CAPTION_COLUMNS if task == 'caption' else ANSWER_COLUMNS)})."
+        )
     plain = split_data.remove_columns([image_column]) if image_column else split_data
     rows = plain.to_list()
     id_column = _pick(columns, ID_COLUMNS)
@@ -115,11 +119,16 @@ def _examples(split_data, task: str, root: Path | None, split: str) -> list[Exam
             answers = _as_texts(row[text_column], "answer")
             if not answers or not str(row["question"]).strip():
                 continue
-            examples.append(Example(
-                image, image_id, question=str(row["question"]), answers=answers,
-                question_type=str(row[type_column]) if type_column and row[type_column] else None,
-                question_id=str(row.get("question_id", f"{image_id}#{index}")),
-            ))  # fmt: skip
+            examples.append(
+                Example(
+                    image,
+                    image_id,
+                    question=str(row["question"]),
+                    answers=answers,
+                    question_type=str(row[type_column]) if type_column and row[type_column] else None,
+                    question_id=str(row.get("question_id", f"{image_id}#{index}")),
+                )
+            )
     return examples
 
 

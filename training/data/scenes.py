@@ -334,8 +334,12 @@ def patch_labels(scene: Scene, size: int = 64, patch: int = 8) -> np.ndarray:
     colors = tuple(COLORS)
     table = np.zeros((4, len(scene.objects) + 1), dtype=np.int64)
     for number, obj in enumerate(scene.objects, start=1):
-        table[:, number] = (SHAPES.index(obj.shape) + 1, colors.index(obj.color) + 1,
-                            SIZES.index(obj.size) + 1, obj.cell + 1)  # fmt: skip
+        table[:, number] = (
+            SHAPES.index(obj.shape) + 1,
+            colors.index(obj.color) + 1,
+            SIZES.index(obj.size) + 1,
+            obj.cell + 1,
+        )
     return table[:, owner]
 
 
@@ -388,8 +392,9 @@ def caption_references(scene: Scene, rng: np.random.Generator, count: int = 5) -
     return captions
 
 
-def pretrain_sentence(scene: Scene, rng: np.random.Generator, clause_share: float = 0.25,
-                      frames: Sequence[str] = SENTENCE_FRAMES) -> str:  # fmt: skip
+def pretrain_sentence(
+    scene: Scene, rng: np.random.Generator, clause_share: float = 0.25, frames: Sequence[str] = SENTENCE_FRAMES
+) -> str:
     """A complete sentence describing every object with the caption phrases: per-object clauses joined with
     "and" (clause_share of the time), or the list of objects in one of `frames`."""
     objects = _ordered(scene, rng)

@@ -86,11 +86,18 @@ def _jobs(args: argparse.Namespace) -> int:
     table = [("ID", "STATE", "SUBMITTER", "RUN", "PROGRESS", "LOSS", "ELAPSED", "REASON")]
     for row in rows:
         config = row["config"]
-        table.append((
-            row["id"], row["state"], row["submitter"],
-            f"{config['task']} {config['method']} {config['budget']}",
-            _progress(row), _number(row["loss"]), _duration(row["elapsed_s"]), _clip(row["reason"], 60),
-        ))  # fmt: skip
+        table.append(
+            (
+                row["id"],
+                row["state"],
+                row["submitter"],
+                f"{config['task']} {config['method']} {config['budget']}",
+                _progress(row),
+                _number(row["loss"]),
+                _duration(row["elapsed_s"]),
+                _clip(row["reason"], 60),
+            )
+        )
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for line in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
@@ -104,9 +111,11 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return 0
     print(f"job      {status['id']}  {status['state']}: {status['reason']}")
-    print(f"progress {_progress(status)}  loss {_number(status['loss'])}  "
-          f"{_number(status['samples_per_s'])} samples/s  elapsed {_duration(status['elapsed_s'])}  "
-          f"eta {_duration(status['eta_s'])}")  # fmt: skip
+    print(
+        f"progress {_progress(status)}  loss {_number(status['loss'])}  "
+        f"{_number(status['samples_per_s'])} samples/s  elapsed {_duration(status['elapsed_s'])}  "
+        f"eta {_duration(status['eta_s'])}"
+    )
     print(f"run dir  {status['run_dir']}")
     print(f"command  {status['command']}")
     for key in ("error", "hint"):
@@ -122,8 +131,9 @@ def _cancel(args: argparse.Namespace) -> int:
     store = JobStore()
     job = store.cancel(store.resolve_id(args.job_id), by=args.by)
     if job.state == "running":
-        print(f"{job.id}: stop requested; it stops at its next step, or is killed after "
-              f"{store.limits.stop_grace_s:g} s")  # fmt: skip
+        print(
+            f"{job.id}: stop requested; it stops at its next step, or is killed after {store.limits.stop_grace_s:g} s"
+        )
         if not live_supervisors(store):
             print("no worker is running: the next worker to start records how the job ended", file=sys.stderr)
     else:
@@ -140,16 +150,22 @@ def _worker(args: argparse.Namespace) -> int:
     supervisor = Supervisor(store, poll_s=args.poll)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print(f"worker {supervisor.id} on {store.path}, up to {limits.max_concurrent} job(s) at once; "
-          "Ctrl+C stops the worker, not the jobs", file=sys.stderr)  # fmt: skip
+    print(
+        f"worker {supervisor.id} on {store.path}, up to {limits.max_concurrent} job(s) at once; "
+        "Ctrl+C stops the worker, not the jobs",
+        file=sys.stderr,
+    )
     try:
         supervisor.run_forever(stop, exit_when_idle=args.exit_when_idle)
     except KeyboardInterrupt:
         pass
     left = [job.id for job in store.list_jobs(("running",)) if job.claimed_by == supervisor.id]
     if left:
-        print(f"{len(left)} job(s) keep running ({', '.join(left)}); the next worker watches them, "
-              "`python -m training cancel ID` stops one", file=sys.stderr)  # fmt: skip
+        print(
+            f"{len(left)} job(s) keep running ({', '.join(left)}); the next worker watches them, "
+            "`python -m training cancel ID` stops one",
+            file=sys.stderr,
+        )
     return 0
 
 

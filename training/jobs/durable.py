@@ -87,8 +87,13 @@ class DurableRuns:
                 continue
             started = runs.read_json(folder / STARTED)
             if _complete(started, folder.name):
-                job = {**started, "state": "interrupted", "reason": LOST_REASON, "run_dir": str(folder),
-                       "finished_at": started.get("started_at")}  # fmt: skip
+                job = {
+                    **started,
+                    "state": "interrupted",
+                    "reason": LOST_REASON,
+                    "run_dir": str(folder),
+                    "finished_at": started.get("started_at"),
+                }
                 found.append((job, []))
         return sorted(found, key=lambda record: (record[0]["created_at"], record[0]["id"]))
 
@@ -120,8 +125,12 @@ def write_once(path: Path, data: bytes | Any) -> None:
 def _complete(job: Any, job_id: str) -> bool:
     """Whether a published job row has what the job store needs to list it again."""
     required = ("submitter", "state", "reason", "run_dir", "created_at", "updated_at")
-    return (isinstance(job, dict) and job.get("id") == job_id and isinstance(job.get("config"), dict)
-            and all(job.get(name) is not None for name in required))  # fmt: skip
+    return (
+        isinstance(job, dict)
+        and job.get("id") == job_id
+        and isinstance(job.get("config"), dict)
+        and all(job.get(name) is not None for name in required)
+    )
 
 
 def _json_bytes(data: Any) -> bytes:

@@ -52,9 +52,11 @@ def from_exit(job: Job, returncode: int, killed_after_grace: bool = False) -> Ou
         return _cancelled(job, returncode, tail, killed_after_grace)
     if returncode == EXIT_STOPPED:
         return Outcome(
-            "interrupted", "stopped from outside the app (SIGTERM or a STOP file); " + _kept(run_dir),
-            returncode, log_tail=tail,
-        )  # fmt: skip
+            "interrupted",
+            "stopped from outside the app (SIGTERM or a STOP file); " + _kept(run_dir),
+            returncode,
+            log_tail=tail,
+        )
     error = _error_line(lines)
     if returncode == EXIT_USER_ERROR:  # the trainer's `error: ...` line says what to change
         reason = error or "the trainer stopped on a user error (exit code 2)"
@@ -64,8 +66,9 @@ def from_exit(job: Job, returncode: int, killed_after_grace: bool = False) -> Ou
         hint = KILLED_HINT if -returncode == signal.SIGKILL else _hint(lines)
         return Outcome("failed", f"killed by {name}", returncode, error=f"killed by {name}", hint=hint, log_tail=tail)
     reason = f"crashed with exit code {returncode}" + (f": {error}" if error else "")
-    return Outcome("failed", reason, returncode, error=error or f"exit code {returncode}", hint=_hint(lines),
-                   log_tail=tail)  # fmt: skip
+    return Outcome(
+        "failed", reason, returncode, error=error or f"exit code {returncode}", hint=_hint(lines), log_tail=tail
+    )
 
 
 def without_exit_code(job: Job) -> Outcome:
@@ -87,9 +90,11 @@ def without_exit_code(job: Job) -> Outcome:
     if job.pid is None:
         return Outcome("interrupted", "the worker stopped before the job's process started", log_tail=tail)
     return Outcome(
-        "interrupted", "the job's process is gone and the worker that ran it stopped; see the log tail",
-        log_tail=tail, hint=_hint(lines),
-    )  # fmt: skip
+        "interrupted",
+        "the job's process is gone and the worker that ran it stopped; see the log tail",
+        log_tail=tail,
+        hint=_hint(lines),
+    )
 
 
 def _cancelled(job: Job, returncode: int | None, tail: str, killed_after_grace: bool) -> Outcome:

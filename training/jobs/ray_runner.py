@@ -52,8 +52,10 @@ TOKEN = ".ray-token"  # in the run directory: a node that reads the same token s
 STREAMS = (runs.METRICS, runs.LOG)  # files that only grow: shipped as their new bytes
 SHIP_EVERY_S = 1.0
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-NODE_HINT = ("Every node of the Ray cluster needs this project (and its Python packages) at the same path as "
-             "here, and the base model and dataset by Hub id or at a path that exists on the node.")  # fmt: skip
+NODE_HINT = (
+    "Every node of the Ray cluster needs this project (and its Python packages) at the same path as "
+    "here, and the base model and dataset by Hub id or at a path that exists on the node."
+)
 
 
 def _float_env(name: str, default: float) -> float:
@@ -107,8 +109,7 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
 
 
-def run_job_task(job_id: str, train_args: list[str], run_dir: str, token: str | None, mailbox,
-                 threads: int) -> dict:  # fmt: skip
+def run_job_task(job_id: str, train_args: list[str], run_dir: str, token: str | None, mailbox, threads: int) -> dict:
     """The body of a job's Ray task: the trainer process, its files shipped back unless the node shares them."""
     import ray
 
@@ -117,8 +118,15 @@ def run_job_task(job_id: str, train_args: list[str], run_dir: str, token: str | 
     folder = target if shared else Path(tempfile.mkdtemp(prefix=f"vlpeft-{job_id}-"))
     command = [sys.executable, "-m", "training", "train", *train_args, "--out", str(folder)]
     with open(folder / runs.LOG, "ab") as log:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=folder, env=run_environment(threads), preexec_fn=_die_with_parent)  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+            env=run_environment(threads),
+            preexec_fn=_die_with_parent,
+        )
     shipper = None if shared else Shipper(folder)
     stopping = False
     try:
@@ -204,8 +212,9 @@ class _RayJob:
 class RayJobRunner:
     """Starts jobs as Ray tasks, writes their progress into place, delivers stops, records how they end."""
 
-    def __init__(self, address: str | None, num_cpus: float = 1, num_gpus: float = 0,
-                 ship_always: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, address: str | None, num_cpus: float = 1, num_gpus: float = 0, ship_always: bool = False
+    ) -> None:
         self.address = address
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -228,13 +237,17 @@ class RayJobRunner:
         try:
             import ray
         except ImportError:
-            raise UserError(f"{ADDRESS_ENV} is set but Ray is not installed: pip install -r requirements-ray.txt, "
-                            f"or unset {ADDRESS_ENV} to run jobs on this machine.") from None  # fmt: skip
+            raise UserError(
+                f"{ADDRESS_ENV} is set but Ray is not installed: pip install -r requirements-ray.txt, "
+                f"or unset {ADDRESS_ENV} to run jobs on this machine."
+            ) from None
         try:
             connect_ray(self.address)
         except Exception as exc:  # ray raises ConnectionError, RuntimeError or ValueError for a bad address
-            raise UserError(f"The Ray cluster at {self.address} cannot be reached ({str(exc).splitlines()[0][:200]}): "
-                            f"check {ADDRESS_ENV} and that the cluster is up.") from None  # fmt: skip
+            raise UserError(
+                f"The Ray cluster at {self.address} cannot be reached ({str(exc).splitlines()[0][:200]}): "
+                f"check {ADDRESS_ENV} and that the cluster is up."
+            ) from None
         if self._mailbox is None:
             self._mailbox = ray.remote(Mailbox).options(num_cpus=0, **_code_path()).remote()
         return ray

@@ -137,11 +137,15 @@ class PersonalLimitReached(UserError):
         jobs = "1 job" if self.active == 1 else f"{self.active} jobs"
         if self.adding > 1:  # a sweep: each of its runs is a job of its own
             room = max(0, self.limit - self.active)
-            return (f"{verb} {jobs} queued or running and may have {self.limit} at most "
-                    f"(VLPEFT_MAX_QUEUED_PER_USER={self.limit}): these {self.adding} runs do not fit, "
-                    f"{room} would. Make the sweep smaller, or wait for jobs to finish.")  # fmt: skip
-        return (f"{verb} {jobs} queued or running, the most allowed per person "
-                f"(VLPEFT_MAX_QUEUED_PER_USER={self.limit}): wait for one to finish or cancel one.")  # fmt: skip
+            return (
+                f"{verb} {jobs} queued or running and may have {self.limit} at most "
+                f"(VLPEFT_MAX_QUEUED_PER_USER={self.limit}): these {self.adding} runs do not fit, "
+                f"{room} would. Make the sweep smaller, or wait for jobs to finish."
+            )
+        return (
+            f"{verb} {jobs} queued or running, the most allowed per person "
+            f"(VLPEFT_MAX_QUEUED_PER_USER={self.limit}): wait for one to finish or cancel one."
+        )
 
 
 @dataclass(frozen=True)
@@ -239,9 +243,14 @@ class JobStore:
         )
 
     def _move(
-        self, conn: sqlite3.Connection, job_id: str, from_states: Iterable[str], to_state: str, reason: str,
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        from_states: Iterable[str],
+        to_state: str,
+        reason: str,
         **columns: object,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """Change the state inside an open transaction, if the job is in one of `from_states`."""
         row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None or row["state"] not in tuple(from_states):
@@ -421,9 +430,14 @@ class JobStore:
             if row is None:
                 return None
             self._move(
-                conn, row["id"], ("queued",), "running", f"started by worker {supervisor_id}",
-                claimed_by=supervisor_id, started_at=time.time(),
-            )  # fmt: skip
+                conn,
+                row["id"],
+                ("queued",),
+                "running",
+                f"started by worker {supervisor_id}",
+                claimed_by=supervisor_id,
+                started_at=time.time(),
+            )
         return self.get(row["id"])
 
     def set_process(self, job_id: str, supervisor_id: str, pid: int, pid_start: str | None) -> None:
@@ -440,9 +454,16 @@ class JobStore:
             if row is None or row["claimed_by"] != supervisor_id:
                 return False
             moved = self._move(
-                conn, job_id, ("running",), outcome.state, outcome.reason, exit_code=outcome.exit_code,
-                error=outcome.error, hint=outcome.hint, log_tail=outcome.log_tail,
-            )  # fmt: skip
+                conn,
+                job_id,
+                ("running",),
+                outcome.state,
+                outcome.reason,
+                exit_code=outcome.exit_code,
+                error=outcome.error,
+                hint=outcome.hint,
+                log_tail=outcome.log_tail,
+            )
         if moved:
             self._publish(job_id)
         return moved
@@ -486,8 +507,9 @@ class JobStore:
                 if job["id"] in known or job["state"] not in FINAL_STATES:
                     continue
                 values = {name: job.get(name) for name in columns}
-                values.update(config=json.dumps(values["config"], sort_keys=True), claimed_by=None, pid=None,
-                              pid_start=None)  # fmt: skip
+                values.update(
+                    config=json.dumps(values["config"], sort_keys=True), claimed_by=None, pid=None, pid_start=None
+                )
                 conn.execute(
                     f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                     tuple(values.values()),
@@ -507,8 +529,13 @@ class JobStore:
                 (new_supervisor, time.time(), job_id, old_supervisor),
             ).rowcount
             if taken:
-                self._event(conn, job_id, "running", "running", f"worker {old_supervisor} is gone; "
-                            f"worker {new_supervisor} watches the job now")  # fmt: skip
+                self._event(
+                    conn,
+                    job_id,
+                    "running",
+                    "running",
+                    f"worker {old_supervisor} is gone; worker {new_supervisor} watches the job now",
+                )
         return bool(taken)
 
     def note(self, job_id: str, reason: str) -> None:

@@ -63,9 +63,14 @@ class Supervisor:
     """Runs queued jobs as subprocesses, watches them, and records how each one ended."""
 
     def __init__(
-        self, store: JobStore | None = None, *, limits: JobLimits | None = None, poll_s: float = 0.5,
-        command: Callable[[Job], list[str]] | None = None, ray: RayJobRunner | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        store: JobStore | None = None,
+        *,
+        limits: JobLimits | None = None,
+        poll_s: float = 0.5,
+        command: Callable[[Job], list[str]] | None = None,
+        ray: RayJobRunner | None = None,
+    ) -> None:
         self.store = store or JobStore()
         self.limits = limits or self.store.limits
         self.poll_s = poll_s
@@ -176,9 +181,14 @@ class Supervisor:
                     self._ray.start(self.store, job)
                     return
                 proc = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    start_new_session=True, cwd=run_dir, env=env,
-                )  # fmt: skip
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    cwd=run_dir,
+                    env=env,
+                )
         except Exception as exc:  # a broken config or an unwritable disk fails this job, not the worker
             self.store.finish(job.id, self.id, Outcome("failed", f"could not start the job: {exc}", error=str(exc)))
             return

@@ -76,8 +76,7 @@ class ParallelTextOutput(_Wrapper):
 
 
 class _BottleneckMethod(Method):
-    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None, **kwargs) -> None:
         super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
         self.width = int(knob_value)
         if towers in ("text", "both"):
@@ -108,16 +107,19 @@ class SerialAdapter(_BottleneckMethod):
 
     def _wrap_text(self, index: int, layer: nn.Module, dim: int) -> None:
         attn_out = layer.attention.output
-        self.wrap(attn_out, "dense", SerialAfter(attn_out.dense, self, self._bottleneck(f"text-{index}-attn", dim,
-                                                                                         attn_out)))  # fmt: skip
+        self.wrap(
+            attn_out, "dense", SerialAfter(attn_out.dense, self, self._bottleneck(f"text-{index}-attn", dim, attn_out))
+        )
         ffn_out = unwrap(layer.output)
-        self.wrap(ffn_out, "dense", SerialAfter(ffn_out.dense, self, self._bottleneck(f"text-{index}-ffn", dim,
-                                                                                       ffn_out)))  # fmt: skip
+        self.wrap(
+            ffn_out, "dense", SerialAfter(ffn_out.dense, self, self._bottleneck(f"text-{index}-ffn", dim, ffn_out))
+        )
 
     def _wrap_vision(self, index: int, layer: nn.Module, dim: int) -> None:
         attn = unwrap(layer.self_attn)
-        self.wrap(attn, "projection", SerialAfter(attn.projection, self, self._bottleneck(f"vision-{index}-attn",
-                                                                                           dim, attn)))  # fmt: skip
+        self.wrap(
+            attn, "projection", SerialAfter(attn.projection, self, self._bottleneck(f"vision-{index}-attn", dim, attn))
+        )
         mlp = unwrap(layer.mlp)
         self.wrap(mlp, "fc2", SerialAfter(mlp.fc2, self, self._bottleneck(f"vision-{index}-ffn", dim, mlp)))
 
@@ -127,8 +129,9 @@ class ParallelAdapter(_BottleneckMethod):
     name = "parallel-adapter"
 
     def _wrap_text(self, index: int, layer: nn.Module, dim: int) -> None:
-        self.wrap(layer, "output", ParallelTextOutput(layer.output, self, self._bottleneck(f"text-{index}-ffn", dim,
-                                                                                            layer)))  # fmt: skip
+        self.wrap(
+            layer, "output", ParallelTextOutput(layer.output, self, self._bottleneck(f"text-{index}-ffn", dim, layer))
+        )
 
     def _wrap_vision(self, index: int, layer: nn.Module, dim: int) -> None:
         self.wrap(layer, "mlp", ParallelBeside(layer.mlp, self, self._bottleneck(f"vision-{index}-ffn", dim, layer)))

@@ -64,9 +64,18 @@ class Method:
     # option name -> default; `options` given to the constructor may set only these
     options_accepted: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, model: BlipForConditionalGeneration, ctx: AdapterContext, adapter: str, towers: str,
-                 knob_value: int | None, *, seed: int = 0, options: dict[str, Any] | None = None,
-                 tokenizer: PreTrainedTokenizerBase | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: BlipForConditionalGeneration,
+        ctx: AdapterContext,
+        adapter: str,
+        towers: str,
+        knob_value: int | None,
+        *,
+        seed: int = 0,
+        options: dict[str, Any] | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> None:
         unknown = sorted(set(options or {}) - set(self.options_accepted))
         if unknown:
             accepted = ", ".join(self.options_accepted) or "none"
@@ -88,8 +97,9 @@ class Method:
         self._handles: list[RemovableHandle] = []
         self._wrappers: list[nn.Module] = []
 
-    def seeded(self, shape: tuple[int, ...], device: torch.device,
-               fill: Callable[[torch.Tensor, torch.Generator], object]) -> torch.Tensor:  # fmt: skip
+    def seeded(
+        self, shape: tuple[int, ...], device: torch.device, fill: Callable[[torch.Tensor, torch.Generator], object]
+    ) -> torch.Tensor:
         """A tensor of `shape` on `device`, filled on the CPU by `fill(tensor, generator)` from this method's
         seeded generator (so the values do not depend on the device). Left empty on the meta device."""
         if torch.device(device).type == "meta":

@@ -46,6 +46,7 @@ class FullFineTune(Method):
         tied = set(getattr(self.model, "_tied_weights_keys", {}) or {})
         missing = [k for k in missing if k not in tied]
         if missing or unexpected:
-            raise KeyError(f"full fine-tuning weights do not match the model: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+            raise KeyError(
+                f"full fine-tuning weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         self.model.tie_weights()

@@ -74,10 +74,12 @@ def plan_method(model: BlipForConditionalGeneration, method: str, budget: Budget
     high_count = _count(config_json, method, towers, high)[0]
     target = budget.resolve(total)
     if not low_count <= target <= high_count:
-        message = (f"{method} cannot reach a budget of {target:,} trainable parameters here: with towers={towers} "
-                   f"it trains between {low_count:,} ({cls.knob} 1) and {high_count:,} ({cls.knob} {high}) "
-                   f"parameters ({100 * low_count / total:.3g}% to {100 * high_count / total:.3g}% of the "
-                   "model). Choose a budget in that range.")  # fmt: skip
+        message = (
+            f"{method} cannot reach a budget of {target:,} trainable parameters here: with towers={towers} "
+            f"it trains between {low_count:,} ({cls.knob} 1) and {high_count:,} ({cls.knob} {high}) "
+            f"parameters ({100 * low_count / total:.3g}% to {100 * high_count / total:.3g}% of the "
+            "model). Choose a budget in that range."
+        )
         nearest, count = (1, low_count) if target < low_count else (high, high_count)
         return Plan(method, cls.knob, nearest, count, 100 * count / total, low_count, high_count, False, message)
     slope = (_count(config_json, method, towers, 2)[0] - low_count) if high > 1 else 0
@@ -91,8 +93,10 @@ def fixed_count_plan(method: str, count: int, total: int, target: int, towers: s
     that count and refuses a smaller one, saying the count."""
     share = f"{count:,} parameters ({100 * count / total:.3g}% of the model) with towers={towers}"
     if target < count:
-        message = (f"{method} has no knob: it always trains {share}, so it cannot stay within a budget of "
-                   f"{target:,}. Give a budget of at least {count:,}, or choose a method with a knob.")  # fmt: skip
+        message = (
+            f"{method} has no knob: it always trains {share}, so it cannot stay within a budget of "
+            f"{target:,}. Give a budget of at least {count:,}, or choose a method with a knob."
+        )
         return Plan(method, None, None, count, 100 * count / total, count, count, False, message)
     message = f"{method} has no knob: it trains its fixed {share}, within the budget of {target:,}."
     return Plan(method, None, None, count, 100 * count / total, count, count, True, message)

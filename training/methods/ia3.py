@@ -49,20 +49,21 @@ from training.methods.wrappers import peft_targets, unwrapped_name
 class IA3(Method):
     name = "ia3"
 
-    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None, **kwargs) -> None:
         super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
         tower_list = TOWER_CHOICES[towers]
         attention = [n for t in tower_list for n in peft_targets(model, IA3_ATTENTION_TARGETS[t])]
         feed_forward = [n for t in tower_list for n in peft_targets(model, IA3_FEED_FORWARD_TARGETS[t])]
-        config = IA3Config(target_modules=attention + feed_forward, feedforward_modules=feed_forward,
-                           init_ia3_weights=True)  # fmt: skip
+        config = IA3Config(
+            target_modules=attention + feed_forward, feedforward_modules=feed_forward, init_ia3_weights=True
+        )
         # peft marks only adapters trainable on the whole model; the trainer sets requires_grad itself.
         inject_adapter_in_model(config, model, adapter_name=adapter)
         self.layers: dict[str, IA3Layer] = {
-            name: module for name, module in model.named_modules()
+            name: module
+            for name, module in model.named_modules()
             if isinstance(module, IA3Layer) and adapter in peft_adapters(module)
-        }  # fmt: skip
+        }
         self.set_active(False)
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:

@@ -43,8 +43,11 @@ STABLE_FROM_RANK = 4
 
 def lora_targets(towers: str) -> str:
     """peft's `target_modules` regex for the chosen towers."""
-    patterns = {"vision": [LORA_VISION_TARGETS], "text": [LORA_TEXT_TARGETS],
-                "both": [LORA_VISION_TARGETS, LORA_TEXT_TARGETS]}  # fmt: skip
+    patterns = {
+        "vision": [LORA_VISION_TARGETS],
+        "text": [LORA_TEXT_TARGETS],
+        "both": [LORA_VISION_TARGETS, LORA_TEXT_TARGETS],
+    }
     return "|".join(f"(?:{p})" for p in patterns[towers])
 
 
@@ -57,16 +60,16 @@ def lora_alpha(rank: int) -> float:
 class LoRA(Method):
     name = "lora"
 
-    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None, **kwargs) -> None:
         super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
         config = self.peft_config(int(knob_value), towers)
         # peft marks only adapters trainable on the whole model; the trainer sets requires_grad itself.
         inject_adapter_in_model(config, model, adapter_name=adapter)
         self.layers: dict[str, LoraLayer] = {
-            name: module for name, module in model.named_modules()
+            name: module
+            for name, module in model.named_modules()
             if isinstance(module, LoraLayer) and adapter in lora_adapters(module)
-        }  # fmt: skip
+        }
         for path in sorted(self.layers):
             layer = self.layers[path]
             # A as peft initialises it (B stays zero), but drawn from the run's seed.
@@ -78,8 +81,9 @@ class LoRA(Method):
     @staticmethod
     def peft_config(rank: int, towers: str) -> LoraConfig:
         """peft's config for this adapter (a subclass, DoRA, adds its own choices)."""
-        return LoraConfig(r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, bias="none",
-                          target_modules=lora_targets(towers))  # fmt: skip
+        return LoraConfig(
+            r=rank, lora_alpha=lora_alpha(rank), lora_dropout=0.0, bias="none", target_modules=lora_targets(towers)
+        )
 
     @classmethod
     def max_knob(cls, model, towers: str) -> int:

@@ -73,15 +73,17 @@ class PrefixedVisionAttention(nn.Module):
 class PrefixMLP(nn.Module):
     """Li & Liang's reparametrisation of one tower's prefixes: MLP(E) read as [L, 2, heads, P, head_dim]."""
 
-    def __init__(self, method: Method, length: int, layers: int, heads: int, head_dim: int,
-                 device: torch.device) -> None:  # fmt: skip
+    def __init__(
+        self, method: Method, length: int, layers: int, heads: int, head_dim: int, device: torch.device
+    ) -> None:
         super().__init__()
         dim = heads * head_dim
         hidden = min(dim, REPARAM_HIDDEN_CAP)
         self.shape = (length, layers, 2, heads, head_dim)
         self.embedding = nn.Parameter(method.seeded((length, dim), device, normal(1.0)))
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden, device="meta"), nn.Tanh(),
-                                 nn.Linear(hidden, layers * 2 * dim, device="meta"))  # fmt: skip
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden, device="meta"), nn.Tanh(), nn.Linear(hidden, layers * 2 * dim, device="meta")
+        )
         for linear in (self.mlp[0], self.mlp[2]):
             fan_in = linear.in_features
             linear.weight = nn.Parameter(method.seeded(tuple(linear.weight.shape), device, linear_init))
@@ -96,8 +98,7 @@ class PrefixTuning(Method):
     name = "prefix"
     options_accepted = {"reparam": False}
 
-    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None, **kwargs) -> None:
         super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
         length = int(knob_value)
         reparam = bool(self.options["reparam"])
@@ -128,8 +129,9 @@ class PrefixTuning(Method):
         if word_embeddings(self.model).weight.device.type == "meta":
             return torch.empty(shape, device="meta")
         ids = sample_words(self.tokenizer, length, self.generator).to(decoder.device)[None]
-        image = torch.zeros(1, 1, self.model.config.vision_config.hidden_size, device=decoder.device,
-                            dtype=decoder.dtype)  # fmt: skip
+        image = torch.zeros(
+            1, 1, self.model.config.vision_config.hidden_size, device=decoder.device, dtype=decoder.dtype
+        )
         active, training = self.ctx.active, decoder.training
         self.ctx.active = None
         decoder.eval()

@@ -31,8 +31,7 @@ class Vectors(nn.Module):
 def word_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Ids of the vocabulary's whole words: alphabetic tokens (no special, [unused*] or ##word-piece token)."""
     special = set(tokenizer.all_special_ids)
-    ids = [index for token, index in tokenizer.get_vocab().items()
-           if token.isalpha() and index not in special]  # fmt: skip
+    ids = [index for token, index in tokenizer.get_vocab().items() if token.isalpha() and index not in special]
     if not ids:
         raise ValueError("the tokenizer's vocabulary has no whole-word tokens to initialise prompt vectors from")
     return sorted(ids)
@@ -57,8 +56,7 @@ def normal(std: float):
 class PromptTuning(Method):
     name = "prompt"
 
-    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None, **kwargs) -> None:
         super().__init__(model, ctx, adapter, towers, knob_value, **kwargs)
         length = int(knob_value)
         if "text" in TOWER_CHOICES[towers]:

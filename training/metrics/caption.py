@@ -219,5 +219,7 @@ def cider_d(predictions: dict[str, str], references: dict[str, list[str]]) -> fl
     if not any(caption for captions in refs.values() for caption in captions):
         return 0.0
     per_image = Cider().compute_score(refs, hypotheses)[1]
-    return float(sum(0.0 if not hypotheses[i][0] else float(v) for i, v in zip(image_ids, per_image, strict=True))
-                 / len(image_ids))  # fmt: skip
+    return float(
+        sum(0.0 if not hypotheses[i][0] else float(v) for i, v in zip(image_ids, per_image, strict=True))
+        / len(image_ids)
+    )

@@ -14,8 +14,12 @@ from training.errors import UserError
 def register(subparsers: argparse._SubParsersAction) -> None:
     sweep = subparsers.add_parser("sweep", help="run a grid of runs from a YAML file (resumable)")
     sweep.add_argument("--config", required=True, help="sweep file, e.g. sweeps/smoke.yaml or sweeps/paper.yaml")
-    sweep.add_argument("--executor", choices=("local", "ray"), default="local",
-                       help="local: a process pool on this machine; ray: one Ray task per run")  # fmt: skip
+    sweep.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: a process pool on this machine; ray: one Ray task per run",
+    )
     sweep.add_argument("--jobs", type=int, default=1, help="local runs at a time (each gets cores // jobs threads)")
     sweep.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     sweep.add_argument("--num-cpus", type=float, default=None, help="CPUs each Ray task asks for (default: the file's)")
@@ -23,8 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--out", default=None, help="folder for the run directories (default: the file's `out`)")
     sweep.add_argument("--results", default=None, help="folder for runs.csv and sweep.json (default: the file's)")
     sweep.add_argument("--only", default=None, help="run only the points whose name matches this regular expression")
-    sweep.add_argument("--max-minutes", type=float, default=None,
-                       help="start no new run after this many minutes (run again later to go on)")  # fmt: skip
+    sweep.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="start no new run after this many minutes (run again later to go on)",
+    )
     sweep.add_argument("--dry-run", action="store_true", help="print the grid, the skipped points and an estimate")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -48,8 +56,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec.out = Path(args.out or spec.out).resolve()
     spec.results = Path(args.results or spec.results).resolve()
     if args.executor == "ray":
-        executor = RayExecutor(args.address, args.num_cpus if args.num_cpus is not None else spec.resources["num_cpus"],
-                               args.num_gpus if args.num_gpus is not None else spec.resources["num_gpus"])  # fmt: skip
+        executor = RayExecutor(
+            args.address,
+            args.num_cpus if args.num_cpus is not None else spec.resources["num_cpus"],
+            args.num_gpus if args.num_gpus is not None else spec.resources["num_gpus"],
+        )
         parallel = max(1, args.jobs)
     else:
         if args.address:
@@ -57,8 +68,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         executor = LocalExecutor(args.jobs)
         parallel = executor.jobs
     plan = plan_sweep(spec, args.only)
-    session = SweepSession(plan, executor, sweep_command(args), max_minutes=args.max_minutes, parallel=parallel,
-                           echo=lambda line: print(line, flush=True))  # fmt: skip
+    session = SweepSession(
+        plan,
+        executor,
+        sweep_command(args),
+        max_minutes=args.max_minutes,
+        parallel=parallel,
+        echo=lambda line: print(line, flush=True),
+    )
     print("\n".join(describe(plan, session.estimator, parallel)), flush=True)
     if args.dry_run:
         return 0
@@ -68,13 +85,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             meta = session.run()
         except KeyboardInterrupt:
             meta = session.write_outputs()
-            print(f"interrupted: {meta['done']} of {meta['runs_planned']} runs finished; run the same command to go "
-                  "on where it stopped.", file=sys.stderr)  # fmt: skip
+            print(
+                f"interrupted: {meta['done']} of {meta['runs_planned']} runs finished; run the same command to go "
+                "on where it stopped.",
+                file=sys.stderr,
+            )
             return 130
         finally:
             signal.signal(signal.SIGTERM, previous)
-    print(f"{meta['done']} of {meta['runs_planned']} runs finished, {meta['failed']} failed, "
-          f"{meta['remaining']} to go; table {spec.results / 'runs.csv'}")  # fmt: skip
+    print(
+        f"{meta['done']} of {meta['runs_planned']} runs finished, {meta['failed']} failed, "
+        f"{meta['remaining']} to go; table {spec.results / 'runs.csv'}"
+    )
     for failure in meta["failures"]:
         print(f"failed: {failure['run']} (exit {failure['returncode']}): {failure['error'][-300:]}", file=sys.stderr)
     return 1 if meta["failed"] else 0

@@ -75,8 +75,14 @@ def run_train_process(job: RunJob) -> RunResult:
     command = [sys.executable, "-m", "training", "train", *job.train_args, "--out", str(run_dir)]
     started = time.perf_counter()
     with open(run_dir / runs.LOG, "a", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                   env=run_environment(job.threads), preexec_fn=_die_with_parent)  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=run_environment(job.threads),
+            preexec_fn=_die_with_parent,
+        )
         try:
             returncode = process.wait()
         except BaseException:
@@ -231,8 +237,12 @@ def connect_ray(address: str | None) -> bool:
 def ray_task_options(num_cpus: float, num_gpus: float) -> dict:
     """Options of a run's Ray task: its resource request, no retry (a run is not idempotent), and the
     project root on the worker's path, since workers import this package to run the task."""
-    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 0,
-            "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}}  # fmt: skip
+    return {
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "max_retries": 0,
+        "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
+    }
 
 
 class RayExecutor:

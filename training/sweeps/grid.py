@@ -35,8 +35,23 @@ from training.errors import UserError
 
 # RunConfig fields the grid sets itself; a sweep file may set every other field in `settings` or per task.
 GRID_FIELDS = {"task", "method", "budget", "data_fraction", "seed", "base_model", "dataset"}
-TOP_KEYS = {"name", "out", "results", "base_model", "datasets", "tasks", "methods", "seeds", "budgets", "fractions",
-            "data_axis", "budget_axis", "settings", "resources", "estimate_s"}  # fmt: skip
+TOP_KEYS = {
+    "name",
+    "out",
+    "results",
+    "base_model",
+    "datasets",
+    "tasks",
+    "methods",
+    "seeds",
+    "budgets",
+    "fractions",
+    "data_axis",
+    "budget_axis",
+    "settings",
+    "resources",
+    "estimate_s",
+}
 
 
 @dataclass(frozen=True)
@@ -111,9 +126,11 @@ class SweepSpec:
 
     def axes(self) -> list[str]:
         """The grid's forms in words, for the dry run."""
+
         def budgets(by_method: dict[str, list[Budget]]) -> str:
-            return "; ".join(("" if m == "*" else f"{m}: ") + ", ".join(budget_text(b) for b in v)
-                             for m, v in by_method.items())  # fmt: skip
+            return "; ".join(
+                ("" if m == "*" else f"{m}: ") + ", ".join(budget_text(b) for b in v) for m, v in by_method.items()
+            )
 
         lines = []
         if self.budgets is not None and self.fractions is not None:
@@ -128,8 +145,13 @@ class SweepSpec:
     def run_config(self, point: GridPoint) -> RunConfig:
         """The RunConfig of one grid point: settings, then the task's overrides, then the point itself."""
         values = {**self.settings, **self.tasks[point.task]}
-        values.update(task=point.task, method=point.method, seed=point.seed, base_model=self.base_model,
-                      dataset=self.datasets.get(point.task))  # fmt: skip
+        values.update(
+            task=point.task,
+            method=point.method,
+            seed=point.seed,
+            base_model=self.base_model,
+            dataset=self.datasets.get(point.task),
+        )
         if point.budget is not None:
             values["budget"] = str(point.budget)
         if point.fraction is not None:
@@ -180,8 +202,9 @@ def parse_spec(data: dict, file_name: str = "sweep") -> SweepSpec:
         raise UserError("A sweep file must be a YAML mapping (name, tasks, methods, seeds, ...).")
     unknown = set(data) - TOP_KEYS
     if unknown:
-        raise UserError(f"Unknown keys in the sweep file: {', '.join(sorted(unknown))}. "
-                        f"Known keys: {', '.join(sorted(TOP_KEYS))}.")  # fmt: skip
+        raise UserError(
+            f"Unknown keys in the sweep file: {', '.join(sorted(unknown))}. Known keys: {', '.join(sorted(TOP_KEYS))}."
+        )
     name = str(data.get("name") or file_name)
     tasks = _tasks(data.get("tasks", list(TASKS)))
     methods = _list(data.get("methods"), "methods")
@@ -194,10 +217,17 @@ def parse_spec(data: dict, file_name: str = "sweep") -> SweepSpec:
     if not isinstance(datasets, dict) or set(datasets) - set(TASKS):
         raise UserError("`datasets` must map a task (caption, vqa) to a dataset folder or Hub id.")
     spec = SweepSpec(
-        name=name, out=Path(data.get("out") or f"runs/sweeps/{name}"), results=Path(data.get("results") or "results"),
-        base_model=_source(data.get("base_model")), datasets={t: _source(datasets.get(t)) for t in TASKS}, tasks=tasks,
-        methods=methods, seeds=seeds, settings=settings, source=data,
-    )  # fmt: skip
+        name=name,
+        out=Path(data.get("out") or f"runs/sweeps/{name}"),
+        results=Path(data.get("results") or "results"),
+        base_model=_source(data.get("base_model")),
+        datasets={t: _source(datasets.get(t)) for t in TASKS},
+        tasks=tasks,
+        methods=methods,
+        seeds=seeds,
+        settings=settings,
+        source=data,
+    )
     if "budgets" in data or "fractions" in data:
         if "budgets" not in data or "fractions" not in data:
             raise UserError("A cross-product grid needs both `budgets` and `fractions`.")
@@ -211,8 +241,10 @@ def parse_spec(data: dict, file_name: str = "sweep") -> SweepSpec:
         spec.budget_axis = (parse_fraction(axis["fraction"]), _budgets(axis["budgets"], "budget_axis.budgets"))
     if spec.budgets is None and spec.data_axis is None and spec.budget_axis is None:
         if set(methods) - {"zero-shot"}:
-            raise UserError("The sweep file gives no grid: add `budgets` and `fractions` (a cross product), "
-                            "or `data_axis` and/or `budget_axis`.")  # fmt: skip
+            raise UserError(
+                "The sweep file gives no grid: add `budgets` and `fractions` (a cross product), "
+                "or `data_axis` and/or `budget_axis`."
+            )
         spec.data_axis = (parse_budget(RunConfig().budget), [1.0])
     resources = data.get("resources") or {}
     if not isinstance(resources, dict) or set(resources) - {"num_cpus", "num_gpus"}:
@@ -221,8 +253,9 @@ def parse_spec(data: dict, file_name: str = "sweep") -> SweepSpec:
     estimate = data.get("estimate_s") or {}
     if not isinstance(estimate, dict) or set(estimate) - set(TASKS):
         raise UserError("`estimate_s` maps a task to the expected seconds of one run, e.g. {caption: 40}.")
-    spec.estimate_s = {t: {m: float(s) for m, s in v.items()} if isinstance(v, dict) else float(v)
-                       for t, v in estimate.items()}  # fmt: skip
+    spec.estimate_s = {
+        t: {m: float(s) for m, s in v.items()} if isinstance(v, dict) else float(v) for t, v in estimate.items()
+    }
     for point in spec.points()[:1]:
         spec.run_config(point)  # the settings must make a valid RunConfig
     return spec
@@ -284,8 +317,9 @@ def _overrides(value, key: str) -> dict:
     known = {f.name for f in dataclasses.fields(RunConfig)} - GRID_FIELDS
     unknown = set(value) - known
     if unknown:
-        raise UserError(f"`{key}` has unknown run settings {', '.join(sorted(unknown))}; "
-                        f"known: {', '.join(sorted(known))}.")  # fmt: skip
+        raise UserError(
+            f"`{key}` has unknown run settings {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}."
+        )
     return dict(value)
 
 

@@ -114,9 +114,11 @@ def describe(plan: SweepPlan, estimator: Estimator, parallel: int) -> list[str]:
     """What a sweep will do: the grid by task and method, the skipped points and why, and a time estimate."""
     spec = plan.spec
     finished = len(plan.points) - len([p for p in plan.points if not plan.finished(p)])
-    lines = [f"sweep {spec.name}: {len(plan.points) + len(plan.skipped)} grid points, {len(plan.skipped)} skipped "
-             f"(budget out of the method's range), {len(plan.points)} runs: {finished} finished, "
-             f"{len(plan.todo)} to run now"]  # fmt: skip
+    lines = [
+        f"sweep {spec.name}: {len(plan.points) + len(plan.skipped)} grid points, {len(plan.skipped)} skipped "
+        f"(budget out of the method's range), {len(plan.points)} runs: {finished} finished, "
+        f"{len(plan.todo)} to run now"
+    ]
     lines.append(f"  runs in {spec.out / 'runs'}; table {spec.results / TABLE}")
     lines += [f"  {line}" for line in spec.axes()]
     header = f"  {'task':<8} {'method':<17} {'runs':>5} {'budgets':>7} {'fractions':>9} {'seeds':>5} {'est/run':>8}"
@@ -127,16 +129,20 @@ def describe(plan: SweepPlan, estimator: Estimator, parallel: int) -> list[str]:
             if not group:
                 continue
             expected = estimator.expected(group[0])
-            lines.append(f"  {task:<8} {method:<17} {len(group):>5} {len({p.budget for p in group}):>7} "
-                         f"{len({p.fraction for p in group}):>9} {len({p.seed for p in group}):>5} "
-                         f"{format_duration(expected):>8}")  # fmt: skip
+            lines.append(
+                f"  {task:<8} {method:<17} {len(group):>5} {len({p.budget for p in group}):>7} "
+                f"{len({p.fraction for p in group}):>9} {len({p.seed for p in group}):>5} "
+                f"{format_duration(expected):>8}"
+            )
     reasons = Counter(s.reason for s in plan.skipped)
     for reason, count in sorted(reasons.items()):
         lines.append(f"  skipped {count} x {reason}")
     total = estimator.total(plan.todo, parallel)
     basis = "measured runs" if estimator.seen else "the sweep file's estimate_s"
-    lines.append(f"  estimated wall time of the {len(plan.todo)} runs to go: {format_duration(total)} "
-                 f"({parallel} at a time; per-run times from {basis})")  # fmt: skip
+    lines.append(
+        f"  estimated wall time of the {len(plan.todo)} runs to go: {format_duration(total)} "
+        f"({parallel} at a time; per-run times from {basis})"
+    )
     return lines
 
 
@@ -144,10 +150,14 @@ def machine_info(threads_per_run: int | None) -> dict:
     import torch
 
     return {
-        "platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "threads_per_run": threads_per_run,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads_per_run": threads_per_run,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }  # fmt: skip
+    }
 
 
 def _cpu_model() -> str:
@@ -172,8 +182,9 @@ class SweepLock:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.handle.close()
-            raise UserError(f"Another sweep is running in {self.handle.name.rsplit('/', 1)[0]}: wait for it, "
-                            "or stop it first.") from None  # fmt: skip
+            raise UserError(
+                f"Another sweep is running in {self.handle.name.rsplit('/', 1)[0]}: wait for it, or stop it first."
+            ) from None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -183,8 +194,15 @@ class SweepLock:
 class SweepSession:
     """One invocation of a sweep: runs the plan's points and keeps the table and sweep.json current."""
 
-    def __init__(self, plan: SweepPlan, executor, command: str, echo: Callable[[str], None] = print,
-                 max_minutes: float | None = None, parallel: int = 1) -> None:  # fmt: skip
+    def __init__(
+        self,
+        plan: SweepPlan,
+        executor,
+        command: str,
+        echo: Callable[[str], None] = print,
+        max_minutes: float | None = None,
+        parallel: int = 1,
+    ) -> None:
         self.plan, self.spec, self.executor = plan, plan.spec, executor
         self.command, self.echo, self.max_minutes, self.parallel = command, echo, max_minutes, parallel
         self.started = time.time()
@@ -245,12 +263,16 @@ class SweepSession:
             self.write_outputs()
             self.echo(self.progress_line(point, result))
             if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                raise UserError(f"{MAX_FAILURES_IN_A_ROW} runs failed in a row; the last one said:\n{result.error}\n"
-                                f"Fix the cause and run the sweep again: it goes on where it stopped.")  # fmt: skip
+                raise UserError(
+                    f"{MAX_FAILURES_IN_A_ROW} runs failed in a row; the last one said:\n{result.error}\n"
+                    f"Fix the cause and run the sweep again: it goes on where it stopped."
+                )
         meta = self.write_outputs()
         if self.stopped_by_time:
-            self.echo(f"time limit of {self.max_minutes:g} min reached: {meta['remaining']} runs left; run the same "
-                      "command again to go on.")  # fmt: skip
+            self.echo(
+                f"time limit of {self.max_minutes:g} min reached: {meta['remaining']} runs left; run the same "
+                "command again to go on."
+            )
         return meta
 
     def progress_line(self, point: GridPoint, result: RunResult) -> str:
@@ -267,35 +289,54 @@ class SweepSession:
         else:
             last = result.error.strip().splitlines()[-1] if result.error.strip() else ""
             outcome = f"FAILED (exit {result.returncode}) {last[:120]}"
-        return (f"[{finished:>{len(str(total))}}/{total}] {point.name}  {outcome}  {result.wall_s:.0f}s  "
-                f"elapsed {elapsed}  ETA {format_duration(eta)}")  # fmt: skip
+        return (
+            f"[{finished:>{len(str(total))}}/{total}] {point.name}  {outcome}  {result.wall_s:.0f}s  "
+            f"elapsed {elapsed}  ETA {format_duration(eta)}"
+        )
 
     def write_outputs(self) -> dict:
         """Rewrite runs.csv from every finished run of the grid, and sweep.json beside it."""
         rows = [row for p in self.plan.points if (row := run_row(p, self.plan.run_dir(p), self.shas))]
         write_table(rows, self.spec.results / TABLE)
         finished = [p for p in self.plan.points if self.plan.finished(p)]
-        write_item_scores([line for p in finished if (line := item_scores(p, self.plan.run_dir(p)))],
-                          self.spec.results / ITEM_SCORES)  # fmt: skip
+        write_item_scores(
+            [line for p in finished if (line := item_scores(p, self.plan.run_dir(p)))], self.spec.results / ITEM_SCORES
+        )
         now = time.time()
-        session = {"started_at": _iso(self.started), "wall_s": round(now - self.started, 1), "runs": self.ran,
-                   "command": self.command}  # fmt: skip
+        session = {
+            "started_at": _iso(self.started),
+            "wall_s": round(now - self.started, 1),
+            "runs": self.ran,
+            "command": self.command,
+        }
         sessions = [*self.previous.get("sessions", []), session]
         remaining = sum(1 for p in self.plan.points if not self.plan.finished(p))
         meta = {
-            "name": self.spec.name, "command": self.command, "machine": self.machine, **self.executor.describe(),
-            "started_at": sessions[0]["started_at"], "updated_at": _iso(now),
+            "name": self.spec.name,
+            "command": self.command,
+            "machine": self.machine,
+            **self.executor.describe(),
+            "started_at": sessions[0]["started_at"],
+            "updated_at": _iso(now),
             "finished_at": _iso(now) if remaining == 0 else None,
-            "wall_s": round(sum(s["wall_s"] for s in sessions), 1), "sessions": sessions,
-            "grid_size": len(self.plan.points) + len(self.plan.skipped), "runs_planned": len(self.plan.points),
-            "skipped": len(self.plan.skipped), "done": len(rows), "failed": len(self.failed),
-            "remaining": remaining, "failures": list(self.failed.values()),
+            "wall_s": round(sum(s["wall_s"] for s in sessions), 1),
+            "sessions": sessions,
+            "grid_size": len(self.plan.points) + len(self.plan.skipped),
+            "runs_planned": len(self.plan.points),
+            "skipped": len(self.plan.skipped),
+            "done": len(rows),
+            "failed": len(self.failed),
+            "remaining": remaining,
+            "failures": list(self.failed.values()),
             "skipped_points": [{"run": s.point.name, "reason": s.reason} for s in self.plan.skipped],
-            "base_model": display_path(self._base_model_path()), "base_model_sha": self.shas["base_model"],
-            "datasets": {t: {"source": display_path(self._dataset_path(t)), "sha": self.shas.get(t)}
-                         for t in self.spec.tasks},
-            "out": display_path(str(self.spec.out)), "spec": self.spec.source,
-        }  # fmt: skip
+            "base_model": display_path(self._base_model_path()),
+            "base_model_sha": self.shas["base_model"],
+            "datasets": {
+                t: {"source": display_path(self._dataset_path(t)), "sha": self.shas.get(t)} for t in self.spec.tasks
+            },
+            "out": display_path(str(self.spec.out)),
+            "spec": self.spec.source,
+        }
         runs.write_json(self.spec.results / META, meta)
         return meta
 
