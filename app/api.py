@@ -23,9 +23,9 @@ from gradio.data_classes import FileData
 from app.services import Services
 from app.tabs.common import optional_int, shows_user_errors, submitter
 from app.tabs.train import run_config
-from training.config import TASKS, TOWERS
 from training.errors import UserError
 from training.methods import METHODS
+from training.run.config import TASKS, TOWERS
 
 MAX_TEXT = 300  # characters of a text argument (a budget, a model id, a path): longer is refused
 MAX_ID_SHOWN = 40  # characters of a bad job id echoed back in an error

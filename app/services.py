@@ -26,20 +26,20 @@ from transformers import BlipForConditionalGeneration
 
 from app.people import person
 from app.settings import Settings
-from training import runs
-from training.base_model import load_base_config, meta_model
 from training.catalog import MAIN_METRIC
-from training.compare import Column, Comparer, check_image
-from training.config import RunConfig, parse_budget, planned_steps
 from training.data.archive import DatasetSummary, StoredDataset, install_zip, stored_datasets, summarize
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
 from training.errors import UserError
-from training.export import PEFT_FOLDER, is_lora_run, run_readme, write_peft_adapter
 from training.jobs import JobStore, Supervisor, job_status
 from training.jobs.status import read_progress
 from training.jobs.store import ACTIVE_STATES, PersonalLimitReached
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
-from training.tasks import training_pairs
+from training.model.base_model import load_base_config, meta_model
+from training.model.compare import Column, Comparer, check_image
+from training.run import runs
+from training.run.config import RunConfig, parse_budget, planned_steps
+from training.run.export import PEFT_FOLDER, is_lora_run, run_readme, write_peft_adapter
+from training.run.tasks import training_pairs
 
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
@@ -352,7 +352,7 @@ class Services:
         return self._once(self._datasets, (task, source), lambda: load_dataset(source, task))
 
     def training_size(self, config: RunConfig) -> TrainingSize:
-        """What the trainer will do with this config: the same subset and step count (see `training.trainer.train`)."""
+        """What the trainer will do with this config: the same subset and step count (`training.run.trainer.train`)."""
         train = self.dataset(config.task, config.dataset).split("train")
         subset = [train[i] for i in nested_fraction(len(train), config.data_fraction, config.seed)]
         pairs = len(training_pairs(config.task, subset))

@@ -20,9 +20,9 @@ from pathlib import Path
 import yaml
 
 from app.services import Services
-from training.config import RunConfig
 from training.errors import UserError
 from training.jobs.store import FINAL_STATES, PersonalLimitReached, new_job_id
+from training.run.config import RunConfig
 from training.sweeps.grid import GridPoint, Skipped, SweepSpec, budget_text, parse_spec
 
 SWEEP_FILE = "sweep.yaml"

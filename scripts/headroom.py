@@ -4,7 +4,7 @@
     .venv/bin/python scripts/headroom.py --table
 
 Each run trains on 100 % of the caption data with the project's trainer into RUNS/<model>/<name>, is scored
-on the validation split (`training.embedded.score_on_validation`) and appends a row to RUNS/headroom.jsonl.
+on the validation split (`training.pretraining.embedded.score_on_validation`) and appends a row to RUNS/headroom.jsonl.
 A run whose row is already there is skipped, so the script resumes. The trainer's own end-of-run test
 evaluation is cut to one example (eval_limit) and never read: the test split steers nothing here.
 """
@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import runs  # noqa: E402
-from training.config import RunConfig  # noqa: E402
-from training.embedded import VALIDATION, score_on_validation  # noqa: E402
 from training.paths import REPO_ROOT  # noqa: E402
-from training.trainer import train  # noqa: E402
+from training.pretraining.embedded import VALIDATION, score_on_validation  # noqa: E402
+from training.run import runs  # noqa: E402
+from training.run.config import RunConfig  # noqa: E402
+from training.run.trainer import train  # noqa: E402
 
 TABLE = "headroom.jsonl"
 

@@ -70,7 +70,7 @@ def write_tiny_dataset(root: Path, task: str, sizes: dict[str, int], seed: int =
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from training.base_model import build_blip, save_base_model
+    from training.model.base_model import build_blip, save_base_model
 
     base = build_blip(
         list(TINY_WORDS),

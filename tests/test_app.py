@@ -22,16 +22,16 @@ from app.figures import metric_figure
 from app.services import Comparison, RunRecord, Services
 from app.settings import Settings, parse_auth
 from app.tabs import compare, explore, runs, train
-from training.base_model import load_base_model
 from training.catalog import METHOD_NAMES
-from training.compare import Column
-from training.config import TOWERS, RunConfig
 from training.errors import UserError
 from training.jobs.limits import JobLimits
 from training.jobs.outcome import KILLED_HINT
 from training.jobs.store import Outcome
+from training.model.base_model import load_base_model
+from training.model.compare import Column
+from training.model.vlmodel import VLModel
 from training.paths import REPO_ROOT
-from training.vlmodel import VLModel
+from training.run.config import TOWERS, RunConfig
 
 LIMITS = JobLimits(max_queued=20, max_queued_per_submitter=20, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
 
@@ -606,7 +606,7 @@ def test_explore_reads_like_a_report_and_your_runs_obey_the_held_value(tmp_path:
 
 
 def test_the_sweep_report_verdict_is_shown_without_its_images(tmp_path: Path):
-    from training.report import build_report
+    from training.study.report import build_report
 
     write_sweep(tmp_path)
     build_report(tmp_path / "runs.csv", figures=False)

@@ -21,8 +21,8 @@ from app.settings import Settings
 from tests.conftest import write_tiny_dataset
 from tests.test_app_server import LIMITS, launch, shut_down, tiny_settings
 from tests.test_upload import zip_folder
-from training.config import RunConfig
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
+from training.run.config import RunConfig
 from training.sweeps.grid import load_spec
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.conftest import TINY_WORDS
-from training import runs
-from training.blip_base import TEXT_CONFIG, VISION_CONFIG, save_blip_base
 from training.cli import main
+from training.model.blip_base import TEXT_CONFIG, VISION_CONFIG, save_blip_base
+from training.run import runs
 
 pytestmark = pytest.mark.slow
 
@@ -162,7 +162,7 @@ def test_one_training_step_and_one_decode_per_method(base_runs, base_dir):
 
 
 def test_compare_of_three_adapters_answers_at_base_size(base_runs, base_dir, tiny_vqa_dataset):
-    from training.compare import Comparer
+    from training.model.compare import Comparer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     comparer = Comparer(str(base_dir), device=device)

@@ -1,4 +1,4 @@
-"""What training/blip_internals.py assumes about transformers' BLIP and peft's LoRA layers, one test each, so an
+"""What training/model/blip_internals.py assumes about transformers' BLIP and peft's LoRA layers, one test each, so an
 upgrade that moves something fails here and the test's name says which assumption broke."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from training import blip_internals as bi
-from training.base_model import load_base_model
+from training.model import blip_internals as bi
+from training.model.base_model import load_base_model
 
 
 @pytest.fixture(scope="module")

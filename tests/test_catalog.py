@@ -67,7 +67,7 @@ def test_the_app_and_the_report_read_the_catalog():
     from app.figures import METHOD_COLORS
     from app.format import METHOD_LABELS, TASK_LABELS
     from app.tabs.train import METHOD_ORDER
-    from training import report
+    from training.study import report
 
     assert METHOD_LABELS == {n: i.label for n, i in CATALOG.items()}
     assert METHOD_COLORS == {n: i.colour for n, i in CATALOG.items()}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import parse_budget
 from training.errors import UserError
+from training.run.config import parse_budget
 
 REPO = Path(__file__).resolve().parent.parent
 

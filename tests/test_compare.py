@@ -7,16 +7,16 @@ import torch
 from PIL import Image
 
 from tests.conftest import draw_tiny
-from training import compare as compare_module
-from training.base_model import load_base_model
-from training.compare import Comparer, GivenImage, answer, check_image
-from training.config import RunConfig
 from training.data.dataset import Example
 from training.errors import UserError
-from training.pixels import PixelCache
-from training.tasks import Encoder, prompt_text
-from training.trainer import train
-from training.vlmodel import VLModel
+from training.model import compare as compare_module
+from training.model.base_model import load_base_model
+from training.model.compare import Comparer, GivenImage, answer, check_image
+from training.model.pixels import PixelCache
+from training.model.vlmodel import VLModel
+from training.run.config import RunConfig
+from training.run.tasks import Encoder, prompt_text
+from training.run.trainer import train
 
 
 @pytest.fixture(scope="module")

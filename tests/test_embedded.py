@@ -8,14 +8,14 @@ import shutil
 import pytest
 import torch
 
-from training.base_model import load_base_model
-from training.compare import GivenImage
 from training.data import scenes
 from training.data.dataset import DEFAULT_DATASETS, Example, load_dataset
+from training.model.base_model import load_base_model
+from training.model.compare import GivenImage
+from training.model.pixels import PixelCache
+from training.model.vlmodel import VLModel
 from training.paths import DEFAULT_MODEL_DIR
-from training.pixels import PixelCache
-from training.tasks import Encoder, prompt_text
-from training.vlmodel import VLModel
+from training.run.tasks import Encoder, prompt_text
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_zero_shot_model_answers_a_question_with_some_text(embedded):
 
 
 def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):
-    from training.pretrain import PretrainConfig, pretrain
+    from training.pretraining.pretrain import PretrainConfig, pretrain
 
     config = PretrainConfig(
         steps=3,
@@ -109,8 +109,8 @@ TINY_RUNS = {"max_steps": 2, "max_new_tokens": 4, "eval_limit": 2, "budget": "2%
 def test_embedded_report_measures_every_figure_from_runs_it_makes(
     tmp_path, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset
 ):
-    from training.embedded import CAPTION_CANDIDATES, VALIDATION, report
     from training.errors import UserError
+    from training.pretraining.embedded import CAPTION_CANDIDATES, VALIDATION, report
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -158,9 +158,9 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
 def test_a_run_is_scored_on_the_validation_split_whatever_its_folder_is_called(
     tmp_path, tiny_model_dir, tiny_caption_dataset
 ):
-    from training.config import RunConfig
-    from training.embedded import VALIDATION, score_on_validation
-    from training.trainer import train
+    from training.pretraining.embedded import VALIDATION, score_on_validation
+    from training.run.config import RunConfig
+    from training.run.trainer import train
 
     run_dir = tmp_path / "lora-lr0.006-s0"  # a dot, which no adapter name may hold
     config = RunConfig(

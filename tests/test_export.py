@@ -19,11 +19,11 @@ from app.services import Services
 from app.settings import Settings
 from tests.conftest import draw_tiny
 from tests.test_jobs import wait_for
-from training.config import RunConfig
-from training.export import run_readme
 from training.jobs.limits import JobLimits
-from training.tasks import Encoder, prompt_text
-from training.trainer import load_run
+from training.run.config import RunConfig
+from training.run.export import run_readme
+from training.run.tasks import Encoder, prompt_text
+from training.run.trainer import load_run
 
 LIMITS = JobLimits(max_queued=5, max_queued_per_submitter=5, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
 

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from training import gpu_check
-from training.bench import Setting, measure_training
-from training.config import RunConfig
 from training.paths import REPO_ROOT
+from training.run.config import RunConfig
+from training.study import gpu_check
+from training.study.bench import Setting, measure_training
 
 
 @pytest.mark.slow

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from training.cli import main
-from training.config import RunConfig
 from training.errors import UserError
 from training.jobs import outcome
 from training.jobs.limits import JobLimits
@@ -27,6 +26,7 @@ from training.jobs.store import Job, JobStore, Outcome
 from training.jobs.supervisor import Supervisor, live_supervisors
 from training.metrics.caption import JAVA_MISSING_MESSAGE
 from training.paths import REPO_ROOT
+from training.run.config import RunConfig
 
 FAKE_TRAINER = textwrap.dedent(
     """
@@ -505,7 +505,7 @@ def test_many_submissions_from_several_processes_are_all_kept_and_each_runs_once
     script = textwrap.dedent(
         """
         import sys
-        from training.config import RunConfig
+        from training.run.config import RunConfig
         from training.jobs.store import JobStore
         from tests.test_jobs import LIMITS
         store = JobStore(limits=LIMITS)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.test_jobs import group_members, wait_for
-from training.config import RunConfig
 from training.jobs.limits import JobLimits
 from training.jobs.outcome import KILLED_HINT
 from training.jobs.process import is_alive, signal_group
@@ -20,6 +19,7 @@ from training.jobs.status import job_status
 from training.jobs.store import JobStore
 from training.jobs.supervisor import Supervisor
 from training.paths import REPO_ROOT
+from training.run.config import RunConfig
 
 pytestmark = pytest.mark.slow
 

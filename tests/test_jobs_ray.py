@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from training import runs
-from training.config import RunConfig
 from training.jobs.limits import JobLimits
 from training.jobs.ray_runner import TOKEN, RayJobRunner, Shipper, write_pieces
 from training.jobs.status import job_status
 from training.jobs.store import JobStore
 from training.jobs.supervisor import Supervisor
+from training.run import runs
+from training.run.config import RunConfig
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
-from training.base_model import load_base_model
 from training.methods.budget import count_trainable, plan_method
-from training.vlmodel import VLModel
+from training.model.base_model import load_base_model
+from training.model.vlmodel import VLModel
 
 ZERO_INIT = ["lora", "serial-adapter", "parallel-adapter", "ia3", "dora"]  # the base model at init (IA3: ones)
 PEFT = ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3", "dora"]
@@ -256,7 +256,7 @@ def test_prompt_positions_skipped_in_the_last_layer_change_no_logit_or_gradient(
 
 
 def test_reserved_cache_layer_equals_concatenation_within_and_beyond_its_room():
-    from training.vlmodel import ReservedLayer
+    from training.model.vlmodel import ReservedLayer
 
     generator = torch.Generator().manual_seed(5)
     keys, values = (torch.randn(2, 3, 4, 5, generator=generator) for _ in range(2))

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training import runs
-from training.config import RunConfig, val_every
 from training.data.dataset import Example, TaskDataset, load_dataset, with_validation
 from training.errors import UserError
-from training.sweeps.table import item_scores
-from training.trainer import train
-from training.tuning import (
+from training.run import runs
+from training.run.config import RunConfig, val_every
+from training.run.trainer import train
+from training.run.validation import Validator, main_metric_score
+from training.study.tuning import (
     LR_COLUMNS,
     TuneTarget,
     best_of,
@@ -25,7 +25,7 @@ from training.tuning import (
     tune,
     write_rows,
 )
-from training.validation import Validator, main_metric_score
+from training.sweeps.table import item_scores
 
 
 def config(model, data, **overrides) -> RunConfig:
@@ -90,7 +90,7 @@ def test_the_best_checkpoint_is_what_is_saved(tiny_model_dir, tiny_vqa_dataset, 
 
 
 def test_no_test_mode_never_reads_the_test_split(tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch):
-    import training.trainer as trainer
+    import training.run.trainer as trainer
 
     def no_test(*args, **kwargs):
         raise AssertionError("the test split was scored")
@@ -122,7 +122,7 @@ def test_validation_interval_is_half_an_epoch_clamped():
 
 def test_cli_arguments_round_trip_the_protocol_options():
     from training.cli import build_parser
-    from training.config import config_from_args
+    from training.run.config import config_from_args
 
     cfg = RunConfig(
         method="prefix", patience=5, val_every=20, val_limit=50, score_test=False, method_options={"reparam": True}
@@ -160,7 +160,7 @@ def test_a_dataset_with_its_own_validation_split_is_kept(tiny_vqa_dataset):
 
 
 def test_main_metric_matches_the_full_scorers(tiny_caption_dataset):
-    from training.evaluation import score
+    from training.run.evaluation import score
 
     examples = load_dataset(str(tiny_caption_dataset), "caption").split("test")
     predictions = [e.captions[0] if i % 2 else "a blue circle" for i, e in enumerate(examples)]

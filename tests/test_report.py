@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from training.cli import main
-from training.report import (
+from training.study.report import (
     BOOTSTRAP_SEED,
     FLAT_TOLERANCE,
     NOT,
@@ -418,7 +418,7 @@ def test_the_answer_prior_is_computed_from_the_table_s_vqa_dataset(tmp_path):
     line = next(x for x in report.splitlines() if x.startswith("- Answer prior"))
     assert "from `assets/datasets/scene-vqa`" in line
     from training.data.dataset import load_dataset
-    from training.embedded import answer_prior
+    from training.pretraining.embedded import answer_prior
 
     expected = answer_prior(load_dataset("assets/datasets/scene-vqa", "vqa"))["accuracy"]
     assert f"): {expected:.1f} %." in line

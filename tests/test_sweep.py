@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from training.cli import main
-from training.config import parse_budget
 from training.errors import UserError
 from training.paths import REPO_ROOT
+from training.run.config import parse_budget
 from training.sweeps.grid import GridPoint, budget_label, filter_feasible, load_spec, parse_spec
 
 REQUIRED_COLUMNS = {
@@ -207,9 +207,9 @@ def test_points_a_method_cannot_reach_are_skipped_with_the_reason(tiny_model_dir
 
 
 def test_the_shipped_sweep_files_describe_the_papers_grid_and_a_small_one(tmp_path):
-    from training.base_model import build_blip, save_base_model
     from training.data import scenes
-    from training.pretrain import EXTRA_WORDS, PretrainConfig
+    from training.model.base_model import build_blip, save_base_model
+    from training.pretraining.pretrain import EXTRA_WORDS, PretrainConfig
 
     embedded = REPO_ROOT / "assets" / "scene-blip"
     if not (embedded / "config.json").is_file():  # the embedded model's architecture, untrained, for the counts

@@ -12,7 +12,7 @@ import pytest
 
 from training.errors import UserError
 from training.paths import REPO_ROOT
-from training.tracking import NoTracker, eval_scalars, open_tracker, training_scalars
+from training.run.tracking import NoTracker, eval_scalars, open_tracker, training_scalars
 
 ROWS = [
     {"step": 1, "total_steps": 3, "epoch": 0.1, "loss": 2.5, "lr": 1e-3, "samples_per_s": 40.0, "elapsed_s": 1.0},
@@ -75,7 +75,7 @@ def test_trackio_keeps_the_runs_scalars_in_its_local_store(tmp_path):
     code = textwrap.dedent(f"""
         import json
         from pathlib import Path
-        from training.tracking import TRACKIO_PROJECT, open_tracker, training_scalars
+        from training.run.tracking import TRACKIO_PROJECT, open_tracker, training_scalars
         rows = {ROWS[:2]!r}
         tracker = open_tracker("trackio", Path({str(tmp_path / "run-7")!r}), {{"method": "lora"}})
         for row in rows:

@@ -8,15 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training import runs
-from training.base_model import load_base_model
-from training.config import RunConfig
 from training.data.dataset import load_dataset
 from training.methods.wrappers import unwrapped_name
-from training.pixels import PixelCache
-from training.tasks import Encoder, training_pairs
-from training.trainer import EXIT_STOPPED, batch_loss, load_run, precompute_features, reevaluate, train
-from training.vlmodel import VLModel
+from training.model.base_model import load_base_model
+from training.model.pixels import PixelCache
+from training.model.vlmodel import VLModel
+from training.run import runs
+from training.run.config import RunConfig
+from training.run.tasks import Encoder, training_pairs
+from training.run.trainer import EXIT_STOPPED, batch_loss, load_run, precompute_features, reevaluate, train
 
 
 def config(model, data, **overrides) -> RunConfig:

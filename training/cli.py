@@ -13,8 +13,8 @@ COMMAND_MODULES = (
     "training.commands",
     "training.jobs.cli",
     "training.sweeps.cli",
-    "training.tuning",
-    "training.gpu_check",
+    "training.study.tuning",
+    "training.study.gpu_check",
 )
 
 

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from training.config import TASKS, TOWERS, add_run_options, config_from_args, parse_budget
 from training.errors import UserError
+from training.run.config import TASKS, TOWERS, add_run_options, config_from_args, parse_budget
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from training.base_model import load_base_model
     from training.methods.budget import plan_all
+    from training.model.base_model import load_base_model
 
     budget = parse_budget(args.budget)
     base = load_base_model(args.base_model)
@@ -98,7 +98,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.trainer import train
+    from training.run.trainer import train
 
     config = config_from_args(args)
     out = Path(args.out)
@@ -111,7 +111,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    from training.pretrain import PretrainConfig, pretrain
+    from training.pretraining.pretrain import PretrainConfig, pretrain
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     config = PretrainConfig(seed=args.seed)
@@ -127,8 +127,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_embedded_report(args: argparse.Namespace) -> int:
-    from training.embedded import report, verdicts
     from training.paths import DEFAULT_MODEL_DIR
+    from training.pretraining.embedded import report, verdicts
 
     results = report(args.model or DEFAULT_MODEL_DIR, args.work_dir, args.note)
     for text, passed, detail in verdicts(results):
@@ -137,7 +137,7 @@ def cmd_embedded_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from training.bench import PARTS, Setting, print_table, run_bench
+    from training.study.bench import PARTS, Setting, print_table, run_bench
 
     parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
     unknown = sorted(set(parts) - set(PARTS))
@@ -163,7 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.trainer import reevaluate
+    from training.run.trainer import reevaluate
 
     metrics = reevaluate(args.run, eval_limit=args.eval_limit, device=args.device)
     print(json.dumps(metrics, indent=2))

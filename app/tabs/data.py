@@ -12,8 +12,8 @@ import gradio as gr
 
 from app import format as fmt
 from app.services import EMBEDDED, DatasetPreview, Services
-from training.config import TASKS
 from training.errors import UserError
+from training.run.config import TASKS
 
 FORMAT_HELP = """A zip of a dataset folder as the README describes it: `train/` and `test/` (and optionally
 `validation/`), each with its images and a `metadata.jsonl`, one line per example:

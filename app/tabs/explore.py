@@ -10,7 +10,7 @@ from app import results, sweeps
 from app.figures import metric_figure
 from app.services import Services
 from app.tabs.common import Loader
-from training.config import TASKS
+from training.run.config import TASKS
 
 FINDINGS = """**What the paper found** (Tian et al., 2024), and what to look for here:
 1. For a task the model was *not* pre-trained on (question answering), more data and more trainable parameters help.

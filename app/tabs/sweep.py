@@ -13,9 +13,9 @@ from app import sweeps
 from app.services import Services
 from app.tabs.common import Loader, optional_int, shows_user_errors, submitter
 from app.tabs.train import METHOD_ORDER
-from training.config import TASKS
 from training.errors import UserError
 from training.jobs.store import ACTIVE_STATES
+from training.run.config import TASKS
 
 POLL_S = 2.0
 IDLE = "No sweep yet: choose the grid and press **Queue the sweep**."

@@ -10,10 +10,10 @@ from app.services import EMBEDDED, Services
 from app.tabs import data
 from app.tabs.common import Loader, optional_int, optional_number, scroll_to_end_js, shows_user_errors, submitter
 from training.catalog import BASELINE, CATALOG, EMBEDDING, LAYER, METHOD_NAMES
-from training.config import DEFAULT_EPOCHS, TASKS, RunConfig, parse_fraction
 from training.errors import UserError
 from training.jobs.store import ACTIVE_STATES
 from training.methods import METHODS
+from training.run.config import DEFAULT_EPOCHS, TASKS, RunConfig, parse_fraction
 
 FAMILY_ORDER = (LAYER, EMBEDDING, BASELINE)
 

@@ -12,11 +12,11 @@ import sys
 import threading
 from pathlib import Path
 
-from training.config import add_run_options, config_from_args
 from training.jobs.limits import JobLimits
 from training.jobs.status import job_status
 from training.jobs.store import STATES, JobStore
 from training.jobs.supervisor import Supervisor, live_supervisors
+from training.run.config import add_run_options, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from training import runs
+from training.run import runs
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class DurableRuns:
         folder = self.run_dir(job["id"])
         folder.mkdir(parents=True, exist_ok=True)
         for path in sorted(local_dir.rglob("*")) if local_dir.is_dir() else ():
-            relative = path.relative_to(local_dir)  # subfolders too: a tracker's event files (training/tracking.py)
+            relative = path.relative_to(local_dir)  # subfolders too: a tracker's event files (training/run/tracking.py)
             if path.is_file() and relative.name not in NOT_PUBLISHED and not relative.name.startswith("."):
                 target = folder / relative
                 if not target.exists():

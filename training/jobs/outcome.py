@@ -8,10 +8,10 @@ import signal
 import time
 from pathlib import Path
 
-from training import runs
 from training.jobs.process import signal_name
 from training.jobs.status import read_progress
 from training.jobs.store import TIME_LIMIT, Job, Outcome
+from training.run import runs
 
 LOG_TAIL_LINES = 40
 

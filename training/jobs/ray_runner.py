@@ -40,11 +40,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from training import runs
 from training.errors import UserError
 from training.jobs import outcome
 from training.jobs.limits import JobLimits, env_number
 from training.jobs.store import TIME_LIMIT, Job, JobStore, Outcome
+from training.run import runs
 from training.sweeps.executors import _die_with_parent, connect_ray, ray_task_options, run_environment, stop_process
 
 ADDRESS_ENV = "VLPEFT_RAY_ADDRESS"

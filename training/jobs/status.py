@@ -7,8 +7,8 @@ import shlex
 import time
 from pathlib import Path
 
-from training import runs
 from training.jobs.store import JobStore
+from training.run import runs
 
 RECENT_ROWS = 6  # metrics rows (logged every few steps) the time left is measured on
 

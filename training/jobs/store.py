@@ -26,13 +26,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from training import runs
-from training.config import RunConfig
 from training.errors import UserError
 from training.jobs.durable import DurableRuns
 from training.jobs.limits import JobLimits
 from training.jobs.process import is_alive, signal_group
 from training.paths import data_home, durable_home
+from training.run import runs
+from training.run.config import RunConfig
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from training import runs
 from training.jobs import outcome
 from training.jobs.limits import JobLimits
 from training.jobs.process import is_alive, process_start_time, signal_group
 from training.jobs.ray_runner import RayJobRunner
 from training.jobs.store import TIME_LIMIT, Job, JobStore, Outcome
 from training.paths import REPO_ROOT
+from training.run import runs
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.blip_internals import text_layers, vision_layers
 from training.methods.base import AdapterContext, Method, bias_init, linear_init, register, smallest_hidden
 from training.methods.wrappers import unwrap
+from training.model.blip_internals import text_layers, vision_layers
 
 PARALLEL_SCALE = 4.0
 

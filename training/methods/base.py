@@ -21,7 +21,7 @@ What the trainer calls, in order (see `Method`):
    method installed and its weights (peft layers included), leaving the module tree of the base model.
 
 A method installs its modules through `hook` and `wrap`, which remember what they did so `detach` can undo it,
-and reaches into transformers and peft only through the names in training/blip_internals.py.
+and reaches into transformers and peft only through the names in training/model/blip_internals.py.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ import torch
 from transformers import BlipConfig, BlipForConditionalGeneration
 
 from training.catalog import BASELINE
-from training.config import METHOD_NAMES, Budget, parse_budget
 from training.errors import UserError
 from training.methods.base import METHODS, AdapterContext
+from training.run.config import METHOD_NAMES, Budget, parse_budget
 
 
 @dataclass

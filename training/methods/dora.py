@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from peft import LoraConfig
 from torch import nn
 
-from training.blip_internals import dora_magnitude
 from training.methods.base import register
 from training.methods.lora import LoRA
 from training.methods.wrappers import unwrapped_name
+from training.model.blip_internals import dora_magnitude
 
 
 @register

@@ -5,7 +5,7 @@ Text: the keys and values of every self- and cross-attention of the decoder (`ke
 each feed-forward block's second projection (`output.dense`), as in T-Few's encoder-decoder. Vision: the ViT's
 fused `qkv` projection, whose whole output is rescaled (queries included, as peft does for GPT-2's fused
 `c_attn`), and the input of `mlp.fc2`. The vectors start at one, so a fresh adapter is the base model. The
-target patterns are in training/blip_internals.py.
+target patterns are in training/model/blip_internals.py.
 
 No knob: the count is fixed by the model and the towers (on the embedded default 5,120 parameters on the text
 decoder, 4,480 on the vision tower, 9,600 on both); the budget solver accepts a budget at or above it and
@@ -30,7 +30,9 @@ import torch
 from peft import IA3Config
 from torch import nn
 
-from training.blip_internals import (
+from training.methods.base import TOWER_CHOICES, AdapterContext, Method, register
+from training.methods.wrappers import peft_targets, unwrapped_name
+from training.model.blip_internals import (
     IA3_ATTENTION_TARGETS,
     IA3_FEED_FORWARD_TARGETS,
     IA3Layer,
@@ -41,8 +43,6 @@ from training.blip_internals import (
     remove_peft_adapter,
     use_peft_path,
 )
-from training.methods.base import TOWER_CHOICES, AdapterContext, Method, register
-from training.methods.wrappers import peft_targets, unwrapped_name
 
 
 @register

@@ -24,7 +24,9 @@ import torch
 from peft import LoraConfig
 from torch import nn
 
-from training.blip_internals import (
+from training.methods.base import AdapterContext, Method, linear_init, register, smallest_hidden
+from training.methods.wrappers import unwrapped_name
+from training.model.blip_internals import (
     LORA_TEXT_TARGETS,
     LORA_VISION_TARGETS,
     LoraLayer,
@@ -35,8 +37,6 @@ from training.blip_internals import (
     remove_lora,
     use_peft_lora_path,
 )
-from training.methods.base import AdapterContext, Method, linear_init, register, smallest_hidden
-from training.methods.wrappers import unwrapped_name
 
 STABLE_FROM_RANK = 4
 

@@ -23,7 +23,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from training.blip_internals import (
+from training.methods.base import TOWER_CHOICES, AdapterContext, Method, bias_init, linear_init, register
+from training.methods.prompt import MAX_PROMPT_LENGTH, Vectors, normal, sample_words
+from training.methods.wrappers import unwrap
+from training.model.blip_internals import (
     CACHE_KEYWORD,
     DynamicCache,
     EncoderDecoderCache,
@@ -34,9 +37,6 @@ from training.blip_internals import (
     vision_layers,
     word_embeddings,
 )
-from training.methods.base import TOWER_CHOICES, AdapterContext, Method, bias_init, linear_init, register
-from training.methods.prompt import MAX_PROMPT_LENGTH, Vectors, normal, sample_words
-from training.methods.wrappers import unwrap
 
 REPARAM_HIDDEN_CAP = 512
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from training.blip_internals import vision_embeddings, word_embeddings
 from training.methods.base import TOWER_CHOICES, AdapterContext, Method, register
+from training.model.blip_internals import vision_embeddings, word_embeddings
 
 MAX_PROMPT_LENGTH = 128
 

@@ -6,7 +6,7 @@ import re
 
 from torch import nn
 
-from training.blip_internals import BaseTunerLayer
+from training.model.blip_internals import BaseTunerLayer
 
 
 def unwrap(module: nn.Module) -> nn.Module:

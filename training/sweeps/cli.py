@@ -115,7 +115,7 @@ def sweep_command(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from training.report import build_report
+    from training.study.report import build_report
 
     out = build_report(args.results, args.out, figures=args.figures)
     print(f"report written to {out}")

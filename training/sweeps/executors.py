@@ -23,9 +23,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from training import runs
 from training.errors import UserError
 from training.paths import REPO_ROOT
+from training.run import runs
 
 STOP_GRACE_S = 30  # a stopped run gets this long to finish its step before it is killed
 try:
@@ -153,7 +153,9 @@ class ForkedRun:
     def __init__(self, job: RunJob) -> None:
         if ForkedRun._context is None:
             ForkedRun._context = multiprocessing.get_context("forkserver")
-            ForkedRun._context.set_forkserver_preload(["training.sweeps.executors", "training.trainer", "training.cli"])
+            ForkedRun._context.set_forkserver_preload(
+                ["training.sweeps.executors", "training.run.trainer", "training.cli"]
+            )
         Path(job.run_dir).mkdir(parents=True, exist_ok=True)
         self.process = ForkedRun._context.Process(
             target=_train_in_child, daemon=False, args=(job.train_args, job.run_dir, job.threads, os.getpid())

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.catalog import NO_BUDGET_METHODS
-from training.config import METHOD_NAMES, TASKS, Budget, RunConfig, parse_budget, parse_fraction
 from training.errors import UserError
+from training.run.config import METHOD_NAMES, TASKS, Budget, RunConfig, parse_budget, parse_fraction
 
 # RunConfig fields the grid sets itself; a sweep file may set every other field in `settings` or per task.
 GRID_FIELDS = {"task", "method", "budget", "data_fraction", "seed", "base_model", "dataset"}
@@ -334,8 +334,8 @@ def _tasks(value) -> dict[str, dict]:
 
 def filter_feasible(spec: SweepSpec, points: list[GridPoint]) -> tuple[list[GridPoint], list[Skipped]]:
     """Split the points into those each method can train and those whose budget it cannot reach (with why)."""
-    from training.base_model import load_base_model
     from training.methods.budget import plan_method
+    from training.model.base_model import load_base_model
 
     model = load_base_model(spec.base_model).model
     plans: dict[tuple[str, Budget, str], object] = {}

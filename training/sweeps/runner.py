@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training import runs
 from training.errors import UserError
+from training.run import runs
 from training.sweeps.executors import RunJob, RunResult
 from training.sweeps.grid import GridPoint, Skipped, SweepSpec, filter_feasible
 from training.sweeps.table import (

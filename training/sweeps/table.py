@@ -13,9 +13,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from training import runs
 from training.catalog import MAIN_METRIC, trained_towers
 from training.paths import REPO_ROOT
+from training.run import runs
 from training.sweeps.grid import GridPoint, budget_text
 
 TABLE = "runs.csv"

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 
 from training.catalog import MAIN_METRIC
 from training.data.dataset import Example
-from training.evaluation import predict
-from training.pixels import PixelCache
-from training.runs import ValidationRecord
-from training.tasks import Encoder
-from training.vlmodel import VLModel
+from training.model.pixels import PixelCache
+from training.model.vlmodel import VLModel
+from training.run.evaluation import predict
+from training.run.runs import ValidationRecord
+from training.run.tasks import Encoder
 
 
 def main_metric_score(task: str, examples: list[Example], predictions: list[str]) -> float:

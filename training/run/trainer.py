@@ -18,21 +18,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from training import runs
-from training.base_model import BaseModel, load_base_model
-from training.config import RunConfig, parse_budget, planned_steps, val_every
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction, subset_hash
 from training.errors import UserError
-from training.evaluation import evaluate
 from training.methods import METHODS
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
-from training.pixels import PixelCache
-from training.runs import RunDirectory, StepRecord, ValidationRecord
-from training.tasks import Encoder, training_pairs
-from training.tracking import Tracker, eval_scalars, open_tracker, training_scalars
-from training.tuning import resolve_lr
-from training.validation import Validator
-from training.vlmodel import VLModel
+from training.model.base_model import BaseModel, load_base_model
+from training.model.pixels import PixelCache
+from training.model.vlmodel import VLModel
+from training.run import runs
+from training.run.config import RunConfig, parse_budget, planned_steps, val_every
+from training.run.evaluation import evaluate
+from training.run.runs import RunDirectory, StepRecord, ValidationRecord
+from training.run.tasks import Encoder, training_pairs
+from training.run.tracking import Tracker, eval_scalars, open_tracker, training_scalars
+from training.run.validation import Validator
+from training.study.tuning import resolve_lr
 
 RUN_ADAPTER = "run"
 LOG_EVERY = 5

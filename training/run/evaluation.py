@@ -8,9 +8,9 @@ from collections.abc import Callable
 import torch
 
 from training.data.dataset import Example
-from training.pixels import PixelCache
-from training.tasks import Encoder, prompt_text
-from training.vlmodel import VLModel
+from training.model.pixels import PixelCache
+from training.model.vlmodel import VLModel
+from training.run.tasks import Encoder, prompt_text
 
 
 @torch.no_grad()

@@ -74,10 +74,10 @@ class _Steps:
     ) -> None:
         import torch
 
-        from training.config import RunConfig
-        from training.pixels import PixelCache
-        from training.tasks import Encoder, training_pairs
-        from training.trainer import RUN_ADAPTER, autocast_dtype, build_model, precompute_features, prepare
+        from training.model.pixels import PixelCache
+        from training.run.config import RunConfig
+        from training.run.tasks import Encoder, training_pairs
+        from training.run.trainer import RUN_ADAPTER, autocast_dtype, build_model, precompute_features, prepare
 
         chosen = {"budget": budget} if budget else {}
         config = RunConfig(
@@ -111,7 +111,7 @@ class _Steps:
     def step(self, index: int) -> float:
         import torch
 
-        from training.trainer import batch_loss
+        from training.run.trainer import batch_loss
 
         start_row = index * self.batch_size % max(1, len(self.pairs) - self.batch_size)
         batch = self.pairs[start_row : start_row + self.batch_size]
@@ -208,10 +208,10 @@ def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Settin
 
     import torch
 
-    from training import vlmodel
-    from training.blip_internals import DynamicLayer
-    from training.config import RunConfig
-    from training.tasks import prompt_text
+    from training.model import vlmodel
+    from training.model.blip_internals import DynamicLayer
+    from training.run.config import RunConfig
+    from training.run.tasks import prompt_text
 
     def plain_layer(keys, values, room):
         layer = DynamicLayer()
@@ -264,7 +264,7 @@ def _in_subprocess(
     method: str, towers: str, steps: int, batch_size: int, budget: str | None = None, setting: Setting = Setting()
 ) -> dict:
     call = f"measure_training({method!r}, {towers!r}, {steps}, {batch_size}, {budget!r}, {setting!r})"
-    code = f"import json; from training.bench import Setting, measure_training; print(json.dumps({call}))"
+    code = f"import json; from training.study.bench import Setting, measure_training; print(json.dumps({call}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -275,10 +275,10 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, settin
     vision pass; text: they share the base's). The counts take turns within each repeat; the fastest and the
     median of `repeats` are kept. The outputs are recorded: each column decodes until its output ends, so a
     column set that answers in one word is timed on far fewer steps than one that writes whole captions."""
-    from training.compare import Comparer
-    from training.config import RunConfig
     from training.data.dataset import load_dataset
-    from training.trainer import resolve_device, train
+    from training.model.compare import Comparer
+    from training.run.config import RunConfig
+    from training.run.trainer import resolve_device, train
 
     run_dirs = []
     for method in COMPARE_METHODS:
@@ -326,9 +326,9 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, settin
 
 
 def measure_eval_share(work: Path, setting: Setting = Setting()) -> dict:
-    from training import runs
-    from training.config import RunConfig
-    from training.trainer import train
+    from training.run import runs
+    from training.run.config import RunConfig
+    from training.run.trainer import train
 
     run_dir = work / f"default-{setting.task}-lora"
     if not (run_dir / "eval.json").exists():

@@ -16,16 +16,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from training import runs
-from training.config import RunConfig
 from training.data.dataset import load_dataset
 from training.errors import UserError
-from training.evaluation import evaluate
 from training.metrics.vqa import vqa_scores
+from training.model.pixels import PixelCache
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
-from training.pixels import PixelCache
-from training.tasks import Encoder, majority_answer
-from training.trainer import load_run, train
+from training.run import runs
+from training.run.config import RunConfig
+from training.run.evaluation import evaluate
+from training.run.tasks import Encoder, majority_answer
+from training.run.trainer import load_run, train
 
 VALIDATION = "validation.json"
 # The fine-tuned caption runs whose best (by mean validation CIDEr-D over HEADROOM_SEEDS) is set against

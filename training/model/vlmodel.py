@@ -14,8 +14,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from training.base_model import BaseModel
-from training.blip_internals import (
+from training.errors import UserError
+from training.methods import METHODS, AdapterContext, Method
+from training.model.base_model import BaseModel
+from training.model.blip_internals import (
     CACHE_KEYWORD,
     DynamicCache,
     DynamicLayer,
@@ -25,8 +27,6 @@ from training.blip_internals import (
     vision_embeddings,
     word_embeddings,
 )
-from training.errors import UserError
-from training.methods import METHODS, AdapterContext, Method
 
 
 class ReservedLayer(DynamicLayer):

@@ -5,7 +5,7 @@
   `ReservedLayer` in decoding (checked against a plain concatenating cache), prompt tuning's last-layer
   truncation (checked against the full computation). It runs on any device, so the CPU's bf16 autocast
   exercises it here too.
-- `build-base`: a BLIP-base-size model with random weights (training/blip_base.py) over the embedded
+- `build-base`: a BLIP-base-size model with random weights (training/model/blip_base.py) over the embedded
   model's vocabulary, so the embedded datasets tokenize the same on it.
 - `job`: one job of default settings through the queue and a `python -m training worker` process.
 - `collect`: the pieces into one JSON (results/bench-gpu.json), with the issue's targets evaluated.
@@ -78,13 +78,13 @@ def check_method(
     """One method's autocast-vs-fp32 comparison on one batch, and its fast paths under autocast."""
     import torch
 
-    from training.base_model import load_base_model
     from training.data.dataset import load_dataset
     from training.methods.budget import plan_method
-    from training.pixels import PixelCache
-    from training.tasks import Encoder, training_pairs
-    from training.trainer import batch_loss
-    from training.vlmodel import VLModel
+    from training.model.base_model import load_base_model
+    from training.model.pixels import PixelCache
+    from training.model.vlmodel import VLModel
+    from training.run.tasks import Encoder, training_pairs
+    from training.run.trainer import batch_loss
 
     base = load_base_model(base_model, device)
     vl = VLModel(base)
@@ -140,7 +140,7 @@ def _prompt_truncation(vl, pairs, encoder, pixels, device, dtype) -> dict:
     """Under autocast: the last layer sees only the text positions, and the logits equal the full computation."""
     import torch
 
-    from training.blip_internals import text_layers
+    from training.model.blip_internals import text_layers
 
     seen: list[int] = []
     last = text_layers(vl.model)[-1].crossattention
@@ -168,8 +168,8 @@ def _reserved_cache(vl, pairs, encoder, pixels, device, dtype, max_new: int = 6)
     """Under autocast, greedy decoding with ReservedLayer against a plain concatenating cache layer."""
     import torch
 
-    from training import vlmodel
-    from training.blip_internals import DynamicLayer
+    from training.model import vlmodel
+    from training.model.blip_internals import DynamicLayer
 
     def plain_layer(keys, values, room):
         layer = DynamicLayer()
@@ -210,7 +210,7 @@ def precision_check(
 ) -> dict:
     import torch
 
-    from training.trainer import resolve_device
+    from training.run.trainer import resolve_device
 
     where = resolve_device(device)
     rows = [
@@ -237,7 +237,7 @@ def embedded_words() -> list[str]:
     """The embedded model's vocabulary (what the embedded datasets are written in)."""
     from transformers import BertTokenizer
 
-    from training.base_model import SPECIAL_TOKENS
+    from training.model.base_model import SPECIAL_TOKENS
     from training.paths import DEFAULT_MODEL_DIR
 
     tokenizer = BertTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
@@ -246,11 +246,11 @@ def embedded_words() -> list[str]:
 
 def run_queue_job(config, home: Path, timeout_s: float = 540) -> dict:
     """Submit one job, run a worker process until the queue is empty, and report how the job went."""
-    from training import runs
     from training.jobs.limits import JobLimits
     from training.jobs.status import job_status
     from training.jobs.store import JobStore
     from training.paths import REPO_ROOT
+    from training.run import runs
 
     store = JobStore(home / "jobs.sqlite3", limits=JobLimits(max_runtime_s=timeout_s))
     job_id = store.submit(config, submitter="gpu-check")
@@ -365,14 +365,14 @@ def _cmd_precision(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_base(args: argparse.Namespace) -> int:
-    from training.blip_base import save_blip_base
+    from training.model.blip_base import save_blip_base
 
     print(save_blip_base(embedded_words(), args.out))
     return 0
 
 
 def _cmd_job(args: argparse.Namespace) -> int:
-    from training.config import RunConfig
+    from training.run.config import RunConfig
 
     result = run_queue_job(RunConfig(task=args.task), Path(tempfile.mkdtemp(prefix="vlpeft-gpu-job-")))
     result["ok"] = result["state"] == "finished"

@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from training import runs
-from training.base_model import default_model_path, load_base_model
 from training.data.dataset import Example
 from training.errors import UserError
-from training.pixels import PixelCache
-from training.tasks import Encoder, prompt_text
-from training.trainer import load_run
-from training.vlmodel import VLModel
+from training.model.base_model import default_model_path, load_base_model
+from training.model.pixels import PixelCache
+from training.model.vlmodel import VLModel
+from training.run import runs
+from training.run.tasks import Encoder, prompt_text
+from training.run.trainer import load_run
 
 MAX_QUESTION_CHARS = 300
 MAX_UPLOAD_PIXELS = 40_000_000

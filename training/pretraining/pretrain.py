@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import runs
-from training.base_model import build_blip, save_base_model
 from training.data import scenes
-from training.tasks import Encoder
-from training.vlmodel import VLModel
+from training.model.base_model import build_blip, save_base_model
+from training.model.vlmodel import VLModel
+from training.run import runs
+from training.run.tasks import Encoder
 
 log = logging.getLogger("vlpeft.pretrain")
 # The VQA prompt's words: never trained here, but in the vocabulary so that fine-tuning can learn them.

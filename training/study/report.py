@@ -15,7 +15,7 @@ when every run of a task has its item scores, from a t-interval across seeds oth
 
 Every verdict is computed again without the smallest data fraction (the robustness view). The answer prior
 (VQA accuracy of answering each question type's most common training answer) is computed here from the VQA
-dataset the table names, with `training.embedded.answer_prior`; the sweep does not write it as a row.
+dataset the table names, with `training.pretraining.embedded.answer_prior`; the sweep does not write it as a row.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def decision_rules() -> list[str]:
     return [
         "## Decision rules",
         "",
-        "These rules were committed before the fair-protocol grid ran (see the history of `training/report.py`); "
+        "These rules were committed before the fair-protocol grid ran (see the history of `training/study/report.py`); "
         "each verdict below is read off them, with no choice made after seeing the numbers. A table older than "
         "the protocol (no validation scores: see below) is judged by the same rules, but its runs were not "
         "trained under them.",
@@ -230,8 +230,8 @@ def answer_prior_from_dataset(source: str) -> Prior:
     if source and not Path(source).exists() and (REPO_ROOT / source).exists():
         path = str(REPO_ROOT / source)  # the sweep records repository-relative sources
     dataset = load_dataset(path, "vqa")
-    from training.embedded import answer_prior  # imports the trainer: only once there is a dataset to score
     from training.metrics.vqa import vqa_scores
+    from training.pretraining.embedded import answer_prior  # imports the trainer: only once there is a dataset to score
 
     prior = answer_prior(dataset)
     test = dataset.split("test")

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.catalog import trained_towers
-from training.config import TASKS, RunConfig
 from training.errors import UserError
 from training.paths import REPO_ROOT
+from training.run.config import TASKS, RunConfig
 
 LR_TABLE = REPO_ROOT / "results" / "lr.csv"
 # The tuning runs' epoch caps, patience and tower setting come from the sweep file (sweeps/paper.yaml), so the
@@ -199,7 +199,7 @@ def train_for_tuning(config: RunConfig, run_dir: Path) -> dict:
     import subprocess
     import sys
 
-    from training import runs
+    from training.run import runs
 
     run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "training", "train", *config.to_cli_args(), "--out", str(run_dir), "--no-test"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from training.catalog import METHOD_NAMES, TASKS
 from training.errors import UserError
-from training.tracking import REPORT_TO
+from training.run.tracking import REPORT_TO
 
 TOWERS = ("vision", "text", "both")
 DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 5.0}  # the cap when neither --epochs nor --max-steps is given
@@ -100,7 +100,7 @@ class RunConfig:
     val_limit: int | None = None  # None: DEFAULT_VAL_LIMIT of the task
     method_options: dict = field(default_factory=dict)  # e.g. {"reparam": True} for prefix tuning
     score_test: bool = True  # False: stop after training and validation (learning-rate tuning never sees test)
-    report_to: str = "none"  # also log to tensorboard or trackio (training/tracking.py)
+    report_to: str = "none"  # also log to tensorboard or trackio (training/run/tracking.py)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> RunConfig:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
 
-from training.base_model import BaseModel, build_tokenizer, save_base_model
+from training.model.base_model import BaseModel, build_tokenizer, save_base_model
 
 # From Salesforce/blip-image-captioning-base's config.json (transformers 4.26 export), "text_config".
 TEXT_CONFIG = {

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training import runs
-from training.config import RunConfig
-from training.report import MAIN_METRIC
+from training.run import runs
+from training.run.config import RunConfig
+from training.study.report import MAIN_METRIC
 
 PEFT_FOLDER = "peft"
 PEFT_CONFIG = "adapter_config.json"
@@ -103,7 +103,7 @@ def run_readme(run_dir: str | Path, run_id: str, state: str) -> str:
         "```python",
         "from PIL import Image",
         "",
-        "from training.compare import Comparer",
+        "from training.model.compare import Comparer",
         "",
         f'columns = Comparer({repr(base) if base else ""}).compare(Image.open("picture.png"), {task!r}, '
         f"[{run_id!r}]{question}, max_new_tokens={new_tokens})",
