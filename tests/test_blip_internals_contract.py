@@ -142,19 +142,19 @@ def test_a_peft_lora_layer_exposes_the_weights_switches_and_removal_the_methods_
     with torch.no_grad():
         up.fill_(0.1)
         down.requires_grad_(False)
-        bi.use_peft_lora_path(layer, "a")
+        bi.use_peft_path(layer, "a")
         assert not down.requires_grad
         assert torch.allclose(layer(x), linear(x) + 2.0 * (x @ down.T) @ up.T, atol=1e-6)
-        bi.use_peft_lora_path(layer, "b")
+        bi.use_peft_path(layer, "b")
         assert torch.allclose(layer(x), linear(x))  # b's up-projection is still zero
-        bi.use_peft_lora_path(layer, None)
+        bi.use_peft_path(layer, None)
         assert torch.equal(layer(x), linear(x))
-    bi.remove_lora(model, layer, "a")
+    bi.remove_peft_adapter(model, layer, "a")
     assert bi.lora_adapters(layer) == {"b"} and bi.text_layers(model)[0].attention.self.query is layer
-    bi.remove_lora(model, layer, "b")
+    bi.remove_peft_adapter(model, layer, "b")
     assert bi.text_layers(model)[0].attention.self.query is linear
-    bi.forget_lora_config(model, "a")
-    bi.forget_lora_config(model, "b")
+    bi.forget_peft_config(model, "a")
+    bi.forget_peft_config(model, "b")
     assert not hasattr(model, "peft_config")
 
 

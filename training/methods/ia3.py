@@ -26,27 +26,24 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
 from peft import IA3Config
 from torch import nn
 
-from training.methods.base import TOWER_CHOICES, AdapterContext, Method, register
+from training.methods.base import TOWER_CHOICES, AdapterContext, register
+from training.methods.peft_layers import PeftLayersMethod
 from training.methods.wrappers import peft_targets, unwrapped_name
 from training.model.blip_internals import (
     IA3_ATTENTION_TARGETS,
     IA3_FEED_FORWARD_TARGETS,
     IA3Layer,
-    forget_peft_config,
     ia3_vector,
     inject_adapter_in_model,
     peft_adapters,
-    remove_peft_adapter,
-    use_peft_path,
 )
 
 
 @register
-class IA3(Method):
+class IA3(PeftLayersMethod):
     name = "ia3"
 
     def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None, **kwargs) -> None:
@@ -69,27 +66,3 @@ class IA3(Method):
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for path, layer in self.layers.items():
             yield f"{unwrapped_name(path)}.ia3_l", ia3_vector(layer, self.adapter)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach().contiguous() for k, p in self.named_parameters()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = dict(self.named_parameters())
-        if set(own) != set(state):
-            missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-            raise KeyError(f"IA3 weights do not match: missing {missing[:4]}, unexpected {unexpected[:4]}")
-        with torch.no_grad():
-            for key, param in own.items():
-                param.copy_(state[key])
-
-    def set_active(self, active: bool) -> None:
-        # Injecting turns peft's path on for the newest adapter: every layer is switched explicitly here.
-        for layer in self.layers.values():
-            use_peft_path(layer, self.adapter if active else None)
-
-    def detach(self) -> None:
-        super().detach()
-        for layer in self.layers.values():
-            remove_peft_adapter(self.model, layer, self.adapter)
-        self.layers = {}
-        forget_peft_config(self.model, self.adapter)

@@ -24,18 +24,16 @@ import torch
 from peft import LoraConfig
 from torch import nn
 
-from training.methods.base import AdapterContext, Method, linear_init, register, smallest_hidden
+from training.methods.base import AdapterContext, linear_init, register, smallest_hidden
+from training.methods.peft_layers import PeftLayersMethod
 from training.methods.wrappers import unwrapped_name
 from training.model.blip_internals import (
     LORA_TEXT_TARGETS,
     LORA_VISION_TARGETS,
     LoraLayer,
-    forget_lora_config,
     inject_adapter_in_model,
     lora_adapters,
     lora_weights,
-    remove_lora,
-    use_peft_lora_path,
 )
 
 STABLE_FROM_RANK = 4
@@ -57,7 +55,7 @@ def lora_alpha(rank: int) -> float:
 
 
 @register
-class LoRA(Method):
+class LoRA(PeftLayersMethod):
     name = "lora"
 
     def __init__(self, model, ctx: AdapterContext, adapter: str, towers: str, knob_value: int | None, **kwargs) -> None:
@@ -95,27 +93,3 @@ class LoRA(Method):
             down, up = lora_weights(layer, self.adapter)
             yield f"{key}.lora_A.weight", down
             yield f"{key}.lora_B.weight", up
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: p.detach().contiguous() for k, p in self.named_parameters()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = dict(self.named_parameters())
-        if set(own) != set(state):
-            missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-            raise KeyError(f"{self.name} weights do not match: missing {missing[:4]}, unexpected {unexpected[:4]}")
-        with torch.no_grad():
-            for key, param in own.items():
-                param.copy_(state[key])
-
-    def set_active(self, active: bool) -> None:
-        # Injecting turns peft's path on for the newest adapter: every layer is switched explicitly here.
-        for layer in self.layers.values():
-            use_peft_lora_path(layer, self.adapter if active else None)
-
-    def detach(self) -> None:
-        super().detach()
-        for layer in self.layers.values():
-            remove_lora(self.model, layer, self.adapter)
-        self.layers = {}
-        forget_lora_config(self.model, self.adapter)

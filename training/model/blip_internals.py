@@ -122,11 +122,6 @@ def use_peft_path(layer: BaseTunerLayer, adapter: str | None) -> None:
         param.requires_grad_(flag)
 
 
-def use_peft_lora_path(layer: LoraLayer, adapter: str | None) -> None:
-    """`use_peft_path` on a LoRA layer."""
-    use_peft_path(layer, adapter)
-
-
 def forget_peft_config(model: nn.Module, adapter: str) -> None:
     """Drop the adapter's entry from the `peft_config` dict that `inject_adapter_in_model` sets on the model
     (and the attribute once it is empty)."""
@@ -135,9 +130,6 @@ def forget_peft_config(model: nn.Module, adapter: str) -> None:
         configs.pop(adapter, None)
         if not configs:
             del model.peft_config
-
-
-forget_lora_config = forget_peft_config
 
 
 def remove_peft_adapter(model: nn.Module, layer: BaseTunerLayer, adapter: str) -> None:
@@ -156,8 +148,3 @@ def remove_peft_adapter(model: nn.Module, layer: BaseTunerLayer, adapter: str) -
         for name, child in parent.named_children():
             if child is layer:
                 setattr(parent, name, base)
-
-
-def remove_lora(model: nn.Module, layer: LoraLayer, adapter: str) -> None:
-    """`remove_peft_adapter` on a LoRA layer."""
-    remove_peft_adapter(model, layer, adapter)
