@@ -198,35 +198,31 @@ def start(services: Services, request: gr.Request | None, visitor: str, *form) -
     return (job_id, *show_job(services, job_id, -1), jobs_choices(services, request, visitor, job_id), "")
 
 
+def _no_job_view(message: str, shown_points: int) -> tuple:
+    """The VIEW with no job to show: the message, everything else hidden or left as it is."""
+    hidden = gr.update(visible=False)
+    return (
+        message,
+        "",
+        hidden,
+        gr.skip(),
+        gr.update(value="", visible=False),
+        "",
+        gr.skip(),
+        gr.Timer(active=False),
+        shown_points,
+    )
+
+
 def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple:
     """The VIEW: status, progress bar, cancel button, loss figure (skipped when unchanged), command, log, its
     accordion (opened when the job failed or was interrupted: the log says why), timer, points drawn."""
     if not job_id:
-        return (
-            IDLE,
-            "",
-            gr.update(visible=False),
-            gr.skip(),
-            gr.update(value="", visible=False),
-            "",
-            gr.skip(),
-            gr.Timer(active=False),
-            shown_points,
-        )
+        return _no_job_view(IDLE, shown_points)
     try:
         status = services.status(job_id)
     except UserError:
-        return (
-            "The job this page watched no longer exists.",
-            "",
-            gr.update(visible=False),
-            gr.skip(),
-            gr.update(value="", visible=False),
-            "",
-            gr.skip(),
-            gr.Timer(active=False),
-            shown_points,
-        )
+        return _no_job_view("The job this page watched no longer exists.", shown_points)
     live = status["state"] in ACTIVE_STATES
     curve, validation = status["curve"], status.get("validation") or []
     points = len(curve) + len(validation)
