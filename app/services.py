@@ -38,7 +38,7 @@ from training.model.base_model import load_base_config, meta_model
 from training.model.compare import Column, Comparer, check_image
 from training.run import runs
 from training.run.config import RunConfig, parse_budget, planned_steps
-from training.run.export import PEFT_FOLDER, is_lora_run, run_readme, write_peft_adapter
+from training.run.export import PEFT_FOLDER, exports_to_peft, run_readme, write_peft_adapter
 from training.run.tasks import training_pairs
 
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
@@ -504,7 +504,7 @@ class Services:
 
     def zip_run(self, job_id: str) -> Path:
         """A zip of the run for download: its weights, config, log, curve, evaluation and predictions, a README
-        on what the adapter is and how to load it, and for LoRA the adapter in peft's format."""
+        on what the adapter is and how to load it, and for LoRA, DoRA and IA3 the adapter in peft's format."""
         record = self.run(job_id)
         run_dir = Path(record.run_dir)
         if not record.has_weights:
@@ -519,7 +519,7 @@ class Services:
                     stored = zipfile.ZIP_STORED if name == runs.WEIGHTS else zipfile.ZIP_DEFLATED  # floats: no gain
                     archive.write(run_dir / name, arcname=f"{job_id}/{name}", compress_type=stored)
             archive.writestr(f"{job_id}/README.md", run_readme(run_dir, job_id, record.state))
-            if is_lora_run(record.info):
+            if exports_to_peft(record.info):
                 exported = write_peft_adapter(run_dir, partial.with_suffix(".peft"))
                 for path in sorted(exported.iterdir()):
                     archive.write(path, arcname=f"{job_id}/{PEFT_FOLDER}/{path.name}")

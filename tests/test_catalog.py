@@ -42,6 +42,7 @@ def test_no_list_of_methods_exists_outside_the_catalog():
 
 def test_the_registry_implements_exactly_the_catalog():
     from training.methods import METHODS
+    from training.methods.peft_layers import PeftLayersMethod
 
     assert set(METHODS) == set(METHOD_NAMES)
     for name, cls in METHODS.items():
@@ -49,6 +50,8 @@ def test_the_registry_implements_exactly_the_catalog():
         assert (cls.family, cls.knob, cls.summary) == (info.family, info.knob, info.summary)
         if info.default_lr is not None:
             assert cls.default_lr == info.default_lr
+        # Only methods whose weights live in peft's tuner layers can be exported in peft's format.
+        assert info.peft_format == issubclass(cls, PeftLayersMethod), name
 
 
 def test_every_entry_is_complete():

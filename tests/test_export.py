@@ -1,5 +1,5 @@
-"""A run's download as others use it: a LoRA adapter in peft's format that `PeftModel.from_pretrained` loads
-with the outputs the app gives, and a README whose Python runs as written."""
+"""A run's download as others use it: a LoRA, DoRA or IA3 adapter in peft's format that
+`PeftModel.from_pretrained` loads with the outputs the app gives, and a README whose Python runs as written."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ import zipfile
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from transformers import BlipForConditionalGeneration
 
 from app.services import Services
 from app.settings import Settings
 from tests.conftest import draw_tiny
 from tests.test_jobs import wait_for
+from training.errors import UserError
 from training.jobs.limits import JobLimits
 from training.run.config import RunConfig
-from training.run.export import run_readme
+from training.run.export import exports_to_peft, run_readme, write_peft_adapter
 from training.run.tasks import Encoder, prompt_text
-from training.run.trainer import load_run
+from training.run.trainer import load_run, train
 
 LIMITS = JobLimits(max_queued=5, max_queued_per_submitter=5, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
 
@@ -51,6 +53,67 @@ def test_the_readme_of_a_method_peft_lacks_says_how_to_load_it_with_this_package
     assert "**Test scores** (on 80 test examples): accuracy 0.4125." in text
     assert "Comparer('Salesforce/blip-image-captioning-base')" in text and "question=" in text
     assert "peft has no `prefix` method" in text and "PeftModel" not in text
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
+def test_every_peft_format_methods_export_loads_in_peft_with_the_runs_outputs(
+    tmp_path, method, tiny_model_dir, tiny_caption_dataset
+):
+    run_dir = tmp_path / method
+    config = RunConfig(
+        task="caption",
+        method=method,
+        towers="both",
+        budget="6144",
+        base_model=str(tiny_model_dir),
+        dataset=str(tiny_caption_dataset),
+        max_steps=1,
+        batch_size=4,
+        eval_limit=2,
+    )
+    train(config, run_dir, install_signals=False)
+    info = json.loads((run_dir / "config.json").read_text())
+    assert exports_to_peft(info)
+    # Weights far from their start (B = 0, IA3 vectors at one, DoRA magnitudes at the row norms), so a key
+    # that peft read wrongly, or not at all, changes the output.
+    weights = load_file(str(run_dir / "weights.safetensors"))
+    generator = torch.Generator().manual_seed(0)
+    weights = {k: v + 0.3 * torch.randn(v.shape, generator=generator) for k, v in weights.items()}
+    save_file(weights, str(run_dir / "weights.safetensors"))
+
+    folder = write_peft_adapter(run_dir, tmp_path / "export")
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == {"lora": "LORA", "dora": "LORA", "ia3": "IA3"}[method]
+    assert adapter_config.get("use_dora", False) == (method == "dora")
+    assert adapter_config["base_model_name_or_path"] == str(tiny_model_dir)
+
+    vl, adapter, _ = load_run(run_dir)
+    vl.set_active(adapter)
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    input_ids, mask, _ = encoder.training_batch([(prompt_text("caption"), "a red circle")] * 2)
+    pixels = torch.rand(2, 3, 32, 32, generator=generator)
+    with torch.no_grad():
+        ours = vl.text_logits(vl.encode_images(pixels), input_ids, mask)
+        base = BlipForConditionalGeneration.from_pretrained(str(tiny_model_dir)).eval()
+        plain = base(pixel_values=pixels, input_ids=input_ids, attention_mask=mask).logits
+        peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
+        theirs = peft_model(pixel_values=pixels, input_ids=input_ids, attention_mask=mask).logits
+    assert (ours - plain).abs().max() > 1e-3
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+
+
+def test_a_method_peft_lacks_or_weights_of_another_model_do_not_export(tmp_path, tiny_model_dir):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"config": RunConfig(method="prefix", base_model=str(tiny_model_dir)).to_dict(), "knob_value": 4})
+    )
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "weights.safetensors"))
+    with pytest.raises(UserError, match="LoRA, .*IA.*DoRA"):
+        write_peft_adapter(tmp_path, tmp_path / "out")
+    lora = RunConfig(method="lora", towers="text", base_model=str(tiny_model_dir))
+    (tmp_path / "config.json").write_text(json.dumps({"config": lora.to_dict(), "knob_value": 2}))
+    with pytest.raises(UserError, match="do not match the lora adapter"):
+        write_peft_adapter(tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ class MethodInfo:
     colour: str  # the same colour in the app's plots and the report's figures
     summary: str  # one line for the Train tab
     fixed_towers: str | None = None  # "both" or "none" when the method ignores the towers setting
+    peft_format: bool = False  # its weights are peft's own tuner layers: a run exports for PeftModel.from_pretrained
 
 
 CATALOG: dict[str, MethodInfo] = {
@@ -83,6 +84,7 @@ CATALOG: dict[str, MethodInfo] = {
             "#1f77b4",
             "Adds a trainable low-rank update to each attention projection; layer composition, which the "
             "paper found best in quality and efficiency.",
+            peft_format=True,
         ),
         MethodInfo(
             "serial-adapter",
@@ -116,6 +118,7 @@ CATALOG: dict[str, MethodInfo] = {
             "#9467bd",
             "Learns vectors that rescale attention keys and values and the feed-forward activations (Liu et "
             "al. 2022); no knob: a fixed, very small count; layer composition.",
+            peft_format=True,
         ),
         MethodInfo(
             "dora",
@@ -127,6 +130,7 @@ CATALOG: dict[str, MethodInfo] = {
             "#8c564b",
             "LoRA split into a learned magnitude and a low-rank direction update of each attention "
             "projection (Liu et al. 2024); layer composition.",
+            peft_format=True,
         ),
     )
 }

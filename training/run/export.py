@@ -1,16 +1,19 @@
-"""A run in forms others can use: LoRA weights in peft's format, and a README that says what the adapter is,
-how it scored and how to load it.
+"""A run in forms others can use: the adapters of methods whose weights are peft's own tuner layers (LoRA,
+DoRA, IA3: `peft_format` in the catalog) in peft's format, and a README that says what the adapter is, how it
+scored and how to load it.
 
-peft's format: `adapter_config.json` (a `LoraConfig`) and `adapter_model.safetensors` whose keys are the
-module paths under `base_model.model.`, without the adapter name. `training.methods.lora` injects its layers
-with peft and the same `lora_alpha`, so the scaling peft computes from the exported config (alpha / r) is the
-one the run trained with, rank-stabilised above rank 4 included.
+peft's format: `adapter_config.json` and `adapter_model.safetensors` whose keys are the module paths under
+`base_model.model.`, without the adapter name. The config is the one the method injected its layers with
+(for LoRA the same `lora_alpha`, so the scaling peft computes from it is the one the run trained with,
+rank-stabilised above rank 4 included), read from the method attached to the base model built on the meta
+device: no weight is loaded. The stored tensors must be exactly the keys peft saves for that config.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from training.catalog import CATALOG
 from training.run import runs
 from training.run.config import RunConfig
 from training.study.report import MAIN_METRIC
@@ -19,39 +22,48 @@ PEFT_FOLDER = "peft"
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+PEFT_ADAPTER = "default"  # the name PeftModel.from_pretrained gives the adapter it loads
 TASK_NAMES = {"caption": "image captioning", "vqa": "visual question answering"}
 
 
-def is_lora_run(info: dict) -> bool:
-    """Whether a run's config.json (as read) is a LoRA run's, whose adapter peft can load."""
-    return (info.get("config") or {}).get("method") == "lora" and info.get("knob_value") is not None
+def exports_to_peft(info: dict) -> bool:
+    """Whether a run's config.json (as read) is that of a method whose adapter peft can load."""
+    config = info.get("config") or {}
+    method = CATALOG.get(config.get("method", ""))
+    return method is not None and method.peft_format and (info.get("knob_value") is not None or not method.knob)
 
 
 def write_peft_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write a LoRA run's adapter in peft's format into `out_dir`, for `PeftModel.from_pretrained(base, out_dir)`."""
-    from peft import LoraConfig
+    """Write a peft-format run's adapter into `out_dir`, for `PeftModel.from_pretrained(base, out_dir)`."""
+    from peft import get_peft_model_state_dict
     from safetensors.torch import load_file, save_file
 
     from training.errors import UserError
-    from training.methods.lora import lora_alpha, lora_targets
+    from training.methods import METHODS, AdapterContext
+    from training.model.base_model import load_base_config, meta_model
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     info = runs.read_json(run_dir / runs.CONFIG) or {}
-    if not is_lora_run(info) or not (run_dir / runs.WEIGHTS).is_file():
-        raise UserError(f"{run_dir} is not a LoRA run with weights: only LoRA adapters export to peft's format.")
+    if not exports_to_peft(info) or not (run_dir / runs.WEIGHTS).is_file():
+        methods = ", ".join(info.label for info in CATALOG.values() if info.peft_format)
+        raise UserError(f"{run_dir} is not a run with weights of a method peft has ({methods}): it cannot export.")
     config = RunConfig.from_dict(info["config"])
-    rank = int(info["knob_value"])
-    peft_config = LoraConfig(
-        r=rank,
-        lora_alpha=lora_alpha(rank),
-        lora_dropout=0.0,
-        bias="none",
-        target_modules=lora_targets(config.towers),
-        base_model_name_or_path=config.base_model or _embedded_model(),
-    )
+    base = config.base_model or _embedded_model()
+    model = meta_model(load_base_config(base))
+    METHODS[config.method](model, AdapterContext(), PEFT_ADAPTER, config.towers, info.get("knob_value"))
+    peft_config = model.peft_config[PEFT_ADAPTER]
+    peft_config.base_model_name_or_path = base
+    peft_config.inference_mode = True
+    expected = set(get_peft_model_state_dict(model, adapter_name=PEFT_ADAPTER))
+    weights = load_file(str(run_dir / runs.WEIGHTS))
+    if set(weights) != expected:
+        missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise UserError(
+            f"{run_dir.name}'s weights do not match the {config.method} adapter peft would save on {base} "
+            f"(missing {missing[:3]}, unexpected {extra[:3]}): was it trained on another base model?"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_config.save_pretrained(str(out_dir))
-    weights = load_file(str(run_dir / runs.WEIGHTS))
     save_file({PEFT_PREFIX + key: tensor for key, tensor in weights.items()}, str(out_dir / PEFT_WEIGHTS))
     return out_dir
 
@@ -85,7 +97,8 @@ def run_readme(run_dir: str | Path, run_id: str, state: str) -> str:
         )
     else:
         lines.append("**Test scores:** none (the run was not evaluated).")
-    peft_files = f", and `{PEFT_FOLDER}/` (the same adapter in peft's format)" if method == "lora" else ""
+    peft = exports_to_peft(info)
+    peft_files = f", and `{PEFT_FOLDER}/` (the same adapter in peft's format)" if peft else ""
     lines += [
         "",
         "Files: `weights.safetensors` (the method's parameters), `config.json` (the resolved config and "
@@ -111,7 +124,7 @@ def run_readme(run_dir: str | Path, run_id: str, state: str) -> str:
         "```",
         "",
     ]
-    if method != "lora":
+    if not peft:
         return "\n".join([*lines, f"peft has no `{method}` method: load it with VL-PEFT Lab as above.", ""])
     text = '"a picture of"' if task == "caption" else '"question: what colour is the circle? answer:"'
     lines += [
