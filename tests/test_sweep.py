@@ -473,3 +473,43 @@ def test_the_ray_executor_runs_each_run_as_a_task_on_a_local_instance(
 def test_grid_point_names_are_stable():
     point = GridPoint("vqa", "lora", parse_budget("20000"), 0.25, 1)
     assert point.name == "vqa__lora__b20k__f0.25__s1"
+
+
+def test_a_sweep_that_requires_tuned_learning_rates_refuses_to_run_without_them(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path, capsys, monkeypatch
+):
+    from training.study import tuning
+
+    table = tmp_path / "lr.csv"
+    monkeypatch.setattr(tuning, "LR_TABLE", table)
+    config = write_sweep(
+        tmp_path / "sweep.yaml",
+        tiny_model_dir,
+        tiny_vqa_dataset,
+        methods=["zero-shot", "prompt", "lora"],
+        budget_axis={"fraction": 1.0, "budgets": ["2k"]},
+        require_tuned_lr=True,
+    )
+    args = ["sweep", "--config", str(config), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "r")]
+    assert main(args) != 0
+    refusal = capsys.readouterr().err
+    assert "lr.csv has none for 2 of them (vqa prompt (both), vqa lora (both)). Run `python -m training tune" in refusal
+    assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "r" / "runs.csv").exists()
+    assert main([*args, "--dry-run"]) == 0  # the plan is still shown, with what is missing
+    assert "no tuned learning rate in lr.csv for: vqa prompt (both), vqa lora (both)" in capsys.readouterr().out
+
+    rows = [
+        {"task": "vqa", "method": m, "towers": "both", "options": "{}", "lr": 0.01, "bracketed": b}
+        for m, b in (("prompt", True), ("lora", False))
+    ]
+    tuning.write_rows(table, rows, tuning.LR_COLUMNS)
+    assert main([*args, "--only", "zero-shot"]) == 0
+    printed = capsys.readouterr().out
+    assert "learning rate not bracketed in lr.csv (best at the edge of its grid): vqa lora (both)" in printed
+    assert "no tuned learning rate" not in printed
+
+
+def test_the_paper_sweep_requires_tuned_learning_rates():
+    assert load_spec(REPO_ROOT / "sweeps" / "paper.yaml").require_tuned_lr
+    with pytest.raises(UserError, match="true or false"):
+        parse_spec({"methods": ["zero-shot"], "require_tuned_lr": "yes"})

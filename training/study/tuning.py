@@ -117,6 +117,29 @@ def resolve_lr(config: RunConfig, default_lr: float, table: Path = LR_TABLE) -> 
     return default_lr, config.method_options, "method default"
 
 
+def tuning_gaps(configs: list[RunConfig], table: Path | None = None) -> tuple[list[str], list[str]]:
+    """For the runs of a grid: (the task, method and towers that lr.csv has no learning rate for, those whose
+    best learning rate there is not bracketed), as 'task method (towers)'. Runs given an lr need none."""
+    table = table or LR_TABLE
+    rows = read_rows(table)
+    missing, unbracketed = [], []
+    for config in configs:
+        if config.lr is not None or config.method == "zero-shot":
+            continue
+        towers = lr_towers(config.method, config.towers)
+        label = f"{config.task} {config.method} ({towers})"
+        if label in missing or label in unbracketed:
+            continue
+        row = next(
+            (r for r in rows if (r["task"], r["method"], r["towers"]) == (config.task, config.method, towers)), None
+        )
+        if row is None:
+            missing.append(label)
+        elif str(row.get("bracketed")) != "True":
+            unbracketed.append(label)
+    return missing, unbracketed
+
+
 # -- the tuning sweep ------------------------------------------------------------------------------------
 
 

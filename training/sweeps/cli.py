@@ -77,8 +77,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         echo=lambda line: print(line, flush=True),
     )
     print("\n".join(describe(plan, session.estimator, parallel)), flush=True)
+    missing = check_learning_rates(spec, plan, args.config)
     if args.dry_run:
         return 0
+    if missing:
+        raise UserError(missing)
     with SweepLock(spec.out):
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
@@ -100,6 +103,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for failure in meta["failures"]:
         print(f"failed: {failure['run']} (exit {failure['returncode']}): {failure['error'][-300:]}", file=sys.stderr)
     return 1 if meta["failed"] else 0
+
+
+def check_learning_rates(spec, plan, config_path: str) -> str | None:
+    """Print which of the grid's trained methods results/lr.csv has no (or no bracketed) learning rate for; with
+    the file's `require_tuned_lr`, return the refusal to run while any is missing."""
+    from training.study.tuning import LR_TABLE, tuning_gaps
+
+    missing, unbracketed = tuning_gaps([spec.run_config(point) for point in plan.points])
+    if unbracketed:
+        print(
+            f"  learning rate not bracketed in {LR_TABLE.name} (best at the edge of its grid): {', '.join(unbracketed)}"
+        )
+    if not missing:
+        return None
+    print(f"  no tuned learning rate in {LR_TABLE.name} for: {', '.join(missing)}")
+    if not spec.require_tuned_lr:
+        return None
+    return (
+        f"This sweep needs a learning rate found on validation for every method it trains, and {LR_TABLE.name} has "
+        f"none for {len(missing)} of them ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}). Run "
+        f"`python -m training tune --config {config_path}` first (it resumes where it stopped), then this sweep."
+    )
 
 
 def sweep_command(args: argparse.Namespace) -> str:

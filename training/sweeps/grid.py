@@ -21,6 +21,7 @@ fraction and seed). The keys:
     budget_axis: {fraction: 1.0, budgets: [1k, 10k, 100k]}    # budgets: a list or {method: [...]}
     resources: {num_cpus: 1, num_gpus: 0}   # what each run asks Ray for
     estimate_s: {caption: 35, vqa: 30}      # seconds per run for the dry run (or {task: {method: s}})
+    require_tuned_lr: false          # true: refuse to run while results/lr.csv lacks a trained method's rate
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ TOP_KEYS = {
     "settings",
     "resources",
     "estimate_s",
+    "require_tuned_lr",
 }
 
 
@@ -99,6 +101,7 @@ class SweepSpec:
     budget_axis: tuple[float, dict[str, list[Budget]]] | None = None
     resources: dict = field(default_factory=lambda: {"num_cpus": 1, "num_gpus": 0})
     estimate_s: dict[str, float | dict] = field(default_factory=dict)  # task -> seconds per run (or method -> s)
+    require_tuned_lr: bool = False  # runs may not fall back to a method's default learning rate
     source: dict = field(default_factory=dict)  # the file as read
 
     def points(self) -> list[GridPoint]:
@@ -256,6 +259,10 @@ def parse_spec(data: dict, file_name: str = "sweep") -> SweepSpec:
     spec.estimate_s = {
         t: {m: float(s) for m, s in v.items()} if isinstance(v, dict) else float(v) for t, v in estimate.items()
     }
+    required = data.get("require_tuned_lr", False)
+    if not isinstance(required, bool):
+        raise UserError("`require_tuned_lr` is true or false.")
+    spec.require_tuned_lr = required
     for point in spec.points()[:1]:
         spec.run_config(point)  # the settings must make a valid RunConfig
     return spec
