@@ -204,7 +204,7 @@ def test_tuning_widens_the_grid_until_the_best_is_bracketed_and_resumes(tmp_path
     assert plain[-1] == pytest.approx(0.316) and plain[0] == pytest.approx(3.16e-3)  # widened twice upwards
     assert len(rows) == 1
     row = rows[0]
-    assert row["method"] == "prefix" and row["lr"] == pytest.approx(0.1) and row["bracketed"]
+    assert row["method"] == "prefix" and row["lr"] == pytest.approx(0.1) and row["bracketed"] and row["complete"]
     assert json.loads(row["options"]) == {"reparam": False}  # its best beats the reparametrised form's best
     assert (tmp_path / "lr.csv").is_file() and (tmp_path / "lr-runs.csv").is_file()
     # Run again: everything is in lr-runs.csv, so nothing trains.
@@ -233,6 +233,7 @@ def test_tuning_stops_widening_at_the_learning_rate_ceiling(tmp_path):
     )
     assert max(tried) < 1 and max(tried) == pytest.approx(0.316)
     assert rows[0]["lr"] == pytest.approx(0.316) and not rows[0]["bracketed"]
+    assert rows[0]["complete"]  # at the ceiling the grid cannot widen: the tuning is done
 
 
 def test_tuning_needs_two_seeds(tmp_path):
@@ -300,3 +301,14 @@ def test_report_to_tensorboard_logs_loss_validation_and_test_scores(tiny_model_d
     assert [e.step for e in events.Scalars("eval/accuracy")] == [2, 4]
     losses = [row["loss"] for row in runs.read_jsonl(run / runs.METRICS)]
     assert [round(e.value, 4) for e in events.Scalars("train/loss")] == [round(v, 4) for v in losses]
+
+
+def test_a_curve_is_finished_only_with_every_seed_and_a_bracketed_best_or_one_at_the_ceiling():
+    from training.study.tuning import finished_curve
+
+    done = {0.001: [1.0, 1.2], 0.00316: [2.0, 2.2], 0.01: [1.5, 1.1]}
+    assert finished_curve(done, 0.00316, True)
+    assert not finished_curve({**done, 0.01: [1.5]}, 0.00316, True)  # a seed of the last point to go
+    assert not finished_curve({0.001: [1.0], 0.00316: [2.0], 0.01: [1.5]}, 0.00316, True)  # one seed only
+    assert not finished_curve(done, 0.01, False)  # best at the high edge: the tuner widens next
+    assert finished_curve({0.1: [1.0, 1.0], 0.316: [2.0, 2.0]}, 0.316, False)  # 0.316 x 3.16 >= 1: the ceiling

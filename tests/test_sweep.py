@@ -493,20 +493,23 @@ def test_a_sweep_that_requires_tuned_learning_rates_refuses_to_run_without_them(
     args = ["sweep", "--config", str(config), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "r")]
     assert main(args) != 0
     refusal = capsys.readouterr().err
-    assert "lr.csv has none for 2 of them (vqa prompt (both), vqa lora (both)). Run `python -m training tune" in refusal
+    assert "lr.csv lacks a finished one for 2 of them (vqa prompt (both), vqa lora (both)). Run `python -m" in refusal
     assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "r" / "runs.csv").exists()
     assert main([*args, "--dry-run"]) == 0  # the plan is still shown, with what is missing
     assert "no tuned learning rate in lr.csv for: vqa prompt (both), vqa lora (both)" in capsys.readouterr().out
 
     rows = [
-        {"task": "vqa", "method": m, "towers": "both", "options": "{}", "lr": 0.01, "bracketed": b}
-        for m, b in (("prompt", True), ("lora", False))
+        {"task": "vqa", "method": m, "towers": "both", "options": "{}", "lr": 0.01, "complete": c}
+        for m, c in (("prompt", True), ("lora", False))
     ]
     tuning.write_rows(table, rows, tuning.LR_COLUMNS)
+    assert main([*args, "--only", "zero-shot"]) != 0  # LoRA's tuning is not finished
+    printed = capsys.readouterr()
+    assert "tuning not complete in lr.csv (a seed to go, or the best not bracketed): vqa lora (both)" in printed.out
+    assert "no tuned learning rate" not in printed.out and "1 of them (vqa lora (both))" in printed.err
+    tuning.write_rows(table, [{**row, "complete": True} for row in rows], tuning.LR_COLUMNS)
     assert main([*args, "--only", "zero-shot"]) == 0
-    printed = capsys.readouterr().out
-    assert "learning rate not bracketed in lr.csv (best at the edge of its grid): vqa lora (both)" in printed
-    assert "no tuned learning rate" not in printed
+    assert "tuning not complete" not in capsys.readouterr().out
 
 
 def test_the_paper_sweep_requires_tuned_learning_rates():

@@ -44,6 +44,7 @@ LR_COLUMNS = [
     "val_sd",
     "seeds",
     "bracketed",
+    "complete",
     "budget",
     "data_fraction",
     "curve",
@@ -119,7 +120,8 @@ def resolve_lr(config: RunConfig, default_lr: float, table: Path = LR_TABLE) -> 
 
 def tuning_gaps(configs: list[RunConfig], table: Path | None = None) -> tuple[list[str], list[str]]:
     """For the runs of a grid: (the task, method and towers that lr.csv has no learning rate for, those whose
-    best learning rate there is not bracketed), as 'task method (towers)'. Runs given an lr need none."""
+    tuning there is not complete: a seed to go, or a best not bracketed), as 'task method (towers)'. Runs given
+    an lr need none."""
     table = table or LR_TABLE
     rows = read_rows(table)
     missing, unbracketed = [], []
@@ -135,7 +137,7 @@ def tuning_gaps(configs: list[RunConfig], table: Path | None = None) -> tuple[li
         )
         if row is None:
             missing.append(label)
-        elif str(row.get("bracketed")) != "True":
+        elif str(row.get("complete")) != "True":
             unbracketed.append(label)
     return missing, unbracketed
 
@@ -195,6 +197,16 @@ def best_of(scores: dict[float, list[float]]) -> tuple[float, bool]:
     means = [statistics.fmean(scores[lr]) for lr in lrs]
     index = max(range(len(lrs)), key=lambda i: means[i])
     return lrs[index], 0 < index < len(lrs) - 1
+
+
+def finished_curve(scores: dict[float, list[float]], best: float, bracketed: bool) -> bool:
+    """Whether `tune` is done with a curve, read off the curve alone: every learning rate has the same number of
+    seeds (at least two), and the best is bracketed or at the learning-rate ceiling, where the grid cannot widen.
+    A curve still being tuned (a seed to go, or a best at an edge that the next widening tests) is not."""
+    counts = {len(values) for values in scores.values()}
+    # The next grid point up would reach lr 1 (grid values are rounded to 3 digits: 0.316 stands for 10 ** -0.5).
+    at_ceiling = best == max(scores) and best * HALF_DECADE * 1.01 >= MAX_LR
+    return len(counts) == 1 and min(counts) >= 2 and (bracketed or at_ceiling)
 
 
 @dataclass
@@ -337,12 +349,13 @@ def summarise(done: list[dict], base: RunConfig) -> list[dict]:
         groups.setdefault((row["task"], row["method"], row["towers"]), []).append(row)
     table = []
     for (task, method, towers), rows in sorted(groups.items()):
-        candidates = []
+        candidates, complete = [], True
         for options in sorted({r["options"] for r in rows}):
             scores = curve([r for r in rows if r["options"] == options])
             lr, bracketed = best_of(scores)
             mean = statistics.fmean(scores[lr])
             candidates.append((mean, options, lr, bracketed, scores))
+            complete = complete and finished_curve(scores, lr, bracketed)
         mean, options, lr, bracketed, scores = max(candidates, key=lambda c: c[0])
         values = scores[lr]
         table.append(
@@ -356,6 +369,7 @@ def summarise(done: list[dict], base: RunConfig) -> list[dict]:
                 "val_sd": round(statistics.stdev(values), 6) if len(values) > 1 else "",
                 "seeds": len(values),
                 "bracketed": bracketed,
+                "complete": complete,
                 "budget": rows[0]["budget"],
                 "data_fraction": rows[0]["data_fraction"],
                 "curve": json.dumps({f"{k:g}": round(statistics.fmean(v), 6) for k, v in scores.items()}),

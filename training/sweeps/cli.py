@@ -106,24 +106,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def check_learning_rates(spec, plan, config_path: str) -> str | None:
-    """Print which of the grid's trained methods results/lr.csv has no (or no bracketed) learning rate for; with
-    the file's `require_tuned_lr`, return the refusal to run while any is missing."""
+    """Print which of the grid's trained methods results/lr.csv has no learning rate for, or no finished one
+    (a seed to go, or a best not bracketed); with the file's `require_tuned_lr`, return the refusal to run."""
     from training.study.tuning import LR_TABLE, tuning_gaps
 
-    missing, unbracketed = tuning_gaps([spec.run_config(point) for point in plan.points])
-    if unbracketed:
-        print(
-            f"  learning rate not bracketed in {LR_TABLE.name} (best at the edge of its grid): {', '.join(unbracketed)}"
-        )
-    if not missing:
-        return None
-    print(f"  no tuned learning rate in {LR_TABLE.name} for: {', '.join(missing)}")
-    if not spec.require_tuned_lr:
+    missing, unfinished = tuning_gaps([spec.run_config(point) for point in plan.points])
+    if unfinished:
+        why = "a seed to go, or the best not bracketed"
+        print(f"  tuning not complete in {LR_TABLE.name} ({why}): {', '.join(unfinished)}")
+    if missing:
+        print(f"  no tuned learning rate in {LR_TABLE.name} for: {', '.join(missing)}")
+    gaps = missing + unfinished
+    if not gaps or not spec.require_tuned_lr:
         return None
     return (
-        f"This sweep needs a learning rate found on validation for every method it trains, and {LR_TABLE.name} has "
-        f"none for {len(missing)} of them ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}). Run "
-        f"`python -m training tune --config {config_path}` first (it resumes where it stopped), then this sweep."
+        f"This sweep needs a learning rate found on validation for every method it trains, and {LR_TABLE.name} "
+        f"lacks a finished one for {len(gaps)} of them ({', '.join(gaps[:4])}{', ...' if len(gaps) > 4 else ''}). "
+        f"Run `python -m training tune --config {config_path}` first (it resumes where it stopped; a best still at "
+        "the edge after every widening needs a wider grid), then this sweep."
     )
 
 
