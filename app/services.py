@@ -31,6 +31,7 @@ from training.data.archive import DatasetSummary, StoredDataset, install_zip, st
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
 from training.errors import UserError
 from training.jobs import JobStore, Supervisor, job_status
+from training.jobs.durable import DurableDatasets
 from training.jobs.status import read_progress
 from training.jobs.store import ACTIVE_STATES, PersonalLimitReached
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
@@ -222,6 +223,11 @@ class Services:
         self._lock = threading.Lock()
         self._loading: dict[object, threading.Lock] = {}
         self.scratch = Path(tempfile.mkdtemp(prefix="vlpeft-app-"))
+        # Datasets added from zips live on the local disk; with a durable location they are published there too
+        # and come back after a restart on an empty disk (a Space), at the path their runs name.
+        self.durable_datasets = DurableDatasets(settings.durable) if settings.durable else None
+        if self.durable_datasets is not None:
+            self.durable_datasets.restore(self.datasets_home)
 
     def start_worker(self) -> None:
         """Run queued jobs from this process (each in its own child process)."""
@@ -330,6 +336,14 @@ class Services:
                 "that job has ended, or add this zip under another name."
             )
         stored = install_zip(archive, name, task, self.datasets_home, replace, self.settings.archive_limits)
+        if self.durable_datasets is not None:
+            try:
+                self.durable_datasets.publish(stored.path)
+            except OSError as exc:
+                raise UserError(
+                    f"Dataset {stored.name!r} is added, but saving it to the durable storage failed ({exc}): it "
+                    "works until the app restarts. Upload it again with Replace ticked to save it."
+                ) from None
         source = str(stored.path.resolve())
         with self._lock:  # a replaced dataset is read afresh
             for cache in (self._datasets, self._galleries):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -278,3 +279,45 @@ def test_a_dataset_a_live_job_uses_is_not_replaced_under_it(services, own_zip):
         data.add_dataset(services, str(own_zip[1]), "mine", "caption", True)
     services.store.cancel(job_id, by="someone")
     assert data.add_dataset(services, str(own_zip[1]), "mine", "caption", True).stored.name == "mine"
+
+
+def test_an_added_dataset_is_published_and_comes_back_after_a_restart_on_an_empty_disk(
+    tmp_path, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, own_zip
+):
+    from tests.test_durable import WriteOnceWatch
+
+    bucket, home = tmp_path / "bucket", tmp_path / "home"
+    watch = WriteOnceWatch(bucket)
+    first = app_services(home, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, durable=bucket)
+    data.add_dataset(first, str(own_zip[1]), "mine", "caption", False)
+    config = train.run_config(first, *form(dataset="mine", max_steps=2))
+    local = first.datasets_home / "mine"
+    assert watch.check() > 0
+    first.close()
+
+    shutil.rmtree(home)  # the Space restarts: its local disk is empty, the bucket is kept
+    again = app_services(home, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, durable=bucket)
+    assert [(d.name, d.task) for d in again.uploaded_datasets()] == [("mine", "caption")]
+    assert train.run_config(again, *form(dataset="mine", max_steps=2)).dataset == config.dataset == str(local.resolve())
+    assert len(compare.gallery(again, "caption", "mine")) == 3
+
+    # A replacement is a new version on the bucket; nothing published before is rewritten.
+    other = write_tiny_dataset(tmp_path / "other", "caption", {"train": 4, "test": 2}, seed=3)
+    data.add_dataset(again, str(zip_folder(other, tmp_path / "other.zip", prefix="other/")), "mine", "caption", True)
+    watch.check()
+    again.close()
+    shutil.rmtree(home)
+    third = app_services(home, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, durable=bucket)
+    assert len(compare.gallery(third, "caption", "mine")) == 2
+    assert len(list((bucket / "datasets" / "mine").iterdir())) == 2
+    third.close()
+
+
+def test_an_interrupted_publication_is_not_restored(tmp_path, good_zip):
+    from training.jobs.durable import DurableDatasets
+
+    stored = install_zip(good_zip, "mine", "caption", tmp_path / "home")
+    durable = DurableDatasets(tmp_path / "bucket")
+    version = durable.publish(stored.path)
+    (version / "dataset.json").unlink()  # the copy stopped before its last file
+    assert durable.latest() == {} and durable.restore(tmp_path / "empty") == []

@@ -9,6 +9,8 @@ progress stay on local disk, and this module publishes to the durable location:
   runs/<job id>/<run files>    when the job has ended: every file of its run directory (and of its
                                subfolders), each written once
   runs/<job id>/job.json       last: the job's final row and its history; a run without it is incomplete
+  datasets/<name>/<version>/   a dataset added from a zip (training/data/archive.py), every file of its folder,
+                               its dataset.json last; a new upload under the same name is a new version
 
 Every file is created exclusively (`open(..., "xb")`), written in one pass and closed: nothing here ever
 opens a published file for writing again, renames it or appends to it. There is no index file: the list
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +103,57 @@ class DurableRuns:
     def remove(self, job_id: str) -> None:
         """Delete a run's published files (deleting is allowed; changing them is not)."""
         shutil.rmtree(self.run_dir(job_id), ignore_errors=True)
+
+
+class DurableDatasets:
+    """The datasets added from zips, published under `root/datasets/<name>/<version>/` so that an app whose local
+    disk starts empty (a Space after a restart) gets them back, at the same local path its runs name."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root) / "datasets"
+
+    def publish(self, folder: Path) -> Path:
+        """Copy a stored dataset folder (its dataset.json last, which marks the version complete)."""
+        from training.data.archive import INFO
+
+        target = self.root / folder.name / str(time.time_ns())
+        target.mkdir(parents=True)
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != INFO]
+        for path in [*files, folder / INFO]:
+            destination = target / path.relative_to(folder)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb") as source:
+                write_once(destination, source)
+        return target
+
+    def latest(self) -> dict[str, Path]:
+        """Name -> the newest complete version."""
+        from training.data.archive import INFO, NAME
+
+        found = {}
+        for folder in sorted(self.root.iterdir()) if self.root.is_dir() else ():
+            versions = [v for v in folder.iterdir() if v.name.isdigit() and (v / INFO).is_file()]
+            if NAME.fullmatch(folder.name) and versions:
+                found[folder.name] = max(versions, key=lambda v: int(v.name))
+        return found
+
+    def restore(self, home: Path) -> list[str]:
+        """Copy back every published dataset that `home` lacks; returns their names."""
+        restored = []
+        for name, version in self.latest().items():
+            if (home / name).exists():
+                continue
+            home.mkdir(parents=True, exist_ok=True)
+            staging = home / f".restoring-{name}-{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(version, staging)
+            try:
+                staging.rename(home / name)
+            except OSError:  # another process restored it meanwhile
+                shutil.rmtree(staging, ignore_errors=True)
+                continue
+            restored.append(name)
+        return restored
 
 
 def write_once(path: Path, data: bytes | Any) -> None:
