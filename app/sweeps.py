@@ -13,6 +13,7 @@ the grid from the command line and writes its runs and table there.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 
 from app.services import Services
 from training.errors import UserError
+from training.jobs.durable import write_once
 from training.jobs.store import FINAL_STATES, PersonalLimitReached, new_job_id
 from training.run.config import RunConfig
 from training.sweeps.grid import GridPoint, Skipped, SweepSpec, budget_text, parse_spec
@@ -158,6 +160,7 @@ def queue(services: Services, plan: SweepDraft, submitter: str) -> QueuedSweep:
     jobs = {point.name: job_id for point, job_id in zip(plan.points, job_ids, strict=True)}
     record = {"submitter": submitter, "created_at": time.time(), "jobs": jobs}
     (folder / MEMBERS).write_text(json.dumps(record, indent=1))
+    _publish(services, folder)
     return QueuedSweep(sweep_id, folder, data, jobs, submitter, record["created_at"])
 
 
@@ -165,8 +168,39 @@ def sweeps_dir(services: Services) -> Path:
     return services.settings.data_home / "sweeps"
 
 
+def _durable_sweeps(services: Services) -> Path | None:
+    return Path(services.settings.durable) / "sweeps" if services.settings.durable else None
+
+
+def _publish(services: Services, folder: Path) -> None:
+    """With a durable location (a Space's bucket), the sweep's two files go there too, each written once, the
+    list of its jobs last; its runs are jobs and are published as they end."""
+    root = _durable_sweeps(services)
+    if root is None:
+        return
+    (root / folder.name).mkdir(parents=True, exist_ok=True)
+    for name in (SWEEP_FILE, MEMBERS):
+        with open(folder / name, "rb") as source:
+            write_once(root / folder.name / name, source)
+
+
+def _restore(services: Services) -> None:
+    """Copy back the published sweeps that the local disk lacks (after a restart on an empty disk)."""
+    root = _durable_sweeps(services)
+    if root is None or not root.is_dir():
+        return
+    for published in root.iterdir():
+        local = sweeps_dir(services) / published.name
+        if local.exists() or not (published / MEMBERS).is_file():
+            continue
+        local.mkdir(parents=True)
+        for name in (SWEEP_FILE, MEMBERS):
+            shutil.copyfile(published / name, local / name)
+
+
 def queued_sweeps(services: Services) -> list[QueuedSweep]:
     """Every sweep queued from the page, newest first (a folder without its two files is skipped)."""
+    _restore(services)
     found = []
     root = sweeps_dir(services)
     for folder in sorted(root.iterdir(), reverse=True) if root.is_dir() else []:
@@ -189,7 +223,8 @@ def sweep_of_job(services: Services) -> dict[str, str]:
 
 
 def counts(services: Services, sweep: QueuedSweep) -> dict[str, int]:
-    """How many of the sweep's runs are in each state ('deleted' for a run removed since)."""
+    """How many of the sweep's runs are in each state ('deleted' for a run removed since, or queued on a local disk
+    that a restart emptied)."""
     states = {job.id: job.state for job in services.store.list_jobs()}
     tally: dict[str, int] = {}
     for job_id in sweep.jobs.values():

@@ -4,6 +4,7 @@ sweep file beside its runs, and Explore's curves of its runs. Handlers called di
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -27,11 +28,12 @@ LIMITS = JobLimits(max_queued=20, max_queued_per_submitter=20, max_runtime_s=0, 
 def make_services(tmp_path: Path, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset):
     made = []
 
-    def make(limits: JobLimits = LIMITS) -> Services:
+    def make(limits: JobLimits = LIMITS, home: Path | None = None, **overrides) -> Services:
         settings = Settings(
             base_model=str(tiny_model_dir),
-            home=tmp_path / f"home{len(made)}",
+            home=home or tmp_path / f"home{len(made)}",
             limits=limits,
+            **overrides,
             datasets={"caption": str(tiny_caption_dataset), "vqa": str(tiny_vqa_dataset)},
             results_dir=tmp_path / "results",
         )
@@ -120,6 +122,27 @@ def test_a_queued_sweep_is_one_job_per_run_with_a_sweep_file_the_cli_reruns(make
     assert sweeps.queued_sweeps(services)[0].jobs == queued.jobs
     assert sweeps.counts(services, queued) == {"queued": 4}
     assert sweeps.sweep_of_job(services) == {job.id: "tiny" for job in jobs}
+
+
+def test_a_queued_sweep_comes_back_from_the_durable_location_after_a_restart_on_an_empty_disk(
+    make_services, tmp_path: Path
+):
+    from tests.test_durable import WriteOnceWatch
+
+    bucket, home = tmp_path / "bucket", tmp_path / "space-home"
+    watch = WriteOnceWatch(bucket)
+    services = make_services(home=home, durable=bucket)
+    queued = sweeps.queue(services, sweeps.draft(services, sweep_tab.sweep_form(services, *form())), "someone")
+    assert watch.check() == 2  # its sweep file and its list of jobs
+    services.close()
+    shutil.rmtree(home)
+    again = make_services(home=home, durable=bucket)
+    [back] = sweeps.queued_sweeps(again)
+    assert (back.name, back.jobs, back.submitter) == ("tiny", queued.jobs, "someone")
+    assert load_spec(back.sweep_file).out == queued.folder  # the command line reruns it where it was
+    # Its jobs were still queued on the lost disk: they are gone, and the page says so instead of failing.
+    assert sweeps.counts(again, back) == {"deleted": 4}
+    watch.check()
 
 
 def test_each_run_counts_against_the_personal_cap_and_a_sweep_that_does_not_fit_is_refused_whole(make_services):
