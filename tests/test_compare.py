@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import draw_tiny
 from training.data.dataset import Example
@@ -16,7 +19,7 @@ from training.model.pixels import PixelCache
 from training.model.vlmodel import VLModel
 from training.run.config import RunConfig
 from training.run.tasks import Encoder, prompt_text
-from training.run.trainer import train
+from training.run.trainer import adapter_name, train
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,8 @@ def test_compare_gives_zero_shot_then_one_column_per_run(tiny_model_dir, vqa_run
     assert all("VQA accuracy" in c.sample_score for c in columns)
     assert columns[1].trainable_params > 0 and columns[1].data_fraction == 1.0 and "accuracy" in columns[1].test_score
     base = comparer.base
-    assert set(base.adapters) == {"lora", "prefix"}  # PEFT runs share the one base; full has its own model
+    # PEFT runs share the one base; full has its own model.
+    assert set(base.adapters) == {adapter_name(vqa_runs[0]), adapter_name(vqa_runs[1])}
     again = comparer.compare(draw_tiny("red", "square"), "vqa", vqa_runs, question="what color is the square ?")
     assert [c.output for c in again] == [c.output for c in columns] and comparer.base is base
 
@@ -63,6 +67,22 @@ def test_compare_of_one_run_equals_its_output_alone(tiny_model_dir, vqa_runs):
         alone = Comparer(str(tiny_model_dir)).compare(
             draw_tiny("blue", "circle"), "vqa", [run], question="what shape is the blue shape ?"
         )
+        assert alone[1].output == together[index].output
+
+
+def test_runs_of_one_name_in_two_sweeps_and_names_with_dots_compare_as_themselves(tiny_model_dir, vqa_runs, tmp_path):
+    # A sweep's run folders are named like vqa__lora__b2k__f0.25__s0, and two sweeps hold runs of the same name.
+    first, second = tmp_path / "a" / "vqa__lora__f0.25__s0", tmp_path / "b" / "vqa__lora__f0.25__s0"
+    shutil.copytree(vqa_runs[0], first)
+    shutil.copytree(vqa_runs[0], second)
+    weights = load_file(str(second / "weights.safetensors"))
+    save_file({k: v * 3 for k, v in weights.items()}, str(second / "weights.safetensors"))
+    question = "what color is the square ?"
+    comparer = Comparer(str(tiny_model_dir))
+    together = comparer.compare(draw_tiny("red", "square"), "vqa", [first, second], question=question)
+    assert len(comparer.base.adapters) == 2 and adapter_name(first) != adapter_name(second)
+    for index, run in enumerate((first, second), start=1):
+        alone = Comparer(str(tiny_model_dir)).compare(draw_tiny("red", "square"), "vqa", [run], question=question)
         assert alone[1].output == together[index].output
 
 
@@ -149,9 +169,9 @@ def test_compare_keeps_a_bounded_set_of_adapters_resident_and_detaches_the_rest(
     lora, prefix, _ = vqa_runs
     question = "what color is the square ?"
     first = comparer.compare(draw_tiny("red", "square"), "vqa", [lora, prefix], question=question)
-    assert set(base.adapters) == {"prefix"}  # LoRA, used first, was detached when prefix came
+    assert set(base.adapters) == {adapter_name(prefix)}  # LoRA, used first, was detached when prefix came
     assert sum(len(m._forward_hooks) for m in base.model.modules()) == hooks  # LoRA's hooks went with it
-    prefix_size = sum(p.numel() for p in base.adapters["prefix"].parameters())
+    prefix_size = sum(p.numel() for p in base.adapters[adapter_name(prefix)].parameters())
     assert sum(p.numel() for p in base.model.parameters()) == parameters + prefix_size
     again = comparer.compare(draw_tiny("red", "square"), "vqa", [lora, prefix], question=question)
     assert [c.output for c in again] == [c.output for c in first]  # reloaded as it was

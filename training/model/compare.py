@@ -26,7 +26,7 @@ from training.model.pixels import PixelCache
 from training.model.vlmodel import VLModel
 from training.run import runs
 from training.run.tasks import Encoder, prompt_text
-from training.run.trainer import load_run
+from training.run.trainer import adapter_name, load_run
 
 MAX_QUESTION_CHARS = 300
 MAX_UPLOAD_PIXELS = 40_000_000
@@ -154,7 +154,7 @@ class Comparer:
             self._full.move_to_end(key)
             vl = self._full[key]
             return vl, next(iter(vl.adapters))
-        adapter = run_dir.name
+        adapter = adapter_name(run_dir)
         if adapter not in self.base.adapters:
             load_run(run_dir, vl=self.base, adapter=adapter)
         self._resident[adapter] = None

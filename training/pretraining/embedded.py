@@ -53,7 +53,7 @@ def score_on_validation(run_dir: str | Path) -> dict:
     """
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    vl, adapter, info = load_run(run_dir, adapter="scored")  # a run folder's name may not be a module name
+    vl, adapter, info = load_run(run_dir)
     vl.set_active(adapter)
     config = RunConfig.from_dict(info["config"])
     examples = load_dataset(config.dataset, config.task).split("validation")

@@ -5,9 +5,11 @@ Used the same way by the CLI, the job worker (which runs the CLI in its own proc
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 import random
+import re
 import signal
 import sys
 import time
@@ -601,10 +603,19 @@ def peak_memory_mb(device: torch.device) -> float:
         return float("nan")
 
 
+def adapter_name(run_dir: str | Path) -> str:
+    """The name a run's adapter takes on a shared base: safe as a module name (a sweep's run folders hold dots,
+    `f0.25`), and one per run folder (two sweeps may each have a run of the same name)."""
+    path = Path(run_dir).resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', path.name)[:60]}-{digest}"
+
+
 def load_run(
     run_dir: str | Path, vl: VLModel | None = None, adapter: str | None = None, device: str = "cpu"
 ) -> tuple[VLModel, str, dict]:
-    """Attach a finished run's weights to vl (or a fresh model of the run's base) as `adapter`."""
+    """Attach a finished run's weights to vl (or a fresh model of the run's base) as `adapter` (default:
+    `adapter_name(run_dir)`)."""
     run_dir = Path(run_dir)
     info = runs.read_json(run_dir / runs.CONFIG)
     weights = run_dir / runs.WEIGHTS
@@ -613,7 +624,7 @@ def load_run(
     config = RunConfig.from_dict(info["config"])
     if vl is None:
         vl = VLModel(load_base_model(config.base_model, resolve_device(device)))
-    adapter = adapter or run_dir.name
+    adapter = adapter or adapter_name(run_dir)
     attached = vl.attach(config.method, adapter, config.towers, info.get("knob_value"))
     try:
         attached.load_state_dict(load_file(str(weights), device=str(vl.device)))
