@@ -312,3 +312,25 @@ def test_a_curve_is_finished_only_with_every_seed_and_a_bracketed_best_or_one_at
     assert not finished_curve({0.001: [1.0], 0.00316: [2.0], 0.01: [1.5]}, 0.00316, True)  # one seed only
     assert not finished_curve(done, 0.01, False)  # best at the high edge: the tuner widens next
     assert finished_curve({0.1: [1.0, 1.0], 0.316: [2.0, 2.0]}, 0.316, False)  # 0.316 x 3.16 >= 1: the ceiling
+
+
+def test_a_tuning_stopped_by_its_time_limit_writes_lr_csv_that_no_run_takes_an_unfinished_rate_from(
+    tmp_path, monkeypatch
+):
+    import training.study.tuning as tuning_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(tuning_module.time, "time", lambda: clock[0])
+
+    def fake_train(config: RunConfig, run_dir) -> dict:
+        clock[0] += 40  # each run takes 40 s; the limit is 60 s, so the third run is not started
+        return {"best": config.lr, "best_step": 1, "steps_run": 2, "epochs_run": 1.0, "stop_reason": "patience"}
+
+    base = RunConfig(task="vqa", budget="18k", towers="text")
+    work = tmp_path / "work"
+    tune([TuneTarget("vqa", "lora", "text", {})], base, [0, 1], tmp_path, work, fake_train, lambda s: None, 1060.0)
+    assert len(list(csv.DictReader(open(tmp_path / "lr-runs.csv")))) == 2
+    [row] = list(csv.DictReader(open(tmp_path / "lr.csv")))
+    assert (row["method"], row["complete"]) == ("lora", "False")
+    run = RunConfig(task="vqa", method="lora", towers="text")
+    assert lookup_lr(run, tmp_path / "lr.csv") is None  # the method's default, not a rate from half a tuning

@@ -5,10 +5,13 @@ log-spaced grid of learning rates (half-decades around the method's default), wi
 widens the grid on a side while the best mean validation score sits at that edge. Every run goes to
 `results/lr-runs.csv` as it finishes (so the tuning resumes), and `results/lr.csv` keeps, per task, method and
 towers, the learning rate (and method options, e.g. prefix tuning's reparametrisation) with the best mean
-validation score, whether it is bracketed (a worse grid point on both sides) and the whole curve.
+validation score, whether it is bracketed (a worse grid point on both sides), whether its tuning is complete
+(read off the runs: every point has all its seeds, and the best is bracketed or at the lr ceiling) and the
+whole curve. lr.csv is rewritten whenever a `tune` process stops, so it shows the tuning so far.
 
-A run without `--lr` takes its learning rate from `results/lr.csv` when that table has its task, method and
-towers (and the same method options, if it names any), else the method's default. The test split is never read.
+A run without `--lr` takes its learning rate from `results/lr.csv` when that table has a complete row for its
+task, method and towers (and the same method options, if it names any), else the method's default. The test
+split is never read.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def lookup_lr(config: RunConfig, table: Path = LR_TABLE) -> TunedLR | None:
     towers = lr_towers(config.method, config.towers)
     with open(table, encoding="utf-8", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if (r["task"], r["method"]) == (config.task, config.method)]
+    rows = [r for r in rows if r.get("complete") != "False"]  # a target still being tuned
     if config.method_options:
         rows = [r for r in rows if options_key(json.loads(r["options"] or "{}")) == options_key(config.method_options)]
     # The tower setting it was tuned on first; else another one's (said in the source).
@@ -286,7 +290,7 @@ def tune(
                         continue
                     if deadline is not None and time.time() > deadline:
                         echo("tune: time is up; run the same command again to go on")
-                        return summarise(done, base)
+                        return write_summary(results, runs_path, base)
                     config = RunConfig.from_dict(
                         {
                             **base.to_dict(),
@@ -336,7 +340,12 @@ def tune(
             else:
                 break
         echo(f"tune {target.label()}: best lr {best:g}" + ("" if bracketed else " (NOT bracketed)"))
-    # Every target of this call is done; the table also keeps what other tune processes have found so far.
+    return write_summary(results, runs_path, base)
+
+
+def write_summary(results: Path, runs_path: Path, base: RunConfig) -> list[dict]:
+    """lr.csv from every tuning run so far, this process's and other tune processes' alike; a target still being
+    tuned has `complete` False there, and no run or sweep takes its learning rate."""
     rows = summarise(read_rows(runs_path), base)
     write_rows(results / LR_TABLE.name, rows, LR_COLUMNS)
     return rows
