@@ -12,12 +12,10 @@ setup-dev:
 app: setup
 	PORT=$(PORT) .venv/bin/python -m app
 
-# Two test workers (pytest-xdist), as many as the reference machine's cores; each test file runs whole on one
-# of them (tests/conftest.py). `.venv/bin/python -m pytest -q` runs the same tests one at a time.
 test: setup-dev
 	.venv/bin/python -m ruff check app training tests scripts
 	.venv/bin/python -m ruff format --check app training tests scripts
-	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -n 2 --dist loadgroup
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
 
 lint: setup-dev
 	.venv/bin/python -m ruff check app training tests scripts

@@ -17,19 +17,6 @@ TINY_WORDS = (
 ).split()
 
 
-# Test files that start a local Ray instance: they run on one worker, one after another.
-RAY_FILES = {"test_jobs_ray.py", "test_sweep.py"}
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs two workers with --dist loadgroup) each test file runs whole on one
-    worker, so module-scoped fixtures (the BLIP-base model, trained runs) are built once; the files that start
-    Ray share one group."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("ray" if name in RAY_FILES else name))
-
-
 def draw_tiny(color: str, shape: str, size: int = 32) -> Image.Image:
     image = Image.new("RGB", (size, size), (245, 245, 240))
     draw = ImageDraw.Draw(image)
