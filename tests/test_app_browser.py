@@ -259,37 +259,37 @@ def test_an_uploaded_dataset_is_previewed_trained_on_and_compared_on(server, pag
     snap(page, "compare-own-dataset", tmp_path)
 
 
-def test_a_sweep_of_four_runs_queued_from_the_page_finishes_and_appears_in_explore(server, page, tmp_path: Path):
+def test_a_sweep_of_two_runs_queued_from_the_page_finishes_and_appears_in_explore(server, page, tmp_path: Path):
     app, url = server
     budget, _, batch_size, eval_limit = RUN
     page.goto(url)
     page.get_by_role("tab", name="Sweep").click()
     page.locator("#sweep-methods label", has_text="Serial adapter").click()  # LoRA is ticked already
     fill(page, "sweep-budgets", budget)
-    fill(page, "sweep-fractions", "0.5 1")
+    fill(page, "sweep-fractions", "1")
     fill(page, "sweep-seeds", "0")
     page.get_by_text("Settings for every run").click()
     fill(page, "sweep-max-steps", "2")
     fill(page, "sweep-batch-size", str(batch_size))
     fill(page, "sweep-eval-limit", str(min(eval_limit, 10)))
     fill(page, "sweep-name", "browser")
-    page.locator("#sweep-summary").get_by_text("4 runs (2 methods × 1 budget × 2 shares × 1 seed").wait_for()
+    page.locator("#sweep-summary").get_by_text("2 runs (2 methods × 1 budget × 1 share × 1 seed").wait_for()
 
     page.locator("#sweep-start").click()
-    page.locator("#sweep-note").get_by_text("Queued 4 runs as sweep browser").wait_for()
+    page.locator("#sweep-note").get_by_text("Queued 2 runs as sweep browser").wait_for()
     status = page.locator("#sweep-status")
     status.get_by_text("Sweep browser: done").wait_for(timeout=1_200_000 if EMBEDDED else 400_000)
-    assert "4 of 4 runs ended (4 finished)" in status.inner_text()
-    assert "4 of 4 runs" in page.locator("#sweep-progress").inner_text()
+    assert "2 of 2 runs ended (2 finished)" in status.inner_text()
+    assert "2 of 2 runs" in page.locator("#sweep-progress").inner_text()
     assert "python -m training sweep --config" in page.locator("#sweep-file").inner_text()
     assert "python -m training sweep --config" in page.locator("#sweep-note").inner_text()
     sweep = next(s for s in sweeps.queued_sweeps(app.services) if s.name == "browser")
-    assert [job.state for job in app.services.store.list_jobs() if job.id in sweep.jobs.values()] == ["finished"] * 4
+    assert [job.state for job in app.services.store.list_jobs() if job.id in sweep.jobs.values()] == ["finished"] * 2
     assert load_spec(sweep.sweep_file).points()[0].name in sweep.jobs  # the file the CLI reruns, beside its runs
     snap(page, "sweep", tmp_path)
 
     page.get_by_role("tab", name="Explore").click()
-    page.locator("#explore-note").get_by_text("Dotted curves: 4 finished runs").wait_for()
+    page.locator("#explore-note").get_by_text("Dotted curves: 2 finished runs").wait_for()
     plot = page.locator("#plot-params")
     plot.get_by_text("your sweep: LoRA").wait_for()
     assert "your sweep: Serial adapter" in plot.inner_text()

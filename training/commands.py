@@ -98,12 +98,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.run.trainer import train
-
-    config = config_from_args(args)
+    config = config_from_args(args)  # wrong arguments are said before torch is imported (seconds)
     out = Path(args.out)
     if (out / "eval.json").exists():
         raise UserError(f"{out} already holds a finished run: choose another --out.")
+    from training.run.trainer import train
+
     return train(config, out)
 
 
