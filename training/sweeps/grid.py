@@ -20,7 +20,7 @@ fraction and seed). The keys:
     data_axis: {budget: 32k, fractions: [0.01, 0.1, 1.0]}
     budget_axis: {fraction: 1.0, budgets: [1k, 10k, 100k]}    # budgets: a list or {method: [...]}
     resources: {num_cpus: 1, num_gpus: 0}   # what each run asks Ray for
-    estimate_s: {caption: 35, vqa: 30}      # seconds per run for the dry run (or {task: {method: s}})
+    estimate_s: {caption: 35, vqa: 30}      # seconds of a run on all the data, for the dry run ({task: {method: s}})
     require_tuned_lr: false          # true: refuse to run while results/lr.csv lacks a trained method's rate
 """
 

@@ -36,6 +36,7 @@ from training.sweeps.table import (
     write_table,
 )
 
+FIXED_RUN_S = 30.0  # the part of a run that does not shrink with its data share (see Estimator.expected)
 TIMINGS = "timings.json"  # in the sweep's out folder: seconds each finished run took, for the ETA
 MAX_FAILURES_IN_A_ROW = 3
 
@@ -72,7 +73,8 @@ def plan_sweep(spec: SweepSpec, only: str | None = None) -> SweepPlan:
 @dataclass
 class Estimator:
     """Expected seconds per run: the mean of finished runs of the same task and method, else of the task,
-    else the sweep file's `estimate_s` for the task, else the mean of any finished run."""
+    else the sweep file's `estimate_s` for the task (a run on all the data, scaled to the point's share), else
+    the mean of any finished run."""
 
     defaults: dict = field(default_factory=dict)
     seen: dict[tuple[str, str], list[float]] = field(default_factory=dict)
@@ -92,7 +94,13 @@ class Estimator:
         default = self.defaults.get(point.task)
         if isinstance(default, dict):
             default = default.get(point.method, default.get("*"))
-        return float(default) if default is not None else self._mean(lambda k: True)
+        if default is None:
+            return self._mean(lambda k: True)
+        # The file gives a run on all the data; on a share f of it the epochs are shorter: a fixed part (start,
+        # loading, scoring the test split) plus the rest times f.
+        seconds = float(default)
+        fixed = min(seconds, FIXED_RUN_S)
+        return fixed + (seconds - fixed) * (point.fraction if point.fraction is not None else 1.0)
 
     def total(self, points: list[GridPoint], parallel: int = 1) -> float | None:
         values = [self.expected(p) for p in points]
@@ -128,7 +136,8 @@ def describe(plan: SweepPlan, estimator: Estimator, parallel: int) -> list[str]:
             group = [p for p in plan.points if p.task == task and p.method == method]
             if not group:
                 continue
-            expected = estimator.expected(group[0])
+            times = [estimator.expected(p) for p in group]
+            expected = None if None in times else sum(times) / len(times)  # a mean over its shares and budgets
             lines.append(
                 f"  {task:<8} {method:<17} {len(group):>5} {len({p.budget for p in group}):>7} "
                 f"{len({p.fraction for p in group}):>9} {len({p.seed for p in group}):>5} "
