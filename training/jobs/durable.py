@@ -11,6 +11,7 @@ progress stay on local disk, and this module publishes to the durable location:
   runs/<job id>/job.json       last: the job's final row and its history; a run without it is incomplete
   datasets/<name>/<version>/   a dataset added from a zip (training/data/archive.py), every file of its folder,
                                its dataset.json last; a new upload under the same name is a new version
+  sweeps/<sweep id>/           a sweep queued from the page (app/sweeps.py): its sweep file, then its job list
 
 Every file is created exclusively (`open(..., "xb")`), written in one pass and closed: nothing here ever
 opens a published file for writing again, renames it or appends to it. There is no index file: the list

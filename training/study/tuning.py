@@ -128,13 +128,13 @@ def tuning_gaps(configs: list[RunConfig], table: Path | None = None) -> tuple[li
     an lr need none."""
     table = table or LR_TABLE
     rows = read_rows(table)
-    missing, unbracketed = [], []
+    missing, unfinished = [], []
     for config in configs:
         if config.lr is not None or config.method == "zero-shot":
             continue
         towers = lr_towers(config.method, config.towers)
         label = f"{config.task} {config.method} ({towers})"
-        if label in missing or label in unbracketed:
+        if label in missing or label in unfinished:
             continue
         row = next(
             (r for r in rows if (r["task"], r["method"], r["towers"]) == (config.task, config.method, towers)), None
@@ -142,8 +142,8 @@ def tuning_gaps(configs: list[RunConfig], table: Path | None = None) -> tuple[li
         if row is None:
             missing.append(label)
         elif str(row.get("complete")) != "True":
-            unbracketed.append(label)
-    return missing, unbracketed
+            unfinished.append(label)
+    return missing, unfinished
 
 
 # -- the tuning sweep ------------------------------------------------------------------------------------
