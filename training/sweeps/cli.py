@@ -107,7 +107,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def check_learning_rates(spec, plan, config_path: str) -> str | None:
     """Print which of the grid's trained methods results/lr.csv has no learning rate for, or no finished one
-    (a seed to go, or a best not bracketed); with the file's `require_tuned_lr`, return the refusal to run."""
+    (a seed to go, or a best not bracketed); with the file's `require_tuned_lr`, return the refusal to run
+    when a point this invocation would run is among them (so `--only` can start the tuned methods' points)."""
     from training.study.tuning import LR_TABLE, tuning_gaps
 
     missing, unfinished = tuning_gaps([spec.run_config(point) for point in plan.points])
@@ -116,14 +117,17 @@ def check_learning_rates(spec, plan, config_path: str) -> str | None:
         print(f"  tuning not complete in {LR_TABLE.name} ({why}): {', '.join(unfinished)}")
     if missing:
         print(f"  no tuned learning rate in {LR_TABLE.name} for: {', '.join(missing)}")
-    gaps = missing + unfinished
-    if not gaps or not spec.require_tuned_lr:
+    if not spec.require_tuned_lr or not (missing or unfinished):
+        return None
+    gaps = [label for found in tuning_gaps([spec.run_config(point) for point in plan.todo]) for label in found]
+    if not gaps:
         return None
     return (
         f"This sweep needs a learning rate found on validation for every method it trains, and {LR_TABLE.name} "
         f"lacks a finished one for {len(gaps)} of them ({', '.join(gaps[:4])}{', ...' if len(gaps) > 4 else ''}). "
         f"Run `python -m training tune --config {config_path}` first (it resumes where it stopped; a best still at "
-        "the edge after every widening needs a wider grid), then this sweep."
+        "the edge after every widening needs a wider grid), then this sweep; `--only` runs the points of the "
+        "methods that are tuned already."
     )
 
 
