@@ -362,6 +362,32 @@ class Services:
             examples.append((thumbnail, label))
         return DatasetPreview(stored, summarize(dataset), examples)
 
+    def remove_dataset(self, name: str) -> StoredDataset:
+        """Delete a dataset added from a zip, here and on the durable location. Runs trained on it keep their
+        results and weights; a queued or running job that uses it keeps it."""
+        if self.settings.demo:
+            raise UserError("This public demo has no uploaded datasets to remove.")
+        stored = next((d for d in self.uploaded_datasets() if d.name == (name or "").strip()), None)
+        if stored is None:
+            raise UserError(f"There is no uploaded dataset named {str(name)[:60]!r}: pick one from the list.")
+        source = str(stored.path.resolve())
+        in_use = [job.id for job in self.store.list_jobs(ACTIVE_STATES) if job.config.get("dataset") == source]
+        if in_use:
+            raise UserError(
+                f"Dataset {stored.name!r} is used by job {in_use[0]}, queued or running: remove it once that job "
+                "has ended."
+            )
+        gone = stored.path.with_name(f".removing-{stored.name}-{time.time_ns()}")
+        stored.path.rename(gone)  # out of the list at once; the files go next
+        shutil.rmtree(gone, ignore_errors=True)
+        if self.durable_datasets is not None:
+            self.durable_datasets.remove(stored.name)
+        with self._lock:
+            for cache in (self._datasets, self._galleries):
+                for key in [key for key in cache if key[1] == source]:
+                    del cache[key]
+        return stored
+
     def dataset(self, task: str, source: str | None = None) -> TaskDataset:
         return self._once(self._datasets, (task, source), lambda: load_dataset(source, task))
 

@@ -258,6 +258,17 @@ def test_an_uploaded_dataset_is_previewed_trained_on_and_compared_on(server, pag
     assert "Human captions of this test image" in result and all(caption in result for caption in references)
     snap(page, "compare-own-dataset", tmp_path)
 
+    # Removed from the Train tab's upload box, after saying it is sure; the run it trained keeps its results.
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#dataset-remove-pick input").click()
+    page.get_by_role("option", name="own-shapes").click()
+    page.locator("#dataset-remove").click()
+    note.get_by_text("Not removed").wait_for()
+    page.locator("#dataset-remove-sure input").check()
+    page.locator("#dataset-remove").click()
+    note.get_by_text("own-shapes is removed").wait_for()
+    assert app.services.uploaded_datasets() == [] and app.services.store.get(job.id).state == "finished"
+
 
 def test_a_sweep_of_two_runs_queued_from_the_page_finishes_and_appears_in_explore(server, page, tmp_path: Path):
     app, url = server

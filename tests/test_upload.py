@@ -321,3 +321,30 @@ def test_an_interrupted_publication_is_not_restored(tmp_path, good_zip):
     version = durable.publish(stored.path)
     (version / "dataset.json").unlink()  # the copy stopped before its last file
     assert durable.latest() == {} and durable.restore(tmp_path / "empty") == []
+
+
+def test_an_uploaded_dataset_is_removed_only_when_asked_for_sure_and_no_live_job_uses_it(
+    tmp_path, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, own_zip
+):
+    bucket = tmp_path / "bucket"
+    services = app_services(tmp_path / "home", tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, durable=bucket)
+    data.add_dataset(services, str(own_zip[1]), "mine", "caption", False)
+    assert data.uploaded_names(services) == ["mine"]
+    with pytest.raises(UserError, match="Tick 'Yes, remove it'"):
+        data.remove_dataset(services, "mine", False)
+    job = services.submit(train.run_config(services, *form(dataset="mine", max_steps=100_000)), "ann")
+    with pytest.raises(UserError, match=f"used by job {job}, queued or running"):
+        data.remove_dataset(services, "mine", True)
+    services.cancel(job, "ann")
+
+    note = data.remove_dataset(services, "mine", True)
+    assert "**mine** is removed" in note and data.uploaded_names(services) == []
+    assert not (services.datasets_home / "mine").exists() and not (bucket / "datasets" / "mine").exists()
+    assert [value for _, value in train.dataset_choices(services, "caption")] == ["embedded"]
+    with pytest.raises(UserError, match="no uploaded dataset named 'mine'"):
+        data.remove_dataset(services, "mine", True)
+    services.close()
+    # It does not come back with a restart either.
+    again = app_services(tmp_path / "home", tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, durable=bucket)
+    assert data.uploaded_names(again) == []
+    again.close()

@@ -33,6 +33,23 @@ def add_dataset(services: Services, archive: str | None, name: str, task: str, r
     return services.upload_dataset(archive, name, task, bool(replace))
 
 
+def remove_dataset(services: Services, name: str | None, sure: bool) -> str:
+    """Remove an uploaded dataset once the person has ticked that they are sure; the note to show."""
+    if not name:
+        raise UserError("Pick the uploaded dataset to remove.")
+    if not sure:
+        raise UserError(f"Tick 'Yes, remove it' to remove {name!r}: this cannot be undone.")
+    removed = services.remove_dataset(name)
+    return (
+        f"**{removed.name}** is removed. Runs trained on it keep their scores, weights and downloads; Compare can "
+        "no longer show its images."
+    )
+
+
+def uploaded_names(services: Services) -> list[str]:
+    return [d.name for d in services.uploaded_datasets()]
+
+
 def preview_text(preview: DatasetPreview) -> str:
     """'✅ **shapes** (image captioning) is added: train 24 images · validation 4 · test 6 ...' and for VQA the
     most common answers."""
@@ -100,25 +117,51 @@ def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_labe
             elem_id="dataset-preview",
             elem_classes="vl-pixelated",
         )
+        with gr.Row():
+            remove_pick = gr.Dropdown(
+                uploaded_names(services), value=None, label="Remove an uploaded dataset", elem_id="dataset-remove-pick"
+            )
+            sure = gr.Checkbox(False, label="Yes, remove it", elem_id="dataset-remove-sure")
+            remove = gr.Button("Remove", variant="stop", elem_id="dataset-remove")
 
     def on_add(archive_path: str | None, name_text: str, task_name: str, replace_old: bool):
         try:
             preview = add_dataset(services, archive_path, name_text, task_name, replace_old)
         except UserError as exc:
             gr.Warning(str(exc))
-            return f"⚠️ **Not added.** {exc}", gr.update(visible=False, value=None), gr.skip(), gr.skip()
+            return f"⚠️ **Not added.** {exc}", gr.update(visible=False, value=None), gr.skip(), gr.skip(), gr.skip()
         choices = dataset_choices(services, task_name, default_label(task_name))
         return (
             preview_text(preview),
             gr.update(visible=True, value=preview.examples),
             task_name,
             gr.update(choices=choices, value=preview.stored.name),
+            gr.update(choices=uploaded_names(services), value=None),
         )
 
+    def on_remove(picked: str | None, is_sure: bool, task_name: str, current: str | None):
+        try:
+            text = remove_dataset(services, picked, is_sure)
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return f"⚠️ **Not removed.** {exc}", gr.skip(), gr.skip(), gr.skip()
+        choices = dataset_choices(services, task_name, default_label(task_name))
+        value = current if current in [v for _, v in choices] else choices[0][1]
+        names = uploaded_names(services)
+        return text, gr.update(choices=names, value=None), False, gr.update(choices=choices, value=value)
+
+    remove.click(
+        on_remove,
+        [remove_pick, sure, task, dataset],
+        [note, remove_pick, sure, dataset],
+        api_name="ui_remove_dataset",
+        api_visibility="private",
+        concurrency_limit=1,
+    )
     add.click(
         on_add,
         [archive, name, upload_task, replace],
-        [note, examples, task, dataset],
+        [note, examples, task, dataset, remove_pick],
         api_name="ui_add_dataset",
         api_visibility="private",
         concurrency_limit=1,

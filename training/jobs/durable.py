@@ -138,6 +138,10 @@ class DurableDatasets:
                 found[folder.name] = max(versions, key=lambda v: int(v.name))
         return found
 
+    def remove(self, name: str) -> None:
+        """Delete every published version of a dataset (deleting is allowed; changing a file is not)."""
+        shutil.rmtree(self.root / name, ignore_errors=True)
+
     def restore(self, home: Path) -> list[str]:
         """Copy back every published dataset that `home` lacks; returns their names."""
         restored = []
