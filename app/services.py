@@ -325,11 +325,7 @@ class Services:
             raise UserError(f"Pick the dataset's task: caption or vqa, not {task!r}.")
         if name.strip() == EMBEDDED:
             raise UserError(f"{EMBEDDED!r} stands for the app's own dataset: choose another name.")
-        in_use = [
-            job.id
-            for job in self.store.list_jobs(ACTIVE_STATES)
-            if job.config.get("dataset") == str((self.datasets_home / name.strip()).resolve())
-        ]
+        in_use = self._live_jobs_using(str((self.datasets_home / name.strip()).resolve()))
         if replace and in_use:
             raise UserError(
                 f"Dataset {name.strip()!r} is used by job {in_use[0]}, queued or running: replace it once "
@@ -345,10 +341,7 @@ class Services:
                     "works until the app restarts. Upload it again with Replace ticked to save it."
                 ) from None
         source = str(stored.path.resolve())
-        with self._lock:  # a replaced dataset is read afresh
-            for cache in (self._datasets, self._galleries):
-                for key in [key for key in cache if key[1] == source]:
-                    del cache[key]
+        self._forget_dataset(source)  # a replaced dataset is read afresh
         dataset = self.dataset(task, source)
         folder = self.scratch / "datasets" / f"{name}-{time.time_ns()}"
         folder.mkdir(parents=True)
@@ -371,7 +364,7 @@ class Services:
         if stored is None:
             raise UserError(f"There is no uploaded dataset named {str(name)[:60]!r}: pick one from the list.")
         source = str(stored.path.resolve())
-        in_use = [job.id for job in self.store.list_jobs(ACTIVE_STATES) if job.config.get("dataset") == source]
+        in_use = self._live_jobs_using(source)
         if in_use:
             raise UserError(
                 f"Dataset {stored.name!r} is used by job {in_use[0]}, queued or running: remove it once that job "
@@ -382,11 +375,19 @@ class Services:
         shutil.rmtree(gone, ignore_errors=True)
         if self.durable_datasets is not None:
             self.durable_datasets.remove(stored.name)
+        self._forget_dataset(source)
+        return stored
+
+    def _live_jobs_using(self, source: str) -> list[str]:
+        """The queued or running jobs that train on the dataset folder `source`."""
+        return [job.id for job in self.store.list_jobs(ACTIVE_STATES) if job.config.get("dataset") == source]
+
+    def _forget_dataset(self, source: str) -> None:
+        """Drop the loaded copies (datasets, galleries) of the dataset folder `source`."""
         with self._lock:
             for cache in (self._datasets, self._galleries):
                 for key in [key for key in cache if key[1] == source]:
                     del cache[key]
-        return stored
 
     def dataset(self, task: str, source: str | None = None) -> TaskDataset:
         return self._once(self._datasets, (task, source), lambda: load_dataset(source, task))

@@ -13,7 +13,6 @@ the grid from the command line and writes its runs and table there.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import yaml
 
 from app.services import Services
 from training.errors import UserError
-from training.jobs.durable import write_once
+from training.jobs.durable import copy_back, publish_folder
 from training.jobs.store import FINAL_STATES, PersonalLimitReached, new_job_id
 from training.run.config import RunConfig
 from training.sweeps.grid import GridPoint, Skipped, SweepSpec, budget_text, parse_spec
@@ -173,29 +172,26 @@ def _durable_sweeps(services: Services) -> Path | None:
 
 
 def _publish(services: Services, folder: Path) -> None:
-    """With a durable location (a Space's bucket), the sweep's two files go there too, each written once, the
-    list of its jobs last; its runs are jobs and are published as they end."""
+    """With a durable location (a Space's bucket), the sweep's folder (its two files) goes there too, each file
+    written once, the list of its jobs last; its runs are jobs and are published as they end."""
     root = _durable_sweeps(services)
     if root is None:
         return
-    (root / folder.name).mkdir(parents=True, exist_ok=True)
-    for name in (SWEEP_FILE, MEMBERS):
-        with open(folder / name, "rb") as source:
-            write_once(root / folder.name / name, source)
+    publish_folder(folder, root / folder.name, last=MEMBERS)
 
 
 def _restore(services: Services) -> None:
-    """Copy back the published sweeps that the local disk lacks (after a restart on an empty disk)."""
+    """Copy back the published sweeps that the local disk lacks (after a restart on an empty disk), once per
+    app: the Sweep tab lists the sweeps on every poll, and the bucket is not read each time."""
     root = _durable_sweeps(services)
-    if root is None or not root.is_dir():
+    if root is None or getattr(services, "_sweeps_restored", False):
+        return
+    services._sweeps_restored = True
+    if not root.is_dir():
         return
     for published in root.iterdir():
-        local = sweeps_dir(services) / published.name
-        if local.exists() or not (published / MEMBERS).is_file():
-            continue
-        local.mkdir(parents=True)
-        for name in (SWEEP_FILE, MEMBERS):
-            shutil.copyfile(published / name, local / name)
+        if (published / MEMBERS).is_file():
+            copy_back(published, sweeps_dir(services) / published.name)
 
 
 def queued_sweeps(services: Services) -> list[QueuedSweep]:

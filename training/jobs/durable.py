@@ -118,13 +118,7 @@ class DurableDatasets:
         from training.data.archive import INFO
 
         target = self.root / folder.name / str(time.time_ns())
-        target.mkdir(parents=True)
-        files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != INFO]
-        for path in [*files, folder / INFO]:
-            destination = target / path.relative_to(folder)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "rb") as source:
-                write_once(destination, source)
+        publish_folder(folder, target, INFO)
         return target
 
     def latest(self) -> dict[str, Path]:
@@ -144,21 +138,36 @@ class DurableDatasets:
 
     def restore(self, home: Path) -> list[str]:
         """Copy back every published dataset that `home` lacks; returns their names."""
-        restored = []
-        for name, version in self.latest().items():
-            if (home / name).exists():
-                continue
-            home.mkdir(parents=True, exist_ok=True)
-            staging = home / f".restoring-{name}-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(version, staging)
-            try:
-                staging.rename(home / name)
-            except OSError:  # another process restored it meanwhile
-                shutil.rmtree(staging, ignore_errors=True)
-                continue
-            restored.append(name)
-        return restored
+        return [name for name, version in self.latest().items() if copy_back(version, home / name)]
+
+
+def publish_folder(folder: Path, target: Path, last: str) -> None:
+    """Publish every file of `folder` under `target`, each written once, the file `last` (directly in `folder`)
+    at the end: a reader takes the copy as complete only when `last` is there."""
+    target.mkdir(parents=True, exist_ok=True)
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder) != Path(last)]
+    for path in [*files, folder / last]:
+        destination = target / path.relative_to(folder)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as source:
+            write_once(destination, source)
+
+
+def copy_back(published: Path, local: Path) -> bool:
+    """Copy a published folder to the local disk whole (into a staging folder, then renamed), unless `local`
+    exists; whether it copied."""
+    if local.exists():
+        return False
+    local.parent.mkdir(parents=True, exist_ok=True)
+    staging = local.with_name(f".restoring-{local.name}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(published, staging)
+    try:
+        staging.rename(local)
+    except OSError:  # another process restored it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+    return True
 
 
 def write_once(path: Path, data: bytes | Any) -> None:

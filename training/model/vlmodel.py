@@ -196,9 +196,16 @@ class VLModel:
     ) -> torch.Tensor:
         """Teacher-forced logits [B, T, vocab] at the text positions (prompt-tuning positions dropped)."""
         input_ids = input_ids.to(self.device)
-        inputs, positions, mask, cache, skip = self._decoder_inputs(input_ids, attention_mask.to(self.device))
-        # Only the text positions leave the last layer and go through the LM head (prompt-tuning positions
-        # never have a label).
+        return self._run_decoder(image_embeds, input_ids, attention_mask.to(self.device), last_only=False)[0].logits
+
+    def _run_decoder(
+        self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_only: bool
+    ):
+        """The text (after the active adapter's prompt or prefix) through the decoder with a fresh cache: the
+        output and the self-attention mask. Only the text positions leave the last layer and reach the LM head
+        (prompt-tuning positions never have a label), or only the last one (`last_only`)."""
+        inputs, positions, mask, cache, skip = self._decoder_inputs(input_ids, attention_mask)
+        keep = 1 if last_only else (input_ids.shape[1] if skip else 0)
         with self._unread(skip):
             out = self.model.text_decoder(
                 **inputs,
@@ -206,10 +213,10 @@ class VLModel:
                 position_ids=positions,
                 encoder_hidden_states=image_embeds,
                 use_cache=True,
-                logits_to_keep=input_ids.shape[1] if skip else 0,
+                logits_to_keep=keep,
                 **{CACHE_KEYWORD: cache},
             )
-        return out.logits
+        return out, mask
 
     def loss(
         self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
@@ -261,17 +268,7 @@ class VLModel:
 
     def _prefill(self, image_embeds: torch.Tensor, input_ids: torch.Tensor):
         """The prompt through the decoder: last position's logits, the cache and the self-attention mask."""
-        inputs, positions, mask, cache, skip = self._decoder_inputs(input_ids, torch.ones_like(input_ids))
-        with self._unread(skip):
-            out = self.model.text_decoder(
-                **inputs,
-                attention_mask=mask,
-                position_ids=positions,
-                encoder_hidden_states=image_embeds,
-                use_cache=True,
-                logits_to_keep=1,
-                **{CACHE_KEYWORD: cache},
-            )
+        out, mask = self._run_decoder(image_embeds, input_ids, torch.ones_like(input_ids), last_only=True)
         return out.logits[:, -1], getattr(out, CACHE_KEYWORD), mask
 
     def _decode_steps(

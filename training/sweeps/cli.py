@@ -111,7 +111,8 @@ def check_learning_rates(spec, plan, config_path: str) -> str | None:
     when a point this invocation would run is among them (so `--only` can start the tuned methods' points)."""
     from training.study.tuning import LR_TABLE, tuning_gaps
 
-    missing, unfinished = tuning_gaps([spec.run_config(point) for point in plan.points])
+    configs = {point.name: spec.run_config(point) for point in plan.points}
+    missing, unfinished = tuning_gaps(list(configs.values()))
     if unfinished:
         why = "a seed to go, or the best not bracketed"
         print(f"  tuning not complete in {LR_TABLE.name} ({why}): {', '.join(unfinished)}")
@@ -119,7 +120,7 @@ def check_learning_rates(spec, plan, config_path: str) -> str | None:
         print(f"  no tuned learning rate in {LR_TABLE.name} for: {', '.join(missing)}")
     if not spec.require_tuned_lr or not (missing or unfinished):
         return None
-    gaps = [label for found in tuning_gaps([spec.run_config(point) for point in plan.todo]) for label in found]
+    gaps = [label for found in tuning_gaps([configs[point.name] for point in plan.todo]) for label in found]
     if not gaps:
         return None
     return (
