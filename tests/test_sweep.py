@@ -481,7 +481,7 @@ def test_a_sweep_that_requires_tuned_learning_rates_refuses_to_run_without_them(
     from training.study import tuning
 
     table = tmp_path / "lr.csv"
-    monkeypatch.setattr(tuning, "LR_TABLE", table)
+    monkeypatch.setenv(tuning.LR_TABLE_ENV, str(table))
     config = write_sweep(
         tmp_path / "sweep.yaml",
         tiny_model_dir,

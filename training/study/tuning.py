@@ -34,6 +34,7 @@ from training.paths import REPO_ROOT
 from training.run.config import TASKS, RunConfig
 
 LR_TABLE = REPO_ROOT / "results" / "lr.csv"
+LR_TABLE_ENV = "VLPEFT_LR_TABLE"
 # The tuning runs' epoch caps, patience and tower setting come from the sweep file (sweeps/paper.yaml), so the
 # learning rates are found under the schedule the grid runs.
 RUNS_TABLE_NAME = "lr-runs.csv"
@@ -92,8 +93,17 @@ class TunedLR:
     source: str
 
 
-def lookup_lr(config: RunConfig, table: Path = LR_TABLE) -> TunedLR | None:
+def lr_table() -> Path:
+    """The table runs take their learning rates from: results/lr.csv, or the file $VLPEFT_LR_TABLE names (the
+    tests point it away from the shipped table, so that their tiny models never train at the embedded default's
+    tuned rates)."""
+    override = os.environ.get(LR_TABLE_ENV)
+    return Path(override) if override else LR_TABLE
+
+
+def lookup_lr(config: RunConfig, table: Path | None = None) -> TunedLR | None:
     """The tuned learning rate of this run's task, method and towers (and options, if it names any)."""
+    table = table or lr_table()
     if not table.is_file():
         return None
     towers = lr_towers(config.method, config.towers)
@@ -112,7 +122,7 @@ def lookup_lr(config: RunConfig, table: Path = LR_TABLE) -> TunedLR | None:
     return TunedLR(float(row["lr"]), json.loads(row["options"] or "{}"), source)
 
 
-def resolve_lr(config: RunConfig, default_lr: float, table: Path = LR_TABLE) -> tuple[float, dict, str]:
+def resolve_lr(config: RunConfig, default_lr: float, table: Path | None = None) -> tuple[float, dict, str]:
     """(learning rate, method options, where the learning rate came from) for a run."""
     if config.lr is not None:
         return config.lr, config.method_options, "given"
@@ -126,7 +136,7 @@ def tuning_gaps(configs: list[RunConfig], table: Path | None = None) -> tuple[li
     """For the runs of a grid: (the task, method and towers that lr.csv has no learning rate for, those whose
     tuning there is not complete: a seed to go, or a best not bracketed), as 'task method (towers)'. Runs given
     an lr need none."""
-    table = table or LR_TABLE
+    table = table or lr_table()
     rows = read_rows(table)
     missing, unfinished = [], []
     for config in configs:
@@ -420,7 +430,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-minutes",
         type=float,
         default=None,
-        help="start no run after this long; run the same command again to go on",
+        help="start no run after this long; run the same command again to go on (0: start none, only rewrite lr.csv "
+        "from the runs so far)",
     )
     parser.set_defaults(func=cmd_tune)
 
@@ -431,7 +442,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     methods = [m for m in (args.methods or spec.methods) if m != "zero-shot"]
     reference = spec.data_axis[0] if spec.data_axis else None
-    deadline = time.time() + args.max_minutes * 60 if args.max_minutes else None
+    deadline = time.time() + args.max_minutes * 60 if args.max_minutes is not None else None
     towers = spec.settings.get("towers", "both")
     for task in args.tasks or list(spec.tasks):
         values = {

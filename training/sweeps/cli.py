@@ -109,22 +109,22 @@ def check_learning_rates(spec, plan, config_path: str) -> str | None:
     """Print which of the grid's trained methods results/lr.csv has no learning rate for, or no finished one
     (a seed to go, or a best not bracketed); with the file's `require_tuned_lr`, return the refusal to run
     when a point this invocation would run is among them (so `--only` can start the tuned methods' points)."""
-    from training.study.tuning import LR_TABLE, tuning_gaps
+    from training.study.tuning import lr_table, tuning_gaps
 
     configs = {point.name: spec.run_config(point) for point in plan.points}
     missing, unfinished = tuning_gaps(list(configs.values()))
     if unfinished:
         why = "a seed to go, or the best not bracketed"
-        print(f"  tuning not complete in {LR_TABLE.name} ({why}): {', '.join(unfinished)}")
+        print(f"  tuning not complete in {lr_table().name} ({why}): {', '.join(unfinished)}")
     if missing:
-        print(f"  no tuned learning rate in {LR_TABLE.name} for: {', '.join(missing)}")
+        print(f"  no tuned learning rate in {lr_table().name} for: {', '.join(missing)}")
     if not spec.require_tuned_lr or not (missing or unfinished):
         return None
     gaps = [label for found in tuning_gaps([configs[point.name] for point in plan.todo]) for label in found]
     if not gaps:
         return None
     return (
-        f"This sweep needs a learning rate found on validation for every method it trains, and {LR_TABLE.name} "
+        f"This sweep needs a learning rate found on validation for every method it trains, and {lr_table().name} "
         f"lacks a finished one for {len(gaps)} of them ({', '.join(gaps[:4])}{', ...' if len(gaps) > 4 else ''}). "
         f"Run `python -m training tune --config {config_path}` first (it resumes where it stopped; a best still at "
         "the edge after every widening needs a wider grid), then this sweep; `--only` runs the points of the "
