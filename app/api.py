@@ -7,6 +7,8 @@
     client.predict(job["job_id"], api_name="/job_status")["state"]        # queued, running, finished, ...
     client.predict("vqa", [job["job_id"]], "what color is the circle?", 0, api_name="/compare")
     client.predict(handle_file("shapes.zip"), "shapes", "caption", api_name="/upload_dataset")["message"]
+    client.predict("caption", api_name="/list_datasets")      # [{name, task, added_at}]
+    client.predict("shapes", api_name="/remove_dataset")     # not while a queued or running job uses it
 
 A user error (a bad budget, an unknown model, a corrupt image) comes back as an error whose message is the
 sentence the page would show.
@@ -155,6 +157,26 @@ def register(services: Services) -> None:
             "name": preview.stored.name,
             "message": f"Dataset {preview.stored.name!r} ({task}) is added: use dataset={preview.stored.name!r} "
             "in /start_job and /compare.",
+        }
+
+    @endpoint
+    def list_datasets(task: str = "") -> list[dict]:
+        """The datasets added with /upload_dataset, newest first: name, task and added_at (seconds since the
+        epoch). task: '' for all, else caption or vqa."""
+        task = choice(task, "task", TASKS) if task != "" else None
+        found = sorted(services.uploaded_datasets(task), key=lambda d: d.added_at, reverse=True)
+        return [{"name": d.name, "task": d.task, "added_at": d.added_at} for d in found]
+
+    @endpoint
+    def remove_dataset(name: str) -> dict:
+        """Delete a dataset added with /upload_dataset, here and on the durable storage. Runs trained on it keep
+        their results and weights; refused while a queued or running job uses it. Returns name, task, message."""
+        removed = services.remove_dataset(text(name, "name"))
+        return {
+            "name": removed.name,
+            "task": removed.task,
+            "message": f"Dataset {removed.name!r} ({removed.task}) is removed; the runs trained on it keep their "
+            "results.",
         }
 
     @endpoint

@@ -23,7 +23,17 @@ from training.jobs.process import is_alive, signal_group
 pytestmark = pytest.mark.slow
 
 LIMITS = JobLimits(max_queued=20, max_queued_per_submitter=20, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)
-API_NAMES = {"/estimate", "/start_job", "/job_status", "/cancel_job", "/list_runs", "/compare", "/upload_dataset"}
+API_NAMES = {
+    "/estimate",
+    "/start_job",
+    "/job_status",
+    "/cancel_job",
+    "/list_runs",
+    "/compare",
+    "/upload_dataset",
+    "/list_datasets",
+    "/remove_dataset",
+}
 
 
 def free_port() -> int:
@@ -213,6 +223,8 @@ VALID = {
     "/list_runs": dict(task=""),
     "/compare": dict(task="caption", run_ids=[], question="", test_image=0),
     "/upload_dataset": dict(archive=None, name="fuzzed", task="caption", replace=False),  # archive: a zip, below
+    "/list_datasets": dict(task=""),
+    "/remove_dataset": dict(name="no-such-dataset"),
 }
 
 
@@ -291,3 +303,14 @@ def test_a_dataset_zip_is_added_then_named_in_compare(client: Client, tiny_capti
     columns = client.predict("caption", [], "", 1, None, "api-shapes", api_name="/compare")
     second = json.loads((folder / "test" / "metadata.jsonl").read_text().splitlines()[1])
     assert columns[0]["references"] == second["captions"] and columns[0]["image_id"] == second["image_id"]
+
+    listed = client.predict("caption", api_name="/list_datasets")  # newest first; other tests may add theirs
+    assert listed[0]["name"] == "api-shapes" and listed[0]["task"] == "caption"
+    assert "api-shapes" not in [d["name"] for d in client.predict("vqa", api_name="/list_datasets")]
+    removed = client.predict("api-shapes", api_name="/remove_dataset")
+    assert removed["message"] == "Dataset 'api-shapes' (caption) is removed; the runs trained on it keep their results."
+    assert "api-shapes" not in [d["name"] for d in client.predict("", api_name="/list_datasets")]
+    with pytest.raises(Exception, match="There is no uploaded dataset named 'api-shapes': pick one from the list"):
+        client.predict("api-shapes", api_name="/remove_dataset")
+    with pytest.raises(Exception, match="api-shapes"):
+        client.predict("caption", [], "", 1, None, "api-shapes", api_name="/compare")
