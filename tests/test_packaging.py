@@ -151,11 +151,14 @@ def test_the_wheel_installs_and_its_entry_points_run_from_a_fresh_venv(tmp_path)
         "python",
         "-c",
         "import training.paths as p; print(p.__file__); print(p.DEFAULT_MODEL_DIR); "
-        "from training.data.dataset import load_dataset; print(len(load_dataset(None, 'vqa').split('test')))",
+        "from training.data.dataset import load_dataset; print(len(load_dataset(None, 'vqa').split('test'))); "
+        "from training.study.tuning import LR_TABLE; print(LR_TABLE)",
         cwd=elsewhere,
     ).split()
     assert all(Path(path).is_relative_to(venv) for path in where[:2]), where
     assert int(where[2]) > 0
+    # the tuned learning rates travel with the package, so runs there take them as a checkout's runs do
+    assert Path(where[3]).is_relative_to(venv) and Path(where[3]).is_file(), where
 
     table = _run(venv, "vl-peft", "methods", "--budget", "0.5%", cwd=elsewhere)
     for method in ("lora", "prompt", "prefix", "serial-adapter", "parallel-adapter"):

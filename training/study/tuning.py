@@ -30,10 +30,10 @@ from pathlib import Path
 
 from training.catalog import trained_towers
 from training.errors import UserError
-from training.paths import REPO_ROOT
+from training.paths import REPO_ROOT, RESULTS_DIR
 from training.run.config import TASKS, RunConfig
 
-LR_TABLE = REPO_ROOT / "results" / "lr.csv"
+LR_TABLE = RESULTS_DIR / "lr.csv"  # inside the package when installed from a wheel
 LR_TABLE_ENV = "VLPEFT_LR_TABLE"
 # The tuning runs' epoch caps, patience and tower setting come from the sweep file (sweeps/paper.yaml), so the
 # learning rates are found under the schedule the grid runs.
