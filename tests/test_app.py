@@ -754,3 +754,36 @@ def test_runs_details_say_which_checkpoint_validation_kept_and_why_training_stop
     assert "step 200" in line and "CIDEr-D 5.81" in line and "300 of at most 939 steps" in line
     assert "stopped improving" in line
     assert "none" in validation_line({"best": None, "steps_run": 3}, 3)
+
+
+def test_the_learning_rate_field_is_empty_and_its_note_gives_the_tuned_rate(services: Services, tmp_path, monkeypatch):
+    from training.study.tuning import LR_COLUMNS, LR_TABLE_ENV, write_rows
+
+    table = tmp_path / "lr.csv"
+    monkeypatch.setenv(LR_TABLE_ENV, str(table))
+    model = services.settings.base_model  # the app's own model: the rows tuned on it apply
+    rows = [
+        {"task": "vqa", "method": "prefix", "towers": "text", "options": '{"reparam": false}', "lr": 0.1},
+        {"task": "caption", "method": "lora", "towers": "text", "options": "{}", "lr": 0.0019},
+    ]
+    write_rows(table, [{**row, "base_model": model, "complete": True} for row in rows], LR_COLUMNS)
+    field = train.learning_rate(services, "vqa", "prefix", "text", "embedded")
+    assert field["value"] is None
+    assert field["info"] == (
+        "Empty: 0.1, tuned on the validation split for this task (lr.csv, reparam=False). Type a value to override it."
+    ).replace("lr.csv", str(table))
+    assert (
+        "0.0019, tuned on the validation split for this task"
+        in train.learning_rate(services, "caption", "lora", "both", "embedded")["info"]
+        and "tuned with towers text" in train.learning_rate(services, "caption", "lora", "both", "")["info"]
+    )
+    # Not tuned for this task, or another base model: the method's own default, said as such.
+    assert train.learning_rate(services, "vqa", "lora", "both", "embedded")["info"].startswith(
+        "Empty: 0.006, the method's default (no rate tuned on validation"
+    )
+    assert "the method's default" in train.learning_rate(services, "vqa", "prefix", "text", "some/blip")["info"]
+    # An empty field leaves the rate to the trainer (which takes the tuned rate and form); a run again of that job
+    # shows it empty too, and a typed value is kept.
+    config = train.run_config(services, *form(task="vqa", method="prefix", towers="text", lr=None))
+    assert config.lr is None
+    assert train.learning_rate(services, "vqa", "prefix", "text", "embedded", 0.02)["value"] == 0.02

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -267,6 +268,48 @@ def test_a_run_without_lr_takes_the_tuned_one(tmp_path):
     # Asking for other options than the tuned ones: the tuned lr does not apply.
     other = RunConfig(task="vqa", method="prefix", towers="text", method_options={"reparam": False})
     assert lookup_lr(other, table) is None
+    # The rates were found on the embedded default: a run on another base model takes its method's default,
+    # unless the table has that model's own row.
+    blip = RunConfig(task="vqa", method="prefix", towers="text", base_model="Salesforce/blip-vqa-base")
+    assert resolve_lr(blip, 0.01, table) == (0.01, {}, "method default")
+    write_rows(
+        table,
+        [
+            {
+                "task": "vqa",
+                "method": "prefix",
+                "towers": "text",
+                "options": "{}",
+                "lr": 0.02,
+                "base_model": blip.base_model,
+            }
+        ],
+        LR_COLUMNS,
+    )
+    assert resolve_lr(blip, 0.01, table)[0] == 0.02
+    assert resolve_lr(RunConfig(task="vqa", method="prefix", towers="text"), 0.01, table)[2] == "method default"
+
+
+def test_tuning_another_base_model_keeps_its_runs_and_rates_apart(tmp_path):
+    def fake_train(config: RunConfig, run_dir) -> dict:
+        score = 50 - abs(math.log10(config.lr) - (-2 if config.base_model else -3))  # each model its own best
+        return {"best": score, "best_step": 10, "steps_run": 20, "epochs_run": 1.0, "stop_reason": "patience"}
+
+    target = TuneTarget("vqa", "lora", "text", {})
+    for base_model in (None, "some/blip"):
+        tune(
+            [target],
+            RunConfig(task="vqa", method="lora", base_model=base_model),
+            [0, 1],
+            tmp_path,
+            tmp_path,
+            train_fn=fake_train,
+            echo=lambda _: None,
+        )
+    rows = {r["base_model"]: r for r in csv.DictReader(open(tmp_path / "lr.csv"))}
+    assert set(rows) == {"", "some/blip"} and float(rows["some/blip"]["lr"]) != float(rows[""]["lr"])
+    runs_rows = list(csv.DictReader(open(tmp_path / "lr-runs.csv")))
+    assert len({r["run"] for r in runs_rows}) == len(runs_rows)  # no run name shared between the two models
 
 
 def test_item_scores_come_from_the_predictions(tmp_path):

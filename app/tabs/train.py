@@ -92,7 +92,7 @@ def fill_train_form(services: Services, config: dict) -> tuple:
         config.get("seed", 0),
         config.get("epochs") or DEFAULT_EPOCHS[task],
         config.get("max_steps") or 0,
-        config.get("lr") or METHODS[method].default_lr,
+        learning_rate(services, task, method, config.get("towers", "both"), base, config.get("lr")),
         config.get("batch_size"),
         config.get("towers", "both"),
         EMBEDDED if base in (None, services.settings.base_model) else base,
@@ -108,9 +108,31 @@ def fill_train_form(services: Services, config: dict) -> tuple:
 # --- handlers (plain functions: the UI wires them, the tests call them) ----------------------------------
 
 
-def describe_method(method: str) -> tuple[str, float]:
-    """The method's explainer, and its own learning rate for the field."""
-    return fmt.method_explainer(method), METHODS[method].default_lr
+def describe_method(method: str) -> str:
+    """The method's explainer."""
+    return fmt.method_explainer(method)
+
+
+def learning_rate(
+    services: Services, task: str, method: str, towers: str, base_model: str | None, value: float | None = None
+) -> dict:
+    """The learning-rate field: empty (`value` None) means the rate the trainer picks, which the field's note
+    gives: the one tuned on validation for this task, method and base model (results/lr.csv), else the method's
+    default. The trainer then also takes the tuned form of the method (prefix tuning plain or reparametrised);
+    a typed value overrides the rate only."""
+    from training.study.tuning import resolve_lr
+
+    text = (base_model or "").strip()
+    source = services.settings.base_model if text in ("", EMBEDDED) else text
+    config = RunConfig(task=task, method=method, towers=towers or "both", base_model=source)
+    lr, options, origin = resolve_lr(config, METHODS[method].default_lr)
+    if origin == "method default":
+        said = f"{lr:g}, the method's default (no rate tuned on validation for this task and model yet)"
+    else:
+        form = f", {', '.join(f'{k}={v}' for k, v in options.items())}" if options else ""
+        where = origin.replace(" (", "; ").rstrip(")")  # "results/lr.csv; tuned with towers text"
+        said = f"{lr:g}, tuned on the validation split for this task ({where}{form})"
+    return gr.update(value=value, info=f"Empty: {said}. Type a value to override it.")
 
 
 def estimate(services: Services, method: str, budget: str, towers: str, base_model: str | None) -> str:
@@ -337,9 +359,10 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                     )
                 with gr.Row():
                     lr = gr.Number(
-                        METHODS["lora"].default_lr,
+                        None,
                         label="Learning rate",
-                        info="Each method has its own; it is filled in when you pick a method.",
+                        elem_id="learning-rate",
+                        info=learning_rate(services, "caption", "lora", "both", EMBEDDED)["info"],
                     )
                     batch_size = gr.Number(
                         32,
@@ -439,7 +462,16 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     private = dict(api_visibility="private")
 
     # Defaults follow a person's pick (.input), not a form filled from a run (Runs: run again with changes).
-    method.input(describe_method, method, [method_note, lr], api_name="ui_describe_method", **private)
+    method.input(describe_method, method, method_note, api_name="ui_describe_method", **private)
+    # The learning rate follows every pick it depends on; empty means the tuned (or default) rate its note gives.
+    for trigger in (task.input, method.input, towers.input, base_model.input):
+        trigger(
+            lambda *a: learning_rate(services, *a),
+            [task, method, towers, base_model],
+            lr,
+            api_name="ui_learning_rate",
+            **private,
+        )
     estimate_inputs = [method, budget, towers, base_model]
     for trigger in (method.change, budget.change, towers.change, base_model.change):
         trigger(

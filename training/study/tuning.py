@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -51,6 +52,7 @@ LR_COLUMNS = [
     "complete",
     "budget",
     "data_fraction",
+    "base_model",  # empty: the embedded default; a rate is used only for runs on the model it was tuned on
     "curve",
 ]
 RUN_COLUMNS = [
@@ -68,6 +70,7 @@ RUN_COLUMNS = [
     "epochs_run",
     "stop_reason",
     "train_s",
+    "base_model",  # empty: the embedded default
     "run",
 ]
 HALF_DECADE = math.sqrt(10)
@@ -110,6 +113,8 @@ def lookup_lr(config: RunConfig, table: Path | None = None) -> TunedLR | None:
     with open(table, encoding="utf-8", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if (r["task"], r["method"]) == (config.task, config.method)]
     rows = [r for r in rows if r.get("complete") != "False"]  # a target still being tuned
+    # A rate found on one model says little about another (the embedded default's are no guide for BLIP-base).
+    rows = [r for r in rows if (r.get("base_model") or "") == (config.base_model or "")]
     if config.method_options:
         rows = [r for r in rows if options_key(json.loads(r["options"] or "{}")) == options_key(config.method_options)]
     # The tower setting it was tuned on first; else another one's (said in the source).
@@ -235,9 +240,11 @@ class TuneTarget:
         return f"{self.task} {self.method} ({self.towers}){extra}"
 
 
-def run_name(target: TuneTarget, lr: float, seed: int) -> str:
+def run_name(target: TuneTarget, lr: float, seed: int, base_model: str | None = None) -> str:
     opts = "".join(f"__{k}-{v}" for k, v in sorted(target.options.items()))
-    return f"{target.task}__{target.method}__{target.towers}{opts}__lr{lr:g}__s{seed}"
+    # Another base model's runs get their own names (and rows): the embedded default's keep the plain ones.
+    model = f"__m{hashlib.sha1(base_model.encode()).hexdigest()[:8]}" if base_model else ""
+    return f"{target.task}__{target.method}__{target.towers}{opts}{model}__lr{lr:g}__s{seed}"
 
 
 TrainFn = Callable[[RunConfig, Path], dict]
@@ -283,11 +290,12 @@ def tune(
     for target in targets:
 
         def mine(row: dict, target: TuneTarget = target) -> bool:
-            return (row["task"], row["method"], row["towers"], row["options"]) == (
+            return (row["task"], row["method"], row["towers"], row["options"], row.get("base_model") or "") == (
                 target.task,
                 target.method,
                 target.towers,
                 options_key(target.options),
+                base.base_model or "",
             )
 
         center = METHODS[target.method].default_lr
@@ -300,7 +308,7 @@ def tune(
                         continue
                     if deadline is not None and time.time() > deadline:
                         echo("tune: time is up; run the same command again to go on")
-                        return write_summary(results, runs_path, base)
+                        return write_summary(results, runs_path)
                     config = RunConfig.from_dict(
                         {
                             **base.to_dict(),
@@ -312,7 +320,7 @@ def tune(
                             "method_options": target.options,
                         }
                     ).validate()
-                    name = run_name(target, lr, seed)
+                    name = run_name(target, lr, seed, base.base_model)
                     started = time.perf_counter()
                     summary = train_fn(config, work / name)
                     row = {
@@ -330,6 +338,7 @@ def tune(
                         "epochs_run": summary["epochs_run"],
                         "stop_reason": summary["stop_reason"],
                         "train_s": summary.get("train_s"),
+                        "base_model": base.base_model or "",
                         "run": name,
                     }
                     done = append_run(runs_path, row)
@@ -350,24 +359,26 @@ def tune(
             else:
                 break
         echo(f"tune {target.label()}: best lr {best:g}" + ("" if bracketed else " (NOT bracketed)"))
-    return write_summary(results, runs_path, base)
+    return write_summary(results, runs_path)
 
 
-def write_summary(results: Path, runs_path: Path, base: RunConfig) -> list[dict]:
+def write_summary(results: Path, runs_path: Path) -> list[dict]:
     """lr.csv from every tuning run so far, this process's and other tune processes' alike; a target still being
     tuned has `complete` False there, and no run or sweep takes its learning rate."""
-    rows = summarise(read_rows(runs_path), base)
+    rows = summarise(read_rows(runs_path))
     write_rows(results / LR_TABLE.name, rows, LR_COLUMNS)
     return rows
 
 
-def summarise(done: list[dict], base: RunConfig) -> list[dict]:
-    """lr.csv's rows from the tuning runs: per task, method and towers, the best learning rate and options."""
+def summarise(done: list[dict]) -> list[dict]:
+    """lr.csv's rows from the tuning runs: per task, method, towers and base model, the best learning rate and
+    options."""
     groups: dict[tuple, list[dict]] = {}
     for row in done:
-        groups.setdefault((row["task"], row["method"], row["towers"]), []).append(row)
+        key = (row["task"], row["method"], row["towers"], row.get("base_model") or "")
+        groups.setdefault(key, []).append(row)
     table = []
-    for (task, method, towers), rows in sorted(groups.items()):
+    for (task, method, towers, base_model), rows in sorted(groups.items()):
         candidates, complete = [], True
         for options in sorted({r["options"] for r in rows}):
             scores = curve([r for r in rows if r["options"] == options])
@@ -391,6 +402,7 @@ def summarise(done: list[dict], base: RunConfig) -> list[dict]:
                 "complete": complete,
                 "budget": rows[0]["budget"],
                 "data_fraction": rows[0]["data_fraction"],
+                "base_model": base_model,
                 "curve": json.dumps({f"{k:g}": round(statistics.fmean(v), 6) for k, v in scores.items()}),
             }
         )
