@@ -72,7 +72,8 @@ def register(services: Services) -> None:
         """Queue a fine-tuning job; returns job_id, state, queue_position, trainable_params, steps and command.
 
         base_model and dataset: empty for the app's own, else a Hub id or a local path (dataset: also the name of
-        one added with /upload_dataset)."""
+        one added with /upload_dataset). lr: None (or 0) for the rate tuned on validation for this task, method and
+        base model (results/lr.csv), else the method's default; the run's config.json says which (lr_source)."""
         task, method, towers = (
             choice(task, "task", TASKS),
             choice(method, "method", METHODS),

@@ -756,7 +756,7 @@ def test_runs_details_say_which_checkpoint_validation_kept_and_why_training_stop
     assert "none" in validation_line({"best": None, "steps_run": 3}, 3)
 
 
-def test_the_learning_rate_field_is_empty_and_its_note_gives_the_tuned_rate(services: Services, tmp_path, monkeypatch):
+def test_the_learning_rate_field_is_0_and_its_note_gives_the_tuned_rate(services: Services, tmp_path, monkeypatch):
     from training.study.tuning import LR_COLUMNS, LR_TABLE_ENV, write_rows
 
     table = tmp_path / "lr.csv"
@@ -768,9 +768,9 @@ def test_the_learning_rate_field_is_empty_and_its_note_gives_the_tuned_rate(serv
     ]
     write_rows(table, [{**row, "base_model": model, "complete": True} for row in rows], LR_COLUMNS)
     field = train.learning_rate(services, "vqa", "prefix", "text", "embedded")
-    assert field["value"] is None
+    assert field["value"] == 0
     assert field["info"] == (
-        "Empty: 0.1, tuned on the validation split for this task (lr.csv, reparam=False). Type a value to override it."
+        "0: 0.1, tuned on the validation split for this task (lr.csv, reparam=False). Type a value to override it."
     ).replace("lr.csv", str(table))
     assert (
         "0.0019, tuned on the validation split for this task"
@@ -779,11 +779,11 @@ def test_the_learning_rate_field_is_empty_and_its_note_gives_the_tuned_rate(serv
     )
     # Not tuned for this task, or another base model: the method's own default, said as such.
     assert train.learning_rate(services, "vqa", "lora", "both", "embedded")["info"].startswith(
-        "Empty: 0.006, the method's default (no rate tuned on validation"
+        "0: 0.006, the method's default (no rate tuned on validation"
     )
     assert "the method's default" in train.learning_rate(services, "vqa", "prefix", "text", "some/blip")["info"]
-    # An empty field leaves the rate to the trainer (which takes the tuned rate and form); a run again of that job
-    # shows it empty too, and a typed value is kept.
-    config = train.run_config(services, *form(task="vqa", method="prefix", towers="text", lr=None))
-    assert config.lr is None
+    # 0 (what the browser sends for an empty field) leaves the rate to the trainer (which takes the tuned rate and
+    # form); a run again of that job shows 0 too, and a typed value is kept.
+    for empty in (0, None, ""):
+        assert train.run_config(services, *form(task="vqa", method="prefix", towers="text", lr=empty)).lr is None
     assert train.learning_rate(services, "vqa", "prefix", "text", "embedded", 0.02)["value"] == 0.02

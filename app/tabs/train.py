@@ -44,10 +44,12 @@ def run_config(
 ) -> RunConfig:
     """The RunConfig a form (or an API call) describes; UserError with one sentence on a bad field.
 
-    Steps and test examples of 0 (or empty) mean no limit; an empty epochs or learning rate the default."""
+    Steps and test examples of 0 (or empty) mean no limit; an empty epochs the default; a learning rate of 0 (or
+    empty) the trainer's choice: the rate tuned for the task and method (results/lr.csv), else the method's own."""
     if data_fraction is None or str(data_fraction).strip() == "":
         raise UserError("Give the share of the training data to use, between 0 and 1 (e.g. 0.25 for a quarter).")
     epochs, lr = optional_number(epochs), optional_number(lr)
+    lr = None if lr == 0 else lr  # the browser sends an empty number field as 0
     if epochs is not None and epochs <= 0:
         raise UserError(f"Epochs must be above 0 (e.g. 1), not {epochs:g}.")
     if lr is not None and not 0 < lr < 1:
@@ -116,7 +118,7 @@ def describe_method(method: str) -> str:
 def learning_rate(
     services: Services, task: str, method: str, towers: str, base_model: str | None, value: float | None = None
 ) -> dict:
-    """The learning-rate field: empty (`value` None) means the rate the trainer picks, which the field's note
+    """The learning-rate field: 0 (`value` None) means the rate the trainer picks, which the field's note
     gives: the one tuned on validation for this task, method and base model (results/lr.csv), else the method's
     default. The trainer then also takes the tuned form of the method (prefix tuning plain or reparametrised);
     a typed value overrides the rate only."""
@@ -132,7 +134,7 @@ def learning_rate(
         form = f", {', '.join(f'{k}={v}' for k, v in options.items())}" if options else ""
         where = origin.replace(" (", "; ").rstrip(")")  # "results/lr.csv; tuned with towers text"
         said = f"{lr:g}, tuned on the validation split for this task ({where}{form})"
-    return gr.update(value=value, info=f"Empty: {said}. Type a value to override it.")
+    return gr.update(value=value or 0, info=f"0: {said}. Type a value to override it.")
 
 
 def estimate(services: Services, method: str, budget: str, towers: str, base_model: str | None) -> str:
@@ -359,7 +361,7 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                     )
                 with gr.Row():
                     lr = gr.Number(
-                        None,
+                        0,
                         label="Learning rate",
                         elem_id="learning-rate",
                         info=learning_rate(services, "caption", "lora", "both", EMBEDDED)["info"],
