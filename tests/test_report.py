@@ -339,7 +339,7 @@ def test_how_far_each_method_gets_reads_the_protocol_columns_and_the_item_scores
     assert (
         "| caption | lora | 64 (budget 32k, 1% data) | 65 | 0% | 4 | patience 24, epoch cap 3 |" in text
     )  # flat in data: the fractions tie, the first shown
-    assert "it predates the validation protocol" not in text
+    assert "it predates the validation protocol" not in text and "these verdicts are withdrawn" not in text
 
 
 def test_the_decision_rules_come_first_and_state_the_constants(tmp_path):
@@ -351,6 +351,10 @@ def test_the_decision_rules_come_first_and_state_the_constants(tmp_path):
     assert f"within +-{FLAT_TOLERANCE:.0%} per tenfold data" in text
     assert "| 1. VQA (a task inconsistent with pre-training) improves with more data and more trainable " in text
     assert "parameters. | **reproduced** | reproduced |" in text
+    # A table without validation scores predates the protocol: the withdrawal comes before its verdicts (Explore
+    # shows this text as it is).
+    warning = text.index("> **Not the study's answer: these verdicts are withdrawn.** This table predates")
+    assert warning < text.index("| finding | answer |")
 
 
 def test_one_seed_is_too_few_to_judge_and_says_so(tmp_path):

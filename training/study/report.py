@@ -1346,6 +1346,18 @@ def render_markdown(
         "Model* (ICME 2024), re-tested with this project's BLIP, methods and sweep. Built by "
         f"`python -m training report` from `{results.name}` ({len(frame)} runs, seeds {seeds}).",
         "",
+    ]
+    if "val_metric" not in frame or frame["val_metric"].isna().all():
+        # Said first, where a reader (and Explore, which shows this text) meets the verdicts.
+        lines += [
+            "> **Not the study's answer: these verdicts are withdrawn.** This table predates the study protocol: "
+            "its runs chose no learning rate, stopping point or checkpoint on validation data (it has no "
+            "`val_metric`), so it measures their training schedule more than the methods. The grid under the "
+            "protocol (`python -m training tune`, then `python -m training sweep --config sweeps/paper.yaml`) "
+            "replaces it; the README's *Sweeps and results* says how far it has got.",
+            "",
+        ]
+    lines += [
         "| finding | answer | without the smallest data fraction |",
         "|---|---|---|",
     ]
