@@ -318,6 +318,7 @@ def test_how_far_each_method_gets_reads_the_protocol_columns_and_the_item_scores
     frame["epochs_run"] = np.where(frame.method == "prefix", 30.0, 4.0)
     frame["stop_reason"] = np.where(frame.data_fraction == 0.01, "epoch cap", "patience")
     frame["lr_source"] = "results/lr.csv"
+    frame["train_loss"] = np.where(frame.method == "prefix", 2.5, 0.5)
     frame.to_csv(tmp_path / "runs.csv", index=False)
     write_item_scores(frame, tmp_path / "item_scores.jsonl")
     prefix = frame.run[
@@ -333,11 +334,11 @@ def test_how_far_each_method_gets_reads_the_protocol_columns_and_the_item_scores
     report = build_report(tmp_path / "runs.csv", figures=False, prior=Prior(30.0, {}, np.full(40, 30.0), "x"))
     text = report.read_text()
     assert (
-        "| vqa | prefix | 46 (budget 320k, 100% data) | 47 | 50% | 30 | patience 24, epoch cap 3 | results/lr.csv |"
-        in text
+        "| vqa | prefix | 46 (budget 320k, 100% data) | 47 | 50% | 2.5 | 30 | patience 24, epoch cap 3 | "
+        "results/lr.csv |" in text
     )
     assert (
-        "| caption | lora | 64 (budget 32k, 1% data) | 65 | 0% | 4 | patience 24, epoch cap 3 |" in text
+        "| caption | lora | 64 (budget 32k, 1% data) | 65 | 0% | 0.5 | 4 | patience 24, epoch cap 3 |" in text
     )  # flat in data: the fractions tie, the first shown
     assert "it predates the validation protocol" not in text and "these verdicts are withdrawn" not in text
 

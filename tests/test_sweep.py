@@ -359,6 +359,7 @@ def test_a_killed_sweep_resumes_where_it_stopped_with_one_table_row_per_point(
     assert zero["data_fraction"] == "" and zero["budget"] == "" and zero["train_examples"] == "0"
     assert (prompt["budget"], prompt["family"], prompt["data_fraction"]) == ("2k", "embedding composition", "1.0")
     assert lora["family"] == "layer composition" and lora["train_examples"] == "32"
+    assert zero["train_loss"] == "" and float(lora["train_loss"]) > 0 and float(prompt["train_loss"]) > 0
     meta = json.loads((results / "sweep.json").read_text())
     assert (meta["grid_size"], meta["done"], meta["failed"], meta["remaining"]) == (3, 3, 0, 0)
     assert len(meta["sessions"]) == 2 and meta["finished_at"] and meta["machine"]["cpu_count"] == os.cpu_count()
@@ -520,3 +521,15 @@ def test_the_paper_sweep_requires_tuned_learning_rates():
     assert load_spec(REPO_ROOT / "sweeps" / "paper.yaml").require_tuned_lr
     with pytest.raises(UserError, match="true or false"):
         parse_spec({"methods": ["zero-shot"], "require_tuned_lr": "yes"})
+
+
+def test_the_training_loss_is_the_mean_over_the_half_epoch_up_to_the_kept_checkpoint(tmp_path):
+    from training.run import runs
+    from training.sweeps.table import training_loss
+
+    for step in range(1, 21):  # 10 steps an epoch; the loss falls by 0.1 a step
+        runs.append_jsonl(tmp_path / runs.METRICS, {"step": step, "epoch": step / 10, "loss": 3.0 - 0.1 * step})
+    # kept checkpoint at step 10 (epoch 1.0): steps 5..10 (epochs 0.5..1.0) -> losses 2.5 .. 2.0
+    assert training_loss(tmp_path, 10) == pytest.approx(sum(3.0 - 0.1 * s for s in range(5, 11)) / 6)
+    assert training_loss(tmp_path, None) == pytest.approx(sum(3.0 - 0.1 * s for s in range(15, 21)) / 6)
+    assert training_loss(tmp_path / "nothing", 10) is None

@@ -62,7 +62,16 @@ MIN_SEEDS = 2  # an interval needs this many seeds; fewer leaves a unit undeterm
 PROTOCOL_SEEDS = 3  # the study protocol's minimum; the report warns below it
 ITEM_FILE = "item_scores.jsonl"  # per-test-item scores beside runs.csv, one line per run
 # Columns the fair protocol adds to runs.csv; older tables lack them and read as empty.
-PROTOCOL_COLUMNS = ("val_metric", "steps_run", "epochs_run", "best_step", "stop_reason", "lr_source", "method_options")
+PROTOCOL_COLUMNS = (
+    "val_metric",
+    "steps_run",
+    "epochs_run",
+    "best_step",
+    "stop_reason",
+    "train_loss",
+    "lr_source",
+    "method_options",
+)
 
 
 def decision_rules() -> list[str]:
@@ -1015,9 +1024,9 @@ def reach_table(frame, stats: Stats) -> list[str]:
     """Per task and method: its best mean over the grid's cells, its validation score and share of test items
     scored 0 there, and how its runs stopped."""
     lines = [
-        "| task | method | best mean (at) | validation there | test items scored 0 there | median epochs | "
-        "stop reasons | learning rate from |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | method | best mean (at) | validation there | test items scored 0 there | training loss there | "
+        "median epochs | stop reasons | learning rate from |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for task in MAIN_METRIC:
         rows = _task_rows(frame, task)
@@ -1031,6 +1040,7 @@ def reach_table(frame, stats: Stats) -> list[str]:
             (budget, fraction), best = means.idxmax(), means.max()
             cell = mine[(mine.budget.fillna("-") == budget) & (mine.data_fraction == fraction)]
             validation = cell.val_metric.mean()
+            loss = cell.train_loss.mean()
             zeros = "-"
             if task in stats.weights:  # e.g. VQA answers that earn no credit, empty ones included
                 zeros = f"{np.mean([np.mean(stats.items.scores[str(r)] == 0) for r in cell.run]):.0%}"
@@ -1041,6 +1051,7 @@ def reach_table(frame, stats: Stats) -> list[str]:
             lines.append(
                 f"| {task} | {method} | {best:.3g} ({at}, {fraction:.0%} data) | "
                 f"{f'{validation:.3g}' if np.isfinite(validation) else '-'} | {zeros} | "
+                f"{f'{loss:.3g}' if np.isfinite(loss) else '-'} | "
                 f"{f'{epochs:.3g}' if np.isfinite(epochs) else '-'} | "
                 f"{', '.join(f'{k} {v}' for k, v in reasons.items()) or '-'} | {lr} |"
             )
@@ -1200,7 +1211,7 @@ def load_table(path: str | Path):
     for column in ("data_fraction", "trainable_params", "train_s"):
         if column not in frame:
             frame[column] = np.nan
-    for column in ("val_metric", "epochs_run"):
+    for column in ("val_metric", "epochs_run", "train_loss"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
@@ -1415,9 +1426,11 @@ def render_markdown(
     lines += [
         "## How far each method gets",
         "",
-        "The best mean of each method over the grid's cells; there, its validation score and the share of "
-        "test items that score 0 (with item scores); and how its runs ended (epochs, why they stopped, where "
-        "the learning rate came from; empty for tables written before the validation protocol).",
+        "The best mean of each method over the grid's cells; there, its validation score, the share of "
+        "test items that score 0 (with item scores) and its training loss (mean over the half epoch up to the "
+        "kept checkpoint: high beside a low score, the method cannot fit the task; low, it over-fits); and how "
+        "its runs ended (epochs, why they stopped, where the learning rate came from; empty for tables written "
+        "before the validation protocol).",
         "",
         *reach_table(frame, stats),
         "",
