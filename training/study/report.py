@@ -29,6 +29,7 @@ import numpy as np
 
 from training.catalog import EMBEDDING, FAMILY, LAYER, MAIN_METRIC, METHOD_COLOURS, NO_BUDGET_METHODS, PEFT_METHODS
 from training.errors import UserError
+from training.sweeps.table import PROTOCOL_COLUMNS  # older tables lack them and read as empty
 
 FLAT_TOLERANCE = 0.05  # |change| per tenfold data, as a share of the metric at full data, that still counts as flat
 FIGURES = ("data_size", "param_size", "families")
@@ -61,17 +62,6 @@ LEVEL = 0.95  # two-sided coverage of every interval
 MIN_SEEDS = 2  # an interval needs this many seeds; fewer leaves a unit undetermined
 PROTOCOL_SEEDS = 3  # the study protocol's minimum; the report warns below it
 ITEM_FILE = "item_scores.jsonl"  # per-test-item scores beside runs.csv, one line per run
-# Columns the fair protocol adds to runs.csv; older tables lack them and read as empty.
-PROTOCOL_COLUMNS = (
-    "val_metric",
-    "steps_run",
-    "epochs_run",
-    "best_step",
-    "stop_reason",
-    "train_loss",
-    "lr_source",
-    "method_options",
-)
 
 
 def decision_rules() -> list[str]:

@@ -20,6 +20,18 @@ from training.sweeps.grid import GridPoint, budget_text
 
 TABLE = "runs.csv"
 META = "sweep.json"
+# What a run under the study protocol adds (empty in a table written before it): where its learning rate came
+# from, its validation score, how long it ran, why it stopped, and its training loss at the kept checkpoint.
+PROTOCOL_COLUMNS = [
+    "lr_source",
+    "method_options",
+    "val_metric",
+    "steps_run",
+    "epochs_run",
+    "best_step",
+    "stop_reason",
+    "train_loss",
+]
 # The columns every table starts with, in this order; metric columns follow, then anything else.
 COLUMNS = [
     "task",
@@ -40,14 +52,7 @@ COLUMNS = [
     "seed",
     "total_steps",
     "lr",
-    "lr_source",
-    "method_options",
-    "val_metric",
-    "steps_run",
-    "epochs_run",
-    "best_step",
-    "stop_reason",
-    "train_loss",
+    *PROTOCOL_COLUMNS,
     "train_s",
     "wall_s",
     "peak_mem_mb",
