@@ -280,6 +280,16 @@ def test_a_run_stopped_early_says_how_many_of_its_steps_it_trained():
     assert "1,000 training examples, 32 steps." in runs.details(record(progress={"step": 32}))
 
 
+def test_a_runs_details_give_its_learning_rate_and_where_it_came_from():
+    def trained(**info) -> str:
+        return runs.details(record(progress={"step": 32}, info={**record().info, **info}))
+
+    assert "32 steps, learning rate 0.0019 (tuned: results/lr.csv)." in trained(lr=0.0019, lr_source="results/lr.csv")
+    assert "32 steps, learning rate 0.02 (given)." in trained(lr=0.02, lr_source="given")
+    assert "learning rate 0.006 (the method's default)." in trained(lr=0.006, lr_source="method default")
+    assert "32 steps, learning rate 0.006." in trained(lr=0.006)  # a run from before sources were recorded
+
+
 def test_the_time_left_follows_the_pace_of_the_last_steps_not_the_slow_first_one(tmp_path: Path):
     from training.jobs.status import recent_eta
 

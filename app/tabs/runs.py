@@ -115,12 +115,21 @@ def details(record: RunRecord, viewer: str | None = None) -> str:
             f"**Trained:** {fmt.count(info.get('trainable_params'))} of {fmt.count(info.get('total_params'))} "
             f"parameters ({fmt.percent(info.get('trainable_percent'))}), {info.get('knob') or 'no knob'} "
             f"{info.get('knob_value') if info.get('knob_value') is not None else ''}, "
-            f"{fmt.count(info.get('train_examples'))} training examples, {steps}."
+            f"{fmt.count(info.get('train_examples'))} training examples, {steps}{learning_rate(info)}."
         )
         lines.append(validation_line(record.validation, planned))
         lines.append(f"**Command:** `{info.get('command')}`")
     lines.append(f"**Duration:** {fmt.duration(record.duration_s)} · **folder:** `{record.run_dir}`")
     return "\n\n".join(lines)
+
+
+def learning_rate(info: dict) -> str:
+    """', learning rate 0.0019 (tuned: results/lr.csv)' for the Trained line; empty for a run without one."""
+    lr, source = info.get("lr"), info.get("lr_source")
+    if not isinstance(lr, int | float):
+        return ""
+    said = {"given": "given", "method default": "the method's default", None: None}.get(source, f"tuned: {source}")
+    return f", learning rate {lr:g}" + (f" ({said})" if said else "")
 
 
 def shown_runs(services: Services, shown: str = ALL_STATES) -> list[RunRecord]:
