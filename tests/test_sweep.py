@@ -533,3 +533,23 @@ def test_the_training_loss_is_the_mean_over_the_half_epoch_up_to_the_kept_checkp
     assert training_loss(tmp_path, 10) == pytest.approx(sum(3.0 - 0.1 * s for s in range(5, 11)) / 6)
     assert training_loss(tmp_path, None) == pytest.approx(sum(3.0 - 0.1 * s for s in range(15, 21)) / 6)
     assert training_loss(tmp_path / "nothing", 10) is None
+
+
+def test_a_grid_rerun_under_another_schedule_does_not_inherit_the_old_grids_sessions(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path
+):
+    def run(out: str, **grid) -> dict:
+        config = write_sweep(tmp_path / "sweep.yaml", tiny_model_dir, tiny_vqa_dataset, methods=["zero-shot"], **grid)
+        args = ["sweep", "--config", str(config), "--out", str(tmp_path / out), "--results", str(tmp_path / "r")]
+        assert main(args) == 0
+        return json.loads((tmp_path / "r" / "sweep.json").read_text())
+
+    first = run("old")
+    assert len(first["sessions"]) == 1
+    # The same grid with a new time estimate carries on: a second session of it.
+    assert len(run("old", estimate_s={"vqa": 9})["sessions"]) == 2
+    # The same name, another schedule (the old 150-step grid against the protocol's): a grid of its own, whose
+    # wall time does not count the old one's sessions.
+    fresh = run("new", tasks={"vqa": {"epochs": 1, "eval_limit": 4}})
+    assert len(fresh["sessions"]) == 1 and fresh["wall_s"] == fresh["sessions"][0]["wall_s"]
+    assert fresh["started_at"] != first["started_at"] or fresh["sessions"][0] != first["sessions"][0]

@@ -239,8 +239,13 @@ class SweepSession:
         return self.spec.datasets.get(task) or str(DEFAULT_DATASETS[task])
 
     def _previous_meta(self) -> dict:
+        """The earlier sessions' sweep.json, when it describes this grid: its sessions (and wall time) carry on.
+        Another grid under the same name (say the paper's grid rerun under a new protocol) starts afresh, so its
+        wall time is its own."""
         meta = runs.read_json(self.spec.results / META) or {}
-        return meta if meta.get("name") == self.spec.name else {}
+        if meta.get("name") != self.spec.name or grid_part(meta.get("spec") or {}) != grid_part(self.spec.source):
+            return {}
+        return meta
 
     def jobs(self) -> Iterator[RunJob]:
         """The jobs to run, handed out one at a time; stops handing out at the time limit."""
@@ -348,6 +353,16 @@ class SweepSession:
         }
         runs.write_json(self.spec.results / META, meta)
         return meta
+
+
+# Keys of a sweep file that do not change which runs the grid holds or how they train.
+NOT_THE_GRID = {"estimate_s", "resources", "out", "results", "require_tuned_lr"}
+
+
+def grid_part(source: dict) -> dict:
+    """A sweep file's keys that define its runs (tasks and their schedule, methods, seeds, settings, axes, model
+    and data), for telling whether an earlier sweep.json belongs to the same grid."""
+    return {key: value for key, value in source.items() if key not in NOT_THE_GRID}
 
 
 def _iso(timestamp: float) -> str:
