@@ -61,6 +61,33 @@ def test_a_run_validates_keeps_its_best_step_and_scores_the_test_split_once(tiny
     assert len(runs.read_jsonl(run / runs.PREDICTIONS)) == 6
 
 
+def test_a_step_floor_lengthens_a_small_share_and_early_stopping_still_ends_it(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path
+):
+    from training.run.config import planned_steps
+
+    short = config(tiny_model_dir, tiny_vqa_dataset, epochs=1, lr=5e-2)
+    pairs = 16  # one epoch is 4 steps at batch 4
+    assert planned_steps(short, pairs) == 4
+    assert planned_steps(RunConfig(**{**vars(short), "min_steps": 10}), pairs) == 10
+    assert planned_steps(RunConfig(**{**vars(short), "min_steps": 2}), pairs) == 4  # the epochs already go further
+    assert planned_steps(RunConfig(**{**vars(short), "min_steps": 10, "max_steps": 3}), pairs) == 3
+    assert "--min-steps" in RunConfig(**{**vars(short), "min_steps": 10}).to_cli_args()
+    with pytest.raises(UserError, match="--min-steps must be at least 1"):
+        RunConfig(min_steps=0).validate()
+
+    run = tmp_path / "run"
+    floor = config(tiny_model_dir, tiny_vqa_dataset, epochs=1, lr=5e-2, min_steps=20, patience=100, val_every=5)
+    assert train(floor, run, install_signals=False) == 0  # one epoch of the tiny set is 8 steps
+    summary = json.loads((run / runs.EVAL).read_text())["validation"]
+    assert summary["steps_run"] == 20 and summary["stop_reason"] == "min steps" and summary["epochs_run"] > 2
+    # With a patience, a floor far beyond what the run can use ends when validation stops improving.
+    lazy = config(tiny_model_dir, tiny_vqa_dataset, epochs=1, lr=1e-9, min_steps=50, patience=2, val_every=1)
+    assert train(lazy, tmp_path / "lazy", install_signals=False) == 0
+    summary = json.loads((tmp_path / "lazy" / runs.EVAL).read_text())["validation"]
+    assert summary["stop_reason"] == "patience" and summary["steps_run"] == 3
+
+
 def test_patience_stops_a_run_that_no_longer_improves(tiny_model_dir, tiny_vqa_dataset, tmp_path):
     run = tmp_path / "run"
     # lr 1e-9: nothing moves, so every validation after the first ties the best and patience runs out.

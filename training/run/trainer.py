@@ -456,7 +456,12 @@ class TrainingLoop:
             progress_bar = tqdm(total=self.total_steps, desc="training", unit="step")
         loop_start = time.perf_counter()
         seen = 0
-        reason = "max steps" if config.max_steps else "epoch cap"
+        if config.max_steps:
+            reason = "max steps"
+        elif config.min_steps and self.total_steps == config.min_steps:  # the floor, not the epochs, set the length
+            reason = "min steps"
+        else:
+            reason = "epoch cap"
         step = 0
         for step in range(1, self.total_steps + 1):
             if self.stop:
