@@ -93,7 +93,8 @@ def test_after_kill_9_of_a_job_the_worker_command_trains_the_next_one_to_the_end
         text=True,
     )
     try:
-        wait_for(training_started(store, killed), timeout=60)
+        # The first step's log line, not just its progress file: the kill must come after what the test reads back.
+        wait_for(lambda: any("step 1/100000" in line for line in job_status(store, killed)["log_tail"]), timeout=60)
         os.kill(store.get(killed).pid, signal.SIGKILL)
         worker_log = worker.communicate(timeout=120)[1]
     finally:
