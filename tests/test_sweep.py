@@ -525,7 +525,7 @@ def test_the_paper_sweep_requires_tuned_learning_rates():
 
 def test_the_training_loss_is_the_mean_over_the_half_epoch_up_to_the_kept_checkpoint(tmp_path):
     from training.run import runs
-    from training.sweeps.table import training_loss
+    from training.run.runs import training_loss
 
     for step in range(1, 21):  # 10 steps an epoch; the loss falls by 0.1 a step
         runs.append_jsonl(tmp_path / runs.METRICS, {"step": step, "epoch": step / 10, "loss": 3.0 - 0.1 * step})

@@ -128,8 +128,10 @@ def learning_rate(info: dict) -> str:
     lr, source = info.get("lr"), info.get("lr_source")
     if not isinstance(lr, int | float):
         return ""
-    said = {"given": "given", "method default": "the method's default", None: None}.get(source, f"tuned: {source}")
-    return f", learning rate {lr:g}" + (f" ({said})" if said else "")
+    if source is None:  # a run from before the source was recorded
+        return f", learning rate {lr:g}"
+    said = {"given": "given", "method default": "the method's default"}.get(source, f"tuned: {source}")
+    return f", learning rate {lr:g} ({said})"
 
 
 def shown_runs(services: Services, shown: str = ALL_STATES) -> list[RunRecord]:

@@ -181,6 +181,23 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
+LOSS_WINDOW_EPOCHS = 0.5
+
+
+def training_loss(run_dir: str | Path, step: int | None) -> float | None:
+    """The mean training loss logged over the half epoch up to `step` (the kept checkpoint; the last step when
+    None): how well the method fits its training data there. A high one beside a low score is a method that
+    cannot fit the task; a low one beside a low score, one that over-fits."""
+    rows = [r for r in read_jsonl(Path(run_dir) / METRICS) if isinstance(r.get("loss"), int | float)]
+    if step is not None:
+        rows = [r for r in rows if r["step"] <= step]
+    if not rows:
+        return None
+    start = rows[-1].get("epoch", 0) - LOSS_WINDOW_EPOCHS
+    window = [r["loss"] for r in rows if r.get("epoch", 0) >= start]
+    return round(sum(window) / len(window), 4)
+
+
 def tail(path: str | Path, lines: int = 40) -> list[str]:
     """The last lines of a text file (reads at most the last 64 KiB)."""
     try:

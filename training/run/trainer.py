@@ -228,6 +228,8 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
 
         # evaluate
         summary = outcome.summary(validator)
+        if total_steps:  # read once here, so the results table need not read every run's metrics.jsonl
+            summary["train_loss"] = runs.training_loss(run.path, summary["best_step"])
         if not config.score_test:
             run.write_eval(
                 {"task": config.task, "split": None, "validation": summary, "train_s": round(run.elapsed_s(), 2)}

@@ -1289,7 +1289,7 @@ def _sources(frame, meta: dict, stats: Stats, prior_note: str) -> list[str]:
                 settings.append(f"{label} {', '.join(values)}")
     if settings:
         lines.append(f"- Runs: {'; '.join(settings)}.")
-    if frame["val_metric"].isna().all():
+    if predates_protocol(frame):
         lines.append(
             "- The table has no validation scores (`val_metric`): it predates the validation protocol, so no "
             "checkpoint or stopping point of its runs was chosen on validation data."
@@ -1328,6 +1328,11 @@ def _sources(frame, meta: dict, stats: Stats, prior_note: str) -> list[str]:
     return lines
 
 
+def predates_protocol(frame) -> bool:
+    """A table without validation scores: its runs chose nothing on validation data (load_table adds the column)."""
+    return bool(frame["val_metric"].isna().all())
+
+
 def render_markdown(
     frame,
     findings: list[Finding],
@@ -1348,7 +1353,7 @@ def render_markdown(
         f"`python -m training report` from `{results.name}` ({len(frame)} runs, seeds {seeds}).",
         "",
     ]
-    if "val_metric" not in frame or frame["val_metric"].isna().all():
+    if predates_protocol(frame):
         # Said first, where a reader (and Explore, which shows this text) meets the verdicts.
         lines += [
             "> **Not the study's answer: these verdicts are withdrawn.** This table predates the study protocol: "

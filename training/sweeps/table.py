@@ -98,23 +98,6 @@ def folder_sha(source: str | None) -> str | None:
     return digest.hexdigest()[:16]
 
 
-LOSS_WINDOW_EPOCHS = 0.5
-
-
-def training_loss(run_dir: Path, step: int | None) -> float | None:
-    """The mean training loss logged over the half epoch up to `step` (the kept checkpoint; the last step when
-    None): how well the method fits its training data there. A high one beside a low score is a method that
-    cannot fit the task; a low one beside a low score, one that over-fits."""
-    rows = [r for r in runs.read_jsonl(run_dir / runs.METRICS) if isinstance(r.get("loss"), int | float)]
-    if step is not None:
-        rows = [r for r in rows if r["step"] <= step]
-    if not rows:
-        return None
-    start = rows[-1].get("epoch", 0) - LOSS_WINDOW_EPOCHS
-    window = [r["loss"] for r in rows if r.get("epoch", 0) >= start]
-    return round(sum(window) / len(window), 4)
-
-
 def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None = None) -> dict | None:
     """The table row of a finished run, or None if the run has not finished."""
     info, evaluation = runs.read_json(run_dir / runs.CONFIG), runs.read_json(run_dir / runs.EVAL)
@@ -153,7 +136,7 @@ def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None 
         "epochs_run": validation.get("epochs_run"),
         "best_step": validation.get("best_step"),
         "stop_reason": validation.get("stop_reason") if trained else None,
-        "train_loss": training_loss(run_dir, validation.get("best_step")) if trained else None,
+        "train_loss": validation.get("train_loss") if trained else None,
         "train_s": evaluation.get("train_s"),
         "wall_s": evaluation.get("wall_s"),
         "peak_mem_mb": evaluation.get("peak_mem_mb"),
