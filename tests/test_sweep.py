@@ -553,3 +553,79 @@ def test_a_grid_rerun_under_another_schedule_does_not_inherit_the_old_grids_sess
     fresh = run("new", tasks={"vqa": {"epochs": 1, "eval_limit": 4}})
     assert len(fresh["sessions"]) == 1 and fresh["wall_s"] == fresh["sessions"][0]["wall_s"]
     assert fresh["started_at"] != first["started_at"] or fresh["sessions"][0] != first["sessions"][0]
+
+
+@pytest.mark.slow
+def test_a_grid_goes_on_from_a_fresh_clone_whose_results_hold_the_finished_runs(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path, capsys
+):
+    """The run folders stay on the machine that ran them; the committed results folder is what a fresh clone has.
+    Its rows (and item scores) count as finished for the same grid on the same files, and only those."""
+    config = write_sweep(
+        tmp_path / "sweep.yaml",
+        tiny_model_dir,
+        tiny_vqa_dataset,
+        methods=["zero-shot", "lora"],
+        budget_axis={"fraction": 1.0, "budgets": ["2k"]},
+    )
+    results = tmp_path / "results"
+
+    def sweep(out: str, *extra: str) -> str:
+        capsys.readouterr()
+        args = ["sweep", "--config", str(config), "--out", str(tmp_path / out), "--results", str(results), *extra]
+        assert main(args) == 0
+        return capsys.readouterr().out
+
+    sweep("machine-a")
+    table, items = read_table(results / "runs.csv"), (results / "item_scores.jsonl").read_text()
+    assert [r["run"] for r in table] == ["vqa__zero-shot__s0", "vqa__lora__b2k__f1__s0"] and items.count("\n") == 2
+
+    printed = sweep("machine-b", "--dry-run")
+    assert "2 runs: 2 finished, 0 to run now" in printed
+    sweep("machine-b")
+    assert not (tmp_path / "machine-b" / "runs").exists() or not any((tmp_path / "machine-b" / "runs").iterdir())
+    assert read_table(results / "runs.csv") == table and (results / "item_scores.jsonl").read_text() == items
+    meta = json.loads((results / "sweep.json").read_text())
+    assert (meta["done"], meta["remaining"], len(meta["sessions"])) == (2, 0, 2)
+
+    # A row made on other dataset files is stale: that point runs again (here), the other one is carried.
+    stale = [dict(r, dataset_sha="0" * 16) if r["run"] == "vqa__lora__b2k__f1__s0" else r for r in table]
+    with open(results / "runs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(stale)
+    assert "2 runs: 1 finished, 1 to run now" in sweep("machine-c", "--dry-run")
+    sweep("machine-c")
+    assert [p.name for p in (tmp_path / "machine-c" / "runs").iterdir()] == ["vqa__lora__b2k__f1__s0"]
+    rows = read_table(results / "runs.csv")
+    assert [r["run"] for r in rows] == [r["run"] for r in table] and rows[1]["dataset_sha"] == table[1]["dataset_sha"]
+    assert rows[0] == table[0] and (results / "item_scores.jsonl").read_text().count("\n") == 2
+
+    # Another grid under the same name (a changed schedule) carries nothing over.
+    config.write_text(config.read_text().replace("max_steps: 2", "max_steps: 3"))
+    assert "2 runs: 0 finished, 2 to run now" in sweep("machine-d", "--dry-run")
+
+
+def test_the_estimate_counts_the_step_floor_of_small_shares(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    from training.sweeps.runner import Estimator, floor_shares
+
+    # 32 training questions x 2 epochs at batch 4: 16 steps on all the data; a floor of 8 steps is half of that.
+    config = write_sweep(
+        tmp_path / "sweep.yaml",
+        tiny_model_dir,
+        tiny_vqa_dataset,
+        methods=["zero-shot", "lora"],
+        budget_axis={"fraction": 1.0, "budgets": ["2k"]},
+        tasks={"vqa": {"epochs": 2}},
+        settings={"batch_size": 4, "min_steps": 8},
+    )
+    spec = load_spec(config)
+    assert floor_shares(spec) == {"vqa": 0.5}
+    estimator = Estimator({"vqa": 130}, floors=floor_shares(spec))
+    at = lambda method, fraction: estimator.expected(GridPoint("vqa", method, None, fraction, 0))  # noqa: E731
+    assert at("lora", 1.0) == 130 and at("lora", 0.75) == 30 + 100 * 0.75
+    assert at("lora", 0.1) == at("lora", 0.5) == 30 + 100 * 0.5  # the floor, not the share, sets the length
+    assert at("zero-shot", None) == 130
+    # A fixed step count (max_steps) has no floor to count.
+    capped = load_spec(write_sweep(tmp_path / "capped.yaml", tiny_model_dir, tiny_vqa_dataset, methods=["zero-shot"]))
+    assert floor_shares(capped) == {} and Estimator({"vqa": 130}).expected(GridPoint("vqa", "lora", None, 0.1, 0)) == 40

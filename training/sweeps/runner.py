@@ -3,10 +3,17 @@
 Resumable by construction: a run is finished when its `eval.json` exists; any other run directory is
 half-done work and is deleted and redone. The table and `sweep.json` are rewritten after every run, so a
 sweep killed at any moment leaves a table of everything finished so far.
+
+Resumable across machines too: the run folders (with their weights) stay where the sweep ran, but the results
+folder (`runs.csv`, `item_scores.jsonl`, `sweep.json`) is what gets committed. A grid point whose folder is not
+here but whose row is in the results table of the same grid, on the same base model and datasets (by their
+sha), is finished: its row and per-item scores are carried over and it is not run again. So a grid that takes
+longer than one session, or one machine, goes on from a fresh clone where the last one stopped.
 """
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import os
 import platform
@@ -16,7 +23,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from training.errors import UserError
@@ -47,6 +54,8 @@ class SweepPlan:
     points: list[GridPoint]  # every feasible point
     skipped: list[Skipped]  # points whose budget the method cannot reach
     todo: list[GridPoint]  # the points this session runs (not finished, and matching --only)
+    shas: dict[str, str | None] = field(default_factory=dict)  # base model and each task's dataset
+    carried: dict[str, Carried] = field(default_factory=dict)  # finished elsewhere: in the results, not in out
 
     @property
     def runs_dir(self) -> Path:
@@ -55,13 +64,67 @@ class SweepPlan:
     def run_dir(self, point: GridPoint) -> Path:
         return self.runs_dir / point.name
 
-    def finished(self, point: GridPoint) -> bool:
+    def ran_here(self, point: GridPoint) -> bool:
         return (self.run_dir(point) / runs.EVAL).is_file()
+
+    def finished(self, point: GridPoint) -> bool:
+        return self.ran_here(point) or point.name in self.carried
+
+
+@dataclass(frozen=True)
+class Carried:
+    """A run of this grid finished on another machine or in another clone: its table row and item scores."""
+
+    row: dict
+    items: dict | None
+
+
+def base_model_path(spec: SweepSpec) -> str:
+    from training.paths import DEFAULT_MODEL_DIR
+
+    return spec.base_model or str(DEFAULT_MODEL_DIR)
+
+
+def dataset_path(spec: SweepSpec, task: str) -> str:
+    from training.data.dataset import DEFAULT_DATASETS
+
+    return spec.datasets.get(task) or str(DEFAULT_DATASETS[task])
+
+
+def same_grid(meta: dict, spec: SweepSpec) -> bool:
+    """Whether a sweep.json describes this sweep file's grid (same name and the keys that define its runs)."""
+    return meta.get("name") == spec.name and grid_part(meta.get("spec") or {}) == grid_part(spec.source)
+
+
+def carried_runs(spec: SweepSpec, points: list[GridPoint], shas: dict[str, str | None]) -> dict[str, Carried]:
+    """The grid's runs that the results folder holds from earlier sessions, kept only when that folder's
+    sweep.json is this grid and a row was made on the same base model and dataset files as now (a changed
+    dataset or model makes every old row stale, and those points run again)."""
+    if not same_grid(runs.read_json(spec.results / META) or {}, spec):
+        return {}
+    try:
+        with open(spec.results / TABLE, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError:
+        return {}
+    items = {line.get("run"): line for line in runs.read_jsonl(spec.results / ITEM_SCORES)}
+    by_name = {p.name: p for p in points}
+    carried = {}
+    for row in rows:
+        point = by_name.get(row.get("run") or "")
+        if point is None or row.get("base_model_sha") != (shas.get("base_model") or ""):
+            continue
+        if row.get("dataset_sha") != (shas.get(point.task) or ""):
+            continue
+        carried[point.name] = Carried(row, items.get(point.name))
+    return carried
 
 
 def plan_sweep(spec: SweepSpec, only: str | None = None) -> SweepPlan:
     points, skipped = filter_feasible(spec, spec.points())
-    plan = SweepPlan(spec, points, skipped, [])
+    shas = {"base_model": folder_sha(base_model_path(spec))}
+    shas.update({task: folder_sha(dataset_path(spec, task)) for task in spec.tasks})
+    plan = SweepPlan(spec, points, skipped, [], shas, carried_runs(spec, points, shas))
     try:
         pattern = re.compile(only or "")
     except re.error as exc:
@@ -78,6 +141,9 @@ class Estimator:
 
     defaults: dict = field(default_factory=dict)
     seen: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    # Per task, the share of a full-data run's steps that the sweep's `min_steps` floor guarantees any run: a 1 %
+    # share with a 300-step floor trains 300 steps, not 1 % of the full run's (see floor_shares).
+    floors: dict[str, float] = field(default_factory=dict)
 
     def observe(self, point: GridPoint, seconds: float) -> None:
         self.seen.setdefault((point.task, point.method), []).append(seconds)
@@ -97,16 +163,40 @@ class Estimator:
         if default is None:
             return self._mean(lambda k: True)
         # The file gives a run on all the data; on a share f of it the epochs are shorter: a fixed part (start,
-        # loading, scoring the test split) plus the rest times f.
+        # loading, scoring the test split) plus the rest times f, or times the floor's share where that is more.
         seconds = float(default)
         fixed = min(seconds, FIXED_RUN_S)
-        return fixed + (seconds - fixed) * (point.fraction if point.fraction is not None else 1.0)
+        share = point.fraction if point.fraction is not None else 1.0
+        if point.method != "zero-shot":
+            share = max(share, self.floors.get(point.task, 0.0))
+        return fixed + (seconds - fixed) * share
 
     def total(self, points: list[GridPoint], parallel: int = 1) -> float | None:
         values = [self.expected(p) for p in points]
         if any(v is None for v in values):
             return None
         return sum(values) / max(1, parallel)
+
+
+def floor_shares(spec: SweepSpec) -> dict[str, float]:
+    """Per task, min_steps over the steps of a run on all the training data without the floor (1 at most);
+    a task whose dataset cannot be read here (a Hub id offline) is left out and estimated without its floor."""
+    from training.data.dataset import load_dataset
+    from training.run.config import planned_steps
+    from training.run.tasks import training_pairs
+
+    shares = {}
+    for task in spec.tasks:
+        config = spec.run_config(GridPoint(task, "lora", None, 1.0, 0))
+        if not config.min_steps or config.max_steps:
+            continue
+        try:
+            pairs = len(training_pairs(task, load_dataset(dataset_path(spec, task), task).split("train")))
+        except (UserError, OSError, ValueError):
+            continue
+        full = planned_steps(replace(config, min_steps=None), pairs)
+        shares[task] = min(1.0, config.min_steps / max(1, full))
+    return shares
 
 
 def format_duration(seconds: float | None) -> str:
@@ -128,6 +218,11 @@ def describe(plan: SweepPlan, estimator: Estimator, parallel: int) -> list[str]:
         f"{len(plan.todo)} to run now"
     ]
     lines.append(f"  runs in {spec.out / 'runs'}; table {spec.results / TABLE}")
+    if plan.carried:
+        lines.append(
+            f"  {len(plan.carried)} of the finished runs are rows of {spec.results / TABLE} whose folders are not "
+            "here (run on another machine or clone of the same grid and files): carried over, not rerun"
+        )
     lines += [f"  {line}" for line in spec.axes()]
     header = f"  {'task':<8} {'method':<17} {'runs':>5} {'budgets':>7} {'fractions':>9} {'seeds':>5} {'est/run':>8}"
     lines.append(header)
@@ -215,37 +310,26 @@ class SweepSession:
         self.plan, self.spec, self.executor = plan, plan.spec, executor
         self.command, self.echo, self.max_minutes, self.parallel = command, echo, max_minutes, parallel
         self.started = time.time()
-        self.estimator = Estimator(self.spec.estimate_s)
+        self.estimator = Estimator(self.spec.estimate_s, floors=floor_shares(self.spec))
         self.timings = runs.read_json(self.spec.out / TIMINGS) or {}
         for point in plan.points:
-            if point.name in self.timings and plan.finished(point):
+            if point.name in self.timings and plan.ran_here(point):
                 self.estimator.observe(point, self.timings[point.name])
+            elif point.name in plan.carried and (seconds := _number(plan.carried[point.name].row.get("wall_s"))):
+                self.estimator.observe(point, seconds)
         self.failed: dict[str, dict] = {}
         self.ran = 0
         self.stopped_by_time = False
-        self.shas = {"base_model": folder_sha(self._base_model_path())}
-        self.shas.update({task: folder_sha(self._dataset_path(task)) for task in self.spec.tasks})
+        self.shas = plan.shas
         self.previous = self._previous_meta()
         self.machine = machine_info(getattr(executor, "threads", None))
-
-    def _base_model_path(self) -> str:
-        from training.paths import DEFAULT_MODEL_DIR
-
-        return self.spec.base_model or str(DEFAULT_MODEL_DIR)
-
-    def _dataset_path(self, task: str) -> str:
-        from training.data.dataset import DEFAULT_DATASETS
-
-        return self.spec.datasets.get(task) or str(DEFAULT_DATASETS[task])
 
     def _previous_meta(self) -> dict:
         """The earlier sessions' sweep.json, when it describes this grid: its sessions (and wall time) carry on.
         Another grid under the same name (say the paper's grid rerun under a new protocol) starts afresh, so its
         wall time is its own."""
         meta = runs.read_json(self.spec.results / META) or {}
-        if meta.get("name") != self.spec.name or grid_part(meta.get("spec") or {}) != grid_part(self.spec.source):
-            return {}
-        return meta
+        return meta if same_grid(meta, self.spec) else {}
 
     def jobs(self) -> Iterator[RunJob]:
         """The jobs to run, handed out one at a time; stops handing out at the time limit."""
@@ -310,12 +394,21 @@ class SweepSession:
 
     def write_outputs(self) -> dict:
         """Rewrite runs.csv from every finished run of the grid, and sweep.json beside it."""
-        rows = [row for p in self.plan.points if (row := run_row(p, self.plan.run_dir(p), self.shas))]
+        rows, lines = [], []
+        for point in self.plan.points:
+            if self.plan.ran_here(point):
+                row, line = (
+                    run_row(point, self.plan.run_dir(point), self.shas),
+                    item_scores(point, self.plan.run_dir(point)),
+                )
+            elif point.name in self.plan.carried:
+                row, line = self.plan.carried[point.name].row, self.plan.carried[point.name].items
+            else:
+                continue
+            rows += [row] if row else []
+            lines += [line] if line else []
         write_table(rows, self.spec.results / TABLE)
-        finished = [p for p in self.plan.points if self.plan.finished(p)]
-        write_item_scores(
-            [line for p in finished if (line := item_scores(p, self.plan.run_dir(p)))], self.spec.results / ITEM_SCORES
-        )
+        write_item_scores(lines, self.spec.results / ITEM_SCORES)
         now = time.time()
         session = {
             "started_at": _iso(self.started),
@@ -343,10 +436,11 @@ class SweepSession:
             "remaining": remaining,
             "failures": list(self.failed.values()),
             "skipped_points": [{"run": s.point.name, "reason": s.reason} for s in self.plan.skipped],
-            "base_model": display_path(self._base_model_path()),
+            "base_model": display_path(base_model_path(self.spec)),
             "base_model_sha": self.shas["base_model"],
             "datasets": {
-                t: {"source": display_path(self._dataset_path(t)), "sha": self.shas.get(t)} for t in self.spec.tasks
+                t: {"source": display_path(dataset_path(self.spec, t)), "sha": self.shas.get(t)}
+                for t in self.spec.tasks
             },
             "out": display_path(str(self.spec.out)),
             "spec": self.spec.source,
@@ -363,6 +457,13 @@ def grid_part(source: dict) -> dict:
     """A sweep file's keys that define its runs (tasks and their schedule, methods, seeds, settings, axes, model
     and data), for telling whether an earlier sweep.json belongs to the same grid."""
     return {key: value for key, value in source.items() if key not in NOT_THE_GRID}
+
+
+def _number(text) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def _iso(timestamp: float) -> str:
