@@ -495,3 +495,19 @@ def test_ia3_and_dora_are_judged_and_drawn_beside_the_papers_methods(tmp_path):
     assert {"(IA)³", "DoRA", "LoRA", "Prompt tuning"} <= traces
     by_params = {trace.name for trace in metric_figure(shown, "trainable_params", "accuracy").data}
     assert "DoRA" in by_params
+
+
+def test_a_part_done_grid_says_so_before_its_verdicts(tmp_path):
+    frame = papers_picture()
+    frame.to_csv(tmp_path / "runs.csv", index=False)
+    planned = len(frame) + 40
+    meta = {"name": "paper", "done": len(frame), "runs_planned": planned, "remaining": 40, "sessions": []}
+    (tmp_path / "sweep.json").write_text(json.dumps(meta))
+    text = build_report(tmp_path / "runs.csv", figures=False, prior=Prior(30.0, {}, np.full(40, 30.0), "x")).read_text()
+    warning = text.index(f"> **The grid is not finished: {len(frame)} of {planned} runs, 40 to go.**")
+    assert warning < text.index("| finding | answer |")
+    lora = int(((frame.task == "vqa") & (frame.method == "lora")).sum())
+    assert f"vqa lora {lora}" in text
+    (tmp_path / "sweep.json").write_text(json.dumps({**meta, "done": planned, "remaining": 0}))
+    text = build_report(tmp_path / "runs.csv", figures=False, prior=Prior(30.0, {}, np.full(40, 30.0), "x")).read_text()
+    assert "The grid is not finished" not in text

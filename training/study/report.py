@@ -1328,6 +1328,23 @@ def _sources(frame, meta: dict, stats: Stats, prior_note: str) -> list[str]:
     return lines
 
 
+def unfinished_grid(frame, meta: dict) -> list[str]:
+    """A warning, said before the verdicts, when the sweep.json beside the table has runs still to go: a grid that
+    runs over several sessions is committed part-done, and its verdicts rest on the runs finished so far."""
+    remaining = meta.get("remaining") or 0
+    if not remaining:
+        return []
+    done = frame[["task", "method"]].value_counts()
+    counts = ", ".join(f"{task} {method} {n}" for (task, method), n in sorted(done.items()))
+    return [
+        f"> **The grid is not finished: {meta.get('done')} of {meta.get('runs_planned')} runs, {remaining} to go.** "
+        "The verdicts below are drawn from the finished runs only and are provisional; a cell without runs is "
+        f"left out of its test. Finished so far: {counts}. `python -m training sweep --config "
+        "sweeps/paper.yaml` goes on where it stopped.",
+        "",
+    ]
+
+
 def predates_protocol(frame) -> bool:
     """A table without validation scores: its runs chose nothing on validation data (load_table adds the column)."""
     return bool(frame["val_metric"].isna().all())
@@ -1363,6 +1380,7 @@ def render_markdown(
             "replaces it; the README's *Sweeps and results* says how far it has got.",
             "",
         ]
+    lines += unfinished_grid(frame, meta)
     lines += [
         "| finding | answer | without the smallest data fraction |",
         "|---|---|---|",
