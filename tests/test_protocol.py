@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -239,6 +240,49 @@ def test_tuning_widens_the_grid_until_the_best_is_bracketed_and_resumes(tmp_path
     calls.clear()
     tune(targets, base, [0, 1], tmp_path, tmp_path / "work", train_fn=fake_train, echo=lambda s: None)
     assert calls == []
+
+
+def test_two_tune_processes_on_one_target_never_train_the_same_run_twice(tmp_path, monkeypatch):
+    """Both cores on one target: each run is claimed by one process; the other trains the rest or waits."""
+    import threading
+
+    from training.study import tuning
+
+    monkeypatch.setattr(tuning, "CLAIM_POLL_S", 0.01)
+    trained, lock = [], threading.Lock()
+
+    def slow_train(config: RunConfig, run_dir) -> dict:
+        with lock:
+            trained.append((config.lr, config.seed))
+        time.sleep(0.05)
+        value = -abs(math.log10(config.lr) - math.log10(6e-2)) + 0.01 * config.seed
+        return {"best": value, "best_step": 1, "steps_run": 2, "epochs_run": 1.0, "stop_reason": "patience"}
+
+    def one_process(results: list) -> None:
+        results.append(
+            tune(
+                [TuneTarget("vqa", "lora", "text", {})],
+                RunConfig(task="vqa", budget="18k", towers="text"),
+                [0, 1],
+                tmp_path,
+                tmp_path / "work",
+                train_fn=slow_train,
+                echo=lambda s: None,
+            )
+        )
+
+    outcomes: list = []
+    threads = [threading.Thread(target=one_process, args=(outcomes,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(outcomes) == 2 and outcomes[0] == outcomes[1]
+    assert sorted(trained) == sorted(set(trained)), "a run was trained by both processes"
+    assert len(trained) == 10  # 1.9e-3 to 0.19 (the default's grid widened twice upwards), two seeds each
+    assert outcomes[0][0]["lr"] == pytest.approx(6e-2) and outcomes[0][0]["complete"]
+    runs = list(csv.DictReader(open(tmp_path / "lr-runs.csv")))
+    assert len(runs) == 10 and len({r["run"] for r in runs}) == 10
 
 
 def test_tuning_stops_widening_at_the_learning_rate_ceiling(tmp_path):

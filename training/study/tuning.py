@@ -7,7 +7,8 @@ widens the grid on a side while the best mean validation score sits at that edge
 towers, the learning rate (and method options, e.g. prefix tuning's reparametrisation) with the best mean
 validation score, whether it is bracketed (a worse grid point on both sides), whether its tuning is complete
 (read off the runs: every point has all its seeds, and the best is bracketed or at the lr ceiling) and the
-whole curve. lr.csv is rewritten whenever a `tune` process stops, so it shows the tuning so far.
+whole curve. lr.csv is rewritten whenever a `tune` process stops, so it shows the tuning so far. Several `tune`
+processes may share one work folder and table, even on one target: each run is claimed by one of them (`claim`).
 
 A run without `--lr` takes its learning rate from `results/lr.csv` when that table has a complete row for its
 task, method and towers (and the same method options, if it names any), else the method's default. The test
@@ -25,7 +26,8 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,8 @@ RUN_COLUMNS = [
     "run",
 ]
 HALF_DECADE = math.sqrt(10)
+CLAIMS = ".claims"  # in the work folder: one lock file per tuning run being trained (see claim)
+CLAIM_POLL_S = 20.0  # how often a process whose remaining runs are all in flight elsewhere looks for their rows
 MAX_WIDENINGS = 4
 MAX_LR = 1.0  # RunConfig takes learning rates in (0, 1)
 # What the tuner tries besides the learning rate: prefix tuning with and without Li & Liang's reparametrisation.
@@ -298,55 +302,33 @@ def tune(
                 base.base_model or "",
             )
 
+        def missing(rows: list[dict], lr: float, seed: int, mine=mine) -> bool:
+            return not any(mine(r) and float(r["lr"]) == lr and int(r["seed"]) == seed for r in rows)
+
         center = METHODS[target.method].default_lr
         below = above = 1
         for _ in range(MAX_WIDENINGS + 1):
             grid = lr_grid(center, below, above)
-            for lr in grid:
-                for seed in seeds:
-                    if any(mine(r) and float(r["lr"]) == lr and int(r["seed"]) == seed for r in done):
-                        continue
+            while todo := [(lr, seed) for lr in grid for seed in seeds if missing(done, lr, seed)]:
+                if deadline is not None and time.time() > deadline:
+                    echo("tune: time is up; run the same command again to go on")
+                    return write_summary(results, runs_path)
+                trained = False
+                for lr, seed in todo:
                     if deadline is not None and time.time() > deadline:
                         echo("tune: time is up; run the same command again to go on")
                         return write_summary(results, runs_path)
-                    config = RunConfig.from_dict(
-                        {
-                            **base.to_dict(),
-                            "task": target.task,
-                            "method": target.method,
-                            "towers": target.towers,
-                            "lr": lr,
-                            "seed": seed,
-                            "method_options": target.options,
-                        }
-                    ).validate()
                     name = run_name(target, lr, seed, base.base_model)
-                    started = time.perf_counter()
-                    summary = train_fn(config, work / name)
-                    row = {
-                        "task": target.task,
-                        "method": target.method,
-                        "towers": target.towers,
-                        "options": options_key(target.options),
-                        "lr": lr,
-                        "seed": seed,
-                        "budget": base.budget,
-                        "data_fraction": base.data_fraction,
-                        "val_metric": summary["best"],
-                        "best_step": summary["best_step"],
-                        "steps_run": summary["steps_run"],
-                        "epochs_run": summary["epochs_run"],
-                        "stop_reason": summary["stop_reason"],
-                        "train_s": summary.get("train_s"),
-                        "base_model": base.base_model or "",
-                        "run": name,
-                    }
-                    done = append_run(runs_path, row)
-                    echo(
-                        f"tune {target.label()}: lr {lr:g} seed {seed}: validation {summary['best']:.4g} "
-                        f"(best step {summary['best_step']}, {summary['stop_reason']}, "
-                        f"{time.perf_counter() - started:.0f}s)"
-                    )
+                    with claim(work / CLAIMS / f"{name}.lock") as ours:
+                        # Another tune process (on this folder) may be training it, or have just finished it.
+                        done = read_rows(runs_path)
+                        if not ours or not missing(done, lr, seed):
+                            continue
+                        done = _train_point(target, base, lr, seed, name, work, runs_path, train_fn, echo)
+                        trained = True
+                if not trained:  # what is left is in flight in another tune process: wait for its rows
+                    time.sleep(CLAIM_POLL_S)
+                    done = read_rows(runs_path)
             best, bracketed = best_of(curve([r for r in done if mine(r) and float(r["lr"]) in grid]))
             if bracketed:
                 break
@@ -360,6 +342,75 @@ def tune(
                 break
         echo(f"tune {target.label()}: best lr {best:g}" + ("" if bracketed else " (NOT bracketed)"))
     return write_summary(results, runs_path)
+
+
+@contextmanager
+def claim(path: Path) -> Iterator[bool]:
+    """Whether this process holds `path`'s lock for the block: a tuning run being trained. Several `tune`
+    processes on one work folder (say two on the same target, so that both cores work on it) never train the
+    same run twice, and a process that dies frees its claim with it."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _train_point(
+    target: TuneTarget,
+    base: RunConfig,
+    lr: float,
+    seed: int,
+    name: str,
+    work: Path,
+    runs_path: Path,
+    train_fn: TrainFn,
+    echo: Callable[[str], None],
+) -> list[dict]:
+    """Train one tuning run, add its row to lr-runs.csv and return every row there."""
+    config = RunConfig.from_dict(
+        {
+            **base.to_dict(),
+            "task": target.task,
+            "method": target.method,
+            "towers": target.towers,
+            "lr": lr,
+            "seed": seed,
+            "method_options": target.options,
+        }
+    ).validate()
+    started = time.perf_counter()
+    summary = train_fn(config, work / name)
+    row = {
+        "task": target.task,
+        "method": target.method,
+        "towers": target.towers,
+        "options": options_key(target.options),
+        "lr": lr,
+        "seed": seed,
+        "budget": base.budget,
+        "data_fraction": base.data_fraction,
+        "val_metric": summary["best"],
+        "best_step": summary["best_step"],
+        "steps_run": summary["steps_run"],
+        "epochs_run": summary["epochs_run"],
+        "stop_reason": summary["stop_reason"],
+        "train_s": summary.get("train_s"),
+        "base_model": base.base_model or "",
+        "run": name,
+    }
+    done = append_run(runs_path, row)
+    echo(
+        f"tune {target.label()}: lr {lr:g} seed {seed}: validation {summary['best']:.4g} "
+        f"(best step {summary['best_step']}, {summary['stop_reason']}, "
+        f"{time.perf_counter() - started:.0f}s)"
+    )
+    return done
 
 
 def write_summary(results: Path, runs_path: Path) -> list[dict]:
