@@ -242,6 +242,13 @@ def test_tuning_widens_the_grid_until_the_best_is_bracketed_and_resumes(tmp_path
     assert calls == []
 
 
+def tune_one_vqa_target(method: str, train_fn, folder) -> list[dict]:
+    """`tune` on one VQA method on the text decoder at 18k, seeds 0 and 1, with the results in `folder`."""
+    target = TuneTarget("vqa", method, "text", {})
+    base = RunConfig(task="vqa", budget="18k", towers="text")
+    return tune([target], base, [0, 1], folder, folder / "work", train_fn=train_fn, echo=lambda s: None)
+
+
 def test_two_tune_processes_on_one_target_never_train_the_same_run_twice(tmp_path, monkeypatch):
     """Both cores on one target: each run is claimed by one process; the other trains the rest or waits."""
     import threading
@@ -259,17 +266,7 @@ def test_two_tune_processes_on_one_target_never_train_the_same_run_twice(tmp_pat
         return {"best": value, "best_step": 1, "steps_run": 2, "epochs_run": 1.0, "stop_reason": "patience"}
 
     def one_process(results: list) -> None:
-        results.append(
-            tune(
-                [TuneTarget("vqa", "lora", "text", {})],
-                RunConfig(task="vqa", budget="18k", towers="text"),
-                [0, 1],
-                tmp_path,
-                tmp_path / "work",
-                train_fn=slow_train,
-                echo=lambda s: None,
-            )
-        )
+        results.append(tune_one_vqa_target("lora", slow_train, tmp_path))
 
     outcomes: list = []
     threads = [threading.Thread(target=one_process, args=(outcomes,)) for _ in range(2)]
@@ -294,15 +291,7 @@ def test_tuning_stops_widening_at_the_learning_rate_ceiling(tmp_path):
         tried.append(RunConfig.from_dict(config.to_dict()).validate().lr)
         return {"best": config.lr, "best_step": 1, "steps_run": 2, "epochs_run": 1.0, "stop_reason": "patience"}
 
-    rows = tune(
-        [TuneTarget("vqa", "ia3", "text", {})],
-        RunConfig(task="vqa", budget="18k", towers="text"),
-        [0, 1],
-        tmp_path,
-        tmp_path / "work",
-        train_fn=rising,
-        echo=lambda s: None,
-    )
+    rows = tune_one_vqa_target("ia3", rising, tmp_path)
     assert max(tried) < 1 and max(tried) == pytest.approx(0.316)
     assert rows[0]["lr"] == pytest.approx(0.316) and not rows[0]["bracketed"]
     assert rows[0]["complete"]  # at the ceiling the grid cannot widen: the tuning is done
