@@ -962,6 +962,8 @@ def gains_table(frame, stats: Stats) -> list[str]:
         zero_any = np.mean(list(zero_seeds.values()), axis=0) if zero_seeds else None
         prior = stats.prior_values(task)
         for method, budget, mine, held in reference_cells(rows):
+            if held.empty:  # a part-done grid: the reference cell has no run at full data yet
+                continue
             seeds = per_seed_mean(held, stats.values(held, task))
             level = stats.interval(seeds)
             over_zero = (
