@@ -511,3 +511,21 @@ def test_a_part_done_grid_says_so_before_its_verdicts(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps({**meta, "done": planned, "remaining": 0}))
     text = build_report(tmp_path / "runs.csv", figures=False, prior=Prior(30.0, {}, np.full(40, 30.0), "x")).read_text()
     assert "The grid is not finished" not in text
+
+
+def test_a_part_done_grid_leaves_out_a_method_whose_reference_budget_has_no_full_data_run_yet(tmp_path):
+    # As after the second sweep session: prefix tuning ran its reference budget at the small fractions only,
+    # and another budget at full data. Its gains and per-type rows are left out, not failed on or shown as nan.
+    frame = papers_picture(noise=0.0)
+    vqa_prefix = (frame.task == "vqa") & (frame.method == "prefix")
+    keep = ~vqa_prefix | ((frame.budget == "32k") & (frame.data_fraction < 1.0))
+    keep |= vqa_prefix & (frame.budget == "100k") & (frame.data_fraction == 1.0)
+    frame = frame[keep].copy()
+    frame.loc[frame.task == "vqa", "accuracy_color"] = frame.loc[frame.task == "vqa", "accuracy"]
+    frame.to_csv(tmp_path / "runs.csv", index=False)
+    prior = Prior(30.0, {"color": 21.5}, np.full(40, 30.0), "a test")
+    report = build_report(tmp_path / "runs.csv", figures=False, prior=prior).read_text()
+    assert "| vqa | lora | 100% data, budget 32k |" in report
+    assert "| vqa | prefix | 100% data" not in report and "| caption | prefix | 100% data, budget 32k |" in report
+    assert "| lora (32k) |" in report and "| prefix (" not in report
+    assert "nan" not in report

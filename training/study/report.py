@@ -962,8 +962,6 @@ def gains_table(frame, stats: Stats) -> list[str]:
         zero_any = np.mean(list(zero_seeds.values()), axis=0) if zero_seeds else None
         prior = stats.prior_values(task)
         for method, budget, mine, held in reference_cells(rows):
-            if held.empty:  # a part-done grid: the reference cell has no run at full data yet
-                continue
             seeds = per_seed_mean(held, stats.values(held, task))
             level = stats.interval(seeds)
             over_zero = (
@@ -982,7 +980,8 @@ def gains_table(frame, stats: Stats) -> list[str]:
 
 def reference_cells(rows):
     """Per PEFT method and full fine-tuning: (method, its reference budget, its rows, its rows at the largest
-    data fraction and that budget), the cell the gains and per-type tables read."""
+    data fraction and that budget), the cell the gains and per-type tables read. A method whose reference budget
+    has no run at that fraction yet (a part-done grid) has no such cell and is left out."""
     for method in [*PEFT_METHODS, "full"]:
         mine = rows[(rows.method == method) & rows.data_fraction.notna()]
         if mine.empty:
@@ -991,7 +990,8 @@ def reference_cells(rows):
         held = mine[
             (mine.data_fraction == mine.data_fraction.max()) & ((mine.budget == budget) if budget is not None else True)
         ]
-        yield method, budget, mine, held
+        if not held.empty:
+            yield method, budget, mine, held
 
 
 def question_type_table(frame, prior: Prior | None) -> list[str]:
