@@ -629,3 +629,20 @@ def test_the_estimate_counts_the_step_floor_of_small_shares(tiny_model_dir, tiny
     # A fixed step count (max_steps) has no floor to count.
     capped = load_spec(write_sweep(tmp_path / "capped.yaml", tiny_model_dir, tiny_vqa_dataset, methods=["zero-shot"]))
     assert floor_shares(capped) == {} and Estimator({"vqa": 130}).expected(GridPoint("vqa", "lora", None, 0.1, 0)) == 40
+
+
+def test_the_estimate_scales_measured_runs_by_their_share_and_keeps_zero_shot_apart():
+    from training.sweeps.runner import Estimator
+
+    estimator = Estimator({"vqa": 1000}, floors={"vqa": 0.25})
+    point = lambda method, fraction: GridPoint("vqa", method, None, fraction, 0)  # noqa: E731
+    estimator.observe(point("zero-shot", None), 20)
+    assert estimator.expected(point("lora", 1.0)) == 1000  # a zero-shot run says nothing of training time
+    assert estimator.expected(point("zero-shot", None)) == 20
+    estimator.observe(point("full", 0.01), 30 + 50)  # the floor's share: 200 s per full share
+    estimator.observe(point("full", 1.0), 30 + 400)
+    assert estimator.expected(point("full", 0.5)) == 30 + 300 * 0.5
+    assert estimator.expected(point("lora", 0.5)) == 30 + 300 * 0.5  # no lora run or estimate: the trained runs
+    assert estimator.expected(point("lora", 0.01)) == 30 + 300 * 0.25
+    # The file's estimate for the method itself comes before other methods' runs.
+    assert Estimator({"vqa": {"lora": 130}}, seen=estimator.seen).expected(point("lora", 1.0)) == 130

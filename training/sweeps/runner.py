@@ -135,41 +135,60 @@ def plan_sweep(spec: SweepSpec, only: str | None = None) -> SweepPlan:
 
 @dataclass
 class Estimator:
-    """Expected seconds per run: the mean of finished runs of the same task and method, else of the task,
-    else the sweep file's `estimate_s` for the task (a run on all the data, scaled to the point's share), else
-    the mean of any finished run."""
+    """Expected seconds per run. A run is a fixed part (start, loading, scoring the test split) plus a part that
+    grows with its share of a full-data run's steps: its data fraction, or the `min_steps` floor's share where that
+    is more. The growing part per unit share is learnt from finished runs of the same task and method, else it comes
+    from the sweep file's `estimate_s` for that method (a run on all the data), else from the task's finished trained
+    runs, else from the file's estimate for the task, else from any finished run. Budgets of one method are averaged
+    together."""
 
     defaults: dict = field(default_factory=dict)
-    seen: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    # Per (task, method): (share, seconds) of each finished run.
+    seen: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)
     # Per task, the share of a full-data run's steps that the sweep's `min_steps` floor guarantees any run: a 1 %
     # share with a 300-step floor trains 300 steps, not 1 % of the full run's (see floor_shares).
     floors: dict[str, float] = field(default_factory=dict)
 
-    def observe(self, point: GridPoint, seconds: float) -> None:
-        self.seen.setdefault((point.task, point.method), []).append(seconds)
+    def share(self, point: GridPoint) -> float:
+        if point.method == "zero-shot" or point.fraction is None:
+            return 1.0
+        return max(point.fraction, self.floors.get(point.task, 0.0))
 
-    def _mean(self, keep) -> float | None:
-        values = [s for key, found in self.seen.items() if keep(key) for s in found]
-        return statistics.fmean(values) if values else None
+    def observe(self, point: GridPoint, seconds: float) -> None:
+        self.seen.setdefault((point.task, point.method), []).append((self.share(point), seconds))
+
+    @staticmethod
+    def _split(point: GridPoint, runs: list[tuple[float, float]]) -> tuple[float, float] | None:
+        """(fixed part, seconds per unit share) from runs of (share, seconds); zero-shot is all fixed part. The fixed
+        part is FIXED_RUN_S, or the shortest run where that is shorter (a toy grid of 5-second runs)."""
+        if not runs:
+            return None
+        if point.method == "zero-shot":
+            return statistics.fmean(s for _, s in runs), 0.0
+        fixed = min(FIXED_RUN_S, *(s for _, s in runs))
+        return fixed, statistics.fmean((s - fixed) / share for share, s in runs)
+
+    def _runs(self, keep) -> list[tuple[float, float]]:
+        return [run for key, found in self.seen.items() if keep(key) for run in found]
 
     def expected(self, point: GridPoint) -> float | None:
-        for keep in (lambda k: k == (point.task, point.method), lambda k: k[0] == point.task):
-            mean = self._mean(keep)
-            if mean is not None:
-                return mean
+        trained = point.method != "zero-shot"
         default = self.defaults.get(point.task)
-        if isinstance(default, dict):
-            default = default.get(point.method, default.get("*"))
-        if default is None:
-            return self._mean(lambda k: True)
-        # The file gives a run on all the data; on a share f of it the epochs are shorter: a fixed part (start,
-        # loading, scoring the test split) plus the rest times f, or times the floor's share where that is more.
-        seconds = float(default)
-        fixed = min(seconds, FIXED_RUN_S)
-        share = point.fraction if point.fraction is not None else 1.0
-        if point.method != "zero-shot":
-            share = max(share, self.floors.get(point.task, 0.0))
-        return fixed + (seconds - fixed) * share
+        own_default = default.get(point.method) if isinstance(default, dict) else None
+        task_default = default.get("*") if isinstance(default, dict) else default
+        for finished in (
+            lambda: self._runs(lambda k: k == (point.task, point.method)),
+            lambda: [(1.0, float(own_default))] if own_default is not None else [],
+            # zero-shot only scores: it says nothing of how long training takes
+            lambda: self._runs(lambda k: k[0] == point.task and k[1] != "zero-shot") if trained else [],
+            lambda: [(1.0, float(task_default))] if task_default is not None else [],
+            lambda: self._runs(lambda k: k[1] != "zero-shot" if trained else True),
+        ):
+            split = self._split(point, finished())
+            if split is not None:
+                fixed, rate = split
+                return fixed + rate * self.share(point)
+        return None
 
     def total(self, points: list[GridPoint], parallel: int = 1) -> float | None:
         values = [self.expected(p) for p in points]
@@ -242,7 +261,11 @@ def describe(plan: SweepPlan, estimator: Estimator, parallel: int) -> list[str]:
     for reason, count in sorted(reasons.items()):
         lines.append(f"  skipped {count} x {reason}")
     total = estimator.total(plan.todo, parallel)
-    basis = "measured runs" if estimator.seen else "the sweep file's estimate_s"
+    basis = (
+        "measured runs, else the sweep file's estimate_s, scaled to each run's share of a full run"
+        if estimator.seen
+        else "the sweep file's estimate_s, scaled to each run's share of a full run"
+    )
     lines.append(
         f"  estimated wall time of the {len(plan.todo)} runs to go: {format_duration(total)} "
         f"({parallel} at a time; per-run times from {basis})"
