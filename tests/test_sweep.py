@@ -646,3 +646,40 @@ def test_the_estimate_scales_measured_runs_by_their_share_and_keeps_zero_shot_ap
     assert estimator.expected(point("lora", 0.01)) == 30 + 300 * 0.25
     # The file's estimate for the method itself comes before other methods' runs.
     assert Estimator({"vqa": {"lora": 130}}, seen=estimator.seen).expected(point("lora", 1.0)) == 130
+
+
+def test_item_scores_keep_a_tasks_question_types_once_and_the_report_reads_them(tmp_path):
+    from training.study.report import load_item_scores
+    from training.sweeps.table import write_item_scores
+
+    types = ["yes/no", "color", "count"]
+    lines = [
+        {"run": "caption__a", "task": "caption", "metric": "CIDEr-D", "scores": [1 / 3, 2.0, 0.5]},
+        *(
+            {
+                "run": f"vqa__{n}",
+                "task": "vqa",
+                "metric": "accuracy",
+                "scores": [100.0, 200 / 3, 0.0],
+                "question_types": types,
+            }
+            for n in "abc"
+        ),
+        {
+            "run": "vqa__odd",
+            "task": "vqa",
+            "metric": "accuracy",
+            "scores": [0.0, 0.0, 0.0],
+            "question_types": types[::-1],
+        },
+    ]
+    path = write_item_scores(lines, tmp_path / "item_scores.jsonl")
+    stored = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["run"] for r in stored] == [r["run"] for r in lines]
+    assert ["question_types" in r for r in stored] == [False, True, False, False, True]  # once, and where it differs
+    assert stored[0]["scores"] == [0.333333, 2.0, 0.5] and stored[1]["scores"] == [100.0, 66.666667, 0.0]
+    items = load_item_scores(path)
+    assert items.question_types == {"vqa": types} and items.problems == []
+    assert items.scores["vqa__c"].tolist() == [100.0, 66.666667, 0.0]
+    # Rewriting what was read back (a later session carrying these lines over) changes nothing.
+    assert write_item_scores(stored, tmp_path / "again.jsonl").read_text() == path.read_text()

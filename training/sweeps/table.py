@@ -199,13 +199,39 @@ def item_scores(point: GridPoint, run_dir: Path) -> dict | None:
     return line
 
 
+ITEM_DECIMALS = 6  # per-item scores are stored to this many decimals: far below any difference the report tests
+
+
+def compact_item_lines(lines: list[dict]) -> list[dict]:
+    """The lines as stored: scores rounded to ITEM_DECIMALS, and a task's question types (the same list for every
+    run of a task) kept on its first line only, and on any line whose list differs from that one. The report reads
+    a task's types from the first line that has them. A whole VQA grid saves about 2 MB."""
+    first: dict[str, list] = {}
+    for line in lines:
+        if line.get("question_types"):
+            first.setdefault(line.get("task"), line["question_types"])
+    stored, written = [], set()
+    for line in lines:
+        kept = {k: v for k, v in line.items() if k != "question_types"}
+        if isinstance(kept.get("scores"), list):
+            kept["scores"] = [round(v, ITEM_DECIMALS) if isinstance(v, float) else v for v in kept["scores"]]
+        task, types = kept.get("task"), line.get("question_types")
+        if task in first and task not in written:
+            kept["question_types"] = first[task]
+            written.add(task)
+        elif types and types != first[task]:
+            kept["question_types"] = types
+        stored.append(kept)
+    return stored
+
+
 def write_item_scores(lines: list[dict], path: str | Path) -> Path:
-    """Write one JSON line per run atomically."""
+    """Write one JSON line per run atomically, compacted (see compact_item_lines)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        for line in lines:
+        for line in compact_item_lines(lines):
             handle.write(json.dumps(line, separators=(",", ":")) + "\n")
     os.replace(tmp, path)
     return path
