@@ -290,6 +290,7 @@ def tune(
             "Tuning needs at least two seeds (--seeds 0 1), so that a learning rate is not picked on one seed's luck."
         )
     runs_path = results / RUNS_TABLE_NAME
+    trainer = _PointTrainer(base, work, runs_path, train_fn, echo)
     done = read_rows(runs_path)
     for target in targets:
 
@@ -324,7 +325,7 @@ def tune(
                         done = read_rows(runs_path)
                         if not ours or not missing(done, lr, seed):
                             continue
-                        done = _train_point(target, base, lr, seed, name, work, runs_path, train_fn, echo)
+                        done = trainer.train(target, lr, seed, name)
                         trained = True
                 if not trained:  # what is left is in flight in another tune process: wait for its rows
                     time.sleep(CLAIM_POLL_S)
@@ -361,56 +362,57 @@ def claim(path: Path) -> Iterator[bool]:
         yield True
 
 
-def _train_point(
-    target: TuneTarget,
-    base: RunConfig,
-    lr: float,
-    seed: int,
-    name: str,
-    work: Path,
-    runs_path: Path,
-    train_fn: TrainFn,
-    echo: Callable[[str], None],
-) -> list[dict]:
-    """Train one tuning run, add its row to lr-runs.csv and return every row there."""
-    config = RunConfig.from_dict(
-        {
-            **base.to_dict(),
+@dataclass
+class _PointTrainer:
+    """What every tuning run of one `tune` call shares: the base settings, where runs and their rows go."""
+
+    base: RunConfig
+    work: Path
+    runs_path: Path
+    train_fn: TrainFn
+    echo: Callable[[str], None]
+
+    def train(self, target: TuneTarget, lr: float, seed: int, name: str) -> list[dict]:
+        """Train one tuning run, add its row to lr-runs.csv and return every row there."""
+        base, echo = self.base, self.echo
+        config = RunConfig.from_dict(
+            {
+                **base.to_dict(),
+                "task": target.task,
+                "method": target.method,
+                "towers": target.towers,
+                "lr": lr,
+                "seed": seed,
+                "method_options": target.options,
+            }
+        ).validate()
+        started = time.perf_counter()
+        summary = self.train_fn(config, self.work / name)
+        row = {
             "task": target.task,
             "method": target.method,
             "towers": target.towers,
+            "options": options_key(target.options),
             "lr": lr,
             "seed": seed,
-            "method_options": target.options,
+            "budget": base.budget,
+            "data_fraction": base.data_fraction,
+            "val_metric": summary["best"],
+            "best_step": summary["best_step"],
+            "steps_run": summary["steps_run"],
+            "epochs_run": summary["epochs_run"],
+            "stop_reason": summary["stop_reason"],
+            "train_s": summary.get("train_s"),
+            "base_model": base.base_model or "",
+            "run": name,
         }
-    ).validate()
-    started = time.perf_counter()
-    summary = train_fn(config, work / name)
-    row = {
-        "task": target.task,
-        "method": target.method,
-        "towers": target.towers,
-        "options": options_key(target.options),
-        "lr": lr,
-        "seed": seed,
-        "budget": base.budget,
-        "data_fraction": base.data_fraction,
-        "val_metric": summary["best"],
-        "best_step": summary["best_step"],
-        "steps_run": summary["steps_run"],
-        "epochs_run": summary["epochs_run"],
-        "stop_reason": summary["stop_reason"],
-        "train_s": summary.get("train_s"),
-        "base_model": base.base_model or "",
-        "run": name,
-    }
-    done = append_run(runs_path, row)
-    echo(
-        f"tune {target.label()}: lr {lr:g} seed {seed}: validation {summary['best']:.4g} "
-        f"(best step {summary['best_step']}, {summary['stop_reason']}, "
-        f"{time.perf_counter() - started:.0f}s)"
-    )
-    return done
+        done = append_run(self.runs_path, row)
+        echo(
+            f"tune {target.label()}: lr {lr:g} seed {seed}: validation {summary['best']:.4g} "
+            f"(best step {summary['best_step']}, {summary['stop_reason']}, "
+            f"{time.perf_counter() - started:.0f}s)"
+        )
+        return done
 
 
 def write_summary(results: Path, runs_path: Path) -> list[dict]:
