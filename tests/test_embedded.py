@@ -110,7 +110,7 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
     tmp_path, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset
 ):
     from training.errors import UserError
-    from training.pretraining.embedded import CAPTION_CANDIDATES, VALIDATION, report
+    from training.pretraining.embedded import CAPTION_CANDIDATES, VALIDATION, report, study_schedule
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -123,9 +123,10 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
     assert set(runs_made) == {
         "caption-zero-shot",
         "caption-full",
-        "caption-full-seed1",
-        "caption-lora",
-        "caption-lora-seed1",
+        "caption-full-tuned",
+        "caption-full-tuned-seed1",
+        "caption-lora-tuned",
+        "caption-lora-tuned-seed1",
         "vqa-zero-shot",
         "vqa-lora",
     }
@@ -150,6 +151,15 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
     assert f"zero-shot captioning CIDEr-D {room['zero_shot']:.3f}" in card
     assert f"{room['best_mean']:.3f}" in card and "seed spread" in card
     assert results["caption-headroom"] == room
+    # The headroom runs train under the study's caption schedule (the one their learning rates were tuned under);
+    # the checks are the app's defaults.
+    schedule = study_schedule("caption")
+    assert schedule["epochs"] == 3 and schedule["patience"] == 3 and schedule["min_steps"] == 300
+    for name in runs_made:
+        config = json.loads((work / name / "config.json").read_text())["config"]
+        tuned = name.startswith("caption-") and "-tuned" in name
+        assert (config["epochs"], config["min_steps"]) == ((3, 300) if tuned else (None, None)), name
+        assert config["towers"] == ("text" if name.startswith("caption-lora") else "both"), name
 
     with pytest.raises(UserError, match="empty --work-dir"):
         report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1))
