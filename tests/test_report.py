@@ -529,3 +529,11 @@ def test_a_part_done_grid_leaves_out_a_method_whose_reference_budget_has_no_full
     assert "| vqa | prefix | 100% data" not in report and "| caption | prefix | 100% data, budget 32k |" in report
     assert "| lora (32k) |" in report and "| prefix (" not in report
     assert "nan" not in report
+
+
+def test_a_run_without_a_budget_is_labelled_by_what_it_trains():
+    from training.study.report import unbudgeted_label
+
+    ia3 = pd.DataFrame({"method": ["ia3"] * 2, "trainable_params": [5120, 5120]})
+    assert unbudgeted_label("ia3", ia3) == "its fixed 5,120 parameters"
+    assert unbudgeted_label("full", ia3.assign(method="full")) == "all weights"

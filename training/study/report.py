@@ -421,6 +421,14 @@ def reference_budget(rows):
     return min(counts[counts == counts.max()].index, key=lambda b: size[b])
 
 
+def unbudgeted_label(method: str, rows) -> str:
+    """What a run without a requested budget trains: every weight (full fine-tuning), or a method's one fixed
+    count ((IA)³: no knob)."""
+    if method == "full" or "trainable_params" not in rows or rows.trainable_params.dropna().empty:
+        return "all weights"
+    return f"its fixed {int(rows.trainable_params.median()):,} parameters"
+
+
 def data_curves(frame, task: str, stats: Stats | None = None) -> list[Curve]:
     """Metric against data fraction, per method, at its reference budget (full fine-tuning: all weights)."""
     rows = _task_rows(frame, task)
@@ -438,7 +446,7 @@ def data_curves(frame, task: str, stats: Stats | None = None) -> list[Curve]:
                     method,
                     "data",
                     "data_fraction",
-                    f"budget {budget}" if budget is not None else "all weights",
+                    f"budget {budget}" if budget is not None else unbudgeted_label(method, chosen),
                     stats,
                 )
             )
@@ -1039,7 +1047,7 @@ def reach_table(frame, stats: Stats) -> list[str]:
             epochs = mine.epochs_run.median()
             reasons = mine.stop_reason.dropna().value_counts()
             lr = ", ".join(sorted(mine.lr_source.dropna().astype(str).unique())) or "-"
-            at = f"budget {budget}" if budget != "-" else "all weights"
+            at = f"budget {budget}" if budget != "-" else unbudgeted_label(method, cell)
             lines.append(
                 f"| {task} | {method} | {best:.3g} ({at}, {fraction:.0%} data) | "
                 f"{f'{validation:.3g}' if np.isfinite(validation) else '-'} | {zeros} | "
