@@ -374,7 +374,7 @@ class _PointTrainer:
 
     def train(self, target: TuneTarget, lr: float, seed: int, name: str) -> list[dict]:
         """Train one tuning run, add its row to lr-runs.csv and return every row there."""
-        base, echo = self.base, self.echo
+        base = self.base
         config = RunConfig.from_dict(
             {
                 **base.to_dict(),
@@ -407,7 +407,7 @@ class _PointTrainer:
             "run": name,
         }
         done = append_run(self.runs_path, row)
-        echo(
+        self.echo(
             f"tune {target.label()}: lr {lr:g} seed {seed}: validation {summary['best']:.4g} "
             f"(best step {summary['best_step']}, {summary['stop_reason']}, "
             f"{time.perf_counter() - started:.0f}s)"
