@@ -683,3 +683,43 @@ def test_item_scores_keep_a_tasks_question_types_once_and_the_report_reads_them(
     assert items.scores["vqa__c"].tolist() == [100.0, 66.666667, 0.0]
     # Rewriting what was read back (a later session carrying these lines over) changes nothing.
     assert write_item_scores(stored, tmp_path / "again.jsonl").read_text() == path.read_text()
+
+
+def test_the_progress_counter_counts_each_finished_run_once_when_two_end_together(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path
+):
+    from training.run import runs
+    from training.sweeps.executors import RunResult
+    from training.sweeps.runner import SweepSession, plan_sweep
+
+    config = write_sweep(
+        tmp_path / "sweep.yaml",
+        tiny_model_dir,
+        tiny_vqa_dataset,
+        methods=["zero-shot", "lora"],
+        budget_axis={"fraction": 1.0, "budgets": ["2k"]},
+        seeds=[0, 1],
+        out=str(tmp_path / "out"),
+        results=str(tmp_path / "results"),
+    )
+    plan = plan_sweep(load_spec(config))
+    assert len(plan.points) == 4
+
+    class BothAtOnce:
+        """Runs finish in pairs: both folders are complete on disk before the first of the two is reported."""
+
+        def run(self, jobs):
+            jobs = list(jobs)
+            for pair in (jobs[:2], jobs[2:]):
+                for job in pair:
+                    folder = Path(job.run_dir)
+                    folder.mkdir(parents=True)
+                    runs.write_json(folder / runs.EVAL, {"metrics": {"accuracy": 50.0}})
+                yield from (RunResult(job.name, runs.EXIT_FINISHED, 1.0) for job in pair)
+
+    lines: list[str] = []
+    session = SweepSession(plan, BothAtOnce(), "python -m training sweep", echo=lines.append, parallel=2)
+    session.write_outputs = lambda: {"remaining": 0}  # the table needs real run folders; this test is the counter
+    session.run()
+    assert [line.split("]")[0] for line in lines] == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert all("accuracy 50" in line for line in lines)

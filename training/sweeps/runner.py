@@ -342,6 +342,9 @@ class SweepSession:
                 self.estimator.observe(point, seconds)
         self.failed: dict[str, dict] = {}
         self.ran = 0
+        # The progress counter counts reports, not folders on disk: when two runs end together, the second is
+        # already on disk when the first one's line is printed, and a count of folders would show it twice.
+        self.finished_count = sum(1 for p in plan.points if plan.finished(p))
         self.stopped_by_time = False
         self.shas = plan.shas
         self.previous = self._previous_meta()
@@ -373,6 +376,7 @@ class SweepSession:
             point = by_name[result.name]
             self.ran += 1
             if result.finished and self.plan.finished(point):
+                self.finished_count += 1
                 failures_in_a_row = 0
                 self.failed.pop(point.name, None)
                 self.timings[point.name] = result.wall_s
@@ -397,8 +401,7 @@ class SweepSession:
         return meta
 
     def progress_line(self, point: GridPoint, result: RunResult) -> str:
-        total = len(self.plan.points)
-        finished = sum(1 for p in self.plan.points if self.plan.finished(p))
+        total, finished = len(self.plan.points), self.finished_count
         remaining = [p for p in self.plan.todo if not self.plan.finished(p) and p.name not in self.failed]
         eta = self.estimator.total(remaining, self.parallel)
         elapsed = format_duration(time.time() - self.started)
