@@ -537,3 +537,38 @@ def test_a_run_without_a_budget_is_labelled_by_what_it_trains():
     ia3 = pd.DataFrame({"method": ["ia3"] * 2, "trainable_params": [5120, 5120]})
     assert unbudgeted_label("ia3", ia3) == "its fixed 5,120 parameters"
     assert unbudgeted_label("full", ia3.assign(method="full")) == "all weights"
+
+
+def test_the_readme_block_gets_the_report_s_verdict_table_and_nothing_else_changes(tmp_path):
+    frame = papers_picture()
+    frame.to_csv(tmp_path / "runs.csv", index=False)
+    planned = len(frame) + 40
+    meta = {"name": "paper", "done": len(frame), "runs_planned": planned, "remaining": 40, "wall_s": 7200.0}
+    (tmp_path / "sweep.json").write_text(json.dumps(meta))
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nProse above.\n<!-- report:verdicts -->\n", "<!-- /report:verdicts -->\nProse below.\n"
+    readme.write_text(before + "| an old table |\n" + after)
+    prior = Prior(30.0, {}, np.full(40, 30.0), "x")
+    report = build_report(tmp_path / "runs.csv", figures=False, prior=prior, readme=readme).read_text()
+    text = readme.read_text()
+    assert text.startswith(before) and text.endswith(after) and "an old table" not in text
+    table = [line for line in report.splitlines() if line.startswith("| ") and line[2:3].isdigit()]
+    assert [line.split(" | ")[1] for line in table] == [f"**{REPRODUCED}**"] * 3  # the paper's picture
+    assert all(line in text.splitlines() for line in table)
+    assert f"(**provisional: the grid is not finished ({len(frame)} of {planned} runs)**; seeds [0, 1, 2])" in text
+    assert "`report.md`" in text  # the report's path as seen from the README's folder
+    (tmp_path / "sweep.json").write_text(json.dumps({**meta, "done": planned, "remaining": 0}))
+    build_report(tmp_path / "runs.csv", figures=False, prior=prior, readme=readme)
+    text = readme.read_text()
+    assert f"(the finished grid ({len(frame)} runs, 2.0 h of wall time); seeds [0, 1, 2])" in text
+    assert text.count("| finding | answer |") == 1 and text.endswith(after)
+
+
+@pytest.mark.parametrize("content", ["no markers\n", "<!-- /report:verdicts -->\n<!-- report:verdicts -->\n"])
+def test_a_readme_without_its_markers_is_named_and_the_report_is_still_written(tmp_path, capsys, content):
+    papers_picture(seeds=2).to_csv(tmp_path / "runs.csv", index=False)
+    readme = tmp_path / "README.md"
+    readme.write_text(content)
+    assert main(["report", "--results", str(tmp_path / "runs.csv"), "--no-figures", "--readme", str(readme)]) == 2
+    assert "needs exactly one <!-- report:verdicts --> line followed by one" in capsys.readouterr().err
+    assert readme.read_text() == content and "| finding | answer |" in (tmp_path / "report.md").read_text()

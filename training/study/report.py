@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1228,11 +1229,12 @@ def build_report(
     out: str | Path | None = None,
     figures: bool = True,
     prior: Prior | None = None,
+    readme: str | Path | None = None,
 ) -> Path:
     """Write report.md (and figures/*.png) for the table at `results`; returns the report's path.
 
     `prior`: the VQA answer prior, when the caller has it; otherwise it is computed from the VQA dataset the
-    table (or sweep.json) names."""
+    table (or sweep.json) names. `readme`: a file whose marked block gets the verdict table (update_readme)."""
     results = Path(results)
     out = Path(out) if out else results.parent / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1255,6 +1257,9 @@ def build_report(
     if figures:
         figure_note = render_figures(build_figures(frame), out.parent / "figures")
     out.write_text(render_markdown(frame, findings, meta, results, figures, figure_note, stats, prior_note))
+    if readme is not None:
+        shown = Path(os.path.relpath(out.resolve(), Path(readme).resolve().parent))
+        update_readme(readme, readme_block(frame, findings, meta, shown))
     return out
 
 
@@ -1355,6 +1360,58 @@ def unfinished_grid(frame, meta: dict) -> list[str]:
     ]
 
 
+def verdict_table(findings: list[Finding], seeds: list[int]) -> list[str]:
+    """The findings' answers, as the report opens with them (and the README's copy of it)."""
+    answer = {UNDETERMINED: f"{UNDETERMINED} (too few seeds)" if len(seeds) < MIN_SEEDS else UNDETERMINED}
+    return [
+        "| finding | answer | without the smallest data fraction |",
+        "|---|---|---|",
+        *(f"| {f.number}. {f.claim} | **{answer.get(f.verdict, f.verdict)}** | {f.robust} |" for f in findings),
+    ]
+
+
+README_START = "<!-- report:verdicts -->"
+README_END = "<!-- /report:verdicts -->"
+
+
+def readme_block(frame, findings: list[Finding], meta: dict, report: Path) -> list[str]:
+    """What `report --readme` puts between the README's markers: where the verdicts come from, how far the grid
+    has got, and the report's verdict table, so the README cannot drift from the report it quotes."""
+    seeds = sorted(int(s) for s in frame.seed.dropna().unique())
+    planned, remaining = meta.get("runs_planned"), meta.get("remaining") or 0
+    hours = meta.get("wall_s")
+    state = (
+        f"**provisional: the grid is not finished ({len(frame)} of {planned} runs)**"
+        if remaining
+        else f"the finished grid ({len(frame)} runs"
+        + (f", {hours / 3600:.1f} h of wall time" if isinstance(hours, (int, float)) else "")
+        + ")"
+    )
+    return [
+        f"Verdicts of `{report.as_posix()}` ({state}; seeds {seeds}), copied here by `python -m training report "
+        "--readme README.md`; the report gives the statistic behind each and the units that do not hold.",
+        "",
+        *verdict_table(findings, seeds),
+    ]
+
+
+def update_readme(path: str | Path, block: list[str]) -> None:
+    """Replace what lies between README_START and README_END in `path` with `block`; the rest is left alone."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {path} to copy the verdicts into it ({exc.strerror}); check the path.") from exc
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start or text.count(README_START) != 1 or text.count(README_END) != 1:
+        raise UserError(
+            f"{path} needs exactly one {README_START} line followed by one {README_END} line where the verdict "
+            "table goes; add them and run the report again (report.md is written already)."
+        )
+    head = text[: start + len(README_START)]
+    path.write_text(head + "\n" + "\n".join(block) + "\n" + text[end:], encoding="utf-8")
+
+
 def predates_protocol(frame) -> bool:
     """A table without validation scores: its runs chose nothing on validation data (load_table adds the column)."""
     return bool(frame["val_metric"].isna().all())
@@ -1391,12 +1448,7 @@ def render_markdown(
             "",
         ]
     lines += unfinished_grid(frame, meta)
-    lines += [
-        "| finding | answer | without the smallest data fraction |",
-        "|---|---|---|",
-    ]
-    answer = {UNDETERMINED: f"{UNDETERMINED} (too few seeds)" if len(seeds) < MIN_SEEDS else UNDETERMINED}
-    lines += [f"| {f.number}. {f.claim} | **{answer.get(f.verdict, f.verdict)}** | {f.robust} |" for f in findings]
+    lines += verdict_table(findings, seeds)
     lines += [
         "",
         *decision_rules(),

@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--results", default="results/runs.csv", help="the sweep's table")
     report.add_argument("--out", default=None, help="report file (default: report.md beside the table)")
     report.add_argument("--no-figures", dest="figures", action="store_false", help="write the text only")
+    report.add_argument(
+        "--readme", default=None, help="also copy the verdict table into this file's <!-- report:verdicts --> block"
+    )
     report.set_defaults(func=cmd_report)
 
 
@@ -147,6 +150,6 @@ def sweep_command(args: argparse.Namespace) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from training.study.report import build_report
 
-    out = build_report(args.results, args.out, figures=args.figures)
+    out = build_report(args.results, args.out, figures=args.figures, readme=args.readme)
     print(f"report written to {out}")
     return 0
