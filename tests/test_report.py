@@ -481,6 +481,13 @@ def test_ia3_and_dora_are_judged_and_drawn_beside_the_papers_methods(tmp_path):
     vqa, _, families = build_findings(frame)
     rows = {line.split(" | ")[0].strip("| "): line for line in vqa.table[2:]}
     assert {"ia3", "dora"} <= set(rows) and vqa.verdict == REPRODUCED  # (IA)^3 on its data axis alone
+    # ...and the summary says so, rather than that a fixed count rises with parameters.
+    assert (
+        "for prompt, prefix, lora, serial-adapter, parallel-adapter, dora; with data, a fixed count's only "
+        "axis, for ia3. Does not rise"
+        in vqa.summary
+        and "not judged on an axis" not in vqa.summary
+    )
     # Each of the five layer methods (LoRA, both adapters, (IA)^3, DoRA) against each embedding method, both tasks.
     assert "20 of 20 pairs x task x towers hold." in families.summary
     # (IA)^3's 5,120 parameters meet the embedding methods at 10k, the grid budget nearest on a log scale, which

@@ -92,7 +92,8 @@ def decision_rules() -> list[str]:
         "seeds.",
         "- **Finding 1, per PEFT method (VQA).** *reproduced* when the data slope and the parameter slope both have "
         "their interval above zero; *partly* when one does; *not reproduced* when neither does. Full fine-tuning is "
-        "shown for reference and not counted.",
+        "shown for reference and not counted. A method without a knob ((IA)³: one fixed count) has no parameter "
+        "axis, here and in finding 2, and is judged on the data axis alone.",
         f"- **Finding 2, per PEFT method (captioning).** *Flat in data*: the whole interval of slope / level (level: "
         f"the mean metric at the largest fraction) lies within +-{tol} per tenfold data. *Interior optimum*: the "
         "budget with the best mean is neither the smallest nor the largest, and best minus largest (paired) has its "
@@ -599,13 +600,17 @@ def finding_vqa(frame, stats: Stats) -> Finding:
     peft = judged_methods(frame)
     units, robust = vqa_units(frame, stats, peft), vqa_units(without_smallest_fraction(frame), stats, peft)
     verdict, robust_verdict = overall([units[m]["state"] for m in peft]), overall([robust[m]["state"] for m in peft])
-    both = [m for m in peft if units[m]["state"] == REPRODUCED]
+    both = [m for m in peft if units[m]["state"] == REPRODUCED and m not in NO_BUDGET_METHODS]
+    data_only = [m for m in peft if units[m]["state"] == REPRODUCED and m in NO_BUDGET_METHODS]
     flat_data = [m for m in peft if units[m]["checks"][0] is False]
     flat_params = [m for m in peft if units[m]["checks"][1] is False]
-    unknown = [m for m in peft if None in units[m]["checks"]]
+    unknown = [m for m in peft if None in units[m]["checks"] and m not in NO_BUDGET_METHODS]
+    unknown += [m for m in peft if m in NO_BUDGET_METHODS and units[m]["checks"][0] is None]
     robust_flat = [m for m in peft if robust[m]["checks"][0] is False]
     summary = (
-        f"Accuracy rises with data and with parameters for {_names(both)}. Does not rise with data: "
+        f"Accuracy rises with data and with parameters for {_names(both)}"
+        + (f"; with data, a fixed count's only axis, for {_names(data_only)}" if data_only else "")
+        + ". Does not rise with data: "
         f"{_names(flat_data)}; with parameters: {_names(flat_params)}"
         + (f"; not judged on an axis: {_names(unknown)}" if unknown else "")
         + f". Without the smallest data fraction: {robust_verdict} (does not rise with data: "
