@@ -577,10 +577,15 @@ def judged_methods(frame) -> list[str]:
     return [m for m in PEFT_METHODS if (frame.method == m).any()]
 
 
+def judged_checks(method: str, checks: list[bool | None]) -> list[bool | None]:
+    """The (data, parameters) checks a method is judged on: a method without a knob (a fixed count) has no
+    parameter axis, so only its data check."""
+    return checks[:1] if method in NO_BUDGET_METHODS else checks
+
+
 def judged_state(method: str, checks: list[bool | None]) -> str:
-    """A method's state from its (data, parameters) checks; a method without a knob (a fixed count) has no
-    parameter axis, so it is judged on the data axis alone."""
-    return unit_state(checks[:1] if method in NO_BUDGET_METHODS else checks)
+    """A method's state from the checks it is judged on."""
+    return unit_state(judged_checks(method, checks))
 
 
 def vqa_units(frame, stats: Stats, methods: list[str]) -> dict[str, dict]:
@@ -604,8 +609,7 @@ def finding_vqa(frame, stats: Stats) -> Finding:
     data_only = [m for m in peft if units[m]["state"] == REPRODUCED and m in NO_BUDGET_METHODS]
     flat_data = [m for m in peft if units[m]["checks"][0] is False]
     flat_params = [m for m in peft if units[m]["checks"][1] is False]
-    unknown = [m for m in peft if None in units[m]["checks"] and m not in NO_BUDGET_METHODS]
-    unknown += [m for m in peft if m in NO_BUDGET_METHODS and units[m]["checks"][0] is None]
+    unknown = [m for m in peft if None in judged_checks(m, units[m]["checks"])]
     robust_flat = [m for m in peft if robust[m]["checks"][0] is False]
     summary = (
         f"Accuracy rises with data and with parameters for {_names(both)}"
@@ -1384,12 +1388,12 @@ def readme_block(frame, findings: list[Finding], meta: dict, report: Path) -> li
     has got, and the report's verdict table, so the README cannot drift from the report it quotes."""
     seeds = sorted(int(s) for s in frame.seed.dropna().unique())
     planned, remaining = meta.get("runs_planned"), meta.get("remaining") or 0
-    hours = meta.get("wall_s")
+    wall_s = meta.get("wall_s")
     state = (
         f"**provisional: the grid is not finished ({len(frame)} of {planned} runs)**"
         if remaining
         else f"the finished grid ({len(frame)} runs"
-        + (f", {hours / 3600:.1f} h of wall time" if isinstance(hours, (int, float)) else "")
+        + (f", {wall_s / 3600:.1f} h of wall time" if isinstance(wall_s, (int, float)) else "")
         + ")"
     )
     return [
