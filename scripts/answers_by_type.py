@@ -13,20 +13,18 @@ from __future__ import annotations
 import argparse
 import collections
 import fnmatch
-import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.run.runs import CONFIG, PREDICTIONS, read_json, read_jsonl  # noqa: E402
+
 
 def read_run(run_dir: Path) -> tuple[str, list[dict]]:
-    """(method, prediction records) of one run folder; method from its config.json."""
-    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    rows = []
-    with open(run_dir / "predictions.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                rows.append(json.loads(line))
-    return str(config.get("method", "?")), rows
+    """(method, prediction records) of one run folder; method from its config.json ("?" if unreadable)."""
+    config = read_json(run_dir / CONFIG) or {}
+    return str(config.get("method", "?")), read_jsonl(run_dir / PREDICTIONS)
 
 
 def tally(runs: list[tuple[str, list[dict]]]) -> dict[tuple[str, str], dict]:
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = sorted(
         d
         for d in args.runs_dir.iterdir()
-        if d.is_dir() and any(fnmatch.fnmatch(d.name, p) for p in args.match) and (d / "predictions.jsonl").is_file()
+        if d.is_dir() and any(fnmatch.fnmatch(d.name, p) for p in args.match) and (d / PREDICTIONS).is_file()
     )
     if not folders:
         print(f"no finished run folder in {args.runs_dir} matches {' '.join(args.match)}.", file=sys.stderr)
