@@ -4,10 +4,9 @@ peft, peft's own forward switched on for the active adapter, the stored tensors 
 
 from __future__ import annotations
 
-import torch
-
 from collections.abc import Iterator
 
+import torch
 from peft import PeftConfig
 from torch import nn
 
