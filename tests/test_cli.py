@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from training.catalog import METHOD_NAMES
 from training.errors import UserError
 from training.run.config import parse_budget
 
@@ -49,17 +50,7 @@ def test_methods_json_lists_every_method_with_its_knob(tiny_model_dir):
     result = cli("methods", "--budget", "2k", "--base-model", str(tiny_model_dir), "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["method"]: row for row in json.loads(result.stdout)}
-    assert list(rows) == [
-        "zero-shot",
-        "full",
-        "prompt",
-        "prefix",
-        "lora",
-        "serial-adapter",
-        "parallel-adapter",
-        "ia3",
-        "dora",
-    ]
+    assert list(rows) == list(METHOD_NAMES)
     for row in rows.values():
         assert set(row) >= {
             "method",

@@ -10,6 +10,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import draw_tiny
+from tests.method_table import KNOB
+from training.catalog import PEFT_METHODS
 from training.data.dataset import Example
 from training.errors import UserError
 from training.model import compare as compare_module
@@ -108,17 +110,8 @@ def test_columns_in_turn_with_shared_image_features_equal_each_adapter_decoding_
     """Compare answers each column with its adapter active, reusing the base's image features for adapters
     that leave the vision tower untouched: each gives exactly the text it gives alone."""
     vl = VLModel(load_base_model(str(tiny_model_dir)))
-    spec = {
-        "prompt-both": ("prompt", "both", 3),
-        "prompt-text": ("prompt", "text", 4),
-        "prefix": ("prefix", "both", 2),
-        "lora": ("lora", "both", 2),
-        "lora-text": ("lora", "text", 2),
-        "serial": ("serial-adapter", "both", 4),
-        "parallel": ("parallel-adapter", "text", 4),
-        "ia3": ("ia3", "both", None),
-        "dora": ("dora", "both", 2),
-    }
+    spec = {name: (name, "both", KNOB[name]) for name in PEFT_METHODS}
+    spec |= {f"{name}-text": (name, "text", KNOB[name]) for name in PEFT_METHODS}
     generator = torch.Generator().manual_seed(0)
     for name, (method, towers, knob) in spec.items():
         vl.attach(method, name, towers, knob)
@@ -137,7 +130,7 @@ def test_columns_in_turn_with_shared_image_features_equal_each_adapter_decoding_
     )
     answered = {name: answer(vl, name, encoder, prompt, pixels, 8, features).text for name in [None, *spec]}
     # the text-only ones share the base's features
-    assert encoded == ["prompt-both", "prefix", "lora", "serial", "ia3", "dora"]
+    assert encoded == list(PEFT_METHODS)
     alone = {}
     for name in [None, *spec]:
         vl.set_active(name)

@@ -7,14 +7,11 @@ import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
+from tests.method_table import KNOB, NOT_SEEDED, STARTS_AS_BASE
+from training.catalog import PEFT_METHODS as PEFT
 from training.methods.budget import count_trainable, plan_method
 from training.model.base_model import load_base_model
 from training.model.vlmodel import VLModel
-
-ZERO_INIT = ["lora", "serial-adapter", "parallel-adapter", "ia3", "dora"]  # the base model at init (IA3: ones)
-PEFT = ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3", "dora"]
-KNOB = {"prompt": 3, "prefix": 3, "lora": 2, "serial-adapter": 4, "parallel-adapter": 4, "ia3": None, "dora": 2}
-NOT_RANDOM = {"ia3"}  # initialised without the generator: IA3's vectors start at one
 
 
 @pytest.fixture
@@ -44,7 +41,7 @@ def randomize(vl: VLModel, adapter: str, seed: int = 0) -> None:
             param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
 
 
-@pytest.mark.parametrize("method", ZERO_INIT)
+@pytest.mark.parametrize("method", STARTS_AS_BASE)
 @pytest.mark.parametrize("towers", ["vision", "text", "both"])
 def test_zero_initialised_method_reproduces_the_base_model_exactly(vl, inputs, method, towers):
     base_embeds, base_logits = outputs(vl, *inputs)
@@ -68,7 +65,7 @@ def test_inactive_adapter_leaves_the_base_model_untouched(vl, inputs, method):
     assert not torch.allclose(adapted, base_logits, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter", "ia3", "dora"])
+@pytest.mark.parametrize("method", PEFT)
 @pytest.mark.parametrize("towers", ["text", "both"])
 def test_teacher_forced_logits_equal_stepwise_generation_logits(vl, inputs, method, towers):
     pixels, _, _ = inputs
@@ -110,7 +107,7 @@ def test_visual_prompt_tokens_extend_the_image_sequence(vl, inputs):
     assert embeds.shape[1] == (32 // 8) ** 2 + 1 + 3
 
 
-@pytest.mark.parametrize("method", PEFT + ["full"])
+@pytest.mark.parametrize("method", [*PEFT, "full"])
 @pytest.mark.parametrize("towers", ["vision", "text", "both"])
 def test_trainable_count_matches_requires_grad_and_the_solver(vl, method, towers):
     plan = plan_method(vl.model, method, "2k", towers)
@@ -279,7 +276,7 @@ def stored_and_training(method) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("method", "options"), [(m, {}) for m in PEFT if m not in NOT_RANDOM] + [("prefix", {"reparam": True})]
+    ("method", "options"), [(m, {}) for m in PEFT if m not in NOT_SEEDED] + [("prefix", {"reparam": True})]
 )
 def test_every_initialisation_follows_the_seed_and_nothing_else(tiny_model_dir, method, options):
     def initial(seed: int, global_seed: int) -> dict[str, torch.Tensor]:

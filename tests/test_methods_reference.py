@@ -19,6 +19,8 @@ output must match, and so must the gradients of every trained tensor, with rando
 - parallel adapter (He et al. 2022): s * A(x) beside the FFN, x the FFN's input, s = 4.
 - ia3 (Liu et al. 2022): keys and values of self- and cross-attention rescaled by learned vectors, and the
   FFN's inner activation: (l_ff ⊙ gelu(W1 x)) W2; on the ViT the fused qkv output is rescaled whole.
+- loha (Hyeon-Woo et al. 2022): W x + (alpha / r) ((W1a W1b) * (W2a W2b)) x on LoRA's projections, with LoRA's
+  scaling; not in the paper.
 - dora (Liu et al. 2024): LoRA's projections use W' = m (W + (alpha / r) B A) / ||W + (alpha / r) B A||_c (row
   norms, one magnitude per output feature), the norm detached from the gradient as their section 4.3 says.
 """
@@ -208,11 +210,9 @@ def reparam_prefix_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Inser
     return Insert(prefix=(layer0[:, 0].transpose(0, 1), layer0[:, 1].transpose(0, 1)))
 
 
-def lora_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
-    def update(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        down, up = adapter[f"{path}.lora_A.weight"], adapter[f"{path}.lora_B.weight"]
-        return lambda x: lora_scaling(knob) * (x @ down.T) @ up.T
-
+def on_lora_projections(tower: str, update: Callable[[str], Callable[[torch.Tensor], torch.Tensor]]) -> Insert:
+    """An update on LoRA's projections of layer 0: the fused vision qkv; the decoder's query and value of self- and
+    cross-attention. `update(path)` gives the function x -> delta for the projection at `path`."""
     if tower == "vision":
         return Insert(delta={"qkv": update("vision_model.encoder.layers.0.self_attn.qkv")})
     name = "text_decoder.bert.encoder.layer.0"
@@ -223,6 +223,14 @@ def lora_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
             for proj in ("query", "value")
         }
     )
+
+
+def lora_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
+    def update(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        down, up = adapter[f"{path}.lora_A.weight"], adapter[f"{path}.lora_B.weight"]
+        return lambda x: lora_scaling(knob) * (x @ down.T) @ up.T
+
+    return on_lora_projections(tower, update)
 
 
 def serial_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
@@ -280,6 +288,17 @@ def dora_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
     )
 
 
+def loha_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
+    """LoHa (Hyeon-Woo et al. 2022): W x + s ((W1a W1b) * (W2a W2b)) x, on LoRA's projections with its scaling."""
+
+    def update(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        w1 = adapter[f"{path}.hada_w1_a"] @ adapter[f"{path}.hada_w1_b"]
+        w2 = adapter[f"{path}.hada_w2_a"] @ adapter[f"{path}.hada_w2_b"]
+        return lambda x: lora_scaling(knob) * x @ (w1 * w2).T
+
+    return on_lora_projections(tower, update)
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -298,6 +317,7 @@ CASES = [
     Case("parallel-adapter", "parallel-adapter", 4, parallel_insert),
     Case("ia3", "ia3", None, ia3_insert),
     Case("dora", "dora", 2, dora_insert),
+    Case("loha", "loha", 2, loha_insert),
 ]
 TOWERS = ["vision", "text"]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from training.catalog import PEFT_METHODS
 from training.paths import REPO_ROOT
 
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
@@ -161,7 +162,7 @@ def test_the_wheel_installs_and_its_entry_points_run_from_a_fresh_venv(tmp_path)
     assert Path(where[3]).is_relative_to(venv) and Path(where[3]).is_file(), where
 
     table = _run(venv, "vl-peft", "methods", "--budget", "0.5%", cwd=elsewhere)
-    for method in ("lora", "prompt", "prefix", "serial-adapter", "parallel-adapter"):
+    for method in PEFT_METHODS:
         assert method in table
     page = _serves_first_page(venv, elsewhere)
     assert "VL-PEFT Lab" in page and "gradio" in page.lower()

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from training.catalog import CATALOG, PEFT_METHODS
 from training.cli import main
 from training.study.report import (
     BOOTSTRAP_SEED,
@@ -31,16 +32,8 @@ from training.study.report import (
     seed_slopes,
 )
 
-FAMILY = {
-    "prompt": "embedding composition",
-    "prefix": "embedding composition",
-    "lora": "layer composition",
-    "serial-adapter": "layer composition",
-    "parallel-adapter": "layer composition",
-    "full": "baseline",
-    "zero-shot": "baseline",
-}
-PEFT = ("prompt", "prefix", "lora", "serial-adapter", "parallel-adapter")
+PEFT = PEFT_METHODS[:5]  # the paper's five, which the catalog lists first
+FAMILY = {method: CATALOG[method].family for method in (*PEFT, "full", "zero-shot")}
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 BUDGETS = {"10k": 10_000, "32k": 32_000, "100k": 100_000, "320k": 320_000}
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from training.catalog import PEFT_METHODS
 from training.data.dataset import load_dataset
 from training.methods.wrappers import unwrapped_name
 from training.model.base_model import load_base_model
@@ -56,7 +57,7 @@ def test_a_caption_run_writes_the_whole_run_directory(tiny_model_dir, tiny_capti
     assert runs.read_json(run / "progress.json")["phase"] == "done"
 
 
-@pytest.mark.parametrize("method", ["prompt", "prefix", "lora", "serial-adapter", "parallel-adapter", "ia3", "dora"])
+@pytest.mark.parametrize("method", PEFT_METHODS)
 def test_peft_training_changes_outputs_and_leaves_base_weights_unchanged(
     method, tiny_model_dir, tiny_vqa_dataset, tmp_path
 ):

@@ -132,6 +132,18 @@ CATALOG: dict[str, MethodInfo] = {
             "projection (Liu et al. 2024); layer composition.",
             peft_format=True,
         ),
+        MethodInfo(
+            "loha",
+            "LoHa",
+            LAYER,
+            "rank",
+            True,
+            6e-3,
+            "#e377c2",
+            "A Hadamard product of two low-rank updates of each attention projection (Hyeon-Woo et al. 2022): "
+            "a higher-rank change than LoRA's for the same rank; layer composition, not in the paper.",
+            peft_format=True,
+        ),
     )
 }
 

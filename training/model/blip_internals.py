@@ -109,6 +109,17 @@ def peft_adapters(layer: BaseTunerLayer) -> set[str]:
     return set(getattr(layer, layer.adapter_layer_names[0]))
 
 
+def peft_parameters(layer: BaseTunerLayer, adapter: str) -> list[tuple[str, nn.Parameter]]:
+    """One adapter's tensors on a peft tuner layer that keeps them as plain parameters (IA3's `ia3_l`, LoHa's
+    `hada_w1_a`, ...), by the attribute name peft saves them under; ModuleDicts (LoRA's Linears) are not listed."""
+    found = []
+    for attribute in layer.adapter_layer_names:
+        held = getattr(layer, attribute)
+        if adapter in held and isinstance(held[adapter], nn.Parameter):
+            found.append((attribute, held[adapter]))
+    return found
+
+
 def use_peft_path(layer: BaseTunerLayer, adapter: str | None) -> None:
     """Turn peft's own forward on for `adapter` on this tuner layer, or off (None). requires_grad is left as it
     was (peft's `set_adapter` and `enable_adapters` set it; the trainer's `freeze_all_but` owns it)."""
