@@ -13,7 +13,8 @@ from training.study.report.stats import Interval, Stats, seed_arrays, seed_slope
 
 @dataclass
 class Curve:
-    """One method's metric along one axis: the means per x, and the slope per decade with its interval."""
+    """One method's metric along one axis: the means per x, the slope per decade with its interval, and per seed
+    the slope and the value arrays at the smallest and the largest x (for paired tests built on them)."""
 
     task: str
     method: str
@@ -24,8 +25,10 @@ class Curve:
     sds: list[float]
     seeds: int
     slope: Interval | None
-    relative: Interval | None  # slope / the metric at the largest x
-    best: dict = field(default_factory=dict)  # params axis: best budget, interior, best - largest
+    slopes: dict = field(default_factory=dict)  # seed -> slope value array
+    first: dict = field(default_factory=dict)  # seed -> value array at the smallest x
+    last: dict = field(default_factory=dict)  # seed -> value array at the largest x
+    best: dict = field(default_factory=dict)  # params axis: the best budget (on validation) against the edges
 
 
 def reference_budget(rows):
@@ -90,11 +93,7 @@ def param_curves(frame, task: str, stats: Stats | None = None) -> list[Curve]:
 def _curve(rows, task: str, method: str, axis: str, x: str, held: str, stats: Stats | None) -> Curve:
     metric = MAIN_METRIC[task]
     table = rows.groupby(x)[metric].agg(["mean", "std"]).sort_index()
-    slope = relative = None
-    if stats is not None:
-        slopes, levels = seed_slopes(rows, x, stats.values(rows, task))
-        slope, relative = stats.interval(slopes), stats.interval(slopes, levels)
-    return Curve(
+    curve = Curve(
         task,
         method,
         axis,
@@ -103,25 +102,43 @@ def _curve(rows, task: str, method: str, axis: str, x: str, held: str, stats: St
         [float(v) for v in table["mean"]],
         [float(v) if np.isfinite(v) else 0.0 for v in table["std"]],
         int(rows.seed.nunique()),
-        slope,
-        relative,
+        None,
     )
+    if stats is not None:
+        values = stats.values(rows, task)
+        curve.slopes, _ = seed_slopes(rows, x, values)
+        curve.slope = stats.interval(curve.slopes)
+        for seed, points in seed_arrays(rows, values, x).items():
+            xs = sorted(v for v in points if v > 0)
+            if len(xs) >= 2:
+                curve.first[seed], curve.last[seed] = points[xs[0]], points[xs[-1]]
+    return curve
 
 
 def best_budget(rows, task: str, stats: Stats | None) -> dict:
-    """Where the best mean lies among the budgets, and best minus largest, paired by seed (and item)."""
-    by_size = rows.groupby("trainable_params")[MAIN_METRIC[task]].mean().sort_index()
+    """The best budget, chosen on the mean validation score (on test means only for a table without validation
+    scores, and said so), and on test the best minus the largest and minus the smallest budget, paired by seed
+    (and item)."""
+    on_validation = "val_metric" in rows and rows.val_metric.notna().any()
+    score = "val_metric" if on_validation else MAIN_METRIC[task]
+    by_size = rows.groupby("trainable_params")[score].mean().sort_index()
     order = list(by_size.index)
-    best, largest = by_size.idxmax(), order[-1]
+    best = by_size.idxmax()
     index = order.index(best)
-    diff = None
-    if stats is not None and best != largest:
+    edges = {"best_minus_largest": order[-1], "best_minus_smallest": order[0]}
+    diffs, per_seed = dict.fromkeys(edges), {}
+    if stats is not None:
         points = seed_arrays(rows, stats.values(rows, task), "trainable_params")
-        diff = stats.interval({s: p[best] - p[largest] for s, p in points.items() if best in p and largest in p})
+        for name, edge in edges.items():
+            per_seed[name] = {s: p[best] - p[edge] for s, p in points.items() if best in p and edge in p}
+            if edge != best:
+                diffs[name] = stats.interval(per_seed[name])
     return {
         "best_params": int(best),
         "best_index": index,
         "budgets": len(order),
         "interior": 0 < index < len(order) - 1,
-        "best_minus_largest": diff,
+        "chosen_on": "validation" if on_validation else "test (the table has no validation scores)",
+        "per_seed": per_seed,  # name -> seed -> best minus that edge (zeros when the best is the edge)
+        **diffs,
     }

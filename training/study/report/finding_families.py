@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.catalog import EMBEDDING, FAMILY, LAYER, MAIN_METRIC, NO_BUDGET_METHODS, PEFT_METHODS
-from training.study.report.finding import Finding, above, names, without_smallest_fraction
+from training.study.report.finding import Finding, above, label, names, number, p_text, without_smallest_fraction
 from training.study.report.inputs import task_rows
-from training.study.report.rules import MIN_SEEDS, REPRODUCED, UNDETERMINED, overall, unit_state
-from training.study.report.stats import Interval, Stats
+from training.study.report.rules import MIN_SEEDS, REPRODUCED, UNDETERMINED, agreement, overall, unit_state
+from training.study.report.stats import Interval, Stats, holm
 
 CELL = ("budget", "data_fraction", "seed", "towers")
 
@@ -117,23 +117,40 @@ def _family_cells(by_method: dict, methods: list[str]) -> dict:
     return {k: np.mean([by_method[m][k] for m in methods if k in by_method[m]], axis=0) for k in keys}
 
 
-def finding_families(frame, stats: Stats) -> Finding:
+def judged_gaps(frame, stats: Stats) -> tuple[dict, list[Gap], list[str], dict]:
+    """Every pair x task x towers gap (one Holm family), the tasks without a matched pair, and the two families
+    pooled on each task (a Holm family of their own)."""
     views = {task: family_gaps(frame, task, stats) for task in MAIN_METRIC}
-    robust = {task: family_gaps(without_smallest_fraction(frame), task, stats) for task in MAIN_METRIC}
     units = [g for task in MAIN_METRIC for g in views[task][0]]
-    robust_units = {(g.task, g.towers, g.layer, g.embedding): g for t in MAIN_METRIC for g in robust[t][0]}
-    # A task with no matched pair is one undetermined unit: the paper's claim covers both tasks.
-    absent = [task for task in MAIN_METRIC if not views[task][0]]
-    verdict = overall([g.state for g in units] + [UNDETERMINED] * len(absent))
-    robust_verdict = overall(
-        [g.state for g in robust_units.values()] + [UNDETERMINED] * sum(not robust[t][0] for t in MAIN_METRIC)
-    )
+    holm([g.gap for g in units])
+    pooled = {task: views[task][2] for task in MAIN_METRIC}
+    holm([g.gap for g in pooled.values() if g])
+    return views, units, [task for task in MAIN_METRIC if not views[task][0]], pooled
+
+
+def _verdict(units: list[Gap], absent: list[str], pooled: dict) -> str:
+    # A task with no matched pair is one undetermined unit and one unjudged pooled test: the claim covers both.
+    states = [g.state for g in units] + [UNDETERMINED] * len(absent)
+    return overall(states, [above(g.gap) if g else None for g in pooled.values()])
+
+
+def finding_families(frame, stats: Stats) -> Finding:
+    views, units, absent, pooled = judged_gaps(frame, stats)
+    _, robust_list, robust_absent, robust_pooled = judged_gaps(without_smallest_fraction(frame), stats)
+    robust_units = {(g.task, g.towers, g.layer, g.embedding): g for g in robust_list}
+    verdict, robust_verdict = _verdict(units, absent, pooled), _verdict(robust_list, robust_absent, robust_pooled)
     failing = [
         f"{g.layer} vs {g.embedding} ({g.task}, towers {g.towers}: {g.state})" for g in units if g.state != REPRODUCED
     ] + [f"{task} (no matched cells)" for task in absent]
+    states = [g.state for g in units] + [UNDETERMINED] * len(absent)
+    pooled_text = (
+        "Pooled (layer family minus embedding family): "
+        + "; ".join(f"{task} {p_text(g.gap) if g else 'no matched cells'}" for task, g in pooled.items())
+        + f"; {agreement(states)}."
+    )
     summary = (
         f"{sum(g.state == REPRODUCED for g in units)} of {len(units)} pairs x task x towers hold. "
-        f"Not holding: {names(failing)}. Without the smallest data fraction: {robust_verdict}."
+        f"Not holding: {names(failing)}. {pooled_text} Without the smallest data fraction: {robust_verdict}."
     )
     table = [
         "| task | towers | layer - embedding | matched cells | layer ahead | difference | verdict | without "
@@ -141,12 +158,12 @@ def finding_families(frame, stats: Stats) -> Finding:
         "|---|---|---|---|---|---|---|---|",
     ]
     for task in MAIN_METRIC:
-        per_towers, pooled, families = views[task]
+        per_towers, by_pair, families = views[task]
         for gap in per_towers:
             twin = robust_units.get((gap.task, gap.towers, gap.layer, gap.embedding))
             table.append(_gap_row(gap, gap.state, twin.state if twin else "-"))
         if len({g.towers for g in per_towers}) > 1:
-            table += [_gap_row(gap, "(pooled)", "-") for gap in pooled]
+            table += [_gap_row(gap, "(pooled)", "-") for gap in by_pair]
         if families:
             table.append(_gap_row(families, "(families pooled)", "-"))
     reasons = []
@@ -155,7 +172,7 @@ def finding_families(frame, stats: Stats) -> Finding:
             "Too few seeds or no budget at which both families were run: each pair needs at least "
             f"{MIN_SEEDS} seeds and budgets inside both methods' ranges."
         )
-    elif verdict != REPRODUCED:
+    if failing:
         reasons.append(
             "A pair where the embedding method keeps up says that, on this model and at these budgets, "
             "the family alone does not decide quality; the pooled rows show whether pooling would have "
@@ -166,18 +183,49 @@ def finding_families(frame, stats: Stats) -> Finding:
         "Layer composition (LoRA, adapters) beats embedding composition (prompt, prefix tuning).",
         "At each matched cell (equal requested budget, data fraction, seed and towers; a method without a knob at "
         "the budget nearest its count), layer method minus embedding method, averaged per seed; per pair, task "
-        "and tower setting. Interval above zero: reproduced.",
+        "and tower setting. Holding above zero (Holm over every pair, task and tower setting): reproduced. "
+        "Overall: the families pooled on each task and the share of pairs reproduced.",
         verdict,
         robust_verdict,
         summary,
         table,
         "figures/families.png",
         " ".join(reasons),
+        plain_sentence(units, pooled),
+        pooled_text,
+    )
+
+
+def plain_sentence(units: list[Gap], pooled: dict) -> str:
+    """Finding 3 for someone picking a method: how far the layer methods are ahead, in each task's units."""
+    leads = [
+        f"{number(g.gap.mean)} {'points of VQA accuracy' if task == 'vqa' else 'CIDEr-D on captioning'}"
+        for task, g in pooled.items()
+        if g and g.gap
+    ]
+    if not leads:
+        return "There are no runs where a layer method and an embedding method were trained alike to compare."
+    holding = sum(g.state == REPRODUCED for g in units)
+    ahead = all(above(g.gap) for g in pooled.values() if g)
+    layers = names(sorted({label(g.layer) for g in units}))
+    embeddings = names(sorted({label(g.embedding) for g in units}))
+    return (
+        f"At the same budget and amount of data, the layer methods ({layers}) score on average "
+        f"{' and '.join(leads)} {'above' if ahead else 'against'} the embedding methods ({embeddings}), and "
+        f"{holding} of {len(units)} pairings lead beyond doubt, "
+        + (
+            "so prefer a layer method"
+            if ahead and holding == len(units)
+            else "so prefer a layer method, but check the pairs that do not lead"
+            if ahead
+            else "so the family alone does not decide which method to pick"
+        )
+        + "."
     )
 
 
 def _gap_row(gap: Gap, state: str, robust: str) -> str:
     return (
         f"| {gap.task} | {gap.towers} | {gap.layer} - {gap.embedding} | {gap.cells} | {gap.wins} | "
-        f"{gap.gap.text() if gap.gap else '-'} | {state} | {robust} |"
+        f"{p_text(gap.gap)} | {state} | {robust} |"
     )

@@ -116,15 +116,7 @@ def load_table(path: str | Path):
         return None
     if frame.empty or not {"task", "method", "seed"} <= set(frame.columns):
         return None
-    for column in ("budget", "family", "towers", *PROTOCOL_COLUMNS):
-        if column not in frame:
-            frame[column] = None
-    for column in ("data_fraction", "trainable_params", "train_s"):
-        if column not in frame:
-            frame[column] = np.nan
-    for column in ("val_metric", "epochs_run", "train_loss"):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    return frame
+    return with_protocol_columns(frame)
 
 
 def read_meta(path: Path) -> dict:
@@ -144,3 +136,19 @@ def task_rows(frame, task: str):
 def predates_protocol(frame) -> bool:
     """A table without validation scores: its runs chose nothing on validation data (load_table adds the column)."""
     return bool(frame["val_metric"].isna().all())
+
+
+def with_protocol_columns(frame):
+    """The table with every column the report reads (empty where an older table lacks it), numbers as numbers."""
+    import pandas as pd
+
+    frame = frame.copy()
+    for column in ("budget", "family", "towers", *PROTOCOL_COLUMNS):
+        if column not in frame:
+            frame[column] = None
+    for column in ("data_fraction", "trainable_params", "train_s"):
+        if column not in frame:
+            frame[column] = np.nan
+    for column in ("val_metric", "epochs_run", "train_loss", "best_step", "steps_run"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame

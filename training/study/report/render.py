@@ -11,7 +11,7 @@ from training.study.report.finding import Finding
 from training.study.report.inputs import predates_protocol
 from training.study.report.rules import ITEM_FILE, MIN_SEEDS, PROTOCOL_SEEDS, UNDETERMINED, decision_rules
 from training.study.report.stats import Stats
-from training.study.report.tables import gains_table, question_type_table, reach_table
+from training.study.report.tables import gains_table, question_type_table, reach_table, stopped_improving_lines
 
 
 def _sources(frame, meta: dict, stats: Stats, prior_note: str) -> list[str]:
@@ -188,6 +188,8 @@ def render_markdown(
         ]
     lines += unfinished_grid(frame, meta)
     lines += verdict_table(findings, seeds)
+    lines += ["", "## In plain words", ""]
+    lines += [f"{f.number}. {f.plain}" for f in findings if f.plain]
     lines += [
         "",
         *decision_rules(),
@@ -195,6 +197,9 @@ def render_markdown(
         "",
         *_sources(frame, meta, stats, prior_note),
         "",
+        "## Runs stopped by a cap while still improving",
+        "",
+        *stopped_improving_lines(frame),
     ]
     if figures and figure_note:
         lines += [
@@ -240,8 +245,9 @@ def render_markdown(
     lines += [
         "## How far each method gets",
         "",
-        "The best mean of each method over the grid's cells; there, its validation score, the share of "
-        "test items that score 0 (with item scores) and its training loss (mean over the half epoch up to the "
+        "The best cell of each method over the grid, chosen on its mean validation score (on test only for a "
+        "table without validation scores, as the column says); there, its validation and test scores, the share "
+        "of test items that score 0 (with item scores) and its training loss (mean over the half epoch up to the "
         "kept checkpoint: high beside a low score, the method cannot fit the task; low, it over-fits); and how "
         "its runs ended (epochs, why they stopped, where the learning rate came from; empty for tables written "
         "before the validation protocol).",

@@ -1,5 +1,5 @@
-"""The statistics: t-intervals across seeds, the hierarchical paired bootstrap over seeds and test items, and
-per-seed slopes."""
+"""The statistics: t-intervals across seeds, the hierarchical paired bootstrap over seeds and test items, their
+p-values and Holm's correction within a family, and per-seed slopes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from training.catalog import MAIN_METRIC
 from training.study.report.inputs import ItemScores, Prior, task_rows
-from training.study.report.rules import BOOTSTRAP_SEED, ITEM_FILE, LEVEL, MIN_SEEDS, RESAMPLES
+from training.study.report.rules import ALPHA, BOOTSTRAP_SEED, ITEM_FILE, LEVEL, MIN_SEEDS, RESAMPLES
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (numpy has no t distribution).
 T975 = {
@@ -42,6 +42,42 @@ def t_quantile(df: int) -> float:
     return T975[max(k for k in T975 if k <= df)] if df <= 120 else 1.960
 
 
+def t_two_sided_p(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's t with df degrees of freedom: the regularised incomplete beta
+    I_x(df/2, 1/2) at x = df / (df + t^2) (numpy has no t distribution)."""
+    if df < 1 or math.isnan(t):
+        return math.nan
+    if math.isinf(t):
+        return 0.0
+    return incomplete_beta(df / 2, 0.5, df / (df + t * t))
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), by its continued fraction (Lentz's method)."""
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast on this side only
+        return 1.0 - incomplete_beta(b, a, 1 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 300):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-14:
+            break
+    return front * f
+
+
 @dataclass
 class Interval:
     """A mean over seeds with its 95 % interval; no interval below MIN_SEEDS seeds."""
@@ -50,6 +86,8 @@ class Interval:
     low: float
     high: float
     n: int
+    p: float = math.nan  # two-sided p-value of "the mean is zero": the larger of the t-test's and the bootstrap's
+    holm_p: float = math.nan  # p after Holm's correction within the family it was tested in (nan: not corrected)
 
     @classmethod
     def of(cls, values) -> Interval | None:
@@ -60,8 +98,11 @@ class Interval:
         mean = float(values.mean())
         if values.size < MIN_SEEDS:
             return cls(mean, math.nan, math.nan, int(values.size))
-        half = t_quantile(values.size - 1) * float(values.std(ddof=1)) / math.sqrt(values.size)
-        return cls(mean, mean - half, mean + half, int(values.size))
+        sd = float(values.std(ddof=1))
+        half = t_quantile(values.size - 1) * sd / math.sqrt(values.size)
+        # Seeds that agree exactly leave no doubt about a non-zero mean (and none against a zero one).
+        p = float(mean == 0) if sd == 0 else t_two_sided_p(mean / (sd / math.sqrt(values.size)), values.size - 1)
+        return cls(mean, mean - half, mean + half, int(values.size), p)
 
     @property
     def known(self) -> bool:
@@ -75,9 +116,14 @@ class Interval:
     def below_zero(self) -> bool:
         return self.known and self.high < 0
 
+    @property
+    def holds(self) -> bool:
+        """Above zero, and (when tested in a family) still significant after Holm's correction."""
+        return self.above_zero and (math.isnan(self.holm_p) or self.holm_p < ALPHA)
+
     def scaled(self, factor: float) -> Interval:
         low, high = sorted((self.low * factor, self.high * factor))
-        return Interval(self.mean * factor, low, high, self.n)
+        return Interval(self.mean * factor, low, high, self.n, self.p)
 
     def text(self, digits: int = 3) -> str:
         def number(x: float) -> str:
@@ -170,13 +216,25 @@ class Stats:
             return Interval(point, math.nan, math.nan, k)
         t = Interval.of(values[:, 0]).scaled(1 / scale[:, 0].mean())
         if values.shape[1] == 1:
-            return t
+            return t if denominator is None else Interval(t.mean, t.low, t.high, t.n)  # no test of a ratio
         draws = np.random.default_rng([BOOTSTRAP_SEED, k]).integers(0, k, size=(k, values.shape[1] - 1))
         columns = np.arange(values.shape[1] - 1)
         resampled = values[:, 1:][draws, columns].mean(0) / scale[:, 1:][draws, columns].mean(0)
         tail = 100 * (1 - LEVEL) / 2
         low, high = np.nanpercentile(resampled, [tail, 100 - tail])
-        return Interval(point, min(float(low), t.low), max(float(high), t.high), k)
+        below, above = float(np.mean(resampled <= 0)), float(np.mean(resampled >= 0))
+        p = max(t.p, min(1.0, 2 * min(below, above))) if denominator is None else math.nan
+        return Interval(point, min(float(low), t.low), max(float(high), t.high), k, p)
+
+
+def holm(family: list[Interval | None]) -> None:
+    """Holm's step-down correction over one family of tests: sets each tested interval's `holm_p` (the adjusted
+    p-value, so a test holds when it is below ALPHA). Intervals without a p-value are not counted in the family."""
+    tested = sorted((i for i in family if i is not None and i.known and not math.isnan(i.p)), key=lambda i: i.p)
+    running = 0.0
+    for rank, interval in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * interval.p))
+        interval.holm_p = running
 
 
 def seed_arrays(rows, values: np.ndarray, key: str) -> dict[int, dict]:

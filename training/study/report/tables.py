@@ -10,6 +10,7 @@ import numpy as np
 from training.catalog import MAIN_METRIC, PEFT_METHODS
 from training.study.report.curves import reference_budget, unbudgeted_label
 from training.study.report.inputs import Prior, task_rows
+from training.study.report.rules import CAP_REASONS, STOPPED_IMPROVING
 from training.study.report.stats import Stats, per_seed_mean
 
 
@@ -76,26 +77,61 @@ def question_type_table(frame, prior: Prior | None) -> list[str]:
     return lines
 
 
-def reach_table(frame, stats: Stats) -> list[str]:
-    """Per task and method: its best mean over the grid's cells, its validation score and share of test items
-    scored 0 there, and how its runs stopped."""
+def stopped_improving(frame) -> tuple[np.ndarray, str]:
+    """Per run, whether a cap stopped it while validation was still improving, and where that was read from: the
+    table's own column, or (older tables) a cap among the stop reasons with the kept checkpoint at the last step."""
+    if STOPPED_IMPROVING in frame and frame[STOPPED_IMPROVING].notna().any():
+        flags = frame[STOPPED_IMPROVING].map(lambda v: str(v).strip().lower() in ("true", "1", "1.0", "yes"))
+        return flags.to_numpy(dtype=bool), f"the table's `{STOPPED_IMPROVING}` column"
+    capped = frame.stop_reason.isin(CAP_REASONS).to_numpy()
+    best, last = (frame[column].to_numpy(dtype=float) for column in ("best_step", "steps_run"))
+    return capped & (best == last), "computed: a cap among the stop reasons and `best_step` = `steps_run`"
+
+
+def stopped_improving_lines(frame) -> list[str]:
+    """The count of runs a cap stopped while still improving (target 0), where it comes from, and the runs."""
+    flags, how = stopped_improving(frame)
+    trained = (frame.method != "zero-shot").to_numpy()
+    capped = frame[flags & trained]
     lines = [
-        "| task | method | best mean (at) | validation there | test items scored 0 there | training loss there | "
-        "median epochs | stop reasons | learning rate from |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"**{len(capped)} of {int(trained.sum())} trained runs** were stopped by a cap while validation was still "
+        f"improving (the protocol's target is 0; {how}).",
+        "",
     ]
+    if not capped.empty:
+        counts = capped.groupby(["task", "method"]).size()
+        lines += [
+            "By task and method: " + ", ".join(f"{task} {method} {n}" for (task, method), n in counts.items()) + ".",
+            "",
+        ]
+    return lines
+
+
+def reach_table(frame, stats: Stats) -> list[str]:
+    """Per task and method: its best cell of the grid (chosen on the mean validation score; on test only for a
+    table without validation scores), its validation and test scores and share of test items scored 0 there, and
+    how its runs stopped."""
+    lines = [
+        "| task | method | best cell (chosen on) | validation there | test there | test items scored 0 there | "
+        "training loss there | median epochs | stop reasons | stopped by a cap while improving | "
+        "learning rate from |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    flags, _ = stopped_improving(frame)
     for task in MAIN_METRIC:
         rows = task_rows(frame, task)
         for method in [*PEFT_METHODS, "full"]:
             mine = rows[rows.method == method]
             if mine.empty:
                 continue
-            means = mine.fillna({"budget": "-"}).groupby(["budget", "data_fraction"])[MAIN_METRIC[task]].mean()
+            on_validation = mine.val_metric.notna().any()
+            score = "val_metric" if on_validation else MAIN_METRIC[task]
+            means = mine.fillna({"budget": "-"}).groupby(["budget", "data_fraction"])[score].mean().dropna()
             if means.empty:
                 continue
-            (budget, fraction), best = means.idxmax(), means.max()
+            budget, fraction = means.idxmax()
             cell = mine[(mine.budget.fillna("-") == budget) & (mine.data_fraction == fraction)]
-            validation = cell.val_metric.mean()
+            validation, test = cell.val_metric.mean(), cell[MAIN_METRIC[task]].mean()
             loss = cell.train_loss.mean()
             zeros = "-"
             if task in stats.weights:  # e.g. VQA answers that earn no credit, empty ones included
@@ -105,10 +141,11 @@ def reach_table(frame, stats: Stats) -> list[str]:
             lr = ", ".join(sorted(mine.lr_source.dropna().astype(str).unique())) or "-"
             at = f"budget {budget}" if budget != "-" else unbudgeted_label(method, cell)
             lines.append(
-                f"| {task} | {method} | {best:.3g} ({at}, {fraction:.0%} data) | "
-                f"{f'{validation:.3g}' if np.isfinite(validation) else '-'} | {zeros} | "
+                f"| {task} | {method} | {at}, {fraction:.0%} data ({'validation' if on_validation else 'test'}) | "
+                f"{f'{validation:.3g}' if np.isfinite(validation) else '-'} | {test:.3g} | {zeros} | "
                 f"{f'{loss:.3g}' if np.isfinite(loss) else '-'} | "
                 f"{f'{epochs:.3g}' if np.isfinite(epochs) else '-'} | "
-                f"{', '.join(f'{k} {v}' for k, v in reasons.items()) or '-'} | {lr} |"
+                f"{', '.join(f'{k} {v}' for k, v in reasons.items()) or '-'} | "
+                f"{int(flags[(frame.task == task).to_numpy() & (frame.method == method).to_numpy()].sum())} | {lr} |"
             )
     return lines
