@@ -131,7 +131,7 @@ def plain_sentence(units: dict, methods: list[str], tests: dict) -> str:
         if data_pays
         else "so more data is not reliably worth collecting here"
     ) + (
-        ", and a larger budget pays too"
+        ", and on average a larger budget pays too"
         if params_pay
         else ", while a larger trainable-parameter budget does not reliably pay"
         if per_tenfold
