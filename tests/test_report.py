@@ -14,7 +14,7 @@ from training.catalog import CATALOG, PEFT_METHODS
 from training.cli import main
 from training.study.report import (
     BOOTSTRAP_SEED,
-    FLAT_TOLERANCE,
+    FLAT_SHARE,
     NOT,
     PARTLY,
     REPRODUCED,
@@ -198,7 +198,10 @@ def test_one_axis_out_of_two_is_partly():
     vqa, caption, _ = build_findings(frame)
     assert (vqa.verdict, caption.verdict) == (PARTLY, PARTLY)
     assert "Does not rise with data: none; with parameters: prompt, prefix, lora, serial-adapter, " in vqa.summary
-    assert "no interior optimum for prompt, prefix, lora, serial-adapter, parallel-adapter." in caption.summary
+    assert (
+        "no interior optimum for prompt, prefix, lora, serial-adapter, parallel-adapter (best budgets"
+        in caption.summary
+    )
 
 
 def test_finding_3_is_judged_per_pair_and_names_the_pair_that_pooling_hides():
@@ -206,13 +209,16 @@ def test_finding_3_is_judged_per_pair_and_names_the_pair_that_pooling_hides():
     lagging = (frame.task == "caption") & (frame.method == "lora")
     frame.loc[lagging, "CIDEr-D"] -= 6  # lora behind both embedding methods on captioning; the families still lead
     families = build_findings(frame)[2]
-    assert families.verdict == PARTLY
+    # The pooled families lead on both tasks and 10 of 12 pairs (83 %, at least 2/3) hold: reproduced overall, with
+    # the two pairs that do not hold named.
+    assert families.verdict == REPRODUCED
+    assert "10 of 12 units reproduced (83%; the rule needs 67%)" in families.summary
     assert (
         "Not holding: lora vs prompt (caption, towers text: not reproduced), lora vs prefix (caption, towers "
         "text: not reproduced)."
     ) in families.summary
     pooled = next(line for line in families.table if "caption | all | layer composition" in line)
-    assert pooled.split(" | ")[5] == "2 [2, 2] (n=3)"  # (-2 + 4 + 4) / 3: pooled, the families show a lead
+    assert pooled.split(" | ")[5] == "2 [2, 2] (n=3), Holm p=0"  # (-2 + 4 + 4) / 3: pooled, the families show a lead
 
 
 def test_finding_3_is_judged_per_tower_setting():
@@ -222,7 +228,8 @@ def test_finding_3_is_judged_per_tower_setting():
     both["run"] = both["run"] + "-both"
     both.loc[both.method == "lora", "accuracy"] -= 10  # on both towers LoRA falls behind prompt tuning
     _, _, families = build_findings(pd.concat([frame, both], ignore_index=True))
-    assert families.verdict == PARTLY
+    # 12 of 13 units hold, but on VQA the families pooled over the towers settings no longer lead: partly.
+    assert families.verdict == PARTLY and "12 of 13 units reproduced" in families.summary
     assert "lora vs prompt (vqa, towers both: not reproduced)" in families.summary
     assert any(line.startswith("| vqa | all | lora - prompt |") for line in families.table)  # pooled view shown
 
@@ -312,6 +319,8 @@ def test_how_far_each_method_gets_reads_the_protocol_columns_and_the_item_scores
     frame["stop_reason"] = np.where(frame.data_fraction == 0.01, "epoch cap", "patience")
     frame["lr_source"] = "results/lr.csv"
     frame["train_loss"] = np.where(frame.method == "prefix", 2.5, 0.5)
+    frame["steps_run"] = 100
+    frame["best_step"] = np.where(frame.data_fraction == 0.01, 100, 50)  # the capped runs kept their last step
     frame.to_csv(tmp_path / "runs.csv", index=False)
     write_item_scores(frame, tmp_path / "item_scores.jsonl")
     prefix = frame.run[
@@ -327,12 +336,15 @@ def test_how_far_each_method_gets_reads_the_protocol_columns_and_the_item_scores
     report = build_report(tmp_path / "runs.csv", figures=False, prior=Prior(30.0, {}, np.full(40, 30.0), "x"))
     text = report.read_text()
     assert (
-        "| vqa | prefix | 46 (budget 320k, 100% data) | 47 | 50% | 2.5 | 30 | patience 24, epoch cap 3 | "
-        "results/lr.csv |" in text
+        "| vqa | prefix | budget 320k, 100% data (validation) | 47 | 46 | 50% | 2.5 | 30 | patience 24, epoch cap 3 "
+        "| 3 | results/lr.csv |" in text
     )
     assert (
-        "| caption | lora | 64 (budget 32k, 1% data) | 65 | 0% | 0.5 | 4 | patience 24, epoch cap 3 |" in text
+        "| caption | lora | budget 32k, 1% data (validation) | 65 | 64 | 0% | 0.5 | 4 | patience 24, epoch cap 3 | 3 |"
+        in text
     )  # flat in data: the fractions tie, the first shown
+    # At 1 %: 5 PEFT methods x 2 tasks and full fine-tuning on VQA, 3 seeds each.
+    assert "**33 of 288 trained runs** were stopped by a cap while validation was still improving" in text
     assert "it predates the validation protocol" not in text and "these verdicts are withdrawn" not in text
 
 
@@ -342,7 +354,7 @@ def test_the_decision_rules_come_first_and_state_the_constants(tmp_path):
     text = report.read_text()
     assert text.index("## Decision rules") < text.index("## Where the numbers come from") < text.index("## Finding 1")
     assert f"({RESAMPLES} resamples, RNG seed {BOOTSTRAP_SEED})" in text
-    assert f"within +-{FLAT_TOLERANCE:.0%} per tenfold data" in text
+    assert f"the rise from the smallest to the largest fraction is below {FLAT_SHARE:.0%} of that gain" in text
     assert "| 1. VQA (a task inconsistent with pre-training) improves with more data and more trainable " in text
     assert "parameters. | **reproduced** | reproduced |" in text
     # A table without validation scores predates the protocol: the withdrawal comes before its verdicts (Explore
@@ -572,3 +584,137 @@ def test_a_readme_without_its_markers_is_named_and_the_report_is_still_written(t
     assert main(["report", "--results", str(tmp_path / "runs.csv"), "--no-figures", "--readme", str(readme)]) == 2
     assert "needs exactly one <!-- report:verdicts --> line followed by one" in capsys.readouterr().err
     assert readme.read_text() == content and "| finding | answer |" in (tmp_path / "report.md").read_text()
+
+
+# -- the second edition's rules, each pinned on a table whose answer is known -----------------------------------
+
+
+def caption_units(frame: pd.DataFrame) -> dict:
+    from training.study.report.finding_caption import flatness_units
+
+    return flatness_units(frame, "caption", Stats(frame, None), judged_methods(frame))[0]
+
+
+def test_a_flat_but_useless_method_is_not_flat():
+    frame = papers_picture(noise=0.05)
+    # Zero-shot captions as well as every fine-tuned run: the curves are flat because fine-tuning adds nothing.
+    frame.loc[(frame.task == "caption") & (frame.method == "zero-shot"), "CIDEr-D"] = 64.0
+    units = caption_units(frame)
+    assert units["lora"]["checks"][0] is False and units["lora"]["why"] == "no gain over zero-shot to be flat against"
+    assert units["lora"]["state"] == PARTLY  # its interior optimum still holds
+    caption = build_findings(frame)[1]
+    assert "flat in data for none" in caption.summary and caption.verdict != REPRODUCED
+
+
+def test_a_significantly_rising_slope_is_not_flat_even_when_small_against_the_gain():
+    # Half a CIDEr-D point per tenfold data against a gain of 55 over zero-shot: 2 % of the gain over the two
+    # decades, well inside the share, and within 5 % of the level (the first edition's band), but it rises.
+    frame = synthetic(rising(8), rising(6), rising(0.5), peak, layer_bonus=4, noise=0.05)
+    units = caption_units(frame)
+    assert units["lora"]["data"].slope.above_zero
+    assert units["lora"]["share"].high < FLAT_SHARE
+    assert (units["lora"]["checks"][0], units["lora"]["why"]) == (False, "rises significantly with data")
+    assert caption_units(papers_picture())["lora"]["checks"][0] is True  # the same table without the rise is flat
+
+
+def borderline_vqa() -> pd.DataFrame:
+    """Prompt tuning alone on VQA, no noise but across seeds: its data slope is 1.4, 2 and 2.6 per tenfold in the
+    three seeds (t-test p = 0.029, alone significant), its parameter slope -1, 0 and 1 (p = 1)."""
+    rows = []
+    for seed, (data, params) in enumerate(zip((1.4, 2.0, 2.6), (-1.0, 0.0, 1.0), strict=True)):
+        for fraction in (0.01, 0.1, 1.0):
+            rows.append(("32k", 32_000, fraction, seed, 40 + data * math.log10(fraction)))
+        for budget, count in (("10k", 10_000), ("100k", 100_000)):
+            rows.append((budget, count, 1.0, seed, 40 + params * math.log10(count / 32_000)))
+    frame = pd.DataFrame(rows, columns=["budget", "trainable_params", "data_fraction", "seed", "accuracy"])
+    frame["task"], frame["method"], frame["family"] = "vqa", "prompt", "embedding composition"
+    frame["run"] = [f"vqa__prompt__{i}" for i in range(len(frame))]
+    return frame
+
+
+def test_holm_turns_a_borderline_slope_that_holds_alone_into_one_that_does_not():
+    from training.study.report.stats import holm
+
+    alone = Interval.of([1.4, 2.0, 2.6])
+    assert alone.above_zero and alone.p == pytest.approx(0.0287, abs=5e-4) and alone.holds
+    holm([alone])  # a family of one: unchanged
+    assert alone.holm_p == pytest.approx(alone.p) and alone.holds
+    # In finding 1 it shares its family with the parameter slope (p = 1): Holm doubles the smaller p-value.
+    vqa = build_findings(borderline_vqa())[0]
+    row = next(line for line in vqa.table if line.startswith("| prompt |"))
+    assert "Holm p=0.057" in row and row.endswith("| not reproduced | not reproduced |")
+    assert "Does not rise with data: prompt" in vqa.summary
+
+
+def test_holm_adjusts_by_rank_and_keeps_the_order():
+    from training.study.report.stats import holm
+
+    family = [Interval(1.0, 0.5, 1.5, 3, p) for p in (0.01, 0.04, 0.03)]
+    holm([*family, None])
+    assert [i.holm_p for i in family] == pytest.approx([0.03, 0.06, 0.06])
+    assert [i.holds for i in family] == [True, False, False]
+
+
+def test_the_best_budget_is_chosen_on_validation_even_where_test_would_pick_another():
+    frame = papers_picture(noise=0.0)
+    frame["val_metric"] = frame["accuracy"].fillna(frame["CIDEr-D"])
+    # On validation LoRA's 100k looks best on captioning; on test 32k is (the peak).
+    frame.loc[(frame.task == "caption") & (frame.method == "lora") & (frame.budget == "100k"), "val_metric"] += 20
+    best = caption_units(frame)["lora"]["params"].best
+    assert (best["best_params"], best["chosen_on"]) == (100_000, "validation")
+    # best - largest and best - smallest are the test scores of the validation's choice: 100k against 320k and 10k.
+    assert best["best_minus_largest"].mean == pytest.approx(12 * (1 - math.log10(100 / 32) ** 2))
+    assert best["best_minus_smallest"].mean == pytest.approx(
+        12 * (math.log10(10 / 32) ** 2 - math.log10(100 / 32) ** 2)
+    )
+    assert caption_units(papers_picture(noise=0.0))["lora"]["params"].best["chosen_on"].startswith("test (")
+
+
+def test_the_overall_verdict_reads_the_pooled_tests_and_the_share_of_units_that_agree():
+    from training.study.report.rules import overall
+
+    assert overall([REPRODUCED, REPRODUCED, NOT], [True]) == REPRODUCED  # 2 of 3 agree, the pooled effect holds
+    assert overall([REPRODUCED, NOT, NOT], [True]) == PARTLY
+    assert overall([REPRODUCED, REPRODUCED, REPRODUCED], [True, False]) == PARTLY  # a pooled test fails
+    assert overall([NOT, PARTLY, NOT], [False, False]) == NOT
+    assert overall([REPRODUCED, NOT, NOT], [False]) == PARTLY  # a third agree: not "none"
+    assert overall([UNDETERMINED], [None]) == UNDETERMINED
+
+
+def test_a_fixed_count_method_is_decided_by_its_data_check_alone():
+    assert judged_state("ia3", [True, None]) == REPRODUCED
+    assert judged_state("ia3", [False, None]) == NOT  # never "partly": it has one check
+    assert judged_state("lora", [False, True]) == PARTLY
+
+
+def test_runs_stopped_by_a_cap_while_improving_are_counted_from_the_column_or_computed():
+    from training.study.report.tables import stopped_improving
+
+    frame = pd.DataFrame(
+        {
+            "method": ["lora"] * 4,
+            "stop_reason": ["epoch cap", "epoch cap", "patience", "min steps"],
+            "best_step": [300.0, 200.0, 300.0, 150.0],
+            "steps_run": [300.0, 300.0, 300.0, 150.0],
+        }
+    )
+    flags, how = stopped_improving(frame)
+    assert flags.tolist() == [True, False, False, True] and how.startswith("computed")
+    flags, how = stopped_improving(frame.assign(stopped_improving=[False, True, False, False]))
+    assert flags.tolist() == [False, True, False, False] and "column" in how
+
+
+def test_plain_verdicts_say_each_finding_in_the_task_s_units(tmp_path):
+    from training.study.report import plain_verdicts
+
+    papers_picture(noise=0.0).to_csv(tmp_path / "runs.csv", index=False)
+    plain = plain_verdicts(tmp_path / "runs.csv", prior=Prior(30.0, {}, np.full(40, 30.0), "x"))
+    assert sorted(plain) == [1, 2, 3] and {p.verdict for p in plain.values()} == {REPRODUCED}
+    # Every method rises 8 points per tenfold data: 16 points from 1 % to 100 %.
+    assert "going from 1% to 100% of the training data adds 16 points of accuracy" in plain[1].sentence
+    assert "fine-tuning on all the data adds between 55 (Prompt tuning) and 59 (LoRA) CIDEr-D" in plain[2].sentence
+    assert "score on average 4 CIDEr-D on captioning and 4 points of VQA accuracy above" in plain[3].sentence
+    assert plain[1].details.startswith("**Answer: reproduced**") and "*Statistic.*" in plain[1].details
+    report = build_report(tmp_path / "runs.csv", figures=False, prior=Prior(30.0, {}, np.full(40, 30.0), "x"))
+    assert f"1. {plain[1].sentence}" in report.read_text()  # the report says the same words
+    assert plain_verdicts(tmp_path / "absent.csv") == {}
