@@ -13,7 +13,7 @@ import gradio as gr
 from app import api
 from app.services import Services
 from app.settings import Settings
-from app.tabs import compare, explore, runs, sweep, train
+from app.tabs import choose, compare, explore, runs, sweep, train
 from training.errors import UserError
 
 log = logging.getLogger("vlpeft.app")
@@ -87,6 +87,7 @@ def build_app(settings: Settings | None = None) -> App:
             with gr.Tab("Compare", id="compare") as compare_tab:
                 loaders.append(compare.build(services, compare_tab))
             with gr.Tab("Explore", id="explore") as explore_tab:
+                choose.build(services, loaders[0].fills, tabs)
                 loaders.append(explore.build(services, explore_tab))
             with gr.Tab("Runs", id="runs") as runs_tab:
                 loaders.append(runs.build(services, runs_tab, visitor, loaders[0].fills, tabs))

@@ -149,7 +149,7 @@ def which_method(table: pd.DataFrame, task: str, data: str | float, params: str 
         choice.train = {
             "task": task,
             "method": pick.method,
-            "budget": str(params).strip() if CATALOG[pick.method].takes_budget else "",
+            "budget": str(params).strip(),  # a method without a knob ignores it; the form needs one
             "data_fraction": round(min(share, FULL_DATA), 4),
         }
     choice.sentence = _sentence(choice, _data_reach(rows, share, full_examples))
