@@ -13,7 +13,7 @@ import gradio as gr
 from app import api
 from app.services import Services
 from app.settings import Settings
-from app.tabs import choose, compare, explore, runs, sweep, train
+from app.tabs import choose, compare, explore, runs, runs_compared, sweep, train
 from training.errors import UserError
 
 log = logging.getLogger("vlpeft.app")
@@ -91,6 +91,7 @@ def build_app(settings: Settings | None = None) -> App:
                 loaders.append(explore.build(services, explore_tab))
             with gr.Tab("Runs", id="runs") as runs_tab:
                 loaders.append(runs.build(services, runs_tab, visitor, loaders[0].fills, tabs))
+                loaders.append(runs_compared.build(services, runs_tab))
         api.register(services)
         # Every browser gets an id of its own (kept in its local storage) before the tabs fill in.
         known = demo.load(
