@@ -116,6 +116,7 @@ def serve(app: App, **launch_kwargs) -> tuple:
         theme=gr.themes.Soft(),
         css=CSS,
         show_error=False,
+        mcp_server=True,  # the API's endpoints as MCP tools at /gradio_api/mcp/, for an assistant to drive the lab
     )
     options.update(launch_kwargs)
     app.demo.queue(default_concurrency_limit=1)
