@@ -302,10 +302,10 @@ def register(services: Services) -> None:
     @endpoint
     def which_method(task: str, data: str, params: str) -> dict:
         """Which fine-tuning method to pick for a task, a data size and a trainable-parameter budget, from the study's
-        grid of 408 runs: the methods ranked by expected score there, with 95 % intervals over seeds, training time,
-        memory, the runs behind each, and one sentence (field 'sentence') to tell the person. Between grid points
-        the scores are interpolated (field 'rules' says how); outside the grid status is 'outside the grid' and
-        nothing is guessed. 'train' is the config to pass to start_job for the pick.
+        grid of runs (results/runs.csv): the methods ranked by expected score there, with 95 % intervals over seeds,
+        training time, memory, the runs behind each, and one sentence (field 'sentence') to tell the person. Between
+        grid points the scores are interpolated (field 'rules' says how); outside the grid status is 'outside the
+        grid' and nothing is guessed. 'train' is the config to pass to start_job for the pick.
 
         Args:
             task: caption (image captioning) or vqa (visual question answering).
