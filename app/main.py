@@ -13,7 +13,7 @@ import gradio as gr
 from app import api
 from app.services import Services
 from app.settings import Settings
-from app.tabs import compare, explore, runs, sweep, train
+from app.tabs import choose, compare, explore, runs, runs_compared, sweep, train
 from training.errors import UserError
 
 log = logging.getLogger("vlpeft.app")
@@ -87,9 +87,11 @@ def build_app(settings: Settings | None = None) -> App:
             with gr.Tab("Compare", id="compare") as compare_tab:
                 loaders.append(compare.build(services, compare_tab))
             with gr.Tab("Explore", id="explore") as explore_tab:
+                choose.build(services, loaders[0].fills, tabs)
                 loaders.append(explore.build(services, explore_tab))
             with gr.Tab("Runs", id="runs") as runs_tab:
                 loaders.append(runs.build(services, runs_tab, visitor, loaders[0].fills, tabs))
+                loaders.append(runs_compared.build(services, runs_tab))
         api.register(services)
         # Every browser gets an id of its own (kept in its local storage) before the tabs fill in.
         known = demo.load(
@@ -114,6 +116,7 @@ def serve(app: App, **launch_kwargs) -> tuple:
         theme=gr.themes.Soft(),
         css=CSS,
         show_error=False,
+        mcp_server=True,  # the API's endpoints as MCP tools at /gradio_api/mcp/, for an assistant to drive the lab
     )
     options.update(launch_kwargs)
     app.demo.queue(default_concurrency_limit=1)

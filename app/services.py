@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import huggingface_hub
+import pandas as pd
 import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration
@@ -41,12 +42,14 @@ from training.run import runs
 from training.run.config import RunConfig, parse_budget, planned_steps
 from training.run.export import PEFT_FOLDER, exports_to_peft, run_readme, write_peft_adapter
 from training.run.tasks import training_pairs
+from training.study.choice import Choice, which_method
 
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
 THUMBNAIL_PX = 192
 PREVIEW_IMAGES = 8  # pictures of a newly added dataset shown with their captions or questions
 PACE_RUNS = 3  # latest finished runs whose pace gives the expected time of a new one
+GRID_TABLE, REPORT = "runs.csv", "report.md"  # the sweep's table and its report, in the results folder
 HUB_CHECK_S = 3  # how long to wait for the Hugging Face Hub to answer before saying it cannot be reached
 
 
@@ -617,6 +620,43 @@ class Services:
             max_new_tokens=RunConfig().max_new_tokens,  # as long as the test-set evaluation decodes
         )
         return comparison
+
+    # --- the study's answers ---------------------------------------------------------------------
+
+    def which_method(self, task: str, data: str, params: str) -> Choice:
+        """'Which method for me?': the sweep table's methods ranked at a data size and a parameter budget."""
+        path = self.settings.results_dir / GRID_TABLE
+        try:
+            table = pd.read_csv(path)
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"There are no grid results to answer from ({path.name}: {exc}): run the sweep "
+                "(python -m training sweep --config sweeps/paper.yaml) first."
+            ) from None
+        return which_method(table, task, data, params)
+
+    def verdicts(self) -> dict:
+        """The sweep report's verdict per finding (finding, answer, answer without the smallest data fraction)
+        and the report's text without its figures."""
+        path = self.settings.results_dir / REPORT
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise UserError(
+                f"There is no report yet: {path.name} is written by `python -m training report` once a sweep has run."
+            ) from None
+        findings = []
+        for line in text.splitlines():
+            cells = [cell.strip().strip("*") for cell in line.strip().strip("|").split("|")]
+            if line.startswith("| ") and len(cells) == 3 and cells[0][:2].rstrip(".").isdigit():
+                findings.append({"finding": cells[0], "answer": cells[1], "without_smallest_fraction": cells[2]})
+        report = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("!["))
+        return {"findings": findings, "report": report}
+
+    def curves(self, job_id: str) -> tuple[list[dict], list[dict]]:
+        """A run's training steps (metrics.jsonl) and validations (validation.jsonl), as logged so far."""
+        run_dir = Path(self.run(job_id).run_dir)
+        return runs.read_jsonl(run_dir / runs.METRICS), runs.read_jsonl(run_dir / runs.VALIDATION)
 
 
 def _by_image(examples: list[Example], limit: int) -> dict[str, list[Example]]:

@@ -33,6 +33,9 @@ API_NAMES = {
     "/upload_dataset",
     "/list_datasets",
     "/remove_dataset",
+    "/list_methods",
+    "/which_method",
+    "/study_verdicts",
 }
 
 
@@ -225,6 +228,9 @@ VALID = {
     "/upload_dataset": dict(archive=None, name="fuzzed", task="caption", replace=False),  # archive: a zip, below
     "/list_datasets": dict(task=""),
     "/remove_dataset": dict(name="no-such-dataset"),
+    "/list_methods": {},
+    "/which_method": dict(task="vqa", data="300", params="18k"),
+    "/study_verdicts": {},
 }
 
 

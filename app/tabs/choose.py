@@ -1,0 +1,154 @@
+"""Explore's "Which method for me?": the grid's methods ranked at the person's task, data size and budget.
+
+The answer is `training.study.choice`'s (through `Services.which_method`, as the `/which_method` endpoint);
+this module lays it out and sends the pick to the Train form.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from app import format as fmt
+from app.services import Services
+from app.tabs.common import shows_user_errors
+from app.tabs.train import fill_train_form
+from training.catalog import TASKS
+from training.errors import UserError
+from training.study.choice import Choice, Estimate
+
+COLUMNS = [
+    "rank",
+    "method",
+    "expected score",
+    "95 % interval (seeds)",
+    "tied with the best?",
+    "how",
+    "trained parameters",
+    "training time",
+    "peak memory",
+    "runs it rests on",
+]
+INTRO = (
+    "Say how much data you have and how many trainable parameters you can afford: the methods are ranked by the "
+    "score the study's grid measured there. Between grid points the score is interpolated; outside the grid the "
+    "answer says so. **Train this** puts the pick in the Train form."
+)
+ASK_FIRST = "Give the data size and the parameters, then press **Which method?**"
+
+
+def ranking_table(choice: Choice) -> pd.DataFrame:
+    rows = [_row(rank, estimate, choice.metric) for rank, estimate in enumerate(choice.ranking, start=1)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _row(rank: int, estimate: Estimate, metric: str) -> list:
+    interval = (
+        f"{_value(metric, estimate.low)} to {_value(metric, estimate.high)}" if estimate.seeds > 1 else "one seed"
+    )
+    tied = "best" if estimate.best else ("tied" if estimate.tied else "no")
+    counts = sorted(set(estimate.trainable_params))
+    return [
+        rank,
+        estimate.label,
+        _value(metric, estimate.mean),
+        interval,
+        tied,
+        estimate.how,
+        " to ".join(fmt.count(c) for c in counts),
+        fmt.duration(estimate.train_s),
+        f"{estimate.peak_mem_mb:,.0f} MB",
+        f"{len(estimate.runs)}: " + ", ".join(estimate.runs),
+    ]
+
+
+def _value(metric: str, value: float) -> str:
+    return f"{value:.1f} %" if metric == "accuracy" else f"{value:.3f}"
+
+
+def notes(choice: Choice) -> str:
+    """What was left out and why, what the grid supports, and the rules the answer follows."""
+    lines = []
+    if choice.not_ranked:
+        lines.append("**Not ranked here:**")
+        lines += [f"- {left['label']}: {left['reason']}." for left in choice.not_ranked]
+        lines.append("")
+    lines.append(f"**What the grid supports.** {choice.support}")
+    lines.append("")
+    lines.append(
+        "**Rules.** "
+        + " ".join(choice.rules[k] for k in ("interpolation", "tolerance", "tie"))
+        + " Intervals are 95 % t-intervals over the grid's seeds. Times and memory are the runs' (CPU, one thread)."
+    )
+    return "\n".join(lines)
+
+
+def answer(services: Services, task: str, data: str, params: str) -> tuple:
+    """The sentence, the ranking, the notes, the config 'Train this' sends, and the button."""
+    choice = services.which_method(task, data, params)
+    pick = choice.train
+    button = gr.update(
+        value=f"Train this: {fmt.METHOD_LABELS.get(pick['method'], pick['method'])}" if pick else "Train this",
+        interactive=pick is not None,
+    )
+    status = {"outside the grid": "⚠️ Outside the grid", "interpolated": "Interpolated", "on the grid": "On the grid"}
+    return (
+        f"**{status[choice.status]}.** {choice.sentence}",
+        ranking_table(choice),
+        notes(choice),
+        pick,
+        button,
+    )
+
+
+def build(services: Services, train_form: list, tabs: gr.Tabs) -> None:
+    """`train_form`: the Train tab's form and method note (TRAIN_FILL), which 'Train this' fills."""
+    with gr.Accordion("Which method for me?", open=True, elem_id="choose"):
+        gr.Markdown(INTRO)
+        with gr.Row():
+            task = gr.Radio([(fmt.TASK_LABELS[t], t) for t in TASKS], value="vqa", label="Task", elem_id="choose-task")
+            data = gr.Textbox(
+                "300",
+                label="Training data you have",
+                max_lines=1,
+                elem_id="choose-data",
+                info="A number of examples (300: images to caption, or questions) or a share of the set (7%).",
+            )
+            params = gr.Textbox(
+                "18k",
+                label="Trainable parameters you can afford",
+                max_lines=1,
+                elem_id="choose-params",
+                info="A count (18k, 20000) or a share of the model (0.6%).",
+            )
+        with gr.Row():
+            ask = gr.Button("Which method?", variant="primary", elem_id="choose-ask")
+            train = gr.Button("Train this", interactive=False, elem_id="choose-train")
+        sentence = gr.Markdown(ASK_FIRST, elem_id="choose-answer")
+        ranking = gr.Dataframe(
+            pd.DataFrame(columns=COLUMNS), interactive=False, wrap=True, label="Ranking", elem_id="choose-ranking"
+        )
+        with gr.Accordion("Left out, what the grid supports, and the rules", open=False):
+            details = gr.Markdown(elem_id="choose-notes")
+    pick = gr.State(None)
+
+    def on_ask(task_name: str, data_text: str, params_text: str):
+        return answer(services, task_name, data_text, params_text)
+
+    gr.on(
+        [ask.click, data.submit, params.submit],
+        shows_user_errors(on_ask),
+        [task, data, params],
+        [sentence, ranking, details, pick, train],
+        api_name="ui_which_method",
+        api_visibility="private",
+    )
+
+    def on_train(config: dict | None):
+        if not config:
+            raise UserError("Ask 'Which method?' first: there is no pick to train yet.")
+        return (*fill_train_form(services, config), gr.Tabs(selected="train"))
+
+    train.click(
+        shows_user_errors(on_train), pick, [*train_form, tabs], api_name="ui_which_train", api_visibility="private"
+    )
