@@ -15,7 +15,7 @@ when every run of a task has its item scores, from a t-interval across seeds oth
 
 Every verdict is computed again without the smallest data fraction (the robustness view). The answer prior
 (VQA accuracy of answering each question type's most common training answer) is computed here from the VQA
-dataset the table names, with `training.pretraining.embedded.answer_prior`; the sweep does not write it as a row.
+dataset the table names, with `training.run.tasks.answer_prior`; the sweep does not write it as a row.
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def answer_prior_from_dataset(source: str) -> Prior:
         path = str(REPO_ROOT / source)  # the sweep records repository-relative sources
     dataset = load_dataset(path, "vqa")
     from training.metrics.vqa import vqa_scores
-    from training.pretraining.embedded import answer_prior  # imports the trainer: only once there is a dataset to score
+    from training.run.tasks import answer_prior  # imports torch: only once there is a dataset to score
 
     prior = answer_prior(dataset)
     test = dataset.split("test")
