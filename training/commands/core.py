@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from training.budget import parse_budget
 from training.errors import UserError
-from training.run.config import TASKS, TOWERS, parse_budget
+from training.run.config import TASKS, TOWERS
 from training.run.launch import add_train_options, train_from_args
 
 
