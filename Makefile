@@ -15,11 +15,13 @@ app: setup
 test: setup-dev
 	.venv/bin/python -m ruff check app training tests scripts
 	.venv/bin/python -m ruff format --check app training tests scripts
+	.venv/bin/lint-imports
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
 
 lint: setup-dev
 	.venv/bin/python -m ruff check app training tests scripts
 	.venv/bin/python -m ruff format --check app training tests scripts
+	.venv/bin/lint-imports
 
 # Build the Dockerfile with podman and check the image serves the app as uid 1000 on port 7860 with /data on a
 # mounted folder (slow; needs root and podman, and debootstrap where no registry is reachable: see the script).

@@ -27,9 +27,12 @@ from transformers import BlipForConditionalGeneration
 
 from app.people import person
 from app.settings import Settings
+from training.budget import parse_budget
 from training.catalog import MAIN_METRIC
+from training.compare import Column, Comparer, check_image
 from training.data.archive import DatasetSummary, StoredDataset, install_zip, stored_datasets, summarize
-from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
+from training.data.dataset import load_dataset, nested_fraction
+from training.data.examples import Example, TaskDataset
 from training.errors import UserError
 from training.jobs import JobStore, Supervisor, job_status
 from training.jobs.durable import DurableDatasets
@@ -37,9 +40,8 @@ from training.jobs.status import read_progress
 from training.jobs.store import ACTIVE_STATES, PersonalLimitReached
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
 from training.model.base_model import load_base_config, meta_model
-from training.model.compare import Column, Comparer, check_image
 from training.run import runs
-from training.run.config import RunConfig, parse_budget, planned_steps
+from training.run.config import RunConfig, planned_steps
 from training.run.export import PEFT_FOLDER, exports_to_peft, run_readme, write_peft_adapter
 from training.run.tasks import training_pairs
 from training.study.choice import Choice, which_method

@@ -23,13 +23,13 @@ from app.services import Comparison, RunRecord, Services
 from app.settings import Settings, parse_auth
 from app.tabs import compare, explore, runs, train
 from training.catalog import METHOD_NAMES
+from training.compare import Column
 from training.errors import UserError
 from training.jobs.limits import JobLimits
 from training.jobs.outcome import KILLED_HINT
 from training.jobs.store import Outcome
+from training.methods.vlmodel import VLModel
 from training.model.base_model import load_base_model
-from training.model.compare import Column
-from training.model.vlmodel import VLModel
 from training.paths import REPO_ROOT
 from training.run.config import TOWERS, RunConfig
 

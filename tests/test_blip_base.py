@@ -157,7 +157,7 @@ def test_one_training_step_and_one_decode_per_method(base_runs, base_dir):
 
 
 def test_compare_of_three_adapters_answers_at_base_size(base_runs, base_dir, tiny_vqa_dataset):
-    from training.model.compare import Comparer
+    from training.compare import Comparer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     comparer = Comparer(str(base_dir), device=device)

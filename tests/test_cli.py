@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from training.budget import parse_budget
 from training.catalog import METHOD_NAMES
 from training.errors import UserError
-from training.run.config import parse_budget
 
 REPO = Path(__file__).resolve().parent.parent
 

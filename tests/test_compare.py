@@ -11,14 +11,14 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import draw_tiny
 from tests.method_table import KNOB
+from training import compare as compare_module
 from training.catalog import PEFT_METHODS
-from training.data.dataset import Example
+from training.compare import Comparer, GivenImage, answer, check_image
+from training.data.examples import Example
 from training.errors import UserError
-from training.model import compare as compare_module
+from training.methods.vlmodel import VLModel
 from training.model.base_model import load_base_model
-from training.model.compare import Comparer, GivenImage, answer, check_image
 from training.model.pixels import PixelCache
-from training.model.vlmodel import VLModel
 from training.run.config import RunConfig
 from training.run.tasks import Encoder, prompt_text
 from training.run.trainer import adapter_name, train

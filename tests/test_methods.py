@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 from tests.method_table import KNOB, NOT_SEEDED, STARTS_AS_BASE
 from training.catalog import PEFT_METHODS as PEFT
 from training.methods.budget import count_trainable, plan_method
+from training.methods.vlmodel import VLModel
 from training.model.base_model import load_base_model
-from training.model.vlmodel import VLModel
 
 
 @pytest.fixture
@@ -253,7 +253,7 @@ def test_prompt_positions_skipped_in_the_last_layer_change_no_logit_or_gradient(
 
 
 def test_reserved_cache_layer_equals_concatenation_within_and_beyond_its_room():
-    from training.model.vlmodel import ReservedLayer
+    from training.methods.vlmodel import ReservedLayer
 
     generator = torch.Generator().manual_seed(5)
     keys, values = (torch.randn(2, 3, 4, 5, generator=generator) for _ in range(2))

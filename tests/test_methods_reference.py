@@ -35,9 +35,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from training.methods.vlmodel import VLModel
 from training.methods.wrappers import unwrapped_name
 from training.model.base_model import load_base_model
-from training.model.vlmodel import VLModel
 
 Tensors = dict[str, torch.Tensor]
 

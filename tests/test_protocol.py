@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.data.dataset import Example, TaskDataset, load_dataset, with_validation
+from training.data.dataset import load_dataset, with_validation
+from training.data.examples import Example, TaskDataset
 from training.errors import UserError
 from training.run import runs
 from training.run.config import RunConfig, val_every

@@ -428,7 +428,7 @@ def test_the_answer_prior_is_computed_from_the_table_s_vqa_dataset(tmp_path):
     line = next(x for x in report.splitlines() if x.startswith("- Answer prior"))
     assert "from `assets/datasets/scene-vqa`" in line
     from training.data.dataset import load_dataset
-    from training.pretraining.embedded import answer_prior
+    from training.run.tasks import answer_prior
 
     expected = answer_prior(load_dataset("assets/datasets/scene-vqa", "vqa"))["accuracy"]
     assert f"): {expected:.1f} %." in line

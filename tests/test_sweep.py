@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from tests.method_table import BUDGETED
+from training.budget import parse_budget
 from training.catalog import METHOD_NAMES
 from training.cli import main
 from training.errors import UserError
 from training.paths import REPO_ROOT
-from training.run.config import parse_budget
 from training.sweeps.grid import GridPoint, budget_label, filter_feasible, load_spec, parse_spec
 
 REQUIRED_COLUMNS = {

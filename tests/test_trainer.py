@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 
 from training.catalog import PEFT_METHODS
 from training.data.dataset import load_dataset
+from training.methods.vlmodel import VLModel
 from training.methods.wrappers import unwrapped_name
 from training.model.base_model import load_base_model
 from training.model.pixels import PixelCache
-from training.model.vlmodel import VLModel
 from training.run import runs
 from training.run.config import RunConfig
 from training.run.tasks import Encoder, training_pairs

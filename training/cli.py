@@ -10,9 +10,9 @@ from training.errors import UserError
 
 # Modules that define `register(subparsers)`; each adds its commands with `set_defaults(func=...)`.
 COMMAND_MODULES = (
-    "training.commands",
+    "training.commands.core",
     "training.jobs.cli",
-    "training.sweeps.cli",
+    "training.commands.sweep",
     "training.study.tuning",
     "training.study.gpu_check",
 )

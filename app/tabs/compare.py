@@ -15,8 +15,8 @@ from app import results
 from app.services import EMBEDDED, MAIN_METRIC, Comparison, RunRecord, Services
 from app.tabs import data
 from app.tabs.common import Loader, shows_user_errors
+from training.compare import Column, check_image
 from training.errors import UserError
-from training.model.compare import Column, check_image
 from training.run.config import TASKS
 
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]

@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from training.data.dataset import MAX_IMAGE_PIXELS, SPLITS, TaskDataset, load_folder_dataset
+from training.data.dataset import SPLITS, load_folder_dataset
+from training.data.examples import MAX_IMAGE_PIXELS, TaskDataset
 from training.errors import UserError
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")

@@ -11,77 +11,18 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from training.data.examples import Example, ImageFile, TaskDataset
+from training.data.hub import load_hub_dataset
 from training.errors import UserError
 from training.paths import ASSETS_DIR
 
 SPLITS = ("train", "validation", "test")
 DEFAULT_DATASETS = {"caption": ASSETS_DIR / "datasets" / "scene-caption", "vqa": ASSETS_DIR / "datasets" / "scene-vqa"}
-MAX_IMAGE_PIXELS = 40_000_000
-
-
-class ImageSource(Protocol):
-    def load(self) -> Image.Image: ...
-
-
-@dataclass(frozen=True)
-class ImageFile:
-    path: str
-
-    def load(self) -> Image.Image:
-        return open_image(self.path)
-
-
-@dataclass
-class Example:
-    image: ImageSource
-    image_id: str
-    captions: list[str] = field(default_factory=list)
-    question: str = ""
-    answers: list[str] = field(default_factory=list)
-    question_type: str | None = None
-    question_id: str | None = None
-
-
-@dataclass
-class TaskDataset:
-    name: str
-    task: str
-    source: str
-    splits: dict[str, list[Example]]
-    held_out_validation: bool = False  # the validation split was taken from the training split
-
-    def split(self, name: str) -> list[Example]:
-        if not self.splits.get(name):
-            raise UserError(
-                f"Dataset {self.name} has no {name!r} split (or it is empty); it has: "
-                f"{', '.join(k for k, v in self.splits.items() if v) or 'none'}."
-            )
-        return self.splits[name]
-
-
-def open_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB, with a clear error for a missing, corrupt or oversized file."""
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise UserError(
-                    f"Image {path} is {image.width}x{image.height}: too large (the limit is "
-                    f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels). Resize it first."
-                )
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise UserError(f"Image {path} does not exist.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(
-            f"Image {path} cannot be read ({type(exc).__name__}): it is not an image or is corrupt."
-        ) from None
 
 
 def _read_split(folder: Path, split: str, task: str) -> list[Example]:
@@ -192,8 +133,6 @@ def load_dataset(name_or_path: str | None, task: str) -> TaskDataset:
     path = Path(name_or_path).expanduser()
     if path.is_dir() and not _hub_layout(path):
         return with_validation(load_folder_dataset(path, task))
-    from training.data.hub import load_hub_dataset
-
     return with_validation(load_hub_dataset(name_or_path, task))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from training.data.dataset import Example, ImageFile, TaskDataset
+from training.data.examples import Example, ImageFile, TaskDataset
 from training.errors import UserError
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "png")

@@ -34,7 +34,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -45,7 +44,14 @@ from training.jobs import outcome
 from training.jobs.limits import JobLimits, env_number
 from training.jobs.store import TIME_LIMIT, Job, JobStore, Outcome
 from training.run import runs
-from training.sweeps.executors import _die_with_parent, connect_ray, ray_task_options, run_environment, stop_process
+from training.run.launch import (
+    connect_ray,
+    die_with_parent,
+    ray_task_options,
+    run_environment,
+    stop_process,
+    train_command,
+)
 
 ADDRESS_ENV = "VLPEFT_RAY_ADDRESS"
 TOKEN = ".ray-token"  # in the run directory: a node that reads the same token shares the data home
@@ -116,7 +122,7 @@ def run_job_task(job_id: str, train_args: list[str], run_dir: str, token: str | 
     target = Path(run_dir)
     shared = token is not None and _read_bytes(target / TOKEN) == token.encode()
     folder = target if shared else Path(tempfile.mkdtemp(prefix=f"vlpeft-{job_id}-"))
-    command = [sys.executable, "-m", "training", "train", *train_args, "--out", str(folder)]
+    command = train_command(train_args, folder)
     with open(folder / runs.LOG, "ab") as log:
         process = subprocess.Popen(
             command,
@@ -125,7 +131,7 @@ def run_job_task(job_id: str, train_args: list[str], run_dir: str, token: str | 
             stderr=subprocess.STDOUT,
             cwd=folder,
             env=run_environment(threads),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     shipper = None if shared else Shipper(folder)
     stopping = False

@@ -18,7 +18,6 @@ import secrets
 import shutil
 import signal
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -33,6 +32,7 @@ from training.jobs.process import is_alive, signal_group
 from training.paths import data_home, durable_home
 from training.run import runs
 from training.run.config import RunConfig
+from training.run.launch import config_command
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Job:
     @property
     def command(self) -> list[str]:
         """The process that runs this job: the same `train` command a person would type."""
-        return [sys.executable, "-m", "training", "train", *self.run_config.to_cli_args(), "--out", self.run_dir]
+        return config_command(self.run_config, self.run_dir)
 
 
 class PersonalLimitReached(UserError):

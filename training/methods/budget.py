@@ -14,10 +14,10 @@ from functools import lru_cache
 import torch
 from transformers import BlipConfig, BlipForConditionalGeneration
 
-from training.catalog import BASELINE
+from training.budget import Budget, parse_budget
+from training.catalog import BASELINE, METHOD_NAMES
 from training.errors import UserError
 from training.methods.base import METHODS, AdapterContext
-from training.run.config import METHOD_NAMES, Budget, parse_budget
 
 
 @dataclass

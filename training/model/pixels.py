@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import BlipProcessor
 
-from training.data.dataset import Example
+from training.data.examples import Example
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
 

@@ -13,18 +13,16 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from collections import Counter
 from pathlib import Path
 
 from training.data.dataset import load_dataset
 from training.errors import UserError
-from training.metrics.vqa import vqa_scores
 from training.model.pixels import PixelCache
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
 from training.run import runs
 from training.run.config import RunConfig
 from training.run.evaluation import evaluate
-from training.run.tasks import Encoder, majority_answer
+from training.run.tasks import Encoder, answer_prior
 from training.run.trainer import load_run, train
 
 VALIDATION = "validation.json"
@@ -75,19 +73,6 @@ def score_on_validation(run_dir: str | Path) -> dict:
         },
     )
     return metrics
-
-
-def answer_prior(task_dataset) -> dict:
-    """VQA accuracy of always answering each question type's most common training answer."""
-    train_split, test = task_dataset.split("train"), task_dataset.split("test")
-    per_type: dict[str, Counter] = {}
-    for example in train_split:
-        per_type.setdefault(example.question_type, Counter())[majority_answer(example.answers)] += 1
-    prior = {qtype: counts.most_common(1)[0][0] for qtype, counts in per_type.items()}
-    predictions = [prior.get(e.question_type, "") for e in test]
-    result = vqa_scores(predictions, [e.answers for e in test], [e.question_type for e in test])
-    result.pop("per_sample", None)
-    return {**result, "answers": prior}
 
 
 def study_schedule(task: str, sweep: Path = STUDY_SWEEP) -> dict:

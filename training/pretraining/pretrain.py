@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from training.data import scenes
+from training.methods.vlmodel import VLModel
 from training.model.base_model import build_blip, save_base_model
-from training.model.vlmodel import VLModel
 from training.run import runs
 from training.run.tasks import Encoder
 

@@ -10,9 +10,9 @@ import argparse
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass, field
 
+from training.budget import parse_budget
 from training.catalog import METHOD_NAMES, TASKS
 from training.errors import UserError
 from training.run.tracking import REPORT_TO
@@ -24,44 +24,6 @@ DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 5.0}  # the cap when neither --epochs n
 DEFAULT_VAL_LIMIT = {"caption": 100, "vqa": None}
 VAL_EVERY_RANGE = (10, 100)
 DEFAULT_PATIENCE = 3  # validations without improvement before a run stops; 0 turns validation off
-
-_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "b": 1_000_000_000}
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A trainable-parameter budget: an absolute count, or a percentage of the base model."""
-
-    value: float
-    percent: bool
-
-    def resolve(self, total_params: int) -> int:
-        return round(total_params * self.value / 100) if self.percent else round(self.value)
-
-    def __str__(self) -> str:
-        if self.percent:
-            return f"{self.value:g}%"
-        return f"{int(self.value)}"
-
-
-def parse_budget(text: str | int | float) -> Budget:
-    """Parse `20000`, `20k`, `1.5M` or `0.5%` into a Budget; raise UserError on anything else."""
-    raw = str(text).strip().replace(",", "").replace("_", "")
-    match = re.fullmatch(r"(\d+(?:\.\d+)?|\.\d+)\s*([kKmMgGbB%]?)", raw)
-    if not match:
-        raise UserError(
-            f"Budget {text!r} is not understood: give a parameter count such as 20000, 20k or 1.5M, "
-            "or a percentage of the base model such as 0.5%."
-        )
-    number, suffix = float(match.group(1)), match.group(2).lower()
-    if suffix == "%":
-        if not 0 < number <= 100:
-            raise UserError(f"Budget {text!r}: a percentage must be above 0 and at most 100.")
-        return Budget(number, percent=True)
-    count = number * _SUFFIX[suffix]
-    if count < 1:
-        raise UserError(f"Budget {text!r}: a parameter count must be at least 1.")
-    return Budget(count, percent=False)
 
 
 def parse_fraction(text: str | float) -> float:

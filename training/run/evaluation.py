@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from training.data.dataset import Example
+from training.data.examples import Example
+from training.methods.vlmodel import VLModel
 from training.model.pixels import PixelCache
-from training.model.vlmodel import VLModel
 from training.run.tasks import Encoder, prompt_text
 
 

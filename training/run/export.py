@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.catalog import CATALOG
+from training.catalog import CATALOG, MAIN_METRIC
 from training.run import runs
 from training.run.config import RunConfig
-from training.study.report import MAIN_METRIC
 
 PEFT_FOLDER = "peft"
 PEFT_CONFIG = "adapter_config.json"
@@ -116,7 +115,7 @@ def run_readme(run_dir: str | Path, run_id: str, state: str) -> str:
         "```python",
         "from PIL import Image",
         "",
-        "from training.model.compare import Comparer",
+        "from training.compare import Comparer",
         "",
         f'columns = Comparer({repr(base) if base else ""}).compare(Image.open("picture.png"), {task!r}, '
         f"[{run_id!r}]{question}, max_new_tokens={new_tokens})",

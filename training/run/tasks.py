@@ -11,7 +11,8 @@ from collections import Counter
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from training.data.dataset import Example
+from training.data.examples import Example
+from training.metrics.vqa import vqa_scores
 
 CAPTION_PROMPT = "a picture of"
 MAX_TEXT_TOKENS = 40
@@ -71,3 +72,16 @@ class Encoder:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def answer_prior(task_dataset) -> dict:
+    """VQA accuracy of always answering each question type's most common training answer."""
+    train_split, test = task_dataset.split("train"), task_dataset.split("test")
+    per_type: dict[str, Counter] = {}
+    for example in train_split:
+        per_type.setdefault(example.question_type, Counter())[majority_answer(example.answers)] += 1
+    prior = {qtype: counts.most_common(1)[0][0] for qtype, counts in per_type.items()}
+    predictions = [prior.get(e.question_type, "") for e in test]
+    result = vqa_scores(predictions, [e.answers for e in test], [e.question_type for e in test])
+    result.pop("per_sample", None)
+    return {**result, "answers": prior}

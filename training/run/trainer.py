@@ -20,15 +20,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction, subset_hash
+from training.budget import parse_budget
+from training.data.dataset import load_dataset, nested_fraction, subset_hash
+from training.data.examples import Example, TaskDataset
 from training.errors import UserError
 from training.methods import METHODS
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
+from training.methods.vlmodel import VLModel
 from training.model.base_model import BaseModel, load_base_model
 from training.model.pixels import PixelCache
-from training.model.vlmodel import VLModel
 from training.run import runs
-from training.run.config import RunConfig, parse_budget, planned_steps, val_every
+from training.run.config import RunConfig, planned_steps, val_every
 from training.run.evaluation import evaluate
 from training.run.runs import RunDirectory, StepRecord, ValidationRecord
 from training.run.tasks import Encoder, training_pairs

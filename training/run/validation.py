@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 
 from training.catalog import MAIN_METRIC
-from training.data.dataset import Example
+from training.data.examples import Example
+from training.methods.vlmodel import VLModel
 from training.model.pixels import PixelCache
-from training.model.vlmodel import VLModel
 from training.run.evaluation import predict
 from training.run.runs import ValidationRecord
 from training.run.tasks import Encoder

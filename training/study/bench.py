@@ -275,8 +275,8 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, settin
     vision pass; text: they share the base's). The counts take turns within each repeat; the fastest and the
     median of `repeats` are kept. The outputs are recorded: each column decodes until its output ends, so a
     column set that answers in one word is timed on far fewer steps than one that writes whole captions."""
+    from training.compare import Comparer
     from training.data.dataset import load_dataset
-    from training.model.compare import Comparer
     from training.run.config import RunConfig
     from training.run.trainer import resolve_device, train
 

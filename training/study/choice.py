@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from training.budget import parse_budget
 from training.catalog import CATALOG, MAIN_METRIC, METRIC_UNIT, NO_BUDGET_METHODS, TASK_LABELS, TASKS
 from training.errors import UserError
-from training.run.config import parse_budget
 from training.study.report import Interval
 
 PARAMS_TOLERANCE = 0.15  # a count within 15 % of a grid budget is that budget (counts at 18k span 17,920-20,480)

@@ -80,9 +80,9 @@ def check_method(
 
     from training.data.dataset import load_dataset
     from training.methods.budget import plan_method
+    from training.methods.vlmodel import VLModel
     from training.model.base_model import load_base_model
     from training.model.pixels import PixelCache
-    from training.model.vlmodel import VLModel
     from training.run.tasks import Encoder, training_pairs
     from training.run.trainer import batch_loss
 

@@ -35,6 +35,7 @@ from training.catalog import trained_towers
 from training.errors import UserError
 from training.paths import REPO_ROOT, RESULTS_DIR
 from training.run.config import TASKS, RunConfig
+from training.run.launch import config_command
 
 LR_TABLE = RESULTS_DIR / "lr.csv"  # inside the package when installed from a wheel
 LR_TABLE_ENV = "VLPEFT_LR_TABLE"
@@ -257,12 +258,11 @@ TrainFn = Callable[[RunConfig, Path], dict]
 def train_for_tuning(config: RunConfig, run_dir: Path) -> dict:
     """Train one run in a fresh process (as the sweep does) and return its validation summary."""
     import subprocess
-    import sys
 
     from training.run import runs
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "training", "train", *config.to_cli_args(), "--out", str(run_dir), "--no-test"]
+    command = config_command(config, run_dir, "--no-test")
     with open(run_dir / "worker.log", "w", encoding="utf-8") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
     summary = (runs.read_json(run_dir / runs.EVAL) or {}).get("validation")

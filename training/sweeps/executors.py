@@ -10,7 +10,6 @@ slot is free, so the runner can stop handing out jobs (time limit, Ctrl-C) witho
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -24,14 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.errors import UserError
-from training.paths import REPO_ROOT
 from training.run import runs
-
-STOP_GRACE_S = 30  # a stopped run gets this long to finish its step before it is killed
-try:
-    _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the forked child must not load libraries
-except OSError:
-    _LIBC = None
+from training.run.launch import (
+    STOP_GRACE_S,
+    connect_ray,
+    die_with_parent,
+    ray_task_options,
+    run_environment,
+    stop_process,
+    train_command,
+    train_in_process,
+)
 
 
 @dataclass
@@ -54,25 +56,11 @@ class RunResult:
         return self.returncode == runs.EXIT_FINISHED
 
 
-def _die_with_parent() -> None:
-    """In the child: be killed when the sweep process dies, even by SIGKILL (Linux), so no run is orphaned."""
-    if _LIBC is not None and sys.platform.startswith("linux"):
-        _LIBC.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-
-
-def run_environment(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[name] = str(max(1, threads))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
 def run_train_process(job: RunJob) -> RunResult:
     """Run one training process (a fresh interpreter) to its end; its output goes to the run's log.txt."""
     run_dir = Path(job.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "training", "train", *job.train_args, "--out", str(run_dir)]
+    command = train_command(job.train_args, run_dir)
     started = time.perf_counter()
     with open(run_dir / runs.LOG, "a", encoding="utf-8") as log:
         process = subprocess.Popen(
@@ -81,7 +69,7 @@ def run_train_process(job: RunJob) -> RunResult:
             stdout=log,
             stderr=log,
             env=run_environment(job.threads),
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         try:
             returncode = process.wait()
@@ -91,18 +79,6 @@ def run_train_process(job: RunJob) -> RunResult:
     wall = time.perf_counter() - started
     error = "" if returncode == runs.EXIT_FINISHED else "\n".join(runs.tail(run_dir / runs.LOG, 5))
     return RunResult(job.name, returncode, round(wall, 2), error)
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    """Ask the trainer to stop (it ends after the current step), then kill it if it does not."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _die_with(pid: int) -> None:
@@ -140,9 +116,7 @@ def _train_in_child(train_args: list[str], run_dir: str, threads: int, sweep_pid
     import torch
 
     torch.set_num_threads(threads)
-    from training.cli import main
-
-    sys.exit(main(["train", *train_args, "--out", run_dir]))
+    sys.exit(train_in_process([*train_args, "--out", run_dir]))
 
 
 class ForkedRun:
@@ -153,9 +127,7 @@ class ForkedRun:
     def __init__(self, job: RunJob) -> None:
         if ForkedRun._context is None:
             ForkedRun._context = multiprocessing.get_context("forkserver")
-            ForkedRun._context.set_forkserver_preload(
-                ["training.sweeps.executors", "training.run.trainer", "training.cli"]
-            )
+            ForkedRun._context.set_forkserver_preload(["training.sweeps.executors", "training.run.trainer"])
         Path(job.run_dir).mkdir(parents=True, exist_ok=True)
         self.process = ForkedRun._context.Process(
             target=_train_in_child, daemon=False, args=(job.train_args, job.run_dir, job.threads, os.getpid())
@@ -223,28 +195,6 @@ class LocalExecutor:
                 for run in list(running):
                     run.stop()
                 raise
-
-
-def connect_ray(address: str | None) -> bool:
-    """Join the Ray cluster at `address` (None: start a local instance) unless this process already has;
-    True if this call connected (and so should disconnect when done)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    return True
-
-
-def ray_task_options(num_cpus: float, num_gpus: float) -> dict:
-    """Options of a run's Ray task: its resource request, no retry (a run is not idempotent), and the
-    project root on the worker's path, since workers import this package to run the task."""
-    return {
-        "num_cpus": num_cpus,
-        "num_gpus": num_gpus,
-        "max_retries": 0,
-        "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
-    }
 
 
 class RayExecutor:

@@ -30,9 +30,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.budget import Budget, parse_budget
 from training.catalog import NO_BUDGET_METHODS
 from training.errors import UserError
-from training.run.config import METHOD_NAMES, TASKS, Budget, RunConfig, parse_budget, parse_fraction
+from training.run.config import METHOD_NAMES, TASKS, RunConfig, parse_fraction
 
 # RunConfig fields the grid sets itself; a sweep file may set every other field in `settings` or per task.
 GRID_FIELDS = {"task", "method", "budget", "data_fraction", "seed", "base_model", "dataset"}

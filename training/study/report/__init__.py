@@ -15,7 +15,7 @@ seeds otherwise (`stats.py`); each finding's tests are Holm-corrected as one fam
 Each finding's overall verdict reads a pooled effect and the share of units that agree. `plain_verdicts()` gives
 each finding as one sentence a non-specialist reads, with the statistics as details (for the app's Explore tab).
 The answer prior (VQA accuracy of answering each question type's most common training answer) is computed here
-from the VQA dataset the table names, with `training.pretraining.embedded.answer_prior`.
+from the VQA dataset the table names, with `training.run.tasks.answer_prior`.
 """
 
 from __future__ import annotations

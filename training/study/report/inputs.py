@@ -71,7 +71,7 @@ def answer_prior_from_dataset(source: str) -> Prior:
         path = str(REPO_ROOT / source)  # the sweep records repository-relative sources
     dataset = load_dataset(path, "vqa")
     from training.metrics.vqa import vqa_scores
-    from training.pretraining.embedded import answer_prior  # imports the trainer: only once there is a dataset to score
+    from training.run.tasks import answer_prior  # imports torch: only once there is a dataset to score
 
     prior = answer_prior(dataset)
     test = dataset.split("test")

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from training.data.dataset import Example
+from training.data.examples import Example
 from training.errors import UserError
+from training.methods.vlmodel import VLModel
 from training.model.base_model import default_model_path, load_base_model
 from training.model.pixels import PixelCache
-from training.model.vlmodel import VLModel
 from training.run import runs
 from training.run.tasks import Encoder, prompt_text
 from training.run.trainer import adapter_name, load_run

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from training.budget import parse_budget
 from training.errors import UserError
-from training.run.config import TASKS, TOWERS, add_run_options, config_from_args, parse_budget
+from training.run.config import TASKS, TOWERS
+from training.run.launch import add_train_options, train_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,9 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     methods.set_defaults(func=cmd_methods)
 
     train = subparsers.add_parser("train", help="fine-tune one method and write a run directory")
-    add_run_options(train)
-    train.add_argument("--out", required=True, help="run directory to write")
-    train.set_defaults(func=cmd_train)
+    add_train_options(train)
+    train.set_defaults(func=train_from_args)
 
     evaluate = subparsers.add_parser("evaluate", help="re-evaluate a finished run on its test split")
     evaluate.add_argument("--run", required=True, help="run directory")
@@ -95,16 +95,6 @@ def cmd_methods(args: argparse.Namespace) -> int:
             f"{span:<27} {'yes' if p.feasible else 'NO'}"
         )
     return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args)  # wrong arguments are said before torch is imported (seconds)
-    out = Path(args.out)
-    if (out / "eval.json").exists():
-        raise UserError(f"{out} already holds a finished run: choose another --out.")
-    from training.run.trainer import train
-
-    return train(config, out)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
