@@ -391,10 +391,10 @@ class JobStore:
         job = self.get(job_id)
         if job.state != "running":
             return False
-        run_dir = Path(job.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / runs.STOP).touch()
+        stop_file = Path(job.run_dir) / runs.STOP
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
         if not is_alive(job.pid, job.pid_start):
+            stop_file.touch()
             return False  # not started yet: the worker signals once it has the pid
         with self._tx() as conn:
             taken = conn.execute(
@@ -402,7 +402,11 @@ class JobStore:
                 "AND stop_signalled_at IS NULL",
                 (time.time(), job_id, job.pid),
             ).rowcount
-        return bool(taken) and signal_group(job.pid, signal.SIGTERM)
+        # The signal before the file: a trainer that saw the file first could be exiting when the signal comes,
+        # and Python's shutdown has no handler left (the job would end killed by SIGTERM, -15).
+        sent = bool(taken) and signal_group(job.pid, signal.SIGTERM)
+        stop_file.touch()
+        return sent
 
     def delete(self, job_id: str, remove_files: bool = True) -> None:
         """Forget a job that has ended, and remove its run directory unless `remove_files` is False."""
