@@ -220,6 +220,13 @@ def reparam_prefix_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Inser
     return Insert(prefix=(layer0[:, 0].transpose(0, 1), layer0[:, 1].transpose(0, 1)))
 
 
+def reparam_prompt_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
+    """The residual training form (Razdaibiedina et al. 2023): prompt = P + up(tanh(down(P)))."""
+    vectors = adapter[f"{tower}.weight"]
+    hidden = torch.tanh(linear(adapter, f"training.{tower}.down", vectors))
+    return Insert(prompt=vectors + linear(adapter, f"training.{tower}.up", hidden))
+
+
 def lora_insert(adapter: Tensors, tower: str, knob: int, cfg) -> Insert:
     def update(path: str) -> Callable[[torch.Tensor], torch.Tensor]:
         down, up = adapter[f"{path}.lora_A.weight"], adapter[f"{path}.lora_B.weight"]
@@ -303,6 +310,7 @@ class Case:
 
 CASES = [
     Case("prompt", "prompt", 3, prompt_insert),
+    Case("prompt-reparam", "prompt", 3, reparam_prompt_insert, {"reparam": True}),
     Case("prefix", "prefix", 3, prefix_insert),
     Case("prefix-reparam", "prefix", 3, reparam_prefix_insert, {"reparam": True}),
     Case("lora", "lora", 2, lora_insert),

@@ -91,8 +91,9 @@ MAX_LR = 1.0  # RunConfig takes learning rates in (0, 1]
 # The first grid (centre, points below, points above) where a method's literature trains far from its default:
 # Lester et al. (2021) train prompt vectors at 0.3, so prompt tuning's grid spans 0.0316, 0.1, 0.316 and 1.
 FIRST_GRID: dict[str, tuple[float, int, int]] = {"prompt": (0.1, 1, 2)}
-# What the tuner tries besides the learning rate: prefix tuning with and without Li & Liang's reparametrisation.
-OPTION_CHOICES: dict[str, list[dict]] = {"prefix": [{"reparam": False}, {"reparam": True}]}
+# What the tuner tries besides the learning rate: a method that offers a reparametrised training form (prefix
+# tuning's Li & Liang MLP, prompt tuning's residual MLP) is tuned with and without it; lr.csv keeps the better.
+REPARAM = "reparam"
 
 
 def options_key(options: dict | None) -> str:
@@ -572,6 +573,12 @@ def summary_order(item: tuple) -> tuple:
     return (task, method, towers, base_model, budget_key(budget) if budget else ("", 0.0))
 
 
+def option_choices(method: str) -> list[dict]:
+    from training.methods import METHODS
+
+    return [{REPARAM: False}, {REPARAM: True}] if REPARAM in METHODS[method].options_accepted else [{}]
+
+
 def targets_for(
     tasks: list[str], methods: list[str], towers: str, budgets: dict[str, list[str]] | None = None
 ) -> list[TuneTarget]:
@@ -588,7 +595,7 @@ def targets_for(
                     f"({', '.join(m for m in METHODS if m != 'zero-shot')})."
                 )
             for budget in (budgets or {}).get(method) or [None]:
-                for options in OPTION_CHOICES.get(method, [{}]):
+                for options in option_choices(method):
                     out.append(TuneTarget(task, method, lr_towers(method, towers), options, budget))
     return out
 
