@@ -7,7 +7,6 @@ word-piece token). Vision side: P visual prompt tokens after the [CLS] token (VP
 initialised N(0, 0.02^2) from the run's seed.
 
 The count: one vector per 160 parameters on the embedded decoder (its width), capped at MAX_PROMPT_LENGTH = 128
-REPARAM_HIDDEN_CAP = 512
 vectors (20,480 parameters there; 18k is 112 vectors, near the 100 of Lester et al.). The vectors all sit at
 position 0, so the text keeps its pre-training positions and the embedded decoder's 64 positions are not spent on
 them.
