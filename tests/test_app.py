@@ -767,7 +767,8 @@ def test_runs_details_say_which_checkpoint_validation_kept_and_why_training_stop
 
 
 def test_the_learning_rate_field_is_0_and_its_note_gives_the_tuned_rate(services: Services, tmp_path, monkeypatch):
-    from training.study.tuning import LR_COLUMNS, LR_TABLE_ENV, write_rows
+    from training.run.rates import LR_TABLE_ENV
+    from training.study.tuning import LR_COLUMNS, write_rows
 
     table = tmp_path / "lr.csv"
     monkeypatch.setenv(LR_TABLE_ENV, str(table))

@@ -345,6 +345,23 @@ def test_text_prompt_vectors_start_as_embeddings_of_distinct_whole_words(vl):
     assert not set(tokens) & set(vl.tokenizer.all_special_tokens) and all(t.isalpha() for t in tokens), tokens
 
 
+def test_reparametrised_prompt_starts_as_the_plain_prompt_trains_its_mlp_and_folds(vl):
+    """Residual reparametrisation: P + MLP(P) with the MLP's output layer at zero, so it starts from the
+    vocabulary-initialised prompt; the MLP trains beside P, and fold() stores P + MLP(P) under the plain key."""
+    plain = vl.attach("prompt", "plain", "text", 6, seed=4).state_dict()["text.weight"]
+    method = vl.attach("prompt", "r", "text", 6, seed=4, options={"reparam": True})
+    assert torch.equal(method.prompt("text"), plain) and torch.equal(method.state_dict()["text.weight"], plain)
+    trained = list(method.train_parameters())
+    assert len(trained) == 5 and method.num_trainable() == plain.numel()  # P, down and up; only P is stored
+    with torch.no_grad():
+        method.training_modules["text"].up.weight.normal_(0, 0.1)
+    produced = method.prompt("text").detach().clone()
+    assert not torch.allclose(produced, plain)
+    method.fold()
+    assert len(method.training_modules) == 0 and torch.allclose(method.state_dict()["text.weight"], produced)
+    assert set(method.state_dict()) == {"text.weight"}
+
+
 def test_text_prefix_starts_as_the_decoders_own_keys_and_values_of_real_words(vl):
     """Li & Liang's initialisation: layer 0's prefix keys and values are its key and value projections of
     the embedded words (drawn first from the seed's generator)."""

@@ -153,7 +153,7 @@ def test_the_wheel_installs_and_its_entry_points_run_from_a_fresh_venv(tmp_path)
         "-c",
         "import training.paths as p; print(p.__file__); print(p.DEFAULT_MODEL_DIR); "
         "from training.data.dataset import load_dataset; print(len(load_dataset(None, 'vqa').split('test'))); "
-        "from training.study.tuning import LR_TABLE; print(LR_TABLE)",
+        "from training.run.rates import LR_TABLE; print(LR_TABLE)",
         cwd=elsewhere,
     ).split()
     assert all(Path(path).is_relative_to(venv) for path in where[:2]), where

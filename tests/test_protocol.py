@@ -16,15 +16,14 @@ from training.data.examples import Example, TaskDataset
 from training.errors import UserError
 from training.run import runs
 from training.run.config import RunConfig, val_every
+from training.run.rates import lookup_lr, resolve_lr
 from training.run.trainer import train
 from training.run.validation import Validator, main_metric_score
 from training.study.tuning import (
     LR_COLUMNS,
     TuneTarget,
     best_of,
-    lookup_lr,
     lr_grid,
-    resolve_lr,
     tune,
     write_rows,
 )
@@ -49,14 +48,15 @@ def config(model, data, **overrides) -> RunConfig:
 
 def test_a_run_validates_keeps_its_best_step_and_scores_the_test_split_once(tiny_model_dir, tiny_vqa_dataset, tmp_path):
     run = tmp_path / "run"
-    assert train(config(tiny_model_dir, tiny_vqa_dataset, max_steps=8, lr=5e-2), run, install_signals=False) == 0
+    cfg = config(tiny_model_dir, tiny_vqa_dataset, max_steps=8, lr=5e-2, patience=10)
+    assert train(cfg, run, install_signals=False) == 0
     curve = runs.read_jsonl(run / runs.VALIDATION)
-    assert [row["step"] for row in curve] == [2, 4, 6, 8]
+    assert [row["step"] for row in curve] == [0, 2, 4, 6, 8]  # step 0: the starting weights, a candidate too
     assert all(row["metric"] == "accuracy" for row in curve)
     best = max(curve, key=lambda row: row["value"])
     summary = json.loads((run / runs.EVAL).read_text())["validation"]
     assert summary["best"] == best["value"] and summary["best_step"] == best["step"]
-    assert summary["steps_run"] == 8 and summary["stop_reason"] == "max steps" and summary["validations"] == 4
+    assert summary["steps_run"] == 8 and summary["stop_reason"] == "max steps" and summary["validations"] == 5
     info = json.loads((run / runs.CONFIG).read_text())
     assert info["val_examples"] == 8 and info["val_every"] == 2 and info["lr_source"] == "given"
     # The test split is scored once, by the kept checkpoint.
@@ -79,30 +79,120 @@ def test_a_step_floor_lengthens_a_small_share_and_early_stopping_still_ends_it(
         RunConfig(min_steps=0).validate()
 
     run = tmp_path / "run"
-    floor = config(tiny_model_dir, tiny_vqa_dataset, epochs=1, lr=5e-2, min_steps=20, patience=100, val_every=5)
+    floor = config(
+        tiny_model_dir, tiny_vqa_dataset, epochs=1, lr=5e-2, min_steps=20, patience=100, val_every=5, cap_limit=1
+    )
     assert train(floor, run, install_signals=False) == 0  # one epoch of the tiny set is 8 steps
     summary = json.loads((run / runs.EVAL).read_text())["validation"]
     assert summary["steps_run"] == 20 and summary["stop_reason"] == "min steps" and summary["epochs_run"] > 2
-    # With a patience, a floor far beyond what the run can use ends when validation stops improving.
-    lazy = config(tiny_model_dir, tiny_vqa_dataset, epochs=1, lr=1e-9, min_steps=50, patience=2, val_every=1)
+    # The floor protects the run from patience too: a run that never improves still trains all its floor's steps
+    # (and, never beating step 0, ends with its starting weights).
+    lazy = config(tiny_model_dir, tiny_vqa_dataset, epochs=1, lr=1e-9, min_steps=12, patience=1, val_every=2)
     assert train(lazy, tmp_path / "lazy", install_signals=False) == 0
     summary = json.loads((tmp_path / "lazy" / runs.EVAL).read_text())["validation"]
-    assert summary["stop_reason"] == "patience" and summary["steps_run"] == 3
+    assert summary["stop_reason"] == "min steps" and summary["steps_run"] == 12 and summary["best_step"] == 0
 
 
 def test_patience_stops_a_run_that_no_longer_improves(tiny_model_dir, tiny_vqa_dataset, tmp_path):
     run = tmp_path / "run"
-    # lr 1e-9: nothing moves, so every validation after the first ties the best and patience runs out.
+    # lr 1e-9: nothing moves, so every validation ties step 0's and patience runs out; step 0 stays the best.
     cfg = config(tiny_model_dir, tiny_vqa_dataset, epochs=20, lr=1e-9, patience=2, val_every=1)
     assert train(cfg, run, install_signals=False) == 0
     summary = json.loads((run / runs.EVAL).read_text())["validation"]
     assert summary["stop_reason"] == "patience"
-    assert summary["best_step"] == 1 and summary["steps_run"] == 3 and summary["validations"] == 3
+    assert summary["best_step"] == 0 and summary["steps_run"] == 2 and summary["validations"] == 3
+
+
+def scripted_scores(monkeypatch, values) -> list[dict]:
+    """Validation returns `values` in turn (the last one from then on); returns the adapter's weights at each
+    validation, in order."""
+    snapshots, calls = [], iter(range(10_000))
+
+    def fake_score(self, vl):
+        snapshots.append({k: v.clone() for k, v in vl.adapters["run"].state_dict().items()})
+        return values[min(next(calls), len(values) - 1)], 0.0
+
+    monkeypatch.setattr(Validator, "score", fake_score)
+    return snapshots
+
+
+def test_step_zero_is_a_candidate_and_a_run_that_only_harms_keeps_its_starting_weights(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch
+):
+    snapshots = scripted_scores(monkeypatch, [0.5, 0.1, 0.4, 0.2, 0.3])
+    run = tmp_path / "run"
+    cfg = config(tiny_model_dir, tiny_vqa_dataset, max_steps=8, lr=5e-2, patience=10)
+    assert train(cfg, run, install_signals=False) == 0
+    assert [row["step"] for row in runs.read_jsonl(run / runs.VALIDATION)] == [0, 2, 4, 6, 8]
+    summary = json.loads((run / runs.EVAL).read_text())["validation"]
+    assert summary["best_step"] == 0 and summary["best"] == 0.5 and summary["steps_run"] == 8
+    saved = load_file(str(run / runs.WEIGHTS))
+    assert all(torch.equal(saved[k], snapshots[0][k]) for k in saved)  # the starting weights, restored
+    assert not all(torch.equal(saved[k], snapshots[-1][k]) for k in saved)  # training did move them
+    assert "the run ends with its starting weights" in (run / runs.LOG).read_text()
+
+
+def test_patience_ends_a_run_only_after_its_step_floor(tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch):
+    scripted_scores(monkeypatch, [0.3, 0.2])  # never better than step 0: patience runs out at step 2
+    run = tmp_path / "run"
+    cfg = config(tiny_model_dir, tiny_vqa_dataset, epochs=10, lr=5e-2, min_steps=9, patience=1, val_every=2)
+    assert train(cfg, run, install_signals=False) == 0  # the cap is 80 steps (10 epochs of 8)
+    summary = json.loads((run / runs.EVAL).read_text())["validation"]
+    # Validated at the floor itself (step 9), and stopped there, not at step 2 nor at the cap.
+    assert summary["stop_reason"] == "patience" and summary["steps_run"] == 9 and summary["best_step"] == 0
+    assert [row["step"] for row in runs.read_jsonl(run / runs.VALIDATION)][-2:] == [8, 9]
+
+
+def test_a_run_still_improving_at_its_cap_goes_on_to_its_hard_limit(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch
+):
+    scripted_scores(monkeypatch, [0.1 * k for k in range(1, 20)])  # better at every validation
+    run = tmp_path / "run"
+    cfg = config(tiny_model_dir, tiny_vqa_dataset, epochs=1, lr=5e-2, patience=1, val_every=2, batch_size=8)
+    assert train(cfg, run, install_signals=False) == 0  # the cap: one epoch, 4 steps; the hard limit 2x: 8
+    info, summary = json.loads((run / runs.CONFIG).read_text()), json.loads((run / runs.EVAL).read_text())
+    summary = summary["validation"]
+    assert info["total_steps"] == 4 and info["step_limit"] == 8
+    assert summary["steps_run"] == 8 and summary["stop_reason"] == "hard limit" and summary["best_step"] == 8
+    assert summary["planned_steps"] == 4 and summary["step_limit"] == 8 and summary["stopped_improving"] is True
+    # The learning rate decays to zero at the hard limit, not at the cap: the steps past the cap train.
+    rates = {row["step"]: row["lr"] for row in runs.read_jsonl(run / runs.METRICS) if "lr" in row}
+    assert rates[5] > 0
+    assert "going on, to at most 8 steps" in (run / runs.LOG).read_text()
+
+
+def test_a_run_that_goes_on_past_its_cap_stops_on_patience_once_it_stops_improving(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch
+):
+    scripted_scores(monkeypatch, [0.1, 0.2, 0.3, 0.3])  # steps 0, 2, 4 (the cap) improve; step 6 does not
+    run = tmp_path / "run"
+    cfg = config(
+        tiny_model_dir, tiny_vqa_dataset, epochs=1, lr=5e-2, patience=1, val_every=2, cap_limit=3, batch_size=8
+    )
+    assert train(cfg, run, install_signals=False) == 0
+    summary = json.loads((run / runs.EVAL).read_text())["validation"]
+    assert summary["steps_run"] == 6 and summary["stop_reason"] == "patience" and summary["best_step"] == 4
+    assert summary["step_limit"] == 12 and summary["stopped_improving"] is False
+    # A hard cap (cap_limit 1) ends the same run at the cap, and says it was still improving.
+    hard = tmp_path / "hard"
+    scripted_scores(monkeypatch, [0.1, 0.2, 0.3, 0.3])
+    assert train(RunConfig(**{**vars(cfg), "cap_limit": 1.0}), hard, install_signals=False) == 0
+    summary = json.loads((hard / runs.EVAL).read_text())["validation"]
+    assert summary["steps_run"] == 4 and summary["stop_reason"] == "epoch cap" and summary["stopped_improving"]
+
+
+def test_the_learning_rate_decays_to_zero_at_the_hard_limit():
+    from training.run.trainer import lr_at
+
+    assert lr_at(99, 100, 1.0, 0.1) == pytest.approx(1 / 90)  # no limit given: zero at the cap, as before
+    assert lr_at(100, 100, 1.0, 0.1, horizon=200) == pytest.approx(100 / 190)
+    assert lr_at(200, 100, 1.0, 0.1, horizon=200) == 0.0
+    assert lr_at(4, 100, 1.0, 0.1, horizon=200) == pytest.approx(0.5)  # warm-up over 10 % of the cap
 
 
 def test_the_best_checkpoint_is_what_is_saved(tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch):
-    """Scores that peak at the second validation: the saved weights are those of that step, not the last."""
-    scores = iter([0.1, 0.9, 0.2, 0.3])
+    """Scores that peak at the third validation (step 4): the saved weights are those of that step, not the last."""
+    scores = iter([0.05, 0.1, 0.9, 0.2, 0.3])
     snapshots = []
 
     def fake_score(self, vl):
@@ -113,8 +203,8 @@ def test_the_best_checkpoint_is_what_is_saved(tiny_model_dir, tiny_vqa_dataset, 
     run = tmp_path / "run"
     assert train(config(tiny_model_dir, tiny_vqa_dataset, max_steps=8, lr=5e-2), run, install_signals=False) == 0
     saved = load_file(str(run / runs.WEIGHTS))
-    assert all(torch.equal(saved[k], snapshots[1][k]) for k in saved)
-    assert not all(torch.equal(saved[k], snapshots[3][k]) for k in saved)
+    assert all(torch.equal(saved[k], snapshots[2][k]) for k in saved)
+    assert not all(torch.equal(saved[k], snapshots[4][k]) for k in saved)
     summary = json.loads((run / runs.EVAL).read_text())["validation"]
     assert summary["best_step"] == 4 and summary["best"] == 0.9
 
@@ -130,7 +220,7 @@ def test_no_test_mode_never_reads_the_test_split(tiny_model_dir, tiny_vqa_datase
     cfg = config(tiny_model_dir, tiny_vqa_dataset, max_steps=4, lr=5e-2, score_test=False)
     assert train(cfg, run, install_signals=False) == 0
     evaluation = json.loads((run / runs.EVAL).read_text())
-    assert evaluation["split"] is None and evaluation["validation"]["best_step"] in (2, 4)
+    assert evaluation["split"] is None and evaluation["validation"]["best_step"] in (0, 2, 4)
     assert not (run / runs.PREDICTIONS).exists()
 
 
@@ -155,11 +245,18 @@ def test_cli_arguments_round_trip_the_protocol_options():
     from training.run.config import config_from_args
 
     cfg = RunConfig(
-        method="prefix", patience=5, val_every=20, val_limit=50, score_test=False, method_options={"reparam": True}
+        method="prefix",
+        patience=5,
+        val_every=20,
+        val_limit=50,
+        score_test=False,
+        method_options={"reparam": True},
+        cap_limit=1.5,
     )
     args = build_parser().parse_args(["train", *cfg.to_cli_args(), "--out", "x"])
     again = config_from_args(args)
     assert (again.patience, again.val_every, again.val_limit, again.score_test) == (5, 20, 50, False)
+    assert again.cap_limit == 1.5
     assert again.method_options == {"reparam": True}
     with pytest.raises(UserError, match="KEY=VALUE"):
         config_from_args(build_parser().parse_args(["train", "--method-option", "reparam", "--out", "x"]))
@@ -284,8 +381,8 @@ def test_two_tune_processes_on_one_target_never_train_the_same_run_twice(tmp_pat
 
 
 def test_tuning_stops_widening_at_the_learning_rate_ceiling(tmp_path):
-    """A method still improving towards lr 1 (IA3's rescaling vectors can) is reported as not bracketed, and no
-    run is asked for at a learning rate RunConfig refuses."""
+    """A method still improving at lr 1 (IA3's rescaling vectors can) is reported as not bracketed, and no run
+    is asked for at a learning rate RunConfig refuses (above 1)."""
     tried = []
 
     def rising(config: RunConfig, run_dir) -> dict:
@@ -293,8 +390,8 @@ def test_tuning_stops_widening_at_the_learning_rate_ceiling(tmp_path):
         return {"best": config.lr, "best_step": 1, "steps_run": 2, "epochs_run": 1.0, "stop_reason": "patience"}
 
     rows = tune_one_vqa_target("ia3", rising, tmp_path)
-    assert max(tried) < 1 and max(tried) == pytest.approx(0.316)
-    assert rows[0]["lr"] == pytest.approx(0.316) and not rows[0]["bracketed"]
+    assert max(tried) == pytest.approx(1.0)
+    assert rows[0]["lr"] == pytest.approx(1.0) and not rows[0]["bracketed"]
     assert rows[0]["complete"]  # at the ceiling the grid cannot widen: the tuning is done
 
 
@@ -402,7 +499,7 @@ def test_report_to_tensorboard_logs_loss_validation_and_test_scores(tiny_model_d
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/learning_rate", "eval/accuracy", "test/accuracy"} <= tags
-    assert [e.step for e in events.Scalars("eval/accuracy")] == [2, 4]
+    assert [e.step for e in events.Scalars("eval/accuracy")] == [0, 2, 4]
     losses = [row["loss"] for row in runs.read_jsonl(run / runs.METRICS)]
     assert [round(e.value, 4) for e in events.Scalars("train/loss")] == [round(v, 4) for v in losses]
 
@@ -415,7 +512,8 @@ def test_a_curve_is_finished_only_with_every_seed_and_a_bracketed_best_or_one_at
     assert not finished_curve({**done, 0.01: [1.5]}, 0.00316, True)  # a seed of the last point to go
     assert not finished_curve({0.001: [1.0], 0.00316: [2.0], 0.01: [1.5]}, 0.00316, True)  # one seed only
     assert not finished_curve(done, 0.01, False)  # best at the high edge: the tuner widens next
-    assert finished_curve({0.1: [1.0, 1.0], 0.316: [2.0, 2.0]}, 0.316, False)  # 0.316 x 3.16 >= 1: the ceiling
+    assert finished_curve({0.316: [1.0, 1.0], 1.0: [2.0, 2.0]}, 1.0, False)  # lr 1 is the ceiling
+    assert not finished_curve({0.1: [1.0, 1.0], 0.316: [2.0, 2.0]}, 0.316, False)  # lr 1 is still to try
 
 
 def test_a_tuning_stopped_by_its_time_limit_writes_lr_csv_that_no_run_takes_an_unfinished_rate_from(
@@ -438,3 +536,84 @@ def test_a_tuning_stopped_by_its_time_limit_writes_lr_csv_that_no_run_takes_an_u
     assert (row["method"], row["complete"]) == ("lora", "False")
     run = RunConfig(task="vqa", method="lora", towers="text")
     assert lookup_lr(run, tmp_path / "lr.csv") is None  # the method's default, not a rate from half a tuning
+
+
+def test_a_run_takes_the_rate_of_its_own_budget_else_the_nearest_and_says_so(tmp_path):
+    table = tmp_path / "lr.csv"
+    rows = [
+        {"task": "vqa", "method": "lora", "towers": "text", "options": "{}", "lr": lr, "budget": budget}
+        for lr, budget in [(0.006, "18000"), (0.0019, "57000"), (0.019, "5700")]
+    ]
+    rows.append({"task": "vqa", "method": "ia3", "towers": "text", "options": "{}", "lr": 0.1, "budget": "18000"})
+    write_rows(table, rows, LR_COLUMNS)
+    lora = RunConfig(task="vqa", method="lora", towers="text")
+    # 57k, 57000 and 57,000 are one budget: that row, and the source names no other budget.
+    for budget in ("57k", "57000", "57,000"):
+        lr, _, source = resolve_lr(RunConfig(**{**vars(lora), "budget": budget}), 6e-3, table)
+        assert lr == 0.0019 and source.endswith("lr.csv"), budget
+    # A percentage resolves against the base model's size: 1 % of 1.8M is 18000.
+    assert resolve_lr(RunConfig(**{**vars(lora), "budget": "1%"}), 6e-3, table, total_params=1_800_000)[0] == 0.006
+    # No row at its budget: the nearest budget's rate (in decades), and the source says so.
+    lr, _, source = resolve_lr(RunConfig(**{**vars(lora), "budget": "180k"}), 6e-3, table)
+    assert lr == 0.0019 and "tuned at budget 57000, none at 180k" in source
+    assert resolve_lr(RunConfig(**{**vars(lora), "budget": "2k"}), 6e-3, table)[0] == 0.019
+    # A method without a knob has one row whatever the budget.
+    assert resolve_lr(RunConfig(task="vqa", method="ia3", towers="text", budget="570k"), 0.1, table)[2].endswith(
+        "lr.csv"
+    )
+
+
+def test_the_paper_grid_needs_a_row_at_every_budget_it_trains(tmp_path):
+    from training.study.tuning import tuning_gaps
+
+    table = tmp_path / "lr.csv"
+    write_rows(
+        table,
+        [
+            {"task": "vqa", "method": "lora", "towers": "text", "lr": 0.006, "budget": "18000", "complete": True},
+            {"task": "vqa", "method": "lora", "towers": "text", "lr": 0.002, "budget": "57000", "complete": False},
+            {"task": "vqa", "method": "full", "towers": "both", "lr": 1e-4, "budget": "18000", "complete": True},
+        ],
+        LR_COLUMNS,
+    )
+    configs = [RunConfig(task="vqa", method="lora", towers="text", budget=b) for b in ("18k", "57k", "180k", "570k")]
+    configs.append(RunConfig(task="vqa", method="full", towers="text", budget="570k"))
+    missing, unfinished = tuning_gaps(configs, table)
+    assert missing == ["vqa lora (text) at 180k", "vqa lora (text) at 570k"]
+    assert unfinished == ["vqa lora (text) at 57k"]
+
+
+def test_tuning_covers_each_budget_and_centres_a_budget_on_its_tuned_neighbour(tmp_path):
+    """LoRA's best rate falls with its budget: 18k is tuned from the default's grid, 57k from three points around
+    18k's rate (widened twice downwards, as its best sits at the low edge), each to its own lr.csv row."""
+    calls = []
+
+    def fake_train(config: RunConfig, run_dir) -> dict:
+        calls.append((config.budget, config.lr))
+        peak = {"18k": 6e-3, "57k": 6e-4}[config.budget]
+        value = -abs(math.log10(config.lr) - math.log10(peak)) + 0.01 * config.seed
+        return {"best": value, "best_step": 10, "steps_run": 20, "epochs_run": 1.0, "stop_reason": "patience"}
+
+    targets = [TuneTarget("vqa", "lora", "text", {}, budget) for budget in ("18k", "57k")]
+    base = RunConfig(task="vqa", budget="18k", towers="text")
+    rows = tune(targets, base, [0, 1], tmp_path, tmp_path / "work", train_fn=fake_train, echo=lambda s: None)
+    assert sorted({lr for b, lr in calls if b == "57k"}) == [0.00019, 0.0006, 0.0019, 0.006, 0.019]
+    assert [(r["budget"], r["lr"], r["complete"]) for r in rows] == [("18000", 0.006, True), ("57000", 0.0006, True)]
+    run_names = [r["run"] for r in csv.DictReader(open(tmp_path / "lr-runs.csv"))]
+    assert len(set(run_names)) == len(run_names) == len(calls)
+
+
+def test_prompt_tuning_is_tuned_up_to_the_rates_its_literature_uses(tmp_path):
+    """Lester et al. train prompt vectors at 0.3: the first grid reaches 0.316 and 1 (RunConfig takes lr 1)."""
+    from training.study.tuning import first_grid, tuning_plan
+
+    target = TuneTarget("vqa", "prompt", "text", {}, "18k")
+    base = RunConfig(task="vqa", budget="18k", towers="text")
+    centre, below, above, _ = first_grid(target, base, [])
+    assert lr_grid(centre, below, above) == [0.0316, 0.1, 0.316, 1.0]
+    assert RunConfig(lr=1.0).validate().lr == 1.0
+    with pytest.raises(UserError, match="out of range"):
+        RunConfig(lr=1.5).validate()
+    plan = tuning_plan([target, TuneTarget("vqa", "prompt", "text", {}, "5.7k")], base, [0, 1], [])
+    assert plan[0].runs_to_go == 8 and "0.0316, 0.1, 0.316, 1" in plan[0].text
+    assert plan[1].runs_to_go == 6 and "around the rate tuned at budget 18k, once it is tuned" in plan[1].text

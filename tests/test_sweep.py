@@ -471,10 +471,11 @@ def test_grid_point_names_are_stable():
 def test_a_sweep_that_requires_tuned_learning_rates_refuses_to_run_without_them(
     tiny_model_dir, tiny_vqa_dataset, tmp_path, capsys, monkeypatch
 ):
+    from training.run import rates
     from training.study import tuning
 
     table = tmp_path / "lr.csv"
-    monkeypatch.setenv(tuning.LR_TABLE_ENV, str(table))
+    monkeypatch.setenv(rates.LR_TABLE_ENV, str(table))
     config = write_sweep(
         tmp_path / "sweep.yaml",
         tiny_model_dir,
@@ -486,20 +487,37 @@ def test_a_sweep_that_requires_tuned_learning_rates_refuses_to_run_without_them(
     args = ["sweep", "--config", str(config), "--out", str(tmp_path / "out"), "--results", str(tmp_path / "r")]
     assert main(args) != 0
     refusal = capsys.readouterr().err
-    assert "lr.csv lacks a finished one for 2 of them (vqa prompt (both), vqa lora (both)). Run `python -m" in refusal
+    refusal = " ".join(refusal.split())
+    assert "lr.csv lacks a finished one for 2 of them (vqa prompt (both) at 2k, vqa lora (both) at 2k)." in refusal
     assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "r" / "runs.csv").exists()
     assert main([*args, "--dry-run"]) == 0  # the plan is still shown, with what is missing
-    assert "no tuned learning rate in lr.csv for: vqa prompt (both), vqa lora (both)" in capsys.readouterr().out
+    assert (
+        "no tuned learning rate in lr.csv for: vqa prompt (both) at 2k, vqa lora (both) at 2k"
+        in capsys.readouterr().out
+    )
 
     rows = [
-        {"task": "vqa", "method": m, "towers": "both", "options": "{}", "lr": 0.01, "complete": c}
+        {
+            "task": "vqa",
+            "method": m,
+            "towers": "both",
+            "options": "{}",
+            "lr": 0.01,
+            "complete": c,
+            "budget": "2000",  # the grid's 2k: rows serve runs of their own budget and base model
+            "base_model": str(tiny_model_dir),
+        }
         for m, c in (("prompt", True), ("lora", False))
     ]
     tuning.write_rows(table, rows, tuning.LR_COLUMNS)
     assert main(args) != 0  # LoRA's tuning is not finished
     printed = capsys.readouterr()
-    assert "tuning not complete in lr.csv (a seed to go, or the best not bracketed): vqa lora (both)" in printed.out
-    assert "no tuned learning rate" not in printed.out and "1 of them (vqa lora (both))" in printed.err
+    assert (
+        "tuning not complete in lr.csv (a seed to go, or the best not bracketed): vqa lora (both) at 2k" in printed.out
+    )
+    assert "no tuned learning rate" not in printed.out and "1 of them (vqa lora (both) at 2k)" in " ".join(
+        printed.err.split()
+    )
     assert main([*args, "--only", "zero-shot|prompt"]) == 0  # the points whose methods are tuned can start
     assert (
         "tuning not complete in lr.csv (a seed to go, or the best not bracketed): vqa lora" in capsys.readouterr().out

@@ -63,7 +63,9 @@ def test_peft_training_changes_outputs_and_leaves_base_weights_unchanged(
 ):
     before = {k: v.clone() for k, v in load_base_model(str(tiny_model_dir)).model.state_dict().items()}
     run = tmp_path / method
-    cfg = config(tiny_model_dir, tiny_vqa_dataset, method=method, max_steps=12, lr=2e-2)
+    # patience 0: a fixed schedule, so that the last step's weights are kept (under validation a run that does
+    # not beat its starting weights on the tiny set keeps those, which would hide whether training moved them).
+    cfg = config(tiny_model_dir, tiny_vqa_dataset, method=method, max_steps=12, lr=2e-2, patience=0)
     assert train(cfg, run, install_signals=False) == 0
     vl, adapter, _ = load_run(run)
     trained = {}
@@ -99,7 +101,8 @@ def test_zero_shot_evaluates_without_training(tiny_model_dir, tiny_vqa_dataset, 
 
 def test_full_fine_tuning_trains_every_weight_and_reloads(tiny_model_dir, tiny_vqa_dataset, tmp_path):
     run = tmp_path / "full"
-    assert train(config(tiny_model_dir, tiny_vqa_dataset, method="full", max_steps=3), run, install_signals=False) == 0
+    cfg = config(tiny_model_dir, tiny_vqa_dataset, method="full", max_steps=3, patience=0)  # keep the last step
+    assert train(cfg, run, install_signals=False) == 0
     info = json.loads((run / "config.json").read_text())
     assert info["trainable_params"] == info["total_params"]
     trained, adapter, _ = load_run(run)

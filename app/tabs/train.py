@@ -122,7 +122,7 @@ def learning_rate(
     gives: the one tuned on validation for this task, method and base model (results/lr.csv), else the method's
     default. The trainer then also takes the tuned form of the method (prefix tuning plain or reparametrised);
     a typed value overrides the rate only."""
-    from training.study.tuning import resolve_lr
+    from training.run.rates import resolve_lr
 
     text = (base_model or "").strip()
     source = services.settings.base_model if text in ("", EMBEDDED) else text

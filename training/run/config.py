@@ -24,6 +24,10 @@ DEFAULT_EPOCHS = {"caption": 1.0, "vqa": 5.0}  # the cap when neither --epochs n
 DEFAULT_VAL_LIMIT = {"caption": 100, "vqa": None}
 VAL_EVERY_RANGE = (10, 100)
 DEFAULT_PATIENCE = 3  # validations without improvement before a run stops; 0 turns validation off
+# The step cap is soft: a validating run whose best checkpoint is its latest validation when it reaches its cap
+# goes on, to at most this many times its planned steps (the hard limit); its learning rate decays to zero at
+# that limit, not at the cap, so the steps beyond the cap still train. 1: the cap is hard, as before.
+DEFAULT_CAP_LIMIT = 2.0
 
 
 def parse_fraction(text: str | float) -> float:
@@ -49,8 +53,9 @@ class RunConfig:
     epochs: float | None = None
     max_steps: int | None = None
     # At least this many steps whatever the epochs: a small share of the data otherwise ends at its epoch cap
-    # before it has learnt (1 % of VQA is 14 steps in 10 epochs); early stopping on validation still ends it.
+    # before it has learnt (1 % of VQA is 14 steps in 10 epochs); early stopping may end a run only after them.
     min_steps: int | None = None
+    cap_limit: float = DEFAULT_CAP_LIMIT  # hard limit on steps, as a multiple of the planned steps (see above)
     batch_size: int = 32
     lr: float | None = None  # None: the method's default learning rate
     grad_accum: int = 1
@@ -86,8 +91,11 @@ class RunConfig:
             raise UserError("--min-steps must be at least 1.")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise UserError("--batch-size and --grad-accum must be at least 1.")
-        if self.lr is not None and not 0 < self.lr < 1:
-            raise UserError(f"--lr {self.lr} is out of range: use a value such as 1e-3.")
+        if self.cap_limit < 1:
+            raise UserError("--cap-limit must be at least 1 (1: the step cap is hard).")
+        # Up to 1: prompt tuning's literature trains at 0.3 (Lester et al. 2021), and its tuning grid reaches 1.
+        if self.lr is not None and not 0 < self.lr <= 1:
+            raise UserError(f"--lr {self.lr} is out of range: use a value in (0, 1], such as 1e-3.")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"Unknown device {self.device!r}: use auto, cpu or cuda.")
         if self.patience < 0:
@@ -161,6 +169,8 @@ class RunConfig:
             args += ["--no-cache-features"]
         if self.patience != defaults.patience:
             args += ["--patience", str(self.patience)]
+        if self.cap_limit != defaults.cap_limit:
+            args += ["--cap-limit", f"{self.cap_limit:g}"]
         if self.val_every is not None:
             args += ["--val-every", str(self.val_every)]
         if self.val_limit is not None:
@@ -205,6 +215,15 @@ def planned_steps(config: RunConfig, pairs: int) -> int:
     return max(1, config.min_steps or 1, math.ceil(epochs * pairs / (config.batch_size * config.grad_accum)))
 
 
+def step_limit(config: RunConfig, planned: int) -> int:
+    """The hard limit on steps of a run planned for `planned` steps: a validating run may go on past its epoch cap
+    (or step floor) while validation improves, up to `cap_limit` times it; `--max-steps` and a fixed schedule
+    (no validation) are hard."""
+    if config.max_steps or not config.validates:
+        return planned
+    return max(planned, math.ceil(planned * config.cap_limit))
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The options of `train` (and of `submit`, which takes the same)."""
     d = RunConfig()
@@ -223,7 +242,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="train at least this many steps whatever the epochs (a small data share otherwise stops at its epoch "
-        "cap before it learns); early stopping still ends the run",
+        "cap before it learns); early stopping may end the run only after them",
+    )
+    parser.add_argument(
+        "--cap-limit",
+        type=float,
+        default=d.cap_limit,
+        help="a run still improving on validation at its step cap goes on, to at most this many times its planned "
+        "steps (the learning rate decays to zero there); 1: the cap is hard",
     )
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's own)")

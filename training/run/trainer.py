@@ -30,13 +30,13 @@ from training.methods.vlmodel import VLModel
 from training.model.base_model import BaseModel, load_base_model
 from training.model.pixels import PixelCache
 from training.run import runs
-from training.run.config import RunConfig, planned_steps, val_every
+from training.run.config import RunConfig, planned_steps, step_limit, val_every
 from training.run.evaluation import evaluate
+from training.run.rates import resolve_lr
 from training.run.runs import RunDirectory, StepRecord, ValidationRecord
 from training.run.tasks import Encoder, training_pairs
 from training.run.tracking import Tracker, eval_scalars, open_tracker, training_scalars
 from training.run.validation import Validator
-from training.study.tuning import resolve_lr
 
 RUN_ADAPTER = "run"
 LOG_EVERY = 5
@@ -134,12 +134,14 @@ class StopFlag:
         return self.signalled or self.stop_file.exists()
 
 
-def lr_at(step: int, total: int, peak: float, warmup_ratio: float) -> float:
-    """Linear warm-up, then linear decay to zero."""
+def lr_at(step: int, total: int, peak: float, warmup_ratio: float, horizon: int | None = None) -> float:
+    """Linear warm-up over `warmup_ratio` of the planned `total` steps, then linear decay to zero at `horizon`
+    (default `total`): a run's hard step limit, so that steps past a soft cap still train."""
+    horizon = max(total, horizon or total)
     warmup = max(1, int(total * warmup_ratio))
     if step < warmup:
         return peak * (step + 1) / warmup
-    return peak * max(0.0, (total - step) / max(1, total - warmup))
+    return peak * max(0.0, (horizon - step) / max(1, horizon - warmup))
 
 
 def seed_everything(seed: int) -> None:
@@ -164,7 +166,7 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
     # load
     prepared = prepare(config)
     seed_everything(config.seed)
-    lr, options, lr_source = resolve_lr(config, METHODS[config.method].default_lr)
+    lr, options, lr_source = resolve_lr(config, METHODS[config.method].default_lr, total_params=prepared.total_params)
 
     # attach
     vl, trainable = build_model(prepared, options)
@@ -231,7 +233,8 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
         # evaluate
         summary = outcome.summary(validator)
         if total_steps:  # read once here, so the results table need not read every run's metrics.jsonl
-            summary["train_loss"] = runs.training_loss(run.path, summary["best_step"])
+            # Kept at step 0 (no training loss there): the loss its training reached, which says whether it could fit.
+            summary["train_loss"] = runs.training_loss(run.path, summary["best_step"] or None)
         if not config.score_test:
             run.write_eval(
                 {"task": config.task, "split": None, "validation": summary, "train_s": round(run.elapsed_s(), 2)}
@@ -297,6 +300,7 @@ def describe_run(
         "lr_source": lr_source,
         "method_options": options,
         "total_steps": total_steps,
+        "step_limit": step_limit(config, total_steps),  # past the cap only while validation improves
         "effective_batch_size": config.batch_size * config.grad_accum,
         "val_every": val_every(config, len(data.pairs)) if validator else None,
         "val_examples": len(validator.examples) if validator else 0,
@@ -383,13 +387,18 @@ def batch_loss(
     return vl.loss(image_embeds, input_ids, mask, labels)
 
 
+CAP_REASONS = ("epoch cap", "min steps", "max steps", "hard limit")  # a run ended by a limit, not by validation
+
+
 @dataclass
 class LoopOutcome:
     """How the training loop ended."""
 
-    stop_reason: str  # patience | epoch cap | max steps | stopped | zero-shot
+    stop_reason: str  # patience | epoch cap | min steps | max steps | hard limit | stopped | zero-shot
     steps_run: int = 0
     epochs_run: float = 0.0
+    planned_steps: int = 0  # the cap: epochs (or the step floor, or --max-steps)
+    step_limit: int = 0  # how far the run could go on past the cap while validation improved
 
     @property
     def stopped(self) -> bool:
@@ -397,6 +406,7 @@ class LoopOutcome:
 
     def summary(self, validator: Validator | None) -> dict:
         """What eval.json and the results table say about training and validation."""
+        last = validator.curve[-1].step if validator and validator.curve else None
         return {
             "metric": validator.metric if validator else None,
             "best": validator.best if validator else None,
@@ -405,12 +415,22 @@ class LoopOutcome:
             "epochs_run": round(self.epochs_run, 3),
             "stop_reason": self.stop_reason,
             "validations": len(validator.curve) if validator else 0,
+            "planned_steps": self.planned_steps,
+            "step_limit": self.step_limit,
+            # A limit ended it while its latest validation was its best: it might have gone on improving.
+            "stopped_improving": bool(
+                validator
+                and self.stop_reason in CAP_REASONS
+                and last is not None
+                and last > 0
+                and validator.best_step == last
+            ),
         }
 
 
 class TrainingLoop:
-    """AdamW over the run adapter's parameters with linear warm-up and decay to the step cap, validating every
-    `val_every` steps and keeping the best checkpoint (restored at the end)."""
+    """AdamW over the run adapter's parameters with linear warm-up and decay to the hard step limit, validating
+    before the first step and every `val_every` steps, and keeping the best checkpoint (restored at the end)."""
 
     def __init__(
         self,
@@ -432,6 +452,7 @@ class TrainingLoop:
         self.rng = random.Random(config.seed)
         self.order: list[int] = []
         self.epoch = 0
+        self.target = total_steps  # the step the loop runs to: the cap, or the hard limit once it goes past it
 
     def next_batch(self) -> list:
         pairs = self.data.pairs
@@ -448,30 +469,38 @@ class TrainingLoop:
         return self.epoch - len(self.order) / max(1, len(self.data.pairs))
 
     def run(self) -> LoopOutcome:
+        """Validate the starting weights (step 0, a checkpoint candidate like any other), train to the cap, go on
+        past it towards the hard limit while the latest validation is the best, stop early on patience only
+        after the step floor, and end with the best checkpoint's weights."""
         config, vl = self.config, self.vl
         optimizer = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=config.weight_decay)
         scaler = torch.amp.GradScaler(enabled=self.autocast_dtype == torch.float16)
         every = val_every(config, len(self.data.pairs))
+        cap, limit = self.total_steps, step_limit(config, self.total_steps)
+        floor = min(config.min_steps or 0, cap)  # patience may end a run only from here on
         vl.model.train()
         progress_bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            progress_bar = tqdm(total=self.total_steps, desc="training", unit="step")
-        loop_start = time.perf_counter()
-        seen = 0
+            progress_bar = tqdm(total=cap, desc="training", unit="step")
         if config.max_steps:
             reason = "max steps"
-        elif config.min_steps and self.total_steps == config.min_steps:  # the floor, not the epochs, set the length
+        elif config.min_steps and cap == config.min_steps:  # the floor, not the epochs, set the length
             reason = "min steps"
         else:
             reason = "epoch cap"
+        if self.validator:
+            self.validate(0)
+        loop_start = time.perf_counter()
+        seen = 0
         step = 0
-        for step in range(1, self.total_steps + 1):
+        while step < self.target:
+            step += 1
             if self.stop:
-                return LoopOutcome("stopped", step - 1, self.epochs_done())
+                return LoopOutcome("stopped", step - 1, self.epochs_done(), cap, limit)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step - 1, self.total_steps, self.lr, config.warmup_ratio)
+                group["lr"] = lr_at(step - 1, cap, self.lr, config.warmup_ratio, limit)
             step_loss = 0.0
             for _ in range(config.grad_accum):
                 batch = self.next_batch()
@@ -488,21 +517,36 @@ class TrainingLoop:
             if progress_bar:
                 progress_bar.update(1)
                 progress_bar.set_postfix(loss=f"{step_loss:.3f}")
-            if step % LOG_EVERY == 0 or step == self.total_steps or step == 1:
+            if step % LOG_EVERY == 0 or step == self.target or step == 1:
                 record = self.step_record(step, step_loss, optimizer.param_groups[0]["lr"], seen, loop_start)
                 self.report.step(record, to_log=progress_bar is None)
-            if self.validator and (step % every == 0 or step == self.total_steps):
-                if self.validate(step) and step < self.total_steps:
+            if self.validator and (step % every == 0 or step == self.target or step == floor):
+                exhausted = self.validate(step)
+                if exhausted and floor <= step < self.target:
                     reason = "patience"
                     break
+                if step == cap < limit and self.validator.best_step == step:
+                    self.target, reason = limit, "hard limit"
+                    self.report.log.info(
+                        "step cap %d reached while validation still improves: going on, to at most %d steps", cap, limit
+                    )
+                    if progress_bar:
+                        progress_bar.total = limit
+                        progress_bar.refresh()
         if progress_bar:
             progress_bar.close()
         if self.best_state is not None:
             with torch.no_grad():
                 for param, saved in zip(self.params_to_keep(), self.best_state, strict=True):
                     param.copy_(saved)
+        if self.validator and self.validator.best_step == 0:
+            self.report.log.info(
+                "no validation beat the starting weights (step 0, %s %.4g): the run ends with its starting weights",
+                self.validator.metric,
+                self.validator.best,
+            )
         vl.model.eval()
-        return LoopOutcome(reason, step, self.epochs_done())
+        return LoopOutcome(reason, step, self.epochs_done(), cap, limit)
 
     def params_to_keep(self) -> list[torch.Tensor]:
         """Every tensor the best checkpoint must hold: what is trained and what is stored (they differ for a
@@ -539,10 +583,8 @@ class TrainingLoop:
         elapsed = time.perf_counter() - loop_start
         rate = seen / elapsed if elapsed > 0 else 0.0
         steps_per_s = step / elapsed if elapsed > 0 else 0.0
-        eta = round((self.total_steps - step) / steps_per_s, 1) if steps_per_s else None
-        return StepRecord(
-            step, self.total_steps, self.epochs_done(), step_loss, lr, rate, self.report.run.elapsed_s(), eta
-        )
+        eta = round((self.target - step) / steps_per_s, 1) if steps_per_s else None
+        return StepRecord(step, self.target, self.epochs_done(), step_loss, lr, rate, self.report.run.elapsed_s(), eta)
 
 
 def score_test_split(

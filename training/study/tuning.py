@@ -1,17 +1,25 @@
 """Learning rates found on the validation split: `python -m training tune` and the table it writes.
 
-For each task, method and tower setting, `tune` trains at a reference budget and data share over a
-log-spaced grid of learning rates (half-decades around the method's default), with at least two seeds, and
-widens the grid on a side while the best mean validation score sits at that edge. Every run goes to
-`results/lr-runs.csv` as it finishes (so the tuning resumes), and `results/lr.csv` keeps, per task, method and
-towers, the learning rate (and method options, e.g. prefix tuning's reparametrisation) with the best mean
-validation score, whether it is bracketed (a worse grid point on both sides), whether its tuning is complete
-(read off the runs: every point has all its seeds, and the best is bracketed or at the lr ceiling) and the
-whole curve. lr.csv is rewritten whenever a `tune` process stops, so it shows the tuning so far. Several `tune`
-processes may share one work folder and table, even on one target: each run is claimed by one of them (`claim`).
+A rate per method AND budget: a rate that suits LoRA at rank 4 does not suit rank 100+. For each task, method,
+tower setting and every budget the sweep file's grid trains that method at (at 100 % data; methods without a
+knob, full fine-tuning and (IA)3, once), `tune` trains over a log-spaced grid of learning rates with at least
+two seeds, and widens the grid on a side while the best mean validation score sits at that edge. The first
+grid is three half-decade points around the method's default (prompt tuning: 0.0316 to 1, as Lester et al.
+train it at 0.3), or, once a neighbouring budget of the same method is tuned, three points around that budget's
+rate. Every run goes to `results/lr-runs.csv` as it finishes (so the tuning resumes), and `results/lr.csv`
+keeps, per task, method, towers and budget, the learning rate (and method options, e.g. prefix tuning's
+reparametrisation) with the best mean validation score, whether it is bracketed (a worse grid point on both
+sides), whether its tuning is complete (read off the runs: every point has all its seeds, and the best is
+bracketed or at the lr ceiling) and the whole curve. lr.csv is rewritten whenever a `tune` process stops, so it
+shows the tuning so far. Several `tune` processes may share one work folder and table, even on one target: each
+run is claimed by one of them (`claim`).
 
 A run without `--lr` takes its learning rate from `results/lr.csv` when that table has a complete row for its
-task, method and towers (and the same method options, if it names any), else the method's default. The test
+task, method and towers (and the same method options, if it names any) at its own budget: a row serves a run
+when both budgets resolve to the same parameter count (18k, 18000 and 18,000 are one budget; a percentage
+resolves against the base model's size). A method without a knob has one row whatever the budget. Without a row
+at its own budget a run takes the nearest tuned budget's rate (its source says which); the paper grid
+(`require_tuned_lr`) refuses that and names the missing rows. No row at all: the method's default. The test
 split is never read.
 """
 
@@ -28,17 +36,24 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from training.catalog import trained_towers
+from training.budget import parse_budget
+from training.catalog import NO_BUDGET_METHODS
 from training.errors import UserError
-from training.paths import REPO_ROOT, RESULTS_DIR
 from training.run.config import TASKS, RunConfig
 from training.run.launch import config_command
+from training.run.rates import (
+    LR_TABLE,
+    budget_distance,
+    budget_key,
+    lr_table,
+    lr_towers,
+    options_key,
+    same_budget,
+)
 
-LR_TABLE = RESULTS_DIR / "lr.csv"  # inside the package when installed from a wheel
-LR_TABLE_ENV = "VLPEFT_LR_TABLE"
 # The tuning runs' epoch caps, patience and tower setting come from the sweep file (sweeps/paper.yaml), so the
 # learning rates are found under the schedule the grid runs.
 RUNS_TABLE_NAME = "lr-runs.csv"
@@ -80,72 +95,33 @@ HALF_DECADE = math.sqrt(10)
 CLAIMS = ".claims"  # in the work folder: one lock file per tuning run being trained (see claim)
 CLAIM_POLL_S = 20.0  # how often a process whose remaining runs are all in flight elsewhere looks for their rows
 MAX_WIDENINGS = 4
-MAX_LR = 1.0  # RunConfig takes learning rates in (0, 1)
-# What the tuner tries besides the learning rate: prefix tuning with and without Li & Liang's reparametrisation.
-OPTION_CHOICES: dict[str, list[dict]] = {"prefix": [{"reparam": False}, {"reparam": True}]}
+MAX_LR = 1.0  # RunConfig takes learning rates in (0, 1]
+# The first grid (centre, points below, points above) where a method's literature trains far from its default:
+# Lester et al. (2021) train prompt vectors at 0.3, so prompt tuning's grid spans 0.0316, 0.1, 0.316 and 1.
+FIRST_GRID: dict[str, tuple[float, int, int]] = {"prompt": (0.1, 1, 2)}
+# What the tuner tries besides the learning rate: a method that offers a reparametrised training form (prefix
+# tuning's Li & Liang MLP, prompt tuning's residual MLP) is tuned with and without it; lr.csv keeps the better.
+REPARAM = "reparam"
 
 
-def options_key(options: dict | None) -> str:
-    return json.dumps(options or {}, sort_keys=True)
+def budget_cell(text: str) -> str:
+    """How lr.csv and lr-runs.csv write a budget: its parameter count (18k -> 18000) or percentage."""
+    return str(parse_budget(text))
 
 
-def lr_towers(method: str, towers: str) -> str:
-    """Full fine-tuning trains both towers whatever the setting says."""
-    return trained_towers(method, towers) or towers
+def gap_label(config: RunConfig) -> str:
+    """'task method (towers)', and the budget for a method with a knob: 'vqa lora (text) at 57k'."""
+    from training.sweeps.grid import budget_text
 
-
-@dataclass(frozen=True)
-class TunedLR:
-    lr: float
-    options: dict
-    source: str
-
-
-def lr_table() -> Path:
-    """The table runs take their learning rates from: results/lr.csv, or the file $VLPEFT_LR_TABLE names (the
-    tests point it away from the shipped table, so that their tiny models never train at the embedded default's
-    tuned rates)."""
-    override = os.environ.get(LR_TABLE_ENV)
-    return Path(override) if override else LR_TABLE
-
-
-def lookup_lr(config: RunConfig, table: Path | None = None) -> TunedLR | None:
-    """The tuned learning rate of this run's task, method and towers (and options, if it names any)."""
-    table = table or lr_table()
-    if not table.is_file():
-        return None
-    towers = lr_towers(config.method, config.towers)
-    with open(table, encoding="utf-8", newline="") as handle:
-        rows = [r for r in csv.DictReader(handle) if (r["task"], r["method"]) == (config.task, config.method)]
-    rows = [r for r in rows if r.get("complete") != "False"]  # a target still being tuned
-    # A rate found on one model says little about another (the embedded default's are no guide for BLIP-base).
-    rows = [r for r in rows if (r.get("base_model") or "") == (config.base_model or "")]
-    if config.method_options:
-        rows = [r for r in rows if options_key(json.loads(r["options"] or "{}")) == options_key(config.method_options)]
-    # The tower setting it was tuned on first; else another one's (said in the source).
-    rows.sort(key=lambda r: r["towers"] != towers)
-    if not rows:
-        return None
-    row = rows[0]
-    name = str(table.relative_to(REPO_ROOT)) if table.is_relative_to(REPO_ROOT) else str(table)
-    source = name if row["towers"] == towers else f"{name} (tuned with towers {row['towers']})"
-    return TunedLR(float(row["lr"]), json.loads(row["options"] or "{}"), source)
-
-
-def resolve_lr(config: RunConfig, default_lr: float, table: Path | None = None) -> tuple[float, dict, str]:
-    """(learning rate, method options, where the learning rate came from) for a run."""
-    if config.lr is not None:
-        return config.lr, config.method_options, "given"
-    tuned = lookup_lr(config, table)
-    if tuned is not None:
-        return tuned.lr, config.method_options or tuned.options, tuned.source
-    return default_lr, config.method_options, "method default"
+    label = f"{config.task} {config.method} ({lr_towers(config.method, config.towers)})"
+    return label if config.method in NO_BUDGET_METHODS else f"{label} at {budget_text(parse_budget(config.budget))}"
 
 
 def tuning_gaps(configs: list[RunConfig], table: Path | None = None) -> tuple[list[str], list[str]]:
-    """For the runs of a grid: (the task, method and towers that lr.csv has no learning rate for, those whose
-    tuning there is not complete: a seed to go, or a best not bracketed), as 'task method (towers)'. Runs given
-    an lr need none."""
+    """For the runs of a grid: (the task, method, towers and budget that lr.csv has no learning rate for, those
+    whose tuning there is not complete: a seed to go, or a best not bracketed), as 'task method (towers) at
+    budget'. A method with a knob needs a row at its own budget (a neighbouring budget's rate does not count);
+    runs given an lr need none."""
     table = table or lr_table()
     rows = read_rows(table)
     missing, unfinished = [], []
@@ -153,11 +129,18 @@ def tuning_gaps(configs: list[RunConfig], table: Path | None = None) -> tuple[li
         if config.lr is not None or config.method == "zero-shot":
             continue
         towers = lr_towers(config.method, config.towers)
-        label = f"{config.task} {config.method} ({towers})"
+        label = gap_label(config)
         if label in missing or label in unfinished:
             continue
         row = next(
-            (r for r in rows if (r["task"], r["method"], r["towers"]) == (config.task, config.method, towers)), None
+            (
+                r
+                for r in rows
+                if (r["task"], r["method"], r["towers"]) == (config.task, config.method, towers)
+                and (r.get("base_model") or "") == (config.base_model or "")
+                and (config.method in NO_BUDGET_METHODS or same_budget(r.get("budget"), config.budget))
+            ),
+            None,
         )
         if row is None:
             missing.append(label)
@@ -228,8 +211,8 @@ def finished_curve(scores: dict[float, list[float]], best: float, bracketed: boo
     seeds (at least two), and the best is bracketed or at the learning-rate ceiling, where the grid cannot widen.
     A curve still being tuned (a seed to go, or a best at an edge that the next widening tests) is not."""
     counts = {len(values) for values in scores.values()}
-    # The next grid point up would reach lr 1 (grid values are rounded to 3 digits: 0.316 stands for 10 ** -0.5).
-    at_ceiling = best == max(scores) and best * HALF_DECADE * 1.01 >= MAX_LR
+    # The next grid point up would pass lr 1 (grid values are rounded to 3 digits: 0.316 stands for 10 ** -0.5).
+    at_ceiling = best == max(scores) and best * HALF_DECADE > MAX_LR * 1.01
     return len(counts) == 1 and min(counts) >= 2 and (bracketed or at_ceiling)
 
 
@@ -239,17 +222,63 @@ class TuneTarget:
     method: str
     towers: str
     options: dict
+    budget: str | None = None  # None: the base config's budget (a method without a knob ignores it)
 
     def label(self) -> str:
         extra = f" {options_key(self.options)}" if self.options else ""
-        return f"{self.task} {self.method} ({self.towers}){extra}"
+        at = f" at {self.budget}" if self.budget and self.method not in NO_BUDGET_METHODS else ""
+        return f"{self.task} {self.method} ({self.towers}){extra}{at}"
 
 
 def run_name(target: TuneTarget, lr: float, seed: int, base_model: str | None = None) -> str:
     opts = "".join(f"__{k}-{v}" for k, v in sorted(target.options.items()))
     # Another base model's runs get their own names (and rows): the embedded default's keep the plain ones.
     model = f"__m{hashlib.sha1(base_model.encode()).hexdigest()[:8]}" if base_model else ""
-    return f"{target.task}__{target.method}__{target.towers}{opts}{model}__lr{lr:g}__s{seed}"
+    budget = f"__b{budget_cell(target.budget)}" if target.budget and target.method not in NO_BUDGET_METHODS else ""
+    return f"{target.task}__{target.method}__{target.towers}{opts}{model}{budget}__lr{lr:g}__s{seed}"
+
+
+def target_budget(target: TuneTarget, base: RunConfig) -> str:
+    return target.budget or base.budget
+
+
+def first_grid(target: TuneTarget, base: RunConfig, done: list[dict]) -> tuple[float, int, int, str]:
+    """(centre, points below, points above, why) of a target's first grid: three points around the rate of the
+    nearest budget of the same method whose tuning is finished, else the method's own first grid."""
+    from training.methods import METHODS
+
+    budget = target_budget(target, base)
+    if target.method not in NO_BUDGET_METHODS:
+        # The same method and options at another budget: its finished curves, by budget.
+        others: dict[str, list[dict]] = {}
+        for row in done:
+            if matches(row, replace(target, budget=row.get("budget") or budget), base) and row.get("budget"):
+                if 0 < budget_distance(row["budget"], budget) < math.inf:
+                    others.setdefault(budget_cell(row["budget"]), []).append(row)
+        tuned = []
+        for other, rows in others.items():
+            scores = curve(rows)
+            best, bracketed = best_of(scores)
+            if finished_curve(scores, best, bracketed):
+                tuned.append((budget_distance(other, budget), other, best))
+        if tuned:
+            _, other, best = min(tuned)
+            return best, 1, 1, f"around the rate tuned at budget {other}"
+    if target.method in FIRST_GRID:
+        centre, below, above = FIRST_GRID[target.method]
+        return centre, below, above, "the method's first grid"
+    return METHODS[target.method].default_lr, 1, 1, "around the method's default"
+
+
+def matches(row: dict, target: TuneTarget, base: RunConfig) -> bool:
+    """Whether a row of lr-runs.csv is a run of this target (its budget too, for a method with a knob)."""
+    return (row["task"], row["method"], row["towers"], row["options"], row.get("base_model") or "") == (
+        target.task,
+        target.method,
+        target.towers,
+        options_key(target.options),
+        base.base_model or "",
+    ) and (target.method in NO_BUDGET_METHODS or same_budget(row.get("budget"), target_budget(target, base)))
 
 
 TrainFn = Callable[[RunConfig, Path], dict]
@@ -282,9 +311,8 @@ def tune(
     echo: Callable[[str], None] = print,
     deadline: float | None = None,
 ) -> list[dict]:
-    """Tune every target; returns the rows of lr.csv. Resumes from `results/lr-runs.csv`."""
-    from training.methods import METHODS
-
+    """Tune every target (in order: a target's first grid centres on an earlier, neighbouring budget's rate);
+    returns the rows of lr.csv. Resumes from `results/lr-runs.csv`."""
     if len(seeds) < 2:
         raise UserError(
             "Tuning needs at least two seeds (--seeds 0 1), so that a learning rate is not picked on one seed's luck."
@@ -295,19 +323,12 @@ def tune(
     for target in targets:
 
         def mine(row: dict, target: TuneTarget = target) -> bool:
-            return (row["task"], row["method"], row["towers"], row["options"], row.get("base_model") or "") == (
-                target.task,
-                target.method,
-                target.towers,
-                options_key(target.options),
-                base.base_model or "",
-            )
+            return matches(row, target, base)
 
         def missing(rows: list[dict], lr: float, seed: int, mine=mine) -> bool:
             return not any(mine(r) and float(r["lr"]) == lr and int(r["seed"]) == seed for r in rows)
 
-        center = METHODS[target.method].default_lr
-        below = above = 1
+        center, below, above, _ = first_grid(target, base, done)
         for _ in range(MAX_WIDENINGS + 1):
             grid = lr_grid(center, below, above)
             while todo := [(lr, seed) for lr in grid for seed in seeds if missing(done, lr, seed)]:
@@ -333,11 +354,11 @@ def tune(
             best, bracketed = best_of(curve([r for r in done if mine(r) and float(r["lr"]) in grid]))
             if bracketed:
                 break
-            # The best is at an edge of the grid: widen on that side (a learning rate stays below 1, which
+            # The best is at an edge of the grid: widen on that side (a learning rate stays at most 1, which
             # RunConfig requires; a best value at that ceiling is reported as not bracketed).
             if best == grid[0]:
                 below += 1
-            elif lr_grid(center, below, above + 1)[-1] < MAX_LR:
+            elif lr_grid(center, below, above + 1)[-1] <= MAX_LR * 1.01:
                 above += 1
             else:
                 break
@@ -381,6 +402,7 @@ class _PointTrainer:
                 "task": target.task,
                 "method": target.method,
                 "towers": target.towers,
+                "budget": target_budget(target, base),
                 "lr": lr,
                 "seed": seed,
                 "method_options": target.options,
@@ -395,7 +417,7 @@ class _PointTrainer:
             "options": options_key(target.options),
             "lr": lr,
             "seed": seed,
-            "budget": base.budget,
+            "budget": budget_cell(target_budget(target, base)),
             "data_fraction": base.data_fraction,
             "val_metric": summary["best"],
             "best_step": summary["best_step"],
@@ -424,14 +446,15 @@ def write_summary(results: Path, runs_path: Path) -> list[dict]:
 
 
 def summarise(done: list[dict]) -> list[dict]:
-    """lr.csv's rows from the tuning runs: per task, method, towers and base model, the best learning rate and
-    options."""
+    """lr.csv's rows from the tuning runs: per task, method, towers, budget and base model, the best learning rate
+    and options."""
     groups: dict[tuple, list[dict]] = {}
     for row in done:
-        key = (row["task"], row["method"], row["towers"], row.get("base_model") or "")
+        budget = "" if row["method"] in NO_BUDGET_METHODS or not row.get("budget") else budget_cell(row["budget"])
+        key = (row["task"], row["method"], row["towers"], row.get("base_model") or "", budget)
         groups.setdefault(key, []).append(row)
     table = []
-    for (task, method, towers, base_model), rows in sorted(groups.items()):
+    for (task, method, towers, base_model, _), rows in sorted(groups.items(), key=summary_order):
         candidates, complete = [], True
         for options in sorted({r["options"] for r in rows}):
             scores = curve([r for r in rows if r["options"] == options])
@@ -453,7 +476,7 @@ def summarise(done: list[dict]) -> list[dict]:
                 "seeds": len(values),
                 "bracketed": bracketed,
                 "complete": complete,
-                "budget": rows[0]["budget"],
+                "budget": budget_cell(rows[0]["budget"]) if rows[0].get("budget") else "",
                 "data_fraction": rows[0]["data_fraction"],
                 "base_model": base_model,
                 "curve": json.dumps({f"{k:g}": round(statistics.fmean(v), 6) for k, v in scores.items()}),
@@ -462,7 +485,23 @@ def summarise(done: list[dict]) -> list[dict]:
     return table
 
 
-def targets_for(tasks: list[str], methods: list[str], towers: str) -> list[TuneTarget]:
+def summary_order(item: tuple) -> tuple:
+    """lr.csv's rows by task, method, towers, base model, then budget by size (not as text)."""
+    (task, method, towers, base_model, budget), _ = item
+    return (task, method, towers, base_model, budget_key(budget) if budget else ("", 0.0))
+
+
+def option_choices(method: str) -> list[dict]:
+    from training.methods import METHODS
+
+    return [{REPARAM: False}, {REPARAM: True}] if REPARAM in METHODS[method].options_accepted else [{}]
+
+
+def targets_for(
+    tasks: list[str], methods: list[str], towers: str, budgets: dict[str, list[str]] | None = None
+) -> list[TuneTarget]:
+    """The tuning targets: per task, method, its budgets (`budgets[method]`, in the order they are tuned; none
+    given: the base config's) and option choices."""
     from training.methods import METHODS
 
     out = []
@@ -473,9 +512,65 @@ def targets_for(tasks: list[str], methods: list[str], towers: str) -> list[TuneT
                     f"Cannot tune {method!r}: choose among methods that train "
                     f"({', '.join(m for m in METHODS if m != 'zero-shot')})."
                 )
-            for options in OPTION_CHOICES.get(method, [{}]):
-                out.append(TuneTarget(task, method, lr_towers(method, towers), options))
+            for budget in (budgets or {}).get(method) or [None]:
+                for options in option_choices(method):
+                    out.append(TuneTarget(task, method, lr_towers(method, towers), options, budget))
     return out
+
+
+def grid_budgets(spec, task: str, methods: list[str], fraction: float) -> dict[str, list[str]]:
+    """Every budget the sweep file's grid trains each method at on `fraction` of the data (those the method can
+    reach; a method without a knob: none, it is tuned once), the data axis's budget first and the others by
+    distance from it, so that each budget's first grid can centre on a tuned neighbour's rate."""
+    from training.sweeps.grid import budget_text, filter_feasible
+
+    points = [
+        p
+        for p in spec.points()
+        if p.task == task and p.method in methods and p.fraction == fraction and p.seed == spec.seeds[0]
+    ]
+    kept, _ = filter_feasible(spec, points)
+    reference = budget_text(spec.data_axis[0]) if spec.data_axis else None
+    budgets: dict[str, list[str]] = {}
+    for point in kept:
+        if point.budget is not None:
+            budgets.setdefault(point.method, []).append(budget_text(point.budget))
+    for found in budgets.values():
+        found.sort(key=lambda b: (budget_distance(b, reference) if reference else 0.0, budget_key(b)))
+    return budgets
+
+
+@dataclass
+class PlanLine:
+    target: TuneTarget
+    text: str
+    runs_to_go: int
+
+
+def tuning_plan(targets: list[TuneTarget], base: RunConfig, seeds: list[int], done: list[dict]) -> list[PlanLine]:
+    """What `tune` would do, a line a target: its first grid (and why), the runs it has and the runs its first
+    grid still needs (widening may add more). A budget whose neighbour is still to be tuned waits for its rate."""
+    plan: list[PlanLine] = []
+    for index, target in enumerate(targets):
+        centre, below, above, why = first_grid(target, base, done)
+        earlier = [
+            t.budget
+            for t in targets[:index]
+            if (t.task, t.method, t.options) == (target.task, target.method, target.options) and t.budget
+        ]
+        mine = [r for r in done if matches(r, target, base)]
+        if earlier and not why.startswith("around the rate tuned") and target.method not in NO_BUDGET_METHODS:
+            neighbour = min(earlier, key=lambda b: budget_distance(b, target_budget(target, base)))
+            shown, to_go = "3 points", 3 * len(seeds) - len(mine)
+            why = f"around the rate tuned at budget {neighbour}, once it is tuned"
+        else:
+            grid = lr_grid(centre, below, above)
+            have = {(float(r["lr"]), int(r["seed"])) for r in mine}
+            shown = ", ".join(f"{lr:g}" for lr in grid)
+            to_go = sum((lr, seed) not in have for lr in grid for seed in seeds)
+        text = f"{target.label()}: first grid {shown} ({why}); {len(mine)} runs done, {max(0, to_go)} to go"
+        plan.append(PlanLine(target, text, max(0, to_go)))
+    return plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -484,7 +579,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--config",
         default="sweeps/paper.yaml",
         help="the sweep file whose settings (towers, epoch caps, patience, batch size, base model, "
-        "datasets) the tuning runs use; its data-axis budget is the reference budget",
+        "datasets) the tuning runs use, and whose grid's budgets (at --data-fraction) are tuned",
     )
     parser.add_argument("--tasks", nargs="+", default=None, choices=TASKS, help="default: the sweep file's tasks")
     parser.add_argument("--methods", nargs="+", default=None, help="default: the sweep file's methods that train")
@@ -498,7 +593,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start no run after this long; run the same command again to go on (0: start none, only rewrite lr.csv "
         "from the runs so far)",
     )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the targets (task, method, budget), their first grids and runs"
+    )
     parser.set_defaults(func=cmd_tune)
+
+
+def estimate_seconds(spec, task: str, method: str) -> float:
+    """Seconds of one tuning run (on all the data) from the sweep file's `estimate_s`, for the dry run."""
+    per_task = spec.estimate_s.get(task, 300.0)
+    return float(per_task.get(method, 300.0) if isinstance(per_task, dict) else per_task)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -509,6 +613,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     reference = spec.data_axis[0] if spec.data_axis else None
     deadline = time.time() + args.max_minutes * 60 if args.max_minutes is not None else None
     towers = spec.settings.get("towers", "both")
+    total_runs, total_s = 0, 0.0
     for task in args.tasks or list(spec.tasks):
         values = {
             **spec.settings,
@@ -521,14 +626,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if reference is not None:
             values["budget"] = str(reference)
         base = RunConfig.from_dict(values).validate()
+        targets = targets_for([task], methods, towers, grid_budgets(spec, task, methods, args.data_fraction))
+        if args.dry_run:
+            done = read_rows(spec.results / RUNS_TABLE_NAME)
+            for line in tuning_plan(targets, base, args.seeds, done):
+                print(line.text)
+                total_runs += line.runs_to_go
+                total_s += line.runs_to_go * estimate_seconds(spec, task, line.target.method)
+            continue
         # flush: the progress lines must show as they happen when the output goes to a file or a pipe
         tune(
-            targets_for([task], methods, towers),
+            targets,
             base,
             args.seeds,
             spec.results,
             Path(args.work_dir),
             echo=lambda line: print(line, flush=True),
             deadline=deadline,
+        )
+    if args.dry_run:
+        print(
+            f"at least {total_runs} tuning runs to go (first grids; a best at an edge widens its grid), about "
+            f"{total_s / 3600:.1f} h of runs at the sweep file's estimate_s ({total_s / 7200:.1f} h with two tune "
+            "processes, one per core)"
         )
     return 0

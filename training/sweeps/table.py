@@ -21,7 +21,8 @@ from training.sweeps.grid import GridPoint, budget_text
 TABLE = "runs.csv"
 META = "sweep.json"
 # What a run under the study protocol adds (empty in a table written before it): where its learning rate came
-# from, its validation score, how long it ran, why it stopped, and its training loss at the kept checkpoint.
+# from, its validation score, how long it ran, why it stopped (and whether a step limit stopped it while still
+# improving, and how far past its cap it could have gone), and its training loss at the kept checkpoint.
 PROTOCOL_COLUMNS = [
     "lr_source",
     "method_options",
@@ -30,6 +31,8 @@ PROTOCOL_COLUMNS = [
     "epochs_run",
     "best_step",
     "stop_reason",
+    "stopped_improving",
+    "step_limit",
     "train_loss",
 ]
 # The columns every table starts with, in this order; metric columns follow, then anything else.
@@ -136,6 +139,9 @@ def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None 
         "epochs_run": validation.get("epochs_run"),
         "best_step": validation.get("best_step"),
         "stop_reason": validation.get("stop_reason") if trained else None,
+        # True: a step limit ended the run while its latest validation was its best (the protocol's target: none)
+        "stopped_improving": validation.get("stopped_improving") if trained else None,
+        "step_limit": validation.get("step_limit") if trained else None,
         "train_loss": validation.get("train_loss") if trained else None,
         "train_s": evaluation.get("train_s"),
         "wall_s": evaluation.get("wall_s"),
