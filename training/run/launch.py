@@ -38,6 +38,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     """The train command's options: the run config's and the run directory."""
     add_run_options(parser)
     parser.add_argument("--out", required=True, help="run directory to write")
+    parser.add_argument(
+        "--resume", action="store_true", help="go on from the run directory's saved state, if it has one"
+    )
 
 
 def train_from_args(args: argparse.Namespace) -> int:
@@ -48,7 +51,7 @@ def train_from_args(args: argparse.Namespace) -> int:
         raise UserError(f"{out} already holds a finished run: choose another --out.")
     from training.run.trainer import train  # torch: only once the arguments are known to be good
 
-    return train(config, out)
+    return train(config, out, resume=args.resume)
 
 
 def train_in_process(argv: list[str]) -> int:

@@ -29,7 +29,7 @@ from training.methods.budget import Plan, count_base_params, plan_method, requir
 from training.methods.vlmodel import VLModel
 from training.model.base_model import BaseModel, load_base_model
 from training.model.pixels import PixelCache
-from training.run import runs
+from training.run import resume, runs
 from training.run.config import RunConfig, planned_steps, step_limit, val_every
 from training.run.evaluation import evaluate
 from training.run.rates import resolve_lr
@@ -150,8 +150,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) -> int:
-    """Run one fine-tune into run_dir; returns 0 when finished, EXIT_STOPPED when stopped on request.
+def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True, resume: bool = False) -> int:
+    """Run one fine-tune into run_dir; returns 0 when finished, EXIT_STOPPED when stopped on request. With
+    `resume`, a run directory that holds a saved state (training/run/resume.py) goes on from it.
 
     The protocol: train, validating every few steps on a fixed validation subset; keep the best checkpoint;
     stop when validation has not improved for `patience` validations (or at the epoch cap); score the test
@@ -220,7 +221,7 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True) 
                 from training.metrics.caption import start_meteor
 
                 start_meteor()  # METEOR's Java start-up overlaps training instead of adding to evaluation
-            outcome = TrainingLoop(vl, config, data, total_steps, lr, validator, report, stop).run()
+            outcome = TrainingLoop(vl, config, data, total_steps, lr, validator, report, stop, resume).run()
 
         # save
         vl.adapters[RUN_ADAPTER].fold()
@@ -442,6 +443,7 @@ class TrainingLoop:
         validator: Validator | None,
         report: Reporter,
         stop: StopFlag,
+        resume: bool = False,
     ) -> None:
         self.vl, self.config, self.data, self.total_steps, self.lr = vl, config, data, total_steps, lr
         self.validator, self.report, self.stop = validator, report, stop
@@ -453,6 +455,7 @@ class TrainingLoop:
         self.order: list[int] = []
         self.epoch = 0
         self.target = total_steps  # the step the loop runs to: the cap, or the hard limit once it goes past it
+        self.resume = resume  # go on from the run directory's saved state, if it has one
 
     def next_batch(self) -> list:
         pairs = self.data.pairs
@@ -490,14 +493,19 @@ class TrainingLoop:
             reason = "min steps"
         else:
             reason = "epoch cap"
-        if self.validator:
-            self.validate(0)
+        resumed = self.restore(optimizer) if self.resume else None
+        if resumed is None:
+            step = 0
+            if self.validator:
+                self.validate(0)
+        else:
+            step, reason = resumed
         loop_start = time.perf_counter()
         seen = 0
-        step = 0
         while step < self.target:
             step += 1
             if self.stop:
+                self.save(step - 1, optimizer, reason)
                 return LoopOutcome("stopped", step - 1, self.epochs_done(), cap, limit)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step - 1, cap, self.lr, config.warmup_ratio, limit)
@@ -533,6 +541,7 @@ class TrainingLoop:
                     if progress_bar:
                         progress_bar.total = limit
                         progress_bar.refresh()
+                self.save(step, optimizer, reason)
         if progress_bar:
             progress_bar.close()
         if self.best_state is not None:
@@ -547,6 +556,41 @@ class TrainingLoop:
             )
         vl.model.eval()
         return LoopOutcome(reason, step, self.epochs_done(), cap, limit)
+
+    def save(self, step: int, optimizer: torch.optim.Optimizer, reason: str) -> None:
+        """Save what resuming after `step` needs (training/run/resume.py)."""
+        validator = self.validator
+        state = resume.LoopState(
+            step,
+            self.epoch,
+            list(self.order),
+            self.target,
+            reason,
+            validator.best if validator else None,
+            validator.best_step if validator else 0,
+            validator.since_best if validator else 0,
+            list(validator.curve) if validator else [],
+            resume.python_rng_state(self.rng),
+        )
+        resume.save(self.report.run.path, state, self.params_to_keep(), self.best_state, optimizer)
+
+    def restore(self, optimizer: torch.optim.Optimizer) -> tuple[int, str] | None:
+        """Go back to the run directory's saved state, if any: (the step it was saved after, how the loop would
+        end then); None: start afresh."""
+        run_dir = self.report.run.path
+        if resume.saved_step(run_dir) is None:
+            return None
+        state, self.best_state = resume.load(run_dir, self.params_to_keep(), optimizer)
+        self.epoch, self.order, self.target = state.epoch, list(state.order), state.target
+        resume.restore_python_rng(self.rng, state.python_rng)
+        if self.validator:
+            self.validator.best, self.validator.best_step = state.best, state.best_step
+            self.validator.since_best, self.validator.curve = state.since_best, list(state.curve)
+        resume.truncate_records(run_dir, state.step)
+        self.report.log.info(
+            "resumed at step %d (its saved state: weights, optimizer, data order, validation)", state.step
+        )
+        return state.step, state.reason
 
     def params_to_keep(self) -> list[torch.Tensor]:
         """Every tensor the best checkpoint must hold: what is trained and what is stored (they differ for a
