@@ -54,6 +54,7 @@ def test_a_run_killed_mid_training_resumes_and_ends_with_the_uninterrupted_runs_
 ):
     cfg = config(tiny_model_dir, tiny_vqa_dataset, method)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
+    monkeypatch.setattr(resume, "discard", lambda run_dir: None)  # keep the last state to compare it
     assert train(cfg, whole, install_signals=False) == 0
 
     with monkeypatch.context() as patch:
@@ -98,6 +99,7 @@ def test_a_run_stopped_on_request_saves_its_state_at_the_last_step_and_resume_wi
     assert train(cfg, run, install_signals=False, resume=True) == 0
     assert "resumed at step 0" in (run / runs.LOG).read_text()
     assert (run / runs.EVAL).is_file()
+    assert resume.saved_step(run) is None and not (run / resume.FOLDER).exists()  # finished: nothing to resume
 
 
 def test_a_state_of_another_method_is_refused_with_a_reason(tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch):

@@ -122,8 +122,10 @@ class Job:
 
     @property
     def command(self) -> list[str]:
-        """The process that runs this job: the same `train` command a person would type."""
-        return config_command(self.run_config, self.run_dir)
+        """The process that runs this job: the same `train` command a person would type (with `--resume` once
+        its run directory holds a saved state: a job interrupted mid-run goes on from there)."""
+        extra = ["--resume"] if runs.saved_step(self.run_dir) is not None else []
+        return config_command(self.run_config, self.run_dir, *extra)
 
 
 class PersonalLimitReached(UserError):
@@ -471,6 +473,26 @@ class JobStore:
         if moved:
             self._publish(job_id)
         return moved
+
+    def requeue_to_resume(self, job_id: str, supervisor_id: str | None, step: int, why: str) -> bool:
+        """Put an interrupted running job back in the queue, first in line, to go on from its saved state after
+        `step`; False if it is no longer running under `supervisor_id`."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT claimed_by FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["claimed_by"] != supervisor_id:
+                return False
+            (Path(self.get(job_id).run_dir) / runs.STOP).unlink(missing_ok=True)  # the stop that ended it
+            return self._move(
+                conn,
+                job_id,
+                ("running",),
+                "queued",
+                f"{why}; resumes at step {step}",
+                claimed_by=None,
+                pid=None,
+                pid_start=None,
+                stop_signalled_at=None,
+            )
 
     # --- the durable location --------------------------------------------------------------------
 

@@ -141,7 +141,8 @@ class Supervisor:
         """Unregister; with `stop_jobs`, first cancel this worker's jobs and wait until they are gone."""
         if stop_jobs and self._watched:
             for job_id in list(self._watched):
-                self.store.cancel(job_id, by="worker shutdown")
+                # Stopped, not cancelled: a job that saved its state goes back to the queue and resumes.
+                self.store.send_stop(job_id)
             deadline = time.monotonic() + (timeout if timeout is not None else self.limits.stop_grace_s + 10)
             while self._watched and time.monotonic() < deadline:
                 self._reap()
@@ -213,9 +214,8 @@ class Supervisor:
                 ended = outcome.from_exit(job, returncode, killed_after_grace=watched.killed)
             else:
                 ended = outcome.without_exit_code(job)
-            self.store.finish(job.id, self.id, ended)
+            self._record_end(job, self.id, ended)
             del self._watched[watched.job_id]
-            log.info("job %s %s: %s", job.id, ended.state, ended.reason)
 
     def _enforce_stops(self) -> None:
         now = time.time()
@@ -249,6 +249,13 @@ class Supervisor:
                     self._watched[job.id] = _Watched(job.id, job.pid, job.pid_start, None)
                     log.info("job %s adopted (pid %d still runs)", job.id, job.pid)
             else:
-                ended = outcome.without_exit_code(job)
-                if self.store.finish(job.id, job.claimed_by, ended):
-                    log.info("job %s %s: %s", job.id, ended.state, ended.reason)
+                self._record_end(job, job.claimed_by, outcome.without_exit_code(job))
+
+    def _record_end(self, job: Job, claimed_by: str | None, ended: Outcome) -> None:
+        """Record how a job's process ended; an interrupted job whose run saved its state (training/run/resume.py)
+        goes back to the queue instead, to resume from there."""
+        step = runs.saved_step(job.run_dir) if ended.state == "interrupted" else None
+        if step is not None and self.store.requeue_to_resume(job.id, claimed_by, step, f"interrupted ({ended.reason})"):
+            log.info("job %s interrupted: queued to resume at step %d", job.id, step)
+        elif self.store.finish(job.id, claimed_by, ended):
+            log.info("job %s %s: %s", job.id, ended.state, ended.reason)

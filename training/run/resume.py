@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -22,9 +23,9 @@ from safetensors.torch import load_file, save_file
 from training.run import runs
 from training.run.runs import ValidationRecord
 
-FOLDER = "resume"
+FOLDER, FIELDS = runs.RESUME, runs.RESUME_FIELDS
 TENSORS = "state.safetensors"
-FIELDS = "state.json"
+saved_step = runs.saved_step
 
 
 @dataclasses.dataclass
@@ -41,12 +42,6 @@ class LoopState:
     since_best: int
     curve: list[ValidationRecord]
     python_rng: list  # random.Random.getstate(), as lists
-
-
-def saved_step(run_dir: str | Path) -> int | None:
-    """The step a run's saved state resumes after, or None when it has none."""
-    fields = runs.read_json(Path(run_dir) / FOLDER / FIELDS)
-    return int(fields["step"]) if fields and "step" in fields else None
 
 
 def save(
@@ -97,6 +92,11 @@ def load(
     torch.set_rng_state(tensors["torch_rng"])
     fields["curve"] = [ValidationRecord(**record) for record in fields["curve"]]
     return LoopState(**fields), best
+
+
+def discard(run_dir: str | Path) -> None:
+    """Remove a run's saved state (once it has finished, nothing resumes it)."""
+    shutil.rmtree(Path(run_dir) / FOLDER, ignore_errors=True)
 
 
 def python_rng_state(rng: random.Random) -> list:

@@ -31,6 +31,8 @@ WEIGHTS = "weights.safetensors"
 EVAL = "eval.json"
 PREDICTIONS = "predictions.jsonl"
 VALIDATION = "validation.jsonl"
+RESUME = "resume"  # the resumable state (training/run/resume.py)
+RESUME_FIELDS = "state.json"
 STOP = "STOP"
 
 # Exit codes of `python -m training train`, which the job worker maps to states.
@@ -210,3 +212,9 @@ def tail(path: str | Path, lines: int = 40) -> list[str]:
         return []
     # A progress bar redraws its line with carriage returns: keep only what the line shows last.
     return [line.rsplit("\r", 1)[-1] for line in text.split("\n") if line.strip("\r")][-lines:]
+
+
+def saved_step(run_dir: str | Path) -> int | None:
+    """The step a run's saved state resumes after (training/run/resume.py), or None when it has none."""
+    fields = read_json(Path(run_dir) / RESUME / RESUME_FIELDS)
+    return int(fields["step"]) if fields and "step" in fields else None

@@ -240,6 +240,7 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True, 
             run.write_eval(
                 {"task": config.task, "split": None, "validation": summary, "train_s": round(run.elapsed_s(), 2)}
             )
+            resume.discard(run.path)  # a finished run has no use for it
             run.set_phase("done")
             log.info("done (no test split): best validation %s at step %s", summary.get("best"), summary["best_step"])
             return 0
@@ -683,6 +684,7 @@ def score_test_split(
         }
     )
     log.info("done: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+    resume.discard(run.path)  # a finished run has no use for it
     run.set_phase("done")
     return 0
 
