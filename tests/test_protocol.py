@@ -584,21 +584,23 @@ def test_the_paper_grid_needs_a_row_at_every_budget_it_trains(tmp_path):
 
 
 def test_tuning_covers_each_budget_and_centres_a_budget_on_its_tuned_neighbour(tmp_path):
-    """LoRA's best rate falls with its budget: 18k is tuned from the default's grid, 57k from three points around
-    18k's rate (widened twice downwards, as its best sits at the low edge), each to its own lr.csv row."""
+    """LoRA's best rate falls with its budget: 18k is tuned from the default's grid (widened once upwards, to
+    0.06), 57k from the three points around 18k's rate, where its own best is bracketed at once; each budget
+    gets its own lr.csv row."""
     calls = []
 
     def fake_train(config: RunConfig, run_dir) -> dict:
         calls.append((config.budget, config.lr))
-        peak = {"18k": 6e-3, "57k": 6e-4}[config.budget]
+        peak = {"18k": 1.9e-2, "57k": 1.5e-2}[config.budget]
         value = -abs(math.log10(config.lr) - math.log10(peak)) + 0.01 * config.seed
         return {"best": value, "best_step": 10, "steps_run": 20, "epochs_run": 1.0, "stop_reason": "patience"}
 
     targets = [TuneTarget("vqa", "lora", "text", {}, budget) for budget in ("18k", "57k")]
     base = RunConfig(task="vqa", budget="18k", towers="text")
     rows = tune(targets, base, [0, 1], tmp_path, tmp_path / "work", train_fn=fake_train, echo=lambda s: None)
-    assert sorted({lr for b, lr in calls if b == "57k"}) == [0.00019, 0.0006, 0.0019, 0.006, 0.019]
-    assert [(r["budget"], r["lr"], r["complete"]) for r in rows] == [("18000", 0.006, True), ("57000", 0.0006, True)]
+    assert sorted({lr for b, lr in calls if b == "18k"}) == [0.0019, 0.006, 0.019, 0.06]  # 0.06: widened once
+    assert sorted({lr for b, lr in calls if b == "57k"}) == [0.00601, 0.019, 0.0601]  # centred on 18k's 0.019
+    assert [(r["budget"], r["lr"], r["complete"]) for r in rows] == [("18000", 0.019, True), ("57000", 0.019, True)]
     run_names = [r["run"] for r in csv.DictReader(open(tmp_path / "lr-runs.csv"))]
     assert len(set(run_names)) == len(run_names) == len(calls)
 
