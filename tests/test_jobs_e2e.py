@@ -19,6 +19,7 @@ from training.jobs.status import job_status
 from training.jobs.store import JobStore
 from training.jobs.supervisor import Supervisor
 from training.paths import REPO_ROOT
+from training.run import runs
 from training.run.config import RunConfig
 
 pytestmark = pytest.mark.slow
@@ -114,3 +115,53 @@ def test_after_kill_9_of_a_job_the_worker_command_trains_the_next_one_to_the_end
     assert json.loads((run_dir / "config.json").read_text())["trainable_params"] > 0
     assert (run_dir / "log.txt").read_text().count("step 3/3 ") == 1  # each trainer line once, not per stream
     assert f"job {killed} failed: killed by SIGKILL" in worker_log and f"job {following} finished" in worker_log
+
+
+def test_a_job_whose_worker_and_trainer_die_resumes_under_the_next_worker_from_its_saved_state(
+    store: JobStore, tiny_model_dir: Path, tiny_vqa_dataset: Path
+):
+    """The machine goes down mid-run (worker and trainer killed at once, as a Space restart does): the next worker
+    puts the job back in the queue and its trainer goes on from the last saved state to the end."""
+    config = RunConfig(
+        task="vqa",
+        method="lora",
+        budget="2k",
+        base_model=str(tiny_model_dir),
+        dataset=str(tiny_vqa_dataset),
+        max_steps=40,
+        batch_size=4,
+        eval_limit=6,
+        val_every=5,
+        val_limit=6,
+        patience=50,
+    )
+    job_id = store.submit(config)
+    run_dir = store.runs_dir / job_id
+    first = subprocess.Popen([sys.executable, "-m", "training", "worker", "--poll", "0.1"], cwd=REPO_ROOT)
+    try:
+        wait_for(lambda: (runs.saved_step(run_dir) or 0) >= 10, timeout=120)
+        trainer = store.get(job_id).pid
+        first.kill()
+        signal_group(trainer, signal.SIGKILL)
+        first.wait()
+        wait_for(lambda: not is_alive(trainer), timeout=10)
+    finally:
+        first.kill()
+    saved = runs.saved_step(run_dir)
+    assert store.get(job_id).state == "running"  # nobody has noticed yet
+
+    second = subprocess.run(
+        [sys.executable, "-m", "training", "worker", "--exit-when-idle", "--poll", "0.1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    job = store.get(job_id)
+    assert (job.state, job.exit_code) == ("finished", 0), (second.stderr[-2000:], job.log_tail)
+    history = [event["reason"] for event in store.events(job_id)]
+    assert any(reason.endswith(f"resumes at step {saved}") for reason in history), history
+    assert f"resumed at step {saved}" in (run_dir / runs.LOG).read_text()
+    steps = [row["step"] for row in runs.read_jsonl(run_dir / runs.VALIDATION)]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # each validation once, to the end
+    assert runs.saved_step(run_dir) is None  # finished: its state is gone
