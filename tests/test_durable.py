@@ -3,6 +3,7 @@ and enough to rebuild the list of runs after a restart on an empty local disk.""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -14,7 +15,7 @@ import pytest
 from app.services import Services
 from app.settings import Settings
 from tests.test_jobs import wait_for
-from training.jobs.durable import FINAL, LOST_REASON, STARTED, DurableRuns, write_once
+from training.jobs.durable import CHECKPOINTS, FINAL, LOST_REASON, STARTED, DurableRuns, write_once
 from training.jobs.limits import JobLimits
 from training.jobs.process import is_alive, signal_group
 from training.jobs.status import job_status
@@ -222,4 +223,60 @@ def test_runs_survive_a_restart_on_an_empty_local_disk_and_nothing_published_is_
         job.id for job in JobStore(local / "jobs.sqlite3", durable=bucket).list_jobs()
     }
     services.close()
+    supervisor.close()
+
+
+def test_a_running_jobs_checkpoint_survives_a_restart_on_an_empty_local_disk_and_the_job_resumes_from_it(
+    tmp_path, tiny_model_dir, tiny_vqa_dataset
+):
+    """A Space restarts on an empty local disk while a job trains: the newest state its worker published (new
+    files, every `checkpoint_s`) brings the job back to the queue, and it trains from there to the end."""
+    local, bucket = tmp_path / "local", tmp_path / "bucket"
+    watch = WriteOnceWatch(bucket)
+    limits = dataclasses.replace(LIMITS, checkpoint_s=0.2)
+    config = RunConfig(
+        task="vqa",
+        method="lora",
+        budget="2k",
+        base_model=str(tiny_model_dir),
+        dataset=str(tiny_vqa_dataset),
+        max_steps=60,
+        batch_size=4,
+        eval_limit=6,
+        val_every=5,
+        val_limit=6,
+        patience=50,
+    )
+    store = JobStore(local / "jobs.sqlite3", limits=limits, durable=bucket)
+    supervisor = Supervisor(store, poll_s=0.1)
+    job_id = store.submit(config, submitter="ann")
+    durable = DurableRuns(bucket)
+
+    def checkpointed() -> bool:
+        newest = durable.newest_checkpoint(job_id)
+        return newest is not None and newest[0] >= 10
+
+    wait_for(checkpointed, timeout=180, step=0.2, tick=supervisor.run_once)
+    watch.check()
+    signal_group(store.get(job_id).pid, signal.SIGKILL)  # the machine goes down, and the local disk with it
+    wait_for(lambda: not is_alive(store.get(job_id).pid), timeout=10)
+    step = durable.newest_checkpoint(job_id)[0]
+    shutil.rmtree(local)
+
+    store = JobStore(local / "jobs.sqlite3", limits=limits, durable=bucket)
+    job = store.get(job_id)
+    assert (job.state, job.reason) == (
+        "queued",
+        f"the app restarted while this job ran and its local files were lost; resumes at step {step}",
+    )
+    supervisor = Supervisor(store, poll_s=0.1)
+    wait_for(lambda: store.get(job_id).is_final, timeout=180, step=0.2, tick=supervisor.run_once)
+    job = store.get(job_id)
+    assert job.state == "finished", job.log_tail
+    published = Path(job.run_dir)
+    assert f"resumed at step {step}" in (published / "log.txt").read_text()
+    steps = [json.loads(line)["step"] for line in (published / "validation.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 60
+    assert not (published / CHECKPOINTS).exists() and not (published / "resume").exists()  # ended: none kept
+    watch.check()
     supervisor.close()

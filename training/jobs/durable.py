@@ -5,9 +5,14 @@ eventually consistent, new files only (no rewrites, no appends). So the job stor
 progress stay on local disk, and this module publishes to the durable location:
 
   runs/<job id>/started.json   when the job's process starts: the job as submitted (so that a job whose local
-                               files are lost with the disk is still known, as interrupted)
+                               files are lost with the disk is still known: queued again to resume from its
+                               newest checkpoint, or interrupted when it has none)
   runs/<job id>/<run files>    when the job has ended: every file of its run directory (and of its
                                subfolders), each written once
+  runs/<job id>/checkpoints/<step>/
+                               every few minutes while the job runs: its run directory with its resumable state
+                               (training/run/resume.py) after that step, resume/state.json last; a new folder
+                               for each newer step
   runs/<job id>/job.json       last: the job's final row and its history; a run without it is incomplete
   datasets/<name>/<version>/   a dataset added from a zip (training/data/archive.py), every file of its folder,
                                its dataset.json last; a new upload under the same name is a new version
@@ -34,7 +39,9 @@ log = logging.getLogger(__name__)
 
 STARTED = "started.json"
 FINAL = "job.json"
+CHECKPOINTS = "checkpoints"
 NOT_PUBLISHED = {runs.STOP}  # a request to the live process
+RESUMED_REASON = "the app restarted while this job ran and its local files were lost; resumes at step {step}"
 LOST_REASON = (
     "interrupted: the app restarted while this job ran and its files were on the local disk; "
     "only its settings were kept"
@@ -77,10 +84,43 @@ class DurableRuns:
             write_once(folder / FINAL, _json_bytes({"job": {**job, "run_dir": str(folder)}, "events": events}))
         return folder
 
+    def checkpoint(self, job_id: str, local_dir: Path) -> int | None:
+        """Publish a running job's run directory with its newest saved state as a new checkpoint folder (its
+        state.json last); the step it holds, or None when there is nothing newer to publish."""
+        state = local_dir / runs.RESUME / runs.RESUME_FIELDS
+        fields = state.read_bytes() if state.is_file() else b""
+        step = runs.saved_step(local_dir)
+        if step is None or self.newest_checkpoint(job_id) is not None and self.newest_checkpoint(job_id)[0] >= step:
+            return None
+        target = self.run_dir(job_id) / CHECKPOINTS / str(step)
+        if target.exists():
+            return None
+        files = [p for p in sorted(local_dir.rglob("*")) if p.is_file() and p != state]
+        files = [p for p in files if p.name not in NOT_PUBLISHED and not p.name.startswith(".")]
+        for path in files:
+            destination = target / path.relative_to(local_dir)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb") as source:
+                write_once(destination, source)
+        if runs.saved_step(local_dir) != step:  # the trainer saved a newer state while we copied: try next time
+            shutil.rmtree(target, ignore_errors=True)
+            return None
+        (target / runs.RESUME).mkdir(parents=True, exist_ok=True)
+        write_once(target / runs.RESUME / runs.RESUME_FIELDS, fields)
+        return step
+
+    def newest_checkpoint(self, job_id: str) -> tuple[int, Path] | None:
+        """(step, folder) of a job's newest complete checkpoint."""
+        folder = self.run_dir(job_id) / CHECKPOINTS
+        complete = [(runs.saved_step(c), c) for c in folder.iterdir()] if folder.is_dir() else []
+        complete = [(step, c) for step, c in complete if step is not None]
+        return max(complete, key=lambda item: item[0]) if complete else None
+
     def records(self, skip: set[str] = frozenset()) -> list[tuple[dict[str, Any], list[dict]]]:
         """(job row, events) of the published runs whose ids are not in `skip`, oldest first. A run without
-        its final record is a job whose process was running when the local disk was lost: interrupted.
-        Folders whose records are missing or incomplete are left out."""
+        its final record is a job whose process was running when the local disk was lost: queued again to resume
+        when it has a checkpoint, interrupted otherwise. Folders whose records are missing or incomplete are left
+        out."""
         found = []
         for folder in self.runs_dir.iterdir() if self.runs_dir.is_dir() else ():
             if folder.name in skip:
@@ -90,7 +130,11 @@ class DurableRuns:
                 found.append((final["job"], final.get("events") or []))
                 continue
             started = runs.read_json(folder / STARTED)
-            if _complete(started, folder.name):
+            newest = self.newest_checkpoint(folder.name)
+            if _complete(started, folder.name) and newest is not None:
+                job = {**started, "state": "queued", "reason": RESUMED_REASON.format(step=newest[0])}
+                found.append((job, []))
+            elif _complete(started, folder.name):
                 job = {
                     **started,
                     "state": "interrupted",

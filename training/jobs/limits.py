@@ -17,18 +17,20 @@ ENV_VARS = {
     "max_runtime_s": ("VLPEFT_MAX_RUNTIME_S", 1800),
     "max_concurrent": ("VLPEFT_MAX_CONCURRENT", 1),
     "stop_grace_s": ("VLPEFT_STOP_GRACE_S", 10),
+    "checkpoint_s": ("VLPEFT_CHECKPOINT_S", 300),
 }
 
 
 @dataclass(frozen=True)
 class JobLimits:
-    """0 means no limit, except for `max_concurrent` (at least 1) and `stop_grace_s`."""
+    """0 means no limit, except for `max_concurrent` (at least 1), `stop_grace_s` and `checkpoint_s`."""
 
     max_queued: int = 20  # jobs queued or running, all submitters together
     max_queued_per_submitter: int = 3  # jobs queued or running for one submitter
     max_runtime_s: float = 1800  # a running job past this is stopped like a cancel
     max_concurrent: int = 1  # jobs running at once on this store
     stop_grace_s: float = 10  # between the graceful stop and killing the process group
+    checkpoint_s: float = 300  # how often a running job's saved state is published to the durable location (0: never)
 
     def past_runtime(self, started_at: float | None, now: float) -> bool:
         """Whether a job that started at `started_at` has run longer than `max_runtime_s` (0: no limit)."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from training.errors import UserError
-from training.jobs.durable import DurableRuns
+from training.jobs.durable import CHECKPOINTS, DurableRuns, copy_back
 from training.jobs.limits import JobLimits
 from training.jobs.process import is_alive, signal_group
 from training.paths import data_home, durable_home
@@ -505,6 +505,16 @@ class JobStore:
         except OSError as exc:
             log.warning("job %s: could not record its start in %s: %s", job_id, self.durable.root, exc)
 
+    def publish_checkpoint(self, job_id: str) -> int | None:
+        """Publish a running job's newest saved state, if newer than its last checkpoint; the step, or None."""
+        if self.durable is None:
+            return None
+        try:
+            return self.durable.checkpoint(job_id, Path(self.get(job_id).run_dir))
+        except OSError as exc:
+            log.warning("job %s: could not publish a checkpoint to %s: %s", job_id, self.durable.root, exc)
+            return None
+
     def _publish(self, job_id: str) -> None:
         """Publish an ended job's files; its run_dir then names the published copy and the local one goes."""
         if self.durable is None:
@@ -519,6 +529,7 @@ class JobStore:
             return
         with self._tx() as conn:
             conn.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (str(published), job_id))
+        shutil.rmtree(published / CHECKPOINTS, ignore_errors=True)  # the job has ended: nothing resumes it
         if local.parent == self.runs_dir:
             shutil.rmtree(local, ignore_errors=True)
 
@@ -530,8 +541,12 @@ class JobStore:
         with self._tx() as conn:
             known = {row["id"] for row in conn.execute("SELECT id FROM jobs")}  # another process may have added
             for job, events in records:
-                if job["id"] in known or job["state"] not in FINAL_STATES:
+                if job["id"] in known or job["state"] not in (*FINAL_STATES, "queued"):
                     continue
+                if job["state"] == "queued":  # its newest checkpoint back on the local disk, to resume from
+                    local = self.runs_dir / job["id"]
+                    copy_back(self.durable.newest_checkpoint(job["id"])[1], local)
+                    job = {**job, "run_dir": str(local), "claimed_by": None, "pid": None, "started_at": None}
                 values = {name: job.get(name) for name in columns}
                 values.update(
                     config=json.dumps(values["config"], sort_keys=True), claimed_by=None, pid=None, pid_start=None

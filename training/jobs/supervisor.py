@@ -81,6 +81,7 @@ class Supervisor:
         self._watched: dict[str, _Watched] = {}
         self._started = False
         self._last_heartbeat = 0.0
+        self._last_checkpoint = time.monotonic()
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
 
@@ -102,6 +103,7 @@ class Supervisor:
         if self._ray is not None:
             self._ray.poll(self.store, self.id, self.limits)
         self._enforce_stops()
+        self._publish_checkpoints()
         self._recover()
         self._start_queued()
 
@@ -232,6 +234,19 @@ class Supervisor:
                     signal_group(watched.pid, signal.SIGKILL)
                     watched.killed = True
                     self.store.note(job.id, f"still running {self.limits.stop_grace_s:g} s after the stop: killed")
+
+    def _publish_checkpoints(self) -> None:
+        """Every `checkpoint_s`, publish each running job's newest saved state to the durable location, so that a
+        restart on an empty local disk (a Space) resumes it from there."""
+        if self.store.durable is None or not self.limits.checkpoint_s:
+            return
+        if time.monotonic() - self._last_checkpoint < self.limits.checkpoint_s:
+            return
+        self._last_checkpoint = time.monotonic()
+        for job_id in list(self._watched):
+            step = self.store.publish_checkpoint(job_id)
+            if step is not None:
+                log.info("job %s: its state after step %d published to %s", job_id, step, self.store.durable.root)
 
     def _owns_process(self, watched: _Watched) -> bool:
         if watched.proc is not None:
