@@ -7,8 +7,10 @@ back from the job store and the run directory.
 
 from __future__ import annotations
 
+import csv
 import shutil
 import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -41,6 +43,7 @@ from training.run import runs
 from training.run.config import RunConfig, parse_budget, planned_steps
 from training.run.export import PEFT_FOLDER, exports_to_peft, run_readme, write_peft_adapter
 from training.run.tasks import training_pairs
+from training.study.protocol import departures
 
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
@@ -433,6 +436,35 @@ class Services:
         seconds = row["step_s"] * config.batch_size / row["batch_size"] * steps + bench.get("eval", {}).get("eval_s", 0)
         return seconds, "from the benchmark on an idle 2-core CPU; a busy machine is slower"
 
+    def reference_time(self, config: RunConfig) -> tuple[float, float, float, int] | None:
+        """Seconds a run under the study's protocol should take, from the reference grid's runs of the same task,
+        method and share of data (its budget's where the grid has it): (median, shortest, longest, runs). Each
+        grid run's pace per step is stretched to the config's step floor, since early stopping ends most runs
+        before their cap. None when the config leaves the protocol or the grid has no such run."""
+        if departures(config):
+            return None
+        path = self.settings.results_dir / "runs.csv"
+        if not path.is_file():
+            return None
+        with path.open(newline="") as handle:
+            rows = [
+                r
+                for r in csv.DictReader(handle)
+                if (r.get("task"), r.get("method")) == (config.task, config.method)
+                and _same_share(r.get("data_fraction"), config.data_fraction, config.method)
+                and r.get("wall_s")
+            ]
+        same_budget = [r for r in rows if r.get("budget") == str(config.budget)]
+        rows = same_budget or rows
+        seconds = []
+        for row in rows:
+            wall, train_s, steps = float(row["wall_s"]), float(row.get("train_s") or 0), int(row.get("steps_run") or 0)
+            floor = max(steps, config.min_steps or 0)
+            seconds.append(wall - train_s + (train_s / steps * floor if steps else 0.0))
+        if not seconds:
+            return None
+        return statistics.median(seconds), min(seconds), max(seconds), len(seconds)
+
     def test_images(self, task: str, dataset: str | None = None) -> list[TestImage]:
         """The first pictures of a test split (the app's dataset for the task, or one added from a zip, by name),
         with crisp upscaled thumbnails."""
@@ -635,6 +667,16 @@ def _thumbnail(image: Image.Image, path: Path) -> str:
     image.thumbnail((THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))
     image.save(path)
     return str(path)
+
+
+def _same_share(text: str | None, fraction: float, method: str) -> bool:
+    """A grid row at this share of the data (zero-shot trains on none: any of its rows)."""
+    if method == "zero-shot":
+        return True
+    try:
+        return abs(float(text or "nan") - fraction) < 1e-9
+    except ValueError:
+        return False
 
 
 def _majority(answers: list[str]) -> str:
