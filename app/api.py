@@ -63,13 +63,16 @@ def register(services: Services) -> None:
         max_steps: int | None = None,
         lr: float | None = None,
         batch_size: int = 32,
-        towers: str = "both",
+        towers: str = "text",
         base_model: str = "",
         dataset: str = "",
         eval_limit: int | None = None,
         request: gr.Request = None,
     ) -> dict:
         """Queue a fine-tuning job; returns job_id, state, queue_position, trainable_params, steps and command.
+
+        Under the study's protocol unless told otherwise (sweeps/paper.yaml: the text decoder, the task's epoch cap,
+        a 300-step floor, early stopping with patience 3), so its score sits beside the reference curves.
 
         base_model and dataset: empty for the app's own, else a Hub id or a local path (dataset: also the name of
         one added with /upload_dataset). lr: None (or 0) for the rate tuned on validation for this task, method and
