@@ -116,19 +116,30 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
     _baseline_line(figure, sweep, metric)
     _method_lines(figure, sweep, x, metric, label)
     _method_lines(figure, swept, x, metric, label, own=True)
-    mine = mine[mine["method"] != "zero-shot"].dropna(subset=[metric, x])
-    for method, group in mine.groupby("method", sort=False):
+    mine = mine[mine["method"] != "zero-shot"].dropna(subset=[metric, x]).copy()
+    if "not_comparable" not in mine.columns:
+        mine["not_comparable"] = ""
+    mine["not_comparable"] = mine["not_comparable"].fillna("").astype(str)
+    mine["label"] = mine["label"] if "label" in mine.columns else mine["run_id"]
+    for (method, off), group in mine.groupby(["method", mine["not_comparable"] != ""], sort=False):
+        name = f"your {METHOD_LABELS.get(method, method)}" + (" (not comparable)" if off else "")
         figure.add_trace(
             go.Scatter(
                 x=group[x],
                 y=group[metric],
                 mode="markers",
-                name=f"your {METHOD_LABELS.get(method, method)}",
-                marker=dict(symbol="star", size=14, color=METHOD_COLORS.get(method), line=dict(width=1, color="#000")),
+                name=name,
+                # A run that leaves the study's protocol is hollow: drawn, but not a point of the curves.
+                marker=dict(
+                    symbol="star-open" if off else "star",
+                    size=14,
+                    color=METHOD_COLORS.get(method),
+                    line=dict(width=2 if off else 1, color=METHOD_COLORS.get(method) if off else "#000"),
+                ),
                 legendgroup=method,
-                customdata=group[["run_id", "budget", "data_fraction"]],
-                hovertemplate=f"run %{{customdata[0]}}<br>budget %{{customdata[1]}}, data %{{customdata[2]}}<br>"
-                f"{label} %{{y:.3g}}",
+                customdata=group[["label", "not_comparable"]],
+                hovertemplate="%{customdata[0]}<br>"
+                + (f"{label} %{{y:.3g}}<br>not comparable: %{{customdata[1]}}" if off else f"{label} %{{y:.3g}}"),
             )
         )
     return figure

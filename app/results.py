@@ -9,7 +9,9 @@ import pandas as pd
 from app.format import METHOD_LABELS
 from app.services import MAIN_METRIC, RunRecord
 from training.catalog import NO_BUDGET_METHODS
+from training.errors import UserError
 from training.paths import REPO_ROOT
+from training.study.protocol import departures
 
 RESULTS_FILE = "runs.csv"
 REPORT_FILE = "report.md"
@@ -105,6 +107,8 @@ def user_frame(records: list[RunRecord], source: str = MINE) -> pd.DataFrame:
             "dataset": info.get("dataset_name"),
             "source": source,
             "run_id": record.id,
+            "not_comparable": leaves_protocol(config),
+            "label": record.label,
         }
         for name, value in record.metrics.items():
             if isinstance(value, int | float) and (name in CAPTION_METRICS or name == "accuracy"):
@@ -113,6 +117,24 @@ def user_frame(records: list[RunRecord], source: str = MINE) -> pd.DataFrame:
             row[f"accuracy_{name}"] = value
         rows.append(row)
     return pd.DataFrame(rows) if rows else _empty()
+
+
+def leaves_protocol(config: dict) -> str:
+    """Why a run cannot be set beside the reference curves ('' when it can); its dataset is not a reason here:
+    Explore draws a run only among the runs on its own dataset."""
+    try:
+        return "; ".join(departures(config, with_dataset=False))
+    except (UserError, TypeError):
+        return "its settings could not be read"
+
+
+def dataset_choices(frame: pd.DataFrame, reference: set[str]) -> list[tuple[str, str]]:
+    """The datasets of a task's rows: the reference grid's first, then each other one its runs used."""
+    if frame.empty or "dataset" not in frame.columns:
+        return []
+    names = [str(n) for n in frame["dataset"].dropna().unique()]
+    ordered = sorted(names, key=lambda n: (n not in reference, n))
+    return [(f"{n} (the reference grid's)" if n in reference else n, n) for n in ordered]
 
 
 def combined(sweep: pd.DataFrame, mine: pd.DataFrame, task: str) -> pd.DataFrame:

@@ -28,7 +28,7 @@ from transformers import BlipForConditionalGeneration
 
 from app.people import person
 from app.settings import Settings
-from training.catalog import MAIN_METRIC
+from training.catalog import MAIN_METRIC, METHOD_LABELS, NO_BUDGET_METHODS
 from training.data.archive import DatasetSummary, StoredDataset, install_zip, stored_datasets, summarize
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
 from training.errors import UserError
@@ -45,6 +45,8 @@ from training.run.export import PEFT_FOLDER, exports_to_peft, run_readme, write_
 from training.run.tasks import training_pairs
 from training.study.protocol import departures
 
+# The embedded datasets by name, as the trainer records them (dataset_name) and the reference grid's rows hold them.
+EMBEDDED_DATASETS = {"caption": "scene-caption", "vqa": "scene-vqa"}
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
 THUMBNAIL_PX = 192
@@ -160,6 +162,21 @@ class RunRecord:
     @property
     def method(self) -> str:
         return self.config.get("method", "")
+
+    @property
+    def dataset_name(self) -> str:
+        """The data it trained and was scored on, by name: an uploaded dataset's, else the task's embedded one."""
+        source = self.config.get("dataset")
+        return self.info.get("dataset_name") or (Path(source).name if source else EMBEDDED_DATASETS.get(self.task, "?"))
+
+    @property
+    def label(self) -> str:
+        """The run in words: 'LoRA 18k · 10 % of scene-vqa · 6 Dec 21:50' (zero-shot: no budget, no share)."""
+        method = METHOD_LABELS.get(self.method, self.method)
+        budget = "" if self.method in NO_BUDGET_METHODS else f" {self.config.get('budget')}"
+        share = self.config.get("data_fraction")
+        data = self.dataset_name if self.method == "zero-shot" else f"{_share(share)} of {self.dataset_name}"
+        return f"{method}{budget} · {data} · {time.strftime('%d %b %H:%M', time.localtime(self.created_at))}"
 
     @property
     def trainable_params(self) -> int | None:
@@ -667,6 +684,11 @@ def _thumbnail(image: Image.Image, path: Path) -> str:
     image.thumbnail((THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))
     image.save(path)
     return str(path)
+
+
+def _share(fraction: float | None) -> str:
+    """0.1 -> '10 %'."""
+    return "?" if fraction is None else f"{100 * float(fraction):.3g} %"
 
 
 def _same_share(text: str | None, fraction: float, method: str) -> bool:

@@ -39,16 +39,16 @@ def study_settings(task: str, sweep: Path = STUDY_SWEEP) -> dict:
     return {name: values[name] for name in PROTOCOL_FIELDS if name in values}
 
 
-def departures(config: RunConfig | dict, sweep: Path = STUDY_SWEEP) -> list[str]:
-    """Where a run's settings leave the study's protocol, one short phrase each ('both towers trained (study: the
-    text decoder)'); [] when it follows it. Another base model or dataset is a departure too: the grid's curves
-    are for the embedded ones."""
+def departures(config: RunConfig | dict, sweep: Path = STUDY_SWEEP, with_dataset: bool = True) -> list[str]:
+    """Where a run's settings leave the study's protocol, one short phrase each ('towers both (study: text)'); []
+    when it follows it. Another base model or dataset (`with_dataset`) is a departure too: the grid's curves are
+    for the embedded ones."""
     config = RunConfig.from_dict(config) if isinstance(config, dict) else config
     study = study_settings(config.task, sweep)
     said: list[str] = []
     if config.base_model:
         said.append("another base model (the grid used the embedded scene-BLIP)")
-    if config.dataset:
+    if config.dataset and with_dataset:
         said.append("another dataset (the grid used the embedded scenes)")
     if config.method != "zero-shot":
         towers, expected = trained_towers(config.method, config.towers), trained_towers(config.method, study["towers"])
