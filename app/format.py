@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import html
+from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 from app.people import reason
-from training.catalog import BASELINE, CATALOG, MAIN_METRIC, METHOD_LABELS, TASK_LABELS
+from training.catalog import BASELINE, CATALOG, MAIN_METRIC, METHOD_LABELS, NO_BUDGET_METHODS, TASK_LABELS
 
 if TYPE_CHECKING:
     from app.services import Estimate
 
+EMBEDDED_DATASET_NAMES = {"caption": "scene-caption", "vqa": "scene-vqa"}  # as the trainer records them
 METRIC_NOTES = {
     "CIDEr-D": "how close the captions are to the human ones (higher is better)",
     "accuracy": "share of questions answered like the humans did (higher is better)",
@@ -62,6 +64,19 @@ def main_score(task: str, metrics: dict) -> str:
     return metric(name, metrics.get(name)) if name in metrics else "-"
 
 
+def run_words(config: dict, dataset_name: str | None = None) -> str:
+    """A job's settings in words: 'LoRA 18k on 10 % of scene-vqa' ('Zero-shot on scene-vqa': no budget, no data
+    trained on); the dataset is the one recorded by the trainer, else the folder's name, else the embedded one."""
+    method, task = config.get("method"), config.get("task")
+    source = config.get("dataset")
+    dataset = dataset_name or (PurePath(source).name if source else EMBEDDED_DATASET_NAMES.get(task, task or "?"))
+    label = METHOD_LABELS.get(method, method)
+    if method == "zero-shot":
+        return f"{label} on {dataset}"
+    budget = "" if method in NO_BUDGET_METHODS else f" {config.get('budget')}"
+    return f"{label}{budget} on {fraction(config.get('data_fraction'))} of {dataset}"
+
+
 def method_explainer(method: str) -> str:
     info = CATALOG[method]
     return f"**{METHOD_LABELS.get(method, method)}** (*{info.family}*): {info.summary}"
@@ -98,7 +113,7 @@ def job_headline(status: dict) -> str:
         "reason": reason(status.get("reason"), owner, owner),
         "cancel_requested_by": reason(status.get("cancel_requested_by"), owner, owner) or None,
     }
-    what = f"{METHOD_LABELS.get(config.get('method'), config.get('method'))} on {task_name(config.get('task'))}"
+    what = run_words(config, status.get("info", {}).get("dataset_name"))
     if state == "queued":
         ahead = (status.get("queue_position") or 1) - 1
         wait = "it starts next" if ahead == 0 else f"{ahead} job{'s' if ahead > 1 else ''} ahead of it"

@@ -18,6 +18,7 @@ from training.errors import UserError
 
 log = logging.getLogger("vlpeft.app")
 
+LOCAL_VISITOR = "this-machine"  # the visitor id of every browser of an app that only its own machine can reach
 MAX_UPLOAD = "20mb"  # a picture to compare on
 MAX_DATASET_UPLOAD = "500mb"  # a dataset zip (not in the public demo, which takes no datasets)
 CSS = """
@@ -91,9 +92,15 @@ def build_app(settings: Settings | None = None) -> App:
             with gr.Tab("Runs", id="runs") as runs_tab:
                 loaders.append(runs.build(services, runs_tab, visitor, loaders[0].fills, tabs))
         api.register(services)
-        # Every browser gets an id of its own (kept in its local storage) before the tabs fill in.
+        # Every browser gets an id of its own (kept in its local storage) before the tabs fill in; on an app only
+        # this machine can reach, every browser is the one person at its keyboard (their jobs are theirs in each).
+        alone = not settings.demo and not settings.auth and settings.host in ("127.0.0.1", "localhost", "::1")
         known = demo.load(
-            lambda v: v or secrets.token_hex(8), visitor, visitor, api_name="ui_visitor", api_visibility="private"
+            lambda v: LOCAL_VISITOR if alone else (v or secrets.token_hex(8)),
+            visitor,
+            visitor,
+            api_name="ui_visitor",
+            api_visibility="private",
         )
         for loader in loaders:
             known.then(loader.fn, loader.inputs, loader.outputs, api_name=loader.name, api_visibility="private")

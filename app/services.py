@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from transformers import BlipForConditionalGeneration
 
+from app.format import EMBEDDED_DATASET_NAMES as EMBEDDED_DATASETS
 from app.people import person
 from app.settings import Settings
 from training.catalog import MAIN_METRIC, METHOD_LABELS, NO_BUDGET_METHODS
@@ -45,8 +46,6 @@ from training.run.export import PEFT_FOLDER, exports_to_peft, run_readme, write_
 from training.run.tasks import training_pairs
 from training.study.protocol import departures
 
-# The embedded datasets by name, as the trainer records them (dataset_name) and the reference grid's rows hold them.
-EMBEDDED_DATASETS = {"caption": "scene-caption", "vqa": "scene-vqa"}
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
 THUMBNAIL_PX = 192

@@ -15,23 +15,12 @@ from app.people import person, reason
 from app.services import RunRecord, Services
 from app.tabs.common import Loader, shows_user_errors, submitter
 from app.tabs.train import SCROLL_LOG_TO_END, fill_train_form
+from training.catalog import NO_BUDGET_METHODS
 from training.errors import UserError
 from training.jobs.store import FINAL_STATES
 
-COLUMNS = [
-    "run",
-    "state",
-    "task",
-    "method",
-    "budget",
-    "trained parameters",
-    "data",
-    "seed",
-    "test score",
-    "time",
-    "by",
-    "submitted",
-]
+# Few enough to read whole at 800 px; the id, seed and exact parameter count are in the run's details.
+COLUMNS = ["run", "dataset", "state", "test score", "time", "by", "submitted"]
 
 
 NOT_SCORES = {"num_examples", "decode_s", "eval_s"}
@@ -48,21 +37,26 @@ STATE_FILTERS = {
 }
 
 
+def run_name(record: RunRecord) -> str:
+    """A run in words for the table: 'LoRA 18k, 10 % of the data (captions)'; zero-shot has neither."""
+    method = fmt.METHOD_LABELS.get(record.method, record.method)
+    task = "captions" if record.task == "caption" else "questions"
+    if record.method == "zero-shot":
+        return f"{method} ({task})"
+    budget = "" if record.method in NO_BUDGET_METHODS else f" {record.config.get('budget')}"
+    return f"{method}{budget}, {fmt.fraction(record.config.get('data_fraction'))} of the data ({task})"
+
+
 def runs_table(records: list[RunRecord], viewer: str | None = None) -> pd.DataFrame:
     rows = [
         [
-            r.id,
+            run_name(r),
+            r.dataset_name,
             r.state,
-            fmt.TASK_LABELS.get(r.task, r.task),
-            fmt.METHOD_LABELS.get(r.method, r.method),
-            r.config.get("budget"),
-            f"{fmt.count(r.trainable_params)} ({fmt.percent(r.trainable_percent)})" if r.trainable_params else "-",
-            fmt.fraction(r.config.get("data_fraction")),
-            r.config.get("seed"),
             fmt.main_score(r.task, r.metrics),
             fmt.duration(r.duration_s),
             person(r.submitter, viewer),
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
+            time.strftime("%d %b %H:%M", time.localtime(r.created_at)),
         ]
         for r in records
     ]
@@ -94,7 +88,7 @@ def details(record: RunRecord, viewer: str | None = None) -> str:
         why = "running since " + time.strftime("%H:%M", time.localtime(record.started_at))
     else:
         why = reason(record.reason, record.submitter, viewer)
-    lines = [f"### {record.id}: {record.state}", f"*{why}*", ""]
+    lines = [f"### {record.label}: {record.state}", f"*{why}* · run id `{record.id}`", ""]
     if record.metrics:
         shown = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and k not in NOT_SCORES}
         scored = record.metrics.get("num_examples")
@@ -145,10 +139,7 @@ def refresh(services: Services, selected: str | None, viewer: str | None = None,
     records = shown_runs(services, shown)
     ids = [r.id for r in records]
     selected = selected if selected in ids else None
-    choices = [
-        (f"{r.id} · {fmt.task_name(r.task)} · {fmt.METHOD_LABELS.get(r.method, r.method)} · {r.state}", r.id)
-        for r in records
-    ]
+    choices = [(f"{r.label} · {r.state}", r.id) for r in records]
     deletable = len(bulk_deletable(records, viewer if services.settings.demo else None))
     return (
         runs_table(records, viewer),
@@ -318,13 +309,15 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form:
         **private,
     )
 
-    def on_row(visitor_id: str, event: gr.SelectData, request: gr.Request):
-        run_id = event.row_value[0] if event.row_value else None
+    def on_row(visitor_id: str, state: str, event: gr.SelectData, request: gr.Request):
+        listed = shown_runs(services, state)  # the table's rows, in its order (it names runs in words, not ids)
+        row = event.index[0] if event.index else None
+        run_id = listed[row].id if row is not None and 0 <= row < len(listed) else None
         return (gr.update(value=run_id), *show(services, run_id, submitter(request, visitor_id)))
 
     table.select(
         shows_user_errors(with_confirm_hidden(on_row)),
-        visitor,
+        [visitor, shown],
         [picker, *shown_parts, *confirmation],
         api_name="ui_runs_row",
         **private,

@@ -339,10 +339,7 @@ def cancel(services: Services, request: gr.Request | None, visitor: str, job_id:
 def jobs_choices(services: Services, request: gr.Request | None, visitor: str, selected: str | None) -> dict:
     """This visitor's jobs, newest first, for the 'Job shown' picker."""
     mine = [r for r in services.runs() if r.submitter == submitter(request, visitor)]
-    choices = [
-        (f"{r.id} · {fmt.METHOD_LABELS.get(r.method, r.method)} {r.config.get('budget')} on {r.task}", r.id)
-        for r in mine
-    ]
+    choices = [(r.label, r.id) for r in mine]
     return gr.update(choices=choices, value=selected if selected in {r.id for r in mine} else None)
 
 
