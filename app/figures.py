@@ -28,10 +28,11 @@ LAYOUT = dict(
 def loss_curve(
     rows: list[dict],
     validation: list[dict] | None = None,
-    title: str = "Training loss (lower is better) and validation score",
+    title: str = "Training loss and validation score",
+    kept: bool = True,
 ) -> go.Figure:
-    """The loss per logged step and, on a second axis, the validation score at each validation (the best one,
-    whose checkpoint the run keeps, ringed)."""
+    """The loss per logged step and, on a second axis, the validation score at each validation, the best one
+    ringed: 'kept checkpoint' when the run ended by itself and kept it (`kept`), else 'best so far'."""
     figure = go.Figure(layout=dict(LAYOUT, title=title, height=300))
     if rows:
         figure.add_trace(
@@ -62,12 +63,15 @@ def loss_curve(
                 x=[v["step"] for v in kept],
                 y=[v["value"] for v in kept],
                 mode="markers",
-                name="kept checkpoint",
+                name="kept checkpoint" if kept else "best validation so far",
                 yaxis="y2",
                 marker=dict(size=14, symbol="circle-open", color=METHOD_COLORS["prompt"]),
             )
         )
-        figure.update_layout(yaxis2=dict(title=f"validation {metric}", overlaying="y", side="right"))
+        figure.update_layout(
+            yaxis2=dict(title=f"validation {metric} (higher is better)", overlaying="y", side="right"),
+            margin=dict(LAYOUT["margin"], r=70),  # room for the right axis' title
+        )
     if not rows and not validation:
         figure.add_annotation(
             text="The curve appears once training has started.",
@@ -78,7 +82,8 @@ def loss_curve(
             y=0.5,
         )
     figure.update_xaxes(title="step")
-    figure.update_yaxes(title="loss")
+    # The left axis only: update_yaxes would title the validation axis "loss" too.
+    figure.update_layout(yaxis=dict(title="training loss (lower is better)"))
     return figure
 
 

@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 EMBEDDED_DATASET_NAMES = {"caption": "scene-caption", "vqa": "scene-vqa"}  # as the trainer records them
 METRIC_NOTES = {
-    "CIDEr-D": "how close the captions are to the human ones (higher is better)",
-    "accuracy": "share of questions answered like the humans did (higher is better)",
+    "CIDEr-D": "how closely a caption matches the human ones, rare shared word groups counting most: 0 (nothing in "
+    "common) to 10 (word for word as every human caption); higher is better",
+    "accuracy": "the share of questions answered as the human annotators did, 0 to 100 %; higher is better",
 }
 
 
@@ -79,7 +80,8 @@ def run_words(config: dict, dataset_name: str | None = None) -> str:
 
 def method_explainer(method: str) -> str:
     info = CATALOG[method]
-    return f"**{METHOD_LABELS.get(method, method)}** (*{info.family}*): {info.summary}"
+    family = "" if info.family == BASELINE else f" (*{info.family}*)"  # a baseline's label already says it
+    return f"**{METHOD_LABELS.get(method, method)}**{family}: {info.summary}"
 
 
 def estimate_text(estimate: Estimate) -> str:
@@ -147,7 +149,10 @@ def job_headline(status: dict) -> str:
         return f"**Starting** ({what}): loading the model and the data."
     if state == "finished":
         score = main_score(config.get("task", ""), status.get("metrics") or {})
-        return f"**Finished** in {duration(status.get('elapsed_s'))} ({what}). Test score: {score}."
+        note = METRIC_NOTES.get(MAIN_METRIC.get(config.get("task", ""), ""))
+        return f"**Finished** in {duration(status.get('elapsed_s'))} ({what}). Test score: {score}" + (
+            f" ({note})." if note else "."
+        )
     if state == "failed":
         hint = status.get("hint")
         return f"**Failed** ({what}): {status.get('reason')}." + (f" **What to do:** {hint}" if hint else "")

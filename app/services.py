@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import huggingface_hub
 import torch
 from PIL import Image
-from transformers import BlipForConditionalGeneration
+from transformers import AutoTokenizer, BlipForConditionalGeneration, PreTrainedTokenizerBase
 
 from app.format import EMBEDDED_DATASET_NAMES as EMBEDDED_DATASETS
 from app.people import person
@@ -32,13 +32,14 @@ from app.settings import Settings
 from training.catalog import MAIN_METRIC, METHOD_LABELS, NO_BUDGET_METHODS
 from training.data.archive import DatasetSummary, StoredDataset, install_zip, stored_datasets, summarize
 from training.data.dataset import Example, TaskDataset, load_dataset, nested_fraction
+from training.data.vocabulary import VocabularyCheck, vocabulary_check
 from training.errors import UserError
 from training.jobs import JobStore, Supervisor, job_status
 from training.jobs.durable import DurableDatasets
 from training.jobs.status import read_progress
 from training.jobs.store import ACTIVE_STATES, PersonalLimitReached
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
-from training.model.base_model import load_base_config, meta_model
+from training.model.base_model import default_model_path, load_base_config, meta_model
 from training.model.compare import Column, Comparer, check_image
 from training.run import runs
 from training.run.config import RunConfig, parse_budget, planned_steps
@@ -128,6 +129,7 @@ class DatasetPreview:
     stored: StoredDataset
     summary: DatasetSummary
     examples: list[tuple[str, str]]  # (thumbnail path, caption or questions and answers)
+    words: VocabularyCheck | None = None  # the caption or answer words the app's model cannot say
 
 
 @dataclass
@@ -238,6 +240,7 @@ class Services:
         self._models: OrderedDict[str, Comparer] = OrderedDict()  # each holds one loaded copy of its base
         self._shapes: dict[tuple[str, str], BlipForConditionalGeneration] = {}  # meta device, from config.json
         self._datasets: dict[tuple[str, str | None], TaskDataset] = {}
+        self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._galleries: dict[tuple[str, str | None], list[TestImage]] = {}
         self._lock = threading.Lock()
         self._loading: dict[object, threading.Lock] = {}
@@ -372,7 +375,14 @@ class Services:
             else:
                 label = " · ".join(f"{e.question} → {_majority(e.answers)}" for e in group[:3])
             examples.append((thumbnail, label))
-        return DatasetPreview(stored, summarize(dataset), examples)
+        every = [e for split in ("train", "validation", "test") for e in dataset.split(split)]
+        words = vocabulary_check(every, self.tokenizer(None))
+        return DatasetPreview(stored, summarize(dataset), examples, words)
+
+    def tokenizer(self, base_model: str | None) -> PreTrainedTokenizerBase:
+        """A base model's tokenizer (the app's own for None), loaded once: for what its model can say."""
+        source = self.base_model_source(base_model) or default_model_path()
+        return self._once(self._tokenizers, source, lambda: AutoTokenizer.from_pretrained(source))
 
     def remove_dataset(self, name: str) -> StoredDataset:
         """Delete a dataset added from a zip, here and on the durable location. Runs trained on it keep their

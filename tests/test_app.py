@@ -63,7 +63,7 @@ def services(make_services) -> Services:
 
 def form(**changes) -> list:
     """The Train form's values in order (task, method, budget, fraction, seed, epochs, steps, lr, batch, towers,
-    base model, dataset, test examples)."""
+    base model, dataset, test examples, minimum steps, patience); no step floor, so tiny runs stay tiny."""
     values = dict(
         task="caption",
         method="lora",
@@ -78,6 +78,8 @@ def form(**changes) -> list:
         base_model="embedded",
         dataset="embedded",
         eval_limit=0,
+        min_steps=0,
+        patience=3,
     )
     values.update(changes)
     return list(values.values())
@@ -338,10 +340,16 @@ def test_zero_steps_and_zero_test_examples_mean_no_limit(services: Services, tin
 
 
 def test_the_size_note_counts_examples_pairs_and_steps(services: Services):
-    caption = train.describe_size(services, "caption", "lora", 0.5, 0, 1, 0, 4, "embedded")
-    assert caption.startswith("This run trains on 12 of 24 images (36 caption pairs): 9 steps of 4 examples. No time")
-    vqa = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded")
+    caption = train.describe_size(services, "caption", "lora", 0.5, 0, 1, 0, 4, "embedded", min_steps=0)
+    assert caption.startswith(
+        "This run trains on 12 of 24 images (36 caption pairs): up to 9 steps of 4 examples; early stopping on the "
+        "validation score usually ends it sooner. No time"
+    )
+    vqa = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded", patience=0, min_steps=0)
     assert vqa.startswith("This run trains on 32 of 32 questions: 3 steps of 32 examples.")
+    # The study's floor (min_steps 300) by default: a tiny share still trains 300 steps at most
+    floored = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded")
+    assert floored.startswith("This run trains on 32 of 32 questions: up to 300 steps of 32 examples; early")
     assert "only scores the base model" in train.describe_size(services, "caption", "zero-shot", 1, 0, 1, 0, 4, "")
 
 
@@ -355,12 +363,14 @@ def test_the_expected_time_comes_from_finished_runs_here_else_the_bench_and_warn
         (run_dir / "metrics.jsonl").open("a").write(json.dumps({"step": step, "elapsed_s": elapsed}) + "\n")
     (run_dir / "eval.json").write_text(json.dumps({"metrics": {"CIDEr-D": 0.1, "eval_s": 5.0}}))
     assert services.store.finish(job_id, "worker-1", Outcome("finished", "finished in 35 s", 0))
-    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 100, 4, "embedded")  # half the batch: 1 s a step
-    assert "**Expected time:** about 1 min 55 s (from 1 finished run like it on this machine)." in text
+    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 100, 4, "embedded", "both")  # 1 s a step
+    assert "**Expected time:** at most about 1 min 55 s if it runs to its cap (from 1 finished run like it on" in text
     assert "⚠️ **That is past this app's run limit of 2 min 00 s** (VLPEFT_MAX_RUNTIME_S)" not in text
-    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 200, 4, "embedded")
+    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 200, 4, "embedded", "both")
     assert "about 3 min 35 s" in text and "past this app's run limit of 2 min 00 s" in text
-    assert "No time estimate yet" in train.describe_size(services, "caption", "prefix", 1, 0, 1, 200, 4, "embedded")
+    assert "No time estimate yet" in train.describe_size(
+        services, "caption", "prefix", 1, 0, 1, 200, 4, "embedded", "both"
+    )
 
     bench = {"train": [{"method": "prefix", "towers": "both", "batch_size": 32, "step_s": 0.2}], "eval": {"eval_s": 3}}
     services.settings.results_dir.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,11 @@ def explore(
     frame.to_csv(csv_path, index=False)
     return (
         note,
-        gr.update(choices=[(results.metric_label(name), name) for name in metrics], value=metric),
+        gr.update(
+            choices=[(results.metric_label(name), name) for name in metrics],
+            value=metric,
+            info=f"{results.metric_label(metric)}: {fmt.METRIC_NOTES.get(metric.split('_')[0], 'higher is better')}.",
+        ),
         gr.update(choices=budgets, value=held_budget, visible=len(budgets) > 1),
         gr.update(choices=fractions, value=held_fraction, visible=len(fractions) > 1),
         metric_figure(frame, "data_fraction", metric, ("budget", held_budget)),

@@ -70,9 +70,11 @@ STOP_REASONS = {
 }
 
 
-def validation_line(summary: dict, planned: int | None) -> str:
+def validation_line(summary: dict, planned: int | None, has_weights: bool = True) -> str:
     """What validation chose: the kept checkpoint, its score, and why training stopped."""
     if not summary or summary.get("best") is None:
+        if not has_weights:
+            return "**Validation:** none recorded, and no weights were saved: it stopped before it kept any."
         return "**Validation:** none (a fixed schedule, or not reached yet): the weights are those of the last step."
     why = STOP_REASONS.get(summary.get("stop_reason"), summary.get("stop_reason") or "")
     return (
@@ -111,7 +113,7 @@ def details(record: RunRecord, viewer: str | None = None) -> str:
             f"{info.get('knob_value') if info.get('knob_value') is not None else ''}, "
             f"{fmt.count(info.get('train_examples'))} training examples, {steps}{learning_rate(info)}."
         )
-        lines.append(validation_line(record.validation, planned))
+        lines.append(validation_line(record.validation, planned, record.has_weights))
         lines.append(f"**Command:** `{info.get('command')}`")
     lines.append(f"**Duration:** {fmt.duration(record.duration_s)} · **folder:** `{record.run_dir}`")
     return "\n\n".join(lines)

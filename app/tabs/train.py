@@ -311,7 +311,8 @@ def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple
     live = status["state"] in ACTIVE_STATES
     curve, validation = status["curve"], status.get("validation") or []
     points = len(curve) + len(validation)
-    figure = loss_curve(curve, validation) if points != shown_points else gr.skip()
+    kept = status["state"] == "finished"  # a stopped run's best validation is not a checkpoint it kept
+    figure = loss_curve(curve, validation, kept=kept) if points != shown_points else gr.skip()
     log = status["log_tail"]
     if status["state"] == "failed" and status.get("error"):
         log = [*log, "", f"error: {status['error']}"]

@@ -78,9 +78,10 @@ def open_image(path: str | Path) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError:
         raise UserError(f"Image {path} does not exist.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise UserError(
-            f"Image {path} cannot be read ({type(exc).__name__}): it is not an image or is corrupt."
+            f"Image {path} cannot be read: it is not an image this app can open (PNG, JPEG, WebP, BMP, GIF) "
+            "or it is damaged. Replace it and try again."
         ) from None
 
 
