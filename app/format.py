@@ -74,8 +74,9 @@ def run_words(config: dict, dataset_name: str | None = None) -> str:
     label = METHOD_LABELS.get(method, method)
     if method == "zero-shot":
         return f"{label} on {dataset}"
-    budget = "" if method in NO_BUDGET_METHODS else f" {config.get('budget')}"
-    return f"{label}{budget} on {fraction(config.get('data_fraction'))} of {dataset}"
+    budget = "" if method in NO_BUDGET_METHODS or not config.get("budget") else f" {config['budget']}"
+    share = config.get("data_fraction")
+    return f"{label}{budget} on " + (f"{fraction(share)} of {dataset}" if share is not None else dataset)
 
 
 def method_explainer(method: str) -> str:
@@ -118,7 +119,12 @@ def job_headline(status: dict) -> str:
     what = run_words(config, status.get("info", {}).get("dataset_name"))
     if state == "queued":
         ahead = (status.get("queue_position") or 1) - 1
-        wait = "it starts next" if ahead == 0 else f"{ahead} job{'s' if ahead > 1 else ''} ahead of it"
+        if ahead:
+            wait = f"{ahead} job{'s' if ahead > 1 else ''} ahead of it"
+        elif status.get("wait_s") is not None:
+            wait = f"it starts next, in about {duration(status['wait_s'])}, when a running job ends"
+        else:
+            wait = "it starts next, as soon as a running job ends"
         return f"**Queued #{status.get('queue_position') or '?'}** ({what}): {wait}."
     if state == "running":
         phase = status.get("phase")

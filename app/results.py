@@ -128,11 +128,29 @@ def leaves_protocol(config: dict) -> str:
         return "its settings could not be read"
 
 
+def reference_datasets(sweep: pd.DataFrame, task: str) -> set[str]:
+    """The datasets the reference grid ran a task on (empty when its table does not say)."""
+    if sweep.empty or "dataset" not in sweep.columns:
+        return set()
+    return {str(name) for name in sweep[sweep["task"] == task]["dataset"].dropna()}
+
+
+def on_dataset(frame: pd.DataFrame, dataset: str, reference: set[str]) -> pd.DataFrame:
+    """The rows of runs on `dataset`; a row that names none is the reference grid's data."""
+    if frame.empty or "dataset" not in frame.columns:
+        return frame if dataset in reference else frame.iloc[0:0]
+    names = frame["dataset"].astype("string")
+    return frame[(names == dataset).fillna(False) | (names.isna() & (dataset in reference))]
+
+
 def dataset_choices(frame: pd.DataFrame, reference: set[str]) -> list[tuple[str, str]]:
     """The datasets of a task's rows: the reference grid's first, then each other one its runs used."""
-    if frame.empty or "dataset" not in frame.columns:
+    if frame.empty:
         return []
-    names = [str(n) for n in frame["dataset"].dropna().unique()]
+    named = frame["dataset"].dropna() if "dataset" in frame.columns else pd.Series(dtype=str)
+    names = [str(n) for n in named.unique()]
+    if len(named) < len(frame):  # rows that name no dataset are the reference grid's
+        names += sorted(reference - set(names))
     ordered = sorted(names, key=lambda n: (n not in reference, n))
     return [(f"{n} (the reference grid's)" if n in reference else n, n) for n in ordered]
 

@@ -172,11 +172,14 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        """The run in words: 'LoRA 18k · 10 % of scene-vqa · 6 Dec 21:50' (zero-shot: no budget, no share)."""
+        """The run in words: 'LoRA 18k · 10 % of scene-vqa · seed 0 · 06 Dec 21:50' (zero-shot: no budget, no
+        share, no seed)."""
         method = METHOD_LABELS.get(self.method, self.method)
         budget = "" if self.method in NO_BUDGET_METHODS else f" {self.config.get('budget')}"
-        share = self.config.get("data_fraction")
-        data = self.dataset_name if self.method == "zero-shot" else f"{_share(share)} of {self.dataset_name}"
+        share, seed = self.config.get("data_fraction"), self.config.get("seed", 0)
+        data = (
+            self.dataset_name if self.method == "zero-shot" else f"{_share(share)} of {self.dataset_name} · seed {seed}"
+        )
         return f"{method}{budget} · {data} · {time.strftime('%d %b %H:%M', time.localtime(self.created_at))}"
 
     @property
@@ -545,7 +548,15 @@ class Services:
         status["curve"] = [row for row in runs.read_jsonl(run_dir / runs.METRICS) if "loss" in row]
         status["validation"] = runs.read_jsonl(run_dir / runs.VALIDATION)
         status["info"] = runs.read_json(run_dir / runs.CONFIG) or {}
+        if status["state"] == "queued":
+            status["wait_s"] = self._wait_s()
         return status
+
+    def _wait_s(self) -> float | None:
+        """Seconds until a worker slot frees: the least time left of the running jobs (None when none says)."""
+        left = [job_status(self.store, job.id, log_lines=0).get("eta_s") for job in self.store.list_jobs(("running",))]
+        known = [seconds for seconds in left if isinstance(seconds, int | float)]
+        return min(known) if known else None
 
     def _own(self, job_id: str, submitter: str, action: str) -> None:
         job = self.store.get(job_id)

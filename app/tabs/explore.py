@@ -39,16 +39,12 @@ def explore(
     mine = results.user_frame([r for r in records if r.id not in in_sweeps])
     swept = results.user_frame([r for r in records if r.id in in_sweeps], results.SWEPT)
     frame = results.combined(sweep, pd.concat([mine, swept], ignore_index=True), task)
-    reference = {str(d) for d in sweep[sweep["task"] == task]["dataset"].dropna()} if not sweep.empty else set()
-    reference = reference or {EMBEDDED_DATASETS[task]}
+    reference = results.reference_datasets(sweep, task) or {EMBEDDED_DATASETS[task]}
     datasets = results.dataset_choices(frame, reference)
     names = [value for _, value in datasets]
     dataset = dataset if dataset in names else (names[0] if names else None)
-    if dataset is not None and not frame.empty:
-        frame = frame[frame["dataset"].astype(str) == dataset]
-        sweep = sweep[sweep["dataset"].astype(str) == dataset] if not sweep.empty else sweep
-        mine = mine[mine["dataset"].astype(str) == dataset] if not mine.empty else mine
-        swept = swept[swept["dataset"].astype(str) == dataset] if not swept.empty else swept
+    if dataset is not None:
+        frame, sweep, mine, swept = (results.on_dataset(f, dataset, reference) for f in (frame, sweep, mine, swept))
     if dataset is not None and dataset not in reference:
         note = f"Runs on **{dataset}**, set only beside each other: the reference grid ran on {', '.join(reference)}."
     metrics = results.metric_names(frame, task)

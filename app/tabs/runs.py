@@ -44,7 +44,8 @@ def run_name(record: RunRecord) -> str:
     if record.method == "zero-shot":
         return f"{method} ({task})"
     budget = "" if record.method in NO_BUDGET_METHODS else f" {record.config.get('budget')}"
-    return f"{method}{budget}, {fmt.fraction(record.config.get('data_fraction'))} of the data ({task})"
+    share = fmt.fraction(record.config.get("data_fraction"))
+    return f"{method}{budget}, {share} of the data, seed {record.config.get('seed', 0)} ({task})"
 
 
 def runs_table(records: list[RunRecord], viewer: str | None = None) -> pd.DataFrame:
@@ -194,8 +195,8 @@ def ask_delete(services: Services, run_id: str | None) -> tuple:
         raise UserError("Pick a run to delete first.")
     record = services.run(run_id)
     question = (
-        f"**Delete run {record.id}** ({fmt.METHOD_LABELS.get(record.method, record.method)}, "
-        f"{fmt.task_name(record.task)}, {record.state}) **for good?** Its weights, "
+        f"**Delete the run {record.label}** ({fmt.task_name(record.task)}, {record.state}; id {record.id}) "
+        "**for good?** Its weights, "
         "scores and log are removed; this cannot be undone."
     )
     return gr.update(visible=True), question, run_id
@@ -237,7 +238,14 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form:
         "adapter with this package or, for LoRA, with peft (`PeftModel.from_pretrained`). **Run again with "
         "changes** fills the Train form with a run's settings."
     )
-    table = gr.Dataframe(runs_table([]), interactive=False, label="Runs (click a row)", elem_id="runs-table")
+    table = gr.Dataframe(
+        runs_table([]),
+        interactive=False,
+        label="Runs (click a row)",
+        elem_id="runs-table",
+        wrap=True,  # seven columns whole at 800 px: long names wrap instead of pushing columns out of sight
+        column_widths=["30%", "14%", "10%", "14%", "11%", "9%", "12%"],
+    )
     with gr.Row():
         shown = gr.Radio(list(STATE_FILTERS), value=ALL_STATES, label="Show", scale=3, elem_id="runs-filter")
         picker = gr.Dropdown([], value=None, label="Run", scale=4, elem_id="run-picker")
