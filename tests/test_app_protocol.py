@@ -41,7 +41,7 @@ def test_the_train_forms_defaults_are_the_studys_protocol(embedded: Services):
     )
     assert config.lr is None and departures(config) == []  # the rate tuned on validation (results/lr.csv)
     assert "✅ **The study's settings**" in train.protocol_text(
-        embedded, "vqa", "lora", "18k", 0.1, 0, *[None] * 5, "embedded", "embedded"
+        embedded, "vqa", "lora", "18k", 0.1, 0, None, 0, 0, 32, None, "embedded", "embedded"
     )
     left = train.protocol_text(embedded, "vqa", "lora", "18k", 0.1, 0, 5, 0, 0, 32, "both", "embedded", "embedded")
     assert left.startswith(

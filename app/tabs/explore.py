@@ -155,6 +155,6 @@ def build(services: Services, tab: gr.Tab) -> Loader:
 
 
 def _figure_column(held_label: str, held_what: str, axis: str, elem_id: str) -> tuple[gr.Dropdown, gr.Plot]:
-    with gr.Column():
+    with gr.Column(min_width=520):  # narrower than two of these (800 px): the plots stack, their titles whole
         held = gr.Dropdown([], value=None, label=held_label, info=f"The plot compares methods at {held_what}.")
         return held, gr.Plot(label=f"Score vs {axis}", elem_id=elem_id)

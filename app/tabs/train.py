@@ -404,7 +404,9 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                 )
             size_note = gr.Markdown(elem_classes="vl-note", elem_id="run-size")
             protocol_note = gr.Markdown(
-                protocol_text(services, "caption", "lora", DEFAULT_BUDGET, 1.0, 0, *[None] * 5, EMBEDDED, EMBEDDED),
+                protocol_text(
+                    services, "caption", "lora", DEFAULT_BUDGET, 1.0, 0, None, 0, 0, 32, None, EMBEDDED, EMBEDDED
+                ),
                 elem_classes="vl-note",
                 elem_id="protocol-note",
             )
