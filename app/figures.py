@@ -115,6 +115,8 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
         return figure
     frame = frame.copy()
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
+    if x == "data_fraction":  # ticks at the shares the runs used: a log axis' own crowd (1%1%1%, 60%70%80%90%)
+        figure.update_xaxes(tickvals=sorted(pd.to_numeric(frame[x], errors="coerce").dropna().unique()))
     sweep, mine, swept = (frame[frame["source"] == source] for source in (SWEEP, MINE, SWEPT))
     if held and held[1] != ALL:  # your runs (stars, dotted lines) obey the held value as the sweep's lines do
         sweep, mine, swept = _held(sweep, held), _held(mine, held), _held(swept, held)

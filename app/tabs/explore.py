@@ -43,6 +43,7 @@ def explore(
     datasets = results.dataset_choices(frame, reference)
     names = [value for _, value in datasets]
     dataset = dataset if dataset in names else (names[0] if names else None)
+    elsewhere = [name for name in names if name != dataset]
     if dataset is not None:
         frame, sweep, mine, swept = (results.on_dataset(f, dataset, reference) for f in (frame, sweep, mine, swept))
     if dataset is not None and dataset not in reference:
@@ -61,6 +62,8 @@ def explore(
         note += not_comparable_note(pd.concat([mine, swept], ignore_index=True))
     elif include_mine and not sweep.empty:
         note += " Runs you finish in the Train tab appear here as stars."
+    if elsewhere:
+        note += f" Runs on other data ({', '.join(elsewhere)}) are drawn apart: pick their **Dataset** above."
     if not swept.empty:
         runs_word = "run" if len(swept) == 1 else "runs"
         note += f" Dotted curves: {len(swept)} finished {runs_word} of the sweeps you queued in the Sweep tab."
