@@ -82,3 +82,15 @@ def test_a_train_tab_default_run_at_a_grid_point_lands_within_the_grids_seed_ran
     # Within the grid's seed range, widened by that range once each way (one seed against three).
     spread = high - low
     assert low - spread <= accuracy <= high + spread, (accuracy, low, high)
+
+
+def test_a_sweep_from_the_page_follows_the_protocol_unless_its_settings_leave_it(embedded: Services):
+    from app.tabs import sweep
+
+    form = ["grid", "vqa", ["lora", "parallel-adapter"], "18k", "0.05", "0", 0, 32, 0]
+    text = sweep.summary(embedded, *form, "text")
+    assert "Every run follows the study's protocol" in text and "from the reference grid's runs like them" in text
+    plan = sweep.sweeps.draft(embedded, sweep.sweep_form(embedded, *form, "text"))
+    assert {(c.towers, c.epochs, c.min_steps, c.patience) for c in plan.configs} == {("text", 10, 300, 3)}
+    left = sweep.summary(embedded, *form, "both")
+    assert "⚠️ **They leave the study's protocol:** towers both (study: text)" in left
