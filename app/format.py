@@ -57,7 +57,9 @@ def duration(seconds: float | None) -> str:
 def metric(name: str, value: float | None) -> str:
     if value is None:
         return f"{name} -"
-    return f"{name} {value:.1f} %" if name.startswith("accuracy") else f"{name} {value:.3g}"
+    if name.startswith("accuracy"):
+        return f"{name} {value:.1f} %"
+    return f"{name} {value:.3g}" if abs(value) >= 0.01 else f"{name} {value:.3f}"  # never '4e-06' for a person
 
 
 def main_score(task: str, metrics: dict) -> str:
