@@ -43,7 +43,7 @@ def register(services: Services) -> None:
         return wrapped
 
     @endpoint
-    def estimate(method: str, budget: str, towers: str = "both", base_model: str = "") -> dict:
+    def estimate(method: str, budget: str, towers: str = "text", base_model: str = "") -> dict:
         """The exact trainable-parameter count of a method under a budget (e.g. '0.5%' or '20k'), before training.
 
         Returns method, knob, value, trainable_params, percent, total_params, min_params, max_params, feasible and
