@@ -46,7 +46,7 @@ def register(services: Services) -> None:
         return wrapped
 
     @endpoint
-    def estimate(method: str, budget: str, towers: str = "both", base_model: str = "") -> dict:
+    def estimate(method: str, budget: str, towers: str = "text", base_model: str = "") -> dict:
         """Solve a budget: the exact trainable-parameter count a method gets under a budget, before training (the
         method sets its knob, e.g. the LoRA rank, to land as close as it can).
 
@@ -73,7 +73,7 @@ def register(services: Services) -> None:
         max_steps: int | None = None,
         lr: float | None = None,
         batch_size: int = 32,
-        towers: str = "both",
+        towers: str = "text",
         base_model: str = "",
         dataset: str = "",
         eval_limit: int | None = None,
@@ -83,6 +83,9 @@ def register(services: Services) -> None:
         is finished, then compare it with other runs on an image. which_method's 'train' field gives task, method,
         budget and data_fraction for a recommended run.
 
+        Under the study's protocol unless told otherwise (sweeps/paper.yaml: the text decoder, the task's epoch cap,
+        a 300-step floor, early stopping with patience 3), so its score sits beside the reference curves.
+
         Args:
             task: caption (image captioning) or vqa (visual question answering).
             method: a method name from list_methods, e.g. lora.
@@ -91,7 +94,8 @@ def register(services: Services) -> None:
             seed: the random seed (initialisation, data order, data subset).
             epochs: passes over the data at most; None for the task's default (validation stops it earlier).
             max_steps: a cap on optimiser steps; None for no cap (a few steps make a quick test run).
-            lr: the learning rate; None for the rate tuned on validation for this task and method.
+            lr: the learning rate; None (or 0) for the rate tuned on validation for this task, method, budget and
+                base model (results/lr.csv), else the method's default; the run's config.json says which (lr_source).
             batch_size: examples per optimiser step.
             towers: which towers the method trains: vision, text or both.
             base_model: empty for the app's own model, else a Hugging Face Hub id or a local folder.

@@ -28,10 +28,11 @@ LAYOUT = dict(
 def loss_curve(
     rows: list[dict],
     validation: list[dict] | None = None,
-    title: str = "Training loss (lower is better) and validation score",
+    title: str = "Training loss and validation score",
+    kept: bool = True,
 ) -> go.Figure:
-    """The loss per logged step and, on a second axis, the validation score at each validation (the best one,
-    whose checkpoint the run keeps, ringed)."""
+    """The loss per logged step and, on a second axis, the validation score at each validation, the best one
+    ringed: 'kept checkpoint' when the run ended by itself and kept it (`kept`), else 'best so far'."""
     figure = go.Figure(layout=dict(LAYOUT, title=title, height=300))
     if rows:
         figure.add_trace(
@@ -62,12 +63,15 @@ def loss_curve(
                 x=[v["step"] for v in kept],
                 y=[v["value"] for v in kept],
                 mode="markers",
-                name="kept checkpoint",
+                name="kept checkpoint" if kept else "best validation so far",
                 yaxis="y2",
                 marker=dict(size=14, symbol="circle-open", color=METHOD_COLORS["prompt"]),
             )
         )
-        figure.update_layout(yaxis2=dict(title=f"validation {metric}", overlaying="y", side="right"))
+        figure.update_layout(
+            yaxis2=dict(title=f"validation {metric} (higher is better)", overlaying="y", side="right"),
+            margin=dict(LAYOUT["margin"], r=70),  # room for the right axis' title
+        )
     if not rows and not validation:
         figure.add_annotation(
             text="The curve appears once training has started.",
@@ -78,7 +82,8 @@ def loss_curve(
             y=0.5,
         )
     figure.update_xaxes(title="step")
-    figure.update_yaxes(title="loss")
+    # The left axis only: update_yaxes would title the validation axis "loss" too.
+    figure.update_layout(yaxis=dict(title="training loss (lower is better)"))
     return figure
 
 
@@ -110,25 +115,38 @@ def metric_figure(frame: pd.DataFrame, x: str, metric: str, held: tuple[str, str
         return figure
     frame = frame.copy()
     frame[metric] = pd.to_numeric(frame[metric], errors="coerce")
+    if x == "data_fraction":  # ticks at the shares the runs used: a log axis' own crowd (1%1%1%, 60%70%80%90%)
+        figure.update_xaxes(tickvals=sorted(pd.to_numeric(frame[x], errors="coerce").dropna().unique()))
     sweep, mine, swept = (frame[frame["source"] == source] for source in (SWEEP, MINE, SWEPT))
     if held and held[1] != ALL:  # your runs (stars, dotted lines) obey the held value as the sweep's lines do
         sweep, mine, swept = _held(sweep, held), _held(mine, held), _held(swept, held)
     _baseline_line(figure, sweep, metric)
     _method_lines(figure, sweep, x, metric, label)
     _method_lines(figure, swept, x, metric, label, own=True)
-    mine = mine[mine["method"] != "zero-shot"].dropna(subset=[metric, x])
-    for method, group in mine.groupby("method", sort=False):
+    mine = mine[mine["method"] != "zero-shot"].dropna(subset=[metric, x]).copy()
+    if "not_comparable" not in mine.columns:
+        mine["not_comparable"] = ""
+    mine["not_comparable"] = mine["not_comparable"].fillna("").astype(str)
+    mine["label"] = mine["label"] if "label" in mine.columns else mine["run_id"]
+    for (method, off), group in mine.groupby(["method", mine["not_comparable"] != ""], sort=False):
+        name = f"your {METHOD_LABELS.get(method, method)}" + (" (not comparable)" if off else "")
         figure.add_trace(
             go.Scatter(
                 x=group[x],
                 y=group[metric],
                 mode="markers",
-                name=f"your {METHOD_LABELS.get(method, method)}",
-                marker=dict(symbol="star", size=14, color=METHOD_COLORS.get(method), line=dict(width=1, color="#000")),
+                name=name,
+                # A run that leaves the study's protocol is hollow: drawn, but not a point of the curves.
+                marker=dict(
+                    symbol="star-open" if off else "star",
+                    size=14,
+                    color=METHOD_COLORS.get(method),
+                    line=dict(width=2 if off else 1, color=METHOD_COLORS.get(method) if off else "#000"),
+                ),
                 legendgroup=method,
-                customdata=group[["run_id", "budget", "data_fraction"]],
-                hovertemplate=f"run %{{customdata[0]}}<br>budget %{{customdata[1]}}, data %{{customdata[2]}}<br>"
-                f"{label} %{{y:.3g}}",
+                customdata=group[["label", "not_comparable"]],
+                hovertemplate="%{customdata[0]}<br>"
+                + (f"{label} %{{y:.3g}}<br>not comparable: %{{customdata[1]}}" if off else f"{label} %{{y:.3g}}"),
             )
         )
     return figure

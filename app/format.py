@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import html
+from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 from app.people import reason
-from training.catalog import BASELINE, CATALOG, MAIN_METRIC, METHOD_LABELS, TASK_LABELS
+from training.catalog import BASELINE, CATALOG, MAIN_METRIC, METHOD_LABELS, NO_BUDGET_METHODS, TASK_LABELS
 
 if TYPE_CHECKING:
     from app.services import Estimate
 
+EMBEDDED_DATASET_NAMES = {"caption": "scene-caption", "vqa": "scene-vqa"}  # as the trainer records them
 METRIC_NOTES = {
-    "CIDEr-D": "how close the captions are to the human ones (higher is better)",
-    "accuracy": "share of questions answered like the humans did (higher is better)",
+    "CIDEr-D": "how closely a caption matches the human ones, rare shared word groups counting most: 0 (nothing in "
+    "common) to 10 (word for word as every human caption); higher is better",
+    "accuracy": "the share of questions answered as the human annotators did, 0 to 100 %; higher is better",
 }
 
 
@@ -54,7 +57,9 @@ def duration(seconds: float | None) -> str:
 def metric(name: str, value: float | None) -> str:
     if value is None:
         return f"{name} -"
-    return f"{name} {value:.1f} %" if name.startswith("accuracy") else f"{name} {value:.3g}"
+    if name.startswith("accuracy"):
+        return f"{name} {value:.1f} %"
+    return f"{name} {value:.3g}" if abs(value) >= 0.01 else f"{name} {value:.3f}"  # never '4e-06' for a person
 
 
 def main_score(task: str, metrics: dict) -> str:
@@ -62,9 +67,24 @@ def main_score(task: str, metrics: dict) -> str:
     return metric(name, metrics.get(name)) if name in metrics else "-"
 
 
+def run_words(config: dict, dataset_name: str | None = None) -> str:
+    """A job's settings in words: 'LoRA 18k on 10 % of scene-vqa' ('Zero-shot on scene-vqa': no budget, no data
+    trained on); the dataset is the one recorded by the trainer, else the folder's name, else the embedded one."""
+    method, task = config.get("method"), config.get("task")
+    source = config.get("dataset")
+    dataset = dataset_name or (PurePath(source).name if source else EMBEDDED_DATASET_NAMES.get(task, task or "?"))
+    label = METHOD_LABELS.get(method, method)
+    if method == "zero-shot":
+        return f"{label} on {dataset}"
+    budget = "" if method in NO_BUDGET_METHODS or not config.get("budget") else f" {config['budget']}"
+    share = config.get("data_fraction")
+    return f"{label}{budget} on " + (f"{fraction(share)} of {dataset}" if share is not None else dataset)
+
+
 def method_explainer(method: str) -> str:
     info = CATALOG[method]
-    return f"**{METHOD_LABELS.get(method, method)}** (*{info.family}*): {info.summary}"
+    family = "" if info.family == BASELINE else f" (*{info.family}*)"  # a baseline's label already says it
+    return f"**{METHOD_LABELS.get(method, method)}**{family}: {info.summary}"
 
 
 def estimate_text(estimate: Estimate) -> str:
@@ -98,10 +118,15 @@ def job_headline(status: dict) -> str:
         "reason": reason(status.get("reason"), owner, owner),
         "cancel_requested_by": reason(status.get("cancel_requested_by"), owner, owner) or None,
     }
-    what = f"{METHOD_LABELS.get(config.get('method'), config.get('method'))} on {task_name(config.get('task'))}"
+    what = run_words(config, status.get("info", {}).get("dataset_name"))
     if state == "queued":
         ahead = (status.get("queue_position") or 1) - 1
-        wait = "it starts next" if ahead == 0 else f"{ahead} job{'s' if ahead > 1 else ''} ahead of it"
+        if ahead:
+            wait = f"{ahead} job{'s' if ahead > 1 else ''} ahead of it"
+        elif status.get("wait_s") is not None:
+            wait = f"it starts next, in about {duration(status['wait_s'])}, when a running job ends"
+        else:
+            wait = "it starts next, as soon as a running job ends"
         return f"**Queued #{status.get('queue_position') or '?'}** ({what}): {wait}."
     if state == "running":
         phase = status.get("phase")
@@ -132,7 +157,10 @@ def job_headline(status: dict) -> str:
         return f"**Starting** ({what}): loading the model and the data."
     if state == "finished":
         score = main_score(config.get("task", ""), status.get("metrics") or {})
-        return f"**Finished** in {duration(status.get('elapsed_s'))} ({what}). Test score: {score}."
+        note = METRIC_NOTES.get(MAIN_METRIC.get(config.get("task", ""), ""))
+        return f"**Finished** in {duration(status.get('elapsed_s'))} ({what}). Test score: {score}" + (
+            f" ({note})." if note else "."
+        )
     if state == "failed":
         hint = status.get("hint")
         return f"**Failed** ({what}): {status.get('reason')}." + (f" **What to do:** {hint}" if hint else "")

@@ -14,10 +14,12 @@ from app import api
 from app.services import Services
 from app.settings import Settings
 from app.tabs import choose, compare, explore, runs, runs_compared, sweep, train
+from training.catalog import METHOD_NAMES, PEFT_METHODS
 from training.errors import UserError
 
 log = logging.getLogger("vlpeft.app")
 
+LOCAL_VISITOR = "this-machine"  # the visitor id of every browser of an app that only its own machine can reach
 MAX_UPLOAD = "20mb"  # a picture to compare on
 MAX_DATASET_UPLOAD = "500mb"  # a dataset zip (not in the public demo, which takes no datasets)
 CSS = """
@@ -42,18 +44,18 @@ CSS = """
 .vl-meta, .vl-run, .vl-sample { font-size: 0.85em; color: var(--body-text-color-subdued); }
 .vl-output { font-size: 1.2em; margin: 10px 0; }
 .vl-cut { color: #888; margin-left: 1px; }
-.vl-output mark, .vl-legend mark { background: #ffe27a; color: #000; border-radius: 3px; padding: 0 2px; }
-.vl-output del, .vl-legend del { background: #f4c7c7; color: #6b0f0f; border-radius: 3px; padding: 0 2px; }
+.vl-tag { display: inline-block; margin-top: 6px; border: 1px solid var(--color-accent); color: var(--color-accent);
+          border-radius: 10px; padding: 0 8px; font-size: 0.75em; cursor: help; }
+.vl-tag.vl-same { border-color: var(--border-color-primary); color: var(--body-text-color-subdued); cursor: default; }
 .vl-legend { font-size: 0.85em; }
 .vl-partial { font-size: 0.85em; color: #9a5b00; }
 .vl-log textarea { font-family: var(--font-mono); font-size: 0.85em; }
-.vl-badge { background: var(--color-accent); color: #fff; border-radius: 4px; padding: 0 6px; font-size: 0.7em;
-            vertical-align: middle; }
 .vl-banner { font-weight: 600; }
 .vl-references ul { margin: 4px 0 0 18px; }
 """
 HEADER = """# VL-PEFT Lab
-Fine-tune a vision-language model (BLIP) with five parameter-efficient methods, and see what data size and
+Fine-tune a vision-language model (BLIP) with {methods} parameter-efficient methods (and {baselines} baselines), and
+see what data size and
 parameter size do, as in *An Empirical Study of Parameter Efficient Fine-tuning on Vision-Language Pre-train Model*
 (Tian et al., ICME 2024). **Train** a method or queue a **Sweep** of them, **Compare** what adapters say about a
 picture, **Explore** the results, and manage your **Runs**."""
@@ -71,7 +73,8 @@ def build_app(settings: Settings | None = None) -> App:
     services = Services(settings)
     secret = _browser_secret(services)
     with gr.Blocks(title="VL-PEFT Lab") as demo:
-        gr.Markdown(HEADER)
+        methods, baselines = len(PEFT_METHODS), len(METHOD_NAMES) - len(PEFT_METHODS)
+        gr.Markdown(HEADER.format(methods=_number_word(methods), baselines=_number_word(baselines)))
         if settings.demo:
             gr.Markdown(
                 f"ℹ️ **Public demo:** one job at a time per visitor, at most {settings.demo_max_steps} steps "
@@ -93,9 +96,15 @@ def build_app(settings: Settings | None = None) -> App:
                 loaders.append(runs.build(services, runs_tab, visitor, loaders[0].fills, tabs))
                 loaders.append(runs_compared.build(services, runs_tab))
         api.register(services)
-        # Every browser gets an id of its own (kept in its local storage) before the tabs fill in.
+        # Every browser gets an id of its own (kept in its local storage) before the tabs fill in; on an app only
+        # this machine can reach, every browser is the one person at its keyboard (their jobs are theirs in each).
+        alone = not settings.demo and not settings.auth and settings.host in ("127.0.0.1", "localhost", "::1")
         known = demo.load(
-            lambda v: v or secrets.token_hex(8), visitor, visitor, api_name="ui_visitor", api_visibility="private"
+            lambda v: LOCAL_VISITOR if alone else (v or secrets.token_hex(8)),
+            visitor,
+            visitor,
+            api_name="ui_visitor",
+            api_visibility="private",
         )
         for loader in loaders:
             known.then(loader.fn, loader.inputs, loader.outputs, api_name=loader.name, api_visibility="private")
@@ -117,6 +126,9 @@ def serve(app: App, **launch_kwargs) -> tuple:
         css=CSS,
         show_error=False,
         mcp_server=True,  # the API's endpoints as MCP tools at /gradio_api/mcp/, for an assistant to drive the lab
+        # Gradio 6's English strings lack the key its status tracker announces when an event ends: the screen-reader
+        # text read "common.complete".
+        i18n=gr.I18n(en={"common.complete": "Done"}),
     )
     options.update(launch_kwargs)
     app.demo.queue(default_concurrency_limit=1)
@@ -146,6 +158,12 @@ def _warm_up(services: Services) -> None:
             services.test_images(task)
     except UserError as exc:
         log.warning("warm-up: %s", exc)
+
+
+def _number_word(n: int) -> str:
+    """7 -> 'seven' (up to ten), else the digits."""
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+    return words[n] if n < len(words) else str(n)
 
 
 def _browser_secret(services: Services) -> str:

@@ -9,7 +9,9 @@ import pandas as pd
 from app.format import METHOD_LABELS
 from app.services import MAIN_METRIC, RunRecord
 from training.catalog import NO_BUDGET_METHODS
+from training.errors import UserError
 from training.paths import REPO_ROOT
+from training.sweeps.protocol import departures
 
 RESULTS_FILE = "runs.csv"
 REPORT_FILE = "report.md"
@@ -105,6 +107,8 @@ def user_frame(records: list[RunRecord], source: str = MINE) -> pd.DataFrame:
             "dataset": info.get("dataset_name"),
             "source": source,
             "run_id": record.id,
+            "not_comparable": leaves_protocol(config),
+            "label": record.label,
         }
         for name, value in record.metrics.items():
             if isinstance(value, int | float) and (name in CAPTION_METRICS or name == "accuracy"):
@@ -113,6 +117,42 @@ def user_frame(records: list[RunRecord], source: str = MINE) -> pd.DataFrame:
             row[f"accuracy_{name}"] = value
         rows.append(row)
     return pd.DataFrame(rows) if rows else _empty()
+
+
+def leaves_protocol(config: dict) -> str:
+    """Why a run cannot be set beside the reference curves ('' when it can); its dataset is not a reason here:
+    Explore draws a run only among the runs on its own dataset."""
+    try:
+        return "; ".join(departures(config, with_dataset=False))
+    except (UserError, TypeError):
+        return "its settings could not be read"
+
+
+def reference_datasets(sweep: pd.DataFrame, task: str) -> set[str]:
+    """The datasets the reference grid ran a task on (empty when its table does not say)."""
+    if sweep.empty or "dataset" not in sweep.columns:
+        return set()
+    return {str(name) for name in sweep[sweep["task"] == task]["dataset"].dropna()}
+
+
+def on_dataset(frame: pd.DataFrame, dataset: str, reference: set[str]) -> pd.DataFrame:
+    """The rows of runs on `dataset`; a row that names none is the reference grid's data."""
+    if frame.empty or "dataset" not in frame.columns:
+        return frame if dataset in reference else frame.iloc[0:0]
+    names = frame["dataset"].astype("string")
+    return frame[(names == dataset).fillna(False) | (names.isna() & (dataset in reference))]
+
+
+def dataset_choices(frame: pd.DataFrame, reference: set[str]) -> list[tuple[str, str]]:
+    """The datasets of a task's rows: the reference grid's first, then each other one its runs used."""
+    if frame.empty:
+        return []
+    named = frame["dataset"].dropna() if "dataset" in frame.columns else pd.Series(dtype=str)
+    names = [str(n) for n in named.unique()]
+    if len(named) < len(frame):  # rows that name no dataset are the reference grid's
+        names += sorted(reference - set(names))
+    ordered = sorted(names, key=lambda n: (n not in reference, n))
+    return [(f"{n} (the reference grid's)" if n in reference else n, n) for n in ordered]
 
 
 def combined(sweep: pd.DataFrame, mine: pd.DataFrame, task: str) -> pd.DataFrame:

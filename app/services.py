@@ -7,8 +7,10 @@ back from the job store and the run directory.
 
 from __future__ import annotations
 
+import csv
 import shutil
 import socket
+import statistics
 import tempfile
 import threading
 import time
@@ -23,28 +25,31 @@ import huggingface_hub
 import pandas as pd
 import torch
 from PIL import Image
-from transformers import BlipForConditionalGeneration
+from transformers import AutoTokenizer, BlipForConditionalGeneration, PreTrainedTokenizerBase
 
+from app.format import EMBEDDED_DATASET_NAMES as EMBEDDED_DATASETS
 from app.people import person
 from app.settings import Settings
 from training.budget import parse_budget
-from training.catalog import MAIN_METRIC
+from training.catalog import MAIN_METRIC, METHOD_LABELS, NO_BUDGET_METHODS
 from training.compare import Column, Comparer, check_image
 from training.data.archive import DatasetSummary, StoredDataset, install_zip, stored_datasets, summarize
 from training.data.dataset import load_dataset, nested_fraction
 from training.data.examples import Example, TaskDataset
+from training.data.vocabulary import VocabularyCheck, vocabulary_check
 from training.errors import UserError
 from training.jobs import JobStore, Supervisor, job_status
 from training.jobs.durable import DurableDatasets
 from training.jobs.status import read_progress
 from training.jobs.store import ACTIVE_STATES, PersonalLimitReached
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
-from training.model.base_model import load_base_config, meta_model
+from training.model.base_model import default_model_path, load_base_config, meta_model
 from training.run import runs
 from training.run.config import RunConfig, planned_steps
 from training.run.export import PEFT_FOLDER, exports_to_peft, run_readme, write_peft_adapter
 from training.run.tasks import training_pairs
 from training.study.choice import Choice, which_method
+from training.sweeps.protocol import departures
 
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
@@ -129,6 +134,7 @@ class DatasetPreview:
     stored: StoredDataset
     summary: DatasetSummary
     examples: list[tuple[str, str]]  # (thumbnail path, caption or questions and answers)
+    words: VocabularyCheck | None = None  # the caption or answer words the app's model cannot say
 
 
 @dataclass
@@ -162,6 +168,24 @@ class RunRecord:
     @property
     def method(self) -> str:
         return self.config.get("method", "")
+
+    @property
+    def dataset_name(self) -> str:
+        """The data it trained and was scored on, by name: an uploaded dataset's, else the task's embedded one."""
+        source = self.config.get("dataset")
+        return self.info.get("dataset_name") or (Path(source).name if source else EMBEDDED_DATASETS.get(self.task, "?"))
+
+    @property
+    def label(self) -> str:
+        """The run in words: 'LoRA 18k · 10 % of scene-vqa · seed 0 · 06 Dec 21:50' (zero-shot: no budget, no
+        share, no seed)."""
+        method = METHOD_LABELS.get(self.method, self.method)
+        budget = "" if self.method in NO_BUDGET_METHODS else f" {self.config.get('budget')}"
+        share, seed = self.config.get("data_fraction"), self.config.get("seed", 0)
+        data = (
+            self.dataset_name if self.method == "zero-shot" else f"{_share(share)} of {self.dataset_name} · seed {seed}"
+        )
+        return f"{method}{budget} · {data} · {time.strftime('%d %b %H:%M', time.localtime(self.created_at))}"
 
     @property
     def trainable_params(self) -> int | None:
@@ -224,6 +248,7 @@ class Services:
         self._models: OrderedDict[str, Comparer] = OrderedDict()  # each holds one loaded copy of its base
         self._shapes: dict[tuple[str, str], BlipForConditionalGeneration] = {}  # meta device, from config.json
         self._datasets: dict[tuple[str, str | None], TaskDataset] = {}
+        self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._galleries: dict[tuple[str, str | None], list[TestImage]] = {}
         self._lock = threading.Lock()
         self._loading: dict[object, threading.Lock] = {}
@@ -358,7 +383,14 @@ class Services:
             else:
                 label = " · ".join(f"{e.question} → {_majority(e.answers)}" for e in group[:3])
             examples.append((thumbnail, label))
-        return DatasetPreview(stored, summarize(dataset), examples)
+        every = [e for split in ("train", "validation", "test") for e in dataset.split(split)]
+        words = vocabulary_check(every, self.tokenizer(None))
+        return DatasetPreview(stored, summarize(dataset), examples, words)
+
+    def tokenizer(self, base_model: str | None) -> PreTrainedTokenizerBase:
+        """A base model's tokenizer (the app's own for None), loaded once: for what its model can say."""
+        source = self.base_model_source(base_model) or default_model_path()
+        return self._once(self._tokenizers, source, lambda: AutoTokenizer.from_pretrained(source))
 
     def remove_dataset(self, name: str) -> StoredDataset:
         """Delete a dataset added from a zip, here and on the durable location. Runs trained on it keep their
@@ -438,6 +470,35 @@ class Services:
         seconds = row["step_s"] * config.batch_size / row["batch_size"] * steps + bench.get("eval", {}).get("eval_s", 0)
         return seconds, "from the benchmark on an idle 2-core CPU; a busy machine is slower"
 
+    def reference_time(self, config: RunConfig) -> tuple[float, float, float, int] | None:
+        """Seconds a run under the study's protocol should take, from the reference grid's runs of the same task,
+        method and share of data (its budget's where the grid has it): (median, shortest, longest, runs). Each
+        grid run's pace per step is stretched to the config's step floor, since early stopping ends most runs
+        before their cap. None when the config leaves the protocol or the grid has no such run."""
+        if departures(config):
+            return None
+        path = self.settings.results_dir / "runs.csv"
+        if not path.is_file():
+            return None
+        with path.open(newline="") as handle:
+            rows = [
+                r
+                for r in csv.DictReader(handle)
+                if (r.get("task"), r.get("method")) == (config.task, config.method)
+                and _same_share(r.get("data_fraction"), config.data_fraction, config.method)
+                and r.get("wall_s")
+            ]
+        same_budget = [r for r in rows if r.get("budget") == str(config.budget)]
+        rows = same_budget or rows
+        seconds = []
+        for row in rows:
+            wall, train_s, steps = float(row["wall_s"]), float(row.get("train_s") or 0), int(row.get("steps_run") or 0)
+            floor = max(steps, config.min_steps or 0)
+            seconds.append(wall - train_s + (train_s / steps * floor if steps else 0.0))
+        if not seconds:
+            return None
+        return statistics.median(seconds), min(seconds), max(seconds), len(seconds)
+
     def test_images(self, task: str, dataset: str | None = None) -> list[TestImage]:
         """The first pictures of a test split (the app's dataset for the task, or one added from a zip, by name),
         with crisp upscaled thumbnails."""
@@ -492,7 +553,15 @@ class Services:
         status["curve"] = [row for row in runs.read_jsonl(run_dir / runs.METRICS) if "loss" in row]
         status["validation"] = runs.read_jsonl(run_dir / runs.VALIDATION)
         status["info"] = runs.read_json(run_dir / runs.CONFIG) or {}
+        if status["state"] == "queued":
+            status["wait_s"] = self._wait_s()
         return status
+
+    def _wait_s(self) -> float | None:
+        """Seconds until a worker slot frees: the least time left of the running jobs (None when none says)."""
+        left = [job_status(self.store, job.id, log_lines=0).get("eta_s") for job in self.store.list_jobs(("running",))]
+        known = [seconds for seconds in left if isinstance(seconds, int | float)]
+        return min(known) if known else None
 
     def _own(self, job_id: str, submitter: str, action: str) -> None:
         job = self.store.get(job_id)
@@ -677,6 +746,21 @@ def _thumbnail(image: Image.Image, path: Path) -> str:
     image.thumbnail((THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))
     image.save(path)
     return str(path)
+
+
+def _share(fraction: float | None) -> str:
+    """0.1 -> '10 %'."""
+    return "?" if fraction is None else f"{100 * float(fraction):.3g} %"
+
+
+def _same_share(text: str | None, fraction: float, method: str) -> bool:
+    """A grid row at this share of the data (zero-shot trains on none: any of its rows)."""
+    if method == "zero-shot":
+        return True
+    try:
+        return abs(float(text or "nan") - fraction) < 1e-9
+    except ValueError:
+        return False
 
 
 def _majority(answers: list[str]) -> str:

@@ -123,7 +123,8 @@ def draft(services: Services, data: dict) -> SweepDraft:
         steps = services.training_size(config).steps
         if services.settings.demo:
             steps = min(steps, services.settings.demo_max_steps)
-        expected = services.expected_time(config, steps)
+        reference = services.reference_time(config)  # early stopping: the grid's runs like it, not the cap
+        expected = reference[:1] if reference is not None else services.expected_time(config, steps)
         if expected is None:
             unknown += 1
         else:

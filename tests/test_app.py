@@ -63,7 +63,7 @@ def services(make_services) -> Services:
 
 def form(**changes) -> list:
     """The Train form's values in order (task, method, budget, fraction, seed, epochs, steps, lr, batch, towers,
-    base model, dataset, test examples)."""
+    base model, dataset, test examples, minimum steps, patience); no step floor, so tiny runs stay tiny."""
     values = dict(
         task="caption",
         method="lora",
@@ -78,6 +78,8 @@ def form(**changes) -> list:
         base_model="embedded",
         dataset="embedded",
         eval_limit=0,
+        min_steps=0,
+        patience=3,
     )
     values.update(changes)
     return list(values.values())
@@ -86,7 +88,7 @@ def form(**changes) -> list:
 def status(state: str, **fields) -> dict:
     base = dict(
         state=state,
-        config={"task": "caption", "method": "lora"},
+        config={"task": "caption", "method": "lora", "budget": "18k", "data_fraction": 0.1},
         queue_position=None,
         phase=None,
         step=None,
@@ -222,41 +224,49 @@ def test_an_unknown_model_id_or_budget_text_is_a_sentence_not_a_traceback(servic
 @pytest.mark.parametrize(
     ("job", "expected"),
     [
-        (status("queued", queue_position=1), "**Queued #1** (LoRA on image captioning): it starts next."),
-        (status("queued", queue_position=3), "**Queued #3** (LoRA on image captioning): 2 jobs ahead of it."),
+        (
+            status("queued", queue_position=1),
+            "**Queued #1** (LoRA 18k on 10 % of scene-caption): it starts next, as soon as a running job ends.",
+        ),
+        (
+            status("queued", queue_position=1, wait_s=95),
+            "**Queued #1** (LoRA 18k on 10 % of scene-caption): it starts next, in about 1 min 35 s, when a",
+        ),
+        (status("queued", queue_position=3), "**Queued #3** (LoRA 18k on 10 % of scene-caption): 2 jobs ahead of it."),
         (
             status("running", phase="starting"),
-            "**Starting** (LoRA on image captioning): loading the model and the data.",
+            "**Starting** (LoRA 18k on 10 % of scene-caption): loading the model and the data.",
         ),
         (
             status("running", phase="training", step=40, total_steps=312, loss=2.31, eta_s=80),
-            "**Training** (LoRA on image captioning): step 40 of 312, loss 2.310, about 1 min 20 s left.",
+            "**Training** (LoRA 18k on 10 % of scene-caption): step 40 of 312, loss 2.310, about 1 min 20 s left.",
         ),
         (status("running", phase="evaluating"), "**Scoring on the test set**"),
         (
             status("running", phase="evaluating", eval_done=12, eval_total=40),
-            "**Scoring on the test set** (LoRA on image captioning): 12 of 40 test examples answered.",
+            "**Scoring on the test set** (LoRA 18k on 10 % of scene-caption): 12 of 40 test examples answered.",
         ),
-        (status("running", phase="done"), "**Finishing** (LoRA on image captioning): test scores written"),
+        (status("running", phase="done"), "**Finishing** (LoRA 18k on 10 % of scene-caption): test scores written"),
         (
             status("running", phase="stopped"),
-            "**Stopping** (LoRA on image captioning): the weights trained so far are saved.",
+            "**Stopping** (LoRA 18k on 10 % of scene-caption): the weights trained so far are saved.",
         ),
         (
             status("running", phase="training", step=4, total_steps=9, cancel_requested_by="ann"),
-            "**Stopping** (LoRA on image captioning): cancel requested by ann.",
+            "**Stopping** (LoRA 18k on 10 % of scene-caption): cancel requested by ann.",
         ),
         (
             status("finished", elapsed_s=65, metrics={"CIDEr-D": 0.4521}),
-            "**Finished** in 1 min 05 s (LoRA on image captioning). Test score: CIDEr-D 0.452.",
+            "**Finished** in 1 min 05 s (LoRA 18k on 10 % of scene-caption). Test score: CIDEr-D 0.452 (how closely a "
+            "caption matches the human ones",
         ),
         (
             status("failed", reason="killed by SIGKILL", hint="try a smaller batch size"),
-            "**Failed** (LoRA on image captioning): killed by SIGKILL. **What to do:** try a smaller batch size",
+            "**Failed** (LoRA 18k on 10 % of scene-caption): killed by SIGKILL. **What to do:** try a smaller batch",
         ),
         (
             status("cancelled", reason="cancelled by ann; the weights trained so far are kept"),
-            "**Cancelled** (LoRA on image captioning): cancelled by ann; the weights trained so far are kept.",
+            "**Cancelled** (LoRA 18k on 10 % of scene-caption): cancelled by ann; the weights trained so far are kept.",
         ),
     ],
 )
@@ -338,10 +348,16 @@ def test_zero_steps_and_zero_test_examples_mean_no_limit(services: Services, tin
 
 
 def test_the_size_note_counts_examples_pairs_and_steps(services: Services):
-    caption = train.describe_size(services, "caption", "lora", 0.5, 0, 1, 0, 4, "embedded")
-    assert caption.startswith("This run trains on 12 of 24 images (36 caption pairs): 9 steps of 4 examples. No time")
-    vqa = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded")
+    caption = train.describe_size(services, "caption", "lora", 0.5, 0, 1, 0, 4, "embedded", min_steps=0)
+    assert caption.startswith(
+        "This run trains on 12 of 24 images (36 caption pairs): up to 9 steps of 4 examples; early stopping on the "
+        "validation score usually ends it sooner. No time"
+    )
+    vqa = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded", patience=0, min_steps=0)
     assert vqa.startswith("This run trains on 32 of 32 questions: 3 steps of 32 examples.")
+    # The study's floor (min_steps 300) by default: a tiny share still trains 300 steps at most
+    floored = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded")
+    assert floored.startswith("This run trains on 32 of 32 questions: up to 300 steps of 32 examples; early")
     assert "only scores the base model" in train.describe_size(services, "caption", "zero-shot", 1, 0, 1, 0, 4, "")
 
 
@@ -355,12 +371,14 @@ def test_the_expected_time_comes_from_finished_runs_here_else_the_bench_and_warn
         (run_dir / "metrics.jsonl").open("a").write(json.dumps({"step": step, "elapsed_s": elapsed}) + "\n")
     (run_dir / "eval.json").write_text(json.dumps({"metrics": {"CIDEr-D": 0.1, "eval_s": 5.0}}))
     assert services.store.finish(job_id, "worker-1", Outcome("finished", "finished in 35 s", 0))
-    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 100, 4, "embedded")  # half the batch: 1 s a step
-    assert "**Expected time:** about 1 min 55 s (from 1 finished run like it on this machine)." in text
+    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 100, 4, "embedded", "both")  # 1 s a step
+    assert "**Expected time:** at most about 1 min 55 s if it runs to its cap (from 1 finished run like it on" in text
     assert "⚠️ **That is past this app's run limit of 2 min 00 s** (VLPEFT_MAX_RUNTIME_S)" not in text
-    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 200, 4, "embedded")
+    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 200, 4, "embedded", "both")
     assert "about 3 min 35 s" in text and "past this app's run limit of 2 min 00 s" in text
-    assert "No time estimate yet" in train.describe_size(services, "caption", "prefix", 1, 0, 1, 200, 4, "embedded")
+    assert "No time estimate yet" in train.describe_size(
+        services, "caption", "prefix", 1, 0, 1, 200, 4, "embedded", "both"
+    )
 
     bench = {"train": [{"method": "prefix", "towers": "both", "batch_size": 32, "step_s": 0.2}], "eval": {"eval_s": 3}}
     services.settings.results_dir.mkdir(parents=True, exist_ok=True)
@@ -380,7 +398,7 @@ def test_start_refuses_bad_input_without_queueing_anything(services: Services):
 def test_start_queues_jobs_shows_their_place_and_a_reload_reattaches(services: Services):
     first = train.start(services, None, "v1", *form())
     second = train.start(services, None, "v1", *form(method="prefix", budget="1k"))
-    assert "**Queued #1**" in first[1] and "**Queued #2** (Prefix tuning on image captioning)" in second[1]
+    assert "**Queued #1**" in first[1] and "**Queued #2** (Prefix tuning 1k on 100 % of tiny-caption)" in second[1]
     assert "python -m training train --task caption --method prefix --budget 1k" in second[5]["value"]
     assert services.store.get(first[0]).submitter == "visitor-v1"
     assert [value for _, value in second[-2]["choices"]] == [second[0], first[0]] and second[-1] == ""
@@ -405,7 +423,7 @@ def test_a_failed_job_shows_its_reason_hint_and_log_tail(services: Services):
     assert services.store.finish(job_id, "worker-1", ended)
     headline, progress, cancel_button, _, _, log, log_box, timer, _ = train.show_job(services, job_id, -1)
     assert headline.startswith(
-        "**Failed** (LoRA on image captioning): killed by SIGKILL. **What to do:** The process was"
+        "**Failed** (LoRA 2k on 100 % of tiny-caption): killed by SIGKILL. **What to do:** The process was"
     )
     assert log == "step 1/5 loss 3.1\nstep 2/5 loss 3.0\n\nerror: killed by SIGKILL"
     assert log_box["open"] and not cancel_button["visible"] and not timer.active and "0 %" in progress
@@ -431,33 +449,41 @@ def test_demo_mode_caps_steps_and_allows_one_job_per_visitor(make_services):
 # --- compare -----------------------------------------------------------------------------------------------
 
 
-def test_the_comparison_marks_the_outputs_that_differ():
+def test_each_card_shows_what_its_model_said_plainly_with_a_tag_where_it_differs_from_zero_shot():
     columns = [
-        Column("zero-shot (base)", "zero-shot", "a red circle"),
+        Column("zero-shot (base)", "zero-shot", "a large red circle in the middle"),
         Column("lora", "lora", "a blue circle", "/runs/r1", "0.5%", 21504, 0.5, {"CIDEr-D": 0.8}),
-        Column("prefix", "prefix", "a red circle", "/runs/r2", "1k", 1000, 1.0),
+        Column("prefix", "prefix", "a large red circle in the middle", "/runs/r2", "1k", 1000, 1.0),
     ]
     page = compare.comparison_html(Comparison(columns, "caption", image_id="test-0", references=["a red circle"]))
     assert "1 of 2 adapters give a different output from the zero-shot base" in page
-    assert page.count('class="vl-card vl-differs"') == 1
-    assert ">red</del> <mark>blue</mark> circle" in page and "21,504 trained parameters · data 50 %" in page
-    assert "test set: CIDEr-D 0.8" in page and "<li>a red circle</li>" in page
-
-
-def test_words_an_adapter_drops_are_struck_and_words_it_adds_marked_with_a_legend():
-    columns = [
-        Column("zero-shot (base)", "zero-shot", "a large red circle in the middle"),
-        Column("lora", "lora", "a red circle", "/runs/r1", "0.5%", 21504, 0.5),
-        Column("prefix", "prefix", "a small red circle in the middle", "/runs/r2", "1k", 1000, 1.0),
-    ]
-    page = compare.comparison_html(Comparison(columns, "caption"))
     cards = page.split("data-method=")[1:]
-    assert 'a <del title="in the zero-shot output only">large</del> red circle <del' in cards[1]
-    assert ">in the middle</del>" in cards[1] and "<mark>" not in cards[1]
-    assert "a <del" in cards[2] and ">large</del> <mark>small</mark> red circle in the middle" in cards[2]
-    assert "<mark>marked</mark> words the adapter says" in page and "<del>struck</del> words" in page
-    cased = Column("lora", "lora", "a large red circle in the middle.", "/runs/r3")
-    assert "<del" in compare._marked(cased.output, columns[0].output)  # a differing output always shows where
+    # What the adapter said, whole and unmarked; the difference is a small tag with the base's words on hover.
+    assert '<div class="vl-output">a blue circle</div>' in cards[1]
+    assert (
+        '<span class="vl-tag" title="the zero-shot base said: a large red circle in the middle">differs from '
+        in (cards[1])
+    )
+    assert "same as zero-shot" in cards[2] and "differs from" not in cards[2]
+    assert "<del" not in page and "<mark" not in page
+    assert "21,504 trained parameters · data 50 %" in cards[1] and "test set: CIDEr-D 0.8" in cards[1]
+    assert "<li>a red circle</li>" in page and "CIDEr-D: how closely a caption matches the human ones" in page
+    assert page.count('class="vl-card vl-differs"') == 1
+
+
+def test_a_short_answer_stops_where_the_answer_ends_and_keeps_the_rest_on_hover():
+    columns = [
+        Column("zero-shot (base)", "zero-shot", "circle, circle, circle, circle", truncated=True),
+        Column("lora", "lora", "red", "/runs/r1", "0.5%", 21504, 0.5),
+    ]
+    page = compare.comparison_html(Comparison(columns, "vqa", question="what colour is the circle ?"))
+    cards = page.split("data-method=")[1:]
+    assert '<div class="vl-output">circle<span class="vl-cut" title="it went on: , circle, circle, circle' in cards[0]
+    assert cards[0].count("circle") == 4  # once shown, the three repeats only in the hover title
+    assert '<div class="vl-output">red</div>' in cards[1] and 'title="the zero-shot base said: circle"' in cards[1]
+    assert compare.answer_text("vqa", "red. it is red") == ("red", ". it is red")
+    assert compare.answer_text("caption", "a red circle, left") == ("a red circle, left", "")
+    assert "accuracy: the share of questions answered as the human annotators did, 0 to 100 %" in page
 
 
 def test_an_output_cut_at_the_token_limit_ends_with_an_ellipsis():
@@ -469,7 +495,7 @@ def test_an_output_cut_at_the_token_limit_ends_with_an_ellipsis():
     cards = compare.comparison_html(Comparison(columns, "caption")).split("data-method=")[1:]
     assert [card.count("…</span>") for card in cards] == [1, 1, 0]
     assert '<div class="vl-output">a red circle<span class="vl-cut"' in cards[0]
-    assert "<mark>in the</mark><span" in cards[1]
+    assert '<div class="vl-output">a red circle in the<span class="vl-cut"' in cards[1]
 
 
 def test_compare_cards_name_their_run_and_mark_a_partly_trained_adapter(make_services, tmp_path: Path):
@@ -489,9 +515,9 @@ def test_compare_cards_name_their_run_and_mark_a_partly_trained_adapter(make_ser
         )
     )
     cards = page.split("data-method=")[1:]
-    assert "LoRA rank 4 · budget 0.5%" in cards[1] and "run aaaaaa · data 50 % · seed 1 ·" in cards[1]
-    assert "partly trained" not in cards[1]
-    assert "⚠️ partly trained: cancelled at step 20 of 32" in cards[2] and "run bbbbbb" in cards[2]
+    assert "LoRA rank 4 · budget 0.5%" in cards[1] and "50 % of tiny-caption · seed 1 ·" in cards[1]
+    assert "partly trained" not in cards[1] and "aaaaaa" not in cards[1]  # runs in words, ids in Runs' details
+    assert "⚠️ partly trained: cancelled at step 20 of 32" in cards[2]
     assert "test set (the sweep&#x27;s zero-shot run): CIDEr-D 5.6" in cards[0]
 
     write_sweep(tmp_path / "sweep")
@@ -572,7 +598,7 @@ def write_sweep(folder: Path) -> None:
 
 
 def test_explore_without_results_says_so_and_still_works(services: Services):
-    note, metric, budgets, _, by_fraction, by_params, table, csv_path, verdict = explore.explore(
+    note, metric, budgets, _, by_fraction, by_params, table, csv_path, verdict, _ = explore.explore(
         services, "caption", None, None, None, True
     )
     assert verdict.startswith("No verdict yet") and "python -m training report" in verdict
@@ -586,15 +612,23 @@ def test_sweep_results_draw_a_line_per_method_with_error_bars_and_your_runs_as_s
     write_sweep(tmp_path)
     sweep, note = results.load_sweep(tmp_path)
     assert note.startswith("9 sweep runs")
-    mine = results.user_frame([record(), record("r-failed", state="failed", metrics={})])
+    study = {**record().config, "towers": "text", "epochs": 3.0, "min_steps": 300, "patience": 3, "batch_size": 32}
+    off = {**study, "towers": "both", "epochs": 1.0}
+    runs_here = [record(config=study), record("r-off", config=off, metrics={"CIDEr-D": 0.4})]
+    mine = results.user_frame([*runs_here, record("r-failed", state="failed", metrics={})])
+    assert list(mine["not_comparable"]) == ["", "towers both (study: text); an epoch cap of 1 (study: 3)"]
     frame = results.combined(sweep, mine, "caption")
     figure = metric_figure(frame, "data_fraction", "CIDEr-D", ("budget", "0.5%"))
     names = [trace.name for trace in figure.data]
-    assert names == ["LoRA", "Prefix tuning", "your LoRA"]
+    assert names == ["LoRA", "Prefix tuning", "your LoRA", "your LoRA (not comparable)"]
     lora = figure.data[0]
     assert list(lora.x) == [0.1, 1.0] and list(lora.y) == pytest.approx([0.55, 0.55])
     assert list(lora.error_y.array) == pytest.approx([0.0707, 0.0707], abs=1e-4)  # std of 0.5 and 0.6
     assert figure.data[2].marker.symbol == "star" and list(figure.data[2].y) == [0.5]
+    assert figure.data[3].marker.symbol == "star-open" and list(figure.data[3].y) == [0.4]
+    assert "not comparable: %{customdata[1]}" in figure.data[3].hovertemplate
+    assert figure.data[3].customdata[0][1] == "towers both (study: text); an epoch cap of 1 (study: 3)"
+    assert explore.not_comparable_note(mine).startswith(" Hollow stars: 1 run is **not comparable**")
     assert figure.layout.shapes[0].y0 == pytest.approx(0.2)  # zero-shot, a dashed line
     assert results.held_values(sweep, "budget") == (["all (averaged)", "0.5%"], "0.5%")  # baselines have none
 
@@ -609,7 +643,7 @@ def test_explore_reads_like_a_report_and_your_runs_obey_the_held_value(tmp_path:
     mine = results.user_frame([record(), record("r-1k", config={**record().config, "budget": "1k"})])
     frame = results.combined(sweep, mine, "caption")
     held = metric_figure(frame, "data_fraction", "CIDEr-D", ("budget", "0.5%"))
-    assert [trace.name for trace in held.data] == ["LoRA", "Prefix tuning", "your LoRA"]
+    assert [trace.name for trace in held.data] == ["LoRA", "Prefix tuning", "your LoRA (not comparable)"]
     assert len(held.data[2].x) == 1 and held.layout.xaxis.type == "log"  # the 1k star is not at budget 0.5%
     table = results.table_view(frame, ["CIDEr-D"])
     assert {"trained parameters", "share of data", "run"} <= set(table.columns) and "LoRA" in set(table["method"])
@@ -631,13 +665,13 @@ def test_the_sweep_report_verdict_is_shown_without_its_images(tmp_path: Path):
 def test_the_runs_table_and_details_read_like_a_report():
     table = runs.runs_table([record()])
     row = dict(zip(table.columns, table.iloc[0], strict=True))
-    assert (row["method"], row["trained parameters"], row["data"], row["test score"], row["time"]) == (
-        "LoRA",
-        "21,504 (0.72 %)",
-        "50 %",
+    assert (row["run"], row["dataset"], row["test score"], row["time"]) == (
+        "LoRA 0.5%, 50 % of the data, seed 1 (captions)",
+        "tiny-caption",
         "CIDEr-D 0.5",
         "1 min 05 s",
     )
+    assert list(table.columns) == ["run", "dataset", "state", "test score", "time", "by", "submitted"]
     text = runs.details(record())
     assert "**Test scores:** CIDEr-D 0.5 · BLEU-4 0.25 (on 6 test examples)" in text
     assert "21,504 of 2,986,000 parameters (0.72 %), rank 4, 1,000 training examples, 32 steps" in text
@@ -648,7 +682,8 @@ def test_the_runs_list_filters_by_state_and_names_people_without_their_ids(servi
     ended = services.submit(train.run_config(services, *form(seed=1)), "visitor-v2")
     services.cancel(ended, "visitor-v2")
     table, picker, panel = runs.refresh(services, ended, "visitor-v1", "cancelled")[:3]
-    assert list(table["run"]) == [ended] and [value for _, value in picker["choices"]] == [ended]
+    assert list(table["run"]) == ["LoRA 2k, 100 % of the data, seed 1 (captions)"]
+    assert [value for _, value in picker["choices"]] == [ended] and ended not in picker["choices"][0][0]
     assert list(table["by"]) == ["another visitor"] and "*cancelled by another visitor while queued*" in panel
     assert list(runs.refresh(services, None, "visitor-v1", "live")[0]["by"]) == ["you"]
     assert len(runs.refresh(services, None, "visitor-v1")[0]) == 2 and live

@@ -94,6 +94,14 @@ def test_train_compare_explore_runs_in_a_browser(server, page, tmp_path: Path):
     page.goto(url)
     estimate = page.locator("#estimate")
     estimate.get_by_text("trainable parameters").wait_for()
+    # The header counts the catalog's methods.
+    assert "seven parameter-efficient methods (and two baselines)" in page.locator("body").inner_text()
+    protocol = page.locator("#protocol-note")
+    if EMBEDDED:  # the form's defaults are the study's protocol
+        protocol.get_by_text("The study's settings").wait_for()
+    else:  # the tiny test model is not the grid's
+        protocol.get_by_text("Leaves the study's protocol").wait_for()
+        assert "another base model" in protocol.inner_text()
     fill(page, "budget", "100%")
     estimate.get_by_text("out of reach").wait_for()
     assert "Choose a budget in that range" in estimate.inner_text()
@@ -111,12 +119,18 @@ def test_train_compare_explore_runs_in_a_browser(server, page, tmp_path: Path):
     fill(page, "batch-size", str(batch_size))
     fill(page, "eval-limit", str(eval_limit))
     page.locator("#run-size").get_by_text(f"{steps} steps of {batch_size} examples").wait_for()
+    protocol.get_by_text(f"stopped at {steps} steps (study: early stopping decides)").wait_for()
+    assert "not comparable" in protocol.inner_text()
 
     page.locator("#start-training").click()
     status.get_by_text(re.compile("Queued #|Starting|Training")).wait_for()
     status.get_by_text("Finished").wait_for(timeout=180_000)
     job_id = app.services.store.list_jobs()[-1].id
-    assert re.search(r"Test score: CIDEr-D [\d.]+", status.inner_text())
+    assert re.search(r"Test score: CIDEr-D \d+\.\d+ \(how closely a caption matches", status.inner_text())
+    dataset = "scene-caption" if EMBEDDED else "tiny-caption"
+    assert f"(LoRA {budget} on 100 % of {dataset})" in status.inner_text()  # the run in words, with its data
+    curve = page.locator("#loss-curve").text_content()
+    assert "training loss (lower is better)" in curve and "validation CIDEr-D (higher is better)" in curve
     assert "100 %" in page.locator("#job-progress").inner_text()
     assert "python -m training train --task caption --method lora" in page.locator("#job-command").inner_text()
     # The training loss, the validation score and the kept checkpoint.
@@ -130,32 +144,47 @@ def test_train_compare_explore_runs_in_a_browser(server, page, tmp_path: Path):
     page.get_by_role("tab", name="Compare").click()
     page.locator("#test-gallery img").first.click()
     page.locator("#picked-image img").wait_for()
-    page.locator("#compare-runs label", has_text=job_id).click()
+    choice = page.locator("#compare-runs label", has_text=f"LoRA {budget} · 100 % of {dataset} · seed 0")
+    choice.click()  # the list names runs in words, with their data
     page.locator("#compare-button").click()
     cards = page.locator("#compare-result .vl-card")
     cards.nth(1).wait_for(timeout=180_000)  # the first Compare loads the model: minutes on a busy 2-core machine
     assert cards.count() == 2
     assert cards.nth(0).inner_text().startswith("Zero-shot base")
     card = cards.nth(1).inner_text()
-    assert f"run {job_id.rsplit('-', 1)[-1]}" in card and card.startswith("LoRA rank") and "this image: BLEU-4" in card
+    assert f"100 % of {dataset} · seed 0" in card and card.startswith("LoRA rank") and "this image: BLEU-4" in card
     assert "Human captions of this test image" in page.locator("#compare-result").inner_text()
-    differing = page.locator("#compare-result .vl-card.vl-differs")
-    for index in range(differing.count()):  # a "differs" badge always comes with the words that differ shown
-        assert differing.nth(index).locator(".vl-output mark, .vl-output del").count() > 0
-    if differing.count():
-        assert page.locator("#compare-result .vl-legend").is_visible()
+    # What each model said is plain text; a difference from zero-shot is a small tag, not a strike-through.
+    assert page.locator("#compare-result del, #compare-result mark").count() == 0
+    tag = cards.nth(1).locator(".vl-tag")
+    assert tag.inner_text() in ("differs from zero-shot", "same as zero-shot")
+    if tag.inner_text() == "differs from zero-shot":
+        assert tag.get_attribute("title").startswith("the zero-shot base said: ")
+    assert "CIDEr-D: how closely a caption matches" in page.locator("#compare-result").inner_text()
     snap(page, "compare", tmp_path)
 
     page.get_by_role("tab", name="Explore").click()
-    page.locator("#explore-note").get_by_text("Stars: 1 finished image captioning run").wait_for()
+    note = page.locator("#explore-note")
+    if not EMBEDDED:  # a run on another dataset is drawn only beside the runs on it, never on the grid's axes
+        note.get_by_text(re.compile(r"Runs on other data \(.*tiny-caption.*\) are drawn apart")).wait_for()
+        page.locator("#explore-dataset input").click()
+        page.get_by_role("option", name="tiny-caption").click()
+        note.get_by_text("Runs on tiny-caption, set only beside each other").wait_for()
+        assert "LoRA" not in page.locator("#plot-params .legend").text_content().replace("your LoRA", "")
+    note.get_by_text("Stars: 1 finished image captioning run").wait_for()
     page.locator("#plot-params .scatterlayer .trace").first.wait_for()
-    assert "your LoRA" in page.locator("#plot-params").inner_text()
+    # A run with a step limit leaves the study's protocol: drawn hollow, named not comparable, and why.
+    assert "your LoRA (not comparable)" in page.locator("#plot-params").inner_text()
+    assert f"stopped at {steps} steps" in note.inner_text() and "not comparable" in note.inner_text()
     snap(page, "explore", tmp_path)
 
     page.get_by_role("tab", name="Runs").click()
     table = page.locator("#runs-table")
-    table.get_by_text(job_id).filter(visible=True).first.click()
-    page.locator("#run-details").get_by_text(f"{job_id}: finished").wait_for()
+    table.get_by_text(f"LoRA {budget}, 100 % of the data, seed 0 (captions)").filter(visible=True).first.click()
+    details = page.locator("#run-details")
+    details.get_by_text(f"LoRA {budget} · 100 % of {dataset} · seed 0").first.wait_for()
+    assert ": finished" in details.inner_text() and job_id in details.inner_text()  # the id only in the details
+    assert dataset in table.inner_text() and job_id not in table.inner_text()
     assert page.locator("#run-download").is_enabled()
     snap(page, "runs", tmp_path)
 
@@ -181,22 +210,22 @@ def test_delete_asks_about_the_run_it_deletes_and_a_new_pick_withdraws_the_quest
     page.get_by_role("tab", name="Runs").click()
     table, ask = page.locator("#runs-table"), page.locator("#run-delete-ask").first  # Gradio repeats a group's id
 
-    table.get_by_text(first).filter(visible=True).first.click()
-    page.locator("#run-details").get_by_text(f"{first}: cancelled").wait_for()
+    table.get_by_text("seed 1 (captions)").filter(visible=True).first.click()
+    page.locator("#run-details").get_by_text(first, exact=True).wait_for()
     page.locator("#run-delete").click()
-    ask.get_by_text(f"Delete run {first}").wait_for()
-    table.get_by_text(second).filter(visible=True).first.click()  # the person changes their mind about which run
-    page.locator("#run-details").get_by_text(f"{second}: cancelled").wait_for()
+    ask.get_by_text(f"id {first}").wait_for()
+    table.get_by_text("seed 2 (captions)").filter(visible=True).first.click()  # the person changes their mind
+    page.locator("#run-details").get_by_text(second, exact=True).wait_for()
     ask.wait_for(state="hidden")
 
     page.locator("#run-delete").click()
-    ask.get_by_text(f"Delete run {second}").wait_for()
+    ask.get_by_text(f"id {second}").wait_for()
     page.locator("#run-delete-keep").click()
     ask.wait_for(state="hidden")
     page.locator("#run-delete").click()
     page.locator("#run-delete-confirm").click()
     ask.wait_for(state="hidden")
-    table.get_by_text(second).wait_for(state="detached")
+    table.get_by_text("seed 2 (captions)").wait_for(state="detached")
     ids = [job.id for job in app.services.store.list_jobs()]
     assert second not in ids and first in ids
 
@@ -223,6 +252,7 @@ def test_an_uploaded_dataset_is_previewed_trained_on_and_compared_on(server, pag
     page.locator("#dataset-add").click()
     note.get_by_text("is added").wait_for(timeout=60_000)
     assert "train 8 · validation 2 · test 3" in note.inner_text()
+    assert "✅ Vocabulary: the model can say every word of its captions." in note.inner_text()
     assert page.locator("#dataset-preview img").count() == 8
     first = json.loads((folder / "train" / "metadata.jsonl").read_text().splitlines()[0])["captions"][0]
     assert page.locator("#dataset-preview").get_by_text(first).first.is_visible()
@@ -249,7 +279,7 @@ def test_an_uploaded_dataset_is_previewed_trained_on_and_compared_on(server, pag
     expect(page.locator("#test-gallery img")).to_have_count(3)  # the app's gallery has 6
     page.locator("#test-gallery img").first.click()
     page.locator("#picked-image img").wait_for()
-    page.locator("#compare-runs label", has_text=job.id).click()
+    page.locator("#compare-runs label", has_text="of own-shapes").click()  # the list names each run's data
     page.locator("#compare-button").click()
     cards = page.locator("#compare-result .vl-card")
     cards.nth(1).wait_for(timeout=180_000)
@@ -258,8 +288,14 @@ def test_an_uploaded_dataset_is_previewed_trained_on_and_compared_on(server, pag
     assert "Human captions of this test image" in result and all(caption in result for caption in references)
     snap(page, "compare-own-dataset", tmp_path)
 
-    # Removed from the Train tab's upload box, after saying it is sure; the run it trained keeps its results.
-    page.get_by_role("tab", name="Train").click()
+    # The run carries its dataset's name in Runs.
+    page.get_by_role("tab", name="Runs").click()
+    page.locator("#runs-table").get_by_text("own-shapes").filter(visible=True).first.wait_for()
+
+    # Removed from the Train tab's upload box, after saying it is sure; the run it trained keeps its results. The
+    # list is read when the box opens: after a reload it still offers the dataset.
+    page.goto(url)
+    page.get_by_text("Your own dataset (upload a zip)").click()
     page.locator("#dataset-remove-pick input").click()
     page.get_by_role("option", name="own-shapes").click()
     page.locator("#dataset-remove").click()
@@ -300,6 +336,10 @@ def test_a_sweep_of_two_runs_queued_from_the_page_finishes_and_appears_in_explor
     snap(page, "sweep", tmp_path)
 
     page.get_by_role("tab", name="Explore").click()
+    if not EMBEDDED:  # runs on the tiny test data are drawn apart from the reference grid's
+        page.locator("#explore-note").get_by_text(re.compile(r"Runs on other data \(.*tiny-caption")).wait_for()
+        page.locator("#explore-dataset input").click()
+        page.get_by_role("option", name="tiny-caption").click()
     page.locator("#explore-note").get_by_text("Dotted curves: 2 finished runs").wait_for()
     plot = page.locator("#plot-params")
     plot.get_by_text("your sweep: LoRA").wait_for()
@@ -317,8 +357,8 @@ def test_run_again_fills_the_train_form_and_bulk_delete_confirms_how_many_it_del
     page.get_by_role("tab", name="Runs").click()
     table, ask = page.locator("#runs-table"), page.locator("#run-delete-ask").first  # Gradio repeats a group's id
     page.locator("#runs-filter label", has_text="cancelled").click()
-    table.get_by_text(first).filter(visible=True).first.click()
-    page.locator("#run-details").get_by_text(f"{first}: cancelled").wait_for()
+    table.get_by_text("seed 3 (captions)").filter(visible=True).first.click()
+    page.locator("#run-details").get_by_text(first, exact=True).wait_for()
 
     page.locator("#run-again").click()
     page.locator("#start-training").wait_for(state="visible")  # the Train tab, filled with the run's settings
@@ -340,7 +380,7 @@ def test_run_again_fills_the_train_form_and_bulk_delete_confirms_how_many_it_del
     page.locator("#runs-bulk-delete").click()
     page.locator("#run-delete-confirm").click()
     ask.wait_for(state="hidden")
-    table.get_by_text(first).wait_for(state="detached")
+    table.get_by_text("seed 3 (captions)").wait_for(state="detached")
     assert not app.services.store.list_jobs(["cancelled"])
 
 
@@ -362,3 +402,34 @@ def test_the_compare_gallery_shows_all_six_columns_whole_at_1400_px(server, page
     for box in boxes:
         assert frame["x"] <= box["x"] and box["x"] + box["width"] <= frame["x"] + frame["width"] + 0.5
         assert box["width"] >= 60 and abs(box["width"] - box["height"]) < 1  # square, and big enough to tell apart
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_the_runs_table_and_the_plots_fit_whole_at_800_and_1400_px(server, page, width: int, tmp_path: Path):
+    app, url = server
+    final_run(app, seed=5)
+    page.set_viewport_size({"width": width, "height": 1000})
+    page.goto(url)
+    page.get_by_role("tab", name="Runs").click()
+    table = page.locator("#runs-table")
+    table.get_by_text("seed 5").filter(visible=True).first.wait_for()
+    page.screenshot(path=str(tmp_path / f"runs-{width}.png"), full_page=True)
+    headers = table.locator("thead th")
+    frame = table.bounding_box()
+    names = [headers.nth(i).inner_text().strip() for i in range(headers.count())]
+    assert names == ["run", "dataset", "state", "test score", "time", "by", "submitted"]
+    for i in range(headers.count()):  # every column in sight, none behind a sideways scroll
+        box = headers.nth(i).bounding_box()
+        assert box["width"] > 20 and box["x"] + box["width"] <= frame["x"] + frame["width"] + 1, (names[i], box)
+    assert "tiny-caption" in table.inner_text() or "scene-caption" in table.inner_text()
+
+    page.get_by_role("tab", name="Explore").click()
+    for plot in ("#plot-fraction", "#plot-params"):
+        title = page.locator(f"{plot} .gtitle")
+        title.wait_for()
+        box, outer = title.bounding_box(), page.locator(plot).bounding_box()
+        assert outer["x"] <= box["x"] and box["x"] + box["width"] <= outer["x"] + outer["width"] + 1, (plot, width)
+    page.screenshot(path=str(tmp_path / f"explore-{width}.png"), full_page=True)
+    # What screen readers hear when an event ends: Gradio's English strings lack it (app.main gives it).
+    spoken = page.evaluate("() => [...document.querySelectorAll('[aria-live]')].map(e => e.textContent).join(' ')")
+    assert "common." not in spoken

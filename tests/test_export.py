@@ -49,7 +49,8 @@ def test_the_readme_of_a_method_peft_lacks_says_how_to_load_it_with_this_package
         json.dumps({"metrics": {"accuracy": 0.4125, "num_examples": 80, "eval_s": 3.2}})
     )
     text = run_readme(tmp_path, "20261201-120000-abcdef", "finished")
-    assert text.startswith("# 20261201-120000-abcdef: prefix for visual question answering")
+    assert text.startswith("# prefix for visual question answering on the embedded scenes (run 20261201-120000-abcdef)")
+    assert "with the data of **the embedded scenes** (VL-PEFT Lab's embedded scenes)" in text
     assert "15,360 trainable parameters (0.515 % of the base), prefix length 6" in text
     assert "**Test scores** (on 80 test examples): accuracy 0.4125." in text
     assert "Comparer('Salesforce/blip-image-captioning-base')" in text and "question=" in text

@@ -86,5 +86,6 @@ def test_a_failed_runs_log_is_shown_with_its_last_lines_and_the_error(services: 
     details, _, _, delete_button, again_button, log = runs.show(services, failed, "visitor-v1")
     assert log["visible"] and log["value"].endswith("step 30/30 loss 0.0\nerror: out of memory")
     assert len(log["value"].splitlines()) == runs.LOG_LINES + 1 and "step 10/30" not in log["value"]
-    assert f"{failed}: failed" in details and delete_button["interactive"] and again_button["interactive"]
+    assert ": failed\n" in details and f"run id `{failed}`" in details  # named in words, the id in the details
+    assert delete_button["interactive"] and again_button["interactive"]
     assert not runs.show(services, ended(services, "finished", seed=1), "visitor-v1")[-1]["visible"]

@@ -348,3 +348,24 @@ def test_an_uploaded_dataset_is_removed_only_when_asked_for_sure_and_no_live_job
     again = app_services(tmp_path / "home", tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, durable=bucket)
     assert data.uploaded_names(again) == []
     again.close()
+
+
+def test_a_preview_names_the_answer_words_the_model_cannot_say_and_the_share_they_touch(
+    services, tiny_vqa_dataset, tmp_path
+):
+    folder = tmp_path / "third-party"
+    shutil.copytree(tiny_vqa_dataset, folder)
+    lines = (folder / "train" / "metadata.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    for row in rows[:3]:  # three of the 52 questions answered in colours the scene world has no word for
+        row["answers"] = ["teal", "teal", "brown"]
+    (folder / "train" / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    preview = data.add_dataset(services, str(zip_folder(folder, tmp_path / "tp.zip")), "third-party", "vqa", False)
+    assert preview.words.unknown == [("brown", 3), ("teal", 3)]
+    assert (preview.words.affected, preview.words.examples) == (3, 52)
+    text = data.preview_text(preview)
+    assert "⚠️ **Words the model cannot say:** 5.77 % of the examples (3 of 52) use a word of their answers" in text
+    assert "*teal* (3)" in text and "never be answered right" in text and "real checkpoint" in text
+
+    clean = data.add_dataset(services, str(zip_folder(tiny_vqa_dataset, tmp_path / "q.zip")), "qa", "vqa", False)
+    assert clean.words.unknown == [] and "can say every word of its answers" in data.preview_text(clean)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import html
+import re
 import time
 from pathlib import Path
 
@@ -21,10 +21,9 @@ from training.run.config import TASKS
 
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 PREVIEW_PX = 384
-LEGEND = (
-    '<p class="vl-legend"><mark>marked</mark> words the adapter says and the zero-shot base does not · '
-    "<del>struck</del> words of the zero-shot output the adapter leaves out</p>"
-)
+# A short answer ends at its first punctuation: what a model says after it (the zero-shot base, which never learnt
+# to stop after "answer:", goes on "circle, circle, ...") is kept out of the card and shown on hover.
+ANSWER_END = re.compile(r"\s*[,.;:!?]")
 APP_IMAGES = "Test images of the app's dataset"
 # After an output that generation cut at the max-new-tokens limit (it did not end by itself).
 CUT = '<span class="vl-cut" title="cut at the token limit: the model had not finished">…</span>'
@@ -40,15 +39,18 @@ def run_choices(services: Services, task: str, selected: list[str] | None = None
     for record in services.runs(task):
         if not record.comparable or record.method == "zero-shot":
             continue
-        config = record.config
-        label = (
-            f"{fmt.METHOD_LABELS.get(record.method, record.method)} · budget {config.get('budget')} · "
-            f"data {fmt.fraction(config.get('data_fraction'))} · {fmt.main_score(task, record.metrics)} · "
-            f"{record.id}" + (f" · {partly_trained(record)}" if record.state != "finished" else "")
+        label = f"{record.label} · {fmt.main_score(task, record.metrics)}" + (
+            f" · {partly_trained(record)}" if record.state != "finished" else ""
         )
         choices.append((label, record.id))
     ids = {run_id for _, run_id in choices}
-    return gr.update(choices=choices, value=[run_id for run_id in selected or [] if run_id in ids])
+    info = (
+        "Runs of this task with trained weights, named by method, budget, share of data, dataset and time."
+        if choices
+        else f"No trained {fmt.task_name(task)} adapter yet: train one in the Train tab (or queue a Sweep), then "
+        "press ↻ Refresh runs. Until then the zero-shot base is shown alone."
+    )
+    return gr.update(choices=choices, value=[run_id for run_id in selected or [] if run_id in ids], info=info)
 
 
 def partly_trained(record: RunRecord) -> str:
@@ -59,13 +61,14 @@ def partly_trained(record: RunRecord) -> str:
 
 
 def run_title(record: RunRecord) -> tuple[str, str]:
-    """A card's title ('LoRA rank 4 · budget 0.5%') and its short run label ('run ab12cd · data 50 % · seed 0')."""
+    """A card's title ('LoRA rank 4 · budget 0.5%') and its run in words ('50 % of scene-caption · seed 0 ·
+    06 Dec 21:50')."""
     info, config = record.info, record.config
     knob = f" {info['knob']} {info.get('knob_value')}" if info.get("knob") else ""
     title = f"{fmt.METHOD_LABELS.get(record.method, record.method)}{knob} · budget {config.get('budget')}"
     label = (
-        f"run {record.id.rsplit('-', 1)[-1]} · data {fmt.fraction(config.get('data_fraction'))} · seed "
-        f"{config.get('seed')} · {time.strftime('%d %b %H:%M', time.localtime(record.created_at))}"
+        f"{fmt.fraction(config.get('data_fraction'))} of {record.dataset_name} · seed {config.get('seed')} · "
+        f"{time.strftime('%d %b %H:%M', time.localtime(record.created_at))}"
     )
     return title, label
 
@@ -158,7 +161,8 @@ def compare(
 
 
 def comparison_html(comparison: Comparison) -> str:
-    """Side-by-side cards; words that differ from the zero-shot output are marked."""
+    """Side-by-side cards, each with what its model said in full and its score; whether it differs from the
+    zero-shot base is a small tag (the base's words on hover)."""
     base = comparison.columns[0].output
     differing = sum(column.output != base for column in comparison.columns[1:])
     trained = len(comparison.columns) - 1
@@ -166,19 +170,12 @@ def comparison_html(comparison: Comparison) -> str:
         banner = "Only the zero-shot base is shown: tick trained adapters to put them beside it."
     elif trained == 1:
         verdict = "a different output from" if differing else "the same output as"
-        banner = f"The adapter gives {verdict} the zero-shot base" + (
-            ": the words that differ are highlighted." if differing else "."
-        )
+        banner = f"The adapter gives {verdict} the zero-shot base."
     elif differing == 0:
         banner = f"All {trained} adapters give the same output as the zero-shot base."
     else:
-        banner = (
-            f"{differing} of {trained} adapters give a different output from the zero-shot base: the words "
-            "that differ are highlighted."
-        )
+        banner = f"{differing} of {trained} adapters give a different output from the zero-shot base."
     parts = [f'<p class="vl-banner">{html.escape(banner)}</p>']
-    if differing:
-        parts.append(LEGEND)
     if comparison.question:
         parts.append(f'<p class="vl-question"><b>Question:</b> {html.escape(comparison.question)}</p>')
     parts.append('<div class="vl-columns">')
@@ -199,7 +196,21 @@ def comparison_html(comparison: Comparison) -> str:
             '<div class="vl-references">This question is not one of the test questions of this image, '
             "so there is no per-sample score.</div>"
         )
+    note = fmt.METRIC_NOTES.get(MAIN_METRIC.get(comparison.task, ""))
+    if note:
+        parts.append(f'<p class="vl-legend">{html.escape(MAIN_METRIC[comparison.task])}: {html.escape(note)}.</p>')
     return "".join(parts)
+
+
+def answer_text(task: str, output: str) -> tuple[str, str]:
+    """(what to show, what the model said after it): a VQA answer ends at its first punctuation; a caption is
+    shown whole."""
+    if task != "vqa":
+        return output, ""
+    end = ANSWER_END.search(output)
+    if end is None or end.start() == 0:
+        return output, ""
+    return output[: end.start()], output[end.start() :].strip()
 
 
 def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> str:
@@ -216,46 +227,38 @@ def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> s
         )
     test = " · ".join(fmt.metric(name, value) for name, value in column.test_score.items())
     source = comparison.base_score_source if is_base else ""
-    output = _marked(column.output, base) if not is_base else html.escape(column.output or "(empty)")
-    if column.truncated:
+    said, rest = answer_text(comparison.task, column.output or "")
+    output = html.escape(said or "(empty)")
+    if rest:
+        output += (
+            f'<span class="vl-cut" title="it went on: {html.escape(rest, quote=True)} (scored as said, whole)">'
+            " …</span>"
+        )
+    elif column.truncated:
         output += CUT
     sample = " · ".join(fmt.metric(name, value) for name, value in column.sample_score.items())
     differs = not is_base and column.output != base
     if not run and column.run_dir:
         run = Path(column.run_dir).name
     partial = record is not None and record.state != "finished"
-    badge = '<span class="vl-badge">differs</span>' if differs else ""
+    zero_shot = html.escape(answer_text(comparison.task, base)[0] or "(empty)", quote=True)
+    badge = (
+        f'<span class="vl-tag" title="the zero-shot base said: {zero_shot}">differs from zero-shot</span>'
+        if differs
+        else ('<span class="vl-tag vl-same">same as zero-shot</span>' if not is_base else "")
+    )
     return (
         f'<div class="vl-card{" vl-differs" if differs else ""}" data-method="{html.escape(column.method)}">'
-        f'<div class="vl-card-title">{html.escape(title)} {badge}</div>'
+        f'<div class="vl-card-title">{html.escape(title)}</div>'
         + (f'<div class="vl-run">{html.escape(run)}</div>' if run else "")
+        + f'<div class="vl-output">{output}</div>'
+        + (f'<div class="vl-sample">this image: {html.escape(sample)}</div>' if sample else "")
+        + f'<div class="vl-meta">test set{html.escape(source)}: {html.escape(test) if test else "not scored"}</div>'
         + (f'<div class="vl-partial">⚠️ {html.escape(partly_trained(record))}</div>' if partial else "")
         + f'<div class="vl-meta">{html.escape(meta)}</div>'
-        f'<div class="vl-meta">test set{html.escape(source)}: {html.escape(test) if test else "not scored"}</div>'
-        f'<div class="vl-output">{output}</div>'
-        + (f'<div class="vl-sample">this image: {html.escape(sample)}</div>' if sample else "")
+        + (f"<div>{badge}</div>" if badge else "")
         + "</div>"
     )
-
-
-def _marked(text: str, base: str) -> str:
-    """The text against the base output, word by word: words the base lacks in <mark>, words of the base that
-    the text leaves out struck through (<del>) where they would have been."""
-    if not text:
-        return "(empty)"
-    words, base_words = text.split(), base.split()
-    # Exact words: whatever makes an output differ (even case or a full stop) is what gets marked.
-    matcher = difflib.SequenceMatcher(a=base_words, b=words, autojunk=False)
-    parts = []
-    for op, base_start, base_end, start, end in matcher.get_opcodes():
-        if op in ("delete", "replace"):
-            removed = html.escape(" ".join(base_words[base_start:base_end]))
-            parts.append(f'<del title="in the zero-shot output only">{removed}</del>')
-        if op in ("insert", "replace"):
-            parts.append(f"<mark>{html.escape(' '.join(words[start:end]))}</mark>")
-        if op == "equal":
-            parts.append(html.escape(" ".join(words[start:end])))
-    return " ".join(parts)
 
 
 # --- layout ----------------------------------------------------------------------------------------------
@@ -279,8 +282,11 @@ def build(services: Services, tab: gr.Tab) -> Loader:
                 elem_id="compare-source",
                 info="The app's test images, or a dataset you uploaded (Train tab).",
             )
+            # The gallery's own label would cover its first row of thumbnails: the heading goes above it.
+            gr.Markdown("**Test images** (click one)", elem_classes="vl-note")
             pictures = gr.Gallery(
                 label="Test images (click one)",
+                show_label=False,
                 columns=6,
                 allow_preview=False,
                 height=260,

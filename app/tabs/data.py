@@ -12,6 +12,7 @@ import gradio as gr
 
 from app import format as fmt
 from app.services import EMBEDDED, DatasetPreview, Services
+from training.data.vocabulary import VocabularyCheck
 from training.errors import UserError
 from training.run.config import TASKS
 
@@ -77,6 +78,8 @@ def preview_text(preview: DatasetPreview) -> str:
             f"Most common answers in train (each question counted by its most common answer):\n\n"
             f"| answer | questions | share |\n|---|---|---|\n{rows}"
         )
+    if preview.words is not None:
+        lines.append(vocabulary_text(preview.words, task))
     lines.append(
         "It is now the **Dataset** of this form (under Advanced settings), and its test images are in "
         "**Compare** (Images from)."
@@ -84,9 +87,25 @@ def preview_text(preview: DatasetPreview) -> str:
     return "\n\n".join(lines)
 
 
+def vocabulary_text(check: VocabularyCheck, task: str) -> str:
+    """What the model cannot say of this dataset's captions or answers, and what that means for its scores."""
+    what = "captions" if task == "caption" else "answers"
+    if not check.unknown:
+        return f"✅ **Vocabulary:** the model can say every word of its {what}."
+    listed = ", ".join(f"*{word}* ({fmt.count(n)})" for word, n in check.unknown)
+    return (
+        f"⚠️ **Words the model cannot say:** {fmt.percent(100 * check.share)} of the examples "
+        f"({fmt.count(check.affected)} of {fmt.count(check.examples)}) use a word of their {what} that the base "
+        f"model's tokenizer has no token for: {listed}. A model never outputs such a word, so "
+        + ("those questions can never be answered right" if task == "vqa" else "those captions can never be matched")
+        + " however long it trains. The embedded model knows only the words of its scene world; for an open "
+        "vocabulary use a real checkpoint as the **Base model** (e.g. Salesforce/blip-image-captioning-base)."
+    )
+
+
 def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_label: Callable[[str], str]) -> None:
     """The upload box; a dataset it adds becomes the form's task and dataset."""
-    with gr.Accordion("Your own dataset (upload a zip)", open=False, elem_id="dataset-upload"):
+    with gr.Accordion("Your own dataset (upload a zip)", open=False, elem_id="dataset-upload") as box:
         limits = services.settings.archive_limits
         gr.Markdown(
             f"{FORMAT_HELP} At most {fmt.count(limits.max_files)} files and {limits.max_bytes / 1e6:,.0f} MB unpacked.",
@@ -150,6 +169,14 @@ def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_labe
         names = uploaded_names(services)
         return text, gr.update(choices=names, value=None), False, gr.update(choices=choices, value=value)
 
+    # The page was built before any dataset was added: the list is read afresh each time the box opens.
+    box.expand(
+        lambda: gr.update(choices=uploaded_names(services), value=None),
+        None,
+        remove_pick,
+        api_name="ui_dataset_names",
+        api_visibility="private",
+    )
     remove.click(
         on_remove,
         [remove_pick, sure, task, dataset],

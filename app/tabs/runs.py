@@ -15,23 +15,12 @@ from app.people import person, reason
 from app.services import RunRecord, Services
 from app.tabs.common import Loader, shows_user_errors, submitter
 from app.tabs.train import SCROLL_LOG_TO_END, fill_train_form
+from training.catalog import NO_BUDGET_METHODS
 from training.errors import UserError
 from training.jobs.store import FINAL_STATES
 
-COLUMNS = [
-    "run",
-    "state",
-    "task",
-    "method",
-    "budget",
-    "trained parameters",
-    "data",
-    "seed",
-    "test score",
-    "time",
-    "by",
-    "submitted",
-]
+# Few enough to read whole at 800 px; the id, seed and exact parameter count are in the run's details.
+COLUMNS = ["run", "dataset", "state", "test score", "time", "by", "submitted"]
 
 
 NOT_SCORES = {"num_examples", "decode_s", "eval_s"}
@@ -48,21 +37,27 @@ STATE_FILTERS = {
 }
 
 
+def run_name(record: RunRecord) -> str:
+    """A run in words for the table: 'LoRA 18k, 10 % of the data (captions)'; zero-shot has neither."""
+    method = fmt.METHOD_LABELS.get(record.method, record.method)
+    task = "captions" if record.task == "caption" else "questions"
+    if record.method == "zero-shot":
+        return f"{method} ({task})"
+    budget = "" if record.method in NO_BUDGET_METHODS else f" {record.config.get('budget')}"
+    share = fmt.fraction(record.config.get("data_fraction"))
+    return f"{method}{budget}, {share} of the data, seed {record.config.get('seed', 0)} ({task})"
+
+
 def runs_table(records: list[RunRecord], viewer: str | None = None) -> pd.DataFrame:
     rows = [
         [
-            r.id,
+            run_name(r),
+            r.dataset_name,
             r.state,
-            fmt.TASK_LABELS.get(r.task, r.task),
-            fmt.METHOD_LABELS.get(r.method, r.method),
-            r.config.get("budget"),
-            f"{fmt.count(r.trainable_params)} ({fmt.percent(r.trainable_percent)})" if r.trainable_params else "-",
-            fmt.fraction(r.config.get("data_fraction")),
-            r.config.get("seed"),
             fmt.main_score(r.task, r.metrics),
             fmt.duration(r.duration_s),
             person(r.submitter, viewer),
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
+            time.strftime("%d %b %H:%M", time.localtime(r.created_at)),
         ]
         for r in records
     ]
@@ -73,12 +68,16 @@ STOP_REASONS = {
     "patience": "the validation score stopped improving",
     "epoch cap": "it reached its epoch cap",
     "max steps": "it reached its step limit",
+    "min steps": "it reached its floor of steps (the epochs would have ended it sooner)",
+    "hard limit": "it was still improving at its cap and went on to its hard limit",
 }
 
 
-def validation_line(summary: dict, planned: int | None) -> str:
+def validation_line(summary: dict, planned: int | None, has_weights: bool = True) -> str:
     """What validation chose: the kept checkpoint, its score, and why training stopped."""
     if not summary or summary.get("best") is None:
+        if not has_weights:
+            return "**Validation:** none recorded, and no weights were saved: it stopped before it kept any."
         return "**Validation:** none (a fixed schedule, or not reached yet): the weights are those of the last step."
     why = STOP_REASONS.get(summary.get("stop_reason"), summary.get("stop_reason") or "")
     return (
@@ -94,7 +93,7 @@ def details(record: RunRecord, viewer: str | None = None) -> str:
         why = "running since " + time.strftime("%H:%M", time.localtime(record.started_at))
     else:
         why = reason(record.reason, record.submitter, viewer)
-    lines = [f"### {record.id}: {record.state}", f"*{why}*", ""]
+    lines = [f"### {record.label}: {record.state}", f"*{why}* · run id `{record.id}`", ""]
     if record.metrics:
         shown = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and k not in NOT_SCORES}
         scored = record.metrics.get("num_examples")
@@ -117,7 +116,7 @@ def details(record: RunRecord, viewer: str | None = None) -> str:
             f"{info.get('knob_value') if info.get('knob_value') is not None else ''}, "
             f"{fmt.count(info.get('train_examples'))} training examples, {steps}{learning_rate(info)}."
         )
-        lines.append(validation_line(record.validation, planned))
+        lines.append(validation_line(record.validation, planned, record.has_weights))
         lines.append(f"**Command:** `{info.get('command')}`")
     lines.append(f"**Duration:** {fmt.duration(record.duration_s)} · **folder:** `{record.run_dir}`")
     return "\n\n".join(lines)
@@ -145,10 +144,7 @@ def refresh(services: Services, selected: str | None, viewer: str | None = None,
     records = shown_runs(services, shown)
     ids = [r.id for r in records]
     selected = selected if selected in ids else None
-    choices = [
-        (f"{r.id} · {fmt.task_name(r.task)} · {fmt.METHOD_LABELS.get(r.method, r.method)} · {r.state}", r.id)
-        for r in records
-    ]
+    choices = [(f"{r.label} · {r.state}", r.id) for r in records]
     deletable = len(bulk_deletable(records, viewer if services.settings.demo else None))
     return (
         runs_table(records, viewer),
@@ -201,8 +197,8 @@ def ask_delete(services: Services, run_id: str | None) -> tuple:
         raise UserError("Pick a run to delete first.")
     record = services.run(run_id)
     question = (
-        f"**Delete run {record.id}** ({fmt.METHOD_LABELS.get(record.method, record.method)}, "
-        f"{fmt.task_name(record.task)}, {record.state}) **for good?** Its weights, "
+        f"**Delete the run {record.label}** ({fmt.task_name(record.task)}, {record.state}; id {record.id}) "
+        "**for good?** Its weights, "
         "scores and log are removed; this cannot be undone."
     )
     return gr.update(visible=True), question, run_id
@@ -244,7 +240,14 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form:
         "adapter with this package or, for LoRA, with peft (`PeftModel.from_pretrained`). **Run again with "
         "changes** fills the Train form with a run's settings."
     )
-    table = gr.Dataframe(runs_table([]), interactive=False, label="Runs (click a row)", elem_id="runs-table")
+    table = gr.Dataframe(
+        runs_table([]),
+        interactive=False,
+        label="Runs (click a row)",
+        elem_id="runs-table",
+        wrap=True,  # seven columns whole at 800 px: long names wrap instead of pushing columns out of sight
+        column_widths=["30%", "14%", "10%", "14%", "11%", "9%", "12%"],
+    )
     with gr.Row():
         shown = gr.Radio(list(STATE_FILTERS), value=ALL_STATES, label="Show", scale=3, elem_id="runs-filter")
         picker = gr.Dropdown([], value=None, label="Run", scale=4, elem_id="run-picker")
@@ -318,13 +321,15 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form:
         **private,
     )
 
-    def on_row(visitor_id: str, event: gr.SelectData, request: gr.Request):
-        run_id = event.row_value[0] if event.row_value else None
+    def on_row(visitor_id: str, state: str, event: gr.SelectData, request: gr.Request):
+        listed = shown_runs(services, state)  # the table's rows, in its order (it names runs in words, not ids)
+        row = event.index[0] if event.index else None
+        run_id = listed[row].id if row is not None and 0 <= row < len(listed) else None
         return (gr.update(value=run_id), *show(services, run_id, submitter(request, visitor_id)))
 
     table.select(
         shows_user_errors(with_confirm_hidden(on_row)),
-        visitor,
+        [visitor, shown],
         [picker, *shown_parts, *confirmation],
         api_name="ui_runs_row",
         **private,

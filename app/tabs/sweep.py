@@ -16,6 +16,7 @@ from app.tabs.train import METHOD_ORDER
 from training.errors import UserError
 from training.jobs.store import ACTIVE_STATES
 from training.run.config import TASKS
+from training.sweeps.protocol import departures, study_settings
 
 POLL_S = 2.0
 IDLE = "No sweep yet: choose the grid and press **Queue the sweep**."
@@ -70,7 +71,14 @@ def sweep_form(
         raise UserError("The batch size must be at least 1 (e.g. 32; smaller if memory runs out).")
     if (steps or 0) < 0 or (limit or 0) < 0:
         raise UserError("Steps and test examples to score cannot be negative (0 means no limit).")
-    settings = {"batch_size": batch, "towers": towers, "max_steps": steps or None, "eval_limit": limit or None}
+    # Every run follows the study's schedule (epoch cap, step floor, patience) so it lands on the grid's curves.
+    settings = {
+        **study_settings(task),
+        "batch_size": batch,
+        "towers": towers,
+        "max_steps": steps or None,
+        "eval_limit": limit or None,
+    }
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-") or f"{task}-sweep"
     return sweeps.sweep_data(
         name,
@@ -111,9 +119,14 @@ def summary_text(services: Services, plan: sweeps.SweepDraft) -> str:
         text += f", {len(plan.skipped)} skipped: " + "; ".join(s.reason for s in plan.skipped[:3])
         text += " …" if len(plan.skipped) > 3 else ""
     text += "."
+    left = list(dict.fromkeys(d for config in plan.configs for d in departures(config)))
+    if plan.configs and not left:
+        text += " Every run follows the study's protocol: Explore sets them beside the reference curves."
+    elif left:
+        text += f" ⚠️ **They leave the study's protocol:** {'; '.join(left)}: Explore shows them as not comparable."
     if plan.expected_s is not None:
         text += f" **Expected time:** about {fmt.duration(plan.expected_s)}, one run after another"
-        text += " (from finished runs like them on this machine, else the benchmark)."
+        text += " (from the reference grid's runs like them, else finished runs here or the benchmark)."
     elif plan.configs:
         text += (
             f" No time estimate for {plan.unknown} of them yet: finish one run of each method here and the "
@@ -233,7 +246,7 @@ def build(services: Services, visitor: gr.BrowserState) -> Loader:
                         label="Steps",
                         precision=0,
                         elem_id="sweep-max-steps",
-                        info="0: as many as the task's default epochs take.",
+                        info="0: as the study runs: early stopping within the task's epoch cap.",
                     )
                     batch_size = gr.Number(32, label="Batch size", precision=0, elem_id="sweep-batch-size")
                     eval_limit = gr.Number(
@@ -243,7 +256,12 @@ def build(services: Services, visitor: gr.BrowserState) -> Loader:
                         elem_id="sweep-eval-limit",
                         info="0: the whole test split.",
                     )
-                towers = gr.Radio(["both", "vision", "text"], value="both", label="Towers")
+                towers = gr.Radio(
+                    ["both", "vision", "text"],
+                    value=study_settings("caption")["towers"],
+                    label="Towers",
+                    info="Which half of the model gets the new parameters (study: the text decoder).",
+                )
             name = gr.Textbox("", label="Sweep name", max_lines=1, placeholder="caption-sweep", elem_id="sweep-name")
             size_note = gr.Markdown(elem_id="sweep-summary", elem_classes="vl-note")
             start_button = gr.Button("Queue the sweep", variant="primary", elem_id="sweep-start")

@@ -14,12 +14,16 @@ from training.errors import UserError
 from training.jobs.store import ACTIVE_STATES
 from training.methods import METHODS
 from training.run.config import DEFAULT_EPOCHS, TASKS, RunConfig, parse_fraction
+from training.sweeps.protocol import departures, study_settings
 
 FAMILY_ORDER = (LAYER, EMBEDDING, BASELINE)
 
 # The Train tab lists layer composition first (the paper's recommendation), then embedding composition, then the
 # baselines.
 METHOD_ORDER = tuple(sorted(CATALOG, key=lambda m: (FAMILY_ORDER.index(CATALOG[m].family), METHOD_NAMES.index(m))))
+# The study's schedule per task (sweeps/paper.yaml): the form's defaults, so a run at a grid point lands on its curve.
+STUDY = {task: study_settings(task) for task in TASKS}
+DEFAULT_BUDGET = "18k"  # the reference grid's budget on its data axis (sweeps/paper.yaml), inside every method's range
 IDLE = "No job yet: choose the settings and press **Start training**."
 POLL_S = 1.0
 SCROLL_LOG_TO_END = scroll_to_end_js("job-log")
@@ -37,15 +41,19 @@ def run_config(
     max_steps: float | str | None = None,
     lr: float | str | None = None,
     batch_size: float | str | None = 32,
-    towers: str = "both",
+    towers: str | None = None,
     base_model: str | None = None,
     dataset: str | None = None,
     eval_limit: float | str | None = None,
+    min_steps: float | str | None = None,
+    patience: float | str | None = None,
 ) -> RunConfig:
     """The RunConfig a form (or an API call) describes; UserError with one sentence on a bad field.
 
-    Steps and test examples of 0 (or empty) mean no limit; an empty epochs the default; a learning rate of 0 (or
-    empty) the trainer's choice: the rate tuned for the task and method (results/lr.csv), else the method's own."""
+    What is left out follows the study's protocol (sweeps/paper.yaml: towers, epoch cap, step floor, patience),
+    so a run at a grid point lands on the grid's curve. Steps and test examples of 0 (or empty) mean no limit, a
+    step floor of 0 none; a learning rate of 0 (or empty) the trainer's choice: the rate tuned for the task and
+    method (results/lr.csv), else the method's own."""
     if data_fraction is None or str(data_fraction).strip() == "":
         raise UserError("Give the share of the training data to use, between 0 and 1 (e.g. 0.25 for a quarter).")
     epochs, lr = optional_number(epochs), optional_number(lr)
@@ -63,17 +71,23 @@ def run_config(
     max_steps, eval_limit = optional_int(max_steps, "Steps"), optional_int(eval_limit, "Test examples to score")
     if (max_steps or 0) < 0 or (eval_limit or 0) < 0:
         raise UserError("Steps and test examples to score cannot be negative (0 means no limit).")
+    study = study_settings(task) if task in TASKS else {}
+    min_steps, patience = optional_int(min_steps, "Minimum steps"), optional_int(patience, "Patience")
+    if (min_steps or 0) < 0 or (patience or 0) < 0:
+        raise UserError("Minimum steps and patience cannot be negative (0: no floor; 0 patience: no validation).")
     config = RunConfig(
         task=task,
         method=method,
         budget=str(budget or "").strip(),
         data_fraction=parse_fraction(data_fraction),
         seed=seed,
-        epochs=epochs,
+        epochs=epochs if epochs is not None else study.get("epochs"),
         max_steps=max_steps or None,
+        min_steps=study.get("min_steps") if min_steps is None else (min_steps or None),
+        patience=study.get("patience", RunConfig.patience) if patience is None else patience,
         lr=lr,
         batch_size=batch,
-        towers=towers,
+        towers=towers or study.get("towers", "text"),
         base_model=services.base_model_source(base_model),
         dataset=services.dataset_source(task, dataset),
         eval_limit=eval_limit or None,
@@ -92,9 +106,11 @@ def fill_train_form(services: Services, config: dict) -> tuple:
         config.get("budget"),
         config.get("data_fraction"),
         config.get("seed", 0),
-        config.get("epochs") or DEFAULT_EPOCHS[task],
+        config.get("epochs") or DEFAULT_EPOCHS[task],  # a run queued without a cap had the trainer's
         config.get("max_steps") or 0,
-        learning_rate(services, task, method, config.get("towers", "both"), base, config.get("lr")),
+        learning_rate(
+            services, task, method, config.get("towers", "both"), base, config.get("lr"), config.get("budget")
+        ),
         config.get("batch_size"),
         config.get("towers", "both"),
         EMBEDDED if base in (None, services.settings.base_model) else base,
@@ -103,6 +119,8 @@ def fill_train_form(services: Services, config: dict) -> tuple:
             value=EMBEDDED if dataset in (None, services.settings.datasets.get(task)) else dataset,
         ),
         config.get("eval_limit") or 0,
+        config.get("min_steps") or 0,
+        config.get("patience", RunConfig.patience),
         fmt.method_explainer(method),
     )
 
@@ -116,18 +134,29 @@ def describe_method(method: str) -> str:
 
 
 def learning_rate(
-    services: Services, task: str, method: str, towers: str, base_model: str | None, value: float | None = None
+    services: Services,
+    task: str,
+    method: str,
+    towers: str,
+    base_model: str | None,
+    value: float | None = None,
+    budget: str | None = None,
 ) -> dict:
     """The learning-rate field: 0 (`value` None) means the rate the trainer picks, which the field's note
-    gives: the one tuned on validation for this task, method and base model (results/lr.csv), else the method's
-    default. The trainer then also takes the tuned form of the method (prefix tuning plain or reparametrised);
-    a typed value overrides the rate only."""
+    gives: the one tuned on validation for this task, method, budget and base model (results/lr.csv), else the
+    method's default. The trainer then also takes the tuned form of the method (prefix tuning plain or
+    reparametrised); a typed value overrides the rate only."""
     from training.run.rates import resolve_lr
 
     text = (base_model or "").strip()
     source = services.settings.base_model if text in ("", EMBEDDED) else text
-    config = RunConfig(task=task, method=method, towers=towers or "both", base_model=source)
-    lr, options, origin = resolve_lr(config, METHODS[method].default_lr)
+    chosen = {"budget": budget} if budget else {}
+    config = RunConfig(task=task, method=method, towers=towers or "both", base_model=source, **chosen)
+    try:  # a percentage budget matches its row through the base model's size
+        total = services.estimate(method, config.budget, config.towers, base_model).total_params
+    except UserError:
+        total = None
+    lr, options, origin = resolve_lr(config, METHODS[method].default_lr, total_params=total)
     if origin == "method default":
         said = f"{lr:g}, the method's default (no rate tuned on validation for this task and model yet)"
     else:
@@ -154,8 +183,13 @@ def describe_size(
     max_steps,
     batch_size,
     dataset: str | None,
-    towers: str = "both",
+    towers: str | None = None,
     base_model: str | None = None,
+    budget: str | None = None,
+    lr: float | str | None = None,
+    eval_limit: float | str | None = None,
+    min_steps: float | str | None = None,
+    patience: float | str | None = None,
 ) -> str:
     """'This run trains on 200 of 2,000 images (1,000 caption pairs): 32 steps of 4 examples. Expected time: about
     2 min (...).', and a warning when that is past the run limit."""
@@ -164,16 +198,19 @@ def describe_size(
             services,
             task,
             method,
-            "1",
+            budget or "1",
             data_fraction,
             seed,
             epochs,
             max_steps,
-            None,
+            lr,
             batch_size,
             towers,
             base_model,
             dataset,
+            eval_limit,
+            min_steps,
+            patience,
         )
         size = services.training_size(config)
     except UserError as exc:
@@ -183,7 +220,12 @@ def describe_size(
     if method == "zero-shot":
         return "Zero-shot trains nothing: the job only scores the base model on the test set."
     text = f"This run trains on {fmt.count(size.examples)} of {fmt.count(size.split_size)} {unit}{pairs}: "
-    text += f"{fmt.count(size.steps)} steps of {fmt.count(config.batch_size)} examples."
+    if config.validates and not config.max_steps:
+        floor = f" (at least {fmt.count(config.min_steps)})" if (config.min_steps or size.steps) < size.steps else ""
+        text += f"up to {fmt.count(size.steps)} steps{floor} of {fmt.count(config.batch_size)} examples; "
+        text += "early stopping on the validation score usually ends it sooner."
+    else:
+        text += f"{fmt.count(size.steps)} steps of {fmt.count(config.batch_size)} examples."
     steps = size.steps
     if services.settings.demo and size.steps > services.settings.demo_max_steps:
         text += f" The public demo stops it at {services.settings.demo_max_steps} steps."
@@ -192,12 +234,24 @@ def describe_size(
 
 
 def expected_time_text(services: Services, config: RunConfig, steps: int) -> str:
-    """' Expected time: about 3 min 10 s (from ...).' and a warning past the run limit; '' when nothing knows."""
-    expected = services.expected_time(config, steps)
-    if expected is None:
-        return " No time estimate yet: finish one run of this method here and the next ones get one."
-    seconds, source = expected
-    text = f" **Expected time:** about {fmt.duration(seconds)} ({source})."
+    """' Expected time: about 3 min 10 s (from ...).' and a warning past the run limit; '' when nothing knows.
+
+    A run under the study's protocol takes its time from the reference grid's runs like it (early stopping ends
+    most before their cap); any other from runs here or the benchmark, for the whole cap: an upper bound."""
+    reference = services.reference_time(config)
+    if reference is not None:
+        seconds, low, high, n = reference
+        spread = f"{fmt.duration(low)} to {fmt.duration(high)}, " if n > 1 else ""
+        text = (
+            f" **Expected time:** about {fmt.duration(seconds)} ({spread}from {n} run{'s' if n > 1 else ''} like it in "
+            "the reference grid on a 2-core CPU; early stopping decides, a busy machine is slower)."
+        )
+    else:
+        expected = services.expected_time(config, steps)
+        if expected is None:
+            return " No time estimate yet: finish one run of this method here and the next ones get one."
+        seconds, source = expected
+        text = f" **Expected time:** at most about {fmt.duration(seconds)} if it runs to its cap ({source})."
     limit = services.settings.job_limits().max_runtime_s
     if limit and seconds > limit:
         text += (
@@ -206,6 +260,26 @@ def expected_time_text(services: Services, config: RunConfig, steps: int) -> str
             "the data."
         )
     return text
+
+
+def protocol_text(services: Services, *form) -> str:
+    """Whether the form (in `run_config`'s order) follows the study's protocol, and if not, where it leaves it and
+    what that means for setting its score beside the reference curves."""
+    try:
+        config = run_config(services, *form)
+    except UserError:
+        return ""  # the size note says what is wrong with the form
+    left = departures(config)
+    if not left:
+        return (
+            "✅ **The study's settings** (text decoder, early stopping with patience "
+            f"{config.patience}, at least {config.min_steps or 0:,} steps, the tuned learning rate): Explore sets "
+            "its score beside the reference curves."
+        )
+    return (
+        "⚠️ **Leaves the study's protocol:** " + "; ".join(left) + ". Explore shows it as *not comparable* with "
+        "the reference curves."
+    )
 
 
 def start(services: Services, request: gr.Request | None, visitor: str, *form) -> tuple:
@@ -250,7 +324,8 @@ def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple
     live = status["state"] in ACTIVE_STATES
     curve, validation = status["curve"], status.get("validation") or []
     points = len(curve) + len(validation)
-    figure = loss_curve(curve, validation) if points != shown_points else gr.skip()
+    kept = status["state"] == "finished"  # a stopped run's best validation is not a checkpoint it kept
+    figure = loss_curve(curve, validation, kept=kept) if points != shown_points else gr.skip()
     log = status["log_tail"]
     if status["state"] == "failed" and status.get("error"):
         log = [*log, "", f"error: {status['error']}"]
@@ -278,10 +353,7 @@ def cancel(services: Services, request: gr.Request | None, visitor: str, job_id:
 def jobs_choices(services: Services, request: gr.Request | None, visitor: str, selected: str | None) -> dict:
     """This visitor's jobs, newest first, for the 'Job shown' picker."""
     mine = [r for r in services.runs() if r.submitter == submitter(request, visitor)]
-    choices = [
-        (f"{r.id} · {fmt.METHOD_LABELS.get(r.method, r.method)} {r.config.get('budget')} on {r.task}", r.id)
-        for r in mine
-    ]
+    choices = [(r.label, r.id) for r in mine]
     return gr.update(choices=choices, value=selected if selected in {r.id for r in mine} else None)
 
 
@@ -323,7 +395,7 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
             )
             method_note = gr.Markdown(fmt.method_explainer("lora"), elem_classes="vl-note")
             budget = gr.Textbox(
-                "0.5%",
+                DEFAULT_BUDGET,
                 label="Parameter budget",
                 max_lines=1,
                 elem_id="budget",
@@ -344,13 +416,21 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                     info="Same seed: same data subset and same start, so a run can be repeated.",
                 )
             size_note = gr.Markdown(elem_classes="vl-note", elem_id="run-size")
+            protocol_note = gr.Markdown(
+                protocol_text(
+                    services, "caption", "lora", DEFAULT_BUDGET, 1.0, 0, None, 0, 0, 32, None, EMBEDDED, EMBEDDED
+                ),
+                elem_classes="vl-note",
+                elem_id="protocol-note",
+            )
             with gr.Accordion("Advanced settings", open=False):
                 with gr.Row():
                     epochs = gr.Number(
-                        DEFAULT_EPOCHS["caption"],
-                        label="Epochs",
-                        info=f"Passes over the training data ({DEFAULT_EPOCHS['caption']:g} for captions and "
-                        f"{DEFAULT_EPOCHS['vqa']:g} for questions unless you change it).",
+                        STUDY["caption"]["epochs"],
+                        label="Epochs (at most)",
+                        elem_id="epochs",
+                        info=f"The cap on passes over the data; early stopping usually ends a run sooner (study: "
+                        f"{STUDY['caption']['epochs']:g} for captions, {STUDY['vqa']['epochs']:g} for questions).",
                     )
                     max_steps = gr.Number(
                         0,
@@ -360,11 +440,30 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                         info="0: as many as the epochs take. Otherwise stop after this many (overrides epochs).",
                     )
                 with gr.Row():
+                    min_steps = gr.Number(
+                        STUDY["caption"].get("min_steps", 0),
+                        label="Minimum steps",
+                        elem_id="min-steps",
+                        precision=0,
+                        info="Train at least this many steps, whatever the epochs, so a small share of the data "
+                        f"is not stopped before it has learnt (study: {STUDY['caption'].get('min_steps', 0)}).",
+                    )
+                    patience = gr.Number(
+                        STUDY["caption"]["patience"],
+                        label="Patience",
+                        elem_id="patience",
+                        precision=0,
+                        info="Stop after this many validations without improvement; the best checkpoint is "
+                        f"kept (study: {STUDY['caption']['patience']}; 0: no validation).",
+                    )
+                with gr.Row():
                     lr = gr.Number(
                         0,
                         label="Learning rate",
                         elem_id="learning-rate",
-                        info=learning_rate(services, "caption", "lora", "both", EMBEDDED)["info"],
+                        info=learning_rate(
+                            services, "caption", "lora", STUDY["caption"]["towers"], EMBEDDED, budget=DEFAULT_BUDGET
+                        )["info"],
                     )
                     batch_size = gr.Number(
                         32,
@@ -375,10 +474,10 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                     )
                 towers = gr.Radio(
                     ["both", "vision", "text"],
-                    value="both",
+                    value=STUDY["caption"]["towers"],
                     label="Towers",
                     info="Which half of the model gets the new parameters: the image encoder "
-                    "(vision), the text decoder (text) or both.",
+                    f"(vision), the text decoder (text) or both (study: {STUDY['caption']['towers']}).",
                 )
                 eval_limit = gr.Number(
                     0,
@@ -458,6 +557,8 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
         base_model,
         dataset,
         eval_limit,
+        min_steps,
+        patience,
     ]
     view = [status, progress, cancel_button, curve, command, log, log_box, timer, points]
     assert len(view) == len(VIEW)
@@ -466,10 +567,12 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     # Defaults follow a person's pick (.input), not a form filled from a run (Runs: run again with changes).
     method.input(describe_method, method, method_note, api_name="ui_describe_method", **private)
     # The learning rate follows every pick it depends on; empty means the tuned (or default) rate its note gives.
-    for trigger in (task.input, method.input, towers.input, base_model.input):
+    for trigger in (task.input, method.input, towers.input, base_model.input, budget.input):
         trigger(
-            lambda *a: learning_rate(services, *a),
-            [task, method, towers, base_model],
+            lambda task_, method_, towers_, base_, budget_: learning_rate(
+                services, task_, method_, towers_, base_, budget=budget_
+            ),
+            [task, method, towers, base_model, budget],
             lr,
             api_name="ui_learning_rate",
             **private,
@@ -486,6 +589,7 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
             **private,
         )
     size_inputs = [task, method, data_fraction, seed, epochs, max_steps, batch_size, dataset, towers, base_model]
+    size_inputs += [budget, lr, eval_limit, min_steps, patience]
     for trigger in (
         task.change,
         method.change,
@@ -497,6 +601,11 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
         dataset.change,
         towers.change,
         base_model.change,
+        budget.change,
+        lr.change,
+        eval_limit.change,
+        min_steps.change,
+        patience.change,
     ):
         trigger(
             lambda *a: describe_size(services, *a),
@@ -513,7 +622,7 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
         and its default epochs."""
         choices = dataset_choices(services, task_name)
         value = current if current in {value for _, value in choices[1:]} else EMBEDDED
-        return gr.update(choices=choices, value=value), DEFAULT_EPOCHS[task_name]
+        return gr.update(choices=choices, value=value), STUDY[task_name]["epochs"]
 
     # `.input`: only a person's own pick resets the dataset and epochs; a fill from a run (Runs: run again) or an
     # upload (which sets task and dataset itself) keeps what it set.
@@ -521,6 +630,17 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
 
     def on_start(request: gr.Request, visitor_id: str, *values):
         return start(services, request, visitor_id, *values)
+
+    for field in form:
+        field.change(
+            lambda *values: protocol_text(services, *values),
+            form,
+            protocol_note,
+            api_name="ui_protocol",
+            show_progress="hidden",
+            concurrency_limit=None,
+            **private,
+        )
 
     start_button.click(
         on_start, [visitor, *form], [job, *view, jobs, start_note], api_name="ui_start", concurrency_limit=4, **private

@@ -24,6 +24,7 @@ from training.run.config import RunConfig
 from training.run.evaluation import evaluate
 from training.run.tasks import Encoder, answer_prior
 from training.run.trainer import load_run, train
+from training.sweeps.protocol import STUDY_SWEEP, study_settings
 
 VALIDATION = "validation.json"
 # The fine-tuned caption runs whose best (by mean validation CIDEr-D over HEADROOM_SEEDS) is set against
@@ -36,7 +37,6 @@ CAPTION_CANDIDATES = {
     "caption-full-tuned": RunConfig(task="caption", method="full"),
     "caption-lora-tuned": RunConfig(task="caption", method="lora", towers="text", budget="18k"),
 }
-STUDY_SWEEP = REPO_ROOT / "sweeps" / "paper.yaml"
 HEADROOM_SEEDS = (0, 1)
 
 CHECKS = {
@@ -76,19 +76,8 @@ def score_on_validation(run_dir: str | Path) -> dict:
 
 
 def study_schedule(task: str, sweep: Path = STUDY_SWEEP) -> dict:
-    """The RunConfig fields of the study's schedule for a task (its sweep file's settings and the task's own),
-    without the towers, which each candidate sets."""
-    from training.sweeps.grid import load_spec
-
-    if not sweep.is_file():
-        raise UserError(
-            f"embedded-report trains its headroom runs under the study's schedule, read from {sweep}, which is not "
-            "here: run it from a checkout of the project (an installed wheel does not carry sweeps/)."
-        )
-    spec = load_spec(sweep)
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    values = {**spec.settings, **spec.tasks.get(task, {})}
-    return {k: v for k, v in values.items() if k in fields and k not in ("towers", "budget", "dataset", "base_model")}
+    """The RunConfig fields of the study's schedule for a task, without the towers, which each candidate sets."""
+    return {k: v for k, v in study_settings(task, sweep).items() if k != "towers"}
 
 
 def planned_runs(seeds: tuple[int, ...] = HEADROOM_SEEDS) -> dict[str, RunConfig]:

@@ -75,7 +75,13 @@ def run_readme(run_dir: str | Path, run_id: str, state: str) -> str:
     metrics = (runs.read_json(run_dir / runs.EVAL) or {}).get("metrics") or {}
     method, task, base = config.get("method", "?"), config.get("task", "?"), config.get("base_model")
     on = f"`{base}`" if base else "the embedded scene-BLIP (`training.paths.DEFAULT_MODEL_DIR` of VL-PEFT Lab)"
-    what = f"A `{method}` adapter trained by VL-PEFT Lab for {TASK_NAMES.get(task, task)} on {on}; the run {state}."
+    source = config.get("dataset")
+    dataset = info.get("dataset_name") or (Path(source).name if source else "the embedded scenes")
+    data = f"**{dataset}**" + (f" (`{source}`)" if source else " (VL-PEFT Lab's embedded scenes)")
+    what = (
+        f"A `{method}` adapter trained by VL-PEFT Lab for {TASK_NAMES.get(task, task)} on {on}, with the data of "
+        f"{data}; the run {state}."
+    )
     if info.get("trainable_params") is not None:
         what += (
             f" {info['trainable_params']:,} trainable parameters ({info.get('trainable_percent', 0):.3g} % of "
@@ -83,7 +89,7 @@ def run_readme(run_dir: str | Path, run_id: str, state: str) -> str:
             f"{config.get('data_fraction', 1) * 100:g} % of the training data, seed {config.get('seed')}, "
             f"{info.get('total_steps')} steps."
         )
-    lines = [f"# {run_id}: {method} for {TASK_NAMES.get(task, task)}", "", what, ""]
+    lines = [f"# {method} for {TASK_NAMES.get(task, task)} on {dataset} (run {run_id})", "", what, ""]
     scores = {
         k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "num_examples" and not k.endswith("_s")
     }
@@ -137,7 +143,8 @@ def run_readme(run_dir: str | Path, run_id: str, state: str) -> str:
         "from PIL import Image",
         "from transformers import BlipForConditionalGeneration, BlipProcessor",
         "",
-        f"base = {base!r}" if base else "from training.paths import DEFAULT_MODEL_DIR as base",
+        # peft alone: no import of VL-PEFT Lab; the embedded model is the folder assets/scene-blip of its checkout
+        f"base = {base!r}" if base else 'base = "assets/scene-blip"  # the embedded model, in a VL-PEFT Lab checkout',
         "processor = BlipProcessor.from_pretrained(base)",
         f"model = PeftModel.from_pretrained(BlipForConditionalGeneration.from_pretrained(base), "
         f'"{run_id}/{PEFT_FOLDER}").eval()',
