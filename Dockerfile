@@ -1,6 +1,6 @@
 # VL-PEFT Lab on a Hugging Face Docker Space (or any Docker host): `docker build -t vlpeft . && docker run -p 7860:7860 vlpeft`
 # Runs as uid 1000 as Spaces do. The job queue and runs in progress stay on local disk (~/.vlpeft); ended runs
-# are published to /data/vlpeft when a Storage Bucket is mounted at /data (README: Hugging Face Spaces).
+# are published to /data/vlpeft when a Storage Bucket is mounted at /data (docs/spaces.md).
 # Public hosting: set VLPEFT_DEMO=1 (and VLPEFT_AUTH=user:password for a login).
 # BASE_IMAGE: any Debian-based image with Python 3.11 and its venv module (`make docker-test` builds one
 # locally with debootstrap where no registry is reachable); Spaces use the default.

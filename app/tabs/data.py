@@ -16,7 +16,7 @@ from training.data.vocabulary import VocabularyCheck
 from training.errors import UserError
 from training.run.config import TASKS
 
-FORMAT_HELP = """A zip of a dataset folder as the README describes it: `train/` and `test/` (and optionally
+FORMAT_HELP = """A zip of a dataset folder as docs/datasets.md describes it: `train/` and `test/` (and optionally
 `validation/`), each with its images and a `metadata.jsonl`, one line per example:
 `{"file_name": "0001.png", "captions": ["a red circle", "..."]}` for captioning,
 `{"file_name": "0001.png", "question": "what color is it?", "answers": ["red", "..."]}` for question answering.

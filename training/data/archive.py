@@ -204,7 +204,7 @@ def dataset_root(folder: Path) -> Path:
         return entries[0]
     raise UserError(
         "The zip has no train/ or test/ folder at its top or in its one top-level folder: zip the "
-        "dataset folder as the README describes it."
+        "dataset folder as docs/datasets.md describes it."
     )
 
 
@@ -226,7 +226,7 @@ def check_splits(root: Path) -> None:
         if not (root / split / METADATA).is_file():
             raise UserError(
                 f"The {split} split has no {split}/{METADATA}: put one line per example in it (see "
-                "the dataset format in the README)."
+                "the dataset format in docs/datasets.md)."
             )
 
 

@@ -117,7 +117,7 @@ def load_folder_dataset(folder: str | Path, task: str) -> TaskDataset:
     if not any((path / s / "metadata.jsonl").is_file() for s in SPLITS):
         raise UserError(
             f"Dataset folder {folder} has no train/, validation/ or test/ subfolder with a "
-            "metadata.jsonl: see the dataset format in the README."
+            "metadata.jsonl: see the dataset format in docs/datasets.md."
         )
     splits = {split: _read_split(path, split, task) for split in SPLITS}
     return TaskDataset(name=path.name, task=task, source=str(path.resolve()), splits=splits)

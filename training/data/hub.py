@@ -58,7 +58,7 @@ def _open(name: str):
         raise UserError(
             f"The {kind} {name!r} could not be loaded as a dataset ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160] if str(exc) else ''}). Give a dataset folder in the "
-            "README's format, or a Hub id reachable from here."
+            "folder format of docs/datasets.md, or a Hub id reachable from here."
         ) from None
 
 

@@ -183,7 +183,7 @@ def render_markdown(
             "its runs chose no learning rate, stopping point or checkpoint on validation data (it has no "
             "`val_metric`), so it measures their training schedule more than the methods. The grid under the "
             "protocol (`python -m training tune`, then `python -m training sweep --config sweeps/paper.yaml`) "
-            "replaces it; the README's *Sweeps and results* says how far it has got.",
+            "replaces it; docs/study.md says how far it has got.",
             "",
         ]
     lines += unfinished_grid(frame, meta)
