@@ -185,8 +185,8 @@ def register(services: Services) -> None:
     @endpoint
     def upload_dataset(archive: FileData, name: str, task: str, replace: bool = False) -> dict:
         """Add a dataset from a zip in the folder format of docs/datasets.md (train/ and test/, optionally
-        validation/, each with images and a metadata.jsonl), checked before it is kept. The name is then a dataset for start_job
-        (dataset=name) and compare (dataset=name).
+        validation/, each with images and a metadata.jsonl), checked before it is kept. The name is then a dataset
+        for start_job (dataset=name) and compare (dataset=name).
 
         Args:
             archive: the zip file (gradio_client.handle_file('data.zip')).
