@@ -40,37 +40,96 @@ def parse_fraction(text: str | float) -> float:
     return value
 
 
+def option(help: str = "", *, always: bool = False, flag: str | None = None, text: bool = False, choices=None) -> dict:
+    """A RunConfig field's command-line option, as field metadata: `add_run_options` and `to_cli_args` are made
+    from it, so a new option is one field. `always`: written by `to_cli_args` even at its default; `flag`: the
+    option's name when it is not `--field-name` (a True-default bool's is `--no-...`); `text`: parsed by the
+    config's validation, not by argparse (a data fraction may be written `0.25`)."""
+    return {"cli": {"help": help, "always": always, "flag": flag, "text": text, "choices": choices}}
+
+
 @dataclass
 class RunConfig:
-    task: str = "caption"
-    method: str = "lora"
-    budget: str = "0.5%"
-    data_fraction: float = 1.0
-    seed: int = 0
-    base_model: str | None = None  # None: the embedded default
-    dataset: str | None = None  # None: the embedded default dataset of the task
-    towers: str = "both"
-    epochs: float | None = None
-    max_steps: int | None = None
+    task: str = field(default="caption", metadata=option("caption or vqa", always=True))
+    method: str = field(default="lora", metadata=option(", ".join(METHOD_NAMES), always=True))
+    budget: str = field(default="0.5%", metadata=option("trainable parameters: 20000, 20k, 1.5M or 0.5%%", always=True))
+    data_fraction: float = field(
+        default=1.0, metadata=option("share of the training split, in (0, 1]", always=True, text=True)
+    )
+    seed: int = field(default=0, metadata=option(always=True))
+    base_model: str | None = field(  # None: the embedded default
+        default=None, metadata=option("Hub id or local path (default: the embedded model)")
+    )
+    dataset: str | None = field(  # None: the embedded default dataset of the task
+        default=None, metadata=option("dataset folder or Hub id (default: the embedded one)")
+    )
+    towers: str = field(default="both", metadata=option("vision, text or both", always=True))
+    epochs: float | None = field(default=None, metadata=option())
+    max_steps: int | None = field(default=None, metadata=option())
     # At least this many steps whatever the epochs: a small share of the data otherwise ends at its epoch cap
     # before it has learnt (1 % of VQA is 14 steps in 10 epochs); early stopping may end a run only after them.
-    min_steps: int | None = None
-    cap_limit: float = DEFAULT_CAP_LIMIT  # hard limit on steps, as a multiple of the planned steps (see above)
-    batch_size: int = 32
-    lr: float | None = None  # None: the method's default learning rate
-    grad_accum: int = 1
+    min_steps: int | None = field(
+        default=None,
+        metadata=option(
+            "train at least this many steps whatever the epochs (a small data share otherwise stops at its epoch "
+            "cap before it learns); early stopping may end the run only after them"
+        ),
+    )
+    cap_limit: float = field(  # hard limit on steps, as a multiple of the planned steps (see above)
+        default=DEFAULT_CAP_LIMIT,
+        metadata=option(
+            "a run still improving on validation at its step cap goes on, to at most this many times its planned "
+            "steps (the learning rate decays to zero there); 1: the cap is hard"
+        ),
+    )
+    batch_size: int = field(default=32, metadata=option(always=True))
+    lr: float | None = field(  # None: the tuned rate (results/lr.csv), else the method's default
+        default=None, metadata=option("learning rate (default: the tuned one, else the method's own)")
+    )
+    grad_accum: int = field(default=1, metadata=option())
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
-    max_new_tokens: int = 36  # the embedded model's texts are at most 40 tokens with [DEC] and the prompt
-    eval_limit: int | None = None  # evaluate on the first N test examples only
-    device: str = "auto"
-    cache_features: bool = True  # reuse image features when the vision tower is frozen
-    patience: int = DEFAULT_PATIENCE
-    val_every: int | None = None
-    val_limit: int | None = None  # None: DEFAULT_VAL_LIMIT of the task
-    method_options: dict = field(default_factory=dict)  # e.g. {"reparam": True} for prefix tuning
-    score_test: bool = True  # False: stop after training and validation (learning-rate tuning never sees test)
-    report_to: str = "none"  # also log to tensorboard or trackio (training/run/tracking.py)
+    max_new_tokens: int = field(  # the embedded model's texts are at most 40 tokens with [DEC] and the prompt
+        default=36, metadata=option()
+    )
+    eval_limit: int | None = field(default=None, metadata=option("evaluate on the first N test examples"))
+    device: str = field(default="auto", metadata=option("auto, cpu or cuda"))
+    cache_features: bool = field(
+        default=True, metadata=option("run the frozen vision tower every step instead of caching its features")
+    )
+    patience: int = field(
+        default=DEFAULT_PATIENCE,
+        metadata=option(
+            "stop after this many validations without improvement (0: no validation, fixed "
+            "schedule); the best checkpoint on the validation split is kept"
+        ),
+    )
+    val_every: int | None = field(
+        default=None, metadata=option("steps between validations (default: half an epoch, 10 to 100 steps)")
+    )
+    val_limit: int | None = field(
+        default=None,
+        metadata=option(
+            "validate on the first N validation examples (default: 100 images for captions, every question for VQA)"
+        ),
+    )
+    method_options: dict = field(  # e.g. {"reparam": True} for prefix tuning
+        default_factory=dict,
+        metadata=option(
+            "a method's own option, e.g. reparam=true for prefix tuning (repeatable)", flag="--method-option"
+        ),
+    )
+    score_test: bool = field(  # False: stop after training and validation (learning-rate tuning never sees test)
+        default=True, metadata=option("skip the test split (used by learning-rate tuning)", flag="--no-test")
+    )
+    report_to: str = field(
+        default="none",
+        metadata=option(
+            "also log loss, learning rate, throughput and validation scores to tensorboard or "
+            "trackio (pip install vl-peft-lab[tracking])",
+            choices=REPORT_TO,
+        ),
+    )
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> RunConfig:
@@ -129,58 +188,19 @@ class RunConfig:
         return cls(**data)
 
     def to_cli_args(self) -> list[str]:
-        """The `python -m training train` arguments (without --out) that reproduce this config."""
-        args = [
-            "--task",
-            self.task,
-            "--method",
-            self.method,
-            "--budget",
-            str(self.budget),
-            "--data-fraction",
-            f"{self.data_fraction:g}",
-            "--seed",
-            str(self.seed),
-            "--towers",
-            self.towers,
-            "--batch-size",
-            str(self.batch_size),
-        ]
-        optional = {
-            "--base-model": self.base_model,
-            "--dataset": self.dataset,
-            "--epochs": self.epochs,
-            "--max-steps": self.max_steps,
-            "--min-steps": self.min_steps,
-            "--lr": self.lr,
-            "--eval-limit": self.eval_limit,
-        }
-        for flag, value in optional.items():
-            if value is not None:
-                args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-        defaults = RunConfig()
-        if self.grad_accum != defaults.grad_accum:
-            args += ["--grad-accum", str(self.grad_accum)]
-        if self.device != defaults.device:
-            args += ["--device", self.device]
-        if self.max_new_tokens != defaults.max_new_tokens:
-            args += ["--max-new-tokens", str(self.max_new_tokens)]
-        if not self.cache_features:
-            args += ["--no-cache-features"]
-        if self.patience != defaults.patience:
-            args += ["--patience", str(self.patience)]
-        if self.cap_limit != defaults.cap_limit:
-            args += ["--cap-limit", f"{self.cap_limit:g}"]
-        if self.val_every is not None:
-            args += ["--val-every", str(self.val_every)]
-        if self.val_limit is not None:
-            args += ["--val-limit", str(self.val_limit)]
-        if not self.score_test:
-            args += ["--no-test"]
-        if self.report_to != defaults.report_to:
-            args += ["--report-to", self.report_to]
-        for key, value in sorted(self.method_options.items()):
-            args += ["--method-option", f"{key}={json.dumps(value)}"]
+        """The `python -m training train` arguments (without --out) that reproduce this config: every option
+        field that is always written or differs from its default, in field order."""
+        args: list[str] = []
+        for item in cli_fields():
+            value, spec = getattr(self, item.name), item.metadata["cli"]
+            if isinstance(value, dict):
+                for key, option_value in sorted(value.items()):
+                    args += [flag_of(item), f"{key}={json.dumps(option_value)}"]
+            elif isinstance(value, bool):
+                if value != item.default:
+                    args.append(flag_of(item))
+            elif spec["always"] or value != item.default:
+                args += [flag_of(item), f"{value:g}" if isinstance(value, float) else str(value)]
         return args
 
 
@@ -224,84 +244,39 @@ def step_limit(config: RunConfig, planned: int) -> int:
     return max(planned, math.ceil(planned * config.cap_limit))
 
 
+def cli_fields() -> list[dataclasses.Field]:
+    """The RunConfig fields that are command-line options."""
+    return [item for item in dataclasses.fields(RunConfig) if "cli" in item.metadata]
+
+
+def flag_of(item: dataclasses.Field) -> str:
+    spec = item.metadata["cli"]
+    if spec["flag"]:
+        return spec["flag"]
+    prefix = "--no-" if item.type == "bool" else "--"
+    return prefix + item.name.replace("_", "-")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The options of `train` (and of `submit`, which takes the same)."""
-    d = RunConfig()
-    parser.add_argument("--task", default=d.task, help="caption or vqa")
-    parser.add_argument("--method", default=d.method, help=", ".join(METHOD_NAMES))
-    parser.add_argument("--budget", default=d.budget, help="trainable parameters: 20000, 20k, 1.5M or 0.5%%")
-    parser.add_argument("--data-fraction", default=d.data_fraction, help="share of the training split, in (0, 1]")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--base-model", default=None, help="Hub id or local path (default: the embedded model)")
-    parser.add_argument("--dataset", default=None, help="dataset folder or Hub id (default: the embedded one)")
-    parser.add_argument("--towers", default=d.towers, help="vision, text or both")
-    parser.add_argument("--epochs", type=float, default=None)
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument(
-        "--min-steps",
-        type=int,
-        default=None,
-        help="train at least this many steps whatever the epochs (a small data share otherwise stops at its epoch "
-        "cap before it learns); early stopping may end the run only after them",
-    )
-    parser.add_argument(
-        "--cap-limit",
-        type=float,
-        default=d.cap_limit,
-        help="a run still improving on validation at its step cap goes on, to at most this many times its planned "
-        "steps (the learning rate decays to zero there); 1: the cap is hard",
-    )
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's own)")
-    parser.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test examples")
-    parser.add_argument("--device", default=d.device, help="auto, cpu or cuda")
-    parser.add_argument(
-        "--no-cache-features",
-        dest="cache_features",
-        action="store_false",
-        help="run the frozen vision tower every step instead of caching its features",
-    )
-    parser.add_argument(
-        "--patience",
-        type=int,
-        default=d.patience,
-        help="stop after this many validations without improvement (0: no validation, fixed "
-        "schedule); the best checkpoint on the validation split is kept",
-    )
-    parser.add_argument(
-        "--val-every",
-        type=int,
-        default=None,
-        help="steps between validations (default: half an epoch, 10 to 100 steps)",
-    )
-    parser.add_argument(
-        "--val-limit",
-        type=int,
-        default=None,
-        help="validate on the first N validation examples (default: 100 images for captions, every question for VQA)",
-    )
-    parser.add_argument(
-        "--report-to",
-        default=d.report_to,
-        choices=REPORT_TO,
-        help="also log loss, learning rate, throughput and validation scores to tensorboard or "
-        "trackio (pip install vl-peft-lab[tracking])",
-    )
-    parser.add_argument(
-        "--no-test", dest="score_test", action="store_false", help="skip the test split (used by learning-rate tuning)"
-    )
-    parser.add_argument(
-        "--method-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a method's own option, e.g. reparam=true for prefix tuning (repeatable)",
-    )
+    """The options of `train` (and of `submit`, which takes the same), made from RunConfig's fields."""
+    types = {"int": int, "float": float}
+    for item in cli_fields():
+        spec, flag = item.metadata["cli"], flag_of(item)
+        kwargs: dict = {"help": spec["help"] or None}
+        if item.type == "bool":  # a True default turned off by its flag
+            kwargs.update(dest=item.name, action="store_false")
+        elif item.type == "dict":
+            kwargs.update(dest=item.name, action="append", default=[], metavar="KEY=VALUE")
+        else:
+            kwargs.update(default=item.default, choices=spec["choices"])
+            kind = types.get(item.type.split(" | ")[0])
+            if kind is not None and not spec["text"]:
+                kwargs["type"] = kind
+        parser.add_argument(flag, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    names = {f.name for f in dataclasses.fields(RunConfig)} - {"extra", "method_options"}
-    options = dict(parse_method_option(text) for text in getattr(args, "method_option", None) or [])
-    return RunConfig(**{k: v for k, v in vars(args).items() if k in names}, method_options=options).validate()
+    """The validated config of parsed `add_run_options` arguments."""
+    values = {item.name: getattr(args, item.name) for item in cli_fields() if hasattr(args, item.name)}
+    values["method_options"] = dict(parse_method_option(text) for text in values.get("method_options") or [])
+    return RunConfig(**values).validate()

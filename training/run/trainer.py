@@ -29,7 +29,8 @@ from training.methods.budget import Plan, count_base_params, plan_method, requir
 from training.methods.vlmodel import VLModel
 from training.model.base_model import BaseModel, load_base_model
 from training.model.pixels import PixelCache
-from training.run import resume, runs
+from training.run import resume as saved_state
+from training.run import runs
 from training.run.config import RunConfig, planned_steps, step_limit, val_every
 from training.run.evaluation import evaluate
 from training.run.rates import resolve_lr
@@ -240,7 +241,7 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True, 
             run.write_eval(
                 {"task": config.task, "split": None, "validation": summary, "train_s": round(run.elapsed_s(), 2)}
             )
-            resume.discard(run.path)  # a finished run has no use for it
+            saved_state.discard(run.path)  # a finished run has no use for it
             run.set_phase("done")
             log.info("done (no test split): best validation %s at step %s", summary.get("best"), summary["best_step"])
             return 0
@@ -561,7 +562,7 @@ class TrainingLoop:
     def save(self, step: int, optimizer: torch.optim.Optimizer, reason: str) -> None:
         """Save what resuming after `step` needs (training/run/resume.py)."""
         validator = self.validator
-        state = resume.LoopState(
+        state = saved_state.LoopState(
             step,
             self.epoch,
             list(self.order),
@@ -571,23 +572,23 @@ class TrainingLoop:
             validator.best_step if validator else 0,
             validator.since_best if validator else 0,
             list(validator.curve) if validator else [],
-            resume.python_rng_state(self.rng),
+            saved_state.python_rng_state(self.rng),
         )
-        resume.save(self.report.run.path, state, self.params_to_keep(), self.best_state, optimizer)
+        saved_state.save(self.report.run.path, state, self.params_to_keep(), self.best_state, optimizer)
 
     def restore(self, optimizer: torch.optim.Optimizer) -> tuple[int, str] | None:
         """Go back to the run directory's saved state, if any: (the step it was saved after, how the loop would
         end then); None: start afresh."""
         run_dir = self.report.run.path
-        if resume.saved_step(run_dir) is None:
+        if saved_state.saved_step(run_dir) is None:
             return None
-        state, self.best_state = resume.load(run_dir, self.params_to_keep(), optimizer)
+        state, self.best_state = saved_state.load(run_dir, self.params_to_keep(), optimizer)
         self.epoch, self.order, self.target = state.epoch, list(state.order), state.target
-        resume.restore_python_rng(self.rng, state.python_rng)
+        saved_state.restore_python_rng(self.rng, state.python_rng)
         if self.validator:
             self.validator.best, self.validator.best_step = state.best, state.best_step
             self.validator.since_best, self.validator.curve = state.since_best, list(state.curve)
-        resume.truncate_records(run_dir, state.step)
+        saved_state.truncate_records(run_dir, state.step)
         self.report.log.info(
             "resumed at step %d (its saved state: weights, optimizer, data order, validation)", state.step
         )
@@ -684,7 +685,7 @@ def score_test_split(
         }
     )
     log.info("done: %s", ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-    resume.discard(run.path)  # a finished run has no use for it
+    saved_state.discard(run.path)  # a finished run has no use for it
     run.set_phase("done")
     return 0
 
