@@ -10,7 +10,9 @@
   target is 6 columns within `COMPARE_TARGET_S` on the embedded default on a 2-core CPU;
 - evaluation time as a share of a default run's wall time;
 - the app's cold start to its first served page;
-- each speed path against the plain path it stands in for (`paths`, see measure_speed_paths).
+- each speed path against the plain path it stands in for (`paths`, see measure_speed_paths);
+- real grid points trained end to end in fresh processes, with their wall time in parts, and optionally the same
+  points with an older commit's code in turns (`runs`, see training/study/replay.py; not in the default parts).
 On CUDA the steps run under the trainer's autocast (bf16, fp16 where bf16 is missing), each is timed between
 two synchronizations, and peak memory is CUDA's peak allocation; on the CPU it is the process's peak RSS.
 `--parts` picks what to measure (a GPU check measures training and Compare on a BLIP-base-size model).
@@ -39,7 +41,7 @@ BENCH_METHODS = ("full", *PEFT_METHODS)
 COMPARE_METHODS = PEFT_METHODS
 # Prompt tuning's cost grows with its prompt length: also timed at these smaller budgets than the default.
 PROMPT_BUDGETS = ("1k", "4k")
-PARTS = ("train", "compare", "eval", "app", "paths")
+PARTS = ("train", "compare", "eval", "app", "paths", "runs")
 COMPARE_TARGET_S = 1.0  # six columns on the embedded default, answered one after another
 
 
@@ -381,6 +383,8 @@ def run_bench(
     setting: Setting = Setting(),
     parts: tuple[str, ...] = PARTS,
     compare_tasks: tuple[str, ...] = ("caption", "vqa"),
+    points: tuple[str, ...] | None = None,
+    against: str | None = None,
 ) -> dict:
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -410,8 +414,16 @@ def run_bench(
         result["app_cold_start_s"] = measure_app_cold_start()
     if "paths" in parts:
         result["speed_paths"] = measure_speed_paths(batch_size=batch_size, setting=setting)
+    if "runs" in parts:
+        from training.study.replay import REPLAY_POINTS, measure_runs
+
+        result["runs"] = measure_runs(points or REPLAY_POINTS, against, work / "replay", log=_progress)
     result["machine"] = _machine()
     return result
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _machine() -> dict:
@@ -460,5 +472,9 @@ def print_table(result: dict) -> None:
             f"{row['path']} ({row['measured']}): {row['fast_s']:.3f} s against {row['plain_s']:.3f} s plain, "
             f"saves {100 * row['saving']:.1f} %"
         )
+    if "runs" in result:
+        from training.study.replay import print_runs
+
+        print_runs(result["runs"])
     if "app_cold_start_s" in result:
         print(f"app cold start to first page: {result['app_cold_start_s']:.1f} s")
