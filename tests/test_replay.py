@@ -48,6 +48,7 @@ def test_a_replayed_point_is_split_into_parts_that_add_up_and_paired_with_the_ol
         assert row["steps_run"] == 6 and row["validations"] == 3
         assert row["best_step"] == evaluation["validation"]["best_step"] == validations[-1]["best_step"]
         assert row["test_score"] == evaluation["metrics"]["accuracy"]
+        assert row["val_curve"] == [v["value"] for v in validations]
         # The run's clock starts after the interpreter has imported the trainer: start and load are both real.
         assert row["start_s"] > 0.5 and row["load_s"] > 0
     summary = result["summary"]["new"]
@@ -56,6 +57,7 @@ def test_a_replayed_point_is_split_into_parts_that_add_up_and_paired_with_the_ol
     assert point["point"] == name
     old, new = (next(r for r in result["runs"] if r["side"] == side) for side in ("old", "new"))
     assert point["speedup"] == pytest.approx(old["total_s"] / new["total_s"], rel=0.01)
+    assert point["same_validation_curve"] == (old["val_curve"] == new["val_curve"])
     assert not list(tmp_path.glob("old-*"))  # the worktree is removed
 
 

@@ -440,10 +440,11 @@ def _machine() -> dict:
 
 
 def print_table(result: dict) -> None:
-    print(
-        f"{'method':<17} {'towers':<6} {'budget':>7} {'trainable':>10} {'samples/s':>10} {'step s':>8} "
-        f"{'vs full':>8} {'peak MB':>8}"
-    )
+    if result.get("train"):
+        print(
+            f"{'method':<17} {'towers':<6} {'budget':>7} {'trainable':>10} {'samples/s':>10} {'step s':>8} "
+            f"{'vs full':>8} {'peak MB':>8}"
+        )
     for row in result.get("train", []):
         print(
             f"{row['method']:<17} {row['towers']:<6} {row['budget']:>7} {row['trainable_params']:>10,} "

@@ -158,6 +158,7 @@ def split_run(run_dir: Path, launched: float, ended: float) -> dict:
         "stop_reason": summary.get("stop_reason"),
         "val_metric": summary.get("metric"),
         "val_best": summary.get("best"),
+        "val_curve": [v["value"] for v in validations],
         "test_metric": test_metric,
         "test_score": metrics.get(test_metric),
     }
@@ -244,6 +245,7 @@ def compare_sides(rows: list[dict], summary: dict) -> dict:
                 "point": name,
                 "speedup": round(old["total_s"] / new["total_s"], 2),
                 "same_best_step": new["best_step"] == old["best_step"],
+                "same_validation_curve": new["val_curve"] == old["val_curve"],
                 "best_step": {"new": new["best_step"], "old": old["best_step"]},
                 "val_best": {"new": new["val_best"], "old": old["val_best"]},
                 "test_score": {"new": new["test_score"], "old": old["test_score"]},
@@ -278,8 +280,9 @@ def print_runs(result: dict) -> None:
     if comparison:
         print(f"runs per hour, new over old: {comparison['runs_per_hour_ratio']}x")
         for point in comparison["points"]:
+            curve = "the same validation scores" if point["same_validation_curve"] else "other validation scores"
             print(
                 f"  {point['point']}: {point['speedup']}x, best step {point['best_step']['new']} "
                 f"(old {point['best_step']['old']}), test {point['test_score']['new']:.4g} "
-                f"(old {point['test_score']['old']:.4g})"
+                f"(old {point['test_score']['old']:.4g}), {curve}"
             )
