@@ -8,6 +8,7 @@ import pytest
 from training.errors import UserError
 from training.paths import REPO_ROOT
 from training.run import runs
+from training.study.bench import Setting, measure_validation_paths
 from training.study.replay import PARTS, commit_of, measure_runs, replay_points
 from training.sweeps.grid import parse_spec
 
@@ -32,7 +33,9 @@ def test_a_replayed_point_is_split_into_parts_that_add_up_and_paired_with_the_ol
 ):
     spec = tiny_spec(tiny_model_dir, tiny_vqa_dataset)
     name = "vqa__lora__b2k__f1__s0"
-    result = measure_runs((name,), against="HEAD", work_dir=tmp_path, spec=spec, log=lambda line: None)
+    out = tmp_path / "bench-runs.json"
+    result = measure_runs((name,), against="HEAD", work_dir=tmp_path, spec=spec, log=lambda line: None, out=out)
+    assert runs.read_json(out) == result and result["complete"]
     assert [row["side"] for row in result["runs"]] == ["new", "old"]  # the first point starts with the new code
     assert result["code"]["old"]["commit"] == commit_of(REPO_ROOT)
     assert not result["code"]["old"]["uncommitted_changes"]
@@ -67,3 +70,13 @@ def test_a_point_outside_the_grid_or_an_unknown_commit_is_refused(tiny_model_dir
         replay_points(spec, ("vqa__lora__b9k__f1__s0",))
     with pytest.raises(UserError, match="not a commit"):
         commit_of(REPO_ROOT, "no-such-commit-anywhere")
+
+
+def test_the_validation_speed_paths_are_timed_against_their_plain_paths(tiny_model_dir, tiny_vqa_dataset):
+    setting = Setting(base_model=str(tiny_model_dir), task="vqa", device="cpu", dataset=str(tiny_vqa_dataset))
+    rows = measure_validation_paths(repeats=1, setting=setting, budget="2k")
+    assert [row["path"] for row in rows] == ["validation features", "wide decoding"]
+    for row in rows:
+        assert row["measured"] == "vqa validation of 8 examples"  # the tiny split: 4 images, 2 questions each
+        assert row["fast_s"] > 0 and row["plain_s"] > 0
+        assert row["saving"] == pytest.approx(1 - row["fast_s"] / row["plain_s"], abs=2e-3)

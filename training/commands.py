@@ -162,8 +162,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"Unknown bench part {unknown[0]!r}: choose among {', '.join(PARTS)}.")
     setting = Setting(base_model=args.base_model, task=args.task, device=args.device)
+    from training.paths import REPO_ROOT
+
     if args.against:
-        from training.paths import REPO_ROOT
         from training.study.replay import commit_of
 
         commit_of(REPO_ROOT, args.against)  # an unknown commit is said now, not after the other parts
@@ -179,12 +180,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compare_tasks=compare_tasks,
         points=tuple(p.strip() for p in args.points.split(",") if p.strip()) if args.points else None,
         against=args.against,
+        runs_json=REPO_ROOT / args.runs_json,
     )
-    if "runs" in result:
-        from training.paths import REPO_ROOT
-        from training.run.runs import write_json
-
-        write_json(REPO_ROOT / args.runs_json, {**result["runs"], "machine": result["machine"]})
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -262,6 +262,47 @@ def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Settin
     return rows
 
 
+def measure_validation_paths(repeats: int = 3, setting: Setting = Setting(), budget: str | None = None) -> list[dict]:
+    """The two speed paths of validation with a frozen vision tower, on a run's validation subset (LoRA on the text
+    decoder, the grid's setting; untrained, so it decodes as the base model does), each against its plain path, in
+    turns: image features computed once per run (plain: the vision tower at every validation), and decoding every
+    example at once (`decode_rows`; plain: 64 at a time, as before)."""
+    import torch
+
+    from training.data.dataset import load_dataset
+    from training.run.config import RunConfig
+    from training.run.evaluation import predict
+    from training.run.trainer import precompute_features
+
+    config = RunConfig(task=setting.task)
+    steps = _Steps("lora", "text", 1, 32, budget, setting)
+    examples = load_dataset(setting.dataset, setting.task).split("validation")
+    examples = examples[: config.resolved_val_limit() or len(examples)]
+    vl = steps.vl
+    vl.model.eval()
+    with torch.no_grad():
+        features = precompute_features(vl, examples, steps.pixels)
+
+    def decode(features=None, batch_size=None):
+        return predict(
+            vl, setting.task, examples, steps.pixels, steps.encoder, batch_size, config.max_new_tokens, None, features
+        )
+
+    measured = f"{setting.task} validation of {len(examples)} examples"
+    return [
+        {
+            "path": "validation features",
+            "measured": measured,
+            **_alternating(lambda: decode(features), lambda: decode(), repeats),
+        },
+        {
+            "path": "wide decoding",
+            "measured": measured,
+            **_alternating(lambda: decode(features), lambda: decode(features, 64), repeats),
+        },
+    ]
+
+
 def _in_subprocess(
     method: str, towers: str, steps: int, batch_size: int, budget: str | None = None, setting: Setting = Setting()
 ) -> dict:
@@ -385,6 +426,7 @@ def run_bench(
     compare_tasks: tuple[str, ...] = ("caption", "vqa"),
     points: tuple[str, ...] | None = None,
     against: str | None = None,
+    runs_json: Path | None = None,
 ) -> dict:
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -414,10 +456,11 @@ def run_bench(
         result["app_cold_start_s"] = measure_app_cold_start()
     if "paths" in parts:
         result["speed_paths"] = measure_speed_paths(batch_size=batch_size, setting=setting)
+        result["speed_paths"] += measure_validation_paths(setting=setting)
     if "runs" in parts:
         from training.study.replay import REPLAY_POINTS, measure_runs
 
-        result["runs"] = measure_runs(points or REPLAY_POINTS, against, work / "replay", log=_progress)
+        result["runs"] = measure_runs(points or REPLAY_POINTS, against, work / "replay", log=_progress, out=runs_json)
     result["machine"] = _machine()
     return result
 

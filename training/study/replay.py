@@ -20,6 +20,7 @@ The parts of a run, from its own files (so the old code's runs are split the sam
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -184,21 +185,31 @@ def measure_runs(
     spec: SweepSpec | None = None,
     threads: int = 1,
     log=print,
+    out: str | Path | None = None,
 ) -> dict:
     """Train `names` (points of `spec`, default the paper grid) with this tree's code, and with `against`'s code
-    in turns (which side goes first alternates from point to point)."""
+    in turns (which side goes first alternates from point to point). With `out`, the result so far is written
+    there after every run (`complete` false until the last), so a bench stopped early keeps what it measured."""
     spec = spec or load_spec(PAPER_SWEEP)
     points = replay_points(spec, names)
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-replay-"))
     work.mkdir(parents=True, exist_ok=True)
-    new = Code("new", REPO_ROOT, commit_of(REPO_ROOT))
-    sides = [new]
+    sides = [Code("new", REPO_ROOT, commit_of(REPO_ROOT))]
     worktree = None
     if against:
         worktree = add_worktree(commit_of(REPO_ROOT, against), work)
         sides.append(Code("old", worktree, commit_of(REPO_ROOT, against)))
-    rows: list[dict] = []
-    load_before = os.getloadavg()[0]
+    result: dict = {
+        "points": list(names),
+        "threads": threads,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "sweep": spec.name,
+        "code": {code.label: {"commit": code.commit, "uncommitted_changes": has_changes(code.root)} for code in sides},
+        "load_average": {"before": round(os.getloadavg()[0], 2)},
+        "complete": False,
+        "runs": [],
+    }
+    rows = result["runs"]
     try:
         for index, point in enumerate(points):
             args = spec.run_config(point).to_cli_args()
@@ -213,20 +224,16 @@ def measure_runs(
                     row.update({"total_s": round(ended - launched, 2), "error": error})
                 rows.append(row)
                 log(format_row(row))
+                result["load_average"]["after"] = round(os.getloadavg()[0], 2)
+                result["summary"] = {c.label: side_summary([r for r in rows if r["side"] == c.label]) for c in sides}
+                if against:
+                    result["comparison"] = compare_sides(rows, result["summary"])
+                result["complete"] = len(rows) == len(points) * len(sides)
+                if out:
+                    runs.write_json(out, result)
     finally:
         if worktree is not None:
             remove_worktree(worktree)
-    result: dict = {
-        "points": list(names),
-        "threads": threads,
-        "sweep": spec.name,
-        "code": {code.label: {"commit": code.commit, "uncommitted_changes": has_changes(code.root)} for code in sides},
-        "load_average": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
-        "runs": rows,
-        "summary": {code.label: side_summary([r for r in rows if r["side"] == code.label]) for code in sides},
-    }
-    if against:
-        result["comparison"] = compare_sides(rows, result["summary"])
     return result
 
 
@@ -251,7 +258,7 @@ def compare_sides(rows: list[dict], summary: dict) -> dict:
                 "test_score": {"new": new["test_score"], "old": old["test_score"]},
             }
         )
-    new_rate, old_rate = summary["new"]["runs_per_hour"], summary["old"]["runs_per_hour"]
+    new_rate, old_rate = summary["new"]["runs_per_hour"], summary.get("old", {}).get("runs_per_hour")
     return {
         "runs_per_hour_ratio": round(new_rate / old_rate, 2) if new_rate and old_rate else None,
         "points": points,
