@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,8 +17,10 @@ from training.model.base_model import load_base_model
 from training.model.pixels import PixelCache
 from training.run import runs
 from training.run.config import RunConfig
-from training.run.tasks import Encoder, training_pairs
+from training.run.evaluation import decode_rows, predict
+from training.run.tasks import Encoder, prompt_text, training_pairs
 from training.run.trainer import EXIT_STOPPED, batch_loss, load_run, precompute_features, reevaluate, train
+from training.run.validation import Validator
 
 
 def config(model, data, **overrides) -> RunConfig:
@@ -134,6 +137,56 @@ def test_cached_image_features_give_the_same_loss_as_the_vision_tower(tiny_model
         cached = batch_loss(vl, batch, encoder, pixels, features)
         direct = batch_loss(vl, batch, encoder, pixels, {})
     assert torch.allclose(cached, direct, atol=1e-6)
+
+
+def test_decoding_from_cached_features_in_wide_batches_gives_the_plain_paths_predictions(
+    tiny_model_dir, tiny_vqa_dataset
+):
+    """Validation decodes every question at once from features computed once per run; the plain path runs the
+    vision tower per narrow batch. The features are the same bits, each row's tokens the same, and its logits the
+    same up to float rounding (a matrix product's sums group differently at another batch width)."""
+    base = load_base_model(str(tiny_model_dir))
+    vl = VLModel(base)
+    vl.attach("lora", "a", "text", 2, seed=1)
+    with torch.no_grad():  # LoRA starts as the identity: give it an effect
+        for name, param in vl.model.named_parameters():
+            if "lora" in name:
+                param.normal_(0, 2.0, generator=torch.Generator().manual_seed(0))
+    vl.set_active("a")
+    vl.model.eval()
+    dataset = load_dataset(str(tiny_vqa_dataset), "vqa")
+    examples = dataset.split("validation") + dataset.split("test")
+    pixels = PixelCache(base.processor)
+    encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
+    features = precompute_features(vl, examples, pixels)
+    embeds = torch.stack([features[e.image_id] for e in examples])
+    assert torch.equal(embeds, torch.cat([vl.encode_images(pixels([e])) for e in examples]))
+    prompts = [encoder.prompt_ids(prompt_text("vqa", e.question)) for e in examples]
+    wide_tokens, wide_logits = vl.generate(embeds, prompts, 6, return_logits=True)
+    for start in range(0, len(examples), 3):
+        tokens, logits = vl.generate(embeds[start : start + 3], prompts[start : start + 3], 6, return_logits=True)
+        assert tokens == wide_tokens[start : start + 3]
+        for narrow, wide in zip(logits, wide_logits[start : start + 3], strict=True):
+            assert torch.allclose(narrow, wide, atol=1e-5, rtol=0)
+    plain = predict(vl, "vqa", examples, pixels, encoder, batch_size=3, max_new_tokens=6)
+    cached = predict(vl, "vqa", examples, pixels, encoder, max_new_tokens=6, features=features)
+    assert decode_rows(vl) >= len(examples)  # one batch
+    assert cached == plain and len(set(plain)) > 2
+    validator = Validator("vqa", examples, pixels, encoder, max_new_tokens=6, patience=1)
+    plain_score, _ = validator.score(vl)
+    validator.features = features
+    assert validator.score(vl)[0] == plain_score
+
+
+def test_decoding_batches_are_as_wide_as_the_cross_attention_cache_allows():
+    def model(image_size, patch_size, layers, hidden):
+        vision = SimpleNamespace(image_size=image_size, patch_size=patch_size)
+        text = SimpleNamespace(num_hidden_layers=layers, hidden_size=hidden)
+        return SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(vision_config=vision, text_config=text)))
+
+    assert decode_rows(model(64, 8, 4, 160)) == 1024  # the embedded default: 0.3 MB a row, capped
+    assert decode_rows(model(384, 16, 12, 768)) == 64  # BLIP-base: 42 MB a row, never narrower than 64
+    assert decode_rows(model(128, 16, 4, 256)) == 512 * 2**20 // (2 * 4 * 65 * 256 * 4)
 
 
 def test_reevaluate_reproduces_the_recorded_metrics(tiny_model_dir, tiny_vqa_dataset, tmp_path):

@@ -57,7 +57,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--parts",
         default="train,compare,eval,app,paths",
-        help="what to measure, comma-separated: train, compare, eval, app, paths",
+        help="what to measure, comma-separated: train, compare, eval, app, paths, runs (grid points replayed end "
+        "to end: minutes each)",
+    )
+    bench.add_argument(
+        "--points",
+        default=None,
+        help="runs: the paper grid's points to replay, comma-separated (default: the bench's set, "
+        "training/study/replay.py)",
+    )
+    bench.add_argument(
+        "--against",
+        default=None,
+        metavar="COMMIT",
+        help="runs: also replay the points with this commit's code, in turns",
+    )
+    bench.add_argument(
+        "--runs-json",
+        default="results/bench-runs.json",
+        help="runs: where the raw measurement is written (relative to the repository)",
     )
     bench.add_argument("--compare-tasks", default="caption,vqa", help="the tasks Compare is timed on")
     bench.set_defaults(func=cmd_bench)
@@ -134,6 +152,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"Unknown bench part {unknown[0]!r}: choose among {', '.join(PARTS)}.")
     setting = Setting(base_model=args.base_model, task=args.task, device=args.device)
+    from training.paths import REPO_ROOT
+
+    if args.against:
+        from training.study.replay import commit_of
+
+        commit_of(REPO_ROOT, args.against)  # an unknown commit is said now, not after the other parts
     compare_tasks = tuple(task.strip() for task in args.compare_tasks.split(",") if task.strip())
     if set(compare_tasks) - set(TASKS):
         raise UserError(f"--compare-tasks takes {' and '.join(TASKS)}, comma-separated.")
@@ -144,6 +168,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         setting=setting,
         parts=parts,
         compare_tasks=compare_tasks,
+        points=tuple(p.strip() for p in args.points.split(",") if p.strip()) if args.points else None,
+        against=args.against,
+        runs_json=REPO_ROOT / args.runs_json,
     )
     if args.json:
         print(json.dumps(result, indent=2))

@@ -32,7 +32,7 @@ from training.model.pixels import PixelCache
 from training.run import resume as saved_state
 from training.run import runs
 from training.run.config import RunConfig, planned_steps, step_limit, val_every
-from training.run.evaluation import evaluate
+from training.run.evaluation import evaluate, image_features
 from training.run.rates import resolve_lr
 from training.run.runs import RunDirectory, StepRecord, ValidationRecord
 from training.run.tasks import Encoder, training_pairs
@@ -218,6 +218,8 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True, 
                     "vision tower frozen: computing image features once for %d images", len(prepared.train_examples)
                 )
                 data.features = precompute_features(vl, prepared.train_examples, data.pixels)
+                if validator:  # every validation decodes the same images
+                    validator.features = precompute_features(vl, validator.examples, data.pixels)
             if config.task == "caption" and config.score_test:
                 from training.metrics.caption import start_meteor
 
@@ -359,17 +361,11 @@ class Reporter:
 
 
 @torch.no_grad()
-def precompute_features(
-    vl: VLModel, examples: list[Example], pixels: PixelCache, batch_size: int = 64
-) -> dict[str, torch.Tensor]:
-    unique = list({e.image_id: e for e in examples}.values())
+def precompute_features(vl: VLModel, examples: list[Example], pixels: PixelCache) -> dict[str, torch.Tensor]:
+    """The frozen vision tower's features of the examples' images (in eval mode), by image id."""
     was_training = vl.model.training
     vl.model.eval()
-    features = {}
-    for start in range(0, len(unique), batch_size):
-        batch = unique[start : start + batch_size]
-        for example, embeds in zip(batch, vl.encode_images(pixels(batch)), strict=True):
-            features[example.image_id] = embeds
+    features = image_features(vl, examples, pixels)
     vl.model.train(was_training)
     return features
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 from training.catalog import MAIN_METRIC
 from training.data.examples import Example
 from training.methods.vlmodel import VLModel
@@ -46,6 +48,7 @@ class Validator:
     best_step: int = 0
     since_best: int = 0
     curve: list[ValidationRecord] = field(default_factory=list)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)  # by image id; empty: run the vision tower
 
     @property
     def metric(self) -> str:
@@ -57,7 +60,13 @@ class Validator:
         was_training = vl.model.training
         vl.model.eval()
         predictions = predict(
-            vl, self.task, self.examples, self.pixels, self.encoder, max_new_tokens=self.max_new_tokens
+            vl,
+            self.task,
+            self.examples,
+            self.pixels,
+            self.encoder,
+            max_new_tokens=self.max_new_tokens,
+            features=self.features or None,
         )
         vl.model.train(was_training)
         return main_metric_score(self.task, self.examples, predictions), time.perf_counter() - start

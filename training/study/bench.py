@@ -10,7 +10,9 @@
   target is 6 columns within `COMPARE_TARGET_S` on the embedded default on a 2-core CPU;
 - evaluation time as a share of a default run's wall time;
 - the app's cold start to its first served page;
-- each speed path against the plain path it stands in for (`paths`, see measure_speed_paths).
+- each speed path against the plain path it stands in for (`paths`, see measure_speed_paths);
+- real grid points trained end to end in fresh processes, with their wall time in parts, and optionally the same
+  points with an older commit's code in turns (`runs`, see training/study/replay.py; not in the default parts).
 On CUDA the steps run under the trainer's autocast (bf16, fp16 where bf16 is missing), each is timed between
 two synchronizations, and peak memory is CUDA's peak allocation; on the CPU it is the process's peak RSS.
 `--parts` picks what to measure (a GPU check measures training and Compare on a BLIP-base-size model).
@@ -39,7 +41,7 @@ BENCH_METHODS = ("full", *PEFT_METHODS)
 COMPARE_METHODS = PEFT_METHODS
 # Prompt tuning's cost grows with its prompt length: also timed at these smaller budgets than the default.
 PROMPT_BUDGETS = ("1k", "4k")
-PARTS = ("train", "compare", "eval", "app", "paths")
+PARTS = ("train", "compare", "eval", "app", "paths", "runs")
 COMPARE_TARGET_S = 1.0  # six columns on the embedded default, answered one after another
 
 
@@ -260,6 +262,47 @@ def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Settin
     return rows
 
 
+def measure_validation_paths(repeats: int = 3, setting: Setting = Setting(), budget: str | None = None) -> list[dict]:
+    """The two speed paths of validation with a frozen vision tower, on a run's validation subset (LoRA on the text
+    decoder, the grid's setting; untrained, so it decodes as the base model does), each against its plain path, in
+    turns: image features computed once per run (plain: the vision tower at every validation), and decoding every
+    example at once (`decode_rows`; plain: 64 at a time, as before)."""
+    import torch
+
+    from training.data.dataset import load_dataset
+    from training.run.config import RunConfig
+    from training.run.evaluation import predict
+    from training.run.trainer import precompute_features
+
+    config = RunConfig(task=setting.task)
+    steps = _Steps("lora", "text", 1, 32, budget, setting)
+    examples = load_dataset(setting.dataset, setting.task).split("validation")
+    examples = examples[: config.resolved_val_limit() or len(examples)]
+    vl = steps.vl
+    vl.model.eval()
+    with torch.no_grad():
+        features = precompute_features(vl, examples, steps.pixels)
+
+    def decode(features=None, batch_size=None):
+        return predict(
+            vl, setting.task, examples, steps.pixels, steps.encoder, batch_size, config.max_new_tokens, None, features
+        )
+
+    measured = f"{setting.task} validation of {len(examples)} examples"
+    return [
+        {
+            "path": "validation features",
+            "measured": measured,
+            **_alternating(lambda: decode(features), lambda: decode(), repeats),
+        },
+        {
+            "path": "wide decoding",
+            "measured": measured,
+            **_alternating(lambda: decode(features), lambda: decode(features, 64), repeats),
+        },
+    ]
+
+
 def _in_subprocess(
     method: str, towers: str, steps: int, batch_size: int, budget: str | None = None, setting: Setting = Setting()
 ) -> dict:
@@ -381,6 +424,9 @@ def run_bench(
     setting: Setting = Setting(),
     parts: tuple[str, ...] = PARTS,
     compare_tasks: tuple[str, ...] = ("caption", "vqa"),
+    points: tuple[str, ...] | None = None,
+    against: str | None = None,
+    runs_json: Path | None = None,
 ) -> dict:
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -410,8 +456,17 @@ def run_bench(
         result["app_cold_start_s"] = measure_app_cold_start()
     if "paths" in parts:
         result["speed_paths"] = measure_speed_paths(batch_size=batch_size, setting=setting)
+        result["speed_paths"] += measure_validation_paths(setting=setting)
+    if "runs" in parts:
+        from training.study.replay import REPLAY_POINTS, measure_runs
+
+        result["runs"] = measure_runs(points or REPLAY_POINTS, against, work / "replay", log=_progress, out=runs_json)
     result["machine"] = _machine()
     return result
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _machine() -> dict:
@@ -428,10 +483,11 @@ def _machine() -> dict:
 
 
 def print_table(result: dict) -> None:
-    print(
-        f"{'method':<17} {'towers':<6} {'budget':>7} {'trainable':>10} {'samples/s':>10} {'step s':>8} "
-        f"{'vs full':>8} {'peak MB':>8}"
-    )
+    if result.get("train"):
+        print(
+            f"{'method':<17} {'towers':<6} {'budget':>7} {'trainable':>10} {'samples/s':>10} {'step s':>8} "
+            f"{'vs full':>8} {'peak MB':>8}"
+        )
     for row in result.get("train", []):
         print(
             f"{row['method']:<17} {row['towers']:<6} {row['budget']:>7} {row['trainable_params']:>10,} "
@@ -460,5 +516,9 @@ def print_table(result: dict) -> None:
             f"{row['path']} ({row['measured']}): {row['fast_s']:.3f} s against {row['plain_s']:.3f} s plain, "
             f"saves {100 * row['saving']:.1f} %"
         )
+    if "runs" in result:
+        from training.study.replay import print_runs
+
+        print_runs(result["runs"])
     if "app_cold_start_s" in result:
         print(f"app cold start to first page: {result['app_cold_start_s']:.1f} s")
