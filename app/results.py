@@ -82,7 +82,24 @@ def load_verdict(results_dir: Path) -> str:
             f"(it goes to `{_shown(path.parent)}`)."
         )
     kept = [line for line in text.splitlines() if not line.lstrip().startswith("![")]
-    return "\n".join(kept).replace("# Do the paper's findings reproduce?", "", 1).strip()
+    text = "\n".join(kept).replace("# Do the paper's findings reproduce?", "", 1).strip()
+    plain, rest = _section(text, "## In plain words")
+    if not plain:  # a report written before the plain sentences
+        return text
+    return (
+        f"{plain}\n\n<details><summary>The statistics behind these answers (decision rules, tests, every unit)"
+        f"</summary>\n\n{rest}\n\n</details>"
+    )
+
+
+def _section(text: str, heading: str) -> tuple[str, str]:
+    """(the section under `heading`, up to the next heading of its level, with its heading; everything else)."""
+    start = text.find(heading + "\n")
+    if start < 0:
+        return "", text
+    end = text.find("\n## ", start + len(heading))
+    end = len(text) if end < 0 else end
+    return text[start:end].strip(), (text[:start] + text[end:]).strip()
 
 
 def user_frame(records: list[RunRecord], source: str = MINE) -> pd.DataFrame:

@@ -649,14 +649,22 @@ def test_explore_reads_like_a_report_and_your_runs_obey_the_held_value(tmp_path:
     assert {"trained parameters", "share of data", "run"} <= set(table.columns) and "LoRA" in set(table["method"])
 
 
-def test_the_sweep_report_verdict_is_shown_without_its_images(tmp_path: Path):
+def test_the_verdict_opens_with_a_plain_sentence_per_finding_and_folds_the_statistics(tmp_path: Path):
     from training.study.report import build_report
 
     write_sweep(tmp_path)
     build_report(tmp_path / "runs.csv", figures=False)
     verdict = results.load_verdict(tmp_path)
-    assert "| finding | answer |" in verdict and "![" not in verdict
-    assert not verdict.startswith("# Do the paper")
+    plain, statistics = verdict.split("<details>", 1)
+    assert plain.startswith("## In plain words") and [
+        line[:3] for line in plain.splitlines() if line[:1].isdigit()
+    ] == [
+        "1. ",
+        "2. ",
+        "3. ",
+    ]
+    assert "| finding | answer |" in statistics and "Decision rules" in statistics and "![" not in verdict
+    assert statistics.rstrip().endswith("</details>")
 
 
 # --- runs and settings -------------------------------------------------------------------------------------

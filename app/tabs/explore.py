@@ -105,8 +105,8 @@ def not_comparable_note(own: pd.DataFrame) -> str:
 
 
 def plain_verdicts(services: Services, task: str) -> str:
-    """The verdict shown under the figures. HOOK for the plain-words verdicts (one sentence per finding, with the
-    statistics in a fold) that the report work provides; until then the sweep report's text (results/report.md)."""
+    """The verdict shown under the figures: the report's plain sentence per finding (results/report.md, "In plain
+    words", with its effects in the task's units), and its statistics in a fold."""
     return results.load_verdict(services.settings.results_dir)
 
 
