@@ -1,7 +1,7 @@
 # The two set-up commands of the README: `make app` and `make test` (each installs what it needs first).
 PORT ?= 7860
 
-.PHONY: app test lint setup setup-dev docker-test
+.PHONY: app test lint setup setup-dev docker-test screenshots
 
 setup:
 	bash scripts/setup.sh
@@ -27,3 +27,8 @@ lint: setup-dev
 # mounted folder (slow; needs root and podman, and debootstrap where no registry is reachable: see the script).
 docker-test:
 	bash scripts/docker-test.sh
+
+# The README's and docs' screenshots, from the browser tests on the embedded default, and docs/screenshots/SOURCE.json
+# (tests/test_screenshots.py fails when app/ or results/ changed since they were taken).
+screenshots: setup-dev
+	.venv/bin/python scripts/screenshots.py

@@ -8,7 +8,7 @@ import pytest
 
 from app.tabs import train
 from tests.test_app import form
-from tests.test_app_browser import page, server  # noqa: F401 (fixtures: Chromium, the app on the tiny BLIP)
+from tests.test_app_browser import page, server, snap  # noqa: F401 (fixtures: Chromium, the app on the tiny BLIP)
 from tests.test_choice import expected_between
 from tests.test_runs_compared import logged
 from training.catalog import CATALOG
@@ -38,7 +38,7 @@ def ask(page, data: str, params: str, answer_starts: str) -> str:
     return page.locator("#choose-answer").inner_text().strip()
 
 
-def test_which_method_between_grid_points_and_outside_the_grid_then_train_this(server, page):
+def test_which_method_between_grid_points_and_outside_the_grid_then_train_this(server, page, tmp_path):
     _, url = server
     page.goto(url)
     page.get_by_role("tab", name="Explore").click()
@@ -58,6 +58,7 @@ def test_which_method_between_grid_points_and_outside_the_grid_then_train_this(s
     tied = {CATALOG[m].label for m in order[1:] if expected[m][2] >= best}
     assert {method for method, mark in cells if mark == "tied"} == tied and cells[0] == [labels[0], "best"]
     assert f"{labels[0]}" in page.locator("#choose-train").inner_text()
+    snap(page, "which-method", tmp_path)
 
     said = ask(page, "10000", "18k", "⚠️ Outside the grid.")  # more questions than the grid's whole training set
     assert said.startswith("⚠️ Outside the grid.") and "at most the whole training set, 4,176 examples" in said
@@ -70,7 +71,7 @@ def test_which_method_between_grid_points_and_outside_the_grid_then_train_this(s
     assert float(page.locator("#data-fraction input").first.input_value()) == pytest.approx(300 / 4176, abs=1e-4)
 
 
-def test_three_runs_ticked_in_runs_show_three_curves_and_the_marked_differences(server, page):
+def test_three_runs_ticked_in_runs_show_three_curves_and_the_marked_differences(server, page, tmp_path):
     app, url = server
     services = app.services
     ids = []
@@ -103,3 +104,4 @@ def test_three_runs_ticked_in_runs_show_three_curves_and_the_marked_differences(
     assert sorted(marked.all_inner_texts()) == ["≠ method", "≠ seed"]
     assert "2 of 20 settings differ" in page.locator("#runs-compared-settings").inner_text()
     assert page.locator("#runs-compared-scores b").all_inner_texts() == ["41.0 %"]
+    snap(page, "runs-compared", tmp_path)
