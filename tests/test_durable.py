@@ -15,6 +15,7 @@ import pytest
 from app.services import Services
 from app.settings import Settings
 from tests.test_jobs import wait_for
+from tests.test_resume import config as resumable
 from training.jobs.durable import CHECKPOINTS, FINAL, LOST_REASON, STARTED, DurableRuns, write_once
 from training.jobs.limits import JobLimits
 from training.jobs.process import is_alive, signal_group
@@ -234,19 +235,7 @@ def test_a_running_jobs_checkpoint_survives_a_restart_on_an_empty_local_disk_and
     local, bucket = tmp_path / "local", tmp_path / "bucket"
     watch = WriteOnceWatch(bucket)
     limits = dataclasses.replace(LIMITS, checkpoint_s=0.2)
-    config = RunConfig(
-        task="vqa",
-        method="lora",
-        budget="2k",
-        base_model=str(tiny_model_dir),
-        dataset=str(tiny_vqa_dataset),
-        max_steps=60,
-        batch_size=4,
-        eval_limit=6,
-        val_every=5,
-        val_limit=6,
-        patience=50,
-    )
+    config = resumable(tiny_model_dir, tiny_vqa_dataset, max_steps=60, lr=None)
     store = JobStore(local / "jobs.sqlite3", limits=limits, durable=bucket)
     supervisor = Supervisor(store, poll_s=0.1)
     job_id = store.submit(config, submitter="ann")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_jobs import group_members, wait_for
+from tests.test_resume import config as resumable
 from training.jobs.limits import JobLimits
 from training.jobs.outcome import KILLED_HINT
 from training.jobs.process import is_alive, signal_group
@@ -122,19 +123,7 @@ def test_a_job_whose_worker_and_trainer_die_resumes_under_the_next_worker_from_i
 ):
     """The machine goes down mid-run (worker and trainer killed at once, as a Space restart does): the next worker
     puts the job back in the queue and its trainer goes on from the last saved state to the end."""
-    config = RunConfig(
-        task="vqa",
-        method="lora",
-        budget="2k",
-        base_model=str(tiny_model_dir),
-        dataset=str(tiny_vqa_dataset),
-        max_steps=40,
-        batch_size=4,
-        eval_limit=6,
-        val_every=5,
-        val_limit=6,
-        patience=50,
-    )
+    config = resumable(tiny_model_dir, tiny_vqa_dataset, max_steps=40, lr=None)
     job_id = store.submit(config)
     run_dir = store.runs_dir / job_id
     first = subprocess.Popen([sys.executable, "-m", "training", "worker", "--poll", "0.1"], cwd=REPO_ROOT)
