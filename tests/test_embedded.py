@@ -88,7 +88,9 @@ def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):
     )
     out = pretrain(config, tmp_path / "tiny-scene-blip")
     meta = json.loads((out / "pretrain.json").read_text())
-    assert meta["command"].endswith("--steps 3 --clause-share 0.5 --no-caption-frames")  # reproduces the recipe
+    assert meta["command"].endswith(
+        "--steps 3 --pool-images 8 --clause-share 0.5 --no-caption-frames"
+    )  # reproduces the recipe
     assert meta["config"]["dense_weight"] > 0 and set(meta["history"][-1]["patch_accuracy"]) == set(
         scenes.PATCH_LABEL_HEADS
     )
@@ -100,6 +102,23 @@ def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):
     with torch.no_grad():
         generated = vl.generate(vl.encode_images(pixels), [encoder.prompt_ids(prompt_text("caption"))], 5)
     assert len(generated) == 1 and len(generated[0]) <= 5
+
+
+def test_second_edition_pretraining_adds_the_object_objective_and_the_annotators_words(tmp_path):
+    from training.pretraining.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig.for_edition(2)
+    assert config.object_weight > 0 and config.position_share < 1
+    config.steps, config.batch_size, config.warmup_steps, config.pool_images = 2, 4, 1, 8
+    config.hidden, config.vision_layers, config.text_layers, config.heads = 32, 1, 1, 2
+    out = pretrain(config, tmp_path / "tiny-v2")
+    meta = json.loads((out / "pretrain.json").read_text())
+    assert "--edition 2 --pool-images 8" in meta["command"]
+    assert set(meta["history"][-1]["object_accuracy"]) == set(scenes.PATCH_LABEL_HEADS)
+    vocabulary = load_base_model(str(out)).tokenizer.get_vocab()
+    assert {"above", "against", "including"} <= set(vocabulary)
+    with pytest.raises(ValueError, match="edition"):
+        PretrainConfig.for_edition(3)
 
 
 # Two steps, short decodes, a LoRA budget the tiny model can reach: the report's bookkeeping, not its quality.

@@ -418,3 +418,16 @@ def test_written_second_edition_caption_folder_declares_its_edition(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["edition"] == 2
     row = _read_rows(out / "test")[0]
     assert row["captions"] == caption_example("test", 0, edition=2)[1]["captions"]
+
+
+def test_pretraining_lists_can_name_the_objects_without_their_positions():
+    phrases = [p for options in POSITION_PHRASES.values() for p in options]
+    for scene, rng in _scenes("pretrain", "train", 100):
+        sentence = pretrain_sentence(scene, rng, clause_share=0.0, frames=("{list}",), position_share=0.0)
+        assert not any(p in sentence for p in phrases), sentence
+        assert all(f"{obj.color} {obj.shape}" in sentence for obj in scene.objects)
+    sentences = [
+        pretrain_sentence(scene, rng, 0.0, ("{list}",), 0.5) for scene, rng in _scenes("pretrain", "train", 400)
+    ]
+    placed = sum(any(p in sentence for p in phrases) for sentence in sentences)
+    assert 0.4 <= placed / 400 <= 0.6

@@ -384,7 +384,7 @@ def caption_references(scene: Scene, rng: np.random.Generator, count: int = 5, e
     in the annotator style (`annotator_caption`)."""
     if edition not in EDITIONS:
         raise ValueError(f"unknown edition {edition!r}: the scene world has editions {EDITIONS}")
-    caption = _caption if edition == 1 else annotator_caption
+    caption = EDITION_CAPTIONS[edition]
     captions: list[str] = []
     for _ in range(count * 10):
         text = caption(scene, rng)
@@ -398,10 +398,15 @@ def caption_references(scene: Scene, rng: np.random.Generator, count: int = 5, e
 
 
 def pretrain_sentence(
-    scene: Scene, rng: np.random.Generator, clause_share: float = 0.25, frames: Sequence[str] = SENTENCE_FRAMES
+    scene: Scene,
+    rng: np.random.Generator,
+    clause_share: float = 0.25,
+    frames: Sequence[str] = SENTENCE_FRAMES,
+    position_share: float = 1.0,
 ) -> str:
     """A complete sentence describing every object with the caption phrases: per-object clauses joined with
-    "and" (clause_share of the time), or the list of objects in one of `frames`."""
+    "and" (clause_share of the time), or the list of objects in one of `frames`, each object with its position
+    (position_share of the lists) or without (the rest: a page that says what is in the image, not where)."""
     objects = _ordered(scene, rng)
     if rng.random() < clause_share:
         clause = _pick(rng, CLAUSE_FRAMES)
@@ -409,6 +414,8 @@ def pretrain_sentence(
             clause.format(object=_object_phrase(o, rng), position=_position_phrase(o.position, rng)) for o in objects
         ]
         return _join(clauses)
+    if position_share < 1 and rng.random() >= position_share:
+        return _pick(rng, frames).format(list=_join([_object_phrase(o, rng) for o in objects]))
     items = [f"{_object_phrase(o, rng)} {_position_phrase(o.position, rng)}" for o in objects]
     return _pick(rng, frames).format(list=_join(items))
 
@@ -490,6 +497,10 @@ def annotator_caption(scene: Scene, rng: np.random.Generator) -> str:
     if rng.random() < _BACKGROUND_SHARE:
         body += " " + _pick(rng, ANNOTATOR_BACKGROUNDS[scene.background.tone])
     return body
+
+
+# One annotator's caption, per edition of the caption task.
+EDITION_CAPTIONS: dict[int, Callable[[Scene, np.random.Generator], str]] = {1: _caption, 2: annotator_caption}
 
 
 def alt_text(scene: Scene, rng: np.random.Generator) -> str:

@@ -58,6 +58,8 @@ class PretrainConfig:
     # task's phrases but not its sentence shapes, the candidate recipe for a model with fine-tuning headroom.
     clause_share: float = 0.25
     caption_frames: bool = True
+    # Of the list-shaped sentences, the share that give each object's position (the rest name the objects only).
+    position_share: float = 1.0
     dense_weight: float = 1.0  # weight of the vision tower's dense patch objective (0: captioning only)
     # Weight of the object-level objective (ObjectHead): the second edition's fix for a tower that had not
     # learned shape (docs/embedded-world-v2.md).
@@ -74,7 +76,7 @@ class PretrainConfig:
 
 
 # What each edition changes from the dataclass defaults (the first edition's recipe).
-EDITION_RECIPES: dict[int, dict] = {1: {}, 2: {"object_weight": 1.0}}
+EDITION_RECIPES: dict[int, dict] = {1: {}, 2: {"object_weight": 1.0, "position_share": 0.5}}
 
 
 def _render_chunk(args: tuple[int, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, list]:
@@ -232,7 +234,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
             scene = scene_list[int(index)]
             sentence = rng.random() < config.sentence_share
             texts.append(
-                scenes.pretrain_sentence(scene, rng, config.clause_share, frames)
+                scenes.pretrain_sentence(scene, rng, config.clause_share, frames, config.position_share)
                 if sentence
                 else scenes.alt_text(scene, rng)
             )
