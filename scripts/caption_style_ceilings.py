@@ -8,6 +8,9 @@ CIDEr-D against four of each image's five references (the first is held out as a
 - a pre-training sentence of the true scene, with every object's position and without positions (what a
   zero-shot model that sees perfectly and writes like its pre-training text could write).
 
+It also prints the share of the references' 4-grams that occur in pre-training texts of the edition's recipe
+(alt-text and descriptive sentences of 3 000 pre-training scenes).
+
 The ratio of the last two to the second is the zero-shot share of the fine-tuned score that a perfect vision
 tower allows: the design figure behind docs/embedded-world-v2.md. It reads the validation split by default,
 since it chose the pre-training text's recipe.
@@ -41,6 +44,27 @@ def ceilings(edition: int, split: str, count: int) -> dict[str, float]:
     return {name: cider_d(predictions, references) for name, predictions in candidates.items()}
 
 
+def _four_grams(text: str) -> set[tuple[str, ...]]:
+    words = scenes.text_words(text)
+    return {tuple(words[i : i + 4]) for i in range(len(words) - 3)}
+
+
+def shared_four_grams(edition: int, split: str, count: int, position_share: float, corpus_scenes: int = 3000) -> float:
+    """The share of the references' 4-grams (with repeats) that pre-training texts also contain."""
+    corpus: set[tuple[str, ...]] = set()
+    for index in range(corpus_scenes):
+        rng = scenes.scene_rng("pretrain", "train", index)
+        scene = scenes.sample_scene(rng)
+        corpus |= _four_grams(scenes.alt_text(scene, rng))
+        corpus |= _four_grams(scenes.pretrain_sentence(scene, rng, position_share=position_share))
+    grams = []
+    for index in range(count):
+        rng = scenes.scene_rng("caption", split, index)
+        captions = scenes.caption_references(scenes.sample_scene(rng), rng, edition=edition)
+        grams += [g for caption in captions for g in _four_grams(caption)]
+    return sum(g in corpus for g in grams) / len(grams)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--edition", type=int, default=2, choices=scenes.EDITIONS)
@@ -52,6 +76,11 @@ def main() -> None:
     print(f"CIDEr-D against 4 of 5 references, edition {args.edition}, {args.count} {args.split} images")
     for name, score in scores.items():
         print(f"  {name:<15} {score:6.3f}  ({score / mode:.0%} of the mode of ten)")
+    from training.pretraining.pretrain import PretrainConfig
+
+    position_share = PretrainConfig.for_edition(args.edition).position_share
+    shared = shared_four_grams(args.edition, args.split, args.count, position_share)
+    print(f"references' 4-grams found in the edition's pre-training texts: {shared:.0%}")
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
     shutil.copytree(tiny_model_dir, model_dir)
     datasets = {"caption": str(tiny_caption_dataset), "vqa": str(tiny_vqa_dataset)}
     work = tmp_path / "quality-runs"
-    results = report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1))
+    results = report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1), probe_scenes=(12, 6))
 
     quality = json.loads((model_dir / "quality.json").read_text())
     runs_made = {name: r for name, r in quality.items() if isinstance(r, dict) and "command" in r}
@@ -170,6 +170,14 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
     assert f"zero-shot captioning CIDEr-D {room['zero_shot']:.3f}" in card
     assert f"{room['best_mean']:.3f}" in card and "seed spread" in card
     assert results["caption-headroom"] == room
+    probed = quality["vision-probe"]
+    assert (probed["train_scenes"], probed["test_scenes"]) == (12, 6) and set(probed["accuracy"]) == {
+        "shape",
+        "color",
+        "size",
+        "cell",
+    }
+    assert f"shape {probed['accuracy']['shape']:.1%}" in card
     # The headroom runs train under the study's caption schedule (the one their learning rates were tuned under);
     # the checks are the app's defaults.
     schedule = study_schedule("caption")
@@ -181,7 +189,7 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
         assert config["towers"] == ("text" if name.startswith("caption-lora") else "both"), name
 
     with pytest.raises(UserError, match="empty --work-dir"):
-        report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1))
+        report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1), probe_scenes=(12, 6))
 
 
 def test_a_run_is_scored_on_the_validation_split_whatever_its_folder_is_called(

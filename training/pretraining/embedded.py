@@ -19,8 +19,11 @@ from pathlib import Path
 from training.data.dataset import load_dataset
 from training.errors import UserError
 from training.metrics.vqa import vqa_scores
+from training.model.base_model import load_base_model
 from training.model.pixels import PixelCache
+from training.model.vlmodel import VLModel
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
+from training.pretraining.probe import PROBE_TEST, PROBE_TRAIN, probe
 from training.run import runs
 from training.run.config import RunConfig
 from training.run.evaluation import evaluate
@@ -127,9 +130,11 @@ def run_checks(
     datasets: dict[str, str] | None = None,
     overrides: dict | None = None,
     seeds: tuple[int, ...] = HEADROOM_SEEDS,
+    probe_scenes: tuple[int, int] = (PROBE_TRAIN, PROBE_TEST),
 ) -> dict:
     """Make every planned run into work_dir now and read its figures back; datasets and overrides (RunConfig
-    fields such as max_steps) replace the defaults, for a quick report on another model or in the tests."""
+    fields such as max_steps) replace the defaults, for a quick report on another model or in the tests.
+    probe_scenes: the held-out scenes that fit and score the vision probe."""
     datasets = datasets or {}
     same = model_dir.resolve() == DEFAULT_MODEL_DIR.resolve()
     results: dict = {}
@@ -164,6 +169,7 @@ def run_checks(
         }
     results["vqa-answer-prior"] = {"metrics": answer_prior(load_dataset(datasets.get("vqa"), "vqa"))}
     results["caption-headroom"] = headroom(results, seeds)
+    results["vision-probe"] = probe(VLModel(load_base_model(str(model_dir))), *probe_scenes)
     return results
 
 
@@ -198,6 +204,7 @@ def verdicts(results: dict) -> list[tuple[str, bool, str]]:
     below_prior = [t for t, acc in lora_vqa.get("per_type", {}).items() if acc <= prior["per_type"].get(t, 0)]
     slowest = max(results[name]["wall_s"] or 0 for name in CHECKS)
     room = results["caption-headroom"]
+    probed = results["vision-probe"]
     return [
         (
             "Fine-tuning beats zero-shot captioning on validation by more than its seed spread",
@@ -227,6 +234,13 @@ def verdicts(results: dict) -> list[tuple[str, bool, str]]:
             "all types" if not below_prior else "not on: " + ", ".join(below_prior),
         ),
         ("A default run finishes within 5 minutes on CPU", slowest <= 300, f"slowest default run {slowest:.0f} s"),
+        (
+            "A linear probe on the frozen vision features names each object's shape, colour, size and cell at "
+            "least 90 % of the time (held-out scenes)",
+            min(probed["accuracy"].values()) >= 0.9,
+            ", ".join(f"{name} {accuracy:.1%}" for name, accuracy in probed["accuracy"].items())
+            + f" on {probed['test_objects']} objects",
+        ),
     ]
 
 
@@ -244,6 +258,13 @@ def model_card(model_dir: Path, results: dict, notes: list[str] | None = None) -
         final = (meta.get("history") or [{}])[-1].get("patch_accuracy") or {}
         if final:
             patch = "; final patch accuracy on object patches: " + ", ".join(f"{k} {v:.0%}" for k, v in final.items())
+    if config.get("object_weight"):
+        dense += (
+            f", and (weight {config['object_weight']:g}) an object-level one: the patch tokens averaged over "
+            "each object's patches name its shape, colour, size and cell (docs/embedded-world-v2.md)"
+        )
+    edition = config.get("edition", 1)
+    placed = config.get("position_share", 1.0)
     lines = [
         "# scene-blip: the embedded default model of VL-PEFT Lab",
         "",
@@ -262,7 +283,18 @@ def model_card(model_dir: Path, results: dict, notes: list[str] | None = None) -
         f"drawing fresh texts: {100 - 100 * config.get('sentence_share', 0):.0f} % noisy web-style alt-text, "
         f"{100 * config.get('sentence_share', 0):.0f} % complete sentences using the caption task's phrases "
         f"({100 * config.get('clause_share', 0.25):.0f} % of them as per-object clauses, the rest as lists in "
-        f"frames the caption task {'also' if config.get('caption_frames', True) else 'never'} uses).",
+        f"frames the caption task {'also' if config.get('caption_frames', True) else 'never'} uses"
+        + (
+            f"; {100 * placed:.0f} % of the lists give each object's position, the rest name the objects only)."
+            if placed < 1
+            else ")."
+        )
+        + (
+            " The caption task is the scene world's second edition: references in an annotator style that no "
+            "pre-training text uses (docs/embedded-world-v2.md)."
+            if edition == 2
+            else ""
+        ),
         f"- Objective: captioning (language modelling on the text, conditioned on the image){dense}; AdamW, "
         f"lr {config.get('lr')}, {config.get('warmup_steps')} warm-up steps then cosine decay, batch "
         f"{config.get('batch_size')}, {config.get('steps')} steps.",
@@ -321,11 +353,12 @@ def report(
     datasets: dict[str, str] | None = None,
     overrides: dict | None = None,
     seeds: tuple[int, ...] = HEADROOM_SEEDS,
+    probe_scenes: tuple[int, int] = (PROBE_TRAIN, PROBE_TEST),
 ) -> dict:
     model_dir = Path(model_dir)
     work = Path(work_dir) if work_dir else model_dir.parent / ".quality-runs"
     work.mkdir(parents=True, exist_ok=True)
-    results = run_checks(model_dir, work, datasets, overrides, seeds)
+    results = run_checks(model_dir, work, datasets, overrides, seeds, probe_scenes)
     if notes:
         results["notes"] = notes
     runs.write_json(model_dir / "quality.json", results)
