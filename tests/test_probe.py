@@ -72,7 +72,7 @@ def test_the_probe_refuses_scenes_pre_training_draws():
 def test_the_probe_runs_on_a_real_model(tiny_model_dir):
     result = probe(VLModel(load_base_model(str(tiny_model_dir))), train_count=20, test_count=10)
     assert result["train_scenes"] == 20 and result["test_scenes"] == 10
-    assert result["test_objects"] == sum(len(s.objects) for s in probe_scenes("test", 20))
+    assert result["test_objects"] == sum(len(s.objects) for s in probe_scenes("test", 10))
     assert all(0.0 <= a <= 1.0 for a in result["accuracy"].values())
 
 
