@@ -8,7 +8,9 @@ one on the vision tower alone - every output patch token names the shape, colour
 the object it shows (or background), through a linear head that is dropped afterwards. The dense objective
 stands in for what real BLIP gets from its ImageNet-initialised ViT: a vision tower that already sees what
 is where. Captioning alone, in the 45 minutes this machine allows, taught the tower colours and counts but
-not shapes or positions.
+not shapes or positions. The second edition's recipe (`--edition 2`) adds an object-level objective on the same
+labels (ObjectHead: the tokens averaged over each object's patches name its attributes), since the dense one
+left shape unlearned (docs/embedded-world-v2.md).
 Reproducible from the seed on one machine (CPU kernels may differ in the last bits across machines).
 """
 
