@@ -216,3 +216,15 @@ def test_pretrain_refuses_a_clause_share_outside_zero_to_one(tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "m"), "--clause-share", "1.5"]) == 2
     assert "--clause-share 1.5 is outside [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--edition", "3"], "--edition 3 is not an edition"), (["--object-weight", "-1"], "--object-weight -1")],
+)
+def test_pretrain_refuses_an_unknown_edition_or_a_negative_object_weight(tmp_path, capsys, flags, message):
+    from training.cli import main
+
+    assert main(["pretrain", "--out", str(tmp_path / "m"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
