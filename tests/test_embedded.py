@@ -170,6 +170,11 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
     assert f"zero-shot captioning CIDEr-D {room['zero_shot']:.3f}" in card
     assert f"{room['best_mean']:.3f}" in card and "seed spread" in card
     assert results["caption-headroom"] == room
+    for name in CAPTION_CANDIDATES:
+        test = [runs_made[name]["metrics"]["CIDEr-D"], runs_made[f"{name}-seed1"]["metrics"]["CIDEr-D"]]
+        assert room["candidates"][name]["test"] == test
+        assert room["candidates"][name]["test_sd"] == pytest.approx(abs(test[0] - test[1]) / 2**0.5)
+    assert "seed SDs" in card and "of the best fine-tuned CIDEr-D on validation" in card
     probed = quality["vision-probe"]
     assert (probed["train_scenes"], probed["test_scenes"]) == (12, 6) and set(probed["accuracy"]) == {
         "shape",

@@ -266,6 +266,7 @@ def test_written_caption_folder_reads_back(tmp_path):
         "generator": "scene-world",
         "seed": 3,
         "size": 48,
+        "edition": 1,
         "splits": sizes,
         "images": sizes,
     }

@@ -1,11 +1,11 @@
 """The embedded default's quality report and model card: `python -m training embedded-report`.
 
 Makes, with the project's own trainer and into an empty work folder, the runs the card's checks need
-(zero-shot, full fine-tuning and LoRA on captioning, each fine-tuned one with two seeds; zero-shot and LoRA
-on VQA), scores the caption runs on the validation split as well, and writes `quality.json` and `README.md`
-beside the model. Every number in the card comes from these runs, and each run's time is measured as it is
-made. Headroom (does the best fine-tuned caption run beat zero-shot by more than its seed spread?) is judged
-on validation; the test split is only reported.
+(zero-shot, full fine-tuning and LoRA on captioning, each tuned one with three seeds; zero-shot and LoRA
+on VQA), scores the caption runs on the validation split as well, probes the vision tower, and writes
+`quality.json` and `README.md` beside the model. Every number in the card comes from these runs, and each
+run's time is measured as it is made. The best fine-tuned caption candidate is chosen on validation; the test
+split only checks (each candidate's margin over zero-shot in seed SDs, issue 28), never chooses.
 """
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ CAPTION_CANDIDATES = {
     "caption-lora-tuned": RunConfig(task="caption", method="lora", towers="text", budget="18k"),
 }
 STUDY_SWEEP = REPO_ROOT / "sweeps" / "paper.yaml"
-HEADROOM_SEEDS = (0, 1)
+HEADROOM_SEEDS = (0, 1, 2)
+# Issue 28's targets for the caption task: zero-shot between these shares of the best fine-tuned CIDEr-D
+# (it already captions, and fine-tuning has room), and each candidate above zero-shot on test by this many seed SDs.
+ZERO_SHOT_SHARE = (0.25, 0.70)
+MARGIN_SDS = 5
 
 CHECKS = {
     "caption-zero-shot": RunConfig(task="caption", method="zero-shot"),
@@ -178,11 +182,15 @@ def headroom(results: dict, seeds: tuple[int, ...] = HEADROOM_SEEDS) -> dict:
     candidates = {}
     for name in CAPTION_CANDIDATES:
         scores = [results[candidate_run(name, seed)]["validation"]["CIDEr-D"] for seed in seeds]
+        test = [results[candidate_run(name, seed)]["metrics"]["CIDEr-D"] for seed in seeds]
         candidates[name] = {
             "seeds": list(seeds),
             "CIDEr-D": scores,
             "mean": statistics.mean(scores),
             "spread": max(scores) - min(scores),
+            "test": test,
+            "test_mean": statistics.mean(test),
+            "test_sd": statistics.stdev(test) if len(test) > 1 else 0.0,
         }
     best = max(candidates, key=lambda name: candidates[name]["mean"])
     zero_shot = results["caption-zero-shot"]["validation"]["CIDEr-D"]
@@ -198,12 +206,12 @@ def headroom(results: dict, seeds: tuple[int, ...] = HEADROOM_SEEDS) -> dict:
 
 def verdicts(results: dict) -> list[tuple[str, bool, str]]:
     zs_cider = results["caption-zero-shot"]["metrics"]["CIDEr-D"]
-    full_cider = results["caption-full"]["metrics"]["CIDEr-D"]
     prior = results["vqa-answer-prior"]["metrics"]
     zs_vqa, lora_vqa = results["vqa-zero-shot"]["metrics"], results["vqa-lora"]["metrics"]
     below_prior = [t for t, acc in lora_vqa.get("per_type", {}).items() if acc <= prior["per_type"].get(t, 0)]
     slowest = max(results[name]["wall_s"] or 0 for name in CHECKS)
     room = results["caption-headroom"]
+    share = room["zero_shot"] / room["best_mean"] if room["best_mean"] > 0 else float("inf")
     probed = results["vision-probe"]
     return [
         (
@@ -214,9 +222,18 @@ def verdicts(results: dict) -> list[tuple[str, bool, str]]:
             f"margin {room['margin']:+.3f}",
         ),
         (
-            "Zero-shot captioning reaches at least half the CIDEr-D of full fine-tuning",
-            zs_cider >= 0.5 * full_cider,
-            f"{zs_cider:.3f} vs {full_cider:.3f}" + (f" ({zs_cider / full_cider:.0%})" if full_cider else ""),
+            f"Zero-shot captioning reaches {ZERO_SHOT_SHARE[0]:.0%} to {ZERO_SHOT_SHARE[1]:.0%} of the best "
+            "fine-tuned CIDEr-D on validation (it captions, and has room)",
+            room["best_mean"] > 0 and ZERO_SHOT_SHARE[0] <= share <= ZERO_SHOT_SHARE[1],
+            f"{room['zero_shot']:.3f} vs {room['best_mean']:.3f} ({share:.0%})",
+        ),
+        (
+            f"Full fine-tuning and LoRA beat zero-shot captioning on test by at least {MARGIN_SDS} seed SDs",
+            all(c["test_mean"] - zs_cider > MARGIN_SDS * c["test_sd"] for c in room["candidates"].values()),
+            "; ".join(
+                f"{name} {c['test_mean']:.3f} (SD {c['test_sd']:.3f}, {len(c['test'])} seeds) vs {zs_cider:.3f}"
+                for name, c in room["candidates"].items()
+            ),
         ),
         (
             "Zero-shot VQA is near or below the answer prior",
