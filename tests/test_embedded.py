@@ -89,7 +89,9 @@ def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):
     )
     out = pretrain(config, tmp_path / "tiny-scene-blip")
     meta = json.loads((out / "pretrain.json").read_text())
-    assert meta["command"].endswith("--steps 3 --clause-share 0.5 --no-caption-frames")  # reproduces the recipe
+    assert meta["command"].endswith(
+        "--steps 3 --pool-images 8 --clause-share 0.5 --no-caption-frames"
+    )  # reproduces the recipe
     assert meta["config"]["dense_weight"] > 0 and set(meta["history"][-1]["patch_accuracy"]) == set(
         scenes.PATCH_LABEL_HEADS
     )
@@ -101,6 +103,23 @@ def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):
     with torch.no_grad():
         generated = vl.generate(vl.encode_images(pixels), [encoder.prompt_ids(prompt_text("caption"))], 5)
     assert len(generated) == 1 and len(generated[0]) <= 5
+
+
+def test_second_edition_pretraining_adds_the_object_objective_and_the_annotators_words(tmp_path):
+    from training.pretraining.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig.for_edition(2)
+    assert config.object_weight > 0 and config.position_share < 1
+    config.steps, config.batch_size, config.warmup_steps, config.pool_images = 2, 4, 1, 8
+    config.hidden, config.vision_layers, config.text_layers, config.heads = 32, 1, 1, 2
+    out = pretrain(config, tmp_path / "tiny-v2")
+    meta = json.loads((out / "pretrain.json").read_text())
+    assert "--edition 2 --pool-images 8" in meta["command"]
+    assert set(meta["history"][-1]["object_accuracy"]) == set(scenes.PATCH_LABEL_HEADS)
+    vocabulary = load_base_model(str(out)).tokenizer.get_vocab()
+    assert {"above", "against", "including"} <= set(vocabulary)
+    with pytest.raises(ValueError, match="edition"):
+        PretrainConfig.for_edition(3)
 
 
 # Two steps, short decodes, a LoRA budget the tiny model can reach: the report's bookkeeping, not its quality.
@@ -117,7 +136,7 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
     shutil.copytree(tiny_model_dir, model_dir)
     datasets = {"caption": str(tiny_caption_dataset), "vqa": str(tiny_vqa_dataset)}
     work = tmp_path / "quality-runs"
-    results = report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1))
+    results = report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1), probe_scenes=(12, 6))
 
     quality = json.loads((model_dir / "quality.json").read_text())
     runs_made = {name: r for name, r in quality.items() if isinstance(r, dict) and "command" in r}
@@ -152,6 +171,19 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
     assert f"zero-shot captioning CIDEr-D {room['zero_shot']:.3f}" in card
     assert f"{room['best_mean']:.3f}" in card and "seed spread" in card
     assert results["caption-headroom"] == room
+    for name in CAPTION_CANDIDATES:
+        test = [runs_made[name]["metrics"]["CIDEr-D"], runs_made[f"{name}-seed1"]["metrics"]["CIDEr-D"]]
+        assert room["candidates"][name]["test"] == test
+        assert room["candidates"][name]["test_sd"] == pytest.approx(abs(test[0] - test[1]) / 2**0.5)
+    assert "seed SDs" in card and "of the best fine-tuned CIDEr-D on validation" in card
+    probed = quality["vision-probe"]
+    assert (probed["train_scenes"], probed["test_scenes"]) == (12, 6) and set(probed["accuracy"]) == {
+        "shape",
+        "color",
+        "size",
+        "cell",
+    }
+    assert f"shape {probed['accuracy']['shape']:.1%}" in card
     # The headroom runs train under the study's caption schedule (the one their learning rates were tuned under);
     # the checks are the app's defaults.
     schedule = study_schedule("caption")
@@ -163,7 +195,7 @@ def test_embedded_report_measures_every_figure_from_runs_it_makes(
         assert config["towers"] == ("text" if name.startswith("caption-lora") else "both"), name
 
     with pytest.raises(UserError, match="empty --work-dir"):
-        report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1))
+        report(model_dir, work, datasets=datasets, overrides=TINY_RUNS, seeds=(0, 1), probe_scenes=(12, 6))
 
 
 def test_a_run_is_scored_on_the_validation_split_whatever_its_folder_is_called(
@@ -189,4 +221,16 @@ def test_pretrain_refuses_a_clause_share_outside_zero_to_one(tmp_path, capsys):
 
     assert main(["pretrain", "--out", str(tmp_path / "m"), "--clause-share", "1.5"]) == 2
     assert "--clause-share 1.5 is outside [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--edition", "3"], "--edition 3 is not an edition"), (["--object-weight", "-1"], "--object-weight -1")],
+)
+def test_pretrain_refuses_an_unknown_edition_or_a_negative_object_weight(tmp_path, capsys, flags, message):
+    from training.cli import main
+
+    assert main(["pretrain", "--out", str(tmp_path / "m"), *flags]) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

@@ -266,6 +266,7 @@ def test_written_caption_folder_reads_back(tmp_path):
         "generator": "scene-world",
         "seed": 3,
         "size": 48,
+        "edition": 1,
         "splits": sizes,
         "images": sizes,
     }
@@ -337,3 +338,97 @@ def test_patch_labels_name_what_each_patch_shows():
             assert all(abs(c * 8 + 4 - (obj.cell % 3 + 0.5) * 64 / 3) < 64 / 3 for c in cols)
         background = labels[3] == 0
         assert background.any() and (labels[:, background] == 0).all()
+
+
+def _four_grams(text: str) -> set[tuple[str, ...]]:
+    words = text_words(text)
+    return {tuple(words[i : i + 4]) for i in range(len(words) - 3)}
+
+
+def test_second_edition_references_are_not_in_the_pretraining_text_as_the_first_editions_are():
+    """Consistency without a copy: the first edition's references are pre-training sentences (almost every
+    4-gram occurs in the corpus); the second edition's annotator style mostly is not."""
+    corpus: set[tuple[str, ...]] = set()
+    for scene, rng in _scenes("pretrain", "train", 1500):
+        corpus |= _four_grams(alt_text(scene, rng)) | _four_grams(pretrain_sentence(scene, rng))
+    shared = {}
+    for edition in scenes.EDITIONS:
+        grams = [
+            g
+            for scene, rng in _scenes("caption", "validation", 150)
+            for c in caption_references(scene, rng, edition=edition)
+            for g in _four_grams(c)
+        ]
+        shared[edition] = sum(g in corpus for g in grams) / len(grams)
+    assert shared[1] > 0.95
+    assert 0.1 < shared[2] < 0.45  # the objects' own phrases ("a large red circle") are still shared
+
+
+def test_second_edition_annotators_group_count_order_by_salience_and_mention_the_background():
+    grid_phrases = [p for options in POSITION_PHRASES.values() for p in options if p != "in the middle"]
+    mentions, counted, total = 0, 0, 0
+    for scene, rng in _scenes("caption", "train", 300):
+        captions = caption_references(scene, rng, edition=2)
+        # A scene of one shape has few wordings (as in the first edition, a repeat fills the five).
+        assert len(captions) == 5 and len(set(captions)) >= 4
+        shapes = Counter(o.shape for o in scene.objects)
+        salient = {o.shape for o in scene.objects if o.size == "large"}
+        for caption in captions:
+            total += 1
+            assert not any(p in caption for p in grid_phrases), caption  # no object's grid cell
+            words = text_words(caption)
+            first_shape = next(w for w in words if w in SHAPES or w in PLURALS.values() or w == "shapes")
+            if salient and first_shape != "shapes":
+                assert first_shape in salient | {PLURALS[s] for s in salient}, (scene, caption)
+            if "background" in words:
+                mentions += 1
+                tone = scene.background.tone
+                assert ({"dark", "black"} if tone == "dark" else {"light", "pale"}) & set(words), caption
+                assert not ({"light", "pale"} if tone == "dark" else {"dark", "black"}) & set(words), caption
+            for shape, n in shapes.items():
+                same_colour = len({o.color for o in scene.objects if o.shape == shape}) == 1
+                if n > 1 and same_colour and "including" not in words:
+                    if PLURALS[shape] not in words:  # annotators leave out an all-small group now and then
+                        assert all(o.size == "small" for o in scene.objects if o.shape == shape), caption
+                        continue
+                    counted += 1
+                    assert scenes.NUMBER_WORDS[n] in words, caption
+    assert 0.5 < mentions / total < 0.7
+    assert counted > 50
+
+
+def test_second_edition_has_the_first_editions_images_and_its_own_vocabulary():
+    for index in (0, 5):
+        first, second = caption_example("test", index), caption_example("test", index, edition=2)
+        assert first[0].tobytes() == second[0].tobytes() and first[1]["captions"] != second[1]["captions"]
+    vocabulary = set(vocabulary_words(2))
+    emitted = {
+        w
+        for scene, rng in _scenes("caption", "train", 800)
+        for c in caption_references(scene, rng, edition=2)
+        for w in text_words(c)
+    }
+    assert emitted <= vocabulary, emitted - vocabulary
+    assert vocabulary - set(vocabulary_words(1)) <= emitted  # every new word is used by the annotators
+    with pytest.raises(ValueError, match="edition"):
+        caption_references(_scenes("caption", "train", 1)[0][0], np.random.default_rng(0), edition=3)
+
+
+def test_written_second_edition_caption_folder_declares_its_edition(tmp_path):
+    out = write_caption_dataset(tmp_path / "cap2", sizes={"train": 2, "validation": 1, "test": 1}, edition=2)
+    assert json.loads((out / "dataset.json").read_text())["edition"] == 2
+    row = _read_rows(out / "test")[0]
+    assert row["captions"] == caption_example("test", 0, edition=2)[1]["captions"]
+
+
+def test_pretraining_lists_can_name_the_objects_without_their_positions():
+    phrases = [p for options in POSITION_PHRASES.values() for p in options]
+    for scene, rng in _scenes("pretrain", "train", 100):
+        sentence = pretrain_sentence(scene, rng, clause_share=0.0, frames=("{list}",), position_share=0.0)
+        assert not any(p in sentence for p in phrases), sentence
+        assert all(f"{obj.color} {obj.shape}" in sentence for obj in scene.objects)
+    sentences = [
+        pretrain_sentence(scene, rng, 0.0, ("{list}",), 0.5) for scene, rng in _scenes("pretrain", "train", 400)
+    ]
+    placed = sum(any(p in sentence for p in phrases) for sentence in sentences)
+    assert 0.4 <= placed / 400 <= 0.6

@@ -34,6 +34,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     pretrain.add_argument(
+        "--edition",
+        type=int,
+        default=1,
+        help="the scene world's edition whose recipe to follow: 1 (shipped) or 2 (docs/embedded-world-v2.md)",
+    )
+    pretrain.add_argument(
+        "--pool-images", type=int, default=None, help="pre-training images rendered (default: the recipe's)"
+    )
+    pretrain.add_argument(
+        "--object-weight",
+        type=float,
+        default=None,
+        help="weight of the object-level vision objective (default: the edition's recipe; 0 turns it off)",
+    )
+    pretrain.add_argument(
         "--clause-share",
         type=float,
         default=None,
@@ -45,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep the caption task's sentence frames ('a picture of', ...) out of the corpus",
     )
     pretrain.set_defaults(func=cmd_pretrain)
+
+    probe = subparsers.add_parser(
+        "probe", help="what the vision tower knows: a linear probe per object attribute on held-out scenes"
+    )
+    probe.add_argument("--model", default=None, help="model folder (default: the embedded model)")
+    probe.add_argument("--json", action="store_true", help="print JSON")
+    probe.set_defaults(func=cmd_probe)
 
     bench = subparsers.add_parser("bench", help="speed and memory figures on the embedded default")
     bench.add_argument("--json", action="store_true", help="print JSON")
@@ -122,15 +144,43 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from training.pretraining.pretrain import PretrainConfig, pretrain
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    config = PretrainConfig(seed=args.seed)
+    from training.data.scenes import EDITIONS
+
+    if args.edition not in EDITIONS:
+        raise UserError(f"--edition {args.edition} is not an edition of the scene world: use one of {EDITIONS}.")
+    config = PretrainConfig.for_edition(args.edition, seed=args.seed)
     if args.steps:
         config.steps = args.steps
+    if args.pool_images:
+        config.pool_images = args.pool_images
+    if args.object_weight is not None:
+        if args.object_weight < 0:
+            raise UserError(f"--object-weight {args.object_weight} is negative: use 0 (off) or e.g. 1.")
+        config.object_weight = args.object_weight
     if args.clause_share is not None:
         if not 0 <= args.clause_share <= 1:
             raise UserError(f"--clause-share {args.clause_share} is outside [0, 1]: use e.g. 0.5.")
         config.clause_share = args.clause_share
     config.caption_frames = not args.no_caption_frames
     pretrain(config, args.out)
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from training.methods.vlmodel import VLModel
+    from training.model.base_model import load_base_model
+    from training.pretraining.probe import probe
+
+    result = probe(VLModel(load_base_model(args.model)))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"linear probe on frozen vision features, object by object: fitted on {result['train_objects']} objects "
+        f"of {result['train_scenes']} held-out scenes, scored on {result['test_objects']} of {result['test_scenes']}"
+    )
+    for name, accuracy in result["accuracy"].items():
+        print(f"  {name:<6} {accuracy:.1%}")
     return 0
 
 

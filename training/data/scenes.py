@@ -378,25 +378,35 @@ def _caption(scene: Scene, rng: np.random.Generator) -> str:
     return _pick(rng, CAPTION_FRAMES, CAPTION_FRAME_WEIGHTS).format(list=_join(items))
 
 
-def caption_references(scene: Scene, rng: np.random.Generator, count: int = 5) -> list[str]:
-    """Five distinct reference captions, varied like human ones (order, synonyms, frames, detail)."""
+def caption_references(scene: Scene, rng: np.random.Generator, count: int = 5, edition: int = 1) -> list[str]:
+    """Five distinct reference captions, varied like human ones: in the first edition every object with its
+    position in the pre-training sentences' phrases and frames (order, synonyms, frames, detail), in the second
+    in the annotator style (`annotator_caption`)."""
+    if edition not in EDITIONS:
+        raise ValueError(f"unknown edition {edition!r}: the scene world has editions {EDITIONS}")
+    caption = EDITION_CAPTIONS[edition]
     captions: list[str] = []
     for _ in range(count * 10):
-        caption = _caption(scene, rng)
-        if caption not in captions:
-            captions.append(caption)
+        text = caption(scene, rng)
+        if text not in captions:
+            captions.append(text)
         if len(captions) == count:
             break
     while len(captions) < count:  # a one-object scene may have fewer distinct wordings than asked
-        captions.append(_caption(scene, rng))
+        captions.append(caption(scene, rng))
     return captions
 
 
 def pretrain_sentence(
-    scene: Scene, rng: np.random.Generator, clause_share: float = 0.25, frames: Sequence[str] = SENTENCE_FRAMES
+    scene: Scene,
+    rng: np.random.Generator,
+    clause_share: float = 0.25,
+    frames: Sequence[str] = SENTENCE_FRAMES,
+    position_share: float = 1.0,
 ) -> str:
     """A complete sentence describing every object with the caption phrases: per-object clauses joined with
-    "and" (clause_share of the time), or the list of objects in one of `frames`."""
+    "and" (clause_share of the time), or the list of objects in one of `frames`, each object with its position
+    (position_share of the lists) or without (the rest: a page that says what is in the image, not where)."""
     objects = _ordered(scene, rng)
     if rng.random() < clause_share:
         clause = _pick(rng, CLAUSE_FRAMES)
@@ -404,8 +414,93 @@ def pretrain_sentence(
             clause.format(object=_object_phrase(o, rng), position=_position_phrase(o.position, rng)) for o in objects
         ]
         return _join(clauses)
+    if position_share < 1 and rng.random() >= position_share:
+        return _pick(rng, frames).format(list=_join([_object_phrase(o, rng) for o in objects]))
     items = [f"{_object_phrase(o, rng)} {_position_phrase(o.position, rng)}" for o in objects]
     return _pick(rng, frames).format(list=_join(items))
+
+
+# The second edition's caption task: references in an annotator style that the pre-training text never uses,
+# the way COCO's captions differ from web alt-text (docs/embedded-world-v2.md). Annotators name the salient
+# objects first, group same-shape objects and count them, give at most one spatial relation instead of every
+# object's grid cell, mention size only where sizes differ, and often mention the background.
+EDITIONS = (1, 2)
+ANNOTATOR_SIZE_WORDS = {"small": ("small", "little"), "large": ("big", "large")}
+ANNOTATOR_RELATIONS = {"above": ("above",), "below": ("below", "under"), "beside": ("next to", "beside")}
+ANNOTATOR_PLACES = {
+    "corner": ("in the corner", "in a corner"),
+    "middle": ("in the middle",),
+    "edge": ("near the edge",),
+}
+ANNOTATOR_BACKGROUNDS = {
+    "dark": ("on a dark background", "on a black background", "against a dark background"),
+    "light": ("on a light background", "on a pale background", "against a light background"),
+}
+ANNOTATOR_SUMMARIES = ("{n} shapes including {first}", "{n} different shapes including {first}")
+_BACKGROUND_SHARE = 0.6  # an annotator mentions the background this often
+_RELATION_SHARE = 0.6  # with two groups, relates them ("a star above two circles") this often
+_SUMMARY_SHARE = 0.3  # with three or more groups, summarises the rest this often
+_DROP_SMALL_SHARE = 0.3  # with three or more groups, leaves the last, all-small group out this often
+
+
+def _groups(scene: Scene) -> list[list[SceneObject]]:
+    """Objects grouped by shape, the salient groups first: one with a large object before one without, then
+    the bigger group, then reading order."""
+    by_shape: dict[str, list[SceneObject]] = {}
+    for obj in scene.objects:
+        by_shape.setdefault(obj.shape, []).append(obj)
+    groups = list(by_shape.values())
+    return sorted(groups, key=lambda g: (all(o.size == "small" for o in g), -len(g), g[0].cell))
+
+
+def _group_phrase(group: list[SceneObject], mixed_sizes: bool, rng: np.random.Generator) -> str:
+    """'a big red star', 'two yellow circles', 'a red and a blue square' or 'three crosses'."""
+    sizes = {o.size for o in group}
+    size_word = _variant(rng, ANNOTATOR_SIZE_WORDS[group[0].size], 0.75) if mixed_sizes and len(sizes) == 1 else ""
+    colors = [o.color for o in group]
+    if len(group) == 1:
+        return _article(" ".join(w for w in (size_word, colors[0], group[0].shape) if w))
+    count = NUMBER_WORDS[len(group)]
+    if len(set(colors)) == 1:
+        return " ".join(w for w in (count, size_word, colors[0], PLURALS[group[0].shape]) if w)
+    if len(group) == 2 and rng.random() < 0.5:
+        return f"{_article(colors[0])} and {_article(colors[1])} {group[0].shape}"
+    return " ".join(w for w in (count, size_word, PLURALS[group[0].shape]) if w)
+
+
+def _relation(first: SceneObject, second: SceneObject, rng: np.random.Generator) -> str:
+    """Where the first object is seen from the second: above, below or beside it."""
+    rows = first.cell // 3 - second.cell // 3
+    kind = "above" if rows < 0 else "below" if rows > 0 else "beside"
+    return _variant(rng, ANNOTATOR_RELATIONS[kind], 0.7)
+
+
+def _place(obj: SceneObject) -> str:
+    return "middle" if obj.cell == 4 else "corner" if obj.cell in (0, 2, 6, 8) else "edge"
+
+
+def annotator_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """One annotator's caption of the scene in the second edition's style."""
+    groups = _groups(scene)
+    mixed = len({o.size for o in scene.objects}) > 1
+    if len(groups) >= 3 and all(o.size == "small" for o in groups[-1]) and rng.random() < _DROP_SMALL_SHARE:
+        groups = groups[:-1]
+    phrases = [_group_phrase(g, mixed, rng) for g in groups]
+    if len(groups) >= 3 and rng.random() < _SUMMARY_SHARE:
+        body = _pick(rng, ANNOTATOR_SUMMARIES).format(n=NUMBER_WORDS[len(scene.objects)], first=phrases[0])
+    elif len(groups) == 2 and rng.random() < _RELATION_SHARE:
+        body = f"{phrases[0]} {_relation(groups[0][0], groups[1][0], rng)} {phrases[1]}"
+    else:
+        body = _join(phrases)
+    if len(scene.objects) == 1 and rng.random() < 0.5:
+        body += " " + _pick(rng, ANNOTATOR_PLACES[_place(scene.objects[0])])
+    if rng.random() < _BACKGROUND_SHARE:
+        body += " " + _pick(rng, ANNOTATOR_BACKGROUNDS[scene.background.tone])
+    return body
+
+
+# One annotator's caption, per edition of the caption task.
+EDITION_CAPTIONS: dict[int, Callable[[Scene, np.random.Generator], str]] = {1: _caption, 2: annotator_caption}
 
 
 def alt_text(scene: Scene, rng: np.random.Generator) -> str:
@@ -596,13 +691,15 @@ def pretrain_pairs(
         index += 1
 
 
-def caption_example(split: str, index: int, seed: int = 0, size: int = 64) -> tuple[Image.Image, dict]:
-    """Image `index` of a captioning split and its metadata row."""
+def caption_example(
+    split: str, index: int, seed: int = 0, size: int = 64, edition: int = 1
+) -> tuple[Image.Image, dict]:
+    """Image `index` of a captioning split and its metadata row (the same image in every edition)."""
     rng = scene_rng("caption", split, index, seed)
     scene = sample_scene(rng)
     row = {
         "file_name": f"{index:06d}.png",
-        "captions": caption_references(scene, rng),
+        "captions": caption_references(scene, rng, edition=edition),
         "image_id": f"cap-{split}-{index:06d}",
     }
     return render_scene(scene, size), row
@@ -634,6 +731,7 @@ def _write_dataset(
     sizes: dict[str, int],
     seed: int,
     size: int,
+    edition: int = 1,
 ) -> Path:
     """Write every split into a temporary folder beside out_dir, then move it into place."""
     unknown = set(sizes) - set(TASK_SPLITS)
@@ -660,6 +758,7 @@ def _write_dataset(
             "generator": "scene-world",
             "seed": seed,
             "size": size,
+            "edition": edition,
             "splits": rows_per_split,
             "images": dict(sizes),
         }
@@ -679,10 +778,14 @@ def _write_dataset(
 
 
 def write_caption_dataset(
-    out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0, size: int = 64
+    out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0, size: int = 64, edition: int = 1
 ) -> Path:
-    """Write a captioning dataset (imagefolder layout, 5 captions per image); sizes count images per split."""
-    return _write_dataset(Path(out_dir), "caption", caption_example, sizes or DEFAULT_CAPTION_SIZES, seed, size)
+    """Write a captioning dataset (imagefolder layout, 5 captions per image); sizes count images per split.
+    The edition picks the references' style (caption_references); the images are the same in every edition."""
+    if edition not in EDITIONS:
+        raise ValueError(f"unknown edition {edition!r}: the scene world has editions {EDITIONS}")
+    example = partial(caption_example, edition=edition)
+    return _write_dataset(Path(out_dir), "caption", example, sizes or DEFAULT_CAPTION_SIZES, seed, size, edition)
 
 
 def write_vqa_dataset(out_dir: str | Path, sizes: dict[str, int] | None = None, seed: int = 0, size: int = 64) -> Path:
@@ -715,8 +818,8 @@ def text_words(text: str) -> list[str]:
     return [w for w in (word.strip("?,.") for word in text.lower().split()) if w]
 
 
-def vocabulary_words() -> list[str]:
-    """Every word any generator here can emit, sorted."""
+def vocabulary_words(edition: int = 1) -> list[str]:
+    """Every word any generator of the edition can emit, sorted (the second adds the annotator style's words)."""
     texts = [*SHAPES, *PLURALS.values(), *COLORS, *POSITIONS, *NUMBER_WORDS, *ALT_TAGS, *OBJECT_NOUNS]
     texts += [str(n) for n in range(MAX_OBJECTS + 1)] + ["a", "an", "and", "dark", "light", "background"]
     texts += [w for words in SIZE_WORDS.values() for w in words]
@@ -724,5 +827,9 @@ def vocabulary_words() -> list[str]:
     texts += [*SENTENCE_FRAMES, *CLAUSE_FRAMES]
     texts += [t for templates in QUESTION_TEMPLATES.values() for t in templates]
     texts += ["yes", "no"] + [v for _, variants in ANSWER_VARIANTS.values() for v in variants]
+    if edition == 2:
+        tables = (ANNOTATOR_SIZE_WORDS, ANNOTATOR_RELATIONS, ANNOTATOR_PLACES, ANNOTATOR_BACKGROUNDS)
+        texts += [phrase for table in tables for phrases in table.values() for phrase in phrases]
+        texts += list(ANNOTATOR_SUMMARIES)
     placeholder = re.compile(r"\{\w+\}")
     return sorted({w for text in texts for w in text_words(placeholder.sub(" ", text))})

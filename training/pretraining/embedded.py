@@ -1,11 +1,11 @@
 """The embedded default's quality report and model card: `python -m training embedded-report`.
 
 Makes, with the project's own trainer and into an empty work folder, the runs the card's checks need
-(zero-shot, full fine-tuning and LoRA on captioning, each fine-tuned one with two seeds; zero-shot and LoRA
-on VQA), scores the caption runs on the validation split as well, and writes `quality.json` and `README.md`
-beside the model. Every number in the card comes from these runs, and each run's time is measured as it is
-made. Headroom (does the best fine-tuned caption run beat zero-shot by more than its seed spread?) is judged
-on validation; the test split is only reported.
+(zero-shot, full fine-tuning and LoRA on captioning, each tuned one with three seeds; zero-shot and LoRA
+on VQA), scores the caption runs on the validation split as well, probes the vision tower, and writes
+`quality.json` and `README.md` beside the model. Every number in the card comes from these runs, and each
+run's time is measured as it is made. The best fine-tuned caption candidate is chosen on validation; the test
+split only checks (each candidate's margin over zero-shot in seed SDs, issue 28), never chooses.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from pathlib import Path
 
 from training.data.dataset import load_dataset
 from training.errors import UserError
+from training.methods.vlmodel import VLModel
+from training.model.base_model import load_base_model
 from training.model.pixels import PixelCache
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
+from training.pretraining.probe import PROBE_TEST, PROBE_TRAIN, probe
 from training.run import runs
 from training.run.config import RunConfig
 from training.run.evaluation import evaluate
@@ -37,7 +40,11 @@ CAPTION_CANDIDATES = {
     "caption-full-tuned": RunConfig(task="caption", method="full"),
     "caption-lora-tuned": RunConfig(task="caption", method="lora", towers="text", budget="18k"),
 }
-HEADROOM_SEEDS = (0, 1)
+HEADROOM_SEEDS = (0, 1, 2)
+# Issue 28's targets for the caption task: zero-shot between these shares of the best fine-tuned CIDEr-D
+# (it already captions, and fine-tuning has room), and each candidate above zero-shot on test by this many seed SDs.
+ZERO_SHOT_SHARE = (0.25, 0.70)
+MARGIN_SDS = 5
 
 CHECKS = {
     "caption-zero-shot": RunConfig(task="caption", method="zero-shot"),
@@ -101,9 +108,11 @@ def run_checks(
     datasets: dict[str, str] | None = None,
     overrides: dict | None = None,
     seeds: tuple[int, ...] = HEADROOM_SEEDS,
+    probe_scenes: tuple[int, int] = (PROBE_TRAIN, PROBE_TEST),
 ) -> dict:
     """Make every planned run into work_dir now and read its figures back; datasets and overrides (RunConfig
-    fields such as max_steps) replace the defaults, for a quick report on another model or in the tests."""
+    fields such as max_steps) replace the defaults, for a quick report on another model or in the tests.
+    probe_scenes: the held-out scenes that fit and score the vision probe."""
     datasets = datasets or {}
     same = model_dir.resolve() == DEFAULT_MODEL_DIR.resolve()
     results: dict = {}
@@ -138,6 +147,7 @@ def run_checks(
         }
     results["vqa-answer-prior"] = {"metrics": answer_prior(load_dataset(datasets.get("vqa"), "vqa"))}
     results["caption-headroom"] = headroom(results, seeds)
+    results["vision-probe"] = probe(VLModel(load_base_model(str(model_dir))), *probe_scenes)
     return results
 
 
@@ -146,11 +156,15 @@ def headroom(results: dict, seeds: tuple[int, ...] = HEADROOM_SEEDS) -> dict:
     candidates = {}
     for name in CAPTION_CANDIDATES:
         scores = [results[candidate_run(name, seed)]["validation"]["CIDEr-D"] for seed in seeds]
+        test = [results[candidate_run(name, seed)]["metrics"]["CIDEr-D"] for seed in seeds]
         candidates[name] = {
             "seeds": list(seeds),
             "CIDEr-D": scores,
             "mean": statistics.mean(scores),
             "spread": max(scores) - min(scores),
+            "test": test,
+            "test_mean": statistics.mean(test),
+            "test_sd": statistics.stdev(test) if len(test) > 1 else 0.0,
         }
     best = max(candidates, key=lambda name: candidates[name]["mean"])
     zero_shot = results["caption-zero-shot"]["validation"]["CIDEr-D"]
@@ -166,12 +180,13 @@ def headroom(results: dict, seeds: tuple[int, ...] = HEADROOM_SEEDS) -> dict:
 
 def verdicts(results: dict) -> list[tuple[str, bool, str]]:
     zs_cider = results["caption-zero-shot"]["metrics"]["CIDEr-D"]
-    full_cider = results["caption-full"]["metrics"]["CIDEr-D"]
     prior = results["vqa-answer-prior"]["metrics"]
     zs_vqa, lora_vqa = results["vqa-zero-shot"]["metrics"], results["vqa-lora"]["metrics"]
     below_prior = [t for t, acc in lora_vqa.get("per_type", {}).items() if acc <= prior["per_type"].get(t, 0)]
     slowest = max(results[name]["wall_s"] or 0 for name in CHECKS)
     room = results["caption-headroom"]
+    share = room["zero_shot"] / room["best_mean"] if room["best_mean"] > 0 else float("inf")
+    probed = results["vision-probe"]
     return [
         (
             "Fine-tuning beats zero-shot captioning on validation by more than its seed spread",
@@ -181,9 +196,18 @@ def verdicts(results: dict) -> list[tuple[str, bool, str]]:
             f"margin {room['margin']:+.3f}",
         ),
         (
-            "Zero-shot captioning reaches at least half the CIDEr-D of full fine-tuning",
-            zs_cider >= 0.5 * full_cider,
-            f"{zs_cider:.3f} vs {full_cider:.3f}" + (f" ({zs_cider / full_cider:.0%})" if full_cider else ""),
+            f"Zero-shot captioning reaches {ZERO_SHOT_SHARE[0]:.0%} to {ZERO_SHOT_SHARE[1]:.0%} of the best "
+            "fine-tuned CIDEr-D on validation (it captions, and has room)",
+            room["best_mean"] > 0 and ZERO_SHOT_SHARE[0] <= share <= ZERO_SHOT_SHARE[1],
+            f"{room['zero_shot']:.3f} vs {room['best_mean']:.3f} ({share:.0%})",
+        ),
+        (
+            f"Full fine-tuning and LoRA beat zero-shot captioning on test by at least {MARGIN_SDS} seed SDs",
+            all(c["test_mean"] - zs_cider > MARGIN_SDS * c["test_sd"] for c in room["candidates"].values()),
+            "; ".join(
+                f"{name} {c['test_mean']:.3f} (SD {c['test_sd']:.3f}, {len(c['test'])} seeds) vs {zs_cider:.3f}"
+                for name, c in room["candidates"].items()
+            ),
         ),
         (
             "Zero-shot VQA is near or below the answer prior",
@@ -201,6 +225,13 @@ def verdicts(results: dict) -> list[tuple[str, bool, str]]:
             "all types" if not below_prior else "not on: " + ", ".join(below_prior),
         ),
         ("A default run finishes within 5 minutes on CPU", slowest <= 300, f"slowest default run {slowest:.0f} s"),
+        (
+            "A linear probe on the frozen vision features names each object's shape, colour, size and cell at "
+            "least 90 % of the time (held-out scenes)",
+            min(probed["accuracy"].values()) >= 0.9,
+            ", ".join(f"{name} {accuracy:.1%}" for name, accuracy in probed["accuracy"].items())
+            + f" on {probed['test_objects']} objects",
+        ),
     ]
 
 
@@ -218,6 +249,13 @@ def model_card(model_dir: Path, results: dict, notes: list[str] | None = None) -
         final = (meta.get("history") or [{}])[-1].get("patch_accuracy") or {}
         if final:
             patch = "; final patch accuracy on object patches: " + ", ".join(f"{k} {v:.0%}" for k, v in final.items())
+    if config.get("object_weight"):
+        dense += (
+            f", and (weight {config['object_weight']:g}) an object-level one: the patch tokens averaged over "
+            "each object's patches name its shape, colour, size and cell (docs/embedded-world-v2.md)"
+        )
+    edition = config.get("edition", 1)
+    placed = config.get("position_share", 1.0)
     lines = [
         "# scene-blip: the embedded default model of VL-PEFT Lab",
         "",
@@ -236,7 +274,18 @@ def model_card(model_dir: Path, results: dict, notes: list[str] | None = None) -
         f"drawing fresh texts: {100 - 100 * config.get('sentence_share', 0):.0f} % noisy web-style alt-text, "
         f"{100 * config.get('sentence_share', 0):.0f} % complete sentences using the caption task's phrases "
         f"({100 * config.get('clause_share', 0.25):.0f} % of them as per-object clauses, the rest as lists in "
-        f"frames the caption task {'also' if config.get('caption_frames', True) else 'never'} uses).",
+        f"frames the caption task {'also' if config.get('caption_frames', True) else 'never'} uses"
+        + (
+            f"; {100 * placed:.0f} % of the lists give each object's position, the rest name the objects only)."
+            if placed < 1
+            else ")."
+        )
+        + (
+            " The caption task is the scene world's second edition: references in an annotator style that no "
+            "pre-training text uses (docs/embedded-world-v2.md)."
+            if edition == 2
+            else ""
+        ),
         f"- Objective: captioning (language modelling on the text, conditioned on the image){dense}; AdamW, "
         f"lr {config.get('lr')}, {config.get('warmup_steps')} warm-up steps then cosine decay, batch "
         f"{config.get('batch_size')}, {config.get('steps')} steps.",
@@ -295,11 +344,12 @@ def report(
     datasets: dict[str, str] | None = None,
     overrides: dict | None = None,
     seeds: tuple[int, ...] = HEADROOM_SEEDS,
+    probe_scenes: tuple[int, int] = (PROBE_TRAIN, PROBE_TEST),
 ) -> dict:
     model_dir = Path(model_dir)
     work = Path(work_dir) if work_dir else model_dir.parent / ".quality-runs"
     work.mkdir(parents=True, exist_ok=True)
-    results = run_checks(model_dir, work, datasets, overrides, seeds)
+    results = run_checks(model_dir, work, datasets, overrides, seeds, probe_scenes)
     if notes:
         results["notes"] = notes
     runs.write_json(model_dir / "quality.json", results)

@@ -8,7 +8,9 @@ one on the vision tower alone - every output patch token names the shape, colour
 the object it shows (or background), through a linear head that is dropped afterwards. The dense objective
 stands in for what real BLIP gets from its ImageNet-initialised ViT: a vision tower that already sees what
 is where. Captioning alone, in the 45 minutes this machine allows, taught the tower colours and counts but
-not shapes or positions.
+not shapes or positions. The second edition's recipe (`--edition 2`) adds an object-level objective on the same
+labels (ObjectHead: the tokens averaged over each object's patches name its attributes), since the dense one
+left shape unlearned (docs/embedded-world-v2.md).
 Reproducible from the seed on one machine (CPU kernels may differ in the last bits across machines).
 """
 
@@ -58,7 +60,25 @@ class PretrainConfig:
     # task's phrases but not its sentence shapes, the candidate recipe for a model with fine-tuning headroom.
     clause_share: float = 0.25
     caption_frames: bool = True
+    # Of the list-shaped sentences, the share that give each object's position (the rest name the objects only).
+    position_share: float = 1.0
     dense_weight: float = 1.0  # weight of the vision tower's dense patch objective (0: captioning only)
+    # Weight of the object-level objective (ObjectHead): the second edition's fix for a tower that had not
+    # learned shape (docs/embedded-world-v2.md).
+    object_weight: float = 0.0
+    # The scene world's edition: the second adds its caption references' words to the vocabulary.
+    edition: int = 1
+
+    @classmethod
+    def for_edition(cls, edition: int, seed: int = 0) -> PretrainConfig:
+        """The recipe of an edition of the embedded world (docs/embedded-world-v2.md for the second)."""
+        if edition not in scenes.EDITIONS:
+            raise ValueError(f"unknown edition {edition!r}: the scene world has editions {scenes.EDITIONS}")
+        return cls(seed=seed, edition=edition, **EDITION_RECIPES[edition])
+
+
+# What each edition changes from the dataclass defaults (the first edition's recipe).
+EDITION_RECIPES: dict[int, dict] = {1: {}, 2: {"object_weight": 1.0, "position_share": 0.5}}
 
 
 def _render_chunk(args: tuple[int, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, list]:
@@ -106,6 +126,36 @@ class PatchHead(torch.nn.Module):
         return torch.stack(losses).mean(), accuracies
 
 
+class ObjectHead(torch.nn.Module):
+    """Linear classifiers over each object's pooled patch tokens (the mean over the patches it covers), one per
+    label kind: the object-level counterpart of PatchHead, and like it dropped after pre-training."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.sizes = list(scenes.PATCH_LABEL_HEADS.values())
+        self.linear = torch.nn.Linear(hidden, sum(self.sizes))
+
+    def forward(self, patch_tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """Mean cross-entropy over the label kinds, and each kind's accuracy, over every object of the batch."""
+        owner = labels[:, 3]  # one object per grid cell: the cell label (1-9, 0 = background) names the owner
+        members = torch.nn.functional.one_hot(owner, 10)[..., 1:].to(patch_tokens.dtype)  # [B, patches, 9]
+        counts = members.sum(1)  # [B, 9]
+        present = counts > 0
+        pooled = (members.transpose(1, 2) @ patch_tokens)[present] / counts[present].unsqueeze(-1)
+        # Every patch of an object carries the object's labels, so the largest label over its patches is its own.
+        targets = (labels.unsqueeze(-1) * members.long().unsqueeze(1)).amax(2)  # [B, 4, 9]
+        targets = targets.transpose(1, 2)[present]  # [objects, 4]
+        logits = self.linear(pooled).split(self.sizes, dim=-1)
+        losses = [
+            torch.nn.functional.cross_entropy(kind_logits, targets[:, kind]) for kind, kind_logits in enumerate(logits)
+        ]
+        accuracies = [
+            (kind_logits.argmax(-1) == targets[:, kind]).float().mean().item()
+            for kind, kind_logits in enumerate(logits)
+        ]
+        return torch.stack(losses).mean(), accuracies
+
+
 def normalizer(processor) -> tuple[torch.Tensor, torch.Tensor]:
     ip = processor.image_processor
     mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
@@ -120,6 +170,13 @@ def to_pixels(batch_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) 
 def pretrain_command(config: PretrainConfig, out: Path) -> str:
     """The `python -m training pretrain` command that reproduces config."""
     command = f"python -m training pretrain --out {out} --seed {config.seed} --steps {config.steps}"
+    recipe = PretrainConfig.for_edition(config.edition)
+    if config.edition != 1:
+        command += f" --edition {config.edition}"
+    if config.pool_images != recipe.pool_images:
+        command += f" --pool-images {config.pool_images}"
+    if config.object_weight != recipe.object_weight:
+        command += f" --object-weight {config.object_weight:g}"
     if config.clause_share != PretrainConfig.clause_share:
         command += f" --clause-share {config.clause_share:g}"
     if not config.caption_frames:
@@ -132,7 +189,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    words = scenes.vocabulary_words() + EXTRA_WORDS
+    words = scenes.vocabulary_words(config.edition) + EXTRA_WORDS
     base = build_blip(
         words,
         image_size=config.image_size,
@@ -157,18 +214,19 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
     encoder = Encoder(base.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
     model = base.model
     model.train()
-    head = PatchHead(config.hidden)
-    trained = [*model.parameters(), *head.parameters()]
+    head, object_head = PatchHead(config.hidden), ObjectHead(config.hidden)
+    trained = [*model.parameters(), *head.parameters(), *object_head.parameters()]
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=0.05, betas=(0.9, 0.98))
     rng = np.random.default_rng(config.seed)
     frames = scenes.SENTENCE_FRAMES if config.caption_frames else scenes.NON_CAPTION_FRAMES
     loop_start = time.perf_counter()
     history = []
+    warmup = min(config.warmup_steps, config.steps // 10)  # a short trial run warms up for a tenth of its steps
     for step in range(config.steps):
-        if step < config.warmup_steps:
-            lr = config.lr * (step + 1) / config.warmup_steps
+        if step < warmup:
+            lr = config.lr * (step + 1) / warmup
         else:
-            progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+            progress = (step - warmup) / max(1, config.steps - warmup)
             lr = config.lr * 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -178,7 +236,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
             scene = scene_list[int(index)]
             sentence = rng.random() < config.sentence_share
             texts.append(
-                scenes.pretrain_sentence(scene, rng, config.clause_share, frames)
+                scenes.pretrain_sentence(scene, rng, config.clause_share, frames, config.position_share)
                 if sentence
                 else scenes.alt_text(scene, rng)
             )
@@ -189,9 +247,13 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
         caption_loss = vl.loss(image_embeds, input_ids, mask, labels)
         loss = caption_loss
         dense_acc: list[float] = []
+        object_acc: list[float] = []
         if config.dense_weight > 0:
             dense_loss, dense_acc = head(image_embeds[:, 1:], patch_targets[rows])  # token 0 is [CLS]
-            loss = caption_loss + config.dense_weight * dense_loss
+            loss = loss + config.dense_weight * dense_loss
+        if config.object_weight > 0:
+            object_loss, object_acc = object_head(image_embeds[:, 1:], patch_targets[rows])
+            loss = loss + config.object_weight * object_loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
@@ -200,15 +262,23 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
             elapsed = time.perf_counter() - loop_start
             eta = elapsed / (step + 1) * (config.steps - step - 1)
             accuracy = dict(zip(scenes.PATCH_LABEL_HEADS, (round(a, 3) for a in dense_acc), strict=False))
+            objects = dict(zip(scenes.PATCH_LABEL_HEADS, (round(a, 3) for a in object_acc), strict=False))
             history.append(
-                {"step": step + 1, "loss": round(caption_loss.item(), 4), "lr": lr, "patch_accuracy": accuracy}
+                {
+                    "step": step + 1,
+                    "loss": round(caption_loss.item(), 4),
+                    "lr": lr,
+                    "patch_accuracy": accuracy,
+                    "object_accuracy": objects,
+                }
             )
             log.info(
-                "step %d/%d caption loss %.4f patch accuracy %s lr %.2e  %.1f steps/s  eta %.0f min",
+                "step %d/%d caption loss %.4f patch accuracy %s object accuracy %s lr %.2e  %.1f steps/s  eta %.0f min",
                 step + 1,
                 config.steps,
                 caption_loss.item(),
                 accuracy,
+                objects,
                 lr,
                 (step + 1) / elapsed,
                 eta / 60,
