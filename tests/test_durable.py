@@ -227,15 +227,16 @@ def test_runs_survive_a_restart_on_an_empty_local_disk_and_nothing_published_is_
     supervisor.close()
 
 
+@pytest.mark.parametrize("method", ["lora", "prompt"])
 def test_a_running_jobs_checkpoint_survives_a_restart_on_an_empty_local_disk_and_the_job_resumes_from_it(
-    tmp_path, tiny_model_dir, tiny_vqa_dataset
+    method, tmp_path, tiny_model_dir, tiny_vqa_dataset
 ):
     """A Space restarts on an empty local disk while a job trains: the newest state its worker published (new
     files, every `checkpoint_s`) brings the job back to the queue, and it trains from there to the end."""
     local, bucket = tmp_path / "local", tmp_path / "bucket"
     watch = WriteOnceWatch(bucket)
     limits = dataclasses.replace(LIMITS, checkpoint_s=0.2)
-    config = resumable(tiny_model_dir, tiny_vqa_dataset, max_steps=60, lr=None)
+    config = resumable(tiny_model_dir, tiny_vqa_dataset, method, max_steps=60, lr=None)
     store = JobStore(local / "jobs.sqlite3", limits=limits, durable=bucket)
     supervisor = Supervisor(store, poll_s=0.1)
     job_id = store.submit(config, submitter="ann")

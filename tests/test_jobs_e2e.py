@@ -118,12 +118,13 @@ def test_after_kill_9_of_a_job_the_worker_command_trains_the_next_one_to_the_end
     assert f"job {killed} failed: killed by SIGKILL" in worker_log and f"job {following} finished" in worker_log
 
 
+@pytest.mark.parametrize("method", ["lora", "prompt"])
 def test_a_job_whose_worker_and_trainer_die_resumes_under_the_next_worker_from_its_saved_state(
-    store: JobStore, tiny_model_dir: Path, tiny_vqa_dataset: Path
+    method: str, store: JobStore, tiny_model_dir: Path, tiny_vqa_dataset: Path
 ):
     """The machine goes down mid-run (worker and trainer killed at once, as a Space restart does): the next worker
     puts the job back in the queue and its trainer goes on from the last saved state to the end."""
-    config = resumable(tiny_model_dir, tiny_vqa_dataset, max_steps=40, lr=None)
+    config = resumable(tiny_model_dir, tiny_vqa_dataset, method, max_steps=40, lr=None)
     job_id = store.submit(config)
     run_dir = store.runs_dir / job_id
     first = subprocess.Popen([sys.executable, "-m", "training", "worker", "--poll", "0.1"], cwd=REPO_ROOT)
