@@ -210,7 +210,7 @@ def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Settin
 
     import torch
 
-    from training.model import vlmodel
+    from training.methods import vlmodel
     from training.model.blip_internals import DynamicLayer
     from training.run.config import RunConfig
     from training.run.tasks import prompt_text

@@ -168,7 +168,7 @@ def _reserved_cache(vl, pairs, encoder, pixels, device, dtype, max_new: int = 6)
     """Under autocast, greedy decoding with ReservedLayer against a plain concatenating cache layer."""
     import torch
 
-    from training.model import vlmodel
+    from training.methods import vlmodel
     from training.model.blip_internals import DynamicLayer
 
     def plain_layer(keys, values, room):
