@@ -90,7 +90,8 @@ class DurableRuns:
         state = local_dir / runs.RESUME / runs.RESUME_FIELDS
         fields = state.read_bytes() if state.is_file() else b""
         step = runs.saved_step(local_dir)
-        if step is None or self.newest_checkpoint(job_id) is not None and self.newest_checkpoint(job_id)[0] >= step:
+        newest = self.newest_checkpoint(job_id)
+        if step is None or newest is not None and newest[0] >= step:
             return None
         target = self.run_dir(job_id) / CHECKPOINTS / str(step)
         if target.exists():
