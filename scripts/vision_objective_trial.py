@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=PretrainConfig.image_size)
     parser.add_argument("--patch-size", type=int, default=PretrainConfig.patch_size)
     parser.add_argument("--probe-scenes", type=int, nargs=2, default=(1000, 500), metavar=("FIT", "SCORE"))
+    parser.add_argument("--probe-every", type=int, default=0, help="also probe every N steps (0: at the end only)")
     args = parser.parse_args()
     config = PretrainConfig(image_size=args.image_size, patch_size=args.patch_size)
     torch.manual_seed(config.seed)
@@ -76,6 +77,12 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if args.probe_every and (step + 1) % args.probe_every == 0 and step + 1 < args.steps:
+            # How shape grows with steps decides whether a longer pre-training is worth its hours.
+            vision.eval()
+            midway = probe(VLModel(base), *args.probe_scenes)
+            print(json.dumps({"step": step + 1, **midway, "minutes": round((time.perf_counter() - started) / 60, 1)}))
+            vision.train()
     vision.eval()
     result = probe(VLModel(base), *args.probe_scenes)
     result.update(vars(args), train_minutes=round((time.perf_counter() - started) / 60, 1))
