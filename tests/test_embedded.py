@@ -234,3 +234,45 @@ def test_pretrain_refuses_an_unknown_edition_or_a_negative_object_weight(tmp_pat
     assert main(["pretrain", "--out", str(tmp_path / "m"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_stopped_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from training.pretraining import checkpoint, pretrain
+
+    def tiny() -> pretrain.PretrainConfig:
+        config = pretrain.PretrainConfig.for_edition(2)
+        config.steps, config.batch_size, config.warmup_steps, config.pool_images = 6, 4, 1, 8
+        config.hidden, config.vision_layers, config.text_layers, config.heads = 32, 1, 1, 2
+        return config
+
+    whole = pretrain.pretrain(tiny(), tmp_path / "whole", checkpoint_every=2)
+    assert not checkpoint.exists(whole)  # a finished pre-training leaves no state behind
+
+    steps = {"done": 0}
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def dies_at_step_five(*args, **kwargs):
+        steps["done"] += 1
+        if steps["done"] == 5:
+            raise KeyboardInterrupt("killed")
+        return clip(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain.torch.nn.utils, "clip_grad_norm_", dies_at_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain(tiny(), tmp_path / "stopped", checkpoint_every=2)
+    monkeypatch.setattr(pretrain.torch.nn.utils, "clip_grad_norm_", clip)
+    assert json.loads((tmp_path / "stopped" / checkpoint.FOLDER / checkpoint.FIELDS).read_text())["step"] == 4
+
+    other = tiny()
+    other.lr = 0.5
+    with pytest.raises(ValueError, match="lr"):  # another recipe never resumes this state
+        pretrain.pretrain(other, tmp_path / "stopped", checkpoint_every=2)
+
+    resumed = pretrain.pretrain(tiny(), tmp_path / "stopped", checkpoint_every=2)
+    expected, got = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    history = json.loads((resumed / "pretrain.json").read_text())["history"]
+    assert [row["step"] for row in history] == [1]  # logged every 50 steps and at the first, across the stop

@@ -59,6 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the caption task's sentence frames ('a picture of', ...) out of the corpus",
     )
+    pretrain.add_argument(
+        "--restart",
+        action="store_true",
+        help="start afresh even if --out holds a stopped pre-training's state (by default it resumes from it)",
+    )
     pretrain.set_defaults(func=cmd_pretrain)
 
     probe = subparsers.add_parser(
@@ -162,7 +167,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             raise UserError(f"--clause-share {args.clause_share} is outside [0, 1]: use e.g. 0.5.")
         config.clause_share = args.clause_share
     config.caption_frames = not args.no_caption_frames
-    pretrain(config, args.out)
+    try:
+        pretrain(config, args.out, resume=not args.restart)
+    except ValueError as error:  # a saved state of other settings: say which, and how to go on
+        raise UserError(str(error)) from error
     return 0
 
 

@@ -29,6 +29,7 @@ import torch
 from training.data import scenes
 from training.methods.vlmodel import VLModel
 from training.model.base_model import build_blip, save_base_model
+from training.pretraining import checkpoint
 from training.run import runs
 from training.run.tasks import Encoder
 
@@ -184,7 +185,8 @@ def pretrain_command(config: PretrainConfig, out: Path) -> str:
     return command
 
 
-def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
+def pretrain(config: PretrainConfig, out_dir: str | Path, checkpoint_every: int = 250, resume: bool = True) -> Path:
+    """Pre-train the embedded model on the scene world into out_dir; resumes a stopped run's saved state there."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -218,11 +220,17 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
     trained = [*model.parameters(), *head.parameters(), *object_head.parameters()]
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=0.05, betas=(0.9, 0.98))
     rng = np.random.default_rng(config.seed)
+    history: list[dict] = []
+    first_step, earlier_seconds = 0, 0.0
+    if resume and checkpoint.exists(out):
+        state = checkpoint.load(out, asdict(config), trained, optimizer)
+        rng.bit_generator.state = state.sampler
+        first_step, history, earlier_seconds = state.step, state.history, state.seconds
+        log.info("resuming at step %d/%d from %s", first_step, config.steps, out / checkpoint.FOLDER)
     frames = scenes.SENTENCE_FRAMES if config.caption_frames else scenes.NON_CAPTION_FRAMES
     loop_start = time.perf_counter()
-    history = []
     warmup = min(config.warmup_steps, config.steps // 10)  # a short trial run warms up for a tenth of its steps
-    for step in range(config.steps):
+    for step in range(first_step, config.steps):
         if step < warmup:
             lr = config.lr * (step + 1) / warmup
         else:
@@ -260,7 +268,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
         optimizer.zero_grad(set_to_none=True)
         if (step + 1) % 50 == 0 or step == 0:
             elapsed = time.perf_counter() - loop_start
-            eta = elapsed / (step + 1) * (config.steps - step - 1)
+            eta = elapsed / (step + 1 - first_step) * (config.steps - step - 1)
             accuracy = dict(zip(scenes.PATCH_LABEL_HEADS, (round(a, 3) for a in dense_acc), strict=False))
             objects = dict(zip(scenes.PATCH_LABEL_HEADS, (round(a, 3) for a in object_acc), strict=False))
             history.append(
@@ -280,12 +288,17 @@ def pretrain(config: PretrainConfig, out_dir: str | Path) -> Path:
                 accuracy,
                 objects,
                 lr,
-                (step + 1) / elapsed,
+                (step + 1 - first_step) / elapsed,
                 eta / 60,
             )
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
+            seconds = earlier_seconds + time.perf_counter() - started
+            state = checkpoint.PretrainState(step + 1, asdict(config), rng.bit_generator.state, history, seconds)
+            checkpoint.save(out, state, trained, optimizer)
     model.eval()
     save_base_model(base, out)
-    minutes = (time.perf_counter() - started) / 60
+    checkpoint.discard(out)
+    minutes = (earlier_seconds + time.perf_counter() - started) / 60
     runs.write_json(
         out / "pretrain.json",
         {
