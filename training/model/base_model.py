@@ -45,13 +45,13 @@ def default_model_path() -> str:
     return str(DEFAULT_MODEL_DIR)
 
 
-def _is_local_path(name: str) -> bool:
+def is_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
 
 
 def _check_local_checkpoint(name: str) -> bool:
     """True for a local folder (after checking it holds a saved BLIP config), False for a Hub id."""
-    if not _is_local_path(name):
+    if not is_local_path(name):
         return False
     path = Path(name).expanduser()
     if not path.is_dir():

@@ -19,6 +19,9 @@ from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProc
 
 from training.model.base_model import BaseModel, build_tokenizer, save_base_model
 
+HUB_ID = "Salesforce/blip-image-captioning-base"
+# The checkpoint's [PAD], [DEC] (bos) and [SEP] ids in its BERT vocabulary, as blip_base_config takes them.
+HUB_SPECIAL_TOKENS = (0, 30522, 102)
 # From Salesforce/blip-image-captioning-base's config.json (transformers 4.26 export), "text_config".
 TEXT_CONFIG = {
     "vocab_size": 30524,

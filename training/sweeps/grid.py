@@ -21,6 +21,7 @@ fraction and seed). The keys:
     budget_axis: {fraction: 1.0, budgets: [1k, 10k, 100k]}    # budgets: a list or {method: [...]}
     resources: {num_cpus: 1, num_gpus: 0}   # what each run asks Ray for
     estimate_s: {caption: 35, vqa: 30}      # seconds of a run on all the data, for the dry run ({task: {method: s}})
+    gpu_estimate: {...}              # time per GPU kind from FLOPs (training/sweeps/gpu_estimate.py)
     require_tuned_lr: false          # true: refuse to run while results/lr.csv lacks a trained method's rate
 """
 
@@ -29,11 +30,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.budget import Budget, parse_budget
 from training.catalog import NO_BUDGET_METHODS
 from training.errors import UserError
 from training.run.config import METHOD_NAMES, TASKS, RunConfig, parse_fraction
+from training.sweeps.gpu_estimate import GpuEstimate
+
+if TYPE_CHECKING:
+    from training.methods.budget import Plan
+    from training.model.shape import ModelShape
 
 # RunConfig fields the grid sets itself; a sweep file may set every other field in `settings` or per task.
 GRID_FIELDS = {"task", "method", "budget", "data_fraction", "seed", "base_model", "dataset"}
@@ -54,6 +61,7 @@ TOP_KEYS = {
     "resources",
     "estimate_s",
     "require_tuned_lr",
+    "gpu_estimate",
 }
 
 
@@ -103,6 +111,7 @@ class SweepSpec:
     resources: dict = field(default_factory=lambda: {"num_cpus": 1, "num_gpus": 0})
     estimate_s: dict[str, float | dict] = field(default_factory=dict)  # task -> seconds per run (or method -> s)
     require_tuned_lr: bool = False  # runs may not fall back to a method's default learning rate
+    gpu_estimate: GpuEstimate | None = None  # the assumptions of a time estimate per GPU kind, from FLOPs
     source: dict = field(default_factory=dict)  # the file as read
 
     def points(self) -> list[GridPoint]:
@@ -264,6 +273,8 @@ def parse_spec(data: dict, file_name: str = "sweep") -> SweepSpec:
     if not isinstance(required, bool):
         raise UserError("`require_tuned_lr` is true or false.")
     spec.require_tuned_lr = required
+    if "gpu_estimate" in data:
+        spec.gpu_estimate = GpuEstimate.parse(data["gpu_estimate"], list(spec.tasks))
     for point in spec.points()[:1]:
         spec.run_config(point)  # the settings must make a valid RunConfig
     return spec
@@ -340,13 +351,24 @@ def _tasks(value) -> dict[str, dict]:
     return {t: _overrides(items[t] or {}, f"tasks.{t}") for t in sorted(items, key=TASKS.index)}
 
 
-def filter_feasible(spec: SweepSpec, points: list[GridPoint]) -> tuple[list[GridPoint], list[Skipped]]:
-    """Split the points into those each method can train and those whose budget it cannot reach (with why)."""
-    from training.methods.budget import plan_method
-    from training.model.base_model import load_base_model
+@dataclass
+class Solved:
+    """The grid's budgets solved on the base model's architecture (built empty: no weights are read)."""
 
-    model = load_base_model(spec.base_model).model
-    plans: dict[tuple[str, Budget, str], object] = {}
+    kept: list[GridPoint]
+    skipped: list[Skipped]
+    plans: dict[tuple[str, Budget, str], Plan]  # (method, budget, towers) -> its solved knob and count
+    shape: ModelShape
+
+
+def solve_grid(spec: SweepSpec, points: list[GridPoint]) -> Solved:
+    """Solve every point's budget for its method on the base model built on the meta device, and split the points
+    into those each method can train and those whose budget it cannot reach (with why)."""
+    from training.methods.budget import plan_method
+    from training.model.shape import model_shape
+
+    shape = model_shape(spec.base_model)
+    plans: dict[tuple[str, Budget, str], Plan] = {}
     kept, skipped = [], []
     for point in points:
         if point.budget is None:
@@ -355,11 +377,17 @@ def filter_feasible(spec: SweepSpec, points: list[GridPoint]) -> tuple[list[Grid
         towers = spec.run_config(point).towers
         key = (point.method, point.budget, towers)
         if key not in plans:
-            plans[key] = plan_method(model, point.method, point.budget, towers)
+            plans[key] = plan_method(shape.model, point.method, point.budget, towers)
         plan = plans[key]
         if plan.feasible:
             kept.append(point)
         else:
             span = f"{plan.min_params:,}-{plan.max_params:,}"
             skipped.append(Skipped(point, f"{point.method} trains {span} parameters, not {budget_text(point.budget)}"))
-    return kept, skipped
+    return Solved(kept, skipped, plans, shape)
+
+
+def filter_feasible(spec: SweepSpec, points: list[GridPoint]) -> tuple[list[GridPoint], list[Skipped]]:
+    """Split the points into those each method can train and those whose budget it cannot reach (with why)."""
+    solved = solve_grid(spec, points)
+    return solved.kept, solved.skipped

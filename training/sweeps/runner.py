@@ -29,7 +29,7 @@ from pathlib import Path
 from training.errors import UserError
 from training.run import runs
 from training.sweeps.executors import RunJob, RunResult
-from training.sweeps.grid import GridPoint, Skipped, SweepSpec, filter_feasible
+from training.sweeps.grid import GridPoint, Skipped, Solved, SweepSpec, budget_text, solve_grid
 from training.sweeps.table import (
     ITEM_SCORES,
     MAIN_METRIC,
@@ -56,6 +56,7 @@ class SweepPlan:
     todo: list[GridPoint]  # the points this session runs (not finished, and matching --only)
     shas: dict[str, str | None] = field(default_factory=dict)  # base model and each task's dataset
     carried: dict[str, Carried] = field(default_factory=dict)  # finished elsewhere: in the results, not in out
+    solved: Solved | None = None  # the budgets solved on the base model's architecture
 
     @property
     def runs_dir(self) -> Path:
@@ -121,10 +122,11 @@ def carried_runs(spec: SweepSpec, points: list[GridPoint], shas: dict[str, str |
 
 
 def plan_sweep(spec: SweepSpec, only: str | None = None) -> SweepPlan:
-    points, skipped = filter_feasible(spec, spec.points())
+    solved = solve_grid(spec, spec.points())
+    points, skipped = solved.kept, solved.skipped
     shas = {"base_model": folder_sha(base_model_path(spec))}
     shas.update({task: folder_sha(dataset_path(spec, task)) for task in spec.tasks})
-    plan = SweepPlan(spec, points, skipped, [], shas, carried_runs(spec, points, shas))
+    plan = SweepPlan(spec, points, skipped, [], shas, carried_runs(spec, points, shas), solved)
     try:
         pattern = re.compile(only or "")
     except re.error as exc:
@@ -207,8 +209,8 @@ def floor_shares(spec: SweepSpec) -> dict[str, float]:
     shares = {}
     for task in spec.tasks:
         config = spec.run_config(GridPoint(task, "lora", None, 1.0, 0))
-        if not config.min_steps or config.max_steps:
-            continue
+        if not config.min_steps or config.max_steps or not Path(dataset_path(spec, task)).exists():
+            continue  # a Hub id is not fetched for an estimate
         try:
             pairs = len(training_pairs(task, load_dataset(dataset_path(spec, task), task).split("train")))
         except (UserError, OSError, ValueError):
@@ -260,6 +262,7 @@ def describe(plan: SweepPlan, estimator: Estimator, parallel: int) -> list[str]:
     reasons = Counter(s.reason for s in plan.skipped)
     for reason, count in sorted(reasons.items()):
         lines.append(f"  skipped {count} x {reason}")
+    lines += model_lines(plan) + dataset_lines(spec)
     total = estimator.total(plan.todo, parallel)
     basis = (
         "measured runs, else the sweep file's estimate_s, scaled to each run's share of a full run"
@@ -269,6 +272,102 @@ def describe(plan: SweepPlan, estimator: Estimator, parallel: int) -> list[str]:
     lines.append(
         f"  estimated wall time of the {len(plan.todo)} runs to go: {format_duration(total)} "
         f"({parallel} at a time; per-run times from {basis})"
+        if total is not None or not spec.gpu_estimate
+        else "  no estimate_s and no finished run to time this machine by: see the GPU estimate below"
+    )
+    if spec.gpu_estimate is not None and plan.solved is not None:
+        lines += gpu_lines(plan)
+    return lines
+
+
+def model_lines(plan: SweepPlan) -> list[str]:
+    """The base model and every budget of the grid solved on it, method by method."""
+    solved = plan.solved
+    if solved is None:
+        return []
+    from training.methods.budget import count_base_params
+
+    total = count_base_params(solved.shape.model)
+    lines = [
+        f"  base model {solved.shape.source}: {total:,} parameters, built empty on the meta device from "
+        f"{solved.shape.origin}; budgets solved on it:"
+    ]
+    for budget in sorted({b for _, b, _ in solved.plans}, key=lambda b: b.resolve(total)):
+        found = [(m, t, p) for (m, b, t), p in solved.plans.items() if b == budget]
+        parts = [
+            f"{m}: {p.knob} {p.value} = {p.trainable_params:,}" if p.feasible else f"{m}: out of range"
+            for m, _, p in sorted(found, key=lambda item: plan.spec.methods.index(item[0]))
+        ]
+        towers = ", ".join(sorted({t for _, t, _ in found}))
+        lines.append(f"    {budget_text(budget)} = {budget.resolve(total):,} ({towers}): {'; '.join(parts)}")
+    return lines
+
+
+def dataset_lines(spec: SweepSpec) -> list[str]:
+    lines = []
+    for task in spec.tasks:
+        source = dataset_path(spec, task)
+        if Path(source).exists():
+            where = "a local folder"
+        elif source.startswith((".", "/", "~")):
+            where = "a local folder, not here: make it before the runs start"
+        else:
+            where = "a Hub id: fetched when the runs start, not read here"
+        lines.append(f"  {task} data: {display_path(source)} ({where})")
+    return lines
+
+
+def gpu_lines(plan: SweepPlan) -> list[str]:
+    """Time per training step and of the runs to go per GPU kind, from FLOPs (training/sweeps/gpu_estimate.py)."""
+    from training.methods.budget import count_base_params, plan_method
+    from training.sweeps.gpu_estimate import forward_flops, gpu_hours_text, run_flops, seconds
+
+    spec, solved, assumed = plan.spec, plan.solved, plan.spec.gpu_estimate
+    flops = forward_flops(solved.shape.config)
+    total_params = count_base_params(solved.shape.model)
+    fixed: dict[tuple[str, str], int] = {}
+
+    def counted(point: GridPoint):
+        config = spec.run_config(point)
+        if point.budget is not None:
+            found = solved.plans[(point.method, point.budget, config.towers)]
+            extra = found.value if point.method == "prompt" else 0
+            return run_flops(flops, config, assumed, found.trainable_params, extra)
+        if point.method == "full":
+            return run_flops(flops, config, assumed, total_params)
+        key = (point.method, config.towers)
+        if key not in fixed and point.method != "zero-shot":
+            fixed[key] = plan_method(solved.shape.model, point.method, "1", config.towers).trainable_params
+        return run_flops(flops, config, assumed, fixed.get(key, 0))
+
+    kinds = list(assumed.peak_tflops)
+    lines = [
+        f"  GPU estimate from FLOPs (not measured): {', '.join(kinds)} at {assumed.utilisation:.0%} of their "
+        f"datasheet peaks ({', '.join(f'{k} {v:g}' for k, v in assumed.peak_tflops.items())} TFLOPS)"
+    ]
+    for task in spec.tasks:
+        batch = spec.run_config(GridPoint(task, "full", None, 1.0, spec.seeds[0])).batch_size
+        lines.append(f"    {task}: ms per training step at batch {batch}, over the method's budgets at full data")
+        for method in spec.methods:
+            group = [
+                p
+                for p in plan.points
+                if (p.task, p.method, p.fraction, p.seed) == (task, method, 1.0, spec.seeds[0])
+                and method != "zero-shot"
+            ]
+            if not group:
+                continue
+            steps = sorted(counted(p).train_step for p in group)
+            times = [
+                "-".join(dict.fromkeys(f"{1000 * seconds(s, assumed, k):,.0f}" for s in (steps[0], steps[-1])))
+                for k in kinds
+            ]
+            lines.append(f"      {method:<17} " + ", ".join(f"{k} {t}" for k, t in zip(kinds, times, strict=True)))
+    todo = [counted(point) for point in plan.todo]
+    lines.append(
+        f"    the {len(todo)} runs to go at their epoch caps (early stopping ends most sooner; decoding is "
+        f"latency-bound, so validation and test take longer than their FLOPs say), one GPU: "
+        f"{gpu_hours_text(sum(r.total for r in todo), assumed)}"
     )
     return lines
 
@@ -476,7 +575,7 @@ class SweepSession:
 
 
 # Keys of a sweep file that do not change which runs the grid holds or how they train.
-NOT_THE_GRID = {"estimate_s", "resources", "out", "results", "require_tuned_lr"}
+NOT_THE_GRID = {"estimate_s", "resources", "out", "results", "require_tuned_lr", "gpu_estimate"}
 
 
 def grid_part(source: dict) -> dict:
