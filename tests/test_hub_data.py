@@ -95,3 +95,36 @@ def test_a_test_split_without_answers_falls_back_to_validation(tmp_path):
     ).save_to_disk(str(tmp_path / "vqa"))
     loaded = load_dataset(str(tmp_path / "vqa"), "vqa")
     assert loaded.split("test") is loaded.split("validation") and loaded.split("test")[0].answers == ["red"] * 10
+
+
+def test_a_karpathy_hub_id_with_restval_as_its_own_split_and_coco_file_paths(tmp_path, monkeypatch):
+    """yerevann/coco-karpathy's layout: captions and COCO 2014 file paths, no pictures, `restval` as a split. The
+    rows name images under the folder the run starts in, and restval is training data as in Karpathy's split."""
+    for folder, name, colour in [
+        ("train2014", "a.png", "red"),
+        ("val2014", "b.png", "blue"),
+        ("val2014", "c.png", "green"),
+    ]:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        draw_tiny(colour, "square").save(tmp_path / folder / name)
+
+    def split(folder: str, name: str, cocoid: int, caption: str) -> datasets.Dataset:
+        return datasets.Dataset.from_dict(
+            {"filepath": [folder], "filename": [name], "sentences": [[caption, caption + " again"]], "cocoid": [cocoid]}
+        )
+
+    hub = datasets.DatasetDict(
+        {
+            "train": split("train2014", "a.png", 1, "a red square"),
+            "restval": split("val2014", "b.png", 2, "a blue square"),
+            "validation": split("val2014", "c.png", 3, "a green square"),
+            "test": split("val2014", "c.png", 3, "a green square"),
+        }
+    )
+    monkeypatch.setattr("training.data.hub._open", lambda name: hub)
+    monkeypatch.chdir(tmp_path)
+    loaded = load_dataset("yerevann/coco-karpathy", "caption")
+    train = loaded.split("train")
+    assert [e.image_id for e in train] == ["1", "2"] and train[1].captions == ["a blue square", "a blue square again"]
+    assert train[1].image.load().getpixel((16, 16)) == draw_tiny("blue", "square").convert("RGB").getpixel((16, 16))
+    assert [e.image_id for e in loaded.split("validation")] == ["3"]

@@ -146,8 +146,9 @@ def load_hub_dataset(name: str, task: str) -> TaskDataset:
     root = Path(name).expanduser() if Path(name).expanduser().is_dir() else None
     splits: dict[str, list[Example]] = {}
     for split, aliases in SPLIT_NAMES.items():
-        found = next((available[a] for a in aliases if a in available), None)
-        splits[split] = _examples(found, task, root, split) if found is not None and len(found) else []
+        # Every part a split goes by: Karpathy's `restval` is training data whether a column or a split says so.
+        parts = [a for a in aliases if a in available and len(available[a])]
+        splits[split] = [example for a in parts for example in _examples(available[a], task, root, a)]
     if not splits["test"] and splits["validation"]:
         splits["test"] = splits["validation"]  # e.g. VQAv2, whose test answers are not public
     if not splits["train"] and not splits["test"]:
