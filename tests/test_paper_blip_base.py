@@ -17,6 +17,7 @@ from training.methods.budget import count_base_params
 from training.model.base_model import load_base_config, meta_model
 from training.model.blip_base import HUB_SPECIAL_TOKENS, blip_base_config
 from training.paths import REPO_ROOT
+from training.run.launch import ray_task_options
 from training.sweeps.gpu_estimate import forward_flops
 from training.sweeps.grid import load_spec
 
@@ -108,3 +109,10 @@ def test_the_grid_keeps_the_paper_grids_protocol_and_budget_shares():
     expected = [float(f"{100 * b.value / embedded:.3g}") for b in paper.budget_axis[1]["*"]]
     assert shares == expected
     assert blip.data_axis[0].value == float(f"{100 * paper.data_axis[0].value / embedded:.3g}")
+
+
+def test_a_sweeps_own_learning_rate_table_goes_to_ray_nodes_by_its_absolute_path(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VLPEFT_LR_TABLE", "results/blip-base/lr.csv")
+    env = ray_task_options(8, 1)["runtime_env"]["env_vars"]
+    assert env["VLPEFT_LR_TABLE"] == str(tmp_path / "results" / "blip-base" / "lr.csv")

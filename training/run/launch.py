@@ -16,6 +16,7 @@ from training.errors import UserError
 from training.paths import REPO_ROOT
 from training.run import runs
 from training.run.config import RunConfig, add_run_options, config_from_args
+from training.run.rates import LR_TABLE_ENV
 
 STOP_GRACE_S = 30  # a stopped run gets this long to finish its step before it is killed
 try:
@@ -105,10 +106,10 @@ def connect_ray(address: str | None) -> bool:
 
 def ray_task_options(num_cpus: float, num_gpus: float) -> dict:
     """Options of a run's Ray task: its resource request, no retry (a run is not idempotent), and the
-    project root on the worker's path, since workers import this package to run the task."""
-    return {
-        "num_cpus": num_cpus,
-        "num_gpus": num_gpus,
-        "max_retries": 0,
-        "runtime_env": {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
-    }
+    project root on the worker's path, since workers import this package to run the task. A learning-rate
+    table of its own ($VLPEFT_LR_TABLE, e.g. a sweep on another base model) goes along by its absolute path,
+    which holds on every node (each has the project at the same path)."""
+    env = {"PYTHONPATH": str(REPO_ROOT)}
+    if os.environ.get(LR_TABLE_ENV):
+        env[LR_TABLE_ENV] = str(Path(os.environ[LR_TABLE_ENV]).resolve())
+    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 0, "runtime_env": {"env_vars": env}}

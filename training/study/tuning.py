@@ -53,6 +53,7 @@ from training.run.rates import (
     options_key,
     same_budget,
 )
+from training.sweeps.gpu_estimate import gpu_hours_text
 
 # The tuning runs' epoch caps, patience and tower setting come from the sweep file (sweeps/paper.yaml), so the
 # learning rates are found under the schedule the grid runs.
@@ -613,7 +614,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     reference = spec.data_axis[0] if spec.data_axis else None
     deadline = time.time() + args.max_minutes * 60 if args.max_minutes is not None else None
     towers = spec.settings.get("towers", "both")
-    total_runs, total_s = 0, 0.0
+    total_runs, total_s, total_flops = 0, 0.0, 0.0
+    cost = gpu_cost(spec) if args.dry_run else None
     for task in args.tasks or list(spec.tasks):
         values = {
             **spec.settings,
@@ -633,6 +635,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 print(line.text)
                 total_runs += line.runs_to_go
                 total_s += line.runs_to_go * estimate_seconds(spec, task, line.target.method)
+                if cost is not None:
+                    total_flops += line.runs_to_go * cost(tuning_config(line.target, base)).total
             continue
         # flush: the progress lines must show as they happen when the output goes to a file or a pipe
         tune(
@@ -644,10 +648,41 @@ def cmd_tune(args: argparse.Namespace) -> int:
             echo=lambda line: print(line, flush=True),
             deadline=deadline,
         )
-    if args.dry_run:
+    if args.dry_run and cost is not None:
+        print(
+            f"at least {total_runs} tuning runs to go (first grids; a best at an edge widens its grid), at their epoch "
+            f"caps on one GPU, from FLOPs (not measured; the sweep file's gpu_estimate): "
+            f"{gpu_hours_text(total_flops, spec.gpu_estimate)}"
+        )
+    elif args.dry_run:
         print(
             f"at least {total_runs} tuning runs to go (first grids; a best at an edge widens its grid), about "
             f"{total_s / 3600:.1f} h of runs at the sweep file's estimate_s ({total_s / 7200:.1f} h with two tune "
             "processes, one per core)"
         )
     return 0
+
+
+def gpu_cost(spec):
+    """The FLOPs of a tuning run on the sweep's base model, when the sweep file estimates GPU time (else None)."""
+    if spec.gpu_estimate is None:
+        return None
+    from training.model.shape import model_shape
+    from training.sweeps.gpu_estimate import RunCost
+
+    return RunCost(model_shape(spec.base_model), spec.gpu_estimate)
+
+
+def tuning_config(target: TuneTarget, base: RunConfig) -> RunConfig:
+    """The RunConfig a tuning run of `target` trains with (its rate aside), as _PointTrainer.train builds it."""
+    return RunConfig.from_dict(
+        {
+            **base.to_dict(),
+            "task": target.task,
+            "method": target.method,
+            "towers": target.towers,
+            "budget": target_budget(target, base),
+            "method_options": target.options,
+            "score_test": False,  # train_for_tuning's --no-test: tuning never scores the test split
+        }
+    ).validate()

@@ -42,6 +42,7 @@ class RunJob:
     run_dir: str
     train_args: list[str]  # `python -m training train` arguments, without --out
     threads: int = 1
+    cwd: str | None = None  # where relative dataset paths resolve: the sweep's folder, on a Ray node too
 
 
 @dataclass
@@ -69,6 +70,7 @@ def run_train_process(job: RunJob) -> RunResult:
             stdout=log,
             stderr=log,
             env=run_environment(job.threads),
+            cwd=job.cwd,
             preexec_fn=die_with_parent,
         )
         try:

@@ -22,6 +22,9 @@ from training.run.config import RunConfig, planned_steps, val_every
 if TYPE_CHECKING:
     from transformers import BlipConfig
 
+    from training.methods.budget import Plan
+    from training.model.shape import ModelShape
+
 FIELDS = {"utilisation", "peak_tflops", "train_examples", "train_images", "text_tokens"}
 
 
@@ -126,7 +129,7 @@ def run_flops(
     """The FLOPs of one run: `trainable` parameters (its solved count), `extra_tokens` its prompt vectors."""
     task, tokens = config.task, assumed.text_tokens[config.task]
     decode = flops.vision + flops.text(tokens + extra_tokens)  # a forward per decoded example (with a KV cache)
-    tested = (config.eval_limit or 0) * decode
+    tested = (config.eval_limit or 0) * decode if config.score_test else 0.0
     if config.method == "zero-shot":
         return RunFlops(0.0, 0, tested)
     share = config.data_fraction
@@ -143,6 +146,33 @@ def run_flops(
     validations = steps // val_every(config, pairs) if config.validates else 0
     validated = validations * (config.resolved_val_limit() or 0) * decode
     return RunFlops(per_example * config.batch_size * config.grad_accum, steps, cached + validated + tested)
+
+
+class RunCost:
+    """The FLOPs of a run on a base model: its method's budget solved on the model built empty, then run_flops."""
+
+    def __init__(self, shape: ModelShape, assumed: GpuEstimate) -> None:
+        from training.methods.budget import count_base_params
+
+        self.shape, self.assumed = shape, assumed
+        self.flops = forward_flops(shape.config)
+        self.total_params = count_base_params(shape.model)
+        self.plans: dict[tuple[str, str, str], Plan] = {}
+
+    def __call__(self, config: RunConfig) -> RunFlops:
+        from training.methods.budget import plan_method
+
+        trainable, extra = 0, 0
+        if config.method == "full":
+            trainable = self.total_params
+        elif config.method != "zero-shot":
+            key = (config.method, config.budget, config.towers)
+            if key not in self.plans:
+                self.plans[key] = plan_method(self.shape.model, config.method, config.budget, config.towers)
+            plan = self.plans[key]
+            trainable = plan.trainable_params  # a method without a knob: its fixed count
+            extra = plan.value if config.method == "prompt" else 0  # its vectors lengthen every sequence
+        return run_flops(self.flops, config, self.assumed, trainable, extra)
 
 
 def seconds(flop_count: float, assumed: GpuEstimate, kind: str) -> float:

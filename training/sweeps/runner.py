@@ -319,26 +319,13 @@ def dataset_lines(spec: SweepSpec) -> list[str]:
 
 def gpu_lines(plan: SweepPlan) -> list[str]:
     """Time per training step and of the runs to go per GPU kind, from FLOPs (training/sweeps/gpu_estimate.py)."""
-    from training.methods.budget import count_base_params, plan_method
-    from training.sweeps.gpu_estimate import forward_flops, gpu_hours_text, run_flops, seconds
+    from training.sweeps.gpu_estimate import RunCost, gpu_hours_text, seconds
 
-    spec, solved, assumed = plan.spec, plan.solved, plan.spec.gpu_estimate
-    flops = forward_flops(solved.shape.config)
-    total_params = count_base_params(solved.shape.model)
-    fixed: dict[tuple[str, str], int] = {}
+    spec, assumed = plan.spec, plan.spec.gpu_estimate
+    cost = RunCost(plan.solved.shape, assumed)
 
     def counted(point: GridPoint):
-        config = spec.run_config(point)
-        if point.budget is not None:
-            found = solved.plans[(point.method, point.budget, config.towers)]
-            extra = found.value if point.method == "prompt" else 0
-            return run_flops(flops, config, assumed, found.trainable_params, extra)
-        if point.method == "full":
-            return run_flops(flops, config, assumed, total_params)
-        key = (point.method, config.towers)
-        if key not in fixed and point.method != "zero-shot":
-            fixed[key] = plan_method(solved.shape.model, point.method, "1", config.towers).trainable_params
-        return run_flops(flops, config, assumed, fixed.get(key, 0))
+        return cost(spec.run_config(point))
 
     kinds = list(assumed.peak_tflops)
     lines = [
@@ -465,7 +452,7 @@ class SweepSession:
             run_dir = self.plan.run_dir(point)
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # a half-done run: start it again from scratch
-            yield RunJob(point.name, str(run_dir), self.spec.run_config(point).to_cli_args())
+            yield RunJob(point.name, str(run_dir), self.spec.run_config(point).to_cli_args(), cwd=os.getcwd())
 
     def run(self) -> dict:
         by_name = {p.name: p for p in self.plan.points}
