@@ -78,7 +78,6 @@ class ForwardFlops:
     text_per_token: float  # the text decoder per token, without attention over the other text tokens
     text_image: float  # the decoder's cross-attention keys and values of the image tokens (once per example)
     text_pair: float  # self-attention over text tokens: times tokens squared
-    image_tokens: int
 
     def text(self, tokens: int) -> float:
         return self.text_image + self.text_per_token * tokens + self.text_pair * tokens * tokens
@@ -104,7 +103,6 @@ def forward_flops(config: BlipConfig) -> ForwardFlops:
         text_per_token=per_token,
         text_image=image_kv,
         text_pair=text.num_hidden_layers * 4 * d_t,
-        image_tokens=tokens_v,
     )
 
 
@@ -126,7 +124,8 @@ def run_flops(
     trainable: int,
     extra_tokens: int = 0,
 ) -> RunFlops:
-    """The FLOPs of one run: `trainable` parameters (its solved count), `extra_tokens` its prompt vectors."""
+    """The FLOPs of one run: `trainable` parameters (its solved count), `extra_tokens` its prompt vectors. Validation
+    and test count `val_limit` and `eval_limit` examples: a sweep with an estimate sets both."""
     task, tokens = config.task, assumed.text_tokens[config.task]
     decode = flops.vision + flops.text(tokens + extra_tokens)  # a forward per decoded example (with a KV cache)
     tested = (config.eval_limit or 0) * decode if config.score_test else 0.0

@@ -323,10 +323,6 @@ def gpu_lines(plan: SweepPlan) -> list[str]:
 
     spec, assumed = plan.spec, plan.spec.gpu_estimate
     cost = RunCost(plan.solved.shape, assumed)
-
-    def counted(point: GridPoint):
-        return cost(spec.run_config(point))
-
     kinds = list(assumed.peak_tflops)
     lines = [
         f"  GPU estimate from FLOPs (not measured): {', '.join(kinds)} at {assumed.utilisation:.0%} of their "
@@ -344,13 +340,13 @@ def gpu_lines(plan: SweepPlan) -> list[str]:
             ]
             if not group:
                 continue
-            steps = sorted(counted(p).train_step for p in group)
+            steps = sorted(cost(spec.run_config(p)).train_step for p in group)
             times = [
                 "-".join(dict.fromkeys(f"{1000 * seconds(s, assumed, k):,.0f}" for s in (steps[0], steps[-1])))
                 for k in kinds
             ]
             lines.append(f"      {method:<17} " + ", ".join(f"{k} {t}" for k, t in zip(kinds, times, strict=True)))
-    todo = [counted(point) for point in plan.todo]
+    todo = [cost(spec.run_config(point)) for point in plan.todo]
     lines.append(
         f"    the {len(todo)} runs to go at their epoch caps (early stopping ends most sooner; decoding is "
         f"latency-bound, so validation and test take longer than their FLOPs say), one GPU: "
