@@ -427,6 +427,7 @@ def run_bench(
     points: tuple[str, ...] | None = None,
     against: str | None = None,
     runs_json: Path | None = None,
+    resident: bool = False,
 ) -> dict:
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -460,7 +461,9 @@ def run_bench(
     if "runs" in parts:
         from training.study.replay import REPLAY_POINTS, measure_runs
 
-        result["runs"] = measure_runs(points or REPLAY_POINTS, against, work / "replay", log=_progress, out=runs_json)
+        result["runs"] = measure_runs(
+            points or REPLAY_POINTS, against, work / "replay", log=_progress, out=runs_json, resident=resident
+        )
     result["machine"] = _machine()
     return result
 
