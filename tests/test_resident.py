@@ -11,7 +11,7 @@ from training.run.config import RunConfig
 from training.sweeps.executors import ResidentWorker, RunJob, run_train_process
 
 
-def run_args(model, data, **overrides) -> list[str]:
+def run_config(model, data, **overrides) -> RunConfig:
     values = dict(
         task="vqa",
         method="lora",
@@ -28,7 +28,11 @@ def run_args(model, data, **overrides) -> list[str]:
         seed=0,
     )
     values.update(overrides)
-    return RunConfig(**values).to_cli_args()
+    return RunConfig(**values)
+
+
+def run_args(model, data, **overrides) -> list[str]:
+    return run_config(model, data, **overrides).to_cli_args()
 
 
 def outcome(run_dir) -> dict:
@@ -103,3 +107,24 @@ def test_a_stopped_run_ends_its_worker_and_the_next_run_starts_a_fresh_one(tiny_
         assert after.finished, after.error
     finally:
         worker.close()
+
+
+def test_tuning_runs_in_its_resident_worker_give_the_fresh_process_summaries(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path
+):
+    from training.study.tuning import ResidentTuning, train_for_tuning
+
+    configs = [run_config(tiny_model_dir, tiny_vqa_dataset, lr=lr) for lr in (0.05, 0.01)]
+    resident = ResidentTuning()
+    try:
+        summaries = [resident(config, tmp_path / f"resident{i}") for i, config in enumerate(configs)]
+    finally:
+        resident.close()
+    expected = train_for_tuning(configs[1], tmp_path / "fresh")
+    assert runs.read_json(tmp_path / "resident1" / runs.EVAL)["split"] is None  # --no-test, as tuning asks
+
+    def choices(summary: dict) -> dict:
+        return {k: v for k, v in summary.items() if k != "train_s"}
+
+    assert choices(summaries[1]) == choices(expected) and expected["train_loss"] > 0
+    assert choices(summaries[0]) != choices(summaries[1])  # the run before it, at another rate, ended elsewhere
