@@ -62,6 +62,7 @@ def test_a_run_in_a_reused_worker_gives_what_a_fresh_process_gives_bit_for_bit(
             run_args(tiny_model_dir, tiny_vqa_dataset, lr=0.05),  # LoRA on the same images, another rate
             run_args(tiny_model_dir, tiny_vqa_dataset, method="full", towers="both", lr=0.001),
             run_args(tiny_model_dir, tiny_vqa_dataset, method="prompt", towers="both", seed=1),
+            run_args(tiny_model_dir, tiny_vqa_dataset, data_fraction=0.5),  # features of other training images
         ]
         for index, args in enumerate(before):
             result = worker.run(RunJob(f"before{index}", str(tmp_path / f"before{index}"), args, threads=1), running)

@@ -299,10 +299,11 @@ def format_row(row: dict) -> str:
     if row["returncode"] != 0:
         return f"{row['point']} ({row['side']}): failed with exit code {row['returncode']} after {row['total_s']:.0f} s"
     parts = ", ".join(f"{part} {row[f'{part}_s']:.1f}" for part in PARTS)
+    # A zero-shot point has no validation
+    validation = f", validation {row['val_metric']} {row['val_best']:.4g}" if row["val_best"] is not None else ""
     return (
         f"{row['point']} ({row['side']}): {row['total_s']:.1f} s ({parts}); {row['steps_run']} steps, best step "
-        f"{row['best_step']}, validation {row['val_metric']} {row['val_best']:.4g}, test {row['test_metric']} "
-        f"{row['test_score']:.4g}"
+        f"{row['best_step']}{validation}, test {row['test_metric']} {row['test_score']:.4g}"
     )
 
 
