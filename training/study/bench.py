@@ -12,7 +12,8 @@
 - the app's cold start to its first served page;
 - each speed path against the plain path it stands in for (`paths`, see measure_speed_paths);
 - real grid points trained end to end in fresh processes, with their wall time in parts, and optionally the same
-  points with an older commit's code in turns (`runs`, see training/study/replay.py; not in the default parts).
+  points with an older commit's code, or in a resident worker, in turns (`runs`, see training/study/replay.py; not
+  in the default parts).
 On CUDA the steps run under the trainer's autocast (bf16, fp16 where bf16 is missing), each is timed between
 two synchronizations, and peak memory is CUDA's peak allocation; on the CPU it is the process's peak RSS.
 `--parts` picks what to measure (a GPU check measures training and Compare on a BLIP-base-size model).
