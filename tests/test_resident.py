@@ -129,3 +129,16 @@ def test_tuning_runs_in_its_resident_worker_give_the_fresh_process_summaries(
 
     assert choices(summaries[1]) == choices(expected) and expected["train_loss"] > 0
     assert choices(summaries[0]) != choices(summaries[1])  # the run before it, at another rate, ended elsewhere
+
+
+def test_the_local_executor_runs_a_job_alike_in_its_resident_worker_and_in_a_fresh_process(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path
+):
+    from training.sweeps.executors import LocalExecutor
+
+    args = run_args(tiny_model_dir, tiny_vqa_dataset, max_steps=2)
+    for executor, side in ((LocalExecutor(1), "resident"), (LocalExecutor(1, fresh_process=True), "fresh")):
+        (result,) = list(executor.run([RunJob(side, str(tmp_path / side), args)]))
+        assert result.finished, result.error
+        assert executor.describe()["runs_in"] == ("resident workers" if side == "resident" else "a fresh process each")
+    assert outcome(tmp_path / "resident") == outcome(tmp_path / "fresh")
