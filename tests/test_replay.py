@@ -13,14 +13,14 @@ from training.study.replay import PARTS, commit_of, measure_runs, replay_points
 from training.sweeps.grid import parse_spec
 
 
-def tiny_spec(model_dir, dataset_dir):
+def tiny_spec(model_dir, dataset_dir, methods=("lora",)):
     return parse_spec(
         {
             "name": "tiny-replay",
             "base_model": str(model_dir),
             "datasets": {"vqa": str(dataset_dir)},
             "tasks": {"vqa": {"max_steps": 6, "eval_limit": 4}},
-            "methods": ["lora"],
+            "methods": list(methods),
             "seeds": [0],
             "settings": {"batch_size": 4, "towers": "text", "val_every": 2, "patience": 3},
             "budget_axis": {"fraction": 1.0, "budgets": ["2k"]},
@@ -62,6 +62,35 @@ def test_a_replayed_point_is_split_into_parts_that_add_up_and_paired_with_the_ol
     assert point["speedup"] == pytest.approx(old["total_s"] / new["total_s"], rel=0.01)
     assert point["same_validation_curve"] == (old["val_curve"] == new["val_curve"])
     assert not list(tmp_path.glob("old-*"))  # the worktree is removed
+
+
+def test_the_resident_worker_replays_the_points_in_turns_with_fresh_processes(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path
+):
+    spec = tiny_spec(tiny_model_dir, tiny_vqa_dataset, methods=("lora", "prompt"))
+    names = ("vqa__lora__b2k__f1__s0", "vqa__prompt__b2k__f1__s0")
+    result = measure_runs(names, work_dir=tmp_path, spec=spec, log=lambda line: None, resident=True)
+    assert result["complete"]
+    # Which side goes first alternates: resident then fresh for the first point, fresh then resident for the next.
+    assert [(row["point"], row["side"]) for row in result["runs"]] == [
+        (names[0], "resident"),
+        (names[0], "fresh"),
+        (names[1], "fresh"),
+        (names[1], "resident"),
+    ]
+    for row in result["runs"]:
+        assert row["returncode"] == 0, row
+        assert sum(row[f"{part}_s"] for part in PARTS) == pytest.approx(row["total_s"], abs=0.05)
+    comparison = result["comparison"]
+    assert comparison["sides"] == ["resident", "fresh"]
+    for point in comparison["points"]:  # the same runs, so the same choices and scores on both sides
+        assert point["same_validation_curve"] and point["same_best_step"]
+        assert point["test_score"]["resident"] == point["test_score"]["fresh"]
+    # The second resident run found the model and data loaded: no interpreter start, and a shorter load.
+    second = {row["side"]: row for row in result["runs"] if row["point"] == names[1]}
+    assert second["resident"]["start_s"] < second["fresh"]["start_s"]
+    with pytest.raises(UserError, match="without --against"):
+        measure_runs(names[:1], against="HEAD", work_dir=tmp_path, spec=spec, resident=True)
 
 
 def test_a_point_outside_the_grid_or_an_unknown_commit_is_refused(tiny_model_dir, tiny_vqa_dataset):

@@ -100,6 +100,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="runs: also replay the points with this commit's code, in turns",
     )
     bench.add_argument(
+        "--resident",
+        action="store_true",
+        help="runs: replay the points in fresh processes and in one resident worker (as sweeps and tuning run "
+        "them), in turns, instead of against a commit",
+    )
+    bench.add_argument(
         "--runs-json",
         default="results/bench-runs.json",
         help="runs: where the raw measurement is written (relative to the repository)",
@@ -212,6 +218,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     setting = Setting(base_model=args.base_model, task=args.task, device=args.device)
     from training.paths import REPO_ROOT
 
+    if args.against and args.resident:
+        raise UserError("--resident compares this code's two ways of running; give it without --against.")
     if args.against:
         from training.study.replay import commit_of
 
@@ -229,6 +237,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         points=tuple(p.strip() for p in args.points.split(",") if p.strip()) if args.points else None,
         against=args.against,
         runs_json=REPO_ROOT / args.runs_json,
+        resident=args.resident,
     )
     if args.json:
         print(json.dumps(result, indent=2))

@@ -21,6 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="local: a process pool on this machine; ray: one Ray task per run",
     )
     sweep.add_argument("--jobs", type=int, default=1, help="local runs at a time (each gets cores // jobs threads)")
+    sweep.add_argument(
+        "--fresh-process",
+        action="store_true",
+        help="local: start each run in a process of its own, loading the model and data again (default: each slot "
+        "a resident worker that keeps them loaded between its runs)",
+    )
     sweep.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     sweep.add_argument("--num-cpus", type=float, default=None, help="CPUs each Ray task asks for (default: the file's)")
     sweep.add_argument("--num-gpus", type=float, default=None, help="GPUs each Ray task asks for (default: the file's)")
@@ -59,6 +65,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec.out = Path(args.out or spec.out).resolve()
     spec.results = Path(args.results or spec.results).resolve()
     if args.executor == "ray":
+        if args.fresh_process:
+            raise UserError("--fresh-process is for --executor local: a Ray task is a fresh process already.")
         executor = RayExecutor(
             args.address,
             args.num_cpus if args.num_cpus is not None else spec.resources["num_cpus"],
@@ -68,7 +76,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         if args.address:
             raise UserError("--address is for --executor ray.")
-        executor = LocalExecutor(args.jobs)
+        executor = LocalExecutor(args.jobs, fresh_process=args.fresh_process)
         parallel = executor.jobs
     plan = plan_sweep(spec, args.only)
     session = SweepSession(
@@ -144,6 +152,8 @@ def sweep_command(args: argparse.Namespace) -> str:
         if value is not None and value != defaults.get(name):
             text = f"{value:g}" if isinstance(value, float) else str(value)
             parts += [f"--{name.replace('_', '-')}", shlex.quote(text)]
+    if args.fresh_process:
+        parts.append("--fresh-process")
     return " ".join(parts)
 
 

@@ -11,12 +11,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.errors import UserError
 from training.paths import REPO_ROOT
 from training.run import runs
 from training.run.config import RunConfig, add_run_options, config_from_args
 from training.run.rates import LR_TABLE_ENV
+
+if TYPE_CHECKING:
+    from training.run.resident import Resident
 
 STOP_GRACE_S = 30  # a stopped run gets this long to finish its step before it is killed
 try:
@@ -44,24 +48,25 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def train_from_args(args: argparse.Namespace) -> int:
-    """Run `train` for parsed arguments; what the command does, in this process."""
+def train_from_args(args: argparse.Namespace, resident: Resident | None = None) -> int:
+    """Run `train` for parsed arguments; what the command does, in this process (with `resident`: a worker's
+    store of loaded models and data, training/run/resident.py)."""
     config = config_from_args(args)  # wrong arguments are said before torch is imported (seconds)
     out = Path(args.out)
     if (out / runs.EVAL).exists():
         raise UserError(f"{out} already holds a finished run: choose another --out.")
     from training.run.trainer import train  # torch: only once the arguments are known to be good
 
-    return train(config, out, resume=args.resume)
+    return train(config, out, resume=args.resume, resident=resident)
 
 
-def train_in_process(argv: list[str]) -> int:
-    """`python -m training train ARGV` inside this process (a forked run of a sweep), with the command's exit
-    codes: 2 and one line on stderr for a user error."""
+def train_in_process(argv: list[str], resident: Resident | None = None) -> int:
+    """`python -m training train ARGV` inside this process (a forked run of a sweep, or one of a resident
+    worker's runs), with the command's exit codes: 2 and one line on stderr for a user error."""
     parser = argparse.ArgumentParser(prog="python -m training train")
     add_train_options(parser)
     try:
-        return train_from_args(parser.parse_args(argv)) or 0
+        return train_from_args(parser.parse_args(argv), resident) or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -146,6 +146,13 @@ class RunDirectory:
         write_json(self.path / EVAL, result)
 
 
+def close_log(logger: logging.Logger) -> None:
+    """Close and drop the handlers `RunDirectory.open_log` gave a run's logger."""
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename), so a reader never sees half a file."""
     path = Path(path)

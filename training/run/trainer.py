@@ -34,6 +34,7 @@ from training.run import runs
 from training.run.config import RunConfig, planned_steps, step_limit, val_every
 from training.run.evaluation import evaluate, image_features
 from training.run.rates import resolve_lr
+from training.run.resident import Resident
 from training.run.runs import RunDirectory, StepRecord, ValidationRecord
 from training.run.tasks import Encoder, training_pairs
 from training.run.tracking import Tracker, eval_scalars, open_tracker, training_scalars
@@ -65,17 +66,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare(config: RunConfig) -> Prepared:
+def prepare(config: RunConfig, resident: Resident | None = None) -> Prepared:
+    """With `resident`, the dataset and a copy of the base model come from a worker's store instead of disk."""
     config.validate()
     device = resolve_device(config.device)
-    dataset = load_dataset(config.dataset, config.task)
+    dataset = resident.dataset(config.dataset, config.task) if resident else load_dataset(config.dataset, config.task)
     train = dataset.split("train")
     dataset.split("test")
     if config.task == "caption":
         from training.metrics.caption import require_java
 
         require_java()  # fail now, not after training, when the caption metrics cannot run
-    base = load_base_model(config.base_model, device)
+    base = resident.base_model(config.base_model, device) if resident else load_base_model(config.base_model, device)
     plan = require_feasible(plan_method(base.model, config.method, parse_budget(config.budget), config.towers))
     subset = [train[i] for i in nested_fraction(len(train), config.data_fraction, config.seed)]
     return Prepared(config, base, dataset, plan, subset, device, count_base_params(base.model))
@@ -151,9 +153,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True, resume: bool = False) -> int:
+def train(
+    config: RunConfig,
+    run_dir: str | Path,
+    install_signals: bool = True,
+    resume: bool = False,
+    resident: Resident | None = None,
+) -> int:
     """Run one fine-tune into run_dir; returns 0 when finished, EXIT_STOPPED when stopped on request. With
-    `resume`, a run directory that holds a saved state (training/run/resume.py) goes on from it.
+    `resume`, a run directory that holds a saved state (training/run/resume.py) goes on from it. With `resident`
+    (a worker that trains runs one after another), what the run loads comes from the worker's store.
 
     The protocol: train, validating every few steps on a fixed validation subset; keep the best checkpoint;
     stop when validation has not improved for `patience` validations (or at the epoch cap); score the test
@@ -164,9 +173,23 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True, 
     stop = StopFlag(run.stop_file)
     if install_signals:
         stop.install()
+    try:
+        return train_logged(config, run, log, stop, resume, resident)
+    finally:
+        runs.close_log(log)  # a worker trains many runs: each run's log file is closed when it ends
 
+
+def train_logged(
+    config: RunConfig,
+    run: RunDirectory,
+    log: logging.Logger,
+    stop: StopFlag,
+    resume: bool,
+    resident: Resident | None,
+) -> int:
+    """`train` once its run directory, log and stop flag are set up."""
     # load
-    prepared = prepare(config)
+    prepared = prepare(config, resident)
     seed_everything(config.seed)
     lr, options, lr_source = resolve_lr(config, METHODS[config.method].default_lr, total_params=prepared.total_params)
 
@@ -175,7 +198,7 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True, 
     data = TrainingData(
         training_pairs(config.task, prepared.train_examples),
         Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions),
-        PixelCache(prepared.base.processor),
+        resident.pixels(prepared.base, prepared.device) if resident else PixelCache(prepared.base.processor),
     )
     total_steps = planned_steps(config, len(data.pairs))
     validator = make_validator(config, prepared.dataset, data) if config.validates and total_steps else None
@@ -217,9 +240,9 @@ def train(config: RunConfig, run_dir: str | Path, install_signals: bool = True, 
                 log.info(
                     "vision tower frozen: computing image features once for %d images", len(prepared.train_examples)
                 )
-                data.features = precompute_features(vl, prepared.train_examples, data.pixels)
+                data.features = frozen_features(vl, prepared, prepared.train_examples, data.pixels, resident)
                 if validator:  # every validation decodes the same images
-                    validator.features = precompute_features(vl, validator.examples, data.pixels)
+                    validator.features = frozen_features(vl, prepared, validator.examples, data.pixels, resident)
             if config.task == "caption" and config.score_test:
                 from training.metrics.caption import start_meteor
 
@@ -368,6 +391,17 @@ def precompute_features(vl: VLModel, examples: list[Example], pixels: PixelCache
     features = image_features(vl, examples, pixels)
     vl.model.train(was_training)
     return features
+
+
+def frozen_features(
+    vl: VLModel, prepared: Prepared, examples: list[Example], pixels: PixelCache, resident: Resident | None
+) -> dict[str, torch.Tensor]:
+    """`precompute_features`, or a worker's stored features of the same images from an earlier run."""
+    if resident is None:
+        return precompute_features(vl, examples, pixels)
+    return resident.image_features(
+        prepared.base, prepared.device, examples, lambda: precompute_features(vl, examples, pixels)
+    )
 
 
 def batch_loss(

@@ -12,7 +12,8 @@
 - the app's cold start to its first served page;
 - each speed path against the plain path it stands in for (`paths`, see measure_speed_paths);
 - real grid points trained end to end in fresh processes, with their wall time in parts, and optionally the same
-  points with an older commit's code in turns (`runs`, see training/study/replay.py; not in the default parts).
+  points with an older commit's code, or in a resident worker, in turns (`runs`, see training/study/replay.py; not
+  in the default parts).
 On CUDA the steps run under the trainer's autocast (bf16, fp16 where bf16 is missing), each is timed between
 two synchronizations, and peak memory is CUDA's peak allocation; on the CPU it is the process's peak RSS.
 `--parts` picks what to measure (a GPU check measures training and Compare on a BLIP-base-size model).
@@ -427,6 +428,7 @@ def run_bench(
     points: tuple[str, ...] | None = None,
     against: str | None = None,
     runs_json: Path | None = None,
+    resident: bool = False,
 ) -> dict:
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -460,7 +462,9 @@ def run_bench(
     if "runs" in parts:
         from training.study.replay import REPLAY_POINTS, measure_runs
 
-        result["runs"] = measure_runs(points or REPLAY_POINTS, against, work / "replay", log=_progress, out=runs_json)
+        result["runs"] = measure_runs(
+            points or REPLAY_POINTS, against, work / "replay", log=_progress, out=runs_json, resident=resident
+        )
     result["machine"] = _machine()
     return result
 

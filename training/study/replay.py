@@ -4,7 +4,9 @@ with each run's wall time split into its parts from the files the run wrote.
 
 With `--against COMMIT`, the same points are also trained by that commit's code (a detached git worktree), the
 two codes taking turns point by point, so the speed-up is a ratio measured in one sitting on one machine, and the
-runs' choices (best step, validation and test scores) can be compared.
+runs' choices (best step, validation and test scores) can be compared. With `resident`, this code's two ways of
+running a sweep's runs take turns instead: each run in a fresh interpreter, against one resident worker that trains
+every point of the set one after another (training/sweeps/executors.py).
 
 The parts of a run, from its own files (so the old code's runs are split the same way as the new code's):
 - start: launching the interpreter and importing, up to the run directory's clock (eval.json's mtime less its
@@ -32,6 +34,7 @@ from training.errors import UserError
 from training.paths import REPO_ROOT
 from training.run import runs
 from training.run.launch import train_command
+from training.sweeps.executors import ResidentWorker, RunJob
 from training.sweeps.grid import SweepSpec, load_spec
 
 PAPER_SWEEP = REPO_ROOT / "sweeps" / "paper.yaml"
@@ -51,7 +54,7 @@ PARTS = ("start", "load", "steps", "validation", "test", "writing")
 class Code:
     """One side of the comparison: a tree of this project's code and the commit it holds."""
 
-    label: str  # new | old
+    label: str  # new | old, or resident | fresh
     root: Path
     commit: str
 
@@ -114,6 +117,18 @@ def launch(code: Code, train_args: list[str], run_dir: Path, threads: int) -> tu
         returncode = subprocess.run(command, cwd=code.root, env=env, stdout=log, stderr=log).returncode
         ended = time.time()
     return returncode, launched, ended
+
+
+def launch_resident(
+    worker: ResidentWorker, train_args: list[str], run_dir: Path, threads: int
+) -> tuple[int, float, float]:
+    """Train one run in the resident worker; (exit code, handed over at, ended at) in epoch seconds."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    launched = time.time()
+    result = worker.run(RunJob(run_dir.name, str(run_dir), train_args, threads), set())
+    return result.returncode, launched, time.time()
 
 
 def split_run(run_dir: Path, launched: float, ended: float) -> dict:
@@ -186,15 +201,23 @@ def measure_runs(
     threads: int = 1,
     log=print,
     out: str | Path | None = None,
+    resident: bool = False,
 ) -> dict:
     """Train `names` (points of `spec`, default the paper grid) with this tree's code, and with `against`'s code
-    in turns (which side goes first alternates from point to point). With `out`, the result so far is written
-    there after every run (`complete` false until the last), so a bench stopped early keeps what it measured."""
+    in turns (which side goes first alternates from point to point); with `resident`, in fresh interpreters and in
+    one resident worker in turns. With `out`, the result so far is written there after every run (`complete` false
+    until the last), so a bench stopped early keeps what it measured."""
+    if resident and against:
+        raise UserError("--resident compares this code's two ways of running; give it without --against.")
     spec = spec or load_spec(PAPER_SWEEP)
     points = replay_points(spec, names)
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-replay-"))
     work.mkdir(parents=True, exist_ok=True)
-    sides = [Code("new", REPO_ROOT, commit_of(REPO_ROOT))]
+    head = commit_of(REPO_ROOT)
+    sides = [Code("new", REPO_ROOT, head)]
+    if resident:
+        sides = [Code("resident", REPO_ROOT, head), Code("fresh", REPO_ROOT, head)]
+    worker = ResidentWorker() if resident else None
     worktree = None
     if against:
         worktree = add_worktree(commit_of(REPO_ROOT, against), work)
@@ -215,7 +238,10 @@ def measure_runs(
             args = spec.run_config(point).to_cli_args()
             for code in sides if index % 2 == 0 else sides[::-1]:
                 run_dir = work / code.label / point.name
-                returncode, launched, ended = launch(code, args, run_dir, threads)
+                if code.label == "resident":
+                    returncode, launched, ended = launch_resident(worker, args, run_dir, threads)
+                else:
+                    returncode, launched, ended = launch(code, args, run_dir, threads)
                 row = {"point": point.name, "side": code.label, "returncode": returncode}
                 if returncode == 0:
                     row.update(split_run(run_dir, launched, ended))
@@ -226,25 +252,28 @@ def measure_runs(
                 log(format_row(row))
                 result["load_average"]["after"] = round(os.getloadavg()[0], 2)
                 result["summary"] = {c.label: side_summary([r for r in rows if r["side"] == c.label]) for c in sides}
-                if against:
-                    result["comparison"] = compare_sides(rows, result["summary"])
+                if len(sides) == 2:
+                    result["comparison"] = compare_sides(rows, result["summary"], sides[0].label, sides[1].label)
                 result["complete"] = len(rows) == len(points) * len(sides)
                 if out:
                     runs.write_json(out, result)
     finally:
         if worktree is not None:
             remove_worktree(worktree)
+        if worker is not None:
+            worker.close()
     return result
 
 
-def compare_sides(rows: list[dict], summary: dict) -> dict:
-    """The speed-up over the set and per point, and whether each point made the same choices with both codes."""
+def compare_sides(rows: list[dict], summary: dict, candidate: str = "new", baseline: str = "old") -> dict:
+    """The speed-up over the set and per point (`baseline`'s time over `candidate`'s), and whether each point made
+    the same choices on both sides."""
     by_point: dict[str, dict[str, dict]] = {}
     for row in rows:
         by_point.setdefault(row["point"], {})[row["side"]] = row
     points = []
     for name, pair in by_point.items():
-        new, old = pair.get("new"), pair.get("old")
+        new, old = pair.get(candidate), pair.get(baseline)
         if not (new and old and new["returncode"] == 0 and old["returncode"] == 0):
             continue
         points.append(
@@ -253,13 +282,14 @@ def compare_sides(rows: list[dict], summary: dict) -> dict:
                 "speedup": round(old["total_s"] / new["total_s"], 2),
                 "same_best_step": new["best_step"] == old["best_step"],
                 "same_validation_curve": new["val_curve"] == old["val_curve"],
-                "best_step": {"new": new["best_step"], "old": old["best_step"]},
-                "val_best": {"new": new["val_best"], "old": old["val_best"]},
-                "test_score": {"new": new["test_score"], "old": old["test_score"]},
+                "best_step": {candidate: new["best_step"], baseline: old["best_step"]},
+                "val_best": {candidate: new["val_best"], baseline: old["val_best"]},
+                "test_score": {candidate: new["test_score"], baseline: old["test_score"]},
             }
         )
-    new_rate, old_rate = summary["new"]["runs_per_hour"], summary.get("old", {}).get("runs_per_hour")
+    new_rate, old_rate = summary[candidate]["runs_per_hour"], summary.get(baseline, {}).get("runs_per_hour")
     return {
+        "sides": [candidate, baseline],
         "runs_per_hour_ratio": round(new_rate / old_rate, 2) if new_rate and old_rate else None,
         "points": points,
     }
@@ -269,10 +299,11 @@ def format_row(row: dict) -> str:
     if row["returncode"] != 0:
         return f"{row['point']} ({row['side']}): failed with exit code {row['returncode']} after {row['total_s']:.0f} s"
     parts = ", ".join(f"{part} {row[f'{part}_s']:.1f}" for part in PARTS)
+    # A zero-shot point has no validation
+    validation = f", validation {row['val_metric']} {row['val_best']:.4g}" if row["val_best"] is not None else ""
     return (
         f"{row['point']} ({row['side']}): {row['total_s']:.1f} s ({parts}); {row['steps_run']} steps, best step "
-        f"{row['best_step']}, validation {row['val_metric']} {row['val_best']:.4g}, test {row['test_metric']} "
-        f"{row['test_score']:.4g}"
+        f"{row['best_step']}{validation}, test {row['test_metric']} {row['test_score']:.4g}"
     )
 
 
@@ -285,11 +316,12 @@ def print_runs(result: dict) -> None:
         )
     comparison = result.get("comparison")
     if comparison:
-        print(f"runs per hour, new over old: {comparison['runs_per_hour_ratio']}x")
+        new, old = comparison.get("sides", ["new", "old"])
+        print(f"runs per hour, {new} over {old}: {comparison['runs_per_hour_ratio']}x")
         for point in comparison["points"]:
             curve = "the same validation scores" if point["same_validation_curve"] else "other validation scores"
             print(
-                f"  {point['point']}: {point['speedup']}x, best step {point['best_step']['new']} "
-                f"(old {point['best_step']['old']}), test {point['test_score']['new']:.4g} "
-                f"(old {point['test_score']['old']:.4g}), {curve}"
+                f"  {point['point']}: {point['speedup']}x, best step {point['best_step'][new]} "
+                f"({old} {point['best_step'][old]}), test {point['test_score'][new]:.4g} "
+                f"({old} {point['test_score'][old]:.4g}), {curve}"
             )

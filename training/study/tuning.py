@@ -286,7 +286,7 @@ TrainFn = Callable[[RunConfig, Path], dict]
 
 
 def train_for_tuning(config: RunConfig, run_dir: Path) -> dict:
-    """Train one run in a fresh process (as the sweep does) and return its validation summary."""
+    """Train one run in a fresh process and return its validation summary."""
     import subprocess
 
     from training.run import runs
@@ -295,11 +295,45 @@ def train_for_tuning(config: RunConfig, run_dir: Path) -> dict:
     command = config_command(config, run_dir, "--no-test")
     with open(run_dir / "worker.log", "w", encoding="utf-8") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-    summary = (runs.read_json(run_dir / runs.EVAL) or {}).get("validation")
+    return tuning_summary(run_dir, code, "\n".join(runs.tail(run_dir / "worker.log", 8)))
+
+
+def tuning_summary(run_dir: Path, code: int, log_tail: str) -> dict:
+    """A finished tuning run's validation summary and training seconds; a failed one is a UserError."""
+    from training.run import runs
+
+    evaluation = runs.read_json(run_dir / runs.EVAL) or {}
+    summary = evaluation.get("validation")
     if code != 0 or not summary:
-        tail = "\n".join(runs.tail(run_dir / "worker.log", 8))
-        raise UserError(f"tuning run {run_dir.name} failed (exit {code}):\n{tail}")
-    return {**summary, "train_s": (runs.read_json(run_dir / runs.EVAL) or {}).get("train_s")}
+        raise UserError(f"tuning run {run_dir.name} failed (exit {code}):\n{log_tail}")
+    return {**summary, "train_s": evaluation.get("train_s")}
+
+
+class ResidentTuning:
+    """Tuning runs trained one after another by one resident worker (training/sweeps/executors.py), which keeps
+    the base model and the data loaded between them; a `TrainFn`. `close` ends the worker."""
+
+    def __init__(self) -> None:
+        from training.sweeps.executors import ResidentWorker
+
+        self.worker = ResidentWorker()
+
+    def __call__(self, config: RunConfig, run_dir: Path) -> dict:
+        from training.sweeps.executors import RunJob
+
+        # threads None: torch's default for this environment, as the fresh process would take
+        job = RunJob(run_dir.name, str(run_dir), [*config.to_cli_args(), "--no-test"], threads=None)
+        running: set = set()
+        try:
+            result = self.worker.run(job, running)
+        except BaseException:
+            for worker in running:  # interrupted: the run stops after its step, as a fresh process would
+                worker.stop()
+            raise
+        return tuning_summary(run_dir, result.returncode, result.error)
+
+    def close(self) -> None:
+        self.worker.close()
 
 
 def tune(
@@ -597,6 +631,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="list the targets (task, method, budget), their first grids and runs"
     )
+    parser.add_argument(
+        "--fresh-process",
+        action="store_true",
+        help="start each tuning run in a process of its own, loading the model and data again (default: one "
+        "resident worker keeps them loaded between runs)",
+    )
     parser.set_defaults(func=cmd_tune)
 
 
@@ -616,38 +656,44 @@ def cmd_tune(args: argparse.Namespace) -> int:
     towers = spec.settings.get("towers", "both")
     total_runs, total_s, total_flops = 0, 0.0, 0.0
     cost = gpu_cost(spec) if args.dry_run else None
-    for task in args.tasks or list(spec.tasks):
-        values = {
-            **spec.settings,
-            **spec.tasks[task],
-            "task": task,
-            "data_fraction": args.data_fraction,
-            "base_model": spec.base_model,
-            "dataset": spec.datasets.get(task),
-        }
-        if reference is not None:
-            values["budget"] = str(reference)
-        base = RunConfig.from_dict(values).validate()
-        targets = targets_for([task], methods, towers, grid_budgets(spec, task, methods, args.data_fraction))
-        if args.dry_run:
-            done = read_rows(spec.results / RUNS_TABLE_NAME)
-            for line in tuning_plan(targets, base, args.seeds, done):
-                print(line.text)
-                total_runs += line.runs_to_go
-                total_s += line.runs_to_go * estimate_seconds(spec, task, line.target.method)
-                if cost is not None:
-                    total_flops += line.runs_to_go * cost(tuning_config(line.target, base)).total
-            continue
-        # flush: the progress lines must show as they happen when the output goes to a file or a pipe
-        tune(
-            targets,
-            base,
-            args.seeds,
-            spec.results,
-            Path(args.work_dir),
-            echo=lambda line: print(line, flush=True),
-            deadline=deadline,
-        )
+    train_fn = train_for_tuning if args.fresh_process or args.dry_run else ResidentTuning()
+    try:
+        for task in args.tasks or list(spec.tasks):
+            values = {
+                **spec.settings,
+                **spec.tasks[task],
+                "task": task,
+                "data_fraction": args.data_fraction,
+                "base_model": spec.base_model,
+                "dataset": spec.datasets.get(task),
+            }
+            if reference is not None:
+                values["budget"] = str(reference)
+            base = RunConfig.from_dict(values).validate()
+            targets = targets_for([task], methods, towers, grid_budgets(spec, task, methods, args.data_fraction))
+            if args.dry_run:
+                done = read_rows(spec.results / RUNS_TABLE_NAME)
+                for line in tuning_plan(targets, base, args.seeds, done):
+                    print(line.text)
+                    total_runs += line.runs_to_go
+                    total_s += line.runs_to_go * estimate_seconds(spec, task, line.target.method)
+                    if cost is not None:
+                        total_flops += line.runs_to_go * cost(tuning_config(line.target, base)).total
+                continue
+            # flush: the progress lines must show as they happen when the output goes to a file or a pipe
+            tune(
+                targets,
+                base,
+                args.seeds,
+                spec.results,
+                Path(args.work_dir),
+                train_fn=train_fn,
+                echo=lambda line: print(line, flush=True),
+                deadline=deadline,
+            )
+    finally:
+        if isinstance(train_fn, ResidentTuning):
+            train_fn.close()
     if args.dry_run and cost is not None:
         print(
             f"at least {total_runs} tuning runs to go (first grids; a best at an edge widens its grid), at their epoch "
