@@ -17,6 +17,7 @@ from tests.test_app_server import launch, shut_down, tiny_settings
 from training.cli import main as cli
 from training.compare import Comparer
 from training.run import runs
+from training.run.config import RunConfig
 from training.run.launch import train_in_process
 from training.study.shipped import MANIFEST
 from training.sweeps.grid import load_spec
@@ -121,7 +122,9 @@ def test_a_fresh_app_offers_the_shipped_adapters_for_both_tasks_and_compares_one
         question = "what color is the square ?"
         columns = client.predict("vqa", [ID_PREFIX + POINTS[1]], question, 0, api_name="/compare")
         picture = app.services.test_images("vqa")[0].examples[0].image.load()
-        trained = Comparer(str(tiny_model_dir)).compare(picture, "vqa", [grid / "out" / "runs" / POINTS[1]], question)
+        trained = Comparer(str(tiny_model_dir)).compare(
+            picture, "vqa", [grid / "out" / "runs" / POINTS[1]], question, max_new_tokens=RunConfig().max_new_tokens
+        )
         assert [c["method"] for c in columns] == ["zero-shot", "lora"]
         assert columns[1]["output"] == trained[1].output  # the shipped adapter says what the trained run says
         assert columns[1]["test_score"] == {
@@ -154,7 +157,8 @@ def test_adapters_of_another_base_model_are_hidden_with_a_log_line(shipped, tmp_
 def test_a_tampered_adapter_is_skipped_and_the_others_kept(shipped, tmp_path, tiny_model_dir):
     folder = tampered(shipped, tmp_path)
     weights = folder / f"{POINTS[0]}.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-2] + b"\0\0")
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit of one weight
     found, skipped = load_shipped(folder, str(tiny_model_dir), tmp_path / "scratch")
     assert [adapter.id for adapter in found] == [ID_PREFIX + POINTS[1]]
     assert skipped == [f"{POINTS[0]}: {weights.name} is not the file the manifest lists (its digest differs): skipped."]
