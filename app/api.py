@@ -173,14 +173,15 @@ def register(services: Services) -> None:
 
     @endpoint
     def list_runs(task: str = "") -> list[dict]:
-        """Every training job of this app, newest first, with its settings and test scores: find runs to compare.
+        """Every training job of this app, newest first, with its settings and test scores, then the adapters
+        shipped with the app (id 'shipped-...', `shipped` their label; read-only): find runs to compare.
 
         Args:
             task: '' for all, else caption or vqa.
         Returns:
-            id, state, reason, task, method, config, trainable_params, metrics, duration_s per job."""
+            id, state, reason, task, method, config, trainable_params, metrics, duration_s, shipped per run."""
         task = choice(task, "task", TASKS) if task != "" else None
-        return [record.to_dict() for record in services.runs(task)]
+        return [record.to_dict() for record in services.runs(task) + services.shipped_runs(task)]
 
     @endpoint
     def upload_dataset(archive: FileData, name: str, task: str, replace: bool = False) -> dict:

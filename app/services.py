@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, BlipForConditionalGeneration, PreTrained
 from app.format import EMBEDDED_DATASET_NAMES as EMBEDDED_DATASETS
 from app.people import person
 from app.settings import Settings
+from app.shipped import ID_PREFIX, load_shipped
 from training.budget import parse_budget
 from training.catalog import MAIN_METRIC, METHOD_LABELS, NO_BUDGET_METHODS
 from training.compare import Column, Comparer, check_image
@@ -155,6 +156,7 @@ class RunRecord:
     has_weights: bool
     progress: dict = field(default_factory=dict)  # progress.json: the step reached, the phase
     validation: dict = field(default_factory=dict)  # eval.json's validation summary: best step, why it stopped
+    shipped: str = ""  # for an adapter shipped with the app (read-only, not a job): its label in words
 
     @property
     def steps_done(self) -> int | None:
@@ -178,7 +180,9 @@ class RunRecord:
     @property
     def label(self) -> str:
         """The run in words: 'LoRA 18k · 10 % of scene-vqa · seed 0 · 06 Dec 21:50' (zero-shot: no budget, no
-        share, no seed)."""
+        share, no seed); a shipped adapter's own label."""
+        if self.shipped:
+            return self.shipped
         method = METHOD_LABELS.get(self.method, self.method)
         budget = "" if self.method in NO_BUDGET_METHODS else f" {self.config.get('budget')}"
         share, seed = self.config.get("data_fraction"), self.config.get("seed", 0)
@@ -258,6 +262,8 @@ class Services:
         self.durable_datasets = DurableDatasets(settings.durable) if settings.durable else None
         if self.durable_datasets is not None:
             self.durable_datasets.restore(self.datasets_home)
+        shipped, self.shipped_skipped = load_shipped(settings.shipped_dir, settings.base_model, self.scratch)
+        self.shipped = {adapter.id: _shipped_record(adapter) for adapter in shipped}
 
     def start_worker(self) -> None:
         """Run queued jobs from this process (each in its own child process)."""
@@ -607,12 +613,25 @@ class Services:
             )
         return records
 
+    def shipped_runs(self, task: str | None = None) -> list[RunRecord]:
+        """The adapters shipped with the app that fit its base model (app/shipped.py), read-only: Compare offers
+        them beside the runs; Runs does not list them (they are not jobs, and cannot be deleted)."""
+        return [record for record in self.shipped.values() if task in (None, record.task)]
+
     def run(self, job_id: str) -> RunRecord:
+        if job_id.startswith(ID_PREFIX):
+            if job_id not in self.shipped:
+                raise UserError(
+                    f"There is no shipped adapter {job_id!r} for this app's base model: /list_runs lists them."
+                )
+            return self.shipped[job_id]
         self.store.get(job_id)  # UserError for an unknown id
         return next(r for r in self.runs() if r.id == job_id)
 
     def delete(self, job_id: str, submitter: str) -> None:
         """Delete an ended run: in a public demo only its own submitter may."""
+        if job_id.startswith(ID_PREFIX):
+            raise UserError("An adapter shipped with the app is read-only: it cannot be deleted.")
         if self.settings.demo:
             self._own(job_id, submitter, "delete")
         self.store.delete(job_id)
@@ -728,6 +747,27 @@ class Services:
         """A run's training steps (metrics.jsonl) and validations (validation.jsonl), as logged so far."""
         run_dir = Path(self.run(job_id).run_dir)
         return runs.read_jsonl(run_dir / runs.METRICS), runs.read_jsonl(run_dir / runs.VALIDATION)
+
+
+def _shipped_record(adapter) -> RunRecord:
+    """A shipped adapter as a finished run of no one, for Compare."""
+    run_dir = adapter.run_dir
+    return RunRecord(
+        id=adapter.id,
+        state="finished",
+        reason="",
+        submitter="",
+        config=(runs.read_json(run_dir / runs.CONFIG) or {}).get("config", {}),
+        info=runs.read_json(run_dir / runs.CONFIG) or {},
+        metrics=(adapter.record.get("test") or {}).get("metrics") or {},
+        run_dir=str(run_dir),
+        created_at=(run_dir / runs.CONFIG).stat().st_mtime,
+        started_at=None,
+        finished_at=None,
+        has_weights=True,
+        validation=adapter.record.get("validation") or {},
+        shipped=adapter.label,
+    )
 
 
 def _by_image(examples: list[Example], limit: int) -> dict[str, list[Example]]:

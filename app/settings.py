@@ -13,7 +13,7 @@ from pathlib import Path
 from training.data.archive import ArchiveLimits
 from training.errors import UserError
 from training.jobs.limits import JobLimits
-from training.paths import RESULTS_DIR, data_home, durable_home
+from training.paths import RESULTS_DIR, SHIPPED_DIR, data_home, durable_home
 
 DEMO_MAX_STEPS = 300
 DEMO_MAX_RUNTIME_S = 600
@@ -27,6 +27,7 @@ class Settings:
     home: Path | None = None  # None: training.paths.data_home()
     durable: Path | None = None  # where ended runs are published (training.jobs.durable); None: kept in home
     results_dir: Path = RESULTS_DIR
+    shipped_dir: Path | None = SHIPPED_DIR  # adapters Compare offers before anyone trains (app/shipped.py); None: none
     demo: bool = False
     demo_max_steps: int = DEMO_MAX_STEPS
     auth: tuple[tuple[str, str], ...] = ()

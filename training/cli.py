@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "training.commands.core",
     "training.jobs.cli",
     "training.commands.sweep",
+    "training.commands.ship",
     "training.study.tuning",
     "training.study.gpu_check",
 )

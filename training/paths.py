@@ -19,6 +19,7 @@ def _bundled(name: str) -> Path:
 ASSETS_DIR = _bundled("assets")
 DEFAULT_MODEL_DIR = ASSETS_DIR / "scene-blip"
 RESULTS_DIR = _bundled("results")
+SHIPPED_DIR = ASSETS_DIR / "adapters"  # the adapters the app ships (python -m training ship-adapters)
 
 
 def data_home() -> Path:

@@ -34,9 +34,10 @@ EMPTY = "<p>Pick a test image (or upload one), tick the adapters to compare, and
 
 
 def run_choices(services: Services, task: str, selected: list[str] | None = None) -> dict:
-    """The runs of the task that have trained weights, newest first, labelled; still-valid ticks are kept."""
+    """The runs of the task that have trained weights, newest first, then the adapters shipped with the app,
+    labelled; still-valid ticks are kept."""
     choices = []
-    for record in services.runs(task):
+    for record in services.runs(task) + services.shipped_runs(task):  # the shipped ones last
         if not record.comparable or record.method == "zero-shot":
             continue
         label = f"{record.label} · {fmt.main_score(task, record.metrics)}" + (
@@ -44,8 +45,12 @@ def run_choices(services: Services, task: str, selected: list[str] | None = None
         )
         choices.append((label, record.id))
     ids = {run_id for _, run_id in choices}
+    trained_here = len(choices) > len(services.shipped_runs(task))
     info = (
         "Runs of this task with trained weights, named by method, budget, share of data, dataset and time."
+        if trained_here
+        else "No adapter trained here yet: these were trained on the reference grid and ship with the app. Train "
+        "your own in the Train tab, then press ↻ Refresh runs."
         if choices
         else f"No trained {fmt.task_name(task)} adapter yet: train one in the Train tab (or queue a Sweep), then "
         "press ↻ Refresh runs. Until then the zero-shot base is shown alone."
@@ -66,6 +71,8 @@ def run_title(record: RunRecord) -> tuple[str, str]:
     info, config = record.info, record.config
     knob = f" {info['knob']} {info.get('knob_value')}" if info.get("knob") else ""
     title = f"{fmt.METHOD_LABELS.get(record.method, record.method)}{knob} · budget {config.get('budget')}"
+    if record.shipped:
+        return title, f"shipped with the app · {fmt.fraction(config.get('data_fraction'))} of {record.dataset_name}"
     label = (
         f"{fmt.fraction(config.get('data_fraction'))} of {record.dataset_name} · seed {config.get('seed')} · "
         f"{time.strftime('%d %b %H:%M', time.localtime(record.created_at))}"
