@@ -54,6 +54,13 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def time_left(seconds: float) -> str:
+    """'about 2 min 30 s left': rounded to 5 s under a minute, 10 s under ten minutes, else the minute, so a
+    countdown polled every second reads calmly and no figure claims a precision the pace does not have."""
+    step = 5 if seconds < 60 else 10 if seconds < 600 else 60
+    return f"about {duration(step * round(seconds / step))} left"
+
+
 def metric(name: str, value: float | None) -> str:
     if value is None:
         return f"{name} -"
@@ -138,7 +145,7 @@ def job_headline(status: dict) -> str:
             return (
                 f"**Training** ({what}): step {status['step']:,} of {status['total_steps']:,}"
                 + (f", loss {loss:.3f}" if loss is not None else "")
-                + (f", about {duration(left)} left" if left is not None else "")
+                + (f", {time_left(left)}" if left is not None else "")
                 + "."
             )
         if phase == "validating" and status.get("total_steps"):
@@ -192,7 +199,7 @@ def progress_label(status: dict) -> str:
     if state == "running" and phase == "evaluating" and status.get("eval_total"):
         return f"{share} · scoring {status.get('eval_done') or 0:,} of {status['eval_total']:,}"
     if state == "running" and phase == "training" and status.get("eta_s") is not None:
-        return f"{share} · about {duration(status['eta_s'])} left"
+        return f"{share} · {time_left(status['eta_s'])}"
     if state in ("cancelled", "failed", "interrupted") and step and total:
         return f"{share} · stopped at step {step:,} of {total:,}"
     return share

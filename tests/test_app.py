@@ -300,16 +300,55 @@ def test_a_runs_details_give_its_learning_rate_and_where_it_came_from():
     assert "32 steps, learning rate 0.006." in trained(lr=0.006)  # a run from before sources were recorded
 
 
-def test_the_time_left_follows_the_pace_of_the_last_steps_not_the_slow_first_one(tmp_path: Path):
-    from training.jobs.status import recent_eta
+def simulated_run(run_dir: Path, target: int, cap: int = 0):
+    """A run's files as the trainer writes them, one logged row at a time: a 30 s warm-up step, then 1 s a step,
+    a row every 5 steps, a 15 s validation every 20 steps (and at step 0); yields (step, seconds truly left)."""
+    (run_dir / "config.json").write_text(json.dumps({"val_every": 20}))
+    validation = run_dir / "validation.jsonl"
+    validation.write_text(json.dumps({"step": 0, "seconds": 15.0}) + "\n")
+    clock, total = 15.0 + 30.0, cap or target
+    for step in range(1, target + 1):
+        clock += 1.0 if step > 1 else 0.0
+        if step == cap:
+            total = target  # still improving at its cap: the run goes on to its hard limit
+        if step % 5 == 0 or step == 1:
+            with (run_dir / "metrics.jsonl").open("a") as rows:
+                rows.write(json.dumps({"step": step, "total_steps": total, "elapsed_s": clock}) + "\n")
+            due = sum(1 for s in range(step, total + 1) if s % 20 == 0 or s == total) - (step % 20 == 0)
+            yield step, total, (total - step) + 15.0 * due
+        if step % 20 == 0 or step == total:
+            clock += 15.0
+            with validation.open("a") as rows:
+                rows.write(json.dumps({"step": step, "seconds": 15.0}) + "\n")
 
-    progress = {"step": 10, "total_steps": 100, "eta_s": 500.0}  # the trainer's average from step 1
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "elapsed_s": 30.0}) + "\n")
-    assert recent_eta(tmp_path, progress) == 500.0  # too early to know the pace: the trainer's figure
-    with (tmp_path / "metrics.jsonl").open("a") as rows:
-        for step, elapsed in ((5, 34.0), (10, 39.0)):  # a second a step once warmed up
-            rows.write(json.dumps({"step": step, "elapsed_s": elapsed}) + "\n")
-    assert recent_eta(tmp_path, progress) == 90.0
+
+def test_the_time_left_is_steady_through_validation_pauses_and_only_grows_when_the_run_goes_on(tmp_path: Path):
+    from training.jobs.status import steady_eta
+
+    seen = []
+    for step, total, truth in simulated_run(tmp_path, target=160, cap=100):
+        eta = steady_eta(tmp_path, {"step": step, "total_steps": total, "eta_s": 999.0})
+        seen.append((step, total, eta))
+        if step >= 10:  # two rows past the warm-up step: the run's own pace, validations counted apart
+            assert eta == pytest.approx(truth, abs=0.5), (step, eta, truth)
+    assert seen[0][2] == 999.0  # too early to know the pace: the trainer's figure
+    # From one row to the next (5 s apart) the figure falls, whatever validation happened in between...
+    for (_, total, before), (step, after_total, after) in zip(seen[2:], seen[3:], strict=False):
+        if after_total == total:
+            assert after <= before, (step, before, after)
+    # ...and rises only when the run goes on past its cap, by the steps and validations it adds.
+    grew = [(b, a) for (_, t1, b), (_, t2, a) in zip(seen, seen[1:], strict=False) if t2 > t1]
+    assert len(grew) == 1 and grew[0][1] - grew[0][0] == pytest.approx((60 + 3 * 15) - (5 + 15), abs=0.5)
+
+
+def test_the_time_left_reads_about_and_rounded():
+    assert [fmt.time_left(s) for s in (7.4, 58, 94.9, 151, 605)] == [
+        "about 5 s left",
+        "about 1 min 00 s left",
+        "about 1 min 30 s left",
+        "about 2 min 30 s left",
+        "about 10 min 00 s left",
+    ]
 
 
 def test_the_progress_bar_follows_the_steps():
