@@ -510,18 +510,15 @@ def test_each_card_shows_what_its_model_said_plainly_with_a_tag_where_it_differs
     assert page.count('class="vl-card vl-differs"') == 1
 
 
-def test_a_short_answer_stops_where_the_answer_ends_and_keeps_the_rest_on_hover():
-    columns = [
-        Column("zero-shot (base)", "zero-shot", "circle, circle, circle, circle", truncated=True),
+def test_a_short_answer_is_shown_as_decoded_with_the_bases_answer_on_hover():
+    columns = [  # decoding ended the zero-shot answer at its first comma (training/run/tasks.py)
+        Column("zero-shot (base)", "zero-shot", "circle"),
         Column("lora", "lora", "red", "/runs/r1", "0.5%", 21504, 0.5),
     ]
     page = compare.comparison_html(Comparison(columns, "vqa", question="what colour is the circle ?"))
     cards = page.split("data-method=")[1:]
-    assert '<div class="vl-output">circle<span class="vl-cut" title="it went on: , circle, circle, circle' in cards[0]
-    assert cards[0].count("circle") == 4  # once shown, the three repeats only in the hover title
+    assert '<div class="vl-output">circle</div>' in cards[0] and "vl-cut" not in page
     assert '<div class="vl-output">red</div>' in cards[1] and 'title="the zero-shot base said: circle"' in cards[1]
-    assert compare.answer_text("vqa", "red. it is red") == ("red", ". it is red")
-    assert compare.answer_text("caption", "a red circle, left") == ("a red circle, left", "")
     assert "accuracy: the share of questions answered as the human annotators did, 0 to 100 %" in page
 
 

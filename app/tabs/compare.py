@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import re
 import time
 from pathlib import Path
 
@@ -21,9 +20,6 @@ from training.run.config import TASKS
 
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 PREVIEW_PX = 384
-# A short answer ends at its first punctuation: what a model says after it (the zero-shot base, which never learnt
-# to stop after "answer:", goes on "circle, circle, ...") is kept out of the card and shown on hover.
-ANSWER_END = re.compile(r"\s*[,.;:!?]")
 APP_IMAGES = "Test images of the app's dataset"
 # After an output that generation cut at the max-new-tokens limit (it did not end by itself).
 CUT = '<span class="vl-cut" title="cut at the token limit: the model had not finished">…</span>'
@@ -202,17 +198,6 @@ def comparison_html(comparison: Comparison) -> str:
     return "".join(parts)
 
 
-def answer_text(task: str, output: str) -> tuple[str, str]:
-    """(what to show, what the model said after it): a VQA answer ends at its first punctuation; a caption is
-    shown whole."""
-    if task != "vqa":
-        return output, ""
-    end = ANSWER_END.search(output)
-    if end is None or end.start() == 0:
-        return output, ""
-    return output[: end.start()], output[end.start() :].strip()
-
-
 def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> str:
     record = comparison.records.get(column.run_dir or "")
     title, run = ("Zero-shot base", "") if is_base else (fmt.METHOD_LABELS.get(column.method, column.method), "")
@@ -227,21 +212,14 @@ def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> s
         )
     test = " · ".join(fmt.metric(name, value) for name, value in column.test_score.items())
     source = comparison.base_score_source if is_base else ""
-    said, rest = answer_text(comparison.task, column.output or "")
-    output = html.escape(said or "(empty)")
-    if rest:
-        output += (
-            f'<span class="vl-cut" title="it went on: {html.escape(rest, quote=True)} (scored as said, whole)">'
-            " …</span>"
-        )
-    elif column.truncated:
-        output += CUT
+    # A short answer already ends where the answer ends (training/run/tasks.py: its first ',' or '.').
+    output = html.escape(column.output or "(empty)") + (CUT if column.truncated else "")
     sample = " · ".join(fmt.metric(name, value) for name, value in column.sample_score.items())
     differs = not is_base and column.output != base
     if not run and column.run_dir:
         run = Path(column.run_dir).name
     partial = record is not None and record.state != "finished"
-    zero_shot = html.escape(answer_text(comparison.task, base)[0] or "(empty)", quote=True)
+    zero_shot = html.escape(base or "(empty)", quote=True)
     badge = (
         f'<span class="vl-tag" title="the zero-shot base said: {zero_shot}">differs from zero-shot</span>'
         if differs
