@@ -52,6 +52,10 @@ CSS = """
 .vl-log textarea { font-family: var(--font-mono); font-size: 0.85em; }
 .vl-banner { font-weight: 600; }
 .vl-references ul { margin: 4px 0 0 18px; }
+/* Gradio's Markdown lets a word break anywhere (overflow-wrap: anywhere), so the verdict's table columns shrank
+   until words split mid-word ("reprodu-ced"): wrap between words, and let a table wider than the page scroll. */
+#explore-verdict span, #explore-verdict table { overflow-wrap: break-word; word-break: normal; }
+#explore-verdict table { display: block; max-width: 100%; overflow-x: auto; }
 """
 HEADER = """# VL-PEFT Lab
 Fine-tune a vision-language model (BLIP) with {methods} parameter-efficient methods (and {baselines} baselines), and
