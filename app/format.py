@@ -69,6 +69,21 @@ def metric(name: str, value: float | None) -> str:
     return f"{name} {value:.3g}" if abs(value) >= 0.01 else f"{name} {value:.3f}"  # never '4e-06' for a person
 
 
+NOT_SCORES = {"num_examples", "decode_s", "eval_s"}  # what eval.json records beside the scores
+
+
+def test_scores(metrics: dict) -> dict[str, float]:
+    """The scores among a run's test metrics (not its counts, timings or per-type breakdown), in their order."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and k not in NOT_SCORES}
+
+
+def score_value(name: str, value: float | None) -> str:
+    """A score in a table cell: '43.2 %' for an accuracy, '0.812' for the others, '-' for none."""
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value:.1f} %" if name.startswith("accuracy") else f"{value:.3f}"
+
+
 def main_score(task: str, metrics: dict) -> str:
     name = MAIN_METRIC.get(task, "")
     return metric(name, metrics.get(name)) if name in metrics else "-"
@@ -208,9 +223,13 @@ def progress_label(status: dict) -> str:
 def progress_html(status: dict | None) -> str:
     if status is None:
         return ""
-    share, label = progress_share(status), html.escape(progress_label(status))
+    return progress_bar(progress_share(status), status["state"], progress_label(status))
+
+
+def progress_bar(share: float, state: str, label: str) -> str:
+    """The bar of a job or a sweep: filled to `share` (0 to 1), coloured by `state`, with `label` on it."""
     return (
         f'<div class="vl-progress" role="progressbar" aria-valuenow="{100 * share:.0f}" aria-valuemin="0" '
-        f'aria-valuemax="100"><div class="vl-progress-fill vl-{html.escape(status["state"])}" '
-        f'style="width:{100 * share:.1f}%"></div><span>{label}</span></div>'
+        f'aria-valuemax="100"><div class="vl-progress-fill vl-{html.escape(state)}" '
+        f'style="width:{100 * share:.1f}%"></div><span>{html.escape(label)}</span></div>'
     )

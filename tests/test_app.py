@@ -61,9 +61,8 @@ def services(make_services) -> Services:
     return make_services()
 
 
-def form(**changes) -> list:
-    """The Train form's values in order (task, method, budget, fraction, seed, epochs, steps, lr, batch, towers,
-    base model, dataset, test examples, minimum steps, patience); no step floor, so tiny runs stay tiny."""
+def form(**changes) -> dict:
+    """The Train form's values by field name (train.FORM); no step floor, so tiny runs stay tiny."""
     values = dict(
         task="caption",
         method="lora",
@@ -82,7 +81,7 @@ def form(**changes) -> list:
         patience=3,
     )
     values.update(changes)
-    return list(values.values())
+    return values
 
 
 def status(state: str, **fields) -> dict:
@@ -378,31 +377,40 @@ def test_the_progress_bar_follows_the_steps():
 )
 def test_a_bad_form_value_gets_one_sentence(services: Services, changes: dict, message: str):
     with pytest.raises(UserError, match=message):
-        train.run_config(services, *form(**changes))
+        services.run_config(**form(**changes))
 
 
 def test_zero_steps_and_zero_test_examples_mean_no_limit(services: Services, tiny_model_dir: Path):
-    config = train.run_config(services, *form(max_steps=0, eval_limit=0))
+    config = services.run_config(**form(max_steps=0, eval_limit=0))
     assert (config.max_steps, config.eval_limit, config.base_model) == (None, None, str(tiny_model_dir))
 
 
+def size_form(task: str, **fields) -> dict:
+    """A Train form as the size note reads it: LoRA on all the embedded data, the rest the study's or given."""
+    return {"task": task, "method": "lora", "data_fraction": 1, "seed": 0, "dataset": "embedded", **fields}
+
+
 def test_the_size_note_counts_examples_pairs_and_steps(services: Services):
-    caption = train.describe_size(services, "caption", "lora", 0.5, 0, 1, 0, 4, "embedded", min_steps=0)
+    caption = train.describe_size(
+        services, size_form("caption", data_fraction=0.5, epochs=1, batch_size=4, min_steps=0)
+    )
     assert caption.startswith(
         "This run trains on 12 of 24 images (36 caption pairs): up to 9 steps of 4 examples; early stopping on the "
         "validation score usually ends it sooner. No time"
     )
-    vqa = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded", patience=0, min_steps=0)
+    vqa = train.describe_size(services, size_form("vqa", epochs=3, patience=0, min_steps=0))
     assert vqa.startswith("This run trains on 32 of 32 questions: 3 steps of 32 examples.")
     # The study's floor (min_steps 300) by default: a tiny share still trains 300 steps at most
-    floored = train.describe_size(services, "vqa", "lora", 1, 0, 3, 0, 32, "embedded")
+    floored = train.describe_size(services, size_form("vqa", epochs=3))
     assert floored.startswith("This run trains on 32 of 32 questions: up to 300 steps of 32 examples; early")
-    assert "only scores the base model" in train.describe_size(services, "caption", "zero-shot", 1, 0, 1, 0, 4, "")
+    assert "only scores the base model" in train.describe_size(
+        services, size_form("caption", method="zero-shot", epochs=1, batch_size=4, dataset="")
+    )
 
 
 def test_the_expected_time_comes_from_finished_runs_here_else_the_bench_and_warns_past_the_limit(make_services):
     services = make_services(limits=dataclasses.replace(LIMITS, max_runtime_s=120))
-    job_id = services.submit(train.run_config(services, *form(batch_size=8)), "visitor-v1")
+    job_id = services.submit(services.run_config(**form(batch_size=8)), "visitor-v1")
     services.store.claim_next("worker-1", max_concurrent=1)
     run_dir = Path(services.store.get(job_id).run_dir)
     run_dir.mkdir(parents=True)
@@ -410,13 +418,15 @@ def test_the_expected_time_comes_from_finished_runs_here_else_the_bench_and_warn
         (run_dir / "metrics.jsonl").open("a").write(json.dumps({"step": step, "elapsed_s": elapsed}) + "\n")
     (run_dir / "eval.json").write_text(json.dumps({"metrics": {"CIDEr-D": 0.1, "eval_s": 5.0}}))
     assert services.store.finish(job_id, "worker-1", Outcome("finished", "finished in 35 s", 0))
-    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 100, 4, "embedded", "both")  # 1 s a step
+    text = train.describe_size(
+        services, size_form("caption", epochs=1, max_steps=100, batch_size=4, towers="both")
+    )  # 1 s a step
     assert "**Expected time:** at most about 1 min 55 s if it runs to its cap (from 1 finished run like it on" in text
     assert "⚠️ **That is past this app's run limit of 2 min 00 s** (VLPEFT_MAX_RUNTIME_S)" not in text
-    text = train.describe_size(services, "caption", "lora", 1, 0, 1, 200, 4, "embedded", "both")
+    text = train.describe_size(services, size_form("caption", epochs=1, max_steps=200, batch_size=4, towers="both"))
     assert "about 3 min 35 s" in text and "past this app's run limit of 2 min 00 s" in text
     assert "No time estimate yet" in train.describe_size(
-        services, "caption", "prefix", 1, 0, 1, 200, 4, "embedded", "both"
+        services, size_form("caption", method="prefix", epochs=1, max_steps=200, batch_size=4, towers="both")
     )
 
     bench = {"train": [{"method": "prefix", "towers": "both", "batch_size": 32, "step_s": 0.2}], "eval": {"eval_s": 3}}
@@ -428,28 +438,30 @@ def test_the_expected_time_comes_from_finished_runs_here_else_the_bench_and_warn
 
 def test_start_refuses_bad_input_without_queueing_anything(services: Services):
     with pytest.warns(UserWarning, match="outside"):
-        result = train.start(services, None, "v1", *form(data_fraction=0))
-    assert result[-1].startswith("⚠️ **Not started.** Data fraction 0 is outside (0, 1]")
-    assert all(value["__type__"] == "update" and len(value) == 1 for value in result[:-1])  # the view: untouched
+        result = train.start(services, None, "v1", form(data_fraction=0))
+    assert result["start_note"].startswith("⚠️ **Not started.** Data fraction 0 is outside (0, 1]")
+    assert list(result) == ["start_note"]  # the job, its view and the picker: untouched
     assert services.store.list_jobs() == []
 
 
 def test_start_queues_jobs_shows_their_place_and_a_reload_reattaches(services: Services):
-    first = train.start(services, None, "v1", *form())
-    second = train.start(services, None, "v1", *form(method="prefix", budget="1k"))
-    assert "**Queued #1**" in first[1] and "**Queued #2** (Prefix tuning 1k on 100 % of tiny-caption)" in second[1]
-    assert "python -m training train --task caption --method prefix --budget 1k" in second[5]["value"]
-    assert services.store.get(first[0]).submitter == "visitor-v1"
-    assert [value for _, value in second[-2]["choices"]] == [second[0], first[0]] and second[-1] == ""
+    first = train.start(services, None, "v1", form())
+    second = train.start(services, None, "v1", form(method="prefix", budget="1k"))
+    assert "**Queued #1**" in first["status"]
+    assert "**Queued #2** (Prefix tuning 1k on 100 % of tiny-caption)" in second["status"]
+    assert "python -m training train --task caption --method prefix --budget 1k" in second["command"]["value"]
+    assert services.store.get(first["job"]).submitter == "visitor-v1"
+    assert [value for _, value in second["jobs"]["choices"]] == [second["job"], first["job"]]
+    assert second["start_note"] == ""
 
-    assert train.reattach(services, None, "v1", "") == second[0]  # the newest live job of this browser
+    assert train.reattach(services, None, "v1", "") == second["job"]  # the newest live job of this browser
     assert train.reattach(services, None, "v2", "") is None
-    train.cancel(services, None, "v1", second[0])
-    assert "**Cancelled**" in train.show_job(services, second[0], -1)[0]
+    train.cancel(services, None, "v1", second["job"])
+    assert "**Cancelled**" in train.show_job(services, second["job"], -1)["status"]
 
 
 def test_a_failed_job_shows_its_reason_hint_and_log_tail(services: Services):
-    job_id = services.submit(train.run_config(services, *form()), "visitor-v1")
+    job_id = services.submit(services.run_config(**form()), "visitor-v1")
     services.store.claim_next("worker-1", max_concurrent=1)
     ended = Outcome(
         "failed",
@@ -460,7 +472,10 @@ def test_a_failed_job_shows_its_reason_hint_and_log_tail(services: Services):
         log_tail="step 1/5 loss 3.1\nstep 2/5 loss 3.0",
     )
     assert services.store.finish(job_id, "worker-1", ended)
-    headline, progress, cancel_button, _, _, log, log_box, timer, _ = train.show_job(services, job_id, -1)
+    view = train.show_job(services, job_id, -1)
+    headline, progress, cancel_button, log, log_box, timer = (
+        view[name] for name in ("status", "progress", "cancel", "log", "log_box", "timer")
+    )
     assert headline.startswith(
         "**Failed** (LoRA 2k on 100 % of tiny-caption): killed by SIGKILL. **What to do:** The process was"
     )
@@ -470,7 +485,7 @@ def test_a_failed_job_shows_its_reason_hint_and_log_tail(services: Services):
 
 def test_demo_mode_caps_steps_and_allows_one_job_per_visitor(make_services):
     services = make_services(demo=True, demo_max_steps=2)
-    config, _, size, notes = services.prepare(train.run_config(services, *form()))
+    config, _, size, notes = services.prepare(services.run_config(**form()))
     assert (config.max_steps, size.steps) == (2, 2) and notes == [
         "The public demo caps runs at 2 steps (this one would take 18)."
     ]
@@ -481,7 +496,7 @@ def test_demo_mode_caps_steps_and_allows_one_job_per_visitor(make_services):
     with pytest.raises(UserError, match="started by another visitor"):
         services.cancel(job_id, "visitor-b")
     with pytest.raises(UserError, match="trains the embedded model only"):
-        train.run_config(services, *form(base_model="Salesforce/blip-image-captioning-base"))
+        services.run_config(**form(base_model="Salesforce/blip-image-captioning-base"))
     assert services.settings.job_limits().max_runtime_s == 600
 
 
@@ -574,8 +589,9 @@ def test_a_bad_upload_is_refused_with_a_sentence_and_a_good_one_previewed(servic
     photo = tmp_path / "sub" / "photo.jpg"
     photo.parent.mkdir()
     Image.new("RGB", (1200, 600), (10, 200, 10)).save(photo)
-    preview, index, kept = compare.take_upload(services, str(photo))
-    assert Image.open(preview).size == (384, 192) and index is None and kept == str(photo)
+    taken = compare.take_upload(services, str(photo))
+    assert Image.open(taken["picked"]).size == (384, 192) and taken["index"] is None
+    assert taken["upload_path"] == str(photo)
 
 
 def test_a_test_image_compares_the_base_against_its_human_captions(services: Services):
@@ -591,8 +607,9 @@ def test_a_vqa_question_must_be_there_and_short(services: Services, question: st
 
 
 def test_picking_a_vqa_test_image_offers_its_questions(services: Services):
-    thumbnail, index, question = compare.pick_test_image(services, "vqa", 1)
-    assert index == 1 and Image.open(thumbnail).size == (192, 192)
+    picked = compare.pick_test_image(services, "vqa", 1)
+    question = picked["question"]
+    assert picked["index"] == 1 and Image.open(picked["picked"]).size == (192, 192)
     assert question["choices"] == [q for q in question["choices"] if q.startswith("what ")] and question["value"]
     with pytest.raises(UserError, match="Pick a test image"):
         compare.compare(services, "caption", [], None, None, None)
@@ -634,8 +651,9 @@ def write_sweep(folder: Path) -> None:
 
 
 def test_explore_without_results_says_so_and_still_works(services: Services):
-    note, metric, budgets, _, by_fraction, by_params, table, csv_path, verdict, _ = explore.explore(
-        services, "caption", None, None, None, True
+    shown = explore.explore(services, "caption", None, None, None, True)
+    note, metric, budgets, by_fraction, table, csv_path, verdict = (
+        shown[name] for name in ("note", "metric", "held_budget", "by_fraction", "table", "download", "verdict")
     )
     assert verdict.startswith("No verdict yet") and "python -m training report" in verdict
     assert note.startswith("No sweep results yet: `runs.csv` appears in")
@@ -722,19 +740,20 @@ def test_the_runs_table_and_details_read_like_a_report():
 
 
 def test_the_runs_list_filters_by_state_and_names_people_without_their_ids(services: Services):
-    live = services.submit(train.run_config(services, *form()), "visitor-v1")
-    ended = services.submit(train.run_config(services, *form(seed=1)), "visitor-v2")
+    live = services.submit(services.run_config(**form()), "visitor-v1")
+    ended = services.submit(services.run_config(**form(seed=1)), "visitor-v2")
     services.cancel(ended, "visitor-v2")
-    table, picker, panel = runs.refresh(services, ended, "visitor-v1", "cancelled")[:3]
+    listed = runs.refresh(services, ended, "visitor-v1", "cancelled")
+    table, picker, panel = listed["table"], listed["picker"], listed["details"]
     assert list(table["run"]) == ["LoRA 2k, 100 % of the data, seed 1 (captions)"]
     assert [value for _, value in picker["choices"]] == [ended] and ended not in picker["choices"][0][0]
     assert list(table["by"]) == ["another visitor"] and "*cancelled by another visitor while queued*" in panel
-    assert list(runs.refresh(services, None, "visitor-v1", "live")[0]["by"]) == ["you"]
-    assert len(runs.refresh(services, None, "visitor-v1")[0]) == 2 and live
+    assert list(runs.refresh(services, None, "visitor-v1", "live")["table"]["by"]) == ["you"]
+    assert len(runs.refresh(services, None, "visitor-v1")["table"]) == 2 and live
 
 
 def test_a_run_downloads_as_a_zip_and_can_be_deleted(services: Services):
-    job_id = services.submit(train.run_config(services, *form()), "visitor-v1")
+    job_id = services.submit(services.run_config(**form()), "visitor-v1")
     with pytest.raises(UserError, match="has no trained weights yet"):
         services.zip_run(job_id)
     run_dir = Path(services.store.get(job_id).run_dir)
@@ -776,7 +795,8 @@ def watch(services: Services, job_id: str, until: set[str], timeout: float = 300
     """Poll like the page's timer until the job is in one of `until`: (headline word, bar label, bar share)."""
     seen, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
-        headline, progress = train.show_job(services, job_id, -1)[:2]
+        view = train.show_job(services, job_id, -1)
+        headline, progress = view["status"], view["progress"]
         word = re.match(r"\*\*(\w+)", headline).group(1)
         share = float(re.search(r'aria-valuenow="(\d+)"', progress).group(1))
         seen.append((word, re.search(r"<span>(.*)</span>", progress).group(1), share))
@@ -788,7 +808,7 @@ def watch(services: Services, job_id: str, until: set[str], timeout: float = 300
 
 def test_every_phase_of_a_job_and_of_a_cancel_is_shown_as_it_is(services: Services):
     services.start_worker()
-    job_id = services.submit(train.run_config(services, *form(max_steps=6, eval_limit=6)), "visitor-v1")
+    job_id = services.submit(services.run_config(**form(max_steps=6, eval_limit=6)), "visitor-v1")
     seen = watch(services, job_id, {"finished"})
     words = [word for word, _, _ in seen]
     assert {"Training", "Finished"} <= set(words), words
@@ -798,7 +818,7 @@ def test_every_phase_of_a_job_and_of_a_cancel_is_shown_as_it_is(services: Servic
     assert shares == sorted(shares) and shares[-1] == 100, shares
     assert all("left" not in label for word, label, _ in seen if word == "Scoring"), seen  # no "0 s left"
 
-    long_job = services.submit(train.run_config(services, *form(max_steps=200)), "visitor-v1")
+    long_job = services.submit(services.run_config(**form(max_steps=200)), "visitor-v1")
     while (services.status(long_job, log_lines=0).get("step") or 0) < 5:
         assert services.store.get(long_job).state in ("queued", "running")
         time.sleep(0.1)
@@ -875,5 +895,5 @@ def test_the_learning_rate_field_is_0_and_its_note_gives_the_tuned_rate(services
     # 0 (what the browser sends for an empty field) leaves the rate to the trainer (which takes the tuned rate and
     # form); a run again of that job shows 0 too, and a typed value is kept.
     for empty in (0, None, ""):
-        assert train.run_config(services, *form(task="vqa", method="prefix", towers="text", lr=empty)).lr is None
+        assert services.run_config(**form(task="vqa", method="prefix", towers="text", lr=empty)).lr is None
     assert train.learning_rate(services, "vqa", "prefix", "text", "embedded", 0.02)["value"] == 0.02
