@@ -16,6 +16,7 @@ from app.boundary import optional_int, run_limits, shows_user_errors, submitter
 from app.services import Services
 from app.tabs.common import Loader
 from app.tabs.manager import Manager
+from app.tabs.runs import run_name
 from app.tabs.train import METHOD_ORDER
 from training.errors import UserError
 from training.jobs.store import ACTIVE_STATES
@@ -24,7 +25,7 @@ from training.sweeps.protocol import departures, study_settings
 
 POLL_S = 2.0
 IDLE = "No sweep yet: choose the grid and press **Queue the sweep**."
-COLUMNS = ["point", "run", "state", "test score"]
+COLUMNS = ["run", "state", "test score"]  # runs named in words; their ids are in the sweep file and in Runs
 # The form's fields (`sweep_form`'s keywords) and the sweep view: the tab's components by name.
 FORM = ("name", "task", "methods", "budgets", "fractions", "seeds", "max_steps", "batch_size", "eval_limit", "towers")
 VIEW = ("status", "progress", "table", "file", "timer")
@@ -187,11 +188,12 @@ def show_sweep(services: Services, sweep_id: str | None) -> dict:
     records = {r.id: r for r in services.runs()}
     rows = [
         [
-            point,
-            job_id,
-            records[job_id].state if job_id in records else "deleted",
-            fmt.main_score(records[job_id].task, records[job_id].metrics) if job_id in records else "-",
+            run_name(records[job_id]),
+            records[job_id].state,
+            fmt.main_score(records[job_id].task, records[job_id].metrics),
         ]
+        if job_id in records
+        else [point, "deleted", "-"]  # only its grid point is left to name it
         for point, job_id in sweep.jobs.items()
     ]
     file_text = sweep.sweep_file.read_text()
@@ -279,7 +281,7 @@ def build(services: Services, ui: Manager) -> Loader:
                 interactive=False,
                 label="Its runs",
                 wrap=True,
-                column_widths=["40%", "28%", "14%", "18%"],
+                column_widths=["62%", "16%", "22%"],
                 elem_id="sweep-runs",
             )
             sweep_file = gr.Code(
