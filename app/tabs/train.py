@@ -133,7 +133,7 @@ def learning_rate(
         said = f"{lr:g}, the method's default (no rate tuned on validation for this task and model yet)"
     else:
         form = f", {', '.join(f'{k}={v}' for k, v in options.items())}" if options else ""
-        where = origin.replace(" (", "; ").rstrip(")")  # "results/lr.csv; tuned with towers text"
+        where = origin.replace(" (", "; ").rstrip(")")  # "results/lr.csv; tuned with the method on both towers"
         said = f"{lr:g}, tuned on the validation split for this task ({where}{form})"
     return gr.update(value=value or 0, info=f"0: {said}. Type a value to override it.")
 
