@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import re
 import shutil
@@ -895,3 +896,19 @@ def test_the_learning_rate_field_is_0_and_its_note_gives_the_tuned_rate(services
     for empty in (0, None, ""):
         assert services.run_config(**form(task="vqa", method="prefix", towers="text", lr=empty)).lr is None
     assert train.learning_rate(services, "vqa", "prefix", "text", "embedded", 0.02)["value"] == 0.02
+
+
+def test_every_tab_fills_itself_by_name_when_a_page_opens(make_services):
+    """The page-load handlers take `{component: value}` and return `{component: value}` for their own outputs."""
+    from app.main import build_app
+
+    app = build_app(make_services().settings)
+    loaders = [fn for fn in app.demo.fns.values() if (fn.api_name or "").endswith("_load")]
+    tabs = {"train", "sweep", "compare", "explore", "runs", "runs_compared"}
+    assert {fn.api_name for fn in loaders} == {f"ui_{tab}_load" for tab in tabs}
+    for loader in loaders:
+        values = {block: getattr(block, "value", None) for block in loader.inputs}
+        asks = "request" in inspect.signature(loader.fn).parameters
+        changes = loader.fn(values, request=None) if asks else loader.fn(values)
+        assert changes and set(changes) <= set(loader.outputs), loader.api_name
+    app.services.close()

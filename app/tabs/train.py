@@ -647,7 +647,7 @@ def build(services: Services, ui: Manager, secret: str) -> Loader:
 
     def on_load(values: dict, request: gr.Request) -> dict:
         picked = named(values)
-        watched = reattach(services, request, values[visitor], picked["job"])
+        watched = reattach(services, request, values[visitor], picked.pop("job"))
         return ui.updates(
             "train",
             {
