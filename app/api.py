@@ -24,9 +24,8 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import FileData
 
+from app.boundary import optional_int, shows_user_errors, submitter
 from app.services import Services
-from app.tabs.common import optional_int, shows_user_errors, submitter
-from app.tabs.train import run_config
 from training.catalog import CATALOG
 from training.errors import UserError
 from training.methods import METHODS
@@ -120,11 +119,10 @@ def register(services: Services) -> None:
             batch_size=batch_size,
             eval_limit=eval_limit,
         )
-        config = run_config(
-            services,
-            task,
-            method,
-            budget,
+        config = services.run_config(
+            task=task,
+            method=method,
+            budget=budget,
             towers=towers,
             base_model=base_model,
             dataset=dataset,
@@ -361,7 +359,7 @@ def number(value: Any, name: str) -> float | int | None:
     if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
         return value
     if isinstance(value, str) and len(value) <= MAX_ID_SHOWN:
-        return value  # run_config reads it, or says it is not a number
+        return value  # Services.run_config reads it, or says it is not a number
     raise UserError(f"{name} must be a number, not {type(value).__name__}.")
 
 

@@ -54,12 +54,34 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def time_left(seconds: float) -> str:
+    """'about 2 min 30 s left': rounded to 5 s under a minute, 10 s under ten minutes, else the minute, so a
+    countdown polled every second reads calmly and no figure claims a precision the pace does not have."""
+    step = 5 if seconds < 60 else 10 if seconds < 600 else 60
+    return f"about {duration(step * round(seconds / step))} left"
+
+
 def metric(name: str, value: float | None) -> str:
     if value is None:
         return f"{name} -"
     if name.startswith("accuracy"):
         return f"{name} {value:.1f} %"
     return f"{name} {value:.3g}" if abs(value) >= 0.01 else f"{name} {value:.3f}"  # never '4e-06' for a person
+
+
+NOT_SCORES = {"num_examples", "decode_s", "eval_s"}  # what eval.json records beside the scores
+
+
+def test_scores(metrics: dict) -> dict[str, float]:
+    """The scores among a run's test metrics (not its counts, timings or per-type breakdown), in their order."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and k not in NOT_SCORES}
+
+
+def score_value(name: str, value: float | None) -> str:
+    """A score in a table cell: '43.2 %' for an accuracy, '0.812' for the others, '-' for none."""
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value:.1f} %" if name.startswith("accuracy") else f"{value:.3f}"
 
 
 def main_score(task: str, metrics: dict) -> str:
@@ -138,7 +160,7 @@ def job_headline(status: dict) -> str:
             return (
                 f"**Training** ({what}): step {status['step']:,} of {status['total_steps']:,}"
                 + (f", loss {loss:.3f}" if loss is not None else "")
-                + (f", about {duration(left)} left" if left is not None else "")
+                + (f", {time_left(left)}" if left is not None else "")
                 + "."
             )
         if phase == "validating" and status.get("total_steps"):
@@ -192,7 +214,7 @@ def progress_label(status: dict) -> str:
     if state == "running" and phase == "evaluating" and status.get("eval_total"):
         return f"{share} · scoring {status.get('eval_done') or 0:,} of {status['eval_total']:,}"
     if state == "running" and phase == "training" and status.get("eta_s") is not None:
-        return f"{share} · about {duration(status['eta_s'])} left"
+        return f"{share} · {time_left(status['eta_s'])}"
     if state in ("cancelled", "failed", "interrupted") and step and total:
         return f"{share} · stopped at step {step:,} of {total:,}"
     return share
@@ -201,9 +223,13 @@ def progress_label(status: dict) -> str:
 def progress_html(status: dict | None) -> str:
     if status is None:
         return ""
-    share, label = progress_share(status), html.escape(progress_label(status))
+    return progress_bar(progress_share(status), status["state"], progress_label(status))
+
+
+def progress_bar(share: float, state: str, label: str) -> str:
+    """The bar of a job or a sweep: filled to `share` (0 to 1), coloured by `state`, with `label` on it."""
     return (
         f'<div class="vl-progress" role="progressbar" aria-valuenow="{100 * share:.0f}" aria-valuemin="0" '
-        f'aria-valuemax="100"><div class="vl-progress-fill vl-{html.escape(status["state"])}" '
-        f'style="width:{100 * share:.1f}%"></div><span>{label}</span></div>'
+        f'aria-valuemax="100"><div class="vl-progress-fill vl-{html.escape(state)}" '
+        f'style="width:{100 * share:.1f}%"></div><span>{html.escape(label)}</span></div>'
     )

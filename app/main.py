@@ -14,6 +14,7 @@ from app import api
 from app.services import Services
 from app.settings import Settings
 from app.tabs import choose, compare, explore, runs, runs_compared, sweep, train
+from app.tabs.manager import Manager
 from training.catalog import METHOD_NAMES, PEFT_METHODS
 from training.errors import UserError
 
@@ -52,6 +53,10 @@ CSS = """
 .vl-log textarea { font-family: var(--font-mono); font-size: 0.85em; }
 .vl-banner { font-weight: 600; }
 .vl-references ul { margin: 4px 0 0 18px; }
+/* Gradio's Markdown lets a word break anywhere (overflow-wrap: anywhere), so the verdict's table columns shrank
+   until words split mid-word ("reprodu-ced"): wrap between words, and let a table wider than the page scroll. */
+#explore-verdict span, #explore-verdict table { overflow-wrap: break-word; word-break: normal; }
+#explore-verdict table { display: block; max-width: 100%; overflow-x: auto; }
 """
 HEADER = """# VL-PEFT Lab
 Fine-tune a vision-language model (BLIP) with {methods} parameter-efficient methods (and {baselines} baselines), and
@@ -82,19 +87,21 @@ def build_app(settings: Settings | None = None) -> App:
                 "model and data. Run the app yourself to lift these limits."
             )
         visitor = gr.BrowserState("", storage_key="vlpeft-visitor", secret=secret)
+        ui = Manager()
         with gr.Tabs() as tabs:
+            ui.add("app", visitor=visitor, tabs=tabs)
             with gr.Tab("Train", id="train"):
-                loaders = [train.build(services, visitor, secret)]
+                loaders = [train.build(services, ui, secret)]
             with gr.Tab("Sweep", id="sweep"):
-                loaders.append(sweep.build(services, visitor))
+                loaders.append(sweep.build(services, ui))
             with gr.Tab("Compare", id="compare") as compare_tab:
-                loaders.append(compare.build(services, compare_tab))
+                loaders.append(compare.build(services, ui, compare_tab))
             with gr.Tab("Explore", id="explore") as explore_tab:
-                choose.build(services, loaders[0].fills, tabs)
-                loaders.append(explore.build(services, explore_tab))
+                choose.build(services, ui)
+                loaders.append(explore.build(services, ui, explore_tab))
             with gr.Tab("Runs", id="runs") as runs_tab:
-                loaders.append(runs.build(services, runs_tab, visitor, loaders[0].fills, tabs))
-                loaders.append(runs_compared.build(services, runs_tab))
+                loaders.append(runs.build(services, ui, runs_tab))
+                loaders.append(runs_compared.build(services, ui, runs_tab))
         api.register(services)
         # Every browser gets an id of its own (kept in its local storage) before the tabs fill in; on an app only
         # this machine can reach, every browser is the one person at its keyboard (their jobs are theirs in each).

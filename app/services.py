@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BlipForConditionalGeneration, PreTrainedTokenizerBase
 
+from app.boundary import optional_int, optional_number, run_limits
 from app.format import EMBEDDED_DATASET_NAMES as EMBEDDED_DATASETS
 from app.people import person
 from app.settings import Settings
@@ -46,11 +47,11 @@ from training.jobs.store import ACTIVE_STATES, PersonalLimitReached
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
 from training.model.base_model import default_model_path, load_base_config, meta_model
 from training.run import runs
-from training.run.config import RunConfig, planned_steps
+from training.run.config import TASKS, RunConfig, parse_fraction, planned_steps
 from training.run.export import PEFT_FOLDER, exports_to_peft, run_readme, write_peft_adapter
 from training.run.tasks import training_pairs
 from training.study.choice import Choice, which_method
-from training.sweeps.protocol import departures
+from training.sweeps.protocol import departures, study_settings
 
 EMBEDDED = "embedded"  # the form value that stands for the app's default base model or dataset
 RESIDENT_MODELS = 3  # base models kept loaded at once: the app's own and the latest others
@@ -526,6 +527,67 @@ class Services:
         ]
 
     # --- jobs ------------------------------------------------------------------------------------
+
+    def run_config(
+        self,
+        *,
+        task: str,
+        method: str,
+        budget: str,
+        data_fraction: float | str | None,
+        seed: float | str | None = 0,
+        epochs: float | str | None = None,
+        max_steps: float | str | None = None,
+        lr: float | str | None = None,
+        batch_size: float | str | None = 32,
+        towers: str | None = None,
+        base_model: str | None = None,
+        dataset: str | None = None,
+        eval_limit: float | str | None = None,
+        min_steps: float | str | None = None,
+        patience: float | str | None = None,
+    ) -> RunConfig:
+        """The RunConfig the Train form (or an API call) describes, by field name; UserError with one sentence on
+        a bad field.
+
+        What is left out follows the study's protocol (sweeps/paper.yaml: towers, epoch cap, step floor,
+        patience), so a run at a grid point lands on the grid's curve. Steps and test examples of 0 (or empty)
+        mean no limit, a step floor of 0 none; a learning rate of 0 (or empty) the trainer's choice: the rate
+        tuned for the task and method (results/lr.csv), else the method's own."""
+        if data_fraction is None or str(data_fraction).strip() == "":
+            raise UserError("Give the share of the training data to use, between 0 and 1 (e.g. 0.25 for a quarter).")
+        epochs, lr = optional_number(epochs), optional_number(lr)
+        lr = None if lr == 0 else lr  # the browser sends an empty number field as 0
+        if epochs is not None and epochs <= 0:
+            raise UserError(f"Epochs must be above 0 (e.g. 1), not {epochs:g}.")
+        if lr is not None and not 0 < lr < 1:
+            raise UserError(f"A learning rate of {lr:g} is out of range: use a small positive value such as 0.001.")
+        batch, max_steps, eval_limit = run_limits(batch_size, max_steps, eval_limit)
+        seed = optional_int(seed, "The seed") or 0
+        if seed < 0:
+            raise UserError(f"The seed must be 0 or more, not {seed}.")
+        study = study_settings(task) if task in TASKS else {}
+        min_steps, patience = optional_int(min_steps, "Minimum steps"), optional_int(patience, "Patience")
+        if (min_steps or 0) < 0 or (patience or 0) < 0:
+            raise UserError("Minimum steps and patience cannot be negative (0: no floor; 0 patience: no validation).")
+        config = RunConfig(
+            task=task,
+            method=method,
+            budget=str(budget or "").strip(),
+            data_fraction=parse_fraction(data_fraction),
+            seed=seed,
+            epochs=epochs if epochs is not None else study.get("epochs"),
+            max_steps=max_steps,
+            min_steps=study.get("min_steps") if min_steps is None else (min_steps or None),
+            patience=study.get("patience", RunConfig.patience) if patience is None else patience,
+            lr=lr,
+            batch_size=batch,
+            towers=towers or study.get("towers", "text"),
+            base_model=self.base_model_source(base_model),
+            dataset=self.dataset_source(task, dataset),
+            eval_limit=eval_limit,
+        )
+        return config.validate()
 
     def prepare(self, config: RunConfig) -> tuple[RunConfig, Estimate, TrainingSize, list[str]]:
         """Validate a config against the model and data (fast failure instead of a failed job) and apply the

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from app.tabs import train
 from tests.test_app import form
 from tests.test_app_browser import page, server, snap  # noqa: F401 (fixtures: Chromium, the app on the tiny BLIP)
 from tests.test_choice import expected_between
@@ -76,7 +75,7 @@ def test_three_runs_ticked_in_runs_show_three_curves_and_the_marked_differences(
     services = app.services
     ids = []
     for method, seed in (("lora", 0), ("lora", 1), ("serial-adapter", 0)):
-        job_id = services.submit(train.run_config(services, *form(method=method, seed=seed)), "visitor-v1")
+        job_id = services.submit(services.run_config(**form(method=method, seed=seed)), "visitor-v1")
         services.store.claim_next("worker-test", max_concurrent=1)
         assert services.store.finish(job_id, "worker-test", Outcome("finished", "finished for the test", 0))
         logged(services, job_id, [3.0, 2.0 - seed / 10, 1.5], [10.0 + seed, 20.0], accuracy=40.0 + seed)

@@ -45,6 +45,23 @@ EMBEDDED = UPDATE and (DEFAULT_MODEL_DIR / "config.json").is_file()
 RUN = ("0.5%", 40, 16, 40) if EMBEDDED else ("2k", 5, 4, 6)
 
 
+# Browser code: the words of an element's text that the layout split over two lines (a break after a hyphen or a
+# slash is a break between words).
+SPLIT_WORDS = """root => {
+    const split = [], walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        for (const match of node.textContent.matchAll(/[^\\s\\/\\u2010-\\u2014-]+/g)) {
+            const range = document.createRange();
+            range.setStart(node, match.index);
+            range.setEnd(node, match.index + match[0].length);
+            const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+            if (lines.size > 1) split.push(match[0]);
+        }
+    }
+    return split;
+}"""
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, request):
     home = tmp_path_factory.mktemp("browser-home")
@@ -432,6 +449,13 @@ def test_the_runs_table_and_the_plots_fit_whole_at_800_and_1400_px(server, page,
         title.wait_for()
         box, outer = title.bounding_box(), page.locator(plot).bounding_box()
         assert outer["x"] <= box["x"] and box["x"] + box["width"] <= outer["x"] + outer["width"] + 1, (plot, width)
+    # The verdict (its statistics fold open too) wraps between words, never inside one.
+    page.get_by_text("Do the paper's findings reproduce?").click()
+    verdict = page.locator("#explore-verdict")
+    verdict.locator("details").first.wait_for(state="attached")
+    verdict.evaluate("root => root.querySelectorAll('details').forEach(d => { d.open = true; })")
+    page.wait_for_timeout(300)
+    assert verdict.evaluate(SPLIT_WORDS) == [], width
     page.screenshot(path=str(tmp_path / f"explore-{width}.png"), full_page=True)
     # What screen readers hear when an event ends: Gradio's English strings lack it (app.main gives it).
     spoken = page.evaluate("() => [...document.querySelectorAll('[aria-live]')].map(e => e.textContent).join(' ')")

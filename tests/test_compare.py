@@ -128,14 +128,14 @@ def test_columns_in_turn_with_shared_image_features_equal_each_adapter_decoding_
     vl.encode_images = lambda pixel_values, encode=vl.encode_images: (
         encoded.append(vl.ctx.active) or encode(pixel_values)
     )
-    answered = {name: answer(vl, name, encoder, prompt, pixels, 8, features).text for name in [None, *spec]}
+    answered = {name: answer(vl, name, encoder, "vqa", prompt, pixels, 8, features).text for name in [None, *spec]}
     # the text-only ones share the base's features
     assert encoded == list(PEFT_METHODS)
     alone = {}
     for name in [None, *spec]:
         vl.set_active(name)
         with torch.no_grad():
-            alone[name] = encoder.decode(vl.generate(vl.encode_images(pixels), [prompt], 8)[0])
+            alone[name] = encoder.decode("vqa", vl.generate(vl.encode_images(pixels), [prompt], 8)[0])
     assert answered == alone
     assert len(set(alone.values())) > 2  # the adapters really answer differently
 
@@ -145,11 +145,11 @@ def test_an_answer_cut_by_the_token_limit_is_flagged_truncated(tiny_model_dir):
     pixels = PixelCache(vl.base.processor)([Example(GivenImage(draw_tiny("red", "square")), "q")])
     encoder = Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions)
     prompt = encoder.prompt_ids(prompt_text("caption", ""))
-    cut = answer(vl, None, encoder, prompt, pixels, 5)  # the untrained tiny model never says [SEP]
+    cut = answer(vl, None, encoder, "caption", prompt, pixels, 5)  # the untrained tiny model never says [SEP]
     assert cut.truncated and cut.text
     with torch.no_grad():
         vl.model.text_decoder.cls.predictions.bias[vl.sep_id] += 1e4  # now it ends at once, by itself
-    ended = answer(vl, None, encoder, prompt, pixels, 5)
+    ended = answer(vl, None, encoder, "caption", prompt, pixels, 5)
     assert not ended.truncated and ended.text == ""
 
 

@@ -16,6 +16,7 @@ from training.methods.vlmodel import VLModel
 from training.model.base_model import load_base_model
 from training.model.pixels import PixelCache
 from training.paths import DEFAULT_MODEL_DIR
+from training.run.evaluation import predict
 from training.run.tasks import Encoder, prompt_text
 
 
@@ -47,7 +48,7 @@ def decode(vl: VLModel, task: str, examples) -> list[str]:
     with torch.no_grad():
         embeds = vl.encode_images(PixelCache(vl.base.processor)(examples))
     prompts = [encoder.prompt_ids(prompt_text(task, e.question)) for e in examples]
-    return [encoder.decode(ids) for ids in vl.generate(embeds, prompts)]
+    return [encoder.decode(task, ids) for ids in vl.generate(embeds, prompts)]
 
 
 def test_zero_shot_captions_describe_the_scene_in_the_worlds_words(embedded):
@@ -66,10 +67,22 @@ def test_zero_shot_captions_describe_the_scene_in_the_worlds_words(embedded):
     assert shapes_right >= 4
 
 
-def test_zero_shot_model_answers_a_question_with_some_text(embedded):
-    example = load_dataset(None, "vqa").split("test")[0]
-    (answer,) = decode(embedded, "vqa", [example])
-    assert isinstance(answer, str)
+def test_a_vqa_answer_ends_at_its_first_comma_or_full_stop_and_a_caption_is_kept_whole(embedded):
+    encoder = Encoder(embedded.tokenizer, embedded.bos_id, embedded.sep_id, embedded.pad_id, embedded.max_positions)
+    repeated, sentence = encoder.words("circle , circle , circle"), encoder.words("red . it is red")
+    assert encoder.decode("vqa", repeated) == "circle" and encoder.decode("vqa", sentence) == "red"
+    assert encoder.decode("caption", repeated) == "circle, circle, circle"
+    assert encoder.decode("vqa", encoder.words(", circle")) == ""  # the rule holds from the first token on
+
+
+def test_zero_shot_answers_are_scored_up_to_their_first_comma_or_full_stop(embedded):
+    examples = load_dataset(None, "vqa").split("test")[:50]
+    encoder = Encoder(embedded.tokenizer, embedded.bos_id, embedded.sep_id, embedded.pad_id, embedded.max_positions)
+    answers = predict(embedded, "vqa", examples, PixelCache(embedded.base.processor), encoder)
+    encoder.answer_end_ids = frozenset()  # the first edition's decoding: everything up to [SEP] or the limit
+    whole = predict(embedded, "vqa", examples, PixelCache(embedded.base.processor), encoder)
+    assert sum("," in w or "." in w for w in whole) >= 3  # "shapes blue circle, a large purple square and ..."
+    assert answers == [w.split(",")[0].split(".")[0].strip() for w in whole]
 
 
 def test_pretraining_runs_both_objectives_and_saves_a_loadable_model(tmp_path):

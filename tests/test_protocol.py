@@ -421,7 +421,7 @@ def test_a_run_without_lr_takes_the_tuned_one(tmp_path):
     )
     # Another tower setting than the tuned one: the tuned lr, and the source says so.
     lr, _, source = resolve_lr(RunConfig(task="vqa", method="prefix", towers="both"), 0.01, table)
-    assert lr == 0.003 and "tuned with towers text" in source
+    assert lr == 0.003 and "tuned with the method on the text decoder only" in source
     assert resolve_lr(RunConfig(task="vqa", method="prefix", towers="text", lr=0.5), 0.01, table)[2] == "given"
     # Asking for other options than the tuned ones: the tuned lr does not apply.
     other = RunConfig(task="vqa", method="prefix", towers="text", method_options={"reparam": False})

@@ -33,7 +33,8 @@ def test_three_ticked_runs_give_three_curves_each_marked_differences_and_one_sco
     for n, job_id in enumerate(ids):
         logged(services, job_id, [3.0 - n / 10, 2.0, 1.5 - n / 10], [10.0 + n, 20.0 + n], accuracy=40.0 + n)
 
-    note, figure, settings, scores = runs_compared.compare_runs(services, ids)
+    compared = runs_compared.compare_runs(services, ids)
+    note, figure, settings, scores = (compared[name] for name in ("note", "curves", "settings", "scores"))
 
     assert note == "3 runs compared."
     losses = [t for t in figure.data if t.meta == "loss"]
@@ -50,6 +51,7 @@ def test_three_ticked_runs_give_three_curves_each_marked_differences_and_one_sco
 
 
 def test_fewer_than_two_or_more_than_four_runs_are_asked_for_again(services: Services):
-    assert runs_compared.compare_runs(services, [])[0] == runs_compared.TICK
-    note, figure, _, _ = runs_compared.compare_runs(services, ["a", "b", "c", "d", "e"])
+    assert runs_compared.compare_runs(services, [])["note"] == runs_compared.TICK
+    too_many = runs_compared.compare_runs(services, ["a", "b", "c", "d", "e"])
+    note, figure = too_many["note"], too_many["curves"]
     assert note.startswith("5 runs are ticked: untick some, at most 4") and figure is None

@@ -17,7 +17,7 @@ from training.jobs.store import Outcome
 
 def ended(services: Services, state: str, submitter: str = "visitor-v1", **changes) -> str:
     """A run that ended in `state`, through the store (no training)."""
-    job_id = services.submit(train.run_config(services, *form(**changes)), submitter)
+    job_id = services.submit(services.run_config(**form(**changes)), submitter)
     if state == "cancelled":
         services.cancel(job_id, submitter)
         return job_id
@@ -37,24 +37,25 @@ def test_bulk_delete_names_how_many_ended_runs_it_deletes_and_leaves_live_ones(s
     done, failed, stopped = (
         ended(services, state, seed=seed) for seed, state in enumerate(("finished", "failed", "cancelled"))
     )
-    live = services.submit(train.run_config(services, *form(seed=9)), "visitor-v1")
-    row, question, pending = runs.ask_bulk_delete(services, "all", "visitor-v1")
+    live = services.submit(services.run_config(**form(seed=9)), "visitor-v1")
+    asked = runs.ask_bulk_delete(services, "all", "visitor-v1")
+    row, question, pending = asked["ask"], asked["question"], asked["pending"]
     assert row["visible"] and question.startswith("**Delete 3 runs** (1 cancelled, 1 failed, 1 finished) **for good?**")
     assert sorted(pending.split()) == sorted([done, failed, stopped])
-    assert runs.refresh(services, None, "visitor-v1")[-1]["value"] == "Delete the 3 ended runs shown"
+    assert runs.refresh(services, None, "visitor-v1")["bulk"]["value"] == "Delete the 3 ended runs shown"
     # The filter narrows what the button deletes.
-    assert runs.ask_bulk_delete(services, "failed", "visitor-v1")[1].startswith("**Delete 1 run** (1 failed)")
+    assert runs.ask_bulk_delete(services, "failed", "visitor-v1")["question"].startswith("**Delete 1 run** (1 failed)")
     runs.delete_pending(services, None, "v1", pending)
     assert [job.id for job in services.store.list_jobs()] == [live]
     with pytest.raises(UserError, match="No ended run is shown"):
         runs.ask_bulk_delete(services, "all", "visitor-v1")
-    assert not runs.refresh(services, None, "visitor-v1")[-1]["interactive"]
+    assert not runs.refresh(services, None, "visitor-v1")["bulk"]["interactive"]
 
 
 def test_in_a_public_demo_bulk_delete_takes_only_the_visitors_own_runs(make_services):
     services = make_services(demo=True)
     mine, theirs = ended(services, "cancelled", "visitor-v1"), ended(services, "cancelled", "visitor-v2")
-    assert runs.ask_bulk_delete(services, "all", "visitor-v1")[2] == mine
+    assert runs.ask_bulk_delete(services, "all", "visitor-v1")["pending"] == mine
     runs.delete_pending(services, None, "v1", mine)
     assert [job.id for job in services.store.list_jobs()] == [theirs]
 
@@ -72,20 +73,22 @@ def test_run_again_fills_the_train_form_with_the_runs_exact_settings(services: S
         towers="text",
         eval_limit=5,
     )
-    config = train.run_config(services, *values)
+    config = services.run_config(**values)
     job_id = services.submit(config, "visitor-v1")
     filled = train.fill_train_form(services, services.run(job_id).config)
-    assert filled[-1] == fmt.method_explainer("serial-adapter")
-    fields = [value["value"] if isinstance(value, dict) else value for value in filled[:-1]]
+    assert filled.pop("method_note") == fmt.method_explainer("serial-adapter")
+    fields = {name: value["value"] if isinstance(value, dict) else value for name, value in filled.items()}
     assert fields == values  # the app's own model and dataset come back as the embedded choice
-    assert train.run_config(services, *fields) == config
+    assert list(fields) == list(train.FORM)  # every field of the form, none else
+    assert services.run_config(**fields) == config
 
 
 def test_a_failed_runs_log_is_shown_with_its_last_lines_and_the_error(services: Services):
     failed = ended(services, "failed")
-    details, _, _, delete_button, again_button, log = runs.show(services, failed, "visitor-v1")
+    shown = runs.show(services, failed, "visitor-v1")
+    details, delete_button, again_button, log = (shown[name] for name in ("details", "delete", "again", "log"))
     assert log["visible"] and log["value"].endswith("step 30/30 loss 0.0\nerror: out of memory")
     assert len(log["value"].splitlines()) == runs.LOG_LINES + 1 and "step 10/30" not in log["value"]
     assert ": failed\n" in details and f"run id `{failed}`" in details  # named in words, the id in the details
     assert delete_button["interactive"] and again_button["interactive"]
-    assert not runs.show(services, ended(services, "finished", seed=1), "visitor-v1")[-1]["visible"]
+    assert not runs.show(services, ended(services, "finished", seed=1), "visitor-v1")["log"]["visible"]

@@ -45,9 +45,8 @@ def make_services(tmp_path: Path, tiny_model_dir, tiny_caption_dataset, tiny_vqa
         services.close()
 
 
-def form(**changes) -> list:
-    """The Sweep form's values in order (name, task, methods, budgets, fractions, seeds, steps, batch, test
-    examples, towers)."""
+def form(**changes) -> dict:
+    """The Sweep form's values by field name (sweep_tab.FORM)."""
     values = dict(
         name="tiny",
         task="caption",
@@ -61,12 +60,12 @@ def form(**changes) -> list:
         towers="both",
     )
     values.update(changes)
-    return list(values.values())
+    return values
 
 
 def test_the_page_counts_the_runs_of_the_grid_and_says_how_long_they_take(make_services):
     services = make_services()
-    plan = sweeps.draft(services, sweep_tab.sweep_form(services, *form(seeds="0 1")))
+    plan = sweeps.draft(services, sweep_tab.sweep_form(services, **form(seeds="0 1")))
     assert len(plan.configs) == 8  # 2 methods x 1 budget x 2 shares x 2 seeds
     assert {(c.method, c.data_fraction, c.seed) for c in plan.configs} == {
         (m, f, s) for m in ("lora", "serial-adapter") for f in (0.5, 1.0) for s in (0, 1)
@@ -81,14 +80,14 @@ def test_the_page_counts_the_runs_of_the_grid_and_says_how_long_they_take(make_s
 def test_the_expected_time_is_the_train_tabs_estimate_summed_over_the_runs(make_services, monkeypatch):
     services = make_services()
     monkeypatch.setattr(services, "expected_time", lambda config, steps: (10.0 * steps, "a pace"))
-    plan = sweeps.draft(services, sweep_tab.sweep_form(services, *form()))
+    plan = sweeps.draft(services, sweep_tab.sweep_form(services, **form()))
     assert plan.expected_s == pytest.approx(10.0 * 2 * 4)  # 4 runs of 2 steps at 10 s a step
     assert "**Expected time:** about 1 min 20 s" in sweep_tab.summary_text(services, plan)
 
 
 def test_budgets_a_method_cannot_reach_are_skipped_and_said(make_services):
     services = make_services()
-    plan = sweeps.draft(services, sweep_tab.sweep_form(services, *form(methods=["prompt"], budgets="2k 100%")))
+    plan = sweeps.draft(services, sweep_tab.sweep_form(services, **form(methods=["prompt"], budgets="2k 100%")))
     assert len(plan.configs) == 2 and len(plan.skipped) == 2
     assert "2 skipped: prompt trains" in sweep_tab.summary_text(services, plan)
 
@@ -105,12 +104,12 @@ def test_budgets_a_method_cannot_reach_are_skipped_and_said(make_services):
 )
 def test_a_bad_field_is_named_in_a_sentence(make_services, field, value, message):
     services = make_services()
-    assert message in sweep_tab.summary(services, *form(**{field: value}))
+    assert message in sweep_tab.summary(services, form(**{field: value}))
 
 
 def test_a_queued_sweep_is_one_job_per_run_with_a_sweep_file_the_cli_reruns(make_services):
     services = make_services()
-    plan = sweeps.draft(services, sweep_tab.sweep_form(services, *form()))
+    plan = sweeps.draft(services, sweep_tab.sweep_form(services, **form()))
     queued = sweeps.queue(services, plan, "someone")
     jobs = services.store.list_jobs()
     assert [job.id for job in jobs] == list(queued.jobs.values())
@@ -122,6 +121,11 @@ def test_a_queued_sweep_is_one_job_per_run_with_a_sweep_file_the_cli_reruns(make
     assert sweeps.queued_sweeps(services)[0].jobs == queued.jobs
     assert sweeps.counts(services, queued) == {"queued": 4}
     assert sweeps.sweep_of_job(services) == {job.id: "tiny" for job in jobs}
+    # The page names its runs in words, not by grid point (caption__lora__b2k__f0.5__s0) or job id.
+    table = sweep_tab.show_sweep(services, queued.id)["table"]
+    assert list(table.columns) == ["run", "state", "test score"] and list(table["state"]) == ["queued"] * 4
+    assert "LoRA 2000, 50 % of the data, seed 0 (captions)" in list(table["run"])
+    assert not any("__" in name or name in queued.jobs.values() for name in table["run"])
 
 
 def test_a_queued_sweep_comes_back_from_the_durable_location_after_a_restart_on_an_empty_disk(
@@ -132,7 +136,7 @@ def test_a_queued_sweep_comes_back_from_the_durable_location_after_a_restart_on_
     bucket, home = tmp_path / "bucket", tmp_path / "space-home"
     watch = WriteOnceWatch(bucket)
     services = make_services(home=home, durable=bucket)
-    queued = sweeps.queue(services, sweeps.draft(services, sweep_tab.sweep_form(services, *form())), "someone")
+    queued = sweeps.queue(services, sweeps.draft(services, sweep_tab.sweep_form(services, **form())), "someone")
     assert watch.check() == 2  # its sweep file and its list of jobs
     services.close()
     shutil.rmtree(home)
@@ -147,8 +151,8 @@ def test_a_queued_sweep_comes_back_from_the_durable_location_after_a_restart_on_
 
 def test_each_run_counts_against_the_personal_cap_and_a_sweep_that_does_not_fit_is_refused_whole(make_services):
     services = make_services(JobLimits(max_queued=20, max_queued_per_submitter=4, max_runtime_s=0))
-    plan = sweeps.draft(services, sweep_tab.sweep_form(services, *form()))
-    one = sweeps.draft(services, sweep_tab.sweep_form(services, *form(methods=["lora"], fractions="1")))
+    plan = sweeps.draft(services, sweep_tab.sweep_form(services, **form()))
+    one = sweeps.draft(services, sweep_tab.sweep_form(services, **form(methods=["lora"], fractions="1")))
     sweeps.queue(services, one, "me")
     with pytest.raises(
         UserError,
@@ -157,7 +161,7 @@ def test_each_run_counts_against_the_personal_cap_and_a_sweep_that_does_not_fit_
         sweeps.queue(services, plan, "me")
     assert len(services.store.list_jobs()) == 1  # nothing of the refused sweep was queued
     assert "this sweep is too big to queue" not in sweep_tab.summary_text(services, plan)
-    big = sweeps.draft(services, sweep_tab.sweep_form(services, *form(seeds="0 1")))
+    big = sweeps.draft(services, sweep_tab.sweep_form(services, **form(seeds="0 1")))
     assert "Each run counts as one of your 4 jobs" in sweep_tab.summary_text(services, big)
 
 
@@ -207,7 +211,7 @@ def test_explore_counts_a_page_sweeps_finished_runs_apart_from_the_train_tabs(ma
             }
         ]
     ).to_csv(tmp_path / "results" / "runs.csv", index=False)
-    queued = sweeps.queue(services, sweeps.draft(services, sweep_tab.sweep_form(services, *form(fractions="1"))), "me")
+    queued = sweeps.queue(services, sweeps.draft(services, sweep_tab.sweep_form(services, **form(fractions="1"))), "me")
     for job_id in queued.jobs.values():
         services.store.claim_next("worker-1", max_concurrent=1)
         run_dir = Path(services.store.get(job_id).run_dir)
@@ -215,7 +219,7 @@ def test_explore_counts_a_page_sweeps_finished_runs_apart_from_the_train_tabs(ma
         (run_dir / "config.json").write_text(json.dumps({"trainable_params": 2000, "trainable_percent": 1.0}))
         (run_dir / "eval.json").write_text(json.dumps({"metrics": {"CIDEr-D": 0.4}}))
         assert services.store.finish(job_id, "worker-1", Outcome("finished", "finished in 1 s", 0))
-    note = explore.explore(services, "caption", None, None, None, True)[0]
+    note = explore.explore(services, "caption", None, None, None, True)["note"]
     assert note.endswith(
         "Runs you finish in the Train tab appear here as stars. Dotted curves: 2 finished runs of "
         "the sweeps you queued in the Sweep tab."

@@ -234,7 +234,7 @@ def test_an_added_dataset_is_offered_in_train_and_compare(services, own_zip):
 
     assert ("mine (your upload)", "mine") in train.dataset_choices(services, "caption")
     assert [value for _, value in train.dataset_choices(services, "vqa")] == ["embedded"]
-    config = train.run_config(services, *form(dataset="mine", max_steps=2))
+    config = services.run_config(**form(dataset="mine", max_steps=2))
     assert config.dataset == str(services.datasets_home.resolve() / "mine")
     assert services.training_size(config).split_size == 5  # one of the six training images is held out
 
@@ -243,7 +243,7 @@ def test_an_added_dataset_is_offered_in_train_and_compare(services, own_zip):
     expected = json.loads((folder / "test" / "metadata.jsonl").read_text().splitlines()[0])["captions"]
     assert all(caption in page for caption in expected) and "this image: BLEU-4" in page
     with pytest.raises(UserError, match="is a caption dataset"):
-        train.run_config(services, *form(task="vqa", dataset="mine"))
+        services.run_config(**form(task="vqa", dataset="mine"))
     with pytest.raises(UserError, match="no vqa dataset named 'mine'"):
         compare.compare(services, "vqa", [], "what color is it ?", 0, None, "mine")
 
@@ -273,7 +273,7 @@ def test_nothing_is_added_without_a_zip_or_in_the_public_demo(
 
 def test_a_dataset_a_live_job_uses_is_not_replaced_under_it(services, own_zip):
     data.add_dataset(services, str(own_zip[1]), "mine", "caption", False)
-    config = train.run_config(services, *form(dataset="mine", max_steps=2))
+    config = services.run_config(**form(dataset="mine", max_steps=2))
     job_id = services.submit(config, "someone")  # queued: no worker runs in these tests
     with pytest.raises(UserError, match=f"used by job {job_id}, queued or running: replace it once that job has"):
         data.add_dataset(services, str(own_zip[1]), "mine", "caption", True)
@@ -290,7 +290,7 @@ def test_an_added_dataset_is_published_and_comes_back_after_a_restart_on_an_empt
     watch = WriteOnceWatch(bucket)
     first = app_services(home, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, durable=bucket)
     data.add_dataset(first, str(own_zip[1]), "mine", "caption", False)
-    config = train.run_config(first, *form(dataset="mine", max_steps=2))
+    config = first.run_config(**form(dataset="mine", max_steps=2))
     local = first.datasets_home / "mine"
     assert watch.check() > 0
     first.close()
@@ -298,7 +298,7 @@ def test_an_added_dataset_is_published_and_comes_back_after_a_restart_on_an_empt
     shutil.rmtree(home)  # the Space restarts: its local disk is empty, the bucket is kept
     again = app_services(home, tiny_model_dir, tiny_caption_dataset, tiny_vqa_dataset, durable=bucket)
     assert [(d.name, d.task) for d in again.uploaded_datasets()] == [("mine", "caption")]
-    assert train.run_config(again, *form(dataset="mine", max_steps=2)).dataset == config.dataset == str(local.resolve())
+    assert again.run_config(**form(dataset="mine", max_steps=2)).dataset == config.dataset == str(local.resolve())
     assert len(compare.gallery(again, "caption", "mine")) == 3
 
     # A replacement is a new version on the bucket; nothing published before is rewritten.
@@ -332,7 +332,7 @@ def test_an_uploaded_dataset_is_removed_only_when_asked_for_sure_and_no_live_job
     assert data.uploaded_names(services) == ["mine"]
     with pytest.raises(UserError, match="Tick 'Yes, remove it'"):
         data.remove_dataset(services, "mine", False)
-    job = services.submit(train.run_config(services, *form(dataset="mine", max_steps=100_000)), "ann")
+    job = services.submit(services.run_config(**form(dataset="mine", max_steps=100_000)), "ann")
     with pytest.raises(UserError, match=f"used by job {job}, queued or running"):
         data.remove_dataset(services, "mine", True)
     services.cancel(job, "ann")

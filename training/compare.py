@@ -186,13 +186,13 @@ class Comparer:
             prompt = encoder.prompt_ids(prompt_text(task, question))
             base.set_active(None)
             features = base.encode_images(pixel_values)  # shared by every column that leaves the vision tower as is
-            zero_shot = answer(base, None, encoder, prompt, pixel_values, max_new_tokens, features)
+            zero_shot = answer(base, None, encoder, task, prompt, pixel_values, max_new_tokens, features)
             columns = [_column(None, {"config": {"method": "zero-shot"}}, zero_shot)]
             try:
                 for run_dir, info in infos:
                     vl, adapter = self._model_for(run_dir, info)
                     shared = features if vl is base else None
-                    output = answer(vl, adapter, encoder, prompt, pixel_values, max_new_tokens, shared)
+                    output = answer(vl, adapter, encoder, task, prompt, pixel_values, max_new_tokens, shared)
                     columns.append(_column(run_dir, info, output))
             finally:
                 base.set_active(None)
@@ -204,7 +204,7 @@ class Comparer:
 @dataclass
 class Answer:
     text: str
-    truncated: bool  # generation stopped at the token limit, not at [SEP]
+    truncated: bool  # generation stopped at the token limit, not at [SEP] (or, for VQA, the answer's end)
 
 
 @torch.no_grad()
@@ -212,6 +212,7 @@ def answer(
     vl: VLModel,
     adapter: str | None,
     encoder: Encoder,
+    task: str,
     prompt: list[int],
     pixel_values: torch.Tensor,
     max_new_tokens: int,
@@ -228,7 +229,9 @@ def answer(
     else:
         features = vl.encode_images(pixel_values)
     ids = vl.generate(features, [prompt], max_new_tokens)[0]
-    return Answer(encoder.decode(ids), truncated=len(ids) >= vl.token_limit(len(prompt), max_new_tokens) > 0)
+    kept = encoder.output(task, ids)
+    limit = vl.token_limit(len(prompt), max_new_tokens)
+    return Answer(encoder.decode(task, ids), truncated=len(kept) == len(ids) >= limit > 0)
 
 
 class GivenImage:

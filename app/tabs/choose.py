@@ -10,11 +10,11 @@ import gradio as gr
 import pandas as pd
 
 from app import format as fmt
+from app.boundary import shows_user_errors
 from app.services import Services
-from app.tabs.common import shows_user_errors
-from app.tabs.train import fill_train_form
+from app.tabs.manager import Manager
+from app.tabs.train import send_to_train_form, train_form_targets
 from training.catalog import TASKS
-from training.errors import UserError
 from training.study.choice import Choice, Estimate
 
 COLUMNS = [
@@ -44,14 +44,16 @@ def ranking_table(choice: Choice) -> pd.DataFrame:
 
 def _row(rank: int, estimate: Estimate, metric: str) -> list:
     interval = (
-        f"{_value(metric, estimate.low)} to {_value(metric, estimate.high)}" if estimate.seeds > 1 else "one seed"
+        f"{fmt.score_value(metric, estimate.low)} to {fmt.score_value(metric, estimate.high)}"
+        if estimate.seeds > 1
+        else "one seed"
     )
     tied = "best" if estimate.best else ("tied" if estimate.tied else "no")
     counts = sorted(set(estimate.trainable_params))
     return [
         rank,
         estimate.label,
-        _value(metric, estimate.mean),
+        fmt.score_value(metric, estimate.mean),
         interval,
         tied,
         estimate.how,
@@ -60,10 +62,6 @@ def _row(rank: int, estimate: Estimate, metric: str) -> list:
         f"{estimate.peak_mem_mb:,.0f} MB",
         f"{len(estimate.runs)}: " + ", ".join(estimate.runs),
     ]
-
-
-def _value(metric: str, value: float) -> str:
-    return f"{value:.1f} %" if metric == "accuracy" else f"{value:.3f}"
 
 
 def notes(choice: Choice) -> str:
@@ -83,8 +81,8 @@ def notes(choice: Choice) -> str:
     return "\n".join(lines)
 
 
-def answer(services: Services, task: str, data: str, params: str) -> tuple:
-    """The sentence, the ranking, the notes, the config 'Train this' sends, and the button."""
+def answer(services: Services, task: str, data: str, params: str) -> dict:
+    """By name: the sentence, the ranking, the notes, the config 'Train this' sends (pick), and its button."""
     choice = services.which_method(task, data, params)
     pick = choice.train
     button = gr.update(
@@ -92,17 +90,17 @@ def answer(services: Services, task: str, data: str, params: str) -> tuple:
         interactive=pick is not None,
     )
     status = {"outside the grid": "⚠️ Outside the grid", "interpolated": "Interpolated", "on the grid": "On the grid"}
-    return (
-        f"**{status[choice.status]}.** {choice.sentence}",
-        ranking_table(choice),
-        notes(choice),
-        pick,
-        button,
-    )
+    return {
+        "sentence": f"**{status[choice.status]}.** {choice.sentence}",
+        "ranking": ranking_table(choice),
+        "details": notes(choice),
+        "pick": pick,
+        "train": button,
+    }
 
 
-def build(services: Services, train_form: list, tabs: gr.Tabs) -> None:
-    """`train_form`: the Train tab's form and method note (TRAIN_FILL), which 'Train this' fills."""
+def build(services: Services, ui: Manager) -> None:
+    """'Train this' fills the Train tab's form (`send_to_train_form`)."""
     with gr.Accordion("Which method for me?", open=True, elem_id="choose"):
         gr.Markdown(INTRO)
         with gr.Row():
@@ -131,24 +129,29 @@ def build(services: Services, train_form: list, tabs: gr.Tabs) -> None:
         with gr.Accordion("Left out, what the grid supports, and the rules", open=False):
             details = gr.Markdown(elem_id="choose-notes")
     pick = gr.State(None)
+    ui.add("choose", task=task, data=data, params=params, sentence=sentence, ranking=ranking, details=details)
+    ui.add("choose", pick=pick, train=train)
 
-    def on_ask(task_name: str, data_text: str, params_text: str):
-        return answer(services, task_name, data_text, params_text)
+    def on_ask(values: dict) -> dict:
+        asked = ui.values("choose", values)
+        return ui.updates("choose", answer(services, asked["task"], asked["data"], asked["params"]))
 
     gr.on(
         [ask.click, data.submit, params.submit],
         shows_user_errors(on_ask),
-        [task, data, params],
+        {task, data, params},
         [sentence, ranking, details, pick, train],
         api_name="ui_which_method",
         api_visibility="private",
     )
-
-    def on_train(config: dict | None):
-        if not config:
-            raise UserError("Ask 'Which method?' first: there is no pick to train yet.")
-        return (*fill_train_form(services, config), gr.Tabs(selected="train"))
-
     train.click(
-        shows_user_errors(on_train), pick, [*train_form, tabs], api_name="ui_which_train", api_visibility="private"
+        shows_user_errors(
+            lambda values: send_to_train_form(
+                services, ui, values[pick], "Ask 'Which method?' first: there is no pick to train yet."
+            )
+        ),
+        {pick},
+        train_form_targets(ui),
+        api_name="ui_which_train",
+        api_visibility="private",
     )

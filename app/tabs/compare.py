@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import re
 import time
 from pathlib import Path
 
@@ -12,18 +11,17 @@ import pandas as pd
 
 from app import format as fmt
 from app import results
+from app.boundary import shows_user_errors
 from app.services import EMBEDDED, MAIN_METRIC, Comparison, RunRecord, Services
 from app.tabs import data
-from app.tabs.common import Loader, shows_user_errors
+from app.tabs.common import Loader
+from app.tabs.manager import Manager
 from training.compare import Column, check_image
 from training.errors import UserError
 from training.run.config import TASKS
 
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"]
 PREVIEW_PX = 384
-# A short answer ends at its first punctuation: what a model says after it (the zero-shot base, which never learnt
-# to stop after "answer:", goes on "circle, circle, ...") is kept out of the card and shown on hover.
-ANSWER_END = re.compile(r"\s*[,.;:!?]")
 APP_IMAGES = "Test images of the app's dataset"
 # After an output that generation cut at the max-new-tokens limit (it did not end by itself).
 CUT = '<span class="vl-cut" title="cut at the token limit: the model had not finished">…</span>'
@@ -101,16 +99,16 @@ def gallery(services: Services, task: str, source: str | None = None) -> list[tu
         return []
 
 
-def switch_task(services: Services, task: str) -> tuple:
-    """gallery, choices, question box, picked image, picked index, result"""
-    return (
-        gallery(services, task),
-        run_choices(services, task),
-        gr.update(visible=task == "vqa", value=None, choices=[]),
-        None,
-        None,
-        EMPTY,
-    )
+def switch_task(services: Services, task: str) -> dict:
+    """By name: the gallery, the run choices, the question box, the picked image and its index, the result."""
+    return {
+        "pictures": gallery(services, task),
+        "run_ids": run_choices(services, task),
+        "question": gr.update(visible=task == "vqa", value=None, choices=[]),
+        "picked": None,
+        "index": None,
+        "result": EMPTY,
+    }
 
 
 def sources(services: Services, task: str, current: str | None = None) -> dict:
@@ -120,30 +118,36 @@ def sources(services: Services, task: str, current: str | None = None) -> dict:
     return gr.update(choices=choices, value=current if current in {value for _, value in choices} else EMBEDDED)
 
 
-def switch_source(services: Services, task: str, source: str | None) -> tuple:
-    """gallery, picked image, picked index, question box, result"""
+def switch_source(services: Services, task: str, source: str | None) -> dict:
+    """By name: the gallery, the picked image and its index, the question box, the result."""
     question = gr.update(visible=task == "vqa", value=None, choices=[])
-    return gallery(services, task, source), None, None, question, EMPTY
+    return {
+        "pictures": gallery(services, task, source),
+        "picked": None,
+        "index": None,
+        "question": question,
+        "result": EMPTY,
+    }
 
 
-def pick_test_image(services: Services, task: str, index: int, source: str | None = None) -> tuple:
-    """picked image, picked index, question choices (VQA: this image's test questions)."""
+def pick_test_image(services: Services, task: str, index: int, source: str | None = None) -> dict:
+    """By name: the picked image, its index, the question choices (VQA: this image's test questions)."""
     picture = services.test_images(task, source)[index]
     questions = picture.questions
     question = gr.update(choices=questions, value=questions[0] if questions else None)
-    return picture.thumbnail, index, question
+    return {"picked": picture.thumbnail, "index": index, "question": question}
 
 
-def take_upload(services: Services, path: str | None) -> tuple:
-    """picked image (a preview), picked index (none: an upload), upload path kept for Compare."""
+def take_upload(services: Services, path: str | None) -> dict:
+    """By name: the picked image (a preview), its index (none: an upload), the upload path kept for Compare."""
     if path is None:
-        return None, None, None
+        return {"picked": None, "index": None, "upload_path": None}
     image = check_image(path)  # a clear sentence for a non-image, a corrupt or a huge file
     image.thumbnail((PREVIEW_PX, PREVIEW_PX))
     preview = services.scratch / "uploads" / f"{Path(path).parent.name}.png"
     preview.parent.mkdir(parents=True, exist_ok=True)
     image.save(preview)
-    return str(preview), None, path
+    return {"picked": str(preview), "index": None, "upload_path": path}
 
 
 def compare(
@@ -209,17 +213,6 @@ def comparison_html(comparison: Comparison) -> str:
     return "".join(parts)
 
 
-def answer_text(task: str, output: str) -> tuple[str, str]:
-    """(what to show, what the model said after it): a VQA answer ends at its first punctuation; a caption is
-    shown whole."""
-    if task != "vqa":
-        return output, ""
-    end = ANSWER_END.search(output)
-    if end is None or end.start() == 0:
-        return output, ""
-    return output[: end.start()], output[end.start() :].strip()
-
-
 def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> str:
     record = comparison.records.get(column.run_dir or "")
     title, run = ("Zero-shot base", "") if is_base else (fmt.METHOD_LABELS.get(column.method, column.method), "")
@@ -234,21 +227,14 @@ def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> s
         )
     test = " · ".join(fmt.metric(name, value) for name, value in column.test_score.items())
     source = comparison.base_score_source if is_base else ""
-    said, rest = answer_text(comparison.task, column.output or "")
-    output = html.escape(said or "(empty)")
-    if rest:
-        output += (
-            f'<span class="vl-cut" title="it went on: {html.escape(rest, quote=True)} (scored as said, whole)">'
-            " …</span>"
-        )
-    elif column.truncated:
-        output += CUT
+    # A short answer already ends where the answer ends (training/run/tasks.py: its first ',' or '.').
+    output = html.escape(column.output or "(empty)") + (CUT if column.truncated else "")
     sample = " · ".join(fmt.metric(name, value) for name, value in column.sample_score.items())
     differs = not is_base and column.output != base
     if not run and column.run_dir:
         run = Path(column.run_dir).name
     partial = record is not None and record.state != "finished"
-    zero_shot = html.escape(answer_text(comparison.task, base)[0] or "(empty)", quote=True)
+    zero_shot = html.escape(base or "(empty)", quote=True)
     badge = (
         f'<span class="vl-tag" title="the zero-shot base said: {zero_shot}">differs from zero-shot</span>'
         if differs
@@ -271,7 +257,7 @@ def _card(column: Column, base: str, comparison: Comparison, is_base: bool) -> s
 # --- layout ----------------------------------------------------------------------------------------------
 
 
-def build(services: Services, tab: gr.Tab) -> Loader:
+def build(services: Services, ui: Manager, tab: gr.Tab) -> Loader:
     gr.Markdown(
         "See what each trained adapter says about the same picture. The zero-shot base model (no training) "
         "is always the first column; on a test image every column also gets a score against the human "
@@ -334,51 +320,95 @@ def build(services: Services, tab: gr.Tab) -> Loader:
             result = gr.HTML(EMPTY, elem_id="compare-result")
     index = gr.State(None)
     upload_path = gr.State(None)
+    ui.add(
+        "compare",
+        task=task,
+        source=source,
+        pictures=pictures,
+        upload=upload,
+        question=question,
+        run_ids=run_ids,
+        picked=picked,
+        result=result,
+        index=index,
+        upload_path=upload_path,
+    )
     private = dict(api_visibility="private")
 
+    def updates(changes: dict) -> dict:
+        return ui.updates("compare", changes)
+
     task.change(
-        lambda t: switch_task(services, t),
-        task,
-        [pictures, run_ids, question, picked, index, result],
+        lambda values: updates({**switch_task(services, values[task]), "source": sources(services, values[task])}),
+        {task},
+        ui.of("compare", ("pictures", "run_ids", "question", "picked", "index", "result", "source")),
         api_name="ui_compare_task",
         **private,
     )
-
-    task.change(lambda t: sources(services, t), task, source, api_name="ui_compare_sources", **private)
     tab.select(
-        lambda t, s: sources(services, t, s), [task, source], source, api_name="ui_compare_tab_sources", **private
+        lambda values: {
+            source: sources(services, values[task], values[source]),
+            run_ids: run_choices(services, values[task], values[run_ids]),
+        },
+        {task, source, run_ids},
+        [source, run_ids],
+        api_name="ui_compare_tab",
+        **private,
+    )
+    refresh.click(
+        lambda values: {run_ids: run_choices(services, values[task], values[run_ids])},
+        {task, run_ids},
+        run_ids,
+        api_name="ui_compare_runs",
+        **private,
     )
     source.input(
-        lambda t, s: switch_source(services, t, s),
-        [task, source],
-        [pictures, picked, index, question, result],
+        lambda values: updates(switch_source(services, values[task], values[source])),
+        {task, source},
+        ui.of("compare", ("pictures", "picked", "index", "question", "result")),
         api_name="ui_compare_source",
         **private,
     )
 
-    def on_select(task_name: str, source_name: str, event: gr.SelectData):
-        return pick_test_image(services, task_name, event.index, source_name)
+    def on_select(values: dict, event: gr.SelectData) -> dict:
+        return updates(pick_test_image(services, values[task], event.index, values[source]))
 
-    pictures.select(on_select, [task, source], [picked, index, question], api_name="ui_pick_image", **private)
+    pictures.select(on_select, {task, source}, [picked, index, question], api_name="ui_pick_image", **private)
     upload.upload(
-        shows_user_errors(lambda path: take_upload(services, path)),
-        upload,
+        shows_user_errors(lambda values: updates(take_upload(services, values[upload]))),
+        {upload},
         [picked, index, upload_path],
         api_name="ui_upload",
         **private,
     )
-    for trigger, name in ((refresh.click, "ui_compare_runs"), (tab.select, "ui_compare_tab")):
-        trigger(lambda t, ids: run_choices(services, t, ids), [task, run_ids], run_ids, api_name=name, **private)
+
+    def on_compare(values: dict) -> dict:
+        asked = ui.values("compare", values)
+        result_html = compare(
+            services,
+            asked["task"],
+            asked["run_ids"],
+            asked["question"],
+            asked["index"],
+            asked["upload_path"],
+            asked["source"],
+        )
+        return {result: result_html}
+
     go.click(
-        shows_user_errors(lambda *a: compare(services, *a)),
-        [task, run_ids, question, index, upload_path, source],
+        shows_user_errors(on_compare),
+        {task, run_ids, question, index, upload_path, source},
         result,
         api_name="ui_compare",
         **private,
     )
     return Loader(
         "ui_compare_load",
-        lambda t: (gallery(services, t), run_choices(services, t), sources(services, t)),
-        [task],
+        lambda values: {
+            pictures: gallery(services, values[task]),
+            run_ids: run_choices(services, values[task]),
+            source: sources(services, values[task]),
+        },
+        {task},
         [pictures, run_ids, source],
     )

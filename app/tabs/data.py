@@ -12,6 +12,7 @@ import gradio as gr
 
 from app import format as fmt
 from app.services import EMBEDDED, DatasetPreview, Services
+from app.tabs.manager import Manager
 from training.data.vocabulary import VocabularyCheck
 from training.errors import UserError
 from training.run.config import TASKS
@@ -103,8 +104,10 @@ def vocabulary_text(check: VocabularyCheck, task: str) -> str:
     )
 
 
-def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_label: Callable[[str], str]) -> None:
-    """The upload box; a dataset it adds becomes the form's task and dataset."""
+def build(services: Services, ui: Manager, form: str, default_label: Callable[[str], str]) -> None:
+    """The upload box; a dataset it adds becomes the task and dataset of the form named `form` (its "task" and
+    "dataset")."""
+    task, dataset = ui[f"{form}.task"], ui[f"{form}.dataset"]
     with gr.Accordion("Your own dataset (upload a zip)", open=False, elem_id="dataset-upload") as box:
         limits = services.settings.archive_limits
         gr.Markdown(
@@ -143,31 +146,49 @@ def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_labe
             sure = gr.Checkbox(False, label="Yes, remove it", elem_id="dataset-remove-sure")
             remove = gr.Button("Remove", variant="stop", elem_id="dataset-remove")
 
-    def on_add(archive_path: str | None, name_text: str, task_name: str, replace_old: bool):
-        try:
-            preview = add_dataset(services, archive_path, name_text, task_name, replace_old)
-        except UserError as exc:
-            gr.Warning(str(exc))
-            return f"⚠️ **Not added.** {exc}", gr.update(visible=False, value=None), gr.skip(), gr.skip(), gr.skip()
-        choices = dataset_choices(services, task_name, default_label(task_name))
-        return (
-            preview_text(preview),
-            gr.update(visible=True, value=preview.examples),
-            task_name,
-            gr.update(choices=choices, value=preview.stored.name),
-            gr.update(choices=uploaded_names(services), value=None),
-        )
+    ui.add(
+        "data",
+        archive=archive,
+        name=name,
+        upload_task=upload_task,
+        replace=replace,
+        note=note,
+        examples=examples,
+        remove_pick=remove_pick,
+        sure=sure,
+    )
 
-    def on_remove(picked: str | None, is_sure: bool, task_name: str, current: str | None):
+    def on_add(values: dict) -> dict:
+        given = ui.values("data", values)
+        task_name = given["upload_task"]
         try:
-            text = remove_dataset(services, picked, is_sure)
+            preview = add_dataset(services, given["archive"], given["name"], task_name, given["replace"])
         except UserError as exc:
             gr.Warning(str(exc))
-            return f"⚠️ **Not removed.** {exc}", gr.skip(), gr.skip(), gr.skip()
+            return {note: f"⚠️ **Not added.** {exc}", examples: gr.update(visible=False, value=None)}
         choices = dataset_choices(services, task_name, default_label(task_name))
-        value = current if current in [v for _, v in choices] else choices[0][1]
-        names = uploaded_names(services)
-        return text, gr.update(choices=names, value=None), False, gr.update(choices=choices, value=value)
+        return {
+            note: preview_text(preview),
+            examples: gr.update(visible=True, value=preview.examples),
+            task: task_name,
+            dataset: gr.update(choices=choices, value=preview.stored.name),
+            remove_pick: gr.update(choices=uploaded_names(services), value=None),
+        }
+
+    def on_remove(values: dict) -> dict:
+        try:
+            text = remove_dataset(services, values[remove_pick], values[sure])
+        except UserError as exc:
+            gr.Warning(str(exc))
+            return {note: f"⚠️ **Not removed.** {exc}"}
+        choices = dataset_choices(services, values[task], default_label(values[task]))
+        value = values[dataset] if values[dataset] in [v for _, v in choices] else choices[0][1]
+        return {
+            note: text,
+            remove_pick: gr.update(choices=uploaded_names(services), value=None),
+            sure: False,
+            dataset: gr.update(choices=choices, value=value),
+        }
 
     # The page was built before any dataset was added: the list is read afresh each time the box opens.
     box.expand(
@@ -179,7 +200,7 @@ def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_labe
     )
     remove.click(
         on_remove,
-        [remove_pick, sure, task, dataset],
+        {remove_pick, sure, task, dataset},
         [note, remove_pick, sure, dataset],
         api_name="ui_remove_dataset",
         api_visibility="private",
@@ -187,7 +208,7 @@ def build(services: Services, task: gr.Radio, dataset: gr.Dropdown, default_labe
     )
     add.click(
         on_add,
-        [archive, name, upload_task, replace],
+        {archive, name, upload_task, replace},
         [note, examples, task, dataset, remove_pick],
         api_name="ui_add_dataset",
         api_visibility="private",

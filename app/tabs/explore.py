@@ -10,6 +10,7 @@ from app import results, sweeps
 from app.figures import metric_figure
 from app.services import EMBEDDED_DATASETS, Services
 from app.tabs.common import Loader
+from app.tabs.manager import Manager
 from training.run.config import TASKS
 
 FINDINGS = """**What the paper found** (Tian et al., 2024), and what to look for here:
@@ -17,6 +18,21 @@ FINDINGS = """**What the paper found** (Tian et al., 2024), and what to look for
 2. For a task it *was* pre-trained on (captioning), the share of data barely matters, and there is a best
    parameter size: more can hurt.
 3. Layer composition (LoRA, adapters) beats embedding composition (prompt, prefix tuning)."""
+
+
+# What `explore` fills, by name.
+OUTPUTS = (
+    "note",
+    "metric",
+    "held_budget",
+    "held_fraction",
+    "by_fraction",
+    "by_params",
+    "table",
+    "download",
+    "verdict",
+    "dataset",
+)
 
 
 def explore(
@@ -27,9 +43,10 @@ def explore(
     held_fraction: str | None,
     include_mine: bool,
     dataset: str | None = None,
-) -> tuple:
-    """note, metric choices, budget choices, fraction choices, data figure, parameter figure, table, csv file,
-    the sweep report's verdict, and the dataset choices.
+) -> dict:
+    """By name: note, metric choices, budget (held_budget) and fraction (held_fraction) choices, data figure
+    (by_fraction), parameter figure (by_params), table, csv file (download), the sweep report's verdict, and the
+    dataset choices.
 
     Runs on another dataset than the reference grid's are drawn only among the runs on their own dataset (the
     `dataset` picked), never on the grid's axes."""
@@ -70,22 +87,22 @@ def explore(
     table = results.table_view(frame, metrics)
     csv_path = services.scratch / f"vlpeft-results-{task}.csv"
     frame.to_csv(csv_path, index=False)
-    return (
-        note,
-        gr.update(
+    return {
+        "note": note,
+        "metric": gr.update(
             choices=[(results.metric_label(name), name) for name in metrics],
             value=metric,
             info=f"{results.metric_label(metric)}: {fmt.METRIC_NOTES.get(metric.split('_')[0], 'higher is better')}.",
         ),
-        gr.update(choices=budgets, value=held_budget, visible=len(budgets) > 1),
-        gr.update(choices=fractions, value=held_fraction, visible=len(fractions) > 1),
-        metric_figure(frame, "data_fraction", metric, ("budget", held_budget)),
-        metric_figure(frame, "trainable_params", metric, ("data_fraction", held_fraction)),
-        table if not table.empty else pd.DataFrame({"": ["No rows yet."]}),
-        str(csv_path),
-        plain_verdicts(services, task),
-        gr.update(choices=datasets, value=dataset, visible=len(datasets) > 1),
-    )
+        "held_budget": gr.update(choices=budgets, value=held_budget, visible=len(budgets) > 1),
+        "held_fraction": gr.update(choices=fractions, value=held_fraction, visible=len(fractions) > 1),
+        "by_fraction": metric_figure(frame, "data_fraction", metric, ("budget", held_budget)),
+        "by_params": metric_figure(frame, "trainable_params", metric, ("data_fraction", held_fraction)),
+        "table": table if not table.empty else pd.DataFrame({"": ["No rows yet."]}),
+        "download": str(csv_path),
+        "verdict": plain_verdicts(services, task),
+        "dataset": gr.update(choices=datasets, value=dataset, visible=len(datasets) > 1),
+    }
 
 
 def not_comparable_note(own: pd.DataFrame) -> str:
@@ -110,7 +127,7 @@ def plain_verdicts(services: Services, task: str) -> str:
     return results.load_verdict(services.settings.results_dir)
 
 
-def build(services: Services, tab: gr.Tab) -> Loader:
+def build(services: Services, ui: Manager, tab: gr.Tab) -> Loader:
     gr.Markdown(FINDINGS)
     note = gr.Markdown(elem_id="explore-note")
     with gr.Row():
@@ -138,22 +155,36 @@ def build(services: Services, tab: gr.Tab) -> Loader:
     with gr.Accordion("Do the paper's findings reproduce? (the sweep's report)", open=False):
         verdict = gr.Markdown(elem_id="explore-verdict")
 
-    inputs = [task, metric, held_budget, held_fraction, mine, dataset]
-    outputs = [note, metric, held_budget, held_fraction, by_fraction, by_params, table, download, verdict, dataset]
+    ui.add(
+        "explore",
+        note=note,
+        task=task,
+        metric=metric,
+        held_budget=held_budget,
+        held_fraction=held_fraction,
+        mine=mine,
+        dataset=dataset,
+        by_fraction=by_fraction,
+        by_params=by_params,
+        table=table,
+        download=download,
+        verdict=verdict,
+    )
+    inputs = {task, metric, held_budget, held_fraction, mine, dataset}
+    outputs = ui.of("explore", OUTPUTS)
 
-    def update(*values):
-        return explore(services, *values)
+    def update(values: dict) -> dict:
+        picked = ui.values("explore", values)
+        return ui.updates("explore", explore(services, **{"include_mine": picked.pop("mine"), **picked}))
 
-    for trigger in (
-        task.change,
-        metric.input,
-        held_budget.input,
-        held_fraction.input,
-        mine.change,
-        dataset.input,
-        tab.select,
-    ):
-        trigger(update, inputs, outputs, api_name="ui_explore", api_visibility="private")
+    gr.on(
+        [task.change, metric.input, held_budget.input, held_fraction.input, mine.change, dataset.input, tab.select],
+        update,
+        inputs,
+        outputs,
+        api_name="ui_explore",
+        api_visibility="private",
+    )
     return Loader("ui_explore_load", update, inputs, outputs)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections import Counter
@@ -11,10 +10,12 @@ import gradio as gr
 import pandas as pd
 
 from app import format as fmt
+from app.boundary import shows_user_errors, submitter
 from app.people import person, reason
 from app.services import RunRecord, Services
-from app.tabs.common import Loader, shows_user_errors, submitter
-from app.tabs.train import SCROLL_LOG_TO_END, fill_train_form
+from app.tabs.common import Loader
+from app.tabs.manager import Manager
+from app.tabs.train import SCROLL_LOG_TO_END, send_to_train_form, train_form_targets
 from training.catalog import NO_BUDGET_METHODS
 from training.errors import UserError
 from training.jobs.store import FINAL_STATES
@@ -23,7 +24,6 @@ from training.jobs.store import FINAL_STATES
 COLUMNS = ["run", "dataset", "state", "test score", "time", "by", "submitted"]
 
 
-NOT_SCORES = {"num_examples", "decode_s", "eval_s"}
 ENDED_BADLY = ("failed", "interrupted")  # the details show their log: it says why
 LOG_LINES = 20
 ALL_STATES = "all"
@@ -95,7 +95,7 @@ def details(record: RunRecord, viewer: str | None = None) -> str:
         why = reason(record.reason, record.submitter, viewer)
     lines = [f"### {record.label}: {record.state}", f"*{why}* · run id `{record.id}`", ""]
     if record.metrics:
-        shown = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and k not in NOT_SCORES}
+        shown = fmt.test_scores(record.metrics)
         scored = record.metrics.get("num_examples")
         lines.append(
             "**Test scores:** "
@@ -138,36 +138,39 @@ def shown_runs(services: Services, shown: str = ALL_STATES) -> list[RunRecord]:
     return [r for r in services.runs() if shown == ALL_STATES or r.state in STATE_FILTERS.get(shown, (shown,))]
 
 
-def refresh(services: Services, selected: str | None, viewer: str | None = None, shown: str = ALL_STATES) -> tuple:
-    """table, picker, the selected run's panel (SHOWN), and the bulk delete button; `shown` keeps the runs in one
-    state (or live: queued, running)."""
+def refresh(services: Services, selected: str | None, viewer: str | None = None, shown: str = ALL_STATES) -> dict:
+    """By name: the table, the picker, the selected run's panel (SHOWN), and the bulk delete button; `shown` keeps
+    the runs in one state (or live: queued, running)."""
     records = shown_runs(services, shown)
     ids = [r.id for r in records]
     selected = selected if selected in ids else None
     choices = [(f"{r.label} · {r.state}", r.id) for r in records]
     deletable = len(bulk_deletable(records, viewer if services.settings.demo else None))
-    return (
-        runs_table(records, viewer),
-        gr.update(choices=choices, value=selected),
-        *show(services, selected, viewer),
-        gr.update(
+    return {
+        "table": runs_table(records, viewer),
+        "picker": gr.update(choices=choices, value=selected),
+        **show(services, selected, viewer),
+        "bulk": gr.update(
             value=f"Delete the {deletable} ended run{'' if deletable == 1 else 's'} shown", interactive=deletable > 0
         ),
-    )
+    }
 
 
-def show(services: Services, run_id: str | None, viewer: str | None = None) -> tuple:
-    """SHOWN: details, config JSON, download button, delete button, run-again button, and the log of a run that
-    failed or was interrupted (it says why)."""
+SHOWN = ("details", "config", "download", "delete", "again", "log")
+
+
+def show(services: Services, run_id: str | None, viewer: str | None = None) -> dict:
+    """SHOWN by name: details, config JSON, download button, delete button, run-again button, and the log of a run
+    that failed or was interrupted (it says why)."""
     if not run_id:
-        return (
-            "Pick a run to see its details.",
-            None,
-            gr.update(value=None, interactive=False),
-            gr.update(interactive=False),
-            gr.update(interactive=False),
-            gr.update(value="", visible=False),
-        )
+        return {
+            "details": "Pick a run to see its details.",
+            "config": None,
+            "download": gr.update(value=None, interactive=False),
+            "delete": gr.update(interactive=False),
+            "again": gr.update(interactive=False),
+            "log": gr.update(value="", visible=False),
+        }
     record = services.run(run_id)
     config = {"config": record.config, **{k: v for k, v in record.info.items() if k != "config"}}
     archive = services.zip_run(run_id) if record.has_weights else None
@@ -176,14 +179,14 @@ def show(services: Services, run_id: str | None, viewer: str | None = None) -> t
         status = services.status(run_id, log_lines=LOG_LINES)
         lines = status["log_tail"] + ([f"error: {status['error']}"] if status.get("error") else [])
         log = gr.update(value="\n".join(lines) or "(the log is empty)", visible=True)
-    return (
-        details(record, viewer),
-        json.dumps(config, indent=2, default=str),
-        gr.update(value=str(archive) if archive else None, interactive=archive is not None),
-        gr.update(interactive=record.state not in ("queued", "running")),
-        gr.update(interactive=True),
-        log,
-    )
+    return {
+        "details": details(record, viewer),
+        "config": json.dumps(config, indent=2, default=str),
+        "download": gr.update(value=str(archive) if archive else None, interactive=archive is not None),
+        "delete": gr.update(interactive=record.state not in ("queued", "running")),
+        "again": gr.update(interactive=True),
+        "log": log,
+    }
 
 
 def bulk_deletable(records: list[RunRecord], only: str | None = None) -> list[RunRecord]:
@@ -192,7 +195,8 @@ def bulk_deletable(records: list[RunRecord], only: str | None = None) -> list[Ru
 
 
 def ask_delete(services: Services, run_id: str | None) -> tuple:
-    """The confirmation row, naming the run it deletes, and that run's id (what the confirm button acts on)."""
+    """By name: the confirmation row, its question naming the run it deletes, and that run's id (what the confirm
+    button acts on)."""
     if not run_id:
         raise UserError("Pick a run to delete first.")
     record = services.run(run_id)
@@ -201,7 +205,7 @@ def ask_delete(services: Services, run_id: str | None) -> tuple:
         "**for good?** Its weights, "
         "scores and log are removed; this cannot be undone."
     )
-    return gr.update(visible=True), question, run_id
+    return {"ask": gr.update(visible=True), "question": question, "pending": run_id}
 
 
 def ask_bulk_delete(services: Services, shown: str, viewer: str | None) -> tuple:
@@ -216,7 +220,7 @@ def ask_bulk_delete(services: Services, shown: str, viewer: str | None) -> tuple
         f"**Delete {len(records)} {runs_word}** ({which}) **for good?** Their weights, scores and logs are "
         "removed; this cannot be undone."
     )
-    return gr.update(visible=True), question, " ".join(r.id for r in records)
+    return {"ask": gr.update(visible=True), "question": question, "pending": " ".join(r.id for r in records)}
 
 
 def delete_pending(services: Services, request: gr.Request | None, visitor: str, pending: str) -> None:
@@ -229,11 +233,11 @@ def delete_pending(services: Services, request: gr.Request | None, visitor: str,
     gr.Info(f"Run {run_ids[0]} deleted." if len(run_ids) == 1 else f"{len(run_ids)} runs deleted.")
 
 
-HIDDEN_CONFIRM = (gr.update(visible=False), "", "")  # the confirmation row, its question, the runs it names
+HIDDEN_CONFIRM = {"ask": gr.update(visible=False), "question": "", "pending": ""}  # the row, its question, its runs
 
 
-def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form: list, tabs: gr.Tabs) -> Loader:
-    """`train_form`: the Train tab's form and method note (TRAIN_FILL), which 'Run again with changes' fills."""
+def build(services: Services, ui: Manager, tab: gr.Tab) -> Loader:
+    """'Run again with changes' fills the Train tab's form (`send_to_train_form`)."""
     gr.Markdown(
         "Every training job of this app. Pick one for its settings, scores and log folder, or delete it. "
         "Its zip holds the weights, config, log, scores and predictions, with a README on loading the "
@@ -280,56 +284,64 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form:
     pending = gr.State("")  # the runs the confirmation names (ids separated by spaces): the only ones it deletes
     with gr.Accordion("Configuration (config.json)", open=False):
         config = gr.Code(None, language="json", interactive=False)
-
+    ui.add(
+        "runs",
+        table=table,
+        shown=shown,
+        picker=picker,
+        bulk=bulk_button,
+        details=panel,
+        log=log,
+        download=download,
+        again=again_button,
+        delete=delete_button,
+        ask=ask,
+        question=question,
+        pending=pending,
+        config=config,
+    )
+    visitor = ui["app.visitor"]
     private = dict(api_visibility="private")
-    confirmation = [ask, question, pending]
-    shown_parts = [panel, config, download, delete_button, again_button, log]
+    confirmation = ui.of("runs", HIDDEN_CONFIRM)
+    shown_parts = ui.of("runs", SHOWN)
     listing = [table, picker, *shown_parts, bulk_button]
 
-    def with_confirm_hidden(handler):
-        """Any change of the selection hides a pending confirmation: it named another run."""
+    def viewer(values: dict, request: gr.Request | None) -> str:
+        return submitter(request, values[visitor])
 
-        @functools.wraps(handler)  # Gradio reads the signature for the event data it passes
-        def hiding(*args):
-            return (*handler(*args), *HIDDEN_CONFIRM)
+    def updates(*changes: dict) -> dict:
+        """The changes by name, a pending confirmation hidden: any change of the selection means another run."""
+        merged = {k: v for change in changes for k, v in change.items()}
+        return ui.updates("runs", {**merged, **HIDDEN_CONFIRM})
 
-        return hiding
+    def on_refresh(values: dict, request: gr.Request) -> dict:
+        return updates(refresh(services, values[picker], viewer(values, request), values[shown]))
 
-    def on_refresh(visitor_id: str, run_id: str | None, state: str, request: gr.Request):
-        return refresh(services, run_id, submitter(request, visitor_id), state)
-
-    def on_pick(visitor_id: str, run_id: str | None, request: gr.Request):
-        return show(services, run_id, submitter(request, visitor_id))
-
-    for trigger, name in (
-        (refresh_button.click, "ui_runs_refresh"),
-        (tab.select, "ui_runs_tab"),
-        (shown.input, "ui_runs_filter"),
-    ):
-        trigger(
-            with_confirm_hidden(on_refresh),
-            [visitor, picker, shown],
-            [*listing, *confirmation],
-            api_name=name,
-            **private,
-        )
-    picker.input(
-        shows_user_errors(with_confirm_hidden(on_pick)),
-        [visitor, picker],
-        [*shown_parts, *confirmation],
-        api_name="ui_runs_show",
+    gr.on(
+        [refresh_button.click, tab.select, shown.input],
+        on_refresh,
+        {visitor, picker, shown},
+        [*listing, *confirmation],
+        api_name="ui_runs_refresh",
         **private,
     )
 
-    def on_row(visitor_id: str, state: str, event: gr.SelectData, request: gr.Request):
-        listed = shown_runs(services, state)  # the table's rows, in its order (it names runs in words, not ids)
+    def on_pick(values: dict, request: gr.Request) -> dict:
+        return updates(show(services, values[picker], viewer(values, request)))
+
+    picker.input(
+        shows_user_errors(on_pick), {visitor, picker}, [*shown_parts, *confirmation], api_name="ui_runs_show", **private
+    )
+
+    def on_row(values: dict, event: gr.SelectData, request: gr.Request) -> dict:
+        listed = shown_runs(services, values[shown])  # the table's rows, in its order (it names runs in words)
         row = event.index[0] if event.index else None
         run_id = listed[row].id if row is not None and 0 <= row < len(listed) else None
-        return (gr.update(value=run_id), *show(services, run_id, submitter(request, visitor_id)))
+        return updates({"picker": gr.update(value=run_id)}, show(services, run_id, viewer(values, request)))
 
     table.select(
-        shows_user_errors(with_confirm_hidden(on_row)),
-        [visitor, shown],
+        shows_user_errors(on_row),
+        {visitor, shown},
         [picker, *shown_parts, *confirmation],
         api_name="ui_runs_row",
         **private,
@@ -337,33 +349,35 @@ def build(services: Services, tab: gr.Tab, visitor: gr.BrowserState, train_form:
     # The last lines are what matter: keep the log box scrolled to its end when it fills.
     log.change(None, None, None, js=SCROLL_LOG_TO_END)
     delete_button.click(
-        shows_user_errors(lambda run_id: ask_delete(services, run_id)),
-        picker,
+        shows_user_errors(lambda values: ui.updates("runs", ask_delete(services, values[picker]))),
+        {picker},
         confirmation,
         api_name="ui_runs_ask",
         **private,
     )
 
-    def on_bulk(visitor_id: str, state: str, request: gr.Request):
-        return ask_bulk_delete(services, state, submitter(request, visitor_id))
+    def on_bulk(values: dict, request: gr.Request) -> dict:
+        return ui.updates("runs", ask_bulk_delete(services, values[shown], viewer(values, request)))
 
     bulk_button.click(
-        shows_user_errors(on_bulk), [visitor, shown], confirmation, api_name="ui_runs_ask_bulk", **private
+        shows_user_errors(on_bulk), {visitor, shown}, confirmation, api_name="ui_runs_ask_bulk", **private
     )
-    keep.click(lambda: HIDDEN_CONFIRM, None, confirmation, api_name="ui_runs_keep", **private)
+    keep.click(lambda: ui.updates("runs", HIDDEN_CONFIRM), None, confirmation, api_name="ui_runs_keep", **private)
 
-    def on_confirm(visitor_id: str, run_ids: str, state: str, request: gr.Request):
-        shows_user_errors(delete_pending)(services, request, visitor_id, run_ids)
-        return (*refresh(services, None, submitter(request, visitor_id), state), *HIDDEN_CONFIRM)
+    def on_confirm(values: dict, request: gr.Request) -> dict:
+        shows_user_errors(delete_pending)(services, request, values[visitor], values[pending])
+        return updates(refresh(services, None, viewer(values, request), values[shown]))
 
     confirm.click(
-        on_confirm, [visitor, pending, shown], [*listing, *confirmation], api_name="ui_runs_delete", **private
+        on_confirm, {visitor, pending, shown}, [*listing, *confirmation], api_name="ui_runs_delete", **private
     )
 
-    def on_again(run_id: str | None):
-        if not run_id:
-            raise UserError("Pick a run to run again first.")
-        return (*fill_train_form(services, services.run(run_id).config), gr.Tabs(selected="train"))
+    def on_again(values: dict) -> dict:
+        run_id = values[picker]
+        config = services.run(run_id).config if run_id else None
+        return send_to_train_form(services, ui, config, "Pick a run to run again first.")
 
-    again_button.click(shows_user_errors(on_again), picker, [*train_form, tabs], api_name="ui_runs_again", **private)
-    return Loader("ui_runs_load", with_confirm_hidden(on_refresh), [visitor, picker, shown], [*listing, *confirmation])
+    again_button.click(
+        shows_user_errors(on_again), {picker}, train_form_targets(ui), api_name="ui_runs_again", **private
+    )
+    return Loader("ui_runs_load", on_refresh, {visitor, picker, shown}, [*listing, *confirmation])

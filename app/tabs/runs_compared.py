@@ -11,13 +11,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app import format as fmt
+from app.boundary import shows_user_errors
 from app.services import RunRecord, Services
-from app.tabs.common import Loader, shows_user_errors
+from app.tabs.common import Loader
+from app.tabs.manager import Manager
 from training.catalog import MAIN_METRIC
 
 MIN_RUNS, MAX_RUNS = 2, 4
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")  # one colour per ticked run, in both panels
-NOT_SCORES = {"num_examples", "decode_s", "eval_s", "per_type"}
 DIFFERS = "≠"
 DIFFERS_STYLE = "background: #fff3c4; color: #000; font-weight: 600;"  # legible on the light and the dark theme
 TICK = f"Tick {MIN_RUNS} to {MAX_RUNS} runs to compare them."
@@ -132,7 +133,7 @@ def scores_html(records: list[RunRecord]) -> str:
     names = []
     for record in records:
         main = MAIN_METRIC.get(record.task)
-        found = [k for k, v in record.metrics.items() if isinstance(v, int | float) and k not in NOT_SCORES]
+        found = list(fmt.test_scores(record.metrics))
         for name in sorted(found, key=lambda k: (k != main, k)):
             if name not in names:
                 names.append(name)
@@ -145,9 +146,9 @@ def scores_html(records: list[RunRecord]) -> str:
         known = [v for v in values if isinstance(v, int | float)]
         best = max(known) if known else None
         cells = "".join(
-            f"<td><b>{_score(name, v)}</b></td>"
+            f"<td><b>{fmt.score_value(name, v)}</b></td>"
             if v is not None and v == best and len(known) > 1
-            else f"<td>{_score(name, v)}</td>"
+            else f"<td>{fmt.score_value(name, v)}</td>"
             for v in values
         )
         rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
@@ -157,31 +158,31 @@ def scores_html(records: list[RunRecord]) -> str:
     )
 
 
-def _score(name: str, value: float | None) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    return f"{value:.1f} %" if name.startswith("accuracy") else f"{value:.3f}"
-
-
 def _shown(value: object) -> str:
     return "-" if value is None or value == "" else str(value)
 
 
-def compare_runs(services: Services, run_ids: list[str] | None) -> tuple:
-    """The note, the curves, the settings and the scores of the ticked runs (nothing until two to four are)."""
+def compare_runs(services: Services, run_ids: list[str] | None) -> dict:
+    """By name: the note, the curves, the settings and the scores of the ticked runs (nothing until two to four
+    are)."""
     run_ids = list(run_ids or [])
     if not MIN_RUNS <= len(run_ids) <= MAX_RUNS:
         note = TICK if len(run_ids) < MIN_RUNS else f"{len(run_ids)} runs are ticked: untick some, at most {MAX_RUNS}."
-        return note, None, "", ""
+        return {"note": note, "curves": None, "settings": "", "scores": ""}
     records = [services.run(run_id) for run_id in run_ids]
     tasks = {r.task for r in records}
     note = f"{len(records)} runs compared."
     if len(tasks) > 1:
         note += " They are of different tasks: their validation scores and test scores are not on one scale."
-    return note, curves_figure(services, records), settings_html(records), scores_html(records)
+    return {
+        "note": note,
+        "curves": curves_figure(services, records),
+        "settings": settings_html(records),
+        "scores": scores_html(records),
+    }
 
 
-def build(services: Services, tab: gr.Tab) -> Loader:
+def build(services: Services, ui: Manager, tab: gr.Tab) -> Loader:
     with gr.Accordion("Compare runs", open=True, elem_id="runs-compared"):
         gr.Markdown(
             "Tick two to four runs: their loss and validation curves overlaid, their settings side by side (rows "
@@ -193,20 +194,21 @@ def build(services: Services, tab: gr.Tab) -> Loader:
         with gr.Row():
             settings = gr.HTML(elem_id="runs-compared-settings")
             scores = gr.HTML(elem_id="runs-compared-scores")
+    ui.add("runs_compared", picks=picks, note=note, curves=curves, settings=settings, scores=scores)
 
     private = dict(api_visibility="private")
     picks.change(
-        shows_user_errors(lambda ids: compare_runs(services, ids)),
-        picks,
-        [note, curves, settings, scores],
+        shows_user_errors(lambda values: ui.updates("runs_compared", compare_runs(services, values[picks]))),
+        {picks},
+        ui.of("runs_compared", ("note", "curves", "settings", "scores")),
         api_name="ui_runs_compared",
         **private,
     )
 
-    def on_show(ticked: list[str] | None):
+    def on_show(values: dict) -> dict:
         choices = run_choices(services)
         known = {value for _, value in choices}
-        return gr.update(choices=choices, value=[r for r in ticked or [] if r in known])
+        return {picks: gr.update(choices=choices, value=[r for r in values[picks] or [] if r in known])}
 
-    tab.select(on_show, picks, picks, api_name="ui_runs_compared_choices", **private)
-    return Loader("ui_runs_compared_load", on_show, [picks], [picks])
+    tab.select(on_show, {picks}, picks, api_name="ui_runs_compared_choices", **private)
+    return Loader("ui_runs_compared_load", on_show, {picks}, [picks])

@@ -4,14 +4,19 @@ watched to the end; Explore draws its runs as curves."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 import gradio as gr
 import pandas as pd
 
 from app import format as fmt
 from app import sweeps
+from app.boundary import optional_int, run_limits, shows_user_errors, submitter
 from app.services import Services
-from app.tabs.common import Loader, optional_int, shows_user_errors, submitter
+from app.tabs.common import Loader
+from app.tabs.manager import Manager
+from app.tabs.runs import run_name
 from app.tabs.train import METHOD_ORDER
 from training.errors import UserError
 from training.jobs.store import ACTIVE_STATES
@@ -20,7 +25,9 @@ from training.sweeps.protocol import departures, study_settings
 
 POLL_S = 2.0
 IDLE = "No sweep yet: choose the grid and press **Queue the sweep**."
-COLUMNS = ["point", "run", "state", "test score"]
+COLUMNS = ["run", "state", "test score"]  # runs named in words; their ids are in the sweep file and in Runs
+# The form's fields (`sweep_form`'s keywords) and the sweep view: the tab's components by name.
+FORM = ("name", "task", "methods", "budgets", "fractions", "seeds", "max_steps", "batch_size", "eval_limit", "towers")
 VIEW = ("status", "progress", "table", "file", "timer")
 
 
@@ -34,6 +41,7 @@ def parse_list(text: str | None, what: str, example: str) -> list[str]:
 
 def sweep_form(
     services: Services,
+    *,
     name: str,
     task: str,
     methods: list[str],
@@ -62,22 +70,14 @@ def sweep_form(
             raise UserError(
                 f"The share of data {item!r} is not a number: give values in (0, 1], e.g. 0.25 1."
             ) from None
-    steps, batch, limit = (
-        optional_int(max_steps, "Steps"),
-        optional_int(batch_size, "The batch size"),
-        optional_int(eval_limit, "Test examples to score"),
-    )
-    if batch is None or batch < 1:
-        raise UserError("The batch size must be at least 1 (e.g. 32; smaller if memory runs out).")
-    if (steps or 0) < 0 or (limit or 0) < 0:
-        raise UserError("Steps and test examples to score cannot be negative (0 means no limit).")
+    batch, steps, limit = run_limits(batch_size, max_steps, eval_limit)
     # Every run follows the study's schedule (epoch cap, step floor, patience) so it lands on the grid's curves.
     settings = {
         **study_settings(task),
         "batch_size": batch,
         "towers": towers,
-        "max_steps": steps or None,
-        "eval_limit": limit or None,
+        "max_steps": steps,
+        "eval_limit": limit,
     }
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (name or "").strip()).strip("-") or f"{task}-sweep"
     return sweeps.sweep_data(
@@ -93,10 +93,10 @@ def sweep_form(
     )
 
 
-def summary(services: Services, *form) -> str:
-    """'**4 runs** (...). Expected time: about 3 min (...)', or what is wrong with the grid."""
+def summary(services: Services, form: Mapping[str, Any]) -> str:
+    """'**4 runs** (...). Expected time: about 3 min (...)', or what is wrong with the grid; `form` by FORM name."""
     try:
-        plan = sweeps.draft(services, sweep_form(services, *form))
+        plan = sweeps.draft(services, sweep_form(services, **form))
     except UserError as exc:
         return f"⚠️ {exc}"
     return summary_text(services, plan)
@@ -141,20 +141,21 @@ def summary_text(services: Services, plan: sweeps.SweepDraft) -> str:
     return text
 
 
-def start(services: Services, request: gr.Request | None, visitor: str, *form) -> tuple:
-    """Queue the sweep; returns the sweep picker, the VIEW and the note under the button."""
+def start(services: Services, request: gr.Request | None, visitor: str, form: Mapping[str, Any]) -> dict:
+    """Queue the sweep (`form` by FORM name); returns, by name, the sweep picker, the VIEW and the note under the
+    button. A refused sweep changes only the note."""
     who = submitter(request, visitor)
     try:
-        plan = sweeps.draft(services, sweep_form(services, *form))
+        plan = sweeps.draft(services, sweep_form(services, **form))
         queued = sweeps.queue(services, plan, who)
     except UserError as exc:
-        return (gr.skip(), *[gr.skip()] * len(VIEW), f"⚠️ **Not queued.** {exc}")
-    return (
-        sweep_choices(services, who, queued.id),
-        *show_sweep(services, queued.id),
-        f"Queued {len(queued.jobs)} runs as sweep **{queued.name}**. The same sweep from the command line: "
-        f"`{queued.command}`",
-    )
+        return {"start_note": f"⚠️ **Not queued.** {exc}"}
+    return {
+        "picker": sweep_choices(services, who, queued.id),
+        **show_sweep(services, queued.id),
+        "start_note": f"Queued {len(queued.jobs)} runs as sweep **{queued.name}**. The same sweep from the command "
+        f"line: `{queued.command}`",
+    }
 
 
 def sweep_choices(services: Services, who: str, selected: str | None) -> dict:
@@ -163,11 +164,18 @@ def sweep_choices(services: Services, who: str, selected: str | None) -> dict:
     return gr.update(choices=choices, value=selected if selected in {s.id for s in mine} else None)
 
 
-def show_sweep(services: Services, sweep_id: str | None) -> tuple:
-    """The VIEW: status line, progress bar, its runs, the sweep file with the command that reruns it, timer."""
+def show_sweep(services: Services, sweep_id: str | None) -> dict:
+    """The VIEW by name: status line, progress bar, its runs, the sweep file with the command that reruns it,
+    timer."""
     sweep = next((s for s in sweeps.queued_sweeps(services) if s.id == sweep_id), None) if sweep_id else None
     if sweep is None:
-        return IDLE, "", pd.DataFrame(columns=COLUMNS), gr.update(value="", visible=False), gr.Timer(active=False)
+        return {
+            "status": IDLE,
+            "progress": "",
+            "table": pd.DataFrame(columns=COLUMNS),
+            "file": gr.update(value="", visible=False),
+            "timer": gr.Timer(active=False),
+        }
     tally = sweeps.counts(services, sweep)
     total, ended = len(sweep.jobs), sum(n for state, n in tally.items() if state not in ACTIVE_STATES)
     parts = ", ".join(f"{n} {state}" for state, n in sorted(tally.items()))
@@ -177,32 +185,28 @@ def show_sweep(services: Services, sweep_id: str | None) -> tuple:
     )
     share = ended / total if total else 0.0
     state = "finished" if done and tally.get("finished") == total else ("failed" if done else "running")
-    progress = (
-        f'<div class="vl-progress" role="progressbar" aria-valuenow="{100 * share:.0f}"><div '
-        f'class="vl-progress-fill vl-{state}" style="width:{100 * share:.1f}%"></div>'
-        f"<span>{ended} of {total} runs</span></div>"
-    )
     records = {r.id: r for r in services.runs()}
     rows = [
         [
-            point,
-            job_id,
-            records[job_id].state if job_id in records else "deleted",
-            fmt.main_score(records[job_id].task, records[job_id].metrics) if job_id in records else "-",
+            run_name(records[job_id]),
+            records[job_id].state,
+            fmt.main_score(records[job_id].task, records[job_id].metrics),
         ]
+        if job_id in records
+        else [point, "deleted", "-"]  # only its grid point is left to name it
         for point, job_id in sweep.jobs.items()
     ]
     file_text = sweep.sweep_file.read_text()
-    return (
-        status,
-        progress,
-        pd.DataFrame(rows, columns=COLUMNS),
-        gr.update(value=file_text, visible=True),
-        gr.Timer(active=not done),
-    )
+    return {
+        "status": status,
+        "progress": fmt.progress_bar(share, state, f"{ended} of {total} runs"),
+        "table": pd.DataFrame(rows, columns=COLUMNS),
+        "file": gr.update(value=file_text, visible=True),
+        "timer": gr.Timer(active=not done),
+    }
 
 
-def build(services: Services, visitor: gr.BrowserState) -> Loader:
+def build(services: Services, ui: Manager) -> Loader:
     gr.Markdown(
         "Queue a grid of runs on one task: every method you tick at every budget, share of data and seed. "
         "Each run is a job in the same queue as the Train tab's (and counts as one of yours); Explore "
@@ -277,7 +281,7 @@ def build(services: Services, visitor: gr.BrowserState) -> Loader:
                 interactive=False,
                 label="Its runs",
                 wrap=True,
-                column_widths=["40%", "28%", "14%", "18%"],
+                column_widths=["62%", "16%", "22%"],
                 elem_id="sweep-runs",
             )
             sweep_file = gr.Code(
@@ -290,35 +294,58 @@ def build(services: Services, visitor: gr.BrowserState) -> Loader:
                 elem_id="sweep-file",
             )
     timer = gr.Timer(POLL_S, active=False)
-    form = [name, task, methods, budgets, fractions, seeds, max_steps, batch_size, eval_limit, towers]
-    view = [status, progress, table, sweep_file, timer]
+    ui.add(
+        "sweep",
+        name=name,
+        task=task,
+        methods=methods,
+        budgets=budgets,
+        fractions=fractions,
+        seeds=seeds,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        eval_limit=eval_limit,
+        towers=towers,
+        size_note=size_note,
+        start_note=start_note,
+        picker=picker,
+        status=status,
+        progress=progress,
+        table=table,
+        file=sweep_file,
+        timer=timer,
+    )
+    visitor = ui["app.visitor"]
+    form = set(ui.of("sweep", FORM))
+    view = ui.of("sweep", VIEW)
     private = dict(api_visibility="private")
 
-    for field in form:
-        field.change(
-            lambda *values: summary(services, *values),
-            form,
-            size_note,
-            api_name="ui_sweep_size",
-            show_progress="hidden",
-            concurrency_limit=None,
-            **private,
-        )
+    def named(values: dict) -> dict[str, Any]:
+        return ui.values("sweep", values)
 
-    def on_start(request: gr.Request, visitor_id: str, *values):
-        return start(services, request, visitor_id, *values)
-
-    start_button.click(on_start, [visitor, *form], [picker, *view, start_note], api_name="ui_sweep_start", **private)
-    picker.input(
-        shows_user_errors(lambda sweep_id: show_sweep(services, sweep_id)),
-        picker,
-        view,
-        api_name="ui_sweep_pick",
+    gr.on(
+        [field.change for field in ui.of("sweep", FORM)],
+        lambda values: {size_note: summary(services, named(values))},
+        form,
+        size_note,
+        api_name="ui_sweep_size",
+        show_progress="hidden",
+        concurrency_limit=None,
         **private,
     )
+
+    def on_start(values: dict, request: gr.Request) -> dict:
+        return ui.updates("sweep", start(services, request, values[visitor], named(values)))
+
+    start_button.click(on_start, {visitor, *form}, [picker, *view, start_note], api_name="ui_sweep_start", **private)
+
+    def on_show(values: dict) -> dict:
+        return ui.updates("sweep", show_sweep(services, values[picker]))
+
+    picker.input(shows_user_errors(on_show), {picker}, view, api_name="ui_sweep_pick", **private)
     timer.tick(
-        lambda sweep_id: show_sweep(services, sweep_id),
-        picker,
+        on_show,
+        {picker},
         view,
         api_name="ui_sweep_poll",
         show_progress="hidden",
@@ -326,10 +353,17 @@ def build(services: Services, visitor: gr.BrowserState) -> Loader:
         **private,
     )
 
-    def on_load(request: gr.Request, visitor_id: str, *values):
-        who = submitter(request, visitor_id)
+    def on_load(values: dict, request: gr.Request) -> dict:
+        who = submitter(request, values[visitor])
         mine = [s for s in sweeps.queued_sweeps(services) if s.submitter == who]
         shown = mine[0].id if mine else None
-        return (sweep_choices(services, who, shown), *show_sweep(services, shown), summary(services, *values))
+        return ui.updates(
+            "sweep",
+            {
+                "picker": sweep_choices(services, who, shown),
+                **show_sweep(services, shown),
+                "size_note": summary(services, named(values)),
+            },
+        )
 
-    return Loader("ui_sweep_load", on_load, [visitor, *form], [picker, *view, size_note])
+    return Loader("ui_sweep_load", on_load, {visitor, *form}, [picker, *view, size_note])

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import gradio as gr
 
 from app import format as fmt
+from app.boundary import shows_user_errors, submitter
 from app.figures import loss_curve
 from app.services import EMBEDDED, Services
 from app.tabs import data
-from app.tabs.common import Loader, optional_int, optional_number, scroll_to_end_js, shows_user_errors, submitter
+from app.tabs.common import Loader, scroll_to_end_js
+from app.tabs.manager import Manager
 from training.catalog import BASELINE, CATALOG, EMBEDDING, LAYER, METHOD_NAMES
 from training.errors import UserError
 from training.jobs.store import ACTIVE_STATES
 from training.methods import METHODS
-from training.run.config import DEFAULT_EPOCHS, TASKS, RunConfig, parse_fraction
+from training.run.config import DEFAULT_EPOCHS, TASKS, RunConfig
 from training.sweeps.protocol import departures, study_settings
 
 FAMILY_ORDER = (LAYER, EMBEDDING, BASELINE)
@@ -27,102 +32,69 @@ DEFAULT_BUDGET = "18k"  # the reference grid's budget on its data axis (sweeps/p
 IDLE = "No job yet: choose the settings and press **Start training**."
 POLL_S = 1.0
 SCROLL_LOG_TO_END = scroll_to_end_js("job-log")
-VIEW = ("status", "progress", "cancel", "curve", "command", "log", "log box", "timer", "points")
+# The form's fields, named as `Services.run_config` names them, and the job view: the tab's components by name.
+FORM = (
+    "task",
+    "method",
+    "budget",
+    "data_fraction",
+    "seed",
+    "epochs",
+    "max_steps",
+    "lr",
+    "batch_size",
+    "towers",
+    "base_model",
+    "dataset",
+    "eval_limit",
+    "min_steps",
+    "patience",
+)
+FILLED = (*FORM, "method_note")  # what a run's settings fill (Runs: run again; Explore: train this)
+VIEW = ("status", "progress", "cancel", "curve", "command", "log", "log_box", "timer", "points")
 
 
-def run_config(
-    services: Services,
-    task: str,
-    method: str,
-    budget: str,
-    data_fraction: float | str | None,
-    seed: float | str | None,
-    epochs: float | str | None = None,
-    max_steps: float | str | None = None,
-    lr: float | str | None = None,
-    batch_size: float | str | None = 32,
-    towers: str | None = None,
-    base_model: str | None = None,
-    dataset: str | None = None,
-    eval_limit: float | str | None = None,
-    min_steps: float | str | None = None,
-    patience: float | str | None = None,
-) -> RunConfig:
-    """The RunConfig a form (or an API call) describes; UserError with one sentence on a bad field.
-
-    What is left out follows the study's protocol (sweeps/paper.yaml: towers, epoch cap, step floor, patience),
-    so a run at a grid point lands on the grid's curve. Steps and test examples of 0 (or empty) mean no limit, a
-    step floor of 0 none; a learning rate of 0 (or empty) the trainer's choice: the rate tuned for the task and
-    method (results/lr.csv), else the method's own."""
-    if data_fraction is None or str(data_fraction).strip() == "":
-        raise UserError("Give the share of the training data to use, between 0 and 1 (e.g. 0.25 for a quarter).")
-    epochs, lr = optional_number(epochs), optional_number(lr)
-    lr = None if lr == 0 else lr  # the browser sends an empty number field as 0
-    if epochs is not None and epochs <= 0:
-        raise UserError(f"Epochs must be above 0 (e.g. 1), not {epochs:g}.")
-    if lr is not None and not 0 < lr < 1:
-        raise UserError(f"A learning rate of {lr:g} is out of range: use a small positive value such as 0.001.")
-    batch = optional_int(batch_size, "The batch size")
-    if batch is None or batch < 1:
-        raise UserError("The batch size must be at least 1 (e.g. 32; smaller if memory runs out).")
-    seed = optional_int(seed, "The seed") or 0
-    if seed < 0:
-        raise UserError(f"The seed must be 0 or more, not {seed}.")
-    max_steps, eval_limit = optional_int(max_steps, "Steps"), optional_int(eval_limit, "Test examples to score")
-    if (max_steps or 0) < 0 or (eval_limit or 0) < 0:
-        raise UserError("Steps and test examples to score cannot be negative (0 means no limit).")
-    study = study_settings(task) if task in TASKS else {}
-    min_steps, patience = optional_int(min_steps, "Minimum steps"), optional_int(patience, "Patience")
-    if (min_steps or 0) < 0 or (patience or 0) < 0:
-        raise UserError("Minimum steps and patience cannot be negative (0: no floor; 0 patience: no validation).")
-    config = RunConfig(
-        task=task,
-        method=method,
-        budget=str(budget or "").strip(),
-        data_fraction=parse_fraction(data_fraction),
-        seed=seed,
-        epochs=epochs if epochs is not None else study.get("epochs"),
-        max_steps=max_steps or None,
-        min_steps=study.get("min_steps") if min_steps is None else (min_steps or None),
-        patience=study.get("patience", RunConfig.patience) if patience is None else patience,
-        lr=lr,
-        batch_size=batch,
-        towers=towers or study.get("towers", "text"),
-        base_model=services.base_model_source(base_model),
-        dataset=services.dataset_source(task, dataset),
-        eval_limit=eval_limit or None,
-    )
-    return config.validate()
-
-
-def fill_train_form(services: Services, config: dict) -> tuple:
-    """The Train form (in `run_config`'s order) and its method note, filled from a run's config: the run again,
-    ready for changes. The app's own model and datasets show as the embedded choice."""
+def fill_train_form(services: Services, config: dict) -> dict[str, object]:
+    """The Train form (FILLED, by name), filled from a run's config: the run again, ready for changes. The app's
+    own model and datasets show as the embedded choice."""
     task, method = config.get("task", "caption"), config.get("method", "lora")
     base, dataset = config.get("base_model"), config.get("dataset")
-    return (
-        task,
-        method,
-        config.get("budget"),
-        config.get("data_fraction"),
-        config.get("seed", 0),
-        config.get("epochs") or DEFAULT_EPOCHS[task],  # a run queued without a cap had the trainer's
-        config.get("max_steps") or 0,
-        learning_rate(
+    return {
+        "task": task,
+        "method": method,
+        "budget": config.get("budget"),
+        "data_fraction": config.get("data_fraction"),
+        "seed": config.get("seed", 0),
+        "epochs": config.get("epochs") or DEFAULT_EPOCHS[task],  # a run queued without a cap had the trainer's
+        "max_steps": config.get("max_steps") or 0,
+        "lr": learning_rate(
             services, task, method, config.get("towers", "both"), base, config.get("lr"), config.get("budget")
         ),
-        config.get("batch_size"),
-        config.get("towers", "both"),
-        EMBEDDED if base in (None, services.settings.base_model) else base,
-        gr.update(
+        "batch_size": config.get("batch_size"),
+        "towers": config.get("towers", "both"),
+        "base_model": EMBEDDED if base in (None, services.settings.base_model) else base,
+        "dataset": gr.update(
             choices=dataset_choices(services, task),
             value=EMBEDDED if dataset in (None, services.settings.datasets.get(task)) else dataset,
         ),
-        config.get("eval_limit") or 0,
-        config.get("min_steps") or 0,
-        config.get("patience", RunConfig.patience),
-        fmt.method_explainer(method),
-    )
+        "eval_limit": config.get("eval_limit") or 0,
+        "min_steps": config.get("min_steps") or 0,
+        "patience": config.get("patience", RunConfig.patience),
+        "method_note": fmt.method_explainer(method),
+    }
+
+
+def send_to_train_form(services: Services, ui: Manager, config: dict | None, missing: str) -> dict:
+    """Fill the Train form from a run's config and switch to the Train tab (Runs' 'Run again with changes',
+    Explore's 'Train this'); `missing` says what to do first when there is no config."""
+    if not config:
+        raise UserError(missing)
+    return {**ui.updates("train", fill_train_form(services, config)), ui["app.tabs"]: gr.Tabs(selected="train")}
+
+
+def train_form_targets(ui: Manager) -> list:
+    """The outputs of `send_to_train_form`."""
+    return [*ui.of("train", FILLED), ui["app.tabs"]]
 
 
 # --- handlers (plain functions: the UI wires them, the tests call them) ----------------------------------
@@ -161,7 +133,7 @@ def learning_rate(
         said = f"{lr:g}, the method's default (no rate tuned on validation for this task and model yet)"
     else:
         form = f", {', '.join(f'{k}={v}' for k, v in options.items())}" if options else ""
-        where = origin.replace(" (", "; ").rstrip(")")  # "results/lr.csv; tuned with towers text"
+        where = origin.replace(" (", "; ").rstrip(")")  # "results/lr.csv; tuned with the method on both towers"
         said = f"{lr:g}, tuned on the validation split for this task ({where}{form})"
     return gr.update(value=value or 0, info=f"0: {said}. Type a value to override it.")
 
@@ -173,45 +145,12 @@ def estimate(services: Services, method: str, budget: str, towers: str, base_mod
         return f"⚠️ {exc}"
 
 
-def describe_size(
-    services: Services,
-    task: str,
-    method: str,
-    data_fraction,
-    seed,
-    epochs,
-    max_steps,
-    batch_size,
-    dataset: str | None,
-    towers: str | None = None,
-    base_model: str | None = None,
-    budget: str | None = None,
-    lr: float | str | None = None,
-    eval_limit: float | str | None = None,
-    min_steps: float | str | None = None,
-    patience: float | str | None = None,
-) -> str:
+def describe_size(services: Services, form: Mapping[str, Any]) -> str:
     """'This run trains on 200 of 2,000 images (1,000 caption pairs): 32 steps of 4 examples. Expected time: about
-    2 min (...).', and a warning when that is past the run limit."""
+    2 min (...).', and a warning when that is past the run limit. `form`: the Train form by FORM name."""
+    task, method = form.get("task"), form.get("method")
     try:
-        config = run_config(
-            services,
-            task,
-            method,
-            budget or "1",
-            data_fraction,
-            seed,
-            epochs,
-            max_steps,
-            lr,
-            batch_size,
-            towers,
-            base_model,
-            dataset,
-            eval_limit,
-            min_steps,
-            patience,
-        )
+        config = services.run_config(**{**form, "budget": form.get("budget") or "1"})
         size = services.training_size(config)
     except UserError as exc:
         return f"⚠️ {exc}"
@@ -262,11 +201,11 @@ def expected_time_text(services: Services, config: RunConfig, steps: int) -> str
     return text
 
 
-def protocol_text(services: Services, *form) -> str:
-    """Whether the form (in `run_config`'s order) follows the study's protocol, and if not, where it leaves it and
-    what that means for setting its score beside the reference curves."""
+def protocol_text(services: Services, form: Mapping[str, Any]) -> str:
+    """Whether the form (by FORM name) follows the study's protocol, and if not, where it leaves it and what that
+    means for setting its score beside the reference curves."""
     try:
-        config = run_config(services, *form)
+        config = services.run_config(**form)
     except UserError:
         return ""  # the size note says what is wrong with the form
     left = departures(config)
@@ -282,39 +221,43 @@ def protocol_text(services: Services, *form) -> str:
     )
 
 
-def start(services: Services, request: gr.Request | None, visitor: str, *form) -> tuple:
-    """Queue a job from the form; returns the watched job id, the status view and the job picker, and the note
-    under the Start button: why it was refused (kept there; status polls do not touch it), else nothing."""
+def start(services: Services, request: gr.Request | None, visitor: str, form: Mapping[str, Any]) -> dict:
+    """Queue a job from the form (by FORM name); returns, by name, the watched job id, the job VIEW and the job
+    picker, and the note under the Start button: why it was refused (kept there; status polls do not touch it),
+    else nothing. A refused start changes nothing else."""
     try:
-        config, _, _, notes = services.prepare(run_config(services, *form))
+        config, _, _, notes = services.prepare(services.run_config(**form))
         job_id = services.submit(config, submitter(request, visitor))
     except UserError as exc:
         gr.Warning(str(exc))
-        return (gr.skip(), *[gr.skip()] * len(VIEW), gr.skip(), f"⚠️ **Not started.** {exc}")
+        return {"start_note": f"⚠️ **Not started.** {exc}"}
     for note in notes:
         gr.Info(note)
-    return (job_id, *show_job(services, job_id, -1), jobs_choices(services, request, visitor, job_id), "")
+    return {
+        "job": job_id,
+        **show_job(services, job_id, -1),
+        "jobs": jobs_choices(services, request, visitor, job_id),
+        "start_note": "",
+    }
 
 
-def _no_job_view(message: str, shown_points: int) -> tuple:
-    """The VIEW with no job to show: the message, everything else hidden or left as it is."""
+def _no_job_view(message: str, shown_points: int) -> dict:
+    """The VIEW with no job to show: the message, the rest hidden or left as it is."""
     hidden = gr.update(visible=False)
-    return (
-        message,
-        "",
-        hidden,
-        gr.skip(),
-        gr.update(value="", visible=False),
-        "",
-        gr.skip(),
-        gr.Timer(active=False),
-        shown_points,
-    )
+    return {
+        "status": message,
+        "progress": "",
+        "cancel": hidden,
+        "command": gr.update(value="", visible=False),
+        "log": "",
+        "timer": gr.Timer(active=False),
+        "points": shown_points,
+    }
 
 
-def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple:
-    """The VIEW: status, progress bar, cancel button, loss figure (skipped when unchanged), command, log, its
-    accordion (opened when the job failed or was interrupted: the log says why), timer, points drawn."""
+def show_job(services: Services, job_id: str | None, shown_points: int) -> dict:
+    """The VIEW by name: status, progress bar, cancel button, loss figure (left out when unchanged), command, log,
+    its accordion (opened when the job failed or was interrupted: the log says why), timer, points drawn."""
     if not job_id:
         return _no_job_view(IDLE, shown_points)
     try:
@@ -325,22 +268,23 @@ def show_job(services: Services, job_id: str | None, shown_points: int) -> tuple
     curve, validation = status["curve"], status.get("validation") or []
     points = len(curve) + len(validation)
     kept = status["state"] == "finished"  # a stopped run's best validation is not a checkpoint it kept
-    figure = loss_curve(curve, validation, kept=kept) if points != shown_points else gr.skip()
     log = status["log_tail"]
     if status["state"] == "failed" and status.get("error"):
         log = [*log, "", f"error: {status['error']}"]
-    ended_badly = status["state"] in ("failed", "interrupted")
-    return (
-        fmt.job_headline(status),
-        fmt.progress_html(status),
-        gr.update(visible=live),
-        figure,
-        gr.update(value=status["command"], visible=True),
-        "\n".join(log) or "(the log is empty)",
-        gr.update(open=True) if ended_badly else gr.skip(),
-        gr.Timer(active=live),
-        points,
-    )
+    view = {
+        "status": fmt.job_headline(status),
+        "progress": fmt.progress_html(status),
+        "cancel": gr.update(visible=live),
+        "command": gr.update(value=status["command"], visible=True),
+        "log": "\n".join(log) or "(the log is empty)",
+        "timer": gr.Timer(active=live),
+        "points": points,
+    }
+    if points != shown_points:
+        view["curve"] = loss_curve(curve, validation, kept=kept)
+    if status["state"] in ("failed", "interrupted"):
+        view["log_box"] = gr.update(open=True)
+    return view
 
 
 def cancel(services: Services, request: gr.Request | None, visitor: str, job_id: str | None) -> None:
@@ -372,7 +316,7 @@ def reattach(services: Services, request: gr.Request | None, visitor: str, job_i
 # --- layout ----------------------------------------------------------------------------------------------
 
 
-def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
+def build(services: Services, ui: Manager, secret: str) -> Loader:
     settings = services.settings
     gr.Markdown(
         "Fine-tune the model on one task with one method. The **budget** says how many of its weights may "
@@ -418,7 +362,17 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
             size_note = gr.Markdown(elem_classes="vl-note", elem_id="run-size")
             protocol_note = gr.Markdown(
                 protocol_text(
-                    services, "caption", "lora", DEFAULT_BUDGET, 1.0, 0, None, 0, 0, 32, None, EMBEDDED, EMBEDDED
+                    services,
+                    dict(
+                        task="caption",
+                        method="lora",
+                        budget=DEFAULT_BUDGET,
+                        data_fraction=1.0,
+                        max_steps=0,
+                        lr=0,
+                        base_model=EMBEDDED,
+                        dataset=EMBEDDED,
+                    ),
                 ),
                 elem_classes="vl-note",
                 elem_id="protocol-note",
@@ -508,8 +462,26 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
                     elem_id="dataset",
                     info="One you uploaded (below), a dataset folder or a Hub id (COCO Karpathy captions, VQAv2).",
                 )
+            ui.add(
+                "train",
+                task=task,
+                method=method,
+                budget=budget,
+                data_fraction=data_fraction,
+                seed=seed,
+                epochs=epochs,
+                max_steps=max_steps,
+                lr=lr,
+                batch_size=batch_size,
+                towers=towers,
+                base_model=base_model,
+                dataset=dataset,
+                eval_limit=eval_limit,
+                min_steps=min_steps,
+                patience=patience,
+            )
             if not settings.demo:
-                data.build(services, task, dataset, lambda name: _dataset_label(services, name))
+                data.build(services, ui, "train", lambda name: _dataset_label(services, name))
             start_button = gr.Button("Start training", variant="primary", elem_id="start-training")
             start_note = gr.Markdown(elem_id="start-note")
         with gr.Column(scale=6):
@@ -542,120 +514,124 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
     job = gr.BrowserState("", storage_key="vlpeft-job", secret=secret)  # the job shown; a reload re-attaches
     points = gr.State(-1)
     timer = gr.Timer(POLL_S, active=False)
-
-    form = [
-        task,
-        method,
-        budget,
-        data_fraction,
-        seed,
-        epochs,
-        max_steps,
-        lr,
-        batch_size,
-        towers,
-        base_model,
-        dataset,
-        eval_limit,
-        min_steps,
-        patience,
-    ]
-    view = [status, progress, cancel_button, curve, command, log, log_box, timer, points]
-    assert len(view) == len(VIEW)
+    ui.add(
+        "train",
+        method_note=method_note,
+        estimate_note=estimate_note,
+        size_note=size_note,
+        protocol_note=protocol_note,
+        start_note=start_note,
+        jobs=jobs,
+        status=status,
+        progress=progress,
+        cancel=cancel_button,
+        curve=curve,
+        command=command,
+        log=log,
+        log_box=log_box,
+        job=job,
+        points=points,
+        timer=timer,
+    )
+    visitor = ui["app.visitor"]
+    form = set(ui.of("train", FORM))
+    view = ui.of("train", VIEW)
     private = dict(api_visibility="private")
+
+    def named(values: dict) -> dict[str, Any]:
+        return ui.values("train", values)
 
     # Defaults follow a person's pick (.input), not a form filled from a run (Runs: run again with changes).
     method.input(describe_method, method, method_note, api_name="ui_describe_method", **private)
-    # The learning rate follows every pick it depends on; empty means the tuned (or default) rate its note gives.
-    for trigger in (task.input, method.input, towers.input, base_model.input, budget.input):
-        trigger(
-            lambda task_, method_, towers_, base_, budget_: learning_rate(
-                services, task_, method_, towers_, base_, budget=budget_
-            ),
-            [task, method, towers, base_model, budget],
-            lr,
-            api_name="ui_learning_rate",
-            **private,
-        )
-    estimate_inputs = [method, budget, towers, base_model]
-    for trigger in (method.change, budget.change, towers.change, base_model.change):
-        trigger(
-            lambda *a: estimate(services, *a),
-            estimate_inputs,
-            estimate_note,
-            api_name="ui_estimate",
-            show_progress="minimal",
-            concurrency_limit=None,
-            **private,
-        )
-    size_inputs = [task, method, data_fraction, seed, epochs, max_steps, batch_size, dataset, towers, base_model]
-    size_inputs += [budget, lr, eval_limit, min_steps, patience]
-    for trigger in (
-        task.change,
-        method.change,
-        data_fraction.change,
-        seed.change,
-        epochs.change,
-        max_steps.change,
-        batch_size.change,
-        dataset.change,
-        towers.change,
-        base_model.change,
-        budget.change,
-        lr.change,
-        eval_limit.change,
-        min_steps.change,
-        patience.change,
-    ):
-        trigger(
-            lambda *a: describe_size(services, *a),
-            size_inputs,
-            size_note,
-            api_name="ui_size",
-            show_progress="hidden",
-            concurrency_limit=None,
-            **private,
-        )
 
-    def task_defaults(task_name: str, current: str | None) -> tuple:
+    def on_learning_rate(values: dict) -> dict:
+        """The rate follows every pick it depends on; 0 means the tuned (or default) rate its note gives."""
+        picked = named(values)
+        rate = learning_rate(
+            services, picked["task"], picked["method"], picked["towers"], picked["base_model"], budget=picked["budget"]
+        )
+        return {lr: rate}
+
+    gr.on(
+        [task.input, method.input, towers.input, base_model.input, budget.input],
+        on_learning_rate,
+        set(ui.of("train", ("task", "method", "towers", "base_model", "budget"))),
+        lr,
+        api_name="ui_learning_rate",
+        **private,
+    )
+    estimated = ("method", "budget", "towers", "base_model")
+
+    def on_estimate(values: dict) -> dict:
+        picked = named(values)
+        return {estimate_note: estimate(services, *(picked[name] for name in estimated))}
+
+    gr.on(
+        [field.change for field in ui.of("train", estimated)],
+        on_estimate,
+        set(ui.of("train", estimated)),
+        estimate_note,
+        api_name="ui_estimate",
+        show_progress="minimal",
+        concurrency_limit=None,
+        **private,
+    )
+    form_changes = [field.change for field in ui.of("train", FORM)]
+    gr.on(
+        form_changes,
+        lambda values: {size_note: describe_size(services, named(values))},
+        form,
+        size_note,
+        api_name="ui_size",
+        show_progress="hidden",
+        concurrency_limit=None,
+        **private,
+    )
+    gr.on(
+        form_changes,
+        lambda values: {protocol_note: protocol_text(services, named(values))},
+        form,
+        protocol_note,
+        api_name="ui_protocol",
+        show_progress="hidden",
+        concurrency_limit=None,
+        **private,
+    )
+
+    def task_defaults(values: dict) -> dict:
         """The task's datasets (one of its uploads stays picked: adding a dataset sets task and dataset at once)
         and its default epochs."""
-        choices = dataset_choices(services, task_name)
-        value = current if current in {value for _, value in choices[1:]} else EMBEDDED
-        return gr.update(choices=choices, value=value), STUDY[task_name]["epochs"]
+        picked = named(values)
+        choices = dataset_choices(services, picked["task"])
+        value = picked["dataset"] if picked["dataset"] in {value for _, value in choices[1:]} else EMBEDDED
+        return {dataset: gr.update(choices=choices, value=value), epochs: STUDY[picked["task"]]["epochs"]}
 
     # `.input`: only a person's own pick resets the dataset and epochs; a fill from a run (Runs: run again) or an
     # upload (which sets task and dataset itself) keeps what it set.
-    task.input(task_defaults, [task, dataset], [dataset, epochs], api_name="ui_task_defaults", **private)
+    task.input(task_defaults, {task, dataset}, [dataset, epochs], api_name="ui_task_defaults", **private)
 
-    def on_start(request: gr.Request, visitor_id: str, *values):
-        return start(services, request, visitor_id, *values)
-
-    for field in form:
-        field.change(
-            lambda *values: protocol_text(services, *values),
-            form,
-            protocol_note,
-            api_name="ui_protocol",
-            show_progress="hidden",
-            concurrency_limit=None,
-            **private,
-        )
+    def on_start(values: dict, request: gr.Request) -> dict:
+        return ui.updates("train", start(services, request, values[visitor], named(values)))
 
     start_button.click(
-        on_start, [visitor, *form], [job, *view, jobs, start_note], api_name="ui_start", concurrency_limit=4, **private
+        on_start,
+        {visitor, *form},
+        [job, *view, jobs, start_note],
+        api_name="ui_start",
+        concurrency_limit=4,
+        **private,
     )
     # The last lines are what matter: show them when the box opens (the text area starts at its top).
     log_box.expand(None, None, None, js=SCROLL_LOG_TO_END)
 
-    def on_cancel(visitor_id: str, job_id: str, request: gr.Request):
-        shows_user_errors(cancel)(services, request, visitor_id, job_id)
-        return show_job(services, job_id, -1)
+    def on_cancel(values: dict, request: gr.Request) -> dict:
+        shows_user_errors(cancel)(services, request, values[visitor], values[job])
+        return ui.updates("train", show_job(services, values[job], -1))
 
-    cancel_button.click(on_cancel, [visitor, job], view, api_name="ui_cancel", **private)
+    cancel_button.click(on_cancel, {visitor, job}, view, api_name="ui_cancel", **private)
     timer.tick(
-        lambda job_id, shown: show_job(services, job_id, shown),
-        [job, points],
+        lambda values: ui.updates("train", show_job(services, values[job], values[points])),
+        {job, points},
         view,
         api_name="ui_poll",
         show_progress="hidden",
@@ -663,37 +639,30 @@ def build(services: Services, visitor: gr.BrowserState, secret: str) -> Loader:
         **private,
     )
 
-    def on_pick(job_id: str | None):
-        return (job_id or "", *show_job(services, job_id, -1))
+    def on_pick(values: dict) -> dict:
+        job_id = values[jobs]
+        return ui.updates("train", {"job": job_id or "", **show_job(services, job_id, -1)})
 
-    jobs.input(on_pick, jobs, [job, *view], api_name="ui_pick_job", **private)
+    jobs.input(on_pick, {jobs}, [job, *view], api_name="ui_pick_job", **private)
 
-    def on_load(
-        request: gr.Request,
-        visitor_id: str,
-        job_id: str,
-        method_name: str,
-        budget_text: str,
-        towers_name: str,
-        model: str,
-        *size_values,
-    ):
-        watched = reattach(services, request, visitor_id, job_id)
-        return (
-            watched or "",
-            *show_job(services, watched, -1),
-            jobs_choices(services, request, visitor_id, watched),
-            estimate(services, method_name, budget_text, towers_name, model),
-            describe_size(services, *size_values),
-            gr.update(choices=dataset_choices(services, size_values[0])),  # datasets added since the page was built
+    def on_load(values: dict, request: gr.Request) -> dict:
+        picked = named(values)
+        watched = reattach(services, request, values[visitor], picked.pop("job"))
+        return ui.updates(
+            "train",
+            {
+                "job": watched or "",
+                **show_job(services, watched, -1),
+                "jobs": jobs_choices(services, request, values[visitor], watched),
+                "estimate_note": estimate(services, *(picked[name] for name in estimated)),
+                "size_note": describe_size(services, picked),
+                # datasets added since the page was built
+                "dataset": gr.update(choices=dataset_choices(services, picked["task"])),
+            },
         )
 
     return Loader(
-        "ui_train_load",
-        on_load,
-        [visitor, job, *estimate_inputs, *size_inputs],
-        [job, *view, jobs, estimate_note, size_note, dataset],
-        fills=[*form, method_note],
+        "ui_train_load", on_load, {visitor, job, *form}, [job, *view, jobs, estimate_note, size_note, dataset]
     )
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 from training.jobs.store import JobStore
 from training.run import runs
 
-RECENT_ROWS = 6  # metrics rows (logged every few steps) the time left is measured on
-
 
 def job_status(store: JobStore, job_id: str, log_lines: int = 40) -> dict:
     """Everything a status view shows about one job, as plain JSON-ready values.
@@ -38,7 +36,7 @@ def job_status(store: JobStore, job_id: str, log_lines: int = 40) -> dict:
         elapsed = round((job.finished_at or now) - job.started_at, 1)
     eta = None
     if job.state == "running" and phase == "training":
-        eta = recent_eta(run_dir, progress)
+        eta = steady_eta(run_dir, progress)
     if isinstance(eta, int | float):
         # The trainer writes its progress only every few steps; count down in between.
         eta = round(max(0.0, eta - _age(run_dir / runs.PROGRESS, now)), 1)
@@ -77,23 +75,34 @@ def job_status(store: JobStore, job_id: str, log_lines: int = 40) -> dict:
     }
 
 
-def recent_eta(run_dir: Path, progress: dict, window: int = RECENT_ROWS) -> float | None:
-    """Seconds left in training at the pace of the last few logged steps: the first step (model warm-up, the
-    feature cache) would keep an average from the start too high for minutes. The trainer's own estimate
-    until two rows after the first are logged."""
-    rows = []
-    for line in runs.tail(run_dir / runs.METRICS, window + 1):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # the line being written
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > 1 and "elapsed_s" in row:
-            rows.append(row)
+def steady_eta(run_dir: Path, progress: dict) -> float | None:
+    """Seconds left in training: the steps left to the target (the cap, or the hard limit once the run goes on past
+    it) at the run's own training pace, plus the validations still due at their measured length.
+
+    The pace is measured over the whole run since its first step (model warm-up, the feature cache), with the
+    validation pauses taken out and counted apart: a window of the last few rows jumped each time a validation
+    fell into it (1:45 -> 2:34 -> 1:37). The trainer's own estimate until two rows after the first are logged."""
+    rows: list[dict] = []
+    for row in runs.read_jsonl(run_dir / runs.METRICS):
+        if not (isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > 1 and "elapsed_s" in row):
+            continue
+        if rows and (row["step"] <= rows[-1]["step"] or row["elapsed_s"] < rows[-1]["elapsed_s"]):
+            rows = []  # a resumed run starts its clock again
+        rows.append(row)
     total = progress.get("total_steps")
-    if len(rows) < 2 or not total or rows[-1]["step"] <= rows[0]["step"]:
+    if len(rows) < 2 or not total:
         return progress.get("eta_s")
-    per_step = (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])
-    return round(max(0, total - rows[-1]["step"]) * per_step, 1)
+    first, last = rows[0], rows[-1]
+    validations = [v for v in runs.read_jsonl(run_dir / runs.VALIDATION) if isinstance(v.get("seconds"), int | float)]
+    # A validation at step s runs after row s is logged: those between the two rows paused the clock.
+    paused = sum(v["seconds"] for v in validations if first["step"] <= v.get("step", -1) < last["step"])
+    pace = max(0.0, last["elapsed_s"] - first["elapsed_s"] - paused) / (last["step"] - first["step"])
+    every = (runs.read_json(run_dir / runs.CONFIG) or {}).get("val_every")
+    due = 0
+    if validations and isinstance(every, int) and every > 0:
+        due = total // every - last["step"] // every + (total % every != 0)  # the target itself is validated too
+    each = sum(v["seconds"] for v in validations) / len(validations) if validations else 0.0
+    return round(max(0, total - last["step"]) * pace + max(0, due) * each, 1)
 
 
 def read_progress(run_dir: Path) -> dict | None:

@@ -66,7 +66,7 @@ def predict(
         image_embeds = torch.stack([known[e.image_id] for e in batch])
         prompts = [encoder.prompt_ids(prompt_text(task, e.question)) for e in batch]
         for ids in vl.generate(image_embeds, prompts, max_new_tokens=max_new_tokens):
-            outputs.append(encoder.decode(ids))
+            outputs.append(encoder.decode(task, ids))
         if progress:
             progress(min(start + batch_size, len(examples)), len(examples))
     return outputs

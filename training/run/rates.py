@@ -19,6 +19,9 @@ from training.catalog import NO_BUDGET_METHODS, trained_towers
 from training.paths import REPO_ROOT, RESULTS_DIR
 from training.run.config import RunConfig
 
+# A tower setting as a person reads it: where a rate was tuned, said in a run's lr_source and the Train tab.
+TOWER_WORDS = {"text": "the text decoder only", "vision": "the image encoder only", "both": "both towers"}
+
 LR_TABLE = RESULTS_DIR / "lr.csv"  # inside the package when installed from a wheel
 LR_TABLE_ENV = "VLPEFT_LR_TABLE"
 
@@ -92,7 +95,7 @@ def lookup_lr(config: RunConfig, table: Path | None = None, total_params: int | 
     # Its own budget first, then the nearest one; the tower setting it was tuned on first, else another one's.
     row = min(rows, key=lambda r: (distance(r), r["towers"] != towers))
     name = str(table.relative_to(REPO_ROOT)) if table.is_relative_to(REPO_ROOT) else str(table)
-    notes = [] if row["towers"] == towers else [f"tuned with towers {row['towers']}"]
+    notes = [] if row["towers"] == towers else [f"tuned with the method on {TOWER_WORDS[row['towers']]}"]
     if distance(row) > 0:
         notes.append(f"tuned at budget {row['budget']}, none at {config.budget}")
     source = f"{name} ({'; '.join(notes)})" if notes else name

@@ -2,6 +2,7 @@
 
 Captioning: `[DEC] a picture of <caption> [SEP]`, as BLIP does; VQA: `[DEC] question: <q> answer: <a> [SEP]`.
 The loss covers only the caption or the answer (and [SEP]); the prompt and question positions are -100.
+A generated VQA answer ends at its first ',' or '.' token (`Encoder.output`); a caption is kept whole.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from training.metrics.vqa import vqa_scores
 
 CAPTION_PROMPT = "a picture of"
 MAX_TEXT_TOKENS = 40
+# The second edition's protocol: a VQA answer is one short phrase, so the first of these tokens ends it, for every
+# method alike (the zero-shot model says "circle, circle, circle, ..." up to the length limit otherwise).
+ANSWER_ENDS = (",", ".")
 
 
 def prompt_text(task: str, question: str = "") -> str:
@@ -44,6 +48,8 @@ class Encoder:
         self.tokenizer = tokenizer
         self.bos_id, self.sep_id, self.pad_id = bos_id, sep_id, pad_id
         self.max_tokens = min(MAX_TEXT_TOKENS, max_positions)
+        ids = tokenizer.convert_tokens_to_ids(list(ANSWER_ENDS))
+        self.answer_end_ids = frozenset(i for i in ids if i is not None and i != tokenizer.unk_token_id)
 
     def words(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -70,8 +76,18 @@ class Encoder:
             mask[i, : len(ids)] = 1
         return input_ids, mask, labels
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    def output(self, task: str, ids: list[int]) -> list[int]:
+        """The generated ids that make the output: a VQA answer up to (without) its first ',' or '.' token, a
+        caption whole."""
+        if task == "vqa":
+            for position, token in enumerate(ids):
+                if token in self.answer_end_ids:
+                    return ids[:position]
+        return ids
+
+    def decode(self, task: str, ids: list[int]) -> str:
+        """The text of a generated output (see `output`)."""
+        return self.tokenizer.decode(self.output(task, ids), skip_special_tokens=True).strip()
 
 
 def answer_prior(task_dataset) -> dict:
