@@ -283,6 +283,10 @@ def test_a_stopped_pretraining_resumes_to_the_same_weights(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="lr"):  # another recipe never resumes this state
         pretrain.pretrain(other, tmp_path / "stopped", checkpoint_every=2)
 
+    midway, step = pretrain.model_from_state(tmp_path / "stopped")  # what `probe --model OUT` reads midway
+    saved = load_file(str(tmp_path / "stopped" / checkpoint.FOLDER / checkpoint.TENSORS))
+    assert step == 4 and torch.equal(next(midway.model.parameters()), saved["weight.0"])
+
     resumed = pretrain.pretrain(tiny(), tmp_path / "stopped", checkpoint_every=2)
     expected, got = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert expected.keys() == got.keys()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from training.budget import parse_budget
 from training.errors import UserError
@@ -69,7 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probe = subparsers.add_parser(
         "probe", help="what the vision tower knows: a linear probe per object attribute on held-out scenes"
     )
-    probe.add_argument("--model", default=None, help="model folder (default: the embedded model)")
+    probe.add_argument(
+        "--model", default=None, help="model folder, or a running pre-training's --out (default: the embedded model)"
+    )
     probe.add_argument("--json", action="store_true", help="print JSON")
     probe.set_defaults(func=cmd_probe)
 
@@ -150,7 +154,6 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     import logging
-    import sys
 
     from training.pretraining.pretrain import PretrainConfig, pretrain
 
@@ -183,9 +186,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from training.methods.vlmodel import VLModel
     from training.model.base_model import load_base_model
+    from training.pretraining import checkpoint
+    from training.pretraining.pretrain import model_from_state
     from training.pretraining.probe import probe
 
-    result = probe(VLModel(load_base_model(args.model)))
+    if args.model and not (Path(args.model) / "config.json").is_file() and checkpoint.exists(args.model):
+        # A pre-training still running (or stopped): probe its last saved state.
+        base, step = model_from_state(args.model)
+        print(f"{args.model} holds no finished model: probing its pre-training state at step {step}", file=sys.stderr)
+    else:
+        base = load_base_model(args.model)
+    result = probe(VLModel(base))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -81,6 +81,18 @@ def load(
     return state
 
 
+def read_fields(out_dir: str | Path) -> dict:
+    return json.loads((Path(out_dir) / FOLDER / FIELDS).read_text(encoding="utf-8"))
+
+
+def load_weights(out_dir: str | Path, tensors: list[torch.Tensor]) -> None:
+    """Copy the first len(tensors) saved weights into tensors (the model's come before the heads')."""
+    saved = load_file(str(Path(out_dir) / FOLDER / TENSORS))
+    with torch.no_grad():
+        for i, tensor in enumerate(tensors):
+            tensor.copy_(saved[f"weight.{i}"])
+
+
 def discard(out_dir: str | Path) -> None:
     """Remove the state once the model is saved: nothing resumes a finished pre-training."""
     shutil.rmtree(Path(out_dir) / FOLDER, ignore_errors=True)

@@ -185,14 +185,9 @@ def pretrain_command(config: PretrainConfig, out: Path) -> str:
     return command
 
 
-def pretrain(config: PretrainConfig, out_dir: str | Path, checkpoint_every: int = 250, resume: bool = True) -> Path:
-    """Pre-train the embedded model on the scene world into out_dir; resumes a stopped run's saved state there."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    torch.manual_seed(config.seed)
+def _build(config: PretrainConfig):
     words = scenes.vocabulary_words(config.edition) + EXTRA_WORDS
-    base = build_blip(
+    return build_blip(
         words,
         image_size=config.image_size,
         patch_size=config.patch_size,
@@ -204,6 +199,25 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, checkpoint_every: int 
         max_positions=config.max_positions,
         seed=config.seed,
     )
+
+
+def model_from_state(out_dir: str | Path) -> tuple[object, int]:
+    """(the model of a stopped or running pre-training's last saved state, its step): to probe it midway."""
+    fields = checkpoint.read_fields(out_dir)
+    config = PretrainConfig(**fields["config"])
+    base = _build(config)
+    checkpoint.load_weights(out_dir, list(base.model.parameters()))
+    base.model.eval()
+    return base, fields["step"]
+
+
+def pretrain(config: PretrainConfig, out_dir: str | Path, checkpoint_every: int = 250, resume: bool = True) -> Path:
+    """Pre-train the embedded model on the scene world into out_dir; resumes a stopped run's saved state there."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    base = _build(config)
     params = sum(p.numel() for p in base.model.parameters())
     log.info("model: %s parameters, vocabulary %d words", f"{params:,}", len(base.tokenizer))
     log.info("rendering %d pre-training images", config.pool_images)
