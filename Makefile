@@ -1,7 +1,10 @@
 # The two set-up commands of the README: `make app` and `make test` (each installs what it needs first).
 PORT ?= 7860
+# Two pytest workers, one torch thread each (the CI machine has 2 cores); a test file stays on one worker, so the
+# fixtures it shares (a launched app, a Chromium, a BLIP-base-size model) are built once.
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
-.PHONY: app test lint setup setup-dev docker-test screenshots
+.PHONY: app test test-long lint setup setup-dev docker-test screenshots
 
 setup:
 	bash scripts/setup.sh
@@ -16,7 +19,12 @@ test: setup-dev
 	.venv/bin/python -m ruff check app training tests scripts
 	.venv/bin/python -m ruff format --check app training tests scripts
 	.venv/bin/lint-imports
-	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -m "not long" $(PYTEST_PARALLEL) --durations=15
+
+# The tests marked long (minutes each: a whole protocol run, the BLIP-base-size methods beyond one per family).
+# CI runs them after `make test` (.ci/run).
+test-long: setup-dev
+	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -m long --durations=15
 
 lint: setup-dev
 	.venv/bin/python -m ruff check app training tests scripts

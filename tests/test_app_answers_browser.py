@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.test_app import form
-from tests.test_app_browser import page, server, snap  # noqa: F401 (fixtures: Chromium, the app on the tiny BLIP)
+from tests.test_app_browser import chromium, page, server, snap  # noqa: F401 (fixtures: Chromium, the app on the tiny BLIP)
 from tests.test_choice import expected_between
 from tests.test_runs_compared import logged
 from training.catalog import CATALOG

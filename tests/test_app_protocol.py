@@ -68,9 +68,10 @@ def test_the_expected_time_of_a_protocol_run_comes_from_the_grids_runs_like_it(e
 
 
 @pytest.mark.slow
+@pytest.mark.long  # a whole protocol run: the 300-step floor at batch 32
 def test_a_train_tab_default_run_at_a_grid_point_lands_within_the_grids_seed_range(embedded: Services, tmp_path):
     """VQA, LoRA at the grid's data-axis budget and 5 % of the data: the grid's three seeds, against one run made
-    exactly as the Train tab would queue it (about a minute on 2 CPU cores)."""
+    exactly as the Train tab would queue it (several minutes on 2 CPU cores)."""
     config = embedded.run_config(task="vqa", method="lora", budget=train.DEFAULT_BUDGET, data_fraction=0.05)
     config, _, _, _ = embedded.prepare(config)
     assert config == RunConfig.from_dict(config.to_dict())  # the job queue stores it as plain data

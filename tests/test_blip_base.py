@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_WORDS
+from training.catalog import FAMILY
 from training.cli import main
 from training.model.blip_base import TEXT_CONFIG, VISION_CONFIG, save_blip_base
 from training.run import runs
@@ -51,6 +52,14 @@ BY_HAND = {
 }
 # One training step per method at batch 2; prompt tuning cannot reach 0.5 % here (see the budget test).
 STEP_BUDGETS = {method: "0.5%" for method in ("full", *BY_HAND)} | {"prompt": "10k"}
+# `make test` trains the first method of each family (catalog.FAMILY) at this size: full, LoRA and prefix tuning;
+# the others run in the long set (`make test-long`).
+FAMILY_PICKS = [next(m for m in STEP_BUDGETS if FAMILY[m] == family) for family in set(FAMILY.values())]
+
+
+def by_family(methods) -> list:
+    """The methods as test parameters: the family picks plain, the others marked long."""
+    return [m if m in FAMILY_PICKS else pytest.param(m, marks=pytest.mark.long) for m in methods]
 
 
 def solver_knob(a: int, b: int, target: int, high: int) -> int:
@@ -74,11 +83,15 @@ def run_cli(args: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def base_runs(base_dir, tiny_vqa_dataset, tmp_path_factory) -> dict[str, Path]:
-    """One optimizer step at batch 2 and the decode of one image's two questions, for every trained method."""
+def base_run(base_dir, tiny_vqa_dataset, tmp_path_factory):
+    """One optimizer step at batch 2 and the decode of one image's two questions, for a method, trained the first
+    time a test asks for it (a `make test` run trains only the methods its tests ask for)."""
     out = tmp_path_factory.mktemp("base-runs")
-    done = {}
-    for method, budget in STEP_BUDGETS.items():
+    done: dict[str, Path] = {}
+
+    def trained(method: str) -> Path:
+        if method in done:
+            return done[method]
         run_dir = out / method
         code = run_cli(
             [
@@ -88,7 +101,7 @@ def base_runs(base_dir, tiny_vqa_dataset, tmp_path_factory) -> dict[str, Path]:
                 "--method",
                 method,
                 "--budget",
-                budget,
+                STEP_BUDGETS[method],
                 "--base-model",
                 str(base_dir),
                 "--dataset",
@@ -109,7 +122,9 @@ def base_runs(base_dir, tiny_vqa_dataset, tmp_path_factory) -> dict[str, Path]:
         )
         assert code == 0, (run_dir / runs.LOG).read_text()
         done[method] = run_dir
-    return done
+        return run_dir
+
+    return trained
 
 
 def test_the_saved_model_has_blip_base_size_and_hub_layout(base_dir):
@@ -141,29 +156,35 @@ def test_methods_budget_table_matches_counts_by_hand(base_dir, capsys, percent):
     assert "cannot reach a budget" in prompt["message"] and "Choose a budget in that range" in prompt["message"]
 
 
-def test_one_training_step_and_one_decode_per_method(base_runs, base_dir):
+@pytest.mark.parametrize("method", by_family(STEP_BUDGETS))
+def test_one_training_step_and_one_decode(base_run, base_dir, method):
+    run_dir = base_run(method)
     expected_device = "cuda" if torch.cuda.is_available() else "cpu"
-    for method, run_dir in base_runs.items():
-        info = runs.read_json(run_dir / runs.CONFIG)
-        assert info["base_model"] == str(base_dir) and info["total_params"] == 223_971_644
-        assert info["device"].startswith(expected_device)
-        (row,) = runs.read_jsonl(run_dir / runs.METRICS)
-        assert row["step"] == 1 and row["loss"] > 0, method
-        records = runs.read_jsonl(run_dir / runs.PREDICTIONS)
-        assert len(records) == 2 and all(isinstance(r["prediction"], str) for r in records), method
-        assert runs.read_json(run_dir / runs.EVAL)["metrics"]["num_examples"] == 2
-    lora = runs.read_json(base_runs["lora"] / runs.CONFIG)
-    assert (lora["knob_value"], lora["trainable_params"]) == (10, 10 * BY_HAND["lora"][1])
+    info = runs.read_json(run_dir / runs.CONFIG)
+    assert info["base_model"] == str(base_dir) and info["total_params"] == 223_971_644
+    assert info["device"].startswith(expected_device)
+    (row,) = runs.read_jsonl(run_dir / runs.METRICS)
+    assert row["step"] == 1 and row["loss"] > 0
+    records = runs.read_jsonl(run_dir / runs.PREDICTIONS)
+    assert len(records) == 2 and all(isinstance(r["prediction"], str) for r in records)
+    assert runs.read_json(run_dir / runs.EVAL)["metrics"]["num_examples"] == 2
+    if method == "lora":
+        assert (info["knob_value"], info["trainable_params"]) == (10, 10 * BY_HAND["lora"][1])
 
 
-def test_compare_of_three_adapters_answers_at_base_size(base_runs, base_dir, tiny_vqa_dataset):
+@pytest.mark.parametrize(
+    "adapters",
+    [("lora", "prefix"), pytest.param(("lora", "prefix", "parallel-adapter"), marks=pytest.mark.long)],
+    ids=["one-per-family", "three"],
+)
+def test_compare_of_adapters_answers_at_base_size(base_run, base_dir, tiny_vqa_dataset, adapters):
     from training.compare import Comparer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     comparer = Comparer(str(base_dir), device=device)
     image = tiny_vqa_dataset / "test" / "0000.png"
-    chosen = [base_runs[m] for m in ("lora", "prefix", "parallel-adapter")]
+    chosen = [base_run(m) for m in adapters]
     columns = comparer.compare(str(image), "vqa", chosen, question="what color is the circle ?", max_new_tokens=3)
-    assert [c.method for c in columns] == ["zero-shot", "lora", "prefix", "parallel-adapter"]
+    assert [c.method for c in columns] == ["zero-shot", *adapters]
     assert all(isinstance(c.output, str) for c in columns)
     assert columns[1].trainable_params == 10 * BY_HAND["lora"][1]
