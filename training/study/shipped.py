@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.catalog import MAIN_METRIC, METHOD_LABELS
+from training.catalog import MAIN_METRIC, METHOD_LABELS, PEFT_METHODS
 from training.errors import UserError
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
 from training.run import runs
@@ -50,7 +50,6 @@ KEPT_INFO = (
     "dataset_name",
     "train_examples",
 )
-SKIPPED_METHODS = {"zero-shot": "nothing to ship", "full": "full fine-tuning's weights are the whole model"}
 
 
 @dataclass
@@ -88,7 +87,7 @@ def plan_shipping(spec: SweepSpec, seed: int = 0) -> ShipPlan:
     wanted = []
     for task in spec.tasks:
         for method in spec.methods:
-            if method in SKIPPED_METHODS:
+            if method not in PEFT_METHODS:  # the baselines: nothing to ship, or the whole model
                 continue
             wanted.append(normalise(GridPoint(task, method, budget, 1.0, seed)))
     feasible, infeasible = filter_feasible(spec, wanted)
