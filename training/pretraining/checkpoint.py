@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from training.run import resume
+
 FOLDER = "pretrain-state"
 TENSORS = "state.safetensors"
 FIELDS = "state.json"
@@ -44,9 +46,7 @@ def save(
     folder = Path(out_dir) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"weight.{i}": t.detach().cpu().contiguous() for i, t in enumerate(trained)}
-    for index, moments in optimizer.state_dict()["state"].items():
-        for key, value in moments.items():
-            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors |= resume.optimizer_tensors(optimizer)
     tensors["torch_rng"] = torch.get_rng_state()
     # The tensors first, the fields last: a state is complete once its fields name the step.
     save_file(tensors, str(folder / f".{TENSORS}.tmp"))
@@ -71,12 +71,7 @@ def load(
     with torch.no_grad():
         for i, tensor in enumerate(trained):
             tensor.copy_(tensors[f"weight.{i}"])
-    moments: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            moments.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
+    resume.restore_optimizer(optimizer, tensors)
     torch.set_rng_state(tensors["torch_rng"])
     return state
 

@@ -56,9 +56,7 @@ def save(
     tensors = {f"weight.{i}": t.detach().cpu().contiguous() for i, t in enumerate(weights)}
     if best is not None:
         tensors |= {f"best.{i}": t.detach().cpu().contiguous() for i, t in enumerate(best)}
-    for index, moments in optimizer.state_dict()["state"].items():
-        for key, value in moments.items():
-            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors |= optimizer_tensors(optimizer)
     tensors["torch_rng"] = torch.get_rng_state()
     fields = dataclasses.asdict(state)
     # The tensors first, the fields last: a state is complete once its fields name the step.
@@ -83,15 +81,29 @@ def load(
     best = None
     if "best.0" in tensors:
         best = [tensors[f"best.{i}"].to(weights[i].device) for i in range(len(weights))]
+    restore_optimizer(optimizer, tensors)
+    torch.set_rng_state(tensors["torch_rng"])
+    fields["curve"] = [ValidationRecord(**record) for record in fields["curve"]]
+    return LoopState(**fields), best
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's moments as named tensors (`optimizer.<param index>.<name>`), for a safetensors file."""
+    tensors = {}
+    for index, moments in optimizer.state_dict()["state"].items():
+        for key, value in moments.items():
+            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Put the moments that optimizer_tensors saved back into optimizer (its parameter groups stay)."""
     moments: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
             moments.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
-    torch.set_rng_state(tensors["torch_rng"])
-    fields["curve"] = [ValidationRecord(**record) for record in fields["curve"]]
-    return LoopState(**fields), best
 
 
 def discard(run_dir: str | Path) -> None:
