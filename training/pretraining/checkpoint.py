@@ -60,7 +60,7 @@ def load(
 ) -> PretrainState:
     """Put the saved tensors and moments back in place and return the state, if it is this config's."""
     folder = Path(out_dir) / FOLDER
-    state = PretrainState(**json.loads((folder / FIELDS).read_text(encoding="utf-8")))
+    state = PretrainState(**read_fields(out_dir))
     if state.config != config:
         changed = sorted(k for k in config if state.config.get(k) != config[k])
         raise ValueError(

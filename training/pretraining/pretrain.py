@@ -28,7 +28,7 @@ import torch
 
 from training.data import scenes
 from training.methods.vlmodel import VLModel
-from training.model.base_model import build_blip, save_base_model
+from training.model.base_model import BaseModel, build_blip, save_base_model
 from training.pretraining import checkpoint
 from training.run import runs
 from training.run.tasks import Encoder
@@ -185,7 +185,7 @@ def pretrain_command(config: PretrainConfig, out: Path) -> str:
     return command
 
 
-def _build(config: PretrainConfig):
+def _build(config: PretrainConfig) -> BaseModel:
     words = scenes.vocabulary_words(config.edition) + EXTRA_WORDS
     return build_blip(
         words,
@@ -201,7 +201,7 @@ def _build(config: PretrainConfig):
     )
 
 
-def model_from_state(out_dir: str | Path) -> tuple[object, int]:
+def model_from_state(out_dir: str | Path) -> tuple[BaseModel, int]:
     """(the model of a stopped or running pre-training's last saved state, its step): to probe it midway."""
     fields = checkpoint.read_fields(out_dir)
     config = PretrainConfig(**fields["config"])
