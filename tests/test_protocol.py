@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 from training.data.dataset import load_dataset, with_validation
 from training.data.examples import Example, TaskDataset
 from training.errors import UserError
+from training.paths import REPO_ROOT
 from training.run import runs
 from training.run.config import RunConfig, val_every
-from training.run.rates import lookup_lr, resolve_lr
+from training.run.rates import LR_TABLE_ENV, lookup_lr, lr_table, model_key, resolve_lr, use_sweep_table
 from training.run.trainer import train
 from training.run.validation import Validator, main_metric_score
 from training.study.tuning import (
@@ -468,6 +469,38 @@ def test_tuning_another_base_model_keeps_its_runs_and_rates_apart(tmp_path):
     assert set(rows) == {"", "some/blip"} and float(rows["some/blip"]["lr"]) != float(rows[""]["lr"])
     runs_rows = list(csv.DictReader(open(tmp_path / "lr-runs.csv")))
     assert len({r["run"] for r in runs_rows}) == len(runs_rows)  # no run name shared between the two models
+
+
+def test_a_model_folder_inside_the_checkout_is_named_from_its_root_so_a_worktree_finds_its_rates(tmp_path):
+    """A sweep file's model folder reaches runs as an absolute path; lr.csv names it from the checkout's root, so
+    the rates tuned in one checkout (a frozen worktree) serve runs in another."""
+    here = str(REPO_ROOT / "assets" / "scene-blip-v2")
+    assert model_key(here) == "assets/scene-blip-v2"
+    assert model_key(None) == "" and model_key("Salesforce/blip-vqa-base") == "Salesforce/blip-vqa-base"
+    assert model_key(str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")
+    table = tmp_path / "lr.csv"
+    row = {"task": "vqa", "method": "lora", "towers": "text", "options": "{}", "lr": 0.004}
+    write_rows(table, [{**row, "base_model": "assets/scene-blip-v2"}], LR_COLUMNS)
+    assert resolve_lr(RunConfig(task="vqa", method="lora", towers="text", base_model=here), 0.01, table)[0] == 0.004
+    # The embedded default (no base model) does not take another model's rate.
+    assert resolve_lr(RunConfig(task="vqa", method="lora", towers="text"), 0.01, table)[2] == "method default"
+
+    def fake_train(config: RunConfig, run_dir) -> dict:
+        return {"best": 50 - abs(math.log10(config.lr) + 2), "best_step": 10, "steps_run": 20, "epochs_run": 1.0,
+                "stop_reason": "patience"}  # fmt: skip
+
+    tune([TuneTarget("vqa", "lora", "text", {})], RunConfig(task="vqa", method="lora", base_model=here), [0, 1],
+         tmp_path, tmp_path, train_fn=fake_train, echo=lambda _: None)  # fmt: skip
+    assert {r["base_model"] for r in csv.DictReader(open(tmp_path / "lr.csv"))} == {"assets/scene-blip-v2"}
+
+
+def test_a_sweep_reads_the_rates_its_own_tuning_wrote(tmp_path, monkeypatch):
+    monkeypatch.setenv(LR_TABLE_ENV, "")  # recorded, so that the value use_sweep_table sets is undone after the test
+    monkeypatch.delenv(LR_TABLE_ENV)
+    use_sweep_table(tmp_path / "edition-2")
+    assert lr_table() == (tmp_path / "edition-2" / "lr.csv").resolve()
+    use_sweep_table(tmp_path / "other")  # a table already named (by the tests, or by hand) stays
+    assert lr_table() == (tmp_path / "edition-2" / "lr.csv").resolve()
 
 
 def test_item_scores_come_from_the_predictions(tmp_path):

@@ -57,6 +57,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from training.run.rates import use_sweep_table
     from training.sweeps.executors import LocalExecutor, RayExecutor
     from training.sweeps.grid import load_spec
     from training.sweeps.runner import SweepLock, SweepSession, describe, plan_sweep
@@ -64,6 +65,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     spec.out = Path(args.out or spec.out).resolve()
     spec.results = Path(args.results or spec.results).resolve()
+    use_sweep_table(spec.results)
     if args.executor == "ray":
         if args.fresh_process:
             raise UserError("--fresh-process is for --executor local: a Ray task is a fresh process already.")

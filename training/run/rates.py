@@ -26,6 +26,18 @@ LR_TABLE = RESULTS_DIR / "lr.csv"  # inside the package when installed from a wh
 LR_TABLE_ENV = "VLPEFT_LR_TABLE"
 
 
+def model_key(base_model: str | None) -> str:
+    """How lr.csv names a base model: empty for the embedded default, a folder inside the checkout by its path from
+    the checkout's root (a sweep file's folders arrive as absolute paths, and a frozen worktree has another root),
+    anything else (a Hub id, a folder elsewhere) as it is."""
+    if not base_model:
+        return ""
+    path = Path(base_model)
+    if path.is_absolute() and path.is_relative_to(REPO_ROOT):
+        return path.relative_to(REPO_ROOT).as_posix()
+    return base_model
+
+
 def options_key(options: dict | None) -> str:
     return json.dumps(options or {}, sort_keys=True)
 
@@ -71,6 +83,13 @@ def lr_table() -> Path:
     return Path(override) if override else LR_TABLE
 
 
+def use_sweep_table(results: Path) -> None:
+    """Runs of a sweep take their rates from the lr.csv its tuning wrote into the sweep's results folder
+    (sweeps/paper-v2.yaml: results/edition-2/lr.csv), unless $VLPEFT_LR_TABLE already names a table; the variable
+    goes to every run the sweep launches."""
+    os.environ.setdefault(LR_TABLE_ENV, str((Path(results) / LR_TABLE.name).resolve()))
+
+
 def lookup_lr(config: RunConfig, table: Path | None = None, total_params: int | None = None) -> TunedLR | None:
     """The tuned learning rate of this run's task, method, towers and budget (and options, if it names any)."""
     table = table or lr_table()
@@ -81,7 +100,7 @@ def lookup_lr(config: RunConfig, table: Path | None = None, total_params: int | 
         rows = [r for r in csv.DictReader(handle) if (r["task"], r["method"]) == (config.task, config.method)]
     rows = [r for r in rows if r.get("complete") != "False"]  # a target still being tuned
     # A rate found on one model says little about another (the embedded default's are no guide for BLIP-base).
-    rows = [r for r in rows if (r.get("base_model") or "") == (config.base_model or "")]
+    rows = [r for r in rows if (r.get("base_model") or "") == model_key(config.base_model)]
     if config.method_options:
         rows = [r for r in rows if options_key(json.loads(r["options"] or "{}")) == options_key(config.method_options)]
     if not rows:

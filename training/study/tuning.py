@@ -50,6 +50,7 @@ from training.run.rates import (
     budget_key,
     lr_table,
     lr_towers,
+    model_key,
     options_key,
     same_budget,
 )
@@ -138,7 +139,7 @@ def tuning_gaps(configs: list[RunConfig], table: Path | None = None) -> tuple[li
                 r
                 for r in rows
                 if (r["task"], r["method"], r["towers"]) == (config.task, config.method, towers)
-                and (r.get("base_model") or "") == (config.base_model or "")
+                and (r.get("base_model") or "") == model_key(config.base_model)
                 and (config.method in NO_BUDGET_METHODS or same_budget(r.get("budget"), config.budget))
             ),
             None,
@@ -234,7 +235,7 @@ class TuneTarget:
 def run_name(target: TuneTarget, lr: float, seed: int, base_model: str | None = None) -> str:
     opts = "".join(f"__{k}-{v}" for k, v in sorted(target.options.items()))
     # Another base model's runs get their own names (and rows): the embedded default's keep the plain ones.
-    model = f"__m{hashlib.sha1(base_model.encode()).hexdigest()[:8]}" if base_model else ""
+    model = f"__m{hashlib.sha1(model_key(base_model).encode()).hexdigest()[:8]}" if base_model else ""
     budget = f"__b{budget_cell(target.budget)}" if target.budget and target.method not in NO_BUDGET_METHODS else ""
     return f"{target.task}__{target.method}__{target.towers}{opts}{model}{budget}__lr{lr:g}__s{seed}"
 
@@ -278,7 +279,7 @@ def matches(row: dict, target: TuneTarget, base: RunConfig) -> bool:
         target.method,
         target.towers,
         options_key(target.options),
-        base.base_model or "",
+        model_key(base.base_model),
     ) and (target.method in NO_BUDGET_METHODS or same_budget(row.get("budget"), target_budget(target, base)))
 
 
@@ -460,7 +461,7 @@ class _PointTrainer:
             "epochs_run": summary["epochs_run"],
             "stop_reason": summary["stop_reason"],
             "train_s": summary.get("train_s"),
-            "base_model": base.base_model or "",
+            "base_model": model_key(base.base_model),
             "run": name,
         }
         done = append_run(self.runs_path, row)
