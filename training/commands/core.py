@@ -121,6 +121,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--model", default=None, help="model folder (default: assets/scene-blip)")
     report.add_argument("--work-dir", default=None, help="where the check runs go (default: assets/.quality-runs)")
     report.add_argument("--note", action="append", default=[], help="a line for the card's notes (repeatable)")
+    report.add_argument(
+        "--caption-data", default=None, help="caption dataset folder (default: the embedded scene-caption)"
+    )
+    report.add_argument("--vqa-data", default=None, help="VQA dataset folder (default: the embedded scene-vqa)")
     report.set_defaults(func=cmd_embedded_report)
 
 
@@ -213,7 +217,8 @@ def cmd_embedded_report(args: argparse.Namespace) -> int:
     from training.paths import DEFAULT_MODEL_DIR
     from training.pretraining.embedded import report, verdicts
 
-    results = report(args.model or DEFAULT_MODEL_DIR, args.work_dir, args.note)
+    datasets = {task: path for task, path in (("caption", args.caption_data), ("vqa", args.vqa_data)) if path}
+    results = report(args.model or DEFAULT_MODEL_DIR, args.work_dir, args.note, datasets)
     for text, passed, detail in verdicts(results):
         print(f"[{'pass' if passed else 'FAIL'}] {text}: {detail}")
     return 0
