@@ -365,8 +365,8 @@ class Services:
         in_use = self._live_jobs_using(str((self.datasets_home / name.strip()).resolve()))
         if replace and in_use:
             raise UserError(
-                f"Dataset {name.strip()!r} is used by job {in_use[0]}, queued or running: replace it once "
-                "that job has ended, or add this zip under another name."
+                f"Dataset {name.strip()!r} is used by the run {self.run(in_use[0]).label}, queued or running: "
+                "replace it once that run has ended, or add this zip under another name."
             )
         stored = install_zip(archive, name, task, self.datasets_home, replace, self.settings.archive_limits)
         if self.durable_datasets is not None:
@@ -411,8 +411,8 @@ class Services:
         in_use = self._live_jobs_using(source)
         if in_use:
             raise UserError(
-                f"Dataset {stored.name!r} is used by job {in_use[0]}, queued or running: remove it once that job "
-                "has ended."
+                f"Dataset {stored.name!r} is used by the run {self.run(in_use[0]).label}, queued or running: "
+                "remove it once that run has ended."
             )
         gone = stored.path.with_name(f".removing-{stored.name}-{time.time_ns()}")
         stored.path.rename(gone)  # out of the list at once; the files go next
@@ -634,7 +634,9 @@ class Services:
     def _own(self, job_id: str, submitter: str, action: str) -> None:
         job = self.store.get(job_id)
         if job.submitter != submitter:
-            raise UserError(f"Job {job_id} was started by {person(job.submitter)}: only they can {action} it.")
+            raise UserError(
+                f"The run {self.run(job_id).label} was started by {person(job.submitter)}: only they can {action} it."
+            )
 
     def cancel(self, job_id: str, submitter: str) -> dict:
         """Cancel a job of this submitter's (nobody cancels another person's job)."""
@@ -704,7 +706,7 @@ class Services:
         record = self.run(job_id)
         run_dir = Path(record.run_dir)
         if not record.has_weights:
-            raise UserError(f"Run {job_id} has no trained weights yet ({record.state}): nothing to download.")
+            raise UserError(f"The run {record.label} has no trained weights yet ({record.state}): nothing to download.")
         folder = self.scratch / "downloads"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"vlpeft-{job_id}.zip"
@@ -739,9 +741,11 @@ class Services:
         chosen = [self.run(run_id) for run_id in run_ids]
         for record in chosen:
             if record.task != task:
-                raise UserError(f"Run {record.id} was trained for {record.task}, not {task}: pick runs of one task.")
+                raise UserError(
+                    f"The run {record.label} was trained for {record.task}, not {task}: pick runs of one task."
+                )
             if not record.comparable:
-                raise UserError(f"Run {record.id} is {record.state} and has no trained weights to compare.")
+                raise UserError(f"The run {record.label} is {record.state} and has no trained weights to compare.")
         sources = {record.config.get("base_model") for record in chosen} or {self.settings.base_model}
         if len(sources) > 1:
             raise UserError("The chosen runs were trained on different base models: compare one base model at a time.")

@@ -68,6 +68,11 @@ class QueuedSweep:
     def command(self) -> str:
         return f"python -m training sweep --config {self.sweep_file}"
 
+    def point_configs(self) -> dict[str, dict]:
+        """Grid point name -> its run's settings, from the sweep file (what names a run whose job is gone)."""
+        spec = parse_spec(self.data, self.name)
+        return {point.name: spec.run_config(point).to_dict() for point in spec.points()}
+
 
 def sweep_data(
     name: str,

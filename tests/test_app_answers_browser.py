@@ -84,8 +84,9 @@ def test_three_runs_ticked_in_runs_show_three_curves_and_the_marked_differences(
     page.goto(url)
     page.get_by_role("tab", name="Runs").click()
     picks = page.locator("#runs-compared-picks")
-    for job_id in ids:
-        picks.locator("label").filter(has_text=job_id).click()
+    labels = [services.run(job_id).label for job_id in ids]  # runs are named in words, not by their ids
+    for label in labels:
+        picks.locator("label").filter(has_text=label).click()
     page.locator("#runs-compared-note").get_by_text("3 runs compared.").wait_for()
     page.wait_for_function(
         "() => { const p = document.querySelector('#runs-compared-curves .js-plotly-plot');"
@@ -95,9 +96,8 @@ def test_three_runs_ticked_in_runs_show_three_curves_and_the_marked_differences(
     curves = page.evaluate(
         "() => document.querySelector('#runs-compared-curves .js-plotly-plot').data.map(t => [t.meta, t.name])"
     )
-    assert sorted(name for meta, name in curves if meta == "loss") == sorted(
-        f"{'LoRA' if i < 2 else 'Serial adapter'} · {job_id}" for i, job_id in enumerate(ids)
-    )
+    assert sorted(name for meta, name in curves if meta == "loss") == sorted(labels)
+    assert labels[0].startswith("LoRA 2k · ") and "seed 1" in labels[1] and labels[2].startswith("Serial adapter")
     assert sum(meta == "validation" for meta, _ in curves) == 3
     marked = page.locator("#runs-compared-settings tr.vl-differs-row th")
     assert sorted(marked.all_inner_texts()) == ["≠ method", "≠ seed"]

@@ -146,6 +146,13 @@ def test_a_queued_sweep_comes_back_from_the_durable_location_after_a_restart_on_
     assert load_spec(back.sweep_file).out == queued.folder  # the command line reruns it where it was
     # Its jobs were still queued on the lost disk: they are gone, and the page says so instead of failing.
     assert sweeps.counts(again, back) == {"deleted": 4}
+    table = sweep_tab.show_sweep(again, back.id)["table"]  # still named in words, from the sweep file
+    assert list(table["state"]) == ["deleted"] * 4 and "LoRA 2000, 50 % of the data, seed 0 (captions)" in list(
+        table["run"]
+    )
+    assert not any("__" in name for name in table["run"])
+    [(label, value)] = sweep_tab.sweep_choices(again, "someone", back.id)["choices"]
+    assert value == back.id and label.startswith("tiny · 4 runs · queued ") and back.id not in label
     watch.check()
 
 

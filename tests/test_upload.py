@@ -275,8 +275,12 @@ def test_a_dataset_a_live_job_uses_is_not_replaced_under_it(services, own_zip):
     data.add_dataset(services, str(own_zip[1]), "mine", "caption", False)
     config = services.run_config(**form(dataset="mine", max_steps=2))
     job_id = services.submit(config, "someone")  # queued: no worker runs in these tests
-    with pytest.raises(UserError, match=f"used by job {job_id}, queued or running: replace it once that job has"):
+    with pytest.raises(UserError) as caught:
         data.add_dataset(services, str(own_zip[1]), "mine", "caption", True)
+    assert f"used by the run {services.run(job_id).label}, queued or running: replace it once that run" in str(
+        caught.value
+    )
+    assert job_id not in str(caught.value) and services.run(job_id).label.startswith("LoRA 2k · 100 % of mine")
     services.store.cancel(job_id, by="someone")
     assert data.add_dataset(services, str(own_zip[1]), "mine", "caption", True).stored.name == "mine"
 
@@ -333,8 +337,9 @@ def test_an_uploaded_dataset_is_removed_only_when_asked_for_sure_and_no_live_job
     with pytest.raises(UserError, match="Tick 'Yes, remove it'"):
         data.remove_dataset(services, "mine", False)
     job = services.submit(services.run_config(**form(dataset="mine", max_steps=100_000)), "ann")
-    with pytest.raises(UserError, match=f"used by job {job}, queued or running"):
+    with pytest.raises(UserError) as caught:
         data.remove_dataset(services, "mine", True)
+    assert f"used by the run {services.run(job).label}, queued or running" in str(caught.value)
     services.cancel(job, "ann")
 
     note = data.remove_dataset(services, "mine", True)
