@@ -581,7 +581,7 @@ def test_compare_cards_name_their_run_and_mark_a_partly_trained_adapter(make_ser
 def test_a_bad_upload_is_refused_with_a_sentence_and_a_good_one_previewed(services: Services, tmp_path: Path):
     text = tmp_path / "notes.png"
     text.write_text("not a picture")
-    with pytest.raises(UserError, match="not an image this app can read"):
+    with pytest.raises(UserError, match="^The file 'notes.png' is not a readable image"):
         compare.take_upload(services, str(text))
     huge = tmp_path / "huge.png"
     Image.new("L", (10_000, 10_000)).save(huge)

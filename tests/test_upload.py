@@ -153,12 +153,16 @@ def test_metadata_pointing_outside_the_split_is_refused(tiny_caption_dataset, ho
 
 def test_a_non_image_is_named_by_its_path(good_zip, home):
     add_entry(good_zip, "shapes/validation/notes.png", b"#!/bin/sh\necho this is not an image\n")
-    assert refused(good_zip, home).startswith("validation/notes.png is not an image PIL can read")
+    assert refused(good_zip, home) == (
+        "validation/notes.png in the zip is not a readable image: it is in another format, not a picture at all, or "
+        "damaged or cut short. Images must be PNG, JPEG, WebP, BMP or GIF. Replace it with the picture or remove it, "
+        "then upload the zip again."
+    )
 
 
 def test_an_image_in_a_format_that_runs_a_program_is_refused(good_zip, home):
     add_entry(good_zip, "shapes/train/figure.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
-    assert refused(good_zip, home).startswith("train/figure.eps is not an image PIL can read as PNG, JPEG")
+    assert refused(good_zip, home).startswith("train/figure.eps in the zip is not a readable image")
 
 
 def test_too_many_files_are_refused_before_anything_is_written(good_zip, home):
