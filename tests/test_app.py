@@ -229,10 +229,18 @@ def test_an_unknown_model_id_or_budget_text_is_a_sentence_not_a_traceback(servic
             "**Queued #1** (LoRA 18k on 10 % of scene-caption): it starts next, as soon as a running job ends.",
         ),
         (
-            status("queued", queue_position=1, wait_s=95),
-            "**Queued #1** (LoRA 18k on 10 % of scene-caption): it starts next, in about 1 min 35 s, when a",
+            status("queued", queue_position=1, wait_s=93),
+            "**Queued #1** (LoRA 18k on 10 % of scene-caption): it starts next, in about 1 min 30 s, when a",
         ),
         (status("queued", queue_position=3), "**Queued #3** (LoRA 18k on 10 % of scene-caption): 2 jobs ahead of it."),
+        (
+            status("queued", queue_position=3, wait_s=398),
+            "**Queued #3** (LoRA 18k on 10 % of scene-caption): 2 jobs ahead of it; it starts in about 6 min 40 s.",
+        ),
+        (
+            status("queued", queue_position=1, wait_s=2),
+            "**Queued #1** (LoRA 18k on 10 % of scene-caption): it starts next, in a moment, when a running job ends.",
+        ),
         (
             status("running", phase="starting"),
             "**Starting** (LoRA 18k on 10 % of scene-caption): loading the model and the data.",
@@ -435,6 +443,36 @@ def test_the_expected_time_comes_from_finished_runs_here_else_the_bench_and_warn
     (services.settings.results_dir / "bench.json").write_text(json.dumps(bench))
     seconds, source = services.expected_time(RunConfig(method="prefix", batch_size=16), 100)
     assert seconds == pytest.approx(13.0) and source.startswith("from the benchmark")
+
+
+def test_a_queued_job_says_how_long_until_it_starts_from_the_estimates_of_the_jobs_ahead(make_services, monkeypatch):
+    services = make_services()
+    paces = {"lora": 100.0, "prefix": 40.0}  # seconds a job of each method takes here, start to scores
+
+    def pace(config: RunConfig, steps: int) -> tuple[float, str] | None:
+        return (paces[config.method], "a pace") if config.method in paces else None
+
+    monkeypatch.setattr(services, "expected_time", pace)
+    running = services.submit(services.run_config(**form()), "v1")
+    services.store.claim_next("worker-1", max_concurrent=1)  # started, no countdown yet: its estimate less its time
+    second = services.submit(services.run_config(**form(method="prefix", budget="1k")), "v1")
+    third = services.submit(services.run_config(**form(seed=1)), "v1")
+    ran = time.time() - services.store.get(running).started_at
+    assert services.wait_s(second) == pytest.approx(100.0 - ran, abs=2)
+    assert services.wait_s(third) == pytest.approx(100.0 + 40.0 - ran, abs=2)  # after the running job and the second
+    headline = fmt.job_headline(services.status(third))
+    assert headline.startswith("**Queued #2** (LoRA 2k on 100 % of tiny-caption): 1 job ahead of it; it starts in ")
+    two_slots = make_services(limits=dataclasses.replace(LIMITS, max_concurrent=2))
+    monkeypatch.setattr(two_slots, "expected_time", pace)
+    two_slots.submit(two_slots.run_config(**form()), "v1")
+    two_slots.store.claim_next("worker-1", max_concurrent=2)
+    waiting = [two_slots.submit(two_slots.run_config(**form(method=m, budget="1k")), "v1") for m in ("prefix", "lora")]
+    assert two_slots.wait_s(waiting[0]) == 0.0  # a slot is free
+    assert two_slots.wait_s(waiting[1]) == pytest.approx(40.0, abs=2)  # the prefix job ends before the running one
+    unknown = two_slots.submit(two_slots.run_config(**form(method="serial-adapter", budget="1k")), "v1")
+    after = two_slots.submit(two_slots.run_config(**form(seed=2)), "v1")
+    assert two_slots.wait_s(unknown) is not None and two_slots.wait_s(after) is None  # no figure made up
+    assert services.status(running)["state"] == "running" and "wait_s" not in services.status(running)
 
 
 def test_start_refuses_bad_input_without_queueing_anything(services: Services):
