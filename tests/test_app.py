@@ -884,6 +884,8 @@ def test_the_loss_figure_draws_the_validation_curve_and_rings_the_kept_checkpoin
     kept = figure.data[-1]
     assert list(kept.x) == [5] and list(kept.y) == [30.0] and kept.yaxis == "y2"
     assert list(figure.data[1].y) == [30.0, 20.0]
+    stopped = loss_curve(rows, validation, kept=False)  # cancelled: its best validation is no checkpoint it kept
+    assert stopped.data[-1].name == "best validation so far" and list(stopped.data[-1].x) == [5]
 
 
 def test_runs_details_say_which_checkpoint_validation_kept_and_why_training_stopped():
