@@ -20,6 +20,12 @@ METRIC_NOTES = {
 }
 
 
+def score_scale(task: str | None) -> str:
+    """A task's main score and its scale: 'CIDEr-D: how closely a caption matches ... higher is better'."""
+    metric = MAIN_METRIC.get(task or "", "")
+    return f"{metric}: {METRIC_NOTES[metric]}" if metric in METRIC_NOTES else ""
+
+
 def task_name(task: str | None) -> str:
     """A task as the form names it, in running text: 'image captioning'."""
     return TASK_LABELS.get(task, task or "?").lower() if task in TASK_LABELS else (task or "?")

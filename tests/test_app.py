@@ -774,8 +774,16 @@ def test_the_runs_table_and_details_read_like_a_report():
     )
     assert list(table.columns) == ["run", "dataset", "state", "test score", "time", "by", "submitted"]
     text = runs.details(record())
-    assert "**Test scores:** CIDEr-D 0.5 · BLEU-4 0.25 (on 6 test examples)" in text
+    assert "**Test scores:** CIDEr-D 0.5 · BLEU-4 0.25 (on 6 test examples). *CIDEr-D: how closely a caption" in text
+    assert "0 (nothing in common) to 10 (word for word as every human caption); higher is better.*" in text
     assert "21,504 of 2,986,000 parameters (0.72 %), rank 4, 1,000 training examples, 32 steps" in text
+
+
+def test_a_zero_shot_run_is_named_without_a_budget_or_a_share_of_data():
+    zero = record(config={"task": "vqa", "method": "zero-shot", "budget": "0.5%", "data_fraction": 0.005, "seed": 0})
+    assert runs.run_name(zero.config) == "Zero-shot (baseline: no training) (questions)"
+    assert fmt.run_words(zero.config, "scene-vqa") == "Zero-shot (baseline: no training) on scene-vqa"
+    assert zero.label.startswith("Zero-shot (baseline: no training) · tiny-caption · ") and "0.5" not in zero.label
 
 
 def test_the_runs_list_filters_by_state_and_names_people_without_their_ids(services: Services):

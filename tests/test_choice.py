@@ -125,3 +125,17 @@ def test_the_runs_an_answer_rests_on_are_named_in_words_and_their_ids_are_in_the
     lora = next(e for e in choice.ranking if e.method == "lora")
     assert f"- LoRA: {', '.join(lora.runs)}" in notes(choice)
     assert lora.runs[0] == "vqa__lora__b18k__f0.05__s0"
+
+
+def test_the_answer_says_the_scale_of_its_score() -> None:
+    from types import SimpleNamespace
+
+    from app.tabs.choose import answer
+
+    services = SimpleNamespace(which_method=lambda task, data, params: which_method(GRID, task, data, params))
+    said = answer(services, "caption", "500", "18k")["sentence"]
+    assert said.startswith("**On the grid.** For 500 image captioning examples")
+    assert said.endswith(
+        "*CIDEr-D: how closely a caption matches the human ones, rare shared word groups counting "
+        "most: 0 (nothing in common) to 10 (word for word as every human caption); higher is better.*"
+    )

@@ -106,7 +106,7 @@ def answer(services: Services, task: str, data: str, params: str) -> dict:
     )
     status = {"outside the grid": "⚠️ Outside the grid", "interpolated": "Interpolated", "on the grid": "On the grid"}
     return {
-        "sentence": f"**{status[choice.status]}.** {choice.sentence}",
+        "sentence": f"**{status[choice.status]}.** {choice.sentence}\n\n*{fmt.score_scale(choice.task)}.*",
         "ranking": ranking_table(choice),
         "details": notes(choice),
         "pick": pick,

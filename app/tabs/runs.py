@@ -102,6 +102,7 @@ def details(record: RunRecord, viewer: str | None = None) -> str:
             "**Test scores:** "
             + " · ".join(fmt.metric(k, v) for k, v in shown.items())
             + (f" (on {fmt.count(scored)} test examples)" if scored else "")
+            + (f". *{fmt.score_scale(record.task)}.*" if fmt.score_scale(record.task) else "")
         )
     info = record.info
     if info:
@@ -243,7 +244,9 @@ def build(services: Services, ui: Manager, tab: gr.Tab) -> Loader:
         "Every training job of this app. Pick one for its settings, scores and log folder, or delete it. "
         "Its zip holds the weights, config, log, scores and predictions, with a README on loading the "
         "adapter with this package or, for LoRA, with peft (`PeftModel.from_pretrained`). **Run again with "
-        "changes** fills the Train form with a run's settings."
+        "changes** fills the Train form with a run's settings.\n\n**Test score**: for captions "
+        f"{fmt.score_scale('caption')}; for questions {fmt.score_scale('vqa')}.",
+        elem_id="runs-intro",
     )
     table = gr.Dataframe(
         runs_table([]),

@@ -188,6 +188,8 @@ def show_sweep(services: Services, sweep_id: str | None) -> dict:
     status = f"**Sweep {sweep.name}: {'done' if done else 'running'}**, {ended} of {total} runs ended ({parts}). " + (
         "Explore draws its runs as dotted curves." if done else "Its runs wait in the job queue in order."
     )
+    scale = fmt.score_scale(next(iter(sweep.data.get("tasks") or {}), None))  # a page sweep has one task
+    status += f" *Test score: {scale}.*" if scale else ""
     share = ended / total if total else 0.0
     state = "finished" if done and tally.get("finished") == total else ("failed" if done else "running")
     records = {r.id: r for r in services.runs()}
