@@ -57,6 +57,11 @@ def test_which_method_between_grid_points_and_outside_the_grid_then_train_this(s
     tied = {CATALOG[m].label for m in order[1:] if expected[m][2] >= best}
     assert {method for method, mark in cells if mark == "tied"} == tied and cells[0] == [labels[0], "best"]
     assert f"{labels[0]}" in page.locator("#choose-train").inner_text()
+    rests_on = page.evaluate(
+        "() => document.querySelector('#choose-ranking .virtual-body [data-testid=\"cell-0-9\"]').innerText.trim()"
+    )
+    assert rests_on.startswith(f"6 runs: {labels[0]} 18k on 5 % of scene-vqa, seeds 0, 1, 2") and "__" not in rests_on
+    assert "common.complete" not in page.content()  # the status tracker's screen-reader text, once an event ended
     snap(page, "which-method", tmp_path)
 
     said = ask(page, "10000", "18k", "⚠️ Outside the grid.")  # more questions than the grid's whole training set
