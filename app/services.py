@@ -638,6 +638,12 @@ class Services:
         expected = self.expected_time(config, steps)
         return expected[0] if expected is not None else None
 
+    def _estimate_or_none(self, job: Job) -> float | None:
+        try:
+            return self.job_estimate_s(job.run_config)
+        except UserError:  # its data can no longer be read (the job will fail and say so): no estimate, no error here
+            return None
+
     def wait_s(self, job_id: str) -> float | None:
         """Seconds until a queued job starts: each running job's time left (its countdown, else its estimate less
         the time it has run), then the estimates of the jobs queued ahead of it, each taking the first free worker
@@ -645,7 +651,7 @@ class Services:
         now = time.time()
 
         def estimate_s(job: Job) -> float | None:
-            return self._once(self._job_estimates, job.id, lambda: self.job_estimate_s(job.run_config))
+            return self._once(self._job_estimates, job.id, lambda: self._estimate_or_none(job))
 
         slots = []
         for job in self.store.list_jobs(("running",)):
