@@ -151,7 +151,8 @@ def register(services: Services) -> None:
             log_lines: how many of the last log lines to return (0 to 1000).
         Returns:
             state (queued, running, finished, failed, cancelled, interrupted), reason, phase, step, total_steps,
-            loss, eta_s, elapsed_s, queue_position, metrics (once evaluated), error, hint, log_tail."""
+            loss, eta_s, elapsed_s, queue_position, wait_s (queued: about how many seconds until it starts, or None),
+            metrics (once evaluated), error, hint, log_tail."""
         lines = optional_int(number(log_lines, "log_lines"), "log_lines")
         if lines is None or not 0 <= lines <= MAX_LOG_LINES:
             raise UserError(f"log_lines must be a whole number from 0 to {MAX_LOG_LINES}, e.g. 20.")

@@ -57,11 +57,11 @@ def loss_curve(
             )
         )
         best = validation[-1]["best_step"]
-        kept = [v for v in validation if v["step"] == best]
+        ringed = [v for v in validation if v["step"] == best]
         figure.add_trace(
             go.Scatter(
-                x=[v["step"] for v in kept],
-                y=[v["value"] for v in kept],
+                x=[v["step"] for v in ringed],
+                y=[v["value"] for v in ringed],
                 mode="markers",
                 name="kept checkpoint" if kept else "best validation so far",
                 yaxis="y2",

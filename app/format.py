@@ -20,6 +20,12 @@ METRIC_NOTES = {
 }
 
 
+def score_scale(task: str | None) -> str:
+    """A task's main score and its scale: 'CIDEr-D: how closely a caption matches ... higher is better'."""
+    metric = MAIN_METRIC.get(task or "", "")
+    return f"{metric}: {METRIC_NOTES[metric]}" if metric in METRIC_NOTES else ""
+
+
 def task_name(task: str | None) -> str:
     """A task as the form names it, in running text: 'image captioning'."""
     return TASK_LABELS.get(task, task or "?").lower() if task in TASK_LABELS else (task or "?")
@@ -54,11 +60,15 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def time_left(seconds: float) -> str:
-    """'about 2 min 30 s left': rounded to 5 s under a minute, 10 s under ten minutes, else the minute, so a
-    countdown polled every second reads calmly and no figure claims a precision the pace does not have."""
+def about(seconds: float) -> str:
+    """'about 2 min 30 s': rounded to 5 s under a minute, 10 s under ten minutes, else the minute, so a countdown
+    polled every second reads calmly and no figure claims a precision the pace does not have."""
     step = 5 if seconds < 60 else 10 if seconds < 600 else 60
-    return f"about {duration(step * round(seconds / step))} left"
+    return f"about {duration(step * round(seconds / step))}"
+
+
+def time_left(seconds: float) -> str:
+    return f"{about(seconds)} left"
 
 
 def metric(name: str, value: float | None) -> str:
@@ -142,11 +152,12 @@ def job_headline(status: dict) -> str:
     }
     what = run_words(config, status.get("info", {}).get("dataset_name"))
     if state == "queued":
-        ahead = (status.get("queue_position") or 1) - 1
+        ahead, seconds = (status.get("queue_position") or 1) - 1, status.get("wait_s")
+        when = "" if seconds is None else "in a moment" if seconds < 5 else f"in {about(seconds)}"
         if ahead:
-            wait = f"{ahead} job{'s' if ahead > 1 else ''} ahead of it"
-        elif status.get("wait_s") is not None:
-            wait = f"it starts next, in about {duration(status['wait_s'])}, when a running job ends"
+            wait = f"{ahead} job{'s' if ahead > 1 else ''} ahead of it" + (f"; it starts {when}" if when else "")
+        elif when:
+            wait = f"it starts next, {when}, when a running job ends"
         else:
             wait = "it starts next, as soon as a running job ends"
         return f"**Queued #{status.get('queue_position') or '?'}** ({what}): {wait}."

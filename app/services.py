@@ -43,7 +43,7 @@ from training.errors import UserError
 from training.jobs import JobStore, Supervisor, job_status
 from training.jobs.durable import DurableDatasets
 from training.jobs.status import read_progress
-from training.jobs.store import ACTIVE_STATES, PersonalLimitReached
+from training.jobs.store import ACTIVE_STATES, Job, PersonalLimitReached
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
 from training.model.base_model import default_model_path, load_base_config, meta_model
 from training.run import runs
@@ -255,6 +255,7 @@ class Services:
         self._datasets: dict[tuple[str, str | None], TaskDataset] = {}
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._galleries: dict[tuple[str, str | None], list[TestImage]] = {}
+        self._job_estimates: dict[str, float | None] = {}  # job id -> job_estimate_s, for the queue's wait
         self._lock = threading.Lock()
         self._loading: dict[object, threading.Lock] = {}
         self.scratch = Path(tempfile.mkdtemp(prefix="vlpeft-app-"))
@@ -365,8 +366,8 @@ class Services:
         in_use = self._live_jobs_using(str((self.datasets_home / name.strip()).resolve()))
         if replace and in_use:
             raise UserError(
-                f"Dataset {name.strip()!r} is used by job {in_use[0]}, queued or running: replace it once "
-                "that job has ended, or add this zip under another name."
+                f"Dataset {name.strip()!r} is used by the run {self.run(in_use[0]).label}, queued or running: "
+                "replace it once that run has ended, or add this zip under another name."
             )
         stored = install_zip(archive, name, task, self.datasets_home, replace, self.settings.archive_limits)
         if self.durable_datasets is not None:
@@ -411,8 +412,8 @@ class Services:
         in_use = self._live_jobs_using(source)
         if in_use:
             raise UserError(
-                f"Dataset {stored.name!r} is used by job {in_use[0]}, queued or running: remove it once that job "
-                "has ended."
+                f"Dataset {stored.name!r} is used by the run {self.run(in_use[0]).label}, queued or running: "
+                "remove it once that run has ended."
             )
         gone = stored.path.with_name(f".removing-{stored.name}-{time.time_ns()}")
         stored.path.rename(gone)  # out of the list at once; the files go next
@@ -622,19 +623,62 @@ class Services:
         status["validation"] = runs.read_jsonl(run_dir / runs.VALIDATION)
         status["info"] = runs.read_json(run_dir / runs.CONFIG) or {}
         if status["state"] == "queued":
-            status["wait_s"] = self._wait_s()
+            status["wait_s"] = self.wait_s(job_id)
         return status
 
-    def _wait_s(self) -> float | None:
-        """Seconds until a worker slot frees: the least time left of the running jobs (None when none says)."""
-        left = [job_status(self.store, job.id, log_lines=0).get("eta_s") for job in self.store.list_jobs(("running",))]
-        known = [seconds for seconds in left if isinstance(seconds, int | float)]
-        return min(known) if known else None
+    def job_estimate_s(self, config: RunConfig) -> float | None:
+        """Seconds a job should take, start to scores: the reference grid's runs like it for a run under the study's
+        protocol, else finished runs like it here or the benchmark, to its cap; None when nothing knows."""
+        reference = self.reference_time(config)  # early stopping: the grid's runs like it, not the cap
+        if reference is not None:
+            return reference[0]
+        steps = self.training_size(config).steps
+        if self.settings.demo:
+            steps = min(steps, self.settings.demo_max_steps)
+        expected = self.expected_time(config, steps)
+        return expected[0] if expected is not None else None
+
+    def _estimate_or_none(self, job: Job) -> float | None:
+        try:
+            return self.job_estimate_s(job.run_config)
+        except UserError:  # its data can no longer be read (the job will fail and say so): no estimate, no error here
+            return None
+
+    def wait_s(self, job_id: str) -> float | None:
+        """Seconds until a queued job starts: each running job's time left (its countdown, else its estimate less
+        the time it has run), then the estimates of the jobs queued ahead of it, each taking the first free worker
+        slot; None when one of them has no estimate. Each job's estimate is made once (a poll reads them all)."""
+        now = time.time()
+
+        def estimate_s(job: Job) -> float | None:
+            return self._once(self._job_estimates, job.id, lambda: self._estimate_or_none(job))
+
+        slots = []
+        for job in self.store.list_jobs(("running",)):
+            left = job_status(self.store, job.id, log_lines=0).get("eta_s")
+            if left is None:
+                estimate = estimate_s(job)
+                if estimate is None:
+                    return None
+                left = max(0.0, estimate - (now - (job.started_at or now)))
+            slots.append(left)
+        slots += [0.0] * max(0, self.store.limits.max_concurrent - len(slots))
+        for job in self.store.list_jobs(("queued",)):
+            if job.id == job_id:
+                return min(slots)
+            estimate = estimate_s(job)
+            if estimate is None:
+                return None
+            slots.remove(first := min(slots))
+            slots.append(first + estimate)
+        return None  # no longer queued
 
     def _own(self, job_id: str, submitter: str, action: str) -> None:
         job = self.store.get(job_id)
         if job.submitter != submitter:
-            raise UserError(f"Job {job_id} was started by {person(job.submitter)}: only they can {action} it.")
+            raise UserError(
+                f"The run {self.run(job_id).label} was started by {person(job.submitter)}: only they can {action} it."
+            )
 
     def cancel(self, job_id: str, submitter: str) -> dict:
         """Cancel a job of this submitter's (nobody cancels another person's job)."""
@@ -704,7 +748,7 @@ class Services:
         record = self.run(job_id)
         run_dir = Path(record.run_dir)
         if not record.has_weights:
-            raise UserError(f"Run {job_id} has no trained weights yet ({record.state}): nothing to download.")
+            raise UserError(f"The run {record.label} has no trained weights yet ({record.state}): nothing to download.")
         folder = self.scratch / "downloads"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"vlpeft-{job_id}.zip"
@@ -739,9 +783,11 @@ class Services:
         chosen = [self.run(run_id) for run_id in run_ids]
         for record in chosen:
             if record.task != task:
-                raise UserError(f"Run {record.id} was trained for {record.task}, not {task}: pick runs of one task.")
+                raise UserError(
+                    f"The run {record.label} was trained for {record.task}, not {task}: pick runs of one task."
+                )
             if not record.comparable:
-                raise UserError(f"Run {record.id} is {record.state} and has no trained weights to compare.")
+                raise UserError(f"The run {record.label} is {record.state} and has no trained weights to compare.")
         sources = {record.config.get("base_model") for record in chosen} or {self.settings.base_model}
         if len(sources) > 1:
             raise UserError("The chosen runs were trained on different base models: compare one base model at a time.")

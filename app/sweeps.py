@@ -68,6 +68,11 @@ class QueuedSweep:
     def command(self) -> str:
         return f"python -m training sweep --config {self.sweep_file}"
 
+    def point_configs(self) -> dict[str, dict]:
+        """Grid point name -> its run's settings, from the sweep file (what names a run whose job is gone)."""
+        spec = parse_spec(self.data, self.name)
+        return {point.name: spec.run_config(point).to_dict() for point in spec.points()}
+
 
 def sweep_data(
     name: str,
@@ -120,15 +125,11 @@ def draft(services: Services, data: dict) -> SweepDraft:
         configs.append(config)
     total, unknown = 0.0, 0
     for config in configs:
-        steps = services.training_size(config).steps
-        if services.settings.demo:
-            steps = min(steps, services.settings.demo_max_steps)
-        reference = services.reference_time(config)  # early stopping: the grid's runs like it, not the cap
-        expected = reference[:1] if reference is not None else services.expected_time(config, steps)
+        expected = services.job_estimate_s(config)
         if expected is None:
             unknown += 1
         else:
-            total += expected[0]
+            total += expected
     parallel = max(1, services.store.limits.max_concurrent)
     expected_s = total / parallel if configs and not unknown else None
     return SweepDraft(data, spec, points, skipped, configs, expected_s, unknown)

@@ -229,10 +229,18 @@ def test_an_unknown_model_id_or_budget_text_is_a_sentence_not_a_traceback(servic
             "**Queued #1** (LoRA 18k on 10 % of scene-caption): it starts next, as soon as a running job ends.",
         ),
         (
-            status("queued", queue_position=1, wait_s=95),
-            "**Queued #1** (LoRA 18k on 10 % of scene-caption): it starts next, in about 1 min 35 s, when a",
+            status("queued", queue_position=1, wait_s=93),
+            "**Queued #1** (LoRA 18k on 10 % of scene-caption): it starts next, in about 1 min 30 s, when a",
         ),
         (status("queued", queue_position=3), "**Queued #3** (LoRA 18k on 10 % of scene-caption): 2 jobs ahead of it."),
+        (
+            status("queued", queue_position=3, wait_s=398),
+            "**Queued #3** (LoRA 18k on 10 % of scene-caption): 2 jobs ahead of it; it starts in about 6 min 40 s.",
+        ),
+        (
+            status("queued", queue_position=1, wait_s=2),
+            "**Queued #1** (LoRA 18k on 10 % of scene-caption): it starts next, in a moment, when a running job ends.",
+        ),
         (
             status("running", phase="starting"),
             "**Starting** (LoRA 18k on 10 % of scene-caption): loading the model and the data.",
@@ -437,6 +445,36 @@ def test_the_expected_time_comes_from_finished_runs_here_else_the_bench_and_warn
     assert seconds == pytest.approx(13.0) and source.startswith("from the benchmark")
 
 
+def test_a_queued_job_says_how_long_until_it_starts_from_the_estimates_of_the_jobs_ahead(make_services, monkeypatch):
+    services = make_services()
+    paces = {"lora": 100.0, "prefix": 40.0}  # seconds a job of each method takes here, start to scores
+
+    def pace(config: RunConfig, steps: int) -> tuple[float, str] | None:
+        return (paces[config.method], "a pace") if config.method in paces else None
+
+    monkeypatch.setattr(services, "expected_time", pace)
+    running = services.submit(services.run_config(**form()), "v1")
+    services.store.claim_next("worker-1", max_concurrent=1)  # started, no countdown yet: its estimate less its time
+    second = services.submit(services.run_config(**form(method="prefix", budget="1k")), "v1")
+    third = services.submit(services.run_config(**form(seed=1)), "v1")
+    ran = time.time() - services.store.get(running).started_at
+    assert services.wait_s(second) == pytest.approx(100.0 - ran, abs=2)
+    assert services.wait_s(third) == pytest.approx(100.0 + 40.0 - ran, abs=2)  # after the running job and the second
+    headline = fmt.job_headline(services.status(third))
+    assert headline.startswith("**Queued #2** (LoRA 2k on 100 % of tiny-caption): 1 job ahead of it; it starts in ")
+    two_slots = make_services(limits=dataclasses.replace(LIMITS, max_concurrent=2))
+    monkeypatch.setattr(two_slots, "expected_time", pace)
+    two_slots.submit(two_slots.run_config(**form()), "v1")
+    two_slots.store.claim_next("worker-1", max_concurrent=2)
+    waiting = [two_slots.submit(two_slots.run_config(**form(method=m, budget="1k")), "v1") for m in ("prefix", "lora")]
+    assert two_slots.wait_s(waiting[0]) == 0.0  # a slot is free
+    assert two_slots.wait_s(waiting[1]) == pytest.approx(40.0, abs=2)  # the prefix job ends before the running one
+    unknown = two_slots.submit(two_slots.run_config(**form(method="serial-adapter", budget="1k")), "v1")
+    after = two_slots.submit(two_slots.run_config(**form(seed=2)), "v1")
+    assert two_slots.wait_s(unknown) is not None and two_slots.wait_s(after) is None  # no figure made up
+    assert services.status(running)["state"] == "running" and "wait_s" not in services.status(running)
+
+
 def test_start_refuses_bad_input_without_queueing_anything(services: Services):
     with pytest.warns(UserWarning, match="outside"):
         result = train.start(services, None, "v1", form(data_fraction=0))
@@ -581,7 +619,7 @@ def test_compare_cards_name_their_run_and_mark_a_partly_trained_adapter(make_ser
 def test_a_bad_upload_is_refused_with_a_sentence_and_a_good_one_previewed(services: Services, tmp_path: Path):
     text = tmp_path / "notes.png"
     text.write_text("not a picture")
-    with pytest.raises(UserError, match="not an image this app can read"):
+    with pytest.raises(UserError, match="^The file 'notes.png' is not a readable image"):
         compare.take_upload(services, str(text))
     huge = tmp_path / "huge.png"
     Image.new("L", (10_000, 10_000)).save(huge)
@@ -736,8 +774,16 @@ def test_the_runs_table_and_details_read_like_a_report():
     )
     assert list(table.columns) == ["run", "dataset", "state", "test score", "time", "by", "submitted"]
     text = runs.details(record())
-    assert "**Test scores:** CIDEr-D 0.5 · BLEU-4 0.25 (on 6 test examples)" in text
+    assert "**Test scores:** CIDEr-D 0.5 · BLEU-4 0.25 (on 6 test examples). *CIDEr-D: how closely a caption" in text
+    assert "0 (nothing in common) to 10 (word for word as every human caption); higher is better.*" in text
     assert "21,504 of 2,986,000 parameters (0.72 %), rank 4, 1,000 training examples, 32 steps" in text
+
+
+def test_a_zero_shot_run_is_named_without_a_budget_or_a_share_of_data():
+    zero = record(config={"task": "vqa", "method": "zero-shot", "budget": "0.5%", "data_fraction": 0.005, "seed": 0})
+    assert runs.run_name(zero.config) == "Zero-shot (baseline: no training) (questions)"
+    assert fmt.run_words(zero.config, "scene-vqa") == "Zero-shot (baseline: no training) on scene-vqa"
+    assert zero.label.startswith("Zero-shot (baseline: no training) · tiny-caption · ") and "0.5" not in zero.label
 
 
 def test_the_runs_list_filters_by_state_and_names_people_without_their_ids(services: Services):
@@ -755,7 +801,8 @@ def test_the_runs_list_filters_by_state_and_names_people_without_their_ids(servi
 
 def test_a_run_downloads_as_a_zip_and_can_be_deleted(services: Services):
     job_id = services.submit(services.run_config(**form()), "visitor-v1")
-    with pytest.raises(UserError, match="has no trained weights yet"):
+    named = r"^The run LoRA 2k · 100 % of tiny-caption · seed 0 · .* has no trained weights yet"  # words, not its id
+    with pytest.raises(UserError, match=named):
         services.zip_run(job_id)
     run_dir = Path(services.store.get(job_id).run_dir)
     run_dir.mkdir(parents=True)
@@ -845,6 +892,8 @@ def test_the_loss_figure_draws_the_validation_curve_and_rings_the_kept_checkpoin
     kept = figure.data[-1]
     assert list(kept.x) == [5] and list(kept.y) == [30.0] and kept.yaxis == "y2"
     assert list(figure.data[1].y) == [30.0, 20.0]
+    stopped = loss_curve(rows, validation, kept=False)  # cancelled: its best validation is no checkpoint it kept
+    assert stopped.data[-1].name == "best validation so far" and list(stopped.data[-1].x) == [5]
 
 
 def test_runs_details_say_which_checkpoint_validation_kept_and_why_training_stopped():

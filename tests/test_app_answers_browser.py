@@ -22,6 +22,16 @@ RANKING_CELLS = """() => {
   return rows;
 }"""
 
+# Every text node of the page, hidden ones (screen-reader text) included, scripts and styles left out.
+PAGE_TEXT = """() => {
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const texts = [];
+  while (walker.nextNode()) {
+    if (!walker.currentNode.parentElement.closest('script, style')) texts.push(walker.currentNode.textContent);
+  }
+  return texts.join(' ');
+}"""
+
 
 def ask(page, data: str, params: str, answer_starts: str) -> str:
     """Ask 'Which method?' and wait for the answer that starts so (the box says 'processing' meanwhile)."""
@@ -57,6 +67,11 @@ def test_which_method_between_grid_points_and_outside_the_grid_then_train_this(s
     tied = {CATALOG[m].label for m in order[1:] if expected[m][2] >= best}
     assert {method for method, mark in cells if mark == "tied"} == tied and cells[0] == [labels[0], "best"]
     assert f"{labels[0]}" in page.locator("#choose-train").inner_text()
+    rests_on = page.evaluate(
+        "() => document.querySelector('#choose-ranking .virtual-body [data-testid=\"cell-0-9\"]').innerText.trim()"
+    )
+    assert rests_on.startswith(f"6 runs: {labels[0]} 18k on 5 % of scene-vqa, seeds 0, 1, 2") and "__" not in rests_on
+    assert "common.complete" not in page.evaluate(PAGE_TEXT)  # the status tracker's screen-reader text, once done
     snap(page, "which-method", tmp_path)
 
     said = ask(page, "10000", "18k", "⚠️ Outside the grid.")  # more questions than the grid's whole training set
@@ -84,8 +99,9 @@ def test_three_runs_ticked_in_runs_show_three_curves_and_the_marked_differences(
     page.goto(url)
     page.get_by_role("tab", name="Runs").click()
     picks = page.locator("#runs-compared-picks")
-    for job_id in ids:
-        picks.locator("label").filter(has_text=job_id).click()
+    labels = [services.run(job_id).label for job_id in ids]  # runs are named in words, not by their ids
+    for label in labels:
+        picks.locator("label").filter(has_text=label).click()
     page.locator("#runs-compared-note").get_by_text("3 runs compared.").wait_for()
     page.wait_for_function(
         "() => { const p = document.querySelector('#runs-compared-curves .js-plotly-plot');"
@@ -95,9 +111,8 @@ def test_three_runs_ticked_in_runs_show_three_curves_and_the_marked_differences(
     curves = page.evaluate(
         "() => document.querySelector('#runs-compared-curves .js-plotly-plot').data.map(t => [t.meta, t.name])"
     )
-    assert sorted(name for meta, name in curves if meta == "loss") == sorted(
-        f"{'LoRA' if i < 2 else 'Serial adapter'} · {job_id}" for i, job_id in enumerate(ids)
-    )
+    assert sorted(name for meta, name in curves if meta == "loss") == sorted(labels)
+    assert labels[0].startswith("LoRA 2k · ") and "seed 1" in labels[1] and labels[2].startswith("Serial adapter")
     assert sum(meta == "validation" for meta, _ in curves) == 3
     marked = page.locator("#runs-compared-settings tr.vl-differs-row th")
     assert sorted(marked.all_inner_texts()) == ["≠ method", "≠ seed"]

@@ -242,13 +242,13 @@ def test_delete_asks_about_the_run_it_deletes_and_a_new_pick_withdraws_the_quest
     table.get_by_text("seed 1 (captions)").filter(visible=True).first.click()
     page.locator("#run-details").get_by_text(first, exact=True).wait_for()
     page.locator("#run-delete").click()
-    ask.get_by_text(f"id {first}").wait_for()
+    ask.get_by_text(f"Delete the run {app.services.run(first).label}").wait_for()  # named in words, not by id
     table.get_by_text("seed 2 (captions)").filter(visible=True).first.click()  # the person changes their mind
     page.locator("#run-details").get_by_text(second, exact=True).wait_for()
     ask.wait_for(state="hidden")
 
     page.locator("#run-delete").click()
-    ask.get_by_text(f"id {second}").wait_for()
+    ask.get_by_text(f"Delete the run {app.services.run(second).label}").wait_for()
     page.locator("#run-delete-keep").click()
     ask.wait_for(state="hidden")
     page.locator("#run-delete").click()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import signal
 import socket
@@ -186,20 +187,49 @@ def test_bad_input_gets_its_sentence_and_the_app_stays_up(client: Client, endpoi
     assert client.predict("lora", "2k", api_name="/estimate")["feasible"]
 
 
+UNREADABLE_UPLOAD = (
+    r"^The file 'upload.png' is not a readable image: .* Images must be PNG, JPEG, WebP, BMP or GIF\. Upload the "
+    r"picture in one of those formats"
+)
+
+
+def cut_short_png() -> bytes:
+    """A real picture's PNG bytes, cut off halfway (as a broken download leaves it)."""
+    out = io.BytesIO()
+    Image.effect_noise((64, 64), 60).convert("RGB").save(out, format="PNG")  # noise: a PNG that does not compress away
+    return out.getvalue()[: len(out.getvalue()) // 2]
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda path: path.write_text("not a picture"), "not an image this app can read"),
-        (lambda path: path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64), "not an image this app can read"),
+        (lambda path: path.write_text("not a picture"), UNREADABLE_UPLOAD),
+        (lambda path: path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64), UNREADABLE_UPLOAD),
+        (lambda path: path.write_bytes(cut_short_png()), UNREADABLE_UPLOAD),
         (lambda path: Image.new("L", (10_000, 10_000)).save(path), "too large"),
     ],
-    ids=["text", "corrupt", "huge"],
+    ids=["text", "corrupt", "cut-short", "huge"],
 )
 def test_a_bad_upload_is_refused_with_a_sentence(client: Client, tmp_path: Path, make, message):
     path = tmp_path / "upload.png"
     make(path)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(Exception, match=message) as caught:
         client.predict("caption", [], "", None, handle_file(str(path)), api_name="/compare")
+    assert "PIL" not in str(caught.value) and "Error" not in str(caught.value)  # no library or exception names
+
+
+def test_a_dataset_zip_with_a_damaged_image_is_refused_naming_the_file_and_what_to_do(client: Client, tmp_path: Path):
+    folder = write_tiny_dataset(tmp_path / "own", "caption", {"train": 4, "test": 2}, seed=5)
+    (folder / "train" / "0001.png").write_bytes(cut_short_png())  # a real PNG, cut off halfway
+    archive = handle_file(str(zip_folder(folder, tmp_path / "damaged.zip")))
+    with pytest.raises(Exception) as caught:
+        client.predict(archive, "damaged", "caption", api_name="/upload_dataset")
+    assert str(caught.value) == (
+        "train/0001.png in the zip is not a readable image: it is in another format, not a picture at all, or damaged "
+        "or cut short. Images must be PNG, JPEG, WebP, BMP or GIF. Replace it with the picture or remove it, then "
+        "upload the zip again."
+    )
+    assert "damaged" not in [d["name"] for d in client.predict("", api_name="/list_datasets")]  # nothing was added
 
 
 GENERIC = "upstream Gradio app has raised an exception"

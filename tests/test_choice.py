@@ -110,3 +110,32 @@ def test_bad_input_says_what_to_send() -> None:
         which_method(GRID, "vqa", "300", "many")
     with pytest.raises(UserError, match="not one of"):
         which_method(GRID, "ocr", "300", "18k")
+
+
+def test_the_runs_an_answer_rests_on_are_named_in_words_and_their_ids_are_in_the_notes() -> None:
+    from app.tabs.choose import notes, ranking_table  # the page's table, from the same answer
+
+    choice = which_method(GRID, "vqa", "300", "18k")  # LoRA rests on its 5 % and 10 % runs, three seeds each
+    table = ranking_table(choice).set_index("method")
+    assert table.loc["LoRA", "runs it rests on"] == (
+        "6 runs: LoRA 18k on 5 % of scene-vqa, seeds 0, 1, 2; LoRA 18k on 10 % of scene-vqa, seeds 0, 1, 2"
+    )
+    assert table.loc["(IA)³", "runs it rests on"].startswith("6 runs: (IA)³ on 5 % of scene-vqa, seeds 0, 1, 2")
+    assert not table["runs it rests on"].str.contains("__").any()  # no grid-point id in the table
+    lora = next(e for e in choice.ranking if e.method == "lora")
+    assert f"- LoRA: {', '.join(lora.runs)}" in notes(choice)
+    assert lora.runs[0] == "vqa__lora__b18k__f0.05__s0"
+
+
+def test_the_answer_says_the_scale_of_its_score() -> None:
+    from types import SimpleNamespace
+
+    from app.tabs.choose import answer
+
+    services = SimpleNamespace(which_method=lambda task, data, params: which_method(GRID, task, data, params))
+    said = answer(services, "caption", "500", "18k")["sentence"]
+    assert said.startswith("**On the grid.** For 500 image captioning examples")
+    assert said.endswith(
+        "*CIDEr-D: how closely a caption matches the human ones, rare shared word groups counting "
+        "most: 0 (nothing in common) to 10 (word for word as every human caption); higher is better.*"
+    )

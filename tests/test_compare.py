@@ -96,8 +96,11 @@ def test_bad_questions_are_explained(tiny_model_dir, question, message):
 
 def test_bad_images_are_explained(tmp_path):
     (tmp_path / "text.png").write_text("not an image at all")
-    with pytest.raises(UserError, match="not an image"):
+    with pytest.raises(UserError, match="^The file 'text.png' is not a readable image"):
         check_image(tmp_path / "text.png")
+    (tmp_path / "figure.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
+    with pytest.raises(UserError, match="^The file 'figure.eps' is not a readable image"):  # not run by Ghostscript
+        check_image(tmp_path / "figure.eps")
     Image.new("1", (10000, 10000)).save(tmp_path / "huge.png")  # 100 megapixels in a small file
     with pytest.raises(UserError, match="too large"):
         check_image(tmp_path / "huge.png")

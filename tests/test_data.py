@@ -60,7 +60,8 @@ def test_missing_image_is_named(broken):
 
 def test_unreadable_image_is_named(broken):
     (broken / "train" / "0000.png").write_bytes(b"this is not a png")
-    with pytest.raises(UserError, match=r"train/metadata.jsonl line 1: image file '0000.png' cannot be read"):
+    readable = r"train/metadata.jsonl line 1: image file '0000.png' is not a readable image: .* Images must be PNG"
+    with pytest.raises(UserError, match=readable + r".* Replace the file with the picture, or remove its line\.$"):
         load_dataset(str(broken), "caption")
 
 

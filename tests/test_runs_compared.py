@@ -42,6 +42,9 @@ def test_three_ticked_runs_give_three_curves_each_marked_differences_and_one_sco
     assert [list(t.y) for t in losses] == [[3.0 - n / 10, 2.0, 1.5 - n / 10] for n in range(3)]
     assert [list(t.y) for t in validations] == [[10.0 + n, 20.0 + n] for n in range(3)]
     assert len({t.line.color for t in losses}) == 3
+    labels = [services.run(job_id).label for job_id in ids]  # in words: method, budget, data, seed, time
+    assert [t.name for t in losses] == labels and labels[1].startswith("LoRA 2k · 100 % of ") and "seed 1" in labels[1]
+    assert not any(job_id in settings + scores for job_id in ids)  # no job id in either table
     marked = re.findall(r'<tr class="vl-differs-row"[^>]*><th>≠ ([^<]+)</th>', settings)
     assert marked == ["method", "seed"]  # the only settings the three runs differ in
     assert "2 of 20 settings differ" in settings

@@ -122,7 +122,13 @@ def test_a_queued_sweep_is_one_job_per_run_with_a_sweep_file_the_cli_reruns(make
     assert sweeps.counts(services, queued) == {"queued": 4}
     assert sweeps.sweep_of_job(services) == {job.id: "tiny" for job in jobs}
     # The page names its runs in words, not by grid point (caption__lora__b2k__f0.5__s0) or job id.
-    table = sweep_tab.show_sweep(services, queued.id)["table"]
+    shown = sweep_tab.show_sweep(services, queued.id)
+    table = shown["table"]
+    assert shown["status"].endswith(
+        "*Test score: CIDEr-D: how closely a caption matches the human ones, rare shared "
+        "word groups counting most: 0 (nothing in common) to 10 (word for word as every "
+        "human caption); higher is better.*"
+    )
     assert list(table.columns) == ["run", "state", "test score"] and list(table["state"]) == ["queued"] * 4
     assert "LoRA 2000, 50 % of the data, seed 0 (captions)" in list(table["run"])
     assert not any("__" in name or name in queued.jobs.values() for name in table["run"])
@@ -146,6 +152,13 @@ def test_a_queued_sweep_comes_back_from_the_durable_location_after_a_restart_on_
     assert load_spec(back.sweep_file).out == queued.folder  # the command line reruns it where it was
     # Its jobs were still queued on the lost disk: they are gone, and the page says so instead of failing.
     assert sweeps.counts(again, back) == {"deleted": 4}
+    table = sweep_tab.show_sweep(again, back.id)["table"]  # still named in words, from the sweep file
+    assert list(table["state"]) == ["deleted"] * 4 and "LoRA 2000, 50 % of the data, seed 0 (captions)" in list(
+        table["run"]
+    )
+    assert not any("__" in name for name in table["run"])
+    [(label, value)] = sweep_tab.sweep_choices(again, "someone", back.id)["choices"]
+    assert value == back.id and label.startswith("tiny · 4 runs · queued ") and back.id not in label
     watch.check()
 
 

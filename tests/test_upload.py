@@ -153,12 +153,16 @@ def test_metadata_pointing_outside_the_split_is_refused(tiny_caption_dataset, ho
 
 def test_a_non_image_is_named_by_its_path(good_zip, home):
     add_entry(good_zip, "shapes/validation/notes.png", b"#!/bin/sh\necho this is not an image\n")
-    assert refused(good_zip, home).startswith("validation/notes.png is not an image PIL can read")
+    assert refused(good_zip, home) == (
+        "validation/notes.png in the zip is not a readable image: it is in another format, not a picture at all, or "
+        "damaged or cut short. Images must be PNG, JPEG, WebP, BMP or GIF. Replace it with the picture or remove it, "
+        "then upload the zip again."
+    )
 
 
 def test_an_image_in_a_format_that_runs_a_program_is_refused(good_zip, home):
     add_entry(good_zip, "shapes/train/figure.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n")
-    assert refused(good_zip, home).startswith("train/figure.eps is not an image PIL can read as PNG, JPEG")
+    assert refused(good_zip, home).startswith("train/figure.eps in the zip is not a readable image")
 
 
 def test_too_many_files_are_refused_before_anything_is_written(good_zip, home):
@@ -275,8 +279,12 @@ def test_a_dataset_a_live_job_uses_is_not_replaced_under_it(services, own_zip):
     data.add_dataset(services, str(own_zip[1]), "mine", "caption", False)
     config = services.run_config(**form(dataset="mine", max_steps=2))
     job_id = services.submit(config, "someone")  # queued: no worker runs in these tests
-    with pytest.raises(UserError, match=f"used by job {job_id}, queued or running: replace it once that job has"):
+    with pytest.raises(UserError) as caught:
         data.add_dataset(services, str(own_zip[1]), "mine", "caption", True)
+    assert f"used by the run {services.run(job_id).label}, queued or running: replace it once that run" in str(
+        caught.value
+    )
+    assert job_id not in str(caught.value) and services.run(job_id).label.startswith("LoRA 2k · 100 % of mine")
     services.store.cancel(job_id, by="someone")
     assert data.add_dataset(services, str(own_zip[1]), "mine", "caption", True).stored.name == "mine"
 
@@ -333,8 +341,9 @@ def test_an_uploaded_dataset_is_removed_only_when_asked_for_sure_and_no_live_job
     with pytest.raises(UserError, match="Tick 'Yes, remove it'"):
         data.remove_dataset(services, "mine", False)
     job = services.submit(services.run_config(**form(dataset="mine", max_steps=100_000)), "ann")
-    with pytest.raises(UserError, match=f"used by job {job}, queued or running"):
+    with pytest.raises(UserError) as caught:
         data.remove_dataset(services, "mine", True)
+    assert f"used by the run {services.run(job).label}, queued or running" in str(caught.value)
     services.cancel(job, "ann")
 
     note = data.remove_dataset(services, "mine", True)

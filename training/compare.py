@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from training.data.examples import Example
+from training.data.examples import IMAGE_FORMATS, Example, unreadable_image
 from training.errors import UserError
 from training.methods.vlmodel import VLModel
 from training.model.base_model import default_model_path, load_base_model
@@ -65,10 +65,11 @@ def check_image(image: Image.Image | str | Path | None) -> Image.Image:
     if image is None:
         raise UserError("Pick an image from the gallery or upload one.")
     if isinstance(image, (str, Path)):
+        name = Path(image).name  # an upload keeps its own file name
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                opened = Image.open(image)
+                opened = Image.open(image, formats=IMAGE_FORMATS)  # none that runs a program (EPS: Ghostscript)
             with opened:
                 if opened.width * opened.height > MAX_UPLOAD_PIXELS:
                     raise UserError(
@@ -82,9 +83,8 @@ def check_image(image: Image.Image | str | Path | None) -> Image.Image:
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise UserError("The image is too large to open safely: upload a smaller one.") from None
         except (OSError, SyntaxError, ValueError):
-            raise UserError(
-                "That file is not an image this app can read (or it is corrupt): upload a PNG or JPEG."
-            ) from None
+            fix = "Upload the picture in one of those formats (most image viewers can save it as PNG or JPEG)."
+            raise UserError(unreadable_image(f"The file {name!r}", fix)) from None
     elif image.width * image.height > MAX_UPLOAD_PIXELS:
         raise UserError(f"The image is {image.width}x{image.height} pixels: too large; upload a smaller one.")
     return image.convert("RGB")

@@ -60,18 +60,33 @@ def _row(rank: int, estimate: Estimate, metric: str) -> list:
         " to ".join(fmt.count(c) for c in counts),
         fmt.duration(estimate.train_s),
         f"{estimate.peak_mem_mb:,.0f} MB",
-        f"{len(estimate.runs)}: " + ", ".join(estimate.runs),
+        rests_on(estimate),
     ]
 
 
+def rests_on(estimate: Estimate) -> str:
+    """The grid runs an estimate rests on, in words: '3 runs: LoRA 18k on 25 % of scene-caption, seeds 0, 1, 2'
+    (their ids are in the notes)."""
+    seeds: dict[str, list[str]] = {}
+    for run in estimate.settings:
+        seeds.setdefault(fmt.run_words(run, run.get("dataset")), []).append(str(run.get("seed")))
+    runs = "run" if len(estimate.settings) == 1 else "runs"
+    return f"{len(estimate.settings)} {runs}: " + "; ".join(
+        f"{words}, seed{'s' if len(s) > 1 else ''} {', '.join(s)}" for words, s in seeds.items()
+    )
+
+
 def notes(choice: Choice) -> str:
-    """What was left out and why, what the grid supports, and the rules the answer follows."""
+    """What was left out and why, what the grid supports, the runs by id and the rules the answer follows."""
     lines = []
     if choice.not_ranked:
         lines.append("**Not ranked here:**")
         lines += [f"- {left['label']}: {left['reason']}." for left in choice.not_ranked]
         lines.append("")
     lines.append(f"**What the grid supports.** {choice.support}")
+    lines.append("")
+    lines.append("**The runs by id** (the run column of results/runs.csv):")
+    lines += [f"- {estimate.label}: {', '.join(estimate.runs)}" for estimate in choice.ranking]
     lines.append("")
     lines.append(
         "**Rules.** "
@@ -91,7 +106,7 @@ def answer(services: Services, task: str, data: str, params: str) -> dict:
     )
     status = {"outside the grid": "⚠️ Outside the grid", "interpolated": "Interpolated", "on the grid": "On the grid"}
     return {
-        "sentence": f"**{status[choice.status]}.** {choice.sentence}",
+        "sentence": f"**{status[choice.status]}.** {choice.sentence}\n\n*{fmt.score_scale(choice.task)}.*",
         "ranking": ranking_table(choice),
         "details": notes(choice),
         "pick": pick,
@@ -126,7 +141,7 @@ def build(services: Services, ui: Manager) -> None:
         ranking = gr.Dataframe(
             pd.DataFrame(columns=COLUMNS), interactive=False, wrap=True, label="Ranking", elem_id="choose-ranking"
         )
-        with gr.Accordion("Left out, what the grid supports, and the rules", open=False):
+        with gr.Accordion("Left out, what the grid supports, the rules and the runs by id", open=False):
             details = gr.Markdown(elem_id="choose-notes")
     pick = gr.State(None)
     ui.add("choose", task=task, data=data, params=params, sentence=sentence, ranking=ranking, details=details)

@@ -37,21 +37,22 @@ STATE_FILTERS = {
 }
 
 
-def run_name(record: RunRecord) -> str:
-    """A run in words for the table: 'LoRA 18k, 10 % of the data (captions)'; zero-shot has neither."""
-    method = fmt.METHOD_LABELS.get(record.method, record.method)
-    task = "captions" if record.task == "caption" else "questions"
-    if record.method == "zero-shot":
+def run_name(config: dict) -> str:
+    """A run in words for a table, from its settings: 'LoRA 18k, 10 % of the data, seed 0 (captions)'; zero-shot
+    has neither budget nor share."""
+    method = fmt.METHOD_LABELS.get(config.get("method"), config.get("method"))
+    task = "captions" if config.get("task") == "caption" else "questions"
+    if config.get("method") == "zero-shot":
         return f"{method} ({task})"
-    budget = "" if record.method in NO_BUDGET_METHODS else f" {record.config.get('budget')}"
-    share = fmt.fraction(record.config.get("data_fraction"))
-    return f"{method}{budget}, {share} of the data, seed {record.config.get('seed', 0)} ({task})"
+    budget = "" if config.get("method") in NO_BUDGET_METHODS else f" {config.get('budget')}"
+    share = fmt.fraction(config.get("data_fraction"))
+    return f"{method}{budget}, {share} of the data, seed {config.get('seed', 0)} ({task})"
 
 
 def runs_table(records: list[RunRecord], viewer: str | None = None) -> pd.DataFrame:
     rows = [
         [
-            run_name(r),
+            run_name(r.config),
             r.dataset_name,
             r.state,
             fmt.main_score(r.task, r.metrics),
@@ -101,6 +102,7 @@ def details(record: RunRecord, viewer: str | None = None) -> str:
             "**Test scores:** "
             + " · ".join(fmt.metric(k, v) for k, v in shown.items())
             + (f" (on {fmt.count(scored)} test examples)" if scored else "")
+            + (f". *{fmt.score_scale(record.task)}.*" if fmt.score_scale(record.task) else "")
         )
     info = record.info
     if info:
@@ -201,7 +203,7 @@ def ask_delete(services: Services, run_id: str | None) -> tuple:
         raise UserError("Pick a run to delete first.")
     record = services.run(run_id)
     question = (
-        f"**Delete the run {record.label}** ({fmt.task_name(record.task)}, {record.state}; id {record.id}) "
+        f"**Delete the run {record.label}** ({fmt.task_name(record.task)}, {record.state}) "
         "**for good?** Its weights, "
         "scores and log are removed; this cannot be undone."
     )
@@ -242,7 +244,9 @@ def build(services: Services, ui: Manager, tab: gr.Tab) -> Loader:
         "Every training job of this app. Pick one for its settings, scores and log folder, or delete it. "
         "Its zip holds the weights, config, log, scores and predictions, with a README on loading the "
         "adapter with this package or, for LoRA, with peft (`PeftModel.from_pretrained`). **Run again with "
-        "changes** fills the Train form with a run's settings."
+        "changes** fills the Train form with a run's settings.\n\n**Test score**: for captions "
+        f"{fmt.score_scale('caption')}; for questions {fmt.score_scale('vqa')}.",
+        elem_id="runs-intro",
     )
     table = gr.Dataframe(
         runs_table([]),

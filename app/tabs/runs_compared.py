@@ -51,15 +51,9 @@ def _knob(info: dict) -> str | None:
     return f"{info['knob']} {info.get('knob_value')}" if info.get("knob") else None
 
 
-def run_label(record: RunRecord) -> str:
-    return f"{fmt.METHOD_LABELS.get(record.method, record.method)} · {record.id}"
-
-
 def run_choices(services: Services) -> list[tuple[str, str]]:
     """Every run that has started (a queued one has no curve yet), newest first."""
-    return [
-        (f"{run_label(r)} · {fmt.task_name(r.task)} · {r.state}", r.id) for r in services.runs() if r.state != "queued"
-    ]
+    return [(f"{r.label} · {fmt.task_name(r.task)} · {r.state}", r.id) for r in services.runs() if r.state != "queued"]
 
 
 def curves_figure(services: Services, records: list[RunRecord]) -> go.Figure:
@@ -69,7 +63,7 @@ def curves_figure(services: Services, records: list[RunRecord]) -> go.Figure:
     )
     for colour, record in zip(PALETTE, records, strict=False):
         steps, validation = services.curves(record.id)
-        label = run_label(record)
+        label = record.label
         losses = [r for r in steps if isinstance(r.get("loss"), int | float)]
         figure.add_trace(
             go.Scatter(
@@ -110,7 +104,7 @@ def curves_figure(services: Services, records: list[RunRecord]) -> go.Figure:
 
 def settings_html(records: list[RunRecord]) -> str:
     """The settings side by side; a row whose values differ between the runs is marked (≠, highlighted)."""
-    head = "".join(f"<th>{html.escape(run_label(r))}</th>" for r in records)
+    head = "".join(f"<th>{html.escape(r.label)}</th>" for r in records)
     rows, differing = [], 0
     for name, read in SETTINGS:
         values = [_shown(read(r)) for r in records]
@@ -139,7 +133,7 @@ def scores_html(records: list[RunRecord]) -> str:
                 names.append(name)
     if not names:
         return "<p>None of these runs has test scores yet (they appear when a run is evaluated).</p>"
-    head = "".join(f"<th>{html.escape(run_label(r))}</th>" for r in records)
+    head = "".join(f"<th>{html.escape(r.label)}</th>" for r in records)
     rows = []
     for name in names:
         values = [r.metrics.get(name) for r in records]

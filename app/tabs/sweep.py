@@ -4,6 +4,7 @@ watched to the end; Explore draws its runs as curves."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -160,8 +161,12 @@ def start(services: Services, request: gr.Request | None, visitor: str, form: Ma
 
 def sweep_choices(services: Services, who: str, selected: str | None) -> dict:
     mine = [s for s in sweeps.queued_sweeps(services) if s.submitter == who]
-    choices = [(f"{s.name} · {len(s.jobs)} runs · {s.id}", s.id) for s in mine]
+    choices = [(f"{s.name} · {len(s.jobs)} runs · queued {_when(s.created_at)}", s.id) for s in mine]
     return gr.update(choices=choices, value=selected if selected in {s.id for s in mine} else None)
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%d %b %H:%M", time.localtime(timestamp))
 
 
 def show_sweep(services: Services, sweep_id: str | None) -> dict:
@@ -183,17 +188,20 @@ def show_sweep(services: Services, sweep_id: str | None) -> dict:
     status = f"**Sweep {sweep.name}: {'done' if done else 'running'}**, {ended} of {total} runs ended ({parts}). " + (
         "Explore draws its runs as dotted curves." if done else "Its runs wait in the job queue in order."
     )
+    scale = fmt.score_scale(next(iter(sweep.data.get("tasks") or {}), None))  # a page sweep has one task
+    status += f" *Test score: {scale}.*" if scale else ""
     share = ended / total if total else 0.0
     state = "finished" if done and tally.get("finished") == total else ("failed" if done else "running")
     records = {r.id: r for r in services.runs()}
+    configs = sweep.point_configs()  # names a run whose job is gone, from the sweep file
     rows = [
         [
-            run_name(records[job_id]),
+            run_name(records[job_id].config),
             records[job_id].state,
             fmt.main_score(records[job_id].task, records[job_id].metrics),
         ]
         if job_id in records
-        else [point, "deleted", "-"]  # only its grid point is left to name it
+        else [run_name(configs[point]), "deleted", "-"]
         for point, job_id in sweep.jobs.items()
     ]
     file_text = sweep.sweep_file.read_text()

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from training.data.dataset import SPLITS, load_folder_dataset
-from training.data.examples import MAX_IMAGE_PIXELS, TaskDataset
+from training.data.examples import IMAGE_FORMATS, MAX_IMAGE_PIXELS, TaskDataset, unreadable_image
 from training.errors import UserError
 
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
@@ -37,7 +37,6 @@ SPLIT_ALIASES = {
     "testing": "test",
     "eval": "test",
 }
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 INFO = "dataset.json"
 METADATA = "metadata.jsonl"
 CHUNK = 1 << 20
@@ -251,11 +250,9 @@ def _decode(path: Path, shown: str) -> None:
                 image.load()
     except UserError:
         raise
-    except Exception as exc:  # PIL raises many kinds for a file that is not an image or is cut short
-        raise UserError(
-            f"{shown} is not an image PIL can read as {', '.join(IMAGE_FORMATS)} "
-            f"({type(exc).__name__}): remove it or replace it with the image."
-        ) from None
+    except Exception:  # PIL raises many kinds for a file that is not an image or is cut short
+        again = "Replace it with the picture or remove it, then upload the zip again."
+        raise UserError(unreadable_image(f"{shown} in the zip", again)) from None
 
 
 def _read_info(path: Path) -> dict | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from training.data.examples import Example, ImageFile, TaskDataset
+from training.data.examples import Example, ImageFile, TaskDataset, unreadable_image
 from training.data.hub import load_hub_dataset
 from training.errors import UserError
 from training.paths import ASSETS_DIR
@@ -92,9 +92,8 @@ def _check_image_header(path: Path, where: str) -> None:
         with Image.open(path) as image:
             image.size  # noqa: B018  (reads the header only)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise UserError(
-            f"{where}: image file {path.name!r} cannot be read: it is not an image or is corrupt."
-        ) from None
+        fix = "Replace the file with the picture, or remove its line."
+        raise UserError(unreadable_image(f"{where}: image file {path.name!r}", fix)) from None
 
 
 def detect_task(folder: Path) -> str | None:

@@ -12,6 +12,16 @@ from PIL import Image, UnidentifiedImageError
 from training.errors import UserError
 
 MAX_IMAGE_PIXELS = 40_000_000
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")  # plain formats PIL decodes itself, none through a program
+IMAGE_FORMATS_TEXT = "PNG, JPEG, WebP, BMP or GIF"
+
+
+def unreadable_image(name: str, what_to_do: str) -> str:
+    """The sentence for a file that is not a readable image: which file, which formats work, what to do."""
+    return (
+        f"{name} is not a readable image: it is in another format, not a picture at all, or damaged or cut short. "
+        f"Images must be {IMAGE_FORMATS_TEXT}. {what_to_do}"
+    )
 
 
 class ImageSource(Protocol):
@@ -67,7 +77,4 @@ def open_image(path: str | Path) -> Image.Image:
     except FileNotFoundError:
         raise UserError(f"Image {path} does not exist.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise UserError(
-            f"Image {path} cannot be read: it is not an image this app can open (PNG, JPEG, WebP, BMP, GIF) "
-            "or it is damaged. Replace it and try again."
-        ) from None
+        raise UserError(unreadable_image(f"Image {path}", "Replace it with the picture and try again.")) from None

@@ -60,7 +60,8 @@ class Estimate:
     trainable_params: list[int]  # the counts of the grid points used (one, or the two neighbours)
     train_s: float  # mean training time of the runs used (weighted like the score)
     peak_mem_mb: float
-    runs: list[str]
+    runs: list[str]  # the grid runs' ids (results/runs.csv's run column)
+    settings: list[dict]  # each of those runs' task, method, budget, data_fraction, seed and dataset, in that order
     tied: bool = False
     best: bool = False
 
@@ -261,7 +262,14 @@ def _combine(
         train_s=float(sum(w * rows.train_s.mean() for rows, w in parts)),
         peak_mem_mb=float(sum(w * rows.peak_mem_mb.mean() for rows, w in parts)),
         runs=[str(run) for rows, _ in parts for run in rows.sort_values("seed")["run"]],
+        settings=[_settings(row) for rows, _ in parts for _, row in rows.sort_values("seed").iterrows()],
     )
+
+
+def _settings(row: pd.Series) -> dict:
+    """A grid run's settings as a run config names them, in plain values (None where the table has none)."""
+    values = {key: row.get(key) for key in ("task", "method", "budget", "data_fraction", "seed", "dataset")}
+    return {key: None if pd.isna(v) else v.item() if isinstance(v, np.generic) else v for key, v in values.items()}
 
 
 # --- the table ------------------------------------------------------------------------------------------------
