@@ -254,6 +254,24 @@ def test_the_shipped_sweep_files_describe_the_papers_grid_and_a_small_one(tmp_pa
     assert len(smoke.points()) <= 16 and smoke.results != Path("results")
 
 
+def test_the_second_edition_grid_is_the_first_on_its_own_model_captions_and_rates():
+    """sweeps/paper-v2.yaml changes the world and where its tables go, nothing of the grid or the protocol."""
+    first = yaml.safe_load((REPO_ROOT / "sweeps" / "paper.yaml").read_text())
+    second = yaml.safe_load((REPO_ROOT / "sweeps" / "paper-v2.yaml").read_text())
+    assert {k for k in first.keys() | second.keys() if first.get(k) != second.get(k)} == {
+        "name",
+        "out",
+        "results",
+        "base_model",
+        "datasets",
+    }
+    spec = load_spec(REPO_ROOT / "sweeps" / "paper-v2.yaml")
+    assert spec.results == Path("results/edition-2")
+    assert json.loads((Path(spec.base_model) / "pretrain.json").read_text())["config"]["edition"] == 2
+    assert json.loads((Path(spec.datasets["caption"]) / "dataset.json").read_text())["edition"] == 2
+    assert (Path(spec.datasets["vqa"]) / "dataset.json").is_file()
+
+
 def write_sweep(path: Path, model: Path, vqa: Path, caption: Path | None = None, **grid) -> Path:
     data = {
         "name": "t",
