@@ -78,10 +78,13 @@ def die_with_parent() -> None:
         _LIBC.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
-def run_environment(threads: int) -> dict[str, str]:
+def run_environment(threads: int | None) -> dict[str, str]:
+    """A run process's environment: this one's, with `threads` torch threads (None: as this environment says) and
+    the project on the path."""
     env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[name] = str(max(1, threads))
+    if threads is not None:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(max(1, threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
