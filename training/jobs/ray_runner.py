@@ -33,7 +33,6 @@ import re
 import secrets
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -43,16 +42,10 @@ from training.errors import UserError
 from training.jobs import outcome
 from training.jobs.limits import env_number
 from training.jobs.store import Job, Outcome
-from training.launch.executor import RunHandle, RunSpec
+from training.launch.executor import RunHandle, RunSpec, stop_all
+from training.launch.process import ProcessExecutor
+from training.launch.ray_tasks import connect_ray, ray_task_options
 from training.run import runs
-from training.run.launch import (
-    connect_ray,
-    die_with_parent,
-    ray_task_options,
-    run_environment,
-    stop_process,
-    train_command,
-)
 
 ADDRESS_ENV = "VLPEFT_RAY_ADDRESS"
 TOKEN = ".ray-token"  # in the run directory: a node that reads the same token shares the data home
@@ -123,36 +116,22 @@ def run_job_task(job_id: str, train_args: list[str], run_dir: str, token: str | 
     target = Path(run_dir)
     shared = token is not None and _read_bytes(target / TOKEN) == token.encode()
     folder = target if shared else Path(tempfile.mkdtemp(prefix=f"vlpeft-{job_id}-"))
-    command = train_command(train_args, folder)
-    with open(folder / runs.LOG, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=folder,
-            env=run_environment(threads),
-            preexec_fn=die_with_parent,
-        )
+    executor = ProcessExecutor(threads=threads)  # the process a local run is, here on the node
+    run = executor.launch(RunSpec(job_id, str(folder), train_args, cwd=str(folder)))
     shipper = None if shared else Shipper(folder)
     stopping = False
     try:
-        while True:
-            try:
-                process.wait(SHIP_EVERY_S)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+        while not executor.wait([run], SHIP_EVERY_S):
             if not stopping and ray.get(mailbox.stop_requested.remote(job_id)):
                 stopping = True
                 (folder / runs.STOP).touch()
-                process.send_signal(signal.SIGTERM)
+                executor.stop(run)
             if shipper is not None:
                 ray.get(mailbox.push.remote(job_id, shipper.pieces()))  # waited for: in order before the return
     except BaseException:  # the task is cancelled: stop the trainer rather than leave it running
-        stop_process(process)
+        stop_all(executor, [run])
         raise
-    result = {"returncode": process.returncode, "shared": shared}
+    result = {"returncode": run.returncode, "shared": shared}
     if shipper is not None:
         result["pieces"] = shipper.pieces(final=True)
         shutil.rmtree(folder, ignore_errors=True)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from training.launch.executor import PollingExecutor, RunHandle, RunSpec
 from training.launch.pids import is_alive, process_start_time, signal_group
+from training.launch.process import run_environment
 from training.run import runs
-from training.run.launch import run_environment, train_command
+from training.run.launch import train_command
 
 
 @dataclass

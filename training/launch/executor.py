@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Protocol
 
 from training.run import runs
-from training.run.launch import STOP_GRACE_S
 
+STOP_GRACE_S = 30  # a stopped run gets this long to finish its step before it is killed
 ERROR_TAIL_LINES = 5  # a failed run's error: the last lines of its log
 POLL_S = 0.05  # how often an executor without a way to wait on its runs looks at them
 

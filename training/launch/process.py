@@ -3,14 +3,40 @@ run's log.txt. It dies with its launcher (the parent-death signal), so no run is
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.launch.executor import PollingExecutor, RunHandle, RunSpec
+from training.paths import REPO_ROOT
 from training.run import runs
-from training.run.launch import die_with_parent, run_environment, train_command
+from training.run.launch import train_command
+
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child must not load libraries
+except OSError:
+    _LIBC = None
+
+
+def die_with_parent() -> None:
+    """In the child: be killed when the launcher dies, even by SIGKILL (Linux), so no run is orphaned."""
+    if _LIBC is not None and sys.platform.startswith("linux"):
+        _LIBC.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
+def run_environment(threads: int | None) -> dict[str, str]:
+    """A run process's environment: this one's, with `threads` torch threads (None: as this environment says) and
+    the project on the path."""
+    env = dict(os.environ)
+    if threads is not None:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(max(1, threads))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 @dataclass

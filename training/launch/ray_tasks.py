@@ -5,12 +5,37 @@ them back instead)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from training.errors import UserError
 from training.launch.executor import RunHandle, RunResult, RunSpec, run_one
 from training.launch.process import ProcessExecutor
-from training.run.launch import connect_ray, ray_task_options
+from training.paths import REPO_ROOT
+from training.run.rates import LR_TABLE_ENV
+
+
+def connect_ray(address: str | None) -> bool:
+    """Join the Ray cluster at `address` (None: start a local instance) unless this process already has;
+    True if this call connected (and so should disconnect when done)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
+
+
+def ray_task_options(num_cpus: float, num_gpus: float) -> dict:
+    """Options of a run's Ray task: its resource request, no retry (a run is not idempotent), and the
+    project root on the worker's path, since workers import this package to run the task. A learning-rate
+    table of its own ($VLPEFT_LR_TABLE, e.g. a sweep on another base model) goes along by its absolute path,
+    which holds on every node (each has the project at the same path)."""
+    env = {"PYTHONPATH": str(REPO_ROOT)}
+    if os.environ.get(LR_TABLE_ENV):
+        env[LR_TABLE_ENV] = str(Path(os.environ[LR_TABLE_ENV]).resolve())
+    return {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 0, "runtime_env": {"env_vars": env}}
 
 
 def run_on_node(spec: RunSpec) -> RunResult:

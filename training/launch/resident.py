@@ -14,10 +14,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.launch.executor import PollingExecutor, RunHandle, RunSpec
+from training.launch.executor import STOP_GRACE_S, PollingExecutor, RunHandle, RunSpec
 from training.launch.forked import die_with, forkserver, output_to, set_threads
 from training.run import runs
-from training.run.launch import STOP_GRACE_S, train_in_process
+from training.run.launch import train_in_process
 
 
 def _serve_runs(connection: multiprocessing.connection.Connection, launcher_pid: int) -> None:
