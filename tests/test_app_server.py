@@ -19,7 +19,7 @@ from app.settings import Settings
 from tests.conftest import write_tiny_dataset
 from tests.test_upload import zip_folder
 from training.jobs.limits import JobLimits
-from training.jobs.process import is_alive, signal_group
+from training.launch.pids import is_alive, signal_group
 
 pytestmark = pytest.mark.slow
 

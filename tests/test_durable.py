@@ -18,10 +18,10 @@ from tests.test_jobs import wait_for
 from tests.test_resume import config as resumable
 from training.jobs.durable import CHECKPOINTS, FINAL, LOST_REASON, STARTED, DurableRuns, write_once
 from training.jobs.limits import JobLimits
-from training.jobs.process import is_alive, signal_group
 from training.jobs.status import job_status
 from training.jobs.store import JobStore
 from training.jobs.supervisor import Supervisor
+from training.launch.pids import is_alive, signal_group
 from training.run.config import RunConfig
 
 LIMITS = JobLimits(max_queued=10, max_queued_per_submitter=10, max_runtime_s=0, max_concurrent=1, stop_grace_s=5)

@@ -20,10 +20,10 @@ from training.cli import main
 from training.errors import UserError
 from training.jobs import outcome
 from training.jobs.limits import JobLimits
-from training.jobs.process import is_alive, process_start_time, signal_group
 from training.jobs.status import job_status
 from training.jobs.store import Job, JobStore, Outcome
 from training.jobs.supervisor import Supervisor, live_supervisors
+from training.launch.pids import is_alive, process_start_time, signal_group
 from training.metrics.caption import JAVA_MISSING_MESSAGE
 from training.paths import REPO_ROOT
 from training.run.config import RunConfig

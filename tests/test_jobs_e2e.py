@@ -15,10 +15,10 @@ from tests.test_jobs import group_members, wait_for
 from tests.test_resume import config as resumable
 from training.jobs.limits import JobLimits
 from training.jobs.outcome import KILLED_HINT
-from training.jobs.process import is_alive, signal_group
 from training.jobs.status import job_status
 from training.jobs.store import JobStore
 from training.jobs.supervisor import Supervisor
+from training.launch.pids import is_alive, signal_group
 from training.paths import REPO_ROOT
 from training.run import runs
 from training.run.config import RunConfig

@@ -156,15 +156,15 @@ def test_the_ray_settings_come_from_the_environment_with_clear_errors(monkeypatc
 def test_a_task_that_ray_lost_fails_with_rays_reason_and_a_hint(tmp_path):
     exceptions = pytest.importorskip("ray.exceptions")
     from training.jobs.outcome import OOM_HINT
-    from training.jobs.ray_runner import _ray_failure
+    from training.jobs.ray_runner import failure_outcome
 
     store = JobStore(tmp_path / "jobs.sqlite3")
     job = store.get(store.submit(RunConfig(task="vqa", method="lora")))
     Path(job.run_dir).mkdir(parents=True)
     (Path(job.run_dir) / runs.LOG).write_text("step 5/100 loss 1.0\n")
-    lost = _ray_failure(job, exceptions.OutOfMemoryError("Task was killed due to the node running low on memory."))
+    lost = failure_outcome(job, exceptions.OutOfMemoryError("Task was killed due to the node running low on memory."))
     assert lost.state == "failed" and lost.hint == OOM_HINT and lost.log_tail == "step 5/100 loss 1.0"
     assert lost.reason == "the Ray task failed: Task was killed due to the node running low on memory."
-    crashed = _ray_failure(job, exceptions.WorkerCrashedError())
+    crashed = failure_outcome(job, exceptions.WorkerCrashedError())
     assert crashed.reason.startswith("the Ray task failed: The worker died unexpectedly")
     assert "ray status" in crashed.hint

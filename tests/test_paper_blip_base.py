@@ -13,11 +13,11 @@ import torch
 from transformers import BlipForConditionalGeneration
 
 from training.cli import main
+from training.launch.ray_tasks import ray_task_options
 from training.methods.budget import count_base_params
 from training.model.base_model import load_base_config, meta_model
 from training.model.blip_base import HUB_SPECIAL_TOKENS, blip_base_config
 from training.paths import REPO_ROOT
-from training.run.launch import ray_task_options
 from training.sweeps.gpu_estimate import forward_flops
 from training.sweeps.grid import load_spec
 

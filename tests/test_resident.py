@@ -1,4 +1,4 @@
-"""The resident worker (training/sweeps/executors.py, training/run/resident.py): a run trained by a worker that has
+"""The resident worker (training/launch/resident.py, training/run/resident.py): a run trained by a worker that has
 already trained other runs (other methods, full fine-tuning among them) gives exactly what a fresh process gives."""
 
 from __future__ import annotations
@@ -6,9 +6,11 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
+from training.launch.executor import RunSpec, run_all, run_one
+from training.launch.process import ProcessExecutor
+from training.launch.resident import ResidentExecutor
 from training.run import runs
 from training.run.config import RunConfig
-from training.sweeps.executors import ResidentWorker, RunJob, run_train_process
 
 
 def run_config(model, data, **overrides) -> RunConfig:
@@ -53,10 +55,11 @@ def test_a_run_in_a_reused_worker_gives_what_a_fresh_process_gives_bit_for_bit(
     tiny_model_dir, tiny_vqa_dataset, tmp_path
 ):
     target = run_args(tiny_model_dir, tiny_vqa_dataset)
-    fresh = run_train_process(RunJob("fresh", str(tmp_path / "fresh"), target, threads=1))
+    fresh = run_one(ProcessExecutor(), RunSpec("fresh", str(tmp_path / "fresh"), target, threads=1))
     assert fresh.finished, fresh.error
 
-    worker, running = ResidentWorker(), set()
+    executor = ResidentExecutor(1)
+    (worker,) = executor.workers
     try:
         before = [
             run_args(tiny_model_dir, tiny_vqa_dataset, lr=0.05),  # LoRA on the same images, another rate
@@ -65,15 +68,15 @@ def test_a_run_in_a_reused_worker_gives_what_a_fresh_process_gives_bit_for_bit(
             run_args(tiny_model_dir, tiny_vqa_dataset, data_fraction=0.5),  # features of other training images
         ]
         for index, args in enumerate(before):
-            result = worker.run(RunJob(f"before{index}", str(tmp_path / f"before{index}"), args, threads=1), running)
+            result = run_one(executor, RunSpec(f"before{index}", str(tmp_path / f"before{index}"), args, threads=1))
             assert result.finished, result.error
         pid = worker.process.pid
-        reused = worker.run(RunJob("reused", str(tmp_path / "reused"), target, threads=1), running)
+        reused = run_one(executor, RunSpec("reused", str(tmp_path / "reused"), target, threads=1))
         assert reused.finished, reused.error
         assert worker.process.pid == pid, "the worker did not train the runs in one process"
     finally:
-        worker.close()
-    assert worker.process.exitcode == 0 and running == set()
+        executor.close()
+    assert worker.process.exitcode == 0 and not worker.busy
 
     expected, got = outcome(tmp_path / "fresh"), outcome(tmp_path / "reused")
     assert len(expected["curve"]) == 4 and expected["validation"]["best_step"] in (0, 2, 4, 6)
@@ -92,31 +95,32 @@ def test_a_run_in_a_reused_worker_gives_what_a_fresh_process_gives_bit_for_bit(
 
 
 def test_a_stopped_run_ends_its_worker_and_the_next_run_starts_a_fresh_one(tiny_model_dir, tiny_vqa_dataset, tmp_path):
-    worker, running = ResidentWorker(), set()
+    executor = ResidentExecutor(1)
+    (worker,) = executor.workers
     try:
         first = tmp_path / "first"
         first.mkdir()
         (first / runs.STOP).touch()  # the run stops before its first step, as on a STOP file from the app
-        stopped = worker.run(RunJob("first", str(first), run_args(tiny_model_dir, tiny_vqa_dataset), 1), running)
+        stopped = run_one(executor, RunSpec("first", str(first), run_args(tiny_model_dir, tiny_vqa_dataset), 1))
         assert stopped.returncode == runs.EXIT_STOPPED and worker.process.exitcode == 0
         assert runs.read_json(first / runs.PROGRESS)["phase"] == "stopped"
-        bad = worker.run(RunJob("bad", str(tmp_path / "bad"), ["--task", "vqa", "--method", "nope"], 1), running)
+        bad = run_one(executor, RunSpec("bad", str(tmp_path / "bad"), ["--task", "vqa", "--method", "nope"], 1))
         assert bad.returncode == 2 and "nope" in bad.error
-        after = worker.run(
-            RunJob("after", str(tmp_path / "after"), run_args(tiny_model_dir, tiny_vqa_dataset), 1), running
+        after = run_one(
+            executor, RunSpec("after", str(tmp_path / "after"), run_args(tiny_model_dir, tiny_vqa_dataset), 1)
         )
         assert after.finished, after.error
     finally:
-        worker.close()
+        executor.close()
 
 
 def test_tuning_runs_in_its_resident_worker_give_the_fresh_process_summaries(
     tiny_model_dir, tiny_vqa_dataset, tmp_path
 ):
-    from training.study.tuning import ResidentTuning, train_for_tuning
+    from training.study.tuning import TuningRuns, train_for_tuning
 
     configs = [run_config(tiny_model_dir, tiny_vqa_dataset, lr=lr) for lr in (0.05, 0.01)]
-    resident = ResidentTuning()
+    resident = TuningRuns()
     try:
         summaries = [resident(config, tmp_path / f"resident{i}") for i, config in enumerate(configs)]
     finally:
@@ -131,14 +135,15 @@ def test_tuning_runs_in_its_resident_worker_give_the_fresh_process_summaries(
     assert choices(summaries[0]) != choices(summaries[1])  # the run before it, at another rate, ended elsewhere
 
 
-def test_the_local_executor_runs_a_job_alike_in_its_resident_worker_and_in_a_fresh_process(
+def test_the_sweeps_local_executor_runs_a_job_alike_in_its_resident_worker_and_in_a_fresh_process(
     tiny_model_dir, tiny_vqa_dataset, tmp_path
 ):
-    from training.sweeps.executors import LocalExecutor
+    from training.commands.sweep import local_executor
 
     args = run_args(tiny_model_dir, tiny_vqa_dataset, max_steps=2)
-    for executor, side in ((LocalExecutor(1), "resident"), (LocalExecutor(1, fresh_process=True), "fresh")):
-        (result,) = list(executor.run([RunJob(side, str(tmp_path / side), args)]))
+    for fresh, side in ((False, "resident"), (True, "fresh")):
+        with local_executor(1, fresh_process=fresh) as executor:
+            (result,) = list(run_all(executor, [RunSpec(side, str(tmp_path / side), args)]))
         assert result.finished, result.error
         assert executor.describe()["runs_in"] == ("resident workers" if side == "resident" else "a fresh process each")
     assert outcome(tmp_path / "resident") == outcome(tmp_path / "fresh")

@@ -716,8 +716,8 @@ def test_item_scores_keep_a_tasks_question_types_once_and_the_report_reads_them(
 def test_the_progress_counter_counts_each_finished_run_once_when_two_end_together(
     tiny_model_dir, tiny_vqa_dataset, tmp_path
 ):
+    from training.launch.executor import PollingExecutor, RunHandle
     from training.run import runs
-    from training.sweeps.executors import RunResult
     from training.sweeps.runner import SweepSession, plan_sweep
 
     config = write_sweep(
@@ -733,17 +733,23 @@ def test_the_progress_counter_counts_each_finished_run_once_when_two_end_togethe
     plan = plan_sweep(load_spec(config))
     assert len(plan.points) == 4
 
-    class BothAtOnce:
+    class BothAtOnce(PollingExecutor):
         """Runs finish in pairs: both folders are complete on disk before the first of the two is reported."""
 
-        def run(self, jobs):
-            jobs = list(jobs)
-            for pair in (jobs[:2], jobs[2:]):
-                for job in pair:
-                    folder = Path(job.run_dir)
-                    folder.mkdir(parents=True)
-                    runs.write_json(folder / runs.EVAL, {"metrics": {"accuracy": 50.0}})
-                yield from (RunResult(job.name, runs.EXIT_FINISHED, 1.0) for job in pair)
+        slots = 2
+
+        def describe(self) -> dict:
+            return {"executor": "pairs"}
+
+        def launch(self, spec):
+            folder = Path(spec.run_dir)
+            folder.mkdir(parents=True)
+            runs.write_json(folder / runs.EVAL, {"metrics": {"accuracy": 50.0}})
+            return RunHandle(spec)
+
+        def poll(self, handle):
+            handle.returncode = runs.EXIT_FINISHED
+            return handle.returncode
 
     lines: list[str] = []
     session = SweepSession(plan, BothAtOnce(), "python -m training sweep", echo=lines.append, parallel=2)

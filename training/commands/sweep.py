@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.errors import UserError
+
+if TYPE_CHECKING:
+    from training.launch.executor import RunExecutor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,7 +63,6 @@ def _interrupt(signum, frame) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from training.run.rates import use_sweep_table
-    from training.sweeps.executors import LocalExecutor, RayExecutor
     from training.sweeps.grid import load_spec
     from training.sweeps.runner import SweepLock, SweepSession, describe, plan_sweep
 
@@ -69,7 +73,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.executor == "ray":
         if args.fresh_process:
             raise UserError("--fresh-process is for --executor local: a Ray task is a fresh process already.")
-        executor = RayExecutor(
+        from training.launch.ray_tasks import RayExecutor
+
+        executor: RunExecutor = RayExecutor(
             args.address,
             args.num_cpus if args.num_cpus is not None else spec.resources["num_cpus"],
             args.num_gpus if args.num_gpus is not None else spec.resources["num_gpus"],
@@ -78,8 +84,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     else:
         if args.address:
             raise UserError("--address is for --executor ray.")
-        executor = LocalExecutor(args.jobs, fresh_process=args.fresh_process)
-        parallel = executor.jobs
+        executor = local_executor(args.jobs, args.fresh_process)
+        parallel = executor.slots
     plan = plan_sweep(spec, args.only)
     session = SweepSession(
         plan,
@@ -95,7 +101,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     if missing:
         raise UserError(missing)
-    with SweepLock(spec.out):
+    with SweepLock(spec.out), executor:
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             meta = session.run()
@@ -116,6 +122,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for failure in meta["failures"]:
         print(f"failed: {failure['run']} (exit {failure['returncode']}): {failure['error'][-300:]}", file=sys.stderr)
     return 1 if meta["failed"] else 0
+
+
+def local_executor(jobs: int, fresh_process: bool = False) -> RunExecutor:
+    """`jobs` runs at a time on this machine, each with cores // jobs threads: each slot a resident worker, or with
+    `fresh_process` each run a process of its own (forked from the preloaded fork server)."""
+    from training.launch.forked import ForkedExecutor
+    from training.launch.resident import ResidentExecutor
+
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1.")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return ForkedExecutor(jobs, threads) if fresh_process else ResidentExecutor(jobs, threads)
 
 
 def check_learning_rates(spec, plan, config_path: str) -> str | None:

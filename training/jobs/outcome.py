@@ -8,9 +8,9 @@ import signal
 import time
 from pathlib import Path
 
-from training.jobs.process import signal_name
 from training.jobs.status import read_progress
 from training.jobs.store import TIME_LIMIT, Job, Outcome
+from training.launch.pids import signal_name
 from training.run import runs
 
 LOG_TAIL_LINES = 40

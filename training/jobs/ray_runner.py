@@ -1,7 +1,7 @@
 """Jobs on a Ray cluster: with `VLPEFT_RAY_ADDRESS` set, the worker runs each job as a Ray task.
 
 The task runs the process a local job runs, `python -m training train ... --out RUN_DIR` (launched as the
-sweeps' Ray executor launches runs: training/sweeps/executors.py), on a node that has the job's request:
+Ray executor of the sweeps launches runs: training/launch/ray_tasks.py), on a node that has the job's request:
 `VLPEFT_RAY_NUM_CPUS` CPUs (1) and `VLPEFT_RAY_NUM_GPUS` GPUs (0; a job asking for `--device cuda` gets at
 least one). Every node needs the project at the same path, as for sweeps; base models and datasets are
 read on the node (a Hub id, or a path that exists there).
@@ -33,7 +33,6 @@ import re
 import secrets
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,17 +40,12 @@ from pathlib import Path
 
 from training.errors import UserError
 from training.jobs import outcome
-from training.jobs.limits import JobLimits, env_number
-from training.jobs.store import TIME_LIMIT, Job, JobStore, Outcome
+from training.jobs.limits import env_number
+from training.jobs.store import Job, Outcome
+from training.launch.executor import RunHandle, RunSpec, stop_all
+from training.launch.process import ProcessExecutor
+from training.launch.ray_tasks import connect_ray, ray_task_options
 from training.run import runs
-from training.run.launch import (
-    connect_ray,
-    die_with_parent,
-    ray_task_options,
-    run_environment,
-    stop_process,
-    train_command,
-)
 
 ADDRESS_ENV = "VLPEFT_RAY_ADDRESS"
 TOKEN = ".ray-token"  # in the run directory: a node that reads the same token shares the data home
@@ -122,36 +116,22 @@ def run_job_task(job_id: str, train_args: list[str], run_dir: str, token: str | 
     target = Path(run_dir)
     shared = token is not None and _read_bytes(target / TOKEN) == token.encode()
     folder = target if shared else Path(tempfile.mkdtemp(prefix=f"vlpeft-{job_id}-"))
-    command = train_command(train_args, folder)
-    with open(folder / runs.LOG, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=folder,
-            env=run_environment(threads),
-            preexec_fn=die_with_parent,
-        )
+    executor = ProcessExecutor(threads=threads)  # the process a local run is, here on the node
+    run = executor.launch(RunSpec(job_id, str(folder), train_args, cwd=str(folder)))
     shipper = None if shared else Shipper(folder)
     stopping = False
     try:
-        while True:
-            try:
-                process.wait(SHIP_EVERY_S)
-                break
-            except subprocess.TimeoutExpired:
-                pass
+        while not executor.wait([run], SHIP_EVERY_S):
             if not stopping and ray.get(mailbox.stop_requested.remote(job_id)):
                 stopping = True
                 (folder / runs.STOP).touch()
-                process.send_signal(signal.SIGTERM)
+                executor.stop(run)
             if shipper is not None:
                 ray.get(mailbox.push.remote(job_id, shipper.pieces()))  # waited for: in order before the return
     except BaseException:  # the task is cancelled: stop the trainer rather than leave it running
-        stop_process(process)
+        stop_all(executor, [run])
         raise
-    result = {"returncode": process.returncode, "shared": shared}
+    result = {"returncode": run.returncode, "shared": shared}
     if shipper is not None:
         result["pieces"] = shipper.pieces(final=True)
         shutil.rmtree(folder, ignore_errors=True)
@@ -207,16 +187,24 @@ def write_pieces(run_dir: Path, pieces: dict) -> None:
 
 
 @dataclass
-class _RayJob:
-    job_id: str
-    run_dir: Path
-    ref: object  # the task's ObjectRef
-    stop_sent_at: float | None = None
-    killed: bool = False
+class RayJobHandle(RunHandle):
+    ref: object = None  # the task's ObjectRef
+    token: str | None = None  # written into the run directory: a node that reads it shares the data home
+    killed: bool = False  # cancelled with force by this worker
+    failure: Exception | None = None  # why Ray lost the task, where the trainer's exit code cannot say
+
+    @property
+    def exit_known(self) -> bool:
+        return True
 
 
 class RayJobRunner:
-    """Starts jobs as Ray tasks, writes their progress into place, delivers stops, records how they end."""
+    """The job queue's executor on a Ray cluster (training/launch/executor.py's interface): starts jobs as Ray
+    tasks, writes their shipped progress into place at every poll, stops them through the mailbox, and cancels
+    them."""
+
+    slots = 1  # unused: the job queue's limits decide how many jobs run at once
+    threads = None  # a job's threads follow its CPU request
 
     def __init__(
         self, address: str | None, num_cpus: float = 1, num_gpus: float = 0, ship_always: bool = False
@@ -225,7 +213,7 @@ class RayJobRunner:
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
         self.ship_always = ship_always  # send the files back even when the node shares the data home (tests)
-        self.jobs: dict[str, _RayJob] = {}
+        self.jobs: dict[str, RayJobHandle] = {}
         self._mailbox = None
 
     @classmethod
@@ -236,8 +224,11 @@ class RayJobRunner:
             return None
         return cls(address, _float_env("VLPEFT_RAY_NUM_CPUS", 1), _float_env("VLPEFT_RAY_NUM_GPUS", 0))
 
-    def describe(self) -> str:
+    def where(self) -> str:
         return f"Ray cluster {self.address} ({self.num_cpus:g} CPU, {self.num_gpus:g} GPU per job)"
+
+    def describe(self) -> dict:
+        return {"executor": "ray", "address": self.address, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
     def _connect(self):
         try:
@@ -258,87 +249,83 @@ class RayJobRunner:
             self._mailbox = ray.remote(Mailbox).options(num_cpus=0, **_code_path()).remote()
         return ray
 
-    def start(self, store: JobStore, job: Job) -> None:
-        """Submit the job's task; raises UserError when the cluster cannot be reached."""
+    def launch(self, spec: RunSpec, needs_gpu: bool = False) -> RayJobHandle:
+        """Submit the job's task (its name is the job id); raises UserError when the cluster cannot be reached."""
         ray = self._connect()
-        run_dir = Path(job.run_dir)
         token = None
         if not self.ship_always:
             token = secrets.token_hex(16)
-            (run_dir / TOKEN).write_text(token)
-        config = job.run_config
-        gpus = max(self.num_gpus, 1) if config.device.startswith("cuda") else self.num_gpus
+            (Path(spec.run_dir) / TOKEN).write_text(token)
+        gpus = max(self.num_gpus, 1) if needs_gpu else self.num_gpus
         task = ray.remote(run_job_task).options(**ray_task_options(self.num_cpus, gpus))
-        ref = task.remote(job.id, config.to_cli_args(), str(run_dir), token, self._mailbox, max(1, int(self.num_cpus)))
-        self.jobs[job.id] = _RayJob(job.id, run_dir, ref)
-        store.note(job.id, f"runs as a Ray task on the {self.describe()}")
+        threads = max(1, int(self.num_cpus))
+        ref = task.remote(spec.name, spec.train_args, spec.run_dir, token, self._mailbox, threads)
+        handle = RayJobHandle(spec, ref=ref, token=token)
+        self.jobs[spec.name] = handle
+        return handle
 
-    def poll(self, store: JobStore, supervisor_id: str, limits: JobLimits) -> None:
-        """One pass: write shipped progress into place, deliver stops, record the jobs that ended."""
-        if not self.jobs:
-            return
+    def poll(self, handle: RayJobHandle) -> int | None:
+        """Write what the running jobs shipped into place; the job's exit code once its task has ended."""
+        if handle.returncode is not None:
+            return handle.returncode
         import ray
 
-        refs = {rj.ref: rj for rj in self.jobs.values()}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        ready, _ = ray.wait([handle.ref], timeout=0)
         # Taken after the wait: a finished task's pieces all reached the mailbox before it returned.
         self._write_shipped()
-        for ref in ready:
-            self._record_end(store, supervisor_id, refs[ref])
-        self._enforce_stops(store, limits)
+        if ready:
+            self._finish(handle)
+        return handle.returncode
+
+    def wait(self, handles: list[RayJobHandle], timeout: float | None = None) -> list[RayJobHandle]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            ended = [h for h in handles if self.poll(h) is not None]
+            if ended or (deadline is not None and time.monotonic() >= deadline):
+                return ended
+            time.sleep(SHIP_EVERY_S / 4)
 
     def _write_shipped(self) -> None:
         import ray
 
         for job_id, pieces in ray.get(self._mailbox.take_all.remote()).items():
             if job_id in self.jobs:
-                write_pieces(self.jobs[job_id].run_dir, pieces)
+                write_pieces(Path(self.jobs[job_id].spec.run_dir), pieces)
 
-    def _record_end(self, store: JobStore, supervisor_id: str, rj: _RayJob) -> None:
+    def _finish(self, handle: RayJobHandle) -> None:
         import ray
 
-        job = store.get(rj.job_id)
+        run_dir = Path(handle.spec.run_dir)
         try:
-            result = ray.get(rj.ref)
+            result = ray.get(handle.ref)
         except ray.exceptions.RayError as exc:
-            if rj.killed or isinstance(exc, ray.exceptions.TaskCancelledError):  # cancelled by us, or by hand
-                ended = outcome.from_exit(job, -signal.SIGKILL, killed_after_grace=rj.killed)
+            if handle.killed or isinstance(exc, ray.exceptions.TaskCancelledError):  # cancelled by us, or by hand
+                handle.returncode = -signal.SIGKILL
             else:
-                ended = _ray_failure(job, exc)
+                handle.returncode, handle.failure = -1, exc
         else:
-            write_pieces(rj.run_dir, result.get("pieces", {}))
-            ended = outcome.from_exit(job, result["returncode"], killed_after_grace=False)
-        (rj.run_dir / TOKEN).unlink(missing_ok=True)
-        store.finish(job.id, supervisor_id, ended)
-        self._mailbox.forget.remote(job.id)
-        del self.jobs[rj.job_id]
+            write_pieces(run_dir, result.get("pieces", {}))
+            handle.returncode = result["returncode"]
+        (run_dir / TOKEN).unlink(missing_ok=True)
+        self._mailbox.forget.remote(handle.spec.name)
+        del self.jobs[handle.spec.name]
 
-    def _enforce_stops(self, store: JobStore, limits: JobLimits) -> None:
+    def stop(self, handle: RayJobHandle) -> None:
+        """Ask the task to stop its trainer after the current step (through the mailbox)."""
         import ray
 
-        now = time.time()
-        for rj in list(self.jobs.values()):
-            job = store.get(rj.job_id)
-            if job.state != "running":
-                continue
-            if job.cancel_requested_by is None and limits.past_runtime(job.started_at, now):
-                store.cancel(job.id, by=TIME_LIMIT)
-            elif job.cancel_requested_by is not None and rj.stop_sent_at is None:
-                ray.get(self._mailbox.request_stop.remote(job.id))
-                rj.stop_sent_at = now
-            elif rj.stop_sent_at is not None and not rj.killed and now - rj.stop_sent_at >= limits.stop_grace_s:
-                ray.cancel(rj.ref, force=True)
-                rj.killed = True
-                store.note(job.id, f"still running {limits.stop_grace_s:g} s after the stop: Ray task cancelled")
+        if self.poll(handle) is None:
+            ray.get(self._mailbox.request_stop.remote(handle.spec.name))
 
-    def close(self, store: JobStore, supervisor_id: str, limits: JobLimits) -> None:
-        """Stop this worker's Ray jobs (their tasks end with this process) and record how they ended."""
-        for job_id in list(self.jobs):
-            store.cancel(job_id, by="worker shutdown")
-        deadline = time.monotonic() + limits.stop_grace_s + 30
-        while self.jobs and time.monotonic() < deadline:
-            self.poll(store, supervisor_id, limits)
-            time.sleep(0.2)
+    def kill(self, handle: RayJobHandle) -> None:
+        import ray
+
+        if self.poll(handle) is None:
+            ray.cancel(handle.ref, force=True)
+            handle.killed = True
+
+    def close(self) -> None:
+        """Nothing to end: the connection to the cluster is the process's (tasks end with it)."""
 
 
 def _code_path() -> dict:
@@ -346,7 +333,8 @@ def _code_path() -> dict:
     return {"runtime_env": ray_task_options(0, 0)["runtime_env"]}
 
 
-def _ray_failure(job: Job, exc: Exception) -> Outcome:
+def failure_outcome(job: Job, exc: Exception) -> Outcome:
+    """How a job ended whose task Ray lost (a dead node, a worker killed for memory, a node without the code)."""
     import ray
 
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__

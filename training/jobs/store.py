@@ -28,7 +28,7 @@ from pathlib import Path
 from training.errors import UserError
 from training.jobs.durable import CHECKPOINTS, DurableRuns, copy_back
 from training.jobs.limits import JobLimits
-from training.jobs.process import is_alive, signal_group
+from training.launch.pids import is_alive, signal_group
 from training.paths import data_home, durable_home
 from training.run import runs
 from training.run.config import RunConfig

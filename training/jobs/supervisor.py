@@ -3,7 +3,8 @@
 A `Supervisor` can live in a background thread of the app (`start_in_thread`) or on its own
 (`python -m training worker`); several may share one store. Job processes run in their own session, so
 they outlive the supervisor: one that starts later adopts the jobs still running and records how the
-others ended. With `VLPEFT_RAY_ADDRESS` set, each job runs as a Ray task on that cluster instead
+others ended. Jobs run through the executor interface of training/launch/ (launch, poll, stop, kill): a
+`DetachedExecutor` here, or with `VLPEFT_RAY_ADDRESS` set, a Ray task on that cluster per job
 (training/jobs/ray_runner.py; a `command` given to the supervisor does not apply there).
 """
 
@@ -13,9 +14,7 @@ import logging
 import os
 import secrets
 import shlex
-import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -24,10 +23,11 @@ from pathlib import Path
 
 from training.jobs import outcome
 from training.jobs.limits import JobLimits
-from training.jobs.process import is_alive, process_start_time, signal_group
-from training.jobs.ray_runner import RayJobRunner
+from training.jobs.ray_runner import RayJobHandle, RayJobRunner, failure_outcome
 from training.jobs.store import TIME_LIMIT, Job, JobStore, Outcome
-from training.paths import REPO_ROOT
+from training.launch.detached import DetachedExecutor, DetachedHandle
+from training.launch.executor import RunSpec
+from training.launch.pids import is_alive, process_start_time
 from training.run import runs
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,15 @@ def live_supervisors(store: JobStore) -> list[str]:
 @dataclass
 class _Watched:
     job_id: str
-    pid: int  # also the process group id: the job runs in its own session
-    pid_start: str | None
-    proc: subprocess.Popen | None  # None for a job adopted from a worker that is gone
+    executor: DetachedExecutor | RayJobRunner
+    run: DetachedHandle | RayJobHandle  # a local one adopted (no exit code) for a job whose worker is gone
     killed: bool = False
+    stop_sent_at: float | None = None  # a Ray job's stop (a local job's is the store's stop_signalled_at)
 
 
 class Supervisor:
-    """Runs queued jobs as subprocesses, watches them, and records how each one ended."""
+    """Runs queued jobs through an executor (training/launch/: a local process in its own session, or a Ray task),
+    watches them, delivers stops and kills, and records how each one ended."""
 
     def __init__(
         self,
@@ -76,6 +77,7 @@ class Supervisor:
         self.poll_s = poll_s
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._command = command or (lambda job: job.command)
+        self._local = DetachedExecutor()
         # With VLPEFT_RAY_ADDRESS set, jobs run as Ray tasks on that cluster instead of local processes.
         self._ray = ray if ray is not None else RayJobRunner.from_env()
         self._watched: dict[str, _Watched] = {}
@@ -100,8 +102,6 @@ class Supervisor:
             self.store.heartbeat(self.id)
             self._last_heartbeat = time.monotonic()
         self._reap()
-        if self._ray is not None:
-            self._ray.poll(self.store, self.id, self.limits)
         self._enforce_stops()
         self._publish_checkpoints()
         self._recover()
@@ -140,20 +140,26 @@ class Supervisor:
             self._thread.join(timeout)
 
     def close(self, stop_jobs: bool = False, timeout: float | None = None) -> None:
-        """Unregister; with `stop_jobs`, first cancel this worker's jobs and wait until they are gone."""
-        if stop_jobs and self._watched:
+        """Unregister; with `stop_jobs`, first stop this worker's jobs and wait until they are gone. Ray jobs are
+        always cancelled first: their tasks end with this process."""
+        ray_jobs = [w.job_id for w in self._watched.values() if w.executor is not self._local]
+        for job_id in ray_jobs:
+            self.store.cancel(job_id, by="worker shutdown")
+        if stop_jobs:
             for job_id in list(self._watched):
                 # Stopped, not cancelled: a job that saved its state goes back to the queue and resumes.
                 self.store.send_stop(job_id)
-            deadline = time.monotonic() + (timeout if timeout is not None else self.limits.stop_grace_s + 10)
-            while self._watched and time.monotonic() < deadline:
+        stopping = list(self._watched) if stop_jobs else ray_jobs
+        if stopping:
+            wait_s = self.limits.stop_grace_s + (30 if ray_jobs else 10)
+            deadline = time.monotonic() + (timeout if timeout is not None else wait_s)
+            while any(j in self._watched for j in stopping) and time.monotonic() < deadline:
                 self._reap()
                 self._enforce_stops()
                 time.sleep(0.1)
-            for watched in list(self._watched.values()):
-                signal_group(watched.pid, signal.SIGKILL)
-        if self._ray is not None and self._ray.jobs:
-            self._ray.close(self.store, self.id, self.limits)
+            for job_id in stopping:
+                if job_id in self._watched:
+                    self._watched[job_id].executor.kill(self._watched[job_id].run)
         if self._started:
             self.store.unregister_supervisor(self.id)
             self._started = False
@@ -161,7 +167,7 @@ class Supervisor:
     # --- one pass ------------------------------------------------------------------------------
 
     def _start_queued(self) -> None:
-        while len(self._watched) + len(self._ray.jobs if self._ray else ()) < self.limits.max_concurrent:
+        while len(self._watched) < self.limits.max_concurrent:
             job = self.store.claim_next(self.id, self.limits.max_concurrent)
             if job is None:
                 return
@@ -169,54 +175,46 @@ class Supervisor:
 
     def _spawn(self, job: Job) -> None:
         run_dir = Path(job.run_dir)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         try:
             command = self._command(job)
             run_dir.mkdir(parents=True, exist_ok=True)
-            # Append mode, and the child gets the file itself: no pipe that fills up when nobody reads it.
             with open(run_dir / runs.LOG, "ab") as log_file:
                 started = time.strftime("%Y-%m-%d %H:%M:%S")
-                where = f" on the {self._ray.describe()}" if self._ray else ""
+                where = f" on the {self._ray.where()}" if self._ray else ""
                 log_file.write(f"[worker] {started} job {job.id}{where}: {shlex.join(command)}\n".encode())
-                log_file.flush()
-                if self._ray is not None:
-                    self._ray.start(self.store, job)
-                    return
-                proc = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    cwd=run_dir,
-                    env=env,
-                )
+            if self._ray is not None:
+                config = job.run_config
+                spec = RunSpec(job.id, job.run_dir, config.to_cli_args())
+                ray_run = self._ray.launch(spec, needs_gpu=config.device.startswith("cuda"))
+            else:
+                run = self._local.launch(RunSpec(job.id, job.run_dir, []), command)
         except Exception as exc:  # a broken config or an unwritable disk fails this job, not the worker
             self.store.finish(job.id, self.id, Outcome("failed", f"could not start the job: {exc}", error=str(exc)))
             return
-        pid_start = process_start_time(proc.pid)
-        self._watched[job.id] = _Watched(job.id, proc.pid, pid_start, proc)
-        self.store.set_process(job.id, self.id, proc.pid, pid_start)
+        if self._ray is not None:
+            self._watched[job.id] = _Watched(job.id, self._ray, ray_run)
+            self.store.note(job.id, f"runs as a Ray task on the {self._ray.where()}")
+            return
+        self._watched[job.id] = _Watched(job.id, self._local, run)
+        self.store.set_process(job.id, self.id, run.pid, run.pid_start)
         self.store.record_started(job.id)
-        log.info("job %s started (pid %d), log in %s", job.id, proc.pid, run_dir / runs.LOG)
+        log.info("job %s started (pid %d), log in %s", job.id, run.pid, run_dir / runs.LOG)
 
     def _reap(self) -> None:
         for watched in list(self._watched.values()):
-            if watched.proc is not None:
-                returncode = watched.proc.poll()
-                if returncode is None:
-                    continue
-            elif is_alive(watched.pid, watched.pid_start):
+            returncode = watched.executor.poll(watched.run)
+            if returncode is None:
                 continue
-            # The trainer is gone; what it started in its group (data loaders) must not keep the memory.
-            signal_group(watched.pid, signal.SIGKILL)
             job = self.store.get(watched.job_id)
-            if watched.proc is not None:
-                ended = outcome.from_exit(job, returncode, killed_after_grace=watched.killed)
+            if isinstance(watched.run, RayJobHandle):
+                failure = watched.run.failure
+                ended = failure_outcome(job, failure) if failure else outcome.from_exit(job, returncode, watched.killed)
+                # A Ray job starts again from scratch (its command has no --resume): it is never queued to resume.
+                self.store.finish(job.id, self.id, ended)
+            elif watched.run.exit_known:
+                self._record_end(job, self.id, outcome.from_exit(job, returncode, killed_after_grace=watched.killed))
             else:
-                ended = outcome.without_exit_code(job)
-            self._record_end(job, self.id, ended)
+                self._record_end(job, self.id, outcome.without_exit_code(job))
             del self._watched[watched.job_id]
 
     def _enforce_stops(self) -> None:
@@ -225,15 +223,28 @@ class Supervisor:
             job = self.store.get(watched.job_id)
             if job.state != "running":
                 continue
+            local = watched.executor is self._local
+            stop_sent_at = job.stop_signalled_at if local else watched.stop_sent_at
             if job.cancel_requested_by is None and self.limits.past_runtime(job.started_at, now):
                 self.store.cancel(job.id, by=TIME_LIMIT)
-            elif job.cancel_requested_by is not None and job.stop_signalled_at is None:
-                self.store.send_stop(job.id)  # the request came before the process had a pid
-            elif job.stop_signalled_at is not None and not watched.killed:
-                if now - job.stop_signalled_at >= self.limits.stop_grace_s and self._owns_process(watched):
-                    signal_group(watched.pid, signal.SIGKILL)
+            elif job.cancel_requested_by is not None and stop_sent_at is None:
+                self._send_stop(watched)
+            elif stop_sent_at is not None and not watched.killed:
+                if now - stop_sent_at >= self.limits.stop_grace_s and watched.executor.poll(watched.run) is None:
+                    watched.executor.kill(watched.run)
                     watched.killed = True
-                    self.store.note(job.id, f"still running {self.limits.stop_grace_s:g} s after the stop: killed")
+                    how = "killed" if local else "Ray task cancelled"
+                    self.store.note(job.id, f"still running {self.limits.stop_grace_s:g} s after the stop: {how}")
+
+    def _send_stop(self, watched: _Watched) -> None:
+        """Ask a job's trainer to stop after its step: a local job's through the store (exactly one SIGTERM to its
+        group, whoever sends it; here the request came before the process had a pid), a Ray job's through its
+        task's mailbox."""
+        if watched.executor is self._local:
+            self.store.send_stop(watched.job_id)
+        else:
+            watched.executor.stop(watched.run)
+            watched.stop_sent_at = time.time()
 
     def _publish_checkpoints(self) -> None:
         """Every `checkpoint_s`, publish each running job's newest saved state to the durable location, so that a
@@ -243,15 +254,10 @@ class Supervisor:
         if time.monotonic() - self._last_checkpoint < self.limits.checkpoint_s:
             return
         self._last_checkpoint = time.monotonic()
-        for job_id in list(self._watched):
+        for job_id in [w.job_id for w in self._watched.values() if w.executor is self._local]:
             step = self.store.publish_checkpoint(job_id)
             if step is not None:
                 log.info("job %s: its state after step %d published to %s", job_id, step, self.store.durable.root)
-
-    def _owns_process(self, watched: _Watched) -> bool:
-        if watched.proc is not None:
-            return watched.proc.poll() is None  # our unreaped child: its pid cannot have been reused
-        return is_alive(watched.pid, watched.pid_start)
 
     def _recover(self) -> None:
         """Adopt running jobs whose worker is gone but whose process lives; close those whose process is gone."""
@@ -261,7 +267,8 @@ class Supervisor:
                 continue
             if is_alive(job.pid, job.pid_start):
                 if self.store.adopt(job.id, job.claimed_by, self.id):
-                    self._watched[job.id] = _Watched(job.id, job.pid, job.pid_start, None)
+                    run = self._local.adopt(RunSpec(job.id, job.run_dir, []), job.pid, job.pid_start)
+                    self._watched[job.id] = _Watched(job.id, self._local, run)
                     log.info("job %s adopted (pid %d still runs)", job.id, job.pid)
             else:
                 self._record_end(job, job.claimed_by, outcome.without_exit_code(job))

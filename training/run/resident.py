@@ -1,5 +1,5 @@
 """What a resident worker keeps between the runs it trains one after another in one process (a sweep's or a
-tuning's worker, training/sweeps/executors.py): the loaded base models, kept pristine and handed to each run as a
+tuning's worker, training/launch/resident.py): the loaded base models, kept pristine and handed to each run as a
 copy, the loaded datasets, the preprocessed images, and a frozen vision tower's image features.
 
 Each run gets exactly what a fresh process would load: a deep copy of the pristine model (a run's method and any

@@ -6,7 +6,7 @@ With `--against COMMIT`, the same points are also trained by that commit's code 
 two codes taking turns point by point, so the speed-up is a ratio measured in one sitting on one machine, and the
 runs' choices (best step, validation and test scores) can be compared. With `resident`, this code's two ways of
 running a sweep's runs take turns instead: each run in a fresh interpreter, against one resident worker that trains
-every point of the set one after another (training/sweeps/executors.py).
+every point of the set one after another (training/launch/resident.py).
 
 The parts of a run, from its own files (so the old code's runs are split the same way as the new code's):
 - start: launching the interpreter and importing, up to the run directory's clock (eval.json's mtime less its
@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from training.errors import UserError
+from training.launch.executor import RunSpec, run_one
+from training.launch.resident import ResidentExecutor
 from training.paths import REPO_ROOT
 from training.run import runs
 from training.run.launch import train_command
-from training.sweeps.executors import ResidentWorker, RunJob
 from training.sweeps.grid import SweepSpec, load_spec
 
 PAPER_SWEEP = REPO_ROOT / "sweeps" / "paper.yaml"
@@ -120,14 +121,14 @@ def launch(code: Code, train_args: list[str], run_dir: Path, threads: int) -> tu
 
 
 def launch_resident(
-    worker: ResidentWorker, train_args: list[str], run_dir: Path, threads: int
+    worker: ResidentExecutor, train_args: list[str], run_dir: Path, threads: int
 ) -> tuple[int, float, float]:
     """Train one run in the resident worker; (exit code, handed over at, ended at) in epoch seconds."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     launched = time.time()
-    result = worker.run(RunJob(run_dir.name, str(run_dir), train_args, threads), set())
+    result = run_one(worker, RunSpec(run_dir.name, str(run_dir), train_args, threads))
     return result.returncode, launched, time.time()
 
 
@@ -217,7 +218,7 @@ def measure_runs(
     sides = [Code("new", REPO_ROOT, head)]
     if resident:
         sides = [Code("resident", REPO_ROOT, head), Code("fresh", REPO_ROOT, head)]
-    worker = ResidentWorker() if resident else None
+    worker = ResidentExecutor(1) if resident else None
     worktree = None
     if against:
         worktree = add_worktree(commit_of(REPO_ROOT, against), work)

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from training.catalog import MAIN_METRIC, METHOD_LABELS, PEFT_METHODS
 from training.errors import UserError
+from training.launch.executor import RunSpec, run_one
+from training.launch.process import ProcessExecutor
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
 from training.run import runs
-from training.sweeps.executors import RunJob, run_train_process
 from training.sweeps.grid import GridPoint, SweepSpec, budget_text, filter_feasible, load_spec
 from training.sweeps.table import folder_sha
 
@@ -179,7 +180,8 @@ def ensure_run(plan: ShipPlan, point: GridPoint, work: Path, threads: int, echo)
     if run_dir.exists():
         shutil.rmtree(run_dir)  # half-done: start again, as the sweep does
     echo(f"training {point.name} (the grid's protocol: {' '.join(spec.run_config(point).to_cli_args())})")
-    result = run_train_process(RunJob(point.name, str(run_dir), spec.run_config(point).to_cli_args(), threads))
+    spec_args = spec.run_config(point).to_cli_args()
+    result = run_one(ProcessExecutor(), RunSpec(point.name, str(run_dir), spec_args, threads))
     if not result.finished:
         raise UserError(f"{point.name} failed (exit {result.returncode}):\n{result.error}")
     echo(f"  trained in {result.wall_s:.0f} s")

@@ -42,8 +42,10 @@ from pathlib import Path
 from training.budget import parse_budget
 from training.catalog import NO_BUDGET_METHODS
 from training.errors import UserError
+from training.launch.executor import RunExecutor, RunSpec, run_one
+from training.launch.process import ProcessExecutor
+from training.launch.resident import ResidentExecutor
 from training.run.config import TASKS, RunConfig
-from training.run.launch import config_command
 from training.run.rates import (
     LR_TABLE,
     budget_distance,
@@ -287,16 +289,8 @@ TrainFn = Callable[[RunConfig, Path], dict]
 
 
 def train_for_tuning(config: RunConfig, run_dir: Path) -> dict:
-    """Train one run in a fresh process and return its validation summary."""
-    import subprocess
-
-    from training.run import runs
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    command = config_command(config, run_dir, "--no-test")
-    with open(run_dir / "worker.log", "w", encoding="utf-8") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-    return tuning_summary(run_dir, code, "\n".join(runs.tail(run_dir / "worker.log", 8)))
+    """Train one run in a new process and return its validation summary."""
+    return TuningRuns(ProcessExecutor())(config, run_dir)
 
 
 def tuning_summary(run_dir: Path, code: int, log_tail: str) -> dict:
@@ -310,31 +304,21 @@ def tuning_summary(run_dir: Path, code: int, log_tail: str) -> dict:
     return {**summary, "train_s": evaluation.get("train_s")}
 
 
-class ResidentTuning:
-    """Tuning runs trained one after another by one resident worker (training/sweeps/executors.py), which keeps
-    the base model and the data loaded between them; a `TrainFn`. `close` ends the worker."""
+class TuningRuns:
+    """Tuning runs trained by an executor (training/launch/): by default one resident worker, which keeps the base
+    model and the data loaded between them, else e.g. a new process each; a `TrainFn`. `close` ends its worker."""
 
-    def __init__(self) -> None:
-        from training.sweeps.executors import ResidentWorker
-
-        self.worker = ResidentWorker()
+    def __init__(self, executor: RunExecutor | None = None) -> None:
+        # threads None: torch's default for this environment, as a fresh process would take
+        self.executor = executor if executor is not None else ResidentExecutor(1, threads=None)
 
     def __call__(self, config: RunConfig, run_dir: Path) -> dict:
-        from training.sweeps.executors import RunJob
-
-        # threads None: torch's default for this environment, as the fresh process would take
-        job = RunJob(run_dir.name, str(run_dir), [*config.to_cli_args(), "--no-test"], threads=None)
-        running: set = set()
-        try:
-            result = self.worker.run(job, running)
-        except BaseException:
-            for worker in running:  # interrupted: the run stops after its step, as a fresh process would
-                worker.stop()
-            raise
+        # interrupted, run_one stops the run after its step, as a fresh process would
+        result = run_one(self.executor, RunSpec(run_dir.name, str(run_dir), [*config.to_cli_args(), "--no-test"]))
         return tuning_summary(run_dir, result.returncode, result.error)
 
     def close(self) -> None:
-        self.worker.close()
+        self.executor.close()
 
 
 def tune(
@@ -657,7 +641,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     towers = spec.settings.get("towers", "both")
     total_runs, total_s, total_flops = 0, 0.0, 0.0
     cost = gpu_cost(spec) if args.dry_run else None
-    train_fn = train_for_tuning if args.fresh_process or args.dry_run else ResidentTuning()
+    train_fn = TuningRuns(ProcessExecutor() if args.fresh_process or args.dry_run else None)
     try:
         for task in args.tasks or list(spec.tasks):
             values = {
@@ -693,8 +677,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 deadline=deadline,
             )
     finally:
-        if isinstance(train_fn, ResidentTuning):
-            train_fn.close()
+        train_fn.close()
     if args.dry_run and cost is not None:
         print(
             f"at least {total_runs} tuning runs to go (first grids; a best at an edge widens its grid), at their epoch "

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from training.errors import UserError
+from training.launch.executor import RunExecutor, RunResult, RunSpec, run_all
 from training.run import runs
-from training.sweeps.executors import RunJob, RunResult
 from training.sweeps.grid import GridPoint, Skipped, Solved, SweepSpec, budget_text, solve_grid
 from training.sweeps.table import (
     ITEM_SCORES,
@@ -406,7 +406,7 @@ class SweepSession:
     def __init__(
         self,
         plan: SweepPlan,
-        executor,
+        executor: RunExecutor,
         command: str,
         echo: Callable[[str], None] = print,
         max_minutes: float | None = None,
@@ -430,7 +430,7 @@ class SweepSession:
         self.stopped_by_time = False
         self.shas = plan.shas
         self.previous = self._previous_meta()
-        self.machine = machine_info(getattr(executor, "threads", None))
+        self.machine = machine_info(executor.describe().get("threads_per_run"))
 
     def _previous_meta(self) -> dict:
         """The earlier sessions' sweep.json, when it describes this grid: its sessions (and wall time) carry on.
@@ -439,7 +439,7 @@ class SweepSession:
         meta = runs.read_json(self.spec.results / META) or {}
         return meta if same_grid(meta, self.spec) else {}
 
-    def jobs(self) -> Iterator[RunJob]:
+    def jobs(self) -> Iterator[RunSpec]:
         """The jobs to run, handed out one at a time; stops handing out at the time limit."""
         for point in self.plan.todo:
             if self.max_minutes is not None and time.time() - self.started > 60 * self.max_minutes:
@@ -448,13 +448,13 @@ class SweepSession:
             run_dir = self.plan.run_dir(point)
             if run_dir.exists():
                 shutil.rmtree(run_dir)  # a half-done run: start it again from scratch
-            yield RunJob(point.name, str(run_dir), self.spec.run_config(point).to_cli_args(), cwd=os.getcwd())
+            yield RunSpec(point.name, str(run_dir), self.spec.run_config(point).to_cli_args(), cwd=os.getcwd())
 
     def run(self) -> dict:
         by_name = {p.name: p for p in self.plan.points}
         self.write_outputs()
         failures_in_a_row = 0
-        for result in self.executor.run(self.jobs()):
+        for result in run_all(self.executor, self.jobs()):
             point = by_name[result.name]
             self.ran += 1
             if result.finished and self.plan.finished(point):

@@ -1,4 +1,5 @@
-"""Process identity and signalling for job processes that may not be our children.
+"""Process identity and signalling for run processes that may not be our children (the job queue's: a worker
+that restarts adopts the runs of the one before).
 
 A pid alone is not an identity: after a restart the number may belong to another program. A job is
 recorded with its pid and the kernel's start time of that pid, and is only signalled when both match.
