@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 from training.errors import UserError
+from training.study.tuning import lr_table, tuning_gaps
+from training.sweeps.executors import LocalExecutor, RayExecutor
+from training.sweeps.grid import load_spec
+from training.sweeps.runner import SweepLock, SweepSession, describe, plan_sweep
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,10 +61,6 @@ def _interrupt(signum, frame) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from training.sweeps.executors import LocalExecutor, RayExecutor
-    from training.sweeps.grid import load_spec
-    from training.sweeps.runner import SweepLock, SweepSession, describe, plan_sweep
-
     spec = load_spec(args.config)
     spec.out = Path(args.out or spec.out).resolve()
     spec.results = Path(args.results or spec.results).resolve()
@@ -120,8 +120,6 @@ def check_learning_rates(spec, plan, config_path: str) -> str | None:
     """Print which of the grid's trained methods results/lr.csv has no learning rate for, or no finished one
     (a seed to go, or a best not bracketed); with the file's `require_tuned_lr`, return the refusal to run
     when a point this invocation would run is among them (so `--only` can start the tuned methods' points)."""
-    from training.study.tuning import lr_table, tuning_gaps
-
     configs = {point.name: spec.run_config(point) for point in plan.points}
     missing, unfinished = tuning_gaps(list(configs.values()))
     if unfinished:
@@ -158,7 +156,7 @@ def sweep_command(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from training.study.report import build_report
+    from training.study.report import build_report  # pandas and plotly: --help must not load them
 
     out = build_report(args.results, args.out, figures=args.figures, readme=args.readme)
     print(f"report written to {out}")
