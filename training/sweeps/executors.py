@@ -19,6 +19,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -100,8 +101,6 @@ def _die_with(pid: int) -> None:
 
     def watch() -> None:
         try:
-            import select
-
             handle = os.pidfd_open(pid)
             select.select([handle], [], [])
         except (AttributeError, OSError):
@@ -128,7 +127,7 @@ def _output_to(path: str | Path) -> None:
 
 def _set_threads(threads: int | None) -> None:
     if threads:
-        import torch
+        import torch  # torch: only a worker process loads it, never the sweep's own
 
         torch.set_num_threads(threads)
 
@@ -193,7 +192,7 @@ def _serve_runs(connection: multiprocessing.connection.Connection, sweep_pid: in
     """The body of a resident worker: train each job it is sent (`python -m training train ARGS --out RUN_DIR`,
     its output in the run's log.txt) and answer with the run's exit code. It ends after a run that did not finish
     (stopped or failed), so nothing a broken run left behind reaches the next one."""
-    from training.run.resident import Resident
+    from training.run.resident import Resident  # torch: only a worker process loads it, never the sweep's own
 
     _die_with(sweep_pid)
     resident = Resident()
@@ -361,6 +360,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0) -> None:
         try:
+            # optional dependency (requirements-ray.txt): its absence is said before any run starts
             import ray  # noqa: F401
         except ImportError:
             raise UserError("--executor ray needs Ray: pip install -r requirements-ray.txt") from None
@@ -372,7 +372,7 @@ class RayExecutor:
         return {"executor": "ray", "address": self.address, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
     def run(self, jobs: Iterable[RunJob]) -> Iterator[RunResult]:
-        import ray
+        import ray  # optional dependency: requirements-ray.txt
 
         started_here = connect_ray(self.address)
         remote = ray.remote(run_train_process).options(**ray_task_options(self.num_cpus, self.num_gpus))
