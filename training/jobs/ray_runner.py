@@ -117,7 +117,7 @@ def _read_bytes(path: Path) -> bytes | None:
 
 def run_job_task(job_id: str, train_args: list[str], run_dir: str, token: str | None, mailbox, threads: int) -> dict:
     """The body of a job's Ray task: the trainer process, its files shipped back unless the node shares them."""
-    import ray
+    import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
     target = Path(run_dir)
     shared = token is not None and _read_bytes(target / TOKEN) == token.encode()
@@ -241,7 +241,7 @@ class RayJobRunner:
 
     def _connect(self):
         try:
-            import ray
+            import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
         except ImportError:
             raise UserError(
                 f"{ADDRESS_ENV} is set but Ray is not installed: pip install -r requirements-ray.txt, "
@@ -277,7 +277,7 @@ class RayJobRunner:
         """One pass: write shipped progress into place, deliver stops, record the jobs that ended."""
         if not self.jobs:
             return
-        import ray
+        import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
         refs = {rj.ref: rj for rj in self.jobs.values()}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
@@ -288,14 +288,14 @@ class RayJobRunner:
         self._enforce_stops(store, limits)
 
     def _write_shipped(self) -> None:
-        import ray
+        import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
         for job_id, pieces in ray.get(self._mailbox.take_all.remote()).items():
             if job_id in self.jobs:
                 write_pieces(self.jobs[job_id].run_dir, pieces)
 
     def _record_end(self, store: JobStore, supervisor_id: str, rj: _RayJob) -> None:
-        import ray
+        import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
         job = store.get(rj.job_id)
         try:
@@ -314,7 +314,7 @@ class RayJobRunner:
         del self.jobs[rj.job_id]
 
     def _enforce_stops(self, store: JobStore, limits: JobLimits) -> None:
-        import ray
+        import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
         now = time.time()
         for rj in list(self.jobs.values()):
@@ -347,7 +347,7 @@ def _code_path() -> dict:
 
 
 def _ray_failure(job: Job, exc: Exception) -> Outcome:
-    import ray
+    import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     tail = "\n".join(runs.tail(Path(job.run_dir) / runs.LOG, outcome.LOG_TAIL_LINES))

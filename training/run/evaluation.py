@@ -9,6 +9,8 @@ import torch
 
 from training.data.examples import Example
 from training.methods.vlmodel import VLModel
+from training.metrics.caption import caption_scores_per_sample
+from training.metrics.vqa import vqa_scores
 from training.model.pixels import PixelCache
 from training.run.tasks import Encoder, prompt_text
 
@@ -75,8 +77,6 @@ def predict(
 def score(task: str, examples: list[Example], predictions: list[str]) -> tuple[dict, list[dict]]:
     """(metrics, per-example records) for the predictions."""
     if task == "caption":
-        from training.metrics.caption import caption_scores_per_sample
-
         preds = {e.image_id: p for e, p in zip(examples, predictions, strict=True)}
         refs = {e.image_id: e.captions for e in examples}
         metrics, per_image = caption_scores_per_sample(preds, refs)
@@ -91,7 +91,6 @@ def score(task: str, examples: list[Example], predictions: list[str]) -> tuple[d
             for e, p in zip(examples, predictions, strict=True)
         ]
         return metrics, records
-    from training.metrics.vqa import vqa_scores
 
     types = [e.question_type for e in examples]
     result = vqa_scores(predictions, [e.answers for e in examples], types if all(types) else None)

@@ -101,7 +101,7 @@ def stop_process(process: subprocess.Popen) -> None:
 def connect_ray(address: str | None) -> bool:
     """Join the Ray cluster at `address` (None: start a local instance) unless this process already has;
     True if this call connected (and so should disconnect when done)."""
-    import ray
+    import ray  # optional and heavy: requirements-ray.txt, loaded only by the Ray executors
 
     if ray.is_initialized():
         return False

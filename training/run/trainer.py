@@ -10,6 +10,7 @@ import logging
 import platform
 import random
 import re
+import resource
 import signal
 import sys
 import time
@@ -17,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import peft
 import torch
+import transformers
 from safetensors.torch import load_file
+from tqdm import tqdm
 
 from training.budget import parse_budget
 from training.data.dataset import load_dataset, nested_fraction, subset_hash
@@ -27,6 +31,7 @@ from training.errors import UserError
 from training.methods import METHODS
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
 from training.methods.vlmodel import VLModel
+from training.metrics.caption import require_java, start_meteor
 from training.model.base_model import BaseModel, load_base_model
 from training.model.pixels import PixelCache
 from training.run import resume as saved_state
@@ -74,8 +79,6 @@ def prepare(config: RunConfig, resident: Resident | None = None) -> Prepared:
     train = dataset.split("train")
     dataset.split("test")
     if config.task == "caption":
-        from training.metrics.caption import require_java
-
         require_java()  # fail now, not after training, when the caption metrics cannot run
     base = resident.base_model(config.base_model, device) if resident else load_base_model(config.base_model, device)
     plan = require_feasible(plan_method(base.model, config.method, parse_budget(config.budget), config.towers))
@@ -84,9 +87,6 @@ def prepare(config: RunConfig, resident: Resident | None = None) -> Prepared:
 
 
 def versions() -> dict:
-    import peft
-    import transformers
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -244,8 +244,6 @@ def train_logged(
                 if validator:  # every validation decodes the same images
                     validator.features = frozen_features(vl, prepared, validator.examples, data.pixels, resident)
             if config.task == "caption" and config.score_test:
-                from training.metrics.caption import start_meteor
-
                 start_meteor()  # METEOR's Java start-up overlaps training instead of adding to evaluation
             outcome = TrainingLoop(vl, config, data, total_steps, lr, validator, report, stop, resume).run()
 
@@ -516,8 +514,6 @@ class TrainingLoop:
         vl.model.train()
         progress_bar = None
         if sys.stderr.isatty():
-            from tqdm import tqdm
-
             progress_bar = tqdm(total=cap, desc="training", unit="step")
         if config.max_steps:
             reason = "max steps"
@@ -724,8 +720,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     try:
-        import resource
-
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     except ImportError:
         return float("nan")
