@@ -9,7 +9,6 @@ import torch
 
 from training.data.examples import Example
 from training.methods.vlmodel import VLModel
-from training.metrics.caption import caption_scores_per_sample
 from training.metrics.vqa import vqa_scores
 from training.model.pixels import PixelCache
 from training.run.tasks import Encoder, prompt_text
@@ -77,6 +76,9 @@ def predict(
 def score(task: str, examples: list[Example], predictions: list[str]) -> tuple[dict, list[dict]]:
     """(metrics, per-example records) for the predictions."""
     if task == "caption":
+        # pycocoevalcap: the app imports this module at start-up
+        from training.metrics.caption import caption_scores_per_sample
+
         preds = {e.image_id: p for e, p in zip(examples, predictions, strict=True)}
         refs = {e.image_id: e.captions for e in examples}
         metrics, per_image = caption_scores_per_sample(preds, refs)

@@ -31,7 +31,6 @@ from training.errors import UserError
 from training.methods import METHODS
 from training.methods.budget import Plan, count_base_params, plan_method, require_feasible
 from training.methods.vlmodel import VLModel
-from training.metrics.caption import require_java, start_meteor
 from training.model.base_model import BaseModel, load_base_model
 from training.model.pixels import PixelCache
 from training.run import resume as saved_state
@@ -79,6 +78,9 @@ def prepare(config: RunConfig, resident: Resident | None = None) -> Prepared:
     train = dataset.split("train")
     dataset.split("test")
     if config.task == "caption":
+        # pycocoevalcap: the app imports this module at start-up
+        from training.metrics.caption import require_java
+
         require_java()  # fail now, not after training, when the caption metrics cannot run
     base = resident.base_model(config.base_model, device) if resident else load_base_model(config.base_model, device)
     plan = require_feasible(plan_method(base.model, config.method, parse_budget(config.budget), config.towers))
@@ -244,6 +246,9 @@ def train_logged(
                 if validator:  # every validation decodes the same images
                     validator.features = frozen_features(vl, prepared, validator.examples, data.pixels, resident)
             if config.task == "caption" and config.score_test:
+                # pycocoevalcap: the app imports this module at start-up
+                from training.metrics.caption import start_meteor
+
                 start_meteor()  # METEOR's Java start-up overlaps training instead of adding to evaluation
             outcome = TrainingLoop(vl, config, data, total_steps, lr, validator, report, stop, resume).run()
 

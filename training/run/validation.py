@@ -14,7 +14,6 @@ import torch
 from training.catalog import MAIN_METRIC
 from training.data.examples import Example
 from training.methods.vlmodel import VLModel
-from training.metrics.caption import cider_d
 from training.metrics.vqa import vqa_scores
 from training.model.pixels import PixelCache
 from training.run.evaluation import predict
@@ -25,6 +24,9 @@ from training.run.tasks import Encoder
 def main_metric_score(task: str, examples: list[Example], predictions: list[str]) -> float:
     """The task's main metric only (CIDEr-D without METEOR and BLEU for captions, VQA accuracy)."""
     if task == "caption":
+        # pycocoevalcap: the app imports this module at start-up
+        from training.metrics.caption import cider_d
+
         return cider_d(
             {e.image_id: p for e, p in zip(examples, predictions, strict=True)},
             {e.image_id: e.captions for e in examples},
