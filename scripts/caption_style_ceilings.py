@@ -25,6 +25,7 @@ import numpy as np
 
 from training.data import scenes
 from training.metrics.caption import cider_d
+from training.pretraining.pretrain import PretrainConfig
 
 
 def ceilings(edition: int, split: str, count: int) -> dict[str, float]:
@@ -76,7 +77,6 @@ def main() -> None:
     print(f"CIDEr-D against 4 of 5 references, edition {args.edition}, {args.count} {args.split} images")
     for name, score in scores.items():
         print(f"  {name:<15} {score:6.3f}  ({score / mode:.0%} of the mode of ten)")
-    from training.pretraining.pretrain import PretrainConfig
 
     position_share = PretrainConfig.for_edition(args.edition).position_share
     shared = shared_four_grams(args.edition, args.split, args.count, position_share)

@@ -10,12 +10,12 @@ import torch
 
 from training.compare import GivenImage
 from training.data import scenes
-from training.data.dataset import DEFAULT_DATASETS, load_dataset
+from training.data.dataset import load_dataset
 from training.data.examples import Example
 from training.methods.vlmodel import VLModel
 from training.model.base_model import load_base_model
 from training.model.pixels import PixelCache
-from training.paths import DEFAULT_MODEL_DIR
+from training.paths import DEFAULT_DATASETS, DEFAULT_MODEL_DIR
 from training.run.evaluation import predict
 from training.run.tasks import Encoder, prompt_text
 

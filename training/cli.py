@@ -15,7 +15,7 @@ COMMAND_MODULES = (
     "training.commands.sweep",
     "training.commands.ship",
     "training.study.tuning",
-    "training.study.gpu_check",
+    "training.commands.gpu_check",
 )
 
 

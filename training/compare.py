@@ -22,6 +22,7 @@ from PIL import Image
 from training.data.examples import IMAGE_FORMATS, Example, unreadable_image
 from training.errors import UserError
 from training.methods.vlmodel import VLModel
+from training.metrics.vqa import vqa_accuracy_single
 from training.model.base_model import default_model_path, load_base_model
 from training.model.pixels import PixelCache
 from training.run import runs
@@ -260,11 +261,10 @@ def _column(run_dir: Path | None, info: dict, output: Answer) -> Column:
 
 def sample_score(task: str, output: str, references: list[str] | None, answers: list[str] | None) -> dict:
     if task == "caption" and references:
+        # pycocoevalcap: the app imports this module at start-up
         from training.metrics.caption import single_caption_scores
 
         return single_caption_scores(output, references)
     if task == "vqa" and answers:
-        from training.metrics.vqa import vqa_accuracy_single
-
         return {"VQA accuracy": 100 * vqa_accuracy_single(output, answers)}
     return {}

@@ -18,6 +18,7 @@ def _bundled(name: str) -> Path:
 
 ASSETS_DIR = _bundled("assets")
 DEFAULT_MODEL_DIR = ASSETS_DIR / "scene-blip"
+DEFAULT_DATASETS = {"caption": ASSETS_DIR / "datasets" / "scene-caption", "vqa": ASSETS_DIR / "datasets" / "scene-vqa"}
 RESULTS_DIR = _bundled("results")
 SHIPPED_DIR = ASSETS_DIR / "adapters"  # the adapters the app ships (python -m training ship-adapters)
 

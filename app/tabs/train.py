@@ -19,6 +19,7 @@ from training.errors import UserError
 from training.jobs.store import ACTIVE_STATES
 from training.methods import METHODS
 from training.run.config import DEFAULT_EPOCHS, TASKS, RunConfig
+from training.run.rates import resolve_lr
 from training.sweeps.protocol import departures, study_settings
 
 FAMILY_ORDER = (LAYER, EMBEDDING, BASELINE)
@@ -118,8 +119,6 @@ def learning_rate(
     gives: the one tuned on validation for this task, method, budget and base model (results/lr.csv), else the
     method's default. The trainer then also takes the tuned form of the method (prefix tuning plain or
     reparametrised); a typed value overrides the rate only."""
-    from training.run.rates import resolve_lr
-
     text = (base_model or "").strip()
     source = services.settings.base_model if text in ("", EMBEDDED) else text
     chosen = {"budget": budget} if budget else {}

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from training.budget import parse_budget
 from training.errors import UserError
+from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
 from training.run.config import TASKS, TOWERS
 from training.run.launch import add_train_options, train_from_args
+from training.study.replay import commit_of
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -129,6 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    # torch: --help and the other commands must not load it
     from training.methods.budget import plan_all
     from training.model.base_model import load_base_model
 
@@ -157,13 +161,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    import logging
-
+    # torch, numpy and PIL: --help and the other commands must not load them
+    from training.data.scenes import EDITIONS
     from training.pretraining.pretrain import PretrainConfig, pretrain
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    from training.data.scenes import EDITIONS
-
     if args.edition not in EDITIONS:
         raise UserError(f"--edition {args.edition} is not an edition of the scene world: use one of {EDITIONS}.")
     config = PretrainConfig.for_edition(args.edition, seed=args.seed)
@@ -188,6 +190,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    # torch: --help and the other commands must not load it
     from training.methods.vlmodel import VLModel
     from training.model.base_model import load_base_model
     from training.pretraining import checkpoint
@@ -214,8 +217,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_embedded_report(args: argparse.Namespace) -> int:
-    from training.paths import DEFAULT_MODEL_DIR
-    from training.pretraining.embedded import report, verdicts
+    from training.pretraining.embedded import report, verdicts  # torch: --help must not load it
 
     datasets = {task: path for task, path in (("caption", args.caption_data), ("vqa", args.vqa_data)) if path}
     results = report(args.model or DEFAULT_MODEL_DIR, args.work_dir, args.note, datasets)
@@ -225,20 +227,17 @@ def cmd_embedded_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from training.study.bench import PARTS, Setting, print_table, run_bench
+    from training.study.bench import PARTS, Setting, print_table, run_bench  # torch: --help must not load it
 
     parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise UserError(f"Unknown bench part {unknown[0]!r}: choose among {', '.join(PARTS)}.")
     setting = Setting(base_model=args.base_model, task=args.task, device=args.device)
-    from training.paths import REPO_ROOT
 
     if args.against and args.resident:
         raise UserError("--resident compares this code's two ways of running; give it without --against.")
     if args.against:
-        from training.study.replay import commit_of
-
         commit_of(REPO_ROOT, args.against)  # an unknown commit is said now, not after the other parts
     compare_tasks = tuple(task.strip() for task in args.compare_tasks.split(",") if task.strip())
     if set(compare_tasks) - set(TASKS):
@@ -263,7 +262,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.run.trainer import reevaluate
+    from training.run.trainer import reevaluate  # torch: --help must not load it
 
     metrics = reevaluate(args.run, eval_limit=args.eval_limit, device=args.device)
     print(json.dumps(metrics, indent=2))

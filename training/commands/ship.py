@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_ship_adapters(args: argparse.Namespace) -> int:
-    from training.study.shipped import command_line, ship_adapters
+    from training.study.shipped import command_line, ship_adapters  # torch: --help must not load it
 
     command = command_line(args.sweep, args.out, args.threads, args.only, args.fresh)
     ship_adapters(

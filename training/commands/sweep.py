@@ -8,12 +8,16 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from training.errors import UserError
-
-if TYPE_CHECKING:
-    from training.launch.executor import RunExecutor
+from training.launch.executor import RunExecutor
+from training.launch.forked import ForkedExecutor
+from training.launch.ray_tasks import RayExecutor
+from training.launch.resident import ResidentExecutor
+from training.run.rates import use_sweep_table
+from training.study.tuning import lr_table, tuning_gaps
+from training.sweeps.grid import load_spec
+from training.sweeps.runner import SweepLock, SweepSession, describe, plan_sweep
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,10 +66,6 @@ def _interrupt(signum, frame) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from training.run.rates import use_sweep_table
-    from training.sweeps.grid import load_spec
-    from training.sweeps.runner import SweepLock, SweepSession, describe, plan_sweep
-
     spec = load_spec(args.config)
     spec.out = Path(args.out or spec.out).resolve()
     spec.results = Path(args.results or spec.results).resolve()
@@ -73,8 +73,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.executor == "ray":
         if args.fresh_process:
             raise UserError("--fresh-process is for --executor local: a Ray task is a fresh process already.")
-        from training.launch.ray_tasks import RayExecutor
-
         executor: RunExecutor = RayExecutor(
             args.address,
             args.num_cpus if args.num_cpus is not None else spec.resources["num_cpus"],
@@ -127,9 +125,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def local_executor(jobs: int, fresh_process: bool = False) -> RunExecutor:
     """`jobs` runs at a time on this machine, each with cores // jobs threads: each slot a resident worker, or with
     `fresh_process` each run a process of its own (forked from the preloaded fork server)."""
-    from training.launch.forked import ForkedExecutor
-    from training.launch.resident import ResidentExecutor
-
     if jobs < 1:
         raise UserError("--jobs must be at least 1.")
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -140,8 +135,6 @@ def check_learning_rates(spec, plan, config_path: str) -> str | None:
     """Print which of the grid's trained methods results/lr.csv has no learning rate for, or no finished one
     (a seed to go, or a best not bracketed); with the file's `require_tuned_lr`, return the refusal to run
     when a point this invocation would run is among them (so `--only` can start the tuned methods' points)."""
-    from training.study.tuning import lr_table, tuning_gaps
-
     configs = {point.name: spec.run_config(point) for point in plan.points}
     missing, unfinished = tuning_gaps(list(configs.values()))
     if unfinished:
@@ -178,7 +171,7 @@ def sweep_command(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from training.study.report import build_report
+    from training.study.report import build_report  # pandas and plotly: --help must not load them
 
     out = build_report(args.results, args.out, figures=args.figures, readme=args.readme)
     print(f"report written to {out}")

@@ -19,10 +19,9 @@ from PIL import Image, UnidentifiedImageError
 from training.data.examples import Example, ImageFile, TaskDataset, unreadable_image
 from training.data.hub import load_hub_dataset
 from training.errors import UserError
-from training.paths import ASSETS_DIR
+from training.paths import DEFAULT_DATASETS
 
 SPLITS = ("train", "validation", "test")
-DEFAULT_DATASETS = {"caption": ASSETS_DIR / "datasets" / "scene-caption", "vqa": ASSETS_DIR / "datasets" / "scene-vqa"}
 
 
 def _read_split(folder: Path, split: str, task: str) -> list[Example]:

@@ -40,7 +40,7 @@ class HubImage:
 
 
 def _open(name: str):
-    import datasets
+    import datasets  # heavy (pyarrow, pandas): only a Hub id or a save_to_disk folder needs it, not a folder
 
     path = Path(name).expanduser()
     try:

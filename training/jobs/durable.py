@@ -160,7 +160,7 @@ class DurableDatasets:
 
     def publish(self, folder: Path) -> Path:
         """Copy a stored dataset folder (its dataset.json last, which marks the version complete)."""
-        from training.data.archive import INFO
+        from training.data.archive import INFO  # PIL: the jobs CLI imports this module
 
         target = self.root / folder.name / str(time.time_ns())
         publish_folder(folder, target, INFO)
@@ -168,7 +168,7 @@ class DurableDatasets:
 
     def latest(self) -> dict[str, Path]:
         """Name -> the newest complete version."""
-        from training.data.archive import INFO, NAME
+        from training.data.archive import INFO, NAME  # PIL: the jobs CLI imports this module
 
         found = {}
         for folder in sorted(self.root.iterdir()) if self.root.is_dir() else ():

@@ -111,7 +111,7 @@ def _read_bytes(path: Path) -> bytes | None:
 
 def run_job_task(job_id: str, train_args: list[str], run_dir: str, token: str | None, mailbox, threads: int) -> dict:
     """The body of a job's Ray task: the trainer process, its files shipped back unless the node shares them."""
-    import ray
+    import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
     target = Path(run_dir)
     shared = token is not None and _read_bytes(target / TOKEN) == token.encode()
@@ -232,7 +232,7 @@ class RayJobRunner:
 
     def _connect(self):
         try:
-            import ray
+            import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
         except ImportError:
             raise UserError(
                 f"{ADDRESS_ENV} is set but Ray is not installed: pip install -r requirements-ray.txt, "
@@ -268,7 +268,7 @@ class RayJobRunner:
         """Write what the running jobs shipped into place; the job's exit code once its task has ended."""
         if handle.returncode is not None:
             return handle.returncode
-        import ray
+        import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
         ready, _ = ray.wait([handle.ref], timeout=0)
         # Taken after the wait: a finished task's pieces all reached the mailbox before it returned.
@@ -286,14 +286,14 @@ class RayJobRunner:
             time.sleep(SHIP_EVERY_S / 4)
 
     def _write_shipped(self) -> None:
-        import ray
+        import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
         for job_id, pieces in ray.get(self._mailbox.take_all.remote()).items():
             if job_id in self.jobs:
                 write_pieces(Path(self.jobs[job_id].spec.run_dir), pieces)
 
     def _finish(self, handle: RayJobHandle) -> None:
-        import ray
+        import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
         run_dir = Path(handle.spec.run_dir)
         try:
@@ -312,13 +312,13 @@ class RayJobRunner:
 
     def stop(self, handle: RayJobHandle) -> None:
         """Ask the task to stop its trainer after the current step (through the mailbox)."""
-        import ray
+        import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
         if self.poll(handle) is None:
             ray.get(self._mailbox.request_stop.remote(handle.spec.name))
 
     def kill(self, handle: RayJobHandle) -> None:
-        import ray
+        import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
         if self.poll(handle) is None:
             ray.cancel(handle.ref, force=True)
@@ -335,7 +335,7 @@ def _code_path() -> dict:
 
 def failure_outcome(job: Job, exc: Exception) -> Outcome:
     """How a job ended whose task Ray lost (a dead node, a worker killed for memory, a node without the code)."""
-    import ray
+    import ray  # optional and heavy: requirements-ray.txt, loaded only with VLPEFT_RAY_ADDRESS
 
     first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     tail = "\n".join(runs.tail(Path(job.run_dir) / runs.LOG, outcome.LOG_TAIL_LINES))

@@ -41,7 +41,7 @@ def die_with(pid: int) -> None:
 
     def watch() -> None:
         try:
-            import select
+            import select  # used only in this watcher thread of a forked child
 
             handle = os.pidfd_open(pid)
             select.select([handle], [], [])
@@ -69,7 +69,7 @@ def output_to(path: str | Path) -> None:
 
 def set_threads(threads: int | None) -> None:
     if threads:
-        import torch
+        import torch  # heavy: this module is imported by the sweep and jobs command lines, torch only in a run
 
         torch.set_num_threads(threads)
 

@@ -19,7 +19,7 @@ from training.run.rates import LR_TABLE_ENV
 def connect_ray(address: str | None) -> bool:
     """Join the Ray cluster at `address` (None: start a local instance) unless this process already has;
     True if this call connected (and so should disconnect when done)."""
-    import ray
+    import ray  # optional and heavy: requirements-ray.txt, loaded only by the Ray executor
 
     if ray.is_initialized():
         return False
@@ -56,6 +56,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0) -> None:
         try:
+            # optional: requirements-ray.txt; this only checks that it is installed
             import ray  # noqa: F401
         except ImportError:
             raise UserError("--executor ray needs Ray: pip install -r requirements-ray.txt") from None
@@ -69,7 +70,7 @@ class RayExecutor:
         return {"executor": "ray", "address": self.address, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
 
     def _ray(self):
-        import ray
+        import ray  # optional and heavy: requirements-ray.txt, loaded only by the Ray executor
 
         if self._connected_here is None:
             self._connected_here = connect_ray(self.address)

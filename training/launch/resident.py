@@ -24,7 +24,7 @@ def _serve_runs(connection: multiprocessing.connection.Connection, launcher_pid:
     """The body of a resident worker: train each job it is sent (`python -m training train ARGS --out RUN_DIR`,
     its output in the run's log.txt) and answer with the run's exit code. It ends after a run that did not finish
     (stopped or failed), so nothing a broken run left behind reaches the next one."""
-    from training.run.resident import Resident
+    from training.run.resident import Resident  # heavy (torch, the model): loaded in the worker, not the launcher
 
     die_with(launcher_pid)
     resident = Resident()

@@ -9,6 +9,7 @@ import torch
 
 from training.data.examples import Example
 from training.methods.vlmodel import VLModel
+from training.metrics.vqa import vqa_scores
 from training.model.pixels import PixelCache
 from training.run.tasks import Encoder, prompt_text
 
@@ -75,6 +76,7 @@ def predict(
 def score(task: str, examples: list[Example], predictions: list[str]) -> tuple[dict, list[dict]]:
     """(metrics, per-example records) for the predictions."""
     if task == "caption":
+        # pycocoevalcap: the app imports this module at start-up
         from training.metrics.caption import caption_scores_per_sample
 
         preds = {e.image_id: p for e, p in zip(examples, predictions, strict=True)}
@@ -91,7 +93,6 @@ def score(task: str, examples: list[Example], predictions: list[str]) -> tuple[d
             for e, p in zip(examples, predictions, strict=True)
         ]
         return metrics, records
-    from training.metrics.vqa import vqa_scores
 
     types = [e.question_type for e in examples]
     result = vqa_scores(predictions, [e.answers for e in examples], types if all(types) else None)

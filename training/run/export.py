@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
 from training.catalog import CATALOG, MAIN_METRIC
+from training.errors import UserError
+from training.methods import METHODS, AdapterContext
+from training.model.base_model import load_base_config, meta_model
+from training.paths import DEFAULT_MODEL_DIR
 from training.run import runs
 from training.run.config import RunConfig
 
@@ -34,13 +41,6 @@ def exports_to_peft(info: dict) -> bool:
 
 def write_peft_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write a peft-format run's adapter into `out_dir`, for `PeftModel.from_pretrained(base, out_dir)`."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import load_file, save_file
-
-    from training.errors import UserError
-    from training.methods import METHODS, AdapterContext
-    from training.model.base_model import load_base_config, meta_model
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     info = runs.read_json(run_dir / runs.CONFIG) or {}
     if not exports_to_peft(info) or not (run_dir / runs.WEIGHTS).is_file():
@@ -158,6 +158,4 @@ def run_readme(run_dir: str | Path, run_id: str, state: str) -> str:
 
 
 def _embedded_model() -> str:
-    from training.paths import DEFAULT_MODEL_DIR
-
     return str(DEFAULT_MODEL_DIR)

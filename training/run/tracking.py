@@ -73,6 +73,7 @@ class TensorBoardTracker:
 
     def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
         try:
+            # optional dependency (requirements-tracking.txt), and torch: the jobs CLI imports this module
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError(_missing("tensorboard")) from None
@@ -93,7 +94,7 @@ class TrackioTracker:
 
     def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
         try:
-            import trackio
+            import trackio  # optional dependency: requirements-tracking.txt
         except ImportError:
             raise UserError(_missing("trackio")) from None
         self.trackio = trackio

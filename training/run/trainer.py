@@ -10,6 +10,7 @@ import logging
 import platform
 import random
 import re
+import resource
 import signal
 import sys
 import time
@@ -17,8 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import peft
 import torch
+import transformers
 from safetensors.torch import load_file
+from tqdm import tqdm
 
 from training.budget import parse_budget
 from training.data.dataset import load_dataset, nested_fraction, subset_hash
@@ -74,6 +78,7 @@ def prepare(config: RunConfig, resident: Resident | None = None) -> Prepared:
     train = dataset.split("train")
     dataset.split("test")
     if config.task == "caption":
+        # pycocoevalcap: the app imports this module at start-up
         from training.metrics.caption import require_java
 
         require_java()  # fail now, not after training, when the caption metrics cannot run
@@ -84,9 +89,6 @@ def prepare(config: RunConfig, resident: Resident | None = None) -> Prepared:
 
 
 def versions() -> dict:
-    import peft
-    import transformers
-
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -244,6 +246,7 @@ def train_logged(
                 if validator:  # every validation decodes the same images
                     validator.features = frozen_features(vl, prepared, validator.examples, data.pixels, resident)
             if config.task == "caption" and config.score_test:
+                # pycocoevalcap: the app imports this module at start-up
                 from training.metrics.caption import start_meteor
 
                 start_meteor()  # METEOR's Java start-up overlaps training instead of adding to evaluation
@@ -516,8 +519,6 @@ class TrainingLoop:
         vl.model.train()
         progress_bar = None
         if sys.stderr.isatty():
-            from tqdm import tqdm
-
             progress_bar = tqdm(total=cap, desc="training", unit="step")
         if config.max_steps:
             reason = "max steps"
@@ -724,8 +725,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     try:
-        import resource
-
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     except ImportError:
         return float("nan")

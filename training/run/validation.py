@@ -14,6 +14,7 @@ import torch
 from training.catalog import MAIN_METRIC
 from training.data.examples import Example
 from training.methods.vlmodel import VLModel
+from training.metrics.vqa import vqa_scores
 from training.model.pixels import PixelCache
 from training.run.evaluation import predict
 from training.run.runs import ValidationRecord
@@ -23,13 +24,13 @@ from training.run.tasks import Encoder
 def main_metric_score(task: str, examples: list[Example], predictions: list[str]) -> float:
     """The task's main metric only (CIDEr-D without METEOR and BLEU for captions, VQA accuracy)."""
     if task == "caption":
+        # pycocoevalcap: the app imports this module at start-up
         from training.metrics.caption import cider_d
 
         return cider_d(
             {e.image_id: p for e, p in zip(examples, predictions, strict=True)},
             {e.image_id: e.captions for e in examples},
         )
-    from training.metrics.vqa import vqa_scores
 
     return vqa_scores(predictions, [e.answers for e in examples])["accuracy"]
 

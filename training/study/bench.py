@@ -22,9 +22,11 @@ Figures are measured, never asserted: the tests check correctness, this prints t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import platform
 import resource
 import socket
 import subprocess
@@ -34,9 +36,32 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
+
+import torch
 
 from training.catalog import PEFT_METHODS
+from training.compare import Comparer
+from training.data.dataset import load_dataset
+from training.methods import vlmodel
+from training.model.blip_internals import DynamicLayer
+from training.model.pixels import PixelCache
 from training.paths import REPO_ROOT
+from training.run import runs
+from training.run.config import RunConfig
+from training.run.evaluation import predict
+from training.run.tasks import Encoder, prompt_text, training_pairs
+from training.run.trainer import (
+    RUN_ADAPTER,
+    autocast_dtype,
+    batch_loss,
+    build_model,
+    precompute_features,
+    prepare,
+    resolve_device,
+    train,
+)
+from training.study.replay import REPLAY_POINTS, measure_runs, print_runs
 
 BENCH_METHODS = ("full", *PEFT_METHODS)
 COMPARE_METHODS = PEFT_METHODS
@@ -57,8 +82,6 @@ class Setting:
 
 
 def _sync(device) -> None:
-    import torch
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -75,13 +98,6 @@ class _Steps:
         budget: str | None = None,
         setting: Setting = Setting(),
     ) -> None:
-        import torch
-
-        from training.model.pixels import PixelCache
-        from training.run.config import RunConfig
-        from training.run.tasks import Encoder, training_pairs
-        from training.run.trainer import RUN_ADAPTER, autocast_dtype, build_model, precompute_features, prepare
-
         chosen = {"budget": budget} if budget else {}
         config = RunConfig(
             task=setting.task,
@@ -112,10 +128,6 @@ class _Steps:
         self.vl.model.train()
 
     def step(self, index: int) -> float:
-        import torch
-
-        from training.run.trainer import batch_loss
-
         start_row = index * self.batch_size % max(1, len(self.pairs) - self.batch_size)
         batch = self.pairs[start_row : start_row + self.batch_size]
         _sync(self.device)
@@ -129,8 +141,6 @@ class _Steps:
         return time.perf_counter() - start
 
     def peak_memory_mb(self) -> float:
-        import torch
-
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -206,15 +216,6 @@ def measure_speed_paths(repeats: int = 10, batch_size: int = 32, setting: Settin
     is longest; plain: transformers' concatenating cache layer). The style guide keeps a speed path only
     where it saves about 10 % or more. (LoRA's hand-written backward, `LowRankUpdate`, measured 7 % of a
     default LoRA step here on 2026-12-01 and was removed.)"""
-    import contextlib
-    from unittest import mock
-
-    import torch
-
-    from training.methods import vlmodel
-    from training.model.blip_internals import DynamicLayer
-    from training.run.config import RunConfig
-    from training.run.tasks import prompt_text
 
     def plain_layer(keys, values, room):
         layer = DynamicLayer()
@@ -268,13 +269,6 @@ def measure_validation_paths(repeats: int = 3, setting: Setting = Setting(), bud
     decoder, the grid's setting; untrained, so it decodes as the base model does), each against its plain path, in
     turns: image features computed once per run (plain: the vision tower at every validation), and decoding every
     example at once (`decode_rows`; plain: 64 at a time, as before)."""
-    import torch
-
-    from training.data.dataset import load_dataset
-    from training.run.config import RunConfig
-    from training.run.evaluation import predict
-    from training.run.trainer import precompute_features
-
     config = RunConfig(task=setting.task)
     steps = _Steps("lora", "text", 1, 32, budget, setting)
     examples = load_dataset(setting.dataset, setting.task).split("validation")
@@ -319,11 +313,6 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, settin
     vision pass; text: they share the base's). The counts take turns within each repeat; the fastest and the
     median of `repeats` are kept. The outputs are recorded: each column decodes until its output ends, so a
     column set that answers in one word is timed on far fewer steps than one that writes whole captions."""
-    from training.compare import Comparer
-    from training.data.dataset import load_dataset
-    from training.run.config import RunConfig
-    from training.run.trainer import resolve_device, train
-
     run_dirs = []
     for method in COMPARE_METHODS:
         run_dir = work / f"compare-{task}-{towers}-{method}"
@@ -370,10 +359,6 @@ def measure_compare(work: Path, task: str, towers: str, repeats: int = 9, settin
 
 
 def measure_eval_share(work: Path, setting: Setting = Setting()) -> dict:
-    from training.run import runs
-    from training.run.config import RunConfig
-    from training.run.trainer import train
-
     run_dir = work / f"default-{setting.task}-lora"
     if not (run_dir / "eval.json").exists():
         config = RunConfig(
@@ -460,8 +445,6 @@ def run_bench(
         result["speed_paths"] = measure_speed_paths(batch_size=batch_size, setting=setting)
         result["speed_paths"] += measure_validation_paths(setting=setting)
     if "runs" in parts:
-        from training.study.replay import REPLAY_POINTS, measure_runs
-
         result["runs"] = measure_runs(
             points or REPLAY_POINTS, against, work / "replay", log=_progress, out=runs_json, resident=resident
         )
@@ -474,10 +457,6 @@ def _progress(line: str) -> None:
 
 
 def _machine() -> dict:
-    import platform
-
-    import torch
-
     return {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -521,8 +500,6 @@ def print_table(result: dict) -> None:
             f"saves {100 * row['saving']:.1f} %"
         )
     if "runs" in result:
-        from training.study.replay import print_runs
-
         print_runs(result["runs"])
     if "app_cold_start_s" in result:
         print(f"app cold start to first page: {result['app_cold_start_s']:.1f} s")

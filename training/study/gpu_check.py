@@ -1,4 +1,5 @@
-"""`python -m training gpu-check ...`: the checks `scripts/gpu_check.sh` runs on a CUDA machine.
+"""The checks `scripts/gpu_check.sh` runs on a CUDA machine (`python -m training gpu-check ...`, in
+training/commands/gpu_check.py).
 
 - `precision`: every method's loss and gradients under the trainer's autocast (bf16) against fp32 on the
   same batch, and whether each fast path written for the CPU is used under autocast and agrees:
@@ -13,23 +14,34 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 from unittest import mock
 
-from training.catalog import PEFT_METHODS
+import torch
+from transformers import BertTokenizer
 
-if TYPE_CHECKING:  # torch is imported where it is used: `python -m training` starts without it
-    import torch
+from training.catalog import PEFT_METHODS
+from training.data.dataset import load_dataset
+from training.jobs.limits import JobLimits
+from training.jobs.status import job_status
+from training.jobs.store import JobStore
+from training.methods import vlmodel
+from training.methods.budget import plan_method
+from training.methods.vlmodel import VLModel
+from training.model.base_model import SPECIAL_TOKENS, load_base_model
+from training.model.blip_internals import DynamicLayer, text_layers
+from training.model.pixels import PixelCache
+from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
+from training.run import runs
+from training.run.tasks import Encoder, training_pairs
+from training.run.trainer import batch_loss, resolve_device
 
 # Tolerances of bf16 autocast against fp32 (bf16 keeps 8 bits of mantissa: about 0.4 % per rounding).
 LOSS_REL_TOL = 2e-2  # |loss_bf16 - loss_fp32| / |loss_fp32|
@@ -44,8 +56,6 @@ TARGET_MEMORY_SHARE = 0.6
 
 def _take_grads(params: list) -> torch.Tensor:
     """The parameters' gradients, flattened into one float vector; the gradients are cleared."""
-    import torch
-
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
     for p in params:
         p.grad = None
@@ -76,16 +86,6 @@ def check_method(
     budget: str,
 ) -> dict:
     """One method's autocast-vs-fp32 comparison on one batch, and its fast paths under autocast."""
-    import torch
-
-    from training.data.dataset import load_dataset
-    from training.methods.budget import plan_method
-    from training.methods.vlmodel import VLModel
-    from training.model.base_model import load_base_model
-    from training.model.pixels import PixelCache
-    from training.run.tasks import Encoder, training_pairs
-    from training.run.trainer import batch_loss
-
     base = load_base_model(base_model, device)
     vl = VLModel(base)
     plan = plan_method(base.model, method, budget, "both")
@@ -138,10 +138,6 @@ def check_method(
 
 def _prompt_truncation(vl, pairs, encoder, pixels, device, dtype) -> dict:
     """Under autocast: the last layer sees only the text positions, and the logits equal the full computation."""
-    import torch
-
-    from training.model.blip_internals import text_layers
-
     seen: list[int] = []
     last = text_layers(vl.model)[-1].crossattention
     handle = last.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
@@ -166,10 +162,6 @@ def _prompt_truncation(vl, pairs, encoder, pixels, device, dtype) -> dict:
 
 def _reserved_cache(vl, pairs, encoder, pixels, device, dtype, max_new: int = 6) -> dict:
     """Under autocast, greedy decoding with ReservedLayer against a plain concatenating cache layer."""
-    import torch
-
-    from training.methods import vlmodel
-    from training.model.blip_internals import DynamicLayer
 
     def plain_layer(keys, values, room):
         layer = DynamicLayer()
@@ -208,10 +200,6 @@ def precision_check(
     budget: str = "0.5%",
     methods: tuple[str, ...] = CHECK_METHODS,
 ) -> dict:
-    import torch
-
-    from training.run.trainer import resolve_device
-
     where = resolve_device(device)
     rows = [
         check_method(m, base_model, where, getattr(torch, dtype), task, dataset, batch_size, budget) for m in methods
@@ -235,23 +223,12 @@ def precision_check(
 
 def embedded_words() -> list[str]:
     """The embedded model's vocabulary (what the embedded datasets are written in)."""
-    from transformers import BertTokenizer
-
-    from training.model.base_model import SPECIAL_TOKENS
-    from training.paths import DEFAULT_MODEL_DIR
-
     tokenizer = BertTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
     return [word for word in tokenizer.get_vocab() if word not in SPECIAL_TOKENS]
 
 
 def run_queue_job(config, home: Path, timeout_s: float = 540) -> dict:
     """Submit one job, run a worker process until the queue is empty, and report how the job went."""
-    from training.jobs.limits import JobLimits
-    from training.jobs.status import job_status
-    from training.jobs.store import JobStore
-    from training.paths import REPO_ROOT
-    from training.run import runs
-
     store = JobStore(home / "jobs.sqlite3", limits=JobLimits(max_runtime_s=timeout_s))
     job_id = store.submit(config, submitter="gpu-check")
     env = {**os.environ, "VLPEFT_HOME": str(home), "VLPEFT_MAX_RUNTIME_S": str(timeout_s)}
@@ -323,57 +300,3 @@ def collect(pieces: Path, out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    check = subparsers.add_parser("gpu-check", help="the checks of scripts/gpu_check.sh (CUDA, or CPU bf16)")
-    actions = check.add_subparsers(dest="action", required=True)
-    precision = actions.add_parser("precision", help="bf16 autocast against fp32 per method, and the fast paths")
-    precision.add_argument("--base-model", default=None)
-    precision.add_argument("--dataset", default=None)
-    precision.add_argument("--task", default="vqa")
-    precision.add_argument("--device", default="auto")
-    precision.add_argument("--batch-size", type=int, default=8)
-    precision.add_argument("--out", default=None, help="write the JSON here too")
-    precision.set_defaults(func=_cmd_precision)
-    base = actions.add_parser("build-base", help="save a BLIP-base-size model (random weights) for the bench")
-    base.add_argument("--out", required=True)
-    base.set_defaults(func=_cmd_build_base)
-    job = actions.add_parser("job", help="one default job through the queue and a worker process")
-    job.add_argument("--task", default="caption")
-    job.add_argument("--out", default=None, help="write the JSON here too")
-    job.set_defaults(func=_cmd_job)
-    gather = actions.add_parser("collect", help="join the pieces into one JSON")
-    gather.add_argument("--pieces", required=True)
-    gather.add_argument("--out", required=True)
-    gather.set_defaults(func=lambda args: _print(collect(Path(args.pieces), Path(args.out)), None))
-
-
-def _print(result: dict, out: str | None) -> int:
-    text = json.dumps(result, indent=2)
-    print(text)
-    if out:
-        Path(out).write_text(text + "\n")
-    return 0 if result.get("ok", True) else 1
-
-
-def _cmd_precision(args: argparse.Namespace) -> int:
-    result = precision_check(
-        args.base_model, args.device, task=args.task, dataset=args.dataset, batch_size=args.batch_size
-    )
-    return _print(result, args.out)
-
-
-def _cmd_build_base(args: argparse.Namespace) -> int:
-    from training.model.blip_base import save_blip_base
-
-    print(save_blip_base(embedded_words(), args.out))
-    return 0
-
-
-def _cmd_job(args: argparse.Namespace) -> int:
-    from training.run.config import RunConfig
-
-    result = run_queue_job(RunConfig(task=args.task), Path(tempfile.mkdtemp(prefix="vlpeft-gpu-job-")))
-    result["ok"] = result["state"] == "finished"
-    return _print(result, args.out)

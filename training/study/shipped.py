@@ -14,21 +14,33 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import shlex
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
+from training.budget import parse_budget
 from training.catalog import MAIN_METRIC, METHOD_LABELS, PEFT_METHODS
+from training.data.dataset import load_dataset
 from training.errors import UserError
 from training.launch.executor import RunSpec, run_one
 from training.launch.process import ProcessExecutor
+from training.model.pixels import PixelCache
 from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
 from training.run import runs
-from training.sweeps.grid import GridPoint, SweepSpec, budget_text, filter_feasible, load_spec
+from training.run.config import RunConfig
+from training.run.evaluation import predict
+from training.run.tasks import Encoder
+from training.run.trainer import load_run
+from training.study.tuning import tuning_gaps
+from training.sweeps.grid import GridPoint, SweepSpec, budget_text, filter_feasible, load_spec, normalise
 from training.sweeps.table import folder_sha
 
 MANIFEST = "MANIFEST.json"
@@ -79,10 +91,6 @@ def reference_budget(spec: SweepSpec) -> str:
 def plan_shipping(spec: SweepSpec, seed: int = 0) -> ShipPlan:
     """The grid's point at the reference budget, all the data and `seed` for each trained PEFT method and task
     (a method without a knob has one point per data share), minus those the grid cannot train as it stands."""
-    from training.budget import parse_budget
-    from training.study.tuning import tuning_gaps
-    from training.sweeps.grid import normalise
-
     budget = parse_budget(reference_budget(spec))
     skipped: dict[str, str] = {}
     wanted = []
@@ -191,13 +199,6 @@ def ensure_run(plan: ShipPlan, point: GridPoint, work: Path, threads: int, echo)
 def float16_outputs_match(run_dir: Path, weights16: Path, limit: int = CHECK_EXAMPLES) -> tuple[bool, int]:
     """Whether the adapter with `weights16` answers the first `limit` test examples as the run's own predictions
     (those of its float32 weights) say; and how many were compared."""
-    from training.data.dataset import load_dataset
-    from training.model.pixels import PixelCache
-    from training.run.config import RunConfig
-    from training.run.evaluation import predict
-    from training.run.tasks import Encoder
-    from training.run.trainer import load_run
-
     expected = [r["prediction"] for r in runs.read_jsonl(run_dir / runs.PREDICTIONS)][:limit]
     with _scratch_run(run_dir, weights16) as scratch:
         vl, adapter, info = load_run(scratch)
@@ -214,8 +215,6 @@ class _scratch_run:
     """A temporary run directory with a run's config.json and other weights, for load_run."""
 
     def __init__(self, run_dir: Path, weights: Path) -> None:
-        import tempfile
-
         self.path = Path(tempfile.mkdtemp(prefix="vlpeft-ship-"))
         shutil.copy(run_dir / runs.CONFIG, self.path / runs.CONFIG)
         shutil.copy(weights, self.path / runs.WEIGHTS)
@@ -229,8 +228,6 @@ class _scratch_run:
 
 def ship_point(plan: ShipPlan, point: GridPoint, run_dir: Path, how: str, out: Path, built: dict) -> dict:
     """Write `out/<point>.safetensors` and `out/<point>.json` from a finished run; return the manifest entry."""
-    from safetensors.torch import load_file, save_file
-
     info = runs.read_json(run_dir / runs.CONFIG) or {}
     evaluation = runs.read_json(run_dir / runs.EVAL) or {}
     weights32 = load_file(str(run_dir / runs.WEIGHTS))
@@ -324,8 +321,6 @@ def ship_adapters(
     """Build (or complete) the shipped adapters in `out`. Without `fresh` a point already shipped from the same
     base model is kept, so an interrupted build goes on where it stopped; `fresh` (after a grid rerun) ships every
     point again. Returns the manifest's path."""
-    import re
-
     spec = load_spec(sweep_path(sweep))
     spec.out = spec.out if spec.out.is_absolute() else (REPO_ROOT / spec.out)
     spec.results = spec.results if spec.results.is_absolute() else (REPO_ROOT / spec.results)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import hashlib
 import json
 import math
@@ -40,11 +41,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from training.budget import parse_budget
-from training.catalog import NO_BUDGET_METHODS
+from training.catalog import CATALOG, NO_BUDGET_METHODS
 from training.errors import UserError
 from training.launch.executor import RunExecutor, RunSpec, run_one
 from training.launch.process import ProcessExecutor
 from training.launch.resident import ResidentExecutor
+from training.run import runs
 from training.run.config import TASKS, RunConfig
 from training.run.rates import (
     LR_TABLE,
@@ -56,7 +58,8 @@ from training.run.rates import (
     options_key,
     same_budget,
 )
-from training.sweeps.gpu_estimate import gpu_hours_text
+from training.sweeps.gpu_estimate import RunCost, gpu_hours_text
+from training.sweeps.grid import budget_text, filter_feasible, load_spec
 
 # The tuning runs' epoch caps, patience and tower setting come from the sweep file (sweeps/paper.yaml), so the
 # learning rates are found under the schedule the grid runs.
@@ -115,8 +118,6 @@ def budget_cell(text: str) -> str:
 
 def gap_label(config: RunConfig) -> str:
     """'task method (towers)', and the budget for a method with a knob: 'vqa lora (text) at 57k'."""
-    from training.sweeps.grid import budget_text
-
     label = f"{config.task} {config.method} ({lr_towers(config.method, config.towers)})"
     return label if config.method in NO_BUDGET_METHODS else f"{label} at {budget_text(parse_budget(config.budget))}"
 
@@ -184,8 +185,6 @@ def append_run(path: Path, row: dict) -> list[dict]:
     Several `tune` processes (say one per task, so that both CPU cores work) may share the table: the file is
     re-read under a lock and rewritten whole, so no process drops the rows another one added meanwhile.
     """
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -249,8 +248,6 @@ def target_budget(target: TuneTarget, base: RunConfig) -> str:
 def first_grid(target: TuneTarget, base: RunConfig, done: list[dict]) -> tuple[float, int, int, str]:
     """(centre, points below, points above, why) of a target's first grid: three points around the rate of the
     nearest budget of the same method whose tuning is finished, else the method's own first grid."""
-    from training.methods import METHODS
-
     budget = target_budget(target, base)
     if target.method not in NO_BUDGET_METHODS:
         # The same method and options at another budget: its finished curves, by budget.
@@ -271,7 +268,7 @@ def first_grid(target: TuneTarget, base: RunConfig, done: list[dict]) -> tuple[f
     if target.method in FIRST_GRID:
         centre, below, above = FIRST_GRID[target.method]
         return centre, below, above, "the method's first grid"
-    return METHODS[target.method].default_lr, 1, 1, "around the method's default"
+    return CATALOG[target.method].default_lr, 1, 1, "around the method's default"
 
 
 def matches(row: dict, target: TuneTarget, base: RunConfig) -> bool:
@@ -295,8 +292,6 @@ def train_for_tuning(config: RunConfig, run_dir: Path) -> dict:
 
 def tuning_summary(run_dir: Path, code: int, log_tail: str) -> dict:
     """A finished tuning run's validation summary and training seconds; a failed one is a UserError."""
-    from training.run import runs
-
     evaluation = runs.read_json(run_dir / runs.EVAL) or {}
     summary = evaluation.get("validation")
     if code != 0 or not summary:
@@ -391,8 +386,6 @@ def claim(path: Path) -> Iterator[bool]:
     """Whether this process holds `path`'s lock for the block: a tuning run being trained. Several `tune`
     processes on one work folder (say two on the same target, so that both cores work on it) never train the
     same run twice, and a process that dies frees its claim with it."""
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         try:
@@ -512,7 +505,7 @@ def summary_order(item: tuple) -> tuple:
 
 
 def option_choices(method: str) -> list[dict]:
-    from training.methods import METHODS
+    from training.methods import METHODS  # torch: `python -m training --help` imports this module
 
     return [{REPARAM: False}, {REPARAM: True}] if REPARAM in METHODS[method].options_accepted else [{}]
 
@@ -522,15 +515,13 @@ def targets_for(
 ) -> list[TuneTarget]:
     """The tuning targets: per task, method, its budgets (`budgets[method]`, in the order they are tuned; none
     given: the base config's) and option choices."""
-    from training.methods import METHODS
-
     out = []
     for task in tasks:
         for method in methods:
-            if method not in METHODS or method == "zero-shot":
+            if method not in CATALOG or method == "zero-shot":
                 raise UserError(
                     f"Cannot tune {method!r}: choose among methods that train "
-                    f"({', '.join(m for m in METHODS if m != 'zero-shot')})."
+                    f"({', '.join(m for m in CATALOG if m != 'zero-shot')})."
                 )
             for budget in (budgets or {}).get(method) or [None]:
                 for options in option_choices(method):
@@ -542,8 +533,6 @@ def grid_budgets(spec, task: str, methods: list[str], fraction: float) -> dict[s
     """Every budget the sweep file's grid trains each method at on `fraction` of the data (those the method can
     reach; a method without a knob: none, it is tuned once), the data axis's budget first and the others by
     distance from it, so that each budget's first grid can centre on a tuned neighbour's rate."""
-    from training.sweeps.grid import budget_text, filter_feasible
-
     points = [
         p
         for p in spec.points()
@@ -632,8 +621,6 @@ def estimate_seconds(spec, task: str, method: str) -> float:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from training.sweeps.grid import load_spec
-
     spec = load_spec(args.config)
     methods = [m for m in (args.methods or spec.methods) if m != "zero-shot"]
     reference = spec.data_axis[0] if spec.data_axis else None
@@ -697,8 +684,7 @@ def gpu_cost(spec):
     """The FLOPs of a tuning run on the sweep's base model, when the sweep file estimates GPU time (else None)."""
     if spec.gpu_estimate is None:
         return None
-    from training.model.shape import model_shape
-    from training.sweeps.gpu_estimate import RunCost
+    from training.model.shape import model_shape  # transformers: `python -m training --help` imports this module
 
     return RunCost(model_shape(spec.base_model), spec.gpu_estimate)
 

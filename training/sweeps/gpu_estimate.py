@@ -151,7 +151,7 @@ class RunCost:
     """The FLOPs of a run on a base model: its method's budget solved on the model built empty, then run_flops."""
 
     def __init__(self, shape: ModelShape, assumed: GpuEstimate) -> None:
-        from training.methods.budget import count_base_params
+        from training.methods.budget import count_base_params  # torch: `python -m training --help` imports this module
 
         self.shape, self.assumed = shape, assumed
         self.flops = forward_flops(shape.config)
@@ -159,7 +159,7 @@ class RunCost:
         self.plans: dict[tuple[str, str, str], Plan] = {}
 
     def __call__(self, config: RunConfig) -> RunFlops:
-        from training.methods.budget import plan_method
+        from training.methods.budget import plan_method  # torch: `python -m training --help` imports this module
 
         trainable, extra = 0, 0
         if config.method == "full":

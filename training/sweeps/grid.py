@@ -281,7 +281,7 @@ def parse_spec(data: dict, file_name: str = "sweep") -> SweepSpec:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    import yaml
+    import yaml  # PyYAML: `python -m training --help` imports this module
 
     path = Path(path)
     try:
@@ -364,6 +364,7 @@ class Solved:
 def solve_grid(spec: SweepSpec, points: list[GridPoint]) -> Solved:
     """Solve every point's budget for its method on the base model built on the meta device, and split the points
     into those each method can train and those whose budget it cannot reach (with why)."""
+    # torch: `python -m training --help` imports this module
     from training.methods.budget import plan_method
     from training.model.shape import model_shape
 

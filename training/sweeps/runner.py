@@ -28,7 +28,10 @@ from pathlib import Path
 
 from training.errors import UserError
 from training.launch.executor import RunExecutor, RunResult, RunSpec, run_all
+from training.paths import DEFAULT_DATASETS, DEFAULT_MODEL_DIR
 from training.run import runs
+from training.run.config import planned_steps
+from training.sweeps.gpu_estimate import RunCost, gpu_hours_text, seconds
 from training.sweeps.grid import GridPoint, Skipped, Solved, SweepSpec, budget_text, solve_grid
 from training.sweeps.table import (
     ITEM_SCORES,
@@ -81,14 +84,10 @@ class Carried:
 
 
 def base_model_path(spec: SweepSpec) -> str:
-    from training.paths import DEFAULT_MODEL_DIR
-
     return spec.base_model or str(DEFAULT_MODEL_DIR)
 
 
 def dataset_path(spec: SweepSpec, task: str) -> str:
-    from training.data.dataset import DEFAULT_DATASETS
-
     return spec.datasets.get(task) or str(DEFAULT_DATASETS[task])
 
 
@@ -202,8 +201,8 @@ class Estimator:
 def floor_shares(spec: SweepSpec) -> dict[str, float]:
     """Per task, min_steps over the steps of a run on all the training data without the floor (1 at most);
     a task whose dataset cannot be read here (a Hub id offline) is left out and estimated without its floor."""
+    # numpy, PIL and torch: `python -m training --help` imports this module
     from training.data.dataset import load_dataset
-    from training.run.config import planned_steps
     from training.run.tasks import training_pairs
 
     shares = {}
@@ -285,7 +284,7 @@ def model_lines(plan: SweepPlan) -> list[str]:
     solved = plan.solved
     if solved is None:
         return []
-    from training.methods.budget import count_base_params
+    from training.methods.budget import count_base_params  # torch: `python -m training --help` imports this module
 
     total = count_base_params(solved.shape.model)
     lines = [
@@ -319,8 +318,6 @@ def dataset_lines(spec: SweepSpec) -> list[str]:
 
 def gpu_lines(plan: SweepPlan) -> list[str]:
     """Time per training step and of the runs to go per GPU kind, from FLOPs (training/sweeps/gpu_estimate.py)."""
-    from training.sweeps.gpu_estimate import RunCost, gpu_hours_text, seconds
-
     spec, assumed = plan.spec, plan.spec.gpu_estimate
     cost = RunCost(plan.solved.shape, assumed)
     kinds = list(assumed.peak_tflops)
@@ -356,7 +353,7 @@ def gpu_lines(plan: SweepPlan) -> list[str]:
 
 
 def machine_info(threads_per_run: int | None) -> dict:
-    import torch
+    import torch  # torch: `python -m training --help` imports this module
 
     return {
         "platform": platform.platform(),

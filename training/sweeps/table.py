@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from training.catalog import MAIN_METRIC, trained_towers
+from training.catalog import CATALOG, MAIN_METRIC, trained_towers
 from training.paths import REPO_ROOT
 from training.run import runs
 from training.sweeps.grid import GridPoint, budget_text
@@ -106,7 +106,6 @@ def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None 
     info, evaluation = runs.read_json(run_dir / runs.CONFIG), runs.read_json(run_dir / runs.EVAL)
     if info is None or evaluation is None:
         return None
-    from training.methods import METHODS
 
     shas = shas or {}
     validation = evaluation.get("validation") or {}
@@ -115,7 +114,7 @@ def run_row(point: GridPoint, run_dir: Path, shas: dict[str, str | None] | None 
     row = {
         "task": point.task,
         "method": point.method,
-        "family": METHODS[point.method].family,
+        "family": CATALOG[point.method].family,
         "budget": budget_text(point.budget) if point.budget is not None else None,
         "budget_params": info.get("budget_params") if point.budget is not None else None,
         "trainable_params": info.get("trainable_params"),

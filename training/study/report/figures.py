@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
 
 from training.catalog import MAIN_METRIC, METHOD_COLOURS
 from training.study.report.curves import data_curves, param_curves
@@ -16,9 +21,6 @@ COLORS = METHOD_COLOURS
 
 def build_figures(frame) -> dict:
     """name -> plotly figure, for the three findings."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
     figures = {}
     tasks = [t for t in MAIN_METRIC if (frame.task == t).any()] or list(MAIN_METRIC)
     for name, curves_of, x_title in (
@@ -80,8 +82,6 @@ def build_figures(frame) -> dict:
 
 
 def _baselines(fig, frame, task: str, col: int, include_full: bool) -> None:
-    import plotly.graph_objects as go
-
     metric = MAIN_METRIC[task]
     if metric not in frame:
         return
@@ -116,9 +116,6 @@ def _baselines(fig, frame, task: str, col: int, include_full: bool) -> None:
 
 def render_figures(figures: dict, folder: Path) -> str | None:
     """Write the figures as PNG (plotly + kaleido, which drives a local Chrome/Chromium); None, or why not."""
-    import os
-    import shutil
-
     folder.mkdir(parents=True, exist_ok=True)
     if "BROWSER_PATH" not in os.environ:
         found = next(
@@ -127,8 +124,6 @@ def render_figures(figures: dict, folder: Path) -> str | None:
         if found:
             os.environ["BROWSER_PATH"] = found
     try:
-        import plotly.io as pio
-
         figs = list(figures.values())
         pio.write_images(
             figs,

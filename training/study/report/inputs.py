@@ -7,9 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from training.catalog import MAIN_METRIC
+from training.data.dataset import load_dataset
 from training.errors import UserError
+from training.metrics.vqa import vqa_scores
+from training.paths import REPO_ROOT
 from training.sweeps.table import PROTOCOL_COLUMNS  # older tables lack them and read as empty
 
 
@@ -63,14 +67,10 @@ class Prior:
 
 def answer_prior_from_dataset(source: str) -> Prior:
     """Score the majority-training-answer-per-type baseline on the test split of the VQA dataset `source`."""
-    from training.data.dataset import load_dataset
-    from training.paths import REPO_ROOT
-
     path = source
     if source and not Path(source).exists() and (REPO_ROOT / source).exists():
         path = str(REPO_ROOT / source)  # the sweep records repository-relative sources
     dataset = load_dataset(path, "vqa")
-    from training.metrics.vqa import vqa_scores
     from training.run.tasks import answer_prior  # imports torch: only once there is a dataset to score
 
     prior = answer_prior(dataset)
@@ -105,8 +105,6 @@ def find_prior(frame, meta: dict) -> tuple[Prior | None, str]:
 
 
 def load_table(path: str | Path):
-    import pandas as pd
-
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return None
@@ -140,8 +138,6 @@ def predates_protocol(frame) -> bool:
 
 def with_protocol_columns(frame):
     """The table with every column the report reads (empty where an older table lacks it), numbers as numbers."""
-    import pandas as pd
-
     frame = frame.copy()
     for column in ("budget", "family", "towers", *PROTOCOL_COLUMNS):
         if column not in frame:
