@@ -75,6 +75,14 @@ class PollingExecutor:
 
     slots: int = 1
     threads: int | None = None
+    runs_in = ""  # where its runs execute, in words, for describe()
+
+    def __init__(self, slots: int = 1, threads: int | None = None) -> None:
+        self.slots = slots
+        self.threads = threads
+
+    def describe(self) -> dict:
+        return {"executor": "local", "jobs": self.slots, "threads_per_run": self.threads, "runs_in": self.runs_in}
 
     def poll(self, handle: RunHandle) -> int | None:
         raise NotImplementedError

@@ -90,17 +90,7 @@ class ForkedHandle(RunHandle):
 class ForkedExecutor(PollingExecutor):
     """Runs forked from the fork server, `slots` at a time, each with `threads` torch threads unless its spec says."""
 
-    def __init__(self, slots: int = 1, threads: int | None = None) -> None:
-        self.slots = slots
-        self.threads = threads
-
-    def describe(self) -> dict:
-        return {
-            "executor": "local",
-            "jobs": self.slots,
-            "threads_per_run": self.threads,
-            "runs_in": "a fresh process each",
-        }
+    runs_in = "a fresh process each"
 
     def launch(self, spec: RunSpec) -> ForkedHandle:
         Path(spec.run_dir).mkdir(parents=True, exist_ok=True)

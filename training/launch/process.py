@@ -47,17 +47,7 @@ class ProcessHandle(RunHandle):
 class ProcessExecutor(PollingExecutor):
     """Runs in new interpreters, `slots` at a time, each with `threads` torch threads unless its spec says."""
 
-    def __init__(self, slots: int = 1, threads: int | None = None) -> None:
-        self.slots = slots
-        self.threads = threads
-
-    def describe(self) -> dict:
-        return {
-            "executor": "local",
-            "jobs": self.slots,
-            "threads_per_run": self.threads,
-            "runs_in": "a new process each",
-        }
+    runs_in = "a new process each"
 
     def launch(self, spec: RunSpec) -> ProcessHandle:
         run_dir = Path(spec.run_dir)

@@ -121,13 +121,11 @@ class ResidentExecutor(PollingExecutor):
     """`slots` resident workers, one run at a time each, with `threads` torch threads unless a run's spec says
     (None: torch's default, as a fresh process would take)."""
 
-    def __init__(self, slots: int = 1, threads: int | None = None) -> None:
-        self.slots = slots
-        self.threads = threads
-        self.workers = [ResidentWorker() for _ in range(slots)]
+    runs_in = "resident workers"
 
-    def describe(self) -> dict:
-        return {"executor": "local", "jobs": self.slots, "threads_per_run": self.threads, "runs_in": "resident workers"}
+    def __init__(self, slots: int = 1, threads: int | None = None) -> None:
+        super().__init__(slots, threads)
+        self.workers = [ResidentWorker() for _ in range(slots)]
 
     def launch(self, spec: RunSpec) -> ResidentHandle:
         worker = next((w for w in self.workers if not w.busy), None)
