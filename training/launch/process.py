@@ -28,14 +28,14 @@ def die_with_parent() -> None:
         _LIBC.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
-def run_environment(threads: int | None) -> dict[str, str]:
+def run_environment(threads: int | None, root: Path = REPO_ROOT) -> dict[str, str]:
     """A run process's environment: this one's, with `threads` torch threads (None: as this environment says) and
-    the project on the path."""
+    the project at `root` (this checkout, or another commit's worktree) first on the path."""
     env = dict(os.environ)
     if threads is not None:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[name] = str(max(1, threads))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -45,9 +45,14 @@ class ProcessHandle(RunHandle):
 
 
 class ProcessExecutor(PollingExecutor):
-    """Runs in new interpreters, `slots` at a time, each with `threads` torch threads unless its spec says."""
+    """Runs in new interpreters, `slots` at a time, each with `threads` torch threads unless its spec says, running
+    the code at `root` (this checkout by default; the replay bench gives an older commit's worktree)."""
 
     runs_in = "a new process each"
+
+    def __init__(self, slots: int = 1, threads: int | None = None, root: Path = REPO_ROOT) -> None:
+        super().__init__(slots, threads)
+        self.root = Path(root)
 
     def launch(self, spec: RunSpec) -> ProcessHandle:
         run_dir = Path(spec.run_dir)
@@ -58,7 +63,7 @@ class ProcessExecutor(PollingExecutor):
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env=run_environment(self.threads_of(spec)),
+                env=run_environment(self.threads_of(spec), self.root),
                 cwd=spec.cwd,
                 preexec_fn=die_with_parent,
             )

@@ -32,10 +32,10 @@ from pathlib import Path
 
 from training.errors import UserError
 from training.launch.executor import RunSpec, run_one
+from training.launch.process import ProcessExecutor
 from training.launch.resident import ResidentExecutor
 from training.paths import REPO_ROOT
 from training.run import runs
-from training.run.launch import train_command
 from training.sweeps.grid import SweepSpec, load_spec
 
 PAPER_SWEEP = REPO_ROOT / "sweeps" / "paper.yaml"
@@ -104,20 +104,15 @@ def replay_points(spec: SweepSpec, names: tuple[str, ...]) -> list:
 
 
 def launch(code: Code, train_args: list[str], run_dir: Path, threads: int) -> tuple[int, float, float]:
-    """Train one run in a fresh interpreter running `code`; (exit code, launched at, ended at) in epoch seconds."""
+    """Train one run in a fresh interpreter running `code` (its worktree first on the path and the folder it runs
+    in); (exit code, launched at, ended at) in epoch seconds."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[name] = str(threads)
-    env["PYTHONPATH"] = str(code.root)
-    command = train_command(train_args, run_dir)
-    with open(run_dir / runs.LOG, "a", encoding="utf-8") as log:
-        launched = time.time()
-        returncode = subprocess.run(command, cwd=code.root, env=env, stdout=log, stderr=log).returncode
-        ended = time.time()
-    return returncode, launched, ended
+    launched = time.time()
+    with ProcessExecutor(threads=threads, root=code.root) as executor:
+        result = run_one(executor, RunSpec(run_dir.name, str(run_dir), train_args, cwd=str(code.root)))
+    return result.returncode, launched, time.time()
 
 
 def launch_resident(
