@@ -89,8 +89,13 @@ def test_the_resident_worker_replays_the_points_in_turns_with_fresh_processes(
     # The second resident run found the model and data loaded: no interpreter start, and a shorter load.
     second = {row["side"]: row for row in result["runs"] if row["point"] == names[1]}
     assert second["resident"]["start_s"] < second["fresh"]["start_s"]
-    with pytest.raises(UserError, match="without --against"):
-        measure_runs(names[:1], against="HEAD", work_dir=tmp_path, spec=spec, resident=True)
+    # With a commit, the resident worker takes turns with that commit's code in fresh processes (a grid's whole
+    # speed-up): the same run, so the same choices.
+    against = measure_runs(names[:1], against="HEAD", work_dir=tmp_path / "against", spec=spec, resident=True)
+    assert [row["side"] for row in against["runs"]] == ["resident", "old"]
+    assert against["comparison"]["sides"] == ["resident", "old"]
+    (point,) = against["comparison"]["points"]
+    assert point["same_validation_curve"] and point["test_score"]["resident"] == point["test_score"]["old"]
 
 
 def test_a_point_outside_the_grid_or_an_unknown_commit_is_refused(tiny_model_dir, tiny_vqa_dataset):

@@ -109,8 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--resident",
         action="store_true",
-        help="runs: replay the points in fresh processes and in one resident worker (as sweeps and tuning run "
-        "them), in turns, instead of against a commit",
+        help="runs: this code runs the points in one resident worker (as sweeps and tuning run them), in turns "
+        "with --against's code in fresh processes (a grid's whole speed-up), or without --against with this code "
+        "in fresh processes",
     )
     bench.add_argument(
         "--runs-json",
@@ -235,8 +236,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"Unknown bench part {unknown[0]!r}: choose among {', '.join(PARTS)}.")
     setting = Setting(base_model=args.base_model, task=args.task, device=args.device)
 
-    if args.against and args.resident:
-        raise UserError("--resident compares this code's two ways of running; give it without --against.")
     if args.against:
         commit_of(REPO_ROOT, args.against)  # an unknown commit is said now, not after the other parts
     compare_tasks = tuple(task.strip() for task in args.compare_tasks.split(",") if task.strip())

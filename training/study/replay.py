@@ -4,9 +4,10 @@ with each run's wall time split into its parts from the files the run wrote.
 
 With `--against COMMIT`, the same points are also trained by that commit's code (a detached git worktree), the
 two codes taking turns point by point, so the speed-up is a ratio measured in one sitting on one machine, and the
-runs' choices (best step, validation and test scores) can be compared. With `resident`, this code's two ways of
-running a sweep's runs take turns instead: each run in a fresh interpreter, against one resident worker that trains
-every point of the set one after another (training/launch/resident.py).
+runs' choices (best step, validation and test scores) can be compared. With `resident`, this code trains every
+point of the set one after another in one resident worker (training/launch/resident.py), as sweeps and tuning run
+their runs, taking turns with `against`'s code in fresh interpreters (how a sweep ran its runs before the worker:
+the whole speed-up of a grid) or, without `against`, with this code in fresh interpreters.
 
 The parts of a run, from its own files (so the old code's runs are split the same way as the new code's):
 - start: launching the interpreter and importing, up to the run directory's clock (eval.json's mtime less its
@@ -200,19 +201,19 @@ def measure_runs(
     resident: bool = False,
 ) -> dict:
     """Train `names` (points of `spec`, default the paper grid) with this tree's code, and with `against`'s code
-    in turns (which side goes first alternates from point to point); with `resident`, in fresh interpreters and in
-    one resident worker in turns. With `out`, the result so far is written there after every run (`complete` false
+    in turns (which side goes first alternates from point to point); with `resident`, this code runs the points
+    one after another in one resident worker, as a sweep or tuning does, and the other side is `against`'s code in
+    fresh interpreters (how a sweep ran before the worker: the whole speed-up of a grid) or, without `against`,
+    this code in fresh interpreters. With `out`, the result so far is written there after every run (`complete` false
     until the last), so a bench stopped early keeps what it measured."""
-    if resident and against:
-        raise UserError("--resident compares this code's two ways of running; give it without --against.")
     spec = spec or load_spec(PAPER_SWEEP)
     points = replay_points(spec, names)
     work = Path(work_dir or tempfile.mkdtemp(prefix="vlpeft-replay-"))
     work.mkdir(parents=True, exist_ok=True)
     head = commit_of(REPO_ROOT)
-    sides = [Code("new", REPO_ROOT, head)]
-    if resident:
-        sides = [Code("resident", REPO_ROOT, head), Code("fresh", REPO_ROOT, head)]
+    sides = [Code("resident" if resident else "new", REPO_ROOT, head)]
+    if resident and not against:
+        sides.append(Code("fresh", REPO_ROOT, head))
     worker = ResidentExecutor(1) if resident else None
     worktree = None
     if against:
