@@ -652,3 +652,25 @@ def test_prompt_tuning_is_tuned_up_to_the_rates_its_literature_uses(tmp_path):
     plan = tuning_plan([target, TuneTarget("vqa", "prompt", "text", {}, "5.7k")], base, [0, 1], [])
     assert plan[0].runs_to_go == 8 and "0.0316, 0.1, 0.316, 1" in plan[0].text
     assert plan[1].runs_to_go == 6 and "around the rate tuned at budget 18k, once it is tuned" in plan[1].text
+
+
+def test_the_tuning_estimate_follows_the_finished_runs_own_times():
+    """The dry run's time: a method's finished tuning runs give its own figure; a method of the same task without
+    any gets the sweep file's estimate_s scaled as the task's finished runs compare with theirs."""
+    from types import SimpleNamespace
+
+    from training.study.tuning import TuningClock
+
+    spec = SimpleNamespace(estimate_s={"caption": {"full": 600, "lora": 200}, "vqa": {"lora": 100}})
+    empty = TuningClock.from_rows(spec, [])
+    assert empty.seconds("caption", "lora") == 200 and "estimate_s" in empty.source()
+    rows = [
+        {"task": "caption", "method": "full", "train_s": "300"},
+        {"task": "caption", "method": "full", "train_s": "400"},  # mean 350: 0.583 of the file's 600
+        {"task": "caption", "method": "full", "train_s": ""},  # a run still going has no time yet
+    ]
+    clock = TuningClock.from_rows(spec, rows)
+    assert clock.seconds("caption", "full") == 350
+    assert clock.seconds("caption", "lora") == pytest.approx(200 * 350 / 600)
+    assert clock.seconds("vqa", "lora") == 100  # another task's runs say nothing of this one
+    assert "2 finished tuning runs" in clock.source()

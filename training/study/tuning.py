@@ -620,6 +620,53 @@ def estimate_seconds(spec, task: str, method: str) -> float:
     return float(per_task.get(method, 300.0) if isinstance(per_task, dict) else per_task)
 
 
+@dataclass
+class TuningClock:
+    """Seconds of one tuning run of a task and method for the dry run, following the measured speed: the mean
+    `train_s` of that pair's finished tuning runs; else the sweep file's `estimate_s` scaled by how the task's
+    finished runs compared with their own `estimate_s` (the file's figures include test scoring, which a tuning run
+    skips); else `estimate_s` itself."""
+
+    spec: object
+    seen: dict[tuple[str, str], list[float]]
+
+    @classmethod
+    def from_rows(cls, spec, rows: list[dict]) -> TuningClock:
+        seen: dict[tuple[str, str], list[float]] = {}
+        for row in rows:
+            try:
+                seconds = float(row.get("train_s") or "nan")
+            except ValueError:
+                continue
+            if math.isfinite(seconds) and seconds > 0:
+                seen.setdefault((row["task"], row["method"]), []).append(seconds)
+        return cls(spec, seen)
+
+    def scale(self, task: str) -> float | None:
+        ratios = [
+            statistics.fmean(found) / estimate_seconds(self.spec, t, method)
+            for (t, method), found in self.seen.items()
+            if t == task
+        ]
+        return statistics.fmean(ratios) if ratios else None
+
+    def seconds(self, task: str, method: str) -> float:
+        own = self.seen.get((task, method))
+        if own:
+            return statistics.fmean(own)
+        return (self.scale(task) or 1.0) * estimate_seconds(self.spec, task, method)
+
+    def source(self) -> str:
+        """Where the figures come from, in words, for the dry run's last line."""
+        finished = sum(len(found) for found in self.seen.values())
+        if not finished:
+            return "at the sweep file's estimate_s"
+        return (
+            f"from {finished} finished tuning runs' own times (a method without any: the sweep file's estimate_s "
+            "scaled as its task's finished runs compare with theirs)"
+        )
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     methods = [m for m in (args.methods or spec.methods) if m != "zero-shot"]
@@ -627,6 +674,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     deadline = time.time() + args.max_minutes * 60 if args.max_minutes is not None else None
     towers = spec.settings.get("towers", "both")
     total_runs, total_s, total_flops = 0, 0.0, 0.0
+    clock = TuningClock.from_rows(spec, [])
     cost = gpu_cost(spec) if args.dry_run else None
     train_fn = TuningRuns(ProcessExecutor() if args.fresh_process or args.dry_run else None)
     try:
@@ -645,10 +693,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
             targets = targets_for([task], methods, towers, grid_budgets(spec, task, methods, args.data_fraction))
             if args.dry_run:
                 done = read_rows(spec.results / RUNS_TABLE_NAME)
+                clock = TuningClock.from_rows(spec, done)
                 for line in tuning_plan(targets, base, args.seeds, done):
                     print(line.text)
                     total_runs += line.runs_to_go
-                    total_s += line.runs_to_go * estimate_seconds(spec, task, line.target.method)
+                    total_s += line.runs_to_go * clock.seconds(task, line.target.method)
                     if cost is not None:
                         total_flops += line.runs_to_go * cost(tuning_config(line.target, base)).total
                 continue
@@ -674,8 +723,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     elif args.dry_run:
         print(
             f"at least {total_runs} tuning runs to go (first grids; a best at an edge widens its grid), about "
-            f"{total_s / 3600:.1f} h of runs at the sweep file's estimate_s ({total_s / 7200:.1f} h with two tune "
-            "processes, one per core)"
+            f"{total_s / 3600:.1f} h of runs {clock.source()} ({total_s / 7200:.1f} h with two tune processes, one "
+            "per core)"
         )
     return 0
 
