@@ -3,7 +3,11 @@ already trained other runs (other methods, full fine-tuning among them) gives ex
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import torch
+from PIL import Image, ImageOps
 from safetensors.torch import load_file
 
 from training.launch.executor import RunSpec, run_all, run_one
@@ -11,6 +15,7 @@ from training.launch.process import ProcessExecutor
 from training.launch.resident import ResidentExecutor
 from training.run import runs
 from training.run.config import RunConfig
+from training.run.resident import Resident
 
 
 def run_config(model, data, **overrides) -> RunConfig:
@@ -49,6 +54,39 @@ def outcome(run_dir) -> dict:
         "losses": [(r["step"], r["loss"]) for r in runs.read_jsonl(run_dir / runs.METRICS)],
         "predictions": runs.read_jsonl(run_dir / "predictions.jsonl"),
     }
+
+
+def twin_dataset(source: Path, out: Path) -> Path:
+    """A copy of the dataset folder `source` with every picture changed (colours inverted) under the same file name."""
+    shutil.copytree(source, out)
+    pictures = [p for p in out.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+    assert pictures
+    for path in pictures:
+        with Image.open(path) as image:
+            inverted = ImageOps.invert(image.convert("RGB"))
+        inverted.save(path)
+    return out
+
+
+def test_the_worker_keeps_each_datasets_pictures_apart_even_under_the_same_ids(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path
+):
+    """Two datasets may give the same id to different pictures: a worker that trained on one must not hand its
+    preprocessed images or frozen-tower features to a run on the other. (Checked on the store itself: the tiny
+    model's losses hardly depend on its images, so a whole run would not show the mix-up.)"""
+    twin = twin_dataset(tiny_vqa_dataset, tmp_path / "twin")
+    resident, device = Resident(), torch.device("cpu")
+    base = resident.base_model(str(tiny_model_dir), device)
+    keys = [(str(tiny_vqa_dataset), "vqa"), (str(twin), "vqa")]
+    examples = [resident.dataset(*key).split("train")[:4] for key in keys]
+    assert [e.image_id for e in examples[0]] == [e.image_id for e in examples[1]]
+    pixels = [resident.pixels(base, device, key)(found) for key, found in zip(keys, examples, strict=True)]
+    assert not torch.equal(pixels[0], pixels[1])
+    features = [
+        resident.image_features(base, device, found, lambda p=p: {"embeds": p}, key)
+        for key, found, p in zip(keys, examples, pixels, strict=True)
+    ]
+    assert torch.equal(features[1]["embeds"], pixels[1])
 
 
 def test_a_run_in_a_reused_worker_gives_what_a_fresh_process_gives_bit_for_bit(

@@ -50,9 +50,11 @@ class Resident:
             self.datasets[key] = load_dataset(name, task)
         return self.datasets[key]
 
-    def pixels(self, base: BaseModel, device: torch.device) -> PixelCache:
-        """The base's preprocessed images, shared by its runs (each image is preprocessed on its own)."""
-        key = self.base_key(base.source, device)
+    def pixels(self, base: BaseModel, device: torch.device, dataset: tuple[str | None, str]) -> PixelCache:
+        """The base's preprocessed images of one dataset (its name and task, as `dataset` takes them), shared by its
+        runs (each image is preprocessed on its own). Per dataset: images are known by their ids, and two datasets
+        may give the same id (`train/000000.png`) to different pictures."""
+        key = (*self.base_key(base.source, device), *dataset)
         if key not in self.pixel_caches:
             self.pixel_caches[key] = PixelCache(base.processor)
         return self.pixel_caches[key]
@@ -63,10 +65,12 @@ class Resident:
         device: torch.device,
         examples: list[Example],
         compute: Callable[[], dict[str, torch.Tensor]],
+        dataset: tuple[str | None, str],
     ) -> dict[str, torch.Tensor]:
-        """The frozen tower's features of `examples`: computed once for these images in this order (so in the same
-        batches, at the same thread count) and reused by later runs on the same base."""
-        key = (*self.base_key(base.source, device), torch.get_num_threads(), tuple(e.image_id for e in examples))
+        """The frozen tower's features of `examples` of one dataset: computed once for these images in this order (so
+        in the same batches, at the same thread count) and reused by later runs on the same base and dataset."""
+        ids = tuple(e.image_id for e in examples)
+        key = (*self.base_key(base.source, device), *dataset, torch.get_num_threads(), ids)
         if key in self.features:
             self.features.move_to_end(key)
             return self.features[key]

@@ -200,7 +200,9 @@ def train_logged(
     data = TrainingData(
         training_pairs(config.task, prepared.train_examples),
         Encoder(vl.tokenizer, vl.bos_id, vl.sep_id, vl.pad_id, vl.max_positions),
-        resident.pixels(prepared.base, prepared.device) if resident else PixelCache(prepared.base.processor),
+        resident.pixels(prepared.base, prepared.device, (config.dataset, config.task))
+        if resident
+        else PixelCache(prepared.base.processor),
     )
     total_steps = planned_steps(config, len(data.pairs))
     validator = make_validator(config, prepared.dataset, data) if config.validates and total_steps else None
@@ -402,8 +404,9 @@ def frozen_features(
     """`precompute_features`, or a worker's stored features of the same images from an earlier run."""
     if resident is None:
         return precompute_features(vl, examples, pixels)
+    dataset = (prepared.config.dataset, prepared.config.task)
     return resident.image_features(
-        prepared.base, prepared.device, examples, lambda: precompute_features(vl, examples, pixels)
+        prepared.base, prepared.device, examples, lambda: precompute_features(vl, examples, pixels), dataset
     )
 
 
