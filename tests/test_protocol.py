@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 
 import pytest
@@ -501,6 +502,24 @@ def test_a_sweep_reads_the_rates_its_own_tuning_wrote(tmp_path, monkeypatch):
     assert lr_table() == (tmp_path / "edition-2" / "lr.csv").resolve()
     use_sweep_table(tmp_path / "other")  # a table already named (by the tests, or by hand) stays
     assert lr_table() == (tmp_path / "edition-2" / "lr.csv").resolve()
+
+
+def test_ship_adapters_reads_its_grids_own_rates_and_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
+    """ship-adapters --sweep paper-v2 must take results/edition-2/lr.csv, as that grid's runs did."""
+    import training.study.shipped as shipped
+
+    monkeypatch.setenv(LR_TABLE_ENV, "")
+    monkeypatch.delenv(LR_TABLE_ENV)
+    seen = {}
+
+    def fake_ship(spec, *args):
+        seen["table"] = lr_table()
+        return tmp_path / "MANIFEST.json"
+
+    monkeypatch.setattr(shipped, "_ship", fake_ship)
+    shipped.ship_adapters("paper-v2", tmp_path / "out", tmp_path / "work")
+    assert seen["table"] == (REPO_ROOT / "results" / "edition-2" / "lr.csv").resolve()
+    assert LR_TABLE_ENV not in os.environ  # the table is the grid's for the call only
 
 
 def test_item_scores_come_from_the_predictions(tmp_path):

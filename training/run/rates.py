@@ -11,6 +11,8 @@ import csv
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +90,21 @@ def use_sweep_table(results: Path) -> None:
     (sweeps/paper-v2.yaml: results/edition-2/lr.csv), unless $VLPEFT_LR_TABLE already names a table; the variable
     goes to every run the sweep launches."""
     os.environ.setdefault(LR_TABLE_ENV, str((Path(results) / LR_TABLE.name).resolve()))
+
+
+@contextmanager
+def sweep_table(results: Path) -> Iterator[None]:
+    """`use_sweep_table` for the duration of a block (a library call that launches a sweep's runs), then the
+    environment as it was."""
+    before = os.environ.get(LR_TABLE_ENV)
+    use_sweep_table(results)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(LR_TABLE_ENV, None)
+        else:
+            os.environ[LR_TABLE_ENV] = before
 
 
 def lookup_lr(config: RunConfig, table: Path | None = None, total_params: int | None = None) -> TunedLR | None:

@@ -37,6 +37,7 @@ from training.paths import DEFAULT_MODEL_DIR, REPO_ROOT
 from training.run import runs
 from training.run.config import RunConfig
 from training.run.evaluation import predict
+from training.run.rates import sweep_table
 from training.run.tasks import Encoder
 from training.run.trainer import load_run
 from training.study.tuning import tuning_gaps
@@ -324,6 +325,11 @@ def ship_adapters(
     spec = load_spec(sweep_path(sweep))
     spec.out = spec.out if spec.out.is_absolute() else (REPO_ROOT / spec.out)
     spec.results = spec.results if spec.results.is_absolute() else (REPO_ROOT / spec.results)
+    with sweep_table(spec.results):  # the grid's own tuned rates (sweeps/paper-v2.yaml: results/edition-2/lr.csv)
+        return _ship(spec, out, work, threads, only, fresh, command, echo)
+
+
+def _ship(spec: SweepSpec, out: Path, work: Path, threads, only, fresh, command, echo) -> Path:
     plan = plan_shipping(spec)
     if only:
         plan.points = [p for p in plan.points if re.search(only, p.name)]
