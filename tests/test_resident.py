@@ -185,3 +185,17 @@ def test_the_sweeps_local_executor_runs_a_job_alike_in_its_resident_worker_and_i
         assert result.finished, result.error
         assert executor.describe()["runs_in"] == ("resident workers" if side == "resident" else "a fresh process each")
     assert outcome(tmp_path / "resident") == outcome(tmp_path / "fresh")
+
+
+def test_a_relative_run_folder_is_one_folder_for_the_launcher_and_the_run(
+    tiny_model_dir, tiny_vqa_dataset, tmp_path, monkeypatch
+):
+    """A run launched with a relative run folder and another working folder (the replay bench's older commit) writes
+    where its launcher looks: its log and its results in the same folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    args = run_args(tiny_model_dir, tiny_vqa_dataset, max_steps=2)
+    result = run_one(ProcessExecutor(threads=1), RunSpec("rel", "runs/rel", args, cwd=str(tmp_path / "elsewhere")))
+    assert result.finished, result.error
+    assert (tmp_path / "runs" / "rel" / runs.EVAL).is_file() and (tmp_path / "runs" / "rel" / runs.LOG).is_file()
+    assert not (tmp_path / "elsewhere" / "runs").exists()

@@ -420,6 +420,43 @@ def test_sigterm_stops_the_sweep_and_its_run_and_keeps_the_table(tiny_model_dir,
     assert read_table(results / "runs.csv") == [] and json.loads((results / "sweep.json").read_text())["remaining"] == 1
 
 
+def test_sigterm_stops_a_tuning_and_its_run_in_the_resident_worker(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    """tune, like sweep: SIGTERM stops the run in flight after its step (no process left), and says how to go on."""
+    config = write_sweep(
+        tmp_path / "sweep.yaml",
+        tiny_model_dir,
+        tiny_vqa_dataset,
+        methods=["lora"],
+        tasks={"vqa": {"max_steps": 100_000}},
+        budget_axis={"fraction": 1.0, "budgets": ["2k"]},
+    )
+    work = tmp_path / "work"
+    tuning = subprocess.Popen(
+        [sys.executable, "-m", "training", "tune", "--config", str(config), "--work-dir", str(work)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+    def training_run():
+        for progress in work.glob("*/progress.json"):
+            if json.loads(progress.read_text()).get("phase") == "training":
+                return progress.parent
+        return None
+
+    deadline = time.time() + 300
+    while (run := training_run()) is None and time.time() < deadline:
+        assert tuning.poll() is None, tuning.stdout.read()
+        time.sleep(0.1)
+    assert run is not None
+    tuning.send_signal(signal.SIGTERM)
+    output, _ = tuning.communicate(timeout=60)
+    assert tuning.returncode == 130 and "run the same command to go on" in output, output
+    assert json.loads((run / "progress.json").read_text())["phase"] == "stopped"
+    assert processes_using(run) == []
+
+
 def test_a_finished_sweep_runs_nothing_and_dry_run_prints_the_plan(tiny_model_dir, tiny_vqa_dataset, tmp_path, capsys):
     config = write_sweep(
         tmp_path / "sweep.yaml",

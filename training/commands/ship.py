@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from training.launch.executor import sigterm_stops_runs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,14 +27,19 @@ def cmd_ship_adapters(args: argparse.Namespace) -> int:
     from training.study.shipped import command_line, ship_adapters  # torch: --help must not load it
 
     command = command_line(args.sweep, args.out, args.threads, args.only, args.fresh)
-    ship_adapters(
-        args.sweep,
-        Path(args.out).resolve(),
-        Path(args.work).resolve(),
-        threads=args.threads,
-        only=args.only,
-        fresh=args.fresh,
-        command=command,
-        echo=lambda line: print(line, flush=True),
-    )
+    try:
+        with sigterm_stops_runs():
+            ship_adapters(
+                args.sweep,
+                Path(args.out).resolve(),
+                Path(args.work).resolve(),
+                threads=args.threads,
+                only=args.only,
+                fresh=args.fresh,
+                command=command,
+                echo=lambda line: print(line, flush=True),
+            )
+    except KeyboardInterrupt:
+        print("interrupted: the adapters shipped so far are kept; run the same command to go on.", file=sys.stderr)
+        return 130
     return 0

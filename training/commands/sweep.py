@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 
 from training.errors import UserError
-from training.launch.executor import RunExecutor
+from training.launch.executor import RunExecutor, sigterm_stops_runs
 from training.launch.forked import ForkedExecutor
 from training.launch.ray_tasks import RayExecutor
 from training.launch.resident import ResidentExecutor
@@ -61,10 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.set_defaults(func=cmd_report)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     spec = load_spec(args.config)
     spec.out = Path(args.out or spec.out).resolve()
@@ -99,8 +94,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     if missing:
         raise UserError(missing)
-    with SweepLock(spec.out), executor:
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+    with SweepLock(spec.out), executor, sigterm_stops_runs():
         try:
             meta = session.run()
         except KeyboardInterrupt:
@@ -111,8 +105,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 130
-        finally:
-            signal.signal(signal.SIGTERM, previous)
     print(
         f"{meta['done']} of {meta['runs_planned']} runs finished, {meta['failed']} failed, "
         f"{meta['remaining']} to go; table {spec.results / 'runs.csv'}"

@@ -39,7 +39,7 @@ class DetachedExecutor(PollingExecutor):
 
     def launch(self, spec: RunSpec, command: list[str] | None = None) -> DetachedHandle:
         """Start `spec`'s train command (or `command`: a job's own, a stand-in trainer in tests)."""
-        run_dir = Path(spec.run_dir)
+        run_dir = Path(spec.run_dir).resolve()  # one folder for this process and the run's (its cwd may differ)
         run_dir.mkdir(parents=True, exist_ok=True)
         env = dict(run_environment(spec.threads), PYTHONUNBUFFERED="1")
         # Append mode, and the child gets the file itself: no pipe that fills up when nobody reads it.

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -166,3 +169,21 @@ def run_one(executor: RunExecutor, spec: RunSpec) -> RunResult:
         stop_all(executor, [handle])
         raise
     return result(handle)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_stops_runs() -> Iterator[None]:
+    """Within the block, SIGTERM (a `kill`, a container stopping) acts as Ctrl-C does: `run_all` and `run_one` stop
+    the runs in flight after their step before the launcher ends. Only the main thread can install the handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -55,7 +55,7 @@ class ProcessExecutor(PollingExecutor):
         self.root = Path(root)
 
     def launch(self, spec: RunSpec) -> ProcessHandle:
-        run_dir = Path(spec.run_dir)
+        run_dir = Path(spec.run_dir).resolve()  # one folder for this process and the run's (its cwd may differ)
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / runs.LOG, "a", encoding="utf-8") as log:
             process = subprocess.Popen(

@@ -85,6 +85,9 @@ class ResidentWorker:
                 code = self.connection.recv()
                 if code != runs.EXIT_FINISHED:
                     self.process.join(STOP_GRACE_S)  # the worker ends after such a run
+                    if self.process.is_alive():  # it must not be handed the next run: `send` starts a fresh one
+                        self.process.kill()
+                        self.process.join()
                 self.busy = False
                 return code
         except (EOFError, OSError):

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +44,7 @@ from pathlib import Path
 from training.budget import parse_budget
 from training.catalog import CATALOG, NO_BUDGET_METHODS
 from training.errors import UserError
-from training.launch.executor import RunExecutor, RunSpec, run_one
+from training.launch.executor import RunExecutor, RunSpec, run_one, sigterm_stops_runs
 from training.launch.process import ProcessExecutor
 from training.launch.resident import ResidentExecutor
 from training.run import runs
@@ -673,47 +674,59 @@ def cmd_tune(args: argparse.Namespace) -> int:
     reference = spec.data_axis[0] if spec.data_axis else None
     deadline = time.time() + args.max_minutes * 60 if args.max_minutes is not None else None
     towers = spec.settings.get("towers", "both")
+    train_fn = TuningRuns(ProcessExecutor() if args.fresh_process or args.dry_run else None)
+    try:
+        with sigterm_stops_runs():
+            return _tune_tasks(args, spec, methods, reference, deadline, towers, train_fn)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the runs that finished are in lr-runs.csv; run the same command to go on where it stopped.",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        train_fn.close()
+
+
+def _tune_tasks(args, spec, methods, reference, deadline, towers, train_fn) -> int:
+    """cmd_tune's work: each task's plan (the dry run) or its tuning."""
     total_runs, total_s, total_flops = 0, 0.0, 0.0
     clock = TuningClock.from_rows(spec, [])
     cost = gpu_cost(spec) if args.dry_run else None
-    train_fn = TuningRuns(ProcessExecutor() if args.fresh_process or args.dry_run else None)
-    try:
-        for task in args.tasks or list(spec.tasks):
-            values = {
-                **spec.settings,
-                **spec.tasks[task],
-                "task": task,
-                "data_fraction": args.data_fraction,
-                "base_model": spec.base_model,
-                "dataset": spec.datasets.get(task),
-            }
-            if reference is not None:
-                values["budget"] = str(reference)
-            base = RunConfig.from_dict(values).validate()
-            targets = targets_for([task], methods, towers, grid_budgets(spec, task, methods, args.data_fraction))
-            if args.dry_run:
-                done = read_rows(spec.results / RUNS_TABLE_NAME)
-                clock = TuningClock.from_rows(spec, done)
-                for line in tuning_plan(targets, base, args.seeds, done):
-                    print(line.text)
-                    total_runs += line.runs_to_go
-                    total_s += line.runs_to_go * clock.seconds(task, line.target.method)
-                    if cost is not None:
-                        total_flops += line.runs_to_go * cost(tuning_config(line.target, base)).total
-                continue
-            # flush: the progress lines must show as they happen when the output goes to a file or a pipe
-            tune(
-                targets,
-                base,
-                args.seeds,
-                spec.results,
-                Path(args.work_dir),
-                train_fn=train_fn,
-                echo=lambda line: print(line, flush=True),
-                deadline=deadline,
-            )
-    finally:
-        train_fn.close()
+    for task in args.tasks or list(spec.tasks):
+        values = {
+            **spec.settings,
+            **spec.tasks[task],
+            "task": task,
+            "data_fraction": args.data_fraction,
+            "base_model": spec.base_model,
+            "dataset": spec.datasets.get(task),
+        }
+        if reference is not None:
+            values["budget"] = str(reference)
+        base = RunConfig.from_dict(values).validate()
+        targets = targets_for([task], methods, towers, grid_budgets(spec, task, methods, args.data_fraction))
+        if args.dry_run:
+            done = read_rows(spec.results / RUNS_TABLE_NAME)
+            clock = TuningClock.from_rows(spec, done)
+            for line in tuning_plan(targets, base, args.seeds, done):
+                print(line.text)
+                total_runs += line.runs_to_go
+                total_s += line.runs_to_go * clock.seconds(task, line.target.method)
+                if cost is not None:
+                    total_flops += line.runs_to_go * cost(tuning_config(line.target, base)).total
+            continue
+        # flush: the progress lines must show as they happen when the output goes to a file or a pipe
+        tune(
+            targets,
+            base,
+            args.seeds,
+            spec.results,
+            Path(args.work_dir),
+            train_fn=train_fn,
+            echo=lambda line: print(line, flush=True),
+            deadline=deadline,
+        )
     if args.dry_run and cost is not None:
         print(
             f"at least {total_runs} tuning runs to go (first grids; a best at an edge widens its grid), at their epoch "
