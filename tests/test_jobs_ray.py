@@ -85,6 +85,27 @@ def test_with_a_ray_address_jobs_run_as_ray_tasks_and_fail_with_the_trainers_rea
     assert "no-such-dataset" in failed.reason and "no-such-dataset" in failed.hint
 
 
+@pytest.mark.long  # minutes: a Ray task that starts the trainer, and an actor restart
+def test_the_queue_outlives_its_mailbox_actor(ray_address, tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    """The mailbox actor dies mid-job (its node scaled down, killed for memory): Ray restarts it and the job
+    finishes, instead of every later pass of the worker failing on it."""
+    import ray
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    runner = RayJobRunner(ray_address, ship_always=True)
+    supervisor = Supervisor(store, poll_s=0.2, ray=runner)
+    job_id = store.submit(tiny_job(tiny_model_dir, tiny_vqa_dataset, max_steps=20, batch_size=2, patience=0))
+    try:
+        run_until(supervisor, lambda: (job_status(store, job_id)["step"] or 0) >= 2)
+        ray.kill(runner._mailbox, no_restart=False)
+        run_until(supervisor, lambda: store.get(job_id).is_final)
+    finally:
+        supervisor.close()
+    job = store.get(job_id)
+    assert job.state == "finished", (job.reason, job.log_tail)
+    assert (Path(job.run_dir) / runs.EVAL).is_file() and (Path(job.run_dir) / runs.WEIGHTS).is_file()
+
+
 @pytest.mark.slow
 def test_a_node_without_the_data_home_ships_progress_and_files_back_and_a_cancel_stops_it_gracefully(
     ray_address, tiny_model_dir, tiny_vqa_dataset, tmp_path

@@ -246,7 +246,12 @@ class RayJobRunner:
                 f"check {ADDRESS_ENV} and that the cluster is up."
             ) from None
         if self._mailbox is None:
-            self._mailbox = ray.remote(Mailbox).options(num_cpus=0, **_code_path()).remote()
+            # Restarted by Ray if it dies (its node scaled down, killed for memory), with the calls to it retried:
+            # a lost mailbox would otherwise stop the whole queue. A restart loses what it held: the last seconds
+            # of a running job's log and metrics lines, and stop requests not yet read (the next cancel asks again).
+            self._mailbox = (
+                ray.remote(Mailbox).options(num_cpus=0, max_restarts=-1, max_task_retries=-1, **_code_path()).remote()
+            )
         return ray
 
     def launch(self, spec: RunSpec, needs_gpu: bool = False) -> RayJobHandle:
