@@ -4,7 +4,9 @@ Reads `results/runs.csv`, `sweep.json` and (when the sweep wrote it) `item_score
 each finding per method (or per pair of methods) by the rules in `rules.py` (second edition; `decision_rules()`
 prints them in the report), draws the figures, and writes `results/report.md`. Intervals come from a hierarchical
 paired bootstrap over seeds and test items when every run of a task has its item scores, from a t-interval across
-seeds otherwise (`stats.py`); each finding's tests are Holm-corrected as one family.
+seeds otherwise (`stats.py`). A unit (a method, or a pair x task x towers) reproduces a claim only when all its
+checks hold, so its p-value is the largest of its checks' one-sided p-values, and Holm's correction runs over each
+finding's units (`units.py`).
 
 1. VQA (inconsistent with pre-training) improves with data and with trainable parameters (`finding_vqa.py`).
 2. Captioning (consistent with pre-training) is flat in data, measured against the gain fine-tuning brings, and
@@ -41,9 +43,9 @@ from training.study.report.rules import (
     RESAMPLES,
     UNDETERMINED,
     decision_rules,
-    judged_state,
 )
 from training.study.report.stats import Interval, Stats, seed_slopes
+from training.study.report.units import Part, Unit
 
 __all__ = [
     "BOOTSTRAP_SEED",
@@ -62,9 +64,11 @@ __all__ = [
     "Interval",
     "ItemScores",
     "Judgement",
+    "Part",
     "PlainVerdict",
     "Prior",
     "Stats",
+    "Unit",
     "build_figures",
     "build_findings",
     "build_report",
@@ -73,7 +77,6 @@ __all__ = [
     "family_gaps",
     "judged_methods",
     "judge",
-    "judged_state",
     "load_item_scores",
     "load_table",
     "param_curves",

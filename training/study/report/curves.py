@@ -14,7 +14,9 @@ from training.study.report.stats import Interval, Stats, seed_arrays, seed_slope
 @dataclass
 class Curve:
     """One method's metric along one axis: the means per x, the slope per decade with its interval, and per seed
-    the slope and the value arrays at the smallest and the largest x (for paired tests built on them)."""
+    the slope and the value arrays at the smallest and the largest x (for paired tests built on them). A curve one
+    of whose seeds lacks a point the axis has is `incomplete` (why, in words) and has no slope or per-seed values:
+    that seed's slope would span a different range."""
 
     task: str
     method: str
@@ -29,6 +31,7 @@ class Curve:
     first: dict = field(default_factory=dict)  # seed -> value array at the smallest x
     last: dict = field(default_factory=dict)  # seed -> value array at the largest x
     best: dict = field(default_factory=dict)  # params axis: the best budget (on validation) against the edges
+    incomplete: str = ""  # e.g. "seed 2 lacks 1% data"; "" when every seed has every point
 
 
 def reference_budget(rows):
@@ -49,9 +52,11 @@ def unbudgeted_label(method: str, rows) -> str:
 
 
 def data_curves(frame, task: str, stats: Stats | None = None) -> list[Curve]:
-    """Metric against data fraction, per method, at its reference budget (full fine-tuning: all weights)."""
+    """Metric against data fraction, per method, at its reference budget (full fine-tuning: all weights). Every
+    seed of a curve must have every data fraction the task was run at, or the curve is incomplete."""
     rows = task_rows(frame, task)
     rows = rows[rows.data_fraction.notna()]
+    fractions = sorted(float(f) for f in rows.data_fraction.unique())
     curves = []
     for method in [*PEFT_METHODS, "full"]:
         mine = rows[rows.method == method]
@@ -67,13 +72,15 @@ def data_curves(frame, task: str, stats: Stats | None = None) -> list[Curve]:
                     "data_fraction",
                     f"budget {budget}" if budget is not None else unbudgeted_label(method, chosen),
                     stats,
+                    fractions,
                 )
             )
     return curves
 
 
 def param_curves(frame, task: str, stats: Stats | None = None) -> list[Curve]:
-    """Metric against trainable parameters, per PEFT method, at the largest data fraction it was run with."""
+    """Metric against trainable parameters, per PEFT method, at the largest data fraction it was run with. Every
+    seed of a curve must have every budget the method was run at there, or the curve is incomplete."""
     rows = task_rows(frame, task)
     rows = rows[rows.budget.notna()]
     curves = []
@@ -84,13 +91,17 @@ def param_curves(frame, task: str, stats: Stats | None = None) -> list[Curve]:
         fraction = mine.data_fraction.max()
         chosen = mine[mine.data_fraction == fraction]
         if chosen.trainable_params.nunique() >= 2:
-            curve = _curve(chosen, task, method, "params", "trainable_params", f"{fraction:.0%} data", stats)
-            curve.best = best_budget(chosen, task, stats)
+            held = f"{fraction:.0%} data"
+            counts = sorted(float(c) for c in chosen.trainable_params.unique())
+            curve = _curve(chosen, task, method, "params", "trainable_params", held, stats, counts)
+            curve.best = best_budget(chosen, task, stats if not curve.incomplete else None)
             curves.append(curve)
     return curves
 
 
-def _curve(rows, task: str, method: str, axis: str, x: str, held: str, stats: Stats | None) -> Curve:
+def _curve(
+    rows, task: str, method: str, axis: str, x: str, held: str, stats: Stats | None, expected: list[float]
+) -> Curve:
     metric = MAIN_METRIC[task]
     table = rows.groupby(x)[metric].agg(["mean", "std"]).sort_index()
     curve = Curve(
@@ -104,7 +115,8 @@ def _curve(rows, task: str, method: str, axis: str, x: str, held: str, stats: St
         int(rows.seed.nunique()),
         None,
     )
-    if stats is not None:
+    curve.incomplete = missing_points(rows, x, expected)
+    if stats is not None and not curve.incomplete:
         values = stats.values(rows, task)
         curve.slopes, _ = seed_slopes(rows, x, values)
         curve.slope = stats.interval(curve.slopes)
@@ -113,6 +125,17 @@ def _curve(rows, task: str, method: str, axis: str, x: str, held: str, stats: St
             if len(xs) >= 2:
                 curve.first[seed], curve.last[seed] = points[xs[0]], points[xs[-1]]
     return curve
+
+
+def missing_points(rows, x: str, expected: list[float]) -> str:
+    """The points of the axis a seed lacks, in words ("seed 2 lacks 1% data"), or "" when every seed has them all."""
+    gaps = []
+    for seed, mine in rows.groupby("seed"):
+        lacking = sorted(set(expected) - {float(v) for v in mine[x]})
+        if lacking:
+            shown = [f"{v:.0%} data" if x == "data_fraction" else f"{v:,.0f} parameters" for v in lacking]
+            gaps.append(f"seed {int(seed)} lacks {', '.join(shown)}")
+    return "; ".join(gaps)
 
 
 def best_budget(rows, task: str, stats: Stats | None) -> dict:

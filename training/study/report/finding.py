@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.catalog import METHOD_LABELS, PEFT_METHODS
+from training.study.report.curves import Curve
 from training.study.report.inputs import task_rows
 from training.study.report.rules import MIN_SEEDS, PROTOCOL_SEEDS
 from training.study.report.stats import Interval, Stats, per_seed_mean
+from training.study.report.units import Unit
 
 
 @dataclass
@@ -35,11 +37,6 @@ def without_smallest_fraction(frame):
         if len(fractions) >= 2:
             keep &= ~((frame.task == task) & (frame.data_fraction == min(fractions))).to_numpy()
     return frame[keep]
-
-
-def above(interval: Interval | None) -> bool | None:
-    """Whether a test holds above zero (Holm-corrected where its family was); None when it cannot be judged."""
-    return None if interval is None or not interval.known else bool(interval.holds)
 
 
 def pooled(stats: Stats, per_method: list[dict]) -> Interval | None:
@@ -80,21 +77,60 @@ def spread(values: dict[str, float], unit: str) -> str:
 
 
 def p_text(interval: Interval | None) -> str:
-    """An interval with its Holm-adjusted p-value where it was tested in a family."""
+    """An interval with its one-sided p-value of "above zero" where it has one."""
     if interval is None:
         return "-"
-    adjusted = "" if np.isnan(interval.holm_p) else f", Holm p={interval.holm_p:.2g}"
-    return interval.text() + adjusted
+    return interval.text() + ("" if np.isnan(interval.p) or not interval.known else f", p={interval.p:.2g}")
+
+
+def unit_p_text(unit: Unit) -> str:
+    """A unit's test: its p-value (the largest of its checks') and that p-value after Holm over the finding's units."""
+    if not unit.judged:
+        return f"- ({unit.why})" if unit.why else "-"
+    return f"p={unit.p:.2g}, Holm p={unit.holm_p:.2g}"
+
+
+def family_text(units: list[Unit], source: str) -> str:
+    """The finding's Holm family as the report names it: its judged units, and where the list of units comes from
+    (an undetermined unit is named with its reason beside the verdicts)."""
+    judged = [u.name for u in units if u.judged]
+    return (
+        f"Holm family: the {len(judged)} judged units of {len(units)} ({names(judged)}), one test each (a unit's "
+        f"p-value is the largest of its checks' one-sided p-values); the units are {source}."
+    )
 
 
 def names(items: list[str]) -> str:
     return ", ".join(items) if items else "none"
 
 
-def judged_methods(frame) -> list[str]:
-    """The PEFT methods the findings judge: those the table has runs of (a sweep need not run every method in
+def judged_methods(frame, grid: list[str] | None = None) -> list[str]:
+    """The PEFT methods the findings judge: every PEFT method of the sweep's grid when it is known (one without
+    runs is a unit that does not agree), else those the table has runs of (a sweep need not run every method in
     the catalog, and one it left out is not a failure of the paper's claim)."""
+    if grid is not None:
+        return [m for m in PEFT_METHODS if m in grid]
     return [m for m in PEFT_METHODS if (frame.method == m).any()]
+
+
+def units_source(grid: list[str] | None) -> str:
+    """Where a finding's units come from, as the report says it."""
+    if grid is not None:
+        return "the PEFT methods of the sweep's grid (`sweep.json`)"
+    return "the PEFT methods the table has runs of (no `sweep.json` names the sweep's grid)"
+
+
+def missing_curve(frame, task: str, method: str, curve: Curve | None, axis: str) -> str:
+    """Why a method's curve along an axis cannot be judged, in words; "" when it can."""
+    if curve is None:
+        if not (task_rows(frame, task).method == method).any():
+            return f"no {task} runs"
+        return "fewer than two data fractions at its reference budget" if axis == "data" else "fewer than two budgets"
+    if curve.incomplete:
+        return curve.incomplete
+    if curve.slope is None or not curve.slope.known:
+        return f"fewer than {MIN_SEEDS} seeds"
+    return ""
 
 
 def too_few(frame, task: str) -> str:

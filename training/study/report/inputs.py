@@ -124,6 +124,12 @@ def read_meta(path: Path) -> dict:
         return {}
 
 
+def grid_methods(meta: dict) -> list[str] | None:
+    """The methods the sweep's grid configures (its spec in `sweep.json`), or None when that is not known."""
+    methods = (meta.get("spec") or {}).get("methods")
+    return [str(m) for m in methods] if isinstance(methods, list) else None
+
+
 def task_rows(frame, task: str):
     metric = MAIN_METRIC[task]
     if metric not in frame:

@@ -13,6 +13,7 @@ from training.study.report.inputs import (
     ItemScores,
     Prior,
     find_prior,
+    grid_methods,
     load_item_scores,
     load_table,
     read_meta,
@@ -34,11 +35,17 @@ class Judgement:
 
 
 def build_findings(
-    frame, items: ItemScores | None = None, prior: Prior | None = None, stats: Stats | None = None
+    frame,
+    items: ItemScores | None = None,
+    prior: Prior | None = None,
+    stats: Stats | None = None,
+    grid: list[str] | None = None,
 ) -> list[Finding]:
+    """The three findings of a table. `grid`: the methods the sweep's grid configures, whose PEFT methods are the
+    units (one without runs counts as not agreeing); None: the PEFT methods the table has runs of."""
     frame = with_protocol_columns(frame)
     stats = stats or Stats(frame, items, prior)
-    return [finding_vqa(frame, stats), finding_caption(frame, stats), finding_families(frame, stats)]
+    return [finding(frame, stats, grid) for finding in (finding_vqa, finding_caption, finding_families)]
 
 
 def judge(results: str | Path, prior: Prior | None = None) -> Judgement | None:
@@ -53,4 +60,4 @@ def judge(results: str | Path, prior: Prior | None = None) -> Judgement | None:
     if prior is None:
         prior, prior_note = find_prior(frame, meta)
     stats = Stats(frame, load_item_scores(results.parent / ITEM_FILE), prior)
-    return Judgement(frame, meta, stats, build_findings(frame, stats=stats), prior_note)
+    return Judgement(frame, meta, stats, build_findings(frame, stats=stats, grid=grid_methods(meta)), prior_note)

@@ -1,5 +1,5 @@
 """The statistics: t-intervals across seeds, the hierarchical paired bootstrap over seeds and test items, their
-p-values and Holm's correction within a family, and per-seed slopes."""
+one-sided p-values, Holm's adjusted p-values over a family, and per-seed slopes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from training.catalog import MAIN_METRIC
 from training.study.report.inputs import ItemScores, Prior, task_rows
-from training.study.report.rules import ALPHA, BOOTSTRAP_SEED, ITEM_FILE, LEVEL, MIN_SEEDS, RESAMPLES
+from training.study.report.rules import BOOTSTRAP_SEED, ITEM_FILE, LEVEL, MIN_SEEDS, RESAMPLES
 
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (numpy has no t distribution).
 T975 = {
@@ -52,6 +52,12 @@ def t_two_sided_p(t: float, df: int) -> float:
     return incomplete_beta(df / 2, 0.5, df / (df + t * t))
 
 
+def t_upper_p(t: float, df: int) -> float:
+    """P(T >= t) for Student's t with df degrees of freedom: the one-sided p-value of "the mean is above zero"."""
+    half = t_two_sided_p(t, df) / 2
+    return half if t >= 0 else 1.0 - half
+
+
 def incomplete_beta(a: float, b: float, x: float) -> float:
     """The regularised incomplete beta function I_x(a, b), by its continued fraction (Lentz's method)."""
     if x <= 0 or x >= 1:
@@ -86,8 +92,9 @@ class Interval:
     low: float
     high: float
     n: int
-    p: float = math.nan  # two-sided p-value of "the mean is zero": the larger of the t-test's and the bootstrap's
-    holm_p: float = math.nan  # p after Holm's correction within the family it was tested in (nan: not corrected)
+    # One-sided p-value of "the mean is above zero" (every claim tested is directional): the larger of the
+    # t-test's and the bootstrap's. nan for a ratio, which is shown and not tested.
+    p: float = math.nan
 
     @classmethod
     def of(cls, values) -> Interval | None:
@@ -100,8 +107,8 @@ class Interval:
             return cls(mean, math.nan, math.nan, int(values.size))
         sd = float(values.std(ddof=1))
         half = t_quantile(values.size - 1) * sd / math.sqrt(values.size)
-        # Seeds that agree exactly leave no doubt about a non-zero mean (and none against a zero one).
-        p = float(mean == 0) if sd == 0 else t_two_sided_p(mean / (sd / math.sqrt(values.size)), values.size - 1)
+        # Seeds that agree exactly leave no doubt about the sign of the mean (none for a mean of zero).
+        p = float(mean <= 0) if sd == 0 else t_upper_p(mean / (sd / math.sqrt(values.size)), values.size - 1)
         return cls(mean, mean - half, mean + half, int(values.size), p)
 
     @property
@@ -111,15 +118,6 @@ class Interval:
     @property
     def above_zero(self) -> bool:
         return self.known and self.low > 0
-
-    @property
-    def below_zero(self) -> bool:
-        return self.known and self.high < 0
-
-    @property
-    def holds(self) -> bool:
-        """Above zero, and (when tested in a family) still significant after Holm's correction."""
-        return self.above_zero and (math.isnan(self.holm_p) or self.holm_p < ALPHA)
 
     def scaled(self, factor: float) -> Interval:
         low, high = sorted((self.low * factor, self.high * factor))
@@ -222,19 +220,21 @@ class Stats:
         resampled = values[:, 1:][draws, columns].mean(0) / scale[:, 1:][draws, columns].mean(0)
         tail = 100 * (1 - LEVEL) / 2
         low, high = np.nanpercentile(resampled, [tail, 100 - tail])
-        below, above = float(np.mean(resampled <= 0)), float(np.mean(resampled >= 0))
-        p = max(t.p, min(1.0, 2 * min(below, above))) if denominator is None else math.nan
+        # The bootstrap's one-sided p-value: the share of resamples at or below zero.
+        p = max(t.p, float(np.mean(resampled <= 0))) if denominator is None else math.nan
         return Interval(point, min(float(low), t.low), max(float(high), t.high), k, p)
 
 
-def holm(family: list[Interval | None]) -> None:
-    """Holm's step-down correction over one family of tests: sets each tested interval's `holm_p` (the adjusted
-    p-value, so a test holds when it is below ALPHA). Intervals without a p-value are not counted in the family."""
-    tested = sorted((i for i in family if i is not None and i.known and not math.isnan(i.p)), key=lambda i: i.p)
-    running = 0.0
-    for rank, interval in enumerate(tested):
-        running = max(running, min(1.0, (len(tested) - rank) * interval.p))
-        interval.holm_p = running
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values over one family of m tests, in the order given: the k-th smallest p-value
+    is multiplied by m - k + 1, and an adjusted p-value is never below one ranked before it. A test holds at the
+    family-wise error ALPHA when its adjusted p-value is below ALPHA."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [math.nan] * len(p_values), 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def seed_arrays(rows, values: np.ndarray, key: str) -> dict[int, dict]:
