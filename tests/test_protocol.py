@@ -657,6 +657,49 @@ def test_tuning_covers_each_budget_and_centres_a_budget_on_its_tuned_neighbour(t
     assert len(set(run_names)) == len(run_names) == len(calls)
 
 
+def test_tune_run_again_trains_nothing_more_and_a_budget_never_moves_to_a_later_neighbour(tmp_path):
+    """The same command in the next session: every target's grid is the one it had (18k is not re-centred on 5.7k's
+    or 57k's rate, tuned after it), so nothing is trained again and no near-duplicate rate appears."""
+    calls = []
+
+    def fake_train(config: RunConfig, run_dir) -> dict:
+        calls.append((config.budget, config.lr))
+        peak = {"18k": 1.9e-2, "5.7k": 6e-2, "57k": 6e-3}[config.budget]
+        value = -abs(math.log10(config.lr) - math.log10(peak)) + 0.01 * config.seed
+        return {"best": value, "best_step": 10, "steps_run": 20, "epochs_run": 1.0, "stop_reason": "patience"}
+
+    targets = [TuneTarget("vqa", "lora", "text", {}, budget) for budget in ("18k", "5.7k", "57k")]
+    base = RunConfig(task="vqa", budget="18k", towers="text")
+    first = tune(targets, base, [0, 1], tmp_path, tmp_path / "work", train_fn=fake_train, echo=lambda s: None)
+    trained = len(calls)
+    again = tune(targets, base, [0, 1], tmp_path, tmp_path / "work", train_fn=fake_train, echo=lambda s: None)
+    assert len(calls) == trained, calls[trained:]
+    assert again == first
+
+
+def test_a_neighbours_best_at_the_ceiling_gives_a_grid_under_it_not_a_failure(tmp_path):
+    """Prompt tuning peaking at lr 1 at 18k: 5.7k is tuned at 0.316 and 1 (3.16 is over RunConfig's limit) and its
+    best at the ceiling finishes it; the targets after it are still tuned."""
+    calls = []
+
+    def fake_train(config: RunConfig, run_dir) -> dict:
+        calls.append((config.method, config.budget, config.lr))
+        value = config.lr if config.method == "prompt" else -abs(math.log10(config.lr) - math.log10(1.9e-2))
+        summary = {"best_step": 10, "steps_run": 20, "epochs_run": 1.0, "stop_reason": "patience"}
+        return {"best": value + 0.001 * config.seed, **summary}
+
+    targets = [TuneTarget("vqa", "prompt", "text", {}, b) for b in ("18k", "5.7k")]
+    targets.append(TuneTarget("vqa", "lora", "text", {}, "18k"))
+    base = RunConfig(task="vqa", budget="18k", towers="text")
+    rows = tune(targets, base, [0, 1], tmp_path, tmp_path / "work", train_fn=fake_train, echo=lambda s: None)
+    assert sorted({lr for m, b, lr in calls if (m, b) == ("prompt", "5.7k")}) == [0.316, 1.0]
+    assert sorted((r["method"], r["budget"], r["lr"], r["complete"]) for r in rows) == [
+        ("lora", "18000", 0.019, True),
+        ("prompt", "18000", 1.0, True),
+        ("prompt", "5700", 1.0, True),
+    ]
+
+
 def test_prompt_tuning_is_tuned_up_to_the_rates_its_literature_uses(tmp_path):
     """Lester et al. train prompt vectors at 0.3: the first grid reaches 0.316 and 1 (RunConfig takes lr 1)."""
     from training.study.tuning import first_grid, tuning_plan

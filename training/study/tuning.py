@@ -246,15 +246,37 @@ def target_budget(target: TuneTarget, base: RunConfig) -> str:
     return target.budget or base.budget
 
 
-def first_grid(target: TuneTarget, base: RunConfig, done: list[dict]) -> tuple[float, int, int, str]:
+def tuning_grid(center: float, below: int, above: int) -> list[float]:
+    """`lr_grid` without the points over the learning-rate ceiling (RunConfig takes at most lr 1): a neighbour's
+    best at 1 gives 0.316 and 1, not 3.16."""
+    return [lr for lr in lr_grid(center, below, above) if lr <= MAX_LR * 1.01]
+
+
+def earlier_budgets(targets: list[TuneTarget], index: int) -> list[str]:
+    """The budgets of the same task, method and options that come before `targets[index]`: the only ones its first
+    grid may centre on, so a target's grid is the same in every session (a budget tuned later never moves it)."""
+
+    def kind(t: TuneTarget) -> tuple:
+        return (t.task, t.method, t.towers, options_key(t.options))
+
+    return [t.budget for t in targets[:index] if t.budget and kind(t) == kind(targets[index])]
+
+
+def first_grid(
+    target: TuneTarget, base: RunConfig, done: list[dict], earlier: list[str] | None = None
+) -> tuple[float, int, int, str]:
     """(centre, points below, points above, why) of a target's first grid: three points around the rate of the
-    nearest budget of the same method whose tuning is finished, else the method's own first grid."""
+    nearest budget among `earlier` (the budgets of the same method tuned before it; None: any) whose tuning is
+    finished, else the method's own first grid."""
     budget = target_budget(target, base)
     if target.method not in NO_BUDGET_METHODS:
+        allowed = None if earlier is None else {budget_cell(b) for b in earlier}
         # The same method and options at another budget: its finished curves, by budget.
         others: dict[str, list[dict]] = {}
         for row in done:
             if matches(row, replace(target, budget=row.get("budget") or budget), base) and row.get("budget"):
+                if allowed is not None and budget_cell(row["budget"]) not in allowed:
+                    continue
                 if 0 < budget_distance(row["budget"], budget) < math.inf:
                     others.setdefault(budget_cell(row["budget"]), []).append(row)
         tuned = []
@@ -336,7 +358,7 @@ def tune(
     runs_path = results / RUNS_TABLE_NAME
     trainer = _PointTrainer(base, work, runs_path, train_fn, echo)
     done = read_rows(runs_path)
-    for target in targets:
+    for index, target in enumerate(targets):
 
         def mine(row: dict, target: TuneTarget = target) -> bool:
             return matches(row, target, base)
@@ -344,9 +366,9 @@ def tune(
         def missing(rows: list[dict], lr: float, seed: int, mine=mine) -> bool:
             return not any(mine(r) and float(r["lr"]) == lr and int(r["seed"]) == seed for r in rows)
 
-        center, below, above, _ = first_grid(target, base, done)
+        center, below, above, _ = first_grid(target, base, done, earlier_budgets(targets, index))
         for _ in range(MAX_WIDENINGS + 1):
-            grid = lr_grid(center, below, above)
+            grid = tuning_grid(center, below, above)
             while todo := [(lr, seed) for lr in grid for seed in seeds if missing(done, lr, seed)]:
                 if deadline is not None and time.time() > deadline:
                     echo("tune: time is up; run the same command again to go on")
@@ -562,19 +584,15 @@ def tuning_plan(targets: list[TuneTarget], base: RunConfig, seeds: list[int], do
     grid still needs (widening may add more). A budget whose neighbour is still to be tuned waits for its rate."""
     plan: list[PlanLine] = []
     for index, target in enumerate(targets):
-        centre, below, above, why = first_grid(target, base, done)
-        earlier = [
-            t.budget
-            for t in targets[:index]
-            if (t.task, t.method, t.options) == (target.task, target.method, target.options) and t.budget
-        ]
+        earlier = earlier_budgets(targets, index)
+        centre, below, above, why = first_grid(target, base, done, earlier)
         mine = [r for r in done if matches(r, target, base)]
         if earlier and not why.startswith("around the rate tuned") and target.method not in NO_BUDGET_METHODS:
             neighbour = min(earlier, key=lambda b: budget_distance(b, target_budget(target, base)))
             shown, to_go = "3 points", 3 * len(seeds) - len(mine)
             why = f"around the rate tuned at budget {neighbour}, once it is tuned"
         else:
-            grid = lr_grid(centre, below, above)
+            grid = tuning_grid(centre, below, above)
             have = {(float(r["lr"]), int(r["seed"])) for r in mine}
             shown = ", ".join(f"{lr:g}" for lr in grid)
             to_go = sum((lr, seed) not in have for lr in grid for seed in seeds)
