@@ -309,6 +309,11 @@ def test_lr_grid_is_half_decades_around_the_centre():
 def test_best_of_reports_whether_the_optimum_is_bracketed():
     assert best_of({1e-3: [0.1, 0.2], 3e-3: [0.5, 0.4], 1e-2: [0.3, 0.3]}) == (3e-3, True)
     assert best_of({1e-3: [0.1], 3e-3: [0.2], 1e-2: [0.3]}) == (1e-2, False)
+    # A tie with the rate above is not a bracket: the plateau may go on upwards.
+    assert best_of({1e-3: [0.1], 3e-3: [0.3], 1e-2: [0.3]}) == (3e-3, False)
+    assert best_of({1e-3: [0.1], 3e-3: [0.3], 1e-2: [0.3], 3e-2: [0.2]}) == (3e-3, True)
+    # Flat (no rate beats the starting weights, every run kept step 0): its middle rate, done; widening finds the same.
+    assert best_of({1e-3: [0.0, 0.0], 3e-3: [0.0, 0.0], 1e-2: [0.0, 0.0]}) == (3e-3, True)
 
 
 def test_tuning_widens_the_grid_until_the_best_is_bracketed_and_resumes(tmp_path):

@@ -202,12 +202,22 @@ def curve(rows: list[dict]) -> dict[float, list[float]]:
     return dict(sorted(scores.items()))
 
 
+def flat(scores: dict[float, list[float]]) -> bool:
+    """Whether every rate of a curve of three or more scores the same mean: no rate beats another, typically because
+    none beats the starting weights, the step-0 checkpoint every run may keep."""
+    return len(scores) >= 3 and len({round(statistics.fmean(v), 9) for v in scores.values()}) == 1
+
+
 def best_of(scores: dict[float, list[float]]) -> tuple[float, bool]:
-    """(best learning rate by mean score, whether a lower and a higher grid point both score below it)."""
+    """(best learning rate by mean score, whether it is bracketed: a lower and a higher rate both score strictly
+    below it). Of tied bests, the lowest rate, bracketed only when a higher rate scores below the tie. A flat curve
+    gives its middle rate and counts as bracketed: widening it would only find the same score."""
     lrs = list(scores)
     means = [statistics.fmean(scores[lr]) for lr in lrs]
-    index = max(range(len(lrs)), key=lambda i: means[i])
-    return lrs[index], 0 < index < len(lrs) - 1
+    if flat(scores):
+        return lrs[len(lrs) // 2], True
+    index = max(range(len(lrs)), key=lambda i: means[i])  # the first of tied maxima: every rate below is lower
+    return lrs[index], index > 0 and any(mean < means[index] for mean in means[index + 1 :])
 
 
 def finished_curve(scores: dict[float, list[float]], best: float, bracketed: bool) -> bool:
@@ -400,7 +410,9 @@ def tune(
                 above += 1
             else:
                 break
-        echo(f"tune {target.label()}: best lr {best:g}" + ("" if bracketed else " (NOT bracketed)"))
+        scores = curve([r for r in done if mine(r)])
+        note = " (flat: every rate scores the same on validation)" if flat(scores) else ""
+        echo(f"tune {target.label()}: best lr {best:g}" + ("" if bracketed else " (NOT bracketed)") + note)
     return write_summary(results, runs_path)
 
 
