@@ -376,42 +376,49 @@ def test_a_killed_sweep_resumes_where_it_stopped_with_one_table_row_per_point(
     assert meta["command"].startswith("python -m training sweep") and meta["datasets"]["vqa"]["sha"]
 
 
-@pytest.mark.slow
-def test_sigterm_stops_the_sweep_and_its_run_and_keeps_the_table(tiny_model_dir, tiny_vqa_dataset, tmp_path):
-    config = write_sweep(
+def endless_sweep(tmp_path, model, data) -> Path:
+    """A sweep file of one LoRA run that trains until it is stopped."""
+    return write_sweep(
         tmp_path / "sweep.yaml",
-        tiny_model_dir,
-        tiny_vqa_dataset,
+        model,
+        data,
         methods=["lora"],
         tasks={"vqa": {"max_steps": 100_000}},
         budget_axis={"fraction": 1.0, "budgets": ["2k"]},
     )
-    out, results = tmp_path / "out", tmp_path / "results"
-    run = out / "runs" / "vqa__lora__b2k__f1__s0"
-    sweep = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "sweep",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-            "--results",
-            str(results),
-        ],
+
+
+def start_training_command(*args: str) -> subprocess.Popen:
+    """`python -m training ARGS` in a process of its own, its output kept for the assertions."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "training", *args],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def wait_until_training(process: subprocess.Popen, run_dirs) -> Path:
+    """The first of `run_dirs()` whose progress.json says it is training (within 5 minutes)."""
     deadline = time.time() + 300
-    while (json.loads((run / "progress.json").read_text()) if (run / "progress.json").exists() else {}).get(
-        "phase"
-    ) != "training" and time.time() < deadline:
-        assert sweep.poll() is None, sweep.stdout.read()
+    while time.time() < deadline:
+        for run in run_dirs():
+            progress = run / "progress.json"
+            if progress.exists() and json.loads(progress.read_text()).get("phase") == "training":
+                return run
+        assert process.poll() is None, process.stdout.read()
         time.sleep(0.1)
+    raise AssertionError("no run started training")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_and_its_run_and_keeps_the_table(tiny_model_dir, tiny_vqa_dataset, tmp_path):
+    config = endless_sweep(tmp_path, tiny_model_dir, tiny_vqa_dataset)
+    out, results = tmp_path / "out", tmp_path / "results"
+    run = out / "runs" / "vqa__lora__b2k__f1__s0"
+    sweep = start_training_command("sweep", "--config", str(config), "--out", str(out), "--results", str(results))
+    wait_until_training(sweep, lambda: [run])
     sweep.send_signal(signal.SIGTERM)
     output, _ = sweep.communicate(timeout=60)
     assert sweep.returncode == 130 and "interrupted: 0 of 1 runs finished" in output
@@ -420,36 +427,13 @@ def test_sigterm_stops_the_sweep_and_its_run_and_keeps_the_table(tiny_model_dir,
     assert read_table(results / "runs.csv") == [] and json.loads((results / "sweep.json").read_text())["remaining"] == 1
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_tuning_and_its_run_in_the_resident_worker(tiny_model_dir, tiny_vqa_dataset, tmp_path):
     """tune, like sweep: SIGTERM stops the run in flight after its step (no process left), and says how to go on."""
-    config = write_sweep(
-        tmp_path / "sweep.yaml",
-        tiny_model_dir,
-        tiny_vqa_dataset,
-        methods=["lora"],
-        tasks={"vqa": {"max_steps": 100_000}},
-        budget_axis={"fraction": 1.0, "budgets": ["2k"]},
-    )
+    config = endless_sweep(tmp_path, tiny_model_dir, tiny_vqa_dataset)
     work = tmp_path / "work"
-    tuning = subprocess.Popen(
-        [sys.executable, "-m", "training", "tune", "--config", str(config), "--work-dir", str(work)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-    def training_run():
-        for progress in work.glob("*/progress.json"):
-            if json.loads(progress.read_text()).get("phase") == "training":
-                return progress.parent
-        return None
-
-    deadline = time.time() + 300
-    while (run := training_run()) is None and time.time() < deadline:
-        assert tuning.poll() is None, tuning.stdout.read()
-        time.sleep(0.1)
-    assert run is not None
+    tuning = start_training_command("tune", "--config", str(config), "--work-dir", str(work))
+    run = wait_until_training(tuning, lambda: [p.parent for p in work.glob("*/progress.json")])
     tuning.send_signal(signal.SIGTERM)
     output, _ = tuning.communicate(timeout=60)
     assert tuning.returncode == 130 and "run the same command to go on" in output, output
